@@ -1,0 +1,296 @@
+"""The call service: runs the state machine, persists each transition, then notifies.
+
+Synchronous on purpose: a transition (validate, write, publish) runs without yielding to the
+loop, so two actions on one call can never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from broker import states
+from broker.config import CallsConfig
+from broker.directory import Directory
+from broker.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
+from broker.payloads import CallInfo, ControlMessage, ErrorBody, IncomingCall, topics
+from broker.states import Action, CallSession, CallState, Party, Role
+from broker.store import Store, call_from_row
+from broker.trtc import Trtc
+
+__all__ = ["CallService", "Publisher", "iso"]
+
+log = logging.getLogger("intercom.calls")
+
+WIRE_ACTIONS = {a.value for a in (Action.ANSWERED, Action.REJECTED, Action.TIMEOUT, Action.HANGUP, Action.CANCELLED)}
+SERVER = Party(Role.SERVER, "server")
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message for delivery; never blocks."""
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class CallService:
+    def __init__(
+        self,
+        store: Store,
+        directory: Directory,
+        trtc: Trtc,
+        config: CallsConfig,
+        publisher: Publisher,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.directory = directory
+        self.trtc = trtc
+        self.config = config
+        self.publisher = publisher
+        self.clock = clock
+        self._active: dict[str, CallSession] = {}
+        self._by_device: dict[str, str] = {}
+        self._by_household: dict[str, str] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    # lifecycle ----------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Reload live calls from sqlite after a restart and re-arm their timers."""
+        calls = self.store.active_calls()
+        for call in calls:
+            self._remember(call)
+            self._arm(call)
+        return len(calls)
+
+    def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    # starting a call ------------------------------------------------------------------------------
+
+    def start_call(
+        self,
+        device_id: str,
+        household_number: str | None = None,
+        resident_id: str | None = None,
+        timestamp: int | None = None,
+    ) -> dict[str, Any]:
+        device = self.directory.device(device_id)
+        if resident_id is not None:
+            resident = self.directory.resident(resident_id)
+            household = resident["household_number"]
+            targets = (resident_id,)
+        else:
+            household = household_number or device["household_number"]
+            self.directory.get("households", household)
+            targets = tuple(self.directory.resident_ids(household))
+            if not targets:
+                raise NotFound(f"household '{household}' has no residents to call")
+        if device_id in self._by_device:
+            raise Busy(f"device '{device_id}' is already in call {self._by_device[device_id]}")
+        if household in self._by_household:
+            raise Busy(f"household '{household}' is already in call {self._by_household[household]}")
+
+        now = self.clock()
+        call_id = f"call-{datetime.fromtimestamp(now, UTC):%Y%m%d}-{secrets.token_hex(6)}"
+        call = states.new_call(call_id, device["device_id"], household, targets, now,
+                               self.config.ring_timeout_s, self.config.max_duration_s)
+        self.store.save_transition(call, Party(Role.DEVICE, device_id).key, "initiated", None, "new")
+        self._remember(call)
+        self._arm(call)
+        ts = timestamp if timestamp is not None else now_ms()
+        call_info = {"call_id": call_id, "action": "initiated", "timestamp": ts}
+        for rid in targets:
+            incoming = IncomingCall(
+                call_id=call_id, device_id=device_id, household_number=household, call_info=call_info,
+                tencen_rtc=self.trtc.credentials(f"resident_{rid}", call_id),
+                ring_timeout_s=self.config.ring_timeout_s, timestamp=ts,
+            )
+            self.publisher.publish(topics.incoming(rid), incoming.model_dump_json().encode(), qos=1)
+        log.info("call %s started by device %s ringing %s", call_id, device_id, ",".join(targets))
+        return {
+            "call_id": call_id,
+            "device_id": device_id,
+            "household_number": household,
+            "target_resident_ids": list(targets),
+            "call_info": call_info,
+            "tencen_rtc": self.trtc.credentials(f"device_{device_id}", call_id).model_dump(),
+            "ring_timeout_s": self.config.ring_timeout_s,
+            "timestamp": ts,
+        }
+
+    # actions ------------------------------------------------------------------------------------
+
+    def act(self, actor: Party, info: CallInfo) -> None:
+        """A device or resident action from REST or MQTT."""
+        if info.action not in WIRE_ACTIONS:
+            raise BadRequest(f"call_info.action must be one of {sorted(WIRE_ACTIONS)}, got '{info.action}'")
+        self._transition(self._load(info.call_id), actor, Action(info.action), info.reason)
+
+    def end_session(self, call_id: str, reason: str | None) -> None:
+        call = self._load(call_id)
+        if call.state is CallState.ENDED:
+            raise Conflict(f"call {call_id} has already ended ({call.end_reason})")
+        self._transition(call, SERVER, Action.FORCE, reason)
+
+    def party_offline(self, party: Party) -> None:
+        """End the live call of a party whose connection is gone for good (after the grace period)."""
+        for call in list(self._active.values()):
+            in_call = (party.role is Role.DEVICE and call.device_id == party.id) or (
+                party.role is Role.RESIDENT and call.answered_by == party.id
+            )
+            if in_call:
+                self._transition(call, SERVER, Action.PARTY_OFFLINE, party.key)
+
+    def resident_for(self, call_id: str, named: str | None) -> str:
+        """Which resident an anonymous (local-only) REST caller speaks for."""
+        call = self._load(call_id)
+        if named is not None:
+            return named
+        if len(call.targets) == 1:
+            return call.targets[0]
+        raise BadRequest("resident_id is required: this call rings more than one resident")
+
+    def device_for(self, call_id: str) -> str:
+        return self._load(call_id).device_id
+
+    # reads --------------------------------------------------------------------------------------
+
+    def session(self, call_id: str, viewer: Party | None) -> dict[str, Any]:
+        call = self._load(call_id)
+        if viewer is not None and viewer.role is not Role.SERVER and not call.is_party(viewer):
+            raise Forbidden(f"{viewer.role} {viewer.id} is not a party to call {call_id}")
+        is_resident = viewer is not None and viewer.role is Role.RESIDENT
+        user = f"resident_{viewer.id}" if viewer is not None and is_resident else f"device_{call.device_id}"
+        return {
+            "call_id": call.call_id,
+            "device_id": call.device_id,
+            "resident_id": call.answered_by,
+            "start_time": iso(call.created_at),
+            "status": str(call.state),
+            "last_activity": iso(call.last_activity),
+            "tencen_rtc": self.trtc.credentials(user, call.call_id).model_dump(),
+            "household_number": call.household_number,
+            "target_resident_ids": list(call.targets),
+            "end_reason": str(call.end_reason) if call.end_reason else None,
+            "ended_at": iso(call.ended_at),
+        }
+
+    def history(self, filters: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
+        limit = max(1, min(limit, self.config.history_limit_max))
+        rows = self.store.list_calls(filters, limit, active_only=active_only)
+        return [
+            {
+                "call_id": r["call_id"], "device_id": r["device_id"], "household_number": r["household_number"],
+                "target_resident_ids": r["target_resident_ids"], "resident_id": r["resident_id"],
+                "status": r["status"], "end_reason": r["end_reason"], "start_time": iso(r["start_time"]),
+                "connected_at": iso(r["connected_at"]), "ended_at": iso(r["ended_at"]),
+                "last_activity": iso(r["last_activity"]),
+            }
+            for r in rows
+        ]
+
+    def active_for(self, party: Party) -> list[dict[str, Any]]:
+        ids = [c.call_id for c in self._active.values() if c.is_party(party)
+               and (party.role is not Role.RESIDENT or (c.state is CallState.RINGING and party.id in c.ringing)
+                    or c.answered_by == party.id)]
+        return [self.session(i, party) for i in ids]
+
+    # internals ----------------------------------------------------------------------------------
+
+    def _load(self, call_id: str) -> CallSession:
+        call = self._active.get(call_id)
+        if call is not None:
+            return call
+        row = self.store.get_call(call_id)
+        if row is None:
+            raise NotFound(f"call '{call_id}' not found")
+        return call_from_row(row)
+
+    def _transition(self, call: CallSession, actor: Party, action: Action, reason: str | None) -> None:
+        try:
+            updated, notices = states.apply(call, actor, action, self.clock(), reason, self.config.reject_policy)
+        except states.Forbidden as exc:
+            raise Forbidden(str(exc)) from exc
+        except states.InvalidTransition as exc:
+            raise Conflict(str(exc)) from exc
+        if updated is call:
+            return
+        # Persist first: a party is never told of a state that a crash could lose.
+        self.store.save_transition(updated, actor.key, str(action), reason, str(call.state))
+        if updated.state is CallState.ENDED:
+            self._forget(updated)
+        else:
+            self._remember(updated)
+            if updated.deadline != call.deadline:
+                self._arm(updated)
+        ts = now_ms()
+        for n in notices:
+            info = {"call_id": call.call_id, "action": n.action, "reason": n.reason, "timestamp": ts}
+            self._send_control(n.to, ControlMessage(call_info=info, resident_id=n.resident_id))
+        log.info("call %s: %s %s -> %s", call.call_id, actor.key, action, updated.state)
+
+    def send_error(self, party: Party, code: int, message: str, call_info: dict[str, Any],
+                   request_id: str | None = None) -> None:
+        """Tell an MQTT party that its message was refused."""
+        msg = ControlMessage(call_info=call_info, error=ErrorBody(code=code, message=message), request_id=request_id)
+        self._send_control(party, msg)
+
+    def _send_control(self, party: Party, msg: ControlMessage) -> None:
+        topic = topics.device_control(party.id) if party.role is Role.DEVICE else topics.resident_control(party.id)
+        self.publisher.publish(topic, msg.model_dump_json(exclude_none=True).encode(), qos=1)
+
+    def _remember(self, call: CallSession) -> None:
+        self._active[call.call_id] = call
+        self._by_device[call.device_id] = call.call_id
+        self._by_household[call.household_number] = call.call_id
+
+    def _forget(self, call: CallSession) -> None:
+        self._active.pop(call.call_id, None)
+        if self._by_device.get(call.device_id) == call.call_id:
+            del self._by_device[call.device_id]
+        if self._by_household.get(call.household_number) == call.call_id:
+            del self._by_household[call.household_number]
+        if (handle := self._timers.pop(call.call_id, None)) is not None:
+            handle.cancel()
+
+    def _arm(self, call: CallSession) -> None:
+        if (handle := self._timers.pop(call.call_id, None)) is not None:
+            handle.cancel()
+        if call.deadline is None:
+            return
+        delay = max(0.0, call.deadline - self.clock())
+        self._timers[call.call_id] = asyncio.get_running_loop().call_later(delay, self._on_deadline, call.call_id)
+
+    def _on_deadline(self, call_id: str) -> None:
+        self._timers.pop(call_id, None)
+        call = self._active.get(call_id)
+        if call is None:
+            return
+        action = Action.RING_TIMEOUT if call.state is CallState.RINGING else Action.MAX_DURATION
+        try:
+            self._transition(call, SERVER, action, None)
+        except Exception:
+            # A failed write must not kill the timer path for good: retry shortly.
+            log.exception("call %s: deadline transition failed, retrying in 1 s", call_id)
+            self._timers[call_id] = asyncio.get_running_loop().call_later(1.0, self._on_deadline, call_id)

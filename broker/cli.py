@@ -1,0 +1,80 @@
+"""`intercom-broker` / `python -m broker`: parse flags, load settings, serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from broker.config import ConfigError, Settings, load_settings
+from broker.server import IntercomServer
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="intercom-broker", description=__doc__)
+    p.add_argument("--config", type=Path, help="YAML config (default: ./broker.yaml if present)")
+    p.add_argument("--host", help="address every listener binds to (default 127.0.0.1)")
+    p.add_argument("--mqtt-port", type=int, help="MQTT TCP port, 0 = any free port (default 1883)")
+    p.add_argument("--ws-port", type=int, help="MQTT-over-WebSocket port, 0 = any free port (default 8083)")
+    p.add_argument("--http-port", type=int, help="REST port, 0 = any free port (default 8080)")
+    p.add_argument("--data-dir", type=Path, help="where the sqlite database lives (default ./data)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    args = _parser().parse_args(argv)
+    config = args.config
+    if config is None and Path("broker.yaml").exists():
+        config = Path("broker.yaml")
+    overrides = {"host": args.host, "mqtt_port": args.mqtt_port, "ws_port": args.ws_port,
+                 "http_port": args.http_port, "data_dir": args.data_dir, "log_level": args.log_level}
+    return load_settings(config, overrides)
+
+
+async def serve(settings: Settings) -> None:
+    server = IntercomServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await stop.wait()
+        logging.getLogger("intercom").info("shutting down")
+    finally:
+        await asyncio.wait_for(server.stop(), timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = settings_from_args(argv)
+    except ConfigError as exc:
+        print(f"intercom-broker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.server.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.server.log_level != "DEBUG":
+        # amqtt logs every connection at INFO; at site scale that drowns ours.
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        logging.getLogger("transitions").setLevel(logging.WARNING)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve(settings))
+    except ConfigError as exc:
+        print(f"intercom-broker: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"intercom-broker: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,157 @@
+"""Settings: broker.yaml, then CLI flags, then env vars for secrets; validated by pydantic."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+Port = int
+
+
+class ConfigError(Exception):
+    """The configuration file or a flag has a bad value; the message says which."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    mqtt_port: Port = Field(1883, ge=0, le=65535)
+    ws_port: Port | None = Field(8083, ge=0, le=65535)
+    http_port: Port = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class AuthConfig(_Strict):
+    allow_anonymous_on_loopback: bool = True
+    pbkdf2_iterations: int = Field(10_000, ge=1_000, le=1_000_000)
+
+
+class CallsConfig(_Strict):
+    ring_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_duration_s: float = Field(600.0, gt=0, le=86400)
+    reject_policy: Literal["member", "household"] = "member"
+    party_offline_grace_s: float = Field(15.0, ge=0, le=3600)
+    history_limit_max: int = Field(500, ge=1)
+
+
+class TrtcConfig(_Strict):
+    sdk_app_id: int = Field(1400000001, ge=1)
+    secret_key: SecretStr | None = None
+    expire_s: int = Field(86400, ge=60, le=180 * 86400)
+
+
+class MqttConfig(_Strict):
+    max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+
+
+class HttpConfig(_Strict):
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+
+class SiteResident(_Strict):
+    resident_id: str = Field(min_length=1, max_length=64)
+    name: str | None = None
+
+
+class SiteDevice(_Strict):
+    device_id: str = Field(min_length=1, max_length=64)
+    name: str | None = None
+
+
+class SiteHousehold(_Strict):
+    household_number: str = Field(min_length=1, max_length=64)
+    name: str | None = None
+    residents: list[SiteResident] = []
+    devices: list[SiteDevice] = []
+
+
+class SiteConfig(_Strict):
+    households: list[SiteHousehold] = []
+
+
+class Settings(_Strict):
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    calls: CallsConfig = CallsConfig()
+    trtc: TrtcConfig = TrtcConfig()
+    mqtt: MqttConfig = MqttConfig()
+    http: HttpConfig = HttpConfig()
+    site: SiteConfig = SiteConfig()
+    admin_token: SecretStr | None = None
+
+    @field_validator("server")
+    @classmethod
+    def _host_is_an_address(cls, v: ServerConfig) -> ServerConfig:
+        if v.host not in ("localhost", "") and not _is_ip(v.host):
+            raise ValueError(f"server.host must be an IP address or 'localhost', got {v.host!r}")
+        return v
+
+    @property
+    def loopback_only(self) -> bool:
+        host = self.server.host
+        return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+
+    @property
+    def local_only(self) -> bool:
+        """Mosquitto 2.x's rule: anonymous access only while nothing listens beyond loopback."""
+        return self.loopback_only and self.auth.allow_anonymous_on_loopback
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+_ENV = {
+    "INTERCOM_TRTC_SDK_APP_ID": ("trtc", "sdk_app_id"),
+    "INTERCOM_TRTC_SECRET_KEY": ("trtc", "secret_key"),
+    "INTERCOM_ADMIN_TOKEN": (None, "admin_token"),
+}
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Settings:
+    """Read the YAML file (if any), apply `server.*` overrides and env secrets, validate."""
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {config_file}: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: top level must be a mapping")
+        raw = loaded or {}
+    server = dict(raw.get("server") or {})
+    server.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    raw["server"] = server
+    for var, (section, key) in _ENV.items():
+        value = (env if env is not None else os.environ).get(var)
+        if value:
+            if section is None:
+                raw[key] = value
+            else:
+                raw.setdefault(section, {})
+                raw[section] = {**(raw[section] or {}), key: value}
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        where = config_file or "defaults"
+        raise ConfigError(f"invalid configuration ({where}):\n" + "\n".join(lines)) from exc

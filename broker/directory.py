@@ -1,0 +1,142 @@
+"""Households, residents and devices, and who a token belongs to."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from broker.config import SiteConfig
+from broker.errors import BadRequest, Conflict, NotFound, Unauthorized
+from broker.store import DIRECTORY, Store
+from broker.tokens import Principal, hash_token, new_token, parse_token, verify_token
+
+__all__ = ["Directory"]
+
+SINGULAR = {"households": "household", "residents": "resident", "devices": "device"}
+_CACHE_MAX = 4096
+
+
+class Directory:
+    def __init__(self, store: Store, iterations: int, admin_token: str | None) -> None:
+        self.store = store
+        self.iterations = iterations
+        self._admin_token = admin_token
+        # sha256(token) -> principal: a REST call must not pay PBKDF2 each time.
+        self._verified: dict[bytes, Principal] = {}
+
+    # reads ---------------------------------------------------------------------------------
+
+    def get(self, kind: str, ident: str) -> dict[str, Any]:
+        row = self.store.get(kind, ident)
+        if row is None:
+            raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
+        return _public(row)
+
+    def list(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
+        return [_public(r) for r in self.store.list(kind, household_number)]
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return self.get("devices", device_id)
+
+    def resident(self, resident_id: str) -> dict[str, Any]:
+        return self.get("residents", resident_id)
+
+    def resident_ids(self, household_number: str) -> list[str]:
+        return [r["resident_id"] for r in self.store.list("residents", household_number)]
+
+    # writes --------------------------------------------------------------------------------
+
+    def add_household(self, household_number: str, name: str | None) -> dict[str, Any]:
+        if self.store.get("households", household_number) is not None:
+            raise Conflict(f"household '{household_number}' already exists")
+        row = {"household_number": household_number, "name": name, "created_at": time.time()}
+        self.store.put("households", row)
+        return _public(row)
+
+    def add_member(self, kind: str, ident: str, household_number: str, name: str | None) -> dict[str, Any]:
+        """Create a resident or device and return it with its token, shown this once."""
+        if self.store.get("households", household_number) is None:
+            raise NotFound(f"household '{household_number}' not found")
+        if self.store.get(kind, ident) is not None:
+            raise Conflict(f"{SINGULAR[kind]} '{ident}' already exists")
+        token = new_token(SINGULAR[kind], ident)
+        row = {DIRECTORY[kind]: ident, "household_number": household_number, "name": name,
+               "token_hash": hash_token(token, self.iterations), "created_at": time.time()}
+        self.store.put(kind, row)
+        return {DIRECTORY[kind]: ident, "household_number": household_number, "token": token}
+
+    def reissue_token(self, kind: str, ident: str) -> dict[str, Any]:
+        row = self.get(kind, ident)
+        token = new_token(SINGULAR[kind], ident)
+        self.store.set_token_hash(kind, ident, hash_token(token, self.iterations))
+        self._forget(SINGULAR[kind], ident)
+        return {DIRECTORY[kind]: ident, "household_number": row["household_number"], "token": token}
+
+    def delete(self, kind: str, ident: str) -> None:
+        if kind == "households" and (self.store.list("residents", ident) or self.store.list("devices", ident)):
+            raise Conflict(f"household '{ident}' still has residents or devices; delete them first")
+        if not self.store.delete(kind, ident):
+            raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
+        if kind != "households":
+            self._forget(SINGULAR[kind], ident)
+
+    def seed_site(self, site: SiteConfig) -> None:
+        """Declare broker.yaml's `site:` directory; existing rows (and their tokens) are kept."""
+        now = time.time()
+        for hh in site.households:
+            if self.store.get("households", hh.household_number) is None:
+                self.store.put("households", {"household_number": hh.household_number, "name": hh.name,
+                                              "created_at": now})
+            for kind, members in (("residents", hh.residents), ("devices", hh.devices)):
+                for m in members:
+                    ident = m.resident_id if kind == "residents" else m.device_id  # type: ignore[union-attr]
+                    existing = self.store.get(kind, ident)
+                    if existing is None:
+                        self.store.put(kind, {DIRECTORY[kind]: ident, "household_number": hh.household_number,
+                                              "name": m.name, "token_hash": None, "created_at": now})
+                    elif existing["household_number"] != hh.household_number:
+                        raise BadRequest(f"site: {SINGULAR[kind]} '{ident}' is in household "
+                                         f"'{existing['household_number']}' already")
+
+    # authentication --------------------------------------------------------------------------
+
+    def check_token(self, token: str) -> Principal | None:
+        """Who holds this token, or None. Synchronous and CPU-bound: call through `authenticate`."""
+        key = hashlib.sha256(token.encode()).digest()
+        if (hit := self._verified.get(key)) is not None:
+            return hit
+        principal = self._check_uncached(token)
+        if principal is not None:
+            if len(self._verified) >= _CACHE_MAX:
+                self._verified.clear()
+            self._verified[key] = principal
+        return principal
+
+    async def authenticate(self, token: str) -> Principal:
+        """Resolve a bearer token off the event loop; raise Unauthorized if it is not valid."""
+        key = hashlib.sha256(token.encode()).digest()
+        principal = self._verified.get(key) or await asyncio.to_thread(self.check_token, token)
+        if principal is None:
+            raise Unauthorized("invalid or expired token")
+        return principal
+
+    def _check_uncached(self, token: str) -> Principal | None:
+        if self._admin_token and hmac.compare_digest(token.encode(), self._admin_token.encode()):
+            return Principal("admin", "admin")
+        principal = parse_token(token)
+        if principal is None or principal.role not in ("device", "resident"):
+            return None
+        row = self.store.get(f"{principal.role}s", principal.id)
+        if row is None or not verify_token(token, row.get("token_hash")):
+            return None
+        return principal
+
+    def _forget(self, role: str, ident: str) -> None:
+        self._verified = {k: p for k, p in self._verified.items() if not (p.role == role and p.id == ident)}
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "token_hash"}

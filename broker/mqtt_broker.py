@@ -1,0 +1,24 @@
+"""Our layer over amqtt's Broker (pinned to 0.12.1): in-process publishing and bound-port lookup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amqtt.broker import Broker, RetainedApplicationMessage
+
+__all__ = ["IntercomBroker"]
+
+
+class IntercomBroker(Broker):
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Queue a server-originated message; synchronous so callers stay atomic."""
+        self._broadcast_queue.put_nowait({"session": None, "topic": topic, "data": payload, "qos": qos})
+        if retain:
+            if payload:
+                self._retained_messages[topic] = RetainedApplicationMessage(None, topic, payload, qos)
+            else:
+                self._retained_messages.pop(topic, None)
+
+    def bound_port(self, listener: str) -> int:
+        server: Any = self._servers[listener].instance
+        return int(next(iter(server.sockets)).getsockname()[1])

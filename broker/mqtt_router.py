@@ -1,0 +1,107 @@
+"""Turns a client's PUBLISH on a call topic into a service call; errors go back on its control topic.
+
+Transport-agnostic: the embedded broker's plugin and the external-broker bridge both feed it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from broker.errors import BadRequest, DomainError, Forbidden
+from broker.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics
+from broker.services import Services
+from broker.states import Party, Role
+from broker.tokens import Principal
+
+__all__ = ["identify", "on_publish"]
+
+log = logging.getLogger("intercom.mqtt")
+_CLIENT_ID = re.compile(r"^(device|resident)[-_](.+)$")
+
+
+def identify(principal: Principal | None, client_id: str | None) -> Party | None:
+    """Which party a connection speaks for: its authenticated principal, else its client id."""
+    if principal is not None:
+        if principal.role in ("device", "resident"):
+            return Party(Role(principal.role), principal.id)
+        return None
+    if client_id and (m := _CLIENT_ID.match(client_id)):
+        return Party(Role(m.group(1)), m.group(2))
+    return None
+
+
+def on_publish(svc: Services, principal: Principal | None, topic: str, payload: bytes) -> None:
+    """Handle one client publish; never raises."""
+    parts = topic.split("/")
+    match parts:
+        case ["calls", "request", device_id]:
+            party = Party(Role.DEVICE, device_id)
+        case ["devices", device_id, "calls", "control"]:
+            party = Party(Role.DEVICE, device_id)
+        case ["users", resident_id, "calls", "control"]:
+            party = Party(Role.RESIDENT, resident_id)
+        case ["devices", device_id, "status"]:
+            party = Party(Role.DEVICE, device_id)
+        case _:
+            return
+    body: Any = None
+    request_id: str | None = None
+    try:
+        body = _decode(svc, payload)
+        if isinstance(body, dict) and body.get("origin") == "server":
+            return  # our own message echoed back by a client
+        if principal is not None and principal.role != "admin" and (principal.role, principal.id) != (
+            party.role.value, party.id):
+            raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")
+        if parts[0] == "calls":
+            request_id = body.get("request_id") if isinstance(body, dict) else None
+            req = MqttCallRequest.model_validate(body)
+            data = svc.calls.start_call(party.id, req.household_number, timestamp=req.timestamp)
+            reply = {"origin": "server", **data, "request_id": req.request_id}
+            svc.calls.publisher.publish(topics.device_control(party.id), json.dumps(reply).encode(), qos=1)
+        elif parts[-1] == "status":
+            svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}), publish=False)
+        else:
+            ctl = ControlBody.model_validate(body)
+            svc.calls.act(party, ctl.call_info)
+    except ValidationError as exc:
+        _refuse(svc, party, topic, 400, _validation_message(exc), body, request_id)
+    except DomainError as exc:
+        _refuse(svc, party, topic, exc.status, exc.message, body, request_id)
+    except Exception:
+        log.exception("unexpected error handling publish on %s", topic)
+        _refuse(svc, party, topic, 500, "internal error", body, request_id)
+
+
+def _decode(svc: Services, payload: bytes) -> Any:
+    if len(payload) > svc.settings.mqtt.max_payload_bytes:
+        raise BadRequest(f"payload too large: {len(payload)} bytes > {svc.settings.mqtt.max_payload_bytes}")
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"payload is not valid JSON: {exc}") from exc
+
+
+def _as_dict(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("payload must be a JSON object")
+    return body
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"invalid field '{field}': {first['msg']}"
+
+
+def _refuse(svc: Services, party: Party, topic: str, code: int, message: str, body: Any,
+            request_id: str | None) -> None:
+    log.warning("refused publish on %s from %s: %s %s", topic, party.key, code, message)
+    info = body.get("call_info") if isinstance(body, dict) else None
+    call_info = {k: info.get(k) for k in ("call_id", "action") if k in info} if isinstance(info, dict) else {}
+    svc.calls.send_error(party, code, message, call_info, request_id)

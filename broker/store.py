@@ -1,0 +1,225 @@
+"""A thin synchronous store over sqlite-utils. Every call transition is one transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.db import NotFoundError, Table
+
+from broker.states import CallSession, CallState, EndReason
+
+__all__ = ["Store", "StoreError"]
+
+DIRECTORY = {"households": "household_number", "residents": "resident_id", "devices": "device_id"}
+
+
+class StoreError(Exception):
+    """The database refused a write (disk full, locked, corrupt); nothing was half-written."""
+
+
+class Store:
+    def __init__(self, path: Path | None) -> None:
+        if path is None:
+            self.db = Database(memory=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), check_same_thread=False)
+            self.db = Database(conn)
+            # WAL: a crash never leaves a torn page; NORMAL keeps commits off fsync's critical path.
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=2000")
+        self._create()
+
+    def _create(self) -> None:
+        t = self._t
+        t("households").create(
+            {"household_number": str, "name": str, "created_at": float}, pk="household_number", if_not_exists=True
+        )
+        for table, pk in (("residents", "resident_id"), ("devices", "device_id")):
+            t(table).create(
+                {pk: str, "household_number": str, "name": str, "token_hash": str, "created_at": float},
+                pk=pk,
+                if_not_exists=True,
+            )
+            t(table).create_index(["household_number"], if_not_exists=True)
+        t("calls").create(
+            {
+                "call_id": str, "device_id": str, "household_number": str, "target_resident_ids": str,
+                "status": str, "resident_id": str, "end_reason": str, "start_time": float,
+                "connected_at": float, "last_activity": float, "ended_at": float, "ring_timeout_s": float,
+                "max_duration_s": float, "ringing": str, "last_actions": str,
+            },
+            pk="call_id",
+            if_not_exists=True,
+        )
+        t("calls").create_index(["status"], if_not_exists=True)
+        t("calls").create_index(["household_number", "start_time"], if_not_exists=True)
+        t("calls").create_index(["device_id", "start_time"], if_not_exists=True)
+        t("call_events").create(
+            {"id": int, "call_id": str, "ts": float, "actor": str, "action": str, "reason": str,
+             "from_state": str, "to_state": str},
+            pk="id",
+            if_not_exists=True,
+        )
+        t("call_events").create_index(["call_id"], if_not_exists=True)
+        t("device_status").create(
+            {"device_id": str, "online": int, "battery": int, "properties": str, "updated_at": float},
+            pk="device_id",
+            if_not_exists=True,
+        )
+        t("system_messages").create(
+            {"id": int, "type": str, "level": str, "message": str, "data": str, "timestamp": int},
+            pk="id",
+            if_not_exists=True,
+        )
+
+    def _t(self, name: str) -> Table:
+        return self.db.table(name)  # type: ignore[return-value]
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        try:
+            with self.db.conn:
+                yield
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    # directory -----------------------------------------------------------------------------
+
+    def put(self, kind: str, row: dict[str, Any], replace: bool = False) -> None:
+        with self._tx():
+            self._t(kind).insert(row, pk=DIRECTORY[kind], replace=replace)
+
+    def upsert(self, kind: str, row: dict[str, Any]) -> None:
+        with self._tx():
+            self._t(kind).upsert(row, pk=DIRECTORY[kind])
+
+    def get(self, kind: str, ident: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._t(kind).get(ident))
+        except NotFoundError:
+            return None
+
+    def list(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
+        if household_number is None:
+            return list(self._t(kind).rows_where(order_by=DIRECTORY[kind]))
+        return list(self._t(kind).rows_where("household_number = ?", [household_number], order_by=DIRECTORY[kind]))
+
+    def delete(self, kind: str, ident: str) -> bool:
+        with self._tx():
+            cur = self.db.execute(f"DELETE FROM [{kind}] WHERE [{DIRECTORY[kind]}] = ?", [ident])
+        return cur.rowcount > 0
+
+    def set_token_hash(self, kind: str, ident: str, token_hash: str) -> None:
+        with self._tx():
+            self._t(kind).update(ident, {"token_hash": token_hash})
+
+    # calls ---------------------------------------------------------------------------------
+
+    def save_transition(self, call: CallSession, actor: str, action: str, reason: str | None, before: str) -> None:
+        """Write the call's new state and its event in one transaction (raw SQL: sqlite-utils commits per call)."""
+        row = _call_row(call)
+        cols = ", ".join(f"[{k}]" for k in row)
+        marks = ", ".join("?" for _ in row)
+        with self._tx():
+            self.db.conn.execute(f"INSERT OR REPLACE INTO calls ({cols}) VALUES ({marks})", list(row.values()))
+            self.db.conn.execute(
+                "INSERT INTO call_events (call_id, ts, actor, action, reason, from_state, to_state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [call.call_id, call.last_activity, actor, action, reason, before, str(call.state)],
+            )
+
+    def get_call(self, call_id: str) -> dict[str, Any] | None:
+        try:
+            return _decode_call(dict(self._t("calls").get(call_id)))
+        except NotFoundError:
+            return None
+
+    def list_calls(self, where: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
+        clauses = [f"[{k}] = ?" for k in where]
+        params: list[Any] = list(where.values())
+        if active_only:
+            clauses.append("status != 'ended'")
+        sql = " AND ".join(clauses) or None
+        rows = self._t("calls").rows_where(sql, params, order_by="start_time DESC", limit=limit)
+        return [_decode_call(dict(r)) for r in rows]
+
+    def active_calls(self) -> list[CallSession]:
+        rows = self._t("calls").rows_where("status != 'ended'", order_by="start_time")
+        return [call_from_row(_decode_call(dict(r))) for r in rows]
+
+    def call_events(self, call_id: str) -> list[dict[str, Any]]:
+        return list(self._t("call_events").rows_where("call_id = ?", [call_id], order_by="id"))
+
+    # status and system messages --------------------------------------------------------------
+
+    def put_status(self, row: dict[str, Any]) -> None:
+        with self._tx():
+            self._t("device_status").upsert({**row, "properties": json.dumps(row["properties"])}, pk="device_id")
+
+    def get_status(self, device_id: str) -> dict[str, Any] | None:
+        try:
+            row = dict(self._t("device_status").get(device_id))
+        except NotFoundError:
+            return None
+        return {**row, "online": bool(row["online"]), "properties": json.loads(row["properties"] or "{}")}
+
+    def add_system_message(self, row: dict[str, Any]) -> None:
+        with self._tx():
+            self._t("system_messages").insert({**row, "data": json.dumps(row["data"])})
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _call_row(call: CallSession) -> dict[str, Any]:
+    return {
+        "call_id": call.call_id,
+        "device_id": call.device_id,
+        "household_number": call.household_number,
+        "target_resident_ids": json.dumps(list(call.targets)),
+        "status": str(call.state),
+        "resident_id": call.answered_by,
+        "end_reason": str(call.end_reason) if call.end_reason else None,
+        "start_time": call.created_at,
+        "connected_at": call.connected_at,
+        "last_activity": call.last_activity,
+        "ended_at": call.ended_at,
+        "ring_timeout_s": call.ring_timeout_s,
+        "max_duration_s": call.max_duration_s,
+        "ringing": json.dumps(sorted(call.ringing)),
+        "last_actions": json.dumps(call.last_actions),
+    }
+
+
+def _decode_call(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("target_resident_ids", "ringing", "last_actions"):
+        row[key] = json.loads(row[key] or "null")
+    return row
+
+
+def call_from_row(row: dict[str, Any]) -> CallSession:
+    return CallSession(
+        call_id=row["call_id"],
+        device_id=row["device_id"],
+        household_number=row["household_number"],
+        targets=tuple(row["target_resident_ids"]),
+        created_at=row["start_time"],
+        ring_timeout_s=row["ring_timeout_s"],
+        max_duration_s=row["max_duration_s"],
+        state=CallState(row["status"]),
+        ringing=frozenset(row["ringing"] or ()),
+        answered_by=row["resident_id"],
+        end_reason=EndReason(row["end_reason"]) if row["end_reason"] else None,
+        connected_at=row["connected_at"],
+        ended_at=row["ended_at"],
+        last_activity=row["last_activity"],
+        last_actions=row["last_actions"] or {},
+    )

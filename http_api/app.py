@@ -1,0 +1,24 @@
+"""The aiohttp app factory."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.services import Services
+from http_api.auth import auth_middleware
+from http_api.envelope import error_middleware
+from http_api.keys import HEALTH, SERVICES
+from http_api.routes import setup_routes
+
+__all__ = ["create_app"]
+
+
+def create_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=services.settings.http.max_body_bytes,
+    )
+    app[SERVICES] = services
+    app[HEALTH] = {"broker": False}
+    setup_routes(app)
+    return app

@@ -1,0 +1,50 @@
+"""Bearer-token identity for every request, checked in one middleware; per-view role checks."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.errors import Forbidden, Unauthorized
+from broker.states import Party, Role
+from broker.tokens import Principal
+from http_api.envelope import Handler
+from http_api.keys import SERVICES
+
+__all__ = ["auth_middleware", "party_of", "principal", "require"]
+
+PUBLIC = frozenset({"/healthz"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    svc = request.app[SERVICES]
+    header = request.headers.get("Authorization", "")
+    request["principal"] = None
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Authorization must be 'Bearer <token>'")
+        request["principal"] = await svc.directory.authenticate(token.strip())
+    elif request.path not in PUBLIC and not svc.settings.local_only:
+        raise Unauthorized("missing bearer token")
+    return await handler(request)
+
+
+def principal(request: web.Request) -> Principal | None:
+    """The caller, or None for an anonymous caller in local-only mode."""
+    p: Principal | None = request["principal"]
+    return p
+
+
+def require(request: web.Request, *roles: str) -> Principal | None:
+    """Admin and local-only anonymous callers pass; others must hold one of `roles`."""
+    p = principal(request)
+    if p is None or p.role == "admin" or p.role in roles:
+        return p
+    raise Forbidden(f"a {p.role} may not call {request.method} {request.path}")
+
+
+def party_of(p: Principal | None) -> Party | None:
+    if p is not None and p.role in ("device", "resident"):
+        return Party(Role(p.role), p.id)
+    return None

@@ -1,0 +1,107 @@
+"""Call endpoints of the seed API (current and older shapes). Thin: parse, check who, delegate."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.errors import BadRequest, Forbidden
+from broker.payloads import CallRequest, ControlBody, EndSessionRequest, RtcCallRequest
+from broker.states import Party, Role
+from http_api.auth import party_of, principal, require
+from http_api.envelope import ok, parse_body
+from http_api.keys import SERVICES
+
+__all__ = ["active_calls", "call", "control_device", "control_resident", "end_session", "history", "rtc_call",
+           "session"]
+
+
+def _own_device(request: web.Request, device_id: str) -> None:
+    p = require(request, "device")
+    if p is not None and p.role == "device" and p.id != device_id:
+        raise Forbidden(f"device {p.id} may not start a call as device {device_id}")
+
+
+async def call(request: web.Request) -> web.Response:
+    body = await parse_body(request, CallRequest)
+    _own_device(request, body.device_id)
+    svc = request.app[SERVICES]
+    data = svc.calls.start_call(body.device_id, body.household_number, body.target_resident_id, body.timestamp)
+    return ok(data)
+
+
+async def rtc_call(request: web.Request) -> web.Response:
+    """Older `/api/rtc/call` and `/api/trtc/call`: a call from one device to one resident."""
+    body = await parse_body(request, RtcCallRequest)
+    _own_device(request, body.device_id)
+    return ok(request.app[SERVICES].calls.start_call(body.device_id, resident_id=body.resident_id))
+
+
+async def control_device(request: web.Request) -> web.Response:
+    body = await parse_body(request, ControlBody)
+    p = require(request, "device")
+    svc = request.app[SERVICES]
+    actor = party_of(p) or Party(Role.DEVICE, svc.calls.device_for(body.call_info.call_id))
+    svc.calls.act(actor, body.call_info)
+    return ok(None)
+
+
+async def control_resident(request: web.Request) -> web.Response:
+    body = await parse_body(request, ControlBody)
+    p = require(request, "resident")
+    svc = request.app[SERVICES]
+    actor = party_of(p) or Party(Role.RESIDENT, svc.calls.resident_for(body.call_info.call_id, body.resident_id))
+    svc.calls.act(actor, body.call_info)
+    return ok(None)
+
+
+async def session(request: web.Request) -> web.Response:
+    call_id = request.query.get("call_id", "").strip()
+    if not call_id:
+        raise BadRequest("无效的请求参数: call_id: 缺少必要字段")
+    p = principal(request)
+    viewer = party_of(p)
+    if viewer is None and p is None and (rid := request.query.get("resident_id")):
+        viewer = Party(Role.RESIDENT, rid)
+    return ok(request.app[SERVICES].calls.session(call_id, viewer))
+
+
+async def end_session(request: web.Request) -> web.Response:
+    body = await parse_body(request, EndSessionRequest)
+    require(request)
+    request.app[SERVICES].calls.end_session(body.call_id, body.reason)
+    return ok(None)
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "50")
+    if not raw.isdigit():
+        raise BadRequest(f"无效的请求参数: limit must be a positive integer, got '{raw}'")
+    return int(raw)
+
+
+async def history(request: web.Request) -> web.Response:
+    """Call history, newest first: `?household_number=&device_id=&status=&limit=`."""
+    filters = {k: request.query[k] for k in ("household_number", "device_id", "status") if request.query.get(k)}
+    p = require(request, "resident", "device")
+    svc = request.app[SERVICES]
+    if p is not None and p.role == "resident":
+        own = svc.directory.resident(p.id)["household_number"]
+        if filters.setdefault("household_number", own) != own:
+            raise Forbidden("a resident may only list its own household's calls")
+    elif p is not None and p.role == "device" and filters.setdefault("device_id", p.id) != p.id:
+        raise Forbidden("a device may only list its own calls")
+    return ok(svc.calls.history(filters, _limit(request)))
+
+
+async def active_calls(request: web.Request) -> web.Response:
+    """Live calls of one party (`?resident_id=` or `?device_id=`), so a woken phone can re-sync."""
+    p = principal(request)
+    party = party_of(p)
+    if party is None:
+        if rid := request.query.get("resident_id"):
+            party = Party(Role.RESIDENT, rid)
+        elif did := request.query.get("device_id"):
+            party = Party(Role.DEVICE, did)
+        else:
+            raise BadRequest("无效的请求参数: resident_id or device_id is required")
+    return ok(request.app[SERVICES].calls.active_for(party))

@@ -1,0 +1,64 @@
+"""Device status, system messages, TRTC credentials and health."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.errors import Forbidden, Overloaded
+from broker.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, UserSigRequest
+from http_api.auth import principal, require
+from http_api.envelope import ok, parse_body
+from http_api.keys import HEALTH, SERVICES
+
+__all__ = ["device_status", "get_device_status", "healthz", "rtc_token", "system_message", "usersig"]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    health = request.app[HEALTH]
+    if not health.get("broker"):
+        raise Overloaded("broker not serving yet")
+    svc = request.app[SERVICES]
+    return ok({"broker": True, "http": True, "active_calls": svc.calls.active_count})
+
+
+async def device_status(request: web.Request) -> web.Response:
+    body = await parse_body(request, DeviceStatus)
+    p = require(request, "device")
+    if p is not None and p.role == "device" and p.id != body.device_id:
+        raise Forbidden(f"device {p.id} may not report status for device {body.device_id}")
+    request.app[SERVICES].status.update(body)
+    return ok(None)
+
+
+async def get_device_status(request: web.Request) -> web.Response:
+    return ok(request.app[SERVICES].status.get(request.match_info["device_id"]))
+
+
+async def system_message(request: web.Request) -> web.Response:
+    body = await parse_body(request, SystemMessage)
+    require(request)
+    request.app[SERVICES].status.system_message(body)
+    return ok(None)
+
+
+def _own_user_id(request: web.Request, user_id: str) -> None:
+    p = principal(request)
+    if p is not None and p.role in ("device", "resident") and user_id not in (p.id, f"{p.role}_{p.id}"):
+        raise Forbidden(f"{p.role} {p.id} may not get credentials for '{user_id}'")
+
+
+async def usersig(request: web.Request) -> web.Response:
+    body = await parse_body(request, UserSigRequest)
+    _own_user_id(request, body.user_id)
+    trtc = request.app[SERVICES].trtc
+    return ok({"sdk_app_id": trtc.sdk_app_id, "user_id": body.user_id, "user_sig": trtc.user_sig(body.user_id),
+               "expire_s": trtc.expire_s})
+
+
+async def rtc_token(request: web.Request) -> web.Response:
+    """Older `/api/rtc/token`: a UserSig for `user_id` to join room `channel_id`."""
+    body = await parse_body(request, RtcTokenRequest)
+    _own_user_id(request, body.user_id)
+    creds = request.app[SERVICES].trtc.credentials(body.user_id, body.channel_id).model_dump()
+    return ok({**creds, "channel_id": body.channel_id, "token": creds["user_sig"],
+               "expire_s": request.app[SERVICES].trtc.expire_s})

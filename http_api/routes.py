@@ -1,0 +1,34 @@
+"""The route table: every path of the seed API (current and older) in one place."""
+
+from aiohttp import web
+
+from http_api import admin_views, call_views, misc_views
+
+__all__ = ["setup_routes"]
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/healthz", misc_views.healthz)
+    # calls (seed 000, plus 001's older shapes and paths)
+    r.add_post("/api/mqtt/call", call_views.call)
+    r.add_post("/api/rtc/call", call_views.rtc_call)
+    r.add_post("/api/trtc/call", call_views.rtc_call)
+    r.add_post("/api/mqtt/controller/device", call_views.control_device)
+    r.add_post("/api/mqtt/controller/resident", call_views.control_resident)
+    r.add_get("/api/mqtt/session", call_views.session)
+    r.add_post("/api/mqtt/end-session", call_views.end_session)
+    r.add_get("/api/calls", call_views.history)
+    r.add_get("/api/calls/active", call_views.active_calls)
+    # status, system messages, TRTC
+    r.add_post("/api/mqtt/device/status", misc_views.device_status)
+    r.add_get("/api/devices/{device_id}/status", misc_views.get_device_status)
+    r.add_post("/api/mqtt/system/message", misc_views.system_message)
+    r.add_post("/api/trtc/usersig", misc_views.usersig)
+    r.add_post("/api/rtc/token", misc_views.rtc_token)
+    # directory administration
+    r.add_post("/api/admin/{kind}", admin_views.create)
+    r.add_get("/api/admin/{kind}", admin_views.list_all)
+    r.add_get("/api/admin/{kind}/{ident}", admin_views.get)
+    r.add_delete("/api/admin/{kind}/{ident}", admin_views.delete)
+    r.add_post("/api/admin/{kind}/{ident}/token", admin_views.new_token)

@@ -1,0 +1,53 @@
+"""Feeds client publishes and connection events from amqtt into the call and status services."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from amqtt.broker import BrokerContext
+from amqtt.plugins.base import BasePlugin
+from amqtt.session import ApplicationMessage, Session
+
+from broker.mqtt_router import identify, on_publish
+from broker.services import Services
+from broker.states import Role
+from plugins.auth import PRINCIPAL
+
+__all__ = ["CallPlugin"]
+
+log = logging.getLogger("intercom.plugin")
+
+
+class CallPlugin(BasePlugin[BrokerContext]):
+    @dataclass
+    class Config:
+        """No options: call settings live in broker.yaml's `calls:` and are bound at start."""
+
+    services: Services | None = None
+
+    def bind(self, services: Services) -> None:
+        self.services = services
+
+    async def on_broker_message_broadcast(self, *, client_id: str, message: ApplicationMessage) -> None:
+        if self.services is None or not message.topic:
+            return
+        session = self.context.get_session(client_id)
+        principal = session.attributes.get(PRINCIPAL) if session is not None else None
+        on_publish(self.services, principal, message.topic, bytes(message.data or b""))
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        self._presence(client_session, online=True)
+
+    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+        self._presence(client_session, online=False)
+
+    def _presence(self, session: Session, online: bool) -> None:
+        if self.services is None:
+            return
+        party = identify(session.attributes.get(PRINCIPAL), session.client_id)
+        if party is not None and party.role is Role.DEVICE:
+            try:
+                self.services.status.set_online(party.id, online)
+            except Exception:
+                log.exception("could not record presence of device %s", party.id)
