@@ -1,4 +1,8 @@
-"""Our layer over amqtt's Broker (pinned to 0.12.1): in-process publishing and bound-port lookup."""
+"""Our layer over amqtt's Broker (pinned to 0.12.1): in-process publishing and bound-port lookup.
+
+IntercomBroker = HardeningMixin (limits, protocol checks) + FastPathMixin (subscription index,
+delivery) + amqtt's Broker. Each mixin owns distinct methods.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,13 @@ from typing import Any
 
 from amqtt.broker import Broker, RetainedApplicationMessage
 
+from broker.fast_path import FastPathMixin
+from broker.hardening import HardeningMixin
+
 __all__ = ["IntercomBroker"]
 
 
-class IntercomBroker(Broker):
+class IntercomBroker(HardeningMixin, FastPathMixin, Broker):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Queue a server-originated message; synchronous so callers stay atomic."""
         self._broadcast_queue.put_nowait({"session": None, "topic": topic, "data": payload, "qos": qos})

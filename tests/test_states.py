@@ -1,0 +1,139 @@
+"""The pure call state machine, without a broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.states import (
+    TRANSITIONS,
+    Action,
+    CallState,
+    EndReason,
+    Forbidden,
+    InvalidTransition,
+    Party,
+    Role,
+    apply,
+    new_call,
+)
+
+DEV = Party(Role.DEVICE, "1")
+R2, R3 = Party(Role.RESIDENT, "2"), Party(Role.RESIDENT, "3")
+SRV = Party(Role.SERVER, "server")
+
+
+def ringing():
+    return new_call("call-1", "1", "101", ("2", "3"), now=100.0, ring_timeout_s=30, max_duration_s=600)
+
+
+def test_answer_connects_and_cancels_the_others():
+    """The first answer connects the call; the device hears who, the other resident is cancelled."""
+    call, notices = apply(ringing(), R2, Action.ANSWERED, 101.0)
+    assert call.state is CallState.CONNECTED and call.answered_by == "2" and call.connected_at == 101.0
+    assert {(n.to, n.action, n.reason, n.resident_id) for n in notices} == {
+        (DEV, "answered", None, "2"), (R3, "cancelled", "answered_elsewhere", "2")}
+    assert call.deadline == 101.0 + 600
+
+
+def test_second_answer_conflicts():
+    """A second resident answering a connected call is out of order."""
+    call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
+    with pytest.raises(InvalidTransition):
+        apply(call, R3, Action.ANSWERED, 102.0)
+
+
+def test_repeat_is_a_quiet_no_op():
+    """The same party repeating its action changes nothing and tells nobody."""
+    call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
+    again, notices = apply(call, R2, Action.ANSWERED, 102.0)
+    assert again is call and notices == []
+
+
+def test_member_reject_policy_ends_only_when_nobody_rings():
+    """Under `member`, each reject stops one resident; the last one ends the call."""
+    call, notices = apply(ringing(), R2, Action.REJECTED, 101.0, reason="busy")
+    assert call.state is CallState.RINGING and call.ringing == {"3"}
+    assert [(n.to, n.action, n.reason, n.resident_id) for n in notices] == [(DEV, "rejected", "busy", "2")]
+    call, _ = apply(call, R3, Action.TIMEOUT, 102.0)
+    assert call.state is CallState.ENDED and call.end_reason is EndReason.REJECTED
+
+
+def test_household_reject_policy_ends_at_once():
+    """Under `household`, one reject ends the call and the others hear rejected_elsewhere."""
+    call, notices = apply(ringing(), R2, Action.REJECTED, 101.0, reject_policy="household")
+    assert call.state is CallState.ENDED and call.end_reason is EndReason.REJECTED
+    assert (R3, "cancelled", "rejected_elsewhere") in {(n.to, n.action, n.reason) for n in notices}
+
+
+def test_device_cancel_tells_every_ringing_resident():
+    """A device cancel ends the call and every ringing resident hears it."""
+    call, notices = apply(ringing(), DEV, Action.CANCELLED, 101.0)
+    assert call.end_reason is EndReason.CANCELLED
+    assert {n.to for n in notices} == {R2, R3} and all(n.action == "cancelled" for n in notices)
+
+
+def test_hangup_while_connected_tells_the_other_side():
+    """A hangup in a connected call ends it and tells only the other party."""
+    call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
+    ended, notices = apply(call, DEV, Action.HANGUP, 110.0)
+    assert ended.end_reason is EndReason.HANGUP and ended.ended_at == 110.0
+    assert [(n.to, n.action) for n in notices] == [(R2, "hangup")]
+
+
+def test_non_answerer_may_not_hang_up_a_connected_call():
+    """Only the resident who answered can hang up."""
+    call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
+    with pytest.raises(Forbidden):
+        apply(call, R3, Action.HANGUP, 102.0)
+
+
+@pytest.mark.parametrize(("actor", "action"), [(DEV, Action.ANSWERED), (R2, Action.CANCELLED), (DEV, Action.REJECTED)])
+def test_role_may_not_send_action(actor, action):
+    """Actions outside a role's vocabulary are forbidden in any state."""
+    with pytest.raises(Forbidden):
+        apply(ringing(), actor, action, 101.0)
+
+
+def test_outsider_is_forbidden():
+    """A resident who is not a target cannot act on the call."""
+    with pytest.raises(Forbidden):
+        apply(ringing(), Party(Role.RESIDENT, "9"), Action.ANSWERED, 101.0)
+
+
+def test_ring_timeout_tells_everybody():
+    """The ring deadline ends the call `timeout` and tells the device and every ringing resident."""
+    call, notices = apply(ringing(), SRV, Action.RING_TIMEOUT, 130.0)
+    assert call.end_reason is EndReason.TIMEOUT and call.deadline is None
+    assert {n.to for n in notices} == {DEV, R2, R3} and {n.action for n in notices} == {"timeout"}
+
+
+def test_max_duration_and_force():
+    """Connected calls end by max duration or by force, telling both sides."""
+    call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
+    ended, notices = apply(call, SRV, Action.MAX_DURATION, 701.0)
+    assert ended.end_reason is EndReason.MAX_DURATION and {n.to for n in notices} == {DEV, R2}
+    forced, notices = apply(call, SRV, Action.FORCE, 150.0, reason="call_completed")
+    assert forced.end_reason is EndReason.FORCED
+    assert {(n.to, n.action, n.reason) for n in notices} == {(DEV, "hangup", "call_completed"),
+                                                             (R2, "hangup", "call_completed")}
+
+
+def test_party_offline_does_not_tell_the_missing_party():
+    """When the answerer vanishes, only the device is told."""
+    call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
+    ended, notices = apply(call, SRV, Action.PARTY_OFFLINE, 120.0, reason=R2.key)
+    assert ended.end_reason is EndReason.PARTY_OFFLINE and [n.to for n in notices] == [DEV]
+
+
+def test_nothing_moves_an_ended_call():
+    """Every action on an ended call is out of order, except a repeat."""
+    call, _ = apply(ringing(), DEV, Action.CANCELLED, 101.0)
+    for actor, action in [(R2, Action.ANSWERED), (DEV, Action.HANGUP), (SRV, Action.FORCE)]:
+        with pytest.raises(InvalidTransition):
+            apply(call, actor, action, 102.0)
+    assert apply(call, DEV, Action.CANCELLED, 103.0)[1] == []
+
+
+def test_table_never_leaves_ended():
+    """No transition starts from the ended state."""
+    assert all(state is not CallState.ENDED for state, _, _ in TRANSITIONS)
