@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from aiohttp import web
 
 from broker.errors import Forbidden, Unauthorized
 from broker.states import Party, Role
 from broker.tokens import Principal
 from http_api.envelope import Handler
-from http_api.keys import SERVICES
+from http_api.keys import PRINCIPAL, SERVICES
 
 __all__ = ["auth_middleware", "party_of", "principal", "require"]
 
@@ -19,12 +21,12 @@ PUBLIC = frozenset({"/healthz"})
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     svc = request.app[SERVICES]
     header = request.headers.get("Authorization", "")
-    request["principal"] = None
+    request[PRINCIPAL] = None
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("Authorization must be 'Bearer <token>'")
-        request["principal"] = await svc.directory.authenticate(token.strip())
+        request[PRINCIPAL] = await svc.directory.authenticate(token.strip())
     elif request.path not in PUBLIC and not svc.settings.local_only:
         raise Unauthorized("missing bearer token")
     return await handler(request)
@@ -32,8 +34,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def principal(request: web.Request) -> Principal | None:
     """The caller, or None for an anonymous caller in local-only mode."""
-    p: Principal | None = request["principal"]
-    return p
+    return cast("Principal | None", request[PRINCIPAL])
 
 
 def require(request: web.Request, *roles: str) -> Principal | None:

@@ -4,8 +4,11 @@ from aiohttp import web
 
 from broker.services import Services
 
-__all__ = ["HEALTH", "SERVICES"]
+__all__ = ["HEALTH", "PRINCIPAL", "SERVICES"]
 
 SERVICES = web.AppKey("services", Services)
 # Set by the server once the broker listens; /healthz reads it.
 HEALTH = web.AppKey("health", dict)
+
+# The caller resolved by the auth middleware (None: anonymous, local-only mode).
+PRINCIPAL = web.RequestKey("principal", object)
