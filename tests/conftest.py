@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 import pytest
+import yaml
 
 from broker.config import Settings, load_settings
 from broker.server import IntercomServer
@@ -31,7 +33,6 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     }
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
-    import yaml
 
     path = tmp_path / "test.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -56,7 +57,8 @@ class Harness:
     async def post(self, path: str, body: Any, token: str | None = None, raw: bytes | None = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         data = raw if raw is not None else json.dumps(body).encode()
-        async with self.http.post(self.base + path, data=data, headers={**headers, "Content-Type": "application/json"}) as r:
+        headers["Content-Type"] = "application/json"
+        async with self.http.post(self.base + path, data=data, headers=headers) as r:
             return r.status, await r.json()
 
     async def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
@@ -165,7 +167,5 @@ async def party(harness: Harness) -> AsyncIterator[Callable[..., Any]]:
     yield connect
     for client, inbox in reversed(stack):
         await inbox.close()
-        try:
+        with contextlib.suppress(Exception):
             await client.__aexit__(None, None, None)
-        except Exception:
-            pass

@@ -215,3 +215,17 @@ async def test_resident_session_view_has_its_own_credentials(harness):
     assert verify_user_sig(resp["data"]["tencen_rtc"]["user_sig"], KEY).identifier == "resident_3"
     status, resp = await harness.get("/api/calls/active?resident_id=2")
     assert status == 200 and [c["call_id"] for c in resp["data"]] == [call_id]
+
+
+async def test_websocket_listener_carries_calls(harness):
+    """A resident connected over MQTT-over-WebSocket gets its incoming call."""
+    import aiomqtt
+
+    async with aiomqtt.Client("127.0.0.1", harness.server.ws_port, identifier="resident-2",
+                              transport="websockets", websocket_path="/mqtt") as c:
+        await c.subscribe("users/2/#", qos=1)
+        call_id = (await harness.start_call())["call_id"]
+        async with asyncio.timeout(5):
+            async for msg in c.messages:
+                assert str(msg.topic) == "users/2/calls/incoming" and json.loads(msg.payload)["call_id"] == call_id
+                break
