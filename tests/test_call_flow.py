@@ -229,3 +229,37 @@ async def test_websocket_listener_carries_calls(harness):
             async for msg in c.messages:
                 assert str(msg.topic) == "users/2/calls/incoming" and json.loads(msg.payload)["call_id"] == call_id
                 break
+
+
+async def test_ringing_hangups_and_resident_timeout(harness, party):
+    """A resident's hangup or timeout while ringing counts as a reject; a device hangup while ringing cancels."""
+    dev, r3 = await party("device", "1"), await party("resident", "3")
+    call_id = (await harness.start_call())["call_id"]
+    ctl = "/api/mqtt/controller/"
+    assert (await harness.post(ctl + "resident", {"resident_id": "2",
+                                                  "call_info": {"call_id": call_id, "action": "hangup"}}))[0] == 200
+    _, body = await dev.wait_for(is_ctl("rejected"))
+    assert body["resident_id"] == "2"
+    assert (await harness.post(ctl + "resident", {"resident_id": "3",
+                                                  "call_info": {"call_id": call_id, "action": "timeout"}}))[0] == 200
+    _, body = await dev.wait_for(lambda t, b: is_ctl("rejected")(t, b) and b["resident_id"] == "3")
+    _, resp = await harness.get(f"/api/mqtt/session?call_id={call_id}")
+    assert resp["data"]["end_reason"] == "rejected"
+    call_id = (await harness.start_call())["call_id"]
+    assert (await harness.post(ctl + "device", {"call_info": {"call_id": call_id, "action": "hangup"}}))[0] == 200
+    _, body = await r3.wait_for(lambda t, b: is_ctl("cancelled")(t, b) and b["call_info"]["call_id"] == call_id)
+    _, resp = await harness.get(f"/api/mqtt/session?call_id={call_id}")
+    assert resp["data"]["end_reason"] == "cancelled"
+
+
+async def test_resident_hangup_of_connected_call_tells_device(harness, party):
+    """The answerer hanging up tells the device, over MQTT."""
+    dev, r2 = await party("device", "1"), await party("resident", "2")
+    call_id = (await harness.start_call())["call_id"]
+    for action in ("answered", "hangup"):
+        await r2.client.publish("users/2/calls/control", json.dumps(
+            {"call_info": {"call_id": call_id, "action": action}}), qos=1)
+    _, body = await dev.wait_for(is_ctl("hangup"))
+    assert body["call_info"]["call_id"] == call_id and body["resident_id"] == "2"
+    _, resp = await harness.get(f"/api/mqtt/session?call_id={call_id}")
+    assert resp["data"]["status"] == "ended" and resp["data"]["end_reason"] == "hangup"
