@@ -99,7 +99,7 @@ class CallService:
         if resident_id is not None:
             resident = self.directory.resident(resident_id)
             household = resident["household_number"]
-            targets = (resident_id,)
+            targets: tuple[str, ...] = (resident_id,)
         else:
             household = household_number or device["household_number"]
             self.directory.get("households", household)

@@ -7,7 +7,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from broker.config import ConfigError, Settings, load_settings
 from broker.server import IntercomServer
@@ -63,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         # amqtt logs every connection at INFO; at site scale that drowns ours.
         logging.getLogger("amqtt").setLevel(logging.WARNING)
         logging.getLogger("transitions").setLevel(logging.WARNING)
+    runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     try:
-        import uvloop
+        import uvloop  # optional speed-up (the `fast` extra)
 
         runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
+        pass
     try:
         runner(serve(settings))
     except ConfigError as exc:

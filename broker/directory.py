@@ -35,8 +35,8 @@ class Directory:
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
         return _public(row)
 
-    def list(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
-        return [_public(r) for r in self.store.list(kind, household_number)]
+    def list_all(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
+        return [_public(r) for r in self.store.rows(kind, household_number)]
 
     def device(self, device_id: str) -> dict[str, Any]:
         return self.get("devices", device_id)
@@ -45,7 +45,7 @@ class Directory:
         return self.get("residents", resident_id)
 
     def resident_ids(self, household_number: str) -> list[str]:
-        return [r["resident_id"] for r in self.store.list("residents", household_number)]
+        return [r["resident_id"] for r in self.store.rows("residents", household_number)]
 
     # writes --------------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ class Directory:
         return {DIRECTORY[kind]: ident, "household_number": row["household_number"], "token": token}
 
     def delete(self, kind: str, ident: str) -> None:
-        if kind == "households" and (self.store.list("residents", ident) or self.store.list("devices", ident)):
+        if kind == "households" and (self.store.rows("residents", ident) or self.store.rows("devices", ident)):
             raise Conflict(f"household '{ident}' still has residents or devices; delete them first")
         if not self.store.delete(kind, ident):
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")

@@ -81,7 +81,7 @@ class Store:
         )
 
     def _t(self, name: str) -> Table:
-        return self.db.table(name)  # type: ignore[return-value]
+        return self.db.table(name)
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -107,7 +107,7 @@ class Store:
         except NotFoundError:
             return None
 
-    def list(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
+    def rows(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
         if household_number is None:
             return list(self._t(kind).rows_where(order_by=DIRECTORY[kind]))
         return list(self._t(kind).rows_where("household_number = ?", [household_number], order_by=DIRECTORY[kind]))

@@ -38,7 +38,7 @@ async def create(request: web.Request) -> web.Response:
 
 async def list_all(request: web.Request) -> web.Response:
     kind = _kind(request)
-    return ok(request.app[SERVICES].directory.list(kind, request.query.get("household_number")))
+    return ok(request.app[SERVICES].directory.list_all(kind, request.query.get("household_number")))
 
 
 async def get(request: web.Request) -> web.Response:
