@@ -29,7 +29,8 @@ class StatusService:
         self.store.put_status(row)
         view = _view(row)
         if publish:
-            self.publisher.publish(topics.device_status(status.device_id), json.dumps(view).encode(), qos=1,
+            body = {"origin": "server", **view}
+            self.publisher.publish(topics.device_status(status.device_id), json.dumps(body).encode(), qos=1,
                                    retain=True)
         return view
 
@@ -52,7 +53,8 @@ class StatusService:
         body = {"type": msg.type, "level": msg.level, "message": msg.message, "data": msg.data,
                 "timestamp": msg.timestamp if msg.timestamp is not None else now_ms()}
         self.store.add_system_message(body)
-        self.publisher.publish(topics.system(msg.type), json.dumps(body, ensure_ascii=False).encode(), qos=1)
+        wire = {"origin": "server", **body}
+        self.publisher.publish(topics.system(msg.type), json.dumps(wire, ensure_ascii=False).encode(), qos=1)
         return body
 
 

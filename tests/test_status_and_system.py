@@ -19,6 +19,7 @@ async def test_status_is_stored_and_published_retained(harness):
             async for msg in c.messages:
                 got = json.loads(msg.payload)
                 assert msg.retain and got["device_id"] == "1" and got["battery"] == 85 and got["online"] is True
+                assert got["origin"] == "server"
                 assert got["updated_at"].endswith("Z")
                 break
 
@@ -69,7 +70,7 @@ async def test_system_message_is_published(harness):
         async with asyncio.timeout(5):
             async for msg in c.messages:
                 assert str(msg.topic) == "system/notification"
-                assert json.loads(msg.payload) == body
+                assert json.loads(msg.payload) == {"origin": "server", **body}
                 break
 
 
