@@ -1,9 +1,415 @@
-"""Performance layer over amqtt 0.12.1's Broker: subscription index and direct delivery."""
+"""Hot-path overrides of amqtt 0.12.1's Broker: a subscription index and direct, bounded delivery.
+
+What changes against amqtt (each override names the method it replaces, so it can be offered upstream):
+
+* Matching: `SubscriptionIndex` finds the subscribers of a topic in O(topic levels) instead of testing
+  every filter (`_run_broadcast`); subscribe, unsubscribe and disconnect cleanup touch only the session's
+  own filters (`add_subscription`, `_del_subscription`, `_del_all_subscriptions`).
+* Delivery: a client PUBLISH is routed inside the reader's packet task, synchronously, straight into each
+  subscriber's `Outlet` (no delivered-message queue, no broadcast queue, no task or future per
+  subscriber). Delivered QoS is min(publisher QoS, granted QoS) (amqtt used the subscriber's QoS).
+* Retained: `RetainedStore` keeps a topic tree, so a subscription finds its retained messages without
+  scanning them all; on connect a session gets only the retained messages of *its own* subscriptions
+  (amqtt sent every client the retained messages of every client's subscriptions).
+* No per-message logging or debug formatting; TCP_NODELAY on every accepted socket.
+* Plugins may define a synchronous `intercept_publish(session, topic, payload)`; it is called right after
+  the publish ACL check, with no task, instead of the task-per-packet `on_broker_message_broadcast`.
+  A topic plugin may define a synchronous `topic_filtering_sync(session, topic, action) -> bool | None`
+  (False denies, None abstains); then RECEIVE checks stay synchronous too (otherwise deliveries go
+  through one ordered async lane that awaits `_topic_filtering`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from amqtt.broker import RetainedApplicationMessage
+from amqtt.contexts import Action
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_2
+from amqtt.mqtt.protocol.handler import ProtocolHandler
+from amqtt.mqtt.publish import PublishPacket
+from amqtt.session import IncomingApplicationMessage, Session
+
+from broker.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.topic_index import RetainedStore, SubscriptionIndex, valid_filter
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+
+    _Base = Broker
+else:
+    _Base = object
+
 __all__ = ["FastPathMixin"]
 
+log = logging.getLogger("intercom.fastpath")
+_SUBACK_FAILURE = 0x80
+_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]]]
 
-class FastPathMixin:
+
+@dataclass
+class _Hooks:
+    """What the loaded plugins ask of the hot path; computed once, after plugins load."""
+
+    intercepts: list[Callable[[Session, str, bytes], None]] = field(default_factory=list)
+    filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
+    receive_sync: list[Callable[..., bool | None]] = field(default_factory=list)
+    receive_async: bool = False
+    events: frozenset[str] = frozenset()
+
+
+class FastPathMixin(_Base):
     """Hot-path overrides of amqtt's Broker; each is written so it could be offered upstream."""
+
+    delivery_limits: DeliveryLimits = DeliveryLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._retained_messages: RetainedStore[RetainedApplicationMessage] = RetainedStore()  # type: ignore[assignment]
+        self._index: SubscriptionIndex[Session] = SubscriptionIndex()
+        self._outlets: dict[str, Outlet] = {}
+        self._hooks: _Hooks | None = None
+        self._lane: deque[_Route] = deque()
+        self._lane_task: asyncio.Future[Any] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+
+    def _spawn(self, coro: Any) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # ---- plugin hooks ---------------------------------------------------------------------------
+
+    def _plugin_hooks(self) -> _Hooks:
+        if self._hooks is not None:
+            return self._hooks
+        pm: Any = self.plugins_manager
+        hooks = _Hooks()
+        for plugin in pm.plugins:
+            hook = getattr(plugin, "intercept_publish", None)
+            if callable(hook) and not asyncio.iscoroutinefunction(hook):
+                hooks.intercepts.append(hook)
+        topic_plugins = list(getattr(pm, "_topic_plugins", []))
+        custom_filter = type(self)._topic_filtering is not FastPathMixin._topic_filtering_base()
+        hooks.filter_topics = bool(topic_plugins) or custom_filter
+        sync = [getattr(p, "topic_filtering_sync", None) for p in topic_plugins]
+        if custom_filter or not all(callable(s) for s in sync):
+            hooks.receive_async = hooks.filter_topics
+        else:
+            hooks.receive_sync = [s for s in sync if s is not None]
+        callbacks = getattr(pm, "_event_plugin_callbacks", {})
+        hooks.events = frozenset(str(e) for e, fns in callbacks.items() if fns)
+        self._hooks = hooks
+        return hooks
+
+    @staticmethod
+    def _topic_filtering_base() -> Any:
+        from amqtt.broker import Broker
+
+        return Broker._topic_filtering
+
+    def _has_listeners(self, event: BrokerEvents) -> bool:
+        return str(event) in self._plugin_hooks().events
+
+    # ---- connections ----------------------------------------------------------------------------
+
+    async def stream_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                               listener_name: str) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await super().stream_connected(reader, writer, listener_name)
+
+    async def _deliver_on_connect(self, session: Session) -> None:
+        """Offline queue, then retained messages of this session's own subscriptions only.
+
+        Replaces amqtt's `for topic in self._subscriptions: _publish_retained_messages_for_subscription(...)`
+        in `_handle_client_session`, which is O(all filters) per connect and leaked other clients'
+        retained messages; HardeningMixin's `_handle_client_session` calls this hook.
+        """
+        await self._publish_session_retained_messages(session)
+        self._publish_retained_on_connect(session)
+
+    async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
+        """Replace amqtt's four-waiter loop: packets are handled in the reader's task; wait for disconnect."""
+        h: Any = handler
+        outlet = self._open_outlet(client_session)
+        h.handle_publish = lambda packet: self._on_publish_packet(client_session, handler, packet)
+        h.handle_puback = lambda packet: self._on_puback(client_session, handler, packet)
+        h.handle_subscribe = lambda packet: self._on_subscribe(client_session, handler, packet.variable_header
+                                                               .packet_id, packet.payload.topics)
+        h.handle_unsubscribe = lambda packet: self._on_unsubscribe(client_session, handler, packet.variable_header
+                                                                   .packet_id, packet.payload.topics)
+        try:
+            # packets that reached amqtt's queues before the swap above
+            while not h._pending_subscriptions.empty():
+                sub = h._pending_subscriptions.get_nowait()
+                await self._on_subscribe(client_session, handler, sub.packet_id, sub.topics)
+            while not h._pending_unsubscriptions.empty():
+                unsub = h._pending_unsubscriptions.get_nowait()
+                await self._on_unsubscribe(client_session, handler, unsub.packet_id, unsub.topics)
+            await self._drain_delivered(client_session, handler)
+            waiter = h._disconnect_waiter
+            result = await waiter if waiter is not None else None
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(result)
+            await self._handle_disconnect(client_session, handler, done)
+        except asyncio.CancelledError:
+            log.debug("client loop cancelled")
+        finally:
+            self._close_outlet(client_session.client_id or "", outlet)
+
+    # ---- outlets --------------------------------------------------------------------------------
+
+    def _open_outlet(self, session: Session) -> Outlet | None:
+        key = session.client_id or ""
+        outlet = self._outlets.get(key)
+        entry = self._sessions.get(key)
+        if entry is None or entry[0] is not session:
+            return None
+        handler: Any = entry[1]
+        if outlet is not None and outlet.handler is handler and not outlet.closed:
+            return outlet
+        if handler.writer is None:
+            return None
+        if not isinstance(handler.writer, CoalescingWriter):
+            handler.writer = CoalescingWriter(handler.writer, asyncio.get_running_loop())
+        outlet = Outlet(session, handler, handler.writer, self.delivery_limits, self._on_overflow)
+        self._outlets[key] = outlet
+        return outlet
+
+    def _close_outlet(self, key: str, outlet: Outlet | None) -> None:
+        if outlet is None:
+            return
+        outlet.close()
+        if self._outlets.get(key) is outlet:
+            del self._outlets[key]
+
+    def _on_overflow(self, outlet: Outlet) -> None:
+        transport = outlet.writer.transport
+        if transport is not None:
+            transport.abort()
+        else:
+            self._spawn(outlet.handler.handle_connection_closed())
+
+    # ---- inbound packets ------------------------------------------------------------------------
+
+    async def _on_publish_packet(self, session: Session, handler: BrokerProtocolHandler,
+                                 packet: PublishPacket) -> None:
+        topic = packet.topic_name
+        data = packet.data
+        if topic is None or data is None:
+            return
+        qos = packet.qos or 0
+        if qos == QOS_2:  # amqtt's PUBREC/PUBREL/PUBCOMP flow, then route what it queued
+            await ProtocolHandler.handle_publish(handler, packet)
+            await self._drain_delivered(session, handler)
+            return
+        keep = await self._accept_publish(session, handler, topic, data, qos, packet.retain_flag, packet)
+        if qos and keep and handler.writer is not None and packet.variable_header is not None:
+            handler.writer.write(b"\x40\x02" + packet.variable_header.packet_id.to_bytes(2, "big"))
+
+    async def _drain_delivered(self, session: Session, handler: BrokerProtocolHandler) -> None:
+        queue = session.delivered_message_queue
+        for _ in range(queue.qsize()):
+            msg = queue.get_nowait()
+            await self._accept_publish(session, handler, msg.topic, bytes(msg.data), msg.qos or 0, msg.retain,
+                                       msg.publish_packet)
+
+    async def _accept_publish(self, session: Session, handler: BrokerProtocolHandler, topic: str, data: bytes,
+                              qos: int, retain: bool, packet: PublishPacket | None) -> bool:
+        """amqtt's `_handle_message_delivery` without the queues; False when the connection must close."""
+        hooks = self._plugin_hooks()
+        message: IncomingApplicationMessage | None = None
+        if hooks.events:
+            message = IncomingApplicationMessage(None, topic, qos, data, retain)
+            message.publish_packet = packet
+            if self._has_listeners(BrokerEvents.MESSAGE_RECEIVED):
+                await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
+                                                      message=message)
+        if not topic or "#" in topic or "+" in topic or topic[0] == "$":
+            log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+            self._spawn(handler.handle_connection_closed())
+            return False
+        if hooks.filter_topics and not await self._topic_filtering(session, topic=topic, action=Action.PUBLISH):
+            log.info("%s not allowed to publish to %s", session.client_id, topic)
+            return True
+        if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
+            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
+                                                  message=message)
+        self.deliver(session, topic, data, qos)
+        if retain:
+            await self.retain_message(session, topic, data, qos)
+        for intercept in hooks.intercepts:
+            try:
+                intercept(session, topic, data)
+            except Exception:
+                log.exception("intercept_publish failed on %s", topic)
+        return True
+
+    async def _on_puback(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> None:
+        packet_id = packet.variable_header.packet_id
+        h: Any = handler
+        waiter = h._puback_waiters.get(packet_id)
+        if waiter is not None:  # a message amqtt itself sent with mqtt_publish
+            if not waiter.done():
+                waiter.set_result(packet)
+            return
+        outlet = self._outlets.get(session.client_id or "")
+        if outlet is not None and outlet.session is session:
+            outlet.acked(packet_id, packet)
+        else:
+            session.inflight_out.pop(packet_id, None)
+
+    async def _on_subscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
+                            topics: list[tuple[str, int]]) -> None:
+        codes = [await self.add_subscription(sub, session) for sub in topics]
+        await handler.mqtt_acknowledge_subscription(packet_id, codes)
+        for (topic_filter, qos), code in zip(topics, codes, strict=True):
+            if code == _SUBACK_FAILURE:
+                continue
+            if self._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
+                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id,
+                                                      topic=topic_filter, qos=qos)
+            self._send_retained(session, topic_filter, code)
+
+    async def _on_unsubscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
+                              topics: list[str]) -> None:
+        for topic_filter in topics:
+            self._del_subscription(topic_filter, session)
+            if self._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
+                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED,
+                                                      client_id=session.client_id, topic=topic_filter)
+        await handler.mqtt_acknowledge_unsubscription(packet_id)
+
+    # ---- subscriptions --------------------------------------------------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        """amqtt's checks, then the index; a repeated SUBSCRIBE replaces the QoS [MQTT-3.8.4-3]."""
+        topic_filter, qos = subscription
+        if not valid_filter(topic_filter):
+            return _SUBACK_FAILURE
+        if self._plugin_hooks().filter_topics and not await self._topic_filtering(session, topic_filter,
+                                                                                    Action.SUBSCRIBE):
+            return _SUBACK_FAILURE
+        max_qos = self.config.get("max-qos", qos)
+        qos = min(qos, max_qos if isinstance(max_qos, int) else qos)
+        key = session.client_id or ""
+        self._index.add(topic_filter, key, session, qos)
+        subs = self._subscriptions.setdefault(topic_filter, [])
+        subs[:] = [(s, q) for s, q in subs if s.client_id != key]
+        subs.append((session, qos))
+        return qos
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        key = session.client_id or ""
+        removed = self._index.remove(a_filter, key)
+        self._drop_listed(a_filter, key)
+        return int(removed)
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        key = session.client_id or ""
+        for topic_filter in self._index.remove_all(key):
+            self._drop_listed(topic_filter, key)
+
+    def _drop_listed(self, topic_filter: str, key: str) -> None:
+        subs = self._subscriptions.get(topic_filter)
+        if subs is None:
+            return
+        subs[:] = [(s, q) for s, q in subs if s.client_id != key]
+        if not subs:
+            del self._subscriptions[topic_filter]
+
+    # ---- retained -------------------------------------------------------------------------------
+
+    def _publish_retained_on_connect(self, session: Session) -> None:
+        """Retained messages for the subscriptions this session already holds (a resumed session)."""
+        for topic_filter, qos in self._index.filters_of(session.client_id or "").items():
+            self._send_retained(session, topic_filter, qos)
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
+                                                          session: Session) -> None:
+        """Only for a filter this session holds: amqtt's connect loop passes every client's filters."""
+        topic_filter = subscription[0]
+        granted = self._index.filters_of(session.client_id or "").get(topic_filter)
+        if granted is not None:
+            self._send_retained(session, topic_filter, granted)
+
+    def _send_retained(self, session: Session, topic_filter: str, qos: int) -> int:
+        found = self._retained_messages.tree.find(topic_filter)
+        if not found:
+            return 0
+        outlet = self._open_outlet(session)
+        if outlet is None:
+            return 0
+        for msg in found:
+            q = min(qos, msg.qos if msg.qos is not None else qos)
+            outlet.send(msg.topic.encode(), msg.topic, bytes(msg.data), q, retain=True)
+        return len(found)
+
+    # ---- routing --------------------------------------------------------------------------------
+
+    def deliver(self, source: Session | None, topic: str, data: bytes, qos: int) -> int:
+        """Send one message to every matching subscriber now, at min(qos, granted QoS); returns matches."""
+        matches = self._index.match(topic)
+        if not matches:
+            return 0
+        hooks = self._plugin_hooks()
+        if hooks.receive_async:
+            self._lane.append((source, topic, data, qos, matches))
+            if self._lane_task is None or self._lane_task.done():
+                self._lane_task = self._spawn(self._run_lane())
+            return len(matches)
+        topic_b = topic.encode()
+        checks = hooks.receive_sync
+        for key, (target, sub_qos) in matches.items():
+            if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
+                continue
+            self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos)
+        return len(matches)
+
+    async def _run_lane(self) -> None:
+        """Deliveries that need async RECEIVE checks, in publish order."""
+        while self._lane:
+            _source, topic, data, qos, matches = self._lane.popleft()
+            topic_b = topic.encode()
+            for key, (target, sub_qos) in matches.items():
+                if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
+                    continue
+                self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos))
+
+    def _send_to(self, key: str, target: Session, topic_b: bytes, topic: str, data: bytes, qos: int) -> None:
+        outlet = self._outlets.get(key)
+        if outlet is None or outlet.session is not target or outlet.closed:
+            outlet = self._open_outlet(target) if target.transitions.state == "connected" else None
+        if outlet is not None:
+            outlet.send(topic_b, topic, data, qos)
+            return
+        # offline persistent session: keep QoS>0 for its return [MQTT-3.1.2.4]
+        if (target.transitions.state != "connected" and not target.clean_session and qos
+                and not target.is_anonymous
+                and target.retained_messages.qsize() < self.delivery_limits.max_queued):
+            target.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+
+    async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
+                                 force_qos: int | None = None) -> None:
+        """Deliver now instead of queueing; without a QoS the subscriber's granted QoS applies (amqtt's)."""
+        if topic is not None and data is not None:
+            self.deliver(session, topic, bytes(data), QOS_2 if force_qos is None else force_qos)
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        """Anything still put on amqtt's broadcast queue is routed through the index."""
+        broadcast = await self._broadcast_queue.get()
+        qos = broadcast.get("qos")
+        await self._broadcast_message(broadcast.get("session"), broadcast.get("topic"), broadcast.get("data"), qos)

@@ -18,13 +18,13 @@ __all__ = ["IntercomBroker"]
 
 class IntercomBroker(HardeningMixin, FastPathMixin, Broker):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Queue a server-originated message; synchronous so callers stay atomic."""
-        self._broadcast_queue.put_nowait({"session": None, "topic": topic, "data": payload, "qos": qos})
+        """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic."""
         if retain:
             if payload:
                 self._retained_messages[topic] = RetainedApplicationMessage(None, topic, payload, qos)
             else:
                 self._retained_messages.pop(topic, None)
+        self.deliver(None, topic, payload, qos)
 
     def bound_port(self, listener: str) -> int:
         server: Any = self._servers[listener].instance

@@ -1,0 +1,226 @@
+"""One connection's outgoing side: coalesced writes, a QoS 1 in-flight window and a bounded backlog.
+
+Every PUBLISH the broker sends a subscriber goes through `Outlet.send`, synchronously: no task and no
+future per message. Bytes written in one loop iteration leave in one `transport.write`. When the peer
+reads too slowly (socket buffer above `write_buffer_bytes`) or has `max_inflight` QoS 1 messages
+unacknowledged, messages wait in a backlog of at most `max_queued`; past that the oldest QoS 0 is
+dropped, and when only QoS 1 is left the connection is closed with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from amqtt.adapters import StreamWriterAdapter, WriterAdapter
+from amqtt.session import OutgoingApplicationMessage, Session
+
+__all__ = ["DeliveryLimits", "Outlet", "encode_publish"]
+
+log = logging.getLogger("intercom.delivery")
+_QOS2_TASKS: set[asyncio.Future[Any]] = set()
+
+
+@dataclass(frozen=True)
+class DeliveryLimits:
+    """Per-connection bounds; `broker.yaml`'s `delivery:` section fills them."""
+
+    max_inflight: int = 100
+    max_queued: int = 1000
+    write_buffer_bytes: int = 256 * 1024
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_publish(topic: bytes, data: bytes, qos: int, packet_id: int = 0, retain: bool = False,
+                   dup: bool = False) -> bytes:
+    """A PUBLISH packet (MQTT 3.1.1 §3.3) as bytes."""
+    header = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    tlen = len(topic)
+    if qos:
+        return b"".join((bytes((header,)), _remaining_length(4 + tlen + len(data)), tlen.to_bytes(2, "big"),
+                         topic, packet_id.to_bytes(2, "big"), data))
+    return b"".join((bytes((header,)), _remaining_length(2 + tlen + len(data)), tlen.to_bytes(2, "big"), topic, data))
+
+
+class CoalescingWriter(WriterAdapter):
+    """Wraps amqtt's writer: writes made in one loop iteration are joined into one transport write."""
+
+    def __init__(self, inner: WriterAdapter, loop: asyncio.AbstractEventLoop) -> None:
+        self.inner = inner
+        self._loop = loop
+        self._buf: list[bytes] = []
+        self._pending = 0
+        self._scheduled = False
+        self._tcp = isinstance(inner, StreamWriterAdapter)
+        self._sender: asyncio.Task[None] | None = None
+        stream: Any = getattr(inner, "_writer", None) or getattr(inner, "_protocol", None)
+        self.transport: asyncio.WriteTransport | None = getattr(stream, "transport", None)
+
+    def write(self, data: bytes | bytearray) -> None:
+        self._buf.append(bytes(data))
+        self._pending += len(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def buffered(self) -> int:
+        """Bytes not yet accepted by the peer: ours plus the transport's."""
+        size = self._pending
+        if self.transport is not None:
+            size += self.transport.get_write_buffer_size()
+        return size
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._buf:
+            return
+        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+        self._buf.clear()
+        self._pending = 0
+        if self._tcp:
+            self.inner.write(data)
+        else:
+            self.inner.write(data)
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.ensure_future(self._send_ws())
+
+    async def _send_ws(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.inner.drain()
+
+    async def drain(self) -> None:
+        self.flush()
+        await self.inner.drain()
+
+    def get_peer_info(self) -> tuple[str, int] | None:
+        return self.inner.get_peer_info()
+
+    def get_ssl_info(self) -> Any:
+        return self.inner.get_ssl_info()
+
+    async def close(self) -> None:
+        self.flush()
+        await self.inner.close()
+
+
+class Outlet:
+    """The outgoing path of one connected session."""
+
+    __slots__ = ("_pump", "backlog", "closed", "dropped", "handler", "limits", "on_overflow", "session", "writer")
+
+    def __init__(self, session: Session, handler: Any, writer: CoalescingWriter, limits: DeliveryLimits,
+                 on_overflow: Callable[[Outlet], None]) -> None:
+        self.session = session
+        self.handler = handler
+        self.writer = writer
+        self.limits = limits
+        self.on_overflow = on_overflow
+        self.backlog: deque[tuple[bytes, str, bytes, int, bool]] = deque()
+        self.closed = False
+        self.dropped = 0
+        self._pump: asyncio.Task[None] | None = None
+
+    def send(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool = False) -> None:
+        """Write one PUBLISH now, or queue it when the peer is slow or the QoS 1 window is full."""
+        if self.closed:
+            return
+        if not self.backlog and self._room(qos):
+            self._write(topic_b, topic, data, qos, retain)
+            return
+        self.backlog.append((topic_b, topic, data, qos, retain))
+        if len(self.backlog) > self.limits.max_queued:
+            self._shed()
+        self._wait_for_room()
+
+    def _room(self, qos: int) -> bool:
+        if qos and len(self.session.inflight_out) >= self.limits.max_inflight:
+            return False
+        return self.writer.buffered() < self.limits.write_buffer_bytes
+
+    def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool) -> None:
+        if qos == 0:
+            self.writer.write(encode_publish(topic_b, data, 0, 0, retain))
+            return
+        if qos == 2:  # QoS 2 keeps amqtt's own four-packet flow
+            task = asyncio.ensure_future(self.handler.mqtt_publish(topic, data, 2, retain))
+            _QOS2_TASKS.add(task)
+            task.add_done_callback(_QOS2_TASKS.discard)
+            return
+        session = self.session
+        packet_id = session.next_packet_id
+        session.inflight_out[packet_id] = OutgoingApplicationMessage(packet_id, topic, qos, data, retain)
+        self.writer.write(encode_publish(topic_b, data, 1, packet_id, retain))
+
+    def acked(self, packet_id: int, puback: Any) -> None:
+        """PUBACK received: mark the message acknowledged, free the slot and move the backlog."""
+        msg = self.session.inflight_out.get(packet_id)
+        if msg is not None:
+            msg.puback_packet = puback
+        self.session.inflight_out.pop(packet_id, None)
+        if self.backlog:
+            self.pump()
+            if self.backlog:
+                self._wait_for_room()
+
+    def pump(self) -> None:
+        """Send queued messages while there is room."""
+        backlog = self.backlog
+        while backlog and not self.closed:
+            topic_b, topic, data, qos, retain = backlog[0]
+            if not self._room(qos):
+                return
+            backlog.popleft()
+            self._write(topic_b, topic, data, qos, retain)
+
+    def _wait_for_room(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.ensure_future(self._drain_then_pump())
+
+    async def _drain_then_pump(self) -> None:
+        """Wait for the socket to drain, then send; a full QoS 1 window is resumed by `acked` instead."""
+        for _ in range(1_000_000):
+            self.pump()
+            if self.closed or not self.backlog:
+                return
+            if self.backlog[0][3] and len(self.session.inflight_out) >= self.limits.max_inflight:
+                return
+            try:
+                await self.writer.drain()
+            except (OSError, RuntimeError):
+                return
+            if self.writer.buffered() >= self.limits.write_buffer_bytes:
+                await asyncio.sleep(0.01)
+
+    def _shed(self) -> None:
+        for i, item in enumerate(self.backlog):
+            if item[3] == 0:
+                del self.backlog[i]
+                self.dropped += 1
+                return
+        self.closed = True
+        log.warning("disconnecting %s: %d QoS 1 messages queued for a slow reader (delivery.max_queued=%d)",
+                    self.session.client_id, len(self.backlog), self.limits.max_queued)
+        self.backlog.clear()
+        self.on_overflow(self)
+
+    def close(self) -> None:
+        self.closed = True
+        self.backlog.clear()
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()

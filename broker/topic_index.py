@@ -1,0 +1,244 @@
+"""Topic trees: subscriptions matched in O(topic levels), retained messages found in O(filter levels).
+
+Semantics follow MQTT 3.1.1 §4.7 and amqtt 0.12.1's `Broker._matches`: `+` matches one whole level (empty
+included), a trailing `#` matches the parent level and everything below it, and topics starting with `$`
+are not matched by a filter whose first level is `+` or `#`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter"]
+
+S = TypeVar("S")
+V = TypeVar("V")
+
+
+def valid_filter(topic_filter: str) -> bool:
+    """Whether a filter is well formed: `#` only as the whole last level, `+` only as a whole level."""
+    if not topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    last = len(levels) - 1
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != last):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+class _SubNode(Generic[S]):
+    __slots__ = ("children", "subs")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _SubNode[S]] = {}
+        self.subs: dict[str, tuple[S, int]] = {}
+
+
+class SubscriptionIndex(Generic[S]):
+    """Filter tree keyed by level; each node maps subscriber key (client id) to (subscriber, QoS)."""
+
+    def __init__(self) -> None:
+        self._root: _SubNode[S] = _SubNode()
+        self._by_key: dict[str, dict[str, int]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(filters) for filters in self._by_key.values())
+
+    def add(self, topic_filter: str, key: str, subscriber: S, qos: int) -> bool:
+        """Subscribe (or re-subscribe, replacing QoS); True when the filter is new for this key."""
+        node = self._root
+        for level in topic_filter.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                child = node.children[level] = _SubNode()
+            node = child
+        new = key not in node.subs
+        node.subs[key] = (subscriber, qos)
+        self._by_key.setdefault(key, {})[topic_filter] = qos
+        return new
+
+    def remove(self, topic_filter: str, key: str) -> bool:
+        """Drop one subscription; prunes empty branches. True when it existed."""
+        path: list[tuple[_SubNode[S], str]] = []
+        node = self._root
+        for level in topic_filter.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                return False
+            path.append((node, level))
+            node = child
+        if node.subs.pop(key, None) is None:
+            return False
+        filters = self._by_key.get(key)
+        if filters is not None:
+            filters.pop(topic_filter, None)
+            if not filters:
+                del self._by_key[key]
+        for parent, level in reversed(path):
+            child = parent.children[level]
+            if child.subs or child.children:
+                break
+            del parent.children[level]
+        return True
+
+    def remove_all(self, key: str) -> list[str]:
+        """Drop every subscription of one key (disconnect cleanup); returns the filters removed."""
+        filters = list(self._by_key.get(key, ()))
+        for topic_filter in filters:
+            self.remove(topic_filter, key)
+        return filters
+
+    def filters_of(self, key: str) -> dict[str, int]:
+        """The filters one key holds, with their granted QoS."""
+        return dict(self._by_key.get(key, {}))
+
+    def has(self, key: str, topic_filter: str) -> bool:
+        return topic_filter in self._by_key.get(key, ())
+
+    def match(self, topic: str) -> dict[str, tuple[S, int]]:
+        """Every subscriber whose filters match `topic`, once each, at the highest matching QoS."""
+        out: dict[str, tuple[S, int]] = {}
+        levels = topic.split("/")
+        self._collect(self._root, levels, 0, out, topic.startswith("$"))
+        return out
+
+    def _collect(self, node: _SubNode[S], levels: list[str], i: int, out: dict[str, tuple[S, int]],
+                 dollar: bool) -> None:
+        children = node.children
+        if i == len(levels):
+            _merge(out, node.subs)
+            hash_node = children.get("#")
+            if hash_node is not None:
+                _merge(out, hash_node.subs)
+            return
+        if not (dollar and i == 0):
+            hash_node = children.get("#")
+            if hash_node is not None:
+                _merge(out, hash_node.subs)
+            plus = children.get("+")
+            if plus is not None:
+                self._collect(plus, levels, i + 1, out, dollar)
+        child = children.get(levels[i])
+        if child is not None:
+            self._collect(child, levels, i + 1, out, dollar)
+
+
+def _merge(out: dict[str, tuple[S, int]], subs: dict[str, tuple[S, int]]) -> None:
+    for key, entry in subs.items():
+        have = out.get(key)
+        if have is None or have[1] < entry[1]:
+            out[key] = entry
+
+
+class _RetNode(Generic[V]):
+    __slots__ = ("children", "value")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _RetNode[V]] = {}
+        self.value: V | None = None
+
+
+class RetainedTree(Generic[V]):
+    """Topic tree of retained values; `find(filter)` walks only the branches the filter can match."""
+
+    def __init__(self) -> None:
+        self._root: _RetNode[V] = _RetNode()
+
+    def set(self, topic: str, value: V) -> None:
+        node = self._root
+        for level in topic.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                child = node.children[level] = _RetNode()
+            node = child
+        node.value = value
+
+    def discard(self, topic: str) -> None:
+        path: list[tuple[_RetNode[V], str]] = []
+        node = self._root
+        for level in topic.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                return
+            path.append((node, level))
+            node = child
+        node.value = None
+        for parent, level in reversed(path):
+            child = parent.children[level]
+            if child.value is not None or child.children:
+                break
+            del parent.children[level]
+
+    def clear(self) -> None:
+        self._root = _RetNode()
+
+    def find(self, topic_filter: str) -> list[V]:
+        """Retained values whose topic matches the filter."""
+        out: list[V] = []
+        self._find(self._root, topic_filter.split("/"), 0, out)
+        return out
+
+    def _find(self, node: _RetNode[V], levels: list[str], i: int, out: list[V]) -> None:
+        if i == len(levels):
+            if node.value is not None:
+                out.append(node.value)
+            return
+        level = levels[i]
+        if level == "#":
+            if i > 0 and node.value is not None:
+                out.append(node.value)  # "a/#" also matches "a"
+            for name, child in node.children.items():
+                if i == 0 and name.startswith("$"):
+                    continue
+                out.extend(_all_values(child))
+            return
+        if level == "+":
+            for name, child in node.children.items():
+                if i == 0 and name.startswith("$"):
+                    continue
+                self._find(child, levels, i + 1, out)
+            return
+        child = node.children.get(level)
+        if child is not None:
+            self._find(child, levels, i + 1, out)
+
+
+def _all_values(node: _RetNode[V]) -> Iterator[V]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.value is not None:
+            yield current.value
+        stack.extend(current.children.values())
+
+
+class RetainedStore(dict[str, V]):
+    """amqtt's `_retained_messages` dict, mirrored into a `RetainedTree` on every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tree: RetainedTree[V] = RetainedTree()
+
+    def __setitem__(self, topic: str, value: V) -> None:
+        super().__setitem__(topic, value)
+        self.tree.set(topic, value)
+
+    def __delitem__(self, topic: str) -> None:
+        super().__delitem__(topic)
+        self.tree.discard(topic)
+
+    def pop(self, topic: str, *default: V | None) -> V | None:  # type: ignore[override]
+        self.tree.discard(topic)
+        return super().pop(topic, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.tree.clear()
+
+    def update(self, *args: object, **kwargs: V) -> None:  # type: ignore[override]
+        for topic, value in dict(*args, **kwargs).items():  # type: ignore[call-overload]
+            self[topic] = value
