@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from amqtt.broker import BrokerContext
 from amqtt.plugins.base import BasePlugin
-from amqtt.session import ApplicationMessage, Session
+from amqtt.session import Session
 
 from broker.mqtt_router import identify, on_publish
 from broker.services import Services
@@ -29,12 +29,11 @@ class CallPlugin(BasePlugin[BrokerContext]):
     def bind(self, services: Services) -> None:
         self.services = services
 
-    async def on_broker_message_broadcast(self, *, client_id: str, message: ApplicationMessage) -> None:
-        if self.services is None or not message.topic:
+    def intercept_publish(self, session: Session, topic: str, payload: bytes) -> None:
+        """Called synchronously by FastPathMixin right after the publish ACL check (no task per packet)."""
+        if self.services is None or not topic:
             return
-        session = self.context.get_session(client_id)
-        principal = session.attributes.get(PRINCIPAL) if session is not None else None
-        on_publish(self.services, principal, message.topic, bytes(message.data or b""))
+        on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload)
 
     async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
         self._presence(client_session, online=True)
