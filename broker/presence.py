@@ -1,0 +1,110 @@
+"""Which parties are connected, and what happens when one drops off mid-call.
+
+A party may hold more than one connection for a moment: a phone that roams reconnects with the
+same client id before the broker has noticed its old socket died (a client-id takeover). So a
+party is counted, not flagged: it goes offline only when its last connection closes. Then a
+`calls.party_offline_grace_s` timer starts; a reconnect cancels it, and on expiry the call
+service ends the party's live call `party_offline`. A device's retained status follows the count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterable
+
+from broker.calls import CallService
+from broker.states import CallSession, CallState, Party, Role
+from broker.status import StatusService
+
+__all__ = ["Presence"]
+
+log = logging.getLogger("intercom.presence")
+RETRY_S = 1.0
+
+
+class Presence:
+    def __init__(self, calls: CallService, status: StatusService, grace_s: float) -> None:
+        self.calls = calls
+        self.status = status
+        self.grace_s = grace_s
+        self._live: Counter[Party] = Counter()
+        self._timers: dict[Party, asyncio.TimerHandle] = {}
+
+    def is_online(self, party: Party) -> bool:
+        return self._live[party] > 0
+
+    @property
+    def pending(self) -> int:
+        """How many parties are inside their grace period."""
+        return len(self._timers)
+
+    def connected(self, party: Party) -> None:
+        self._live[party] += 1
+        if (handle := self._timers.pop(party, None)) is not None:
+            handle.cancel()
+            log.info("%s is back within its grace period", party.key)
+        if self._live[party] == 1 and party.role is Role.DEVICE:
+            self._set_online(party, True)
+
+    def disconnected(self, party: Party) -> None:
+        if self._live[party] <= 0:
+            return  # a CONNECT that never got this far (refused), or already counted down
+        self._live[party] -= 1
+        if self._live[party] > 0:
+            log.info("%s dropped a connection but still has %d (client-id takeover)", party.key, self._live[party])
+            return
+        del self._live[party]
+        if party.role is Role.DEVICE:
+            self._set_online(party, False)
+        self._start_grace(party)
+
+    def arm_recovered(self, calls: Iterable[CallSession]) -> int:
+        """After a restart nobody is connected: give each party of a recovered call its grace period."""
+        armed = 0
+        for call in calls:
+            parties = [Party(Role.DEVICE, call.device_id)]
+            if call.state is CallState.CONNECTED and call.answered_by is not None:
+                parties.append(Party(Role.RESIDENT, call.answered_by))
+            for party in parties:
+                if not self.is_online(party) and party not in self._timers:
+                    self._start_grace(party)
+                    armed += 1
+        return armed
+
+    def restore_device_status(self) -> int:
+        """Re-publish each stored device status (retained) as offline unless the device is already back."""
+        restored = 0
+        for row in self.status.store.rows("devices"):
+            party = Party(Role.DEVICE, row["device_id"])
+            if self.status.store.get_status(party.id) is not None and not self.is_online(party):
+                self._set_online(party, False)
+                restored += 1
+        return restored
+
+    def close(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    def _start_grace(self, party: Party) -> None:
+        if (old := self._timers.pop(party, None)) is not None:
+            old.cancel()
+        self._timers[party] = asyncio.get_running_loop().call_later(self.grace_s, self._expire, party)
+
+    def _expire(self, party: Party) -> None:
+        self._timers.pop(party, None)
+        if self.is_online(party):
+            return
+        try:
+            self.calls.party_offline(party)
+        except Exception:
+            log.exception("could not end the call of offline %s; retrying in %.0f s", party.key, RETRY_S)
+            self._timers[party] = asyncio.get_running_loop().call_later(RETRY_S, self._expire, party)
+
+    def _set_online(self, party: Party, online: bool) -> None:
+        try:
+            self.status.set_online(party.id, online)
+        except Exception:
+            log.exception("could not record presence of %s", party.key)

@@ -1,0 +1,340 @@
+"""Persistent MQTT sessions (clean session off) that survive disconnects, restarts and kill -9.
+
+amqtt 0.12.1 keeps a persistent session's subscriptions and offline queue in memory only, and
+forgets a QoS 1/2 message it sent once the PUBACK wait is cancelled or times out (upstream
+issue #401), so nothing is re-sent on reconnect. This module fixes both without touching the
+delivery engine: each persistent session gets two write-through containers in place of amqtt's,
+
+- `DurableInflight` for `Session.inflight_out`: an entry leaves only once the client acknowledged
+  it (PUBACK, or PUBCOMP for QoS 2), so amqtt's own `_retry_deliveries` re-sends it (DUP set) on
+  the next connection;
+- `DurableQueue` for `Session.retained_messages` (amqtt's queue for an offline session),
+
+and `SessionDB` mirrors both, plus subscriptions and retained messages, in `sessions.db` (sqlite,
+WAL) next to the call database. `SessionPersistence` restores everything before the listeners
+open. The amqtt-facing hooks live in `plugins.persistence`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amqtt.broker import BrokerContext, RetainedApplicationMessage
+from amqtt.mqtt.pubrec import PubrecPacket
+from amqtt.mqtt.pubrel import PubrelPacket
+from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
+
+__all__ = ["DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
+
+log = logging.getLogger("intercom.sessions")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mqtt_sessions (client_id TEXT PRIMARY KEY, username TEXT, last_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS mqtt_subscriptions (
+    client_id TEXT NOT NULL, topic TEXT NOT NULL, qos INTEGER NOT NULL, PRIMARY KEY (client_id, topic));
+CREATE TABLE IF NOT EXISTS mqtt_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    qos INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS mqtt_queue_client ON mqtt_queue (client_id, id);
+CREATE TABLE IF NOT EXISTS mqtt_inflight (
+    client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, qos INTEGER NOT NULL, released INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (client_id, packet_id));
+CREATE TABLE IF NOT EXISTS mqtt_retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    client_id: str
+    username: str | None
+    subscriptions: list[tuple[str, int]]
+    inflight: list[tuple[int, str, bytes, int, bool]]
+    queued: list[tuple[int, str, bytes, int]]
+
+
+class SessionDB:
+    """sqlite mirror of persistent sessions; a failed write is logged, never raised into delivery."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.conn = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False,
+                                    isolation_level=None)
+        if path is not None:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA busy_timeout=2000")
+        self.conn.executescript(_SCHEMA)
+        self.frozen = False  # set at shutdown: amqtt then empties every queue, which must not reach disk
+        self._seq = 0
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> int | None:
+        if self.frozen:
+            return None
+        try:
+            return self.conn.execute(sql, tuple(params)).lastrowid
+        except sqlite3.Error:
+            log.exception("session store write failed: %s", sql.split("(")[0])
+            return None
+
+    # sessions and subscriptions ------------------------------------------------------------------
+
+    def touch(self, client_id: str, username: str | None) -> None:
+        self._write("INSERT INTO mqtt_sessions (client_id, username, last_seen) VALUES (?, ?, ?) ON CONFLICT "
+                    "(client_id) DO UPDATE SET username = excluded.username, last_seen = excluded.last_seen",
+                    (client_id, username, time.time()))
+
+    def forget(self, client_id: str) -> None:
+        if self.frozen:
+            return
+        try:
+            with self.conn:
+                self.conn.execute("BEGIN")
+                for table in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue", "mqtt_inflight"):
+                    self.conn.execute(f"DELETE FROM {table} WHERE client_id = ?", (client_id,))
+        except sqlite3.Error:
+            log.exception("session store: could not forget %s", client_id)
+
+    def subscribe(self, client_id: str, topic: str, qos: int) -> None:
+        self._write("INSERT OR REPLACE INTO mqtt_subscriptions (client_id, topic, qos) VALUES (?, ?, ?)",
+                    (client_id, topic, qos))
+
+    def unsubscribe(self, client_id: str, topic: str) -> None:
+        self._write("DELETE FROM mqtt_subscriptions WHERE client_id = ? AND topic = ?", (client_id, topic))
+
+    # messages -------------------------------------------------------------------------------------
+
+    def queue_put(self, client_id: str, msg: ApplicationMessage) -> int | None:
+        return self._write("INSERT INTO mqtt_queue (client_id, topic, payload, qos) VALUES (?, ?, ?, ?)",
+                           (client_id, msg.topic, bytes(msg.data or b""), msg.qos or 0))
+
+    def queue_del(self, row_id: int | None) -> None:
+        if row_id is not None:
+            self._write("DELETE FROM mqtt_queue WHERE id = ?", (row_id,))
+
+    def inflight_put(self, client_id: str, packet_id: int, msg: ApplicationMessage) -> None:
+        self._seq += 1
+        self._write("INSERT OR REPLACE INTO mqtt_inflight (client_id, packet_id, seq, topic, payload, qos, released) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    (client_id, packet_id, self._seq, msg.topic, bytes(msg.data or b""), msg.qos or 0))
+
+    def inflight_released(self, client_id: str, packet_id: int) -> None:
+        self._write("UPDATE mqtt_inflight SET released = 1 WHERE client_id = ? AND packet_id = ?",
+                    (client_id, packet_id))
+
+    def inflight_del(self, client_id: str, packet_id: int) -> None:
+        self._write("DELETE FROM mqtt_inflight WHERE client_id = ? AND packet_id = ?", (client_id, packet_id))
+
+    # retained messages ----------------------------------------------------------------------------
+
+    def retain(self, topic: str, payload: bytes, qos: int) -> None:
+        if payload:
+            self._write("INSERT OR REPLACE INTO mqtt_retained (topic, payload, qos) VALUES (?, ?, ?)",
+                        (topic, payload, qos))
+        else:
+            self._write("DELETE FROM mqtt_retained WHERE topic = ?", (topic,))
+
+    def retained(self) -> list[tuple[str, bytes, int]]:
+        return [(t, bytes(p), q) for t, p, q in self.conn.execute("SELECT topic, payload, qos FROM mqtt_retained")]
+
+    # loading --------------------------------------------------------------------------------------
+
+    def expire(self, older_than: float) -> int:
+        old = [r[0] for r in self.conn.execute("SELECT client_id FROM mqtt_sessions WHERE last_seen < ?",
+                                               (older_than,))]
+        for client_id in old:
+            self.forget(client_id)
+        return len(old)
+
+    def load(self) -> list[StoredSession]:
+        c = self.conn
+        self._seq = int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM mqtt_inflight").fetchone()[0])
+        out = []
+        for client_id, username in c.execute("SELECT client_id, username FROM mqtt_sessions ORDER BY client_id"):
+            subs = [(t, int(q)) for t, q in c.execute(
+                "SELECT topic, qos FROM mqtt_subscriptions WHERE client_id = ? ORDER BY topic", (client_id,))]
+            inflight = [(int(pid), t, bytes(p), int(q), bool(r)) for pid, t, p, q, r in c.execute(
+                "SELECT packet_id, topic, payload, qos, released FROM mqtt_inflight WHERE client_id = ? ORDER BY seq",
+                (client_id,))]
+            queued = [(int(i), t, bytes(p), int(q)) for i, t, p, q in c.execute(
+                "SELECT id, topic, payload, qos FROM mqtt_queue WHERE client_id = ? ORDER BY id", (client_id,))]
+            out.append(StoredSession(client_id, username, subs, inflight, queued))
+        return out
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _acknowledged(msg: ApplicationMessage) -> bool:
+    if msg.qos == 2:
+        return msg.pubcomp_packet is not None
+    if msg.qos == 1:
+        return msg.puback_packet is not None
+    return True
+
+
+class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
+    """`Session.inflight_out` that keeps a message until the client acknowledged it (fixes amqtt #401).
+
+    amqtt pops an outgoing message in a `finally:` whether or not its PUBACK came. Here a pop that
+    happens while that wait's CancelledError/TimeoutError propagates is ignored (unless PUBACK or
+    PUBCOMP was recorded), so amqtt's `_retry_deliveries` re-sends the message, DUP set, on the next
+    connection. Any other pop (amqtt's after an ack, or a direct writer's PUBACK handler) removes.
+    """
+
+    def __init__(self, db: SessionDB, client_id: str) -> None:
+        super().__init__()
+        self.db = db
+        self.client_id = client_id
+
+    def __setitem__(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
+        super().__setitem__(packet_id, msg)
+        self.db.inflight_put(self.client_id, packet_id, msg)
+
+    def restore(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
+        super().__setitem__(packet_id, msg)
+
+    def pop(self, packet_id: int, default: Any = None) -> Any:  # type: ignore[override]
+        msg = self.get(packet_id)
+        if msg is None:
+            return default
+        if not _acknowledged(msg) and sys.exc_info()[0] is not None:
+            # amqtt's `finally:` while its PUBACK/PUBCOMP wait is cancelled (disconnect) or timed out:
+            # keep the message for the retry on reconnect. A pop in normal flow is an acknowledgement.
+            if msg.qos == 2 and msg.pubrec_packet is not None:
+                self.db.inflight_released(self.client_id, packet_id)
+            return msg
+        super().pop(packet_id)
+        self.db.inflight_del(self.client_id, packet_id)
+        return msg
+
+
+class DurableQueue(asyncio.Queue[ApplicationMessage]):
+    """amqtt's per-session offline queue, mirrored to sqlite; when full the oldest message is dropped."""
+
+    def __init__(self, db: SessionDB, client_id: str, limit: int) -> None:
+        super().__init__()
+        self.db = db
+        self.client_id = client_id
+        self.limit = limit
+        self._rows: deque[int | None] = deque()
+
+    def restore(self, row_id: int, msg: ApplicationMessage) -> None:
+        super().put_nowait(msg)
+        self._rows.append(row_id)
+
+    def put_nowait(self, item: ApplicationMessage) -> None:
+        if self.qsize() >= self.limit:
+            dropped = self.get_nowait()
+            log.warning("offline queue of %s is full (%d): dropped the oldest message on %s",
+                        self.client_id, self.limit, dropped.topic)
+        super().put_nowait(item)
+        self._rows.append(self.db.queue_put(self.client_id, item))
+
+    async def put(self, item: ApplicationMessage) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> ApplicationMessage:
+        item = super().get_nowait()
+        self.db.queue_del(self._rows.popleft())
+        return item
+
+
+class SessionPersistence:
+    """Adopts persistent sessions into durable containers and restores them at start."""
+
+    def __init__(self, db: SessionDB, queue_limit: int = 1000, expiry_s: float = 7 * 86400) -> None:
+        self.db = db
+        self.queue_limit = queue_limit
+        self.expiry_s = expiry_s
+        self._known: set[str] = set()  # client ids with stored state: a clean CONNECT skips the DELETEs otherwise
+
+    @staticmethod
+    def is_persistent(session: Session) -> bool:
+        return session.clean_session is False and bool(session.client_id)
+
+    def adopt(self, session: Session) -> None:
+        """Give a persistent session durable containers (idempotent), before anything is re-sent to it."""
+        if not self.is_persistent(session):
+            return
+        client_id = str(session.client_id)
+        if not isinstance(session.inflight_out, DurableInflight):
+            inflight = DurableInflight(self.db, client_id)
+            for packet_id, msg in session.inflight_out.items():
+                inflight[packet_id] = msg
+            session.inflight_out = inflight
+        if not isinstance(session.retained_messages, DurableQueue):
+            # Another layer may have swapped in its own queue on CONNECT; take its messages over.
+            queue = DurableQueue(self.db, client_id, self.queue_limit)
+            while not session.retained_messages.empty():
+                queue.put_nowait(session.retained_messages.get_nowait())
+            session.retained_messages = queue
+
+    def connected(self, session: Session) -> None:
+        """An authenticated CONNECT: remember a persistent session, or drop a clean one's old state."""
+        if not session.client_id:
+            return
+        if self.is_persistent(session):
+            self.adopt(session)
+            self.db.touch(session.client_id, session.username)
+            self._known.add(session.client_id)
+        elif session.client_id in self._known:
+            self._known.discard(session.client_id)
+            self.db.forget(session.client_id)
+
+    async def restore(self, context: BrokerContext) -> tuple[int, int]:
+        """Recreate stored sessions (offline) and retained messages; call before the listeners open."""
+        expired = self.db.expire(time.time() - self.expiry_s)
+        if expired:
+            log.info("expired %d persistent sessions idle for more than %.0f s", expired, self.expiry_s)
+        for topic, payload, qos in self.db.retained():
+            context.retained_messages[topic] = RetainedApplicationMessage(None, topic, payload, qos)
+        stored = self.db.load()
+        messages = 0
+        for s in stored:
+            self._known.add(s.client_id)
+            await context.add_subscription(s.client_id, None, None)
+            session = context.get_session(s.client_id)
+            if session is None:
+                continue
+            session.clean_session = False
+            session.username = s.username
+            self.adopt(session)
+            inflight = session.inflight_out
+            assert isinstance(inflight, DurableInflight)
+            for packet_id, topic, payload, qos, released in s.inflight:
+                inflight.restore(packet_id, _resend(packet_id, topic, payload, qos, released))
+            queue = session.retained_messages
+            assert isinstance(queue, DurableQueue)
+            for row_id, topic, payload, qos in s.queued:
+                queue.restore(row_id, RetainedApplicationMessage(None, topic, payload, qos))
+            messages += len(s.inflight) + len(s.queued)
+            for topic, qos in s.subscriptions:
+                await context.add_subscription(s.client_id, topic, qos)
+        log.info("restored %d persistent sessions with %d undelivered messages, %d retained topics",
+                 len(stored), messages, len(context.retained_messages))
+        return len(stored), messages
+
+    def freeze(self) -> None:
+        """Stop writing: a clean shutdown empties amqtt's queues, which must survive on disk."""
+        self.db.frozen = True
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _resend(packet_id: int, topic: str, payload: bytes, qos: int, released: bool) -> OutgoingApplicationMessage:
+    msg = OutgoingApplicationMessage(packet_id, topic, qos, payload, False)
+    msg.publish_packet = msg.build_publish_packet()  # makes amqtt's retry set DUP
+    if released:  # QoS 2 past PUBREC: only PUBREL is re-sent
+        msg.pubrec_packet = PubrecPacket.build(packet_id)
+        msg.pubrel_packet = PubrelPacket.build(packet_id)
+    return msg

@@ -1,0 +1,64 @@
+"""amqtt hooks for broker.session_persistence: persistent sessions and retained messages on disk.
+
+Only public amqtt plugin events. `on_broker_client_connected` is synchronous inside, and amqtt
+schedules it before the handler's start-up re-sends unacknowledged messages, so the session has
+its durable containers by then.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from amqtt.broker import BrokerContext, RetainedApplicationMessage
+from amqtt.plugins.base import BasePlugin
+from amqtt.session import Session
+
+from broker.session_persistence import SessionPersistence
+
+__all__ = ["PersistencePlugin"]
+
+log = logging.getLogger("intercom.sessions")
+
+
+class PersistencePlugin(BasePlugin[BrokerContext]):
+    @dataclass
+    class Config:
+        """No options: the session database lives in the server's data_dir, bound at start."""
+
+    persistence: SessionPersistence | None = None
+
+    def bind_persistence(self, persistence: SessionPersistence) -> None:
+        self.persistence = persistence
+
+    async def on_broker_pre_start(self) -> None:
+        if self.persistence is not None:
+            await self.persistence.restore(self.context)
+
+    async def on_broker_pre_shutdown(self) -> None:
+        if self.persistence is not None:
+            self.persistence.freeze()
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        if self.persistence is not None:
+            self.persistence.connected(client_session)
+
+    async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
+        session = self._session(client_id)
+        if session is not None and self.persistence is not None and self.persistence.is_persistent(session):
+            self.persistence.db.subscribe(client_id, topic, qos)
+
+    async def on_broker_client_unsubscribed(self, *, client_id: str, topic: str) -> None:
+        session = self._session(client_id)
+        if session is not None and self.persistence is not None and self.persistence.is_persistent(session):
+            self.persistence.db.unsubscribe(client_id, topic)
+
+    async def on_broker_retained_message(self, *, client_id: str | None,
+                                         retained_message: RetainedApplicationMessage) -> None:
+        # client_id set: a message queued for an offline session, which DurableQueue already stored.
+        if client_id is None and self.persistence is not None and retained_message.topic:
+            self.persistence.db.retain(retained_message.topic, bytes(retained_message.data or b""),
+                                       retained_message.qos or 0)
+
+    def _session(self, client_id: str) -> Session | None:
+        return self.context.get_session(client_id)
