@@ -10,8 +10,8 @@ from amqtt.plugins.base import BasePlugin
 from amqtt.session import Session
 
 from broker.mqtt_router import identify, on_publish
+from broker.presence import Presence
 from broker.services import Services
-from broker.states import Role
 from plugins.auth import PRINCIPAL
 
 __all__ = ["CallPlugin"]
@@ -25,9 +25,13 @@ class CallPlugin(BasePlugin[BrokerContext]):
         """No options: call settings live in broker.yaml's `calls:` and are bound at start."""
 
     services: Services | None = None
+    presence: Presence | None = None
 
     def bind(self, services: Services) -> None:
         self.services = services
+
+    def bind_presence(self, presence: Presence) -> None:
+        self.presence = presence
 
     def intercept_publish(self, session: Session, topic: str, payload: bytes) -> None:
         """Called synchronously by FastPathMixin right after the publish ACL check (no task per packet)."""
@@ -42,11 +46,15 @@ class CallPlugin(BasePlugin[BrokerContext]):
         self._presence(client_session, online=False)
 
     def _presence(self, session: Session, online: bool) -> None:
-        if self.services is None:
+        if self.presence is None:
             return
         party = identify(session.attributes.get(PRINCIPAL), session.client_id)
-        if party is not None and party.role is Role.DEVICE:
-            try:
-                self.services.status.set_online(party.id, online)
-            except Exception:
-                log.exception("could not record presence of device %s", party.id)
+        if party is None:
+            return
+        try:
+            if online:
+                self.presence.connected(party)
+            else:
+                self.presence.disconnected(party)
+        except Exception:
+            log.exception("could not record presence of %s", party.key)
