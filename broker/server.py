@@ -15,7 +15,9 @@ from broker.calls import CallService
 from broker.config import ConfigError, Settings
 from broker.directory import Directory
 from broker.mqtt_broker import IntercomBroker
+from broker.presence import Presence
 from broker.services import Services
+from broker.session_persistence import SessionDB, SessionPersistence
 from broker.status import StatusService
 from broker.store import Store
 from broker.trtc import Trtc
@@ -26,7 +28,8 @@ __all__ = ["IntercomServer"]
 
 log = logging.getLogger("intercom")
 
-PLUGINS = ("plugins.auth.IntercomAuthPlugin", "plugins.call_plugin.CallPlugin")
+PLUGINS = ("plugins.auth.IntercomAuthPlugin", "plugins.call_plugin.CallPlugin",
+           "plugins.persistence.PersistencePlugin")
 
 
 def _bind(host: str, port: int) -> str:
@@ -50,6 +53,8 @@ class IntercomServer:
         self.settings = settings
         self.broker: IntercomBroker | None = None
         self.services: Services | None = None
+        self.presence: Presence | None = None
+        self.persistence: SessionPersistence | None = None
         self._runner: web.AppRunner | None = None
         self.mqtt_port = 0
         self.ws_port: int | None = None
@@ -86,14 +91,26 @@ class IntercomServer:
         trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
         calls = CallService(store, directory, trtc, s.calls, broker)
         self.services = Services(s, store, directory, trtc, calls, StatusService(store, directory, broker))
+        limits = getattr(s, "limits", None)
+        self.persistence = SessionPersistence(SessionDB(data_dir / "sessions.db"),
+                                              getattr(limits, "max_queued_messages", 1000),
+                                              getattr(limits, "session_expiry_s", 7 * 86400))
+        self.presence = Presence(calls, self.services.status, s.calls.party_offline_grace_s)
         for plugin in broker.plugins_manager.plugins:
             if hasattr(plugin, "bind"):
                 plugin.bind(self.services)
+            if hasattr(plugin, "bind_presence"):
+                plugin.bind_presence(self.presence)
+            if hasattr(plugin, "bind_persistence"):
+                plugin.bind_persistence(self.persistence)
         self.broker = broker
         await broker.start()
         self.mqtt_port = broker.bound_port("default")
         self.ws_port = broker.bound_port("ws") if s.server.ws_port is not None else None
         recovered = calls.recover()
+        # A crash skips every disconnect: devices start offline, and parties of live calls get their grace.
+        self.presence.restore_device_status()
+        self.presence.arm_recovered(store.active_calls())
 
         app = create_app(self.services)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -111,6 +128,8 @@ class IntercomServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.presence is not None:
+            self.presence.close()
         if self.services is not None:
             self.services.calls.close()
         if self.broker is not None:
@@ -119,6 +138,9 @@ class IntercomServer:
             except (TimeoutError, Exception):
                 log.exception("broker shutdown did not finish cleanly")
             self.broker = None
+        if self.persistence is not None:
+            self.persistence.close()
+            self.persistence = None
         if self.services is not None:
             self.services.store.close()
             self.services = None
