@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from broker.bridge import BridgedServer, parse_broker_url
 from broker.config import ConfigError, Settings, load_settings
 from broker.server import IntercomServer
 
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, help="REST port, 0 = any free port (default 8080)")
     p.add_argument("--data-dir", type=Path, help="where the sqlite database lives (default ./data)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--external-broker", metavar="URL",
+                   help="bridge mode: no embedded broker; attach the call service to this broker "
+                        "(mqtt://[user:password@]host:port) as an MQTT client")
     return p
 
 
@@ -39,8 +43,9 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     return load_settings(config, overrides)
 
 
-async def serve(settings: Settings) -> None:
-    server = IntercomServer(settings)
+async def serve(settings: Settings, external_broker: str | None = None) -> None:
+    server: IntercomServer | BridgedServer
+    server = BridgedServer(settings, external_broker) if external_broker else IntercomServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -56,6 +61,9 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(argv)
+        external = _parser().parse_args(argv).external_broker
+        if external:
+            parse_broker_url(external)
     except ConfigError as exc:
         print(f"intercom-broker: {exc}", file=sys.stderr)
         return 2
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     try:
-        runner(serve(settings))
+        runner(serve(settings, external))
     except ConfigError as exc:
         print(f"intercom-broker: {exc}", file=sys.stderr)
         return 2
