@@ -35,6 +35,72 @@ class ServerConfig(_Strict):
 class AuthConfig(_Strict):
     allow_anonymous_on_loopback: bool = True
     pbkdf2_iterations: int = Field(10_000, ge=1_000, le=1_000_000)
+    # MQTT client ids must be `{role}-{id}`; with this on, `{role}-{id}/<anything>` too.
+    client_id_suffixes: bool = True
+
+
+class Rate(_Strict):
+    """A token bucket: `burst` at once, refilled at `per_s` per second."""
+
+    per_s: float = Field(gt=0, le=100_000)
+    burst: int = Field(ge=1, le=1_000_000)
+
+
+class FlappingConfig(_Strict):
+    max_connects: int = Field(20, ge=2)
+    window_s: float = Field(60.0, gt=0)
+    ban_s: float = Field(300.0, ge=0)
+
+
+class LimitsConfig(_Strict):
+    """Broker and REST limits; see docs/security.md."""
+
+    max_packet_bytes: int = Field(64 * 1024, ge=1024, le=256 * 1024 * 1024)
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+    keepalive_factor: float = Field(1.5, ge=1.0, le=10)
+    max_connections: int = Field(10_000, ge=1)
+    max_subscriptions_per_client: int = Field(32, ge=1)
+    max_inflight_messages: int = Field(32, ge=1, le=65535)
+    max_queued_messages: int = Field(1000, ge=1)
+    session_expiry_s: int = Field(7 * 86400, ge=60)
+    connect_rate: Rate = Rate(per_s=20, burst=100)
+    auth_failures: Rate = Rate(per_s=0.2, burst=10)
+    flapping: FlappingConfig = FlappingConfig()
+    http_per_ip: Rate = Rate(per_s=50, burst=200)
+    http_per_principal: Rate = Rate(per_s=20, burst=100)
+    exempt_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+
+    @field_validator("exempt_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+
+class AclRule(_Strict):
+    """Topic patterns for one role or integrator; `%u` = principal id, `%c` = client id."""
+
+    publish: list[str] = []
+    subscribe: list[str] = []
+
+
+class Integrator(_Strict):
+    token_hash: str = Field(pattern=r"^\$7\$")
+    acl: AclRule = AclRule()
+
+
+class AclConfig(_Strict):
+    # Replaces the built-in table for a role when set (keys: device, resident, admin).
+    roles: dict[Literal["device", "resident", "admin"], AclRule] = {}
+    integrators: dict[str, Integrator] = {}
+
+
+class TlsConfig(_Strict):
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None
+    require_client_cert: bool = False
 
 
 class CallsConfig(_Strict):
@@ -51,12 +117,19 @@ class TrtcConfig(_Strict):
     expire_s: int = Field(86400, ge=60, le=180 * 86400)
 
 
+class MqttTlsConfig(TlsConfig):
+    port: Port = Field(8883, ge=0, le=65535)
+    plain: bool = True  # keep the plain TCP/WS listeners next to the TLS one
+
+
 class MqttConfig(_Strict):
     max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    tls: MqttTlsConfig | None = None
 
 
 class HttpConfig(_Strict):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    tls: TlsConfig | None = None
 
 
 class SiteResident(_Strict):
@@ -88,6 +161,8 @@ class Settings(_Strict):
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()
     site: SiteConfig = SiteConfig()
+    limits: LimitsConfig = LimitsConfig()
+    acl: AclConfig = AclConfig()
     admin_token: SecretStr | None = None
 
     @field_validator("server")

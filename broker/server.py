@@ -20,6 +20,7 @@ from broker.services import Services
 from broker.session_persistence import SessionDB, SessionPersistence
 from broker.status import StatusService
 from broker.store import Store
+from broker.tls import server_context
 from broker.trtc import Trtc
 from http_api import create_app
 from http_api.keys import HEALTH
@@ -28,7 +29,7 @@ __all__ = ["IntercomServer"]
 
 log = logging.getLogger("intercom")
 
-PLUGINS = ("plugins.auth.IntercomAuthPlugin", "plugins.call_plugin.CallPlugin",
+PLUGINS = ("plugins.auth.IntercomAuthPlugin", "plugins.acl.TopicAclPlugin", "plugins.call_plugin.CallPlugin",
            "plugins.persistence.PersistencePlugin")
 
 
@@ -58,6 +59,7 @@ class IntercomServer:
         self._runner: web.AppRunner | None = None
         self.mqtt_port = 0
         self.ws_port: int | None = None
+        self.mqtts_port: int | None = None
         self.http_port = 0
 
     def broker_config(self) -> dict[str, Any]:
@@ -65,7 +67,11 @@ class IntercomServer:
         listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": _bind(s.host, s.mqtt_port)}}
         if s.ws_port is not None:
             listeners["ws"] = {"type": "ws", "bind": _bind(s.host, s.ws_port)}
-        return {"listeners": listeners, "plugins": {p: {} for p in PLUGINS}, "timeout_disconnect_delay": 0}
+        tls = self.settings.mqtt.tls
+        if tls is not None:
+            listeners["tls" if tls.plain else "default"] = {"type": "tcp", "bind": _bind(s.host, tls.port)}
+        return {"listeners": listeners, "plugins": {p: {} for p in PLUGINS}, "timeout_disconnect_delay": 0,
+                "session_expiry_interval": self.settings.limits.session_expiry_s}
 
     async def start(self) -> None:
         s = self.settings
@@ -88,6 +94,10 @@ class IntercomServer:
         directory = Directory(store, s.auth.pbkdf2_iterations, admin)
         directory.seed_site(s.site)
         broker = IntercomBroker(self.broker_config())
+        broker.limits = s.limits
+        if s.mqtt.tls is not None:
+            ctx = server_context(s.mqtt.tls)
+            broker.tls_contexts = {"tls": ctx} if s.mqtt.tls.plain else {"default": ctx, "ws": ctx}
         trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
         calls = CallService(store, directory, trtc, s.calls, broker)
         self.services = Services(s, store, directory, trtc, calls, StatusService(store, directory, broker))
@@ -107,6 +117,8 @@ class IntercomServer:
         await broker.start()
         self.mqtt_port = broker.bound_port("default")
         self.ws_port = broker.bound_port("ws") if s.server.ws_port is not None else None
+        if s.mqtt.tls is not None:
+            self.mqtts_port = broker.bound_port("tls" if s.mqtt.tls.plain else "default")
         recovered = calls.recover()
         # A crash skips every disconnect: devices start offline, and parties of live calls get their grace.
         self.presence.restore_device_status()
@@ -115,7 +127,8 @@ class IntercomServer:
         app = create_app(self.services)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.server.host, s.server.http_port)
+        http_tls = server_context(s.http.tls) if s.http.tls is not None else None
+        site = web.TCPSite(self._runner, s.server.host, s.server.http_port, ssl_context=http_tls)
         await site.start()
         self.http_port = int(self._runner.addresses[0][1])
         app[HEALTH]["broker"] = True
