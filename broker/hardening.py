@@ -1,12 +1,293 @@
 """Security and limits layer over amqtt 0.12.1's Broker (issue: lock the box down).
 
-A mixin placed before the fast-path mixin in IntercomBroker's bases.
+A mixin placed before the fast-path mixin in IntercomBroker's bases. It owns the connection
+lifecycle up to the message loop: accept-time refusals (max connections, per-IP CONNECT rate),
+the packet guard (CONNECT timeout, keepalive x1.5, max packet size, malformed packets), CONNECT
+admission (authentication, Will-topic ACL, flapping ban), and a session adoption that only touches
+an existing session after the newcomer has authenticated. Overrides: `_client_connected`,
+`_initialize_client_session`, `_handle_client_session`, `_authenticate`, `_create_server_instance`.
 """
 
 from __future__ import annotations
 
-__all__ = ["HardeningMixin"]
+import asyncio
+import logging
+import ssl
+from contextlib import suppress
+from typing import Any
+
+from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
+from amqtt.broker import Server
+from amqtt.contexts import Action, ListenerConfig, ListenerType
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
+from amqtt.mqtt.constants import QOS_0
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+from amqtt.utils import gen_client_id
+from transitions import MachineError
+
+from broker.config import LimitsConfig
+from broker.flapping import FlappingGuard
+from broker.limiter import KeyedLimiter, is_exempt
+from broker.packet_guard import GuardedReader, GuardLimits
+
+__all__ = ["REFUSAL", "BoundedQueue", "HardeningMixin"]
+
+log = logging.getLogger("intercom.hardening")
+
+# A plugin that refuses a CONNECT for a specific reason stores the CONNACK code here.
+REFUSAL = "intercom.refusal"
+_TAKEOVER_WAIT_S = 5.0
+_CLOSE_WAIT_S = 2.0
+
+
+class BoundedQueue(asyncio.Queue[Any]):
+    """A session queue that never blocks its producer: when full, the oldest message is dropped."""
+
+    def put_nowait(self, item: Any) -> None:
+        if self.full():
+            self.get_nowait()
+            log.warning("session queue full (%d): dropped the oldest message", self.maxsize)
+        super().put_nowait(item)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
 
 
 class HardeningMixin:
-    """Connection-level limits and protocol checks; overrides are listed in docs/security.md."""
+    """Connection-level limits and protocol checks; see docs/security.md."""
+
+    # amqtt's Broker provides these; declared for the type checker.
+    _sessions: dict[str, tuple[Session, BrokerProtocolHandler]]
+    _subscriptions: dict[str, list[tuple[Session, int]]]
+    plugins_manager: Any
+    config: Any
+    listeners_config: Any
+
+    limits: LimitsConfig = LimitsConfig()
+    # listener name -> TLS context; set by the server before start()
+    tls_contexts: dict[str, ssl.SSLContext] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _hardening(self) -> _State:
+        state: _State | None = getattr(self, "_hardening_state", None)
+        if state is None:
+            state = _State(self.limits)
+            self._hardening_state = state
+        return state
+
+    @property
+    def open_connections(self) -> int:
+        """MQTT connections currently open (all listeners), as counted for `limits.max_connections`."""
+        return self._hardening().open
+
+    # -- listeners ------------------------------------------------------------------------------
+
+    async def _create_server_instance(
+        self, listener_name: str, listener_type: ListenerType, address: str | None, port: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> Any:
+        context = self.tls_contexts.get(listener_name, ssl_context)
+        return await super()._create_server_instance(  # type: ignore[misc]
+            listener_name, listener_type, address, port, context)
+
+    # -- accept ---------------------------------------------------------------------------------
+
+    async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
+        state = self._hardening()
+        peer = writer.get_peer_info()
+        address = peer[0] if peer else None
+        why = state.refuse_at_accept(address)
+        if why is not None:
+            log.warning("refused MQTT connection from %s: %s", address, why)
+            await close_writer(writer)
+            return
+        limits = self.limits
+        guard = GuardedReader(reader, GuardLimits(limits.max_packet_bytes, limits.connect_timeout_s,
+                                                  limits.keepalive_factor, limits.max_inflight_messages),
+                              peer=f"{address}:{peer[1] if peer else '?'}")
+        state.open += 1
+        try:
+            await super()._client_connected(listener_name, guard, writer)  # type: ignore[misc]
+        except Exception:
+            log.debug("MQTT connection from %s ended with an error", address, exc_info=True)
+        finally:
+            state.open -= 1
+            guard.close()
+            await close_writer(writer)
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int,
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        """Read and check CONNECT only; no existing session is touched before authentication."""
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError:
+            await close_writer(writer)
+            raise
+        except (AMQTTError, NoDataError) as exc:
+            raise AMQTTError(exc) from exc
+        if session.clean_session and not session.client_id:
+            session.client_id = gen_client_id()
+        return handler, session
+
+    # -- CONNECT --------------------------------------------------------------------------------
+
+    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
+        """amqtt's plugin vote, then the Will topic against the publish ACL (Mosquitto does both)."""
+        if not await super()._authenticate(session, listener):  # type: ignore[misc]
+            return False
+        if session.will_flag and session.will_topic is not None and not await self._topic_filtering(  # type: ignore[attr-defined]
+                session, session.will_topic, Action.PUBLISH):
+            log.warning("refused CONNECT of %s: Will topic %r not allowed", session.client_id, session.will_topic)
+            session.attributes[REFUSAL] = NOT_AUTHORIZED
+            return False
+        return True
+
+    async def _admit(self, session: Session, listener_name: str) -> int:
+        """The CONNACK return code for this CONNECT."""
+        state = self._hardening()
+        cid = session.client_id or ""
+        if state.flapping.banned(cid):
+            log.warning("refused CONNECT of %s: client id banned for flapping", cid)
+            return SERVER_UNAVAILABLE
+        if not await self._authenticate(session, self.listeners_config[listener_name]):
+            code: int = session.attributes.pop(REFUSAL, NOT_AUTHORIZED)
+            return code
+        if not state.flapping.connected(cid):
+            log.warning("banned client id %s for %.0f s: more than %d connects in %.0f s", cid,
+                        self.limits.flapping.ban_s, self.limits.flapping.max_connects, self.limits.flapping.window_s)
+            return SERVER_UNAVAILABLE
+        return CONNECTION_ACCEPTED
+
+    async def _adopt_session(self, incoming: Session) -> Session:
+        """amqtt's clean/persistent session choice, run only after `incoming` authenticated."""
+        cid = incoming.client_id
+        assert cid is not None
+        await self._end_previous_connection(cid)
+        if incoming.clean_session:
+            await self._delete_session(cid)  # type: ignore[attr-defined]
+            session = incoming
+            session.parent = 0
+        elif cid in self._sessions:
+            session = self._sessions[cid][0]
+            for attr in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
+                         "username", "password"):
+                setattr(session, attr, getattr(incoming, attr))
+            session.attributes.update(incoming.attributes)
+            session.parent = 1
+        else:
+            session = incoming
+            session.parent = 0
+        if not isinstance(session.retained_messages, BoundedQueue):
+            queued = BoundedQueue(maxsize=self.limits.max_queued_messages)
+            while not session.retained_messages.empty():
+                queued.put_nowait(session.retained_messages.get_nowait())
+            session.retained_messages = queued
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        return session
+
+    async def _end_previous_connection(self, client_id: str) -> None:
+        """Takeover: close the live connection holding `client_id` and wait until amqtt has let it go."""
+        live = self._hardening().live.get(client_id)
+        if live is None:
+            return
+        handler, done = live
+        log.warning("client %s connected again: closing its previous connection", client_id)
+        await handler.handle_connection_closed()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), _TAKEOVER_WAIT_S)
+
+    async def _handle_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, client_session: Session,
+        handler: BrokerProtocolHandler, server: Server, listener_name: str,
+    ) -> None:
+        """amqtt 0.12.1's `_handle_client_session`, with admission before any session is touched."""
+        code = await self._admit(client_session, listener_name)
+        if code != CONNECTION_ACCEPTED:
+            with suppress(Exception):
+                await ConnackPacket.build(0, code).to_stream(writer)
+            await close_writer(writer)
+            return
+        client_session = await self._adopt_session(client_session)
+        cid = client_session.client_id
+        assert cid is not None
+
+        for _ in range(10):
+            try:
+                client_session.transitions.connect()
+                break
+            except (MachineError, ValueError):
+                if client_session.transitions.is_connected():
+                    log.warning("client %s is already connected, performing take-over", cid)
+                    old_handler = self._sessions[cid][1]
+                    await old_handler.handle_connection_closed()
+                    await old_handler.stop()
+                    break
+                await asyncio.sleep(0.1)
+
+        handler.attach(client_session, reader, writer)
+        self._sessions[cid] = (client_session, handler)
+        await handler.mqtt_connack_authorize(True)
+        if isinstance(reader, GuardedReader):
+            reader.start_session(client_session.keep_alive, client_session.delivered_message_queue)
+
+        done = asyncio.Event()
+        live = self._hardening().live
+        live[cid] = (handler, done)
+        try:
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=cid,
+                                                  client_session=client_session)
+            await handler.start()
+            await self._deliver_on_connect(client_session)
+            await self._client_message_loop(client_session, handler)  # type: ignore[attr-defined]
+        finally:
+            if live.get(cid) == (handler, done):
+                del live[cid]
+            done.set()
+
+    async def _deliver_on_connect(self, session: Session) -> None:
+        """Messages queued while offline, then retained messages. A later mixin may define
+        `_deliver_on_connect` to replace amqtt's behaviour (kept verbatim here otherwise)."""
+        hook = getattr(super(), "_deliver_on_connect", None)
+        if hook is not None:
+            await hook(session)
+            return
+        broker: Any = self
+        await broker._publish_session_retained_messages(session)
+        for topic in self._subscriptions:
+            await broker._publish_retained_messages_for_subscription((topic, QOS_0), session)
+
+
+class _State:
+    """Counters and limiters of one broker."""
+
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.limits = limits
+        self.open = 0
+        self.connect_rate = KeyedLimiter(limits.connect_rate.per_s, limits.connect_rate.burst)
+        self.flapping = FlappingGuard(limits.flapping.max_connects, limits.flapping.window_s, limits.flapping.ban_s)
+        self.live: dict[str, tuple[BrokerProtocolHandler, asyncio.Event]] = {}
+
+    def refuse_at_accept(self, address: str | None) -> str | None:
+        if self.open >= self.limits.max_connections:
+            return f"max_connections ({self.limits.max_connections}) reached"
+        if is_exempt(address, self.limits.exempt_networks):
+            return None
+        if not self.connect_rate.take(address or "?"):
+            return "CONNECT rate limit for this address"
+        return None
+
+
+async def close_writer(writer: WriterAdapter) -> None:
+    """Close a client connection without waiting on a peer that does not read."""
+    try:
+        await asyncio.wait_for(writer.close(), _CLOSE_WAIT_S)
+    except Exception:  # the peer is going away; any failure here means "closed"
+        if isinstance(writer, StreamWriterAdapter):
+            writer._writer.transport.abort()  # amqtt's adapter exposes no abort()

@@ -1,18 +1,41 @@
-"""MQTT authentication: username = device/resident id, password = its token; anonymous only local-only."""
+"""MQTT authentication: username = device/resident id (or integrator name), password = its token.
+
+Anonymous only in local-only mode. Token checks run off the event loop (PBKDF2) and compare in
+constant time. Failed attempts are rate limited per source address and per username; once a bucket
+is empty, further attempts are refused without hashing. The client id is bound to the principal:
+`{role}-{id}` (or `{role}-{id}/<suffix>`), so no one can take over another party's session.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
+from amqtt.mqtt.connack import IDENTIFIER_REJECTED
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
 from broker.errors import Unauthorized
+from broker.hardening import REFUSAL
+from broker.limiter import KeyedLimiter, is_exempt
 from broker.services import Services
+from broker.tokens import Principal, verify_token
 
-__all__ = ["PRINCIPAL", "IntercomAuthPlugin"]
+__all__ = ["PRINCIPAL", "IntercomAuthPlugin", "bound_client_id"]
 
 PRINCIPAL = "intercom.principal"
+log = logging.getLogger("intercom.auth")
+
+
+def bound_client_id(principal: Principal) -> str:
+    """The client id a principal must use (or extend with `/<suffix>`)."""
+    return "admin" if principal.role == "admin" else f"{principal.role}-{principal.id}"
+
+
+def client_id_allowed(principal: Principal, client_id: str, suffixes: bool) -> bool:
+    base = bound_client_id(principal)
+    return client_id == base or (suffixes and client_id.startswith(base + "/") and len(client_id) > len(base) + 1)
 
 
 class IntercomAuthPlugin(BaseAuthPlugin):
@@ -21,21 +44,50 @@ class IntercomAuthPlugin(BaseAuthPlugin):
         """No options: identity rules come from the server settings bound at start."""
 
     services: Services | None = None
+    _per_ip: KeyedLimiter | None = None
+    _per_user: KeyedLimiter | None = None
 
     def bind(self, services: Services) -> None:
         self.services = services
+        rate = services.settings.limits.auth_failures
+        self._per_ip = KeyedLimiter(rate.per_s, rate.burst)
+        self._per_user = KeyedLimiter(rate.per_s, rate.burst)
 
     async def authenticate(self, *, session: Session) -> bool | None:
         svc = self.services
-        if svc is None:
+        if svc is None or self._per_ip is None or self._per_user is None:
             return False
         if not session.username:
             return svc.settings.local_only
-        try:
-            principal = await svc.directory.authenticate(session.password or "")
-        except Unauthorized:
+        ip_key = None if is_exempt(session.remote_address, svc.settings.limits.exempt_networks) else (
+            session.remote_address or "?")
+        if (ip_key is not None and not self._per_ip.has(ip_key)) or not self._per_user.has(session.username):
+            log.warning("refused CONNECT of %r from %s: too many failed attempts", session.username,
+                        session.remote_address)
             return False
-        if principal.id != session.username:
+        principal = await self._verify(svc, session.username, session.password or "")
+        if principal is None:
+            if ip_key is not None:
+                self._per_ip.take(ip_key)
+            self._per_user.take(session.username)
+            log.warning("refused CONNECT of %r from %s: bad credentials", session.username, session.remote_address)
+            return False
+        if not client_id_allowed(principal, session.client_id or "", svc.settings.auth.client_id_suffixes):
+            log.warning("refused CONNECT of %s %s: client id %r is not %r", principal.role, principal.id,
+                        session.client_id, bound_client_id(principal))
+            session.attributes[REFUSAL] = IDENTIFIER_REJECTED
             return False
         session.attributes[PRINCIPAL] = principal
         return True
+
+    @staticmethod
+    async def _verify(svc: Services, username: str, password: str) -> Principal | None:
+        integrator = svc.settings.acl.integrators.get(username)
+        if integrator is not None:
+            ok = await asyncio.to_thread(verify_token, password, integrator.token_hash)
+            return Principal("integrator", username) if ok else None
+        try:
+            principal = await svc.directory.authenticate(password)
+        except Unauthorized:
+            return None
+        return principal if principal.id == username else None

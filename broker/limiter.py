@@ -1,0 +1,60 @@
+"""Keyed token buckets (per IP, per principal) with bounded memory; pure, clock injected."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+__all__ = ["KeyedLimiter", "is_exempt"]
+
+_MAX_KEYS = 10_000
+
+
+class KeyedLimiter:
+    """`take(key)` spends one token from `key`'s bucket; `retry_after(key)` says when one is back."""
+
+    def __init__(self, per_s: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = _MAX_KEYS) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self._clock = clock
+        self._max_keys = max_keys
+        # key -> (tokens, last refill time); least recently used first, so eviction is O(1)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.per_s)
+
+    def has(self, key: str) -> bool:
+        """True if `key` has a token left (without spending it)."""
+        return self._tokens(key, self._clock()) >= 1.0
+
+    def take(self, key: str) -> bool:
+        """Spend a token; False (and nothing spent) if the bucket is empty."""
+        now = self._clock()
+        tokens = self._tokens(key, now)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def retry_after(self, key: str) -> float:
+        """Seconds until `key` has a whole token again (0 if it has one now)."""
+        missing = 1.0 - self._tokens(key, self._clock())
+        return max(0.0, missing / self.per_s)
+
+
+def is_exempt(address: str | None, networks: Iterable[str]) -> bool:
+    """True if `address` lies in one of `networks` (CIDR strings)."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)

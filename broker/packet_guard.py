@@ -1,0 +1,290 @@
+"""MQTT 3.1.1 packet guard: frames and validates every client packet before amqtt parses it.
+
+`GuardedReader` wraps amqtt's `ReaderAdapter`. It reads one whole packet at a time from the socket,
+enforces the CONNECT timeout, keepalive (x factor), the max packet size and the wire rules Mosquitto
+enforces, and only then hands the bytes to amqtt. On any violation it reports end-of-stream, so
+amqtt treats the client as gone (abnormal disconnect: its Will is published) and the socket closes.
+`check_packet` is pure and holds every rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from dataclasses import dataclass
+
+from amqtt.adapters import ReaderAdapter
+
+__all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "valid_filter", "valid_topic_name"]
+
+log = logging.getLogger("intercom.guard")
+
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
+# Packets a broker only sends, and the two reserved types: a client sending one is broken or hostile.
+_SERVER_ONLY = frozenset({0, CONNACK, SUBACK, UNSUBACK, PINGRESP, 15})
+# Fixed-header flags are fixed for every type but PUBLISH [MQTT-2.2.2-1].
+_FLAGS = {CONNECT: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2, UNSUBSCRIBE: 2,
+          PINGREQ: 0, DISCONNECT: 0}
+_ACK_TYPES = frozenset({PUBACK, PUBREC, PUBREL, PUBCOMP})
+
+
+class Malformed(Exception):
+    """A client packet breaks MQTT 3.1.1; the message says which rule."""
+
+
+@dataclass(frozen=True)
+class GuardLimits:
+    max_packet_bytes: int = 64 * 1024
+    connect_timeout_s: float = 10.0
+    keepalive_factor: float = 1.5
+    max_inflight_messages: int = 32
+
+
+class _Cursor:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.body):
+            raise Malformed(f"packet ends inside {what}")
+        chunk = self.body[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def u16(self, what: str) -> int:
+        return int(struct.unpack("!H", self.take(2, what))[0])
+
+    def binary(self, what: str) -> bytes:
+        return self.take(self.u16(what), what)
+
+    def string(self, what: str) -> str:
+        raw = self.binary(what)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Malformed(f"{what} is not valid UTF-8") from exc
+        if "\x00" in text:
+            raise Malformed(f"{what} contains U+0000")  # [MQTT-1.5.3-2]
+        return text
+
+    @property
+    def left(self) -> int:
+        return len(self.body) - self.pos
+
+
+def valid_topic_name(topic: str) -> bool:
+    """A topic a client may publish to (or name as its Will): non-empty, no wildcards."""
+    return bool(topic) and "+" not in topic and "#" not in topic and "\x00" not in topic
+
+
+def valid_filter(topic_filter: str) -> bool:
+    """A well-formed subscription filter: `#` only as the whole last level, `+` only as a whole level."""
+    if not topic_filter or "\x00" in topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
+
+
+def check_packet(ptype: int, flags: int, body: bytes, first: bool) -> None:
+    """Raise Malformed if this client packet breaks a rule; `first` = it is the connection's first packet."""
+    if first != (ptype == CONNECT):
+        raise Malformed("first packet must be CONNECT" if first else "second CONNECT on one connection")
+    if ptype in _SERVER_ONLY:
+        raise Malformed(f"packet type {ptype} may not be sent by a client")
+    if ptype != PUBLISH and flags != _FLAGS[ptype]:
+        raise Malformed(f"bad fixed-header flags {flags:#x} for packet type {ptype}")
+    cur = _Cursor(body)
+    if ptype == CONNECT:
+        _check_connect(cur)
+    elif ptype == PUBLISH:
+        _check_publish(cur, flags)
+        return  # the rest is the payload
+    elif ptype in _ACK_TYPES:
+        if cur.u16("packet id") == 0:
+            raise Malformed("packet id 0")
+    elif ptype == SUBSCRIBE:
+        _check_subscribe(cur, with_qos=True)
+    elif ptype == UNSUBSCRIBE:
+        _check_subscribe(cur, with_qos=False)
+    if cur.left:
+        raise Malformed(f"{cur.left} unexpected bytes after packet type {ptype}")
+
+
+def _check_connect(cur: _Cursor) -> None:
+    name = cur.string("protocol name")
+    if name not in ("MQTT", "MQIsdp"):
+        raise Malformed(f"protocol name {name!r}")
+    cur.u8("protocol level")  # amqtt answers an unsupported level with CONNACK 1
+    connect_flags = cur.u8("connect flags")
+    if connect_flags & 0x01:
+        raise Malformed("reserved connect flag set")  # [MQTT-3.1.2-3]
+    will, will_qos, will_retain = connect_flags & 0x04, (connect_flags >> 3) & 0x03, connect_flags & 0x20
+    user, password = connect_flags & 0x80, connect_flags & 0x40
+    if will_qos == 3:
+        raise Malformed("Will QoS 3")  # [MQTT-3.1.2-14]
+    if not will and (will_qos or will_retain):
+        raise Malformed("Will QoS/retain set without the Will flag")  # [MQTT-3.1.2-11/13/15]
+    if password and not user:
+        raise Malformed("password flag without username flag")  # [MQTT-3.1.2-22]
+    cur.u16("keepalive")
+    cur.string("client id")
+    if will:
+        if not valid_topic_name(cur.string("Will topic")):
+            raise Malformed("Will topic is empty or has a wildcard")
+        cur.binary("Will message")
+    if user:
+        cur.string("username")
+    if password:
+        cur.binary("password")
+
+
+def _check_publish(cur: _Cursor, flags: int) -> None:
+    qos, dup = (flags >> 1) & 0x03, flags & 0x08
+    if qos == 3:
+        raise Malformed("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
+    if qos == 0 and dup:
+        raise Malformed("DUP set on a QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
+    if not valid_topic_name(cur.string("topic")):
+        raise Malformed("PUBLISH topic is empty or has a wildcard")  # [MQTT-3.3.2-1/2]
+    if qos and cur.u16("packet id") == 0:
+        raise Malformed("packet id 0")  # [MQTT-2.3.1-1]
+
+
+def _check_subscribe(cur: _Cursor, with_qos: bool) -> None:
+    kind = "SUBSCRIBE" if with_qos else "UNSUBSCRIBE"
+    if cur.u16("packet id") == 0:
+        raise Malformed("packet id 0")
+    if not cur.left:
+        raise Malformed(f"{kind} without a topic filter")  # [MQTT-3.8.3-3], [MQTT-3.10.3-2]
+    while cur.left:
+        if not valid_filter(cur.string("topic filter")):
+            raise Malformed(f"{kind} topic filter is malformed")
+        if with_qos and cur.u8("requested QoS") > 2:
+            raise Malformed("SUBSCRIBE requested QoS above 2 or reserved bits set")  # [MQTT-3.8.3-4]
+
+
+class GuardedReader(ReaderAdapter):
+    """Serves amqtt only whole, validated packets; see the module docstring."""
+
+    def __init__(self, inner: ReaderAdapter, limits: GuardLimits, peer: str = "?") -> None:
+        self._inner = inner
+        self._limits = limits
+        self._peer = peer
+        self._buf = bytearray()
+        self._fill: asyncio.Task[None] | None = None
+        self._eof = False
+        self._packets = 0
+        self._deadline: float | None = time.monotonic() + limits.connect_timeout_s
+        self.keepalive_s = 0
+        self.inflight: asyncio.Queue[object] | None = None  # the session's incoming queue, for back-pressure
+        self.reason: str | None = None
+
+    def start_session(self, keepalive_s: int, inflight: asyncio.Queue[object]) -> None:
+        """CONNECT accepted: switch from the CONNECT timeout to keepalive x factor."""
+        self.keepalive_s = keepalive_s
+        self.inflight = inflight
+        self._arm()
+
+    def _arm(self) -> None:
+        k = self.keepalive_s
+        self._deadline = time.monotonic() + k * self._limits.keepalive_factor if k > 0 else None
+
+    async def read(self, n: int = -1) -> bytes:
+        want = max(n, 1)
+        while len(self._buf) < want and not self._eof:
+            if self._fill is None:
+                self._fill = asyncio.create_task(self._next_packet())
+            # amqtt wraps reads in wait_for(keepalive); shielding keeps a half-read packet intact.
+            await asyncio.shield(self._fill)
+            self._fill = None
+        if n < 0:
+            n = len(self._buf)
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._inner.feed_eof()
+
+    def close(self) -> None:
+        """Stop reading: a pending read ends as end-of-stream."""
+        if self._fill is not None:
+            self._fill.cancel()
+        self._eof = True
+
+    async def _next_packet(self) -> None:
+        try:
+            await self._wait_for_room()
+            async with asyncio.timeout_at(self._loop_deadline()):
+                first = await self._exact(1)
+                length, header = await self._remaining_length()
+                if length + 1 + len(header) > self._limits.max_packet_bytes:
+                    raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes "
+                                    f"{self._limits.max_packet_bytes}")
+                body = await self._exact(length) if length else b""
+            check_packet(first[0] >> 4, first[0] & 0x0F, body, first=self._packets == 0)
+        except Malformed as exc:
+            self._stop(f"malformed packet: {exc}")
+            return
+        except TimeoutError:
+            self._stop("CONNECT timeout" if self._packets == 0 else "keepalive expired")
+            return
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, EOFError):
+            self._stop(None)
+            return
+        self._packets += 1
+        self._arm()
+        self._buf += first + header + body
+
+    async def _wait_for_room(self) -> None:
+        """Back-pressure: stop reading while the session has max_inflight messages unprocessed."""
+        q = self.inflight
+        if q is None or q.qsize() < self._limits.max_inflight_messages:
+            return
+        while q.qsize() >= self._limits.max_inflight_messages:  # noqa: ASYNC110 - amqtt's queue has no "below N" signal
+            await asyncio.sleep(0.005)
+        self._arm()  # waiting on us is not client silence
+
+    def _loop_deadline(self) -> float | None:
+        if self._deadline is None:
+            return None
+        # asyncio.timeout_at uses the loop clock; convert from time.monotonic()
+        return asyncio.get_running_loop().time() + (self._deadline - time.monotonic())
+
+    async def _exact(self, n: int) -> bytes:
+        data = await self._inner.read(n)
+        if len(data) < n:
+            raise EOFError
+        return data
+
+    async def _remaining_length(self) -> tuple[int, bytes]:
+        header = bytearray()
+        value, multiplier = 0, 1
+        while True:
+            byte = (await self._exact(1))[0]
+            header.append(byte)
+            value += (byte & 0x7F) * multiplier
+            if not byte & 0x80:
+                return value, bytes(header)
+            if len(header) == 4:
+                raise Malformed("remaining length longer than 4 bytes")
+            multiplier *= 128
+
+    def _stop(self, reason: str | None) -> None:
+        self._eof = True
+        self.reason = reason
+        if reason is not None:
+            log.warning("closing MQTT connection from %s: %s", self._peer, reason)

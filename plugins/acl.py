@@ -1,0 +1,155 @@
+"""Topic ACL: who may publish and subscribe where, like Mosquitto's `acl_file` patterns.
+
+Patterns take `%u` (the principal's id), `%c` (the client id) and `%d` (each device of a resident's
+household). A PUBLISH topic must match a publish pattern; a SUBSCRIBE filter must be *covered* by a
+subscribe pattern (every topic the filter can match, the pattern matches too), so `flat/1/#` is not
+let through by `flat/1/+`. `$`-topics are only matched by patterns that spell the `$` level.
+Anonymous clients (local-only mode) are not restricted, except for `$SYS`. The per-client cap on
+subscriptions is enforced here too, since amqtt calls this plugin on every SUBSCRIBE.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseTopicPlugin
+from amqtt.session import Session
+
+from broker.config import AclRule
+from broker.errors import NotFound
+from broker.services import Services
+from broker.tokens import Principal
+from plugins.auth import PRINCIPAL
+
+__all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand"]
+
+log = logging.getLogger("intercom.acl")
+FILTERS = "intercom.filters"  # session attribute: the filters this session holds, for the cap
+
+DEFAULT_ACL: dict[str, AclRule] = {
+    "device": AclRule(
+        publish=["calls/request/%u", "devices/%u/calls/control", "devices/%u/status", "devices/%u/commands/ack"],
+        subscribe=["devices/%u/#"],
+    ),
+    "resident": AclRule(
+        publish=["users/%u/calls/control", "users/%u/commands"],
+        subscribe=["users/%u/#", "system/#", "devices/%d/status"],
+    ),
+    "admin": AclRule(publish=["#"], subscribe=["#", "$SYS/#"]),
+    "integrator": AclRule(),
+}
+
+
+def covers(pattern: str, topic_filter: str) -> bool:
+    """True if every topic `topic_filter` matches is matched by `pattern` (a topic is its own filter)."""
+    p_levels, f_levels = pattern.split("/"), topic_filter.split("/")
+    if topic_filter.startswith("$") and p_levels[0] != f_levels[0]:
+        return False  # [MQTT-4.7.2-1]: wildcards never match a leading `$` level
+    for i, p in enumerate(p_levels):
+        if p == "#":
+            return True
+        if i >= len(f_levels):
+            return False
+        f = f_levels[i]
+        if f == "#" or (f == "+" and p != "+") or (p not in ("+", f)):
+            return False
+    return len(p_levels) == len(f_levels)
+
+
+def expand(pattern: str, principal: Principal, client_id: str, devices: Iterable[str]) -> list[str]:
+    """Substitute `%u`, `%c`, `%d`; a value holding a wildcard or `/` yields no pattern (deny)."""
+    out = pattern.replace("%u", principal.id) if "%u" in pattern else pattern
+    if any(c in principal.id for c in "+#/") and "%u" in pattern:
+        return []
+    if "%c" in out:
+        if any(c in client_id for c in "+#"):
+            return []
+        out = out.replace("%c", client_id)
+    if "%d" in out:
+        return [out.replace("%d", d) for d in devices if not any(c in d for c in "+#/")]
+    return [out]
+
+
+class TopicAclPlugin(BaseTopicPlugin):
+    @dataclass
+    class Config:
+        """No options: the table comes from broker.yaml's `acl:` and is bound at start."""
+
+    services: Services | None = None
+
+    def bind(self, services: Services) -> None:
+        self.services = services
+
+    def rule(self, principal: Principal) -> AclRule:
+        acl = self.services.settings.acl if self.services else None
+        if acl is not None and principal.role == "integrator":
+            integrator = acl.integrators.get(principal.id)
+            return integrator.acl if integrator else AclRule()
+        if acl is not None and principal.role in acl.roles:
+            return acl.roles[principal.role]  # type: ignore[index]
+        return DEFAULT_ACL.get(principal.role, AclRule())
+
+    def allowed(self, principal: Principal, client_id: str, topic: str, action: Action) -> bool:
+        rule = self.rule(principal)
+        patterns = rule.publish if action is Action.PUBLISH else rule.subscribe
+        for pattern in patterns:
+            devices = self._household_devices(principal) if "%d" in pattern else ()
+            if any(covers(p, topic) for p in expand(pattern, principal, client_id, devices)):
+                return True
+        return False
+
+    def _household_devices(self, principal: Principal) -> list[str]:
+        if self.services is None or principal.role != "resident":
+            return []
+        directory = self.services.directory
+        try:
+            household = directory.resident(principal.id)["household_number"]
+        except NotFound:  # a deleted resident has no devices
+            return []
+        return [d["device_id"] for d in directory.list_all("devices", household)]
+
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None,
+    ) -> bool | None:
+        return self.topic_filtering_sync(session, topic, action)
+
+    def topic_filtering_sync(self, session: Session | None, topic: str | None, action: Action | None) -> bool | None:
+        """The check itself, synchronous (the fast path calls it per delivery without a task)."""
+        if action is Action.RECEIVE:
+            return True  # decided when the subscription was made; deliveries stay cheap
+        if session is None or topic is None:
+            return False
+        principal: Principal | None = session.attributes.get(PRINCIPAL)
+        if principal is None:
+            ok = not topic.startswith("$")  # anonymous only exists in local-only mode
+        else:
+            try:
+                ok = self.allowed(principal, session.client_id or "", topic, action or Action.PUBLISH)
+            except Exception:  # fail closed
+                log.exception("ACL check of %r failed", topic)
+                ok = False
+        if not ok:
+            log.warning("ACL: %s may not %s %r", principal or session.client_id, action, topic)
+            return False
+        if action is Action.SUBSCRIBE:
+            return self._count_subscription(session, topic)
+        return True
+
+    def _count_subscription(self, session: Session, topic_filter: str) -> bool:
+        held: set[str] = session.attributes.setdefault(FILTERS, set())
+        if topic_filter in held:
+            return True
+        cap = self.services.settings.limits.max_subscriptions_per_client if self.services else 0
+        if len(held) >= cap:
+            log.warning("%s has %d subscriptions, the maximum: refused %r", session.client_id, cap, topic_filter)
+            return False
+        held.add(topic_filter)
+        return True
+
+    async def on_broker_client_unsubscribed(self, *, client_id: str, topic: str) -> None:
+        session = self.context.get_session(client_id)  # type: ignore[attr-defined]
+        if session is not None:
+            session.attributes.get(FILTERS, set()).discard(topic)
