@@ -168,7 +168,12 @@ class FastPathMixin(_Base):
         except asyncio.CancelledError:
             log.debug("client loop cancelled")
         finally:
-            self._close_outlet(client_session.client_id or "", outlet)
+            key = client_session.client_id or ""
+            self._close_outlet(key, outlet)
+            if client_session.clean_session and self._sessions.get(key, (None, None))[0] is client_session:
+                # a clean session's subscriptions end with the connection [MQTT-3.1.2-6]; amqtt left
+                # them matching until its once-a-second session monitor ran
+                await self._del_all_subscriptions(client_session)
 
     # ---- outlets --------------------------------------------------------------------------------
 
