@@ -127,6 +127,14 @@ class MqttConfig(_Strict):
     tls: MqttTlsConfig | None = None
 
 
+class DeliveryConfig(_Strict):
+    """Outgoing messages per MQTT connection (broker/outlet.py): the QoS 1 window and the backlog bound."""
+
+    max_inflight: int = Field(100, ge=1, le=65535)
+    max_queued: int = Field(1000, ge=1, le=1_000_000)
+    write_buffer_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
 class HttpConfig(_Strict):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     tls: TlsConfig | None = None
@@ -163,6 +171,7 @@ class Settings(_Strict):
     site: SiteConfig = SiteConfig()
     limits: LimitsConfig = LimitsConfig()
     acl: AclConfig = AclConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     admin_token: SecretStr | None = None
 
     @field_validator("server")

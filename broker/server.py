@@ -15,6 +15,7 @@ from broker.calls import CallService
 from broker.config import ConfigError, Settings
 from broker.directory import Directory
 from broker.mqtt_broker import IntercomBroker
+from broker.outlet import DeliveryLimits
 from broker.presence import Presence
 from broker.services import Services
 from broker.session_persistence import SessionDB, SessionPersistence
@@ -95,6 +96,7 @@ class IntercomServer:
         directory.seed_site(s.site)
         broker = IntercomBroker(self.broker_config())
         broker.limits = s.limits
+        broker.delivery_limits = DeliveryLimits(**s.delivery.model_dump())
         if s.mqtt.tls is not None:
             ctx = server_context(s.mqtt.tls)
             broker.tls_contexts = {"tls": ctx} if s.mqtt.tls.plain else {"default": ctx, "ws": ctx}
