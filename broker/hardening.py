@@ -33,7 +33,7 @@ from broker.flapping import FlappingGuard
 from broker.limiter import KeyedLimiter, is_exempt
 from broker.packet_guard import GuardedReader, GuardLimits
 
-__all__ = ["REFUSAL", "BoundedQueue", "HardeningMixin"]
+__all__ = ["REFUSAL", "HardeningMixin"]
 
 log = logging.getLogger("intercom.hardening")
 
@@ -41,19 +41,6 @@ log = logging.getLogger("intercom.hardening")
 REFUSAL = "intercom.refusal"
 _TAKEOVER_WAIT_S = 5.0
 _CLOSE_WAIT_S = 2.0
-
-
-class BoundedQueue(asyncio.Queue[Any]):
-    """A session queue that never blocks its producer: when full, the oldest message is dropped."""
-
-    def put_nowait(self, item: Any) -> None:
-        if self.full():
-            self.get_nowait()
-            log.warning("session queue full (%d): dropped the oldest message", self.maxsize)
-        super().put_nowait(item)
-
-    async def put(self, item: Any) -> None:
-        self.put_nowait(item)
 
 
 class HardeningMixin:
@@ -182,11 +169,6 @@ class HardeningMixin:
         else:
             session = incoming
             session.parent = 0
-        if not isinstance(session.retained_messages, BoundedQueue):
-            queued = BoundedQueue(maxsize=self.limits.max_queued_messages)
-            while not session.retained_messages.empty():
-                queued.put_nowait(session.retained_messages.get_nowait())
-            session.retained_messages = queued
         delay = self.config.get("timeout-disconnect-delay", 0)
         if session.keep_alive > 0 and isinstance(delay, int):
             session.keep_alive += delay
