@@ -138,13 +138,14 @@ class HardeningMixin:
         """The CONNACK return code for this CONNECT."""
         state = self._hardening()
         cid = session.client_id or ""
-        if state.flapping.banned(cid):
+        watched = not is_exempt(session.remote_address, self.limits.exempt_networks)
+        if watched and state.flapping.banned(cid):
             log.warning("refused CONNECT of %s: client id banned for flapping", cid)
             return SERVER_UNAVAILABLE
         if not await self._authenticate(session, self.listeners_config[listener_name]):
             code: int = session.attributes.pop(REFUSAL, NOT_AUTHORIZED)
             return code
-        if not state.flapping.connected(cid):
+        if watched and not state.flapping.connected(cid):
             log.warning("banned client id %s for %.0f s: more than %d connects in %.0f s", cid,
                         self.limits.flapping.ban_s, self.limits.flapping.max_connects, self.limits.flapping.window_s)
             return SERVER_UNAVAILABLE

@@ -94,8 +94,8 @@ async def test_connect_rate_per_address_is_limited(make_harness):
 
 
 async def test_flapping_client_id_is_banned(make_harness):
-    """A client id connecting more than `flapping.max_connects` times in the window gets CONNACK 3."""
-    h = await make_harness(limits={"flapping": {"max_connects": 3, "window_s": 60, "ban_s": 60}})
+    """A (non-exempt) client id connecting more than `flapping.max_connects` times in the window gets CONNACK 3."""
+    h = await make_harness(limits={"exempt_networks": [], "flapping": {"max_connects": 3, "window_s": 60, "ban_s": 60}})
     codes = []
     for _ in range(5):
         raw = await Raw.open(h.server.mqtt_port)

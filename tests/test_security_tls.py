@@ -1,0 +1,83 @@
+"""TLS: MQTT over TLS (optionally with client certificates) and HTTPS for the REST app."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from tests.security_helpers import Raw, connect
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def _issue(d: Path, name: str, san: str | None) -> None:
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+    ext = d / f"{name}.ext"
+    ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "1", "-extfile", str(ext), cwd=d)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A throwaway CA, a server cert for 127.0.0.1 and a client cert, made with the openssl CLI."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test-ca", cwd=d)
+    _issue(d, "server", "IP:127.0.0.1")
+    _issue(d, "client", None)
+    return d
+
+
+def client_ctx(pki: Path, with_cert: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if with_cert:
+        ctx.load_cert_chain(pki / "client.crt", pki / "client.key")
+    return ctx
+
+
+def tls_section(pki: Path, **extra) -> dict:
+    return {"port": 0, "certfile": str(pki / "server.crt"), "keyfile": str(pki / "server.key"), **extra}
+
+
+async def test_mqtt_over_tls_serves_and_plain_bytes_are_refused(make_harness, pki):
+    """A client trusting our CA connects over TLS and receives; plaintext CONNECT to the TLS port gets nothing."""
+    h = await make_harness(mqtt={"tls": tls_section(pki)})
+    port = h.server.mqtts_port
+    async with aiomqtt.Client("127.0.0.1", port, identifier="tls-client", tls_context=client_ctx(pki)) as c:
+        await c.subscribe("t/#", qos=1)
+        h.server.broker.publish("t/x", b"secret", qos=1)
+        msg = await anext(aiter(c.messages))
+        assert msg.payload == b"secret"
+    raw = await Raw.open(port)
+    assert await raw.connack(connect("plain")) is None
+    await raw.close()
+
+
+async def test_client_certificate_can_be_required(make_harness, pki):
+    """With `require_client_cert`, a client without a certificate is refused and one with ours connects."""
+    h = await make_harness(mqtt={"tls": tls_section(pki, cafile=str(pki / "ca.crt"), require_client_cert=True,
+                                                    plain=False)})
+    port = h.server.mqtts_port
+    assert port == h.server.mqtt_port  # plain: false -> the TLS listener is the default one
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client("127.0.0.1", port, identifier="no-cert", tls_context=client_ctx(pki), timeout=3):
+            pass
+    async with aiomqtt.Client("127.0.0.1", port, identifier="with-cert",
+                              tls_context=client_ctx(pki, with_cert=True)) as c:
+        await c.subscribe("t/#", qos=0)
+
+
+async def test_rest_over_https(make_harness, pki):
+    """With `http.tls`, the REST app answers over HTTPS to a client trusting our CA."""
+    h = await make_harness(http={"tls": {"certfile": str(pki / "server.crt"), "keyfile": str(pki / "server.key")}})
+    url = f"https://127.0.0.1:{h.server.http_port}/healthz"
+    async with h.http.get(url, ssl=client_ctx(pki)) as r:
+        assert r.status == 200 and (await r.json())["data"]["broker"] is True
