@@ -30,6 +30,16 @@ async def bad_connect(port: int, i: int) -> str:
         await raw.close()
 
 
+async def run_flood(port: int) -> list[str]:
+    sem = asyncio.Semaphore(CONCURRENCY)
+
+    async def attempt(i: int) -> str:
+        async with sem:
+            return await bad_connect(port, i)
+
+    return await asyncio.gather(*(attempt(i) for i in range(ATTEMPTS)))
+
+
 async def call_latency(h, t, dev: Inbox) -> float:
     """Seconds from the device's call request to it hearing that resident 2 answered (over MQTT)."""
     t0 = time.perf_counter()
@@ -57,26 +67,20 @@ async def test_two_thousand_bad_connects_while_a_call_completes(make_harness):
         dev, h.r2_inbox, h.r2 = Inbox(d1), Inbox(r2), r2
         baseline = await call_latency(h, t, dev)
 
-        sem = asyncio.Semaphore(CONCURRENCY)
-
-        async def attempt(i: int) -> str:
-            async with sem:
-                return await bad_connect(h.server.mqtt_port, i)
-
         t0 = time.perf_counter()
-        flood = asyncio.gather(*(attempt(i) for i in range(ATTEMPTS)))
-        await asyncio.sleep(0.05)
+        # The attacker runs on its own loop in a thread: the server's loop serves only the server.
+        flood = asyncio.ensure_future(asyncio.to_thread(asyncio.run, run_flood(h.server.mqtt_port)))
+        await asyncio.sleep(0.1)
         during = await call_latency(h, t, dev)
         outcomes = Counter(await flood)
         flood_s = time.perf_counter() - t0
-        assert not flood.exception()
         await dev.close()
         await h.r2_inbox.close()
 
     assert outcomes["connack-0"] == 0, outcomes
     assert outcomes["accept-refused"] >= ATTEMPTS * 0.8, outcomes  # the per-address CONNECT limit did the work
     assert outcomes["connack-5"] >= 1, outcomes  # the first ones reached authentication and failed it
-    assert during < max(1.0, 10 * baseline), (baseline, during)
+    assert during < max(0.5, 5 * baseline), (baseline, during)
     assert flood_s < 30, flood_s
     print(f"\nflood: {dict(outcomes)} in {flood_s:.2f} s; call latency baseline {baseline * 1000:.0f} ms, "
           f"during flood {during * 1000:.0f} ms")
