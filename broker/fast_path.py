@@ -170,6 +170,9 @@ class FastPathMixin(_Base):
         finally:
             key = client_session.client_id or ""
             self._close_outlet(key, outlet)
+            for message in client_session.inflight_out.values():
+                if message.publish_packet is None:  # sent by an Outlet: mark it so a retry sets DUP
+                    message.publish_packet = message.build_publish_packet()
             if client_session.clean_session and self._sessions.get(key, (None, None))[0] is client_session:
                 # a clean session's subscriptions end with the connection [MQTT-3.1.2-6]; amqtt left
                 # them matching until its once-a-second session monitor ran
@@ -243,7 +246,9 @@ class FastPathMixin(_Base):
             if self._has_listeners(BrokerEvents.MESSAGE_RECEIVED):
                 await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
                                                       message=message)
-        if not topic or "#" in topic or "+" in topic or topic[0] == "$":
+        if not topic or "#" in topic or "+" in topic:
+            # $-topics are routed: the index never matches them against a leading `+` or `#`
+            # [MQTT-4.7.2-1], and the ACL decides who may publish there (amqtt closed the connection)
             log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
             self._spawn(handler.handle_connection_closed())
             return False
