@@ -1,0 +1,355 @@
+"""The ten scenarios of Eclipse Paho's MQTT 3.1.1 interoperability suite, against the real server in local-only mode.
+
+Re-written from the scenario descriptions of `eclipse/paho.mqtt.testing` `interoperability/client_test.py`
+(same topics, same expectations); none of its code is used. A raw-socket client plays the parts the suite's
+own client plays by misbehaving (never acknowledging, never pinging); paho-mqtt plays the well-behaved ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+
+from tests.test_crash_restart import Server
+
+TOPICS = ("TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA")
+WILDTOPICS = ("TopicA/+", "+/C", "#", "/#", "/+", "+/+", "TopicA/#")
+NOSUBSCRIBE = "test/nosubscribe"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    d: Path = tmp_path_factory.mktemp("interop")
+    config = d / "broker.yaml"
+    config.write_text(yaml.safe_dump({"auth": {"pbkdf2_iterations": 1000}, "site": {"households": []}}))
+    s = Server(config, d / "data").start()
+    yield s
+    s.stop()
+
+
+# -- a raw MQTT 3.1.1 client ------------------------------------------------------------------------
+
+
+def _str(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("!H", len(b)) + b
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    out, n = bytearray((first,)), len(body)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out) + body
+
+
+class Raw:
+    """Speaks MQTT by hand: nothing is acknowledged or pinged unless the test says so."""
+
+    def __init__(self, port: int, client_id: str, clean: bool = True, keepalive: int = 60,
+                 will: tuple[str, bytes] | None = None, proto: bytes = b"MQTT") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        flags = (0x02 if clean else 0) | (0x04 if will else 0)
+        body = _str(proto) + bytes((4, flags)) + struct.pack("!H", keepalive) + _str(client_id)
+        if will:
+            body += _str(will[0]) + _str(will[1])
+        self.sock.sendall(_packet(0x10, body))
+        self.connack = self.read(timeout=5)
+
+    def read(self, timeout: float = 2.0) -> tuple[int, bytes] | None:
+        """One packet as (first byte, body), or None on timeout or close."""
+        self.sock.settimeout(timeout)
+        try:
+            head = self.sock.recv(1)
+            if not head:
+                return None
+            n, shift = 0, 0
+            while True:
+                b = self.sock.recv(1)[0]
+                n |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            body = b""
+            while len(body) < n:
+                chunk = self.sock.recv(n - len(body))
+                if not chunk:
+                    return None
+                body += chunk
+        except (TimeoutError, OSError):
+            return None
+        return head[0], body
+
+    def subscribe(self, filters: list[tuple[str, int]], packet_id: int = 1) -> bytes:
+        body = struct.pack("!H", packet_id) + b"".join(_str(f) + bytes((q,)) for f, q in filters)
+        self.sock.sendall(_packet(0x82, body))
+        for _ in range(50):
+            p = self.read()
+            assert p is not None, "no SUBACK"
+            if p[0] >> 4 == 9:
+                return p[1][2:]
+        raise AssertionError("no SUBACK")
+
+    def publishes(self, seconds: float) -> list[tuple[int, str, int]]:
+        """(first byte, topic, packet id) of every PUBLISH arriving within `seconds`, unacknowledged."""
+        got, deadline = [], time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            p = self.read(left)
+            if p is None:
+                continue
+            if p[0] >> 4 == 3:
+                tlen = struct.unpack("!H", p[1][:2])[0]
+                pid = struct.unpack("!H", p[1][2 + tlen:4 + tlen])[0] if p[0] & 0x06 else 0
+                got.append((p[0], p[1][2:2 + tlen].decode(), pid))
+        return got
+
+    def close(self, disconnect: bool = True) -> None:
+        if disconnect:
+            with contextlib.suppress(OSError):
+                self.sock.sendall(b"\xe0\x00")
+        self.sock.close()
+
+
+# -- paho for the well-behaved parts ---------------------------------------------------------------
+
+
+class Paho:
+    def __init__(self, port: int, client_id: str, clean: bool = True) -> None:
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.suback: queue.Queue[list[int]] = queue.Queue()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+                             protocol=mqtt.MQTTv311)
+        self.c.on_message = lambda _c, _u, m: self.messages.put(m)
+        self.c.on_subscribe = lambda _c, _u, _mid, codes, _p: self.suback.put([c.value for c in codes])
+        self.c.connect("127.0.0.1", port, keepalive=60)
+        self.c.loop_start()
+        for _ in range(100):
+            if self.c.is_connected():
+                break
+            time.sleep(0.05)
+        assert self.c.is_connected()
+
+    def subscribe(self, filters: list[tuple[str, int]]) -> list[int]:
+        self.c.subscribe(filters)
+        return self.suback.get(timeout=5)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos, retain).wait_for_publish(5)
+
+    def drain(self, seconds: float, count: int = 0) -> list[mqtt.MQTTMessage]:
+        """Messages arriving within `seconds`; stops early once `count` (if given) have arrived."""
+        out, deadline = [], time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and (not count or len(out) < count):
+            try:
+                out.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                break
+        return out
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+# -- the scenarios ---------------------------------------------------------------------------------
+
+
+def test_basic(server):
+    """Connect twice (no session present), QoS 0/1/2 round trip; a second CONNECT and a bad protocol name fail."""
+    a = Raw(server.mqtt_port, "myclientid", clean=True)
+    a.close()
+    a = Paho(server.mqtt_port, "myclientid")
+    assert a.subscribe([(TOPICS[0], 2)]) == [2]
+    for qos in (0, 1, 2):
+        a.publish(TOPICS[0], f"qos {qos}".encode(), qos)
+    got = a.drain(2.0, count=3)
+    assert sorted(m.payload for m in got) == [b"qos 0", b"qos 1", b"qos 2"]
+    a.close()
+    r = Raw(server.mqtt_port, "myclientid")
+    assert r.connack == (0x20, b"\x00\x00")
+    r.sock.sendall(_packet(0x10, _str(b"MQTT") + bytes((4, 2)) + struct.pack("!H", 60) + _str("myclientid")))
+    assert r.read() is None  # a second CONNECT closes the connection
+    bad = Raw(server.mqtt_port, "myclientid", proto=b"hj")
+    assert bad.connack is None or bad.connack[1][1] != 0
+    bad.close(disconnect=False)
+
+
+def test_retained_messages(server):
+    """Retained QoS 0/1/2 messages reach a later subscriber; once cleared, none do."""
+    a = Paho(server.mqtt_port, "myclientid")
+    for i, qos in ((1, 0), (2, 1), (3, 2)):
+        a.publish(TOPICS[i], f"qos {qos}".encode(), qos, retain=True)
+    a.subscribe([(WILDTOPICS[5], 2)])
+    got = a.drain(2.0, count=3)
+    assert sorted(m.topic for m in got) == sorted(TOPICS[1:4]) and all(m.retain for m in got)
+    a.close()
+    a = Paho(server.mqtt_port, "myclientid")
+    for i, qos in ((1, 0), (2, 1), (3, 2)):
+        a.publish(TOPICS[i], b"", qos, retain=True)
+    time.sleep(0.3)
+    a.subscribe([(WILDTOPICS[5], 2)])
+    assert a.drain(1.0) == []
+    a.close()
+
+
+def test_will_message_on_abrupt_disconnect(server):
+    """A client that vanishes without DISCONNECT has its Will published to subscribers."""
+    b = Paho(server.mqtt_port, "myclientid2")
+    b.subscribe([(TOPICS[2], 2)])
+    a = Raw(server.mqtt_port, "myclientid", will=(TOPICS[2], b"client not disconnected"), keepalive=2)
+    a.close(disconnect=False)
+    got = b.drain(2.0, count=1)
+    assert [m.payload for m in got] == [b"client not disconnected"]
+    b.close()
+
+
+def test_zero_length_clientid(server):
+    """A zero-length client id is refused with clean session off and accepted with it on."""
+    r = Raw(server.mqtt_port, "", clean=False)
+    assert r.connack == (0x20, b"\x00\x02")
+    r.close(disconnect=False)
+    r = Raw(server.mqtt_port, "", clean=True)
+    assert r.connack == (0x20, b"\x00\x00")
+    r.close()
+
+
+def _settle() -> None:
+    """Let amqtt's session monitor (1 s tick) drop the previous clean session of a reused client id.
+
+    See test_persistent_connect_does_not_resume_a_clean_session for why this is needed today.
+    """
+    time.sleep(1.1)
+
+
+def test_offline_message_queueing(server):
+    """QoS 1/2 messages published while a persistent, anonymous session is offline arrive when it returns."""
+    _settle()
+    a = Raw(server.mqtt_port, "myclientid", clean=False)
+    a.subscribe([(WILDTOPICS[5], 2)])
+    a.close()
+    time.sleep(0.2)
+    b = Paho(server.mqtt_port, "myclientid2")
+    for i, qos in ((1, 0), (2, 1), (3, 2)):
+        b.publish(TOPICS[i], f"qos {qos}".encode(), qos)
+    b.close()
+    a = Paho(server.mqtt_port, "myclientid", clean=False)
+    got = a.drain(1.5)
+    assert len(got) in (2, 3) and {TOPICS[2], TOPICS[3]} <= {m.topic for m in got}
+    a.close()
+
+
+def test_overlapping_subscriptions(server):
+    """Overlapping filters give one message at the highest QoS, or one per filter at its QoS."""
+    a = Paho(server.mqtt_port, "myclientid")
+    a.subscribe([(WILDTOPICS[6], 2), (WILDTOPICS[0], 1)])
+    a.publish(TOPICS[3], b"overlapping topic filters", 2)
+    qos = sorted(m.qos for m in a.drain(1.0))
+    assert qos in ([2], [1, 2])
+    a.close()
+
+
+def test_keepalive(server):
+    """A client that stops talking is dropped after 1.5 x keepalive and its Will is published."""
+    b = Paho(server.mqtt_port, "myclientid2")
+    b.subscribe([(TOPICS[4], 2)])
+    a = Raw(server.mqtt_port, "myclientid", keepalive=1, will=(TOPICS[4], b"keepalive expiry"))
+    got = b.drain(6.0, count=1)
+    assert [m.payload for m in got] == [b"keepalive expiry"]
+    a.close(disconnect=False)
+    b.close()
+
+
+def test_redelivery_on_reconnect(server):
+    """QoS 1 and 2 messages a client never acknowledged are re-sent, DUP set, when it reconnects."""
+    _settle()
+    b = Raw(server.mqtt_port, "myclientid2", clean=False)
+    b.subscribe([(WILDTOPICS[6], 2)])
+    pub = Paho(server.mqtt_port, "redelivery-publisher")
+    pub.publish(TOPICS[1], b"", 1)
+    pub.publish(TOPICS[3], b"", 2)
+    pub.close()
+    first = b.publishes(1.0)
+    assert sorted(t for _, t, _ in first) == [TOPICS[1], TOPICS[3]]
+    b.close()
+    b = Raw(server.mqtt_port, "myclientid2", clean=False)
+    assert b.connack == (0x20, b"\x01\x00")  # session present
+    again = b.publishes(1.0)
+    assert sorted(t for _, t, _ in again) == [TOPICS[1], TOPICS[3]]
+    assert all(first_byte & 0x08 for first_byte, _, _ in again)  # DUP
+    for first_byte, _, pid in again:  # now behave: PUBACK, or PUBREC then PUBCOMP
+        b.sock.sendall((b"\x40\x02" if first_byte & 0x06 == 0x02 else b"\x50\x02") + struct.pack("!H", pid))
+    rel = b.read()
+    assert rel is not None and rel[0] == 0x62
+    b.sock.sendall(b"\x70\x02" + rel[1])
+    b.close()
+    Raw(server.mqtt_port, "myclientid2", clean=True).close()
+
+
+@pytest.mark.xfail(strict=True, reason="security work: HardeningMixin._adopt_session resumes the just-closed "
+                                       "clean session of the same client id (kept until amqtt's 1 s session "
+                                       "monitor runs) for a clean_session=0 CONNECT, so it stays clean")
+def test_persistent_connect_does_not_resume_a_clean_session(server):
+    """A clean_session=0 CONNECT right after a clean session of the same id gets a fresh persistent session."""
+    Raw(server.mqtt_port, "interop-flip", clean=True).close()
+    a = Raw(server.mqtt_port, "interop-flip", clean=False)
+    assert a.connack == (0x20, b"\x00\x00")
+    a.subscribe([("flip/#", 1)])
+    a.close()
+    time.sleep(0.2)
+    b = Paho(server.mqtt_port, "interop-flip-pub")
+    b.publish("flip/x", b"queued", 1)
+    b.close()
+    a = Raw(server.mqtt_port, "interop-flip", clean=False)
+    got = a.publishes(1.0)
+    a.close()
+    Raw(server.mqtt_port, "interop-flip", clean=True).close()
+    assert [t for _, t, _ in got] == ["flip/x"]
+
+
+@pytest.mark.xfail(strict=True, reason="security work: the ACL has no rule that denies anonymous (local-only) "
+                                       "clients a filter such as test/nosubscribe, so SUBACK grants it")
+def test_subscribe_failure(server):
+    """A SUBSCRIBE to a filter the ACL forbids gets return code 0x80."""
+    a = Paho(server.mqtt_port, "myclientid")
+    codes = a.subscribe([(NOSUBSCRIBE, 2)])
+    a.close()
+    assert codes == [0x80]
+
+
+def test_dollar_topics(server):
+    """A message on a $-topic is acknowledged but not delivered to a `+/+` subscriber."""
+    b = Paho(server.mqtt_port, "myclientid2")
+    b.subscribe([(WILDTOPICS[5], 2)])
+    b.drain(0.3)
+    info = b.c.publish("$" + TOPICS[1], b"", 1)
+    info.wait_for_publish(2)
+    got = b.drain(0.5)
+    published = info.is_published()
+    b.close()
+    assert got == [] and published
+
+
+def test_unsubscribe(server):
+    """After UNSUBSCRIBE from one of three topics only the other two are delivered."""
+    b = Paho(server.mqtt_port, "myclientid2")
+    for t in TOPICS[:3]:
+        b.subscribe([(t, 2)])
+    b.c.unsubscribe(TOPICS[0])
+    time.sleep(0.2)
+    a = Paho(server.mqtt_port, "myclientid")
+    for t in TOPICS[:3]:
+        a.publish(t, b"", 1)
+    got = b.drain(1.0)
+    a.close()
+    b.close()
+    assert sorted(m.topic for m in got) == sorted(TOPICS[1:3])
