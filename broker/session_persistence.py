@@ -284,6 +284,9 @@ class SessionPersistence:
             return
         if self.is_persistent(session):
             self.adopt(session)
+            for msg in session.inflight_out.values():
+                if msg.publish_packet is None:  # written directly by the delivery path: re-send with DUP
+                    msg.publish_packet = msg.build_publish_packet()
             self.db.touch(session.client_id, session.username)
             self._known.add(session.client_id)
         elif session.client_id in self._known:
