@@ -5,7 +5,8 @@ lifecycle up to the message loop: accept-time refusals (max connections, per-IP 
 the packet guard (CONNECT timeout, keepalive x1.5, max packet size, malformed packets), CONNECT
 admission (authentication, Will-topic ACL, flapping ban), and a session adoption that only touches
 an existing session after the newcomer has authenticated. Overrides: `_client_connected`,
-`_initialize_client_session`, `_handle_client_session`, `_authenticate`, `_create_server_instance`.
+`_initialize_client_session`, `_handle_client_session`, `_authenticate`, `_create_server_instance`,
+`_session_monitor`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from contextlib import suppress
 from typing import Any
 
@@ -160,14 +162,16 @@ class HardeningMixin:
             await self._delete_session(cid)  # type: ignore[attr-defined]
             session = incoming
             session.parent = 0
-        elif cid in self._sessions:
+        elif cid in self._sessions and not self._sessions[cid][0].clean_session:
             session = self._sessions[cid][0]
             for attr in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
                          "username", "password"):
                 setattr(session, attr, getattr(incoming, attr))
             session.attributes.update(incoming.attributes)
             session.parent = 1
-        else:
+        else:  # no session, or a clean one not yet reaped: a clean_session=0 CONNECT starts afresh
+            if cid in self._sessions:
+                await self._delete_session(cid)  # type: ignore[attr-defined]
             session = incoming
             session.parent = 0
         delay = self.config.get("timeout-disconnect-delay", 0)
@@ -185,6 +189,24 @@ class HardeningMixin:
         await handler.handle_connection_closed()
         with suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), _TAKEOVER_WAIT_S)
+
+    async def _session_monitor(self) -> None:
+        """amqtt's monitor (reap disconnected clean sessions, expire old persistent ones), except that a
+        session is only removed if it is still the one found disconnected: amqtt popped by client id after
+        an await, which could remove a session whose client had just reconnected."""
+        while True:
+            expiry = self.config.session_expiry_interval
+            cutoff = time.time() - expiry if expiry is not None else None
+            stale = [(cid, s) for cid, (s, _) in self._sessions.items()
+                     if s.transitions.state == "disconnected" and (
+                         s.is_anonymous or s.clean_session
+                         or (cutoff is not None and s.last_disconnect_time and s.last_disconnect_time < cutoff))]
+            for cid, stale_session in stale:
+                current = self._sessions.get(cid)
+                if current is not None and current[0] is stale_session and stale_session.transitions.state == \
+                        "disconnected":
+                    await self._cleanup_session(cid)  # type: ignore[attr-defined]
+            await asyncio.sleep(1)
 
     async def _handle_client_session(
         self, reader: ReaderAdapter, writer: WriterAdapter, client_session: Session,

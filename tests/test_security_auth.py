@@ -131,3 +131,16 @@ async def test_aiomqtt_sees_refusals_as_errors(make_harness):
     with pytest.raises(aiomqtt.MqttError):
         async with h.mqtt("resident-2", "2", "resident.2.wrongwrongwrongwrongwrongwrong"):
             pass
+
+
+async def test_persistent_connect_after_a_clean_one_gets_a_fresh_persistent_session(harness):
+    """clean_session=0 right after a clean session of the same id is a new persistent session that queues."""
+    raw = await Raw.open(harness.server.mqtt_port)
+    assert await raw.connack(connect("flip", clean=True)) == 0
+    await raw.close()
+    raw = await Raw.open(harness.server.mqtt_port)
+    await raw.send(connect("flip", clean=False))
+    assert await raw.read_packet() == (0x20, b"\x00\x00")  # no session present
+    session = harness.server.broker._sessions["flip"][0]
+    assert session.clean_session is False
+    await raw.close()
