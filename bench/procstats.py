@@ -45,6 +45,12 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def system_cpu_seconds() -> float:
+    """user+nice+system time (s) of all CPUs since boot, from /proc/stat (no irq/softirq/steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / _CLK_TCK
+
+
 def cpu_seconds(pid: int) -> float:
     """utime+stime (s) summed over ``pid`` and its descendants."""
     total = 0

@@ -103,24 +103,32 @@ def results_table(targets: list[str], cases: list[CaseResults]) -> str:
 
 
 def cpu_table(targets: list[str], cases: list[CaseResults]) -> str:
-    rows = [["scenario", *(f"{t} broker/gen %" for t in targets)]]
+    rows = [["scenario", *(f"{t} broker/gen/other %" for t in targets)]]
     for case in cases:
         row = [case.label]
         for t in targets:
             r = case.results.get(t)
             cpu = r.extra.get("cpu") if r else None
             if cpu:
-                row.append(f"{cpu['broker_cpu_pct']:.0f}/{cpu['loadgen_cpu_pct']:.0f}")
+                other = cpu.get("other_cpu_pct", float("nan"))
+                row.append(f"{cpu['broker_cpu_pct']:.0f}/{cpu['loadgen_cpu_pct']:.0f}/{other:.0f}")
             else:
                 row.append("-")
         rows.append(row)
     return _render(rows, right_from=1)
 
 
+BUSY_OTHER_PCT = 15.0
+
+
 def notes(cases: list[CaseResults]) -> list[str]:
     out = []
     for case in cases:
         for t, r in case.results.items():
-            if not r.complete or r.notes:
-                out.append(f"{case.label} [{t}]: " + "; ".join(r.notes))
+            msgs = list(r.notes)
+            other = (r.extra.get("cpu") or {}).get("other_cpu_pct", 0.0)
+            if other >= BUSY_OTHER_PCT:
+                msgs.append(f"other processes used {other:.0f}% CPU meanwhile: noisy")
+            if msgs:
+                out.append(f"{case.label} [{t}]: " + "; ".join(msgs))
     return out

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import mqttload
+import procstats
 from mqttload import MqttError
 from report import CaseResults, cpu_table, notes, results_table
 from scenarios import SCENARIOS, Ctx
@@ -71,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="SCENARIO.KEY=VALUE",
         help="override a scenario parameter for every case, e.g. fanout.window=1 (repeatable)",
+    )
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each case wait up to S seconds for other processes to use < 10%% CPU (shared machines)",
     )
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with broker logs")
     args = ap.parse_args(argv)
@@ -170,6 +178,24 @@ async def _run_case(target: Target, case: CaseResults) -> Result:
     return res
 
 
+def busy_pct(interval_s: float) -> float:
+    """CPU used by everything on the machine over ``interval_s`` (% of one CPU)."""
+    s0 = procstats.system_cpu_seconds()
+    time.sleep(interval_s)
+    return 100.0 * (procstats.system_cpu_seconds() - s0) / interval_s
+
+
+async def wait_quiet(budget_s: float, threshold_pct: float = 10.0) -> float:
+    """Sample machine CPU every 0.5 s until below threshold or budget spent; return the last sample."""
+    deadline = time.monotonic() + budget_s
+    while True:
+        s0 = procstats.system_cpu_seconds()
+        await asyncio.sleep(0.5)
+        busy = 100.0 * (procstats.system_cpu_seconds() - s0) / 0.5
+        if busy < threshold_pct or time.monotonic() >= deadline:
+            return busy
+
+
 def meta(args: argparse.Namespace, loop_name: str, nofile: int) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -181,6 +207,7 @@ def meta(args: argparse.Namespace, loop_name: str, nofile: int) -> dict[str, Any
         "nofile": nofile,
         "amqtt_plugins": args.amqtt_plugins,
         "pin": args.pin,
+        "other_cpu_pct_at_start": round(busy_pct(1.0), 1),
     }
 
 
@@ -193,6 +220,9 @@ async def amain(args: argparse.Namespace, info: dict[str, Any]) -> int:
         if reason:
             skipped[t.name] = reason
             print(f"[skip] {t.name}: {reason}", flush=True)
+    if info["other_cpu_pct_at_start"] > 10:
+        busy = info["other_cpu_pct_at_start"]
+        print(f"[warn] machine busy before start ({busy:.0f}% of one CPU): numbers will be noisy", flush=True)
     cases = build_cases(args)
     t_start = time.perf_counter()
     try:
@@ -200,6 +230,8 @@ async def amain(args: argparse.Namespace, info: dict[str, Any]) -> int:
             for t in targets:
                 if t.name in skipped:
                     continue
+                if args.wait_quiet > 0:
+                    await wait_quiet(args.wait_quiet)
                 t0 = time.perf_counter()
                 try:
                     res = await run_case(t, case, args.pin)
@@ -222,9 +254,11 @@ async def amain(args: argparse.Namespace, info: dict[str, Any]) -> int:
     print()
     print(f"# {info['date']}  profile={args.profile}  nproc={info['nproc']}  python {info['python']}")
     print(f"# {info['uname']}")
+    busy = info["other_cpu_pct_at_start"]
+    print(f"# loadgen loop {info['loadgen_loop']}, pin {args.pin}, CPU busy before start {busy:.0f}% of one CPU")
     print(f"# total {time.perf_counter() - t_start:.0f} s; '*' = incomplete (see notes)\n")
     print(results_table(names, cases))
-    print("\nCPU during the measured phase (% of one core; broker / load generator):\n")
+    print("\nCPU during the measured phase (% of one core; broker / load generator / other processes):\n")
     print(cpu_table(names, cases))
     for line in notes(cases):
         print("note:", line)

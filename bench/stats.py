@@ -95,19 +95,24 @@ class CpuMeter:
 
     def __init__(self, broker_pid: int | None) -> None:
         self.pid = broker_pid
-        self._t0 = self._b0 = self._g0 = 0.0
+        self._t0 = self._b0 = self._g0 = self._s0 = 0.0
         self.result: dict[str, float] = {}
 
     def begin(self) -> None:
         self._t0 = time.perf_counter()
         self._g0 = time.process_time()
         self._b0 = procstats.cpu_seconds(self.pid) if self.pid else 0.0
+        self._s0 = procstats.system_cpu_seconds()
 
     def end(self) -> None:
         wall = max(time.perf_counter() - self._t0, 1e-9)
         broker = (procstats.cpu_seconds(self.pid) - self._b0) if self.pid else float("nan")
+        gen = time.process_time() - self._g0
+        system = procstats.system_cpu_seconds() - self._s0
         self.result = {
             "wall_s": wall,
             "broker_cpu_pct": 100.0 * broker / wall,
-            "loadgen_cpu_pct": 100.0 * (time.process_time() - self._g0) / wall,
+            "loadgen_cpu_pct": 100.0 * gen / wall,
+            # everything else on the machine (other processes); ~0 on a quiet machine
+            "other_cpu_pct": max(0.0, 100.0 * (system - broker - gen) / wall),
         }
