@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 
 import aiomqtt
@@ -110,8 +111,11 @@ async def test_token_hashing_runs_off_the_event_loop(make_harness):
     status, _ = await h.get("/healthz")
     tick.cancel()
     assert codes == [5] * 6 and status == 200
-    # one PBKDF2 here takes ~0.1 s; on the loop, the ticker would see that much lag at least
-    assert max(lags) < 0.05, (max(lags), elapsed)
+    t1 = time.perf_counter()
+    hashlib.pbkdf2_hmac("sha512", b"resident.2.x", b"salt-salt-12", 100_000)
+    one_hash = time.perf_counter() - t1
+    # on the loop, the ticker would see at least one whole hash of lag
+    assert max(lags) < one_hash / 2, (max(lags), one_hash, elapsed)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0"])
