@@ -51,6 +51,10 @@ else:
 
 __all__ = ["FastPathMixin"]
 
+
+async def _done() -> None:
+    """The task amqtt's reader creates for a packet already handled synchronously."""
+
 log = logging.getLogger("intercom.fastpath")
 _SUBACK_FAILURE = 0x80
 _Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]]]
@@ -62,8 +66,9 @@ class _Hooks:
 
     intercepts: list[Callable[[Session, str, bytes], None]] = field(default_factory=list)
     filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
-    receive_sync: list[Callable[..., bool | None]] = field(default_factory=list)
-    receive_async: bool = False
+    sync_checks: list[Callable[..., bool | None]] = field(default_factory=list)
+    receive_async: bool = False  # some ACL has only the async `topic_filtering`
+    sync_publish: bool = True  # a PUBLISH can be handled inside the reader's call, without awaiting
     events: frozenset[str] = frozenset()
 
 
@@ -106,9 +111,11 @@ class FastPathMixin(_Base):
         if custom_filter or not all(callable(s) for s in sync):
             hooks.receive_async = hooks.filter_topics
         else:
-            hooks.receive_sync = [s for s in sync if s is not None]
+            hooks.sync_checks = [s for s in sync if s is not None]
         callbacks = getattr(pm, "_event_plugin_callbacks", {})
         hooks.events = frozenset(str(e) for e, fns in callbacks.items() if fns)
+        hooks.sync_publish = not hooks.receive_async and not (
+            {str(BrokerEvents.MESSAGE_RECEIVED), str(BrokerEvents.MESSAGE_BROADCAST)} & hooks.events)
         self._hooks = hooks
         return hooks
 
@@ -145,8 +152,8 @@ class FastPathMixin(_Base):
         """Replace amqtt's four-waiter loop: packets are handled in the reader's task; wait for disconnect."""
         h: Any = handler
         outlet = self._open_outlet(client_session)
-        h.handle_publish = lambda packet: self._on_publish_packet(client_session, handler, packet)
-        h.handle_puback = lambda packet: self._on_puback(client_session, handler, packet)
+        h.handle_publish = lambda packet: self._publish_now(client_session, handler, packet)
+        h.handle_puback = lambda packet: self._puback_now(client_session, handler, packet)
         h.handle_subscribe = lambda packet: self._on_subscribe(client_session, handler, packet.variable_header
                                                                .packet_id, packet.payload.topics)
         h.handle_unsubscribe = lambda packet: self._on_unsubscribe(client_session, handler, packet.variable_header
@@ -213,6 +220,74 @@ class FastPathMixin(_Base):
 
     # ---- inbound packets ------------------------------------------------------------------------
 
+    def _publish_now(self, session: Session, handler: BrokerProtocolHandler, packet: PublishPacket) -> Any:
+        """amqtt's reader calls this for each PUBLISH and runs the returned coroutine as a task.
+
+        When no plugin needs an await, the whole job (ACL, routing, retain, intercept, PUBACK) is done
+        here, inside the reader's loop step, so a burst of packets read together is routed together
+        and the subscribers' writes coalesce; the task then has nothing left to do.
+        """
+        qos = packet.qos or 0
+        if qos == QOS_2 or not self._plugin_hooks().sync_publish:
+            return self._on_publish_packet(session, handler, packet)
+        topic = packet.topic_name
+        data = packet.data
+        if topic is None or data is None:
+            return _done()
+        if not self._accept_now(session, handler, topic, data, qos, packet.retain_flag):
+            return _done()
+        if qos and handler.writer is not None and packet.variable_header is not None:
+            handler.writer.write(b"\x40\x02" + packet.variable_header.packet_id.to_bytes(2, "big"))
+        return _done()
+
+    def _accept_now(self, session: Session, handler: BrokerProtocolHandler, topic: str, data: bytes, qos: int,
+                    retain: bool) -> bool:
+        """`_accept_publish` without awaits (only when every ACL is synchronous and no event listens)."""
+        if not topic or "#" in topic or "+" in topic:
+            log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+            self._spawn(handler.handle_connection_closed())
+            return False
+        hooks = self._plugin_hooks()
+        if hooks.filter_topics and not all(check(session, topic, Action.PUBLISH) for check in hooks.sync_checks):
+            log.info("%s not allowed to publish to %s", session.client_id, topic)
+            return True
+        self.deliver(session, topic, data, qos)
+        if retain:
+            self.retain_now(session, topic, data, qos)
+        for intercept in hooks.intercepts:
+            try:
+                intercept(session, topic, data)
+            except Exception:
+                log.exception("intercept_publish failed on %s", topic)
+        return True
+
+    def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None) -> None:
+        """amqtt's `retain_message`, synchronous: store (or clear, on an empty payload) and notify plugins."""
+        message = RetainedApplicationMessage(source, topic, data, qos)
+        if data:
+            self._retained_messages[topic] = message
+        elif self._retained_messages.pop(topic, None) is None:
+            return
+        if self._has_listeners(BrokerEvents.RETAINED_MESSAGE):
+            self._spawn(self.plugins_manager.fire_event(BrokerEvents.RETAINED_MESSAGE, client_id=None,
+                                                        retained_message=message))
+
+    def _puback_now(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> Any:
+        """PUBACK handled inside the reader's call, like `_publish_now`."""
+        packet_id = packet.variable_header.packet_id
+        h: Any = handler
+        waiter = h._puback_waiters.get(packet_id)
+        if waiter is not None:  # a message amqtt itself sent with mqtt_publish
+            if not waiter.done():
+                waiter.set_result(packet)
+            return _done()
+        outlet = self._outlets.get(session.client_id or "")
+        if outlet is not None and outlet.session is session:
+            outlet.acked(packet_id, packet)
+        else:
+            session.inflight_out.pop(packet_id, None)
+        return _done()
+
     async def _on_publish_packet(self, session: Session, handler: BrokerProtocolHandler,
                                  packet: PublishPacket) -> None:
         topic = packet.topic_name
@@ -260,27 +335,13 @@ class FastPathMixin(_Base):
                                                   message=message)
         self.deliver(session, topic, data, qos)
         if retain:
-            await self.retain_message(session, topic, data, qos)
+            self.retain_now(session, topic, data, qos)
         for intercept in hooks.intercepts:
             try:
                 intercept(session, topic, data)
             except Exception:
                 log.exception("intercept_publish failed on %s", topic)
         return True
-
-    async def _on_puback(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> None:
-        packet_id = packet.variable_header.packet_id
-        h: Any = handler
-        waiter = h._puback_waiters.get(packet_id)
-        if waiter is not None:  # a message amqtt itself sent with mqtt_publish
-            if not waiter.done():
-                waiter.set_result(packet)
-            return
-        outlet = self._outlets.get(session.client_id or "")
-        if outlet is not None and outlet.session is session:
-            outlet.acked(packet_id, packet)
-        else:
-            session.inflight_out.pop(packet_id, None)
 
     async def _on_subscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
                             topics: list[tuple[str, int]]) -> None:
@@ -382,7 +443,7 @@ class FastPathMixin(_Base):
                 self._lane_task = self._spawn(self._run_lane())
             return len(matches)
         topic_b = topic.encode()
-        checks = hooks.receive_sync
+        checks = hooks.sync_checks
         for key, (target, sub_qos) in matches.items():
             if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                 continue

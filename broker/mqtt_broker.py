@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from amqtt.broker import Broker, RetainedApplicationMessage
-from amqtt.events import BrokerEvents
+from amqtt.broker import Broker
 
 from broker.fast_path import FastPathMixin
 from broker.hardening import HardeningMixin
@@ -21,14 +20,7 @@ class IntercomBroker(HardeningMixin, FastPathMixin, Broker):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic."""
         if retain:
-            message = RetainedApplicationMessage(None, topic, payload, qos)
-            if payload:
-                self._retained_messages[topic] = message
-            else:
-                self._retained_messages.pop(topic, None)
-            if self._has_listeners(BrokerEvents.RETAINED_MESSAGE):  # e.g. persistence keeps it on disk
-                self._spawn(self.plugins_manager.fire_event(BrokerEvents.RETAINED_MESSAGE, client_id=None,
-                                                            retained_message=message))
+            self.retain_now(None, topic, payload, qos)
         self.deliver(None, topic, payload, qos)
 
     def bound_port(self, listener: str) -> int:
