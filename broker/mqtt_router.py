@@ -59,7 +59,9 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             party.role.value, party.id):
             raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")
         if parts[0] == "calls":
-            request_id = body.get("request_id") if isinstance(body, dict) else None
+            rid = body.get("request_id") if isinstance(body, dict) else None
+            # Echo only a well-formed id: a bad one must not break the error reply itself.
+            request_id = rid if isinstance(rid, str) and len(rid) <= 64 else None
             req = MqttCallRequest.model_validate(body)
             data = svc.calls.start_call(party.id, req.household_number, timestamp=req.timestamp)
             reply = {"origin": "server", **data, "request_id": req.request_id}

@@ -82,12 +82,6 @@ def on_loop(coro: Any) -> None:
     asyncio.run_coroutine_threadsafe(coro, _LOOP[0]).result(timeout=30)
 
 
-def known_request_id_bug(record: logging.LogRecord) -> bool:
-    """Found by this fuzz: a non-string `request_id` makes the error reply itself fail validation
-    (broker/mqtt_router.py passes it through to ControlMessage); pinned by the xfail test below."""
-    return bool(record.exc_info) and "request_id" in str(record.exc_info[1])
-
-
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -129,7 +123,7 @@ async def test_fuzz_mqtt_call_topics(fuzz_harness, errors):
         await assert_healthy(h)
     assert len(ran) >= 100 and h.svc.calls.history({}, 500), "the fuzz did not reach the call service"
     await assert_no_stuck_call(h)
-    assert [r.getMessage() for r in errors.records if not known_request_id_bug(r)] == []
+    assert [r.getMessage() for r in errors.records] == []
     assert rss_mb() - rss0 < 64
 
 
@@ -162,8 +156,6 @@ async def test_fuzz_rest_bodies(fuzz_harness, errors):
     assert rss_mb() - rss0 < 64
 
 
-@pytest.mark.xfail(strict=True, reason="mqtt_router passes a non-string request_id into ControlMessage, so the "
-                                       "400 reply fails to build and the device hears nothing (found by the fuzz)")
 async def test_non_string_request_id_still_gets_an_error_reply(harness, party):
     """A call request whose `request_id` is not a string is answered with a 400 on the device's control topic."""
     dev = await party("device", "1")
