@@ -41,6 +41,10 @@ log = logging.getLogger("intercom.hardening")
 
 # A plugin that refuses a CONNECT for a specific reason stores the CONNACK code here.
 REFUSAL = "intercom.refusal"
+# CONNACK return codes (amqtt's constants are untyped)
+ACCEPTED: int = CONNECTION_ACCEPTED
+REFUSED: int = NOT_AUTHORIZED
+UNAVAILABLE: int = SERVER_UNAVAILABLE
 _TAKEOVER_WAIT_S = 5.0
 _CLOSE_WAIT_S = 2.0
 
@@ -132,7 +136,7 @@ class HardeningMixin:
         if session.will_flag and session.will_topic is not None and not await self._topic_filtering(  # type: ignore[attr-defined]
                 session, session.will_topic, Action.PUBLISH):
             log.warning("refused CONNECT of %s: Will topic %r not allowed", session.client_id, session.will_topic)
-            session.attributes[REFUSAL] = NOT_AUTHORIZED
+            session.attributes[REFUSAL] = REFUSED
             return False
         return True
 
@@ -143,15 +147,15 @@ class HardeningMixin:
         watched = not is_exempt(session.remote_address, self.limits.exempt_networks)
         if watched and state.flapping.banned(cid):
             log.warning("refused CONNECT of %s: client id banned for flapping", cid)
-            return SERVER_UNAVAILABLE
+            return UNAVAILABLE
         if not await self._authenticate(session, self.listeners_config[listener_name]):
-            code: int = session.attributes.pop(REFUSAL, NOT_AUTHORIZED)
+            code: int = session.attributes.pop(REFUSAL, REFUSED)
             return code
         if watched and not state.flapping.connected(cid):
             log.warning("banned client id %s for %.0f s: more than %d connects in %.0f s", cid,
                         self.limits.flapping.ban_s, self.limits.flapping.max_connects, self.limits.flapping.window_s)
-            return SERVER_UNAVAILABLE
-        return CONNECTION_ACCEPTED
+            return UNAVAILABLE
+        return ACCEPTED
 
     async def _adopt_session(self, incoming: Session) -> Session:
         """amqtt's clean/persistent session choice, run only after `incoming` authenticated."""
@@ -214,7 +218,7 @@ class HardeningMixin:
     ) -> None:
         """amqtt 0.12.1's `_handle_client_session`, with admission before any session is touched."""
         code = await self._admit(client_session, listener_name)
-        if code != CONNECTION_ACCEPTED:
+        if code != ACCEPTED:
             with suppress(Exception):
                 await ConnackPacket.build(0, code).to_stream(writer)
             await close_writer(writer)

@@ -265,7 +265,7 @@ class GuardedReader(ReaderAdapter):
         return asyncio.get_running_loop().time() + (self._deadline - time.monotonic())
 
     async def _exact(self, n: int) -> bytes:
-        data = await self._inner.read(n)
+        data = bytes(await self._inner.read(n))
         if len(data) < n:
             raise EOFError
         return data

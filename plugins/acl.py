@@ -89,7 +89,7 @@ class TopicAclPlugin(BaseTopicPlugin):
             integrator = acl.integrators.get(principal.id)
             return integrator.acl if integrator else AclRule()
         if acl is not None and principal.role in acl.roles:
-            return acl.roles[principal.role]  # type: ignore[index]
+            return acl.roles[principal.role]
         return DEFAULT_ACL.get(principal.role, AclRule())
 
     def allowed(self, principal: Principal, client_id: str, topic: str, action: Action) -> bool:
@@ -150,6 +150,6 @@ class TopicAclPlugin(BaseTopicPlugin):
         return True
 
     async def on_broker_client_unsubscribed(self, *, client_id: str, topic: str) -> None:
-        session = self.context.get_session(client_id)  # type: ignore[attr-defined]
+        session = self.context.get_session(client_id)
         if session is not None:
             session.attributes.get(FILTERS, set()).discard(topic)

@@ -135,3 +135,22 @@ async def test_malformed_packet_fires_the_will(harness):
             msg = await anext(aiter(watcher.messages))
         assert str(msg.topic) == "wills/dies" and msg.payload == b"gone"
         await raw.close()
+
+
+async def test_websocket_listener_is_guarded_too(harness, healthy):
+    """Over MQTT-over-WebSocket, a malformed packet after CONNECT also closes the connection."""
+    import websockets
+
+    uri = f"ws://127.0.0.1:{harness.server.ws_port}/"
+    async with websockets.connect(uri, subprotocols=[websockets.Subprotocol("mqtt")]) as ws:
+        await ws.send(connect("ws-offender"))
+        assert (await asyncio.wait_for(ws.recv(), 3))[:1] == b"\x20"
+        await ws.send(publish("a/b", qos=3, packet_id=1))
+        async def drain() -> None:
+            async with asyncio.timeout(3):
+                while True:
+                    await ws.recv()
+
+        with pytest.raises(websockets.ConnectionClosed):
+            await drain()
+    await healthy()

@@ -148,3 +148,12 @@ async def test_persistent_connect_after_a_clean_one_gets_a_fresh_persistent_sess
     session = harness.server.broker._sessions["flip"][0]
     assert session.clean_session is False
     await raw.close()
+
+
+async def test_failed_logins_from_one_address_are_limited_across_usernames(make_harness):
+    """With loopback not exempt, failures spread over usernames still empty the address's bucket."""
+    h, t = await secure_harness(make_harness, limits={"exempt_networks": [],
+                                                      "auth_failures": {"per_s": 0.01, "burst": 3}})
+    for who in ("2", "3", "4"):
+        assert await rc(h, f"resident-{who}", who, f"resident.{who}.wrongwrongwrongwrongwrong") == 5
+    assert await rc(h, "device-1", "1", t["device-1"]) == 5
