@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +141,9 @@ class Bridge:
         t = self.target
         async with aiomqtt.Client(t.host, t.port, identifier=self.client_id, username=t.username,
                                   password=t.password, protocol=aiomqtt.ProtocolVersion.V5,
-                                  max_queued_incoming_messages=100_000) as client:
+                                  max_queued_incoming_messages=100_000,
+                                  # paho leaves Nagle on: every reply would wait ~40 ms for a delayed ACK
+                                  socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) as client:
             # no_local: our own replies on devices/+/calls/control do not come back to us
             await client.subscribe([(f, SubscribeOptions(qos=1, noLocal=True)) for f in self.filters()],
                                    timeout=10)
