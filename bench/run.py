@@ -29,11 +29,16 @@ from typing import Any
 
 import mqttload
 import procstats
+from calls import CALL_SCENARIOS, CALL_TARGETS
 from mqttload import MqttError
 from report import CaseResults, cpu_table, notes, results_table
 from scenarios import SCENARIOS, Ctx
 from stats import CpuMeter, Result
 from targets import TARGET_TYPES, AmqttTarget, Target, TargetError
+
+# call-level scenarios and the peer target (Mosquitto + our service in bridge mode): bench/calls.py
+SCENARIOS.update(CALL_SCENARIOS)
+TARGET_TYPES.update(CALL_TARGETS)
 
 HARD_CAP_GRACE_S = 15.0
 SETTLE_S = 0.5
