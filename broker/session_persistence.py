@@ -181,6 +181,12 @@ def _acknowledged(msg: ApplicationMessage) -> bool:
     return True
 
 
+def _mark_sent(msg: ApplicationMessage) -> None:
+    """Record that the PUBLISH went out (a direct writer sends raw bytes), so a re-send sets DUP."""
+    if msg.publish_packet is None:
+        msg.publish_packet = msg.build_publish_packet()
+
+
 class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
     """`Session.inflight_out` that keeps a message until the client acknowledged it (fixes amqtt #401).
 
@@ -194,8 +200,23 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
         super().__init__()
         self.db = db
         self.client_id = client_id
+        self.retry_pending = False
+
+    def expect_retry(self) -> None:
+        """A new connection: everything in flight now, or written before amqtt's retry pass reads
+        `values()`, will be sent again by that pass, so it must carry DUP (a direct writer can deliver
+        to the session between its registration and the handler's start)."""
+        self.retry_pending = True
+        for msg in super().values():
+            _mark_sent(msg)
+
+    def values(self) -> Any:
+        self.retry_pending = False
+        return super().values()
 
     def __setitem__(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
+        if self.retry_pending:
+            _mark_sent(msg)
         super().__setitem__(packet_id, msg)
         self.db.inflight_put(self.client_id, packet_id, msg)
 
@@ -284,9 +305,8 @@ class SessionPersistence:
             return
         if self.is_persistent(session):
             self.adopt(session)
-            for msg in session.inflight_out.values():
-                if msg.publish_packet is None:  # written directly by the delivery path: re-send with DUP
-                    msg.publish_packet = msg.build_publish_packet()
+            if isinstance(session.inflight_out, DurableInflight):
+                session.inflight_out.expect_retry()
             self.db.touch(session.client_id, session.username)
             self._known.add(session.client_id)
         elif session.client_id in self._known:
