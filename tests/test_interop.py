@@ -223,17 +223,8 @@ def test_zero_length_clientid(server):
     r.close()
 
 
-def _settle() -> None:
-    """Let amqtt's session monitor (1 s tick) drop the previous clean session of a reused client id.
-
-    See test_persistent_connect_does_not_resume_a_clean_session for why this is needed today.
-    """
-    time.sleep(1.1)
-
-
 def test_offline_message_queueing(server):
     """QoS 1/2 messages published while a persistent, anonymous session is offline arrive when it returns."""
-    _settle()
     a = Raw(server.mqtt_port, "myclientid", clean=False)
     a.subscribe([(WILDTOPICS[5], 2)])
     a.close()
@@ -271,7 +262,6 @@ def test_keepalive(server):
 
 def test_redelivery_on_reconnect(server):
     """QoS 1 and 2 messages a client never acknowledged are re-sent, DUP set, when it reconnects."""
-    _settle()
     b = Raw(server.mqtt_port, "myclientid2", clean=False)
     b.subscribe([(WILDTOPICS[6], 2)])
     pub = Paho(server.mqtt_port, "redelivery-publisher")
@@ -295,9 +285,6 @@ def test_redelivery_on_reconnect(server):
     Raw(server.mqtt_port, "myclientid2", clean=True).close()
 
 
-@pytest.mark.xfail(strict=True, reason="security work: HardeningMixin._adopt_session resumes the just-closed "
-                                       "clean session of the same client id (kept until amqtt's 1 s session "
-                                       "monitor runs) for a clean_session=0 CONNECT, so it stays clean")
 def test_persistent_connect_does_not_resume_a_clean_session(server):
     """A clean_session=0 CONNECT right after a clean session of the same id gets a fresh persistent session."""
     Raw(server.mqtt_port, "interop-flip", clean=True).close()
