@@ -1,0 +1,457 @@
+"""Soak: a whole site of households making calls for N minutes while phones and door stations drop off.
+
+    python bench/soak.py --minutes 1          # CI
+    python bench/soak.py                      # 10 minutes, 200 households
+
+Starts the server as a subprocess on 127.0.0.1 (fresh data dir, local-only mode), connects every party
+(2 residents + 1 device per household, persistent MQTT sessions, QoS 1), and runs one call loop per
+household: start, then answer / reject / cancel / let ring out / hang up at random, while a dropper aborts
+random TCP connections and reconnects them 0.2-3 s later (some past the party-offline grace period).
+
+The oracle is the server's own sqlite history: every persisted transition is replayed through the pure
+state machine (`broker.states`) to get the notifications each party must have received; they are
+compared with what each client actually received. Exits 1 if any notification was lost, delivered twice
+without the MQTT DUP flag, any call is left unended or disagrees with its replay, or any request got a 5xx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import re
+import sqlite3
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from broker import states  # noqa: E402 - the oracle replays the server's own state machine
+
+READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
+RING_S, GRACE_S = 4.0, 2.0
+Key = tuple[str, str, str | None]  # (call_id, kind/action, reason)
+
+
+# -- a minimal MQTT 3.1.1 client: persistent session, QoS 1, DUP visible ---------------------------------------
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    out, n = bytearray((first,)), len(body)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out) + body
+
+
+class Party:
+    def __init__(self, soak: Soak, key: str, client_id: str, topic: str) -> None:
+        self.soak, self.key, self.client_id, self.topic = soak, key, client_id, topic
+        self.received: Counter[Key] = Counter()
+        self.redelivered = 0
+        self.connected = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connecting = False
+
+    async def connect(self) -> None:
+        if self._connecting or self.connected:
+            return
+        self._connecting = True
+        try:
+            await self._connect()
+        finally:
+            self._connecting = False
+
+    async def _connect(self) -> None:
+        for _ in range(20):
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.soak.mqtt_port), 5)
+                flags = 0x02 if self.soak.clean else 0
+                body = _str("MQTT") + bytes((4, flags)) + struct.pack("!H", 30) + _str(self.client_id)
+                writer.write(_packet(0x10, body))
+                connack = await asyncio.wait_for(reader.readexactly(4), 5)
+                if connack[3] != 0:
+                    raise ConnectionError(f"CONNACK {connack[3]}")
+                writer.write(_packet(0x82, struct.pack("!H", 1) + _str(self.topic) + b"\x01"))
+                self._writer = writer
+                self.connected = True
+                self._tasks = [asyncio.create_task(self._read(reader, writer)),
+                               asyncio.create_task(self._ping(writer))]
+                return
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                await asyncio.sleep(0.2)
+        self.soak.errors["connect failed"] += 1
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
+            while True:
+                first = (await reader.readexactly(1))[0]
+                n, shift = 0, 0
+                while True:
+                    b = (await reader.readexactly(1))[0]
+                    n |= (b & 0x7F) << shift
+                    shift += 7
+                    if not b & 0x80:
+                        break
+                body = await reader.readexactly(n)
+                if first >> 4 == 3:
+                    self._on_publish(first, body, writer)
+        if self._writer is writer:  # not a newer connection's state
+            self.connected = False
+
+    def _on_publish(self, first: int, body: bytes, writer: asyncio.StreamWriter) -> None:
+        tlen = struct.unpack("!H", body[:2])[0]
+        topic = body[2 : 2 + tlen].decode()
+        qos = (first >> 1) & 3
+        payload = body[2 + tlen + (2 if qos else 0) :]
+        if topic.endswith("/calls/incoming") or topic.endswith("/calls/control"):
+            msg = json.loads(payload)
+            if topic.endswith("/incoming"):
+                key: Key = (msg["call_id"], "incoming", None)
+                self.soak.first_incoming.setdefault(msg["call_id"], time.monotonic())
+            elif msg.get("origin") == "server" and "error" not in msg:
+                info = msg["call_info"]
+                key = (info["call_id"], info["action"], info.get("reason"))
+            else:
+                key = ("", "", None)
+            if key[0]:
+                if first & 0x08 and self.received[key]:
+                    self.redelivered += 1  # an at-least-once re-send after a reconnect: allowed, counted
+                else:
+                    self.received[key] += 1
+        if qos:  # PUBACK on the connection the PUBLISH came on, after it was counted
+            writer.write(b"\x40\x02" + body[2 + tlen : 4 + tlen])
+
+    async def _ping(self, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while not writer.is_closing():
+                await asyncio.sleep(10)
+                writer.write(b"\xc0\x00")
+
+    def drop(self) -> None:
+        """Vanish like a phone leaving Wi-Fi: TCP reset, no DISCONNECT."""
+        if self._writer is not None:
+            self._writer.transport.abort()
+        self._writer = None
+        self.connected = False
+        for t in self._tasks:
+            t.cancel()
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+class Soak:
+    def __init__(self, households: int, minutes: float, seed: int) -> None:
+        self.households, self.minutes = households, minutes
+        self.rng = random.Random(seed)
+        self.mqtt_port = self.http_port = 0
+        self.parties: dict[str, Party] = {}
+        self.first_incoming: dict[str, float] = {}
+        self.setup_latency: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.drops = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stop_at = 0.0
+        self.clean = False  # self-check mode: clean sessions must make drops lose messages
+        self._log_task: asyncio.Task[None] | None = None
+
+    def site(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "household_number": f"h{i:03d}",
+                "residents": [{"resident_id": f"h{i:03d}a"}, {"resident_id": f"h{i:03d}b"}],
+                "devices": [{"device_id": f"d{i:03d}"}],
+            }
+            for i in range(1, self.households + 1)
+        ]
+
+    async def start_server(self, data: Path) -> None:
+        config = data / "soak.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "calls": {"ring_timeout_s": RING_S, "party_offline_grace_s": GRACE_S, "max_duration_s": 120},
+                    "site": {"households": self.site()},
+                }
+            )
+        )
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "broker",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--mqtt-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+            str(data / "data"),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={"INTERCOM_TRTC_SECRET_KEY": "soak-secret", "PATH": "/usr/bin:/bin"},
+        )
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(30):
+            while True:
+                line = (await self.proc.stderr.readline()).decode()
+                if not line:
+                    raise RuntimeError("server exited during start-up")
+                if m := READY.search(line):
+                    self.mqtt_port, self.http_port = int(m.group(1)), int(m.group(2))
+                    break
+        self._log_task = asyncio.create_task(self._server_log())
+
+    async def _server_log(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace")
+            if " ERROR " in line or "Traceback" in line:
+                self.errors["server ERROR log line"] += 1
+                if self.errors["server ERROR log line"] <= 3:
+                    print("server:", line.rstrip(), file=sys.stderr)
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    async def post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            async with http.post(
+                f"http://127.0.0.1:{self.http_port}{path}", json=body, timeout=aiohttp.ClientTimeout(total=10)
+            ) as r:
+                data = await r.json()
+                if r.status >= 500:
+                    self.errors[f"HTTP {r.status} {path}"] += 1
+                return r.status, data
+        except (aiohttp.ClientError, TimeoutError):
+            self.errors[f"HTTP failure {path}"] += 1
+            return 0, None
+
+    async def call_state(self, http: aiohttp.ClientSession, call_id: str) -> str:
+        url = f"http://127.0.0.1:{self.http_port}/api/mqtt/session?call_id={call_id}"
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                return str((await r.json())["data"]["status"])
+        return "?"
+
+    async def household(self, http: aiohttp.ClientSession, i: int) -> None:
+        h, dev = f"h{i:03d}", f"d{i:03d}"
+        residents = [f"{h}a", f"{h}b"]
+        rng = random.Random(self.rng.random())
+        for _ in range(100_000):
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
+            if time.monotonic() >= self.stop_at:
+                return
+            t0 = time.monotonic()
+            status, resp = await self.post(http, "/api/mqtt/call", {"device_id": dev})
+            if status != 200:
+                self.outcomes[f"start refused {status}"] += 1
+                continue
+            call_id = resp["data"]["call_id"]
+            for _ in range(100):
+                if call_id in self.first_incoming:
+                    self.setup_latency.append(self.first_incoming[call_id] - t0)
+                    break
+                await asyncio.sleep(0.02)
+            outcome = rng.choices(["answer", "reject", "cancel", "ring-out"], [5, 2, 2, 1])[0]
+            self.outcomes[outcome] += 1
+            ctl_r, ctl_d = "/api/mqtt/controller/resident", "/api/mqtt/controller/device"
+            if outcome == "answer":
+                who = rng.choice(residents)
+                await self.post(
+                    http, ctl_r, {"call_info": {"call_id": call_id, "action": "answered"}, "resident_id": who}
+                )
+                await asyncio.sleep(rng.uniform(0.3, 3.0))
+                if rng.random() < 0.5:
+                    await self.post(http, ctl_d, {"call_info": {"call_id": call_id, "action": "hangup"}})
+                else:
+                    await self.post(
+                        http, ctl_r, {"call_info": {"call_id": call_id, "action": "hangup"}, "resident_id": who}
+                    )
+            elif outcome == "reject":
+                for rid in residents:
+                    await asyncio.sleep(rng.uniform(0.1, 1.0))
+                    await self.post(
+                        http, ctl_r, {"call_info": {"call_id": call_id, "action": "rejected"}, "resident_id": rid}
+                    )
+            elif outcome == "cancel":
+                await asyncio.sleep(rng.uniform(0.1, 2.0))
+                await self.post(http, ctl_d, {"call_info": {"call_id": call_id, "action": "cancelled"}})
+            deadline = time.monotonic() + RING_S + GRACE_S + 10
+            while time.monotonic() < deadline and await self.call_state(http, call_id) != "ended":  # noqa: ASYNC110
+                await asyncio.sleep(0.3)
+
+    async def dropper(self) -> None:
+        parties = list(self.parties.values())
+        while time.monotonic() < self.stop_at:
+            await asyncio.sleep(self.rng.uniform(0.1, 0.6))
+            p = self.rng.choice(parties)
+            if not p.connected:
+                continue
+            p.drop()
+            self.drops += 1
+            asyncio.get_running_loop().call_later(
+                self.rng.uniform(0.2, 3.0), lambda p=p: asyncio.ensure_future(p.connect())
+            )
+
+    def expected(self, db_path: Path) -> tuple[dict[str, Counter[Key]], list[str], int]:
+        """Replay every persisted transition: what each party must have been told; calls left wrong."""
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        want: dict[str, Counter[Key]] = defaultdict(Counter)
+        wrong: list[str] = []
+        calls = db.execute(
+            "SELECT call_id, device_id, household_number, target_resident_ids, start_time, "
+            "ring_timeout_s, max_duration_s, status, end_reason FROM calls"
+        ).fetchall()
+        for call_id, dev, hh, targets, start, ring, maxd, status, end_reason in calls:
+            call = states.new_call(call_id, dev, hh, tuple(json.loads(targets)), start, ring, maxd)
+            for rid in call.targets:
+                want[f"resident:{rid}"][(call_id, "incoming", None)] += 1
+            events = db.execute(
+                "SELECT actor, action, reason, ts FROM call_events WHERE call_id = ? ORDER BY id", (call_id,)
+            ).fetchall()
+            for actor, action, reason, ts in events[1:]:
+                role, _, ident = actor.partition(":")
+                call, notices = states.apply(
+                    call, states.Party(states.Role(role), ident), states.Action(action), ts, reason
+                )
+                for n in notices:
+                    want[n.to.key][(call_id, n.action, n.reason)] += 1
+            if status != "ended" or str(call.state) != status or str(call.end_reason) != str(end_reason):
+                wrong.append(f"{call_id}: db {status}/{end_reason}, replay {call.state}/{call.end_reason}")
+        db.close()
+        return want, wrong, len(calls)
+
+    @staticmethod
+    def stuck(path: Path) -> list[str]:
+        """Messages the server still holds for a session (every client is connected and drained by now)."""
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        rows = [f"{kind} {cid} {topic} {payload[:90]!r}" for kind, cid, topic, payload in db.execute(
+            "SELECT 'inflight', client_id, topic, payload FROM mqtt_inflight UNION ALL "
+            "SELECT 'queued', client_id, topic, payload FROM mqtt_queue")]
+        db.close()
+        return rows
+
+    async def run(self) -> int:
+        with tempfile.TemporaryDirectory(prefix="intercom-soak-") as tmp:
+            await self.start_server(Path(tmp))
+            try:
+                return await self._run(Path(tmp) / "data" / "intercom.db")
+            finally:
+                if self.proc is not None and self.proc.returncode is None:
+                    self.proc.terminate()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.proc.wait(), 10)
+
+    async def _run(self, db_path: Path) -> int:
+        for i in range(1, self.households + 1):
+            h = f"h{i:03d}"
+            for rid in (f"{h}a", f"{h}b"):
+                self.parties[f"resident:{rid}"] = Party(self, f"resident:{rid}", f"resident-{rid}", f"users/{rid}/#")
+            d = f"d{i:03d}"
+            self.parties[f"device:{d}"] = Party(self, f"device:{d}", f"device-{d}", f"devices/{d}/#")
+        for batch in range(0, len(self.parties), 50):
+            await asyncio.gather(*(p.connect() for p in list(self.parties.values())[batch : batch + 50]))
+        await asyncio.sleep(1)
+        rss_start = self.rss_mb()
+        started = time.monotonic()
+        self.stop_at = started + self.minutes * 60
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as http:
+            loops = [asyncio.create_task(self.household(http, i)) for i in range(1, self.households + 1)]
+            dropper = asyncio.create_task(self.dropper())
+            await asyncio.wait_for(asyncio.gather(*loops, dropper), self.minutes * 60 + 60)
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(3.5)  # pending reconnects (<= 3 s) happen; queued messages drain
+        for p in self.parties.values():
+            if not p.connected:
+                await p.connect()
+        await asyncio.sleep(2.0)
+        rss_end = self.rss_mb()
+
+        want, wrong, n_calls = self.expected(db_path)
+        stuck = self.stuck(db_path.parent / "sessions.db")
+        lost = dup = 0
+        samples: list[str] = []
+        for key, party in self.parties.items():
+            exp, got = want.get(key, Counter()), party.received
+            lost += sum((exp - got).values())
+            dup += sum((got - exp).values())
+            samples += [f"lost {key} {k}" for k in (exp - got)] + [f"extra {key} {k}" for k in (got - exp)]
+        redelivered = sum(p.redelivered for p in self.parties.values())
+        lat = sorted(self.setup_latency)
+        p50 = statistics.median(lat) * 1000 if lat else float("nan")
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
+        expected_total = sum(sum(c.values()) for c in want.values())
+        print(
+            f"soak: {self.households} households x (2 residents + 1 device), {elapsed / 60:.1f} min, "
+            f"127.0.0.1, ring {RING_S:.0f} s, grace {GRACE_S:.0f} s"
+        )
+        print(f"  calls: {n_calls} ({n_calls / elapsed:.1f}/s)  outcomes: {dict(sorted(self.outcomes.items()))}")
+        print(f"  connection drops: {self.drops}")
+        print(
+            f"  notifications: expected {expected_total}, lost {lost}, duplicated {dup}, "
+            f"DUP re-sends after reconnect {redelivered}"
+        )
+        print(f"  call setup latency (REST start -> first resident incoming): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(f"  calls not ended or disagreeing with replay: {len(wrong)}")
+        print(f"  messages still held by the server after the drain: {len(stuck)}")
+        print(f"  server RSS: start {rss_start:.1f} MB, end {rss_end:.1f} MB")
+        print(f"  errors: {dict(self.errors) or 'none'}")
+        for line in wrong[:5] + samples[:10] + stuck[:10]:
+            print("   ", line)
+        ok = lost == 0 and dup == 0 and not wrong and not self.errors and n_calls > 0
+        print("soak: PASS" if ok else "soak: FAIL")
+        return 0 if ok else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10.0, help="how long calls are started (default 10)")
+    p.add_argument("--households", type=int, default=200, help="households (default 200)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--clean-sessions",
+        action="store_true",
+        help="self-check of the oracle: clients use clean sessions, so drops lose messages and it FAILs",
+    )
+    args = p.parse_args()
+    if not 0 < args.minutes <= 24 * 60 or not 1 <= args.households <= 999:
+        p.error("--minutes must be in (0, 1440], --households in [1, 999]")
+    soak = Soak(args.households, args.minutes, args.seed)
+    soak.clean = args.clean_sessions
+    return asyncio.run(soak.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
