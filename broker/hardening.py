@@ -32,7 +32,7 @@ from transitions import MachineError
 
 from broker.config import LimitsConfig
 from broker.flapping import FlappingGuard
-from broker.limiter import KeyedLimiter, is_exempt
+from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
 from broker.packet_guard import GuardedReader, GuardLimits
 
 __all__ = ["REFUSAL", "HardeningMixin"]
@@ -46,6 +46,7 @@ ACCEPTED: int = CONNECTION_ACCEPTED
 REFUSED: int = NOT_AUTHORIZED
 UNAVAILABLE: int = SERVER_UNAVAILABLE
 _TAKEOVER_WAIT_S = 5.0
+_quiet = LogThrottle()
 _CLOSE_WAIT_S = 2.0
 
 
@@ -95,8 +96,10 @@ class HardeningMixin:
         address = peer[0] if peer else None
         why = state.refuse_at_accept(address)
         if why is not None:
-            log.warning("refused MQTT connection from %s: %s", address, why)
-            await close_writer(writer)
+            if (suppressed := _quiet.check(f"{address} {why}")) is not None:
+                log.warning("refused MQTT connection from %s: %s (%d more since last logged)", address, why,
+                            suppressed)
+            abort(writer)
             return
         limits = self.limits
         guard = GuardedReader(reader, GuardLimits(limits.max_packet_bytes, limits.connect_timeout_s,
@@ -291,6 +294,15 @@ class _State:
         if not self.connect_rate.take(address or "?"):
             return "CONNECT rate limit for this address"
         return None
+
+
+def abort(writer: WriterAdapter) -> None:
+    """Drop a connection we refuse at accept: no graceful close to wait for."""
+    if isinstance(writer, StreamWriterAdapter):
+        writer.is_closed = True
+        writer._writer.transport.abort()  # amqtt's adapter exposes no abort()
+    else:
+        asyncio.ensure_future(close_writer(writer))  # noqa: RUF006 - fire and forget; close_writer never raises
 
 
 async def close_writer(writer: WriterAdapter) -> None:

@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-__all__ = ["KeyedLimiter", "is_exempt"]
+__all__ = ["KeyedLimiter", "LogThrottle", "is_exempt"]
 
 _MAX_KEYS = 10_000
 
@@ -58,3 +58,28 @@ def is_exempt(address: str | None, networks: Iterable[str]) -> bool:
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+class LogThrottle:
+    """At most one log line per `key` per `interval_s`; the lines in between are counted, not written.
+
+    Refusals are attacker-driven: logging each one would turn a flood into a log (and CPU) flood.
+    """
+
+    def __init__(self, interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def check(self, key: str) -> int | None:
+        """None: stay quiet. Otherwise log now; the number is how many were suppressed since."""
+        now = self._clock()
+        if now - self._last.get(key, -1e18) < self.interval_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        if len(self._last) > _MAX_KEYS:
+            self._last.clear()
+            self._suppressed.clear()
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)

@@ -10,6 +10,7 @@ amqtt treats the client as gone (abnormal disconnect: its Will is published) and
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import struct
 import time
@@ -17,9 +18,12 @@ from dataclasses import dataclass
 
 from amqtt.adapters import ReaderAdapter
 
+from broker.limiter import LogThrottle
+
 __all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "valid_filter", "valid_topic_name"]
 
 log = logging.getLogger("intercom.guard")
+_quiet = LogThrottle(1.0)
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
@@ -29,6 +33,7 @@ _SERVER_ONLY = frozenset({0, CONNACK, SUBACK, UNSUBACK, PINGRESP, 15})
 _FLAGS = {CONNECT: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2, UNSUBSCRIBE: 2,
           PINGREQ: 0, DISCONNECT: 0}
 _ACK_TYPES = frozenset({PUBACK, PUBREC, PUBREL, PUBCOMP})
+_CHUNK = 64 * 1024
 
 
 class Malformed(Exception):
@@ -176,13 +181,20 @@ def _check_subscribe(cur: _Cursor, with_qos: bool) -> None:
 
 
 class GuardedReader(ReaderAdapter):
-    """Serves amqtt only whole, validated packets; see the module docstring."""
+    """Serves amqtt only whole, validated packets; see the module docstring.
+
+    Bytes arrive in chunks into `_raw`; complete packets are validated synchronously and moved to
+    `_buf`, which amqtt reads. Only waiting for the socket needs a task, which is shielded: amqtt
+    wraps reads in `wait_for(keepalive)`, and a cancelled wait must not lose half a packet.
+    """
 
     def __init__(self, inner: ReaderAdapter, limits: GuardLimits, peer: str = "?") -> None:
         self._inner = inner
         self._limits = limits
         self._peer = peer
-        self._buf = bytearray()
+        self._raw = bytearray()  # received, not yet validated; valid from `_off`
+        self._off = 0
+        self._buf = bytearray()  # validated packets, for amqtt
         self._fill: asyncio.Task[None] | None = None
         self._eof = False
         self._packets = 0
@@ -204,9 +216,15 @@ class GuardedReader(ReaderAdapter):
     async def read(self, n: int = -1) -> bytes:
         want = max(n, 1)
         while len(self._buf) < want and not self._eof:
+            q = self.inflight
+            if q is not None and q.qsize() >= self._limits.max_inflight_messages:
+                await self._wait_for_room(q)
+            if self._take_packet():
+                continue
+            if self._eof:  # the packet was refused
+                break
             if self._fill is None:
-                self._fill = asyncio.create_task(self._next_packet())
-            # amqtt wraps reads in wait_for(keepalive); shielding keeps a half-read packet intact.
+                self._fill = asyncio.create_task(self._receive())
             await asyncio.shield(self._fill)
             self._fill = None
         if n < 0:
@@ -225,35 +243,71 @@ class GuardedReader(ReaderAdapter):
             self._fill.cancel()
         self._eof = True
 
-    async def _next_packet(self) -> None:
+    def _take_packet(self) -> bool:
+        """Move one complete, valid packet from `_raw` to `_buf`; False if none is complete yet."""
+        raw, off = self._raw, self._off
+        end = len(raw)
+        if off >= end:
+            return False
+        i, length, mult = off + 1, 0, 1
         try:
-            await self._wait_for_room()
-            async with asyncio.timeout_at(self._loop_deadline()):
-                first = await self._exact(1)
-                length, header = await self._remaining_length()
-                if length + 1 + len(header) > self._limits.max_packet_bytes:
-                    raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes "
-                                    f"{self._limits.max_packet_bytes}")
-                body = await self._exact(length) if length else b""
-            check_packet(first[0] >> 4, first[0] & 0x0F, body, first=self._packets == 0)
+            while True:
+                if i >= end:
+                    return False
+                byte = raw[i]
+                i += 1
+                length += (byte & 0x7F) * mult
+                if not byte & 0x80:
+                    break
+                if i - off > 4:
+                    raise Malformed("remaining length longer than 4 bytes")
+                mult *= 128
+            if i - off + length > self._limits.max_packet_bytes:
+                raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._limits.max_packet_bytes}")
+            if end - i < length:
+                return False
+            first = raw[off]
+            check_packet(first >> 4, first & 0x0F, bytes(raw[i:i + length]), first=self._packets == 0)
         except Malformed as exc:
             self._stop(f"malformed packet: {exc}")
-            return
+            return False
+        self._buf += raw[off:i + length]
+        self._off = i + length
+        self._packets += 1
+        self._arm()
+        return True
+
+    async def _receive(self) -> None:
+        """Wait for more bytes (until the CONNECT or keepalive deadline)."""
+        if self._off:
+            del self._raw[:self._off]
+            self._off = 0
+        try:
+            async with asyncio.timeout_at(self._loop_deadline()):
+                chunk = await self._chunk()
         except TimeoutError:
             self._stop("CONNECT timeout" if self._packets == 0 else "keepalive expired")
             return
         except (asyncio.IncompleteReadError, ConnectionError, OSError, EOFError):
+            chunk = b""
+        if not chunk:
             self._stop(None)
             return
-        self._packets += 1
-        self._arm()
-        self._buf += first + header + body
+        self._raw += chunk
 
-    async def _wait_for_room(self) -> None:
+    async def _chunk(self) -> bytes:
+        # amqtt (pinned) adapters keep the stream privately; reading what is there beats byte-wise reads.
+        stream = getattr(self._inner, "_reader", None)
+        if isinstance(stream, asyncio.StreamReader):
+            return await stream.read(_CHUNK)
+        first = bytes(await self._inner.read(1))
+        leftover = getattr(self._inner, "_stream", None)  # WebSocketsReader's buffer of the current message
+        if first and isinstance(leftover, io.BytesIO):
+            return first + leftover.read()
+        return first
+
+    async def _wait_for_room(self, q: asyncio.Queue[object]) -> None:
         """Back-pressure: stop reading while the session has max_inflight messages unprocessed."""
-        q = self.inflight
-        if q is None or q.qsize() < self._limits.max_inflight_messages:
-            return
         while q.qsize() >= self._limits.max_inflight_messages:  # noqa: ASYNC110 - amqtt's queue has no "below N" signal
             await asyncio.sleep(0.005)
         self._arm()  # waiting on us is not client silence
@@ -264,27 +318,9 @@ class GuardedReader(ReaderAdapter):
         # asyncio.timeout_at uses the loop clock; convert from time.monotonic()
         return asyncio.get_running_loop().time() + (self._deadline - time.monotonic())
 
-    async def _exact(self, n: int) -> bytes:
-        data = bytes(await self._inner.read(n))
-        if len(data) < n:
-            raise EOFError
-        return data
-
-    async def _remaining_length(self) -> tuple[int, bytes]:
-        header = bytearray()
-        value, multiplier = 0, 1
-        while True:
-            byte = (await self._exact(1))[0]
-            header.append(byte)
-            value += (byte & 0x7F) * multiplier
-            if not byte & 0x80:
-                return value, bytes(header)
-            if len(header) == 4:
-                raise Malformed("remaining length longer than 4 bytes")
-            multiplier *= 128
-
     def _stop(self, reason: str | None) -> None:
         self._eof = True
         self.reason = reason
-        if reason is not None:
-            log.warning("closing MQTT connection from %s: %s", self._peer, reason)
+        if reason is not None and (n := _quiet.check(self._peer.rpartition(":")[0])) is not None:
+            log.warning("closing MQTT connection from %s: %s (%d more from there since last logged)",
+                        self._peer, reason, n)

@@ -18,7 +18,7 @@ from amqtt.session import Session
 
 from broker.errors import Unauthorized
 from broker.hardening import REFUSAL
-from broker.limiter import KeyedLimiter, is_exempt
+from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
 from broker.services import Services
 from broker.tokens import Principal, verify_token
 
@@ -26,6 +26,7 @@ __all__ = ["PRINCIPAL", "IntercomAuthPlugin", "bound_client_id"]
 
 PRINCIPAL = "intercom.principal"
 log = logging.getLogger("intercom.auth")
+_quiet = LogThrottle()
 
 
 def bound_client_id(principal: Principal) -> str:
@@ -62,15 +63,18 @@ class IntercomAuthPlugin(BaseAuthPlugin):
         ip_key = None if is_exempt(session.remote_address, svc.settings.limits.exempt_networks) else (
             session.remote_address or "?")
         if (ip_key is not None and not self._per_ip.has(ip_key)) or not self._per_user.has(session.username):
-            log.warning("refused CONNECT of %r from %s: too many failed attempts", session.username,
-                        session.remote_address)
+            if (n := _quiet.check(f"lockout {session.remote_address}")) is not None:
+                log.warning("refused CONNECT of %r from %s: too many failed attempts (%d more since last logged)",
+                            session.username, session.remote_address, n)
             return False
         principal = await self._verify(svc, session.username, session.password or "")
         if principal is None:
             if ip_key is not None:
                 self._per_ip.take(ip_key)
             self._per_user.take(session.username)
-            log.warning("refused CONNECT of %r from %s: bad credentials", session.username, session.remote_address)
+            if (n := _quiet.check(f"bad {session.remote_address}")) is not None:
+                log.warning("refused CONNECT of %r from %s: bad credentials (%d more since last logged)",
+                            session.username, session.remote_address, n)
             return False
         if not client_id_allowed(principal, session.client_id or "", svc.settings.auth.client_id_suffixes):
             log.warning("refused CONNECT of %s %s: client id %r is not %r", principal.role, principal.id,
