@@ -42,7 +42,7 @@ from broker import states  # noqa: E402 - the oracle replays the server's own st
 
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 RING_S, GRACE_S = 4.0, 2.0
-Key = tuple[str, str, str | None]  # (call_id, kind/action, reason)
+Key = tuple[str, str, str | None, str | None]  # (call_id, incoming/action, reason, resident_id)
 
 
 # -- a minimal MQTT 3.1.1 client: persistent session, QoS 1, DUP visible ---------------------------------------
@@ -71,6 +71,7 @@ class Party:
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._connecting = False
+        self.history: list[tuple[float, str]] = []  # (wall clock, "up"/"drop"), for diagnosing a loss
 
     async def connect(self) -> None:
         if self._connecting or self.connected:
@@ -94,6 +95,7 @@ class Party:
                 writer.write(_packet(0x82, struct.pack("!H", 1) + _str(self.topic) + b"\x01"))
                 self._writer = writer
                 self.connected = True
+                self.history.append((time.time(), f"up session_present={connack[2]}"))
                 self._tasks = [asyncio.create_task(self._read(reader, writer)),
                                asyncio.create_task(self._ping(writer))]
                 return
@@ -126,13 +128,13 @@ class Party:
         if topic.endswith("/calls/incoming") or topic.endswith("/calls/control"):
             msg = json.loads(payload)
             if topic.endswith("/incoming"):
-                key: Key = (msg["call_id"], "incoming", None)
+                key: Key = (msg["call_id"], "incoming", None, None)
                 self.soak.first_incoming.setdefault(msg["call_id"], time.monotonic())
             elif msg.get("origin") == "server" and "error" not in msg:
                 info = msg["call_info"]
-                key = (info["call_id"], info["action"], info.get("reason"))
+                key = (info["call_id"], info["action"], info.get("reason"), msg.get("resident_id"))
             else:
-                key = ("", "", None)
+                key = ("", "", None, None)
             if key[0]:
                 if first & 0x08 and self.received[key]:
                     self.redelivered += 1  # an at-least-once re-send after a reconnect: allowed, counted
@@ -149,6 +151,7 @@ class Party:
 
     def drop(self) -> None:
         """Vanish like a phone leaving Wi-Fi: TCP reset, no DISCONNECT."""
+        self.history.append((time.time(), "drop"))
         if self._writer is not None:
             self._writer.transport.abort()
         self._writer = None
@@ -231,12 +234,15 @@ class Soak:
     async def _server_log(self) -> None:
         assert self.proc is not None
         assert self.proc.stderr is not None
+        echo = 0  # lines of the first error's traceback still to print
         async for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
-            if " ERROR " in line or "Traceback" in line:
+            if line[:4].isdigit() and (" ERROR " in line or " CRITICAL " in line):
                 self.errors["server ERROR log line"] += 1
-                if self.errors["server ERROR log line"] <= 3:
-                    print("server:", line.rstrip(), file=sys.stderr)
+                echo = 20 if self.errors["server ERROR log line"] == 1 else 0
+            if echo:
+                echo -= 1
+                print("server:", line.rstrip(), file=sys.stderr)
 
     def rss_mb(self) -> float:
         assert self.proc is not None
@@ -337,7 +343,7 @@ class Soak:
         for call_id, dev, hh, targets, start, ring, maxd, status, end_reason in calls:
             call = states.new_call(call_id, dev, hh, tuple(json.loads(targets)), start, ring, maxd)
             for rid in call.targets:
-                want[f"resident:{rid}"][(call_id, "incoming", None)] += 1
+                want[f"resident:{rid}"][(call_id, "incoming", None, None)] += 1
             events = db.execute(
                 "SELECT actor, action, reason, ts FROM call_events WHERE call_id = ? ORDER BY id", (call_id,)
             ).fetchall()
@@ -347,7 +353,7 @@ class Soak:
                     call, states.Party(states.Role(role), ident), states.Action(action), ts, reason
                 )
                 for n in notices:
-                    want[n.to.key][(call_id, n.action, n.reason)] += 1
+                    want[n.to.key][(call_id, n.action, n.reason, n.resident_id)] += 1
             if status != "ended" or str(call.state) != status or str(call.end_reason) != str(end_reason):
                 wrong.append(f"{call_id}: db {status}/{end_reason}, replay {call.state}/{call.end_reason}")
         db.close()
@@ -401,13 +407,21 @@ class Soak:
 
         want, wrong, n_calls = self.expected(db_path)
         stuck = self.stuck(db_path.parent / "sessions.db")
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        told = {(f"device:{d}", c): ts for c, d, ts in db.execute(
+            "SELECT e.call_id, c.device_id, MAX(e.ts) FROM call_events e JOIN calls c USING (call_id) "
+            "GROUP BY e.call_id")}
+        db.close()
         lost = dup = 0
         samples: list[str] = []
         for key, party in self.parties.items():
             exp, got = want.get(key, Counter()), party.received
             lost += sum((exp - got).values())
             dup += sum((got - exp).values())
-            samples += [f"lost {key} {k}" for k in (exp - got)] + [f"extra {key} {k}" for k in (got - exp)]
+            samples += [f"lost {key} {k} held={any(k[0] in h for h in stuck)} "
+                        f"history={[(round(t, 2), e) for t, e in party.history[-4:]]} "
+                        f"told_at={round(told.get((key, k[0]), 0), 2)}" for k in (exp - got)]
+            samples += [f"extra {key} {k}" for k in (got - exp)]
         redelivered = sum(p.redelivered for p in self.parties.values())
         lat = sorted(self.setup_latency)
         p50 = statistics.median(lat) * 1000 if lat else float("nan")
