@@ -15,7 +15,9 @@ import asyncio
 import logging
 import ssl
 import time
+import weakref
 from contextlib import suppress
+from functools import partial
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
@@ -85,8 +87,19 @@ class HardeningMixin:
         ssl_context: ssl.SSLContext | None,
     ) -> Any:
         context = self.tls_contexts.get(listener_name, ssl_context)
-        return await super()._create_server_instance(  # type: ignore[misc]
-            listener_name, listener_type, address, port, context)
+        if listener_type != ListenerType.TCP:
+            return await super()._create_server_instance(  # type: ignore[misc]
+                listener_name, listener_type, address, port, context)
+        # amqtt's asyncio.start_server, with the accept-time refusals done in connection_made: a refused
+        # socket costs no stream objects and no task (what makes a CONNECT flood cheap).
+        loop = asyncio.get_running_loop()
+        state = self._hardening()
+        connected = partial(self.stream_connected, listener_name=listener_name)  # type: ignore[attr-defined]
+
+        def protocol() -> _GatedProtocol:
+            return _GatedProtocol(asyncio.StreamReader(loop=loop), connected, state)
+
+        return await loop.create_server(protocol, address, port, reuse_address=True, ssl=context)
 
     # -- accept ---------------------------------------------------------------------------------
 
@@ -94,18 +107,17 @@ class HardeningMixin:
         state = self._hardening()
         peer = writer.get_peer_info()
         address = peer[0] if peer else None
-        why = state.refuse_at_accept(address)
-        if why is not None:
-            if (suppressed := _quiet.check(f"{address} {why}")) is not None:
-                log.warning("refused MQTT connection from %s: %s (%d more since last logged)", address, why,
-                            suppressed)
+        transport = getattr(getattr(writer, "_writer", None), "transport", None)
+        if transport is not None and transport in state.gated:
+            state.gated.discard(transport)  # admitted in connection_made already
+        elif (why := state.admit(address)) is not None:
+            refused(address, why)
             abort(writer)
             return
         limits = self.limits
         guard = GuardedReader(reader, GuardLimits(limits.max_packet_bytes, limits.connect_timeout_s,
                                                   limits.keepalive_factor, limits.max_inflight_messages),
                               peer=f"{address}:{peer[1] if peer else '?'}")
-        state.open += 1
         try:
             await super()._client_connected(listener_name, guard, writer)  # type: ignore[misc]
         except Exception:
@@ -285,6 +297,14 @@ class _State:
         self.connect_rate = KeyedLimiter(limits.connect_rate.per_s, limits.connect_rate.burst)
         self.flapping = FlappingGuard(limits.flapping.max_connects, limits.flapping.window_s, limits.flapping.ban_s)
         self.live: dict[str, tuple[BrokerProtocolHandler, asyncio.Event]] = {}
+        self.gated: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+
+    def admit(self, address: str | None) -> str | None:
+        """Count a new connection in, or say why it is refused."""
+        why = self.refuse_at_accept(address)
+        if why is None:
+            self.open += 1
+        return why
 
     def refuse_at_accept(self, address: str | None) -> str | None:
         if self.open >= self.limits.max_connections:
@@ -294,6 +314,30 @@ class _State:
         if not self.connect_rate.take(address or "?"):
             return "CONNECT rate limit for this address"
         return None
+
+
+class _GatedProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, refusing a connection in `connection_made` before any task exists."""
+
+    def __init__(self, reader: asyncio.StreamReader, connected: Any, state: _State) -> None:
+        super().__init__(reader, connected)
+        self._state = state
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if peer else None
+        why = self._state.admit(address)
+        if why is not None:
+            refused(address, why)
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._state.gated.add(transport)
+        super().connection_made(transport)
+
+
+def refused(address: str | None, why: str) -> None:
+    if (suppressed := _quiet.check(f"{address} {why}")) is not None:
+        log.warning("refused MQTT connection from %s: %s (%d more since last logged)", address, why, suppressed)
 
 
 def abort(writer: WriterAdapter) -> None:
