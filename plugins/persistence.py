@@ -7,6 +7,8 @@ its durable containers by then.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -19,6 +21,7 @@ from broker.session_persistence import SessionPersistence
 __all__ = ["PersistencePlugin"]
 
 log = logging.getLogger("intercom.sessions")
+TOUCH_EVERY_S = 3600.0  # refresh `last_seen` of connected sessions, so a crash does not make them look idle
 
 
 class PersistencePlugin(BasePlugin[BrokerContext]):
@@ -27,6 +30,7 @@ class PersistencePlugin(BasePlugin[BrokerContext]):
         """No options: the session database lives in the server's data_dir, bound at start."""
 
     persistence: SessionPersistence | None = None
+    _toucher: asyncio.Task[None] | None = None
 
     def bind_persistence(self, persistence: SessionPersistence) -> None:
         self.persistence = persistence
@@ -35,13 +39,32 @@ class PersistencePlugin(BasePlugin[BrokerContext]):
         if self.persistence is not None:
             await self.persistence.restore(self.context)
 
+    async def on_broker_post_start(self) -> None:
+        if self.persistence is not None:
+            self._toucher = asyncio.create_task(self._touch_connected(self.persistence))
+
+    async def _touch_connected(self, persistence: SessionPersistence) -> None:
+        while True:
+            await asyncio.sleep(TOUCH_EVERY_S)
+            for session in list(self.context.sessions):
+                if session.transitions.state == "connected" and persistence.is_persistent(session):
+                    persistence.db.touch(str(session.client_id), session.username)
+
     async def on_broker_pre_shutdown(self) -> None:
+        if self._toucher is not None:
+            self._toucher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._toucher
         if self.persistence is not None:
             self.persistence.freeze()
 
     async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
         if self.persistence is not None:
             self.persistence.connected(client_session)
+
+    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+        if self.persistence is not None and self.persistence.is_persistent(client_session):
+            self.persistence.db.touch(client_id, client_session.username)
 
     async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
         session = self._session(client_id)

@@ -69,11 +69,16 @@ async def test_missed_control_messages_arrive_in_order(harness, party):
     assert got == [("incoming", "initiated"), ("control", "cancelled")]
 
 
-async def test_queue_and_subscriptions_survive_restart(make_harness):
+@pytest.mark.parametrize("mode", ["local-only", "authenticated"])
+async def test_queue_and_subscriptions_survive_restart(make_harness, mode):
     """Subscriptions and queued messages of an offline persistent session come back after a restart."""
-    h1 = await make_harness()
-    await _subscribe_persistent(h1, "resident-2", "users/2/#")
-    call = await h1.start_call("1")
+    h1 = await make_harness(auth={"allow_anonymous_on_loopback": mode == "local-only"})
+    creds = {} if mode == "local-only" else {"username": "2", "password": await _token(h1, "residents", "2")}
+    dev = {} if mode == "local-only" else {"Authorization": f"Bearer {await _token(h1, 'devices', '1')}"}
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    await _subscribe_persistent(h1, "resident-2", "users/2/#", **creds)
+    async with h1.http.post(h1.base + "/api/mqtt/call", json={"device_id": "1"}, headers=dev) as r:
+        call = (await r.json())["data"]
     await asyncio.sleep(0.2)
     await h1.server.stop()
     db = sqlite3.connect(h1.server.settings.server.data_dir / "sessions.db")
@@ -84,11 +89,13 @@ async def test_queue_and_subscriptions_survive_restart(make_harness):
     assert stored == [("users/2/calls/incoming",)]
 
     h2 = await make_harness(h1.server.settings)
-    async with h2.mqtt("resident-2", clean=False) as c:
+    async with h2.mqtt("resident-2", clean=False, **creds) as c:
         _, body = await _next(c, lambda t, b: t.endswith("/calls/incoming"))
         assert body["call_id"] == call["call_id"]
         # The restored subscription keeps working for new messages too.
-        await h2.post("/api/mqtt/end-session", {"call_id": call["call_id"], "reason": "test"})
+        async with h2.http.post(h2.base + "/api/mqtt/end-session", json={"call_id": call["call_id"]},
+                                headers=admin) as r:
+            assert r.status == 200
         _, body = await _next(c, lambda t, b: t.endswith("/calls/control"))
     assert body["call_info"]["call_id"] == call["call_id"]
 
