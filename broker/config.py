@@ -83,6 +83,7 @@ class AclRule(_Strict):
 
     publish: list[str] = []
     subscribe: list[str] = []
+    deny: list[str] = []  # refused for publish and subscribe even if allowed above (checked first)
 
 
 class Integrator(_Strict):
@@ -94,6 +95,8 @@ class AclConfig(_Strict):
     # Replaces the built-in table for a role when set (keys: device, resident, admin).
     roles: dict[Literal["device", "resident", "admin"], AclRule] = {}
     integrators: dict[str, Integrator] = {}
+    # Local-only mode: the rule for anonymous clients; unset = everything but `$` topics.
+    anonymous: AclRule | None = None
 
 
 class TlsConfig(_Strict):
