@@ -4,7 +4,8 @@ Patterns take `%u` (the principal's id), `%c` (the client id) and `%d` (each dev
 household). A PUBLISH topic must match a publish pattern; a SUBSCRIBE filter must be *covered* by a
 subscribe pattern (every topic the filter can match, the pattern matches too), so `flat/1/#` is not
 let through by `flat/1/+`. `$`-topics are only matched by patterns that spell the `$` level.
-Anonymous clients (local-only mode) are not restricted, except for `$SYS`. The per-client cap on
+Anonymous clients (local-only mode) are not restricted, except for `$SYS`, unless `acl.anonymous` is set.
+A rule's `deny` patterns are checked first. The per-client cap on
 subscriptions is enforced here too, since amqtt calls this plugin on every SUBSCRIBE.
 """
 
@@ -93,7 +94,13 @@ class TopicAclPlugin(BaseTopicPlugin):
         return DEFAULT_ACL.get(principal.role, AclRule())
 
     def allowed(self, principal: Principal, client_id: str, topic: str, action: Action) -> bool:
-        rule = self.rule(principal)
+        return self.allowed_by(self.rule(principal), principal, client_id, topic, action)
+
+    def allowed_by(self, rule: AclRule, principal: Principal, client_id: str, topic: str,
+                   action: Action | None) -> bool:
+        for pattern in rule.deny:
+            if any(covers(p, topic) for p in expand(pattern, principal, client_id, ())):
+                return False
         patterns = rule.publish if action is Action.PUBLISH else rule.subscribe
         for pattern in patterns:
             devices = self._household_devices(principal) if "%d" in pattern else ()
@@ -123,8 +130,12 @@ class TopicAclPlugin(BaseTopicPlugin):
         if session is None or topic is None:
             return False
         principal: Principal | None = session.attributes.get(PRINCIPAL)
-        if principal is None:
-            ok = not topic.startswith("$")  # anonymous only exists in local-only mode
+        anonymous = self.services.settings.acl.anonymous if self.services else None
+        if principal is None:  # anonymous only exists in local-only mode
+            if anonymous is None:
+                ok = not topic.startswith("$")
+            else:
+                ok = self.allowed_by(anonymous, Principal("anonymous", ""), session.client_id or "", topic, action)
         else:
             try:
                 ok = self.allowed(principal, session.client_id or "", topic, action or Action.PUBLISH)

@@ -128,3 +128,13 @@ async def test_subscriptions_per_client_are_capped(make_harness):
         assert granted(await r2.subscribe("users/2/c", qos=0)) == [128]
         await r2.unsubscribe("users/2/a")
         assert granted(await r2.subscribe("users/2/c", qos=0)) == [0]
+
+
+async def test_deny_patterns_and_an_anonymous_rule(make_harness):
+    """`acl.anonymous` restricts local-only clients, and `deny` refuses a filter a broader pattern allows."""
+    h = await make_harness(acl={"anonymous": {"publish": ["#"], "subscribe": ["#"], "deny": ["test/nosubscribe"]}})
+    async with h.mqtt("anon") as c:
+        assert granted(await c.subscribe("test/nosubscribe", qos=0)) == [128]
+        assert granted(await c.subscribe("test/other", qos=0)) == [0]
+        assert granted(await c.subscribe("#", qos=0)) == [0]
+        assert granted(await c.subscribe("$SYS/#", qos=0)) == [128]
