@@ -20,6 +20,7 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
+import websockets
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Server
 from amqtt.contexts import Action, ListenerConfig, ListenerType
@@ -87,6 +88,13 @@ class HardeningMixin:
         ssl_context: ssl.SSLContext | None,
     ) -> Any:
         context = self.tls_contexts.get(listener_name, ssl_context)
+        limits = self.limits
+        if listener_type == ListenerType.WS:
+            # amqtt's websockets.serve, with a message and handshake bound from `limits:`
+            return await websockets.serve(
+                partial(self.ws_connected, listener_name=listener_name),  # type: ignore[attr-defined]
+                address, port, ssl=context, subprotocols=[websockets.Subprotocol("mqtt")],
+                max_size=limits.max_packet_bytes, open_timeout=limits.connect_timeout_s)
         if listener_type != ListenerType.TCP:
             return await super()._create_server_instance(  # type: ignore[misc]
                 listener_name, listener_type, address, port, context)
@@ -99,7 +107,8 @@ class HardeningMixin:
         def protocol() -> _GatedProtocol:
             return _GatedProtocol(asyncio.StreamReader(loop=loop), connected, state)
 
-        return await loop.create_server(protocol, address, port, reuse_address=True, ssl=context)
+        return await loop.create_server(protocol, address, port, reuse_address=True, ssl=context,
+                                        ssl_handshake_timeout=limits.connect_timeout_s if context else None)
 
     # -- accept ---------------------------------------------------------------------------------
 

@@ -154,3 +154,24 @@ async def test_websocket_listener_is_guarded_too(harness, healthy):
         with pytest.raises(websockets.ConnectionClosed):
             await drain()
     await healthy()
+
+
+async def test_websocket_message_over_max_packet_bytes_closes_the_connection(make_harness):
+    """A WebSocket message larger than `max_packet_bytes` is refused by the WebSocket layer (close 1009)."""
+    import websockets
+
+    h = await make_harness(limits={"max_packet_bytes": 2048})
+    uri = f"ws://127.0.0.1:{h.server.ws_port}/"
+    async with websockets.connect(uri, subprotocols=[websockets.Subprotocol("mqtt")]) as ws:
+        await ws.send(connect("ws-big"))
+        assert (await asyncio.wait_for(ws.recv(), 3))[:1] == b"\x20"
+        await ws.send(publish("a/b", b"x" * 10_000))
+
+        async def drain() -> None:
+            async with asyncio.timeout(3):
+                while True:
+                    await ws.recv()
+
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await drain()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
