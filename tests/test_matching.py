@@ -144,3 +144,32 @@ def test_retained_store_mirrors_every_dict_write_into_the_tree():
     assert store.tree.find("#") == ["ab"] and dict(store) == {"a/b": "ab"}
     store.clear()
     assert store.tree.find("#") == [] and not store
+
+
+def test_light_session_states_behave_like_amqtts_transitions_machine():
+    """Every sequence of connect/disconnect gives the same states, errors and timestamps as amqtt's Machine."""
+    from transitions import MachineError
+
+    from broker.session_states import AMQTT_INIT_STATES, SessionStates, install
+
+    install()  # what FastPathMixin.__init__ does
+
+    def run(session: Session, ops: tuple[str, ...]) -> list[tuple[str, bool, bool]]:
+        out = []
+        for op in ops:
+            try:
+                getattr(session.transitions, op)()
+                failed = False
+            except MachineError:
+                failed = True
+            t = session.transitions
+            out.append((t.state, failed, t.is_connected()))
+        return out
+
+    for ops in itertools.product(("connect", "disconnect"), repeat=4):
+        ours, theirs = Session(), Session()
+        AMQTT_INIT_STATES(theirs)
+        assert isinstance(ours.transitions, SessionStates) and not isinstance(theirs.transitions, SessionStates)
+        assert run(ours, ops) == run(theirs, ops), ops
+        assert (ours.last_connect_time is None) == (theirs.last_connect_time is None)
+        assert (ours.last_disconnect_time is None) == (theirs.last_disconnect_time is None)
