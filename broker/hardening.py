@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import ssl
 import time
 import weakref
@@ -51,6 +52,7 @@ UNAVAILABLE: int = SERVER_UNAVAILABLE
 _TAKEOVER_WAIT_S = 5.0
 _quiet = LogThrottle()
 _CLOSE_WAIT_S = 2.0
+_RESERVED_FDS = 64  # sqlite, listeners, REST sockets, logs
 
 
 class HardeningMixin:
@@ -302,6 +304,7 @@ class _State:
 
     def __init__(self, limits: LimitsConfig) -> None:
         self.limits = limits
+        self.max_connections = _fd_bounded(limits.max_connections)
         self.open = 0
         self.connect_rate = KeyedLimiter(limits.connect_rate.per_s, limits.connect_rate.burst)
         self.flapping = FlappingGuard(limits.flapping.max_connects, limits.flapping.window_s, limits.flapping.ban_s)
@@ -316,8 +319,8 @@ class _State:
         return why
 
     def refuse_at_accept(self, address: str | None) -> str | None:
-        if self.open >= self.limits.max_connections:
-            return f"max_connections ({self.limits.max_connections}) reached"
+        if self.open >= self.max_connections:
+            return f"max_connections ({self.max_connections}) reached"
         if is_exempt(address, self.limits.exempt_networks):
             return None
         if not self.connect_rate.take(address or "?"):
@@ -342,6 +345,17 @@ class _GatedProtocol(asyncio.StreamReaderProtocol):
             return
         self._state.gated.add(transport)
         super().connection_made(transport)
+
+
+def _fd_bounded(max_connections: int) -> int:
+    """max_connections, lowered to fit the process's file-descriptor limit (so accept never hits EMFILE)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = soft - _RESERVED_FDS if soft != resource.RLIM_INFINITY else max_connections
+    if max_connections > room:
+        log.warning("limits.max_connections %d exceeds the open-file limit %d: using %d (raise `ulimit -n`)",
+                    max_connections, soft, max(room, 1))
+        return max(room, 1)
+    return max_connections
 
 
 def refused(address: str | None, why: str) -> None:

@@ -105,3 +105,15 @@ async def test_flapping_client_id_is_banned(make_harness):
     raw = await Raw.open(h.server.mqtt_port)
     assert await raw.connack(connect("steady")) == 0
     await raw.close()
+
+
+def test_max_connections_is_lowered_to_fit_the_file_descriptor_limit():
+    """A max_connections above `ulimit -n` is lowered, so accept() never runs out of descriptors."""
+    import resource
+
+    from broker.hardening import _fd_bounded
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert _fd_bounded(10) == 10
+    if soft != resource.RLIM_INFINITY:
+        assert _fd_bounded(soft * 2) < soft

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import ssl
 import subprocess
 from pathlib import Path
@@ -10,6 +11,8 @@ import aiomqtt
 import pytest
 
 from tests.security_helpers import Raw, connect
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make certificates")
 
 
 def _openssl(*args: str, cwd: Path) -> None:
