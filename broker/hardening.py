@@ -6,23 +6,22 @@ the packet guard (CONNECT timeout, keepalive x1.5, max packet size, malformed pa
 admission (authentication, Will-topic ACL, flapping ban), and a session adoption that only touches
 an existing session after the newcomer has authenticated. Overrides: `_client_connected`,
 `_initialize_client_session`, `_handle_client_session`, `_authenticate`, `_create_server_instance`,
-`_session_monitor`.
+`_session_monitor`. Accept-time refusals live in `broker/accept_gate.py`, packet rules in
+`broker/packet_guard.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import ssl
 import time
-import weakref
 from contextlib import suppress
 from functools import partial
 from typing import Any
 
 import websockets
-from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Server
 from amqtt.contexts import Action, ListenerConfig, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
@@ -34,9 +33,10 @@ from amqtt.session import Session
 from amqtt.utils import gen_client_id
 from transitions import MachineError
 
+from broker.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
 from broker.config import LimitsConfig
 from broker.flapping import FlappingGuard
-from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
+from broker.limiter import is_exempt
 from broker.packet_guard import GuardedReader, GuardLimits
 
 __all__ = ["REFUSAL", "HardeningMixin"]
@@ -50,9 +50,6 @@ ACCEPTED: int = CONNECTION_ACCEPTED
 REFUSED: int = NOT_AUTHORIZED
 UNAVAILABLE: int = SERVER_UNAVAILABLE
 _TAKEOVER_WAIT_S = 5.0
-_quiet = LogThrottle()
-_CLOSE_WAIT_S = 2.0
-_RESERVED_FDS = 64  # sqlite, listeners, REST sockets, logs
 
 
 class HardeningMixin:
@@ -81,7 +78,7 @@ class HardeningMixin:
     @property
     def open_connections(self) -> int:
         """MQTT connections currently open (all listeners), as counted for `limits.max_connections`."""
-        return self._hardening().open
+        return self._hardening().gate.open
 
     # -- listeners ------------------------------------------------------------------------------
 
@@ -103,11 +100,11 @@ class HardeningMixin:
         # amqtt's asyncio.start_server, with the accept-time refusals done in connection_made: a refused
         # socket costs no stream objects and no task (what makes a CONNECT flood cheap).
         loop = asyncio.get_running_loop()
-        state = self._hardening()
+        gate = self._hardening().gate
         connected = partial(self.stream_connected, listener_name=listener_name)  # type: ignore[attr-defined]
 
-        def protocol() -> _GatedProtocol:
-            return _GatedProtocol(asyncio.StreamReader(loop=loop), connected, state)
+        def protocol() -> GatedProtocol:
+            return GatedProtocol(asyncio.StreamReader(loop=loop), connected, gate)
 
         return await loop.create_server(protocol, address, port, reuse_address=True, ssl=context,
                                         ssl_handshake_timeout=limits.connect_timeout_s if context else None)
@@ -118,11 +115,11 @@ class HardeningMixin:
         state = self._hardening()
         peer = writer.get_peer_info()
         address = peer[0] if peer else None
+        gate = state.gate
         transport = getattr(getattr(writer, "_writer", None), "transport", None)
-        if transport is not None and transport in state.gated:
-            state.gated.discard(transport)  # admitted in connection_made already
-        elif (why := state.admit(address)) is not None:
-            refused(address, why)
+        if transport is not None and transport in gate.gated:
+            gate.gated.discard(transport)  # admitted in connection_made already
+        elif gate.admit(address) is not None:
             abort(writer)
             return
         limits = self.limits
@@ -134,7 +131,7 @@ class HardeningMixin:
         except Exception:
             log.debug("MQTT connection from %s ended with an error", address, exc_info=True)
         finally:
-            state.open -= 1
+            gate.release()
             guard.close()
             await close_writer(writer)
 
@@ -300,82 +297,9 @@ class HardeningMixin:
 
 
 class _State:
-    """Counters and limiters of one broker."""
+    """Connection-lifecycle state of one broker."""
 
     def __init__(self, limits: LimitsConfig) -> None:
-        self.limits = limits
-        self.max_connections = _fd_bounded(limits.max_connections)
-        self.open = 0
-        self.connect_rate = KeyedLimiter(limits.connect_rate.per_s, limits.connect_rate.burst)
+        self.gate = AcceptGate(limits)
         self.flapping = FlappingGuard(limits.flapping.max_connects, limits.flapping.window_s, limits.flapping.ban_s)
         self.live: dict[str, tuple[BrokerProtocolHandler, asyncio.Event]] = {}
-        self.gated: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
-
-    def admit(self, address: str | None) -> str | None:
-        """Count a new connection in, or say why it is refused."""
-        why = self.refuse_at_accept(address)
-        if why is None:
-            self.open += 1
-        return why
-
-    def refuse_at_accept(self, address: str | None) -> str | None:
-        if self.open >= self.max_connections:
-            return f"max_connections ({self.max_connections}) reached"
-        if is_exempt(address, self.limits.exempt_networks):
-            return None
-        if not self.connect_rate.take(address or "?"):
-            return "CONNECT rate limit for this address"
-        return None
-
-
-class _GatedProtocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, refusing a connection in `connection_made` before any task exists."""
-
-    def __init__(self, reader: asyncio.StreamReader, connected: Any, state: _State) -> None:
-        super().__init__(reader, connected)
-        self._state = state
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        address = peer[0] if peer else None
-        why = self._state.admit(address)
-        if why is not None:
-            refused(address, why)
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self._state.gated.add(transport)
-        super().connection_made(transport)
-
-
-def _fd_bounded(max_connections: int) -> int:
-    """max_connections, lowered to fit the process's file-descriptor limit (so accept never hits EMFILE)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    room = soft - _RESERVED_FDS if soft != resource.RLIM_INFINITY else max_connections
-    if max_connections > room:
-        log.warning("limits.max_connections %d exceeds the open-file limit %d: using %d (raise `ulimit -n`)",
-                    max_connections, soft, max(room, 1))
-        return max(room, 1)
-    return max_connections
-
-
-def refused(address: str | None, why: str) -> None:
-    if (suppressed := _quiet.check(f"{address} {why}")) is not None:
-        log.warning("refused MQTT connection from %s: %s (%d more since last logged)", address, why, suppressed)
-
-
-def abort(writer: WriterAdapter) -> None:
-    """Drop a connection we refuse at accept: no graceful close to wait for."""
-    if isinstance(writer, StreamWriterAdapter):
-        writer.is_closed = True
-        writer._writer.transport.abort()  # amqtt's adapter exposes no abort()
-    else:
-        asyncio.ensure_future(close_writer(writer))  # noqa: RUF006 - fire and forget; close_writer never raises
-
-
-async def close_writer(writer: WriterAdapter) -> None:
-    """Close a client connection without waiting on a peer that does not read."""
-    try:
-        await asyncio.wait_for(writer.close(), _CLOSE_WAIT_S)
-    except Exception:  # the peer is going away; any failure here means "closed"
-        if isinstance(writer, StreamWriterAdapter):
-            writer._writer.transport.abort()  # amqtt's adapter exposes no abort()

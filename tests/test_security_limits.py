@@ -111,9 +111,9 @@ def test_max_connections_is_lowered_to_fit_the_file_descriptor_limit():
     """A max_connections above `ulimit -n` is lowered, so accept() never runs out of descriptors."""
     import resource
 
-    from broker.hardening import _fd_bounded
+    from broker.accept_gate import fd_bounded
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert _fd_bounded(10) == 10
+    assert fd_bounded(10) == 10
     if soft != resource.RLIM_INFINITY:
-        assert _fd_bounded(soft * 2) < soft
+        assert fd_bounded(soft * 2) < soft

@@ -1,0 +1,102 @@
+"""Accept-time refusals: max connections (fitted to `ulimit -n`) and the per-address CONNECT rate.
+
+`GatedProtocol` applies them in `connection_made`, so a refused TCP socket costs no stream objects
+and no task; the WebSocket listener goes through `AcceptGate.admit` from `_client_connected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import weakref
+from typing import Any
+
+from amqtt.adapters import StreamWriterAdapter, WriterAdapter
+
+from broker.config import LimitsConfig
+from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
+
+__all__ = ["AcceptGate", "GatedProtocol", "abort", "close_writer", "fd_bounded"]
+
+log = logging.getLogger("intercom.hardening")
+_quiet = LogThrottle()
+_CLOSE_WAIT_S = 2.0
+_RESERVED_FDS = 64  # sqlite, listeners, REST sockets, logs
+
+
+class AcceptGate:
+    """Open-connection count and the per-address CONNECT bucket of one broker."""
+
+    def __init__(self, limits: LimitsConfig) -> None:
+        self.limits = limits
+        self.max_connections = fd_bounded(limits.max_connections)
+        self.open = 0
+        self.connect_rate = KeyedLimiter(limits.connect_rate.per_s, limits.connect_rate.burst)
+        self.gated: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()  # admitted by GatedProtocol
+
+    def admit(self, address: str | None) -> str | None:
+        """Count a new connection in, or say why it is refused (and log that, throttled)."""
+        why = self._refusal(address)
+        if why is None:
+            self.open += 1
+        elif (suppressed := _quiet.check(f"{address} {why}")) is not None:
+            log.warning("refused MQTT connection from %s: %s (%d more since last logged)", address, why, suppressed)
+        return why
+
+    def release(self) -> None:
+        self.open -= 1
+
+    def _refusal(self, address: str | None) -> str | None:
+        if self.open >= self.max_connections:
+            return f"max_connections ({self.max_connections}) reached"
+        if is_exempt(address, self.limits.exempt_networks):
+            return None
+        if not self.connect_rate.take(address or "?"):
+            return "CONNECT rate limit for this address"
+        return None
+
+
+class GatedProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, refusing a connection in `connection_made` before any task exists."""
+
+    def __init__(self, reader: asyncio.StreamReader, connected: Any, gate: AcceptGate) -> None:
+        super().__init__(reader, connected)
+        self._gate = gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if self._gate.admit(peer[0] if peer else None) is not None:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._gate.gated.add(transport)
+        super().connection_made(transport)
+
+
+def fd_bounded(max_connections: int) -> int:
+    """max_connections, lowered to fit the process's file-descriptor limit (so accept never hits EMFILE)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = soft - _RESERVED_FDS if soft != resource.RLIM_INFINITY else max_connections
+    if max_connections > room:
+        log.warning("limits.max_connections %d exceeds the open-file limit %d: using %d (raise `ulimit -n`)",
+                    max_connections, soft, max(room, 1))
+        return max(room, 1)
+    return max_connections
+
+
+def abort(writer: WriterAdapter) -> None:
+    """Drop a connection we refuse at accept: no graceful close to wait for."""
+    if isinstance(writer, StreamWriterAdapter):
+        writer.is_closed = True
+        writer._writer.transport.abort()  # amqtt's adapter exposes no abort()
+    else:
+        asyncio.ensure_future(close_writer(writer))  # noqa: RUF006 - fire and forget; close_writer never raises
+
+
+async def close_writer(writer: WriterAdapter) -> None:
+    """Close a client connection without waiting on a peer that does not read."""
+    try:
+        await asyncio.wait_for(writer.close(), _CLOSE_WAIT_S)
+    except Exception:  # the peer is going away; any failure here means "closed"
+        if isinstance(writer, StreamWriterAdapter):
+            writer._writer.transport.abort()  # amqtt's adapter exposes no abort()
