@@ -72,6 +72,24 @@ else:
 __all__ = ["FastPathMixin"]
 
 
+class _SessionTable(dict[str, tuple[Session, Any]]):
+    """amqtt's `_sessions`; registering a (session, handler) pair also prepares the handler."""
+
+    def __init__(self, on_register: Callable[[Any, Session], None]) -> None:
+        super().__init__()
+        self._on_register = on_register
+
+    def __setitem__(self, client_id: str, entry: tuple[Session, Any]) -> None:
+        super().__setitem__(client_id, entry)
+        self._on_register(entry[1], entry[0])
+
+
+def _whole_packets(reader: Any) -> bool:
+    from broker.packet_guard import GuardedReader  # the hardening layer's reader: whole, validated packets
+
+    return isinstance(reader, GuardedReader) or bool(getattr(reader, "whole_packets", False))
+
+
 _HANDLERS = {SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe", PUBACK: "handle_puback",
              PUBREC: "handle_pubrec", PUBREL: "handle_pubrel", PUBCOMP: "handle_pubcomp", PINGREQ: "handle_pingreq",
              PINGRESP: "handle_pingresp", PUBLISH: "handle_publish", DISCONNECT: "handle_disconnect"}
@@ -105,6 +123,7 @@ class FastPathMixin(_Base):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         session_states.install()  # amqtt's per-Session transitions.Machine: ~1.5 ms and ~23 KB each
         super().__init__(*args, **kwargs)
+        self._sessions = _SessionTable(self._prepare_handler)
         self._retained_messages: RetainedStore[RetainedApplicationMessage] = RetainedStore()  # type: ignore[assignment]
         self._index: SubscriptionIndex[Session] = SubscriptionIndex()
         self._outlets: dict[str, Outlet] = {}
@@ -168,11 +187,12 @@ class FastPathMixin(_Base):
         """Hook for `_handle_client_session`, after `handler.attach()` and before `handler.start()`.
 
         Installs `_fast_reader_loop` as this handler's reader. Only for readers that hand out whole
-        packets (`whole_packets = True`, e.g. HardeningMixin's GuardedReader), so no read ever waits
-        in the middle of a packet.
+        packets (HardeningMixin's GuardedReader, or any reader with `whole_packets = True`), so no read
+        ever waits in the middle of a packet. `_SessionTable` calls it when amqtt (or HardeningMixin)
+        registers the connection in `_sessions`, which both do between `attach()` and `start()`.
         """
         h: Any = handler
-        if h._reader_task is None and getattr(h.reader, "whole_packets", False):
+        if h._reader_task is None and _whole_packets(h.reader) and "_reader_loop" not in vars(h):
             h._reader_loop = lambda: self._fast_reader_loop(session, handler)
 
     async def _fast_reader_loop(self, session: Session, handler: BrokerProtocolHandler) -> None:

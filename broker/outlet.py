@@ -31,7 +31,7 @@ class DeliveryLimits:
     """Per-connection bounds; `broker.yaml`'s `delivery:` section fills them."""
 
     max_inflight: int = 100
-    max_queued: int = 1000
+    max_queued: int = 10_000
     write_buffer_bytes: int = 256 * 1024
 
 
@@ -93,12 +93,14 @@ class CoalescingWriter(WriterAdapter):
         data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
         self._buf.clear()
         self._pending = 0
-        if self._tcp:
+        if self.transport is not None and self.transport.is_closing():
+            return  # the peer is gone (or was cut off): nothing more can be sent
+        try:
             self.inner.write(data)
-        else:
-            self.inner.write(data)
-            if self._sender is None or self._sender.done():
-                self._sender = asyncio.ensure_future(self._send_ws())
+        except (OSError, RuntimeError):  # uvloop raises RuntimeError on a closed handle
+            return
+        if not self._tcp and (self._sender is None or self._sender.done()):
+            self._sender = asyncio.ensure_future(self._send_ws())
 
     async def _send_ws(self) -> None:
         with contextlib.suppress(Exception):
