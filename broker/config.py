@@ -58,6 +58,7 @@ class LimitsConfig(_Strict):
     max_packet_bytes: int = Field(64 * 1024, ge=1024, le=256 * 1024 * 1024)
     connect_timeout_s: float = Field(10.0, gt=0, le=600)
     keepalive_factor: float = Field(1.5, ge=1.0, le=10)
+    max_keepalive_s: int = Field(3600, ge=1, le=65535)
     max_connections: int = Field(10_000, ge=1)
     max_subscriptions_per_client: int = Field(32, ge=1)
     max_inflight_messages: int = Field(32, ge=1, le=65535)
@@ -134,7 +135,7 @@ class DeliveryConfig(_Strict):
     """Outgoing messages per MQTT connection (broker/outlet.py): the QoS 1 window and the backlog bound."""
 
     max_inflight: int = Field(100, ge=1, le=65535)
-    max_queued: int = Field(1000, ge=1, le=1_000_000)
+    max_queued: int = Field(10_000, ge=1, le=1_000_000)
     write_buffer_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
