@@ -172,6 +172,7 @@ class Soak:
         self.first_incoming: dict[str, float] = {}
         self.setup_latency: list[float] = []
         self.errors: Counter[str] = Counter()
+        self.warnings: Counter[str] = Counter()  # server WARNING lines by logger, for the summary
         self.outcomes: Counter[str] = Counter()
         self.drops = 0
         self.proc: asyncio.subprocess.Process | None = None
@@ -237,6 +238,8 @@ class Soak:
         echo = 0  # lines of the first error's traceback still to print
         async for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
+            if " WARNING " in line:
+                self.warnings[line.split(" WARNING ", 1)[1].split(":", 1)[0]] += 1
             if line[:4].isdigit() and (" ERROR " in line or " CRITICAL " in line):
                 self.errors["server ERROR log line"] += 1
                 echo = 20 if self.errors["server ERROR log line"] == 1 else 0
@@ -442,6 +445,7 @@ class Soak:
         print(f"  messages still held by the server after the drain: {len(stuck)}")
         print(f"  server RSS: start {rss_start:.1f} MB, end {rss_end:.1f} MB")
         print(f"  errors: {dict(self.errors) or 'none'}")
+        print(f"  server warnings by logger: {dict(self.warnings.most_common(6)) or 'none'}")
         for line in wrong[:5] + samples[:10] + stuck[:10]:
             print("   ", line)
         ok = lost == 0 and dup == 0 and not wrong and not self.errors and n_calls > 0
