@@ -124,7 +124,8 @@ class HardeningMixin:
             return
         limits = self.limits
         guard = GuardedReader(reader, GuardLimits(limits.max_packet_bytes, limits.connect_timeout_s,
-                                                  limits.keepalive_factor, limits.max_inflight_messages),
+                                                  limits.keepalive_factor, limits.max_inflight_messages,
+                                                  limits.max_keepalive_s),
                               peer=f"{address}:{peer[1] if peer else '?'}")
         try:
             await super()._client_connected(listener_name, guard, writer)  # type: ignore[misc]

@@ -46,6 +46,7 @@ class GuardLimits:
     connect_timeout_s: float = 10.0
     keepalive_factor: float = 1.5
     max_inflight_messages: int = 32
+    max_keepalive_s: int = 3600
 
 
 class _Cursor:
@@ -204,8 +205,12 @@ class GuardedReader(ReaderAdapter):
         self.reason: str | None = None
 
     def start_session(self, keepalive_s: int, inflight: asyncio.Queue[object]) -> None:
-        """CONNECT accepted: switch from the CONNECT timeout to keepalive x factor."""
-        self.keepalive_s = keepalive_s
+        """CONNECT accepted: switch from the CONNECT timeout to keepalive x factor.
+
+        A keepalive of 0 (MQTT: no keepalive) or above `max_keepalive_s` is enforced as
+        `max_keepalive_s`, so a connection can never idle forever."""
+        cap = self._limits.max_keepalive_s
+        self.keepalive_s = keepalive_s if 0 < keepalive_s <= cap else cap
         self.inflight = inflight
         self._arm()
 

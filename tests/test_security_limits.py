@@ -117,3 +117,14 @@ def test_max_connections_is_lowered_to_fit_the_file_descriptor_limit():
     assert fd_bounded(10) == 10
     if soft != resource.RLIM_INFINITY:
         assert fd_bounded(soft * 2) < soft
+
+
+async def test_keepalive_zero_is_enforced_as_max_keepalive(make_harness):
+    """A client asking for no keepalive (0) is still dropped after `max_keepalive_s` x 1.5 of silence."""
+    h = await make_harness(limits={"max_keepalive_s": 1})
+    raw = await Raw.open(h.server.mqtt_port)
+    assert await raw.connack(connect("forever", keepalive=0)) == 0
+    t0 = time.perf_counter()
+    assert await raw.closed(4)
+    assert 1.0 <= time.perf_counter() - t0 < 3.0
+    await raw.close()
