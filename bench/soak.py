@@ -11,7 +11,8 @@ random TCP connections and reconnects them 0.2-3 s later (some past the party-of
 The oracle is the server's own sqlite history: every persisted transition is replayed through the pure
 state machine (`broker.states`) to get the notifications each party must have received; they are
 compared with what each client actually received. Exits 1 if any notification was lost, delivered twice
-without the MQTT DUP flag, any call is left unended or disagrees with its replay, or any request got a 5xx.
+without the MQTT DUP flag, any call is left unended or disagrees with its replay, or any request got a 5xx
+(with --strict-log, also if the server logged an ERROR).
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ class Soak:
         self.proc: asyncio.subprocess.Process | None = None
         self.stop_at = 0.0
         self.clean = False  # self-check mode: clean sessions must make drops lose messages
+        self.strict_log = False  # also fail when the server logs an ERROR
         self._log_task: asyncio.Task[None] | None = None
 
     def site(self) -> list[dict[str, Any]]:
@@ -448,7 +450,12 @@ class Soak:
         print(f"  server warnings by logger: {dict(self.warnings.most_common(6)) or 'none'}")
         for line in wrong[:5] + samples[:10] + stuck[:10]:
             print("   ", line)
+        log_errors = self.errors.pop("server ERROR log line", 0)
+        if log_errors:
+            print(f"  server logged {log_errors} ERROR lines (first one above)"
+                  + ("" if self.strict_log else "; not a failure without --strict-log"))
         ok = lost == 0 and dup == 0 and not wrong and not self.errors and n_calls > 0
+        ok = ok and not (self.strict_log and log_errors)
         print("soak: PASS" if ok else "soak: FAIL")
         return 0 if ok else 1
 
@@ -458,6 +465,7 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="how long calls are started (default 10)")
     p.add_argument("--households", type=int, default=200, help="households (default 200)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--strict-log", action="store_true", help="also fail if the server logs an ERROR line")
     p.add_argument(
         "--clean-sessions",
         action="store_true",
@@ -468,6 +476,7 @@ def main() -> int:
         p.error("--minutes must be in (0, 1440], --households in [1, 999]")
     soak = Soak(args.households, args.minutes, args.seed)
     soak.clean = args.clean_sessions
+    soak.strict_log = args.strict_log
     return asyncio.run(soak.run())
 
 
