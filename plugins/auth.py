@@ -2,8 +2,10 @@
 
 Anonymous only in local-only mode. Token checks run off the event loop (PBKDF2) and compare in
 constant time. Failed attempts are rate limited per source address and per username; once a bucket
-is empty, further attempts are refused without hashing. The client id is bound to the principal:
-`{role}-{id}` (or `{role}-{id}/<suffix>`), so no one can take over another party's session.
+is empty, further attempts are refused without hashing. Successful logins are rate limited per
+principal (`limits.connect_rate`), since one principal may use many client ids. The client id is
+bound to the principal: `{role}-{id}` (or `{role}-{id}/<suffix>`), so no one can take over another
+party's session.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from amqtt.mqtt.connack import IDENTIFIER_REJECTED
+from amqtt.mqtt.connack import IDENTIFIER_REJECTED, SERVER_UNAVAILABLE
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
@@ -47,12 +49,15 @@ class IntercomAuthPlugin(BaseAuthPlugin):
     services: Services | None = None
     _per_ip: KeyedLimiter | None = None
     _per_user: KeyedLimiter | None = None
+    _connects: KeyedLimiter | None = None  # successful logins per principal
 
     def bind(self, services: Services) -> None:
         self.services = services
         rate = services.settings.limits.auth_failures
         self._per_ip = KeyedLimiter(rate.per_s, rate.burst)
         self._per_user = KeyedLimiter(rate.per_s, rate.burst)
+        connects = services.settings.limits.connect_rate
+        self._connects = KeyedLimiter(connects.per_s, connects.burst)
 
     async def authenticate(self, *, session: Session) -> bool | None:
         svc = self.services
@@ -80,6 +85,12 @@ class IntercomAuthPlugin(BaseAuthPlugin):
             log.warning("refused CONNECT of %s %s: client id %r is not %r", principal.role, principal.id,
                         session.client_id, bound_client_id(principal))
             session.attributes[REFUSAL] = IDENTIFIER_REJECTED
+            return False
+        if self._connects is not None and not self._connects.take(f"{principal.role}:{principal.id}"):
+            if (n := _quiet.check(f"rate {principal.role}:{principal.id}")) is not None:
+                log.warning("refused CONNECT of %s %s: CONNECT rate limit for this principal (%d more since last "
+                            "logged)", principal.role, principal.id, n)
+            session.attributes[REFUSAL] = SERVER_UNAVAILABLE
             return False
         session.attributes[PRINCIPAL] = principal
         return True

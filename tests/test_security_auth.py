@@ -157,3 +157,11 @@ async def test_failed_logins_from_one_address_are_limited_across_usernames(make_
     for who in ("2", "3", "4"):
         assert await rc(h, f"resident-{who}", who, f"resident.{who}.wrongwrongwrongwrongwrong") == 5
     assert await rc(h, "device-1", "1", t["device-1"]) == 5
+
+
+async def test_successful_logins_are_rate_limited_per_principal(make_harness):
+    """Past `connect_rate.burst` logins, resident 2 gets CONNACK 3 whatever client-id suffix it uses."""
+    h, t = await secure_harness(make_harness, limits={"connect_rate": {"per_s": 0.01, "burst": 3}})
+    codes = [await rc(h, f"resident-2/{i}", "2", t["resident-2"]) for i in range(4)]
+    assert codes == [0, 0, 0, 3]
+    assert await rc(h, "resident-3", "3", t["resident-3"]) == 0
