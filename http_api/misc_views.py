@@ -31,7 +31,17 @@ async def device_status(request: web.Request) -> web.Response:
 
 
 async def get_device_status(request: web.Request) -> web.Response:
-    return ok(request.app[SERVICES].status.get(request.match_info["device_id"]))
+    """Admin and anonymous-local callers read any device; a resident its household's; a device itself."""
+    svc = request.app[SERVICES]
+    device_id = request.match_info["device_id"]
+    p = principal(request)
+    if p is not None and p.role == "resident":
+        household = svc.directory.device(device_id)["household_number"]
+        if svc.directory.resident(p.id)["household_number"] != household:
+            raise Forbidden(f"resident {p.id} may not read devices of household {household}")
+    elif p is not None and p.role == "device" and p.id != device_id:
+        raise Forbidden(f"device {p.id} may not read device {device_id}'s status")
+    return ok(svc.status.get(device_id))
 
 
 async def system_message(request: web.Request) -> web.Response:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import ADMIN
 from tests.security_helpers import secure_harness
 
@@ -36,8 +34,6 @@ async def test_loopback_is_exempt_from_address_limits_by_default(make_harness):
     assert statuses == [200] * 5
 
 
-@pytest.mark.xfail(strict=True, reason="http_api/misc_views.get_device_status has no household check: any principal "
-                                       "reads any device's status over REST (MQTT's ACL refuses the same read)")
 async def test_resident_cannot_read_another_households_device_status_over_rest(make_harness):
     """Resident 4 (household 102) gets 403 for device 1's status (household 101); resident 2 gets it."""
     h, t = await secure_harness(make_harness)
