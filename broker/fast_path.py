@@ -5,9 +5,12 @@ What changes against amqtt (each override names the method it replaces, so it ca
 * Matching: `SubscriptionIndex` finds the subscribers of a topic in O(topic levels) instead of testing
   every filter (`_run_broadcast`); subscribe, unsubscribe and disconnect cleanup touch only the session's
   own filters (`add_subscription`, `_del_subscription`, `_del_all_subscriptions`).
-* Delivery: a client PUBLISH is routed inside the reader's packet task, synchronously, straight into each
-  subscriber's `Outlet` (no delivered-message queue, no broadcast queue, no task or future per
-  subscriber). Delivered QoS is min(publisher QoS, granted QoS) (amqtt used the subscriber's QoS).
+* Delivery: a client PUBLISH is routed synchronously, straight into each subscriber's `Outlet` (no
+  delivered-message queue, no broadcast queue, no task or future per subscriber). Delivered QoS is
+  min(publisher QoS, granted QoS) (amqtt used the subscriber's QoS).
+* Reading: for readers that hand out whole packets (HardeningMixin's GuardedReader), `_fast_reader_loop`
+  replaces amqtt's `_reader_loop`: PUBLISH (QoS 0/1) and PUBACK are decoded from bytes and handled in
+  place, without amqtt's `wait_for` task and `handle_*` task per packet; other packets take amqtt's path.
 * Retained: `RetainedStore` keeps a topic tree, so a subscription finds its retained messages without
   scanning them all; on connect a session gets only the retained messages of *its own* subscriptions
   (amqtt sent every client the retained messages of every client's subscriptions).

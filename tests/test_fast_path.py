@@ -159,6 +159,16 @@ async def test_delivered_qos_is_the_lower_of_publisher_and_subscriber(harness, p
         assert [m.qos for m in msgs] == [expected]
 
 
+async def test_qos2_goes_through_amqtts_own_flow_and_arrives_once(harness):
+    """A QoS 2 PUBLISH (not decoded by the fast reader) completes its 4-packet flow and is delivered once at QoS 2."""
+    async with harness.mqtt("resident-2") as sub, harness.mqtt("device-1") as pub:
+        await sub.subscribe("users/2/#", qos=2)
+        await pub.publish("users/2/exactly-once", b"2", qos=2, timeout=5)
+        await pub.publish("users/2/marker", b"m", qos=2, timeout=5)  # same QoS: ordered after the first
+        msgs = await until_marker(sub, "users/2/marker")
+        assert [(str(m.topic), m.qos) for m in msgs] == [("users/2/exactly-once", 2), ("users/2/marker", 2)]
+
+
 async def test_server_messages_are_downgraded_for_a_qos0_subscriber(harness):
     """The call service publishes at QoS 1; a QoS 0 subscriber receives QoS 0."""
     async with harness.mqtt("resident-2") as sub:
