@@ -471,7 +471,7 @@ class FastPathMixin(_Base):
             log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
             self._spawn(handler.handle_connection_closed())
             return False
-        if hooks.filter_topics and not await self._topic_filtering(session, topic=topic, action=Action.PUBLISH):
+        if not await self._allowed(session, topic, Action.PUBLISH):
             log.info("%s not allowed to publish to %s", session.client_id, topic)
             return True
         if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
@@ -510,13 +510,21 @@ class FastPathMixin(_Base):
 
     # ---- subscriptions --------------------------------------------------------------------------
 
+    async def _allowed(self, session: Session, topic: str, action: Action) -> bool:
+        """amqtt's `_topic_filtering` verdict, computed without tasks when every ACL plugin is synchronous."""
+        hooks = self._plugin_hooks()
+        if not hooks.filter_topics:
+            return True
+        if hooks.receive_async:
+            return await self._topic_filtering(session, topic, action)
+        return all(check(session, topic, action) for check in hooks.sync_checks)
+
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         """amqtt's checks, then the index; a repeated SUBSCRIBE replaces the QoS [MQTT-3.8.4-3]."""
         topic_filter, qos = subscription
         if not valid_filter(topic_filter):
             return _SUBACK_FAILURE
-        if self._plugin_hooks().filter_topics and not await self._topic_filtering(session, topic_filter,
-                                                                                    Action.SUBSCRIBE):
+        if not await self._allowed(session, topic_filter, Action.SUBSCRIBE):
             return _SUBACK_FAILURE
         max_qos = self.config.get("max-qos", qos)
         qos = min(qos, max_qos if isinstance(max_qos, int) else qos)
