@@ -111,7 +111,8 @@ class CoalescingWriter(WriterAdapter):
         await self.inner.drain()
 
     def get_peer_info(self) -> tuple[str, int] | None:
-        return self.inner.get_peer_info()
+        info: tuple[str, int] | None = self.inner.get_peer_info()
+        return info
 
     def get_ssl_info(self) -> Any:
         return self.inner.get_ssl_info()

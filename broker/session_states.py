@@ -51,7 +51,7 @@ class SessionStates:
 
 
 def _init_states(self: Session) -> None:
-    self.transitions = SessionStates(self)  # type: ignore[assignment]
+    self.transitions = SessionStates(self)
 
 
 def install() -> None:

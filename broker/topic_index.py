@@ -8,7 +8,7 @@ are not matched by a filter whose first level is `+` or `#`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter"]
 
@@ -202,9 +202,9 @@ class RetainedTree(Generic[V]):
                     continue
                 self._find(child, levels, i + 1, out)
             return
-        child = node.children.get(level)
-        if child is not None:
-            self._find(child, levels, i + 1, out)
+        nxt = node.children.get(level)
+        if nxt is not None:
+            self._find(nxt, levels, i + 1, out)
 
 
 def _all_values(node: _RetNode[V]) -> Iterator[V]:
@@ -239,6 +239,6 @@ class RetainedStore(dict[str, V]):
         super().clear()
         self.tree.clear()
 
-    def update(self, *args: object, **kwargs: V) -> None:  # type: ignore[override]
-        for topic, value in dict(*args, **kwargs).items():  # type: ignore[call-overload]
+    def update(self, *args: Any, **kwargs: V) -> None:
+        for topic, value in dict(*args, **kwargs).items():
             self[topic] = value
