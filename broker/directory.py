@@ -26,17 +26,35 @@ class Directory:
         self._admin_token = admin_token
         # sha256(token) -> principal: a REST call must not pay PBKDF2 each time.
         self._verified: dict[bytes, Principal] = {}
+        # The directory is small and read on every call: serve reads from memory, write through.
+        self._rows: dict[str, dict[str, dict[str, Any]]] = {
+            kind: {r[pk]: r for r in store.rows(kind)} for kind, pk in DIRECTORY.items()
+        }
+
+    # the write-through cache ---------------------------------------------------------------
+
+    def _get(self, kind: str, ident: str) -> dict[str, Any] | None:
+        return self._rows[kind].get(ident)
+
+    def _members(self, kind: str, household_number: str | None) -> list[dict[str, Any]]:
+        rows = self._rows[kind].values()
+        picked = rows if household_number is None else [r for r in rows if r["household_number"] == household_number]
+        return sorted(picked, key=lambda r: r[DIRECTORY[kind]])
+
+    def _put(self, kind: str, row: dict[str, Any]) -> None:
+        self.store.put(kind, row)
+        self._rows[kind][row[DIRECTORY[kind]]] = row
 
     # reads ---------------------------------------------------------------------------------
 
     def get(self, kind: str, ident: str) -> dict[str, Any]:
-        row = self.store.get(kind, ident)
+        row = self._get(kind, ident)
         if row is None:
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
         return _public(row)
 
     def list_all(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
-        return [_public(r) for r in self.store.rows(kind, household_number)]
+        return [_public(r) for r in self._members(kind, household_number)]
 
     def device(self, device_id: str) -> dict[str, Any]:
         return self.get("devices", device_id)
@@ -45,41 +63,44 @@ class Directory:
         return self.get("residents", resident_id)
 
     def resident_ids(self, household_number: str) -> list[str]:
-        return [r["resident_id"] for r in self.store.rows("residents", household_number)]
+        return [r["resident_id"] for r in self._members("residents", household_number)]
 
     # writes --------------------------------------------------------------------------------
 
     def add_household(self, household_number: str, name: str | None) -> dict[str, Any]:
-        if self.store.get("households", household_number) is not None:
+        if self._get("households", household_number) is not None:
             raise Conflict(f"household '{household_number}' already exists")
         row = {"household_number": household_number, "name": name, "created_at": time.time()}
-        self.store.put("households", row)
+        self._put("households", row)
         return _public(row)
 
     def add_member(self, kind: str, ident: str, household_number: str, name: str | None) -> dict[str, Any]:
         """Create a resident or device and return it with its token, shown this once."""
-        if self.store.get("households", household_number) is None:
+        if self._get("households", household_number) is None:
             raise NotFound(f"household '{household_number}' not found")
-        if self.store.get(kind, ident) is not None:
+        if self._get(kind, ident) is not None:
             raise Conflict(f"{SINGULAR[kind]} '{ident}' already exists")
         token = new_token(SINGULAR[kind], ident)
         row = {DIRECTORY[kind]: ident, "household_number": household_number, "name": name,
                "token_hash": hash_token(token, self.iterations), "created_at": time.time()}
-        self.store.put(kind, row)
+        self._put(kind, row)
         return {DIRECTORY[kind]: ident, "household_number": household_number, "token": token}
 
     def reissue_token(self, kind: str, ident: str) -> dict[str, Any]:
         row = self.get(kind, ident)
         token = new_token(SINGULAR[kind], ident)
-        self.store.set_token_hash(kind, ident, hash_token(token, self.iterations))
+        token_hash = hash_token(token, self.iterations)
+        self.store.set_token_hash(kind, ident, token_hash)
+        self._rows[kind][ident] = {**self._rows[kind][ident], "token_hash": token_hash}
         self._forget(SINGULAR[kind], ident)
         return {DIRECTORY[kind]: ident, "household_number": row["household_number"], "token": token}
 
     def delete(self, kind: str, ident: str) -> None:
-        if kind == "households" and (self.store.rows("residents", ident) or self.store.rows("devices", ident)):
+        if kind == "households" and (self._members("residents", ident) or self._members("devices", ident)):
             raise Conflict(f"household '{ident}' still has residents or devices; delete them first")
         if not self.store.delete(kind, ident):
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
+        self._rows[kind].pop(ident, None)
         if kind != "households":
             self._forget(SINGULAR[kind], ident)
 
@@ -87,15 +108,15 @@ class Directory:
         """Declare broker.yaml's `site:` directory; existing rows (and their tokens) are kept."""
         now = time.time()
         for hh in site.households:
-            if self.store.get("households", hh.household_number) is None:
-                self.store.put("households", {"household_number": hh.household_number, "name": hh.name,
+            if self._get("households", hh.household_number) is None:
+                self._put("households", {"household_number": hh.household_number, "name": hh.name,
                                               "created_at": now})
             for kind, members in (("residents", hh.residents), ("devices", hh.devices)):
                 for m in members:
                     ident = m.resident_id if kind == "residents" else m.device_id  # type: ignore[union-attr]
-                    existing = self.store.get(kind, ident)
+                    existing = self._get(kind, ident)
                     if existing is None:
-                        self.store.put(kind, {DIRECTORY[kind]: ident, "household_number": hh.household_number,
+                        self._put(kind, {DIRECTORY[kind]: ident, "household_number": hh.household_number,
                                               "name": m.name, "token_hash": None, "created_at": now})
                     elif existing["household_number"] != hh.household_number:
                         raise BadRequest(f"site: {SINGULAR[kind]} '{ident}' is in household "
@@ -129,7 +150,7 @@ class Directory:
         principal = parse_token(token)
         if principal is None or principal.role not in ("device", "resident"):
             return None
-        row = self.store.get(f"{principal.role}s", principal.id)
+        row = self._get(f"{principal.role}s", principal.id)
         if row is None or not verify_token(token, row.get("token_hash")):
             return None
         return principal
