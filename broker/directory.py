@@ -30,6 +30,7 @@ class Directory:
         self._rows: dict[str, dict[str, dict[str, Any]]] = {
             kind: {r[pk]: r for r in store.rows(kind)} for kind, pk in DIRECTORY.items()
         }
+        self._index: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     # the write-through cache ---------------------------------------------------------------
 
@@ -37,13 +38,20 @@ class Directory:
         return self._rows[kind].get(ident)
 
     def _members(self, kind: str, household_number: str | None) -> list[dict[str, Any]]:
-        rows = self._rows[kind].values()
-        picked = rows if household_number is None else [r for r in rows if r["household_number"] == household_number]
-        return sorted(picked, key=lambda r: r[DIRECTORY[kind]])
+        if household_number is None:
+            return sorted(self._rows[kind].values(), key=lambda r: r[DIRECTORY[kind]])
+        index = self._index.get(kind)
+        if index is None:  # rebuilt lazily after a write: writes are rare, calls are not
+            index = {}
+            for r in sorted(self._rows[kind].values(), key=lambda r: r[DIRECTORY[kind]]):
+                index.setdefault(r["household_number"], []).append(r)
+            self._index[kind] = index
+        return index.get(household_number, [])
 
     def _put(self, kind: str, row: dict[str, Any]) -> None:
         self.store.put(kind, row)
         self._rows[kind][row[DIRECTORY[kind]]] = row
+        self._index.pop(kind, None)
 
     # reads ---------------------------------------------------------------------------------
 
@@ -92,6 +100,7 @@ class Directory:
         token_hash = hash_token(token, self.iterations)
         self.store.set_token_hash(kind, ident, token_hash)
         self._rows[kind][ident] = {**self._rows[kind][ident], "token_hash": token_hash}
+        self._index.pop(kind, None)
         self._forget(SINGULAR[kind], ident)
         return {DIRECTORY[kind]: ident, "household_number": row["household_number"], "token": token}
 
@@ -101,6 +110,7 @@ class Directory:
         if not self.store.delete(kind, ident):
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
         self._rows[kind].pop(ident, None)
+        self._index.pop(kind, None)
         if kind != "households":
             self._forget(SINGULAR[kind], ident)
 
