@@ -394,6 +394,11 @@ class FastPathMixin(_Base):
         if hooks.filter_topics and not all(check(session, topic, Action.PUBLISH) for check in hooks.sync_checks):
             log.info("%s not allowed to publish to %s", session.client_id, topic)
             return True
+        self._route(session, topic, data, qos, retain, hooks)
+        return True
+
+    def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: _Hooks) -> None:
+        """The end of every accepted publish: deliver, retain, then let interceptors (the call plugin) see it."""
         self.deliver(session, topic, data, qos)
         if retain:
             self.retain_now(session, topic, data, qos)
@@ -402,7 +407,6 @@ class FastPathMixin(_Base):
                 intercept(session, topic, data)
             except Exception:
                 log.exception("intercept_publish failed on %s", topic)
-        return True
 
     def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None) -> None:
         """amqtt's `retain_message`, synchronous: store (or clear, on an empty payload) and notify plugins."""
@@ -478,14 +482,7 @@ class FastPathMixin(_Base):
         if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
                                                   message=message)
-        self.deliver(session, topic, data, qos)
-        if retain:
-            self.retain_now(session, topic, data, qos)
-        for intercept in hooks.intercepts:
-            try:
-                intercept(session, topic, data)
-            except Exception:
-                log.exception("intercept_publish failed on %s", topic)
+        self._route(session, topic, data, qos, retain, hooks)
         return True
 
     async def _on_subscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
