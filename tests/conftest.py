@@ -150,9 +150,9 @@ class Inbox:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-@pytest.fixture
-async def party(harness: Harness) -> AsyncIterator[Callable[..., Any]]:
-    """Connect a subscribed MQTT party: party('resident', '2') -> Inbox."""
+@contextlib.asynccontextmanager
+async def parties(harness: Harness) -> AsyncIterator[Callable[..., Any]]:
+    """Connect subscribed MQTT parties to `harness`: connect('resident', '2') -> Inbox; all closed on exit."""
     stack: list[tuple[aiomqtt.Client, Inbox]] = []
 
     async def connect(role: str, ident: str, topics: list[str] | None = None, **kw: Any) -> Inbox:
@@ -164,8 +164,17 @@ async def party(harness: Harness) -> AsyncIterator[Callable[..., Any]]:
         stack.append((client, inbox))
         return inbox
 
-    yield connect
-    for client, inbox in reversed(stack):
-        await inbox.close()
-        with contextlib.suppress(Exception):
-            await client.__aexit__(None, None, None)
+    try:
+        yield connect
+    finally:
+        for client, inbox in reversed(stack):
+            await inbox.close()
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def party(harness: Harness) -> AsyncIterator[Callable[..., Any]]:
+    """Connect a subscribed MQTT party: party('resident', '2') -> Inbox."""
+    async with parties(harness) as connect:
+        yield connect

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 import pytest
@@ -54,23 +53,10 @@ async def _status(h, call_id: str) -> dict:
 @pytest.fixture
 async def hparty(h):
     """`party` bound to the short-grace harness."""
-    from tests.conftest import Inbox
+    from tests.conftest import parties
 
-    stack = []
-
-    async def connect(role: str, ident: str):
-        client = h.mqtt(f"{role}-{ident}")
-        await client.__aenter__()
-        await client.subscribe(f"users/{ident}/#" if role == "resident" else f"devices/{ident}/#", qos=1)
-        inbox = Inbox(client)
-        stack.append((client, inbox))
-        return inbox
-
-    yield connect
-    for client, inbox in reversed(stack):
-        await inbox.close()
-        with contextlib.suppress(Exception):
-            await client.__aexit__(None, None, None)
+    async with parties(h) as connect:
+        yield connect
 
 
 async def test_answering_resident_dropping_ends_call_and_tells_device(h, hparty):
