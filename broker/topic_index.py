@@ -7,13 +7,14 @@ are not matched by a filter whose first level is `+` or `#`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 __all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter"]
 
 S = TypeVar("S")
 V = TypeVar("V")
+N = TypeVar("N", "_SubNode[Any]", "_RetNode[Any]")
 
 
 def valid_filter(topic_filter: str) -> bool:
@@ -28,6 +29,16 @@ def valid_filter(topic_filter: str) -> bool:
         if "+" in level and level != "+":
             return False
     return True
+
+
+def _descend(node: N, topic: str, make: Callable[[], N]) -> N:
+    """The node for `topic` under `node`, creating the missing levels: both trees grow this way."""
+    for level in topic.split("/"):
+        child = node.children.get(level)
+        if child is None:
+            child = node.children[level] = make()
+        node = child
+    return node
 
 
 class _SubNode(Generic[S]):
@@ -50,12 +61,7 @@ class SubscriptionIndex(Generic[S]):
 
     def add(self, topic_filter: str, key: str, subscriber: S, qos: int) -> bool:
         """Subscribe (or re-subscribe, replacing QoS); True when the filter is new for this key."""
-        node = self._root
-        for level in topic_filter.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                child = node.children[level] = _SubNode()
-            node = child
+        node = _descend(self._root, topic_filter, _SubNode)
         new = key not in node.subs
         node.subs[key] = (subscriber, qos)
         self._by_key.setdefault(key, {})[topic_filter] = qos
@@ -149,12 +155,7 @@ class RetainedTree(Generic[V]):
         self._root: _RetNode[V] = _RetNode()
 
     def set(self, topic: str, value: V) -> None:
-        node = self._root
-        for level in topic.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                child = node.children[level] = _RetNode()
-            node = child
+        node = _descend(self._root, topic, _RetNode)
         node.value = value
 
     def discard(self, topic: str) -> None:
