@@ -19,6 +19,9 @@ from broker.server import IntercomServer
 
 ADMIN = "test-admin-token-0123456789abcdef"
 
+# Vendored Eclipse Paho suite (unittest classes, run by tests/test_paho_suite.py in a subprocess): not collected.
+collect_ignore = ["paho_interop"]
+
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     raw: dict[str, Any] = {
