@@ -7,6 +7,7 @@ and no task; the WebSocket listener goes through `AcceptGate.admit` from `_clien
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import resource
 import weakref
@@ -63,6 +64,14 @@ class GatedProtocol(asyncio.StreamReaderProtocol):
     def __init__(self, reader: asyncio.StreamReader, connected: Any, gate: AcceptGate) -> None:
         super().__init__(reader, connected)
         self._gate = gate
+        del self._drain_waiters  # made on first use (below): most connections never wait to drain
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "_drain_waiters":
+            raise AttributeError(name)
+        waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._drain_waiters = waiters
+        return waiters
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")

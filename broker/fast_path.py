@@ -15,7 +15,8 @@ What changes against amqtt (each override names the method it replaces, so it ca
   scanning them all; on connect a session gets only the retained messages of *its own* subscriptions
   (amqtt sent every client the retained messages of every client's subscriptions).
 * No per-message logging or debug formatting; TCP_NODELAY on every accepted socket.
-* Sessions: `session_states.SessionStates` replaces the `transitions.Machine` amqtt builds per Session.
+* Sessions: `session_states.SessionStates` replaces the `transitions.Machine` amqtt builds per Session,
+  and `lazy.LazyQueue` its four per-connection queues (allocated on first use).
 * Plugins may define a synchronous `intercept_publish(session, topic, payload)`; it is called right after
   the publish ACL check, with no task, instead of the task-per-packet `on_broker_message_broadcast`.
   A topic plugin may define a synchronous `topic_filtering_sync(session, topic, action) -> bool | None`
@@ -60,7 +61,8 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 
-from broker import session_states
+from broker import lazy, session_states
+from broker.fast_handler import FastHandler
 from broker.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.topic_index import RetainedStore, SubscriptionIndex, valid_filter
 
@@ -122,9 +124,11 @@ class FastPathMixin(_Base):
     """Hot-path overrides of amqtt's Broker; each is written so it could be offered upstream."""
 
     delivery_limits: DeliveryLimits = DeliveryLimits()
+    handler_class: type[BrokerProtocolHandler] = FastHandler
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         session_states.install()  # amqtt's per-Session transitions.Machine: ~1.5 ms and ~23 KB each
+        lazy.install()  # four asyncio.Queues per connection, mostly never used: ~13 KB
         super().__init__(*args, **kwargs)
         sessions: dict[str, tuple[Session, BrokerProtocolHandler]] = _SessionTable(self._prepare_handler)
         self._sessions = sessions
@@ -190,14 +194,19 @@ class FastPathMixin(_Base):
     def _prepare_handler(self, handler: BrokerProtocolHandler, session: Session) -> None:
         """Hook for `_handle_client_session`, after `handler.attach()` and before `handler.start()`.
 
-        Installs `_fast_reader_loop` as this handler's reader. Only for readers that hand out whole
-        packets (HardeningMixin's GuardedReader, or any reader with `whole_packets = True`), so no read
-        ever waits in the middle of a packet. `_SessionTable` calls it when amqtt (or HardeningMixin)
-        registers the connection in `_sessions`, which both do between `attach()` and `start()`.
+        Routes the handler's packets to this broker (`FastHandler.routed`), and makes
+        `_fast_reader_loop` its reader (`FastHandler.fast_reader`), the latter only for readers
+        that hand out whole packets (HardeningMixin's GuardedReader, or any reader with
+        `whole_packets = True`), so no read ever waits in the middle of a packet. `_SessionTable`
+        calls it when amqtt (or HardeningMixin) registers the connection in `_sessions`, which both
+        do between `attach()` and `start()`.
         """
-        h: Any = handler
-        if h._reader_task is None and _whole_packets(h.reader) and "_reader_loop" not in vars(h):
-            h._reader_loop = lambda: self._fast_reader_loop(session, handler)
+        if not isinstance(handler, FastHandler) or handler._reader_task is not None:
+            return
+        # before start(): a SUBSCRIBE may be read before `_client_message_loop` runs
+        handler.routed = self
+        if _whole_packets(handler.reader):
+            handler.fast_reader = self
 
     async def _fast_reader_loop(self, session: Session, handler: BrokerProtocolHandler) -> None:
         """amqtt's `ProtocolHandler._reader_loop` minus a task and a `wait_for` per packet.
@@ -210,13 +219,13 @@ class FastPathMixin(_Base):
         h: Any = handler
         reader = h.reader
         h._reader_ready.set()
-        running: deque[asyncio.Task[None]] = deque()
+        running: list[asyncio.Task[None]] = []  # amqtt-path packets in progress; rarely more than one
         hooks = self._plugin_hooks()
         fast_ok = hooks.sync_publish and str(MQTTEvents.PACKET_RECEIVED) not in hooks.events
         try:
             while True:
-                while running and running[0].done():
-                    running.popleft()
+                if running:
+                    running = [task for task in running if not task.done()]
                 first = await reader.read(1)
                 if not first:
                     break
@@ -293,22 +302,11 @@ class FastPathMixin(_Base):
 
     async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
         """Replace amqtt's four-waiter loop: packets are handled in the reader's task; wait for disconnect."""
+        if not isinstance(handler, FastHandler):
+            raise TypeError("FastPathMixin serves connections whose handler is a FastHandler (handler_class)")
         h: Any = handler
         outlet = self._open_outlet(client_session)
-        h.handle_publish = lambda packet: self._publish_now(client_session, handler, packet)
-        h.handle_puback = lambda packet: self._puback_now(client_session, handler, packet)
-        h.handle_subscribe = lambda packet: self._on_subscribe(client_session, handler, packet.variable_header
-                                                               .packet_id, packet.payload.topics)
-        h.handle_unsubscribe = lambda packet: self._on_unsubscribe(client_session, handler, packet.variable_header
-                                                                   .packet_id, packet.payload.topics)
         try:
-            # packets that reached amqtt's queues before the swap above
-            while not h._pending_subscriptions.empty():
-                sub = h._pending_subscriptions.get_nowait()
-                await self._on_subscribe(client_session, handler, sub.packet_id, sub.topics)
-            while not h._pending_unsubscriptions.empty():
-                unsub = h._pending_unsubscriptions.get_nowait()
-                await self._on_unsubscribe(client_session, handler, unsub.packet_id, unsub.topics)
             await self._drain_delivered(client_session, handler)
             waiter = h._disconnect_waiter
             result = await waiter if waiter is not None else None

@@ -36,6 +36,7 @@ from transitions import MachineError
 from broker.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
 from broker.config import LimitsConfig
 from broker.flapping import FlappingGuard
+from broker.lazy import LazyEvent
 from broker.limiter import is_exempt
 from broker.packet_guard import GuardedReader, GuardLimits
 
@@ -63,6 +64,7 @@ class HardeningMixin:
     listeners_config: Any
 
     limits: LimitsConfig = LimitsConfig()
+    handler_class: type[BrokerProtocolHandler]  # FastPathMixin's FastHandler
     # listener name -> TLS context; set by the server before start()
     tls_contexts: dict[str, ssl.SSLContext] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
@@ -141,7 +143,7 @@ class HardeningMixin:
     ) -> tuple[BrokerProtocolHandler, Session]:
         """Read and check CONNECT only; no existing session is touched before authentication."""
         try:
-            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            handler, session = await self.handler_class.init_from_connect(reader, writer, self.plugins_manager)
         except MQTTError:
             await close_writer(writer)
             raise
@@ -270,7 +272,7 @@ class HardeningMixin:
         if isinstance(reader, GuardedReader):
             reader.start_session(client_session.keep_alive, client_session.delivered_message_queue)
 
-        done = asyncio.Event()
+        done = LazyEvent()  # waited on only by a takeover
         live = self._hardening().live
         live[cid] = (handler, done)
         try:

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from amqtt.adapters import StreamWriterAdapter, WriterAdapter
+from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import OutgoingApplicationMessage, Session
 
 __all__ = ["DeliveryLimits", "Outlet", "encode_publish"]
 
 log = logging.getLogger("intercom.delivery")
+_Queued = tuple[bytes, str, bytes, int, bool]  # encoded topic, topic, payload, QoS, retain
 _QOS2_TASKS: set[asyncio.Future[Any]] = set()
 
 
@@ -134,7 +136,8 @@ class Outlet:
         self.writer = writer
         self.limits = limits
         self.on_overflow = on_overflow
-        self.backlog: deque[tuple[bytes, str, bytes, int, bool]] = deque()
+        # most connections never queue: the deque (~600 B) is made on first use
+        self.backlog: deque[_Queued] | tuple[()] = ()
         self.closed = False
         self.dropped = 0
         self._pump: asyncio.Task[None] | None = None
@@ -146,8 +149,9 @@ class Outlet:
         if not self.backlog and self._room(qos):
             self._write(topic_b, topic, data, qos, retain)
             return
-        self.backlog.append((topic_b, topic, data, qos, retain))
-        if len(self.backlog) > self.limits.max_queued:
+        backlog = self._queue()
+        backlog.append((topic_b, topic, data, qos, retain))
+        if len(backlog) > self.limits.max_queued:
             self._shed()
         self._wait_for_room()
 
@@ -183,7 +187,9 @@ class Outlet:
 
     def pump(self) -> None:
         """Send queued messages while there is room."""
-        backlog = self.backlog
+        if not self.backlog:
+            return
+        backlog = self._queue()
         while backlog and not self.closed:
             topic_b, topic, data, qos, retain = backlog[0]
             if not self._room(qos):
@@ -210,20 +216,33 @@ class Outlet:
             if self.writer.buffered() >= self.limits.write_buffer_bytes:
                 await asyncio.sleep(0.01)
 
+    def _queue(self) -> deque[_Queued]:
+        if not isinstance(self.backlog, deque):
+            self.backlog = deque()
+        return self.backlog
+
     def _shed(self) -> None:
-        for i, item in enumerate(self.backlog):
+        backlog = self._queue()
+        for i, item in enumerate(backlog):
             if item[3] == 0:
-                del self.backlog[i]
+                del backlog[i]
                 self.dropped += 1
                 return
         self.closed = True
         log.warning("disconnecting %s: %d QoS 1 messages queued for a slow reader (delivery.max_queued=%d)",
-                    self.session.client_id, len(self.backlog), self.limits.max_queued)
-        self.backlog.clear()
+                    self.session.client_id, len(backlog), self.limits.max_queued)
+        self.backlog = ()
         self.on_overflow(self)
 
     def close(self) -> None:
+        """The connection ended. A persistent session keeps the QoS>0 messages it was still owed
+        [MQTT-3.1.2-4]: they move to its offline queue (sqlite-backed) and go out when it returns."""
         self.closed = True
-        self.backlog.clear()
+        backlog, self.backlog = self.backlog, ()
+        session = self.session
+        if backlog and not session.clean_session:
+            for _topic_b, topic, data, qos, _retain in backlog:
+                if qos:
+                    session.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()

@@ -14,10 +14,12 @@ import io
 import logging
 import struct
 import time
+import weakref
 from dataclasses import dataclass
 
 from amqtt.adapters import ReaderAdapter
 
+from broker.deadlines import DeadlineSweeper
 from broker.limiter import LogThrottle
 
 __all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "valid_filter", "valid_topic_name"]
@@ -185,24 +187,49 @@ class GuardedReader(ReaderAdapter):
     """Serves amqtt only whole, validated packets; see the module docstring.
 
     Bytes arrive in chunks into `_raw`; complete packets are validated synchronously and moved to
-    `_buf`, which amqtt reads. Only waiting for the socket needs a task, which is shielded: amqtt
-    wraps reads in `wait_for(keepalive)`, and a cancelled wait must not lose half a packet.
+    `_buf`, which amqtt reads. A read cancelled while it waits for the socket loses nothing (bytes
+    only move once they arrived), so the wait runs in the reader's own task: no task per wait. The
+    CONNECT/keepalive deadline is watched by a `DeadlineSweeper`, which interrupts that wait.
     """
 
-    def __init__(self, inner: ReaderAdapter, limits: GuardLimits, peer: str = "?") -> None:
+    def __init__(self, inner: ReaderAdapter, limits: GuardLimits, peer: str = "?",
+                 sweeper: DeadlineSweeper | None = None) -> None:
         self._inner = inner
         self._limits = limits
         self._peer = peer
         self._raw = bytearray()  # received, not yet validated; valid from `_off`
         self._off = 0
         self._buf = bytearray()  # validated packets, for amqtt
-        self._fill: asyncio.Task[None] | None = None
+        self._waiting: asyncio.Task[object] | None = None  # the task blocked on the socket, if any
+        self._interrupted = False
         self._eof = False
         self._packets = 0
         self._deadline: float | None = time.monotonic() + limits.connect_timeout_s
         self.keepalive_s = 0
         self.inflight: asyncio.Queue[object] | None = None  # the session's incoming queue, for back-pressure
         self.reason: str | None = None
+        self._expired: str | None = None
+        self.watch_token = 0
+        self._sweeper = sweeper or _default_sweeper()
+        self._sweeper.watch(self)
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self._eof else self._deadline
+
+    def expire(self) -> bool:
+        """Called by the sweeper once the deadline passed: end the pending wait for bytes."""
+        if self._waiting is None:
+            return False  # busy with a packet; asked again next tick
+        self._expired = "CONNECT timeout" if self._packets == 0 else "keepalive expired"
+        self._interrupt()
+        return True
+
+    def _interrupt(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._interrupted = True
+            waiting.cancel()
 
     def start_session(self, keepalive_s: int, inflight: asyncio.Queue[object]) -> None:
         """CONNECT accepted: switch from the CONNECT timeout to keepalive x factor.
@@ -213,6 +240,7 @@ class GuardedReader(ReaderAdapter):
         self.keepalive_s = keepalive_s if 0 < keepalive_s <= cap else cap
         self.inflight = inflight
         self._arm()
+        self._sweeper.watch(self)  # the keepalive deadline may come before the CONNECT one
 
     def _arm(self) -> None:
         k = self.keepalive_s
@@ -228,10 +256,7 @@ class GuardedReader(ReaderAdapter):
                 continue
             if self._eof:  # the packet was refused
                 break
-            if self._fill is None:
-                self._fill = asyncio.create_task(self._receive())
-            await asyncio.shield(self._fill)
-            self._fill = None
+            await self._receive()
         if n < 0:
             n = len(self._buf)
         data = bytes(self._buf[:n])
@@ -244,9 +269,8 @@ class GuardedReader(ReaderAdapter):
 
     def close(self) -> None:
         """Stop reading: a pending read ends as end-of-stream."""
-        if self._fill is not None:
-            self._fill.cancel()
         self._eof = True
+        self._interrupt()
 
     def _take_packet(self) -> bool:
         """Move one complete, valid packet from `_raw` to `_buf`; False if none is complete yet."""
@@ -287,14 +311,23 @@ class GuardedReader(ReaderAdapter):
         if self._off:
             del self._raw[:self._off]
             self._off = 0
+        self._waiting = asyncio.current_task()
         try:
-            async with asyncio.timeout_at(self._loop_deadline()):
-                chunk = await self._chunk()
-        except TimeoutError:
-            self._stop("CONNECT timeout" if self._packets == 0 else "keepalive expired")
+            chunk = await self._chunk()
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            # our own interrupt (deadline or close), not the caller's: the read just sees end-of-stream
+            self._interrupted = False
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self._stop(self._expired)
             return
         except (asyncio.IncompleteReadError, ConnectionError, OSError, EOFError):
             chunk = b""
+        finally:
+            self._waiting = None
         if not chunk:
             self._stop(None)
             return
@@ -317,15 +350,21 @@ class GuardedReader(ReaderAdapter):
             await asyncio.sleep(0.005)
         self._arm()  # waiting on us is not client silence
 
-    def _loop_deadline(self) -> float | None:
-        if self._deadline is None:
-            return None
-        # asyncio.timeout_at uses the loop clock; convert from time.monotonic()
-        return asyncio.get_running_loop().time() + (self._deadline - time.monotonic())
-
     def _stop(self, reason: str | None) -> None:
         self._eof = True
         self.reason = reason
         if reason is not None and (n := _quiet.check(self._peer.rpartition(":")[0])) is not None:
             log.warning("closing MQTT connection from %s: %s (%d more from there since last logged)",
                         self._peer, reason, n)
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineSweeper] = weakref.WeakKeyDictionary()
+
+
+def _default_sweeper() -> DeadlineSweeper:
+    """One sweeper per event loop for readers not given one."""
+    loop = asyncio.get_running_loop()
+    sweeper = _SWEEPERS.get(loop)
+    if sweeper is None:
+        sweeper = _SWEEPERS[loop] = DeadlineSweeper()
+    return sweeper

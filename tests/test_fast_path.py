@@ -36,10 +36,11 @@ class Raw:
         self._pid = 0
 
     @classmethod
-    async def open(cls, port: int, client_id: str, will: tuple[str, bytes] | None = None) -> Raw:
+    async def open(cls, port: int, client_id: str, will: tuple[str, bytes] | None = None,
+                   clean: bool = True) -> Raw:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         raw = cls(reader, writer)
-        flags, payload = 0x02, _str(client_id)
+        flags, payload = 0x02 if clean else 0x00, _str(client_id)
         if will is not None:
             flags |= 0x04
             payload += _str(will[0]) + _str(will[1])
@@ -259,6 +260,29 @@ async def test_a_full_qos1_window_queues_and_sheds_the_oldest_qos0(make_harness)
     rest = [(await raw.next_publish())[1] for _ in range(5)]
     assert rest == [b"q1-2", b"q0-6", b"q0-7", b"q0-8", b"q0-9"]
     await raw.close()
+
+
+async def test_a_persistent_session_keeps_its_queued_qos1_messages_when_the_connection_drops(make_harness):
+    """Messages waiting behind a full QoS 1 window are not lost with the connection: a persistent
+    session gets the in-flight one again (DUP) and the queued ones from its offline queue."""
+    h = await make_harness(delivery={"max_inflight": 1, "max_queued": 50})
+    broker = h.server.broker
+    raw = await Raw.open(h.server.mqtt_port, "resident-2", clean=False)
+    assert await raw.subscribe("users/2/#", 1) == 1
+    for n in range(4):
+        broker.publish("users/2/q1", f"m{n}".encode(), qos=1)
+    first = await raw.next_publish()
+    assert first[1] == b"m0"
+    raw.writer.transport.abort()  # gone without a PUBACK, three messages still queued behind the window
+    await asyncio.sleep(0.2)
+    again = await Raw.open(h.server.mqtt_port, "resident-2", clean=False)
+    got = []
+    for _ in range(4):
+        publish = await again.next_publish()
+        got.append(publish[1])
+        again.puback(publish[3])
+    assert got == [b"m0", b"m1", b"m2", b"m3"]
+    await again.close()
 
 
 async def test_a_reader_that_never_acks_is_disconnected_with_a_log_line(make_harness, caplog):

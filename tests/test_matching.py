@@ -173,3 +173,44 @@ def test_light_session_states_behave_like_amqtts_transitions_machine():
         assert run(ours, ops) == run(theirs, ops), ops
         assert (ours.last_connect_time is None) == (theirs.last_connect_time is None)
         assert (ours.last_disconnect_time is None) == (theirs.last_disconnect_time is None)
+
+
+async def test_lazy_queue_behaves_like_asyncio_queue_and_allocates_on_first_use() -> None:
+    import asyncio
+
+    from broker.lazy import LazyQueue
+
+    q: LazyQueue[int] = LazyQueue()
+    assert q.empty() and q.qsize() == 0 and not q.full()
+    assert "_queue" not in vars(q) and "_getters" not in vars(q)  # nothing allocated by the checks
+    getter = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    q.put_nowait(1)
+    assert await asyncio.wait_for(getter, 1) == 1
+    q.put_nowait(2)
+    q.put_nowait(3)
+    assert q.qsize() == 2 and q.get_nowait() == 2 and q.get_nowait() == 3
+    q.task_done()
+    q.task_done()
+    q.task_done()
+    await asyncio.wait_for(q.join(), 1)
+    bounded: LazyQueue[int] = LazyQueue(maxsize=1)
+    bounded.put_nowait(1)
+    assert bounded.full()
+    with pytest.raises(asyncio.QueueFull):
+        bounded.put_nowait(2)
+    with pytest.raises(AttributeError):
+        _ = q.no_such_attribute  # type: ignore[attr-defined]
+
+
+def test_amqtt_sessions_and_handlers_get_lazy_once_installed() -> None:
+    from amqtt.mqtt.protocol import broker_handler
+    from amqtt.session import Session
+
+    from broker.lazy import LazyQueue, install
+
+    install()
+    session = Session()
+    assert isinstance(session.retained_messages, LazyQueue)
+    assert isinstance(session.delivered_message_queue, LazyQueue)
+    assert broker_handler.Queue is LazyQueue

@@ -1,0 +1,64 @@
+"""DeadlineSweeper: one task expiring connections whose read deadline passed."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+from broker.deadlines import DeadlineSweeper
+
+
+class Conn:
+    def __init__(self, in_s: float, busy: int = 0) -> None:
+        self.deadline: float | None = time.monotonic() + in_s
+        self.watch_token = 0
+        self.expired_at: float | None = None
+        self.busy = busy  # how many times expire() answers "not now"
+
+    def expire(self) -> bool:
+        if self.busy:
+            self.busy -= 1
+            return False
+        self.expired_at = time.monotonic()
+        self.deadline = None
+        return True
+
+
+async def test_due_connections_expire_and_moved_deadlines_are_honoured() -> None:
+    sweeper = DeadlineSweeper(tick_s=0.02)
+    soon, later, extended = Conn(0.05), Conn(0.4), Conn(0.05)
+    for conn in (soon, later, extended):
+        sweeper.watch(conn)
+    t0 = time.monotonic()
+    await asyncio.sleep(0.02)
+    extended.deadline = time.monotonic() + 0.3  # traffic arrived: the deadline moves on
+    await asyncio.sleep(0.15)
+    assert soon.expired_at is not None and soon.expired_at - t0 < 0.15
+    assert later.expired_at is None and extended.expired_at is None
+    await asyncio.sleep(0.35)
+    assert later.expired_at is not None and extended.expired_at is not None
+    assert len(sweeper) == 0
+
+
+async def test_an_earlier_deadline_is_rewatched_and_the_stale_entry_dropped() -> None:
+    sweeper = DeadlineSweeper(tick_s=0.02)
+    conn = Conn(5.0)  # CONNECT timeout
+    sweeper.watch(conn)
+    conn.deadline = time.monotonic() + 0.05  # keepalive, shorter
+    sweeper.watch(conn)
+    await asyncio.sleep(0.2)
+    assert conn.expired_at is not None
+    assert len(sweeper) == 1  # only the stale 5 s entry is left, and it will be dropped unseen
+
+
+async def test_a_busy_connection_is_asked_again_and_a_dead_one_is_forgotten() -> None:
+    sweeper = DeadlineSweeper(tick_s=0.02)
+    busy, dead = Conn(0.02, busy=2), Conn(0.02)
+    sweeper.watch(busy)
+    sweeper.watch(dead)
+    del dead
+    gc.collect()
+    await asyncio.sleep(0.2)
+    assert busy.expired_at is not None and busy.busy == 0
+    assert len(sweeper) == 0
