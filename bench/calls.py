@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,164 @@ async def call_cycle(ctx: Ctx) -> Result:
     return res
 
 
+# ----------------------------------------------------------------------------- sustained call rate
+class _RateHousehold:
+    __slots__ = ("call_id", "device", "got", "h", "t0")
+
+    def __init__(self, h: int, device: MqttClient) -> None:
+        self.h = h
+        self.device = device
+        self.t0 = 0.0
+        self.got = 0
+        self.call_id: str | None = None
+
+
+async def call_rate(ctx: Ctx) -> Result:
+    """Sustained call setups/s: devices publish calls/request, a setup counts when every resident has its invite.
+
+    ``rate`` > 0 is open loop: requests go out on a fixed schedule, round-robin over the households that
+    are free (previous call set up and cancelled); a request due while no household is free is *missed*.
+    ``rate`` = 0 is closed loop: ``window`` households (default all) each call again as soon as their
+    previous setup completed, i.e. the broker's capacity. Each set-up call is cancelled by its device
+    (so the household can call again), so the broker CPU per setup includes that cancel transition.
+    Only setups completing inside the measured ``seconds`` (after ``warmup_s``) count.
+    """
+    if (na := _no_call_service(ctx)) is not None:
+        return na
+    res = Result()
+    rate: float = float(ctx.params.get("rate", 0))
+    seconds: float = ctx.params["seconds"]
+    warmup_s: float = ctx.params.get("warmup_s", 1.0)
+    window: int = int(ctx.params.get("window", 0)) or ctx.params["households"]
+    via: str = ctx.params.get("via", "mqtt")
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as http:
+        site, idle = await _prepare(ctx, res, http)
+        households = [_RateHousehold(h, site.clients[f"d{h}"]) for h in range(site.n)]
+        free: deque[_RateHousehold] = deque(households)
+        stats = {"issued": 0, "missed": 0, "errors": 0, "done": 0, "in_window": 0}
+        samples: list[float] = []
+        in_flight = [0]
+        window_open = [0.0, float("inf")]  # measured phase [begin, end) in perf() time
+        last_error: list[str] = []
+        rest_tasks: set[asyncio.Task[None]] = set()
+        stop = [False]
+
+        async def rest_request(hh: _RateHousehold) -> None:
+            async with http.post(site.base + "/api/mqtt/call", json={"device_id": f"d{hh.h}"}) as r:
+                if r.status != 200:
+                    stats["errors"] += 1
+                    last_error[:] = [f"HTTP {r.status} {await r.text()}"]
+
+        def issue() -> None:
+            hh = free.popleft()
+            hh.t0 = perf()
+            hh.got = 0
+            hh.call_id = None
+            in_flight[0] += 1
+            stats["issued"] += 1
+            if via == "rest":
+                t = loop.create_task(rest_request(hh))
+                rest_tasks.add(t)
+                t.add_done_callback(rest_tasks.discard)
+            else:
+                hh.device.publish(f"calls/request/d{hh.h}", b'{"household_number":"h%d"}' % hh.h, 1)
+
+        def on_resident(client: MqttClient, topic: bytes, payload: bytes) -> None:
+            if not topic.endswith(b"/calls/incoming"):
+                return  # the `cancelled` that follows our own cancel
+            now = perf()
+            hh = households[int(client.client_id[10:-1])]  # "resident-r{h}a"
+            if hh.call_id is None:
+                hh.call_id = json.loads(payload)["call_id"]
+            hh.got += 1
+            if hh.got < 2:
+                return
+            in_flight[0] -= 1
+            stats["done"] += 1
+            if window_open[0] <= now < window_open[1]:
+                stats["in_window"] += 1
+                if hh.t0 >= window_open[0]:
+                    samples.append(now - hh.t0)
+            hh.device.publish(f"devices/d{hh.h}/calls/control", b'{"call_info":{"call_id":"%s","action":"cancelled"}}'
+                              % hh.call_id.encode(), 1)
+            free.append(hh)
+            if rate == 0 and not stop[0]:
+                while free and in_flight[0] < window:
+                    issue()  # written after the cancel on the same connection, so never busy
+
+        def on_device(_client: MqttClient, _topic: bytes, payload: bytes) -> None:
+            if b'"error"' in payload:
+                stats["errors"] += 1
+                last_error[:] = [payload[:200].decode(errors="replace")]
+
+        for hh in households:
+            hh.device.on_message = on_device
+            for r in site.residents(hh.h):
+                site.clients[r].on_message = on_resident
+        try:
+            t_start = perf()
+            window_open[0] = t_start + warmup_s
+            t_end = min(window_open[0] + seconds, ctx.deadline - STALL_S)
+            window_open[1] = t_end
+            began = False
+            last_done, last_progress = 0, t_start
+            if rate == 0:
+                while free and in_flight[0] < window:
+                    issue()
+            while (now := perf()) < t_end:
+                if not began and now >= window_open[0]:
+                    ctx.meter.begin()
+                    began = True
+                if rate > 0:
+                    due = int((now - t_start) * rate) - stats["issued"] - stats["missed"]
+                    while due > 0 and free:
+                        issue()
+                        due -= 1
+                    stats["missed"] += max(0, due)
+                if stats["done"] != last_done:
+                    last_done, last_progress = stats["done"], now
+                elif in_flight[0] and now - last_progress > STALL_S:
+                    res.incomplete(f"stalled: no setup completed for {STALL_S:.0f} s ({in_flight[0]} in flight)")
+                    break
+                if stats["errors"] > 20:
+                    res.incomplete(f"{stats['errors']} errors, last: {last_error[0]}")
+                    break
+                await asyncio.sleep(0.001 if rate > 0 else 0.05)
+            window_open[1] = min(window_open[1], perf())
+            if began:
+                ctx.meter.end()
+            stop[0] = True
+            for _ in range(int(STALL_S / 0.01)):  # let in-flight calls finish (not counted)
+                if not in_flight[0]:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # let the last cancels reach the broker before disconnecting
+        finally:
+            for t in list(rest_tasks):
+                t.cancel()
+            await site.close()
+            for c in idle:
+                c.abort()
+    measured = max(window_open[1] - window_open[0], 1e-9)
+    setups = stats["in_window"]
+    res.add("setups/s", setups / measured, "calls/s", True)
+    s = latency_summary(samples)
+    res.extra.update(latency=s, **stats, measured_s=measured, offered_rate=rate, window=window)
+    res.add("setup p50", s["p50_ms"], "ms", False)
+    res.add("setup p99", s["p99_ms"], "ms", False)
+    cpu = ctx.meter.result
+    if setups and cpu:
+        res.add("broker CPU/setup", cpu["broker_cpu_pct"] / 100 * cpu["wall_s"] / setups * 1e3, "ms", False)
+    if rate > 0:
+        res.add("missed", stats["missed"], "calls", False)
+        if stats["missed"] > 0.01 * (stats["issued"] + stats["missed"]):
+            res.incomplete(f"offered {rate:.0f}/s not sustained: {stats['missed']} requests found no free household")
+    if stats["errors"] and res.complete:
+        res.incomplete(f"{stats['errors']} error replies, last: {last_error[0]}")
+    return res
+
+
 CALL_SCENARIOS: dict[str, Scenario] = {
     "call_rest": Scenario(
         call_setup,
@@ -319,5 +478,14 @@ CALL_SCENARIOS: dict[str, Scenario] = {
         cap_short_s=60,
         cap_full_s=180,
         doc="request -> incoming -> answered -> hangup per household, all households at once",
+    ),
+    "call_rate": Scenario(
+        call_rate,
+        lambda p: f"call rate {p['rate'] or 'max'}/s {p['households']} hh",
+        short=[{"households": 300, "rate": r, "seconds": 5} for r in (0, 1000)],
+        full=[{"households": 300, "rate": r, "seconds": 15} for r in (0, 1000)],
+        cap_short_s=60,
+        cap_full_s=120,
+        doc="sustained call setups/s (MQTT calls/request -> both residents' incoming), open loop or max",
     ),
 }
