@@ -1,26 +1,30 @@
 """The call service: runs the state machine, persists each transition, then notifies.
 
-Synchronous on purpose: a transition (validate, write, publish) runs without yielding to the
-loop, so two actions on one call can never interleave.
+Synchronous on purpose: a transition (validate, write, update memory) runs without yielding to the
+loop, so two actions on one call can never interleave. Writes are staged in a group transaction and
+committed once per loop tick; the messages a transition produces go out only after that commit
+(broker/group_commit.py). REST callers `await durable()` before answering.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from broker import states
 from broker.config import CallsConfig
 from broker.directory import Directory
 from broker.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
-from broker.payloads import CallInfo, ControlMessage, ErrorBody, IncomingCall, topics
+from broker.group_commit import GroupCommit, Publisher
+from broker.payloads import CallInfo, ControlMessage, ErrorBody, topics
 from broker.states import Action, CallSession, CallState, Party, Role
-from broker.store import Store, call_from_row
+from broker.store import Store, call_from_row, write_transition
 from broker.trtc import Trtc
 
 __all__ = ["CallService", "Publisher", "iso"]
@@ -29,11 +33,12 @@ log = logging.getLogger("intercom.calls")
 
 WIRE_ACTIONS = {a.value for a in (Action.ANSWERED, Action.REJECTED, Action.TIMEOUT, Action.HANGUP, Action.CANCELLED)}
 SERVER = Party(Role.SERVER, "server")
+RETRY_S = 1.0  # a deadline whose transition could not be stored is retried after this
 
-
-class Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Queue a message for delivery; never blocks."""
+# Server-built payloads are encoded without a pydantic model round trip (no re-validation of our own
+# data); the output is byte for byte what IncomingCall / ControlMessage.model_dump_json give
+# (tests/test_payload_encoding.py checks it), so the models stay the wire's definition.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def iso(ts: float | None) -> str | None:
@@ -60,8 +65,10 @@ class CallService:
         self.directory = directory
         self.trtc = trtc
         self.config = config
-        self.publisher = publisher
         self.clock = clock
+        # Everything the service publishes goes through the group commit: never before its commit.
+        self.journal = GroupCommit(store, publisher)
+        self.publisher: Publisher = self.journal
         self._active: dict[str, CallSession] = {}
         self._by_device: dict[str, str] = {}
         self._by_household: dict[str, str] = {}
@@ -78,6 +85,9 @@ class CallService:
         return len(calls)
 
     def close(self) -> None:
+        self.journal.flush()
+        log.info("call service closing: %d transitions stored in %d group commits",
+                 self.journal.staged, self.journal.commits)
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -85,6 +95,10 @@ class CallService:
     @property
     def active_count(self) -> int:
         return len(self._active)
+
+    async def durable(self) -> None:
+        """Wait until every transition made so far is committed (StoreError if it could not be)."""
+        await self.journal.durable()
 
     # starting a call ------------------------------------------------------------------------------
 
@@ -95,14 +109,14 @@ class CallService:
         resident_id: str | None = None,
         timestamp: int | None = None,
     ) -> dict[str, Any]:
-        device = self.directory.device(device_id)
+        device = self.directory.row("devices", device_id)
         if resident_id is not None:
-            resident = self.directory.resident(resident_id)
+            resident = self.directory.row("residents", resident_id)
             household = resident["household_number"]
             targets: tuple[str, ...] = (resident_id,)
         else:
             household = household_number or device["household_number"]
-            self.directory.get("households", household)
+            self.directory.row("households", household)
             targets = tuple(self.directory.resident_ids(household))
             if not targets:
                 raise NotFound(f"household '{household}' has no residents to call")
@@ -115,18 +129,18 @@ class CallService:
         call_id = f"call-{datetime.fromtimestamp(now, UTC):%Y%m%d}-{secrets.token_hex(6)}"
         call = states.new_call(call_id, device["device_id"], household, targets, now,
                                self.config.ring_timeout_s, self.config.max_duration_s)
-        self.store.save_transition(call, Party(Role.DEVICE, device_id).key, "initiated", None, "new")
+        self._stage(None, call, Party(Role.DEVICE, device_id).key, "initiated", None)
         self._remember(call)
         self._arm(call)
         ts = timestamp if timestamp is not None else now_ms()
         call_info = {"call_id": call_id, "action": "initiated", "timestamp": ts}
+        # IncomingCall, encoded once: only `tencen_rtc` differs between residents.
+        head = _encode({"origin": "server", "call_id": call_id, "device_id": device_id,
+                        "household_number": household, "call_info": call_info})[:-1] + ',"tencen_rtc":'
+        tail = "," + _encode({"ring_timeout_s": self.config.ring_timeout_s, "timestamp": ts})[1:]
         for rid in targets:
-            incoming = IncomingCall(
-                call_id=call_id, device_id=device_id, household_number=household, call_info=call_info,
-                tencen_rtc=self.trtc.credentials(f"resident_{rid}", call_id),
-                ring_timeout_s=self.config.ring_timeout_s, timestamp=ts,
-            )
-            self.publisher.publish(topics.incoming(rid), incoming.model_dump_json().encode(), qos=1)
+            rtc = _encode(self.trtc.call_credentials(f"resident_{rid}", call_id))
+            self.publisher.publish(topics.incoming(rid), (head + rtc + tail).encode(), qos=1)
         log.info("call %s started by device %s ringing %s", call_id, device_id, ",".join(targets))
         return {
             "call_id": call_id,
@@ -134,7 +148,7 @@ class CallService:
             "household_number": household,
             "target_resident_ids": list(targets),
             "call_info": call_info,
-            "tencen_rtc": self.trtc.credentials(f"device_{device_id}", call_id).model_dump(),
+            "tencen_rtc": self.trtc.call_credentials(f"device_{device_id}", call_id),
             "ring_timeout_s": self.config.ring_timeout_s,
             "timestamp": ts,
         }
@@ -189,7 +203,7 @@ class CallService:
             "start_time": iso(call.created_at),
             "status": str(call.state),
             "last_activity": iso(call.last_activity),
-            "tencen_rtc": self.trtc.credentials(user, call.call_id).model_dump(),
+            "tencen_rtc": self.trtc.call_credentials(user, call.call_id),
             "household_number": call.household_number,
             "target_resident_ids": list(call.targets),
             "end_reason": str(call.end_reason) if call.end_reason else None,
@@ -236,8 +250,8 @@ class CallService:
             raise Conflict(str(exc)) from exc
         if updated is call:
             return
-        # Persist first: a party is never told of a state that a crash could lose.
-        self.store.save_transition(updated, actor.key, str(action), reason, str(call.state))
+        # Persist first: staged now, and the notices below leave only after the group's commit.
+        self._stage(call, updated, actor.key, str(action), reason)
         if updated.state is CallState.ENDED:
             self._forget(updated)
         else:
@@ -246,9 +260,15 @@ class CallService:
                 self._arm(updated)
         ts = now_ms()
         for n in notices:
-            info = {"call_id": call.call_id, "action": n.action, "reason": n.reason, "timestamp": ts}
-            self._send_control(n.to, ControlMessage(call_info=info, resident_id=n.resident_id))
-        log.info("call %s: %s %s -> %s", call.call_id, actor.key, action, updated.state)
+            msg: dict[str, Any] = {"origin": "server", "call_info": {
+                "call_id": call.call_id, "action": n.action, "reason": n.reason, "timestamp": ts}}
+            if n.resident_id is not None:
+                msg["resident_id"] = n.resident_id
+            self.publisher.publish(self._control_topic(n.to), _encode(msg).encode(), qos=1)
+        if updated.state is CallState.ENDED:
+            log.info("call %s ended %s: %s %s", call.call_id, updated.end_reason, actor.key, action)
+        else:  # the start and the end of each call are logged at INFO; the steps between at DEBUG
+            log.debug("call %s: %s %s -> %s", call.call_id, actor.key, action, updated.state)
 
     def send_error(self, party: Party, code: int, message: str, call_info: dict[str, Any],
                    request_id: str | None = None) -> None:
@@ -257,8 +277,26 @@ class CallService:
         self._send_control(party, msg)
 
     def _send_control(self, party: Party, msg: ControlMessage) -> None:
-        topic = topics.device_control(party.id) if party.role is Role.DEVICE else topics.resident_control(party.id)
-        self.publisher.publish(topic, msg.model_dump_json(exclude_none=True).encode(), qos=1)
+        self.publisher.publish(self._control_topic(party), msg.model_dump_json(exclude_none=True).encode(), qos=1)
+
+    @staticmethod
+    def _control_topic(party: Party) -> str:
+        return topics.device_control(party.id) if party.role is Role.DEVICE else topics.resident_control(party.id)
+
+    def _stage(self, before: CallSession | None, after: CallSession, actor: str, action: str,
+               reason: str | None) -> None:
+        """Write the transition into the open group (StoreError: nothing written, nothing changed)."""
+        from_state = "new" if before is None else before.state.value
+        self.journal.stage(lambda conn: write_transition(conn, after, actor, action, reason, from_state),
+                           lambda: self._undo(before, after))
+
+    def _undo(self, before: CallSession | None, after: CallSession) -> None:
+        """The group holding this transition did not commit: back to `before` (newest undone first)."""
+        if before is None:
+            self._forget(after)
+            return
+        self._remember(before)
+        self._arm(before, min_delay=RETRY_S)  # a deadline that failed to commit is retried, not spun on
 
     def _remember(self, call: CallSession) -> None:
         self._active[call.call_id] = call
@@ -274,12 +312,12 @@ class CallService:
         if (handle := self._timers.pop(call.call_id, None)) is not None:
             handle.cancel()
 
-    def _arm(self, call: CallSession) -> None:
+    def _arm(self, call: CallSession, min_delay: float = 0.0) -> None:
         if (handle := self._timers.pop(call.call_id, None)) is not None:
             handle.cancel()
         if call.deadline is None:
             return
-        delay = max(0.0, call.deadline - self.clock())
+        delay = max(min_delay, call.deadline - self.clock())
         self._timers[call.call_id] = asyncio.get_running_loop().call_later(delay, self._on_deadline, call.call_id)
 
     def _on_deadline(self, call_id: str) -> None:
@@ -293,4 +331,4 @@ class CallService:
         except Exception:
             # A failed write must not kill the timer path for good: retry shortly.
             log.exception("call %s: deadline transition failed, retrying in 1 s", call_id)
-            self._timers[call_id] = asyncio.get_running_loop().call_later(1.0, self._on_deadline, call_id)
+            self._timers[call_id] = asyncio.get_running_loop().call_later(RETRY_S, self._on_deadline, call_id)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from broker.config import SiteConfig
@@ -63,6 +64,13 @@ class Directory:
 
     def list_all(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
         return [_public(r) for r in self._members(kind, household_number)]
+
+    def row(self, kind: str, ident: str) -> Mapping[str, Any]:
+        """The cached row itself, read-only and token hash included: for the call path, which copies nothing."""
+        row = self._get(kind, ident)
+        if row is None:
+            raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
+        return row
 
     def device(self, device_id: str) -> dict[str, Any]:
         return self.get("devices", device_id)

@@ -58,6 +58,7 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
         if principal is not None and principal.role != "admin" and (principal.role, principal.id) != (
             party.role.value, party.id):
             raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")
+        staged = svc.calls.journal.staged
         if parts[0] == "calls":
             rid = body.get("request_id") if isinstance(body, dict) else None
             # Echo only a well-formed id: a bad one must not break the error reply itself.
@@ -65,12 +66,17 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             req = MqttCallRequest.model_validate(body)
             data = svc.calls.start_call(party.id, req.household_number, timestamp=req.timestamp)
             reply = {"origin": "server", **data, "request_id": req.request_id}
+            # published by the group commit, i.e. after the call is stored
             svc.calls.publisher.publish(topics.device_control(party.id), json.dumps(reply).encode(), qos=1)
         elif parts[-1] == "status":
             svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}), publish=False)
         else:
             ctl = ControlBody.model_validate(body)
             svc.calls.act(party, ctl.call_info)
+        if svc.calls.journal.staged != staged:
+            # The write is staged, its commit comes at the end of this loop tick: should it fail, the
+            # sender hears the same 500 a failed synchronous write gave it.
+            svc.calls.journal.on_failure(lambda: _refuse(svc, party, topic, 500, "internal error", body, request_id))
     except ValidationError as exc:
         _refuse(svc, party, topic, 400, _validation_message(exc), body, request_id)
     except DomainError as exc:

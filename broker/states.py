@@ -77,7 +77,9 @@ class Move(StrEnum):
     PARTY_OFFLINE = "party_offline"
 
 
-Result = tuple["CallSession", list["Notice"]]
+# A move's effect: the fields of the call that change, and who is told what. `apply` makes the new
+# call with one `replace` (a frozen dataclass copy costs ~5 µs; three per transition added up).
+Result = tuple[dict[str, object], list["Notice"]]
 
 R, C = CallState.RINGING, CallState.CONNECTED
 D, U, S = Role.DEVICE, Role.RESIDENT, Role.SERVER
@@ -214,10 +216,11 @@ def apply(
     if move is None:
         raise InvalidTransition(f"cannot '{action}' a call that is {call.state}")
     handler = _MOVES[move]
-    updated, notices = handler(call, actor, now, reason, reject_policy)
+    changes, notices = handler(call, actor, now, reason, reject_policy)
     if actor.role is not Role.SERVER:
-        updated = replace(updated, last_actions={**call.last_actions, actor.key: str(action)})
-    return replace(updated, last_activity=now), notices
+        changes["last_actions"] = {**call.last_actions, actor.key: str(action)}
+    changes["last_activity"] = now
+    return replace(call, **changes), notices  # type: ignore[arg-type]
 
 
 def _device(call: CallSession) -> Party:
@@ -228,8 +231,8 @@ def _residents(ids: frozenset[str] | tuple[str, ...]) -> list[Party]:
     return [Party(Role.RESIDENT, r) for r in sorted(ids)]
 
 
-def _end(call: CallSession, reason: EndReason, now: float) -> CallSession:
-    return replace(call, state=CallState.ENDED, end_reason=reason, ended_at=now, ringing=frozenset())
+def _end(reason: EndReason, now: float) -> dict[str, object]:
+    return {"state": CallState.ENDED, "end_reason": reason, "ended_at": now, "ringing": frozenset()}
 
 
 def _in_call(call: CallSession) -> list[Party]:
@@ -245,8 +248,7 @@ def _answer(call: CallSession, actor: Party, now: float, reason: str | None, _: 
     others = call.ringing - {actor.id}
     notices = [Notice(_device(call), "answered", reason, resident_id=actor.id)]
     notices += [Notice(p, "cancelled", "answered_elsewhere", resident_id=actor.id) for p in _residents(others)]
-    updated = replace(call, state=CallState.CONNECTED, answered_by=actor.id, connected_at=now, ringing=frozenset())
-    return updated, notices
+    return {"state": CallState.CONNECTED, "answered_by": actor.id, "connected_at": now, "ringing": frozenset()}, notices
 
 
 def _decline(call: CallSession, actor: Party, now: float, reason: str | None, policy: str) -> Result:
@@ -256,15 +258,15 @@ def _decline(call: CallSession, actor: Party, now: float, reason: str | None, po
     left = call.ringing - {actor.id}
     if policy == "household":
         notices += [Notice(p, "cancelled", "rejected_elsewhere", resident_id=actor.id) for p in _residents(left)]
-        return _end(call, EndReason.REJECTED, now), notices
+        return _end(EndReason.REJECTED, now), notices
     if not left:
-        return _end(call, EndReason.REJECTED, now), notices
-    return replace(call, ringing=left), notices
+        return _end(EndReason.REJECTED, now), notices
+    return {"ringing": left}, notices
 
 
 def _cancel(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
     notices = [Notice(p, "cancelled", reason) for p in _residents(call.ringing)]
-    return _end(call, EndReason.CANCELLED, now), notices
+    return _end(EndReason.CANCELLED, now), notices
 
 
 def _hangup(call: CallSession, actor: Party, now: float, reason: str | None, _: str) -> Result:
@@ -272,22 +274,22 @@ def _hangup(call: CallSession, actor: Party, now: float, reason: str | None, _: 
         raise Forbidden(f"resident {actor.id} did not answer call {call.call_id}")
     others = [p for p in _in_call(call) if p != actor]
     rid = call.answered_by
-    return _end(call, EndReason.HANGUP, now), [Notice(p, "hangup", reason, resident_id=rid) for p in others]
+    return _end(EndReason.HANGUP, now), [Notice(p, "hangup", reason, resident_id=rid) for p in others]
 
 
 def _ring_timeout(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
     notices = [Notice(p, "timeout", reason or "no_answer") for p in _in_call(call)]
-    return _end(call, EndReason.TIMEOUT, now), notices
+    return _end(EndReason.TIMEOUT, now), notices
 
 
 def _max_duration(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
     notices = [Notice(p, "hangup", reason or "max_duration", resident_id=call.answered_by) for p in _in_call(call)]
-    return _end(call, EndReason.MAX_DURATION, now), notices
+    return _end(EndReason.MAX_DURATION, now), notices
 
 
 def _force(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
     notices = [Notice(p, "hangup", reason or "forced", resident_id=call.answered_by) for p in _in_call(call)]
-    return _end(call, EndReason.FORCED, now), notices
+    return _end(EndReason.FORCED, now), notices
 
 
 def _party_offline(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
@@ -295,7 +297,7 @@ def _party_offline(call: CallSession, _: Party, now: float, reason: str | None, 
     notices = [
         Notice(p, "hangup", "party_offline", resident_id=call.answered_by) for p in _in_call(call) if p.key != reason
     ]
-    return _end(call, EndReason.PARTY_OFFLINE, now), notices
+    return _end(EndReason.PARTY_OFFLINE, now), notices
 
 
 _MOVES = {

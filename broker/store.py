@@ -1,10 +1,14 @@
-"""A thin synchronous store over sqlite-utils. Every call transition is one transaction."""
+"""A thin synchronous store over sqlite-utils; call transitions use raw statements (`write_transition`).
+
+The call service stages transitions in group transactions (broker/group_commit.py); every other write is a
+transaction of its own, committed before it returns.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ from sqlite_utils.db import NotFoundError, Table
 
 from broker.states import CallSession, CallState, EndReason
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["Store", "StoreError", "write_transition"]
 
 DIRECTORY = {"households": "household_number", "residents": "resident_id", "devices": "device_id"}
 
@@ -35,6 +39,9 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=2000")
+        # Called before any write outside a call transition, so it never shares (or rolls back) an open
+        # group of staged transitions: the group commit (broker.group_commit) commits them first.
+        self.before_write: Callable[[], None] | None = None
         self._create()
 
     def _create(self) -> None:
@@ -85,6 +92,8 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        if self.before_write is not None:
+            self.before_write()
         try:
             with self.db.conn:
                 yield
@@ -124,17 +133,9 @@ class Store:
     # calls ---------------------------------------------------------------------------------
 
     def save_transition(self, call: CallSession, actor: str, action: str, reason: str | None, before: str) -> None:
-        """Write the call's new state and its event in one transaction (raw SQL: sqlite-utils commits per call)."""
-        row = _call_row(call)
-        cols = ", ".join(f"[{k}]" for k in row)
-        marks = ", ".join("?" for _ in row)
+        """Write the call's new state and its event in one transaction of its own."""
         with self._tx():
-            self.db.conn.execute(f"INSERT OR REPLACE INTO calls ({cols}) VALUES ({marks})", list(row.values()))
-            self.db.conn.execute(
-                "INSERT INTO call_events (call_id, ts, actor, action, reason, from_state, to_state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [call.call_id, call.last_activity, actor, action, reason, before, str(call.state)],
-            )
+            write_transition(self.db.conn, call, actor, action, reason, before)
 
     def get_call(self, call_id: str) -> dict[str, Any] | None:
         try:
@@ -176,27 +177,40 @@ class Store:
             self._t("system_messages").insert({**row, "data": json.dumps(row["data"])})
 
     def close(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
         self.db.close()
 
 
-def _call_row(call: CallSession) -> dict[str, Any]:
-    return {
-        "call_id": call.call_id,
-        "device_id": call.device_id,
-        "household_number": call.household_number,
-        "target_resident_ids": json.dumps(list(call.targets)),
-        "status": str(call.state),
-        "resident_id": call.answered_by,
-        "end_reason": str(call.end_reason) if call.end_reason else None,
-        "start_time": call.created_at,
-        "connected_at": call.connected_at,
-        "last_activity": call.last_activity,
-        "ended_at": call.ended_at,
-        "ring_timeout_s": call.ring_timeout_s,
-        "max_duration_s": call.max_duration_s,
-        "ringing": json.dumps(sorted(call.ringing)),
-        "last_actions": json.dumps(call.last_actions),
-    }
+# The hot path of a call transition: raw prepared statements (sqlite3 caches them by text). A new call is
+# one INSERT; a later transition updates only the columns a transition can change.
+_CALL_COLUMNS = ("call_id", "device_id", "household_number", "target_resident_ids", "status", "resident_id",
+                 "end_reason", "start_time", "connected_at", "last_activity", "ended_at", "ring_timeout_s",
+                 "max_duration_s", "ringing", "last_actions")
+_INSERT_CALL = f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in _CALL_COLUMNS)})"
+_UPDATE_CALL = ("UPDATE calls SET status = ?, resident_id = ?, end_reason = ?, connected_at = ?, last_activity = ?,"
+                " ended_at = ?, ringing = ?, last_actions = ? WHERE call_id = ?")
+_INSERT_EVENT = ("INSERT INTO call_events (call_id, ts, actor, action, reason, from_state, to_state)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, action: str, reason: str | None,
+                     before: str) -> None:
+    """The statements of one transition (`before` == "new": the call's first row); the caller owns the transaction."""
+    end_reason = str(call.end_reason) if call.end_reason else None
+    ringing = json.dumps(sorted(call.ringing)) if call.ringing else "[]"
+    last_actions = json.dumps(call.last_actions)
+    if before == "new":
+        conn.execute(_INSERT_CALL, (
+            call.call_id, call.device_id, call.household_number, json.dumps(list(call.targets)), call.state.value,
+            call.answered_by, end_reason, call.created_at, call.connected_at, call.last_activity, call.ended_at,
+            call.ring_timeout_s, call.max_duration_s, ringing, last_actions))
+    else:
+        cur = conn.execute(_UPDATE_CALL, (call.state.value, call.answered_by, end_reason, call.connected_at,
+                                          call.last_activity, call.ended_at, ringing, last_actions, call.call_id))
+        if cur.rowcount != 1:
+            raise sqlite3.IntegrityError(f"call {call.call_id} has no row to update")
+    conn.execute(_INSERT_EVENT, (call.call_id, call.last_activity, actor, action, reason, before, call.state.value))
 
 
 def _decode_call(row: dict[str, Any]) -> dict[str, Any]:

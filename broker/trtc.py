@@ -6,7 +6,9 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,17 +19,51 @@ from broker.payloads import TencentRtc
 __all__ = ["SigInfo", "Trtc", "verify_user_sig"]
 
 
+SIG_CACHE_MAX = 20_000
+
+
 class Trtc:
-    def __init__(self, sdk_app_id: int, secret_key: str, expire_s: int) -> None:
+    """UserSigs for TRTC; call credentials reuse a cached sig per user while at least half its validity is left.
+
+    A UserSig signs (sdk_app_id, user id, issue time, expire) only, not the room, and stays valid for
+    `expire_s` from its issue time, so the same sig serves every call a party makes meanwhile. Making
+    one (HMAC, JSON, zlib, base64) was ~25 % of a call setup's CPU with three per call.
+    """
+
+    def __init__(self, sdk_app_id: int, secret_key: str, expire_s: int,
+                 clock: Callable[[], float] = time.time) -> None:
         self.sdk_app_id = sdk_app_id
         self.expire_s = expire_s
+        self.clock = clock
+        self.generated = 0  # sigs made (cache misses and fresh requests)
         self._api = TLSSigAPIv2(sdk_app_id, secret_key)
+        self._sigs: dict[str, tuple[str, float]] = {}  # user id -> (sig, reuse until)
 
     def user_sig(self, user_id: str) -> str:
+        """A fresh sig with the full `expire_s` ahead (what `POST /api/trtc/usersig` promises)."""
+        self.generated += 1
         return str(self._api.gen_sig(user_id, self.expire_s))
+
+    def cached_user_sig(self, user_id: str) -> str:
+        """A sig with at least `expire_s / 2` of validity left: reused from the cache, or made now."""
+        now = self.clock()
+        hit = self._sigs.get(user_id)
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        # The library stamps int(time.time()); counting from the floor keeps the margin conservative.
+        sig = self.user_sig(user_id)
+        if hit is None and len(self._sigs) >= SIG_CACHE_MAX:
+            del self._sigs[next(iter(self._sigs))]  # bounded: drop the oldest entry
+        self._sigs[user_id] = (sig, int(now) + self.expire_s / 2)
+        return sig
 
     def credentials(self, user_id: str, room_id: str) -> TencentRtc:
         return TencentRtc(sdk_app_id=self.sdk_app_id, user_id=user_id, user_sig=self.user_sig(user_id), room_id=room_id)
+
+    def call_credentials(self, user_id: str, room_id: str) -> dict[str, Any]:
+        """`tencen_rtc` of a call (built without validation: every field is ours), with a cached sig."""
+        return {"sdk_app_id": self.sdk_app_id, "user_id": user_id, "user_sig": self.cached_user_sig(user_id),
+                "room_id": room_id, "room_id_type": "string"}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ async def call(request: web.Request) -> web.Response:
     _own_device(request, body.device_id)
     svc = request.app[SERVICES]
     data = svc.calls.start_call(body.device_id, body.household_number, body.target_resident_id, body.timestamp)
+    await svc.calls.durable()  # answer only once the call is stored (group commit, end of this loop tick)
     return ok(data)
 
 
@@ -33,7 +34,10 @@ async def rtc_call(request: web.Request) -> web.Response:
     """Older `/api/rtc/call` and `/api/trtc/call`: a call from one device to one resident."""
     body = await parse_body(request, RtcCallRequest)
     _own_device(request, body.device_id)
-    return ok(request.app[SERVICES].calls.start_call(body.device_id, resident_id=body.resident_id))
+    calls = request.app[SERVICES].calls
+    data = calls.start_call(body.device_id, resident_id=body.resident_id)
+    await calls.durable()
+    return ok(data)
 
 
 async def control_device(request: web.Request) -> web.Response:
@@ -42,6 +46,7 @@ async def control_device(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     actor = party_of(p) or Party(Role.DEVICE, svc.calls.device_for(body.call_info.call_id))
     svc.calls.act(actor, body.call_info)
+    await svc.calls.durable()
     return ok(None)
 
 
@@ -51,6 +56,7 @@ async def control_resident(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     actor = party_of(p) or Party(Role.RESIDENT, svc.calls.resident_for(body.call_info.call_id, body.resident_id))
     svc.calls.act(actor, body.call_info)
+    await svc.calls.durable()
     return ok(None)
 
 
@@ -68,7 +74,9 @@ async def session(request: web.Request) -> web.Response:
 async def end_session(request: web.Request) -> web.Response:
     body = await parse_body(request, EndSessionRequest)
     require(request)
-    request.app[SERVICES].calls.end_session(body.call_id, body.reason)
+    calls = request.app[SERVICES].calls
+    calls.end_session(body.call_id, body.reason)
+    await calls.durable()
     return ok(None)
 
 
