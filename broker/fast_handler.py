@@ -1,4 +1,4 @@
-"""amqtt 0.12.1's BrokerProtocolHandler with the fast path bound in as methods.
+"""amqtt 0.12.1's BrokerProtocolHandler with the fast path bound in as methods, and its packet reader.
 
 FastPathMixin used to install five closures on every handler (reader loop, publish, puback,
 (un)subscribe): each a function object, cells and a grown instance dict, ~3.5 KB per connection.
@@ -6,19 +6,55 @@ Here the handler carries one reference to the broker (`routed`), set once the co
 registered, and falls back to amqtt's behaviour while it is None. It also allocates its two
 events lazily and arms no keepalive write timer: amqtt re-armed one on every packet sent, for a
 `handle_write_timeout` that is a no-op on the broker side (the reader enforces keepalive).
+
+Its reader loop (for readers that hand out whole packets) replaces amqtt's `_reader_loop`: PUBLISH
+(QoS 0/1) and PUBACK are decoded from the bytes and handled in place, without amqtt's `wait_for`
+and task per packet; every other packet goes through amqtt's own classes and `handle_*` coroutines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from amqtt.errors import ProtocolHandlerError
+from amqtt.adapters import BufferReader
+from amqtt.errors import MQTTError, NoDataError, ProtocolHandlerError
+from amqtt.events import MQTTEvents
+from amqtt.mqtt import packet_class
+from amqtt.mqtt.constants import QOS_2
+from amqtt.mqtt.packet import (
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    MQTTFixedHeader,
+)
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
 from broker.lazy import LazyEvent
 
-__all__ = ["FastHandler"]
+__all__ = ["FastHandler", "whole_packets"]
+
+log = logging.getLogger("intercom.fastpath")
+
+_HANDLERS = {SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe", PUBACK: "handle_puback",
+             PUBREC: "handle_pubrec", PUBREL: "handle_pubrel", PUBCOMP: "handle_pubcomp", PINGREQ: "handle_pingreq",
+             PINGRESP: "handle_pingresp", PUBLISH: "handle_publish", DISCONNECT: "handle_disconnect"}
+
+
+def whole_packets(reader: Any) -> bool:
+    """True for readers that only hand out whole packets, so no read waits in the middle of one."""
+    from broker.packet_guard import GuardedReader  # the hardening layer's reader: whole, validated packets
+
+    return isinstance(reader, GuardedReader) or bool(getattr(reader, "whole_packets", False))
 
 
 class FastHandler(BrokerProtocolHandler):
@@ -45,7 +81,83 @@ class FastHandler(BrokerProtocolHandler):
         broker = self.fast_reader
         if broker is None:
             return super()._reader_loop()
-        return broker._fast_reader_loop(self.session, self)
+        return self._read_whole_packets(broker)
+
+    async def _read_whole_packets(self, broker: Any) -> None:
+        """amqtt's `ProtocolHandler._reader_loop` minus a task and a `wait_for` per packet. There is no
+        read timeout: amqtt's broker handler ignored it and the reader enforces keepalive itself."""
+        session: Any = self.session
+        reader: Any = self.reader
+        if self._reader_ready is not None:
+            self._reader_ready.set()
+        running: list[asyncio.Task[None]] = []  # amqtt-path packets in progress; rarely more than one
+        hooks = broker._plugin_hooks()
+        fast_ok = hooks.sync_publish and str(MQTTEvents.PACKET_RECEIVED) not in hooks.events
+        try:
+            while True:
+                if running:
+                    running = [task for task in running if not task.done()]
+                first = await reader.read(1)
+                if not first:
+                    break
+                length, mult = 0, 1
+                for _ in range(4):
+                    byte = (await reader.read(1))[0]
+                    length += (byte & 0x7F) * mult
+                    mult *= 128
+                    if not byte & 0x80:
+                        break
+                kind, flags = first[0] >> 4, first[0] & 0x0F
+                body = await reader.read(length) if length else b""
+                if len(body) < length:
+                    break
+                if fast_ok and kind == PUBLISH and (flags >> 1) & 3 < QOS_2:
+                    self._publish_bytes(broker, flags, body)
+                    continue
+                if fast_ok and kind == PUBACK and length == 2:
+                    broker._acked(session, self, int.from_bytes(body, "big"), None)
+                    continue
+                task = await self._dispatch(first, length, body)
+                if task is not None:
+                    running.append(task)
+        except asyncio.CancelledError:
+            pass
+        except (MQTTError, NoDataError, IndexError, ValueError) as exc:
+            log.debug("%s: reader stopped: %r", session.client_id, exc)
+        except Exception as exc:
+            log.warning("%s: unhandled exception in reader: %r", session.client_id, exc)
+        for task in running:
+            task.cancel()
+        await self.handle_connection_closed()
+        self._reader_stopped.set()
+        await self.stop()
+
+    async def _dispatch(self, first: bytes, length: int, body: bytes) -> asyncio.Task[None] | None:
+        """One non-fast packet, rebuilt with amqtt's classes and handed to its `handle_*`, like amqtt."""
+        fixed = MQTTFixedHeader(first[0] >> 4, first[0] & 0x0F, length)
+        packet: Any = await packet_class(fixed).from_stream(BufferReader(body), fixed_header=fixed)
+        await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=self.session)
+        name = _HANDLERS.get(fixed.packet_type)
+        if name is None:
+            if fixed.packet_type == CONNECT:
+                await self.handle_connect(packet)
+            return None
+        return asyncio.create_task(getattr(self, name)(packet))
+
+    def _publish_bytes(self, broker: Any, flags: int, body: bytes) -> None:
+        """A PUBLISH decoded by hand (MQTT 3.1.1 §3.3); the rest is the broker's `_accept_now`."""
+        qos = (flags >> 1) & 3
+        tlen = int.from_bytes(body[:2], "big")
+        try:
+            topic = body[2:2 + tlen].decode()
+        except UnicodeDecodeError:
+            broker._spawn(self.handle_connection_closed())
+            return
+        pos = 2 + tlen
+        packet_id = int.from_bytes(body[pos:pos + 2], "big") if qos else 0
+        data = body[pos + 2:] if qos else body[pos:]
+        if broker._accept_now(self.session, self, topic, data, qos, bool(flags & 1)) and qos and self.writer:
+            self.writer.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
 
     # amqtt's reader runs what these return as a task; the broker's versions return a finished coroutine
     # when they did the work in place.

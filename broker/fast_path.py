@@ -8,7 +8,7 @@ What changes against amqtt (each override names the method it replaces, so it ca
 * Delivery: a client PUBLISH is routed synchronously, straight into each subscriber's `Outlet` (no
   delivered-message queue, no broadcast queue, no task or future per subscriber). Delivered QoS is
   min(publisher QoS, granted QoS) (amqtt used the subscriber's QoS).
-* Reading: for readers that hand out whole packets (HardeningMixin's GuardedReader), `_fast_reader_loop`
+* Reading: for readers that hand out whole packets (HardeningMixin's GuardedReader), `FastHandler`
   replaces amqtt's `_reader_loop`: PUBLISH (QoS 0/1) and PUBACK are decoded from bytes and handled in
   place, without amqtt's `wait_for` task and `handle_*` task per packet; other packets take amqtt's path.
 * Retained: `RetainedStore` keeps a topic tree, so a subscription finds its retained messages without
@@ -35,34 +35,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from amqtt.adapters import BufferReader
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.contexts import Action
-from amqtt.errors import MQTTError, NoDataError
-from amqtt.events import BrokerEvents, MQTTEvents
-from amqtt.mqtt import packet_class
+from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_2
-from amqtt.mqtt.packet import (
-    CONNECT,
-    DISCONNECT,
-    PINGREQ,
-    PINGRESP,
-    PUBACK,
-    PUBCOMP,
-    PUBLISH,
-    PUBREC,
-    PUBREL,
-    SUBSCRIBE,
-    UNSUBSCRIBE,
-    MQTTFixedHeader,
-)
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 
 from broker import lazy, session_states
-from broker.fast_handler import FastHandler
+from broker.fast_handler import FastHandler, whole_packets
 from broker.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.topic_index import RetainedStore, SubscriptionIndex, valid_filter
 
@@ -87,17 +70,6 @@ class _SessionTable(dict[str, tuple[Session, "BrokerProtocolHandler"]]):
     def __setitem__(self, client_id: str, entry: tuple[Session, BrokerProtocolHandler]) -> None:
         super().__setitem__(client_id, entry)
         self._on_register(entry[1], entry[0])
-
-
-def _whole_packets(reader: Any) -> bool:
-    from broker.packet_guard import GuardedReader  # the hardening layer's reader: whole, validated packets
-
-    return isinstance(reader, GuardedReader) or bool(getattr(reader, "whole_packets", False))
-
-
-_HANDLERS = {SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe", PUBACK: "handle_puback",
-             PUBREC: "handle_pubrec", PUBREL: "handle_pubrel", PUBCOMP: "handle_pubcomp", PINGREQ: "handle_pingreq",
-             PINGRESP: "handle_pingresp", PUBLISH: "handle_publish", DISCONNECT: "handle_disconnect"}
 
 
 async def _done() -> None:
@@ -194,8 +166,8 @@ class FastPathMixin(_Base):
     def _prepare_handler(self, handler: BrokerProtocolHandler, session: Session) -> None:
         """Hook for `_handle_client_session`, after `handler.attach()` and before `handler.start()`.
 
-        Routes the handler's packets to this broker (`FastHandler.routed`), and makes
-        `_fast_reader_loop` its reader (`FastHandler.fast_reader`), the latter only for readers
+        Routes the handler's packets to this broker (`FastHandler.routed`), and switches on its
+        whole-packet reader (`FastHandler.fast_reader`), the latter only for readers
         that hand out whole packets (HardeningMixin's GuardedReader, or any reader with
         `whole_packets = True`), so no read ever waits in the middle of a packet. `_SessionTable`
         calls it when amqtt (or HardeningMixin) registers the connection in `_sessions`, which both
@@ -205,90 +177,8 @@ class FastPathMixin(_Base):
             return
         # before start(): a SUBSCRIBE may be read before `_client_message_loop` runs
         handler.routed = self
-        if _whole_packets(handler.reader):
+        if whole_packets(handler.reader):
             handler.fast_reader = self
-
-    async def _fast_reader_loop(self, session: Session, handler: BrokerProtocolHandler) -> None:
-        """amqtt's `ProtocolHandler._reader_loop` minus a task and a `wait_for` per packet.
-
-        PUBLISH (QoS 0/1) and PUBACK are decoded from the bytes and handled in place; every other packet
-        goes through amqtt's own classes and `handle_*` coroutines, as before. There is no read timeout:
-        amqtt's broker handler ignored it (`handle_read_timeout` is a no-op) and the reader enforces
-        keepalive itself.
-        """
-        h: Any = handler
-        reader = h.reader
-        h._reader_ready.set()
-        running: list[asyncio.Task[None]] = []  # amqtt-path packets in progress; rarely more than one
-        hooks = self._plugin_hooks()
-        fast_ok = hooks.sync_publish and str(MQTTEvents.PACKET_RECEIVED) not in hooks.events
-        try:
-            while True:
-                if running:
-                    running = [task for task in running if not task.done()]
-                first = await reader.read(1)
-                if not first:
-                    break
-                length, mult = 0, 1
-                for _ in range(4):
-                    byte = (await reader.read(1))[0]
-                    length += (byte & 0x7F) * mult
-                    mult *= 128
-                    if not byte & 0x80:
-                        break
-                kind, flags = first[0] >> 4, first[0] & 0x0F
-                body = await reader.read(length) if length else b""
-                if len(body) < length:
-                    break
-                if fast_ok and kind == 3 and (flags >> 1) & 3 < QOS_2:
-                    self._publish_bytes(session, handler, flags, body)
-                    continue
-                if fast_ok and kind == 4 and length == 2:
-                    self._acked(session, handler, int.from_bytes(body, "big"), None)
-                    continue
-                task = await self._amqtt_dispatch(handler, first, length, body)
-                if task is not None:
-                    running.append(task)
-        except asyncio.CancelledError:
-            pass
-        except (MQTTError, NoDataError, IndexError, ValueError) as exc:
-            log.debug("%s: reader stopped: %r", session.client_id, exc)
-        except Exception as exc:
-            log.warning("%s: unhandled exception in reader: %r", session.client_id, exc)
-        for task in running:
-            task.cancel()
-        await handler.handle_connection_closed()
-        h._reader_stopped.set()
-        await handler.stop()
-
-    async def _amqtt_dispatch(self, handler: BrokerProtocolHandler, first: bytes, length: int,
-                              body: bytes) -> asyncio.Task[None] | None:
-        """One non-fast packet, rebuilt with amqtt's classes and handed to its `handle_*`, like amqtt."""
-        h: Any = handler
-        fixed = MQTTFixedHeader(first[0] >> 4, first[0] & 0x0F, length)
-        packet = await packet_class(fixed).from_stream(BufferReader(body), fixed_header=fixed)
-        await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=h.session)
-        name = _HANDLERS.get(fixed.packet_type)
-        if name is None:
-            if fixed.packet_type == CONNECT:
-                await h.handle_connect(packet)
-            return None
-        return asyncio.create_task(getattr(h, name)(packet))
-
-    def _publish_bytes(self, session: Session, handler: BrokerProtocolHandler, flags: int, body: bytes) -> None:
-        """A PUBLISH decoded by hand (MQTT 3.1.1 §3.3); the rest is `_publish_now`'s job."""
-        qos = (flags >> 1) & 3
-        tlen = int.from_bytes(body[:2], "big")
-        try:
-            topic = body[2:2 + tlen].decode()
-        except UnicodeDecodeError:
-            self._spawn(handler.handle_connection_closed())
-            return
-        pos = 2 + tlen
-        packet_id = int.from_bytes(body[pos:pos + 2], "big") if qos else 0
-        data = body[pos + 2:] if qos else body[pos:]
-        if self._accept_now(session, handler, topic, data, qos, bool(flags & 1)) and qos and handler.writer:
-            handler.writer.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
 
     async def _deliver_on_connect(self, session: Session) -> None:
         """Offline queue, then retained messages of this session's own subscriptions only.
