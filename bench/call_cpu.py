@@ -5,7 +5,8 @@
 The real CallService, Directory, Trtc and a file-backed sqlite Store (WAL, in a temp dir) with 300
 households of two residents and a door. Published messages are counted, not delivered, so the numbers
 are the service's share of a call; bench/calls.py's ``call_rate`` measures the whole broker over the
-wire. ``--per-tick N`` yields to the event loop after every N calls, i.e. N calls share one group commit
+wire. Each phase runs ``--repeat`` times and reports its best run (the machine is shared).
+``--per-tick N`` yields to the event loop after every N calls, i.e. N calls share one group commit
 (1 = the worst case: a commit per call setup).
 
 * setup: device request -> call stored, both residents' ``incoming`` and the device reply encoded
@@ -112,21 +113,27 @@ async def amain(args: argparse.Namespace) -> None:
         svc, pub = build(Path(tmp))
         await run(svc, min(args.calls, 300), args.per_tick, "setup")  # warm-up: caches, sqlite pages
         for mode in ("setup", "lifecycle"):
-            prof = cProfile.Profile() if args.profile else None
+            best: dict[str, float] | None = None
             commits0, msgs0 = _commits(svc), pub.messages
-            if prof:
-                prof.enable()
-            r = await run(svc, args.calls, args.per_tick, mode)
-            if prof:
-                prof.disable()
+            for _ in range(args.repeat):  # a shared, noisy machine: keep the best run
+                prof = cProfile.Profile() if args.profile else None
+                if prof:
+                    prof.enable()
+                r = await run(svc, args.calls, args.per_tick, mode)
+                if prof:
+                    prof.disable()
+                    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+                if best is None or r["total_ms"] < best["total_ms"]:
+                    best = r
+            assert best is not None
+            n = args.calls * args.repeat
             second = "cancel" if mode == "setup" else "answer+hangup"
-            print(f"{mode:9s} {args.calls} calls, {args.per_tick}/tick: setup {r['setup_ms']:.3f} ms CPU, "
-                  f"{second} {r['rest_ms']:.3f} ms, total {r['total_ms']:.3f} ms per call "
-                  f"({(_commits(svc) - commits0) / args.calls:.2f} group commits, "
-                  f"{(pub.messages - msgs0) / args.calls:.1f} messages per call; "
-                  f"{getattr(svc.trtc, 'generated', 'n/a')} UserSigs made so far)")
-            if prof:
-                pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            print(f"{mode:9s} {args.calls} calls x{args.repeat}, {args.per_tick}/tick: "
+                  f"setup {best['setup_ms']:.3f} ms CPU, "
+                  f"{second} {best['rest_ms']:.3f} ms, total {best['total_ms']:.3f} ms per call "
+                  f"({(_commits(svc) - commits0) / n:.2f} group commits, "
+                  f"{(pub.messages - msgs0) / n:.1f} messages per call; "
+                  f"{getattr(svc.trtc, 'generated', 'n/a')} UserSigs made so far)", flush=True)
         svc.calls.close()
         svc.store.close()
         logging.shutdown()
@@ -136,7 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--per-tick", type=int, default=1, help="calls per event-loop tick (share one commit)")
-    ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of each phase")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per phase; the best (least CPU) is reported")
+    ap.add_argument("--profile", action="store_true", help="print the top of a cProfile of each run")
     args = ap.parse_args()
     asyncio.run(amain(args))
 

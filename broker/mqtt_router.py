@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from broker import fastjson
 from broker.errors import BadRequest, DomainError, Forbidden
 from broker.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics
 from broker.services import Services
@@ -67,7 +68,7 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             data = svc.calls.start_call(party.id, req.household_number, timestamp=req.timestamp)
             reply = {"origin": "server", **data, "request_id": req.request_id}
             # published by the group commit, i.e. after the call is stored
-            svc.calls.publisher.publish(topics.device_control(party.id), json.dumps(reply).encode(), qos=1)
+            svc.calls.publisher.publish(topics.device_control(party.id), fastjson.dumps(reply).encode(), qos=1)
         elif parts[-1] == "status":
             svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}), publish=False)
         else:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
+from broker import fastjson
 from broker.states import CallSession, CallState, EndReason
 
 __all__ = ["Store", "StoreError", "write_transition"]
@@ -198,11 +199,11 @@ def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, ac
                      before: str) -> None:
     """The statements of one transition (`before` == "new": the call's first row); the caller owns the transaction."""
     end_reason = str(call.end_reason) if call.end_reason else None
-    ringing = json.dumps(sorted(call.ringing)) if call.ringing else "[]"
-    last_actions = json.dumps(call.last_actions)
+    ringing = fastjson.dumps(sorted(call.ringing)) if call.ringing else "[]"
+    last_actions = fastjson.dumps(call.last_actions)
     if before == "new":
         conn.execute(_INSERT_CALL, (
-            call.call_id, call.device_id, call.household_number, json.dumps(list(call.targets)), call.state.value,
+            call.call_id, call.device_id, call.household_number, fastjson.dumps(list(call.targets)), call.state.value,
             call.answered_by, end_reason, call.created_at, call.connected_at, call.last_activity, call.ended_at,
             call.ring_timeout_s, call.max_duration_s, ringing, last_actions))
     else:
