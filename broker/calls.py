@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker import states
+from broker.admission import CallAdmission, LoopLag
 from broker.config import CallsConfig
 from broker.directory import Directory
 from broker.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
@@ -74,6 +75,9 @@ class CallService:
         self._by_household: dict[str, str] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._day: tuple[int, str] = (-1, "")
+        self.lag = LoopLag()
+        self.admission = CallAdmission(config.max_setups_per_s, config.setup_burst, config.max_active_calls,
+                                       config.max_loop_lag_ms / 1000, lag=lambda: self.lag.lag_s)
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -92,6 +96,7 @@ class CallService:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self.lag.stop()
 
     @property
     def active_count(self) -> int:
@@ -125,6 +130,8 @@ class CallService:
             raise Busy(f"device '{device_id}' is already in call {self._by_device[device_id]}")
         if household in self._by_household:
             raise Busy(f"household '{household}' is already in call {self._by_household[household]}")
+        self.lag.start()
+        self.admission.admit(len(self._active))  # 503 now rather than a queue nobody bounds
 
         now = self.clock()
         call_id = f"call-{self._date(now)}-{secrets.token_hex(6)}"

@@ -113,6 +113,11 @@ class CallsConfig(_Strict):
     reject_policy: Literal["member", "household"] = "member"
     party_offline_grace_s: float = Field(15.0, ge=0, le=3600)
     history_limit_max: int = Field(500, ge=1)
+    # Admission (broker/admission.py): past any of these a call setup gets 503 + Retry-After.
+    max_setups_per_s: float = Field(2000.0, gt=0)
+    setup_burst: int = Field(2000, ge=1)
+    max_active_calls: int = Field(10_000, ge=1)
+    max_loop_lag_ms: float = Field(500.0, gt=0)
 
 
 class TrtcConfig(_Strict):

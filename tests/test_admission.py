@@ -46,10 +46,37 @@ async def test_loop_lag_sees_a_blocked_loop_and_decays() -> None:
     lag = LoopLag(interval_s=0.01)
     lag.start()
     await asyncio.sleep(0.05)
-    assert lag.lag_s < 0.05
-    time.sleep(0.2)  # noqa: ASYNC251 - block the loop, as a burst of synchronous work would
-    await asyncio.sleep(0.02)
-    assert lag.lag_s >= 0.1
-    await asyncio.sleep(0.3)
-    assert lag.lag_s < 0.05
+    time.sleep(0.3)  # noqa: ASYNC251 - block the loop, as a burst of synchronous work would
+    seen = 0.0
+    for _ in range(10):
+        await asyncio.sleep(0.003)
+        seen = max(seen, lag.lag_s)
+    assert seen >= 0.2
+    async with asyncio.timeout(3):  # decays once the loop is on time again (bounded: a busy CI box)
+        while lag.lag_s >= 0.1:  # noqa: ASYNC110 - polling the sampled value is the point
+            await asyncio.sleep(0.02)
     lag.stop()
+
+
+async def test_a_call_burst_beyond_the_setup_rate_gets_503_over_rest_and_mqtt(make_harness) -> None:
+    """Past `calls.max_setups_per_s` a setup is refused at once (REST 503 + Retry-After, MQTT error on
+    the device's control topic); nothing is stored for it, and the running call is unaffected."""
+    from conftest import parties
+
+    h = await make_harness(calls={"max_setups_per_s": 0.01, "setup_burst": 1})
+    async with parties(h) as party:
+        dev5 = await party("device", "5")
+        first = await h.start_call("1")
+        async with h.http.post(h.base + "/api/mqtt/call", json={"device_id": "5"}) as r:
+            body = await r.json()
+            assert r.status == 503 and body["code"] == 503 and "retry after" in body["message"]
+            assert int(r.headers["Retry-After"]) >= 1
+        await dev5.client.publish("calls/request/5", b"{}", qos=1)
+        _, err = await dev5.wait_for(lambda t, b: isinstance(b, dict) and "error" in b)
+        assert err["error"]["code"] == 503
+        status, active = await h.get("/api/calls/active?device_id=5")
+        assert status == 200 and active["data"] == []
+        assert h.svc.calls.active_count == 1 and h.svc.calls.admission.refused == 2
+        status, _ = await h.post("/api/mqtt/controller/device", {"call_info": {
+            "call_id": first["call_id"], "action": "hangup"}})
+        assert status == 200
