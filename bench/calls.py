@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 import time
@@ -39,12 +40,13 @@ perf = time.perf_counter
 STALL_S = 5.0
 
 
-SITE_HOUSEHOLDS = 500
+# call_rate with cancel=0 needs a household per call: BENCH_SITE_HOUSEHOLDS=4000 (start-up takes longer)
+SITE_HOUSEHOLDS = int(os.environ.get("BENCH_SITE_HOUSEHOLDS", "500"))
 
 
 def site_config(workdir: Path) -> Path:
     """A broker.yaml with only a `site:` section: SITE_HOUSEHOLDS households of two residents and a door."""
-    path = workdir / "bench-site.yaml"
+    path = workdir / f"bench-site-{SITE_HOUSEHOLDS}.yaml"
     if not path.exists():
         lines = ["site:", "  households:"]
         for h in range(SITE_HOUSEHOLDS):
@@ -313,6 +315,8 @@ async def call_rate(ctx: Ctx) -> Result:
     ``rate`` = 0 is closed loop: ``window`` households (default all) each call again as soon as their
     previous setup completed, i.e. the broker's capacity. Each set-up call is cancelled by its device
     (so the household can call again), so the broker CPU per setup includes that cancel transition.
+    ``cancel`` = 0 (open loop only) leaves every call ringing and uses each household once: the CPU of
+    the setup alone; it needs households >= rate x (warmup_s + seconds).
     Only setups completing inside the measured ``seconds`` (after ``warmup_s``) count.
     """
     if (na := _no_call_service(ctx)) is not None:
@@ -323,6 +327,9 @@ async def call_rate(ctx: Ctx) -> Result:
     warmup_s: float = ctx.params.get("warmup_s", 1.0)
     window: int = int(ctx.params.get("window", 0)) or ctx.params["households"]
     via: str = ctx.params.get("via", "mqtt")
+    cancel = bool(ctx.params.get("cancel", 1))
+    if not cancel and rate <= 0:
+        raise ValueError("call_rate: cancel=0 needs an open-loop rate > 0")
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as http:
         site, idle = await _prepare(ctx, res, http)
@@ -372,6 +379,8 @@ async def call_rate(ctx: Ctx) -> Result:
                 stats["in_window"] += 1
                 if hh.t0 >= window_open[0]:
                     samples.append(now - hh.t0)
+            if not cancel:
+                return  # left ringing: this household is used once
             hh.device.publish(f"devices/d{hh.h}/calls/control", b'{"call_info":{"call_id":"%s","action":"cancelled"}}'
                               % hh.call_id.encode(), 1)
             free.append(hh)
@@ -436,7 +445,7 @@ async def call_rate(ctx: Ctx) -> Result:
     setups = stats["in_window"]
     res.add("setups/s", setups / measured, "calls/s", True)
     s = latency_summary(samples)
-    res.extra.update(latency=s, **stats, measured_s=measured, offered_rate=rate, window=window)
+    res.extra.update(latency=s, **stats, measured_s=measured, offered_rate=rate, window=window, cancel=cancel)
     res.add("setup p50", s["p50_ms"], "ms", False)
     res.add("setup p99", s["p99_ms"], "ms", False)
     cpu = ctx.meter.result
@@ -481,7 +490,7 @@ CALL_SCENARIOS: dict[str, Scenario] = {
     ),
     "call_rate": Scenario(
         call_rate,
-        lambda p: f"call rate {p['rate'] or 'max'}/s {p['households']} hh",
+        lambda p: f"call rate {p['rate'] or 'max'}/s {p['households']} hh{'' if p.get('cancel', 1) else ' no cancel'}",
         short=[{"households": 300, "rate": r, "seconds": 5} for r in (0, 1000)],
         full=[{"households": 300, "rate": r, "seconds": 15} for r in (0, 1000)],
         cap_short_s=60,
