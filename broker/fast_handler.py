@@ -156,8 +156,8 @@ class FastHandler(BrokerProtocolHandler):
         pos = 2 + tlen
         packet_id = int.from_bytes(body[pos:pos + 2], "big") if qos else 0
         data = body[pos + 2:] if qos else body[pos:]
-        if broker._accept_now(self.session, self, topic, data, qos, bool(flags & 1)) and qos and self.writer:
-            self.writer.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+        if broker._accept_now(self.session, self, topic, data, qos, bool(flags & 1)) and qos:
+            broker.puback(self, packet_id)
 
     # amqtt's reader runs what these return as a task; the broker's versions return a finished coroutine
     # when they did the work in place.

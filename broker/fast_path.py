@@ -90,6 +90,9 @@ class _Hooks:
     receive_async: bool = False  # some ACL has only the async `topic_filtering`
     sync_publish: bool = True  # a PUBLISH can be handled inside the reader's call, without awaiting
     events: frozenset[str] = frozenset()
+    # `acknowledge_after(send)`: a plugin that made an intercepted publish's effect durable later in
+    # the tick (the call service's group commit) runs `send` (the PUBACK) once it is, not before.
+    ack_barrier: Callable[[Callable[[], None]], None] | None = None
 
 
 class FastPathMixin(_Base):
@@ -129,6 +132,9 @@ class FastPathMixin(_Base):
             hook = getattr(plugin, "intercept_publish", None)
             if callable(hook) and not asyncio.iscoroutinefunction(hook):
                 hooks.intercepts.append(hook)
+            barrier = getattr(plugin, "acknowledge_after", None)
+            if callable(barrier):
+                hooks.ack_barrier = barrier  # one durable store behind the broker: one barrier
         topic_plugins = list(getattr(pm, "_topic_plugins", []))
         custom_filter = type(self)._topic_filtering is not FastPathMixin._topic_filtering_base()
         hooks.filter_topics = bool(topic_plugins) or custom_filter
@@ -267,9 +273,26 @@ class FastPathMixin(_Base):
             return _done()
         if not self._accept_now(session, handler, topic, data, qos, packet.retain_flag):
             return _done()
-        if qos and handler.writer is not None and packet.variable_header is not None:
-            handler.writer.write(b"\x40\x02" + packet.variable_header.packet_id.to_bytes(2, "big"))
+        if qos and packet.variable_header is not None:
+            self.puback(handler, packet.variable_header.packet_id)
         return _done()
+
+    def puback(self, handler: BrokerProtocolHandler, packet_id: int) -> None:
+        """Acknowledge a QoS 1 PUBLISH, after any durable effect it had (see `_Hooks.ack_barrier`)."""
+        writer = handler.writer
+        if writer is None:
+            return
+        packet = b"\x40\x02" + packet_id.to_bytes(2, "big")
+        barrier = self._plugin_hooks().ack_barrier
+        if barrier is None:
+            writer.write(packet)
+            return
+
+        def send() -> None:
+            if handler.writer is writer:  # not after the connection (or a takeover) replaced it
+                writer.write(packet)
+
+        barrier(send)
 
     def _accept_now(self, session: Session, handler: BrokerProtocolHandler, topic: str, data: bytes, qos: int,
                     retain: bool) -> bool:
@@ -337,8 +360,8 @@ class FastPathMixin(_Base):
             await self._drain_delivered(session, handler)
             return
         keep = await self._accept_publish(session, handler, topic, data, qos, packet.retain_flag, packet)
-        if qos and keep and handler.writer is not None and packet.variable_header is not None:
-            handler.writer.write(b"\x40\x02" + packet.variable_header.packet_id.to_bytes(2, "big"))
+        if qos and keep and packet.variable_header is not None:
+            self.puback(handler, packet.variable_header.packet_id)
 
     async def _drain_delivered(self, session: Session, handler: BrokerProtocolHandler) -> None:
         queue = session.delivered_message_queue

@@ -49,6 +49,7 @@ class GroupCommit:
         self._outbox: list[tuple[str, bytes, int, bool]] = []
         self._undo: list[Callable[[], None]] = []
         self._on_failure: list[Callable[[], None]] = []
+        self._after: list[Callable[[], None]] = []
         self._waiter: asyncio.Future[None] | None = None
         self._tick: asyncio.Handle | None = None
         store.before_write = self.flush
@@ -120,6 +121,15 @@ class GroupCommit:
         if self._open:
             self._on_failure.append(callback)
 
+    def after(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the open group has ended, committed or not (now if none is open): e.g.
+        the PUBACK of the MQTT request that staged a transition, so a crash before the commit leaves
+        the request unacknowledged (the client sends it again) rather than acknowledged and lost."""
+        if self._open:
+            self._after.append(callback)
+        else:
+            callback()
+
     async def durable(self) -> None:
         """Return once everything staged so far is committed; raise StoreError if that commit failed."""
         if not self._open:
@@ -142,6 +152,7 @@ class GroupCommit:
         except sqlite3.Error as exc:
             self._fail(StoreError(str(exc)))
             return
+        after = self._after
         outbox, waiter = self._take()
         self.commits += 1
         for topic, payload, qos, retain in outbox:
@@ -149,12 +160,21 @@ class GroupCommit:
                 self.publisher.publish(topic, payload, qos, retain)
             except Exception:
                 log.exception("could not publish on %s after commit", topic)
+        self._run_after(after)
         if waiter is not None:
             waiter.set_result(None)
 
+    @staticmethod
+    def _run_after(callbacks: list[Callable[[], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a post-commit callback failed")
+
     def _take(self) -> tuple[list[tuple[str, bytes, int, bool]], asyncio.Future[None] | None]:
         outbox, waiter = self._outbox, self._waiter
-        self._outbox, self._undo, self._on_failure, self._waiter = [], [], [], None
+        self._outbox, self._undo, self._on_failure, self._after, self._waiter = [], [], [], [], None
         self._open = False
         return outbox, waiter
 
@@ -165,12 +185,13 @@ class GroupCommit:
             self.store.db.conn.rollback()
         except sqlite3.Error:
             log.exception("rollback after a failed commit failed")
-        undo, failure = self._undo, self._on_failure
+        undo, failure, after = self._undo, self._on_failure, self._after
         _, waiter = self._take()
         for callback in [*reversed(undo), *failure]:
             try:
                 callback()
             except Exception:
                 log.exception("undoing a call transition failed")
+        self._run_after(after)  # the requests were handled (refused with an error reply): acknowledge them
         if waiter is not None:
             waiter.set_exception(error)

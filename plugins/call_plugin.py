@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from amqtt.broker import BrokerContext
@@ -38,6 +39,14 @@ class CallPlugin(BasePlugin[BrokerContext]):
         if self.services is None or not topic:
             return
         on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload)
+
+    def acknowledge_after(self, send: Callable[[], None]) -> None:
+        """FastPathMixin's PUBACK barrier: a call request or action is acknowledged only once the
+        transition it staged is committed (persist, then tell anyone, the sender included)."""
+        if self.services is None:
+            send()
+            return
+        self.services.calls.journal.after(send)
 
     async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
         self._presence(client_session, online=True)

@@ -195,3 +195,32 @@ async def test_a_write_that_raises_midway_leaves_no_trace(svc):
     assert calls.store.call_events("ghost") == []
     assert [e["action"] for e in calls.store.call_events(first)] == ["initiated"]
     assert [m["committed"] for m in pub.sent] == [["initiated"]] * 2
+
+
+async def test_a_request_is_acknowledged_only_after_its_transition_commits(svc):
+    """`after` (the PUBACK barrier of MQTT call requests) runs once the group ended: after the commit and
+    its messages, or after a failed commit's undo and error replies; at once when nothing is open."""
+    calls, pub, _ = svc
+    seen: list[Any] = []
+    calls.journal.after(lambda: seen.append("at once"))
+    assert seen == ["at once"]
+    call_id = calls.start_call("1")["call_id"]
+
+    def ack() -> None:
+        committed = [r[0] for r in pub.db.execute("SELECT action FROM call_events WHERE call_id = ?", (call_id,))]
+        seen.append(("ack", committed, len(pub.sent)))
+
+    calls.journal.after(ack)
+    assert len(seen) == 1  # the group is open: not yet
+    await asyncio.sleep(0)
+    assert seen[1] == ("ack", ["initiated"], 2)  # committed, both residents' incoming already sent
+
+    conn = calls.store.db.conn
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.executescript("CREATE TABLE parent (id INTEGER PRIMARY KEY);"
+                       "CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);")
+    calls.journal.stage(lambda c: c.execute("INSERT INTO child VALUES (42)"), lambda: seen.append("undone"))
+    calls.journal.on_failure(lambda: seen.append("error reply"))
+    calls.journal.after(lambda: seen.append("ack after failure"))
+    await asyncio.sleep(0)
+    assert seen[2:] == ["undone", "error reply", "ack after failure"]
