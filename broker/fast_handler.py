@@ -51,10 +51,9 @@ _HANDLERS = {SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe", P
 
 
 def whole_packets(reader: Any) -> bool:
-    """True for readers that only hand out whole packets, so no read waits in the middle of one."""
-    from broker.packet_guard import GuardedReader  # the hardening layer's reader: whole, validated packets
-
-    return isinstance(reader, GuardedReader) or bool(getattr(reader, "whole_packets", False))
+    """True for readers that hand out whole packets (`take_packet` / `read_packet`, as the hardening
+    layer's GuardedReader does), so no read ever waits in the middle of one."""
+    return callable(getattr(reader, "read_packet", None)) and callable(getattr(reader, "take_packet", None))
 
 
 class FastHandler(BrokerProtocolHandler):
@@ -97,27 +96,19 @@ class FastHandler(BrokerProtocolHandler):
             while True:
                 if running:
                     running = [task for task in running if not task.done()]
-                first = await reader.read(1)
-                if not first:
+                # a packet already in the buffer costs no coroutine
+                packet = reader.take_packet() or await reader.read_packet()
+                if packet is None:
                     break
-                length, mult = 0, 1
-                for _ in range(4):
-                    byte = (await reader.read(1))[0]
-                    length += (byte & 0x7F) * mult
-                    mult *= 128
-                    if not byte & 0x80:
-                        break
-                kind, flags = first[0] >> 4, first[0] & 0x0F
-                body = await reader.read(length) if length else b""
-                if len(body) < length:
-                    break
+                first, body = packet
+                kind, flags = first >> 4, first & 0x0F
                 if fast_ok and kind == PUBLISH and (flags >> 1) & 3 < QOS_2:
                     self._publish_bytes(broker, flags, body)
                     continue
-                if fast_ok and kind == PUBACK and length == 2:
+                if fast_ok and kind == PUBACK and len(body) == 2:
                     broker._acked(session, self, int.from_bytes(body, "big"), None)
                     continue
-                task = await self._dispatch(first, length, body)
+                task = await self._dispatch(first, body)
                 if task is not None:
                     running.append(task)
         except asyncio.CancelledError:
@@ -132,9 +123,9 @@ class FastHandler(BrokerProtocolHandler):
         self._reader_stopped.set()
         await self.stop()
 
-    async def _dispatch(self, first: bytes, length: int, body: bytes) -> asyncio.Task[None] | None:
+    async def _dispatch(self, first: int, body: bytes) -> asyncio.Task[None] | None:
         """One non-fast packet, rebuilt with amqtt's classes and handed to its `handle_*`, like amqtt."""
-        fixed = MQTTFixedHeader(first[0] >> 4, first[0] & 0x0F, length)
+        fixed = MQTTFixedHeader(first >> 4, first & 0x0F, len(body))
         packet: Any = await packet_class(fixed).from_stream(BufferReader(body), fixed_header=fixed)
         await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=self.session)
         name = _HANDLERS.get(fixed.packet_type)

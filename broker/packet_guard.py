@@ -209,6 +209,7 @@ class GuardedReader(ReaderAdapter):
         self.inflight: asyncio.Queue[object] | None = None  # the session's incoming queue, for back-pressure
         self.reason: str | None = None
         self._expired: str | None = None
+        self._last: tuple[int, bytes] = (0, b"")
         self.watch_token = 0
         self._sweeper = sweeper or _default_sweeper()
         self._sweeper.watch(self)
@@ -272,17 +273,50 @@ class GuardedReader(ReaderAdapter):
         self._eof = True
         self._interrupt()
 
+    def take_packet(self) -> tuple[int, bytes] | None:
+        """The next whole, valid packet as (first byte, body) if one has fully arrived, else None."""
+        if self._buf:  # bytes already moved for `read()` come first (rare: only around CONNECT)
+            return _split(self._buf)
+        if self._next_packet() is None:
+            return None
+        return self._last
+
+    async def read_packet(self) -> tuple[int, bytes] | None:
+        """The next whole, valid packet as (first byte, body); None at end of stream (or refusal).
+
+        One call per packet, where amqtt's `read(1)`, `read(1)`..., `read(n)` took three or more."""
+        while not self._eof or self._buf:
+            packet = self.take_packet()
+            if packet is not None:
+                return packet
+            if self._eof:
+                break
+            q = self.inflight
+            if q is not None and q.qsize() >= self._limits.max_inflight_messages:
+                await self._wait_for_room(q)
+            await self._receive()
+        return None
+
     def _take_packet(self) -> bool:
-        """Move one complete, valid packet from `_raw` to `_buf`; False if none is complete yet."""
+        """Move one complete, valid packet from `_raw` to `_buf` (for `read()`); False if none is there."""
+        start = self._off
+        if self._next_packet() is None:
+            return False
+        self._buf += self._raw[start:self._off]
+        return True
+
+    def _next_packet(self) -> int | None:
+        """Validate and consume one complete packet from `_raw` (kept in `_last`); its end offset, or
+        None if none is complete yet (or it was refused: then the reader is at end of stream)."""
         raw, off = self._raw, self._off
         end = len(raw)
         if off >= end:
-            return False
+            return None
         i, length, mult = off + 1, 0, 1
         try:
             while True:
                 if i >= end:
-                    return False
+                    return None
                 byte = raw[i]
                 i += 1
                 length += (byte & 0x7F) * mult
@@ -294,17 +328,18 @@ class GuardedReader(ReaderAdapter):
             if i - off + length > self._limits.max_packet_bytes:
                 raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._limits.max_packet_bytes}")
             if end - i < length:
-                return False
+                return None
             first = raw[off]
-            check_packet(first >> 4, first & 0x0F, bytes(raw[i:i + length]), first=self._packets == 0)
+            body = bytes(raw[i:i + length])
+            check_packet(first >> 4, first & 0x0F, body, first=self._packets == 0)
         except Malformed as exc:
             self._stop(f"malformed packet: {exc}")
-            return False
-        self._buf += raw[off:i + length]
+            return None
+        self._last = (first, body)
         self._off = i + length
         self._packets += 1
         self._arm()
-        return True
+        return self._off
 
     async def _receive(self) -> None:
         """Wait for more bytes (until the CONNECT or keepalive deadline)."""
@@ -356,6 +391,21 @@ class GuardedReader(ReaderAdapter):
         if reason is not None and (n := _quiet.check(self._peer.rpartition(":")[0])) is not None:
             log.warning("closing MQTT connection from %s: %s (%d more from there since last logged)",
                         self._peer, reason, n)
+
+
+def _split(buf: bytearray) -> tuple[int, bytes]:
+    """Take the first packet off `buf`, which holds whole packets only."""
+    i, length, mult = 1, 0, 1
+    while True:
+        byte = buf[i]
+        i += 1
+        length += (byte & 0x7F) * mult
+        if not byte & 0x80:
+            break
+        mult *= 128
+    first, body = buf[0], bytes(buf[i:i + length])
+    del buf[:i + length]
+    return first, body
 
 
 _SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineSweeper] = weakref.WeakKeyDictionary()
