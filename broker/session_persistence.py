@@ -60,6 +60,7 @@ class StoredSession:
     subscriptions: list[tuple[str, int]]
     inflight: list[tuple[int, str, bytes, int, bool]]
     queued: list[tuple[int, str, bytes, int]]
+    last_seen: float = 0.0
 
 
 class SessionDB:
@@ -147,9 +148,13 @@ class SessionDB:
 
     # loading --------------------------------------------------------------------------------------
 
+    def idle(self, older_than: float) -> list[str]:
+        """Client ids whose session was last seen before `older_than`."""
+        return [r[0] for r in self.conn.execute("SELECT client_id FROM mqtt_sessions WHERE last_seen < ?",
+                                                (older_than,))]
+
     def expire(self, older_than: float) -> int:
-        old = [r[0] for r in self.conn.execute("SELECT client_id FROM mqtt_sessions WHERE last_seen < ?",
-                                               (older_than,))]
+        old = self.idle(older_than)
         for client_id in old:
             self.forget(client_id)
         return len(old)
@@ -158,7 +163,8 @@ class SessionDB:
         c = self.conn
         self._seq = int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM mqtt_inflight").fetchone()[0])
         out = []
-        for client_id, username in c.execute("SELECT client_id, username FROM mqtt_sessions ORDER BY client_id"):
+        for client_id, username, last_seen in c.execute(
+                "SELECT client_id, username, last_seen FROM mqtt_sessions ORDER BY client_id"):
             subs = [(t, int(q)) for t, q in c.execute(
                 "SELECT topic, qos FROM mqtt_subscriptions WHERE client_id = ? ORDER BY topic", (client_id,))]
             inflight = [(int(pid), t, bytes(p), int(q), bool(r)) for pid, t, p, q, r in c.execute(
@@ -166,7 +172,7 @@ class SessionDB:
                 (client_id,))]
             queued = [(int(i), t, bytes(p), int(q)) for i, t, p, q in c.execute(
                 "SELECT id, topic, payload, qos FROM mqtt_queue WHERE client_id = ? ORDER BY id", (client_id,))]
-            out.append(StoredSession(client_id, username, subs, inflight, queued))
+            out.append(StoredSession(client_id, username, subs, inflight, queued, float(last_seen)))
         return out
 
     def close(self) -> None:
@@ -330,6 +336,10 @@ class SessionPersistence:
                 continue
             session.clean_session = False
             session.username = s.username
+            # amqtt expires an offline session `session_expiry_s` after its last disconnect; count from
+            # when it was last seen, not from this restart (else every restart would extend its life).
+            if s.last_seen and session.last_disconnect_time is not None:
+                session.last_disconnect_time = min(int(s.last_seen), session.last_disconnect_time)
             self.adopt(session)
             inflight = session.inflight_out
             assert isinstance(inflight, DurableInflight)
@@ -345,6 +355,22 @@ class SessionPersistence:
         log.info("restored %d persistent sessions with %d undelivered messages, %d retained topics",
                  len(stored), messages, len(context.retained_messages))
         return len(stored), messages
+
+    def forget_expired(self, context: BrokerContext, now: float | None = None) -> int:
+        """Drop the stored state of sessions amqtt has expired (idle past `expiry_s`, gone from memory).
+
+        amqtt's session monitor forgets an offline session in memory once it is idle for `expiry_s`;
+        without this its rows (and its id in `_known`) would stay until the next restart. A session
+        still in memory is kept, whatever its age: it can be resumed, and its rows must be there.
+        """
+        cutoff = (time.time() if now is None else now) - self.expiry_s
+        gone = [cid for cid in self.db.idle(cutoff) if context.get_session(cid) is None]
+        for client_id in gone:
+            self.db.forget(client_id)
+            self._known.discard(client_id)
+        if gone:
+            log.info("forgot %d persistent sessions idle for more than %.0f s", len(gone), self.expiry_s)
+        return len(gone)
 
     def freeze(self) -> None:
         """Stop writing: a clean shutdown empties amqtt's queues, which must survive on disk."""

@@ -21,7 +21,9 @@ from broker.session_persistence import SessionPersistence
 __all__ = ["PersistencePlugin"]
 
 log = logging.getLogger("intercom.sessions")
-TOUCH_EVERY_S = 3600.0  # refresh `last_seen` of connected sessions, so a crash does not make them look idle
+# Refresh `last_seen` of connected sessions (so a crash does not make them look idle) and drop the stored
+# state of sessions amqtt expired meanwhile.
+TOUCH_EVERY_S = 3600.0
 
 
 class PersistencePlugin(BasePlugin[BrokerContext]):
@@ -49,6 +51,10 @@ class PersistencePlugin(BasePlugin[BrokerContext]):
             for session in list(self.context.sessions):
                 if session.transitions.state == "connected" and persistence.is_persistent(session):
                     persistence.db.touch(str(session.client_id), session.username)
+            try:
+                persistence.forget_expired(self.context)
+            except Exception:  # a sweep that failed is retried next hour; it must not end the loop
+                log.exception("could not drop expired persistent sessions")
 
     async def on_broker_pre_shutdown(self) -> None:
         if self._toucher is not None:
