@@ -32,8 +32,9 @@ class Expiring(Protocol):
 
 
 class DeadlineSweeper:
-    def __init__(self, tick_s: float = 0.1) -> None:
+    def __init__(self, tick_s: float = 0.1, compact_every_s: float = 10.0) -> None:
         self.tick_s = tick_s
+        self.compact_every = max(1, round(compact_every_s / tick_s))
         # weak: a closed connection is not kept alive until its (possibly hour-long) deadline
         self._heap: list[tuple[float, int, weakref.ref[Expiring]]] = []
         self._seq = itertools.count()
@@ -50,12 +51,23 @@ class DeadlineSweeper:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def __len__(self) -> int:
-        return len(self._heap)
+        """Connections watched now (entries of closed or re-watched connections not counted)."""
+        return sum(1 for entry in self._heap if _live(entry))
+
+    def _compact(self) -> None:
+        # A closed connection's entry would otherwise stay until its deadline (keepalive x 1.5, up to
+        # hours): under reconnect churn the heap would grow with the connect rate times that.
+        self._heap[:] = [entry for entry in self._heap if _live(entry)]
+        heapq.heapify(self._heap)
 
     async def _run(self) -> None:
         heap = self._heap
+        ticks = 0
         while heap:
             await asyncio.sleep(self.tick_s)
+            ticks += 1
+            if ticks % self.compact_every == 0:
+                self._compact()
             now = time.monotonic()
             while heap and heap[0][0] <= now:
                 _, seq, ref = heapq.heappop(heap)
@@ -69,3 +81,8 @@ class DeadlineSweeper:
                     heapq.heappush(heap, (deadline, seq, ref))
                 elif not item.expire():
                     heapq.heappush(heap, (now + self.tick_s, seq, ref))
+
+
+def _live(entry: tuple[float, int, weakref.ref[Expiring]]) -> bool:
+    item = entry[2]()
+    return item is not None and item.watch_token == entry[1] and item.deadline is not None

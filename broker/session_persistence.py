@@ -229,7 +229,7 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
     def restore(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
         super().__setitem__(packet_id, msg)
 
-    def pop(self, packet_id: int, default: Any = None) -> Any:  # type: ignore[override]
+    def pop(self, packet_id: int, default: Any = None) -> Any:
         msg = self.get(packet_id)
         if msg is None:
             return default

@@ -49,7 +49,7 @@ async def test_an_earlier_deadline_is_rewatched_and_the_stale_entry_dropped() ->
     sweeper.watch(conn)
     await asyncio.sleep(0.2)
     assert conn.expired_at is not None
-    assert len(sweeper) == 1  # only the stale 5 s entry is left, and it will be dropped unseen
+    assert len(sweeper) == 0 and len(sweeper._heap) == 1  # only the stale 5 s entry is left, skipped unseen
 
 
 async def test_a_busy_connection_is_asked_again_and_a_dead_one_is_forgotten() -> None:
@@ -62,3 +62,18 @@ async def test_a_busy_connection_is_asked_again_and_a_dead_one_is_forgotten() ->
     await asyncio.sleep(0.2)
     assert busy.expired_at is not None and busy.busy == 0
     assert len(sweeper) == 0
+
+
+async def test_entries_of_closed_connections_are_compacted_away() -> None:
+    """A closed connection's entry (deadline None) leaves the heap at the next compaction, not at its
+    (possibly hour-long) deadline."""
+    sweeper = DeadlineSweeper(tick_s=0.01, compact_every_s=0.05)
+    conns = [Conn(3600.0) for _ in range(20)]
+    for conn in conns:
+        sweeper.watch(conn)
+    keep = conns[0]
+    for conn in conns[1:]:
+        conn.deadline = None  # closed
+    assert len(sweeper) == 1
+    await asyncio.sleep(0.2)
+    assert len(sweeper._heap) == 1 and sweeper._heap[0][2]() is keep

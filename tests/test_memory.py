@@ -275,8 +275,6 @@ async def test_reconnect_churn_leaves_nothing_behind(make_harness, clean, will, 
     assert per_cycle < 3 * 400, f"{per_cycle:.0f} B of Python heap kept per reconnect cycle (3 clients)"
 
 
-@pytest.mark.xfail(strict=True, reason="broker/deadlines.py keeps a closed connection's heap entry until its "
-                                       "deadline: keepalive x 1.5, i.e. 90 min for keepalive 0 (reported, not ours)")
 async def test_closed_connections_leave_no_read_deadline_behind(make_harness):
     """A connection's entry in the read-deadline heap goes when the connection does, whatever its keepalive."""
     h = await make_harness(limits={"connect_timeout_s": 0.2})
