@@ -13,6 +13,11 @@ state machine (`broker.states`) to get the notifications each party must have re
 compared with what each client actually received. Exits 1 if any notification was lost, delivered twice
 without the MQTT DUP flag, any call is left unended or disagrees with its replay, or any request got a 5xx
 (with --strict-log, also if the server logged an ERROR).
+
+Memory: besides RSS at start and end, the server reports (on SIGUSR1, after a full collection) what its
+memory is made of, before the calls, after a warm-up and at the end: Python objects and blocks, glibc
+malloc in use and free (free but kept = fragmentation), sqlite. `--tracemalloc` also lists the source
+lines holding the Python memory allocated after the warm-up and still alive at the end.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import json
 import random
 import re
+import signal
 import sqlite3
 import statistics
 import struct
@@ -43,6 +49,61 @@ from broker import states  # noqa: E402 - the oracle replays the server's own st
 
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 RING_S, GRACE_S = 4.0, 2.0
+
+# `python -m broker`, plus a SIGUSR1 handler that writes the server's memory, after a full collection, to
+# $SOAK_MEMORY_FILE: RSS split (anonymous / file), Python objects and blocks, glibc malloc in use and free
+# (free = fragmentation RSS keeps), sqlite's own; with $SOAK_TRACEMALLOC, tracing starts at the second
+# report and the next one lists the lines holding the most of what was allocated since and is still alive.
+PROBE = """
+import ctypes, gc, json, os, signal, sys, tracemalloc
+
+def _malloc():
+    try:
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]
+        f = ctypes.CDLL("libc.so.6").mallinfo2
+        f.restype = Info
+        m = f()
+        return {"malloc_in_use_mb": (m.uordblks + m.hblkhd) / 2**20, "malloc_free_mb": m.fordblks / 2**20}
+    except (OSError, AttributeError):
+        return {}
+
+def _sqlite():
+    try:
+        f = ctypes.CDLL("libsqlite3.so.0").sqlite3_memory_used
+        f.restype = ctypes.c_int64
+        return {"sqlite_mb": f() / 2**20}
+    except (OSError, AttributeError):
+        return {}
+
+REPORTS = [0]
+
+def _report(*_):
+    gc.collect()
+    out = {"python_objects": len(gc.get_objects()) + gc.get_freeze_count(), "python_blocks": sys.getallocatedblocks()}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(line.split()[1]) / 1024
+    out.update(_malloc(), **_sqlite())
+    REPORTS[0] += 1
+    if tracemalloc.is_tracing():
+        out["traced_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
+        out["traced_top"] = [f"{s.size / 1024:.0f} KiB {s.count} blocks {s.traceback[0]}"
+                             for s in tracemalloc.take_snapshot().statistics("lineno")[:8]]
+    elif os.environ.get("SOAK_TRACEMALLOC") and REPORTS[0] == 2:
+        tracemalloc.start(1)
+    path = os.environ["SOAK_MEMORY_FILE"]
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.replace(path + ".tmp", path)
+
+signal.signal(signal.SIGUSR1, _report)
+from broker.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 Key = tuple[str, str, str | None, str | None]  # (call_id, incoming/action, reason, resident_id)
 
 
@@ -180,6 +241,9 @@ class Soak:
         self.stop_at = 0.0
         self.clean = False  # self-check mode: clean sessions must make drops lose messages
         self.strict_log = False  # also fail when the server logs an ERROR
+        self.tracemalloc = False  # trace the server's Python allocations from the warm-up sample on
+        self.memory_file = Path()
+        self.mem_warm: dict[str, Any] = {}
         self._log_task: asyncio.Task[None] | None = None
 
     def site(self) -> list[dict[str, Any]]:
@@ -202,10 +266,13 @@ class Soak:
                 }
             )
         )
+        self.memory_file = data / "memory.json"
+        env = {"INTERCOM_TRTC_SECRET_KEY": "soak-secret", "PATH": "/usr/bin:/bin",
+               "SOAK_MEMORY_FILE": str(self.memory_file), **({"SOAK_TRACEMALLOC": "1"} if self.tracemalloc else {})}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "broker",
+            "-c",
+            PROBE,
             "--config",
             str(config),
             "--host",
@@ -221,7 +288,7 @@ class Soak:
             cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            env={"INTERCOM_TRTC_SECRET_KEY": "soak-secret", "PATH": "/usr/bin:/bin"},
+            env=env,
         )
         assert self.proc.stderr is not None
         async with asyncio.timeout(30):
@@ -255,6 +322,42 @@ class Soak:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return 0.0
+
+    async def memory(self) -> dict[str, Any]:
+        """The server's memory after a full collection (see PROBE); {} if it does not answer."""
+        assert self.proc is not None
+        self.memory_file.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            with contextlib.suppress(OSError, ValueError):
+                return dict(json.loads(self.memory_file.read_text()))
+        return {}
+
+    async def memory_after_warmup(self) -> None:
+        """Sample memory once the first calls have filled the caches (a quarter of the run, at most a minute)."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(min(60.0, self.minutes * 15))
+            self.mem_warm = await self.memory()
+
+    @staticmethod
+    def memory_lines(points: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """The memory samples side by side: RSS, then what it is made of."""
+        rows = [("RSS", "VmRSS", "MB"), ("  anonymous", "RssAnon", "MB"), ("  Python objects (GC-tracked)",
+                "python_objects", ""), ("  Python allocated blocks", "python_blocks", ""),
+                ("  malloc in use", "malloc_in_use_mb", "MB"), ("  malloc free (kept by RSS)", "malloc_free_mb", "MB"),
+                ("  sqlite", "sqlite_mb", "MB"), ("  traced Python heap since warm-up", "traced_mb", "MB")]
+        head = f"  server memory after a full collection: {' -> '.join(label for label, _ in points)}"
+        lines = [head]
+        for name, key, unit in rows:
+            values = [m.get(key) for _, m in points]
+            if all(v is None for v in values):
+                continue
+            cells = ["?" if v is None else (f"{v:.1f}" if unit else f"{v:,.0f}") for v in values]
+            lines.append(f"    {name:<34} {' -> '.join(cells)} {unit}".rstrip())
+        for top in points[-1][1].get("traced_top", []):
+            lines.append(f"      {top}")
+        return lines
 
     async def post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         try:
@@ -396,12 +499,15 @@ class Soak:
             await asyncio.gather(*(p.connect() for p in list(self.parties.values())[batch : batch + 50]))
         await asyncio.sleep(1)
         rss_start = self.rss_mb()
+        mem_start = await self.memory()
         started = time.monotonic()
         self.stop_at = started + self.minutes * 60
+        warm = asyncio.create_task(self.memory_after_warmup())
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as http:
             loops = [asyncio.create_task(self.household(http, i)) for i in range(1, self.households + 1)]
             dropper = asyncio.create_task(self.dropper())
             await asyncio.wait_for(asyncio.gather(*loops, dropper), self.minutes * 60 + 60)
+        warm.cancel()
         elapsed = time.monotonic() - started
         await asyncio.sleep(3.5)  # pending reconnects (<= 3 s) happen; queued messages drain
         for p in self.parties.values():
@@ -409,6 +515,7 @@ class Soak:
                 await p.connect()
         await asyncio.sleep(2.0)
         rss_end = self.rss_mb()
+        mem_end = await self.memory()
 
         want, wrong, n_calls = self.expected(db_path)
         stuck = self.stuck(db_path.parent / "sessions.db")
@@ -446,6 +553,9 @@ class Soak:
         print(f"  calls not ended or disagreeing with replay: {len(wrong)}")
         print(f"  messages still held by the server after the drain: {len(stuck)}")
         print(f"  server RSS: start {rss_start:.1f} MB, end {rss_end:.1f} MB")
+        points = [("start", mem_start)] + ([("warm", self.mem_warm)] if self.mem_warm else []) + [("end", mem_end)]
+        for line in self.memory_lines(points):
+            print(line)
         print(f"  errors: {dict(self.errors) or 'none'}")
         print(f"  server warnings by logger: {dict(self.warnings.most_common(6)) or 'none'}")
         for line in wrong[:5] + samples[:10] + stuck[:10]:
@@ -466,6 +576,9 @@ def main() -> int:
     p.add_argument("--households", type=int, default=200, help="households (default 200)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--strict-log", action="store_true", help="also fail if the server logs an ERROR line")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="trace the server's Python allocations after the warm-up and list what is still held at "
+                        "the end (slows the server down)")
     p.add_argument(
         "--clean-sessions",
         action="store_true",
@@ -477,6 +590,7 @@ def main() -> int:
     soak = Soak(args.households, args.minutes, args.seed)
     soak.clean = args.clean_sessions
     soak.strict_log = args.strict_log
+    soak.tracemalloc = args.tracemalloc
     return asyncio.run(soak.run())
 
 
