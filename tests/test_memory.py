@@ -28,20 +28,19 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from tests.conftest import Harness
+from tests.test_interop import _packet, _str
 
 
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack("!H", len(b)) + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    out, n = bytearray((first,)), len(body)
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One packet from the server: (first byte, body)."""
+    first = (await reader.readexactly(1))[0]
+    n, shift = 0, 0
     while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out) + body
+        b = (await reader.readexactly(1))[0]
+        n, shift = n | (b & 0x7F) << shift, shift + 7
+        if not b & 0x80:
+            break
+    return first, await reader.readexactly(n)
 
 
 async def _session(port: int, client_id: str, topic: str, clean: bool, will: bool, graceful: bool,
@@ -56,18 +55,11 @@ async def _session(port: int, client_id: str, topic: str, clean: bool, will: boo
     connack = await asyncio.wait_for(reader.readexactly(4), 5)
     assert connack[0] == 0x20 and connack[3] == 0, connack
     writer.write(_packet(0x82, struct.pack("!H", 1) + _str(topic) + b"\x01"))
-    while (first := (await asyncio.wait_for(reader.readexactly(1), 5))[0]) != 0x90:  # PUBLISHes before SUBACK
-        n, shift = 0, 0
-        while True:
-            b = (await reader.readexactly(1))[0]
-            n, shift = n | (b & 0x7F) << shift, shift + 7
-            if not b & 0x80:
-                break
-        packet = await reader.readexactly(n)
+    while (packet := await asyncio.wait_for(_read_packet(reader), 5))[0] != 0x90:  # PUBLISHes before SUBACK
+        first, body = packet
         if first >> 4 == 3 and first & 0x06:  # QoS 1: acknowledge, as a client does
-            tlen = struct.unpack("!H", packet[:2])[0]
-            writer.write(b"\x40\x02" + packet[2 + tlen:4 + tlen])
-    await reader.readexactly(4)
+            tlen = struct.unpack("!H", body[:2])[0]
+            writer.write(b"\x40\x02" + body[2 + tlen:4 + tlen])
     if graceful:
         writer.write(b"\xe0\x00")
         await writer.drain()
@@ -96,14 +88,7 @@ class _Party:
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, OSError):
             while True:
-                first = (await reader.readexactly(1))[0]
-                n, shift = 0, 0
-                while True:
-                    b = (await reader.readexactly(1))[0]
-                    n, shift = n | (b & 0x7F) << shift, shift + 7
-                    if not b & 0x80:
-                        break
-                packet = await reader.readexactly(n)
+                first, packet = await _read_packet(reader)
                 if first >> 4 == 3:
                     self.received += 1
                     if first & 0x06:
