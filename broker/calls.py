@@ -167,23 +167,35 @@ class CallService:
     def act(self, actor: Party, info: CallInfo) -> None:
         """A device or resident action from REST or MQTT."""
         if info.action not in WIRE_ACTIONS:
-            raise BadRequest(f"call_info.action must be one of {sorted(WIRE_ACTIONS)}, got '{info.action}'")
+            raise BadRequest(f"call_info.action: must be one of {', '.join(sorted(WIRE_ACTIONS))}, got '{info.action}'")
         self._transition(self._load(info.call_id), actor, Action(info.action), info.reason)
 
     def end_session(self, call_id: str, reason: str | None) -> None:
         call = self._load(call_id)
         if call.state is CallState.ENDED:
-            raise Conflict(f"call {call_id} has already ended ({call.end_reason})")
+            raise Conflict(f"call {call_id} has already ended ({call.end_reason})", "call_ended")
         self._transition(call, SERVER, Action.FORCE, reason)
 
-    def party_offline(self, party: Party) -> None:
-        """End the live call of a party whose connection is gone for good (after the grace period)."""
+    def party_offline(self, party: Party, offline_since: float, grace_s: float) -> float | None:
+        """End the live calls of a party offline since `offline_since`, once it has been offline for
+        `grace_s` *during* the call: counted from the later of the drop and the party joining the call
+        (a device: the call's start; a resident: its answer). Returns when to look again for a call
+        the party joined after it dropped (its own grace not over yet), else None."""
+        again: float | None = None
+        now = self.clock()
         for call in list(self._active.values()):
-            in_call = (party.role is Role.DEVICE and call.device_id == party.id) or (
-                party.role is Role.RESIDENT and call.answered_by == party.id
-            )
-            if in_call:
+            if party.role is Role.DEVICE and call.device_id == party.id:
+                joined = call.created_at
+            elif party.role is Role.RESIDENT and call.answered_by == party.id and call.connected_at is not None:
+                joined = call.connected_at
+            else:
+                continue
+            due = max(offline_since, joined) + grace_s
+            if due <= now:
                 self._transition(call, SERVER, Action.PARTY_OFFLINE, party.key)
+            else:
+                again = due if again is None else min(again, due)
+        return again
 
     def resident_for(self, call_id: str, named: str | None) -> str:
         """Which resident an anonymous (local-only) REST caller speaks for."""
@@ -192,7 +204,9 @@ class CallService:
             return named
         if len(call.targets) == 1:
             return call.targets[0]
-        raise BadRequest("resident_id is required: this call rings more than one resident")
+        raise BadRequest(
+            f"resident_id: required, this call rings residents {', '.join(call.targets)}: add \"resident_id\" "
+            "to the body, or send the resident's token (Authorization: Bearer <token>)", "resident_id_required")
 
     def device_for(self, call_id: str) -> str:
         return self._load(call_id).device_id
@@ -263,7 +277,8 @@ class CallService:
         except states.Forbidden as exc:
             raise Forbidden(str(exc)) from exc
         except states.InvalidTransition as exc:
-            raise Conflict(str(exc)) from exc
+            reason = "call_ended" if call.state is CallState.ENDED else "invalid_transition"
+            raise Conflict(str(exc), reason) from exc
         if updated is call:
             return
         # Persist first: staged now, and the notices below leave only after the group's commit.
@@ -290,9 +305,10 @@ class CallService:
             log.debug("call %s: %s %s -> %s", call.call_id, actor.key, action, updated.state)
 
     def send_error(self, party: Party, code: int, message: str, call_info: dict[str, Any],
-                   request_id: str | None = None) -> None:
-        """Tell an MQTT party that its message was refused."""
-        msg = ControlMessage(call_info=call_info, error=ErrorBody(code=code, message=message), request_id=request_id)
+                   request_id: str | None = None, reason: str | None = None) -> None:
+        """Tell an MQTT party that its message was refused (`message` is already `category: detail`)."""
+        msg = ControlMessage(call_info=call_info, error=ErrorBody(code=code, message=message, reason=reason),
+                             request_id=request_id)
         self._send_control(party, msg)
 
     def _send_control(self, party: Party, msg: ControlMessage) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,6 +148,16 @@ class DeliveryConfig(_Strict):
 class HttpConfig(_Strict):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     tls: TlsConfig | None = None
+    # CORS allow-list (http_api/cors.py): exact origins such as "https://console.example", or "*".
+    cors_origins: list[str] = []
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin.rstrip("/")):
+                raise ValueError(f"a CORS origin is 'scheme://host[:port]' or '*', got {origin!r}")
+        return [o.rstrip("/") for o in v]
 
 
 class SiteResident(_Strict):

@@ -85,7 +85,7 @@ class Directory:
 
     def add_household(self, household_number: str, name: str | None) -> dict[str, Any]:
         if self._get("households", household_number) is not None:
-            raise Conflict(f"household '{household_number}' already exists")
+            raise Conflict(f"household '{household_number}' already exists", "already_exists")
         row = {"household_number": household_number, "name": name, "created_at": time.time()}
         self._put("households", row)
         return _public(row)
@@ -95,7 +95,7 @@ class Directory:
         if self._get("households", household_number) is None:
             raise NotFound(f"household '{household_number}' not found")
         if self._get(kind, ident) is not None:
-            raise Conflict(f"{SINGULAR[kind]} '{ident}' already exists")
+            raise Conflict(f"{SINGULAR[kind]} '{ident}' already exists", "already_exists")
         token = new_token(SINGULAR[kind], ident)
         row = {DIRECTORY[kind]: ident, "household_number": household_number, "name": name,
                "token_hash": hash_token(token, self.iterations), "created_at": time.time()}
@@ -114,7 +114,7 @@ class Directory:
 
     def delete(self, kind: str, ident: str) -> None:
         if kind == "households" and (self._members("residents", ident) or self._members("devices", ident)):
-            raise Conflict(f"household '{ident}' still has residents or devices; delete them first")
+            raise Conflict(f"household '{ident}' still has residents or devices; delete them first", "not_empty")
         if not self.store.delete(kind, ident):
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
         self._rows[kind].pop(ident, None)

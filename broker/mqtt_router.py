@@ -5,16 +5,15 @@ Transport-agnostic: the embedded broker's plugin and the external-broker bridge 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
 
 from pydantic import ValidationError
 
-from broker import fastjson
-from broker.errors import BadRequest, DomainError, Forbidden
-from broker.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics
+from broker import fastjson, wirejson
+from broker.errors import BadRequest, DomainError, Forbidden, error_text
+from broker.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
 from broker.services import Services
 from broker.states import Party, Role
 from broker.tokens import Principal
@@ -22,7 +21,8 @@ from broker.tokens import Principal
 __all__ = ["identify", "on_publish"]
 
 log = logging.getLogger("intercom.mqtt")
-_CLIENT_ID = re.compile(r"^(device|resident)[-_](.+)$")
+# `{role}-{id}`, optionally `/<suffix>` (auth.client_id_suffixes): an id never contains `/`.
+_CLIENT_ID = re.compile(r"^(device|resident)[-_]([^/]+)(?:/.*)?$", re.DOTALL)
 
 
 def identify(principal: Principal | None, client_id: str | None) -> Party | None:
@@ -70,47 +70,52 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             # published by the group commit, i.e. after the call is stored
             svc.calls.publisher.publish(topics.device_control(party.id), fastjson.dumps(reply).encode(), qos=1)
         elif parts[-1] == "status":
-            svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}), publish=False)
+            # Published retained by the server too (after the device's own message, which the broker
+            # retained first), so the retained message is always the stored, merged status.
+            svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}))
         else:
             ctl = ControlBody.model_validate(body)
             svc.calls.act(party, ctl.call_info)
         if svc.calls.journal.staged != staged:
             # The write is staged, its commit comes at the end of this loop tick: should it fail, the
             # sender hears the same 500 a failed synchronous write gave it.
-            svc.calls.journal.on_failure(lambda: _refuse(svc, party, topic, 500, "internal error", body, request_id))
+            svc.calls.journal.on_failure(
+                lambda: _refuse(svc, party, topic, 500, "internal error", None, body, request_id))
     except ValidationError as exc:
-        _refuse(svc, party, topic, 400, _validation_message(exc), body, request_id)
+        _refuse(svc, party, topic, 400, validation_detail(exc), None, body, request_id)
     except DomainError as exc:
-        _refuse(svc, party, topic, exc.status, exc.message, body, request_id)
+        _refuse(svc, party, topic, exc.status, exc.detail, exc.reason, body, request_id)
     except Exception:
         log.exception("unexpected error handling publish on %s", topic)
-        _refuse(svc, party, topic, 500, "internal error", body, request_id)
+        _refuse(svc, party, topic, 500, "internal error", None, body, request_id)
 
 
 def _decode(svc: Services, payload: bytes) -> Any:
     if len(payload) > svc.settings.mqtt.max_payload_bytes:
         raise BadRequest(f"payload too large: {len(payload)} bytes > {svc.settings.mqtt.max_payload_bytes}")
-    try:
-        return json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"payload is not valid JSON: {exc}") from exc
+    return wirejson.loads(payload, "payload")
 
 
 def _as_dict(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise BadRequest("payload must be a JSON object")
+        raise BadRequest("payload: must be a JSON object")
     return body
 
 
-def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"invalid field '{field}': {first['msg']}"
-
-
-def _refuse(svc: Services, party: Party, topic: str, code: int, message: str, body: Any,
+def _refuse(svc: Services, party: Party, topic: str, code: int, detail: str, reason: str | None, body: Any,
             request_id: str | None) -> None:
+    message = error_text(code, detail)
     log.warning("refused publish on %s from %s: %s %s", topic, party.key, code, message)
+    if topic.endswith("/status"):
+        _restore_retained(svc, party)
     info = body.get("call_info") if isinstance(body, dict) else None
     call_info = {k: info.get(k) for k in ("call_id", "action") if k in info} if isinstance(info, dict) else {}
-    svc.calls.send_error(party, code, message, call_info, request_id)
+    svc.calls.send_error(party, code, message, call_info, request_id, reason)
+
+
+def _restore_retained(svc: Services, party: Party) -> None:
+    """A refused status publish the broker already retained must not outlive the refusal."""
+    try:
+        svc.status.restore_retained(party.id)
+    except Exception:
+        log.exception("could not restore the retained status of %s", party.key)

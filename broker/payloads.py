@@ -6,11 +6,29 @@ only in `topics`, so no other module spells a topic.
 
 from __future__ import annotations
 
+import math
+import unicodedata
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from broker.errors import BadRequest
 
 __all__ = [
+    "ActiveQuery",
+    "AdminListQuery",
     "CallInfo",
     "CallRequest",
     "ControlBody",
@@ -18,16 +36,74 @@ __all__ = [
     "DeviceStatus",
     "EndSessionRequest",
     "ErrorBody",
+    "HistoryQuery",
+    "Id",
     "IncomingCall",
     "MqttCallRequest",
+    "SessionQuery",
     "SystemMessage",
     "TencentRtc",
+    "parse_id",
     "topics",
+    "validation_detail",
 ]
 
-Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+
+def _id_from_number(v: Any) -> Any:
+    """A JSON number where an id belongs means its decimal string (`101` -> "101", `1.5` -> "1.5")."""
+    if isinstance(v, bool):
+        raise ValueError("an id must be a string or a number, not a boolean")
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError("an id must be a finite number")
+        return format(Decimal(repr(v)), "f")
+    return v
+
+
+def _id_rules(v: str) -> str:
+    v = v.strip()
+    if not v:
+        raise ValueError("an id may not be empty")
+    if len(v) > 64:
+        raise ValueError(f"an id is at most 64 characters, got {len(v)}")
+    for ch in v:
+        # `/`, `+`, `#` would change an MQTT topic's meaning; control characters and lone surrogates
+        # (a JSON "\ud800") cannot be carried in a topic or a log line.
+        if ch in "/+#" or unicodedata.category(ch) in ("Cc", "Cs"):
+            raise ValueError(f"an id may not contain '/', '+', '#', NUL or control characters (found {ch!r})")
+    return v
+
+
+# The one id type: households, residents, devices, calls, TRTC user and room ids, in bodies, queries,
+# paths and topics. Any non-empty text of at most 64 characters (not bytes) without `/ + #` or
+# control characters; a JSON number means its decimal string.
+Id = Annotated[
+    str,
+    BeforeValidator(_id_from_number),
+    AfterValidator(_id_rules),
+]
+_ID = TypeAdapter(Id)
 Timestamp = Annotated[int, Field(ge=0, le=10**14)]
 Reason = Annotated[str, Field(max_length=128)]
+MAX_PROPERTIES_BYTES = 16 * 1024  # a device's merged `properties`, JSON-encoded (it is retained and re-sent)
+
+
+def parse_id(value: Any, field: str) -> str:
+    """Validate an id from a URL path or a topic, outside a model (BadRequest naming `field`)."""
+    try:
+        return _ID.validate_python(value)
+    except ValidationError as exc:
+        raise BadRequest(validation_detail(exc, field)) from exc
+
+
+def validation_detail(exc: ValidationError, prefix: str = "") -> str:
+    """`field: what is wrong`, in English, for the first error (REST and MQTT say the same)."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in (prefix, *first["loc"]) if p != "") or "body"
+    msg = "field required" if first["type"] == "missing" else first["msg"].removeprefix("Value error, ")
+    return f"{field}: {msg}"
 
 
 class _In(BaseModel):
@@ -40,11 +116,6 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _id_from_int(v: Any) -> Any:
-    # Older clients send numeric ids ("device_id": 1); ids are strings on the wire we send.
-    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-
 class TencentRtc(_Out):
     sdk_app_id: int
     user_id: str
@@ -54,7 +125,7 @@ class TencentRtc(_Out):
 
 
 class CallInfo(_In):
-    call_id: Annotated[str, Field(min_length=1, max_length=64)]
+    call_id: Id
     action: Annotated[str, Field(min_length=1, max_length=32)]
     reason: Reason | None = None
     timestamp: Timestamp | None = None
@@ -66,13 +137,6 @@ class ControlBody(_In):
     call_info: CallInfo
     resident_id: Id | None = None  # local-only mode: an anonymous REST caller names itself
     device_id: Id | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _coerce_ids(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: _id_from_int(v) if k in ("resident_id", "device_id") else v for k, v in data.items()}
-        return data
 
 
 class CallRequest(_In):
@@ -88,7 +152,7 @@ class CallRequest(_In):
     def _older_shape(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        data = {k: _id_from_int(v) for k, v in data.items()}
+        data = dict(data)
         if "device_id" not in data and "device_device_id" in data:
             data["device_id"] = data["device_device_id"]
         if "target_resident_id" not in data and "resident_id" in data:
@@ -102,13 +166,6 @@ class MqttCallRequest(_In):
     household_number: Id | None = None
     timestamp: Timestamp | None = None
     request_id: Annotated[str, Field(max_length=64)] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _coerce(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: _id_from_int(v) if k == "household_number" else v for k, v in data.items()}
-        return data
 
 
 class IncomingCall(_Out):
@@ -125,6 +182,7 @@ class IncomingCall(_Out):
 class ErrorBody(_Out):
     code: int
     message: str
+    reason: str | None = None  # set where one code has several meanings (docs/protocol.md "Errors")
 
 
 class ControlMessage(_Out):
@@ -138,22 +196,36 @@ class ControlMessage(_Out):
 
 
 class EndSessionRequest(_In):
-    call_id: Annotated[str, Field(min_length=1, max_length=64)]
+    call_id: Id
     reason: Reason | None = None
 
 
-class DeviceStatus(_In):
-    device_id: Id
-    online: StrictBool = True
-    battery: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
-    properties: dict[str, Any] = {}
+def _battery(v: Any) -> Any:
+    if v is None:
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not 0 <= v <= 100:
+        raise ValueError("must be a number from 0 to 100, or null to clear it")
+    return v
 
-    @model_validator(mode="before")
+
+class DeviceStatus(_In):
+    """A status report: a patch of the stored status (see StatusService.update).
+
+    A field left out keeps its stored value, an explicit `null` clears it (`online` cannot be null),
+    and `properties` merges by key, a `null` value removing that key.
+    """
+
+    device_id: Id
+    online: StrictBool | None = None
+    battery: Annotated[int | float | None, BeforeValidator(_battery)] = None
+    properties: dict[str, Any] | None = None
+
+    @field_validator("online", mode="before")
     @classmethod
-    def _coerce(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "device_id" in data:
-            return {**data, "device_id": _id_from_int(data["device_id"])}
-        return data
+    def _online_not_null(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("must be true or false")
+        return v
 
 
 class SystemMessage(_In):
@@ -170,19 +242,12 @@ class UserSigRequest(_In):
 
 class RtcTokenRequest(_In):
     user_id: Id
-    channel_id: Annotated[str, Field(min_length=1, max_length=64)]
+    channel_id: Id
 
 
 class RtcCallRequest(_In):
     device_id: Id
     resident_id: Id
-
-    @model_validator(mode="before")
-    @classmethod
-    def _coerce(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: _id_from_int(v) for k, v in data.items()}
-        return data
 
 
 class HouseholdIn(_In):
@@ -200,6 +265,35 @@ class DeviceIn(_In):
     device_id: Id
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
+
+
+# Query strings: every value arrives as text; an empty value (`?device_id=`) counts as absent.
+
+def _positive_int(v: Any) -> Any:
+    if isinstance(v, str) and not (v.isascii() and v.isdigit() and len(v) <= 9):
+        raise ValueError(f"must be a positive integer, got {v!r}")
+    return v
+
+
+class SessionQuery(_In):
+    call_id: Id
+    resident_id: Id | None = None  # local-only mode: who is asking, for its own TRTC credentials
+
+
+class HistoryQuery(_In):
+    household_number: Id | None = None
+    device_id: Id | None = None
+    status: Literal["ringing", "connected", "ended"] | None = None
+    limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
+
+
+class ActiveQuery(_In):
+    resident_id: Id | None = None
+    device_id: Id | None = None
+
+
+class AdminListQuery(_In):
+    household_number: Id | None = None
 
 
 class topics:

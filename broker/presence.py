@@ -4,7 +4,10 @@ A party may hold more than one connection for a moment: a phone that roams recon
 same client id before the broker has noticed its old socket died (a client-id takeover). So a
 party is counted, not flagged: it goes offline only when its last connection closes. Then a
 `calls.party_offline_grace_s` timer starts; a reconnect cancels it, and on expiry the call
-service ends the party's live call `party_offline`. A device's retained status follows the count.
+service ends the party's live call `party_offline`. The grace is counted per call, from the later of
+the drop and the party joining that call: a call a device starts over REST just after its connection
+dropped gets the full grace from its start, not the remainder of the drop's. A device's retained
+status follows the count.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Presence:
         self.grace_s = grace_s
         self._live: Counter[Party] = Counter()
         self._timers: dict[Party, asyncio.TimerHandle] = {}
+        self._offline_since: dict[Party, float] = {}  # parties inside a grace period: when they dropped
 
     def is_online(self, party: Party) -> bool:
         return self._live[party] > 0
@@ -42,6 +46,7 @@ class Presence:
 
     def connected(self, party: Party) -> None:
         self._live[party] += 1
+        self._offline_since.pop(party, None)
         if (handle := self._timers.pop(party, None)) is not None:
             handle.cancel()
             log.info("%s is back within its grace period", party.key)
@@ -87,21 +92,30 @@ class Presence:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        self._offline_since.clear()
 
     def _start_grace(self, party: Party) -> None:
         if (old := self._timers.pop(party, None)) is not None:
             old.cancel()
+        self._offline_since[party] = self.calls.clock()
         self._timers[party] = asyncio.get_running_loop().call_later(self.grace_s, self._expire, party)
 
     def _expire(self, party: Party) -> None:
         self._timers.pop(party, None)
-        if self.is_online(party):
+        since = self._offline_since.pop(party, None)
+        if self.is_online(party) or since is None:
             return
+        loop = asyncio.get_running_loop()
         try:
-            self.calls.party_offline(party)
+            again = self.calls.party_offline(party, since, self.grace_s)
         except Exception:
             log.exception("could not end the call of offline %s; retrying in %.0f s", party.key, RETRY_S)
-            self._timers[party] = asyncio.get_running_loop().call_later(RETRY_S, self._expire, party)
+            self._offline_since[party] = since
+            self._timers[party] = loop.call_later(RETRY_S, self._expire, party)
+            return
+        if again is not None:  # a call it joined after dropping: its own grace is not over yet
+            self._offline_since[party] = since
+            self._timers[party] = loop.call_later(max(0.0, again - self.calls.clock()), self._expire, party)
 
     def _set_online(self, party: Party, online: bool) -> None:
         try:

@@ -68,7 +68,9 @@ class Move(StrEnum):
     """What a (state, role, action) triple does; `apply` gives each its effects."""
 
     ANSWER = "answer"
-    DECLINE = "decline"  # one resident stops ringing (reject / timeout / hangup while ringing)
+    DECLINE = "decline"  # a resident rejects while ringing
+    DECLINE_HANGUP = "decline_hangup"  # a resident hangs up while ringing: a reject, relayed as such
+    RING_OUT = "ring_out"  # a resident's own ring timeout: only that resident stops ringing
     CANCEL = "cancel"
     HANGUP = "hangup"
     RING_TIMEOUT = "ring_timeout"
@@ -87,8 +89,8 @@ D, U, S = Role.DEVICE, Role.RESIDENT, Role.SERVER
 TRANSITIONS: dict[tuple[CallState, Role, Action], Move] = {
     (R, U, Action.ANSWERED): Move.ANSWER,
     (R, U, Action.REJECTED): Move.DECLINE,
-    (R, U, Action.TIMEOUT): Move.DECLINE,
-    (R, U, Action.HANGUP): Move.DECLINE,
+    (R, U, Action.TIMEOUT): Move.RING_OUT,
+    (R, U, Action.HANGUP): Move.DECLINE_HANGUP,
     (R, D, Action.CANCELLED): Move.CANCEL,
     (R, D, Action.HANGUP): Move.CANCEL,
     (C, D, Action.HANGUP): Move.HANGUP,
@@ -251,17 +253,39 @@ def _answer(call: CallSession, actor: Party, now: float, reason: str | None, _: 
     return {"state": CallState.CONNECTED, "answered_by": actor.id, "connected_at": now, "ringing": frozenset()}, notices
 
 
-def _decline(call: CallSession, actor: Party, now: float, reason: str | None, policy: str) -> Result:
+def _stop_ringing(call: CallSession, actor: Party, now: float, notice: Notice, household_wide: bool) -> Result:
+    """`actor` stops ringing; the device hears `notice`. The last one out ends the call: `timeout` if
+    every target timed out, else `rejected`. `household_wide` (a reject under the household policy)
+    ends it at once and cancels the others."""
     if actor.id not in call.ringing:
         raise InvalidTransition(f"resident {actor.id} is no longer ringing on {call.call_id}")
-    notices = [Notice(_device(call), "rejected", reason, resident_id=actor.id)]
+    notices = [notice]
     left = call.ringing - {actor.id}
-    if policy == "household":
+    if household_wide:
         notices += [Notice(p, "cancelled", "rejected_elsewhere", resident_id=actor.id) for p in _residents(left)]
         return _end(EndReason.REJECTED, now), notices
     if not left:
-        return _end(EndReason.REJECTED, now), notices
+        timed_out = notice.action == "timeout" and all(
+            call.last_actions.get(Party(Role.RESIDENT, r).key) == "timeout" for r in call.targets if r != actor.id)
+        return _end(EndReason.TIMEOUT if timed_out else EndReason.REJECTED, now), notices
     return {"ringing": left}, notices
+
+
+def _decline(call: CallSession, actor: Party, now: float, reason: str | None, policy: str) -> Result:
+    notice = Notice(_device(call), "rejected", reason, resident_id=actor.id)
+    return _stop_ringing(call, actor, now, notice, policy == "household")
+
+
+def _decline_hangup(call: CallSession, actor: Party, now: float, _: str | None, policy: str) -> Result:
+    # `hangup` heard by a device always means its call is over; while ringing, other residents may
+    # still ring, so the device hears the per-resident word `rejected`, reason `hangup`.
+    notice = Notice(_device(call), "rejected", "hangup", resident_id=actor.id)
+    return _stop_ringing(call, actor, now, notice, policy == "household")
+
+
+def _ring_out(call: CallSession, actor: Party, now: float, reason: str | None, _: str) -> Result:
+    notice = Notice(_device(call), "timeout", reason, resident_id=actor.id)
+    return _stop_ringing(call, actor, now, notice, household_wide=False)
 
 
 def _cancel(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
@@ -303,6 +327,8 @@ def _party_offline(call: CallSession, _: Party, now: float, reason: str | None, 
 _MOVES = {
     Move.ANSWER: _answer,
     Move.DECLINE: _decline,
+    Move.DECLINE_HANGUP: _decline_hangup,
+    Move.RING_OUT: _ring_out,
     Move.CANCEL: _cancel,
     Move.HANGUP: _hangup,
     Move.RING_TIMEOUT: _ring_timeout,

@@ -1,4 +1,9 @@
-"""Device status (retained on `devices/{id}/status`) and system messages (`system/{type}`)."""
+"""Device status (retained on `devices/{id}/status`) and system messages (`system/{type}`).
+
+A status report is a patch: a field left out keeps its stored value, an explicit null clears it, and
+`properties` merges by key (a null value removes that key). After every write, REST or MQTT, the
+stored status is published retained, so the retained message always equals `GET /api/devices/{id}/status`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from typing import Any
 
 from broker.calls import Publisher, iso, now_ms
 from broker.directory import Directory
-from broker.errors import NotFound
-from broker.payloads import DeviceStatus, SystemMessage, topics
+from broker.errors import BadRequest, NotFound
+from broker.payloads import MAX_PROPERTIES_BYTES, DeviceStatus, SystemMessage, topics
 from broker.store import Store
 
 __all__ = ["StatusService"]
@@ -21,26 +26,50 @@ class StatusService:
         self.directory = directory
         self.publisher = publisher
 
-    def update(self, status: DeviceStatus, publish: bool = True) -> dict[str, Any]:
-        """Store a device's status and publish it retained (unless the device itself just did)."""
+    def update(self, status: DeviceStatus) -> dict[str, Any]:
+        """Apply a status report to the stored status, store it, and publish it retained."""
         self.directory.device(status.device_id)
-        row = {"device_id": status.device_id, "online": status.online, "battery": status.battery,
-               "properties": status.properties, "updated_at": time.time()}
+        given = status.model_fields_set
+        current = self.store.get_status(status.device_id) or {"online": True, "battery": None, "properties": {}}
+        properties = dict(current["properties"])
+        if "properties" in given:
+            if status.properties is None:
+                properties = {}
+            else:
+                for key, value in status.properties.items():
+                    if value is None:
+                        properties.pop(key, None)
+                    else:
+                        properties[key] = value
+            if len(json.dumps(properties, ensure_ascii=False)) > MAX_PROPERTIES_BYTES:
+                raise BadRequest(f"properties: more than {MAX_PROPERTIES_BYTES} bytes once merged")
+        row = {"device_id": status.device_id,
+               "online": status.online if status.online is not None else current["online"],
+               "battery": status.battery if "battery" in given else current["battery"],
+               "properties": properties, "updated_at": time.time()}
         self.store.put_status(row)
         view = _view(row)
-        if publish:
-            body = {"origin": "server", **view}
-            self.publisher.publish(topics.device_status(status.device_id), json.dumps(body).encode(), qos=1,
-                                   retain=True)
+        self._publish(view)
         return view
 
     def set_online(self, device_id: str, online: bool) -> None:
         """Connection opened or dropped: flip `online`, keep battery and properties."""
         if self.store.get("devices", device_id) is None:
             return
-        current = self.store.get_status(device_id) or {"battery": None, "properties": {}}
-        self.update(DeviceStatus(device_id=device_id, online=online, battery=current["battery"],
-                                 properties=current["properties"]))
+        self.update(DeviceStatus(device_id=device_id, online=online))
+
+    def restore_retained(self, device_id: str) -> None:
+        """Make the retained message the stored status again (or clear it if there is none)."""
+        row = self.store.get_status(device_id)
+        if row is None:
+            self.publisher.publish(topics.device_status(device_id), b"", qos=1, retain=True)
+        else:
+            self._publish(_view(row))
+
+    def _publish(self, view: dict[str, Any]) -> None:
+        body = {"origin": "server", **view}
+        self.publisher.publish(topics.device_status(view["device_id"]),
+                               json.dumps(body, ensure_ascii=False, allow_nan=False).encode(), qos=1, retain=True)
 
     def get(self, device_id: str) -> dict[str, Any]:
         self.directory.device(device_id)

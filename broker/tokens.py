@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
 
 __all__ = ["Principal", "hash_token", "new_token", "parse_token", "verify_token"]
 
@@ -23,7 +24,8 @@ class Principal:
 
 
 def new_token(role: str, ident: str) -> str:
-    return f"{role}.{ident}.{secrets.token_urlsafe(32)}"
+    # The id is percent-encoded so a token stays ASCII (it travels in HTTP headers) whatever the id.
+    return f"{role}.{quote(ident, safe=':@')}.{secrets.token_urlsafe(32)}"
 
 
 def parse_token(token: str) -> Principal | None:
@@ -31,7 +33,10 @@ def parse_token(token: str) -> Principal | None:
     ident, _, secret = rest.rpartition(".")
     if role not in ROLES or not ident or len(secret) < 16:
         return None
-    return Principal(role, ident)
+    try:
+        return Principal(role, unquote(ident, errors="strict"))
+    except UnicodeDecodeError:
+        return None
 
 
 def hash_token(token: str, iterations: int) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from broker.calls import iso
 from broker.errors import NotFound
-from broker.payloads import DeviceIn, HouseholdIn, ResidentIn
+from broker.payloads import AdminListQuery, DeviceIn, HouseholdIn, ResidentIn, parse_id
+from broker.store import DIRECTORY
 from http_api.auth import require
-from http_api.envelope import ok, parse_body
+from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
 __all__ = ["create", "delete", "get", "list_all", "new_token"]
@@ -23,12 +27,21 @@ def _kind(request: web.Request) -> str:
     return kind
 
 
+def _ident(request: web.Request, kind: str) -> str:
+    return parse_id(request.match_info["ident"], DIRECTORY[kind])
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    """A directory row as REST shows it: times as ISO-8601 UTC like every REST time."""
+    return {**row, "created_at": iso(row["created_at"])} if "created_at" in row else row
+
+
 async def create(request: web.Request) -> web.Response:
     kind = _kind(request)
     directory = request.app[SERVICES].directory
     if kind == "households":
         hh = await parse_body(request, HouseholdIn)
-        return ok(directory.add_household(hh.household_number, hh.name))
+        return ok(_view(directory.add_household(hh.household_number, hh.name)))
     if kind == "residents":
         r = await parse_body(request, ResidentIn)
         return ok(directory.add_member(kind, r.resident_id, r.household_number, r.name))
@@ -38,17 +51,18 @@ async def create(request: web.Request) -> web.Response:
 
 async def list_all(request: web.Request) -> web.Response:
     kind = _kind(request)
-    return ok(request.app[SERVICES].directory.list_all(kind, request.query.get("household_number")))
+    query = parse_query(request, AdminListQuery)
+    return ok([_view(r) for r in request.app[SERVICES].directory.list_all(kind, query.household_number)])
 
 
 async def get(request: web.Request) -> web.Response:
     kind = _kind(request)
-    return ok(request.app[SERVICES].directory.get(kind, request.match_info["ident"]))
+    return ok(_view(request.app[SERVICES].directory.get(kind, _ident(request, kind))))
 
 
 async def delete(request: web.Request) -> web.Response:
     kind = _kind(request)
-    request.app[SERVICES].directory.delete(kind, request.match_info["ident"])
+    request.app[SERVICES].directory.delete(kind, _ident(request, kind))
     return ok(None)
 
 
@@ -56,4 +70,4 @@ async def new_token(request: web.Request) -> web.Response:
     kind = _kind(request)
     if kind == "households":
         raise NotFound("households have no token")
-    return ok(request.app[SERVICES].directory.reissue_token(kind, request.match_info["ident"]))
+    return ok(request.app[SERVICES].directory.reissue_token(kind, _ident(request, kind)))

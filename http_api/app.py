@@ -6,6 +6,7 @@ from aiohttp import web
 
 from broker.services import Services
 from http_api.auth import auth_middleware
+from http_api.cors import cors_preflight_middleware, setup_cors
 from http_api.envelope import error_middleware
 from http_api.keys import HEALTH, SERVICES
 from http_api.ratelimit import rate_limit_middlewares
@@ -17,10 +18,11 @@ __all__ = ["create_app"]
 def create_app(services: Services) -> web.Application:
     per_ip, per_principal = rate_limit_middlewares(services.settings.limits)
     app = web.Application(
-        middlewares=[error_middleware, per_ip, auth_middleware, per_principal],
+        middlewares=[error_middleware, per_ip, cors_preflight_middleware, auth_middleware, per_principal],
         client_max_size=services.settings.http.max_body_bytes,
     )
     app[SERVICES] = services
     app[HEALTH] = {"broker": False}
     setup_routes(app)
+    setup_cors(app)
     return app

@@ -5,10 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.errors import BadRequest, Forbidden
-from broker.payloads import CallRequest, ControlBody, EndSessionRequest, RtcCallRequest
+from broker.payloads import (
+    ActiveQuery,
+    CallRequest,
+    ControlBody,
+    EndSessionRequest,
+    HistoryQuery,
+    RtcCallRequest,
+    SessionQuery,
+)
 from broker.states import Party, Role
 from http_api.auth import party_of, principal, require
-from http_api.envelope import ok, parse_body
+from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
 __all__ = ["active_calls", "call", "control_device", "control_resident", "end_session", "history", "rtc_call",
@@ -61,14 +69,12 @@ async def control_resident(request: web.Request) -> web.Response:
 
 
 async def session(request: web.Request) -> web.Response:
-    call_id = request.query.get("call_id", "").strip()
-    if not call_id:
-        raise BadRequest("无效的请求参数: call_id: 缺少必要字段")
+    query = parse_query(request, SessionQuery)
     p = principal(request)
     viewer = party_of(p)
-    if viewer is None and p is None and (rid := request.query.get("resident_id")):
-        viewer = Party(Role.RESIDENT, rid)
-    return ok(request.app[SERVICES].calls.session(call_id, viewer))
+    if viewer is None and p is None and query.resident_id is not None:
+        viewer = Party(Role.RESIDENT, query.resident_id)
+    return ok(request.app[SERVICES].calls.session(query.call_id, viewer))
 
 
 async def end_session(request: web.Request) -> web.Response:
@@ -80,16 +86,10 @@ async def end_session(request: web.Request) -> web.Response:
     return ok(None)
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "50")
-    if not raw.isdigit():
-        raise BadRequest(f"无效的请求参数: limit must be a positive integer, got '{raw}'")
-    return int(raw)
-
-
 async def history(request: web.Request) -> web.Response:
     """Call history, newest first: `?household_number=&device_id=&status=&limit=`."""
-    filters = {k: request.query[k] for k in ("household_number", "device_id", "status") if request.query.get(k)}
+    query = parse_query(request, HistoryQuery)
+    filters = query.model_dump(include={"household_number", "device_id", "status"}, exclude_none=True)
     p = require(request, "resident", "device")
     svc = request.app[SERVICES]
     if p is not None and p.role == "resident":
@@ -98,18 +98,18 @@ async def history(request: web.Request) -> web.Response:
             raise Forbidden("a resident may only list its own household's calls")
     elif p is not None and p.role == "device" and filters.setdefault("device_id", p.id) != p.id:
         raise Forbidden("a device may only list its own calls")
-    return ok(svc.calls.history(filters, _limit(request)))
+    return ok(svc.calls.history(filters, query.limit))
 
 
 async def active_calls(request: web.Request) -> web.Response:
     """Live calls of one party (`?resident_id=` or `?device_id=`), so a woken phone can re-sync."""
-    p = principal(request)
-    party = party_of(p)
+    query = parse_query(request, ActiveQuery)
+    party = party_of(principal(request))
     if party is None:
-        if rid := request.query.get("resident_id"):
-            party = Party(Role.RESIDENT, rid)
-        elif did := request.query.get("device_id"):
-            party = Party(Role.DEVICE, did)
+        if query.resident_id is not None:
+            party = Party(Role.RESIDENT, query.resident_id)
+        elif query.device_id is not None:
+            party = Party(Role.DEVICE, query.device_id)
         else:
-            raise BadRequest("无效的请求参数: resident_id or device_id is required")
+            raise BadRequest("resident_id: required (or device_id, or a resident's or device's token)")
     return ok(request.app[SERVICES].calls.active_for(party))

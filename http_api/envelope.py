@@ -1,4 +1,8 @@
-"""The seed's `{"code","message","data"}` envelope, and the one place errors become HTTP."""
+"""The seed's `{"code","message","data"}` envelope, and the one place errors become HTTP.
+
+Every error message is `"<category>: <detail>"` (broker.errors.error_text); `data` is null, or
+`{"reason": ...}` for errors that carry a machine-readable reason.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from broker.errors import BadRequest, DomainError
+from broker import wirejson
+from broker.errors import BadRequest, DomainError, error_text
+from broker.payloads import validation_detail
 from broker.store import StoreError
 
-__all__ = ["error_middleware", "ok", "parse_body"]
+__all__ = ["error_middleware", "ok", "parse_body", "parse_query"]
 
 log = logging.getLogger("intercom.http")
 M = TypeVar("M", bound=BaseModel)
@@ -24,32 +30,30 @@ def ok(data: Any = None) -> web.Response:
     return web.json_response({"code": 0, "message": "成功", "data": data}, dumps=_dumps)
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"code": status, "message": message, "data": None}, status=status, headers=headers,
-                             dumps=_dumps)
+def error_response(status: int, detail: str, reason: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    data = {"reason": reason} if reason is not None else None
+    return web.json_response({"code": status, "message": error_text(status, detail), "data": data},
+                             status=status, headers=headers, dumps=_dumps)
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+    # allow_nan=False: never emit a NaN/Infinity a strict parser rejects (inputs refuse them already)
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """Read and validate a JSON body; every failure is a 400 naming the field."""
     raw = await request.read()
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"无效的请求参数: body is not valid JSON ({exc})") from exc
+    body = wirejson.loads(raw or b"{}")
     if not isinstance(body, dict):
-        raise BadRequest("无效的请求参数: body must be a JSON object")
+        raise BadRequest("body: must be a JSON object")
     return model.model_validate(body)
 
 
-def validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "body"
-    kind = "缺少必要字段" if first["type"] == "missing" else first["msg"]
-    return f"无效的请求参数: {field}: {kind}"
+def parse_query(request: web.Request, model: type[M]) -> M:
+    """Validate the query string; an empty value (`?device_id=`) counts as absent."""
+    return model.model_validate({k: v for k, v in request.query.items() if v != ""})
 
 
 @web.middleware
@@ -57,20 +61,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ValidationError as exc:
-        return _error(400, validation_message(exc))
+        return error_response(400, validation_detail(exc))
     except DomainError as exc:
         if exc.status >= 500:
-            log.error("%s %s: %s", request.method, request.path, exc.message)
-        return _error(exc.status, exc.message, getattr(exc, "headers", None))
+            log.error("%s %s: %s", request.method, request.path, exc.detail)
+        return error_response(exc.status, exc.detail, exc.reason, getattr(exc, "headers", None))
     except StoreError as exc:
         log.error("%s %s: database error: %s", request.method, request.path, exc)
-        return _error(500, "服务器内部错误: database unavailable, nothing was changed")
+        return error_response(500, "database unavailable, nothing was changed")
     except web.HTTPRequestEntityTooLarge as exc:
-        return _error(413, f"request body too large: {exc.text}")
+        return error_response(413, f"request body too large: {exc.text}")
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return error_response(405, f"{request.method} is not allowed on {request.path}; allowed: {allowed}",
+                              headers={"Allow": allowed})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.reason, dict(exc.headers) if exc.status == 405 else None)
+        detail = f"no route {request.method} {request.path}" if exc.status == 404 else exc.reason
+        return error_response(exc.status, detail)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
-        return _error(500, "服务器内部错误")
+        return error_response(500, "internal error")

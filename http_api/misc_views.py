@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.errors import Forbidden, Overloaded
-from broker.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, UserSigRequest
+from broker.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, UserSigRequest, parse_id
 from http_api.auth import principal, require
 from http_api.envelope import ok, parse_body
 from http_api.keys import HEALTH, SERVICES
@@ -16,7 +16,7 @@ __all__ = ["device_status", "get_device_status", "healthz", "rtc_token", "system
 async def healthz(request: web.Request) -> web.Response:
     health = request.app[HEALTH]
     if not health.get("broker"):
-        raise Overloaded("broker not serving yet")
+        raise Overloaded("broker not serving yet", "not_ready")
     svc = request.app[SERVICES]
     return ok({"broker": True, "http": True, "active_calls": svc.calls.active_count})
 
@@ -33,7 +33,7 @@ async def device_status(request: web.Request) -> web.Response:
 async def get_device_status(request: web.Request) -> web.Response:
     """Admin and anonymous-local callers read any device; a resident its household's; a device itself."""
     svc = request.app[SERVICES]
-    device_id = request.match_info["device_id"]
+    device_id = parse_id(request.match_info["device_id"], "device_id")
     p = principal(request)
     if p is not None and p.role == "resident":
         household = svc.directory.device(device_id)["household_number"]
