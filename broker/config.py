@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from broker.payloads import Id
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 Port = int
@@ -161,17 +163,17 @@ class HttpConfig(_Strict):
 
 
 class SiteResident(_Strict):
-    resident_id: str = Field(min_length=1, max_length=64)
+    resident_id: Id
     name: str | None = None
 
 
 class SiteDevice(_Strict):
-    device_id: str = Field(min_length=1, max_length=64)
+    device_id: Id
     name: str | None = None
 
 
 class SiteHousehold(_Strict):
-    household_number: str = Field(min_length=1, max_length=64)
+    household_number: Id
     name: str | None = None
     residents: list[SiteResident] = []
     devices: list[SiteDevice] = []

@@ -41,7 +41,7 @@ class StatusService:
                         properties.pop(key, None)
                     else:
                         properties[key] = value
-            if len(json.dumps(properties, ensure_ascii=False)) > MAX_PROPERTIES_BYTES:
+            if len(json.dumps(properties, ensure_ascii=False).encode()) > MAX_PROPERTIES_BYTES:
                 raise BadRequest(f"properties: more than {MAX_PROPERTIES_BYTES} bytes once merged")
         row = {"device_id": status.device_id,
                "online": status.online if status.online is not None else current["online"],

@@ -1,15 +1,17 @@
 """Strict JSON in: what a client sends is parsed so that we can always send it back as valid JSON.
 
-Refused, as a client's mistake (BadRequest, never a traceback): text that is not UTF-8 JSON, `NaN` /
-`Infinity` and numbers that overflow to infinity (a strict parser rejects them when we echo them
-back), and documents nested deeper than `MAX_DEPTH` (a deep one costs recursion on every later
-encode, and `[` x 60,000 blows the parser's stack).
+Refused, as a client's mistake (BadRequest, never a traceback): text that is not UTF-8 JSON; `NaN`,
+`Infinity`, numbers that overflow to infinity and lone UTF-16 surrogates (`"\\ud800"`), which a
+strict parser rejects, or UTF-8 cannot carry, when we send them back; and documents nested deeper
+than `MAX_DEPTH` (a deep one costs recursion on every later encode; `[` x 60,000 blows the parser's
+stack).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from broker.errors import BadRequest
@@ -36,6 +38,7 @@ def _finite(text: str) -> float:
 
 # One decoder, built once: json.loads(..., parse_float=...) would build a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def loads(raw: bytes | str, what: str = "body") -> Any:
@@ -51,6 +54,12 @@ def loads(raw: bytes | str, what: str = "body") -> Any:
         raise BadRequest(f"{what} is not valid JSON ({exc})") from exc
     if (field := _too_deep(value)) is not None:
         raise BadRequest(f"{field or what}: JSON nested deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text):
+        try:  # a pair decodes to one character; a lone half cannot be encoded as UTF-8 again
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            lone = ord(exc.object[exc.start])
+            raise BadRequest(f"{what}: a string holds a lone UTF-16 surrogate (\\u{lone:x})") from exc
     return value
 
 

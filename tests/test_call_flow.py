@@ -51,7 +51,7 @@ async def test_answer_over_mqtt_connects_and_cancels_the_other(harness, party):
     # A second answer is a conflict, over REST and over MQTT.
     status, resp = await harness.post("/api/mqtt/controller/resident",
                                       {"resident_id": "3", "call_info": {"call_id": call_id, "action": "answered"}})
-    assert status == 409 and resp["code"] == 409 and resp["data"] is None
+    assert status == 409 and resp["code"] == 409 and resp["data"] == {"reason": "invalid_transition"}
     await r3.client.publish("users/3/calls/control", json.dumps(
         {"call_info": {"call_id": call_id, "action": "answered"}}), qos=1)
     _, err = await r3.wait_for(lambda t, b: "error" in b)
@@ -232,17 +232,17 @@ async def test_websocket_listener_carries_calls(harness):
 
 
 async def test_ringing_hangups_and_resident_timeout(harness, party):
-    """A resident's hangup or timeout while ringing counts as a reject; a device hangup while ringing cancels."""
+    """A resident's hangup while ringing is relayed as a reject, its timeout as `timeout`; a device hangup cancels."""
     dev, r3 = await party("device", "1"), await party("resident", "3")
     call_id = (await harness.start_call())["call_id"]
     ctl = "/api/mqtt/controller/"
     assert (await harness.post(ctl + "resident", {"resident_id": "2",
                                                   "call_info": {"call_id": call_id, "action": "hangup"}}))[0] == 200
     _, body = await dev.wait_for(is_ctl("rejected"))
-    assert body["resident_id"] == "2"
+    assert body["resident_id"] == "2" and body["call_info"]["reason"] == "hangup"
     assert (await harness.post(ctl + "resident", {"resident_id": "3",
                                                   "call_info": {"call_id": call_id, "action": "timeout"}}))[0] == 200
-    _, body = await dev.wait_for(lambda t, b: is_ctl("rejected")(t, b) and b["resident_id"] == "3")
+    _, body = await dev.wait_for(lambda t, b: is_ctl("timeout")(t, b) and b["resident_id"] == "3")
     _, resp = await harness.get(f"/api/mqtt/session?call_id={call_id}")
     assert resp["data"]["end_reason"] == "rejected"
     call_id = (await harness.start_call())["call_id"]

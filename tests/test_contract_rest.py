@@ -104,10 +104,11 @@ async def test_good_history_limit(harness):
     ("/api/mqtt/device/status", b'{"device_id": "1", "properties": {"t": -Infinity}}'),
     ("/api/mqtt/device/status", b'{"device_id": "1", "properties": {"t": 1e400}}'),
     ("/api/mqtt/device/status", b'{"device_id": "1", "battery": NaN}'),
+    ("/api/mqtt/device/status", b'{"device_id": "1", "properties": {"t": "\\ud800"}}'),
     ("/api/mqtt/system/message", b'{"type": "n", "level": "info", "message": "m", "data": {"x": Infinity}}'),
 ])
 async def test_non_finite_numbers_are_refused(harness, path, raw):
-    """NaN, Infinity and numbers that overflow to infinity are a 400; nothing is stored or emitted."""
+    """NaN, Infinity, overflowing numbers and lone surrogates are a 400; nothing is stored or emitted."""
     status, resp = await harness.post(path, None, raw=raw)
     assert status == 400 and resp["message"].startswith("无效的请求参数: "), resp
     assert (await harness.get("/api/devices/1/status"))[0] == 404

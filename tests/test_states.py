@@ -65,6 +65,30 @@ def test_household_reject_policy_ends_at_once():
     assert (R3, "cancelled", "rejected_elsewhere") in {(n.to, n.action, n.reason) for n in notices}
 
 
+def test_resident_words_are_relayed():
+    """A resident's `timeout` reaches the device as `timeout`; its `hangup` while ringing as `rejected`/`hangup`."""
+    _, notices = apply(ringing(), R2, Action.TIMEOUT, 101.0)
+    assert [(n.to, n.action, n.resident_id) for n in notices] == [(DEV, "timeout", "2")]
+    _, notices = apply(ringing(), R2, Action.HANGUP, 101.0, reason="pocket")
+    assert [(n.to, n.action, n.reason, n.resident_id) for n in notices] == [(DEV, "rejected", "hangup", "2")]
+
+
+def test_every_target_timing_out_ends_timeout():
+    """A call nobody answered because every target timed out ends `timeout`; one reject among them: `rejected`."""
+    call, _ = apply(ringing(), R2, Action.TIMEOUT, 101.0)
+    ended, _ = apply(call, R3, Action.TIMEOUT, 102.0)
+    assert ended.state is CallState.ENDED and ended.end_reason is EndReason.TIMEOUT
+    call, _ = apply(ringing(), R2, Action.REJECTED, 101.0)
+    ended, _ = apply(call, R3, Action.TIMEOUT, 102.0)
+    assert ended.end_reason is EndReason.REJECTED
+
+
+def test_a_timeout_is_not_a_household_reject():
+    """Under `household`, a resident's own ring timeout stops only that resident; the others keep ringing."""
+    call, notices = apply(ringing(), R2, Action.TIMEOUT, 101.0, reject_policy="household")
+    assert call.state is CallState.RINGING and call.ringing == {"3"} and [n.to for n in notices] == [DEV]
+
+
 def test_device_cancel_tells_every_ringing_resident():
     """A device cancel ends the call and every ringing resident hears it."""
     call, notices = apply(ringing(), DEV, Action.CANCELLED, 101.0)
