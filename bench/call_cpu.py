@@ -29,14 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.calls import CallService
 from broker.config import CallsConfig, Settings, SiteConfig
-from broker.directory import Directory
-from broker.mqtt_router import on_publish
-from broker.services import Services
-from broker.status import StatusService
-from broker.store import Store
-from broker.trtc import Trtc
+from broker.core.calls import CallService
+from broker.core.directory import Directory
+from broker.core.services import Services
+from broker.core.status import StatusService
+from broker.core.store import Store
+from broker.core.trtc import Trtc
+from plugins.call_router import on_publish
 
 HOUSEHOLDS = 300
 

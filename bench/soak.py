@@ -9,7 +9,7 @@ household: start, then answer / reject / cancel / let ring out / hang up at rand
 random TCP connections and reconnects them 0.2-3 s later (some past the party-offline grace period).
 
 The oracle is the server's own sqlite history: every persisted transition is replayed through the pure
-state machine (`broker.states`) to get the notifications each party must have received; they are
+state machine (`broker.core.states`) to get the notifications each party must have received; they are
 compared with what each client actually received. Exits 1 if any notification was lost, delivered twice
 without the MQTT DUP flag, any call is left unended or disagrees with its replay, or any request got a 5xx
 (with --strict-log, also if the server logged an ERROR).

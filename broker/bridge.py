@@ -1,7 +1,7 @@
 """Bridge mode: the same call service attached to an external broker (Mosquitto, EMQX) as an MQTT client.
 
 `intercom-broker --external-broker mqtt://host:port` starts no embedded broker. The service subscribes
-to the call topics and feeds every message to `broker.mqtt_router.on_publish`, exactly as the embedded
+to the call topics and feeds every message to `plugins.call_router.on_publish`, exactly as the embedded
 call plugin does; what it publishes goes through `BridgePublisher`, whose `publish()` is synchronous
 like the embedded broker's. Identity comes from the topic only: the external broker's ACL must make
 sure a client can publish on its own topics only (on the embedded broker our ACL plugin does that).
@@ -24,14 +24,14 @@ import aiomqtt
 from aiohttp import web
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker.calls import CallService
 from broker.config import ConfigError, Settings
-from broker.directory import Directory
-from broker.mqtt_router import on_publish
-from broker.services import Services
-from broker.status import StatusService
-from broker.store import Store
-from broker.trtc import Trtc
+from broker.core.calls import CallService
+from broker.core.directory import Directory
+from broker.core.services import Services
+from broker.core.status import StatusService
+from broker.core.store import Store
+from broker.core.trtc import Trtc
+from plugins.call_router import on_publish
 
 __all__ = ["CALL_TOPICS", "Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "parse_broker_url"]
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from broker.payloads import Id
+from broker.core.payloads import Id
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
@@ -116,7 +116,7 @@ class CallsConfig(_Strict):
     reject_policy: Literal["member", "household"] = "member"
     party_offline_grace_s: float = Field(15.0, ge=0, le=3600)
     history_limit_max: int = Field(500, ge=1)
-    # Admission (broker/admission.py): past any of these a call setup gets 503 + Retry-After.
+    # Admission (broker/core/admission.py): past any of these a call setup gets 503 + Retry-After.
     max_setups_per_s: float = Field(2000.0, gt=0)
     setup_burst: int = Field(2000, ge=1)
     max_active_calls: int = Field(10_000, ge=1)
@@ -140,7 +140,7 @@ class MqttConfig(_Strict):
 
 
 class DeliveryConfig(_Strict):
-    """Outgoing messages per MQTT connection (broker/outlet.py): the QoS 1 window and the backlog bound."""
+    """Outgoing messages per MQTT connection (broker/mqtt/outlet.py): the QoS 1 window and the backlog bound."""
 
     max_inflight: int = Field(100, ge=1, le=65535)
     max_queued: int = Field(10_000, ge=1, le=1_000_000)

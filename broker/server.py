@@ -11,18 +11,18 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.calls import CallService
 from broker.config import ConfigError, Settings
-from broker.directory import Directory
-from broker.mqtt_broker import IntercomBroker
-from broker.outlet import DeliveryLimits
-from broker.presence import Presence
-from broker.services import Services
-from broker.session_persistence import SessionDB, SessionPersistence
-from broker.status import StatusService
-from broker.store import Store
+from broker.core.calls import CallService
+from broker.core.directory import Directory
+from broker.core.presence import Presence
+from broker.core.services import Services
+from broker.core.status import StatusService
+from broker.core.store import Store
+from broker.core.trtc import Trtc
+from broker.mqtt.engine import IntercomBroker
+from broker.mqtt.outlet import DeliveryLimits
+from broker.mqtt.session_persistence import SessionDB, SessionPersistence
 from broker.tls import server_context
-from broker.trtc import Trtc
 from http_api import create_app
 from http_api.keys import HEALTH
 

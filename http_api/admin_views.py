@@ -6,10 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.calls import iso
-from broker.errors import NotFound
-from broker.payloads import AdminListQuery, DeviceIn, HouseholdIn, ResidentIn, parse_id
-from broker.store import DIRECTORY
+from broker.core.calls import iso
+from broker.core.errors import NotFound
+from broker.core.payloads import AdminListQuery, DeviceIn, HouseholdIn, ResidentIn, parse_id
+from broker.core.store import DIRECTORY
 from http_api.auth import require
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.services import Services
+from broker.core.services import Services
 from http_api.auth import auth_middleware
 from http_api.cors import cors_preflight_middleware, setup_cors
 from http_api.envelope import error_middleware

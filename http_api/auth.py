@@ -6,9 +6,9 @@ from typing import cast
 
 from aiohttp import web
 
-from broker.errors import Forbidden, Unauthorized
-from broker.states import Party, Role
-from broker.tokens import Principal
+from broker.core.errors import Forbidden, Unauthorized
+from broker.core.states import Party, Role
+from broker.core.tokens import Principal
 from http_api.envelope import Handler
 from http_api.keys import PRINCIPAL, SERVICES
 

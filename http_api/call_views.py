@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.errors import BadRequest, Forbidden
-from broker.payloads import (
+from broker.core.errors import BadRequest, Forbidden
+from broker.core.payloads import (
     ActiveQuery,
     CallRequest,
     ControlBody,
@@ -14,7 +14,7 @@ from broker.payloads import (
     RtcCallRequest,
     SessionQuery,
 )
-from broker.states import Party, Role
+from broker.core.states import Party, Role
 from http_api.auth import party_of, principal, require
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES

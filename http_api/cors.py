@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.errors import Forbidden
+from broker.core.errors import Forbidden
 from http_api.envelope import Handler
 from http_api.keys import SERVICES
 

@@ -1,6 +1,6 @@
 """The seed's `{"code","message","data"}` envelope, and the one place errors become HTTP.
 
-Every error message is `"<category>: <detail>"` (broker.errors.error_text); `data` is null, or
+Every error message is `"<category>: <detail>"` (broker.core.errors.error_text); `data` is null, or
 `{"reason": ...}` for errors that carry a machine-readable reason.
 """
 
@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from broker import wirejson
-from broker.errors import BadRequest, DomainError, error_text
-from broker.payloads import validation_detail
-from broker.store import StoreError
+from broker.core import wirejson
+from broker.core.errors import BadRequest, DomainError, error_text
+from broker.core.payloads import validation_detail
+from broker.core.store import StoreError
 
 __all__ = ["error_middleware", "ok", "parse_body", "parse_query"]
 

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from broker.services import Services
+from broker.core.services import Services
 
 __all__ = ["HEALTH", "PRINCIPAL", "SERVICES"]
 

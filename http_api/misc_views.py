@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.errors import Forbidden, Overloaded
-from broker.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, UserSigRequest, parse_id
+from broker.core.errors import Forbidden, Overloaded
+from broker.core.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, UserSigRequest, parse_id
 from http_api.auth import principal, require
 from http_api.envelope import ok, parse_body
 from http_api.keys import HEALTH, SERVICES

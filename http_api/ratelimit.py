@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from broker.config import LimitsConfig
-from broker.errors import DomainError
+from broker.core.errors import DomainError
 from broker.limiter import KeyedLimiter, is_exempt
 from http_api.auth import principal
 from http_api.envelope import Handler

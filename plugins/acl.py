@@ -20,9 +20,9 @@ from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.config import AclRule
-from broker.errors import NotFound
-from broker.services import Services
-from broker.tokens import Principal
+from broker.core.errors import NotFound
+from broker.core.services import Services
+from broker.core.tokens import Principal
 from plugins.auth import PRINCIPAL
 
 __all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand"]

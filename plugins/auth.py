@@ -18,11 +18,11 @@ from amqtt.mqtt.connack import IDENTIFIER_REJECTED, SERVER_UNAVAILABLE
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
-from broker.errors import Unauthorized
-from broker.hardening import REFUSAL
+from broker.core.errors import Unauthorized
+from broker.core.services import Services
+from broker.core.tokens import Principal, verify_token
 from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
-from broker.services import Services
-from broker.tokens import Principal, verify_token
+from broker.mqtt.hardening import REFUSAL
 
 __all__ = ["PRINCIPAL", "IntercomAuthPlugin", "bound_client_id"]
 

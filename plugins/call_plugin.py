@@ -10,10 +10,10 @@ from amqtt.broker import BrokerContext
 from amqtt.plugins.base import BasePlugin
 from amqtt.session import Session
 
-from broker.mqtt_router import identify, on_publish
-from broker.presence import Presence
-from broker.services import Services
+from broker.core.presence import Presence
+from broker.core.services import Services
 from plugins.auth import PRINCIPAL
+from plugins.call_router import identify, on_publish
 
 __all__ = ["CallPlugin"]
 

@@ -1,4 +1,4 @@
-"""amqtt hooks for broker.session_persistence: persistent sessions and retained messages on disk.
+"""amqtt hooks for broker.mqtt.session_persistence: persistent sessions and retained messages on disk.
 
 Only public amqtt plugin events. `on_broker_client_connected` is synchronous inside, and amqtt
 schedules it before the handler's start-up re-sends unacknowledged messages, so the session has
@@ -16,7 +16,7 @@ from amqtt.broker import BrokerContext, RetainedApplicationMessage
 from amqtt.plugins.base import BasePlugin
 from amqtt.session import Session
 
-from broker.session_persistence import SessionPersistence
+from broker.mqtt.session_persistence import SessionPersistence
 
 __all__ = ["PersistencePlugin"]
 

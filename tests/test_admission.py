@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from broker.admission import CallAdmission, LoopLag, TooBusy
+from broker.core.admission import CallAdmission, LoopLag, TooBusy
 
 
 class Clock:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 
-from broker.trtc import verify_user_sig
+from broker.core.trtc import verify_user_sig
 
 KEY = "test-trtc-secret"
 

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import time
 
-from broker.deadlines import DeadlineSweeper
+from broker.mqtt.deadlines import DeadlineSweeper
 
 
 class Conn:

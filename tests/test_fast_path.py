@@ -11,7 +11,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from broker.outlet import encode_publish
+from broker.mqtt.outlet import encode_publish
 
 
 def _str(s: str | bytes) -> bytes:

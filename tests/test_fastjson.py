@@ -1,4 +1,4 @@
-"""broker.fastjson gives exactly the stdlib's text (compact: pydantic's layout; dumps: json.dumps')."""
+"""broker.core.fastjson gives exactly the stdlib's text (compact: pydantic's layout; dumps: json.dumps')."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import fastjson
+from broker.core import fastjson
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 trees = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from broker.calls import CallService
 from broker.config import CallsConfig, SiteConfig
-from broker.directory import Directory
-from broker.payloads import ControlMessage, DeviceStatus, IncomingCall
-from broker.states import Party, Role
-from broker.status import StatusService
-from broker.store import Store, StoreError
-from broker.trtc import Trtc, verify_user_sig
+from broker.core.calls import CallService
+from broker.core.directory import Directory
+from broker.core.payloads import ControlMessage, DeviceStatus, IncomingCall
+from broker.core.states import Party, Role
+from broker.core.status import StatusService
+from broker.core.store import Store, StoreError
+from broker.core.trtc import Trtc, verify_user_sig
 
 KEY = "test-trtc-secret"
 HOUSE = "楼 \"A\"\\1"  # escaping and non-ASCII must encode exactly as pydantic does
@@ -175,7 +175,7 @@ async def test_a_write_refused_at_once_keeps_the_rest_of_the_group(svc):
 
 
 def _info(call_id: str, action: str, reason: str | None = None) -> Any:
-    from broker.payloads import CallInfo
+    from broker.core.payloads import CallInfo
 
     return CallInfo(call_id=call_id, action=action, reason=reason)
 

@@ -12,7 +12,7 @@ from amqtt.session import Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.topic_index import RetainedStore, RetainedTree, SubscriptionIndex, valid_filter
+from broker.mqtt.topic_index import RetainedStore, RetainedTree, SubscriptionIndex, valid_filter
 
 LEVELS = ["a", "b", "", "$SYS", "$x", "users", "2"]
 FILTER_LEVELS = [*LEVELS, "+", "#", "a+", "#b"]
@@ -150,7 +150,7 @@ def test_light_session_states_behave_like_amqtts_transitions_machine():
     """Every sequence of connect/disconnect gives the same states, errors and timestamps as amqtt's Machine."""
     from transitions import MachineError
 
-    from broker.session_states import AMQTT_INIT_STATES, SessionStates, install
+    from broker.mqtt.session_states import AMQTT_INIT_STATES, SessionStates, install
 
     install()  # what FastPathMixin.__init__ does
 
@@ -178,7 +178,7 @@ def test_light_session_states_behave_like_amqtts_transitions_machine():
 async def test_lazy_queue_behaves_like_asyncio_queue_and_allocates_on_first_use() -> None:
     import asyncio
 
-    from broker.lazy import LazyQueue
+    from broker.mqtt.lazy import LazyQueue
 
     q: LazyQueue[int] = LazyQueue()
     assert q.empty() and q.qsize() == 0 and not q.full()
@@ -207,7 +207,7 @@ def test_amqtt_sessions_and_handlers_get_lazy_once_installed() -> None:
     from amqtt.mqtt.protocol import broker_handler
     from amqtt.session import Session
 
-    from broker.lazy import LazyQueue, install
+    from broker.mqtt.lazy import LazyQueue, install
 
     install()
     session = Session()

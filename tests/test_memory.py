@@ -114,9 +114,9 @@ async def _session_present(port: int, client_id: str) -> bool:
 
 
 try:  # the read-deadline heap: an entry per connection watched, kept until due or compacted away
-    from broker import packet_guard
-    from broker.deadlines import DeadlineSweeper
-    from broker.packet_guard import _default_sweeper as _sweeper
+    from broker.mqtt import packet_guard
+    from broker.mqtt.deadlines import DeadlineSweeper
+    from broker.mqtt.packet_guard import _default_sweeper as _sweeper
 except ImportError:  # pragma: no cover - another reader design
     _sweeper = None  # type: ignore[assignment]
 

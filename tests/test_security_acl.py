@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from broker.tokens import Principal
+from broker.core.tokens import Principal
 from plugins.acl import covers, expand
 from tests.conftest import Inbox
 from tests.security_helpers import Raw, connect, granted, login, secure_harness

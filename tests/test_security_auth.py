@@ -9,7 +9,7 @@ import time
 import aiomqtt
 import pytest
 
-from broker.tokens import hash_token
+from broker.core.tokens import hash_token
 from tests.security_helpers import Raw, connect, granted, login, secure_harness
 
 

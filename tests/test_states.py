@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.states import (
+from broker.core.states import (
     TRANSITIONS,
     Action,
     CallState,

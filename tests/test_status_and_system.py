@@ -76,7 +76,7 @@ async def test_system_message_is_published(harness):
 
 async def test_usersig_and_rtc_token(harness):
     """The older TRTC endpoints return verifiable UserSigs for the asked identifier."""
-    from broker.trtc import verify_user_sig
+    from broker.core.trtc import verify_user_sig
 
     status, resp = await harness.post("/api/trtc/usersig", {"user_id": "user123"})
     assert status == 200 and verify_user_sig(resp["data"]["user_sig"], "test-trtc-secret").identifier == "user123"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import broker.trtc as trtc_mod
-from broker.trtc import Trtc, verify_user_sig
+import broker.core.trtc as trtc_mod
+from broker.core.trtc import Trtc, verify_user_sig
 
 KEY = "test-trtc-secret"
 

@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Protocol
 
-from broker.store import Store, StoreError
+from broker.core.store import Store, StoreError
 
 __all__ = ["GroupCommit", "Publisher"]
 

@@ -39,7 +39,7 @@ from amqtt.mqtt.packet import (
 )
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
-from broker.lazy import LazyEvent
+from broker.mqtt.lazy import LazyEvent
 
 __all__ = ["FastHandler", "whole_packets"]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from amqtt.adapters import ReaderAdapter
 
-from broker.deadlines import DeadlineSweeper
 from broker.limiter import LogThrottle
+from broker.mqtt.deadlines import DeadlineSweeper
 
 __all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "valid_filter", "valid_topic_name"]
 

@@ -11,11 +11,11 @@ import json
 import time
 from typing import Any
 
-from broker.calls import Publisher, iso, now_ms
-from broker.directory import Directory
-from broker.errors import BadRequest, NotFound
-from broker.payloads import MAX_PROPERTIES_BYTES, DeviceStatus, SystemMessage, topics
-from broker.store import Store
+from broker.core.calls import Publisher, iso, now_ms
+from broker.core.directory import Directory
+from broker.core.errors import BadRequest, NotFound
+from broker.core.payloads import MAX_PROPERTIES_BYTES, DeviceStatus, SystemMessage, topics
+from broker.core.store import Store
 
 __all__ = ["StatusService"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from TLSSigAPIv2 import TLSSigAPIv2
 
-from broker.payloads import TencentRtc
+from broker.core.payloads import TencentRtc
 
 __all__ = ["SigInfo", "Trtc", "verify_user_sig"]
 

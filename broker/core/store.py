@@ -1,6 +1,6 @@
 """A thin synchronous store over sqlite-utils; call transitions use raw statements (`write_transition`).
 
-The call service stages transitions in group transactions (broker/group_commit.py); every other write is a
+The call service stages transitions in group transactions (broker/core/group_commit.py); every other write is a
 transaction of its own, committed before it returns.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
-from broker import fastjson
-from broker.states import CallSession, CallState, EndReason
+from broker.core import fastjson
+from broker.core.states import CallSession, CallState, EndReason
 
 __all__ = ["Store", "StoreError", "write_transition"]
 
@@ -41,7 +41,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=2000")
         # Called before any write outside a call transition, so it never shares (or rolls back) an open
-        # group of staged transitions: the group commit (broker.group_commit) commits them first.
+        # group of staged transitions: the group commit (broker.core.group_commit) commits them first.
         self.before_write: Callable[[], None] | None = None
         self._create()
 

@@ -44,10 +44,10 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 
-from broker import lazy, session_states
-from broker.fast_handler import FastHandler, whole_packets
-from broker.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.topic_index import RetainedStore, SubscriptionIndex, valid_filter
+from broker.mqtt import lazy, session_states
+from broker.mqtt.fast_handler import FastHandler, whole_packets
+from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_filter
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker

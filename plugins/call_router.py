@@ -11,12 +11,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker import fastjson, wirejson
-from broker.errors import BadRequest, DomainError, Forbidden, error_text
-from broker.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
-from broker.services import Services
-from broker.states import Party, Role
-from broker.tokens import Principal
+from broker.core import fastjson, wirejson
+from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
+from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
+from broker.core.services import Services
+from broker.core.states import Party, Role
+from broker.core.tokens import Principal
 
 __all__ = ["identify", "on_publish"]
 

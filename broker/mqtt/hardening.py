@@ -6,8 +6,8 @@ the packet guard (CONNECT timeout, keepalive x1.5, max packet size, malformed pa
 admission (authentication, Will-topic ACL, flapping ban), and a session adoption that only touches
 an existing session after the newcomer has authenticated. Overrides: `_client_connected`,
 `_initialize_client_session`, `_handle_client_session`, `_authenticate`, `_create_server_instance`,
-`_session_monitor`. Accept-time refusals live in `broker/accept_gate.py`, packet rules in
-`broker/packet_guard.py`.
+`_session_monitor`. Accept-time refusals live in `broker/mqtt/accept_gate.py`, packet rules in
+`broker/mqtt/packet_guard.py`.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from amqtt.session import Session
 from amqtt.utils import gen_client_id
 from transitions import MachineError
 
-from broker.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
 from broker.config import LimitsConfig
-from broker.flapping import FlappingGuard
-from broker.lazy import LazyEvent
 from broker.limiter import is_exempt
-from broker.packet_guard import GuardedReader, GuardLimits
+from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
+from broker.mqtt.flapping import FlappingGuard
+from broker.mqtt.lazy import LazyEvent
+from broker.mqtt.packet_guard import GuardedReader, GuardLimits
 
 __all__ = ["REFUSAL", "HardeningMixin"]
 

@@ -17,9 +17,9 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from broker.calls import CallService
-from broker.states import CallSession, CallState, Party, Role
-from broker.status import StatusService
+from broker.core.calls import CallService
+from broker.core.states import CallSession, CallState, Party, Role
+from broker.core.status import StatusService
 
 __all__ = ["Presence"]
 

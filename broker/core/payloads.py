@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.errors import BadRequest
+from broker.core.errors import BadRequest
 
 __all__ = [
     "ActiveQuery",

@@ -10,8 +10,8 @@ from typing import Any
 
 from amqtt.broker import Broker
 
-from broker.fast_path import FastPathMixin
-from broker.hardening import HardeningMixin
+from broker.mqtt.fast_path import FastPathMixin
+from broker.mqtt.hardening import HardeningMixin
 
 __all__ = ["IntercomBroker"]
 

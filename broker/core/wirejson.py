@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from broker.errors import BadRequest
+from broker.core.errors import BadRequest
 
 __all__ = ["MAX_DEPTH", "loads"]
 

@@ -3,7 +3,7 @@
 Synchronous on purpose: a transition (validate, write, update memory) runs without yielding to the
 loop, so two actions on one call can never interleave. Writes are staged in a group transaction and
 committed once per loop tick; the messages a transition produces go out only after that commit
-(broker/group_commit.py). REST callers `await durable()` before answering.
+(broker/core/group_commit.py). REST callers `await durable()` before answering.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from broker import states
-from broker.admission import CallAdmission, LoopLag
 from broker.config import CallsConfig
-from broker.directory import Directory
-from broker.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
-from broker.fastjson import compact
-from broker.group_commit import GroupCommit, Publisher
-from broker.payloads import CallInfo, ControlMessage, ErrorBody, topics
-from broker.states import Action, CallSession, CallState, Party, Role
-from broker.store import Store, call_from_row, write_transition
-from broker.trtc import Trtc
+from broker.core import states
+from broker.core.admission import CallAdmission, LoopLag
+from broker.core.directory import Directory
+from broker.core.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
+from broker.core.fastjson import compact
+from broker.core.group_commit import GroupCommit, Publisher
+from broker.core.payloads import CallInfo, ControlMessage, ErrorBody, topics
+from broker.core.states import Action, CallSession, CallState, Party, Role
+from broker.core.store import Store, call_from_row, write_transition
+from broker.core.trtc import Trtc
 
 __all__ = ["CallService", "Publisher", "iso"]
 

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker.config import SiteConfig
-from broker.errors import BadRequest, Conflict, NotFound, Unauthorized
-from broker.store import DIRECTORY, Store
-from broker.tokens import Principal, hash_token, new_token, parse_token, verify_token
+from broker.core.errors import BadRequest, Conflict, NotFound, Unauthorized
+from broker.core.store import DIRECTORY, Store
+from broker.core.tokens import Principal, hash_token, new_token, parse_token, verify_token
 
 __all__ = ["Directory"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.calls import CallService
 from broker.config import Settings
-from broker.directory import Directory
-from broker.status import StatusService
-from broker.store import Store
-from broker.trtc import Trtc
+from broker.core.calls import CallService
+from broker.core.directory import Directory
+from broker.core.status import StatusService
+from broker.core.store import Store
+from broker.core.trtc import Trtc
 
 __all__ = ["Services"]
 

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 
-from broker.errors import Overloaded
+from broker.core.errors import Overloaded
 from broker.limiter import KeyedLimiter
 
 __all__ = ["CallAdmission", "LoopLag", "TooBusy"]

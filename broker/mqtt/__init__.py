@@ -1,0 +1,1 @@
+"""The MQTT engine over amqtt: the only package that touches amqtt internals."""
