@@ -27,17 +27,17 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from broker.config import ConfigError, Settings
 from broker.core.calls import CallService
 from broker.core.directory import Directory
+from broker.core.payloads import CALL_SERVICE_FILTERS
 from broker.core.services import Services
 from broker.core.status import StatusService
 from broker.core.store import Store
 from broker.core.trtc import Trtc
 from plugins.call_router import on_publish
 
-__all__ = ["CALL_TOPICS", "Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "parse_broker_url"]
+__all__ = ["Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "parse_broker_url"]
 
 log = logging.getLogger("intercom.bridge")
 
-CALL_TOPICS = ("calls/request/+", "devices/+/calls/control", "users/+/calls/control", "devices/+/status")
 _RECONNECT_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -123,7 +123,7 @@ class Bridge:
 
     def filters(self) -> list[str]:
         prefix = f"$share/{self.shared_group}/" if self.shared_group else ""
-        return [prefix + t for t in CALL_TOPICS]
+        return [prefix + t for t in CALL_SERVICE_FILTERS]
 
     async def run(self) -> None:
         attempt = 0

@@ -7,7 +7,7 @@ from typing import cast
 from aiohttp import web
 
 from broker.core.errors import Forbidden, Unauthorized
-from broker.core.states import Party, Role
+from broker.core.states import Party
 from broker.core.tokens import Principal
 from http_api.envelope import Handler
 from http_api.keys import PRINCIPAL, SERVICES
@@ -46,6 +46,4 @@ def require(request: web.Request, *roles: str) -> Principal | None:
 
 
 def party_of(p: Principal | None) -> Party | None:
-    if p is not None and p.role in ("device", "resident"):
-        return Party(Role(p.role), p.id)
-    return None
+    return p.party() if p is not None else None

@@ -21,6 +21,7 @@ from amqtt.session import Session
 
 from broker.config import AclRule
 from broker.core.errors import NotFound
+from broker.core.payloads import topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
 from plugins.auth import PRINCIPAL
@@ -32,12 +33,13 @@ FILTERS = "intercom.filters"  # session attribute: the filters this session hold
 
 DEFAULT_ACL: dict[str, AclRule] = {
     "device": AclRule(
-        publish=["calls/request/%u", "devices/%u/calls/control", "devices/%u/status", "devices/%u/commands/ack"],
-        subscribe=["devices/%u/#"],
+        publish=[topics.request("%u"), topics.device_control("%u"), topics.device_status("%u"),
+                 topics.device_commands_ack("%u")],
+        subscribe=[topics.device_all("%u")],
     ),
     "resident": AclRule(
-        publish=["users/%u/calls/control", "users/%u/commands"],
-        subscribe=["users/%u/#", "system/#", "devices/%d/status"],
+        publish=[topics.resident_control("%u"), topics.resident_commands("%u")],
+        subscribe=[topics.resident_all("%u"), topics.system("#"), topics.device_status("%d")],
     ),
     "admin": AclRule(publish=["#"], subscribe=["#", "$SYS/#"]),
     "integrator": AclRule(),

@@ -46,7 +46,7 @@ class CallPlugin(BasePlugin[BrokerContext]):
         if self.services is None:
             send()
             return
-        self.services.calls.journal.after(send)
+        self.services.calls.after_commit(send)
 
     async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
         self._presence(client_session, online=True)

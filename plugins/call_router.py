@@ -28,9 +28,7 @@ _CLIENT_ID = re.compile(r"^(device|resident)[-_]([^/]+)(?:/.*)?$", re.DOTALL)
 def identify(principal: Principal | None, client_id: str | None) -> Party | None:
     """Which party a connection speaks for: its authenticated principal, else its client id."""
     if principal is not None:
-        if principal.role in ("device", "resident"):
-            return Party(Role(principal.role), principal.id)
-        return None
+        return principal.party()
     if client_id and (m := _CLIENT_ID.match(client_id)):
         return Party(Role(m.group(1)), m.group(2))
     return None
@@ -38,18 +36,11 @@ def identify(principal: Principal | None, client_id: str | None) -> Party | None
 
 def on_publish(svc: Services, principal: Principal | None, topic: str, payload: bytes) -> None:
     """Handle one client publish; never raises."""
-    parts = topic.split("/")
-    match parts:
-        case ["calls", "request", device_id]:
-            party = Party(Role.DEVICE, device_id)
-        case ["devices", device_id, "calls", "control"]:
-            party = Party(Role.DEVICE, device_id)
-        case ["users", resident_id, "calls", "control"]:
-            party = Party(Role.RESIDENT, resident_id)
-        case ["devices", device_id, "status"]:
-            party = Party(Role.DEVICE, device_id)
-        case _:
-            return
+    kind_and_id = topics.classify(topic)
+    if kind_and_id is None:
+        return
+    kind, party_id = kind_and_id
+    party = Party(Role.RESIDENT if kind == "resident_control" else Role.DEVICE, party_id)
     body: Any = None
     request_id: str | None = None
     try:
@@ -59,28 +50,23 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
         if principal is not None and principal.role != "admin" and (principal.role, principal.id) != (
             party.role.value, party.id):
             raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")
-        staged = svc.calls.journal.staged
-        if parts[0] == "calls":
-            rid = body.get("request_id") if isinstance(body, dict) else None
-            # Echo only a well-formed id: a bad one must not break the error reply itself.
-            request_id = rid if isinstance(rid, str) and len(rid) <= 64 else None
-            req = MqttCallRequest.model_validate(body)
-            data = svc.calls.start_call(party.id, req.household_number, timestamp=req.timestamp)
-            reply = {"origin": "server", **data, "request_id": req.request_id}
-            # published by the group commit, i.e. after the call is stored
-            svc.calls.publisher.publish(topics.device_control(party.id), fastjson.dumps(reply).encode(), qos=1)
-        elif parts[-1] == "status":
-            # Published retained by the server too (after the device's own message, which the broker
-            # retained first), so the retained message is always the stored, merged status.
-            svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}))
-        else:
-            ctl = ControlBody.model_validate(body)
-            svc.calls.act(party, ctl.call_info)
-        if svc.calls.journal.staged != staged:
-            # The write is staged, its commit comes at the end of this loop tick: should it fail, the
-            # sender hears the same 500 a failed synchronous write gave it.
-            svc.calls.journal.on_failure(
-                lambda: _refuse(svc, party, topic, 500, "internal error", None, body, request_id))
+        with svc.calls.reporting_failure(
+                lambda: _refuse(svc, party, topic, 500, "internal error", None, body, request_id)):
+            if kind == "request":
+                rid = body.get("request_id") if isinstance(body, dict) else None
+                # Echo only a well-formed id: a bad one must not break the error reply itself.
+                request_id = rid if isinstance(rid, str) and len(rid) <= 64 else None
+                req = MqttCallRequest.model_validate(body)
+                data = svc.calls.start_call(party.id, req.household_number, timestamp=req.timestamp)
+                reply = {"origin": "server", **data, "request_id": req.request_id}
+                # published by the group commit, i.e. after the call is stored
+                svc.calls.publisher.publish(topics.device_control(party.id), fastjson.dumps(reply).encode(), qos=1)
+            elif kind == "device_status":
+                # Published retained by the server too (after the device's own message, which the broker
+                # retained first), so the retained message is always the stored, merged status.
+                svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}))
+            else:
+                svc.calls.act(party, ControlBody.model_validate(body).call_info)
     except ValidationError as exc:
         _refuse(svc, party, topic, 400, validation_detail(exc), None, body, request_id)
     except DomainError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -25,8 +26,10 @@ from pydantic import (
 )
 
 from broker.core.errors import BadRequest
+from broker.core.fastjson import compact
 
 __all__ = [
+    "CALL_SERVICE_FILTERS",
     "ActiveQuery",
     "AdminListQuery",
     "CallInfo",
@@ -43,6 +46,8 @@ __all__ = [
     "SessionQuery",
     "SystemMessage",
     "TencentRtc",
+    "control_notice",
+    "incoming_call_encoder",
     "parse_id",
     "topics",
     "validation_detail",
@@ -195,6 +200,28 @@ class ControlMessage(_Out):
     request_id: str | None = None
 
 
+def incoming_call_encoder(call_id: str, device_id: str, household_number: str, call_info: dict[str, Any],
+                          ring_timeout_s: float, timestamp: int) -> Callable[[dict[str, Any]], bytes]:
+    """`IncomingCall(...).model_dump_json()` per resident, given its `tencen_rtc`; the shared fields encoded once.
+
+    The server's own data needs no validation; `tests/core/test_payloads.py` checks the bytes equal the model's.
+    """
+    head = compact({"origin": "server", "call_id": call_id, "device_id": device_id,
+                    "household_number": household_number, "call_info": call_info})[:-1] + ',"tencen_rtc":'
+    tail = "," + compact({"ring_timeout_s": ring_timeout_s, "timestamp": timestamp})[1:]
+    return lambda rtc: (head + compact(rtc) + tail).encode()
+
+
+def control_notice(call_id: str, action: str, reason: str | None, timestamp: int,
+                   resident_id: str | None = None) -> bytes:
+    """`ControlMessage(...).model_dump_json(exclude_none=True)` of a call notice (call_info keeps a null reason)."""
+    msg: dict[str, Any] = {"origin": "server", "call_info": {
+        "call_id": call_id, "action": action, "reason": reason, "timestamp": timestamp}}
+    if resident_id is not None:
+        msg["resident_id"] = resident_id
+    return compact(msg).encode()
+
+
 class EndSessionRequest(_In):
     call_id: Id
     reason: Reason | None = None
@@ -297,7 +324,10 @@ class AdminListQuery(_In):
 
 
 class topics:
-    """The seed's topic structure; the only place topic strings are spelled."""
+    """The seed's topic structure; the only place topic strings are spelled.
+
+    Each builder takes an id, a `+` (a filter for every party) or an ACL pattern such as `%u`.
+    """
 
     REQUEST_PREFIX = "calls/request/"
 
@@ -322,5 +352,47 @@ class topics:
         return f"devices/{device_id}/status"
 
     @staticmethod
+    def device_commands(device_id: str) -> str:
+        return f"devices/{device_id}/commands"
+
+    @staticmethod
+    def device_commands_ack(device_id: str) -> str:
+        return f"devices/{device_id}/commands/ack"
+
+    @staticmethod
+    def resident_commands(resident_id: str) -> str:
+        return f"users/{resident_id}/commands"
+
+    @staticmethod
     def system(message_type: str) -> str:
         return f"system/{message_type}"
+
+    @staticmethod
+    def device_all(device_id: str) -> str:
+        return f"devices/{device_id}/#"
+
+    @staticmethod
+    def resident_all(resident_id: str) -> str:
+        return f"users/{resident_id}/#"
+
+    @staticmethod
+    def classify(topic: str) -> tuple[str, str] | None:
+        """(kind, party id) of a topic clients publish the call service's input on, else None.
+
+        kind: `request` (a device starts a call), `device_control`, `resident_control`, `device_status`.
+        """
+        match topic.split("/"):
+            case ["calls", "request", device_id]:
+                return "request", device_id
+            case ["devices", device_id, "calls", "control"]:
+                return "device_control", device_id
+            case ["users", resident_id, "calls", "control"]:
+                return "resident_control", resident_id
+            case ["devices", device_id, "status"]:
+                return "device_status", device_id
+        return None
+
+
+# What the call service subscribes to when it is a client of an external broker (bridge mode).
+CALL_SERVICE_FILTERS = (topics.request("+"), topics.device_control("+"), topics.resident_control("+"),
+                        topics.device_status("+"))

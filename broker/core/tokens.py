@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from broker.core.states import Party, Role
+
 __all__ = ["Principal", "hash_token", "new_token", "parse_token", "verify_token"]
 
 ROLES = ("admin", "device", "resident", "integrator")
@@ -21,6 +23,12 @@ ROLES = ("admin", "device", "resident", "integrator")
 class Principal:
     role: str
     id: str
+
+    def party(self) -> Party | None:
+        """The call party this principal speaks for (devices and residents; admins and integrators none)."""
+        if self.role in ("device", "resident"):
+            return Party(Role(self.role), self.id)
+        return None
 
 
 def new_token(role: str, ident: str) -> str:

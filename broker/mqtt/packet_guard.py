@@ -21,8 +21,9 @@ from amqtt.adapters import ReaderAdapter
 
 from broker.limiter import LogThrottle
 from broker.mqtt.deadlines import DeadlineSweeper
+from broker.mqtt.topic_index import valid_filter
 
-__all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "valid_filter", "valid_topic_name"]
+__all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "remaining_length", "valid_topic_name"]
 
 log = logging.getLogger("intercom.guard")
 _quiet = LogThrottle(1.0)
@@ -92,17 +93,21 @@ def valid_topic_name(topic: str) -> bool:
     return bool(topic) and "+" not in topic and "#" not in topic and "\x00" not in topic
 
 
-def valid_filter(topic_filter: str) -> bool:
-    """A well-formed subscription filter: `#` only as the whole last level, `+` only as a whole level."""
-    if not topic_filter or "\x00" in topic_filter:
-        return False
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return True
+def remaining_length(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int, int] | None:
+    """Decode the fixed header's Remaining Length at `buf[start:end]`: (length, offset of the body), or
+    None while its bytes are incomplete; Malformed past four bytes [MQTT-2.2.3]."""
+    i, length, mult = start, 0, 1
+    while True:
+        if i >= end:
+            return None
+        byte = buf[i]
+        i += 1
+        length += (byte & 0x7F) * mult
+        if not byte & 0x80:
+            return length, i
+        if i - start >= 4:
+            raise Malformed("remaining length longer than 4 bytes")
+        mult *= 128
 
 
 def check_packet(ptype: int, flags: int, body: bytes, first: bool) -> None:
@@ -312,19 +317,11 @@ class GuardedReader(ReaderAdapter):
         end = len(raw)
         if off >= end:
             return None
-        i, length, mult = off + 1, 0, 1
         try:
-            while True:
-                if i >= end:
-                    return None
-                byte = raw[i]
-                i += 1
-                length += (byte & 0x7F) * mult
-                if not byte & 0x80:
-                    break
-                if i - off > 4:
-                    raise Malformed("remaining length longer than 4 bytes")
-                mult *= 128
+            header = remaining_length(raw, off + 1, end)
+            if header is None:
+                return None
+            length, i = header
             if i - off + length > self._limits.max_packet_bytes:
                 raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._limits.max_packet_bytes}")
             if end - i < length:
@@ -395,14 +392,10 @@ class GuardedReader(ReaderAdapter):
 
 def _split(buf: bytearray) -> tuple[int, bytes]:
     """Take the first packet off `buf`, which holds whole packets only."""
-    i, length, mult = 1, 0, 1
-    while True:
-        byte = buf[i]
-        i += 1
-        length += (byte & 0x7F) * mult
-        if not byte & 0x80:
-            break
-        mult *= 128
+    header = remaining_length(buf, 1, len(buf))
+    if header is None:
+        raise Malformed("incomplete packet")
+    length, i = header
     first, body = buf[0], bytes(buf[i:i + length])
     del buf[:i + length]
     return first, body

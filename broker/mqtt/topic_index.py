@@ -18,8 +18,8 @@ N = TypeVar("N", "_SubNode[Any]", "_RetNode[Any]")
 
 
 def valid_filter(topic_filter: str) -> bool:
-    """Whether a filter is well formed: `#` only as the whole last level, `+` only as a whole level."""
-    if not topic_filter:
+    """Whether a filter is well formed: `#` only as the whole last level, `+` only as a whole level, no NUL."""
+    if not topic_filter or "\x00" in topic_filter:
         return False
     levels = topic_filter.split("/")
     last = len(levels) - 1
