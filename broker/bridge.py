@@ -17,21 +17,16 @@ import secrets
 import socket
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from aiohttp import web
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from broker.app import build_services, require_credentials, start_http
 from broker.config import ConfigError, Settings
-from broker.core.calls import CallService
-from broker.core.directory import Directory
 from broker.core.payloads import CALL_SERVICE_FILTERS
 from broker.core.services import Services
-from broker.core.status import StatusService
-from broker.core.store import Store
-from broker.core.trtc import Trtc
 from plugins.call_router import on_publish
 
 __all__ = ["Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "parse_broker_url"]
@@ -180,23 +175,9 @@ class BridgedServer:
         return self.target.port
 
     async def start(self, connect_timeout: float = 10.0) -> None:
-        from broker.server import dev_secret_key  # server imports the embedded broker; only needed here
-        from http_api import create_app
-        from http_api.keys import HEALTH
-
         s = self.settings
-        if not s.local_only and s.admin_token is None:
-            raise ConfigError(f"refusing to listen on {s.server.host} without credentials: set INTERCOM_ADMIN_TOKEN")
-        data_dir = s.server.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        key = s.trtc.secret_key.get_secret_value() if s.trtc.secret_key else dev_secret_key(data_dir)
-        admin = s.admin_token.get_secret_value() if s.admin_token else None
-        store = Store(data_dir / "intercom.db")
-        directory = Directory(store, s.auth.pbkdf2_iterations, admin)
-        directory.seed_site(s.site)
-        trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
-        calls = CallService(store, directory, trtc, s.calls, self.publisher)
-        self.services = Services(s, store, directory, trtc, calls, StatusService(store, directory, self.publisher))
+        require_credentials(s)
+        self.services = build_services(s, self.publisher)
         self.bridge = Bridge(self.services, self.publisher, self.target, shared_group=self.shared_group)
         self._task = asyncio.create_task(self.bridge.run())
         try:
@@ -204,14 +185,8 @@ class BridgedServer:
         except TimeoutError:
             log.warning("external broker mqtt://%s:%d not reachable yet; still trying",
                         self.target.host, self.target.port)
-        recovered = calls.recover()
-        app = create_app(self.services)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, s.server.host, s.server.http_port).start()
-        addresses: Any = self._runner.addresses
-        self.http_port = int(addresses[0][1])
-        app[HEALTH]["broker"] = True
+        recovered = self.services.calls.recover()
+        self._runner, self.http_port = await start_http(self.services)
         log.info("intercom-broker (bridge) http://%s:%d external=mqtt://%s:%d recovered_calls=%d",
                  s.server.host, self.http_port, self.target.host, self.target.port, recovered)
 

@@ -24,7 +24,7 @@ from broker.core.errors import NotFound
 from broker.core.payloads import topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
-from plugins.auth import PRINCIPAL
+from broker.mqtt.hooks import PRINCIPAL
 
 __all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand"]
 

@@ -22,11 +22,10 @@ from broker.core.errors import Unauthorized
 from broker.core.services import Services
 from broker.core.tokens import Principal, verify_token
 from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
-from broker.mqtt.hardening import REFUSAL
+from broker.mqtt.hooks import PRINCIPAL, REFUSAL
 
-__all__ = ["PRINCIPAL", "IntercomAuthPlugin", "bound_client_id"]
+__all__ = ["IntercomAuthPlugin", "bound_client_id"]
 
-PRINCIPAL = "intercom.principal"
 log = logging.getLogger("intercom.auth")
 _quiet = LogThrottle()
 

@@ -12,7 +12,7 @@ from amqtt.session import Session
 
 from broker.core.presence import Presence
 from broker.core.services import Services
-from plugins.auth import PRINCIPAL
+from broker.mqtt.hooks import PRINCIPAL
 from plugins.call_router import identify, on_publish
 
 __all__ = ["CallPlugin"]

@@ -152,7 +152,7 @@ def test_light_session_states_behave_like_amqtts_transitions_machine():
 
     from broker.mqtt.session_states import AMQTT_INIT_STATES, SessionStates, install
 
-    install()  # what FastPathMixin.__init__ does
+    install()  # what the assembly does before building the engine
 
     def run(session: Session, ops: tuple[str, ...]) -> list[tuple[str, bool, bool]]:
         out = []

@@ -17,6 +17,9 @@ __all__ = ["IntercomBroker"]
 
 
 class IntercomBroker(HardeningMixin, FastPathMixin, Broker):
+    # Both mixins define it (HardeningMixin: amqtt's behaviour, for use without the fast path): say which wins.
+    _deliver_on_connect = FastPathMixin._deliver_on_connect
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic."""
         if retain:

@@ -44,8 +44,9 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 
-from broker.mqtt import lazy, session_states
+from broker.mqtt import amqtt_compat
 from broker.mqtt.fast_handler import FastHandler, whole_packets
+from broker.mqtt.hooks import AcknowledgesAfter, FiltersTopicsSync, InterceptsPublish
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_filter
 
@@ -102,8 +103,7 @@ class FastPathMixin(_Base):
     handler_class: type[BrokerProtocolHandler] = FastHandler
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        session_states.install()  # amqtt's per-Session transitions.Machine: ~1.5 ms and ~23 KB each
-        lazy.install()  # four asyncio.Queues per connection, mostly never used: ~13 KB
+        amqtt_compat.require_installed()
         super().__init__(*args, **kwargs)
         sessions: dict[str, tuple[Session, BrokerProtocolHandler]] = _SessionTable(self._prepare_handler)
         self._sessions = sessions
@@ -129,21 +129,19 @@ class FastPathMixin(_Base):
         pm: Any = self.plugins_manager
         hooks = _Hooks()
         for plugin in pm.plugins:
-            hook = getattr(plugin, "intercept_publish", None)
-            if callable(hook) and not asyncio.iscoroutinefunction(hook):
-                hooks.intercepts.append(hook)
-            barrier = getattr(plugin, "acknowledge_after", None)
-            if callable(barrier):
-                hooks.ack_barrier = barrier  # one durable store behind the broker: one barrier
-        topic_plugins = list(getattr(pm, "_topic_plugins", []))
+            if isinstance(plugin, InterceptsPublish):
+                hooks.intercepts.append(plugin.intercept_publish)
+            if isinstance(plugin, AcknowledgesAfter):
+                hooks.ack_barrier = plugin.acknowledge_after  # one durable store behind the broker: one barrier
+        topic_plugins: list[object] = list(pm._topic_plugins)
         custom_filter = type(self)._topic_filtering is not FastPathMixin._topic_filtering_base()
         hooks.filter_topics = bool(topic_plugins) or custom_filter
-        sync = [getattr(p, "topic_filtering_sync", None) for p in topic_plugins]
-        if custom_filter or not all(callable(s) for s in sync):
+        sync = [p for p in topic_plugins if isinstance(p, FiltersTopicsSync)]
+        if custom_filter or len(sync) != len(topic_plugins):
             hooks.receive_async = hooks.filter_topics
         else:
-            hooks.sync_checks = [s for s in sync if s is not None]
-        callbacks = getattr(pm, "_event_plugin_callbacks", {})
+            hooks.sync_checks = [p.topic_filtering_sync for p in sync]
+        callbacks = pm._event_plugin_callbacks
         hooks.events = frozenset(str(e) for e, fns in callbacks.items() if fns)
         hooks.sync_publish = not hooks.receive_async and not (
             {str(BrokerEvents.MESSAGE_RECEIVED), str(BrokerEvents.MESSAGE_BROADCAST)} & hooks.events)

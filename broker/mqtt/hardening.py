@@ -37,15 +37,14 @@ from broker.config import LimitsConfig
 from broker.limiter import is_exempt
 from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
 from broker.mqtt.flapping import FlappingGuard
+from broker.mqtt.hooks import REFUSAL
 from broker.mqtt.lazy import LazyEvent
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
 
-__all__ = ["REFUSAL", "HardeningMixin"]
+__all__ = ["HardeningMixin"]
 
 log = logging.getLogger("intercom.hardening")
 
-# A plugin that refuses a CONNECT for a specific reason stores the CONNACK code here.
-REFUSAL = "intercom.refusal"
 # CONNACK return codes (amqtt's constants are untyped)
 ACCEPTED: int = CONNECTION_ACCEPTED
 REFUSED: int = NOT_AUTHORIZED
@@ -287,12 +286,8 @@ class HardeningMixin:
             done.set()
 
     async def _deliver_on_connect(self, session: Session) -> None:
-        """Messages queued while offline, then retained messages. A later mixin may define
-        `_deliver_on_connect` to replace amqtt's behaviour (kept verbatim here otherwise)."""
-        hook = getattr(super(), "_deliver_on_connect", None)
-        if hook is not None:
-            await hook(session)
-            return
+        """amqtt's on-connect delivery, verbatim: messages queued while offline, then retained messages.
+        The engine (`engine.IntercomBroker`) chooses FastPathMixin's instead, explicitly."""
         broker: Any = self
         await broker._publish_session_retained_messages(session)
         for topic in self._subscriptions:

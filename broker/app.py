@@ -1,0 +1,109 @@
+"""The assembly: builds the call services once, and wires the adapters to them.
+
+The embedded server (`broker.server`) and bridge mode (`broker.bridge`) both start here; only the
+`Publisher` differs (the embedded MQTT engine, or a client of an external broker). This module and
+those two are the only ones that know every layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from aiohttp import web
+
+from broker.config import ConfigError, Settings
+from broker.core.calls import CallService
+from broker.core.directory import Directory
+from broker.core.group_commit import Publisher
+from broker.core.presence import Presence
+from broker.core.services import Services
+from broker.core.status import StatusService
+from broker.core.store import Store
+from broker.core.trtc import Trtc
+from broker.mqtt.session_persistence import SessionPersistence
+from broker.tls import server_context
+from http_api import create_app
+from http_api.keys import HEALTH
+from plugins.acl import TopicAclPlugin
+from plugins.auth import IntercomAuthPlugin
+from plugins.call_plugin import CallPlugin
+from plugins.persistence import PersistencePlugin
+
+__all__ = ["PLUGINS", "bind_plugins", "build_services", "dev_secret_key", "require_credentials", "start_http"]
+
+log = logging.getLogger("intercom")
+
+# The amqtt plugins the embedded engine loads (amqtt instantiates them from these paths).
+PLUGINS = tuple(f"{cls.__module__}.{cls.__qualname__}"
+                for cls in (IntercomAuthPlugin, TopicAclPlugin, CallPlugin, PersistencePlugin))
+
+
+def require_credentials(settings: Settings) -> None:
+    if not settings.local_only and settings.admin_token is None:
+        raise ConfigError(
+            f"refusing to listen on {settings.server.host} without credentials: set INTERCOM_ADMIN_TOKEN "
+            "(anonymous access is only allowed when every listener is on loopback)"
+        )
+
+
+def dev_secret_key(data_dir: Path) -> str:
+    """A random TRTC key kept in the data dir, so local UserSigs stay stable across restarts."""
+    path = data_dir / "trtc_dev_secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
+def _trtc_key(settings: Settings) -> str:
+    if settings.trtc.secret_key is not None:
+        return settings.trtc.secret_key.get_secret_value()
+    log.warning("INTERCOM_TRTC_SECRET_KEY is not set: using a generated dev key from %s; "
+                "UserSigs are only valid locally, not with Tencent's servers", settings.server.data_dir)
+    return dev_secret_key(settings.server.data_dir)
+
+
+def build_services(settings: Settings, publisher: Publisher) -> Services:
+    """The store, directory, TRTC, call and status services over one sqlite file in the data dir."""
+    s = settings
+    s.server.data_dir.mkdir(parents=True, exist_ok=True)
+    key = _trtc_key(s)
+    admin = s.admin_token.get_secret_value() if s.admin_token else None
+    store = Store(s.server.data_dir / "intercom.db")
+    directory = Directory(store, s.auth.pbkdf2_iterations, admin)
+    directory.seed_site(s.site)
+    trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
+    calls = CallService(store, directory, trtc, s.calls, publisher)
+    return Services(s, store, directory, trtc, calls, StatusService(store, directory, publisher))
+
+
+def bind_plugins(plugins: list[object], services: Services, presence: Presence,
+                 persistence: SessionPersistence) -> None:
+    """Give the plugins amqtt instantiated the services they adapt (amqtt builds them from class paths)."""
+    for plugin in plugins:
+        match plugin:
+            case CallPlugin():
+                plugin.bind(services)
+                plugin.bind_presence(presence)
+            case IntercomAuthPlugin() | TopicAclPlugin():
+                plugin.bind(services)
+            case PersistencePlugin():
+                plugin.bind_persistence(persistence)
+
+
+async def start_http(services: Services) -> tuple[web.AppRunner, int]:
+    """The REST app on the configured host and port; returns the runner and the bound port."""
+    s = services.settings
+    app = create_app(services)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    http_tls = server_context(s.http.tls) if s.http.tls is not None else None
+    await web.TCPSite(runner, s.server.host, s.server.http_port, ssl_context=http_tls).start()
+    app[HEALTH]["broker"] = True
+    return runner, int(runner.addresses[0][1])

@@ -1,0 +1,88 @@
+"""The one place that states what this engine assumes of amqtt's internals, checked at start-up.
+
+The engine (`broker.mqtt`) overrides private methods of amqtt 0.12.1's `Broker` and
+`BrokerProtocolHandler`, reads some of their private attributes, and patches two process-wide
+constructors (`lazy.install`, `session_states.install`). All of that is written against exactly one
+amqtt release. `install()` is called by the assembly before a broker is built: it refuses any other
+amqtt version with one clear error, checks that every overridden or read name still exists, and only
+then installs the patches. To upgrade amqtt: bump `AMQTT_VERSION`, run `tests/mqtt/` (the differential
+tests compare each override with amqtt's own code path), and adjust the tables below.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from amqtt.broker import Broker
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.protocol.handler import ProtocolHandler
+from amqtt.session import Session
+
+__all__ = ["AMQTT_VERSION", "OVERRIDDEN", "USED", "AmqttMismatch", "check", "install", "require_installed"]
+
+AMQTT_VERSION = "0.12.1"
+
+# amqtt methods the engine's subclasses replace (class -> names). A name missing here or in amqtt fails `check`.
+OVERRIDDEN: dict[type, tuple[str, ...]] = {
+    Broker: (
+        # hardening.HardeningMixin: admission, authentication, session adoption and takeover
+        "_create_server_instance", "_client_connected", "_initialize_client_session", "_authenticate",
+        "_session_monitor", "_handle_client_session",
+        # fast_path.FastPathMixin: subscription index, direct delivery, retained tree
+        "stream_connected", "_client_message_loop", "add_subscription", "_del_subscription",
+        "_del_all_subscriptions", "_publish_retained_messages_for_subscription", "_broadcast_message",
+        "_run_broadcast",
+    ),
+    BrokerProtocolHandler: (
+        # fast_handler.FastHandler: whole-packet reader, packets handled in the reader's call
+        "start", "_reader_loop", "handle_publish", "handle_puback", "handle_subscribe", "handle_unsubscribe",
+    ),
+    Session: ("_init_states",),  # session_states.install: no transitions.Machine per session
+}
+# amqtt methods the engine calls or reads without replacing them.
+USED: dict[type, tuple[str, ...]] = {
+    Broker: ("_topic_filtering", "_publish_session_retained_messages", "_handle_disconnect", "_stop_handler"),
+    ProtocolHandler: ("handle_publish", "handle_connection_closed"),
+    BrokerProtocolHandler: ("mqtt_acknowledge_subscription", "mqtt_acknowledge_unsubscription"),
+}
+
+
+class AmqttMismatch(RuntimeError):
+    """The installed amqtt is not the release the engine's overrides were written against."""
+
+
+def check(installed: str | None = None) -> None:
+    """Raise `AmqttMismatch` naming what differs; `installed` defaults to the installed distribution."""
+    if installed is None:
+        try:
+            installed = version("amqtt")
+        except PackageNotFoundError:
+            installed = "not installed"
+    if installed != AMQTT_VERSION:
+        raise AmqttMismatch(
+            f"amqtt {installed} is installed, but broker.mqtt overrides amqtt {AMQTT_VERSION}'s internals "
+            f"(see broker/mqtt/amqtt_compat.py): install amqtt=={AMQTT_VERSION}")
+    missing = [f"{cls.__name__}.{name}" for table in (OVERRIDDEN, USED)
+               for cls, names in table.items() for name in names if not hasattr(cls, name)]
+    if missing:
+        raise AmqttMismatch(f"amqtt {installed} lacks what broker.mqtt overrides or uses: {', '.join(missing)}")
+
+
+_installed = False
+
+
+def install() -> None:
+    """Check amqtt, then install the process-wide patches (idempotent)."""
+    global _installed
+    from broker.mqtt import lazy, session_states
+
+    check()
+    session_states.install()  # amqtt's per-Session transitions.Machine: ~1.5 ms and ~23 KB each
+    lazy.install()  # four asyncio.Queues per connection, mostly never used
+    _installed = True
+
+
+def require_installed() -> None:
+    """Refuse to build the engine before `install()` ran: its classes rely on the patches."""
+    if not _installed:
+        raise RuntimeError("broker.mqtt.amqtt_compat.install() must run before an IntercomBroker is built")

@@ -1,0 +1,56 @@
+"""Every extension point the MQTT engine offers plugins, in one file, and the session keys they share.
+
+A plugin is an ordinary amqtt plugin (loaded from the broker config, receiving amqtt's public events);
+the engine additionally looks for the Protocols below on each loaded plugin, once, after plugins load.
+Each Protocol is `runtime_checkable`, so the engine finds them with `isinstance` and mypy checks the
+signatures of the plugins that implement them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from amqtt.contexts import Action
+from amqtt.session import Session
+
+__all__ = ["PRINCIPAL", "REFUSAL", "AcknowledgesAfter", "FiltersTopicsSync", "InterceptsPublish"]
+
+# Session attributes (`session.attributes[...]`) the engine and the plugins share.
+PRINCIPAL = "intercom.principal"  # who the session authenticated as (broker.core.tokens.Principal), set by auth
+REFUSAL = "intercom.refusal"  # the CONNACK return code to refuse a CONNECT with, set by auth before refusing
+
+
+@runtime_checkable
+class InterceptsPublish(Protocol):
+    """Sees every accepted client PUBLISH synchronously, after the publish ACL and delivery.
+
+    Runs inside the reader's call (no task per packet); it must not block. An exception is logged and
+    does not affect delivery.
+    """
+
+    def intercept_publish(self, session: Session, topic: str, payload: bytes) -> None: ...
+
+
+@runtime_checkable
+class AcknowledgesAfter(Protocol):
+    """Holds back the PUBACK of a QoS 1 PUBLISH until the effect an interceptor staged is durable.
+
+    `send` writes the PUBACK; the plugin calls it once its store committed (or at once). One plugin
+    per broker may implement it (there is one durable store behind the engine).
+    """
+
+    def acknowledge_after(self, send: Callable[[], None]) -> None: ...
+
+
+@runtime_checkable
+class FiltersTopicsSync(Protocol):
+    """A topic plugin's ACL verdict without awaiting: False denies, True allows, None abstains.
+
+    When every topic plugin implements it, PUBLISH, SUBSCRIBE and RECEIVE checks stay synchronous;
+    otherwise deliveries go through one ordered async lane that awaits amqtt's `topic_filtering`.
+    """
+
+    def topic_filtering_sync(self, session: Session | None, topic: str | None,
+                             action: Action | None) -> bool | None: ...
+
