@@ -70,6 +70,12 @@ class ProcServer:
             self.proc.kill()
             return self.proc.wait(5)
 
+    def kill(self) -> None:
+        """SIGKILL: nothing flushed, no shutdown hooks."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
     def rss_mb(self) -> float:
         """Resident set size of the server process in MiB (VmRSS from /proc)."""
         assert self.proc is not None

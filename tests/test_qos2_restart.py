@@ -22,8 +22,9 @@ async def session(port: int, client_id: str) -> tuple[Raw, int]:
 
 
 @pytest.mark.slow
-async def test_qos2_message_past_pubrec_survives_restart(tmp_path: Path):
-    """PUBLISH -> PUBREC, SIGTERM, restart, PUBREL -> PUBCOMP; the subscriber gets the message once."""
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+async def test_qos2_message_past_pubrec_survives_restart(tmp_path: Path, how: str):
+    """PUBLISH -> PUBREC, SIGTERM (or kill -9), restart, PUBREL -> PUBCOMP; the subscriber gets it once."""
     server = ProcServer(tmp_path).start()
     try:
         sub, _ = await session(server.mqtt_port, "q2r-sub")
@@ -35,7 +36,10 @@ async def test_qos2_message_past_pubrec_survives_restart(tmp_path: Path):
         await pub.send(publish("q2r/topic", b"resent-later", qos=2, packet_id=12))
         assert await pub.read_packet() == (PUBREC, struct.pack("!H", 12))
         assert await publishes(sub, 0.3) == []
-        assert server.stop() == 0
+        if how == "sigterm":
+            assert server.stop() == 0
+        else:
+            server.kill()
         await pub.close()
         await sub.close()
 
