@@ -46,15 +46,15 @@ from broker.lazy import LazyEvent
 
 __all__ = ["FastHandler", "whole_packets"]
 
-
-async def _done() -> None:
-    """The task amqtt's reader creates for a packet already handled synchronously."""
-
 log = logging.getLogger("intercom.fastpath")
 
 _HANDLERS = {SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe", PUBACK: "handle_puback",
              PUBREC: "handle_pubrec", PUBREL: "handle_pubrel", PUBCOMP: "handle_pubcomp", PINGREQ: "handle_pingreq",
              PINGRESP: "handle_pingresp", PUBLISH: "handle_publish", DISCONNECT: "handle_disconnect"}
+
+
+async def _done() -> None:
+    """The task amqtt's reader creates for a packet already handled synchronously."""
 
 
 def whole_packets(reader: Any) -> bool:
@@ -98,7 +98,8 @@ class FastHandler(BrokerProtocolHandler):
             self._reader_ready.set()
         running: list[asyncio.Task[None]] = []  # amqtt-path packets in progress; rarely more than one
         hooks = broker._plugin_hooks()
-        fast_ok = hooks.sync_publish and str(MQTTEvents.PACKET_RECEIVED) not in hooks.events
+        inline_ok = str(MQTTEvents.PACKET_RECEIVED) not in hooks.events  # else every packet is an event
+        fast_ok = hooks.sync_publish and inline_ok
         try:
             while True:
                 if running:
@@ -115,11 +116,11 @@ class FastHandler(BrokerProtocolHandler):
                 if fast_ok and kind == PUBACK and len(body) == 2:
                     broker._acked(session, self, int.from_bytes(body, "big"), None)
                     continue
-                if kind == PUBLISH and (flags >> 1) & 3 == QOS_2:
+                if inline_ok and kind == PUBLISH and (flags >> 1) & 3 == QOS_2:
                     if not await self._qos2_bytes(broker, flags, body):
                         break
                     continue
-                if kind == PUBREL and len(body) == 2:
+                if inline_ok and kind == PUBREL and len(body) == 2:
                     pending = broker.pubrel(session, self, int.from_bytes(body, "big"))
                     if pending is not None:
                         await pending
