@@ -7,9 +7,11 @@ registered, and falls back to amqtt's behaviour while it is None. It also alloca
 events lazily and arms no keepalive write timer: amqtt re-armed one on every packet sent, for a
 `handle_write_timeout` that is a no-op on the broker side (the reader enforces keepalive).
 
-Its reader loop (for readers that hand out whole packets) replaces amqtt's `_reader_loop`: PUBLISH
-(QoS 0/1) and PUBACK are decoded from the bytes and handled in place, without amqtt's `wait_for`
-and task per packet; every other packet goes through amqtt's own classes and `handle_*` coroutines.
+Its reader loop (for readers that hand out whole packets) replaces amqtt's `_reader_loop`: PUBLISH,
+PUBACK and PUBREL are decoded from the bytes and handled in place, without amqtt's `wait_for` and
+task per packet; every other packet goes through amqtt's own classes and `handle_*` coroutines.
+Incoming QoS 2 is the broker's (`FastPathMixin.hold_qos2` / `pubrel`), handled in order in this loop,
+so a client's unreleased QoS 2 messages are bounded by its window, not by how fast it can send.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 from typing import Any
 
 from amqtt.adapters import BufferReader
+from amqtt.contexts import Action
 from amqtt.errors import MQTTError, NoDataError, ProtocolHandlerError
 from amqtt.events import MQTTEvents
 from amqtt.mqtt import packet_class
@@ -48,6 +51,10 @@ log = logging.getLogger("intercom.fastpath")
 _HANDLERS = {SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe", PUBACK: "handle_puback",
              PUBREC: "handle_pubrec", PUBREL: "handle_pubrel", PUBCOMP: "handle_pubcomp", PINGREQ: "handle_pingreq",
              PINGRESP: "handle_pingresp", PUBLISH: "handle_publish", DISCONNECT: "handle_disconnect"}
+
+
+async def _done() -> None:
+    """The task amqtt's reader creates for a packet already handled synchronously."""
 
 
 def whole_packets(reader: Any) -> bool:
@@ -91,7 +98,8 @@ class FastHandler(BrokerProtocolHandler):
             self._reader_ready.set()
         running: list[asyncio.Task[None]] = []  # amqtt-path packets in progress; rarely more than one
         hooks = broker._plugin_hooks()
-        fast_ok = hooks.sync_publish and str(MQTTEvents.PACKET_RECEIVED) not in hooks.events
+        inline_ok = str(MQTTEvents.PACKET_RECEIVED) not in hooks.events  # else every packet is an event
+        fast_ok = hooks.sync_publish and inline_ok
         try:
             while True:
                 if running:
@@ -107,6 +115,15 @@ class FastHandler(BrokerProtocolHandler):
                     continue
                 if fast_ok and kind == PUBACK and len(body) == 2:
                     broker._acked(session, self, int.from_bytes(body, "big"), None)
+                    continue
+                if inline_ok and kind == PUBLISH and (flags >> 1) & 3 == QOS_2:
+                    if not await self._qos2_bytes(broker, flags, body):
+                        break
+                    continue
+                if inline_ok and kind == PUBREL and len(body) == 2:
+                    pending = broker.pubrel(session, self, int.from_bytes(body, "big"))
+                    if pending is not None:
+                        await pending
                     continue
                 task = await self._dispatch(first, body)
                 if task is not None:
@@ -150,6 +167,29 @@ class FastHandler(BrokerProtocolHandler):
         if broker._accept_now(self.session, self, topic, data, qos, bool(flags & 1)) and qos:
             broker.puback(self, packet_id)
 
+    async def _qos2_bytes(self, broker: Any, flags: int, body: bytes) -> bool:
+        """A QoS 2 PUBLISH decoded by hand; False when the connection must close."""
+        tlen = int.from_bytes(body[:2], "big")
+        try:
+            topic = body[2:2 + tlen].decode()
+        except UnicodeDecodeError:
+            return False
+        packet_id = int.from_bytes(body[2 + tlen:4 + tlen], "big")
+        allowed = broker.may_publish_now(self.session, topic)
+        if allowed is None:
+            allowed = await broker._allowed(self.session, topic, Action.PUBLISH)
+        return bool(broker.hold_qos2(self.session, self, packet_id, topic, body[4 + tlen:], bool(flags & 1), allowed))
+
+    async def _retry_deliveries(self) -> None:
+        """amqtt's [MQTT-4.4.0-1] re-send of unacknowledged outgoing messages. Unlike amqtt's, it leaves
+        incoming QoS 2 messages alone: they wait for the client's PUBREL (amqtt re-ran its receive flow
+        for them here, which routed them on its own)."""
+        session: Any = self.session
+        retries = [asyncio.create_task(asyncio.wait_for(self._handle_message_flow(msg), 10))
+                   for msg in session.inflight_out.values()]
+        if retries:
+            await asyncio.wait(retries)
+
     # amqtt's reader runs what these return as a task; the broker's versions return a finished coroutine
     # when they did the work in place.
     def handle_publish(self, packet: Any) -> Any:
@@ -163,6 +203,12 @@ class FastHandler(BrokerProtocolHandler):
         if broker is None:
             return super().handle_puback(packet)
         return broker._puback_now(self.session, self, packet)
+
+    def handle_pubrel(self, packet: Any) -> Any:
+        broker = self.routed
+        if broker is None:
+            return super().handle_pubrel(packet)
+        return broker.pubrel(self.session, self, packet.packet_id) or _done()
 
     def handle_subscribe(self, packet: Any) -> Any:
         broker = self.routed

@@ -9,8 +9,15 @@ What changes against amqtt (each override names the method it replaces, so it ca
   delivered-message queue, no broadcast queue, no task or future per subscriber). Delivered QoS is
   min(publisher QoS, granted QoS) (amqtt used the subscriber's QoS).
 * Reading: for readers that hand out whole packets (HardeningMixin's GuardedReader), `FastHandler`
-  replaces amqtt's `_reader_loop`: PUBLISH (QoS 0/1) and PUBACK are decoded from bytes and handled in
+  replaces amqtt's `_reader_loop`: PUBLISH, PUBACK and PUBREL are decoded from bytes and handled in
   place, without amqtt's `wait_for` task and `handle_*` task per packet; other packets take amqtt's path.
+* Incoming QoS 2 (MQTT 3.1.1 §4.3.3, "method B"): the ACL runs at PUBLISH; an allowed message is held in
+  `session.inflight_in` (durable for a persistent session) before PUBREC and routed at PUBREL; a refused one
+  is acknowledged and dropped. At most `limits.max_inflight_messages` are held per session: one more closes
+  the connection (MQTT 5's Receive Maximum rule). Every PUBREL gets a PUBCOMP. amqtt ran a task per QoS 2
+  PUBLISH that held the message until a PUBREL, without any bound, and checked the ACL only then.
+* Retained messages for a new subscription go out through the outlet's flow control (a batch in its
+  backlog, sent as the in-flight window and the socket allow), not all at once into the bounded backlog.
 * Retained: `RetainedStore` keeps a topic tree, so a subscription finds its retained messages without
   scanning them all; on connect a session gets only the retained messages of *its own* subscriptions
   (amqtt sent every client the retained messages of every client's subscriptions).
@@ -39,13 +46,13 @@ from amqtt.broker import RetainedApplicationMessage
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_2
-from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 
+from broker.config import LimitsConfig
 from broker.mqtt import amqtt_compat
-from broker.mqtt.fast_handler import FastHandler, whole_packets
+from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
 from broker.mqtt.hooks import AcknowledgesAfter, FiltersTopicsSync, InterceptsPublish
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_filter
@@ -73,9 +80,6 @@ class _SessionTable(dict[str, tuple[Session, "BrokerProtocolHandler"]]):
         self._on_register(entry[1], entry[0])
 
 
-async def _done() -> None:
-    """The task amqtt's reader creates for a packet already handled synchronously."""
-
 log = logging.getLogger("intercom.fastpath")
 _SUBACK_FAILURE = 0x80
 _Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]]]
@@ -100,6 +104,7 @@ class FastPathMixin(_Base):
     """Hot-path overrides of amqtt's Broker; each is written so it could be offered upstream."""
 
     delivery_limits: DeliveryLimits = DeliveryLimits()
+    limits: LimitsConfig = LimitsConfig()  # `max_inflight_messages` bounds the incoming QoS 2 window
     handler_class: type[BrokerProtocolHandler] = FastHandler
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -215,6 +220,8 @@ class FastPathMixin(_Base):
             for message in client_session.inflight_out.values():
                 if message.publish_packet is None:  # sent by an Outlet: mark it so a retry sets DUP
                     message.publish_packet = message.build_publish_packet()
+            if client_session.clean_session:
+                client_session.inflight_in.clear()  # a clean session's held QoS 2 messages end with it
             if client_session.clean_session and self._sessions.get(key, (None, None))[0] is client_session:
                 # a clean session's subscriptions end with the connection [MQTT-3.1.2-6]; amqtt left
                 # them matching until its once-a-second session monitor ran
@@ -275,12 +282,13 @@ class FastPathMixin(_Base):
             self.puback(handler, packet.variable_header.packet_id)
         return _done()
 
-    def puback(self, handler: BrokerProtocolHandler, packet_id: int) -> None:
-        """Acknowledge a QoS 1 PUBLISH, after any durable effect it had (see `_Hooks.ack_barrier`)."""
+    def puback(self, handler: BrokerProtocolHandler, packet_id: int, first: int = 0x40) -> None:
+        """Acknowledge a QoS 1 PUBLISH (or, with `first` 0x70, a QoS 2 PUBREL with PUBCOMP) after any durable
+        effect it had (see `_Hooks.ack_barrier`)."""
         writer = handler.writer
         if writer is None:
             return
-        packet = b"\x40\x02" + packet_id.to_bytes(2, "big")
+        packet = bytes((first, 2)) + packet_id.to_bytes(2, "big")
         barrier = self._plugin_hooks().ack_barrier
         if barrier is None:
             writer.write(packet)
@@ -353,9 +361,11 @@ class FastPathMixin(_Base):
         if topic is None or data is None:
             return
         qos = packet.qos or 0
-        if qos == QOS_2:  # amqtt's PUBREC/PUBREL/PUBCOMP flow, then route what it queued
-            await ProtocolHandler.handle_publish(handler, packet)
-            await self._drain_delivered(session, handler)
+        if qos == QOS_2:
+            packet_id = packet.variable_header.packet_id if packet.variable_header is not None else 0
+            allowed = await self._allowed(session, topic, Action.PUBLISH)
+            if not self.hold_qos2(session, handler, packet_id, topic, data, packet.retain_flag, allowed):
+                self._spawn(handler.handle_connection_closed())
             return
         keep = await self._accept_publish(session, handler, topic, data, qos, packet.retain_flag, packet)
         if qos and keep and packet.variable_header is not None:
@@ -414,6 +424,60 @@ class FastPathMixin(_Base):
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED,
                                                       client_id=session.client_id, topic=topic_filter)
         await handler.mqtt_acknowledge_unsubscription(packet_id)
+
+    # ---- inbound QoS 2 ---------------------------------------------------------------------------
+
+    def may_publish_now(self, session: Session, topic: str) -> bool | None:
+        """The publish ACL's verdict without awaiting, or None when an async ACL must decide."""
+        hooks = self._plugin_hooks()
+        if not hooks.filter_topics:
+            return True
+        if hooks.receive_async:
+            return None
+        return all(check(session, topic, Action.PUBLISH) for check in hooks.sync_checks)
+
+    def hold_qos2(self, session: Session, handler: BrokerProtocolHandler, packet_id: int, topic: str, data: bytes,
+                  retain: bool, allowed: bool) -> bool:
+        """A QoS 2 PUBLISH: hold it until PUBREL (if the ACL allowed it), then PUBREC. False: close the
+        connection (invalid topic, or more messages awaiting PUBREL than `limits.max_inflight_messages`)."""
+        held = session.inflight_in
+        if packet_id not in held:  # else a re-send of a message held already: PUBREC again [MQTT-4.3.3-2]
+            if not topic or "#" in topic or "+" in topic:
+                log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+                return False
+            if not allowed:
+                log.info("%s not allowed to publish to %s", session.client_id, topic)
+            elif len(held) >= self.limits.max_inflight_messages:
+                log.warning("closing %s: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
+                            session.client_id, self.limits.max_inflight_messages)
+                return False
+            else:  # stored (on disk for a persistent session) before PUBREC says it is
+                held[packet_id] = IncomingApplicationMessage(packet_id, topic, QOS_2, data, retain)
+        if handler.writer is not None:
+            handler.writer.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
+        return True
+
+    def pubrel(self, session: Session, handler: BrokerProtocolHandler, packet_id: int) -> Any:
+        """PUBREL: route the held message, forget it, PUBCOMP. A PUBREL for a packet id not held (already
+        released, refused by the ACL, or never sent) is answered with PUBCOMP too [MQTT-4.3.3-2].
+        Returns None when done, or a coroutine to await when a plugin needs an await."""
+        held = session.inflight_in
+        msg = held.get(packet_id)
+        if msg is not None:
+            if not self._plugin_hooks().sync_publish:
+                return self._pubrel_async(session, handler, packet_id)
+            # routed before it is forgotten: a crash in between re-delivers rather than loses it
+            self._accept_now(session, handler, msg.topic, bytes(msg.data), QOS_2, msg.retain)
+            held.pop(packet_id, None)
+        self.puback(handler, packet_id, 0x70)
+        return None
+
+    async def _pubrel_async(self, session: Session, handler: BrokerProtocolHandler, packet_id: int) -> None:
+        msg = session.inflight_in.pop(packet_id, None)  # first: a PUBREL repeated meanwhile must not route it again
+        if msg is not None:
+            await self._accept_publish(session, handler, msg.topic, bytes(msg.data), QOS_2, msg.retain,
+                                       msg.publish_packet)
+        self.puback(handler, packet_id, 0x70)
 
     # ---- subscriptions --------------------------------------------------------------------------
 
@@ -483,9 +547,7 @@ class FastPathMixin(_Base):
         outlet = self._open_outlet(session)
         if outlet is None:
             return 0
-        for msg in found:
-            q = min(qos, msg.qos if msg.qos is not None else qos)
-            outlet.send(msg.topic.encode(), msg.topic, bytes(msg.data), q, retain=True)
+        outlet.send_retained(found, qos)
         return len(found)
 
     # ---- routing --------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ future per message. Bytes written in one loop iteration leave in one `transport.
 reads too slowly (socket buffer above `write_buffer_bytes`) or has `max_inflight` QoS 1 messages
 unacknowledged, messages wait in a backlog of at most `max_queued`; past that the oldest QoS 0 is
 dropped, and when only QoS 1 is left the connection is closed with a warning.
+
+The retained messages a new subscription matches enter the backlog as one `RetainedBatch` entry: they
+go out in order under the same window and socket limits, the batch counting as one entry, so a
+subscription matching more retained topics than `max_queued` is served, not taken for a slow reader.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import OutgoingApplicationMessage, Session
 
-__all__ = ["DeliveryLimits", "Outlet", "encode_publish"]
+__all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish"]
 
 log = logging.getLogger("intercom.delivery")
 _Queued = tuple[bytes, str, bytes, int, bool]  # encoded topic, topic, payload, QoS, retain
@@ -124,6 +128,26 @@ class CoalescingWriter(WriterAdapter):
         await self.inner.close()
 
 
+class RetainedBatch:
+    """The retained messages one subscription matched (a snapshot of references), sent one at a time
+    at min(granted QoS, the message's QoS) with the retain flag [MQTT-3.3.1-6]."""
+
+    __slots__ = ("messages", "pos", "qos")
+
+    def __init__(self, messages: list[RetainedApplicationMessage], qos: int) -> None:
+        self.messages = messages
+        self.pos = 0
+        self.qos = qos
+
+    def peek(self) -> _Queued | None:
+        """The next message as a backlog entry, or None when the batch is done."""
+        if self.pos >= len(self.messages):
+            return None
+        msg = self.messages[self.pos]
+        qos = self.qos if msg.qos is None else min(self.qos, msg.qos)
+        return msg.topic.encode(), msg.topic, bytes(msg.data), qos, True
+
+
 class Outlet:
     """The outgoing path of one connected session."""
 
@@ -137,7 +161,7 @@ class Outlet:
         self.limits = limits
         self.on_overflow = on_overflow
         # most connections never queue: the deque (~600 B) is made on first use
-        self.backlog: deque[_Queued] | tuple[()] = ()
+        self.backlog: deque[_Queued | RetainedBatch] | tuple[()] = ()
         self.closed = False
         self.dropped = 0
         self._pump: asyncio.Task[None] | None = None
@@ -154,6 +178,15 @@ class Outlet:
         if len(backlog) > self.limits.max_queued:
             self._shed()
         self._wait_for_room()
+
+    def send_retained(self, messages: list[RetainedApplicationMessage], qos: int) -> None:
+        """Send the retained messages a new subscription (granted `qos`) matches, under flow control."""
+        if self.closed or not messages:
+            return
+        self._queue().append(RetainedBatch(messages, qos))
+        self.pump()
+        if self.backlog:
+            self._wait_for_room()
 
     def _room(self, qos: int) -> bool:
         if qos and len(self.session.inflight_out) >= self.limits.max_inflight:
@@ -191,11 +224,21 @@ class Outlet:
             return
         backlog = self._queue()
         while backlog and not self.closed:
-            topic_b, topic, data, qos, retain = backlog[0]
-            if not self._room(qos):
-                return
-            backlog.popleft()
-            self._write(topic_b, topic, data, qos, retain)
+            head = backlog[0]
+            if isinstance(head, RetainedBatch):
+                item = head.peek()
+                if item is None:
+                    backlog.popleft()
+                    continue
+                if not self._room(item[3]):
+                    return
+                head.pos += 1
+            else:
+                item = head
+                if not self._room(item[3]):
+                    return
+                backlog.popleft()
+            self._write(*item)
 
     def _wait_for_room(self) -> None:
         if self._pump is None or self._pump.done():
@@ -207,7 +250,7 @@ class Outlet:
             self.pump()
             if self.closed or not self.backlog:
                 return
-            if self.backlog[0][3] and len(self.session.inflight_out) >= self.limits.max_inflight:
+            if self._next_qos() and len(self.session.inflight_out) >= self.limits.max_inflight:
                 return
             try:
                 await self.writer.drain()
@@ -216,7 +259,17 @@ class Outlet:
             if self.writer.buffered() >= self.limits.write_buffer_bytes:
                 await asyncio.sleep(0.01)
 
-    def _queue(self) -> deque[_Queued]:
+    def _next_qos(self) -> int:
+        """QoS of the next message the backlog would send (0 when there is none)."""
+        if not self.backlog:
+            return 0
+        head = self.backlog[0]
+        if isinstance(head, RetainedBatch):
+            item = head.peek()
+            return item[3] if item is not None else 0
+        return head[3]
+
+    def _queue(self) -> deque[_Queued | RetainedBatch]:
         if not isinstance(self.backlog, deque):
             self.backlog = deque()
         return self.backlog
@@ -224,7 +277,7 @@ class Outlet:
     def _shed(self) -> None:
         backlog = self._queue()
         for i, item in enumerate(backlog):
-            if item[3] == 0:
+            if not isinstance(item, RetainedBatch) and item[3] == 0:
                 del backlog[i]
                 self.dropped += 1
                 return
@@ -236,12 +289,16 @@ class Outlet:
 
     def close(self) -> None:
         """The connection ended. A persistent session keeps the QoS>0 messages it was still owed
-        [MQTT-3.1.2-4]: they move to its offline queue (sqlite-backed) and go out when it returns."""
+        [MQTT-3.1.2-4]: they move to its offline queue (sqlite-backed) and go out when it returns.
+        Retained batches are not kept: the next connection gets its subscriptions' retained messages anew."""
         self.closed = True
         backlog, self.backlog = self.backlog, ()
         session = self.session
         if backlog and not session.clean_session:
-            for _topic_b, topic, data, qos, _retain in backlog:
+            for item in backlog:
+                if isinstance(item, RetainedBatch):
+                    continue
+                _topic_b, topic, data, qos, _retain = item
                 if qos:
                     session.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
         if self._pump is not None and not self._pump.done():

@@ -9,6 +9,8 @@ delivery engine: each persistent session gets two write-through containers in pl
   it (PUBACK, or PUBCOMP for QoS 2), so amqtt's own `_retry_deliveries` re-sends it (DUP set) on
   the next connection;
 - `DurableQueue` for `Session.retained_messages` (amqtt's queue for an offline session),
+- `DurableIncoming` for `Session.inflight_in`: a QoS 2 message the client published, stored before
+  PUBREC and kept until its PUBREL (MQTT 3.1.1 §4.3.3), so a restart in between loses nothing,
 
 and `SessionDB` mirrors both, plus subscriptions and retained messages, in `sessions.db` (sqlite,
 WAL) next to the call database. `SessionPersistence` restores everything before the listeners
@@ -24,16 +26,16 @@ import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from amqtt.broker import BrokerContext, RetainedApplicationMessage
 from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.mqtt.pubrel import PubrelPacket
-from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
+from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
-__all__ = ["DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
+__all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
 log = logging.getLogger("intercom.sessions")
 
@@ -50,6 +52,9 @@ CREATE TABLE IF NOT EXISTS mqtt_inflight (
     payload BLOB NOT NULL, qos INTEGER NOT NULL, released INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (client_id, packet_id));
 CREATE TABLE IF NOT EXISTS mqtt_retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS mqtt_incoming (
+    client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    retain INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id));
 """
 
 
@@ -61,6 +66,7 @@ class StoredSession:
     inflight: list[tuple[int, str, bytes, int, bool]]
     queued: list[tuple[int, str, bytes, int]]
     last_seen: float = 0.0
+    incoming: list[tuple[int, str, bytes, bool]] = field(default_factory=list)  # QoS 2 awaiting PUBREL
 
 
 class SessionDB:
@@ -99,7 +105,7 @@ class SessionDB:
         try:
             with self.conn:
                 self.conn.execute("BEGIN")
-                for table in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue", "mqtt_inflight"):
+                for table in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue", "mqtt_inflight", "mqtt_incoming"):
                     self.conn.execute(f"DELETE FROM {table} WHERE client_id = ?", (client_id,))
         except sqlite3.Error:
             log.exception("session store: could not forget %s", client_id)
@@ -133,6 +139,18 @@ class SessionDB:
 
     def inflight_del(self, client_id: str, packet_id: int) -> None:
         self._write("DELETE FROM mqtt_inflight WHERE client_id = ? AND packet_id = ?", (client_id, packet_id))
+
+    def incoming_put(self, client_id: str, msg: ApplicationMessage) -> None:
+        self._write("INSERT OR REPLACE INTO mqtt_incoming (client_id, packet_id, topic, payload, retain) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (client_id, msg.packet_id, msg.topic, bytes(msg.data or b""), int(bool(msg.retain))))
+
+    def incoming_del(self, client_id: str, packet_id: int | None = None) -> None:
+        """Forget one held incoming QoS 2 message, or (no packet id) all of a client's."""
+        if packet_id is None:
+            self._write("DELETE FROM mqtt_incoming WHERE client_id = ?", (client_id,))
+        else:
+            self._write("DELETE FROM mqtt_incoming WHERE client_id = ? AND packet_id = ?", (client_id, packet_id))
 
     # retained messages ----------------------------------------------------------------------------
 
@@ -172,7 +190,10 @@ class SessionDB:
                 (client_id,))]
             queued = [(int(i), t, bytes(p), int(q)) for i, t, p, q in c.execute(
                 "SELECT id, topic, payload, qos FROM mqtt_queue WHERE client_id = ? ORDER BY id", (client_id,))]
-            out.append(StoredSession(client_id, username, subs, inflight, queued, float(last_seen)))
+            incoming = [(int(pid), t, bytes(p), bool(r)) for pid, t, p, r in c.execute(
+                "SELECT packet_id, topic, payload, retain FROM mqtt_incoming WHERE client_id = ? ORDER BY packet_id",
+                (client_id,))]
+            out.append(StoredSession(client_id, username, subs, inflight, queued, float(last_seen), incoming))
         return out
 
     def close(self) -> None:
@@ -244,6 +265,38 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
         return msg
 
 
+class DurableIncoming(OrderedDict[int, IncomingApplicationMessage]):
+    """`Session.inflight_in`, mirrored to sqlite: a QoS 2 message the client published is written before
+    the broker sends PUBREC and deleted once its PUBREL has routed it."""
+
+    def __init__(self, db: SessionDB, client_id: str) -> None:
+        super().__init__()
+        self.db = db
+        self.client_id = client_id
+
+    def restore(self, packet_id: int, msg: IncomingApplicationMessage) -> None:
+        super().__setitem__(packet_id, msg)
+
+    def __setitem__(self, packet_id: int, msg: IncomingApplicationMessage) -> None:
+        super().__setitem__(packet_id, msg)
+        self.db.incoming_put(self.client_id, msg)
+
+    def __delitem__(self, packet_id: int) -> None:
+        super().__delitem__(packet_id)
+        self.db.incoming_del(self.client_id, packet_id)
+
+    def pop(self, packet_id: int, *default: Any) -> Any:
+        if packet_id not in self:
+            return default[0] if default else super().pop(packet_id)
+        msg = super().pop(packet_id)
+        self.db.incoming_del(self.client_id, packet_id)
+        return msg
+
+    def clear(self) -> None:
+        super().clear()
+        self.db.incoming_del(self.client_id)
+
+
 class DurableQueue(asyncio.Queue[ApplicationMessage]):
     """amqtt's per-session offline queue, mirrored to sqlite; when full the oldest message is dropped."""
 
@@ -298,6 +351,11 @@ class SessionPersistence:
             for packet_id, msg in session.inflight_out.items():
                 inflight[packet_id] = msg
             session.inflight_out = inflight
+        if not isinstance(session.inflight_in, DurableIncoming):
+            incoming = DurableIncoming(self.db, client_id)
+            for packet_id, held in session.inflight_in.items():
+                incoming[packet_id] = held
+            session.inflight_in = incoming
         if not isinstance(session.retained_messages, DurableQueue):
             # Another layer may have swapped in its own queue on CONNECT; take its messages over.
             queue = DurableQueue(self.db, client_id, self.queue_limit)
@@ -345,11 +403,15 @@ class SessionPersistence:
             assert isinstance(inflight, DurableInflight)
             for packet_id, topic, payload, qos, released in s.inflight:
                 inflight.restore(packet_id, _resend(packet_id, topic, payload, qos, released))
+            held = session.inflight_in
+            assert isinstance(held, DurableIncoming)
+            for packet_id, topic, payload, retain in s.incoming:
+                held.restore(packet_id, IncomingApplicationMessage(packet_id, topic, 2, payload, retain))
             queue = session.retained_messages
             assert isinstance(queue, DurableQueue)
             for row_id, topic, payload, qos in s.queued:
                 queue.restore(row_id, RetainedApplicationMessage(None, topic, payload, qos))
-            messages += len(s.inflight) + len(s.queued)
+            messages += len(s.inflight) + len(s.queued) + len(s.incoming)
             for topic, qos in s.subscriptions:
                 await context.add_subscription(s.client_id, topic, qos)
         log.info("restored %d persistent sessions with %d undelivered messages, %d retained topics",
