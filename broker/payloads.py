@@ -202,6 +202,13 @@ class DeviceIn(_In):
     name: Annotated[str, Field(max_length=128)] | None = None
 
 
+class DirectoryPatch(_In):
+    """`PATCH /api/admin/{kind}/{id}`: rename an entry, or move a resident or device to another household."""
+
+    name: Annotated[str, Field(max_length=128)] | None = None
+    household_number: Id | None = None
+
+
 class topics:
     """The seed's topic structure; the only place topic strings are spelled."""
 

@@ -24,7 +24,7 @@ from broker.store import Store
 from broker.tls import server_context
 from broker.trtc import Trtc
 from http_api import create_app
-from http_api.keys import HEALTH
+from http_api.keys import HEALTH, WS_PORT
 
 __all__ = ["IntercomServer"]
 
@@ -127,6 +127,8 @@ class IntercomServer:
         self.presence.arm_recovered(store.active_calls())
 
         app = create_app(self.services)
+        if self.ws_port is not None:
+            app[WS_PORT] = self.ws_port  # the console's MQTT connection goes there
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         http_tls = server_context(s.http.tls) if s.http.tls is not None else None

@@ -5,12 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.errors import NotFound
-from broker.payloads import DeviceIn, HouseholdIn, ResidentIn
+from broker.payloads import DeviceIn, DirectoryPatch, HouseholdIn, ResidentIn
 from http_api.auth import require
 from http_api.envelope import ok, parse_body
 from http_api.keys import SERVICES
 
-__all__ = ["create", "delete", "get", "list_all", "new_token"]
+__all__ = ["create", "delete", "get", "list_all", "new_token", "update"]
 
 KINDS = ("households", "residents", "devices")
 
@@ -57,3 +57,11 @@ async def new_token(request: web.Request) -> web.Response:
     if kind == "households":
         raise NotFound("households have no token")
     return ok(request.app[SERVICES].directory.reissue_token(kind, request.match_info["ident"]))
+
+
+async def update(request: web.Request) -> web.Response:
+    """Rename an entry, or move a resident or device to another household (fields left out stay)."""
+    kind = _kind(request)
+    patch = await parse_body(request, DirectoryPatch)
+    changes = patch.model_dump(exclude_unset=True)
+    return ok(request.app[SERVICES].directory.update(kind, request.match_info["ident"], changes))
