@@ -51,8 +51,9 @@ def _headers(request: web.Request) -> dict[str, str]:
     sockets = f" ws://{host}:{ws} wss://{host}:{ws}" if ws else ""
     return {
         "Content-Security-Policy": (
-            f"default-src 'self'; connect-src 'self'{sockets}; img-src 'self' data: blob:; "
-            "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+            f"default-src 'self'; connect-src 'self'{sockets}; img-src 'self' data: blob:; style-src 'self'; "
+            # MQTT.js runs its keepalive timer in a Worker made from a blob: URL
+            "script-src 'self'; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
         ),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
