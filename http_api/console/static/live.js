@@ -12,7 +12,8 @@ const devices = new Map(); // device_id -> directory row
 const status = new Map(); // device_id -> last status message
 let ctx;
 let els;
-let refreshTimer = null;
+let refreshing = false;
+let again = false;
 
 function table(id, headings) {
   const body = h('tbody', { id });
@@ -49,9 +50,29 @@ function onMessage(msg) {
     status.set(id, { ...msg.body, seen: msg.body.updated_at || msg.at.toISOString() });
     renderDevices();
   } else if (CALL_TOPICS.some((f) => matches(f, msg.topic))) {
-    clearTimeout(refreshTimer); // one read for a burst of messages about the same transition
-    refreshTimer = setTimeout(refreshCalls, 100);
+    scheduleRefresh();
   }
+}
+
+/**
+ * Re-read the calls after a call message: one read per burst (a transition notifies several parties),
+ * at most ~3 a second on a busy site (inside the admin's REST rate limit), and never missing the last
+ * message: one arriving while a read is under way triggers one more read.
+ */
+function scheduleRefresh() {
+  if (refreshing) {
+    again = true;
+    return;
+  }
+  refreshing = true;
+  setTimeout(async () => {
+    again = false;
+    await refreshCalls();
+    setTimeout(() => {
+      refreshing = false;
+      if (again) scheduleRefresh();
+    }, 250);
+  }, 100);
 }
 
 async function loadDevices() {
