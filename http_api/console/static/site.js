@@ -129,7 +129,7 @@ function render() {
   els.list.replaceChildren(...data.households.map((hh) => {
     const n = hh.household_number;
     const label = `household ${n}`;
-    return h('section', { class: 'card', 'aria-label': `Household ${n}`, dataset: { household: n } },
+    return h('section', { class: 'card panel', 'aria-label': `Household ${n}`, dataset: { household: n } },
       h('h3', {}, h('span', {}, `${n}${hh.name ? ` · ${hh.name}` : ''}`), h('span', { class: 'actions' },
         h('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${label}`, onclick: () => edit('households', hh) }, 'Edit'),
         h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${label}`, onclick: () => remove('households', n) }, 'Delete'))),
