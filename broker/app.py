@@ -26,7 +26,7 @@ from broker.core.trtc import Trtc
 from broker.mqtt.session_persistence import SessionPersistence
 from broker.tls import server_context
 from http_api import create_app
-from http_api.keys import HEALTH
+from http_api.keys import HEALTH, WS_PORT
 from plugins.acl import TopicAclPlugin
 from plugins.auth import IntercomAuthPlugin
 from plugins.call_plugin import CallPlugin
@@ -97,10 +97,15 @@ def bind_plugins(plugins: list[object], services: Services, presence: Presence,
                 plugin.bind_persistence(persistence)
 
 
-async def start_http(services: Services) -> tuple[web.AppRunner, int]:
-    """The REST app on the configured host and port; returns the runner and the bound port."""
+async def start_http(services: Services, ws_port: int | None = None) -> tuple[web.AppRunner, int]:
+    """The REST app on the configured host and port; returns the runner and the bound port.
+
+    `ws_port`: the embedded broker's MQTT-over-WebSocket port, where the console connects.
+    """
     s = services.settings
     app = create_app(services)
+    if ws_port is not None:
+        app[WS_PORT] = ws_port
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     http_tls = server_context(s.http.tls) if s.http.tls is not None else None

@@ -8,13 +8,13 @@ from aiohttp import web
 
 from broker.core.calls import iso
 from broker.core.errors import NotFound
-from broker.core.payloads import AdminListQuery, DeviceIn, HouseholdIn, ResidentIn, parse_id
+from broker.core.payloads import AdminListQuery, DeviceIn, DirectoryPatch, HouseholdIn, ResidentIn, parse_id
 from broker.core.store import DIRECTORY
 from http_api.auth import require
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
-__all__ = ["create", "delete", "get", "list_all", "new_token"]
+__all__ = ["create", "delete", "get", "list_all", "new_token", "update"]
 
 KINDS = ("households", "residents", "devices")
 
@@ -71,3 +71,11 @@ async def new_token(request: web.Request) -> web.Response:
     if kind == "households":
         raise NotFound("households have no token")
     return ok(request.app[SERVICES].directory.reissue_token(kind, _ident(request, kind)))
+
+
+async def update(request: web.Request) -> web.Response:
+    """Rename an entry, or move a resident or device to another household (fields left out stay)."""
+    kind = _kind(request)
+    patch = await parse_body(request, DirectoryPatch)
+    changes = patch.model_dump(exclude_unset=True)
+    return ok(request.app[SERVICES].directory.update(kind, _ident(request, kind), changes))

@@ -12,9 +12,15 @@ from broker.core.tokens import Principal
 from http_api.envelope import Handler
 from http_api.keys import PRINCIPAL, SERVICES
 
-__all__ = ["auth_middleware", "party_of", "principal", "require"]
+__all__ = ["auth_middleware", "is_public", "party_of", "principal", "require"]
 
-PUBLIC = frozenset({"/healthz"})
+# No token needed: health, and the console's page, files, bootstrap config and the API description.
+PUBLIC = frozenset({"/healthz", "/", "/api/console/config", "/api/openapi.json"})
+PUBLIC_PREFIXES = ("/console/",)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
 
 
 @web.middleware
@@ -27,7 +33,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("Authorization must be 'Bearer <token>'")
         request[PRINCIPAL] = await svc.directory.authenticate(token.strip())
-    elif request.path not in PUBLIC and not svc.settings.local_only:
+    elif not is_public(request.path) and not svc.settings.local_only:
         raise Unauthorized("missing bearer token")
     return await handler(request)
 

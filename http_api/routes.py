@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from http_api import admin_views, call_views, misc_views
+from http_api import admin_views, call_views, console_views, misc_views, openapi
 
 __all__ = ["setup_routes"]
 
@@ -32,3 +32,9 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/admin/{kind}/{ident}", admin_views.get)
     r.add_delete("/api/admin/{kind}/{ident}", admin_views.delete)
     r.add_post("/api/admin/{kind}/{ident}/token", admin_views.new_token)
+    r.add_patch("/api/admin/{kind}/{ident}", admin_views.update)
+    # the web console and the API description (docs in README "Web console")
+    r.add_get("/", console_views.index)
+    r.add_get("/console/{name:.+}", console_views.static_file)
+    r.add_get("/api/console/config", console_views.config)
+    r.add_get("/api/openapi.json", openapi.openapi_json)

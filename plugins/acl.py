@@ -26,10 +26,11 @@ from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.mqtt.hooks import PRINCIPAL
 
-__all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand"]
+__all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand", "played_party"]
 
 log = logging.getLogger("intercom.acl")
 FILTERS = "intercom.filters"  # session attribute: the filters this session holds, for the cap
+PLAYED = "intercom.played"  # session attribute: the parties an admin connection has published as
 
 DEFAULT_ACL: dict[str, AclRule] = {
     "device": AclRule(
@@ -74,6 +75,17 @@ def expand(pattern: str, principal: Principal, client_id: str, devices: Iterable
     if "%d" in out:
         return [out.replace("%d", d) for d in devices if not any(c in d for c in "+#/")]
     return [out]
+
+
+def played_party(topic: str) -> str | None:
+    """The device or resident a publish on `topic` speaks for, if it is one of a party's own topics."""
+    match topic.split("/"):
+        case (["calls", "request", ident] | ["devices", ident, "status"] | ["devices", ident, "calls", "control"]
+              | ["devices", ident, "commands", "ack"]):
+            return f"device {ident}"
+        case ["users", ident, "calls", "control"] | ["users", ident, "commands"]:
+            return f"resident {ident}"
+    return None
 
 
 class TopicAclPlugin(BaseTopicPlugin):
@@ -149,7 +161,19 @@ class TopicAclPlugin(BaseTopicPlugin):
             return False
         if action is Action.SUBSCRIBE:
             return self._count_subscription(session, topic)
+        if principal is not None and principal.role == "admin":
+            self._note_simulated(session, topic)
         return True
+
+    @staticmethod
+    def _note_simulated(session: Session, topic: str) -> None:
+        """The admin (the web console's simulator) publishing as a device or resident: say so, once per party."""
+        party = played_party(topic)
+        played: set[str] = session.attributes.setdefault(PLAYED, set())
+        if party is None or party in played:
+            return
+        played.add(party)
+        log.info("admin client %r plays %s (simulated) on %s", session.client_id, party, topic)
 
     def _count_subscription(self, session: Session, topic_filter: str) -> bool:
         held: set[str] = session.attributes.setdefault(FILTERS, set())

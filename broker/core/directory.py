@@ -112,6 +112,22 @@ class Directory:
         self._forget(SINGULAR[kind], ident)
         return {DIRECTORY[kind]: ident, "household_number": row["household_number"], "token": token}
 
+    def update(self, kind: str, ident: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change an entry's `name` (and a member's `household_number`); the token stays valid."""
+        row = self._get(kind, ident)
+        if row is None:
+            raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
+        if "household_number" in changes and kind == "households":
+            raise BadRequest("a household's number is its id and cannot change")
+        target = changes.get("household_number")
+        if target is not None and self._get("households", target) is None:
+            raise NotFound(f"household '{target}' not found")
+        updated = {**row, **{k: v for k, v in changes.items() if k in ("name", "household_number")}}
+        self.store.upsert(kind, updated)
+        self._rows[kind][ident] = updated
+        self._index.pop(kind, None)
+        return _public(updated)
+
     def delete(self, kind: str, ident: str) -> None:
         if kind == "households" and (self._members("residents", ident) or self._members("devices", ident)):
             raise Conflict(f"household '{ident}' still has residents or devices; delete them first", "not_empty")

@@ -37,6 +37,7 @@ __all__ = [
     "ControlBody",
     "ControlMessage",
     "DeviceStatus",
+    "DirectoryPatch",
     "EndSessionRequest",
     "ErrorBody",
     "HistoryQuery",
@@ -320,6 +321,13 @@ class ActiveQuery(_In):
 
 
 class AdminListQuery(_In):
+    household_number: Id | None = None
+
+
+class DirectoryPatch(_In):
+    """`PATCH /api/admin/{kind}/{id}`: rename an entry, or move a resident or device to another household."""
+
+    name: Annotated[str, Field(max_length=128)] | None = None
     household_number: Id | None = None
 
 

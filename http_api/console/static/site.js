@@ -1,0 +1,182 @@
+// Site: households, residents and devices, edited through the admin REST API; a new token is shown once.
+import { api, seg } from './api.js';
+import { enabled, memberFields } from './extensions.js';
+import { attempt, copyText, field, h, toast } from './ui.js';
+
+export const title = 'Site';
+
+const KINDS = {
+  households: { one: 'household', key: 'household_number', label: 'Household number' },
+  residents: { one: 'resident', key: 'resident_id', label: 'Resident id' },
+  devices: { one: 'device', key: 'device_id', label: 'Device id' },
+};
+let ctx;
+let els;
+let data = { households: [], residents: [], devices: [] };
+
+export function mount(section, context) {
+  ctx = context;
+  els = { list: h('div', { id: 'site-list' }), token: h('div', { id: 'site-token', class: 'card', hidden: true }),
+          dialog: h('dialog', { id: 'site-edit', 'aria-labelledby': 'site-edit-title' }) };
+  section.append(
+    h('h2', { tabindex: -1 }, 'Site'),
+    h('div', { class: 'grid' }, addForm('households'), addForm('residents'), addForm('devices')),
+    els.token, els.list, els.dialog,
+  );
+}
+
+export function show() {
+  load();
+}
+
+function extraFields(kind) {
+  return enabled(memberFields[kind] || [], ctx.features);
+}
+
+function extraInput(f, value) {
+  return f.type === 'checkbox' ? h('input', { name: f.key, type: 'checkbox', checked: Boolean(value) })
+    : h('input', { name: f.key, type: f.type, value: value ?? '' });
+}
+
+function householdSelect(name, selected) {
+  return h('select', { name, required: true },
+    data.households.map((hh) => h('option', { value: hh.household_number, selected: hh.household_number === selected },
+      hh.household_number + (hh.name ? ` · ${hh.name}` : ''))));
+}
+
+function formValues(form, kind) {
+  const values = {};
+  for (const [k, v] of new FormData(form).entries()) values[k] = typeof v === 'string' ? v.trim() : v;
+  for (const f of extraFields(kind)) if (f.type === 'checkbox') values[f.key] = form.elements[f.key].checked;
+  if (values.name === '') values.name = null;
+  return values;
+}
+
+function addForm(kind) {
+  const info = KINDS[kind];
+  const form = h('form', { class: 'card', id: `add-${info.one}`, 'aria-label': `Add a ${info.one}` });
+  const render = () => {
+    const rows = [field(info.label, h('input', { name: info.key, required: true, autocomplete: 'off' }))];
+    if (kind !== 'households') rows.push(field('Household', householdSelect('household_number')));
+    rows.push(field('Name', h('input', { name: 'name', autocomplete: 'off' })));
+    for (const f of extraFields(kind)) rows.push(f.type === 'checkbox'
+      ? h('label', { class: 'check' }, extraInput(f), f.label) : field(f.label, extraInput(f)));
+    form.replaceChildren(h('h3', {}, `Add a ${info.one}`), h('div', { class: 'row' }, rows,
+      h('button', { type: 'submit' }, `Add ${info.one}`)));
+  };
+  form.render = render;
+  render();
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const created = await attempt(() => api.post(`/api/admin/${kind}`, formValues(form, kind)));
+    if (!created) return;
+    form.reset();
+    toast(`Added ${info.one} ${created[info.key]}`, 'info');
+    if (created.token) showToken(info.one, created[info.key], created.token);
+    changed();
+  });
+  return form;
+}
+
+function showToken(one, ident, value) {
+  const input = h('input', { id: 'site-token-value', readonly: true, value, 'aria-label': `Token for ${one} ${ident}` });
+  const done = h('button', { type: 'button', class: 'secondary', onclick: () => { els.token.hidden = true; } }, 'Done');
+  const copy = h('button', { type: 'button', onclick: async () => {
+    toast((await copyText(value, input)) ? 'Token copied' : 'Select the token and copy it', 'info');
+  } }, 'Copy');
+  els.token.replaceChildren(h('h3', {}, `Token for ${one} ${ident}`),
+    h('p', {}, 'Shown this once: copy it into the app or door station now. Issuing a new one replaces it.'),
+    h('div', { class: 'token-box' }, input, copy, done));
+  els.token.hidden = false;
+  input.focus();
+  input.select();
+}
+
+async function load() {
+  const loaded = await attempt(() => Promise.all(Object.keys(KINDS).map((k) => api.get(`/api/admin/${k}`))));
+  if (!loaded) return;
+  [data.households, data.residents, data.devices] = loaded;
+  for (const form of document.querySelectorAll('#page-site form[id^="add-"]')) form.render();
+  render();
+}
+
+function changed() {
+  window.dispatchEvent(new Event('directory-changed'));
+  load();
+}
+
+function memberTable(kind, rows) {
+  const info = KINDS[kind];
+  const extras = extraFields(kind);
+  const head = h('tr', {}, ['Id', 'Name', ...extras.map((f) => f.label), 'Actions'].map((t) => h('th', { scope: 'col' }, t)));
+  const body = rows.map((row) => {
+    const id = row[info.key];
+    const label = `${info.one} ${id}`;
+    return h('tr', { dataset: { id } }, h('td', { class: 'mono' }, id), h('td', {}, row.name || ''),
+      extras.map((f) => h('td', {}, f.type === 'checkbox' ? (row[f.key] ? 'on' : 'off') : row[f.key] ?? '')),
+      h('td', {}, h('div', { class: 'actions' },
+        h('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${label}`, onclick: () => edit(kind, row) }, 'Edit'),
+        h('button', { type: 'button', class: 'secondary', 'aria-label': `New token for ${label}`,
+                      onclick: () => reissue(kind, id) }, 'New token'),
+        h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${label}`, onclick: () => remove(kind, id) },
+          'Delete'))));
+  });
+  return h('div', { class: 'scroll' }, h('table', {}, h('caption', { class: 'muted' }, kind), h('thead', {}, head),
+    h('tbody', {}, body.length ? body : h('tr', {}, h('td', { colspan: 3 + extras.length, class: 'muted' }, `No ${kind}.`)))));
+}
+
+function render() {
+  els.list.replaceChildren(...data.households.map((hh) => {
+    const n = hh.household_number;
+    const label = `household ${n}`;
+    return h('section', { class: 'card panel', 'aria-label': `Household ${n}`, dataset: { household: n } },
+      h('h3', {}, h('span', {}, `${n}${hh.name ? ` · ${hh.name}` : ''}`), h('span', { class: 'actions' },
+        h('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${label}`, onclick: () => edit('households', hh) }, 'Edit'),
+        h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${label}`, onclick: () => remove('households', n) }, 'Delete'))),
+      memberTable('residents', data.residents.filter((r) => r.household_number === n)),
+      memberTable('devices', data.devices.filter((d) => d.household_number === n)));
+  }));
+}
+
+function edit(kind, row) {
+  const info = KINDS[kind];
+  const id = row[info.key];
+  const form = h('form', { method: 'dialog' });
+  const rows = [h('h3', { id: 'site-edit-title' }, `Edit ${info.one} ${id}`),
+                field('Name', h('input', { name: 'name', value: row.name || '' }))];
+  if (kind !== 'households') rows.push(field('Household', householdSelect('household_number', row.household_number)));
+  for (const f of extraFields(kind)) rows.push(f.type === 'checkbox'
+    ? h('label', { class: 'check' }, extraInput(f, row[f.key]), f.label) : field(f.label, extraInput(f, row[f.key])));
+  rows.push(h('div', { class: 'actions' }, h('button', { type: 'submit', value: 'save' }, 'Save'),
+    h('button', { type: 'button', class: 'secondary', onclick: () => els.dialog.close() }, 'Cancel')));
+  form.append(...rows);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const saved = await attempt(() => api.patch(`/api/admin/${kind}/${seg(id)}`, formValues(form, kind)));
+    if (!saved) return;
+    els.dialog.close();
+    changed();
+  });
+  els.dialog.replaceChildren(form);
+  els.dialog.showModal();
+}
+
+async function reissue(kind, id) {
+  const one = KINDS[kind].one;
+  if (!window.confirm(`Issue a new token for ${one} ${id}? Its current token stops working.`)) return;
+  const issued = await attempt(() => api.post(`/api/admin/${kind}/${seg(id)}/token`));
+  if (issued) showToken(one, id, issued.token);
+}
+
+async function remove(kind, id) {
+  const one = KINDS[kind].one;
+  if (!window.confirm(`Delete ${one} ${id}?`)) return;
+  const done = await attempt(async () => {
+    await api.del(`/api/admin/${kind}/${seg(id)}`);
+    return true;
+  });
+  if (done) {
+    toast(`Deleted ${one} ${id}`, 'info');
+    changed();
+  }
+}
