@@ -7,10 +7,10 @@ they refresh the README's pictures.
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 import logging
+import os
 import re
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
