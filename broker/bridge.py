@@ -26,6 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.calls import CallService
 from broker.config import ConfigError, Settings
+from broker.db_open import StorageError
 from broker.directory import Directory
 from broker.mqtt_router import on_publish
 from broker.services import Services
@@ -188,10 +189,13 @@ class BridgedServer:
         if not s.local_only and s.admin_token is None:
             raise ConfigError(f"refusing to listen on {s.server.host} without credentials: set INTERCOM_ADMIN_TOKEN")
         data_dir = s.server.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        key = s.trtc.secret_key.get_secret_value() if s.trtc.secret_key else dev_secret_key(data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            key = s.trtc.secret_key.get_secret_value() if s.trtc.secret_key else dev_secret_key(data_dir)
+        except OSError as exc:
+            raise StorageError(f"cannot use data dir {data_dir}: {exc}") from exc
         admin = s.admin_token.get_secret_value() if s.admin_token else None
-        store = Store(data_dir / "intercom.db")
+        store = Store(data_dir / "intercom.db", s.store.busy_timeout_ms, s.store.quick_check_on_start)
         directory = Directory(store, s.auth.pbkdf2_iterations, admin)
         directory.seed_site(s.site)
         trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)

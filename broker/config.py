@@ -149,6 +149,16 @@ class HttpConfig(_Strict):
     tls: TlsConfig | None = None
 
 
+class StoreConfig(_Strict):
+    """The sqlite files (intercom.db, sessions.db); see docs/reliability.md."""
+
+    # How long one sqlite call waits, on the event loop, for a lock another process holds. After a write
+    # fails on a lock, writes fail at once (REST 503 + Retry-After) until a backing-off probe succeeds.
+    busy_timeout_ms: int = Field(100, ge=0, le=10_000)
+    # PRAGMA quick_check on both files at start (reads every page: seconds for a very large history).
+    quick_check_on_start: bool = True
+
+
 class SiteResident(_Strict):
     resident_id: str = Field(min_length=1, max_length=64)
     name: str | None = None
@@ -181,6 +191,7 @@ class Settings(_Strict):
     limits: LimitsConfig = LimitsConfig()
     acl: AclConfig = AclConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    store: StoreConfig = StoreConfig()
     admin_token: SecretStr | None = None
 
     @field_validator("server")

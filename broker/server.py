@@ -13,6 +13,7 @@ from aiohttp import web
 
 from broker.calls import CallService
 from broker.config import ConfigError, Settings
+from broker.db_open import StorageError
 from broker.directory import Directory
 from broker.mqtt_broker import IntercomBroker
 from broker.outlet import DeliveryLimits
@@ -82,16 +83,19 @@ class IntercomServer:
                 "(anonymous access is only allowed when every listener is on loopback)"
             )
         data_dir = s.server.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
         if s.trtc.secret_key is None:
-            key = dev_secret_key(data_dir)
+            try:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                key = dev_secret_key(data_dir)
+            except OSError as exc:
+                raise StorageError(f"cannot use data dir {data_dir}: {exc}") from exc
             log.warning("INTERCOM_TRTC_SECRET_KEY is not set: using a generated dev key from %s; "
                         "UserSigs are only valid locally, not with Tencent's servers", data_dir)
         else:
             key = s.trtc.secret_key.get_secret_value()
         admin = s.admin_token.get_secret_value() if s.admin_token else None
 
-        store = Store(data_dir / "intercom.db")
+        store = Store(data_dir / "intercom.db", s.store.busy_timeout_ms, s.store.quick_check_on_start)
         directory = Directory(store, s.auth.pbkdf2_iterations, admin)
         directory.seed_site(s.site)
         broker = IntercomBroker(self.broker_config())
@@ -104,7 +108,8 @@ class IntercomServer:
         calls = CallService(store, directory, trtc, s.calls, broker)
         self.services = Services(s, store, directory, trtc, calls, StatusService(store, directory, broker))
         limits = getattr(s, "limits", None)
-        self.persistence = SessionPersistence(SessionDB(data_dir / "sessions.db"),
+        session_db = SessionDB(data_dir / "sessions.db", s.store.busy_timeout_ms, s.store.quick_check_on_start)
+        self.persistence = SessionPersistence(session_db,
                                               getattr(limits, "max_queued_messages", 1000),
                                               getattr(limits, "session_expiry_s", 7 * 86400))
         self.presence = Presence(calls, self.services.status, s.calls.party_offline_grace_s)

@@ -17,6 +17,7 @@ from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
 from broker import fastjson
+from broker.db_open import DatabaseDamaged, naming, open_db
 from broker.states import CallSession, CallState, EndReason
 
 __all__ = ["Store", "StoreError", "write_transition"]
@@ -29,21 +30,24 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, busy_timeout_ms: int = 100, check: bool = True) -> None:
+        """Open (and quick_check) the file; a damaged or unusable one raises StorageError naming it."""
         if path is None:
             self.db = Database(memory=True)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), check_same_thread=False)
+            # Refused rather than moved aside when damaged: the directory and tokens live here, and
+            # starting empty would lock every client out.
+            try:
+                conn = open_db(path, busy_timeout_ms=busy_timeout_ms, check=check)
+            except DatabaseDamaged as exc:
+                raise DatabaseDamaged(f"{exc}: refusing to start; restore it from a backup, or move it away to "
+                                      "start with an empty directory and call history") from exc
             self.db = Database(conn)
-            # WAL: a crash never leaves a torn page; NORMAL keeps commits off fsync's critical path.
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=2000")
         # Called before any write outside a call transition, so it never shares (or rolls back) an open
         # group of staged transitions: the group commit (broker.group_commit) commits them first.
         self.before_write: Callable[[], None] | None = None
-        self._create()
+        with naming(path or Path(":memory:")):
+            self._create()
 
     def _create(self) -> None:
         t = self._t
