@@ -25,7 +25,7 @@ from broker.fastjson import compact
 from broker.group_commit import GroupCommit, Publisher
 from broker.payloads import CallInfo, ControlMessage, ErrorBody, topics
 from broker.states import Action, CallSession, CallState, Party, Role
-from broker.store import Store, call_from_row, write_transition
+from broker.store import Store, StoreUnavailable, call_from_row, write_transition
 from broker.trtc import Trtc
 
 __all__ = ["CallService", "Publisher", "iso"]
@@ -347,7 +347,11 @@ class CallService:
         action = Action.RING_TIMEOUT if call.state is CallState.RINGING else Action.MAX_DURATION
         try:
             self._transition(call, SERVER, action, None)
-        except Exception:
-            # A failed write must not kill the timer path for good: retry shortly.
-            log.exception("call %s: deadline transition failed, retrying in 1 s", call_id)
+        except Exception as exc:
+            # A failed write must not kill the timer path for good: retry shortly. A locked database is
+            # logged once by the store's write gate, which refuses the retries without blocking.
+            if isinstance(exc, StoreUnavailable):
+                log.debug("call %s: deadline transition refused (%s), retrying in 1 s", call_id, exc)
+            else:
+                log.exception("call %s: deadline transition failed, retrying in 1 s", call_id)
             self._timers[call_id] = asyncio.get_running_loop().call_later(RETRY_S, self._on_deadline, call_id)

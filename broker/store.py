@@ -1,7 +1,8 @@
 """A thin synchronous store over sqlite-utils; call transitions use raw statements (`write_transition`).
 
 The call service stages transitions in group transactions (broker/group_commit.py); every other write is a
-transaction of its own, committed before it returns.
+transaction of its own, committed before it returns. Every write passes `gate` (broker/write_gate.py): while
+another process holds the file locked, writes fail at once with StoreUnavailable instead of waiting.
 """
 
 from __future__ import annotations
@@ -19,14 +20,11 @@ from sqlite_utils.db import NotFoundError, Table
 from broker import fastjson
 from broker.db_open import DatabaseDamaged, naming, open_db
 from broker.states import CallSession, CallState, EndReason
+from broker.write_gate import StoreError, StoreUnavailable, WriteGate
 
-__all__ = ["Store", "StoreError", "write_transition"]
+__all__ = ["Store", "StoreError", "StoreUnavailable", "write_transition"]
 
 DIRECTORY = {"households": "household_number", "residents": "resident_id", "devices": "device_id"}
-
-
-class StoreError(Exception):
-    """The database refused a write (disk full, locked, corrupt); nothing was half-written."""
 
 
 class Store:
@@ -46,6 +44,7 @@ class Store:
         # Called before any write outside a call transition, so it never shares (or rolls back) an open
         # group of staged transitions: the group commit (broker.group_commit) commits them first.
         self.before_write: Callable[[], None] | None = None
+        self.gate = WriteGate(str(path or ":memory:"))  # every write, group commits included, passes it
         with naming(path or Path(":memory:")):
             self._create()
 
@@ -99,11 +98,13 @@ class Store:
     def _tx(self) -> Iterator[None]:
         if self.before_write is not None:
             self.before_write()
+        self.gate.check()
         try:
             with self.db.conn:
                 yield
         except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+            raise self.gate.failed(exc) from exc
+        self.gate.succeeded()
 
     # directory -----------------------------------------------------------------------------
 
