@@ -28,6 +28,7 @@ from broker.calls import CallService
 from broker.config import ConfigError, Settings
 from broker.db_open import StorageError
 from broker.directory import Directory
+from broker.http_site import start_http
 from broker.mqtt_router import on_publish
 from broker.services import Services
 from broker.status import StatusService
@@ -210,9 +211,7 @@ class BridgedServer:
                         self.target.host, self.target.port)
         recovered = calls.recover()
         app = create_app(self.services)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, s.server.host, s.server.http_port).start()
+        self._runner, _ = await start_http(app, s.server.host, s.server.http_port, s.limits)
         addresses: Any = self._runner.addresses
         self.http_port = int(addresses[0][1])
         app[HEALTH]["broker"] = True

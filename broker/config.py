@@ -70,6 +70,13 @@ class LimitsConfig(_Strict):
     http_per_ip: Rate = Rate(per_s=50, burst=200)
     http_per_principal: Rate = Rate(per_s=20, burst=100)
     exempt_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    # REST connections (broker/http_site.py): a request head must arrive within this of accepting the
+    # connection or of its previous response, a request body within body_timeout_s of its head.
+    http_header_timeout_s: float = Field(10.0, gt=0, le=600)
+    http_body_timeout_s: float = Field(10.0, gt=0, le=600)
+    # Open REST connections; past it a new one evicts the oldest waiting for a request head. Fitted to a
+    # quarter of `ulimit -n` (the MQTT listeners keep the rest).
+    max_http_connections: int = Field(1000, ge=1)
 
     @field_validator("exempt_networks")
     @classmethod

@@ -34,6 +34,7 @@ from amqtt.utils import gen_client_id
 from transitions import MachineError
 
 from broker.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
+from broker.accept_loop import serve
 from broker.config import LimitsConfig
 from broker.flapping import FlappingGuard
 from broker.lazy import LazyEvent
@@ -108,8 +109,8 @@ class HardeningMixin:
         def protocol() -> GatedProtocol:
             return GatedProtocol(asyncio.StreamReader(loop=loop), connected, gate)
 
-        return await loop.create_server(protocol, address, port, reuse_address=True, ssl=context,
-                                        ssl_handshake_timeout=limits.connect_timeout_s if context else None)
+        return await serve(f"MQTT listener {listener_name}", protocol, address, port, ssl_context=context,
+                           ssl_handshake_timeout=limits.connect_timeout_s)  # our accept loop: survives EMFILE
 
     # -- accept ---------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from broker.calls import CallService
 from broker.config import ConfigError, Settings
 from broker.db_open import StorageError
 from broker.directory import Directory
+from broker.http_site import start_http
 from broker.mqtt_broker import IntercomBroker
 from broker.outlet import DeliveryLimits
 from broker.presence import Presence
@@ -132,11 +133,8 @@ class IntercomServer:
         self.presence.arm_recovered(store.active_calls())
 
         app = create_app(self.services)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
         http_tls = server_context(s.http.tls) if s.http.tls is not None else None
-        site = web.TCPSite(self._runner, s.server.host, s.server.http_port, ssl_context=http_tls)
-        await site.start()
+        self._runner, _ = await start_http(app, s.server.host, s.server.http_port, s.limits, http_tls)
         self.http_port = int(self._runner.addresses[0][1])
         app[HEALTH]["broker"] = True
         ws = f" ws://{_bind(s.server.host, self.ws_port)}" if self.ws_port is not None else ""

@@ -9,6 +9,7 @@ from http_api.auth import auth_middleware
 from http_api.envelope import error_middleware
 from http_api.keys import HEALTH, SERVICES
 from http_api.ratelimit import rate_limit_middlewares
+from http_api.read_deadline import read_deadline_middleware
 from http_api.routes import setup_routes
 
 __all__ = ["create_app"]
@@ -17,7 +18,7 @@ __all__ = ["create_app"]
 def create_app(services: Services) -> web.Application:
     per_ip, per_principal = rate_limit_middlewares(services.settings.limits)
     app = web.Application(
-        middlewares=[error_middleware, per_ip, auth_middleware, per_principal],
+        middlewares=[error_middleware, read_deadline_middleware, per_ip, auth_middleware, per_principal],
         client_max_size=services.settings.http.max_body_bytes,
     )
     app[SERVICES] = services
