@@ -1,9 +1,9 @@
 """A listening socket served by our own accept loop, which survives running out of file descriptors.
 
-The event loops' own accept paths do not: asyncio retries an accept that failed with EMFILE after 1 s,
-logging a traceback each time, and uvloop closes the listener for good (libuv hands EMFILE to the listen
-callback, which closes the server) - one burst of connections past `ulimit -n` and nobody can connect
-until a restart. Here the listening socket is read by a reader callback that accepts in batches:
+The event loops' own accept paths do not serve well there: asyncio retries an accept that failed with
+EMFILE only after 1 s, logging a traceback each time, and uvloop (libuv's "EMFILE trick") accepts and at
+once closes every pending connection, legitimate ones included, for as long as descriptors are short.
+Here the listening socket is read by a reader callback that accepts in batches:
 
 - EMFILE/ENFILE/ENOBUFS/ENOMEM pause accepting for `PAUSE_S` (one throttled log line); the pending
   connections wait in the kernel's backlog, and accepting resumes by itself;

@@ -15,8 +15,6 @@ import pytest
 from tests.security_helpers import Raw, connect
 from tests.server_process import ServerProcess
 
-pytestmark = pytest.mark.slow
-
 FD_LIMIT = 256
 ATTACKERS = 300  # more than the server has descriptors
 LINE_EVERY_S = 1.0  # one more header line each second, never the blank line that ends the head
@@ -69,6 +67,7 @@ async def _mqtt_connect_within(port: int, seconds: float) -> bool:
         return False
 
 
+@pytest.mark.slow
 async def test_slow_header_flood_past_the_fd_limit_leaves_rest_and_mqtt_reachable(tmp_path: Path) -> None:
     """300 slow-header connections against `ulimit -n 256`: 3 header timeouts into the attack a new
     /healthz and a new MQTT CONNECT each succeed within 2 s, three times over."""
@@ -96,3 +95,68 @@ async def test_slow_header_flood_past_the_fd_limit_leaves_rest_and_mqtt_reachabl
         with contextlib.suppress(Exception):
             await asyncio.gather(*attack, return_exceptions=True)
         server.stop()
+
+
+async def _open_partial(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    await writer.drain()
+    return reader, writer
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes | None:
+    """Everything the server sent before closing, or None if it kept the connection open."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await reader.read()
+    except TimeoutError:
+        return None
+
+
+async def test_a_request_head_that_does_not_complete_in_time_is_cut_off(make_harness) -> None:
+    """One header line every 0.2 s with http_header_timeout_s 0.5: closed within about 1 s."""
+    h = await make_harness(limits={"http_header_timeout_s": 0.5})
+    reader, writer = await _open_partial(h.server.http_port)
+    started = time.monotonic()
+    async def trickle() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                await asyncio.sleep(0.2)
+                writer.write(b"X-Slow: 1\r\n")
+                await writer.drain()
+    task = asyncio.create_task(trickle())
+    try:
+        assert await _closed_within(reader, 2.0) is not None
+        assert time.monotonic() - started < 1.5
+    finally:
+        task.cancel()
+        writer.close()
+
+
+async def test_a_request_body_that_does_not_arrive_in_time_gets_408(make_harness) -> None:
+    """A head announcing 100 bytes, then 10: 408 envelope after http_body_timeout_s, then the connection closes."""
+    h = await make_harness(limits={"http_body_timeout_s": 0.5})
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.server.http_port)
+    writer.write(b"POST /api/mqtt/call HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"device_i")
+    await writer.drain()
+    try:
+        got = await _closed_within(reader, 3.0)
+        assert got is not None and got.startswith(b"HTTP/1.1 408"), got
+        assert b'"code": 408' in got
+    finally:
+        writer.close()
+
+
+async def test_past_the_connection_cap_the_oldest_waiting_connection_makes_room(make_harness) -> None:
+    """max_http_connections 4, all held by unfinished heads: a new request is served, the oldest is closed."""
+    h = await make_harness(limits={"max_http_connections": 4})
+    held = [await _open_partial(h.server.http_port) for _ in range(4)]
+    await asyncio.sleep(0.1)
+    try:
+        assert (await h.get("/healthz"))[0] == 200
+        assert await _closed_within(held[0][0], 1.0) is not None  # the oldest made room
+        assert await _closed_within(held[3][0], 0.2) is None  # the newest still waits for its head
+    finally:
+        for _, writer in held:
+            writer.close()
