@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from broker import http_site
 from broker.config import ConfigError, Settings
 from broker.core.calls import CallService
 from broker.core.directory import Directory
@@ -23,6 +24,7 @@ from broker.core.services import Services
 from broker.core.status import StatusService
 from broker.core.store import Store
 from broker.core.trtc import Trtc
+from broker.db_open import StorageError
 from broker.mqtt.session_persistence import SessionPersistence
 from broker.tls import server_context
 from http_api import create_app
@@ -72,10 +74,13 @@ def _trtc_key(settings: Settings) -> str:
 def build_services(settings: Settings, publisher: Publisher) -> Services:
     """The store, directory, TRTC, call and status services over one sqlite file in the data dir."""
     s = settings
-    s.server.data_dir.mkdir(parents=True, exist_ok=True)
-    key = _trtc_key(s)
+    try:
+        s.server.data_dir.mkdir(parents=True, exist_ok=True)
+        key = _trtc_key(s)
+    except OSError as exc:
+        raise StorageError(f"cannot use data dir {s.server.data_dir}: {exc}") from exc
     admin = s.admin_token.get_secret_value() if s.admin_token else None
-    store = Store(s.server.data_dir / "intercom.db")
+    store = Store(s.server.data_dir / "intercom.db", s.store.busy_timeout_ms, s.store.quick_check_on_start)
     directory = Directory(store, s.auth.pbkdf2_iterations, admin)
     directory.seed_site(s.site)
     trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
@@ -106,9 +111,7 @@ async def start_http(services: Services, ws_port: int | None = None) -> tuple[we
     app = create_app(services)
     if ws_port is not None:
         app[WS_PORT] = ws_port
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
     http_tls = server_context(s.http.tls) if s.http.tls is not None else None
-    await web.TCPSite(runner, s.server.host, s.server.http_port, ssl_context=http_tls).start()
+    runner, _ = await http_site.start_http(app, s.server.host, s.server.http_port, s.limits, http_tls)
     app[HEALTH]["broker"] = True
     return runner, int(runner.addresses[0][1])

@@ -14,6 +14,7 @@ from typing import Any
 
 from broker.bridge import BridgedServer, parse_broker_url
 from broker.config import ConfigError, Settings, load_settings
+from broker.db_open import StorageError
 from broker.server import IntercomServer
 
 __all__ = ["main"]
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"intercom-broker: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:
+        print(f"intercom-broker: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"intercom-broker: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -73,6 +73,13 @@ class LimitsConfig(_Strict):
     http_per_ip: Rate = Rate(per_s=50, burst=200)
     http_per_principal: Rate = Rate(per_s=20, burst=100)
     exempt_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    # REST connections (broker/http_site.py): a request head must arrive within this of accepting the
+    # connection or of its previous response, a request body within body_timeout_s of its head.
+    http_header_timeout_s: float = Field(10.0, gt=0, le=600)
+    http_body_timeout_s: float = Field(10.0, gt=0, le=600)
+    # Open REST connections; past it a new one evicts the oldest waiting for a request head. Fitted to a
+    # quarter of `ulimit -n` (the MQTT listeners keep the rest).
+    max_http_connections: int = Field(1000, ge=1)
 
     @field_validator("exempt_networks")
     @classmethod
@@ -162,6 +169,16 @@ class HttpConfig(_Strict):
         return [o.rstrip("/") for o in v]
 
 
+class StoreConfig(_Strict):
+    """The sqlite files (intercom.db, sessions.db); see docs/reliability.md."""
+
+    # How long one sqlite call waits, on the event loop, for a lock another process holds. After a write
+    # fails on a lock, writes fail at once (REST 503 + Retry-After) until a backing-off probe succeeds.
+    busy_timeout_ms: int = Field(100, ge=0, le=10_000)
+    # PRAGMA quick_check on both files at start (reads every page: seconds for a very large history).
+    quick_check_on_start: bool = True
+
+
 class SiteResident(_Strict):
     resident_id: Id
     name: str | None = None
@@ -194,6 +211,7 @@ class Settings(_Strict):
     limits: LimitsConfig = LimitsConfig()
     acl: AclConfig = AclConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    store: StoreConfig = StoreConfig()
     admin_token: SecretStr | None = None
 
     @field_validator("server")

@@ -63,7 +63,8 @@ class IntercomServer:
             broker.tls_contexts = {"tls": ctx} if s.mqtt.tls.plain else {"default": ctx, "ws": ctx}
         self.services = services = build_services(s, broker)
         calls = services.calls
-        self.persistence = SessionPersistence(SessionDB(s.server.data_dir / "sessions.db"),
+        self.persistence = SessionPersistence(SessionDB(s.server.data_dir / "sessions.db", s.store.busy_timeout_ms,
+                                                        s.store.quick_check_on_start),
                                               s.limits.max_queued_messages, s.limits.session_expiry_s)
         self.presence = Presence(calls, services.status, s.calls.party_offline_grace_s)
         bind_plugins(broker.plugins_manager.plugins, services, self.presence, self.persistence)

@@ -10,6 +10,7 @@ from http_api.cors import cors_preflight_middleware, setup_cors
 from http_api.envelope import error_middleware
 from http_api.keys import HEALTH, SERVICES
 from http_api.ratelimit import rate_limit_middlewares
+from http_api.read_deadline import read_deadline_middleware
 from http_api.routes import setup_routes
 
 __all__ = ["create_app"]
@@ -18,7 +19,8 @@ __all__ = ["create_app"]
 def create_app(services: Services) -> web.Application:
     per_ip, per_principal = rate_limit_middlewares(services.settings.limits)
     app = web.Application(
-        middlewares=[error_middleware, per_ip, cors_preflight_middleware, auth_middleware, per_principal],
+        middlewares=[error_middleware, read_deadline_middleware, per_ip, cors_preflight_middleware, auth_middleware,
+                     per_principal],
         client_max_size=services.settings.http.max_body_bytes,
     )
     app[SERVICES] = services

@@ -21,6 +21,7 @@ from tests.security_helpers import token as issue_token
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(os.environ.get("INTERCOM_SCREENSHOTS") or tempfile.mkdtemp(prefix="console-shots-"))
+SHOTS.mkdir(parents=True, exist_ok=True)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -69,7 +70,6 @@ async def tabs(browser: Browser, base: str, **context_options) -> Tabs:
 
 
 async def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
     await page.bring_to_front()  # a background tab paints no frames, and a screenshot waits for one
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 

@@ -25,7 +25,7 @@ from broker.core.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
 from broker.core.group_commit import GroupCommit, Publisher
 from broker.core.payloads import CallInfo, ControlMessage, ErrorBody, control_notice, incoming_call_encoder, topics
 from broker.core.states import Action, CallSession, CallState, Party, Role
-from broker.core.store import Store, call_from_row, write_transition
+from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
 from broker.core.trtc import Trtc
 
 __all__ = ["CallService", "Publisher", "iso"]
@@ -364,7 +364,11 @@ class CallService:
         action = Action.RING_TIMEOUT if call.state is CallState.RINGING else Action.MAX_DURATION
         try:
             self._transition(call, SERVER, action, None)
-        except Exception:
-            # A failed write must not kill the timer path for good: retry shortly.
-            log.exception("call %s: deadline transition failed, retrying in 1 s", call_id)
+        except Exception as exc:
+            # A failed write must not kill the timer path for good: retry shortly. A locked database is
+            # logged once by the store's write gate, which refuses the retries without blocking.
+            if isinstance(exc, StoreUnavailable):
+                log.debug("call %s: deadline transition refused (%s), retrying in 1 s", call_id, exc)
+            else:
+                log.exception("call %s: deadline transition failed, retrying in 1 s", call_id)
             self._timers[call_id] = asyncio.get_running_loop().call_later(RETRY_S, self._on_deadline, call_id)

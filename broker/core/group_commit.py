@@ -9,7 +9,8 @@ more than the rest of the write.
 
 If the commit fails, every transition of the group is undone in memory (newest first), its messages
 are dropped, the `on_failure` callbacks run (e.g. an MQTT error reply) and `durable()` raises
-`StoreError` (a 500 over REST), which is what a failed synchronous write did before.
+`StoreError` (a 500 over REST), which is what a failed synchronous write did before. While another
+process holds the file locked, `stage` raises `StoreUnavailable` (503) at once (broker/core/write_gate.py).
 """
 
 from __future__ import annotations
@@ -64,20 +65,22 @@ class GroupCommit:
 
         `undo` reverts the caller's in-memory change should the group's commit fail.
         """
+        gate = self.store.gate
+        gate.check()  # StoreUnavailable at once while another process holds the file locked
         conn = self.store.db.conn
         try:
             if not conn.in_transaction:
                 conn.execute("BEGIN")
             conn.execute("SAVEPOINT step")
         except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+            raise gate.failed(exc) from exc
         try:
             write(conn)
             conn.execute("RELEASE step")
         except BaseException as exc:
             self._abandon_step(conn)
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(str(exc)) from exc
+                raise gate.failed(exc) from exc
             raise
         self._undo.append(undo)
         self._open = True
@@ -150,8 +153,9 @@ class GroupCommit:
         try:
             self.store.db.conn.commit()
         except sqlite3.Error as exc:
-            self._fail(StoreError(str(exc)))
+            self._fail(self.store.gate.failed(exc))
             return
+        self.store.gate.succeeded()
         after = self._after
         outbox, waiter = self._take()
         self.commits += 1

@@ -1,7 +1,8 @@
 """A thin synchronous store over sqlite-utils; call transitions use raw statements (`write_transition`).
 
 The call service stages transitions in group transactions (broker/core/group_commit.py); every other write is a
-transaction of its own, committed before it returns.
+transaction of its own, committed before it returns. Every write passes `gate` (broker/core/write_gate.py): while
+another process holds the file locked, writes fail at once with StoreUnavailable instead of waiting.
 """
 
 from __future__ import annotations
@@ -18,32 +19,34 @@ from sqlite_utils.db import NotFoundError, Table
 
 from broker.core import fastjson
 from broker.core.states import CallSession, CallState, EndReason
+from broker.core.write_gate import StoreError, StoreUnavailable, WriteGate
+from broker.db_open import DatabaseDamaged, naming, open_db
 
-__all__ = ["Store", "StoreError", "write_transition"]
+__all__ = ["Store", "StoreError", "StoreUnavailable", "write_transition"]
 
 DIRECTORY = {"households": "household_number", "residents": "resident_id", "devices": "device_id"}
 
 
-class StoreError(Exception):
-    """The database refused a write (disk full, locked, corrupt); nothing was half-written."""
-
-
 class Store:
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, busy_timeout_ms: int = 100, check: bool = True) -> None:
+        """Open (and quick_check) the file; a damaged or unusable one raises StorageError naming it."""
         if path is None:
             self.db = Database(memory=True)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), check_same_thread=False)
+            # Refused rather than moved aside when damaged: the directory and tokens live here, and
+            # starting empty would lock every client out.
+            try:
+                conn = open_db(path, busy_timeout_ms=busy_timeout_ms, check=check)
+            except DatabaseDamaged as exc:
+                raise DatabaseDamaged(f"{exc}: refusing to start; restore it from a backup, or move it away to "
+                                      "start with an empty directory and call history") from exc
             self.db = Database(conn)
-            # WAL: a crash never leaves a torn page; NORMAL keeps commits off fsync's critical path.
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=2000")
         # Called before any write outside a call transition, so it never shares (or rolls back) an open
         # group of staged transitions: the group commit (broker.core.group_commit) commits them first.
         self.before_write: Callable[[], None] | None = None
-        self._create()
+        self.gate = WriteGate(str(path or ":memory:"))  # every write, group commits included, passes it
+        with naming(path or Path(":memory:")):
+            self._create()
 
     def _create(self) -> None:
         t = self._t
@@ -95,11 +98,13 @@ class Store:
     def _tx(self) -> Iterator[None]:
         if self.before_write is not None:
             self.before_write()
+        self.gate.check()
         try:
             with self.db.conn:
                 yield
         except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+            raise self.gate.failed(exc) from exc
+        self.gate.succeeded()
 
     # directory -----------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from amqtt.session import Session
 from amqtt.utils import gen_client_id
 from transitions import MachineError
 
+from broker.accept_loop import serve
 from broker.config import LimitsConfig
 from broker.limiter import is_exempt
 from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
@@ -107,8 +108,8 @@ class HardeningMixin:
         def protocol() -> GatedProtocol:
             return GatedProtocol(asyncio.StreamReader(loop=loop), connected, gate)
 
-        return await loop.create_server(protocol, address, port, reuse_address=True, ssl=context,
-                                        ssl_handshake_timeout=limits.connect_timeout_s if context else None)
+        return await serve(f"MQTT listener {listener_name}", protocol, address, port, ssl_context=context,
+                           ssl_handshake_timeout=limits.connect_timeout_s)  # our accept loop: survives EMFILE
 
     # -- accept ---------------------------------------------------------------------------------
 

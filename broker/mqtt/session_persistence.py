@@ -35,6 +35,8 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
+from broker.db_open import naming, open_db
+
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
 log = logging.getLogger("intercom.sessions")
@@ -72,14 +74,16 @@ class StoredSession:
 class SessionDB:
     """sqlite mirror of persistent sessions; a failed write is logged, never raised into delivery."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.conn = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False,
-                                    isolation_level=None)
-        if path is not None:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA busy_timeout=2000")
-        self.conn.executescript(_SCHEMA)
+    def __init__(self, path: Path | None, busy_timeout_ms: int = 100, check: bool = True) -> None:
+        """Open (and quick_check) the file: a damaged one is moved aside with an ERROR and replaced by an
+        empty one (clients see session present = 0 and subscribe again); an unusable path raises StorageError."""
+        if path is None:
+            self.conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        else:
+            self.conn = open_db(path, busy_timeout_ms=busy_timeout_ms, check=check, move_aside=True,
+                                isolation_level=None)
+        with naming(path or Path(":memory:")):
+            self.conn.executescript(_SCHEMA)
         self.frozen = False  # set at shutdown: amqtt then empties every queue, which must not reach disk
         self._seq = 0
 

@@ -1,0 +1,104 @@
+"""`python -m broker` as a subprocess on 127.0.0.1 free ports, for tests about files, locks and descriptors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
+
+
+def households(n: int) -> list[dict[str, Any]]:
+    """`n` households, each with resident `r<i>` and device `d<i>`."""
+    return [{"household_number": f"h{i}", "residents": [{"resident_id": f"r{i}"}], "devices": [{"device_id": f"d{i}"}]}
+            for i in range(n)]
+
+
+class ServerProcess:
+    """One server process; stderr is kept line by line in `log` (and drained, so the child never blocks)."""
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any] | None = None, data_dir: Path | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
+        self.config_path = tmp_path / "broker.yaml"
+        raw = {"auth": {"pbkdf2_iterations": 1000}, "site": {"households": households(1)}, **(config or {})}
+        self.config_path.write_text(yaml.safe_dump(raw))
+        self.data_dir = data_dir or tmp_path / "data"
+        self.preexec_fn = preexec_fn
+        self.proc: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
+        self.mqtt_port = self.http_port = 0
+
+    def spawn(self) -> subprocess.Popen[str]:
+        env = {**os.environ, "INTERCOM_TRTC_SECRET_KEY": "subprocess-test-secret"}
+        env.pop("INTERCOM_ADMIN_TOKEN", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "broker", "--config", str(self.config_path), "--host", "127.0.0.1",
+             "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0", "--data-dir", str(self.data_dir)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            preexec_fn=self.preexec_fn)  # only setrlimit: safe before exec
+        return self.proc
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        proc = self.spawn()
+        assert proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                raise AssertionError(f"server exited early with {proc.wait()}:\n{''.join(self.log)}")
+            self.log.append(line)
+            if m := READY.search(line):
+                self.mqtt_port, self.http_port = int(m.group(1)), int(m.group(2))
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self
+        raise AssertionError("server did not report its ports in time")
+
+    def run_to_exit(self, timeout: float = 20.0) -> tuple[int, str]:
+        """Start, expecting the server to refuse: (exit code, stderr)."""
+        proc = self.spawn()
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"server kept running:\n{err}") from None
+        return proc.returncode, err
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def stop(self) -> None:
+        """SIGTERM (a clean shutdown), SIGKILL if it hangs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def http(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
