@@ -28,7 +28,7 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
         # hardening.HardeningMixin: admission, authentication, session adoption and takeover
         "_create_server_instance", "_client_connected", "_initialize_client_session", "_authenticate",
         "_session_monitor", "_handle_client_session",
-        # fast_path.FastPathMixin: subscription index, direct delivery, retained tree
+        # routing.RoutingMixin (subscription index, delivery, retained tree), fast_path.FastPathMixin (connections)
         "stream_connected", "_client_message_loop", "add_subscription", "_del_subscription",
         "_del_all_subscriptions", "_publish_retained_messages_for_subscription", "_broadcast_message",
         "_run_broadcast",

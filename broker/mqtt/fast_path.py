@@ -1,34 +1,18 @@
-"""Hot-path overrides of amqtt 0.12.1's Broker: a subscription index and direct, bounded delivery.
+"""What comes in on a connection: the reader's packets, handled in place, and the connection's life.
 
-What changes against amqtt (each override names the method it replaces, so it can be offered upstream):
+Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can be offered upstream):
 
-* Matching: `SubscriptionIndex` finds the subscribers of a topic in O(topic levels) instead of testing
-  every filter (`_run_broadcast`); subscribe, unsubscribe and disconnect cleanup touch only the session's
-  own filters (`add_subscription`, `_del_subscription`, `_del_all_subscriptions`).
-* Delivery: a client PUBLISH is routed synchronously, straight into each subscriber's `Outlet` (no
-  delivered-message queue, no broadcast queue, no task or future per subscriber). Delivered QoS is
-  min(publisher QoS, granted QoS) (amqtt used the subscriber's QoS).
 * Reading: for readers that hand out whole packets (HardeningMixin's GuardedReader), `FastHandler`
-  replaces amqtt's `_reader_loop`: PUBLISH, PUBACK and PUBREL are decoded from bytes and handled in
-  place, without amqtt's `wait_for` task and `handle_*` task per packet; other packets take amqtt's path.
+  replaces amqtt's `_reader_loop`: PUBLISH, PUBACK and PUBREL are decoded from bytes and handled inside
+  the reader's call, with no task per packet; other packets take amqtt's path.
+* A PUBLISH is checked against the ACL, routed (`RoutingMixin`), retained, shown to `InterceptsPublish`
+  plugins, then acknowledged (after the plugins' durable effect: `AcknowledgesAfter`).
 * Incoming QoS 2 (MQTT 3.1.1 §4.3.3, "method B"): the ACL runs at PUBLISH; an allowed message is held in
   `session.inflight_in` (durable for a persistent session) before PUBREC and routed at PUBREL; a refused one
   is acknowledged and dropped. At most `limits.max_inflight_messages` are held per session: one more closes
-  the connection (MQTT 5's Receive Maximum rule). Every PUBREL gets a PUBCOMP. amqtt ran a task per QoS 2
-  PUBLISH that held the message until a PUBREL, without any bound, and checked the ACL only then.
-* Retained messages for a new subscription go out through the outlet's flow control (a batch in its
-  backlog, sent as the in-flight window and the socket allow), not all at once into the bounded backlog.
-* Retained: `RetainedStore` keeps a topic tree, so a subscription finds its retained messages without
-  scanning them all; on connect a session gets only the retained messages of *its own* subscriptions
-  (amqtt sent every client the retained messages of every client's subscriptions).
-* No per-message logging or debug formatting; TCP_NODELAY on every accepted socket.
-* Sessions: `session_states.SessionStates` replaces the `transitions.Machine` amqtt builds per Session,
-  and `lazy.LazyQueue` its four per-connection queues (allocated on first use).
-* Plugins may define a synchronous `intercept_publish(session, topic, payload)`; it is called right after
-  the publish ACL check, with no task, instead of the task-per-packet `on_broker_message_broadcast`.
-  A topic plugin may define a synchronous `topic_filtering_sync(session, topic, action) -> bool | None`
-  (False denies, None abstains); then RECEIVE checks stay synchronous too (otherwise deliveries go
-  through one ordered async lane that awaits `_topic_filtering`).
+  the connection (MQTT 5's Receive Maximum rule). Every PUBREL gets a PUBCOMP.
+* Connections: TCP_NODELAY on every socket; `_client_message_loop` waits for the disconnect instead of
+  amqtt's four waiters; a clean session's subscriptions end with its connection [MQTT-3.1.2-6].
 """
 
 from __future__ import annotations
@@ -37,12 +21,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from amqtt.broker import RetainedApplicationMessage
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_2
@@ -53,9 +34,7 @@ from amqtt.session import IncomingApplicationMessage, Session
 from broker.config import LimitsConfig
 from broker.mqtt import amqtt_compat
 from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
-from broker.mqtt.hooks import AcknowledgesAfter, FiltersTopicsSync, InterceptsPublish
-from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_filter
+from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -65,8 +44,8 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-__all__ = ["FastPathMixin"]
 
+__all__ = ["FastPathMixin"]
 
 class _SessionTable(dict[str, tuple[Session, "BrokerProtocolHandler"]]):
     """amqtt's `_sessions`; registering a (session, handler) pair also prepares the handler."""
@@ -79,31 +58,12 @@ class _SessionTable(dict[str, tuple[Session, "BrokerProtocolHandler"]]):
         super().__setitem__(client_id, entry)
         self._on_register(entry[1], entry[0])
 
-
 log = logging.getLogger("intercom.fastpath")
-_SUBACK_FAILURE = 0x80
-_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]]]
 
 
-@dataclass
-class _Hooks:
-    """What the loaded plugins ask of the hot path; computed once, after plugins load."""
+class FastPathMixin(RoutingMixin):
+    """Connections and their inbound packets over amqtt's Broker; routing is `RoutingMixin`'s."""
 
-    intercepts: list[Callable[[Session, str, bytes], None]] = field(default_factory=list)
-    filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
-    sync_checks: list[Callable[..., bool | None]] = field(default_factory=list)
-    receive_async: bool = False  # some ACL has only the async `topic_filtering`
-    sync_publish: bool = True  # a PUBLISH can be handled inside the reader's call, without awaiting
-    events: frozenset[str] = frozenset()
-    # `acknowledge_after(send)`: a plugin that made an intercepted publish's effect durable later in
-    # the tick (the call service's group commit) runs `send` (the PUBACK) once it is, not before.
-    ack_barrier: Callable[[Callable[[], None]], None] | None = None
-
-
-class FastPathMixin(_Base):
-    """Hot-path overrides of amqtt's Broker; each is written so it could be offered upstream."""
-
-    delivery_limits: DeliveryLimits = DeliveryLimits()
     limits: LimitsConfig = LimitsConfig()  # `max_inflight_messages` bounds the incoming QoS 2 window
     handler_class: type[BrokerProtocolHandler] = FastHandler
 
@@ -112,55 +72,6 @@ class FastPathMixin(_Base):
         super().__init__(*args, **kwargs)
         sessions: dict[str, tuple[Session, BrokerProtocolHandler]] = _SessionTable(self._prepare_handler)
         self._sessions = sessions
-        self._retained_messages: RetainedStore[RetainedApplicationMessage] = RetainedStore()
-        self._index: SubscriptionIndex[Session] = SubscriptionIndex()
-        self._outlets: dict[str, Outlet] = {}
-        self._hooks: _Hooks | None = None
-        self._lane: deque[_Route] = deque()
-        self._lane_task: asyncio.Future[Any] | None = None
-        self._background: set[asyncio.Future[Any]] = set()
-
-    def _spawn(self, coro: Any) -> asyncio.Future[Any]:
-        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    # ---- plugin hooks ---------------------------------------------------------------------------
-
-    def _plugin_hooks(self) -> _Hooks:
-        if self._hooks is not None:
-            return self._hooks
-        pm: Any = self.plugins_manager
-        hooks = _Hooks()
-        for plugin in pm.plugins:
-            if isinstance(plugin, InterceptsPublish):
-                hooks.intercepts.append(plugin.intercept_publish)
-            if isinstance(plugin, AcknowledgesAfter):
-                hooks.ack_barrier = plugin.acknowledge_after  # one durable store behind the broker: one barrier
-        topic_plugins: list[object] = list(pm._topic_plugins)
-        custom_filter = type(self)._topic_filtering is not FastPathMixin._topic_filtering_base()
-        hooks.filter_topics = bool(topic_plugins) or custom_filter
-        sync = [p for p in topic_plugins if isinstance(p, FiltersTopicsSync)]
-        if custom_filter or len(sync) != len(topic_plugins):
-            hooks.receive_async = hooks.filter_topics
-        else:
-            hooks.sync_checks = [p.topic_filtering_sync for p in sync]
-        callbacks = pm._event_plugin_callbacks
-        hooks.events = frozenset(str(e) for e, fns in callbacks.items() if fns)
-        hooks.sync_publish = not hooks.receive_async and not (
-            {str(BrokerEvents.MESSAGE_RECEIVED), str(BrokerEvents.MESSAGE_BROADCAST)} & hooks.events)
-        self._hooks = hooks
-        return hooks
-
-    @staticmethod
-    def _topic_filtering_base() -> Any:
-        from amqtt.broker import Broker
-
-        return Broker._topic_filtering
-
-    def _has_listeners(self, event: BrokerEvents) -> bool:
-        return str(event) in self._plugin_hooks().events
 
     # ---- connections ----------------------------------------------------------------------------
 
@@ -227,39 +138,6 @@ class FastPathMixin(_Base):
                 # them matching until its once-a-second session monitor ran
                 await self._del_all_subscriptions(client_session)
 
-    # ---- outlets --------------------------------------------------------------------------------
-
-    def _open_outlet(self, session: Session) -> Outlet | None:
-        key = session.client_id or ""
-        outlet = self._outlets.get(key)
-        entry = self._sessions.get(key)
-        if entry is None or entry[0] is not session:
-            return None
-        handler: Any = entry[1]
-        if outlet is not None and outlet.handler is handler and not outlet.closed:
-            return outlet
-        if handler.writer is None:
-            return None
-        if not isinstance(handler.writer, CoalescingWriter):
-            handler.writer = CoalescingWriter(handler.writer, asyncio.get_running_loop())
-        outlet = Outlet(session, handler, handler.writer, self.delivery_limits, self._on_overflow)
-        self._outlets[key] = outlet
-        return outlet
-
-    def _close_outlet(self, key: str, outlet: Outlet | None) -> None:
-        if outlet is None:
-            return
-        outlet.close()
-        if self._outlets.get(key) is outlet:
-            del self._outlets[key]
-
-    def _on_overflow(self, outlet: Outlet) -> None:
-        transport = outlet.writer.transport
-        if transport is not None:
-            transport.abort()
-        else:
-            self._spawn(outlet.handler.handle_connection_closed())
-
     # ---- inbound packets ------------------------------------------------------------------------
 
     def _publish_now(self, session: Session, handler: BrokerProtocolHandler, packet: PublishPacket) -> Any:
@@ -284,7 +162,7 @@ class FastPathMixin(_Base):
 
     def puback(self, handler: BrokerProtocolHandler, packet_id: int, first: int = 0x40) -> None:
         """Acknowledge a QoS 1 PUBLISH (or, with `first` 0x70, a QoS 2 PUBREL with PUBCOMP) after any durable
-        effect it had (see `_Hooks.ack_barrier`)."""
+        effect it had (see `PluginHooks.ack_barrier`)."""
         writer = handler.writer
         if writer is None:
             return
@@ -314,7 +192,7 @@ class FastPathMixin(_Base):
         self._route(session, topic, data, qos, retain, hooks)
         return True
 
-    def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: _Hooks) -> None:
+    def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks) -> None:
         """The end of every accepted publish: deliver, retain, then let interceptors (the call plugin) see it."""
         self.deliver(session, topic, data, qos)
         if retain:
@@ -324,17 +202,6 @@ class FastPathMixin(_Base):
                 intercept(session, topic, data)
             except Exception:
                 log.exception("intercept_publish failed on %s", topic)
-
-    def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None) -> None:
-        """amqtt's `retain_message`, synchronous: store (or clear, on an empty payload) and notify plugins."""
-        message = RetainedApplicationMessage(source, topic, data, qos)
-        if data:
-            self._retained_messages[topic] = message
-        elif self._retained_messages.pop(topic, None) is None:
-            return
-        if self._has_listeners(BrokerEvents.RETAINED_MESSAGE):
-            self._spawn(self.plugins_manager.fire_event(BrokerEvents.RETAINED_MESSAGE, client_id=None,
-                                                        retained_message=message))
 
     def _puback_now(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> Any:
         """PUBACK handled inside the reader's call, like `_publish_now`."""
@@ -409,7 +276,7 @@ class FastPathMixin(_Base):
         codes = [await self.add_subscription(sub, session) for sub in topics]
         await handler.mqtt_acknowledge_subscription(packet_id, codes)
         for (topic_filter, qos), code in zip(topics, codes, strict=True):
-            if code == _SUBACK_FAILURE:
+            if code == SUBACK_FAILURE:
                 continue
             if self._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id,
@@ -478,130 +345,3 @@ class FastPathMixin(_Base):
             await self._accept_publish(session, handler, msg.topic, bytes(msg.data), QOS_2, msg.retain,
                                        msg.publish_packet)
         self.puback(handler, packet_id, 0x70)
-
-    # ---- subscriptions --------------------------------------------------------------------------
-
-    async def _allowed(self, session: Session, topic: str, action: Action) -> bool:
-        """amqtt's `_topic_filtering` verdict, computed without tasks when every ACL plugin is synchronous."""
-        hooks = self._plugin_hooks()
-        if not hooks.filter_topics:
-            return True
-        if hooks.receive_async:
-            return bool(await self._topic_filtering(session, topic, action))
-        return all(check(session, topic, action) for check in hooks.sync_checks)
-
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        """amqtt's checks, then the index; a repeated SUBSCRIBE replaces the QoS [MQTT-3.8.4-3]."""
-        topic_filter, qos = subscription
-        if not valid_filter(topic_filter):
-            return _SUBACK_FAILURE
-        if not await self._allowed(session, topic_filter, Action.SUBSCRIBE):
-            return _SUBACK_FAILURE
-        max_qos = self.config.get("max-qos", qos)
-        qos = min(qos, max_qos if isinstance(max_qos, int) else qos)
-        key = session.client_id or ""
-        self._index.add(topic_filter, key, session, qos)
-        subs = self._subscriptions.setdefault(topic_filter, [])
-        subs[:] = [(s, q) for s, q in subs if s.client_id != key]
-        subs.append((session, qos))
-        return qos
-
-    def _del_subscription(self, a_filter: str, session: Session) -> int:
-        key = session.client_id or ""
-        removed = self._index.remove(a_filter, key)
-        self._drop_listed(a_filter, key)
-        return int(removed)
-
-    async def _del_all_subscriptions(self, session: Session) -> None:
-        key = session.client_id or ""
-        for topic_filter in self._index.remove_all(key):
-            self._drop_listed(topic_filter, key)
-
-    def _drop_listed(self, topic_filter: str, key: str) -> None:
-        subs = self._subscriptions.get(topic_filter)
-        if subs is None:
-            return
-        subs[:] = [(s, q) for s, q in subs if s.client_id != key]
-        if not subs:
-            del self._subscriptions[topic_filter]
-
-    # ---- retained -------------------------------------------------------------------------------
-
-    def _publish_retained_on_connect(self, session: Session) -> None:
-        """Retained messages for the subscriptions this session already holds (a resumed session)."""
-        for topic_filter, qos in self._index.filters_of(session.client_id or "").items():
-            self._send_retained(session, topic_filter, qos)
-
-    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
-                                                          session: Session) -> None:
-        """Only for a filter this session holds: amqtt's connect loop passes every client's filters."""
-        topic_filter = subscription[0]
-        granted = self._index.filters_of(session.client_id or "").get(topic_filter)
-        if granted is not None:
-            self._send_retained(session, topic_filter, granted)
-
-    def _send_retained(self, session: Session, topic_filter: str, qos: int) -> int:
-        found = self._retained_messages.tree.find(topic_filter)
-        if not found:
-            return 0
-        outlet = self._open_outlet(session)
-        if outlet is None:
-            return 0
-        outlet.send_retained(found, qos)
-        return len(found)
-
-    # ---- routing --------------------------------------------------------------------------------
-
-    def deliver(self, source: Session | None, topic: str, data: bytes, qos: int) -> int:
-        """Send one message to every matching subscriber now, at min(qos, granted QoS); returns matches."""
-        matches = self._index.match(topic)
-        if not matches:
-            return 0
-        hooks = self._plugin_hooks()
-        if hooks.receive_async:
-            self._lane.append((source, topic, data, qos, matches))
-            if self._lane_task is None or self._lane_task.done():
-                self._lane_task = self._spawn(self._run_lane())
-            return len(matches)
-        topic_b = topic.encode()
-        checks = hooks.sync_checks
-        for key, (target, sub_qos) in matches.items():
-            if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
-                continue
-            self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos)
-        return len(matches)
-
-    async def _run_lane(self) -> None:
-        """Deliveries that need async RECEIVE checks, in publish order."""
-        while self._lane:
-            _source, topic, data, qos, matches = self._lane.popleft()
-            topic_b = topic.encode()
-            for key, (target, sub_qos) in matches.items():
-                if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
-                    continue
-                self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos))
-
-    def _send_to(self, key: str, target: Session, topic_b: bytes, topic: str, data: bytes, qos: int) -> None:
-        outlet = self._outlets.get(key)
-        if outlet is None or outlet.session is not target or outlet.closed:
-            outlet = self._open_outlet(target) if target.transitions.state == "connected" else None
-        if outlet is not None:
-            outlet.send(topic_b, topic, data, qos)
-            return
-        # offline persistent session: keep QoS>0 for its return [MQTT-3.1.2.4]
-        if (target.transitions.state != "connected" and not target.clean_session and qos
-                and not target.is_anonymous
-                and target.retained_messages.qsize() < self.delivery_limits.max_queued):
-            target.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
-
-    async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
-                                 force_qos: int | None = None) -> None:
-        """Deliver now instead of queueing; without a QoS the subscriber's granted QoS applies (amqtt's)."""
-        if topic is not None and data is not None:
-            self.deliver(session, topic, bytes(data), QOS_2 if force_qos is None else force_qos)
-
-    async def _run_broadcast(self, running_tasks: Any) -> None:
-        """Anything still put on amqtt's broadcast queue is routed through the index."""
-        broadcast = await self._broadcast_queue.get()
-        qos = broadcast.get("qos")
-        await self._broadcast_message(broadcast.get("session"), broadcast.get("topic"), broadcast.get("data"), qos)
