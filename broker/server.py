@@ -22,9 +22,11 @@ from broker.session_persistence import SessionDB, SessionPersistence
 from broker.status import StatusService
 from broker.store import Store
 from broker.tls import server_context
+from broker.tokens import Principal
 from broker.trtc import Trtc
 from http_api import create_app
 from http_api.keys import HEALTH
+from plugins.auth import owned_by
 
 __all__ = ["IntercomServer"]
 
@@ -116,6 +118,7 @@ class IntercomServer:
             if hasattr(plugin, "bind_persistence"):
                 plugin.bind_persistence(self.persistence)
         self.broker = broker
+        directory.on_revoked(self._end_sessions_of)
         await broker.start()
         self.mqtt_port = broker.bound_port("default")
         self.ws_port = broker.bound_port("ws") if s.server.ws_port is not None else None
@@ -138,6 +141,28 @@ class IntercomServer:
         log.info("intercom-broker serving mqtt://%s%s http://%s data=%s mode=%s recovered_calls=%d",
                  _bind(s.server.host, self.mqtt_port), ws, _bind(s.server.host, self.http_port),
                  data_dir / "intercom.db", "local-only" if s.local_only else "authenticated", recovered)
+
+    def _end_sessions_of(self, principal: Principal) -> None:
+        """A token was re-issued or its holder deleted: close its MQTT sessions and drop their stored state."""
+        broker, persistence = self.broker, self.persistence
+        if broker is None:
+            return
+        ending = broker.revoke(owned_by(principal))
+
+        def forget(task: asyncio.Task[list[str]]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                log.error("could not end the sessions of %s %s", principal.role, principal.id,
+                          exc_info=None if task.cancelled() else task.exception())
+                return
+            ended = task.result()
+            if persistence is not None and persistence is self.persistence:
+                for client_id in ended:
+                    persistence.db.forget(client_id)
+            if ended:
+                log.info("ended %d MQTT sessions of %s %s: credentials revoked", len(ended), principal.role,
+                         principal.id)
+
+        ending.add_done_callback(forget)
 
     async def stop(self) -> None:
         if self._runner is not None:
