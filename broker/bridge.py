@@ -31,6 +31,7 @@ from broker.mqtt_router import on_publish
 from broker.services import Services
 from broker.status import StatusService
 from broker.store import Store
+from broker.tokens import Principal
 from broker.trtc import Trtc
 
 __all__ = ["CALL_TOPICS", "Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "parse_broker_url"]
@@ -194,6 +195,7 @@ class BridgedServer:
         store = Store(data_dir / "intercom.db")
         directory = Directory(store, s.auth.pbkdf2_iterations, admin)
         directory.seed_site(s.site)
+        directory.on_revoked(self._revoked)
         trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
         calls = CallService(store, directory, trtc, s.calls, self.publisher)
         self.services = Services(s, store, directory, trtc, calls, StatusService(store, directory, self.publisher))
@@ -214,6 +216,12 @@ class BridgedServer:
         app[HEALTH]["broker"] = True
         log.info("intercom-broker (bridge) http://%s:%d external=mqtt://%s:%d recovered_calls=%d",
                  s.server.host, self.http_port, self.target.host, self.target.port, recovered)
+
+    def _revoked(self, principal: Principal) -> None:
+        # MQTT logins are the external broker's: our tokens do not open its sessions, so we cannot end them.
+        log.warning("token of %s %s revoked: REST refuses it now; its MQTT sessions on mqtt://%s:%d are the external "
+                    "broker's to end (e.g. Mosquitto dynamic security: deleteClient / setClientPassword)",
+                    principal.role, principal.id, self.target.host, self.target.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

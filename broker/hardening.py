@@ -20,16 +20,15 @@ import ssl
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Server
 from amqtt.contexts import Action, ListenerConfig, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
+from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE
 from amqtt.mqtt.constants import QOS_0
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
@@ -40,10 +39,10 @@ from broker.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
 from broker.config import LimitsConfig
 from broker.flapping import FlappingGuard
 from broker.keyed_lock import KeyedLock
-from broker.lazy import LazyEvent
 from broker.limiter import is_exempt
+from broker.live import Live, TimedProtocol, accepted_at, refuse
 from broker.packet_guard import GuardedReader, GuardLimits
-from broker.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection, accepted_at, serve
+from broker.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection, serve
 
 __all__ = ["REFUSAL", "REVOKED", "HardeningMixin"]
 
@@ -110,7 +109,7 @@ class HardeningMixin:
         connected = partial(self.stream_connected, listener_name=listener_name)  # type: ignore[attr-defined]
 
         def protocol() -> GatedProtocol:
-            return _TimedProtocol(asyncio.StreamReader(loop=loop), connected, gate)
+            return TimedProtocol(asyncio.StreamReader(loop=loop), connected, gate)
 
         return await loop.create_server(protocol, address, port, reuse_address=True, ssl=context,
                                         ssl_handshake_timeout=limits.connect_timeout_s if context else None)
@@ -133,7 +132,7 @@ class HardeningMixin:
             return
         limits = self.limits
         # the CONNECT deadline runs from the TCP accept: TLS and WebSocket handshakes count against it
-        accepted = _accepted_at(writer)
+        accepted = accepted_at(writer)
         connect_s = limits.connect_timeout_s - (time.monotonic() - accepted if accepted is not None else 0.0)
         guard = GuardedReader(reader, GuardLimits(limits.max_packet_bytes, max(connect_s, 0.0),
                                                   limits.keepalive_factor, limits.max_inflight_messages,
@@ -294,7 +293,7 @@ class HardeningMixin:
         try:
             code = await self._admit(client_session, listener_name)
             if code != ACCEPTED:
-                await _refuse(writer, code)
+                await refuse(writer, code)
                 return
             cid = client_session.client_id
             assert cid is not None
@@ -303,7 +302,7 @@ class HardeningMixin:
         finally:
             state.admitting.pop(id(client_session), None)
         if live is None:
-            await _refuse(writer, REFUSED)
+            await refuse(writer, REFUSED)
             return
         session = live.session
         try:
@@ -321,7 +320,7 @@ class HardeningMixin:
             live.done.set()
 
     async def _register(self, incoming: Session, handler: BrokerProtocolHandler, reader: ReaderAdapter,
-                        writer: WriterAdapter) -> _Live | None:
+                        writer: WriterAdapter) -> Live | None:
         """Take over the client id and register the connection (CONNACK sent); None if revoked meanwhile.
         Runs under the client id's lock."""
         cid = incoming.client_id
@@ -346,12 +345,16 @@ class HardeningMixin:
                 session.transitions.disconnect()
             return None
         handler.attach(session, reader, writer)
-        self._sessions[cid] = (session, handler)
-        live = _Live(session, handler, reader, writer)
-        self._hardening().live[cid] = live
-        await handler.mqtt_connack_authorize(True)
+        self._sessions[cid] = (session, handler)  # from here on revoke() finds it (and waits for this lock)
+        try:
+            await handler.mqtt_connack_authorize(True)
+        except BaseException:
+            with suppress(MachineError, ValueError):
+                session.transitions.disconnect()
+            raise
         if isinstance(reader, GuardedReader):
             reader.start_session(session.keep_alive, session.delivered_message_queue)
+        live = self._hardening().live[cid] = Live(session, handler, reader, writer)
         return live
 
     async def _deliver_on_connect(self, session: Session) -> None:
@@ -367,59 +370,13 @@ class HardeningMixin:
             await broker._publish_retained_messages_for_subscription((topic, QOS_0), session)
 
 
-async def _refuse(writer: WriterAdapter, code: int) -> None:
-    with suppress(Exception):
-        await ConnackPacket.build(0, code).to_stream(writer)
-    await close_writer(writer)
-
-
-class _TimedProtocol(GatedProtocol):
-    """The TCP listener's protocol, stamped when the connection is accepted (before any TLS handshake)."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.accepted_at = time.monotonic()
-
-
-def _accepted_at(writer: WriterAdapter) -> float | None:
-    """When the listener accepted this connection, if it recorded it."""
-    if isinstance(writer, FailingWriter):
-        return accepted_at(writer.connection)
-    if isinstance(writer, StreamWriterAdapter):
-        proto = writer._writer.transport.get_protocol()  # amqtt's adapter exposes no transport
-        return proto.accepted_at if isinstance(proto, _TimedProtocol) else None
-    return None
-
-
-@dataclass(eq=False)
-class _Live:
-    """One accepted connection holding a client id, from its registration until it has ended."""
-
-    session: Session
-    handler: BrokerProtocolHandler
-    reader: ReaderAdapter
-    writer: WriterAdapter
-    done: asyncio.Event = field(default_factory=LazyEvent)  # set once amqtt has let the connection go
-    started: bool = False  # handler.start() returned: its disconnect waiter exists
-    closing: bool = False
-
-    async def close(self) -> None:
-        """End the connection now (socket dropped), whatever stage it is at."""
-        self.closing = True
-        if isinstance(self.reader, GuardedReader):
-            self.reader.close()
-        abort(self.writer)  # a peer that does not read must not hold the close up
-        if self.started:
-            await self.handler.handle_connection_closed()
-
-
 class _State:
     """Connection-lifecycle state of one broker."""
 
     def __init__(self, limits: LimitsConfig) -> None:
         self.gate = AcceptGate(limits)
         self.flapping = FlappingGuard(limits.flapping.max_connects, limits.flapping.window_s, limits.flapping.ban_s)
-        self.live: dict[str, _Live] = {}
+        self.live: dict[str, Live] = {}
         self.connecting = KeyedLock()  # per client id: one CONNECT (or revocation) at a time
         # CONNECTs between their arrival and their registration, by id(): amqtt's Session compares by client id
         self.admitting: dict[int, Session] = {}
