@@ -27,6 +27,7 @@ from broker.app import build_services, require_credentials, start_http
 from broker.config import ConfigError, Settings
 from broker.core.payloads import CALL_SERVICE_FILTERS
 from broker.core.services import Services
+from broker.core.tokens import Principal
 from plugins.call_router import on_publish
 
 __all__ = ["Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "parse_broker_url"]
@@ -178,6 +179,7 @@ class BridgedServer:
         s = self.settings
         require_credentials(s)
         self.services = build_services(s, self.publisher)
+        self.services.directory.on_revoked(self._revoked)
         self.bridge = Bridge(self.services, self.publisher, self.target, shared_group=self.shared_group)
         self._task = asyncio.create_task(self.bridge.run())
         try:
@@ -189,6 +191,12 @@ class BridgedServer:
         self._runner, self.http_port = await start_http(self.services)
         log.info("intercom-broker (bridge) http://%s:%d external=mqtt://%s:%d recovered_calls=%d",
                  s.server.host, self.http_port, self.target.host, self.target.port, recovered)
+
+    def _revoked(self, principal: Principal) -> None:
+        # MQTT logins are the external broker's: our tokens do not open its sessions, so we cannot end them.
+        log.warning("token of %s %s revoked: REST refuses it now; its MQTT sessions on mqtt://%s:%d are the external "
+                    "broker's to end (e.g. Mosquitto dynamic security: deleteClient / setClientPassword)",
+                    principal.role, principal.id, self.target.host, self.target.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -12,11 +12,13 @@ from broker.app import PLUGINS, bind_plugins, build_services, require_credential
 from broker.config import Settings
 from broker.core.presence import Presence
 from broker.core.services import Services
+from broker.core.tokens import Principal
 from broker.mqtt import amqtt_compat
 from broker.mqtt.engine import IntercomBroker
 from broker.mqtt.outlet import DeliveryLimits
 from broker.mqtt.session_persistence import SessionDB, SessionPersistence
 from broker.tls import server_context
+from plugins.auth import owned_by
 
 __all__ = ["IntercomServer"]
 
@@ -69,6 +71,7 @@ class IntercomServer:
         self.presence = Presence(calls, services.status, s.calls.party_offline_grace_s)
         bind_plugins(broker.plugins_manager.plugins, services, self.presence, self.persistence)
         self.broker = broker
+        services.directory.on_revoked(self._end_sessions_of)
         await broker.start()
         self.mqtt_port = broker.bound_port("default")
         self.ws_port = broker.bound_port("ws") if s.server.ws_port is not None else None
@@ -84,6 +87,28 @@ class IntercomServer:
         log.info("intercom-broker serving mqtt://%s%s http://%s data=%s mode=%s recovered_calls=%d",
                  _bind(s.server.host, self.mqtt_port), ws, _bind(s.server.host, self.http_port),
                  s.server.data_dir / "intercom.db", "local-only" if s.local_only else "authenticated", recovered)
+
+    def _end_sessions_of(self, principal: Principal) -> None:
+        """A token was re-issued or its holder deleted: close its MQTT sessions and drop their stored state."""
+        broker, persistence = self.broker, self.persistence
+        if broker is None:
+            return
+        ending = broker.revoke(owned_by(principal))
+
+        def forget(task: asyncio.Task[list[str]]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                log.error("could not end the sessions of %s %s", principal.role, principal.id,
+                          exc_info=None if task.cancelled() else task.exception())
+                return
+            ended = task.result()
+            if persistence is not None and persistence is self.persistence:
+                for client_id in ended:
+                    persistence.db.forget(client_id)
+            if ended:
+                log.info("ended %d MQTT sessions of %s %s: credentials revoked", len(ended), principal.role,
+                         principal.id)
+
+        ending.add_done_callback(forget)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from amqtt.mqtt.connack import IDENTIFIER_REJECTED, SERVER_UNAVAILABLE
@@ -24,7 +25,7 @@ from broker.core.tokens import Principal, verify_token
 from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
 from broker.mqtt.hooks import PRINCIPAL, REFUSAL
 
-__all__ = ["IntercomAuthPlugin", "bound_client_id"]
+__all__ = ["IntercomAuthPlugin", "bound_client_id", "owned_by"]
 
 log = logging.getLogger("intercom.auth")
 _quiet = LogThrottle()
@@ -38,6 +39,17 @@ def bound_client_id(principal: Principal) -> str:
 def client_id_allowed(principal: Principal, client_id: str, suffixes: bool) -> bool:
     base = bound_client_id(principal)
     return client_id == base or (suffixes and client_id.startswith(base + "/") and len(client_id) > len(base) + 1)
+
+
+def owned_by(principal: Principal) -> Callable[[Session], bool]:
+    """Selects the MQTT sessions of `principal`: those it authenticated, and stored persistent sessions
+    (restored from disk, so without the attribute) under its username and one of its client ids."""
+    def owns(session: Session) -> bool:
+        holder = session.attributes.get(PRINCIPAL)
+        if holder is not None:
+            return bool(holder == principal)
+        return session.username == principal.id and client_id_allowed(principal, session.client_id or "", True)
+    return owns
 
 
 class IntercomAuthPlugin(BaseAuthPlugin):

@@ -171,7 +171,7 @@ async def test_adding_a_resident_shows_its_token_once_and_a_failing_call_shows_i
     token_box = page.locator("#site-token-value")
     await expect(token_box).to_have_value(re.compile(r"^resident\.7\.\S{16,}$"))
     token = await token_box.input_value()
-    assert h.svc.directory.check_token(token).id == "7"  # the shown token is the one that works
+    assert (await h.svc.directory.authenticate(token)).id == "7"  # the shown token is the one that works
     await page.get_by_role("button", name="Copy").click()
     await expect(page.locator("#toasts")).to_contain_text("Token copied")
     assert await page.evaluate("navigator.clipboard.readText()") == token

@@ -1,12 +1,18 @@
-"""Households, residents and devices, and who a token belongs to."""
+"""Households, residents and devices, and who a token belongs to.
+
+Re-issuing or deleting a resident's or device's token revokes it: REST refuses it at once, and the
+callbacks registered with `on_revoked` (the broker: close that principal's MQTT sessions) run
+synchronously inside the write, before the new token is returned.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from broker.config import SiteConfig
@@ -15,6 +21,8 @@ from broker.core.store import DIRECTORY, Store
 from broker.core.tokens import Principal, hash_token, new_token, parse_token, verify_token
 
 __all__ = ["Directory"]
+
+log = logging.getLogger("intercom.directory")
 
 SINGULAR = {"households": "household", "residents": "resident", "devices": "device"}
 _CACHE_MAX = 4096
@@ -32,6 +40,14 @@ class Directory:
             kind: {r[pk]: r for r in store.rows(kind)} for kind, pk in DIRECTORY.items()
         }
         self._index: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._revoked: list[Callable[[Principal], None]] = []
+        # bumped by every revocation: a token check that ran across one is done again (it may have
+        # read the old hash in its worker thread)
+        self._revocations = 0
+
+    def on_revoked(self, callback: Callable[[Principal], None]) -> None:
+        """Call `callback(principal)` whenever a principal's token is re-issued or the principal deleted."""
+        self._revoked.append(callback)
 
     # the write-through cache ---------------------------------------------------------------
 
@@ -109,7 +125,7 @@ class Directory:
         self.store.set_token_hash(kind, ident, token_hash)
         self._rows[kind][ident] = {**self._rows[kind][ident], "token_hash": token_hash}
         self._index.pop(kind, None)
-        self._forget(SINGULAR[kind], ident)
+        self._revoke(SINGULAR[kind], ident)
         return {DIRECTORY[kind]: ident, "household_number": row["household_number"], "token": token}
 
     def update(self, kind: str, ident: str, changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,7 +152,7 @@ class Directory:
         self._rows[kind].pop(ident, None)
         self._index.pop(kind, None)
         if kind != "households":
-            self._forget(SINGULAR[kind], ident)
+            self._revoke(SINGULAR[kind], ident)
 
     def seed_site(self, site: SiteConfig) -> None:
         """Declare broker.yaml's `site:` directory; existing rows (and their tokens) are kept."""
@@ -158,25 +174,29 @@ class Directory:
 
     # authentication --------------------------------------------------------------------------
 
-    def check_token(self, token: str) -> Principal | None:
-        """Who holds this token, or None. Synchronous and CPU-bound: call through `authenticate`."""
-        key = hashlib.sha256(token.encode()).digest()
-        if (hit := self._verified.get(key)) is not None:
-            return hit
-        principal = self._check_uncached(token)
-        if principal is not None:
-            if len(self._verified) >= _CACHE_MAX:
-                self._verified.clear()
-            self._verified[key] = principal
-        return principal
-
     async def authenticate(self, token: str) -> Principal:
-        """Resolve a bearer token off the event loop; raise Unauthorized if it is not valid."""
+        """Resolve a bearer token off the event loop; raise Unauthorized if it is not valid.
+
+        A principal returned here held this token at the moment of return: a revocation that happened
+        while the hash was being checked in its thread makes the check run again."""
         key = hashlib.sha256(token.encode()).digest()
-        principal = self._verified.get(key) or await asyncio.to_thread(self.check_token, token)
+        principal = self._verified.get(key)
+        if principal is None:
+            while True:
+                seen = self._revocations
+                principal = await asyncio.to_thread(self._check_uncached, token)
+                if seen == self._revocations:
+                    break
+            if principal is not None:
+                self._remember(key, principal)
         if principal is None:
             raise Unauthorized("invalid or expired token")
         return principal
+
+    def _remember(self, key: bytes, principal: Principal) -> None:
+        if len(self._verified) >= _CACHE_MAX:
+            self._verified.clear()
+        self._verified[key] = principal
 
     def _check_uncached(self, token: str) -> Principal | None:
         if self._admin_token and hmac.compare_digest(token.encode(), self._admin_token.encode()):
@@ -189,8 +209,15 @@ class Directory:
             return None
         return principal
 
-    def _forget(self, role: str, ident: str) -> None:
+    def _revoke(self, role: str, ident: str) -> None:
+        self._revocations += 1
         self._verified = {k: p for k, p in self._verified.items() if not (p.role == role and p.id == ident)}
+        principal = Principal(role, ident)
+        for callback in self._revoked:
+            try:
+                callback(principal)
+            except Exception:  # the token is revoked either way; a failing listener must not undo the write
+                log.exception("revocation listener failed for %s %s", role, ident)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

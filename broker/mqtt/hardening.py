@@ -4,10 +4,12 @@ A mixin placed before the fast-path mixin in IntercomBroker's bases. It owns the
 lifecycle up to the message loop: accept-time refusals (max connections, per-IP CONNECT rate),
 the packet guard (CONNECT timeout, keepalive x1.5, max packet size, malformed packets), CONNECT
 admission (authentication, Will-topic ACL, flapping ban), and a session adoption that only touches
-an existing session after the newcomer has authenticated. Overrides: `_client_connected`,
-`_initialize_client_session`, `_handle_client_session`, `_authenticate`, `_create_server_instance`,
-`_session_monitor`. Accept-time refusals live in `broker/mqtt/accept_gate.py`, packet rules in
-`broker/mqtt/packet_guard.py`.
+an existing session after the newcomer has authenticated. CONNECTs with one client id are handled
+one at a time (takeover, [MQTT-3.1.4-2]), and `revoke` ends the sessions of a principal whose
+token was re-issued or deleted. Overrides: `_client_connected`, `_initialize_client_session`,
+`_handle_client_session`, `_authenticate`, `_create_server_instance`, `_session_monitor`.
+Accept-time refusals live in `broker/mqtt/accept_gate.py`, packet rules in `broker/mqtt/packet_guard.py`,
+the WebSocket listener in `broker/mqtt/ws_listener.py`.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
 from typing import Any
 
-import websockets
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Server
 from amqtt.contexts import Action, ListenerConfig, ListenerType
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
+from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE
 from amqtt.mqtt.constants import QOS_0
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
@@ -38,9 +40,12 @@ from broker.config import LimitsConfig
 from broker.limiter import is_exempt
 from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
 from broker.mqtt.flapping import FlappingGuard
-from broker.mqtt.hooks import REFUSAL
-from broker.mqtt.lazy import LazyEvent
+from broker.mqtt.hooks import REFUSAL, REVOKED
+from broker.mqtt.keyed_lock import KeyedLock
+from broker.mqtt.live import Live, TimedProtocol, accepted_at, refuse
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
+from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
+from broker.mqtt.ws_listener import serve as serve_ws
 
 __all__ = ["HardeningMixin"]
 
@@ -91,11 +96,8 @@ class HardeningMixin:
         context = self.tls_contexts.get(listener_name, ssl_context)
         limits = self.limits
         if listener_type == ListenerType.WS:
-            # amqtt's websockets.serve, with a message and handshake bound from `limits:`
-            return await websockets.serve(
-                partial(self.ws_connected, listener_name=listener_name),  # type: ignore[attr-defined]
-                address, port, ssl=context, subprotocols=[websockets.Subprotocol("mqtt")],
-                max_size=limits.max_packet_bytes, open_timeout=limits.connect_timeout_s)
+            return await serve_ws(partial(self._ws_connected, listener_name=listener_name), address, port, context,
+                                  limits)
         if listener_type != ListenerType.TCP:
             return await super()._create_server_instance(  # type: ignore[misc]
                 listener_name, listener_type, address, port, context)
@@ -106,10 +108,13 @@ class HardeningMixin:
         connected = partial(self.stream_connected, listener_name=listener_name)  # type: ignore[attr-defined]
 
         def protocol() -> GatedProtocol:
-            return GatedProtocol(asyncio.StreamReader(loop=loop), connected, gate)
+            return TimedProtocol(asyncio.StreamReader(loop=loop), connected, gate)
 
         return await serve(f"MQTT listener {listener_name}", protocol, address, port, ssl_context=context,
                            ssl_handshake_timeout=limits.connect_timeout_s)  # our accept loop: survives EMFILE
+
+    async def _ws_connected(self, websocket: TimedConnection, listener_name: str) -> None:
+        await self._client_connected(listener_name, BinaryFramesReader(websocket), FailingWriter(websocket))
 
     # -- accept ---------------------------------------------------------------------------------
 
@@ -125,7 +130,10 @@ class HardeningMixin:
             abort(writer)
             return
         limits = self.limits
-        guard = GuardedReader(reader, GuardLimits(limits.max_packet_bytes, limits.connect_timeout_s,
+        # the CONNECT deadline runs from the TCP accept: TLS and WebSocket handshakes count against it
+        accepted = accepted_at(writer)
+        connect_s = limits.connect_timeout_s - (time.monotonic() - accepted if accepted is not None else 0.0)
+        guard = GuardedReader(reader, GuardLimits(limits.max_packet_bytes, max(connect_s, 0.0),
                                                   limits.keepalive_factor, limits.max_inflight_messages,
                                                   limits.max_keepalive_s),
                               peer=f"{address}:{peer[1] if peer else '?'}")
@@ -187,7 +195,6 @@ class HardeningMixin:
         """amqtt's clean/persistent session choice, run only after `incoming` authenticated."""
         cid = incoming.client_id
         assert cid is not None
-        await self._end_previous_connection(cid)
         if incoming.clean_session:
             await self._delete_session(cid)  # type: ignore[attr-defined]
             session = incoming
@@ -214,11 +221,46 @@ class HardeningMixin:
         live = self._hardening().live.get(client_id)
         if live is None:
             return
-        handler, done = live
         log.warning("client %s connected again: closing its previous connection", client_id)
-        await handler.handle_connection_closed()
+        await live.close()
         with suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), _TAKEOVER_WAIT_S)
+            await asyncio.wait_for(live.done.wait(), _TAKEOVER_WAIT_S)
+
+    def revoke(self, owns: Callable[[Session], bool]) -> asyncio.Task[list[str]]:
+        """End every session `owns` selects, now: its connection is dropped (no Will, as Mosquitto's
+        dynamic-security kick), the session is discarded, a CONNECT still being admitted is refused.
+
+        The sessions are chosen synchronously, so a session opened after this call (with a new token)
+        is never touched. The task's result: the client ids whose sessions were discarded.
+        """
+        state = self._hardening()
+        victims = [s for s, _ in self._sessions.values() if owns(s)]
+        victims += [s for s in state.admitting.values() if owns(s)]
+        for session in victims:
+            session.attributes[REVOKED] = True
+            session.will_flag = False
+            session.clean_session = True  # nothing of it is kept: not in memory, not on disk
+        return asyncio.ensure_future(self._end_sessions(victims))
+
+    async def _end_sessions(self, victims: list[Session]) -> list[str]:
+        state = self._hardening()
+        for session in victims:  # stop routing to them first, all at once
+            await self._del_all_subscriptions(session)  # type: ignore[attr-defined]
+        ended = []
+        for session in victims:
+            cid = session.client_id or ""
+            async with state.connecting.hold(cid):
+                live = state.live.get(cid)
+                if live is not None and live.session is session:
+                    log.warning("closing the connection of %s: its credentials were revoked", cid)
+                    await live.close()
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(live.done.wait(), _TAKEOVER_WAIT_S)
+                entry = self._sessions.get(cid)
+                if entry is not None and entry[0] is session:
+                    await self._delete_session(cid)  # type: ignore[attr-defined]
+                    ended.append(cid)
+        return ended
 
     async def _session_monitor(self) -> None:
         """amqtt's monitor (reap disconnected clean sessions, expire old persistent ones), except that a
@@ -242,49 +284,77 @@ class HardeningMixin:
         self, reader: ReaderAdapter, writer: WriterAdapter, client_session: Session,
         handler: BrokerProtocolHandler, server: Server, listener_name: str,
     ) -> None:
-        """amqtt 0.12.1's `_handle_client_session`, with admission before any session is touched."""
-        code = await self._admit(client_session, listener_name)
-        if code != ACCEPTED:
-            with suppress(Exception):
-                await ConnackPacket.build(0, code).to_stream(writer)
-            await close_writer(writer)
+        """amqtt 0.12.1's `_handle_client_session`, with admission before any session is touched, and
+        one CONNECT per client id at a time from takeover to registration, so a takeover always finds
+        the connection it replaces [MQTT-3.1.4-2]."""
+        state = self._hardening()
+        state.admitting[id(client_session)] = client_session  # revoke() may refuse it until registered
+        try:
+            code = await self._admit(client_session, listener_name)
+            if code != ACCEPTED:
+                await refuse(writer, code)
+                return
+            cid = client_session.client_id
+            assert cid is not None
+            async with state.connecting.hold(cid):
+                live = await self._register(client_session, handler, reader, writer)
+        finally:
+            state.admitting.pop(id(client_session), None)
+        if live is None:
+            await refuse(writer, REFUSED)
             return
-        client_session = await self._adopt_session(client_session)
-        cid = client_session.client_id
-        assert cid is not None
+        session = live.session
+        try:
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=cid,
+                                                  client_session=session)
+            await handler.start()
+            live.started = True
+            if live.closing:  # taken over or revoked while starting: the waiter exists only now
+                await handler.handle_connection_closed()
+            await self._deliver_on_connect(session)
+            await self._client_message_loop(session, handler)  # type: ignore[attr-defined]
+        finally:
+            if state.live.get(cid) is live:
+                del state.live[cid]
+            live.done.set()
 
+    async def _register(self, incoming: Session, handler: BrokerProtocolHandler, reader: ReaderAdapter,
+                        writer: WriterAdapter) -> Live | None:
+        """Take over the client id and register the connection (CONNACK sent); None if revoked meanwhile.
+        Runs under the client id's lock."""
+        cid = incoming.client_id
+        assert cid is not None
+        await self._end_previous_connection(cid)
+        session = await self._adopt_session(incoming)
         for _ in range(10):
             try:
-                client_session.transitions.connect()
+                session.transitions.connect()
                 break
             except (MachineError, ValueError):
-                if client_session.transitions.is_connected():
+                if session.transitions.is_connected():
                     log.warning("client %s is already connected, performing take-over", cid)
                     old_handler = self._sessions[cid][1]
                     await old_handler.handle_connection_closed()
                     await old_handler.stop()
                     break
                 await asyncio.sleep(0.1)
-
-        handler.attach(client_session, reader, writer)
-        self._sessions[cid] = (client_session, handler)
-        await handler.mqtt_connack_authorize(True)
-        if isinstance(reader, GuardedReader):
-            reader.start_session(client_session.keep_alive, client_session.delivered_message_queue)
-
-        done = LazyEvent()  # waited on only by a takeover
-        live = self._hardening().live
-        live[cid] = (handler, done)
+        if incoming.attributes.get(REVOKED):  # nothing awaited from here to the registration below
+            log.warning("refused CONNECT of %s: its credentials were revoked while it was admitted", cid)
+            with suppress(MachineError, ValueError):
+                session.transitions.disconnect()
+            return None
+        handler.attach(session, reader, writer)
+        self._sessions[cid] = (session, handler)  # from here on revoke() finds it (and waits for this lock)
         try:
-            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=cid,
-                                                  client_session=client_session)
-            await handler.start()
-            await self._deliver_on_connect(client_session)
-            await self._client_message_loop(client_session, handler)  # type: ignore[attr-defined]
-        finally:
-            if live.get(cid) == (handler, done):
-                del live[cid]
-            done.set()
+            await handler.mqtt_connack_authorize(True)
+        except BaseException:
+            with suppress(MachineError, ValueError):
+                session.transitions.disconnect()
+            raise
+        if isinstance(reader, GuardedReader):
+            reader.start_session(session.keep_alive, session.delivered_message_queue)
+        live = self._hardening().live[cid] = Live(session, handler, reader, writer)
+        return live
 
     async def _deliver_on_connect(self, session: Session) -> None:
         """amqtt's on-connect delivery, verbatim: messages queued while offline, then retained messages.
@@ -301,4 +371,7 @@ class _State:
     def __init__(self, limits: LimitsConfig) -> None:
         self.gate = AcceptGate(limits)
         self.flapping = FlappingGuard(limits.flapping.max_connects, limits.flapping.window_s, limits.flapping.ban_s)
-        self.live: dict[str, tuple[BrokerProtocolHandler, asyncio.Event]] = {}
+        self.live: dict[str, Live] = {}
+        self.connecting = KeyedLock()  # per client id: one CONNECT (or revocation) at a time
+        # CONNECTs between their arrival and their registration, by id(): amqtt's Session compares by client id
+        self.admitting: dict[int, Session] = {}

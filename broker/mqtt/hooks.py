@@ -14,11 +14,12 @@ from typing import Protocol, runtime_checkable
 from amqtt.contexts import Action
 from amqtt.session import Session
 
-__all__ = ["PRINCIPAL", "REFUSAL", "AcknowledgesAfter", "FiltersTopicsSync", "InterceptsPublish"]
+__all__ = ["PRINCIPAL", "REFUSAL", "REVOKED", "AcknowledgesAfter", "FiltersTopicsSync", "InterceptsPublish"]
 
 # Session attributes (`session.attributes[...]`) the engine and the plugins share.
 PRINCIPAL = "intercom.principal"  # who the session authenticated as (broker.core.tokens.Principal), set by auth
 REFUSAL = "intercom.refusal"  # the CONNACK return code to refuse a CONNECT with, set by auth before refusing
+REVOKED = "intercom.revoked"  # set by the engine on a session whose principal lost its access (revoke)
 
 
 @runtime_checkable
