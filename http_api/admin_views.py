@@ -46,7 +46,10 @@ async def create(request: web.Request) -> web.Response:
         r = await parse_body(request, ResidentIn)
         return ok(directory.add_member(kind, r.resident_id, r.household_number, r.name))
     d = await parse_body(request, DeviceIn)
-    return ok(directory.add_member(kind, d.device_id, d.household_number, d.name))
+    directory.check_device_kind(d.kind, d.households)
+    created = directory.add_member(kind, d.device_id, d.household_number, d.name)
+    kind_view = directory.set_device_kind(d.device_id, d.kind, d.households)
+    return ok({**created, "kind": kind_view["kind"], "households": kind_view["households"]})
 
 
 async def list_all(request: web.Request) -> web.Response:

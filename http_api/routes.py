@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from http_api import admin_views, call_views, misc_views
+from http_api import admin_views, call_views, device_kind_views, door_views, misc_views, snapshot_views
 
 __all__ = ["setup_routes"]
 
@@ -32,3 +32,9 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/admin/{kind}/{ident}", admin_views.get)
     r.add_delete("/api/admin/{kind}/{ident}", admin_views.delete)
     r.add_post("/api/admin/{kind}/{ident}/token", admin_views.new_token)
+    # door unlock, lobby panels, visitor snapshots (issue 13)
+    r.add_post("/api/doors/unlock", door_views.unlock)
+    r.add_get("/api/doors/events", door_views.events)
+    r.add_patch("/api/admin/devices/{ident}", device_kind_views.set_kind)
+    r.add_post("/api/calls/{call_id}/snapshot", snapshot_views.upload)
+    r.add_get("/api/calls/{call_id}/snapshot", snapshot_views.fetch)

@@ -17,6 +17,7 @@ from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, top
 from broker.core.services import Services
 from broker.core.states import Party, Role
 from broker.core.tokens import Principal
+from plugins import door_router
 
 __all__ = ["identify", "on_publish"]
 
@@ -48,6 +49,10 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             party = Party(Role.RESIDENT, resident_id)
         case ["devices", device_id, "status"]:
             party = Party(Role.DEVICE, device_id)
+        case ["users", resident_id, "commands"]:
+            party = Party(Role.RESIDENT, resident_id)
+        case ["devices", device_id, "commands", "ack"]:
+            party = Party(Role.DEVICE, device_id)
         case _:
             return
     body: Any = None
@@ -69,6 +74,9 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             reply = {"origin": "server", **data, "request_id": req.request_id}
             # published by the group commit, i.e. after the call is stored
             svc.calls.publisher.publish(topics.device_control(party.id), fastjson.dumps(reply).encode(), qos=1)
+        elif parts[-1] in ("commands", "ack"):  # door unlock: plugins/door_router.py
+            request_id = door_router.request_id(body)
+            door_router.on_publish(svc, party, parts[-1], body)
         elif parts[-1] == "status":
             # Published retained by the server too (after the device's own message, which the broker
             # retained first), so the retained message is always the stored, merged status.

@@ -73,5 +73,8 @@ async def station(h: Harness, device_id: str = "1", ack: str | None = "ok", toke
         try:
             yield st
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # Cancel until it takes: a cancel landing as the ack's PUBACK completes can be swallowed by
+            # asyncio.wait_for inside aiomqtt's publish (Python 3.11), leaving the task running.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.2)

@@ -58,7 +58,7 @@ async def test_admin_api_sets_kind_and_scope(harness):
     assert status == 200 and resp["data"]["kind"] == "lobby" and resp["data"]["households"] is None
     assert (await harness.post("/api/mqtt/call", {"device_id": "1", "household_number": "102"}))[0] == 200
     assert (await patch(harness, "/api/admin/devices/1", {"kind": "door"}, ADMIN))[1]["data"]["kind"] == "door"
-    for body, code in (({"kind": "elevator"}, 400), ({"households": "102"}, 400), ({"households": ["nope"]}, 404),
+    for body, code in (({"kind": "elevator"}, 400), ({"households": "102"}, 400), ({"kind": "lobby", "households": ["nope"]}, 404),
                        ({"households": ["a/b"]}, 400), ({"kind": "door", "households": ["102"]}, 400)):
         status, resp = await patch(harness, "/api/admin/devices/1", body, ADMIN)
         assert status == code, (body, resp)

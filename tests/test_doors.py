@@ -62,7 +62,7 @@ async def test_unlock_over_mqtt_with_tokens_keeps_the_call_when_configured(make_
         assert status == 200
         await r2.publish("users/2/commands", json.dumps(
             {"command": "unlock", "device_id": "1", "relay": 2, "request_id": "r1"}), qos=1)
-        _, body = await inbox.wait_for(lambda tp, b: b.get("request_id") == "r1")
+        _, body = await inbox.wait_for(lambda tp, b: tp.endswith("/control") and b.get("request_id") == "r1")
         assert body["call_info"]["action"] == "door_opened" and body["call_info"]["call_id"] == call_id
         assert body["door"]["device_id"] == "1" and body["door"]["relay"] == 2 and "error" not in body
         assert st.commands[0]["relay"] == 2 and st.commands[0]["by"] == "2"
@@ -86,7 +86,7 @@ async def test_other_households_and_devices_are_refused(make_harness):
         assert status == 403  # a resident token cannot speak for another resident
         await r4.publish("users/4/commands", json.dumps(
             {"command": "unlock", "device_id": "1", "call_id": call_id, "request_id": "x"}), qos=1)
-        _, err = await inbox.wait_for(lambda tp, b: "error" in b)
+        _, err = await inbox.wait_for(lambda tp, b: tp.endswith("/control") and "error" in b)
         assert tp_is(err, 403) and err["request_id"] == "x" and err["call_info"]["call_id"] == call_id
         # the ACL keeps resident 4 off resident 2's command topic altogether
         await r4.publish("users/2/commands", json.dumps({"command": "unlock", "device_id": "1"}), qos=1)
@@ -187,14 +187,14 @@ async def test_bad_mqtt_commands_and_acks_get_errors_and_break_nothing(harness, 
     async with station(harness) as st:
         await r2.client.publish("users/2/commands", json.dumps({"command": "explode", "device_id": "1",
                                                                  "request_id": "a"}), qos=1)
-        _, err = await r2.wait_for(lambda t, b: b.get("request_id") == "a")
+        _, err = await r2.wait_for(lambda t, b: t.endswith("/control") and b.get("request_id") == "a")
         assert err["error"]["code"] == 400 and "command" in err["error"]["message"]
         await r2.client.publish("users/2/commands", b"[1,2", qos=1)
-        _, err = await r2.wait_for(lambda t, b: "error" in b and b.get("request_id") is None)
+        _, err = await r2.wait_for(lambda t, b: t.endswith("/control") and "error" in b and "request_id" not in b)
         assert err["error"]["code"] == 400
         await r2.client.publish("users/2/commands", json.dumps({"command": "unlock", "device_id": "1",
                                                                  "relay": -1, "request_id": "b"}), qos=1)
-        _, err = await r2.wait_for(lambda t, b: b.get("request_id") == "b")
+        _, err = await r2.wait_for(lambda t, b: t.endswith("/control") and b.get("request_id") == "b")
         assert err["error"]["code"] == 400 and "relay" in err["error"]["message"]
         await st.client.publish("devices/1/commands/ack", json.dumps({"ok": "yes"}), qos=1)
         err = await st.wait(lambda b: "error" in b)

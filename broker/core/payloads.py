@@ -17,10 +17,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
+    StrictInt,
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -31,9 +34,14 @@ __all__ = [
     "AdminListQuery",
     "CallInfo",
     "CallRequest",
+    "CommandAck",
     "ControlBody",
     "ControlMessage",
+    "DeviceKindIn",
     "DeviceStatus",
+    "DoorCommand",
+    "DoorCommandRequest",
+    "DoorEventsQuery",
     "EndSessionRequest",
     "ErrorBody",
     "HistoryQuery",
@@ -43,7 +51,9 @@ __all__ = [
     "SessionQuery",
     "SystemMessage",
     "TencentRtc",
+    "UnlockRequest",
     "parse_id",
+    "snapshot_url",
     "topics",
     "validation_detail",
 ]
@@ -177,6 +187,14 @@ class IncomingCall(_Out):
     tencen_rtc: TencentRtc
     ring_timeout_s: float
     timestamp: int
+    snapshot_url: str | None = None  # the visitor snapshot, when the call has one as this message is made
+
+    @model_serializer(mode="wrap")
+    def _without_absent_snapshot(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("snapshot_url") is None:
+            data.pop("snapshot_url", None)
+        return data
 
 
 class ErrorBody(_Out):
@@ -193,6 +211,8 @@ class ControlMessage(_Out):
     resident_id: str | None = None
     error: ErrorBody | None = None
     request_id: str | None = None
+    snapshot_url: str | None = None  # `call_info.action: "snapshot"`
+    door: dict[str, Any] | None = None  # `call_info.action: "door_opened"`: the reply to a resident's unlock
 
 
 class EndSessionRequest(_In):
@@ -265,6 +285,8 @@ class DeviceIn(_In):
     device_id: Id
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
+    kind: Literal["door", "lobby"] = "door"
+    households: list[Id] | None = None  # a lobby panel's households (null: any of the site)
 
 
 # Query strings: every value arrives as text; an empty value (`?device_id=`) counts as absent.
@@ -324,3 +346,78 @@ class topics:
     @staticmethod
     def system(message_type: str) -> str:
         return f"system/{message_type}"
+
+    @staticmethod
+    def device_commands(device_id: str) -> str:
+        """Server -> door station: `unlock` commands; the station acks on `device_commands_ack`."""
+        return f"devices/{device_id}/commands"
+
+    @staticmethod
+    def device_commands_ack(device_id: str) -> str:
+        return f"devices/{device_id}/commands/ack"
+
+    @staticmethod
+    def resident_commands(resident_id: str) -> str:
+        return f"users/{resident_id}/commands"
+
+
+# Door unlock, device kinds, visitor snapshots (issue 13) ------------------------------------------
+
+Relay = Annotated[StrictInt, Field(ge=1)]  # numbered from 1 (2N's switches); the top is doors.max_relay
+RequestId = Annotated[str, Field(max_length=64)]
+
+
+class _UnlockFields(_In):
+    device_id: Id
+    call_id: Id | None = None
+    relay: Relay = 1
+
+
+class UnlockRequest(_UnlockFields):
+    """`POST /api/doors/unlock`; `resident_id` names the opener when the caller holds no resident token."""
+
+    resident_id: Id | None = None
+
+
+class DoorCommandRequest(_UnlockFields):
+    """A resident's publish on `users/{id}/commands`; the resident is the topic's."""
+
+    command: Literal["unlock"]
+    request_id: RequestId | None = None
+
+
+class CommandAck(_In):
+    """A door station's publish on `devices/{id}/commands/ack`."""
+
+    command_id: Annotated[str, Field(min_length=1, max_length=64)]
+    ok: StrictBool
+    error: Annotated[str, Field(max_length=256)] | None = None
+
+
+class DoorCommand(_Out):
+    """What the server publishes on `devices/{id}/commands`."""
+
+    origin: Literal["server"] = "server"
+    command: Literal["unlock"] = "unlock"
+    relay: int
+    by: str
+    call_id: str | None
+    command_id: str
+
+
+class DoorEventsQuery(_In):
+    device_id: Id | None = None
+    household_number: Id | None = None
+    limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
+
+
+class DeviceKindIn(_In):
+    """`PATCH /api/admin/devices/{id}`: a field left out keeps its value."""
+
+    kind: Literal["door", "lobby"] | None = None
+    households: list[Id] | None = None
+
+
+def snapshot_url(call_id: str) -> str:
+    """Where a call's visitor snapshot is served, relative to the REST API's base URL."""
+    return f"/api/calls/{call_id}/snapshot"
