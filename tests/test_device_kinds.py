@@ -58,8 +58,9 @@ async def test_admin_api_sets_kind_and_scope(harness):
     assert status == 200 and resp["data"]["kind"] == "lobby" and resp["data"]["households"] is None
     assert (await harness.post("/api/mqtt/call", {"device_id": "1", "household_number": "102"}))[0] == 200
     assert (await patch(harness, "/api/admin/devices/1", {"kind": "door"}, ADMIN))[1]["data"]["kind"] == "door"
-    for body, code in (({"kind": "elevator"}, 400), ({"households": "102"}, 400), ({"kind": "lobby", "households": ["nope"]}, 404),
-                       ({"households": ["a/b"]}, 400), ({"kind": "door", "households": ["102"]}, 400)):
+    bad = (({"kind": "elevator"}, 400), ({"households": "102"}, 400), ({"kind": "lobby", "households": ["nope"]}, 404),
+           ({"households": ["a/b"]}, 400), ({"kind": "door", "households": ["102"]}, 400))
+    for body, code in bad:
         status, resp = await patch(harness, "/api/admin/devices/1", body, ADMIN)
         assert status == code, (body, resp)
     assert (await patch(harness, "/api/admin/devices/nope", {"kind": "lobby"}, ADMIN))[0] == 404
@@ -86,3 +87,28 @@ async def test_lobby_unlock_follows_the_called_household(make_harness):
 async def patch(h, path, body, token):
     async with h.http.patch(h.base + path, json=body, headers={"Authorization": f"Bearer {token}"}) as r:
         return r.status, await r.json()
+
+
+def test_a_database_made_before_kinds_opens_with_every_device_a_door(tmp_path):
+    """An older intercom.db (no `kind`, `households`, snapshot or door columns) is extended on open."""
+    import sqlite3
+
+    from broker.core.directory import Directory
+    from broker.core.store import Store
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE devices (device_id TEXT PRIMARY KEY, household_number TEXT, name TEXT, "
+               "token_hash TEXT, created_at FLOAT)")
+    db.execute("CREATE TABLE households (household_number TEXT PRIMARY KEY, name TEXT, created_at FLOAT)")
+    db.execute("INSERT INTO households VALUES ('101', NULL, 0)")
+    db.execute("INSERT INTO devices VALUES ('1', '101', NULL, NULL, 0)")
+    db.commit()
+    db.close()
+    store = Store(path)
+    directory = Directory(store, 1000, None)
+    assert directory.device("1")["kind"] == "door" and directory.device("1")["households"] is None
+    assert {"snapshot_at", "door_opened_by", "door_opened_at"} <= set(store.db["calls"].columns_dict)
+    directory.set_device_kind("1", "lobby", ["101"])
+    assert Directory(store, 1000, None).device("1")["households"] == ["101"]
+    store.close()

@@ -203,7 +203,7 @@ async def test_bad_mqtt_commands_and_acks_get_errors_and_break_nothing(harness, 
         err = await st.wait(lambda b: "error" in b and b["error"]["code"] == 404)
         assert "cmd-nope" in err["error"]["message"]
         call_id = (await harness.start_call())["call_id"]
-        status, resp = await harness.post("/api/doors/unlock", {"device_id": "1", "call_id": call_id,
+        status, _resp = await harness.post("/api/doors/unlock", {"device_id": "1", "call_id": call_id,
                                                                 "resident_id": "2"})
         assert status == 200 and st.commands
 

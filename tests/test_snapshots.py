@@ -108,5 +108,17 @@ async def test_snapshots_are_pruned_after_retention(make_harness):
     assert h.svc.snapshots.prune(time.time() + 86400 + 60) == 1
     assert (await fetch(h, call_id))[0] == 404
     assert list((h.server.settings.server.data_dir / "snapshots").rglob("*.jpg")) == []
-    status, resp = await h.get("/api/calls?device_id=1")
+    _status, resp = await h.get("/api/calls?device_id=1")
     assert resp["data"][0]["snapshot_url"] is None
+
+
+def test_incoming_message_carries_the_snapshot_only_when_there_is_one():
+    """`IncomingCall` omits `snapshot_url` when absent (the seed's bytes unchanged) and carries it when set."""
+    from broker.core.payloads import IncomingCall
+
+    base = {"call_id": "c", "device_id": "1", "household_number": "101", "call_info": {"action": "initiated"},
+            "tencen_rtc": {"sdk_app_id": 1, "user_id": "resident_2", "user_sig": "s", "room_id": "c"},
+            "ring_timeout_s": 30.0, "timestamp": 1}
+    assert "snapshot_url" not in IncomingCall.model_validate(base).model_dump_json()
+    with_snap = IncomingCall.model_validate({**base, "snapshot_url": "/api/calls/c/snapshot"})
+    assert with_snap.model_dump()["snapshot_url"] == "/api/calls/c/snapshot"
