@@ -5,14 +5,17 @@
 
 Starts the server as a subprocess on 127.0.0.1 (fresh data dir, local-only mode), connects every party
 (2 residents + 1 device per household, persistent MQTT sessions, QoS 1), and runs one call loop per
-household: start, then answer / reject / cancel / let ring out / hang up at random, while a dropper aborts
-random TCP connections and reconnects them 0.2-3 s later (some past the party-offline grace period).
+household: start, then answer / reject / cancel / let ring out / hang up / open the door at random, some calls
+with a visitor snapshot, while a dropper aborts random TCP connections and reconnects them 0.2-3 s later
+(some past the party-offline grace period). Door stations ack every unlock command they receive.
 
 The oracle is the server's own sqlite history: every persisted transition is replayed through the pure
-state machine (`broker.core.states`) to get the notifications each party must have received; they are
-compared with what each client actually received. Exits 1 if any notification was lost, delivered twice
-without the MQTT DUP flag, any call is left unended or disagrees with its replay, or any request got a 5xx
-(with --strict-log, also if the server logged an ERROR).
+state machine (`broker.core.states`) to get the notifications each party must have received (snapshot
+messages: the residents in the call when `snapshot_at` was stored); they are compared with what each client
+actually received, and every unlock command the server sent (`door_events`) must have reached its station.
+Exits 1 if any notification or command was lost, delivered twice without the MQTT DUP flag, any call is left
+unended or disagrees with its replay, or any request got a 5xx (an unlock's 503/504 while its station is
+dropped excepted; with --strict-log, also if the server logged an ERROR).
 
 Memory: besides RSS at start and end, the server reports (on SIGUSR1, after a full collection) what its
 memory is made of, before the calls, after a warm-up and at the end: Python objects and blocks, glibc
@@ -45,7 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from broker import states  # noqa: E402 - the oracle replays the server's own state machine
+from broker.core import states  # noqa: E402 - the oracle replays the server's own state machine
 
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 RING_S, GRACE_S = 4.0, 2.0
@@ -105,6 +108,7 @@ from broker.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 Key = tuple[str, str, str | None, str | None]  # (call_id, incoming/action, reason, resident_id)
+JPEG = b"\xff\xd8\xff\xe0" + bytes(2048) + b"\xff\xd9"  # a visitor snapshot's shape, not a picture
 
 
 # -- a minimal MQTT 3.1.1 client: persistent session, QoS 1, DUP visible ---------------------------------------
@@ -128,7 +132,9 @@ class Party:
     def __init__(self, soak: Soak, key: str, client_id: str, topic: str) -> None:
         self.soak, self.key, self.client_id, self.topic = soak, key, client_id, topic
         self.received: Counter[Key] = Counter()
+        self.commands: set[str] = set()  # unlock command ids a door station received
         self.redelivered = 0
+        self._packet_id = 0
         self.connected = False
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -187,6 +193,8 @@ class Party:
         topic = body[2 : 2 + tlen].decode()
         qos = (first >> 1) & 3
         payload = body[2 + tlen + (2 if qos else 0) :]
+        if topic.endswith("/commands"):
+            self._on_command(payload, writer)
         if topic.endswith("/calls/incoming") or topic.endswith("/calls/control"):
             msg = json.loads(payload)
             if topic.endswith("/incoming"):
@@ -204,6 +212,15 @@ class Party:
                     self.received[key] += 1
         if qos:  # PUBACK on the connection the PUBLISH came on, after it was counted
             writer.write(b"\x40\x02" + body[2 + tlen : 4 + tlen])
+
+    def _on_command(self, payload: bytes, writer: asyncio.StreamWriter) -> None:
+        """A door station drives its relay and acks (QoS 1), on the connection the command came on."""
+        cmd = json.loads(payload)
+        self.commands.add(cmd["command_id"])
+        self._packet_id = self._packet_id % 65535 + 1
+        ack = json.dumps({"command_id": cmd["command_id"], "ok": True}).encode()
+        body = _str(f"{self.topic[:-2]}/commands/ack") + struct.pack("!H", self._packet_id) + ack
+        writer.write(_packet(0x32, body))
 
     async def _ping(self, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.CancelledError):
@@ -236,6 +253,8 @@ class Soak:
         self.errors: Counter[str] = Counter()
         self.warnings: Counter[str] = Counter()  # server WARNING lines by logger, for the summary
         self.outcomes: Counter[str] = Counter()
+        self.unlocks: Counter[int] = Counter()  # REST status of each unlock
+        self.snapshots: Counter[int] = Counter()  # REST status of each snapshot upload
         self.drops = 0
         self.proc: asyncio.subprocess.Process | None = None
         self.stop_at = 0.0
@@ -359,13 +378,17 @@ class Soak:
             lines.append(f"      {top}")
         return lines
 
-    async def post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async def post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any] | bytes,
+                   expected: tuple[int, ...] = ()) -> tuple[int, Any]:
+        """POST JSON (or raw bytes); a 5xx not in `expected` counts as an error."""
+        kw: dict[str, Any] = {"json": body} if isinstance(body, dict) else {
+            "data": body, "headers": {"Content-Type": "image/jpeg"}}
         try:
             async with http.post(
-                f"http://127.0.0.1:{self.http_port}{path}", json=body, timeout=aiohttp.ClientTimeout(total=10)
+                f"http://127.0.0.1:{self.http_port}{path}", timeout=aiohttp.ClientTimeout(total=10), **kw
             ) as r:
                 data = await r.json()
-                if r.status >= 500:
+                if r.status >= 500 and r.status not in expected:
                     self.errors[f"HTTP {r.status} {path}"] += 1
                 return r.status, data
         except (aiohttp.ClientError, TimeoutError):
@@ -398,10 +421,26 @@ class Soak:
                     self.setup_latency.append(self.first_incoming[call_id] - t0)
                     break
                 await asyncio.sleep(0.02)
-            outcome = rng.choices(["answer", "reject", "cancel", "ring-out"], [5, 2, 2, 1])[0]
+            if rng.random() < 0.3:
+                status, _ = await self.post(http, f"/api/calls/{call_id}/snapshot", JPEG)
+                self.snapshots[status] += 1
+            outcome = rng.choices(["answer", "reject", "cancel", "ring-out", "unlock"], [5, 2, 2, 1, 2])[0]
             self.outcomes[outcome] += 1
             ctl_r, ctl_d = "/api/mqtt/controller/resident", "/api/mqtt/controller/device"
-            if outcome == "answer":
+            if outcome == "unlock":
+                who = rng.choice(residents)
+                if rng.random() < 0.5:  # from the incoming-call screen, or once talking
+                    await self.post(
+                        http, ctl_r, {"call_info": {"call_id": call_id, "action": "answered"}, "resident_id": who}
+                    )
+                    await asyncio.sleep(rng.uniform(0.2, 1.5))
+                # 503: the station is offline (dropped); 504: it came back after doors.ack_timeout_s
+                status, _ = await self.post(http, "/api/doors/unlock", {"device_id": dev, "call_id": call_id,
+                                                                        "resident_id": who}, expected=(503, 504))
+                self.unlocks[status] += 1
+                if status != 200:  # the call goes on: the visitor gives up
+                    await self.post(http, ctl_d, {"call_info": {"call_id": call_id, "action": "hangup"}})
+            elif outcome == "answer":
                 who = rng.choice(residents)
                 await self.post(
                     http, ctl_r, {"call_info": {"call_id": call_id, "action": "answered"}, "resident_id": who}
@@ -446,16 +485,24 @@ class Soak:
         wrong: list[str] = []
         calls = db.execute(
             "SELECT call_id, device_id, household_number, target_resident_ids, start_time, "
-            "ring_timeout_s, max_duration_s, status, end_reason FROM calls"
+            "ring_timeout_s, max_duration_s, status, end_reason, snapshot_at FROM calls"
         ).fetchall()
-        for call_id, dev, hh, targets, start, ring, maxd, status, end_reason in calls:
+        for call_id, dev, hh, targets, start, ring, maxd, status, end_reason, snapshot_at in calls:
             call = states.new_call(call_id, dev, hh, tuple(json.loads(targets)), start, ring, maxd)
             for rid in call.targets:
                 want[f"resident:{rid}"][(call_id, "incoming", None, None)] += 1
             events = db.execute(
                 "SELECT actor, action, reason, ts FROM call_events WHERE call_id = ? ORDER BY id", (call_id,)
             ).fetchall()
-            for actor, action, reason, ts in events[1:]:
+            for actor, action, reason, ts in [*events[1:], (None, None, None, float("inf"))]:
+                if snapshot_at is not None and ts > snapshot_at:  # the residents in the call then were told
+                    answerer = [call.answered_by] if call.state is states.CallState.CONNECTED else []
+                    ringing = sorted(call.ringing) if call.state is states.CallState.RINGING else []
+                    for rid in answerer + ringing:
+                        want[f"resident:{rid}"][(call_id, "snapshot", None, None)] += 1
+                    snapshot_at = None
+                if actor is None:
+                    break
                 role, _, ident = actor.partition(":")
                 call, notices = states.apply(
                     call, states.Party(states.Role(role), ident), states.Action(action), ts, reason
@@ -523,7 +570,11 @@ class Soak:
         told = {(f"device:{d}", c): ts for c, d, ts in db.execute(
             "SELECT e.call_id, c.device_id, MAX(e.ts) FROM call_events e JOIN calls c USING (call_id) "
             "GROUP BY e.call_id")}
+        sent = db.execute("SELECT device_id, command_id FROM door_events WHERE command_id IS NOT NULL").fetchall()
+        outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM door_events GROUP BY outcome").fetchall())
         db.close()
+        lost_commands = [f"lost unlock command {cid} to device {d}" for d, cid in sent
+                         if cid not in self.parties[f"device:{d}"].commands]
         lost = dup = 0
         samples: list[str] = []
         for key, party in self.parties.items():
@@ -550,6 +601,9 @@ class Soak:
             f"DUP re-sends after reconnect {redelivered}"
         )
         print(f"  call setup latency (REST start -> first resident incoming): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(f"  unlocks (REST status): {dict(sorted(self.unlocks.items()))}, door_events: {outcomes}, "
+              f"commands sent {len(sent)}, lost {len(lost_commands)}")
+        print(f"  snapshots (REST status): {dict(sorted(self.snapshots.items()))}")
         print(f"  calls not ended or disagreeing with replay: {len(wrong)}")
         print(f"  messages still held by the server after the drain: {len(stuck)}")
         print(f"  server RSS: start {rss_start:.1f} MB, end {rss_end:.1f} MB")
@@ -558,13 +612,14 @@ class Soak:
             print(line)
         print(f"  errors: {dict(self.errors) or 'none'}")
         print(f"  server warnings by logger: {dict(self.warnings.most_common(6)) or 'none'}")
-        for line in wrong[:5] + samples[:10] + stuck[:10]:
+        for line in wrong[:5] + samples[:10] + stuck[:10] + lost_commands[:5]:
             print("   ", line)
         log_errors = self.errors.pop("server ERROR log line", 0)
         if log_errors:
             print(f"  server logged {log_errors} ERROR lines (first one above)"
                   + ("" if self.strict_log else "; not a failure without --strict-log"))
-        ok = lost == 0 and dup == 0 and not wrong and not self.errors and n_calls > 0
+        ok = lost == 0 and dup == 0 and not wrong and not self.errors and n_calls > 0 and not lost_commands
+        ok = ok and self.unlocks[200] > 0 and self.snapshots[200] > 0
         ok = ok and not (self.strict_log and log_errors)
         print("soak: PASS" if ok else "soak: FAIL")
         return 0 if ok else 1

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from broker.core.payloads import Id
 
@@ -130,6 +130,22 @@ class CallsConfig(_Strict):
     max_loop_lag_ms: float = Field(500.0, gt=0)
 
 
+class DoorsConfig(_Strict):
+    """Door unlock (broker/core/doors.py)."""
+
+    ack_timeout_s: float = Field(5.0, gt=0, le=60)  # no ack from the station by then: 504
+    unlock_ends_call: bool = True  # a successful unlock ends the call, reason `door_opened`
+    allow_unlock_without_call: bool = False  # residents may open their doors with no call ringing
+    max_relay: int = Field(4, ge=1, le=64)  # relays are numbered from 1, as 2N's switches
+
+
+class SnapshotsConfig(_Strict):
+    """Visitor snapshots (broker/core/snapshots.py), stored under server.data_dir/snapshots."""
+
+    max_bytes: int = Field(512 * 1024, ge=1024, le=16 * 1024 * 1024)
+    retention_days: float = Field(30.0, gt=0, le=3650)
+
+
 class TrtcConfig(_Strict):
     sdk_app_id: int = Field(1400000001, ge=1)
     secret_key: SecretStr | None = None
@@ -187,6 +203,16 @@ class SiteResident(_Strict):
 class SiteDevice(_Strict):
     device_id: Id
     name: str | None = None
+    # door: a unit's own door station, calls its household only; lobby: a building entrance or gate,
+    # calls any household of the site, or only those in `households` (broker/core/device_kinds.py)
+    kind: Literal["door", "lobby"] = "door"
+    households: list[Id] | None = None
+
+    @model_validator(mode="after")
+    def _households_for_lobbies(self) -> SiteDevice:
+        if self.households is not None and self.kind != "lobby":
+            raise ValueError("households: only a lobby panel (kind: lobby) has a households list")
+        return self
 
 
 class SiteHousehold(_Strict):
@@ -212,6 +238,8 @@ class Settings(_Strict):
     acl: AclConfig = AclConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     store: StoreConfig = StoreConfig()
+    doors: DoorsConfig = DoorsConfig()
+    snapshots: SnapshotsConfig = SnapshotsConfig()
     admin_token: SecretStr | None = None
 
     @field_validator("server")

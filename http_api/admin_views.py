@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.core.calls import iso
-from broker.core.errors import NotFound
+from broker.core.errors import BadRequest, NotFound
 from broker.core.payloads import AdminListQuery, DeviceIn, DirectoryPatch, HouseholdIn, ResidentIn, parse_id
 from broker.core.store import DIRECTORY
 from http_api.auth import require
@@ -46,7 +46,10 @@ async def create(request: web.Request) -> web.Response:
         r = await parse_body(request, ResidentIn)
         return ok(directory.add_member(kind, r.resident_id, r.household_number, r.name))
     d = await parse_body(request, DeviceIn)
-    return ok(directory.add_member(kind, d.device_id, d.household_number, d.name))
+    directory.check_device_kind(d.kind, d.households)
+    created = directory.add_member(kind, d.device_id, d.household_number, d.name)
+    kind_view = directory.set_device_kind(d.device_id, d.kind, d.households)
+    return ok({**created, "kind": kind_view["kind"], "households": kind_view["households"]})
 
 
 async def list_all(request: web.Request) -> web.Response:
@@ -74,8 +77,22 @@ async def new_token(request: web.Request) -> web.Response:
 
 
 async def update(request: web.Request) -> web.Response:
-    """Rename an entry, or move a resident or device to another household (fields left out stay)."""
+    """Rename an entry, move a resident or device to another household, or set a device's kind (fields left
+    out stay; a door station has no households list)."""
     kind = _kind(request)
+    ident = _ident(request, kind)
     patch = await parse_body(request, DirectoryPatch)
     changes = patch.model_dump(exclude_unset=True)
-    return ok(request.app[SERVICES].directory.update(kind, _ident(request, kind), changes))
+    directory = request.app[SERVICES].directory
+    device_fields = {"kind", "households"} & changes.keys()
+    if device_fields and kind != "devices":
+        raise BadRequest(f"{', '.join(sorted(device_fields))}: only devices have a kind")
+    rest = {k: v for k, v in changes.items() if k not in device_fields}
+    view = directory.update(kind, ident, rest) if rest or not device_fields else {}
+    if device_fields:
+        row = directory.device(ident)
+        device_kind = patch.kind or row["kind"]
+        households = patch.households if "households" in changes else (
+            row["households"] if device_kind == "lobby" else None)
+        view = directory.set_device_kind(ident, device_kind, households)
+    return ok(_view(view))

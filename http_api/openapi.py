@@ -28,9 +28,10 @@ from broker.core.payloads import (
     RtcCallRequest,
     RtcTokenRequest,
     SystemMessage,
+    UnlockRequest,
     UserSigRequest,
 )
-from http_api import admin_views, call_views, console_views, misc_views
+from http_api import admin_views, call_views, console_views, door_views, misc_views, snapshot_views
 from http_api.auth import is_public
 
 __all__ = ["OPS", "Op", "build_spec", "openapi_json"]
@@ -87,7 +88,16 @@ OPS: dict[Any, Op] = {
     admin_views.list_all: Op("List households, residents or devices", "admin",
                              query=(("household_number", "only this household's members", False),)),
     admin_views.get: Op("One household, resident or device", "admin"),
-    admin_views.update: Op("Rename an entry, or move a member to another household", "admin", (DirectoryPatch,)),
+    admin_views.update: Op("Rename an entry, move a member to another household, or set a device's kind", "admin",
+                           (DirectoryPatch,)),
+    door_views.unlock: Op("A resident opens the door station calling it (waits for the station's ack)", "doors",
+                          (UnlockRequest,)),
+    door_views.events: Op("Who opened which door, when, and how it went", "doors", query=(
+        ("device_id", "only this door station", False), ("household_number", "only this household", False),
+        ("limit", "at most this many, newest first", False))),
+    snapshot_views.upload: Op("A door station attaches a JPEG of the visitor to its live call (image/jpeg body)",
+                              "calls"),
+    snapshot_views.fetch: Op("A call's visitor snapshot (the call's parties and admins)", "calls", media="image/jpeg"),
     admin_views.delete: Op("Delete an entry (a household only once it is empty)", "admin"),
     admin_views.new_token: Op("Issue a new token for a resident or device (the old one stops working)", "admin"),
     console_views.index: Op("The web console", "console", media="text/html"),

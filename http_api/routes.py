@@ -2,7 +2,15 @@
 
 from aiohttp import web
 
-from http_api import admin_views, call_views, console_views, misc_views, openapi
+from http_api import (
+    admin_views,
+    call_views,
+    console_views,
+    door_views,
+    misc_views,
+    openapi,
+    snapshot_views,
+)
 
 __all__ = ["setup_routes"]
 
@@ -38,3 +46,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/console/{name:.+}", console_views.static_file)
     r.add_get("/api/console/config", console_views.config)
     r.add_get("/api/openapi.json", openapi.openapi_json)
+    # door unlock, lobby panels, visitor snapshots (issue 13)
+    r.add_post("/api/doors/unlock", door_views.unlock)
+    r.add_get("/api/doors/events", door_views.events)
+    r.add_post("/api/calls/{call_id}/snapshot", snapshot_views.upload)
+    r.add_get("/api/calls/{call_id}/snapshot", snapshot_views.fetch)

@@ -17,6 +17,7 @@ from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, top
 from broker.core.services import Services
 from broker.core.states import Party, Role
 from broker.core.tokens import Principal
+from plugins import door_router
 
 __all__ = ["identify", "on_publish"]
 
@@ -40,7 +41,7 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
     if kind_and_id is None:
         return
     kind, party_id = kind_and_id
-    party = Party(Role.RESIDENT if kind == "resident_control" else Role.DEVICE, party_id)
+    party = Party(Role.RESIDENT if kind in ("resident_control", "resident_commands") else Role.DEVICE, party_id)
     body: Any = None
     request_id: str | None = None
     try:
@@ -61,6 +62,9 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
                 reply = {"origin": "server", **data, "request_id": req.request_id}
                 # published by the group commit, i.e. after the call is stored
                 svc.calls.publisher.publish(topics.device_control(party.id), fastjson.dumps(reply).encode(), qos=1)
+            elif kind in ("resident_commands", "device_commands_ack"):  # door unlock: plugins/door_router.py
+                request_id = door_router.request_id(body)
+                door_router.on_publish(svc, party, "commands" if kind == "resident_commands" else "ack", body)
             elif kind == "device_status":
                 # Published retained by the server too (after the device's own message, which the broker
                 # retained first), so the retained message is always the stored, merged status.

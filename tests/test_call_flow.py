@@ -181,6 +181,7 @@ async def test_busy_device_and_household(harness):
     await harness.start_call("1")
     status, resp = await harness.post("/api/mqtt/call", {"device_id": "1"})
     assert status == 409 and "already in call" in resp["message"]
+    harness.svc.directory.set_device_kind("5", "lobby", None)  # a door station may only ring its own household
     status, resp = await harness.post("/api/mqtt/call", {"device_id": "5", "household_number": "101"})
     assert status == 409 and "household" in resp["message"]
     # Another household is free.

@@ -44,7 +44,9 @@ def test_classify_knows_exactly_the_call_service_topics():
     assert topics.classify(topics.device_control("门口")) == ("device_control", "门口")
     assert topics.classify(topics.resident_control("2")) == ("resident_control", "2")
     assert topics.classify(topics.device_status("1")) == ("device_status", "1")
-    for other in (topics.incoming("2"), topics.system("notice"), "calls/request/1/x", "devices/1/commands"):
+    assert topics.classify(topics.resident_commands("2")) == ("resident_commands", "2")
+    assert topics.classify(topics.device_commands_ack("1")) == ("device_commands_ack", "1")
+    for other in (topics.incoming("2"), topics.system("notice"), "calls/request/1/x", topics.device_commands("1")):
         assert topics.classify(other) is None
     assert {topics.classify(f.replace("+", "x"))[0] for f in CALL_SERVICE_FILTERS} == {
-        "request", "device_control", "resident_control", "device_status"}
+        "request", "device_control", "resident_control", "device_status", "resident_commands", "device_commands_ack"}

@@ -161,3 +161,23 @@ def test_nothing_moves_an_ended_call():
 def test_table_never_leaves_ended():
     """No transition starts from the ended state."""
     assert all(state is not CallState.ENDED for state, _, _ in TRANSITIONS)
+
+
+def test_door_opened_ends_a_ringing_call_and_tells_everyone_in_it():
+    """A server `door_opened` (reason: the opener) ends a ringing call; ringing residents hear `cancelled`."""
+    call, notices = apply(ringing(), Party(Role.SERVER, "server"), Action.DOOR_OPENED, 101.0, "resident:2")
+    assert call.state is CallState.ENDED and call.end_reason is EndReason.DOOR_OPENED
+    heard = {(n.to.key, n.action, n.reason, n.resident_id) for n in notices}
+    assert heard == {("device:1", "hangup", "door_opened", "2"), ("resident:2", "cancelled", "door_opened", "2"),
+                     ("resident:3", "cancelled", "door_opened", "2")}
+
+
+def test_door_opened_on_a_connected_call_hangs_up_both_parties():
+    """Connected: the device and the answerer hear `hangup`, reason `door_opened`; an admin opener has no id."""
+    call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
+    call, notices = apply(call, Party(Role.SERVER, "server"), Action.DOOR_OPENED, 102.0, "admin")
+    assert call.end_reason is EndReason.DOOR_OPENED
+    assert {(n.to.key, n.action, n.resident_id) for n in notices} == {("device:1", "hangup", None),
+                                                                     ("resident:2", "hangup", None)}
+    with pytest.raises(Forbidden):
+        apply(ringing(), R2, Action.DOOR_OPENED, 101.0, "resident:2")

@@ -20,10 +20,19 @@ from typing import Any
 from broker.config import CallsConfig
 from broker.core import states
 from broker.core.admission import CallAdmission, LoopLag
+from broker.core.device_kinds import check_call_scope
 from broker.core.directory import Directory
 from broker.core.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
 from broker.core.group_commit import GroupCommit, Publisher
-from broker.core.payloads import CallInfo, ControlMessage, ErrorBody, control_notice, incoming_call_encoder, topics
+from broker.core.payloads import (
+    CallInfo,
+    ControlMessage,
+    ErrorBody,
+    control_notice,
+    incoming_call_encoder,
+    snapshot_url,
+    topics,
+)
 from broker.core.states import Action, CallSession, CallState, Party, Role
 from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
 from broker.core.trtc import Trtc
@@ -133,6 +142,7 @@ class CallService:
             targets = tuple(self.directory.resident_ids(household))
             if not targets:
                 raise NotFound(f"household '{household}' has no residents to call")
+        check_call_scope(device, household)
         if device_id in self._by_device:
             raise Busy(f"device '{device_id}' is already in call {self._by_device[device_id]}")
         if household in self._by_household:
@@ -215,6 +225,18 @@ class CallService:
     def device_for(self, call_id: str) -> str:
         return self._load(call_id).device_id
 
+    def live(self, call_id: str) -> CallSession | None:
+        """The call if it is ringing or connected, else None (read-only: sessions are frozen)."""
+        return self._active.get(call_id)
+
+    def live_call_of_device(self, device_id: str) -> CallSession | None:
+        call_id = self._by_device.get(device_id)
+        return self._active.get(call_id) if call_id is not None else None
+
+    def door_opened(self, call_id: str, by: str) -> None:
+        """End a live call because its door was opened by `by` ("resident:2" or "admin")."""
+        self._transition(self._load(call_id), SERVER, Action.DOOR_OPENED, by)
+
     # reads --------------------------------------------------------------------------------------
 
     def session(self, call_id: str, viewer: Party | None) -> dict[str, Any]:
@@ -247,6 +269,8 @@ class CallService:
                 "status": r["status"], "end_reason": r["end_reason"], "start_time": iso(r["start_time"]),
                 "connected_at": iso(r["connected_at"]), "ended_at": iso(r["ended_at"]),
                 "last_activity": iso(r["last_activity"]),
+                "snapshot_url": snapshot_url(r["call_id"]) if r.get("snapshot_at") else None,
+                "door_opened_by": r.get("door_opened_by"), "door_opened_at": iso(r.get("door_opened_at")),
             }
             for r in rows
         ]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from broker.config import SiteConfig
+from broker.core.device_kinds import check_scope
 from broker.core.errors import BadRequest, Conflict, NotFound, Unauthorized
 from broker.core.store import DIRECTORY, Store
 from broker.core.tokens import Principal, hash_token, new_token, parse_token, verify_token
@@ -66,6 +67,8 @@ class Directory:
         return index.get(household_number, [])
 
     def _put(self, kind: str, row: dict[str, Any]) -> None:
+        if kind == "devices":
+            row = {"kind": "door", "households": None, **row}
         self.store.put(kind, row)
         self._rows[kind][row[DIRECTORY[kind]]] = row
         self._index.pop(kind, None)
@@ -171,6 +174,35 @@ class Directory:
                     elif existing["household_number"] != hh.household_number:
                         raise BadRequest(f"site: {SINGULAR[kind]} '{ident}' is in household "
                                          f"'{existing['household_number']}' already")
+        self._seed_kinds(site)
+
+    def _seed_kinds(self, site: SiteConfig) -> None:
+        """`kind` / `households` written in broker.yaml win over the stored ones (left out: kept)."""
+        for hh in site.households:
+            for d in hh.devices:
+                given = d.model_fields_set & {"kind", "households"}
+                if given:
+                    row = self.row("devices", d.device_id)
+                    kind = d.kind if "kind" in given else row.get("kind", "door")
+                    self.set_device_kind(d.device_id, kind, d.households, known_households=False)
+
+    def check_device_kind(self, kind: str, households: list[str] | None, known_households: bool = True) -> None:
+        check_scope(kind, households)
+        if known_households:
+            for number in households or ():
+                if self._get("households", number) is None:
+                    raise NotFound(f"household '{number}' not found")
+
+    def set_device_kind(self, device_id: str, kind: str, households: list[str] | None,
+                        known_households: bool = True) -> dict[str, Any]:
+        """Make a device a unit `door` station or a `lobby` panel (calling any household, or `households`)."""
+        self.row("devices", device_id)
+        self.check_device_kind(kind, households, known_households)
+        values = {"kind": kind, "households": list(households) if households is not None else None}
+        self.store.update("devices", device_id, values)
+        self._rows["devices"][device_id] = {**self._rows["devices"][device_id], **values}
+        self._index.pop("devices", None)
+        return self.get("devices", device_id)
 
     # authentication --------------------------------------------------------------------------
 

@@ -18,10 +18,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
+    StrictInt,
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -34,10 +37,14 @@ __all__ = [
     "AdminListQuery",
     "CallInfo",
     "CallRequest",
+    "CommandAck",
     "ControlBody",
     "ControlMessage",
     "DeviceStatus",
     "DirectoryPatch",
+    "DoorCommand",
+    "DoorCommandRequest",
+    "DoorEventsQuery",
     "EndSessionRequest",
     "ErrorBody",
     "HistoryQuery",
@@ -47,9 +54,11 @@ __all__ = [
     "SessionQuery",
     "SystemMessage",
     "TencentRtc",
+    "UnlockRequest",
     "control_notice",
     "incoming_call_encoder",
     "parse_id",
+    "snapshot_url",
     "topics",
     "validation_detail",
 ]
@@ -183,6 +192,14 @@ class IncomingCall(_Out):
     tencen_rtc: TencentRtc
     ring_timeout_s: float
     timestamp: int
+    snapshot_url: str | None = None  # the visitor snapshot, when the call has one as this message is made
+
+    @model_serializer(mode="wrap")
+    def _without_absent_snapshot(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("snapshot_url") is None:
+            data.pop("snapshot_url", None)
+        return data
 
 
 class ErrorBody(_Out):
@@ -199,6 +216,8 @@ class ControlMessage(_Out):
     resident_id: str | None = None
     error: ErrorBody | None = None
     request_id: str | None = None
+    snapshot_url: str | None = None  # `call_info.action: "snapshot"`
+    door: dict[str, Any] | None = None  # `call_info.action: "door_opened"`: the reply to a resident's unlock
 
 
 def incoming_call_encoder(call_id: str, device_id: str, household_number: str, call_info: dict[str, Any],
@@ -293,6 +312,8 @@ class DeviceIn(_In):
     device_id: Id
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
+    kind: Literal["door", "lobby"] = "door"
+    households: list[Id] | None = None  # a lobby panel's households (null: any of the site)
 
 
 # Query strings: every value arrives as text; an empty value (`?device_id=`) counts as absent.
@@ -325,10 +346,13 @@ class AdminListQuery(_In):
 
 
 class DirectoryPatch(_In):
-    """`PATCH /api/admin/{kind}/{id}`: rename an entry, or move a resident or device to another household."""
+    """`PATCH /api/admin/{kind}/{id}`: rename an entry, move a resident or device to another household, or
+    (devices) make it a unit door station or a lobby panel. A field left out keeps its value."""
 
     name: Annotated[str, Field(max_length=128)] | None = None
     household_number: Id | None = None
+    kind: Literal["door", "lobby"] | None = None  # devices only
+    households: list[Id] | None = None  # devices only: the households a lobby panel may call (none: all)
 
 
 class topics:
@@ -387,7 +411,8 @@ class topics:
     def classify(topic: str) -> tuple[str, str] | None:
         """(kind, party id) of a topic clients publish the call service's input on, else None.
 
-        kind: `request` (a device starts a call), `device_control`, `resident_control`, `device_status`.
+        kind: `request` (a device starts a call), `device_control`, `resident_control`, `device_status`,
+        `resident_commands` (door unlock), `device_commands_ack` (a station's answer to a command).
         """
         match topic.split("/"):
             case ["calls", "request", device_id]:
@@ -398,9 +423,68 @@ class topics:
                 return "resident_control", resident_id
             case ["devices", device_id, "status"]:
                 return "device_status", device_id
+            case ["users", resident_id, "commands"]:
+                return "resident_commands", resident_id
+            case ["devices", device_id, "commands", "ack"]:
+                return "device_commands_ack", device_id
         return None
 
 
 # What the call service subscribes to when it is a client of an external broker (bridge mode).
 CALL_SERVICE_FILTERS = (topics.request("+"), topics.device_control("+"), topics.resident_control("+"),
-                        topics.device_status("+"))
+                        topics.device_status("+"), topics.resident_commands("+"), topics.device_commands_ack("+"))
+
+
+# Door unlock, device kinds, visitor snapshots (issue 13) ------------------------------------------
+
+Relay = Annotated[StrictInt, Field(ge=1)]  # numbered from 1 (2N's switches); the top is doors.max_relay
+RequestId = Annotated[str, Field(max_length=64)]
+
+
+class _UnlockFields(_In):
+    device_id: Id
+    call_id: Id | None = None
+    relay: Relay = 1
+
+
+class UnlockRequest(_UnlockFields):
+    """`POST /api/doors/unlock`; `resident_id` names the opener when the caller holds no resident token."""
+
+    resident_id: Id | None = None
+
+
+class DoorCommandRequest(_UnlockFields):
+    """A resident's publish on `users/{id}/commands`; the resident is the topic's."""
+
+    command: Literal["unlock"]
+    request_id: RequestId | None = None
+
+
+class CommandAck(_In):
+    """A door station's publish on `devices/{id}/commands/ack`."""
+
+    command_id: Annotated[str, Field(min_length=1, max_length=64)]
+    ok: StrictBool
+    error: Annotated[str, Field(max_length=256)] | None = None
+
+
+class DoorCommand(_Out):
+    """What the server publishes on `devices/{id}/commands`."""
+
+    origin: Literal["server"] = "server"
+    command: Literal["unlock"] = "unlock"
+    relay: int
+    by: str
+    call_id: str | None
+    command_id: str
+
+
+class DoorEventsQuery(_In):
+    device_id: Id | None = None
+    household_number: Id | None = None
+    limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
+
+
+def snapshot_url(call_id: str) -> str:
+    """Where a call's visitor snapshot is served, relative to the REST API's base URL."""
+    return f"/api/calls/{call_id}/snapshot"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker.config import Settings
 from broker.core.calls import CallService
 from broker.core.directory import Directory
+from broker.core.doors import DoorService
+from broker.core.snapshots import SnapshotService
 from broker.core.status import StatusService
 from broker.core.store import Store
 from broker.core.trtc import Trtc
@@ -22,3 +24,13 @@ class Services:
     trtc: Trtc
     calls: CallService
     status: StatusService
+    # Built from the ones above, so every assembly (server, bridge, benches) gets them unchanged.
+    doors: DoorService = field(init=False)
+    snapshots: SnapshotService = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.doors = DoorService(self.store, self.directory, self.calls, s.doors, self.calls.publisher)
+        self.snapshots = SnapshotService(self.store, self.calls, s.snapshots, s.server.data_dir / "snapshots",
+                                         self.calls.publisher)
+        self.snapshots.prune()

@@ -52,6 +52,7 @@ class Action(StrEnum):
     MAX_DURATION = "max_duration"
     FORCE = "force"
     PARTY_OFFLINE = "party_offline"
+    DOOR_OPENED = "door_opened"  # a resident opened the calling door (doors.unlock_ends_call)
 
 
 class EndReason(StrEnum):
@@ -62,6 +63,7 @@ class EndReason(StrEnum):
     FORCED = "forced"
     MAX_DURATION = "max_duration"
     PARTY_OFFLINE = "party_offline"
+    DOOR_OPENED = "door_opened"
 
 
 class Move(StrEnum):
@@ -77,6 +79,7 @@ class Move(StrEnum):
     MAX_DURATION = "max_duration"
     FORCE = "force"
     PARTY_OFFLINE = "party_offline"
+    DOOR_OPENED = "door_opened"
 
 
 # A move's effect: the fields of the call that change, and who is told what. `apply` makes the new
@@ -101,13 +104,16 @@ TRANSITIONS: dict[tuple[CallState, Role, Action], Move] = {
     (C, S, Action.FORCE): Move.FORCE,
     (R, S, Action.PARTY_OFFLINE): Move.PARTY_OFFLINE,
     (C, S, Action.PARTY_OFFLINE): Move.PARTY_OFFLINE,
+    (R, S, Action.DOOR_OPENED): Move.DOOR_OPENED,
+    (C, S, Action.DOOR_OPENED): Move.DOOR_OPENED,
 }
 
 # Which actions each role may ever send; anything else is 403 whatever the state.
 ALLOWED: dict[Role, frozenset[Action]] = {
     D: frozenset({Action.HANGUP, Action.CANCELLED}),
     U: frozenset({Action.ANSWERED, Action.REJECTED, Action.TIMEOUT, Action.HANGUP}),
-    S: frozenset({Action.RING_TIMEOUT, Action.MAX_DURATION, Action.FORCE, Action.PARTY_OFFLINE}),
+    S: frozenset({Action.RING_TIMEOUT, Action.MAX_DURATION, Action.FORCE, Action.PARTY_OFFLINE,
+                  Action.DOOR_OPENED}),
 }
 
 
@@ -324,6 +330,15 @@ def _party_offline(call: CallSession, _: Party, now: float, reason: str | None, 
     return _end(EndReason.PARTY_OFFLINE, now), notices
 
 
+def _door_opened(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
+    # `reason` names who opened ("resident:2", or "admin"); everyone still in the call is told, the opener
+    # too (its own screen must close): ringing residents hear `cancelled`, the others `hangup`.
+    opener = reason.partition(":")[2] if reason and reason.startswith("resident:") else None
+    notices = [Notice(p, "cancelled" if p.role is Role.RESIDENT and call.state is CallState.RINGING else "hangup",
+                      "door_opened", resident_id=opener) for p in _in_call(call)]
+    return _end(EndReason.DOOR_OPENED, now), notices
+
+
 _MOVES = {
     Move.ANSWER: _answer,
     Move.DECLINE: _decline,
@@ -335,4 +350,5 @@ _MOVES = {
     Move.MAX_DURATION: _max_duration,
     Move.FORCE: _force,
     Move.PARTY_OFFLINE: _party_offline,
+    Move.DOOR_OPENED: _door_opened,
 }

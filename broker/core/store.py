@@ -90,6 +90,27 @@ class Store:
             pk="id",
             if_not_exists=True,
         )
+        self._create_doors_and_snapshots()
+
+    def _create_doors_and_snapshots(self) -> None:
+        """Issue 13's columns and tables; added to a database made before them, on open."""
+        for table, columns in (("devices", {"kind": str, "households": str}),
+                               ("calls", {"snapshot_at": float, "door_opened_by": str, "door_opened_at": float})):
+            have = self._t(table).columns_dict
+            for name, kind in columns.items():
+                if name not in have:
+                    self._t(table).add_column(name, kind)
+        self.db.execute("CREATE INDEX IF NOT EXISTS calls_snapshot_at ON calls (snapshot_at)"
+                        " WHERE snapshot_at IS NOT NULL")
+        self._t("door_events").create(
+            {"id": int, "ts": float, "device_id": str, "household_number": str, "relay": int, "by": str,
+             "call_id": str, "command_id": str, "outcome": str, "error": str, "acked_at": float},
+            pk="id",
+            if_not_exists=True,
+        )
+        self._t("door_events").create_index(["device_id", "ts"], if_not_exists=True)
+        self._t("door_events").create_index(["household_number", "ts"], if_not_exists=True)
+        self._t("door_events").create_index(["command_id"], if_not_exists=True)
 
     def _t(self, name: str) -> Table:
         return self.db.table(name)
@@ -118,14 +139,19 @@ class Store:
 
     def get(self, kind: str, ident: str) -> dict[str, Any] | None:
         try:
-            return dict(self._t(kind).get(ident))
+            return _decode_member(dict(self._t(kind).get(ident)))
         except NotFoundError:
             return None
 
     def rows(self, kind: str, household_number: str | None = None) -> list[dict[str, Any]]:
         if household_number is None:
-            return list(self._t(kind).rows_where(order_by=DIRECTORY[kind]))
-        return list(self._t(kind).rows_where("household_number = ?", [household_number], order_by=DIRECTORY[kind]))
+            return [_decode_member(r) for r in self._t(kind).rows_where(order_by=DIRECTORY[kind])]
+        return [_decode_member(r) for r in
+                self._t(kind).rows_where("household_number = ?", [household_number], order_by=DIRECTORY[kind])]
+
+    def update(self, kind: str, ident: str, values: dict[str, Any]) -> None:
+        with self._tx():
+            self._t(kind).update(ident, values)
 
     def delete(self, kind: str, ident: str) -> bool:
         with self._tx():
@@ -182,6 +208,37 @@ class Store:
         with self._tx():
             self._t("system_messages").insert({**row, "data": json.dumps(row["data"])})
 
+    # door events and snapshots (issue 13) -----------------------------------------------------
+
+    def add_door_event(self, row: dict[str, Any]) -> int:
+        with self._tx():
+            pk = self._t("door_events").insert(row).last_pk
+        if pk is None:
+            raise StoreError("door event was not stored")
+        return int(pk)
+
+    def update_door_event(self, event_id: int, values: dict[str, Any]) -> None:
+        with self._tx():
+            self._t("door_events").update(event_id, values)
+
+    def door_event_by_command(self, command_id: str) -> dict[str, Any] | None:
+        rows = list(self._t("door_events").rows_where("command_id = ?", [command_id], limit=1))
+        return rows[0] if rows else None
+
+    def door_events(self, where: dict[str, str], limit: int) -> list[dict[str, Any]]:
+        sql = " AND ".join(f"[{k}] = ?" for k in where) or None
+        return list(self._t("door_events").rows_where(sql, list(where.values()), order_by="id DESC", limit=limit))
+
+    def set_call_fields(self, call_id: str, values: dict[str, Any]) -> None:
+        """Columns outside the call's state (`snapshot_at`, `door_opened_*`): a transition never writes them."""
+        with self._tx():
+            self._t("calls").update(call_id, values)
+
+    def calls_with_snapshot_before(self, cutoff: float) -> list[str]:
+        rows = self.db.execute("SELECT call_id FROM calls WHERE snapshot_at IS NOT NULL AND snapshot_at < ?",
+                               [cutoff]).fetchall()
+        return [r[0] for r in rows]
+
     def close(self) -> None:
         if self.before_write is not None:
             self.before_write()
@@ -217,6 +274,14 @@ def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, ac
         if cur.rowcount != 1:
             raise sqlite3.IntegrityError(f"call {call.call_id} has no row to update")
     conn.execute(_INSERT_EVENT, (call.call_id, call.last_activity, actor, action, reason, before, call.state.value))
+
+
+def _decode_member(row: dict[str, Any]) -> dict[str, Any]:
+    """A device's `households` is stored as JSON text; `kind` is null in rows made before it (a door)."""
+    if "kind" in row:
+        row["kind"] = row["kind"] or "door"
+        row["households"] = json.loads(row["households"]) if row.get("households") else None
+    return row
 
 
 def _decode_call(row: dict[str, Any]) -> dict[str, Any]:

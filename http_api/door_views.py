@@ -1,0 +1,61 @@
+"""Door unlock and the door event log (issue 13). Thin: parse, decide who opens, delegate to the door service."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.core.doors import Opener
+from broker.core.errors import BadRequest, Forbidden
+from broker.core.payloads import DoorEventsQuery, UnlockRequest
+from broker.core.services import Services
+from http_api.auth import require
+from http_api.envelope import ok, parse_body, parse_query
+from http_api.keys import SERVICES
+
+__all__ = ["events", "unlock"]
+
+
+async def unlock(request: web.Request) -> web.Response:
+    """`POST /api/doors/unlock {device_id, call_id?, relay?, resident_id?}`: answers once the station acked."""
+    body = await parse_body(request, UnlockRequest)
+    p = require(request, "resident")
+    svc = request.app[SERVICES]
+    if p is not None and p.role == "resident":
+        if body.resident_id not in (None, p.id):
+            raise Forbidden(f"resident {p.id} may not open a door as resident {body.resident_id}")
+        opener = Opener(p.id)
+    elif p is not None:  # the admin opens as itself, or for the resident it names
+        opener = Opener(body.resident_id)
+    else:
+        opener = Opener(_anonymous_resident(svc, body))
+    return ok(await svc.doors.unlock(opener, body.device_id, body.call_id, body.relay))
+
+
+def _anonymous_resident(svc: Services, body: UnlockRequest) -> str:
+    """Local-only mode: the caller names itself, as on the resident controller; a one-resident call names it."""
+    call_id = body.call_id
+    if call_id is None and (call := svc.calls.live_call_of_device(body.device_id)) is not None:
+        call_id = call.call_id
+    if call_id is not None:
+        return svc.calls.resident_for(call_id, body.resident_id)
+    if body.resident_id is None:
+        raise BadRequest("resident_id: required: add \"resident_id\" to the body, or send the resident's token "
+                         "(Authorization: Bearer <token>)", "resident_id_required")
+    return body.resident_id
+
+
+async def events(request: web.Request) -> web.Response:
+    """`GET /api/doors/events?device_id=&household_number=&limit=`, newest first."""
+    query = parse_query(request, DoorEventsQuery)
+    filters = query.model_dump(include={"device_id", "household_number"}, exclude_none=True)
+    p = require(request, "resident", "device")
+    svc = request.app[SERVICES]
+    if p is not None and p.role == "resident":
+        own = svc.directory.resident(p.id)["household_number"]
+        if filters.setdefault("household_number", own) != own:
+            raise Forbidden("a resident may only list its own household's door events")
+    elif p is not None and p.role == "device" and filters.setdefault("device_id", p.id) != p.id:
+        raise Forbidden("a device may only list its own door events")
+    return ok(svc.doors.events(filters, query.limit))
+
+
