@@ -195,7 +195,7 @@ class BridgedServer:
         directory = Directory(store, s.auth.pbkdf2_iterations, admin)
         directory.seed_site(s.site)
         trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
-        calls = CallService(store, directory, trtc, s.calls, self.publisher)
+        calls = CallService(store, directory, trtc, s.calls, self.publisher, site=s.site)
         self.services = Services(s, store, directory, trtc, calls, StatusService(store, directory, self.publisher))
         self.bridge = Bridge(self.services, self.publisher, self.target, shared_group=self.shared_group)
         self._task = asyncio.create_task(self.bridge.run())

@@ -101,7 +101,7 @@ class IntercomServer:
             ctx = server_context(s.mqtt.tls)
             broker.tls_contexts = {"tls": ctx} if s.mqtt.tls.plain else {"default": ctx, "ws": ctx}
         trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
-        calls = CallService(store, directory, trtc, s.calls, broker)
+        calls = CallService(store, directory, trtc, s.calls, broker, site=s.site)
         self.services = Services(s, store, directory, trtc, calls, StatusService(store, directory, broker))
         limits = getattr(s, "limits", None)
         self.persistence = SessionPersistence(SessionDB(data_dir / "sessions.db"),

@@ -38,7 +38,7 @@ class CallPlugin(BasePlugin[BrokerContext]):
         """Called synchronously by FastPathMixin right after the publish ACL check (no task per packet)."""
         if self.services is None or not topic:
             return
-        on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload)
+        on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload, session.client_id)
 
     def acknowledge_after(self, send: Callable[[], None]) -> None:
         """FastPathMixin's PUBACK barrier: a call request or action is acknowledged only once the

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.core import fastjson, wirejson
+from broker.core.clients import taker
 from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
 from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
 from broker.core.services import Services
@@ -36,8 +37,10 @@ def identify(principal: Principal | None, client_id: str | None) -> Party | None
     return None
 
 
-def on_publish(svc: Services, principal: Principal | None, topic: str, payload: bytes) -> None:
-    """Handle one client publish; never raises."""
+def on_publish(svc: Services, principal: Principal | None, topic: str, payload: bytes,
+               client_id: str | None = None) -> None:
+    """Handle one client publish; never raises. `client_id`: the publishing connection's (None in bridge
+    mode, where the payload may name it)."""
     parts = topic.split("/")
     match parts:
         case ["calls", "request", device_id]:
@@ -75,7 +78,7 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}))
         else:
             ctl = ControlBody.model_validate(body)
-            svc.calls.act(party, ctl.call_info)
+            svc.calls.act(party, ctl.call_info, taker(party, client_id, ctl.client_id))
         if svc.calls.journal.staged != staged:
             # The write is staged, its commit comes at the end of this loop tick: should it fail, the
             # sender hears the same 500 a failed synchronous write gave it.

@@ -34,12 +34,15 @@ __all__ = [
     "ControlBody",
     "ControlMessage",
     "DeviceStatus",
+    "DndIn",
     "EndSessionRequest",
     "ErrorBody",
+    "ForwardingIn",
     "HistoryQuery",
     "Id",
     "IncomingCall",
     "MqttCallRequest",
+    "ResidentCallsQuery",
     "SessionQuery",
     "SystemMessage",
     "TencentRtc",
@@ -87,6 +90,9 @@ Id = Annotated[
 _ID = TypeAdapter(Id)
 Timestamp = Annotated[int, Field(ge=0, le=10**14)]
 Reason = Annotated[str, Field(max_length=128)]
+# An MQTT client id as a client names itself in a body (REST, bridge mode): `{role}-{id}[/<suffix>]`,
+# checked against the acting party by broker.core.clients.
+ClientId = Annotated[str, Field(min_length=1, max_length=128)]
 MAX_PROPERTIES_BYTES = 16 * 1024  # a device's merged `properties`, JSON-encoded (it is retained and re-sent)
 
 
@@ -137,6 +143,7 @@ class ControlBody(_In):
     call_info: CallInfo
     resident_id: Id | None = None  # local-only mode: an anonymous REST caller names itself
     device_id: Id | None = None
+    client_id: ClientId | None = None  # which of the party's clients acts (REST, bridge mode)
 
 
 class CallRequest(_In):
@@ -193,6 +200,8 @@ class ControlMessage(_Out):
     resident_id: str | None = None
     error: ErrorBody | None = None
     request_id: str | None = None
+    client_id: str | None = None  # the client that took the action (several per resident)
+    forward_to: list[str] | None = None  # `forwarded`: the fallback residents now ringing
 
 
 class EndSessionRequest(_In):
@@ -265,6 +274,56 @@ class DeviceIn(_In):
     device_id: Id
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
+    emergency: StrictBool = False  # rings residents in do-not-disturb too
+
+
+def _hhmm(v: str) -> str:
+    hours, _, minutes = v.partition(":")
+    if not (len(hours) == len(minutes) == 2 and hours.isdigit() and minutes.isdigit()
+            and int(hours) < 24 and int(minutes) < 60):
+        raise ValueError(f"must be a time of day 'HH:MM' from 00:00 to 23:59, got {v!r}")
+    return v
+
+
+HourMinute = Annotated[str, AfterValidator(_hhmm)]
+
+
+class DndWindow(_In):
+    """A daily do-not-disturb window in the site's time zone; `to` before `from` runs past midnight."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    start: HourMinute = Field(alias="from")
+    end: HourMinute = Field(alias="to")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> DndWindow:
+        if self.start == self.end:
+            raise ValueError("'from' and 'to' are the same time: for all day, leave out the schedule")
+        return self
+
+
+class DndIn(_In):
+    """`PUT /api/residents/{id}/dnd` and `PUT /api/households/{n}/dnd`."""
+
+    enabled: StrictBool
+    schedule: Annotated[list[DndWindow], Field(max_length=24)] | None = None
+
+
+class ForwardingIn(_In):
+    """`PUT /api/households/{n}/forwarding`: `forward_to` null = use the site's."""
+
+    forward_to: Annotated[list[Id], Field(max_length=16)] | None
+    forward_after_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+
+
+def _bool_text(v: Any) -> Any:
+    if isinstance(v, str):
+        if v.lower() in ("true", "1"):
+            return True
+        if v.lower() in ("false", "0"):
+            return False
+        raise ValueError(f"must be true or false, got {v!r}")
+    return v
 
 
 # Query strings: every value arrives as text; an empty value (`?device_id=`) counts as absent.
@@ -292,6 +351,11 @@ class ActiveQuery(_In):
     device_id: Id | None = None
 
 
+class ResidentCallsQuery(_In):
+    missed: Annotated[bool, BeforeValidator(_bool_text)] = False
+    limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
+
+
 class AdminListQuery(_In):
     household_number: Id | None = None
 
@@ -316,6 +380,10 @@ class topics:
     @staticmethod
     def resident_control(resident_id: str) -> str:
         return f"users/{resident_id}/calls/control"
+
+    @staticmethod
+    def missed(resident_id: str) -> str:
+        return f"users/{resident_id}/calls/missed"
 
     @staticmethod
     def device_status(device_id: str) -> str:
