@@ -46,7 +46,7 @@ async def create(request: web.Request) -> web.Response:
         r = await parse_body(request, ResidentIn)
         return ok(directory.add_member(kind, r.resident_id, r.household_number, r.name))
     d = await parse_body(request, DeviceIn)
-    return ok(directory.add_member(kind, d.device_id, d.household_number, d.name))
+    return ok(directory.add_member(kind, d.device_id, d.household_number, d.name, {"emergency": int(d.emergency)}))
 
 
 async def list_all(request: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from http_api import admin_views, call_views, misc_views
+from http_api import admin_views, call_views, misc_views, resident_views
 
 __all__ = ["setup_routes"]
 
@@ -32,3 +32,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/admin/{kind}/{ident}", admin_views.get)
     r.add_delete("/api/admin/{kind}/{ident}", admin_views.delete)
     r.add_post("/api/admin/{kind}/{ident}/token", admin_views.new_token)
+    # issue 13: per-resident history and missed calls, do-not-disturb, no-answer forwarding
+    r.add_get("/api/residents/{resident_id}/calls", resident_views.resident_calls)
+    r.add_post("/api/residents/{resident_id}/calls/seen", resident_views.calls_seen)
+    r.add_get("/api/residents/{resident_id}/dnd", resident_views.get_resident_dnd)
+    r.add_put("/api/residents/{resident_id}/dnd", resident_views.put_resident_dnd)
+    r.add_get("/api/households/{household_number}/dnd", resident_views.get_household_dnd)
+    r.add_put("/api/households/{household_number}/dnd", resident_views.put_household_dnd)
+    r.add_get("/api/households/{household_number}/forwarding", resident_views.get_forwarding)
+    r.add_put("/api/households/{household_number}/forwarding", resident_views.put_forwarding)
