@@ -6,11 +6,14 @@
 Starts the server as a subprocess on 127.0.0.1 (fresh data dir, local-only mode), connects every party
 (2 residents + 1 device per household, persistent MQTT sessions, QoS 1), and runs one call loop per
 household: start, then answer / reject / cancel / let ring out / hang up at random, while a dropper aborts
-random TCP connections and reconnects them 0.2-3 s later (some past the party-offline grace period).
+random TCP connections and reconnects them 0.2-3 s later (some past the party-offline grace period). A call
+nobody answers is forwarded to the site's concierge after 2 s (a second ring phase); every 20th household is
+in do-not-disturb, so its calls end `dnd` at once.
 
 The oracle is the server's own sqlite history: every persisted transition is replayed through the pure
 state machine (`broker.core.states`) to get the notifications each party must have received; they are
-compared with what each client actually received. Exits 1 if any notification was lost, delivered twice
+compared with what each client actually received, and each resident's retained missed-call counter with the
+missed calls stored. Exits 1 if any notification was lost, a counter disagrees, a notification was delivered twice
 without the MQTT DUP flag, any call is left unended or disagrees with its replay, or any request got a 5xx
 (with --strict-log, also if the server logged an ERROR).
 
@@ -45,10 +48,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from broker import states  # noqa: E402 - the oracle replays the server's own state machine
+from broker.core import states  # noqa: E402 - the oracle replays the server's own state machine
 
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 RING_S, GRACE_S = 4.0, 2.0
+FORWARD_S = 2.0  # an unanswered call rings the site's concierge after this (a second ring phase, same call)
+DND_EVERY = 20  # every 20th household is in do-not-disturb: its calls end `dnd` at once (409)
 
 # `python -m broker`, plus a SIGUSR1 handler that writes the server's memory, after a full collection, to
 # $SOAK_MEMORY_FILE: RSS split (anonymous / file), Python objects and blocks, glibc malloc in use and free
@@ -129,6 +134,7 @@ class Party:
         self.soak, self.key, self.client_id, self.topic = soak, key, client_id, topic
         self.received: Counter[Key] = Counter()
         self.redelivered = 0
+        self.missed_unseen = 0  # the highest `unseen` heard on users/{id}/calls/missed (nothing is marked seen)
         self.connected = False
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -187,6 +193,8 @@ class Party:
         topic = body[2 : 2 + tlen].decode()
         qos = (first >> 1) & 3
         payload = body[2 + tlen + (2 if qos else 0) :]
+        if topic.endswith("/calls/missed"):
+            self.missed_unseen = max(self.missed_unseen, int(json.loads(payload)["unseen"]))
         if topic.endswith("/calls/incoming") or topic.endswith("/calls/control"):
             msg = json.loads(payload)
             if topic.endswith("/incoming"):
@@ -254,7 +262,7 @@ class Soak:
                 "devices": [{"device_id": f"d{i:03d}"}],
             }
             for i in range(1, self.households + 1)
-        ]
+        ] + [{"household_number": "guard", "residents": [{"resident_id": "concierge"}]}]
 
     async def start_server(self, data: Path) -> None:
         config = data / "soak.yaml"
@@ -262,7 +270,7 @@ class Soak:
             yaml.safe_dump(
                 {
                     "calls": {"ring_timeout_s": RING_S, "party_offline_grace_s": GRACE_S, "max_duration_s": 120},
-                    "site": {"households": self.site()},
+                    "site": {"households": self.site(), "forward_to": ["concierge"], "forward_after_s": FORWARD_S},
                 }
             )
         )
@@ -389,6 +397,9 @@ class Soak:
                 return
             t0 = time.monotonic()
             status, resp = await self.post(http, "/api/mqtt/call", {"device_id": dev})
+            if status == 409 and (resp.get("data") or {}).get("reason") == "dnd":
+                self.outcomes["dnd"] += 1
+                continue
             if status != 200:
                 self.outcomes[f"start refused {status}"] += 1
                 continue
@@ -422,7 +433,7 @@ class Soak:
             elif outcome == "cancel":
                 await asyncio.sleep(rng.uniform(0.1, 2.0))
                 await self.post(http, ctl_d, {"call_info": {"call_id": call_id, "action": "cancelled"}})
-            deadline = time.monotonic() + RING_S + GRACE_S + 10
+            deadline = time.monotonic() + FORWARD_S + RING_S + GRACE_S + 10
             while time.monotonic() < deadline and await self.call_state(http, call_id) != "ended":  # noqa: ASYNC110
                 await asyncio.sleep(0.3)
 
@@ -446,11 +457,13 @@ class Soak:
         wrong: list[str] = []
         calls = db.execute(
             "SELECT call_id, device_id, household_number, target_resident_ids, start_time, "
-            "ring_timeout_s, max_duration_s, status, end_reason FROM calls"
+            "ring_timeout_s, max_duration_s, status, end_reason, dnd_resident_ids, forward_to, forward_after_s "
+            "FROM calls"
         ).fetchall()
-        for call_id, dev, hh, targets, start, ring, maxd, status, end_reason in calls:
-            call = states.new_call(call_id, dev, hh, tuple(json.loads(targets)), start, ring, maxd)
-            for rid in call.targets:
+        for call_id, dev, hh, targets, start, ring, maxd, status, end_reason, dnd, fwd, fwd_s in calls:
+            call = states.new_call(call_id, dev, hh, tuple(json.loads(targets)), start, ring, maxd,
+                                   tuple(json.loads(dnd or "[]")), tuple(json.loads(fwd or "[]")), fwd_s)
+            for rid in call.ringing:
                 want[f"resident:{rid}"][(call_id, "incoming", None, None)] += 1
             events = db.execute(
                 "SELECT actor, action, reason, ts FROM call_events WHERE call_id = ? ORDER BY id", (call_id,)
@@ -495,6 +508,8 @@ class Soak:
                 self.parties[f"resident:{rid}"] = Party(self, f"resident:{rid}", f"resident-{rid}", f"users/{rid}/#")
             d = f"d{i:03d}"
             self.parties[f"device:{d}"] = Party(self, f"device:{d}", f"device-{d}", f"devices/{d}/#")
+        self.parties["resident:concierge"] = Party(self, "resident:concierge", "resident-concierge",
+                                                   "users/concierge/#")
         for batch in range(0, len(self.parties), 50):
             await asyncio.gather(*(p.connect() for p in list(self.parties.values())[batch : batch + 50]))
         await asyncio.sleep(1)
@@ -504,6 +519,11 @@ class Soak:
         self.stop_at = started + self.minutes * 60
         warm = asyncio.create_task(self.memory_after_warmup())
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as http:
+            for i in range(DND_EVERY, self.households + 1, DND_EVERY):
+                async with http.put(f"http://127.0.0.1:{self.http_port}/api/households/h{i:03d}/dnd",
+                                    json={"enabled": True}) as r:
+                    if r.status != 200:
+                        self.errors[f"DND setup HTTP {r.status}"] += 1
             loops = [asyncio.create_task(self.household(http, i)) for i in range(1, self.households + 1)]
             dropper = asyncio.create_task(self.dropper())
             await asyncio.wait_for(asyncio.gather(*loops, dropper), self.minutes * 60 + 60)
@@ -523,7 +543,14 @@ class Soak:
         told = {(f"device:{d}", c): ts for c, d, ts in db.execute(
             "SELECT e.call_id, c.device_id, MAX(e.ts) FROM call_events e JOIN calls c USING (call_id) "
             "GROUP BY e.call_id")}
+        forwarded = db.execute("SELECT COUNT(*) FROM calls WHERE forwarded_at IS NOT NULL").fetchone()[0]
+        missed = dict(db.execute("SELECT 'resident:' || resident_id, COUNT(*) FROM resident_calls "
+                                 "WHERE outcome = 'missed' AND seen = 0 GROUP BY resident_id").fetchall())
         db.close()
+        # each resident's retained missed-call counter reached what the database counts
+        counters_wrong = [f"missed counter {k}: heard {p.missed_unseen}, stored {missed.get(k, 0)}"
+                          for k, p in self.parties.items() if k.startswith("resident:")
+                          and p.missed_unseen != missed.get(k, 0)]
         lost = dup = 0
         samples: list[str] = []
         for key, party in self.parties.items():
@@ -551,6 +578,9 @@ class Soak:
         )
         print(f"  call setup latency (REST start -> first resident incoming): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
         print(f"  calls not ended or disagreeing with replay: {len(wrong)}")
+        print(f"  forwarded to the concierge: {forwarded}")
+        print(f"  missed calls stored: {sum(missed.values())}, residents whose missed counter disagrees: "
+              f"{len(counters_wrong)}")
         print(f"  messages still held by the server after the drain: {len(stuck)}")
         print(f"  server RSS: start {rss_start:.1f} MB, end {rss_end:.1f} MB")
         points = [("start", mem_start)] + ([("warm", self.mem_warm)] if self.mem_warm else []) + [("end", mem_end)]
@@ -558,13 +588,13 @@ class Soak:
             print(line)
         print(f"  errors: {dict(self.errors) or 'none'}")
         print(f"  server warnings by logger: {dict(self.warnings.most_common(6)) or 'none'}")
-        for line in wrong[:5] + samples[:10] + stuck[:10]:
+        for line in wrong[:5] + counters_wrong[:5] + samples[:10] + stuck[:10]:
             print("   ", line)
         log_errors = self.errors.pop("server ERROR log line", 0)
         if log_errors:
             print(f"  server logged {log_errors} ERROR lines (first one above)"
                   + ("" if self.strict_log else "; not a failure without --strict-log"))
-        ok = lost == 0 and dup == 0 and not wrong and not self.errors and n_calls > 0
+        ok = lost == 0 and dup == 0 and not wrong and not counters_wrong and not self.errors and n_calls > 0
         ok = ok and not (self.strict_log and log_errors)
         print("soak: PASS" if ok else "soak: FAIL")
         return 0 if ok else 1
