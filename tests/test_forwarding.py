@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from broker.core.trtc import verify_user_sig
@@ -127,3 +129,20 @@ async def test_forwarding_bad_inputs(make_harness, body, status, detail):
     got, resp = await put(h, "/api/households/101/forwarding", body, token=ADMIN)
     assert got == status and resp["message"].startswith(detail), resp
     assert (await put(h, "/api/households/999/forwarding", {"forward_to": None}, token=ADMIN))[0] == 404
+
+
+async def test_a_call_recovered_after_its_forward_deadline_forwards(make_harness, settings_factory):
+    """A ringing call whose forward deadline passed while the server was down forwards once it is back."""
+    settings = settings_factory(site=SITE, calls={"ring_timeout_s": 5})
+    h = await make_harness(settings)
+    call_id = (await h.start_call("1"))["call_id"]
+    await h.server.stop()
+    await asyncio.sleep(0.5)
+    h2 = await make_harness(settings)
+    for _ in range(50):
+        _, resp = await h2.get(f"/api/mqtt/session?call_id={call_id}")
+        if resp["data"]["ring_phase"] == "forwarded":
+            break
+        await asyncio.sleep(0.05)
+    assert resp["data"]["ring_phase"] == "forwarded" and resp["data"]["ringing_resident_ids"] == ["9"]
+    assert resp["data"]["forward_after_s"] == 0.4 and resp["data"]["status"] == "ringing"

@@ -332,9 +332,10 @@ class CallService:
                 msg["forward_to"] = list(n.forward_to)
             self.publisher.publish(self._control_topic(n.to), _encode(msg).encode(), qos=1)
         if updated.state is CallState.ENDED:
-            for rid, outcome in outcomes(updated).items():
-                if outcome == Outcome.MISSED:
-                    self.resident_calls.publish_missed(rid)  # retained, after this transition's commit
+            missed = [rid for rid, outcome in outcomes(updated).items() if outcome == Outcome.MISSED]
+            if missed:
+                self.resident_calls.call_missed(call.call_id, missed)  # retained, after this transition's commit
+                self.journal.on_failure(self.resident_calls.forget)
             log.info("call %s from device %s to household %s (%s): ended %s by %s %s after %.1f s, answered by %s",
                      call.call_id, call.device_id, call.household_number, ",".join(call.targets),
                      updated.end_reason, actor.key, action, updated.last_activity - call.created_at,

@@ -25,6 +25,8 @@ class ResidentCalls:
         self.directory = directory
         self.publisher = publisher
         self.limit_max = limit_max
+        # resident -> unseen missed calls, counted in sqlite once per resident then kept up to date here
+        self._unseen: dict[str, int] = {}
 
     def history(self, resident_id: str, missed_only: bool, limit: int) -> list[dict[str, Any]]:
         self.directory.get("residents", resident_id)
@@ -32,17 +34,34 @@ class ResidentCalls:
         return [entry(r) for r in rows]
 
     def missed(self, resident_id: str) -> dict[str, Any]:
-        unseen, last = self.store.missed_summary(resident_id)
-        return {"unseen": unseen, "last_call_id": last}
+        """`{unseen, last_call_id}`: unseen missed calls, and the call missed last (the last one to end)."""
+        return {"unseen": self._count(resident_id), "last_call_id": self.store.last_missed(resident_id)}
 
     def mark_seen(self, resident_id: str) -> dict[str, Any]:
         self.directory.get("residents", resident_id)
         self.store.mark_missed_seen(resident_id)
-        return self.publish_missed(resident_id)
-
-    def publish_missed(self, resident_id: str) -> dict[str, Any]:
-        """Publish the resident's missed-call counter, retained (after the open group's commit)."""
+        self._unseen[resident_id] = 0
         summary = self.missed(resident_id)
+        self._publish(resident_id, summary)
+        return summary
+
+    def call_missed(self, call_id: str, resident_ids: list[str]) -> None:
+        """`call_id` just ended missed by these residents (its end is staged): publish their counters. Should
+        the group commit fail, the caller calls `forget` (the counts are read again from sqlite)."""
+        for rid in resident_ids:
+            cached = self._unseen.get(rid)
+            self._unseen[rid] = self.store.unseen_missed(rid) if cached is None else cached + 1
+            self._publish(rid, {"unseen": self._unseen[rid], "last_call_id": call_id})
+
+    def forget(self) -> None:
+        self._unseen.clear()
+
+    def _count(self, resident_id: str) -> int:
+        if (cached := self._unseen.get(resident_id)) is None:
+            cached = self._unseen[resident_id] = self.store.unseen_missed(resident_id)
+        return cached
+
+    def _publish(self, resident_id: str, summary: dict[str, Any]) -> None:
+        """The resident's missed-call counter, retained (published after the open group's commit)."""
         body = fastjson.compact({"origin": "server", **summary})
         self.publisher.publish(topics.missed(resident_id), body.encode(), qos=1, retain=True)
-        return summary

@@ -200,14 +200,16 @@ class Store:
         names = [d[0] for d in rows.description]
         return [_decode_call(dict(zip(names, r, strict=True))) for r in rows.fetchall()]
 
-    def missed_summary(self, resident_id: str) -> tuple[int, str | None]:
-        """(unseen missed calls, the newest missed call's id). A read: it sees transitions staged, not committed."""
-        conn = self.db.conn
-        unseen = conn.execute("SELECT COUNT(*) FROM resident_calls WHERE resident_id = ? AND seen = 0"
-                              " AND outcome = 'missed'", [resident_id]).fetchone()[0]
-        last = conn.execute("SELECT call_id FROM resident_calls WHERE resident_id = ? AND outcome = 'missed'"
-                            " ORDER BY start_time DESC LIMIT 1", [resident_id]).fetchone()
-        return int(unseen), (last[0] if last else None)
+    def unseen_missed(self, resident_id: str) -> int:
+        """Unseen missed calls (`seen` = 0 only on those: a covering-index count). Sees staged transitions too."""
+        return int(self.db.conn.execute("SELECT COUNT(*) FROM resident_calls WHERE resident_id = ? AND seen = 0",
+                                        [resident_id]).fetchone()[0])
+
+    def last_missed(self, resident_id: str) -> str | None:
+        """The id of the call this resident missed last (the last one to end)."""
+        row = self.db.conn.execute("SELECT call_id FROM resident_calls WHERE resident_id = ? AND outcome = 'missed'"
+                                   " ORDER BY rowid DESC LIMIT 1", [resident_id]).fetchone()
+        return row[0] if row else None
 
     def mark_missed_seen(self, resident_id: str) -> int:
         with self._tx():
