@@ -7,15 +7,18 @@ Starts the server as a subprocess on 127.0.0.1 (fresh data dir, local-only mode)
 (2 residents + 1 device per household, persistent MQTT sessions, QoS 1), and runs one call loop per
 household: start, then answer / reject / cancel / let ring out / hang up / open the door at random, some calls
 with a visitor snapshot, while a dropper aborts random TCP connections and reconnects them 0.2-3 s later
-(some past the party-offline grace period). Door stations ack every unlock command they receive.
+(some past the party-offline grace period). Door stations ack every unlock command they receive. A call
+nobody answers is forwarded to the site's concierge after 2 s (a second ring phase); every 20th household is
+in do-not-disturb, so its calls end `dnd` at once.
 
 The oracle is the server's own sqlite history: every persisted transition is replayed through the pure
 state machine (`broker.core.states`) to get the notifications each party must have received (snapshot
 messages: the residents in the call when `snapshot_at` was stored); they are compared with what each client
-actually received, and every unlock command the server sent (`door_events`) must have reached its station.
-Exits 1 if any notification or command was lost, delivered twice without the MQTT DUP flag, any call is left
-unended or disagrees with its replay, or any request got a 5xx (an unlock's 503/504 while its station is
-dropped excepted; with --strict-log, also if the server logged an ERROR).
+actually received, every unlock command the server sent (`door_events`) must have reached its station, and
+each resident's retained missed-call counter must equal the missed calls stored. Exits 1 if any notification
+or command was lost, a counter disagrees, a notification was delivered twice without the MQTT DUP flag, any
+call is left unended or disagrees with its replay, or any request got a 5xx (an unlock's 503/504 while its
+station is dropped excepted; with --strict-log, also if the server logged an ERROR).
 
 Memory: besides RSS at start and end, the server reports (on SIGUSR1, after a full collection) what its
 memory is made of, before the calls, after a warm-up and at the end: Python objects and blocks, glibc
@@ -52,6 +55,8 @@ from broker.core import states  # noqa: E402 - the oracle replays the server's o
 
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 RING_S, GRACE_S = 4.0, 2.0
+FORWARD_S = 2.0  # an unanswered call rings the site's concierge after this (a second ring phase, same call)
+DND_EVERY = 20  # every 20th household is in do-not-disturb: its calls end `dnd` at once (409)
 
 # `python -m broker`, plus a SIGUSR1 handler that writes the server's memory, after a full collection, to
 # $SOAK_MEMORY_FILE: RSS split (anonymous / file), Python objects and blocks, glibc malloc in use and free
@@ -135,6 +140,7 @@ class Party:
         self.commands: set[str] = set()  # unlock command ids a door station received
         self.redelivered = 0
         self._packet_id = 0
+        self.missed_unseen = 0  # the highest `unseen` heard on users/{id}/calls/missed (nothing is marked seen)
         self.connected = False
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -195,6 +201,8 @@ class Party:
         payload = body[2 + tlen + (2 if qos else 0) :]
         if topic.endswith("/commands"):
             self._on_command(payload, writer)
+        if topic.endswith("/calls/missed"):
+            self.missed_unseen = max(self.missed_unseen, int(json.loads(payload)["unseen"]))
         if topic.endswith("/calls/incoming") or topic.endswith("/calls/control"):
             msg = json.loads(payload)
             if topic.endswith("/incoming"):
@@ -273,7 +281,7 @@ class Soak:
                 "devices": [{"device_id": f"d{i:03d}"}],
             }
             for i in range(1, self.households + 1)
-        ]
+        ] + [{"household_number": "guard", "residents": [{"resident_id": "concierge"}]}]
 
     async def start_server(self, data: Path) -> None:
         config = data / "soak.yaml"
@@ -281,7 +289,7 @@ class Soak:
             yaml.safe_dump(
                 {
                     "calls": {"ring_timeout_s": RING_S, "party_offline_grace_s": GRACE_S, "max_duration_s": 120},
-                    "site": {"households": self.site()},
+                    "site": {"households": self.site(), "forward_to": ["concierge"], "forward_after_s": FORWARD_S},
                 }
             )
         )
@@ -412,6 +420,9 @@ class Soak:
                 return
             t0 = time.monotonic()
             status, resp = await self.post(http, "/api/mqtt/call", {"device_id": dev})
+            if status == 409 and (resp.get("data") or {}).get("reason") == "dnd":
+                self.outcomes["dnd"] += 1
+                continue
             if status != 200:
                 self.outcomes[f"start refused {status}"] += 1
                 continue
@@ -461,7 +472,7 @@ class Soak:
             elif outcome == "cancel":
                 await asyncio.sleep(rng.uniform(0.1, 2.0))
                 await self.post(http, ctl_d, {"call_info": {"call_id": call_id, "action": "cancelled"}})
-            deadline = time.monotonic() + RING_S + GRACE_S + 10
+            deadline = time.monotonic() + FORWARD_S + RING_S + GRACE_S + 10
             while time.monotonic() < deadline and await self.call_state(http, call_id) != "ended":  # noqa: ASYNC110
                 await asyncio.sleep(0.3)
 
@@ -485,11 +496,13 @@ class Soak:
         wrong: list[str] = []
         calls = db.execute(
             "SELECT call_id, device_id, household_number, target_resident_ids, start_time, "
-            "ring_timeout_s, max_duration_s, status, end_reason, snapshot_at FROM calls"
+            "ring_timeout_s, max_duration_s, status, end_reason, snapshot_at, dnd_resident_ids, forward_to, "
+            "forward_after_s FROM calls"
         ).fetchall()
-        for call_id, dev, hh, targets, start, ring, maxd, status, end_reason, snapshot_at in calls:
-            call = states.new_call(call_id, dev, hh, tuple(json.loads(targets)), start, ring, maxd)
-            for rid in call.targets:
+        for call_id, dev, hh, targets, start, ring, maxd, status, end_reason, snapshot_at, dnd, fwd, fwd_s in calls:
+            call = states.new_call(call_id, dev, hh, tuple(json.loads(targets)), start, ring, maxd,
+                                   tuple(json.loads(dnd or "[]")), tuple(json.loads(fwd or "[]")), fwd_s)
+            for rid in call.ringing:
                 want[f"resident:{rid}"][(call_id, "incoming", None, None)] += 1
             events = db.execute(
                 "SELECT actor, action, reason, ts FROM call_events WHERE call_id = ? ORDER BY id", (call_id,)
@@ -542,6 +555,8 @@ class Soak:
                 self.parties[f"resident:{rid}"] = Party(self, f"resident:{rid}", f"resident-{rid}", f"users/{rid}/#")
             d = f"d{i:03d}"
             self.parties[f"device:{d}"] = Party(self, f"device:{d}", f"device-{d}", f"devices/{d}/#")
+        self.parties["resident:concierge"] = Party(self, "resident:concierge", "resident-concierge",
+                                                   "users/concierge/#")
         for batch in range(0, len(self.parties), 50):
             await asyncio.gather(*(p.connect() for p in list(self.parties.values())[batch : batch + 50]))
         await asyncio.sleep(1)
@@ -551,6 +566,11 @@ class Soak:
         self.stop_at = started + self.minutes * 60
         warm = asyncio.create_task(self.memory_after_warmup())
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as http:
+            for i in range(DND_EVERY, self.households + 1, DND_EVERY):
+                async with http.put(f"http://127.0.0.1:{self.http_port}/api/households/h{i:03d}/dnd",
+                                    json={"enabled": True}) as r:
+                    if r.status != 200:
+                        self.errors[f"DND setup HTTP {r.status}"] += 1
             loops = [asyncio.create_task(self.household(http, i)) for i in range(1, self.households + 1)]
             dropper = asyncio.create_task(self.dropper())
             await asyncio.wait_for(asyncio.gather(*loops, dropper), self.minutes * 60 + 60)
@@ -572,9 +592,16 @@ class Soak:
             "GROUP BY e.call_id")}
         sent = db.execute("SELECT device_id, command_id FROM door_events WHERE command_id IS NOT NULL").fetchall()
         outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM door_events GROUP BY outcome").fetchall())
+        forwarded = db.execute("SELECT COUNT(*) FROM calls WHERE forwarded_at IS NOT NULL").fetchone()[0]
+        missed = dict(db.execute("SELECT 'resident:' || resident_id, COUNT(*) FROM resident_calls "
+                                 "WHERE outcome = 'missed' AND seen = 0 GROUP BY resident_id").fetchall())
         db.close()
         lost_commands = [f"lost unlock command {cid} to device {d}" for d, cid in sent
                          if cid not in self.parties[f"device:{d}"].commands]
+        # each resident's retained missed-call counter reached what the database counts
+        counters_wrong = [f"missed counter {k}: heard {p.missed_unseen}, stored {missed.get(k, 0)}"
+                          for k, p in self.parties.items() if k.startswith("resident:")
+                          and p.missed_unseen != missed.get(k, 0)]
         lost = dup = 0
         samples: list[str] = []
         for key, party in self.parties.items():
@@ -605,6 +632,9 @@ class Soak:
               f"commands sent {len(sent)}, lost {len(lost_commands)}")
         print(f"  snapshots (REST status): {dict(sorted(self.snapshots.items()))}")
         print(f"  calls not ended or disagreeing with replay: {len(wrong)}")
+        print(f"  forwarded to the concierge: {forwarded}")
+        print(f"  missed calls stored: {sum(missed.values())}, residents whose missed counter disagrees: "
+              f"{len(counters_wrong)}")
         print(f"  messages still held by the server after the drain: {len(stuck)}")
         print(f"  server RSS: start {rss_start:.1f} MB, end {rss_end:.1f} MB")
         points = [("start", mem_start)] + ([("warm", self.mem_warm)] if self.mem_warm else []) + [("end", mem_end)]
@@ -612,14 +642,14 @@ class Soak:
             print(line)
         print(f"  errors: {dict(self.errors) or 'none'}")
         print(f"  server warnings by logger: {dict(self.warnings.most_common(6)) or 'none'}")
-        for line in wrong[:5] + samples[:10] + stuck[:10] + lost_commands[:5]:
+        for line in wrong[:5] + counters_wrong[:5] + samples[:10] + stuck[:10] + lost_commands[:5]:
             print("   ", line)
         log_errors = self.errors.pop("server ERROR log line", 0)
         if log_errors:
             print(f"  server logged {log_errors} ERROR lines (first one above)"
                   + ("" if self.strict_log else "; not a failure without --strict-log"))
-        ok = lost == 0 and dup == 0 and not wrong and not self.errors and n_calls > 0 and not lost_commands
-        ok = ok and self.unlocks[200] > 0 and self.snapshots[200] > 0
+        ok = lost == 0 and dup == 0 and not wrong and not counters_wrong and not self.errors and n_calls > 0
+        ok = ok and not lost_commands and self.unlocks[200] > 0 and self.snapshots[200] > 0
         ok = ok and not (self.strict_log and log_errors)
         print("soak: PASS" if ok else "soak: FAIL")
         return 0 if ok else 1

@@ -84,7 +84,7 @@ def build_services(settings: Settings, publisher: Publisher) -> Services:
     directory = Directory(store, s.auth.pbkdf2_iterations, admin)
     directory.seed_site(s.site)
     trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
-    calls = CallService(store, directory, trtc, s.calls, publisher)
+    calls = CallService(store, directory, trtc, s.calls, publisher, site=s.site)
     return Services(s, store, directory, trtc, calls, StatusService(store, directory, publisher))
 
 

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -208,6 +209,9 @@ class SiteDevice(_Strict):
     kind: Literal["door", "lobby"] = "door"
     households: list[Id] | None = None
 
+    # issue 13: an emergency device (fire panel, guard station) rings residents in do-not-disturb too
+    emergency: bool = False
+
     @model_validator(mode="after")
     def _households_for_lobbies(self) -> SiteDevice:
         if self.households is not None and self.kind != "lobby":
@@ -220,10 +224,30 @@ class SiteHousehold(_Strict):
     name: str | None = None
     residents: list[SiteResident] = []
     devices: list[SiteDevice] = []
+    # issue 13: no-answer forwarding for this household (null: the site's); applied when the household
+    # has no forwarding set through the REST API yet
+    forward_to: list[Id] | None = None
+    forward_after_s: float | None = Field(None, gt=0, le=3600)
 
 
 class SiteConfig(_Strict):
     households: list[SiteHousehold] = []
+    # issue 13: the site's time zone for do-not-disturb schedules (IANA name); null = the machine's own
+    timezone: str | None = None
+    # issue 13: no-answer forwarding: residents (a concierge, a guard) rung when nobody answers within
+    # forward_after_s (null: calls.ring_timeout_s); a household's own setting replaces it
+    forward_to: list[Id] = []
+    forward_after_s: float | None = Field(None, gt=0, le=3600)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {v!r} (an IANA name such as 'Asia/Shanghai')") from exc
+        return v
 
 
 class Settings(_Strict):

@@ -69,6 +69,7 @@ class IntercomServer:
                                                         s.store.quick_check_on_start),
                                               s.limits.max_queued_messages, s.limits.session_expiry_s)
         self.presence = Presence(calls, services.status, s.calls.party_offline_grace_s)
+        calls.connected_clients = self.presence.clients
         bind_plugins(broker.plugins_manager.plugins, services, self.presence, self.persistence)
         self.broker = broker
         services.directory.on_revoked(self._end_sessions_of)

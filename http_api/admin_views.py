@@ -47,7 +47,8 @@ async def create(request: web.Request) -> web.Response:
         return ok(directory.add_member(kind, r.resident_id, r.household_number, r.name))
     d = await parse_body(request, DeviceIn)
     directory.check_device_kind(d.kind, d.households)
-    created = directory.add_member(kind, d.device_id, d.household_number, d.name)
+    created = directory.add_member(kind, d.device_id, d.household_number, d.name,
+                                   {"emergency": int(d.emergency)})
     kind_view = directory.set_device_kind(d.device_id, d.kind, d.households)
     return ok({**created, "kind": kind_view["kind"], "households": kind_view["households"]})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.core.clients import taker
 from broker.core.errors import BadRequest, Forbidden
 from broker.core.payloads import (
     ActiveQuery,
@@ -33,8 +34,12 @@ async def call(request: web.Request) -> web.Response:
     body = await parse_body(request, CallRequest)
     _own_device(request, body.device_id)
     svc = request.app[SERVICES]
-    data = svc.calls.start_call(body.device_id, body.household_number, body.target_resident_id, body.timestamp)
-    await svc.calls.durable()  # answer only once the call is stored (group commit, end of this loop tick)
+    try:
+        data = svc.calls.start_call(body.device_id, body.household_number, body.target_resident_id, body.timestamp)
+    finally:
+        # answer only once the call is stored (group commit, end of this loop tick), a refusal that stored
+        # one (every target in do-not-disturb: 409 `dnd`) too
+        await svc.calls.durable()
     return ok(data)
 
 
@@ -43,8 +48,10 @@ async def rtc_call(request: web.Request) -> web.Response:
     body = await parse_body(request, RtcCallRequest)
     _own_device(request, body.device_id)
     calls = request.app[SERVICES].calls
-    data = calls.start_call(body.device_id, resident_id=body.resident_id)
-    await calls.durable()
+    try:
+        data = calls.start_call(body.device_id, resident_id=body.resident_id)
+    finally:
+        await calls.durable()
     return ok(data)
 
 
@@ -53,7 +60,7 @@ async def control_device(request: web.Request) -> web.Response:
     p = require(request, "device")
     svc = request.app[SERVICES]
     actor = party_of(p) or Party(Role.DEVICE, svc.calls.device_for(body.call_info.call_id))
-    svc.calls.act(actor, body.call_info)
+    svc.calls.act(actor, body.call_info, taker(actor, None, body.client_id))
     await svc.calls.durable()
     return ok(None)
 
@@ -63,7 +70,7 @@ async def control_resident(request: web.Request) -> web.Response:
     p = require(request, "resident")
     svc = request.app[SERVICES]
     actor = party_of(p) or Party(Role.RESIDENT, svc.calls.resident_for(body.call_info.call_id, body.resident_id))
-    svc.calls.act(actor, body.call_info)
+    svc.calls.act(actor, body.call_info, taker(actor, None, body.client_id))
     await svc.calls.durable()
     return ok(None)
 

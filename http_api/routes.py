@@ -9,6 +9,7 @@ from http_api import (
     door_views,
     misc_views,
     openapi,
+    resident_views,
     snapshot_views,
 )
 
@@ -51,3 +52,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/doors/events", door_views.events)
     r.add_post("/api/calls/{call_id}/snapshot", snapshot_views.upload)
     r.add_get("/api/calls/{call_id}/snapshot", snapshot_views.fetch)
+    # issue 13: per-resident history and missed calls, do-not-disturb, no-answer forwarding
+    r.add_get("/api/residents/{resident_id}/calls", resident_views.resident_calls)
+    r.add_post("/api/residents/{resident_id}/calls/seen", resident_views.calls_seen)
+    r.add_get("/api/residents/{resident_id}/dnd", resident_views.get_resident_dnd)
+    r.add_put("/api/residents/{resident_id}/dnd", resident_views.put_resident_dnd)
+    r.add_get("/api/households/{household_number}/dnd", resident_views.get_household_dnd)
+    r.add_put("/api/households/{household_number}/dnd", resident_views.put_household_dnd)
+    r.add_get("/api/households/{household_number}/forwarding", resident_views.get_forwarding)
+    r.add_put("/api/households/{household_number}/forwarding", resident_views.put_forwarding)

@@ -38,7 +38,7 @@ class CallPlugin(BasePlugin[BrokerContext]):
         """Called synchronously by FastPathMixin right after the publish ACL check (no task per packet)."""
         if self.services is None or not topic:
             return
-        on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload)
+        on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload, session.client_id)
 
     def acknowledge_after(self, send: Callable[[], None]) -> None:
         """FastPathMixin's PUBACK barrier: a call request or action is acknowledged only once the
@@ -62,8 +62,8 @@ class CallPlugin(BasePlugin[BrokerContext]):
             return
         try:
             if online:
-                self.presence.connected(party)
+                self.presence.connected(party, session.client_id)
             else:
-                self.presence.disconnected(party)
+                self.presence.disconnected(party, session.client_id)
         except Exception:
             log.exception("could not record presence of %s", party.key)

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker.core import fastjson, wirejson
+from broker.core.clients import taker
 from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
 from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
 from broker.core.services import Services
@@ -35,8 +36,10 @@ def identify(principal: Principal | None, client_id: str | None) -> Party | None
     return None
 
 
-def on_publish(svc: Services, principal: Principal | None, topic: str, payload: bytes) -> None:
-    """Handle one client publish; never raises."""
+def on_publish(svc: Services, principal: Principal | None, topic: str, payload: bytes,
+               client_id: str | None = None) -> None:
+    """Handle one client publish; never raises. `client_id`: the publishing connection's (None in bridge
+    mode, where the payload may name it)."""
     kind_and_id = topics.classify(topic)
     if kind_and_id is None:
         return
@@ -70,7 +73,8 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
                 # retained first), so the retained message is always the stored, merged status.
                 svc.status.update(DeviceStatus.model_validate({**_as_dict(body), "device_id": party.id}))
             else:
-                svc.calls.act(party, ControlBody.model_validate(body).call_info)
+                ctl = ControlBody.model_validate(body)
+                svc.calls.act(party, ctl.call_info, taker(party, client_id, ctl.client_id))
     except ValidationError as exc:
         _refuse(svc, party, topic, 400, validation_detail(exc), None, body, request_id)
     except DomainError as exc:

@@ -79,9 +79,9 @@ async def test_messages_leave_only_after_their_transition_is_committed(svc):
     assert calls.journal.commits == commits + 1
     assert [(m["topic"], announced(m)) for m in pub.sent[2:]] == [
         ("devices/1/calls/control", "answered"), ("users/居民3/calls/control", "cancelled"),
-        ("users/2/calls/control", "hangup")]
+        ("users/2/calls/control", "cancelled"), ("users/2/calls/control", "hangup")]
     # what a second connection saw at the moment of each publish: the announced transitions, committed
-    assert [m["committed"] for m in pub.sent] == [["initiated"]] * 2 + [["initiated", "answered", "hangup"]] * 3
+    assert [m["committed"] for m in pub.sent] == [["initiated"]] * 2 + [["initiated", "answered", "hangup"]] * 4
     assert calls.store.get_call(call_id)["status"] == "ended"
     await calls.durable()  # nothing pending: returns at once
 
@@ -144,8 +144,12 @@ async def test_a_failed_commit_undoes_the_whole_group_and_tells_nobody(svc):
     conn.commit()
     calls.act(Party(Role.DEVICE, "1"), _info(first, "cancelled"))
     await asyncio.sleep(0)
-    assert [announced(m) for m in pub.sent[sent_before:]] == ["cancelled", "cancelled"]
-    assert all(m["committed"] == ["initiated", "cancelled"] for m in pub.sent[sent_before:])
+    calls_told = [m for m in pub.sent[sent_before:] if not m["topic"].endswith("/missed")]
+    assert [announced(m) for m in calls_told] == ["cancelled", "cancelled"]
+    assert all(m["committed"] == ["initiated", "cancelled"] for m in calls_told)
+    # each resident's missed-call counter follows the committed call messages
+    assert [(m["topic"], m["body"]["unseen"]) for m in pub.sent[sent_before + 2:]] == [
+        ("users/2/calls/missed", 1), ("users/居民3/calls/missed", 1)]
     assert calls.active_count == 0
 
 

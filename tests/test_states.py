@@ -14,6 +14,7 @@ from broker.core.states import (
     Party,
     Role,
     apply,
+    due_action,
     new_call,
 )
 
@@ -27,11 +28,12 @@ def ringing():
 
 
 def test_answer_connects_and_cancels_the_others():
-    """The first answer connects the call; the device hears who, the other resident is cancelled."""
+    """The first answer connects the call; the device hears who; the others and the answerer's clients: cancelled."""
     call, notices = apply(ringing(), R2, Action.ANSWERED, 101.0)
     assert call.state is CallState.CONNECTED and call.answered_by == "2" and call.connected_at == 101.0
     assert {(n.to, n.action, n.reason, n.resident_id) for n in notices} == {
-        (DEV, "answered", None, "2"), (R3, "cancelled", "answered_elsewhere", "2")}
+        (DEV, "answered", None, "2"), (R3, "cancelled", "answered_elsewhere", "2"),
+        (R2, "cancelled", "answered_elsewhere", "2")}
     assert call.deadline == 101.0 + 600
 
 
@@ -53,7 +55,8 @@ def test_member_reject_policy_ends_only_when_nobody_rings():
     """Under `member`, each reject stops one resident; the last one ends the call."""
     call, notices = apply(ringing(), R2, Action.REJECTED, 101.0, reason="busy")
     assert call.state is CallState.RINGING and call.ringing == {"3"}
-    assert [(n.to, n.action, n.reason, n.resident_id) for n in notices] == [(DEV, "rejected", "busy", "2")]
+    assert [(n.to, n.action, n.reason, n.resident_id) for n in notices] == [
+        (DEV, "rejected", "busy", "2"), (R2, "cancelled", "rejected_elsewhere", "2")]
     call, _ = apply(call, R3, Action.TIMEOUT, 102.0)
     assert call.state is CallState.ENDED and call.end_reason is EndReason.REJECTED
 
@@ -68,9 +71,11 @@ def test_household_reject_policy_ends_at_once():
 def test_resident_words_are_relayed():
     """A resident's `timeout` reaches the device as `timeout`; its `hangup` while ringing as `rejected`/`hangup`."""
     _, notices = apply(ringing(), R2, Action.TIMEOUT, 101.0)
-    assert [(n.to, n.action, n.resident_id) for n in notices] == [(DEV, "timeout", "2")]
+    n = notices[0]
+    assert (n.to, n.action, n.resident_id) == (DEV, "timeout", "2")
     _, notices = apply(ringing(), R2, Action.HANGUP, 101.0, reason="pocket")
-    assert [(n.to, n.action, n.reason, n.resident_id) for n in notices] == [(DEV, "rejected", "hangup", "2")]
+    n = notices[0]
+    assert (n.to, n.action, n.reason, n.resident_id) == (DEV, "rejected", "hangup", "2")
 
 
 def test_every_target_timing_out_ends_timeout():
@@ -86,7 +91,7 @@ def test_every_target_timing_out_ends_timeout():
 def test_a_timeout_is_not_a_household_reject():
     """Under `household`, a resident's own ring timeout stops only that resident; the others keep ringing."""
     call, notices = apply(ringing(), R2, Action.TIMEOUT, 101.0, reject_policy="household")
-    assert call.state is CallState.RINGING and call.ringing == {"3"} and [n.to for n in notices] == [DEV]
+    assert call.state is CallState.RINGING and call.ringing == {"3"} and [n.to for n in notices] == [DEV, R2]
 
 
 def test_device_cancel_tells_every_ringing_resident():
@@ -181,3 +186,106 @@ def test_door_opened_on_a_connected_call_hangs_up_both_parties():
                                                                      ("resident:2", "hangup", None)}
     with pytest.raises(Forbidden):
         apply(ringing(), R2, Action.DOOR_OPENED, 101.0, "resident:2")
+
+
+# -- several clients per resident, forwarding, do-not-disturb (issue 13) ------------------------------------
+
+
+def forwarding(forward_after_s: float = 10.0):
+    return new_call("call-1", "1", "101", ("2", "3"), now=100.0, ring_timeout_s=30, max_duration_s=600,
+                    forward_to=("9",), forward_after_s=forward_after_s)
+
+
+def test_answer_tells_the_answering_residents_other_clients_with_the_takers_client_id():
+    """The answerer's own topic hears `cancelled`/`answered_elsewhere` naming the client that answered."""
+    call, notices = apply(ringing(), R2, Action.ANSWERED, 101.0, client_id="resident-2/phone")
+    assert call.answered_client == "resident-2/phone"
+    assert {(n.to, n.action, n.reason, n.client_id) for n in notices} == {
+        (DEV, "answered", None, "resident-2/phone"), (R3, "cancelled", "answered_elsewhere", "resident-2/phone"),
+        (R2, "cancelled", "answered_elsewhere", "resident-2/phone")}
+
+
+@pytest.mark.parametrize(("action", "reason"), [(Action.REJECTED, "rejected_elsewhere"),
+                                                (Action.HANGUP, "rejected_elsewhere"),
+                                                (Action.TIMEOUT, "timeout_elsewhere")])
+def test_a_residents_decline_stops_its_other_clients(action, reason):
+    """A reject, ringing hangup or own timeout on one client stops that resident's other clients ringing."""
+    _, notices = apply(ringing(), R2, action, 101.0, client_id="resident-2/tablet")
+    assert (R2, "cancelled", reason, "resident-2/tablet") in {(n.to, n.action, n.reason, n.client_id)
+                                                              for n in notices}
+
+
+def test_server_moves_name_no_client():
+    """A server event (ring timeout) names no client."""
+    _, notices = apply(ringing(), SRV, Action.RING_TIMEOUT, 130.0)
+    assert all(n.client_id is None for n in notices)
+
+
+def test_forward_deadline_rings_the_fallback_in_the_same_call():
+    """Nobody answering within forward_after_s moves the call to a second ring phase on the fallback."""
+    call = forwarding()
+    assert call.deadline == 110.0 and due_action(call) is Action.FORWARD
+    fwd, notices = apply(call, SRV, Action.FORWARD, 110.0)
+    assert fwd.call_id == call.call_id and fwd.state is CallState.RINGING and fwd.ringing == {"9"}
+    assert fwd.forwarded_at == 110.0 and fwd.deadline == 140.0 and due_action(fwd) is Action.RING_TIMEOUT
+    assert {(n.to, n.action, n.reason, n.forward_to) for n in notices} == {
+        (DEV, "forwarded", "no_answer", ("9",)), (R2, "cancelled", "forwarded", ()),
+        (R3, "cancelled", "forwarded", ()), (Party(Role.RESIDENT, "9"), "incoming", None, ())}
+
+
+def test_the_fallback_is_a_party_only_once_forwarded():
+    """The fallback may not answer before the forward; after it, it answers and original targets may not."""
+    with pytest.raises(Forbidden):
+        apply(forwarding(), Party(Role.RESIDENT, "9"), Action.ANSWERED, 101.0)
+    fwd, _ = apply(forwarding(), SRV, Action.FORWARD, 110.0)
+    with pytest.raises(InvalidTransition):
+        apply(fwd, R2, Action.ANSWERED, 111.0)
+    done, notices = apply(fwd, Party(Role.RESIDENT, "9"), Action.ANSWERED, 112.0)
+    assert done.state is CallState.CONNECTED and done.answered_by == "9"
+    assert (DEV, "answered", "9") in {(n.to, n.action, n.resident_id) for n in notices}
+
+
+def test_forwarded_call_rings_out_as_timeout():
+    """The second phase ends `timeout` like any unanswered call; a second forward is out of order."""
+    fwd, _ = apply(forwarding(), SRV, Action.FORWARD, 110.0)
+    with pytest.raises(InvalidTransition):
+        apply(fwd, SRV, Action.FORWARD, 111.0)
+    ended, notices = apply(fwd, SRV, Action.RING_TIMEOUT, 140.0)
+    assert ended.end_reason is EndReason.TIMEOUT
+    assert {n.to for n in notices} == {DEV, Party(Role.RESIDENT, "9")}
+
+
+def test_every_target_timing_out_forwards_at_once():
+    """When every first-phase target times out on its own, the call forwards instead of ending."""
+    call, _ = apply(forwarding(), R2, Action.TIMEOUT, 101.0)
+    call, notices = apply(call, R3, Action.TIMEOUT, 102.0)
+    assert call.state is CallState.RINGING and call.forwarded_at == 102.0 and call.ringing == {"9"}
+    assert (DEV, "forwarded") in {(n.to, n.action) for n in notices}
+
+
+def test_a_reject_does_not_forward():
+    """A household that declines is not forwarded: the call ends `rejected`."""
+    call, _ = apply(forwarding(), R2, Action.REJECTED, 101.0)
+    call, _ = apply(call, R3, Action.TIMEOUT, 102.0)
+    assert call.end_reason is EndReason.REJECTED and call.forwarded_at is None
+
+
+def test_dnd_targets_are_not_rung_and_all_in_dnd_ends_the_call():
+    """Targets in DND never ring; when none is left the call ends `dnd` and the device hears it."""
+    call = new_call("call-1", "1", "101", ("2", "3"), now=100.0, ring_timeout_s=30, max_duration_s=600,
+                    dnd=("3",))
+    assert call.ringing == {"2"} and call.is_party(R3)
+    call = new_call("call-1", "1", "101", ("2", "3"), now=100.0, ring_timeout_s=30, max_duration_s=600,
+                    dnd=("2", "3"))
+    ended, notices = apply(call, SRV, Action.DND, 100.0)
+    assert ended.end_reason is EndReason.DND and ended.ended_at == 100.0
+    assert [(n.to, n.action, n.reason) for n in notices] == [(DEV, "rejected", "dnd")]
+    with pytest.raises(InvalidTransition):
+        apply(ringing(), SRV, Action.DND, 100.0)
+
+
+def test_replaying_a_forward_is_deterministic():
+    """The forward target list lives in the call, so replaying the stored events gives the same notices."""
+    a = apply(forwarding(), SRV, Action.FORWARD, 110.0)
+    b = apply(forwarding(), SRV, Action.FORWARD, 110.0)
+    assert a == b

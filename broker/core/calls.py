@@ -17,22 +17,27 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from broker.config import CallsConfig
+from broker.config import CallsConfig, SiteConfig
 from broker.core import states
 from broker.core.admission import CallAdmission, LoopLag
+from broker.core.call_log import Outcome, outcomes
 from broker.core.device_kinds import check_call_scope
 from broker.core.directory import Directory
+from broker.core.dnd import DoNotDisturb
 from broker.core.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
+from broker.core.forwarding import Forwarding
 from broker.core.group_commit import GroupCommit, Publisher
 from broker.core.payloads import (
     CallInfo,
     ControlMessage,
     ErrorBody,
+    IncomingCall,
     control_notice,
     incoming_call_encoder,
     snapshot_url,
     topics,
 )
+from broker.core.resident_calls import ResidentCalls
 from broker.core.states import Action, CallSession, CallState, Party, Role
 from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
 from broker.core.trtc import Trtc
@@ -64,6 +69,7 @@ class CallService:
         config: CallsConfig,
         publisher: Publisher,
         clock: Callable[[], float] = time.time,
+        site: SiteConfig | None = None,
     ) -> None:
         self.store = store
         self.directory = directory
@@ -73,6 +79,13 @@ class CallService:
         # Everything the service publishes goes through the group commit: never before its commit.
         self.journal = GroupCommit(store, publisher)
         self.publisher: Publisher = self.journal
+        # issue 13: who is not rung (DND), who is rung next (forwarding), what each resident missed
+        site = site or SiteConfig()
+        self.dnd = DoNotDisturb(store, site.timezone, clock)
+        self.forwarding = Forwarding(store, directory, site, clock)
+        self.resident_calls = ResidentCalls(store, directory, self.journal, config.history_limit_max)
+        # The client ids a party has connected over MQTT (the assembly binds presence); None: unknown, tell always.
+        self.connected_clients: Callable[[Party], frozenset[str]] | None = None
         self._active: dict[str, CallSession] = {}
         self._by_device: dict[str, str] = {}
         self._by_household: dict[str, str] = {}
@@ -152,15 +165,22 @@ class CallService:
 
         now = self.clock()
         call_id = f"call-{self._date(now)}-{secrets.token_hex(6)}"
+        dnd, forward_to, forward_after_s = self._ring_rules(device, household, targets, now)
         call = states.new_call(call_id, device["device_id"], household, targets, now,
-                               self.config.ring_timeout_s, self.config.max_duration_s)
+                               self.config.ring_timeout_s, self.config.max_duration_s, dnd, forward_to, forward_after_s)
         self._stage(None, call, Party(Role.DEVICE, device_id).key, "initiated", None)
+        if not call.ringing:
+            # Every target is in do-not-disturb: the call is stored (each target missed it) and ends at once.
+            self._transition(call, SERVER, Action.DND, None)
+            raise Conflict(f"call {call_id} not rung: every resident called ({', '.join(targets)}) is in "
+                           "do-not-disturb", "dnd")
         self._remember(call)
         self._arm(call)
+        rung = [r for r in targets if r in call.ringing] if call.dnd else targets
         ts = timestamp if timestamp is not None else now_ms()
         call_info = {"call_id": call_id, "action": "initiated", "timestamp": ts}
         incoming = incoming_call_encoder(call_id, device_id, household, call_info, self.config.ring_timeout_s, ts)
-        for rid in targets:
+        for rid in rung:
             rtc = self.trtc.call_credentials(f"resident_{rid}", call_id)
             self.publisher.publish(topics.incoming(rid), incoming(rtc), qos=1)
         # One INFO line per call, when it ends (it names everyone): ~20 µs a line at 1,000 calls/s.
@@ -174,15 +194,16 @@ class CallService:
             "tencen_rtc": self.trtc.call_credentials(f"device_{device_id}", call_id),
             "ring_timeout_s": self.config.ring_timeout_s,
             "timestamp": ts,
+            **({"dnd_resident_ids": sorted(call.dnd)} if call.dnd else {}),
         }
 
     # actions ------------------------------------------------------------------------------------
 
-    def act(self, actor: Party, info: CallInfo) -> None:
-        """A device or resident action from REST or MQTT."""
+    def act(self, actor: Party, info: CallInfo, client_id: str | None = None) -> None:
+        """A device or resident action from REST or MQTT; `client_id`: which of the party's clients took it."""
         if info.action not in WIRE_ACTIONS:
             raise BadRequest(f"call_info.action: must be one of {', '.join(sorted(WIRE_ACTIONS))}, got '{info.action}'")
-        self._transition(self._load(info.call_id), actor, Action(info.action), info.reason)
+        self._transition(self._load(info.call_id), actor, Action(info.action), info.reason, client_id)
 
     def end_session(self, call_id: str, reason: str | None) -> None:
         call = self._load(call_id)
@@ -216,10 +237,10 @@ class CallService:
         call = self._load(call_id)
         if named is not None:
             return named
-        if len(call.targets) == 1:
-            return call.targets[0]
+        if len(call.phase_targets) == 1:
+            return call.phase_targets[0]
         raise BadRequest(
-            f"resident_id: required, this call rings residents {', '.join(call.targets)}: add \"resident_id\" "
+            f"resident_id: required, this call rings residents {', '.join(call.phase_targets)}: add \"resident_id\" "
             "to the body, or send the resident's token (Authorization: Bearer <token>)", "resident_id_required")
 
     def device_for(self, call_id: str) -> str:
@@ -257,6 +278,14 @@ class CallService:
             "target_resident_ids": list(call.targets),
             "end_reason": str(call.end_reason) if call.end_reason else None,
             "ended_at": iso(call.ended_at),
+            # issue 13: the ring phase (forwarding), who is ringing, who was skipped (DND), which client answered
+            "ring_phase": "forwarded" if call.forwarded_at is not None else "first",
+            "ringing_resident_ids": sorted(call.ringing),
+            "dnd_resident_ids": sorted(call.dnd),
+            "forward_to": list(call.forward_to),
+            "forward_after_s": call.forward_after_s if call.forward_to else None,
+            "forwarded_at": iso(call.forwarded_at),
+            "answered_client_id": call.answered_client,
         }
 
     def history(self, filters: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
@@ -299,9 +328,11 @@ class CallService:
             raise NotFound(f"call '{call_id}' not found")
         return call_from_row(row)
 
-    def _transition(self, call: CallSession, actor: Party, action: Action, reason: str | None) -> None:
+    def _transition(self, call: CallSession, actor: Party, action: Action, reason: str | None,
+                    client_id: str | None = None) -> None:
         try:
-            updated, notices = states.apply(call, actor, action, self.clock(), reason, self.config.reject_policy)
+            updated, notices = states.apply(call, actor, action, self.clock(), reason, self.config.reject_policy,
+                                            client_id)
         except states.Forbidden as exc:
             raise Forbidden(str(exc)) from exc
         except states.InvalidTransition as exc:
@@ -310,7 +341,7 @@ class CallService:
         if updated is call:
             return
         # Persist first: staged now, and the notices below leave only after the group's commit.
-        self._stage(call, updated, actor.key, str(action), reason)
+        self._stage(call, updated, actor.key, str(action), reason, client_id)
         if updated.state is CallState.ENDED:
             self._forget(updated)
         else:
@@ -319,15 +350,50 @@ class CallService:
                 self._arm(updated)
         ts = now_ms()
         for n in notices:
-            self.publisher.publish(self._control_topic(n.to),
-                                   control_notice(call.call_id, n.action, n.reason, ts, n.resident_id), qos=1)
+            if n.action == "incoming":
+                self._ring_fallback(updated, n.to.id, ts)
+                continue
+            if n.to == actor and not self._has_other_clients(actor, n.client_id):
+                continue  # "elsewhere" to the taker's own topic: only a second client of that resident needs it
+            self.publisher.publish(self._control_topic(n.to), control_notice(
+                call.call_id, n.action, n.reason, ts, n.resident_id, n.client_id, n.forward_to), qos=1)
         if updated.state is CallState.ENDED:
+            missed = [rid for rid, outcome in outcomes(updated).items() if outcome == Outcome.MISSED]
+            if missed:
+                self.resident_calls.call_missed(call.call_id, missed)  # retained, after this transition's commit
+                self.journal.on_failure(self.resident_calls.forget)
             log.info("call %s from device %s to household %s (%s): ended %s by %s %s after %.1f s, answered by %s",
                      call.call_id, call.device_id, call.household_number, ",".join(call.targets),
                      updated.end_reason, actor.key, action, updated.last_activity - call.created_at,
                      call.answered_by or "nobody")
         else:
             log.debug("call %s: %s %s -> %s", call.call_id, actor.key, action, updated.state)
+
+    def _ring_rules(self, device: Any, household: str, targets: tuple[str, ...],
+                    now: float) -> tuple[tuple[str, ...], tuple[str, ...], float | None]:
+        """(targets in DND, fallback residents not in DND, forward_after_s); an emergency device skips DND."""
+        emergency = bool(device.get("emergency"))
+        forward_to, after = self.forwarding.resolve(household)
+
+        def in_dnd(rid: str) -> bool:
+            if emergency:
+                return False
+            return self.dnd.resident_in_dnd(rid, self.directory.row("residents", rid)["household_number"], now)
+
+        return tuple(r for r in targets if in_dnd(r)), tuple(r for r in forward_to if not in_dnd(r)), after
+
+    def _ring_fallback(self, call: CallSession, resident_id: str, ts: int) -> None:
+        """The incoming call of a forwarded call's fallback resident: the same call, `call_info.action` forwarded."""
+        msg = IncomingCall(call_id=call.call_id, device_id=call.device_id, household_number=call.household_number,
+                           call_info={"call_id": call.call_id, "action": "forwarded", "timestamp": ts},
+                           tencen_rtc=self.trtc.call_credentials(f"resident_{resident_id}", call.call_id),
+                           ring_timeout_s=call.ring_timeout_s, timestamp=ts)
+        self.publisher.publish(topics.incoming(resident_id), msg.model_dump_json().encode(), qos=1)
+
+    def _has_other_clients(self, party: Party, taker: str | None) -> bool:
+        """Whether a resident that just acted has another connected client to stop ringing. A single-client
+        app (the seed's) then never hears `cancelled` for the call it just answered."""
+        return self.connected_clients is None or bool(self.connected_clients(party) - {taker})
 
     def send_error(self, party: Party, code: int, message: str, call_info: dict[str, Any],
                    request_id: str | None = None, reason: str | None = None) -> None:
@@ -344,10 +410,10 @@ class CallService:
         return topics.device_control(party.id) if party.role is Role.DEVICE else topics.resident_control(party.id)
 
     def _stage(self, before: CallSession | None, after: CallSession, actor: str, action: str,
-               reason: str | None) -> None:
+               reason: str | None, client_id: str | None = None) -> None:
         """Write the transition into the open group (StoreError: nothing written, nothing changed)."""
         from_state = "new" if before is None else before.state.value
-        self.journal.stage(lambda conn: write_transition(conn, after, actor, action, reason, from_state),
+        self.journal.stage(lambda conn: write_transition(conn, after, actor, action, reason, from_state, client_id),
                            lambda: self._undo(before, after))
 
     def _undo(self, before: CallSession | None, after: CallSession) -> None:
@@ -385,7 +451,7 @@ class CallService:
         call = self._active.get(call_id)
         if call is None:
             return
-        action = Action.RING_TIMEOUT if call.state is CallState.RINGING else Action.MAX_DURATION
+        action = states.due_action(call)
         try:
             self._transition(call, SERVER, action, None)
         except Exception as exc:

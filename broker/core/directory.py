@@ -91,6 +91,9 @@ class Directory:
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
         return row
 
+    def has(self, kind: str, ident: str) -> bool:
+        return self._get(kind, ident) is not None
+
     def device(self, device_id: str) -> dict[str, Any]:
         return self.get("devices", device_id)
 
@@ -109,15 +112,17 @@ class Directory:
         self._put("households", row)
         return _public(row)
 
-    def add_member(self, kind: str, ident: str, household_number: str, name: str | None) -> dict[str, Any]:
-        """Create a resident or device and return it with its token, shown this once."""
+    def add_member(self, kind: str, ident: str, household_number: str, name: str | None,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Create a resident or device (with `extra` columns, e.g. a device's `emergency`) and return it
+        with its token, shown this once."""
         if self._get("households", household_number) is None:
             raise NotFound(f"household '{household_number}' not found")
         if self._get(kind, ident) is not None:
             raise Conflict(f"{SINGULAR[kind]} '{ident}' already exists", "already_exists")
         token = new_token(SINGULAR[kind], ident)
         row = {DIRECTORY[kind]: ident, "household_number": household_number, "name": name,
-               "token_hash": hash_token(token, self.iterations), "created_at": time.time()}
+               "token_hash": hash_token(token, self.iterations), "created_at": time.time(), **(extra or {})}
         self._put(kind, row)
         return {DIRECTORY[kind]: ident, "household_number": household_number, "token": token}
 
@@ -168,12 +173,16 @@ class Directory:
                 for m in members:
                     ident = m.resident_id if kind == "residents" else m.device_id  # type: ignore[union-attr]
                     existing = self._get(kind, ident)
+                    extra = {"emergency": int(m.emergency)} if kind == "devices" else {}  # type: ignore[union-attr]
                     if existing is None:
                         self._put(kind, {DIRECTORY[kind]: ident, "household_number": hh.household_number,
-                                              "name": m.name, "token_hash": None, "created_at": now})
+                                              "name": m.name, "token_hash": None, "created_at": now, **extra})
                     elif existing["household_number"] != hh.household_number:
                         raise BadRequest(f"site: {SINGULAR[kind]} '{ident}' is in household "
                                          f"'{existing['household_number']}' already")
+                    elif extra and bool(existing.get("emergency")) != bool(extra["emergency"]):
+                        self.store.upsert(kind, {DIRECTORY[kind]: ident, **extra})  # broker.yaml declares it
+                        self._rows[kind][ident] = {**existing, **extra}
         self._seed_kinds(site)
 
     def _seed_kinds(self, site: SiteConfig) -> None:

@@ -77,7 +77,7 @@ class NotFound(DomainError):
 
 
 class Conflict(DomainError):
-    """409; `reason` is one of `busy`, `call_ended`, `invalid_transition`, `already_exists`, `not_empty`."""
+    """409; `reason` is one of `busy`, `call_ended`, `invalid_transition`, `already_exists`, `not_empty`, `dnd`."""
 
     status = 409
 

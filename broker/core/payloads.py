@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -42,15 +42,18 @@ __all__ = [
     "ControlMessage",
     "DeviceStatus",
     "DirectoryPatch",
+    "DndIn",
     "DoorCommand",
     "DoorCommandRequest",
     "DoorEventsQuery",
     "EndSessionRequest",
     "ErrorBody",
+    "ForwardingIn",
     "HistoryQuery",
     "Id",
     "IncomingCall",
     "MqttCallRequest",
+    "ResidentCallsQuery",
     "SessionQuery",
     "SystemMessage",
     "TencentRtc",
@@ -102,6 +105,9 @@ Id = Annotated[
 _ID = TypeAdapter(Id)
 Timestamp = Annotated[int, Field(ge=0, le=10**14)]
 Reason = Annotated[str, Field(max_length=128)]
+# An MQTT client id as a client names itself in a body (REST, bridge mode): `{role}-{id}[/<suffix>]`,
+# checked against the acting party by broker.core.clients.
+ClientId = Annotated[str, Field(min_length=1, max_length=128)]
 MAX_PROPERTIES_BYTES = 16 * 1024  # a device's merged `properties`, JSON-encoded (it is retained and re-sent)
 
 
@@ -152,6 +158,7 @@ class ControlBody(_In):
     call_info: CallInfo
     resident_id: Id | None = None  # local-only mode: an anonymous REST caller names itself
     device_id: Id | None = None
+    client_id: ClientId | None = None  # which of the party's clients acts (REST, bridge mode)
 
 
 class CallRequest(_In):
@@ -218,6 +225,8 @@ class ControlMessage(_Out):
     request_id: str | None = None
     snapshot_url: str | None = None  # `call_info.action: "snapshot"`
     door: dict[str, Any] | None = None  # `call_info.action: "door_opened"`: the reply to a resident's unlock
+    client_id: str | None = None  # the client that took the action (several per resident)
+    forward_to: list[str] | None = None  # `forwarded`: the fallback residents now ringing
 
 
 def incoming_call_encoder(call_id: str, device_id: str, household_number: str, call_info: dict[str, Any],
@@ -232,13 +241,17 @@ def incoming_call_encoder(call_id: str, device_id: str, household_number: str, c
     return lambda rtc: (head + compact(rtc) + tail).encode()
 
 
-def control_notice(call_id: str, action: str, reason: str | None, timestamp: int,
-                   resident_id: str | None = None) -> bytes:
+def control_notice(call_id: str, action: str, reason: str | None, timestamp: int, resident_id: str | None = None,
+                   client_id: str | None = None, forward_to: Sequence[str] | None = None) -> bytes:
     """`ControlMessage(...).model_dump_json(exclude_none=True)` of a call notice (call_info keeps a null reason)."""
     msg: dict[str, Any] = {"origin": "server", "call_info": {
         "call_id": call_id, "action": action, "reason": reason, "timestamp": timestamp}}
     if resident_id is not None:
         msg["resident_id"] = resident_id
+    if client_id is not None:
+        msg["client_id"] = client_id
+    if forward_to:
+        msg["forward_to"] = list(forward_to)
     return compact(msg).encode()
 
 
@@ -314,6 +327,56 @@ class DeviceIn(_In):
     name: Annotated[str, Field(max_length=128)] | None = None
     kind: Literal["door", "lobby"] = "door"
     households: list[Id] | None = None  # a lobby panel's households (null: any of the site)
+    emergency: StrictBool = False  # rings residents in do-not-disturb too
+
+
+def _hhmm(v: str) -> str:
+    hours, _, minutes = v.partition(":")
+    if not (len(hours) == len(minutes) == 2 and hours.isdigit() and minutes.isdigit()
+            and int(hours) < 24 and int(minutes) < 60):
+        raise ValueError(f"must be a time of day 'HH:MM' from 00:00 to 23:59, got {v!r}")
+    return v
+
+
+HourMinute = Annotated[str, AfterValidator(_hhmm)]
+
+
+class DndWindow(_In):
+    """A daily do-not-disturb window in the site's time zone; `to` before `from` runs past midnight."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    start: HourMinute = Field(alias="from")
+    end: HourMinute = Field(alias="to")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> DndWindow:
+        if self.start == self.end:
+            raise ValueError("'from' and 'to' are the same time: for all day, leave out the schedule")
+        return self
+
+
+class DndIn(_In):
+    """`PUT /api/residents/{id}/dnd` and `PUT /api/households/{n}/dnd`."""
+
+    enabled: StrictBool
+    schedule: Annotated[list[DndWindow], Field(max_length=24)] | None = None
+
+
+class ForwardingIn(_In):
+    """`PUT /api/households/{n}/forwarding`: `forward_to` null = use the site's."""
+
+    forward_to: Annotated[list[Id], Field(max_length=16)] | None
+    forward_after_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+
+
+def _bool_text(v: Any) -> Any:
+    if isinstance(v, str):
+        if v.lower() in ("true", "1"):
+            return True
+        if v.lower() in ("false", "0"):
+            return False
+        raise ValueError(f"must be true or false, got {v!r}")
+    return v
 
 
 # Query strings: every value arrives as text; an empty value (`?device_id=`) counts as absent.
@@ -339,6 +402,11 @@ class HistoryQuery(_In):
 class ActiveQuery(_In):
     resident_id: Id | None = None
     device_id: Id | None = None
+
+
+class ResidentCallsQuery(_In):
+    missed: Annotated[bool, BeforeValidator(_bool_text)] = False
+    limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
 
 
 class AdminListQuery(_In):
@@ -378,6 +446,10 @@ class topics:
     @staticmethod
     def resident_control(resident_id: str) -> str:
         return f"users/{resident_id}/calls/control"
+
+    @staticmethod
+    def missed(resident_id: str) -> str:
+        return f"users/{resident_id}/calls/missed"
 
     @staticmethod
     def device_status(device_id: str) -> str:

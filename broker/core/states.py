@@ -22,6 +22,7 @@ __all__ = [
     "Party",
     "Role",
     "apply",
+    "due_action",
     "new_call",
 ]
 
@@ -53,6 +54,8 @@ class Action(StrEnum):
     FORCE = "force"
     PARTY_OFFLINE = "party_offline"
     DOOR_OPENED = "door_opened"  # a resident opened the calling door (doors.unlock_ends_call)
+    FORWARD = "forward"  # nobody answered within forward_after_s: ring the fallback residents
+    DND = "dnd"  # every target is in do-not-disturb at the call's start
 
 
 class EndReason(StrEnum):
@@ -64,6 +67,7 @@ class EndReason(StrEnum):
     MAX_DURATION = "max_duration"
     PARTY_OFFLINE = "party_offline"
     DOOR_OPENED = "door_opened"
+    DND = "dnd"
 
 
 class Move(StrEnum):
@@ -80,6 +84,8 @@ class Move(StrEnum):
     FORCE = "force"
     PARTY_OFFLINE = "party_offline"
     DOOR_OPENED = "door_opened"
+    FORWARD = "forward"
+    DND = "dnd"
 
 
 # A move's effect: the fields of the call that change, and who is told what. `apply` makes the new
@@ -106,6 +112,8 @@ TRANSITIONS: dict[tuple[CallState, Role, Action], Move] = {
     (C, S, Action.PARTY_OFFLINE): Move.PARTY_OFFLINE,
     (R, S, Action.DOOR_OPENED): Move.DOOR_OPENED,
     (C, S, Action.DOOR_OPENED): Move.DOOR_OPENED,
+    (R, S, Action.FORWARD): Move.FORWARD,
+    (R, S, Action.DND): Move.DND,
 }
 
 # Which actions each role may ever send; anything else is 403 whatever the state.
@@ -113,7 +121,7 @@ ALLOWED: dict[Role, frozenset[Action]] = {
     D: frozenset({Action.HANGUP, Action.CANCELLED}),
     U: frozenset({Action.ANSWERED, Action.REJECTED, Action.TIMEOUT, Action.HANGUP}),
     S: frozenset({Action.RING_TIMEOUT, Action.MAX_DURATION, Action.FORCE, Action.PARTY_OFFLINE,
-                  Action.DOOR_OPENED}),
+                  Action.DOOR_OPENED, Action.FORWARD, Action.DND}),
 }
 
 
@@ -137,12 +145,15 @@ class Party:
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """One control message the service must send to one party."""
+    """One message the service must send to one party: a control message, or (`action` "incoming") the
+    incoming call of a forwarded call's fallback resident."""
 
     to: Party
     action: str
     reason: str | None = None
     resident_id: str | None = None
+    client_id: str | None = None  # the client that took the action (None: a server event)
+    forward_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +174,32 @@ class CallSession:
     last_activity: float = 0.0
     # last action each party took, so a repeat is a quiet no-op
     last_actions: dict[str, str] = field(default_factory=dict)
+    dnd: frozenset[str] = frozenset()  # targets not rung: in do-not-disturb when the call started
+    forward_to: tuple[str, ...] = ()  # fallback residents, rung in a second phase if nobody answers
+    forward_after_s: float = 0.0  # the first phase's length when `forward_to` is set
+    forwarded_at: float | None = None
+    answered_client: str | None = None  # the client (MQTT client id) that answered
+
+    @property
+    def forward_pending(self) -> bool:
+        return bool(self.forward_to) and self.forwarded_at is None
+
+    @property
+    def phase_targets(self) -> tuple[str, ...]:
+        """The residents of the current ring phase: the fallbacks once forwarded, else the targets."""
+        return self.forward_to if self.forwarded_at is not None else self.targets
+
+    @property
+    def all_targets(self) -> tuple[str, ...]:
+        """Every resident this call was meant for, fallbacks included once it was forwarded."""
+        return self.targets + self.forward_to if self.forwarded_at is not None else self.targets
 
     @property
     def deadline(self) -> float | None:
         if self.state is CallState.RINGING:
-            return self.created_at + self.ring_timeout_s
+            if self.forward_pending:
+                return self.created_at + self.forward_after_s
+            return (self.forwarded_at if self.forwarded_at is not None else self.created_at) + self.ring_timeout_s
         if self.state is CallState.CONNECTED and self.connected_at is not None:
             return self.connected_at + self.max_duration_s
         return None
@@ -176,7 +208,7 @@ class CallSession:
         if party.role is Role.DEVICE:
             return party.id == self.device_id
         if party.role is Role.RESIDENT:
-            return party.id in self.targets
+            return party.id in self.targets or (self.forwarded_at is not None and party.id in self.forward_to)
         return True
 
 
@@ -188,7 +220,13 @@ def new_call(
     now: float,
     ring_timeout_s: float,
     max_duration_s: float,
+    dnd: tuple[str, ...] | frozenset[str] = (),
+    forward_to: tuple[str, ...] = (),
+    forward_after_s: float | None = None,
 ) -> CallSession:
+    """A ringing call. `dnd`: targets not rung; `forward_to`: fallbacks rung after `forward_after_s`
+    (default: the ring timeout) if nobody answers, each phase then ringing `ring_timeout_s`."""
+    skipped = frozenset(dnd) & frozenset(targets)
     return CallSession(
         call_id=call_id,
         device_id=device_id,
@@ -197,9 +235,19 @@ def new_call(
         created_at=now,
         ring_timeout_s=ring_timeout_s,
         max_duration_s=max_duration_s,
-        ringing=frozenset(targets),
+        ringing=frozenset(targets) - skipped,
         last_activity=now,
+        dnd=skipped,
+        forward_to=tuple(r for r in dict.fromkeys(forward_to) if r not in targets),
+        forward_after_s=ring_timeout_s if forward_after_s is None else forward_after_s,
     )
+
+
+def due_action(call: CallSession) -> Action:
+    """What the server does when the call's deadline passes."""
+    if call.state is CallState.RINGING:
+        return Action.FORWARD if call.forward_pending else Action.RING_TIMEOUT
+    return Action.MAX_DURATION
 
 
 def apply(
@@ -209,9 +257,12 @@ def apply(
     now: float,
     reason: str | None = None,
     reject_policy: str = "member",
+    client_id: str | None = None,
 ) -> tuple[CallSession, list[Notice]]:
     """Return the call after `actor` takes `action`, and who must be told what.
 
+    `client_id` is the actor's client (one resident may have several); every notice of a party's
+    action carries it, so each of that resident's clients can tell whether it took the action itself.
     A repeat of the party's last action returns the call unchanged and no notices.
     """
     if action not in ALLOWED[actor.role]:
@@ -224,7 +275,8 @@ def apply(
     if move is None:
         raise InvalidTransition(f"cannot '{action}' a call that is {call.state}")
     handler = _MOVES[move]
-    changes, notices = handler(call, actor, now, reason, reject_policy)
+    changes, notices = handler(call, actor, now, reason, reject_policy,
+                               client_id if actor.role is not Role.SERVER else None)
     if actor.role is not Role.SERVER:
         changes["last_actions"] = {**call.last_actions, actor.key: str(action)}
     changes["last_activity"] = now
@@ -250,79 +302,99 @@ def _in_call(call: CallSession) -> list[Party]:
     return [_device(call), *_residents(call.ringing)]
 
 
-def _answer(call: CallSession, actor: Party, now: float, reason: str | None, _: str) -> Result:
+def _answer(call: CallSession, actor: Party, now: float, reason: str | None, _: str, cid: str | None) -> Result:
     if actor.id not in call.ringing:
         raise InvalidTransition(f"resident {actor.id} is no longer ringing on {call.call_id}")
     others = call.ringing - {actor.id}
-    notices = [Notice(_device(call), "answered", reason, resident_id=actor.id)]
-    notices += [Notice(p, "cancelled", "answered_elsewhere", resident_id=actor.id) for p in _residents(others)]
-    return {"state": CallState.CONNECTED, "answered_by": actor.id, "connected_at": now, "ringing": frozenset()}, notices
+    notices = [Notice(_device(call), "answered", reason, actor.id, cid)]
+    notices += [Notice(p, "cancelled", "answered_elsewhere", actor.id, cid) for p in _residents(others)]
+    # The answerer's other clients share its topic: they stop ringing; `client_id` tells the taker it was itself.
+    notices.append(Notice(actor, "cancelled", "answered_elsewhere", actor.id, cid))
+    return {"state": CallState.CONNECTED, "answered_by": actor.id, "answered_client": cid, "connected_at": now,
+            "ringing": frozenset()}, notices
 
 
-def _stop_ringing(call: CallSession, actor: Party, now: float, notice: Notice, household_wide: bool) -> Result:
-    """`actor` stops ringing; the device hears `notice`. The last one out ends the call: `timeout` if
-    every target timed out, else `rejected`. `household_wide` (a reject under the household policy)
-    ends it at once and cancels the others."""
+def _forward(call: CallSession, now: float, reason: str, still_ringing: frozenset[str]) -> Result:
+    """The second ring phase: the device hears `forwarded`, those still ringing stop, the fallbacks ring."""
+    notices = [Notice(_device(call), "forwarded", reason, forward_to=call.forward_to)]
+    notices += [Notice(p, "cancelled", "forwarded") for p in _residents(still_ringing)]
+    notices += [Notice(p, "incoming") for p in _residents(call.forward_to)]
+    return {"forwarded_at": now, "ringing": frozenset(call.forward_to)}, notices
+
+
+def _stop_ringing(call: CallSession, actor: Party, now: float, notices: list[Notice], household_wide: bool,
+                  cid: str | None) -> Result:
+    """`actor` stops ringing; the device hears `notices[0]`, the actor's other clients `notices[1]`. The
+    last one out ends the call: `timeout` if every target timed out (or forwards it, if a fallback is
+    set), else `rejected`. `household_wide` (a reject under the household policy) ends it at once and
+    cancels the others."""
     if actor.id not in call.ringing:
         raise InvalidTransition(f"resident {actor.id} is no longer ringing on {call.call_id}")
-    notices = [notice]
     left = call.ringing - {actor.id}
     if household_wide:
-        notices += [Notice(p, "cancelled", "rejected_elsewhere", resident_id=actor.id) for p in _residents(left)]
+        notices += [Notice(p, "cancelled", "rejected_elsewhere", actor.id, cid) for p in _residents(left)]
         return _end(EndReason.REJECTED, now), notices
     if not left:
-        timed_out = notice.action == "timeout" and all(
-            call.last_actions.get(Party(Role.RESIDENT, r).key) == "timeout" for r in call.targets if r != actor.id)
+        timed_out = notices[0].action == "timeout" and all(
+            call.last_actions.get(Party(Role.RESIDENT, r).key) == "timeout"
+            for r in call.phase_targets if r != actor.id and r not in call.dnd)
+        if timed_out and call.forward_pending:
+            changes, more = _forward(call, now, "no_answer", frozenset())
+            return changes, notices + more
         return _end(EndReason.TIMEOUT if timed_out else EndReason.REJECTED, now), notices
     return {"ringing": left}, notices
 
 
-def _decline(call: CallSession, actor: Party, now: float, reason: str | None, policy: str) -> Result:
-    notice = Notice(_device(call), "rejected", reason, resident_id=actor.id)
-    return _stop_ringing(call, actor, now, notice, policy == "household")
+def _decline(call: CallSession, actor: Party, now: float, reason: str | None, policy: str, cid: str | None) -> Result:
+    notices = [Notice(_device(call), "rejected", reason, actor.id, cid),
+               Notice(actor, "cancelled", "rejected_elsewhere", actor.id, cid)]
+    return _stop_ringing(call, actor, now, notices, policy == "household", cid)
 
 
-def _decline_hangup(call: CallSession, actor: Party, now: float, _: str | None, policy: str) -> Result:
+def _decline_hangup(call: CallSession, actor: Party, now: float, _: str | None, policy: str,
+                    cid: str | None) -> Result:
     # `hangup` heard by a device always means its call is over; while ringing, other residents may
     # still ring, so the device hears the per-resident word `rejected`, reason `hangup`.
-    notice = Notice(_device(call), "rejected", "hangup", resident_id=actor.id)
-    return _stop_ringing(call, actor, now, notice, policy == "household")
+    notices = [Notice(_device(call), "rejected", "hangup", actor.id, cid),
+               Notice(actor, "cancelled", "rejected_elsewhere", actor.id, cid)]
+    return _stop_ringing(call, actor, now, notices, policy == "household", cid)
 
 
-def _ring_out(call: CallSession, actor: Party, now: float, reason: str | None, _: str) -> Result:
-    notice = Notice(_device(call), "timeout", reason, resident_id=actor.id)
-    return _stop_ringing(call, actor, now, notice, household_wide=False)
+def _ring_out(call: CallSession, actor: Party, now: float, reason: str | None, _: str, cid: str | None) -> Result:
+    notices = [Notice(_device(call), "timeout", reason, actor.id, cid),
+               Notice(actor, "cancelled", "timeout_elsewhere", actor.id, cid)]
+    return _stop_ringing(call, actor, now, notices, False, cid)
 
 
-def _cancel(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
-    notices = [Notice(p, "cancelled", reason) for p in _residents(call.ringing)]
+def _cancel(call: CallSession, _: Party, now: float, reason: str | None, __: str, cid: str | None) -> Result:
+    notices = [Notice(p, "cancelled", reason, client_id=cid) for p in _residents(call.ringing)]
     return _end(EndReason.CANCELLED, now), notices
 
 
-def _hangup(call: CallSession, actor: Party, now: float, reason: str | None, _: str) -> Result:
+def _hangup(call: CallSession, actor: Party, now: float, reason: str | None, _: str, cid: str | None) -> Result:
     if actor.role is Role.RESIDENT and actor.id != call.answered_by:
         raise Forbidden(f"resident {actor.id} did not answer call {call.call_id}")
     others = [p for p in _in_call(call) if p != actor]
     rid = call.answered_by
-    return _end(EndReason.HANGUP, now), [Notice(p, "hangup", reason, resident_id=rid) for p in others]
+    return _end(EndReason.HANGUP, now), [Notice(p, "hangup", reason, rid, cid) for p in others]
 
 
-def _ring_timeout(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
+def _ring_timeout(call: CallSession, _: Party, now: float, reason: str | None, __: str, ___: str | None) -> Result:
     notices = [Notice(p, "timeout", reason or "no_answer") for p in _in_call(call)]
     return _end(EndReason.TIMEOUT, now), notices
 
 
-def _max_duration(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
+def _max_duration(call: CallSession, _: Party, now: float, reason: str | None, __: str, ___: str | None) -> Result:
     notices = [Notice(p, "hangup", reason or "max_duration", resident_id=call.answered_by) for p in _in_call(call)]
     return _end(EndReason.MAX_DURATION, now), notices
 
 
-def _force(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
+def _force(call: CallSession, _: Party, now: float, reason: str | None, __: str, ___: str | None) -> Result:
     notices = [Notice(p, "hangup", reason or "forced", resident_id=call.answered_by) for p in _in_call(call)]
     return _end(EndReason.FORCED, now), notices
 
 
-def _party_offline(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
+def _party_offline(call: CallSession, _: Party, now: float, reason: str | None, __: str, ___: str | None) -> Result:
     # `reason` names who went offline ("device:1"); that party is not told.
     notices = [
         Notice(p, "hangup", "party_offline", resident_id=call.answered_by) for p in _in_call(call) if p.key != reason
@@ -330,13 +402,23 @@ def _party_offline(call: CallSession, _: Party, now: float, reason: str | None, 
     return _end(EndReason.PARTY_OFFLINE, now), notices
 
 
-def _door_opened(call: CallSession, _: Party, now: float, reason: str | None, __: str) -> Result:
+def _door_opened(call: CallSession, _: Party, now: float, reason: str | None, __: str, ___: str | None) -> Result:
     # `reason` names who opened ("resident:2", or "admin"); everyone still in the call is told, the opener
     # too (its own screen must close): ringing residents hear `cancelled`, the others `hangup`.
     opener = reason.partition(":")[2] if reason and reason.startswith("resident:") else None
     notices = [Notice(p, "cancelled" if p.role is Role.RESIDENT and call.state is CallState.RINGING else "hangup",
                       "door_opened", resident_id=opener) for p in _in_call(call)]
     return _end(EndReason.DOOR_OPENED, now), notices
+def _forward_move(call: CallSession, _: Party, now: float, reason: str | None, __: str, ___: str | None) -> Result:
+    if not call.forward_pending:
+        raise InvalidTransition(f"call {call.call_id} has no forwarding pending")
+    return _forward(call, now, reason or "no_answer", call.ringing)
+
+
+def _all_dnd(call: CallSession, _: Party, now: float, reason: str | None, __: str, ___: str | None) -> Result:
+    if call.ringing or call.forwarded_at is not None:
+        raise InvalidTransition(f"call {call.call_id} rings residents who are not in do-not-disturb")
+    return _end(EndReason.DND, now), [Notice(_device(call), "rejected", reason or "dnd")]
 
 
 _MOVES = {
@@ -351,4 +433,6 @@ _MOVES = {
     Move.FORCE: _force,
     Move.PARTY_OFFLINE: _party_offline,
     Move.DOOR_OPENED: _door_opened,
+    Move.FORWARD: _forward_move,
+    Move.DND: _all_dnd,
 }

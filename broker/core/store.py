@@ -18,6 +18,7 @@ from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
 from broker.core import fastjson
+from broker.core.call_log import outcomes
 from broker.core.states import CallSession, CallState, EndReason
 from broker.core.write_gate import StoreError, StoreUnavailable, WriteGate
 from broker.db_open import DatabaseDamaged, naming, open_db
@@ -91,15 +92,14 @@ class Store:
             if_not_exists=True,
         )
         self._create_doors_and_snapshots()
+        self._create_ring_tables()
 
     def _create_doors_and_snapshots(self) -> None:
         """Issue 13's columns and tables; added to a database made before them, on open."""
-        for table, columns in (("devices", {"kind": str, "households": str}),
-                               ("calls", {"snapshot_at": float, "door_opened_by": str, "door_opened_at": float})):
-            have = self._t(table).columns_dict
-            for name, kind in columns.items():
-                if name not in have:
-                    self._t(table).add_column(name, kind)
+        table_columns: tuple[tuple[str, dict[str, type]], ...] = (("devices", {"kind": str, "households": str}),
+            ("calls", {"snapshot_at": float, "door_opened_by": str, "door_opened_at": float}))
+        for table, columns in table_columns:
+            self._add_missing(table, columns)
         self.db.execute("CREATE INDEX IF NOT EXISTS calls_snapshot_at ON calls (snapshot_at)"
                         " WHERE snapshot_at IS NOT NULL")
         self._t("door_events").create(
@@ -111,6 +111,32 @@ class Store:
         self._t("door_events").create_index(["device_id", "ts"], if_not_exists=True)
         self._t("door_events").create_index(["household_number", "ts"], if_not_exists=True)
         self._t("door_events").create_index(["command_id"], if_not_exists=True)
+
+    def _create_ring_tables(self) -> None:
+        """Issue 13: DND, forwarding, several clients, per-resident history; older databases gain the columns."""
+        t = self._t
+        self._add_missing("devices", {"emergency": int})
+        self._add_missing("calls", {"dnd_resident_ids": str, "forward_to": str, "forward_after_s": float,
+                                    "forwarded_at": float, "answered_client_id": str})
+        self._add_missing("call_events", {"client_id": str})
+        # One row per (resident, ended call): the call's outcome for that resident; `seen` = 0 only for an
+        # unseen missed call.
+        t("resident_calls").create({"resident_id": str, "call_id": str, "start_time": float, "outcome": str,
+                                    "seen": int}, pk=("resident_id", "call_id"), if_not_exists=True)
+        t("resident_calls").create_index(["resident_id", "start_time"], if_not_exists=True)
+        t("resident_calls").create_index(["resident_id", "seen"], if_not_exists=True)
+        # scope "resident" or "household"; schedule: JSON list of [from, to] "HH:MM" pairs, or null
+        t("dnd_settings").create({"scope": str, "subject": str, "enabled": int, "schedule": str,
+                                  "updated_at": float}, pk=("scope", "subject"), if_not_exists=True)
+        # forward_to: JSON list of resident ids, or null (= the site's)
+        t("household_forwarding").create({"household_number": str, "forward_to": str, "forward_after_s": float,
+                                          "updated_at": float}, pk="household_number", if_not_exists=True)
+
+    def _add_missing(self, table: str, columns: dict[str, type]) -> None:
+        have = self._t(table).columns_dict
+        for name, kind in columns.items():
+            if name not in have:
+                self._t(table).add_column(name, kind)
 
     def _t(self, name: str) -> Table:
         return self.db.table(name)
@@ -191,6 +217,42 @@ class Store:
     def call_events(self, call_id: str) -> list[dict[str, Any]]:
         return list(self._t("call_events").rows_where("call_id = ?", [call_id], order_by="id"))
 
+    # per-resident history, missed calls, DND, forwarding (issue 13) ---------------------------
+
+    def resident_calls(self, resident_id: str, missed_only: bool, limit: int) -> list[dict[str, Any]]:
+        """A resident's ended calls, newest first: `calls` columns plus its `outcome` and `seen`."""
+        missed = " AND rc.outcome = 'missed'" if missed_only else ""
+        rows = self.db.execute(
+            "SELECT c.*, rc.outcome AS outcome, rc.seen AS seen FROM resident_calls rc JOIN calls c"
+            f" ON c.call_id = rc.call_id WHERE rc.resident_id = ?{missed} ORDER BY rc.start_time DESC LIMIT ?",
+            [resident_id, limit])
+        names = [d[0] for d in rows.description]
+        return [_decode_call(dict(zip(names, r, strict=True))) for r in rows.fetchall()]
+
+    def unseen_missed(self, resident_id: str) -> int:
+        """Unseen missed calls (`seen` = 0 only on those: a covering-index count). Sees staged transitions too."""
+        return int(self.db.conn.execute("SELECT COUNT(*) FROM resident_calls WHERE resident_id = ? AND seen = 0",
+                                        [resident_id]).fetchone()[0])
+
+    def last_missed(self, resident_id: str) -> str | None:
+        """The id of the call this resident missed last (the last one to end)."""
+        row = self.db.conn.execute("SELECT call_id FROM resident_calls WHERE resident_id = ? AND outcome = 'missed'"
+                                   " ORDER BY rowid DESC LIMIT 1", [resident_id]).fetchone()
+        return row[0] if row else None
+
+    def mark_missed_seen(self, resident_id: str) -> int:
+        with self._tx():
+            cur = self.db.execute("UPDATE resident_calls SET seen = 1 WHERE resident_id = ? AND seen = 0",
+                                  [resident_id])
+        return cur.rowcount
+
+    def settings_rows(self, table: str) -> list[dict[str, Any]]:
+        return list(self._t(table).rows)
+
+    def put_setting(self, table: str, row: dict[str, Any]) -> None:
+        with self._tx():
+            self._t(table).upsert(row, pk=("scope", "subject") if table == "dnd_settings" else "household_number")
+
     # status and system messages --------------------------------------------------------------
 
     def put_status(self, row: dict[str, Any]) -> None:
@@ -249,17 +311,23 @@ class Store:
 # one INSERT; a later transition updates only the columns a transition can change.
 _CALL_COLUMNS = ("call_id", "device_id", "household_number", "target_resident_ids", "status", "resident_id",
                  "end_reason", "start_time", "connected_at", "last_activity", "ended_at", "ring_timeout_s",
-                 "max_duration_s", "ringing", "last_actions")
+                 "max_duration_s", "ringing", "last_actions", "dnd_resident_ids", "forward_to", "forward_after_s",
+                 "forwarded_at", "answered_client_id")
 _INSERT_CALL = f"INSERT INTO calls ({', '.join(_CALL_COLUMNS)}) VALUES ({', '.join('?' for _ in _CALL_COLUMNS)})"
 _UPDATE_CALL = ("UPDATE calls SET status = ?, resident_id = ?, end_reason = ?, connected_at = ?, last_activity = ?,"
-                " ended_at = ?, ringing = ?, last_actions = ? WHERE call_id = ?")
-_INSERT_EVENT = ("INSERT INTO call_events (call_id, ts, actor, action, reason, from_state, to_state)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?)")
+                " ended_at = ?, ringing = ?, last_actions = ?, forwarded_at = ?, answered_client_id = ?"
+                " WHERE call_id = ?")
+_INSERT_EVENT = ("INSERT INTO call_events (call_id, ts, actor, action, reason, from_state, to_state, client_id)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_RESIDENT_CALL = ("INSERT OR REPLACE INTO resident_calls (resident_id, call_id, start_time, outcome, seen)"
+                         " VALUES (?, ?, ?, ?, ?)")
 
 
 def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, action: str, reason: str | None,
-                     before: str) -> None:
-    """The statements of one transition (`before` == "new": the call's first row); the caller owns the transaction."""
+                     before: str, client_id: str | None = None) -> None:
+    """The statements of one transition (`before` == "new": the call's first row); the caller owns the transaction.
+
+    The transition that ends a call also writes its outcome for each resident it was meant for."""
     end_reason = str(call.end_reason) if call.end_reason else None
     ringing = fastjson.dumps(sorted(call.ringing)) if call.ringing else "[]"
     last_actions = fastjson.dumps(call.last_actions)
@@ -267,13 +335,21 @@ def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, ac
         conn.execute(_INSERT_CALL, (
             call.call_id, call.device_id, call.household_number, fastjson.dumps(list(call.targets)), call.state.value,
             call.answered_by, end_reason, call.created_at, call.connected_at, call.last_activity, call.ended_at,
-            call.ring_timeout_s, call.max_duration_s, ringing, last_actions))
+            call.ring_timeout_s, call.max_duration_s, ringing, last_actions,
+            fastjson.dumps(sorted(call.dnd)) if call.dnd else None,
+            fastjson.dumps(list(call.forward_to)) if call.forward_to else None, call.forward_after_s,
+            call.forwarded_at, call.answered_client))
     else:
         cur = conn.execute(_UPDATE_CALL, (call.state.value, call.answered_by, end_reason, call.connected_at,
-                                          call.last_activity, call.ended_at, ringing, last_actions, call.call_id))
+                                          call.last_activity, call.ended_at, ringing, last_actions, call.forwarded_at,
+                                          call.answered_client, call.call_id))
         if cur.rowcount != 1:
             raise sqlite3.IntegrityError(f"call {call.call_id} has no row to update")
-    conn.execute(_INSERT_EVENT, (call.call_id, call.last_activity, actor, action, reason, before, call.state.value))
+    conn.execute(_INSERT_EVENT, (call.call_id, call.last_activity, actor, action, reason, before, call.state.value,
+                                 client_id))
+    if call.state is CallState.ENDED and before != CallState.ENDED.value:
+        conn.executemany(_INSERT_RESIDENT_CALL, [(rid, call.call_id, call.created_at, outcome, int(outcome != "missed"))
+                                                 for rid, outcome in outcomes(call).items()])
 
 
 def _decode_member(row: dict[str, Any]) -> dict[str, Any]:
@@ -285,8 +361,9 @@ def _decode_member(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _decode_call(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("target_resident_ids", "ringing", "last_actions"):
-        row[key] = json.loads(row[key] or "null")
+    for key in ("target_resident_ids", "ringing", "last_actions", "dnd_resident_ids", "forward_to"):
+        if key in row:
+            row[key] = json.loads(row[key] or "null")
     return row
 
 
@@ -307,4 +384,9 @@ def call_from_row(row: dict[str, Any]) -> CallSession:
         ended_at=row["ended_at"],
         last_activity=row["last_activity"],
         last_actions=row["last_actions"] or {},
+        dnd=frozenset(row.get("dnd_resident_ids") or ()),
+        forward_to=tuple(row.get("forward_to") or ()),
+        forward_after_s=row.get("forward_after_s") or 0.0,
+        forwarded_at=row.get("forwarded_at"),
+        answered_client=row.get("answered_client_id"),
     )
