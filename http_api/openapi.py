@@ -22,7 +22,9 @@ from broker.core.payloads import (
     DeviceIn,
     DeviceStatus,
     DirectoryPatch,
+    DndIn,
     EndSessionRequest,
+    ForwardingIn,
     HouseholdIn,
     ResidentIn,
     RtcCallRequest,
@@ -31,7 +33,7 @@ from broker.core.payloads import (
     UnlockRequest,
     UserSigRequest,
 )
-from http_api import admin_views, call_views, console_views, door_views, misc_views, snapshot_views
+from http_api import admin_views, call_views, console_views, door_views, misc_views, resident_views, snapshot_views
 from http_api.auth import is_public
 
 __all__ = ["OPS", "Op", "build_spec", "openapi_json"]
@@ -97,6 +99,17 @@ OPS: dict[Any, Op] = {
         ("limit", "at most this many, newest first", False))),
     snapshot_views.upload: Op("A door station attaches a JPEG of the visitor to its live call (image/jpeg body)",
                               "calls"),
+    resident_views.resident_calls: Op("A resident's call history (who answered, ring and talk time, outcome)",
+                                      "residents", query=(("missed", "only missed calls (true/false)", False),
+                                                          ("limit", "at most this many, newest first", False))),
+    resident_views.calls_seen: Op("Mark a resident's missed calls seen (the retained counter drops to 0)", "residents"),
+    resident_views.get_resident_dnd: Op("A resident's do-not-disturb setting", "residents"),
+    resident_views.put_resident_dnd: Op("Set a resident's do-not-disturb (on/off or daily windows)", "residents",
+                                        (DndIn,)),
+    resident_views.get_household_dnd: Op("A household's do-not-disturb setting", "residents"),
+    resident_views.put_household_dnd: Op("Set a household's do-not-disturb", "residents", (DndIn,)),
+    resident_views.get_forwarding: Op("A household's no-answer forwarding", "residents"),
+    resident_views.put_forwarding: Op("Set a household's no-answer forwarding (admin)", "residents", (ForwardingIn,)),
     snapshot_views.fetch: Op("A call's visitor snapshot (the call's parties and admins)", "calls", media="image/jpeg"),
     admin_views.delete: Op("Delete an entry (a household only once it is empty)", "admin"),
     admin_views.new_token: Op("Issue a new token for a resident or device (the old one stops working)", "admin"),
