@@ -4,12 +4,12 @@ A transition is *staged*: its statements run inside the open group transaction (
 failing one leaves the others intact) and its messages wait in an outbox. The group commits once per
 event-loop tick (`call_soon`), then the outbox is published in order. A message therefore never leaves
 before the transition it announces is committed; a crash before the commit loses the transitions and
-their messages together. One commit per tick instead of one per transition: a commit was ~100-150 µs,
-more than the rest of the write.
+their messages together. One commit per tick rather than per transition, since a commit (~100-150 µs)
+costs more than the rest of the write.
 
 If the commit fails, every transition of the group is undone in memory (newest first), its messages
 are dropped, the `on_failure` callbacks run (e.g. an MQTT error reply) and `durable()` raises
-`StoreError` (a 500 over REST), which is what a failed synchronous write did before. While another
+`StoreError` (a 500 over REST), as a failed synchronous write does. While another
 process holds the file locked, `stage` raises `StoreUnavailable` (503) at once (broker/core/write_gate.py).
 """
 

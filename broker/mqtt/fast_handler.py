@@ -1,11 +1,10 @@
 """amqtt 0.12.1's BrokerProtocolHandler with the fast path bound in as methods, and its packet reader.
 
-FastPathMixin used to install five closures on every handler (reader loop, publish, puback,
-(un)subscribe): each a function object, cells and a grown instance dict, ~3.5 KB per connection.
-Here the handler carries one reference to the broker (`routed`), set once the connection is
-registered, and falls back to amqtt's behaviour while it is None. It also allocates its two
-events lazily and arms no keepalive write timer: amqtt re-armed one on every packet sent, for a
-`handle_write_timeout` that is a no-op on the broker side (the reader enforces keepalive).
+The fast path is bound in as methods (no per-connection closures): the handler carries one reference
+to the broker (`routed`), set once the connection is registered, and falls back to amqtt's behaviour
+while it is None. It allocates its two events lazily and arms no keepalive write timer: amqtt's
+`handle_write_timeout` is a no-op on the broker side (the reader enforces keepalive), so the timer
+amqtt re-arms on every packet sent would only cost.
 
 Its reader loop (for readers that hand out whole packets) replaces amqtt's `_reader_loop`: PUBLISH,
 PUBACK and PUBREL are decoded from the bytes and handled in place, without amqtt's `wait_for` and
@@ -181,9 +180,9 @@ class FastHandler(BrokerProtocolHandler):
         return bool(broker.hold_qos2(self.session, self, packet_id, topic, body[4 + tlen:], bool(flags & 1), allowed))
 
     async def _retry_deliveries(self) -> None:
-        """amqtt's [MQTT-4.4.0-1] re-send of unacknowledged outgoing messages. Unlike amqtt's, it leaves
-        incoming QoS 2 messages alone: they wait for the client's PUBREL (amqtt re-ran its receive flow
-        for them here, which routed them on its own)."""
+        """amqtt's [MQTT-4.4.0-1] re-send of unacknowledged outgoing messages. It leaves incoming QoS 2
+        messages alone: they wait for the client's PUBREL (amqtt's version re-runs their receive flow,
+        which would route them without one)."""
         session: Any = self.session
         retries = [asyncio.create_task(asyncio.wait_for(self._handle_message_flow(msg), 10))
                    for msg in session.inflight_out.values()]
