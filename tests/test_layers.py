@@ -1,4 +1,4 @@
-"""The import graph keeps its layers: core imports no adapter, engine or web library; adapters never import each other."""
+"""The import graph keeps its layers: the core imports no adapter, engine or web library; adapters not each other."""
 
 from __future__ import annotations
 
