@@ -42,12 +42,12 @@ def encode_remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(s: str | bytes) -> bytes:
+def encode_string(s: str | bytes) -> bytes:
     b = s.encode() if isinstance(s, str) else s
     return _U16.pack(len(b)) + b
 
 
-def _packet(header: int, body: bytes) -> bytes:
+def encode_packet(header: int, body: bytes) -> bytes:
     return bytes((header,)) + encode_remaining_length(len(body)) + body
 
 
@@ -59,25 +59,25 @@ def encode_connect(
     password: str | None = None,
 ) -> bytes:
     flags = 0x02 if clean_session else 0
-    payload = _string(client_id)
+    payload = encode_string(client_id)
     if username is not None:
         flags |= 0x80
-        payload += _string(username)
+        payload += encode_string(username)
         if password is not None:
             flags |= 0x40
-            payload += _string(password)
-    var = _string("MQTT") + bytes((4, flags)) + _U16.pack(keepalive)
-    return _packet(0x10, var + payload)
+            payload += encode_string(password)
+    var = encode_string("MQTT") + bytes((4, flags)) + _U16.pack(keepalive)
+    return encode_packet(0x10, var + payload)
 
 
 def encode_subscribe(packet_id: int, topics: list[tuple[str, int]]) -> bytes:
-    body = _U16.pack(packet_id) + b"".join(_string(t) + bytes((q,)) for t, q in topics)
-    return _packet(0x82, body)
+    body = _U16.pack(packet_id) + b"".join(encode_string(t) + bytes((q,)) for t, q in topics)
+    return encode_packet(0x82, body)
 
 
 def encode_publish(topic: str | bytes, payload: bytes, qos: int = 0, packet_id: int = 0) -> bytes:
     """Encode a PUBLISH packet (no DUP/RETAIN)."""
-    t = _string(topic)
+    t = encode_string(topic)
     if qos:
         body_len = len(t) + 2 + len(payload)
         return b"".join(
@@ -90,7 +90,7 @@ class PublishTemplate:
     """Pre-encoded PUBLISH prefix for one topic and fixed payload size (fast path)."""
 
     def __init__(self, topic: str, payload_len: int, qos: int) -> None:
-        t = _string(topic)
+        t = encode_string(topic)
         body_len = len(t) + (2 if qos else 0) + payload_len
         self.qos = qos
         self.payload_len = payload_len

@@ -32,24 +32,12 @@ from pathlib import Path
 
 import aiohttp
 import yaml
+from mqttload import encode_packet as _packet  # bench's one MQTT encoder
+from mqttload import encode_string as _str
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 ADMIN = "bench-admin-token-0123456789abcdef"
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(b)) + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    out, n = bytearray((first,)), len(body)
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out) + body
 
 
 def rss_mb(pid: int) -> float:

@@ -51,6 +51,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mqttload import encode_packet as _packet  # noqa: E402 - bench's one MQTT encoder
+from mqttload import encode_string as _str  # noqa: E402
+
 from broker.core import states  # noqa: E402 - the oracle replays the server's own state machine
 
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
@@ -117,20 +120,6 @@ JPEG = b"\xff\xd8\xff\xe0" + bytes(2048) + b"\xff\xd9"  # a visitor snapshot's s
 
 
 # -- a minimal MQTT 3.1.1 client: persistent session, QoS 1, DUP visible ---------------------------------------
-
-
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack("!H", len(b)) + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    out, n = bytearray((first,)), len(body)
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out) + body
 
 
 class Party:
