@@ -510,6 +510,9 @@ class Soak:
                     call, states.Party(states.Role(role), ident), states.Action(action), ts, reason
                 )
                 for n in notices:
+                    if n.to.key == actor:
+                        continue  # "…_elsewhere" to the taker's own topic: sent only to a second client, and
+                        # every soak resident has one (CallService._has_other_clients)
                     want[n.to.key][(call_id, n.action, n.reason, n.resident_id)] += 1
             if status != "ended" or str(call.state) != status or str(call.end_reason) != str(end_reason):
                 wrong.append(f"{call_id}: db {status}/{end_reason}, replay {call.state}/{call.end_reason}")
