@@ -239,3 +239,16 @@ async def test_a_persistent_member_keeps_its_shared_subscription_across_reconnec
         await publish_all(h2, "jobs/2", 1, start=8)
         await settle([keeper], 2)
         assert keeper.payloads == ["m7", "m8"]
+
+
+async def test_a_clean_reconnect_ends_a_persistent_members_shared_subscription(harness):
+    """A persistent member that comes back with a clean session is no longer a member: nothing is queued for it."""
+    async with clients(harness, ("keeper", [("$share/g/jobs/#", 1)]), clean=False):
+        pass
+    async with harness.mqtt("keeper", clean=True):
+        pass
+    await publish_all(harness, "jobs/1", 1)
+    async with clients(harness, ("keeper", []), clean=False) as (keeper,):
+        await asyncio.sleep(0.4)
+        assert keeper.items == []
+    assert harness.server.broker._index.shared.count == 0
