@@ -7,6 +7,8 @@ let through by `flat/1/+`. `$`-topics are only matched by patterns that spell th
 Anonymous clients (local-only mode) are not restricted, except for `$SYS`, unless `acl.anonymous` is set.
 A rule's `deny` patterns are checked first. The per-client cap on
 subscriptions is enforced here too, since amqtt calls this plugin on every SUBSCRIBE.
+A shared subscription `$share/{ShareName}/{filter}` is judged by its filter alone (any ShareName may be
+used), and counts toward the cap as a subscription of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from broker.core.payloads import topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.mqtt.hooks import PRINCIPAL
+from broker.mqtt.shared_index import shared_parts
 
 __all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand", "played_party"]
 
@@ -143,6 +146,9 @@ class TopicAclPlugin(BaseTopicPlugin):
             return True  # decided when the subscription was made; deliveries stay cheap
         if session is None or topic is None:
             return False
+        subscribed = topic
+        if action is Action.SUBSCRIBE and (parts := shared_parts(topic)) is not None:
+            topic = parts[1]  # `$share/{ShareName}/{filter}`: the filter is what would be read
         principal: Principal | None = session.attributes.get(PRINCIPAL)
         anonymous = self.services.settings.acl.anonymous if self.services else None
         if principal is None:  # anonymous only exists in local-only mode
@@ -157,10 +163,10 @@ class TopicAclPlugin(BaseTopicPlugin):
                 log.exception("ACL check of %r failed", topic)
                 ok = False
         if not ok:
-            log.warning("ACL: %s may not %s %r", principal or session.client_id, action, topic)
+            log.warning("ACL: %s may not %s %r", principal or session.client_id, action, subscribed)
             return False
         if action is Action.SUBSCRIBE:
-            return self._count_subscription(session, topic)
+            return self._count_subscription(session, subscribed)
         if principal is not None and principal.role == "admin":
             self._note_simulated(session, topic)
         return True

@@ -21,7 +21,7 @@ from amqtt.adapters import ReaderAdapter
 
 from broker.limiter import LogThrottle
 from broker.mqtt.deadlines import DeadlineSweeper
-from broker.mqtt.topic_index import valid_filter
+from broker.mqtt.topic_index import well_formed_filter
 
 __all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "remaining_length", "valid_topic_name"]
 
@@ -182,7 +182,7 @@ def _check_subscribe(cur: _Cursor, with_qos: bool) -> None:
     if not cur.left:
         raise Malformed(f"{kind} without a topic filter")  # [MQTT-3.8.3-3], [MQTT-3.10.3-2]
     while cur.left:
-        if not valid_filter(cur.string("topic filter")):
+        if not well_formed_filter(cur.string("topic filter")):  # a bad `$share/` ShareName: SUBACK 0x80
             raise Malformed(f"{kind} topic filter is malformed")
         if with_qos and cur.u8("requested QoS") > 2:
             raise Malformed("SUBSCRIBE requested QoS above 2 or reserved bits set")  # [MQTT-3.8.3-4]

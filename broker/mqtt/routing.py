@@ -7,6 +7,10 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
   (`add_subscription`, `_del_subscription`, `_del_all_subscriptions`).
 * Delivery: a message goes straight into each subscriber's `Outlet` (bounded, flow-controlled), with no
   broadcast queue and no task per subscriber, at min(publisher QoS, granted QoS).
+* Shared subscriptions `$share/{ShareName}/{filter}` (MQTT 5.0 §4.8.2, offered to 3.1.1 clients as Mosquitto
+  and EMQX do): each matching message goes to one member per shared subscription, in turn among the
+  connected members; with none connected, an offline persistent member holds a QoS>0 message for its
+  return (a QoS 0 one is dropped). Retained messages are never sent on a shared subscription.
 * Retained: `RetainedStore` keeps a topic tree, so a subscription finds its retained messages without a
   scan; a session gets only the retained messages of its own subscriptions, sent as one batch under the
   outlet's flow control.
@@ -31,7 +35,8 @@ from amqtt.session import Session
 
 from broker.mqtt.hooks import AcknowledgesAfter, FiltersTopicsSync, InterceptsPublish
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_filter
+from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member, shared_parts
+from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_subscription
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -45,7 +50,17 @@ __all__ = ["SUBACK_FAILURE", "PluginHooks", "RoutingMixin"]
 
 log = logging.getLogger("intercom.fastpath")
 SUBACK_FAILURE = 0x80
-_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]]]
+_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]], list[Member[Session]] | None]
+
+
+def member_rank(session: Session) -> int:
+    """How usable a shared-subscription member is now: connected, else able to hold QoS>0 offline (as in
+    `RoutingMixin._send_to`), else not at all."""
+    if session.transitions.state == "connected":
+        return ONLINE
+    if not session.clean_session and not session.is_anonymous:
+        return HOLDS
+    return NONE
 
 
 @dataclass
@@ -165,9 +180,13 @@ class RoutingMixin(_Base):
         return all(check(session, topic, action) for check in hooks.sync_checks)
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        """amqtt's checks, then the index; a repeated SUBSCRIBE replaces the QoS [MQTT-3.8.4-3]."""
+        """amqtt's checks, then the index; a repeated SUBSCRIBE replaces the QoS [MQTT-3.8.4-3].
+
+        A `$share/{ShareName}/{filter}` goes to the ACL whole: the ACL plugin judges the filter part
+        (`plugins.acl`) and counts the subscription as one of the session's own.
+        """
         topic_filter, qos = subscription
-        if not valid_filter(topic_filter):
+        if not valid_subscription(topic_filter):
             return SUBACK_FAILURE
         if not await self._allowed(session, topic_filter, Action.SUBSCRIBE):
             return SUBACK_FAILURE
@@ -215,6 +234,8 @@ class RoutingMixin(_Base):
             self._send_retained(session, topic_filter, granted)
 
     def _send_retained(self, session: Session, topic_filter: str, qos: int) -> int:
+        if shared_parts(topic_filter) is not None:
+            return 0  # never on a shared subscription [MQTT 5.0 §4.8.2]
         found = self._retained_messages.tree.find(topic_filter)
         if not found:
             return 0
@@ -238,30 +259,39 @@ class RoutingMixin(_Base):
     # ---- routing --------------------------------------------------------------------------------
 
     def deliver(self, source: Session | None, topic: str, data: bytes, qos: int) -> int:
-        """Send one message to every matching subscriber now, at min(qos, granted QoS); returns matches."""
-        matches = self._index.match(topic)
-        if not matches:
+        """Send one message to every matching subscriber, and to one member of each matching shared
+        subscription, now, at min(qos, granted QoS); returns how many deliveries were due."""
+        index = self._index
+        matches = index.match(topic)
+        # members are picked here, in publish order, even when the async lane sends later
+        picked = index.pick_shared(topic, member_rank) if index.shared.count else None
+        if not matches and not picked:
             return 0
         hooks = self._plugin_hooks()
         if hooks.receive_async:
-            self._lane.append((source, topic, data, qos, matches))
+            self._lane.append((source, topic, data, qos, matches, picked))
             if self._lane_task is None or self._lane_task.done():
                 self._lane_task = self._spawn(self._run_lane())
-            return len(matches)
+            return len(matches) + len(picked or ())
         topic_b = topic.encode()
         checks = hooks.sync_checks
         for key, (target, sub_qos) in matches.items():
             if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                 continue
             self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos)
-        return len(matches)
+        if picked:
+            for key, (target, sub_qos) in picked:
+                if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
+                    continue
+                self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos)
+        return len(matches) + len(picked or ())
 
     async def _run_lane(self) -> None:
         """Deliveries that need async RECEIVE checks, in publish order."""
         while self._lane:
-            _source, topic, data, qos, matches = self._lane.popleft()
+            _source, topic, data, qos, matches, picked = self._lane.popleft()
             topic_b = topic.encode()
-            for key, (target, sub_qos) in matches.items():
+            for key, (target, sub_qos) in [*matches.items(), *(picked or ())]:
                 if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
                     continue
                 self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos))

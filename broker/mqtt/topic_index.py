@@ -2,7 +2,8 @@
 
 Semantics follow MQTT 3.1.1 §4.7 and amqtt 0.12.1's `Broker._matches`: `+` matches one whole level (empty
 included), a trailing `#` matches the parent level and everything below it, and topics starting with `$`
-are not matched by a filter whose first level is `+` or `#`.
+are not matched by a filter whose first level is `+` or `#`. A filter whose first level is `$share` is a
+shared subscription (`broker.mqtt.shared_index`): its members take turns instead of each getting a copy.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter"]
+from broker.mqtt.shared_index import Member, SharedGroups, shared_parts, valid_share_name
+
+__all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter", "valid_subscription",
+           "well_formed_filter"]
 
 S = TypeVar("S")
 V = TypeVar("V")
@@ -29,6 +33,27 @@ def valid_filter(topic_filter: str) -> bool:
         if "+" in level and level != "+":
             return False
     return True
+
+
+def valid_subscription(topic_filter: str) -> bool:
+    """Whether SUBSCRIBE may be granted for this filter: a valid filter, or `$share/{ShareName}/{valid filter}`."""
+    parts = shared_parts(topic_filter)
+    if parts is None:
+        return valid_filter(topic_filter)
+    return valid_share_name(parts[0]) and valid_filter(parts[1])
+
+
+def well_formed_filter(topic_filter: str) -> bool:
+    """The packet guard's test: `valid_filter`, except that a `$share/` filter's ShareName is not judged here.
+
+    A bad ShareName (`$share/g+/a`, `$share//a`) is answered with SUBACK 0x80 (`valid_subscription`) and the
+    connection stays up, as in EMQX; the filter after it must be well formed like any other.
+    """
+    parts = shared_parts(topic_filter)
+    if parts is None:
+        return valid_filter(topic_filter)
+    name, inner = parts
+    return "\x00" not in name and (not inner or valid_filter(inner))
 
 
 def _descend(node: N, topic: str, make: Callable[[], N]) -> N:
@@ -50,25 +75,41 @@ class _SubNode(Generic[S]):
 
 
 class SubscriptionIndex(Generic[S]):
-    """Filter tree keyed by level; each node maps subscriber key (client id) to (subscriber, QoS)."""
+    """Filter tree keyed by level; each node maps subscriber key (client id) to (subscriber, QoS).
+
+    Shared subscriptions (`$share/...`, already checked by `valid_subscription`) live in their own tree,
+    `SharedGroups`, so matching ordinary subscriptions costs the same whether or not any exist.
+    """
 
     def __init__(self) -> None:
         self._root: _SubNode[S] = _SubNode()
-        self._by_key: dict[str, dict[str, int]] = {}
+        self._by_key: dict[str, dict[str, int]] = {}  # key -> {filter as subscribed, `$share/` included: QoS}
+        # read `shared.count` (a plain attribute: no call on the routing hot path) before `pick_shared`
+        self.shared: SharedGroups[S] = SharedGroups()
 
     def __len__(self) -> int:
         return sum(len(filters) for filters in self._by_key.values())
 
     def add(self, topic_filter: str, key: str, subscriber: S, qos: int) -> bool:
         """Subscribe (or re-subscribe, replacing QoS); True when the filter is new for this key."""
-        node = _descend(self._root, topic_filter, _SubNode)
-        new = key not in node.subs
-        node.subs[key] = (subscriber, qos)
-        self._by_key.setdefault(key, {})[topic_filter] = qos
+        filters = self._by_key.setdefault(key, {})
+        new = topic_filter not in filters
+        filters[topic_filter] = qos
+        parts = shared_parts(topic_filter)
+        if parts is not None:
+            self.shared.add(parts[0], parts[1], key, subscriber, qos)
+            return new
+        _descend(self._root, topic_filter, _SubNode).subs[key] = (subscriber, qos)
         return new
 
     def remove(self, topic_filter: str, key: str) -> bool:
         """Drop one subscription; prunes empty branches. True when it existed."""
+        parts = shared_parts(topic_filter)
+        if parts is not None:
+            if not self.shared.remove(parts[0], parts[1], key):
+                return False
+            self._forget(key, topic_filter)
+            return True
         path: list[tuple[_SubNode[S], str]] = []
         node = self._root
         for level in topic_filter.split("/"):
@@ -79,17 +120,20 @@ class SubscriptionIndex(Generic[S]):
             node = child
         if node.subs.pop(key, None) is None:
             return False
-        filters = self._by_key.get(key)
-        if filters is not None:
-            filters.pop(topic_filter, None)
-            if not filters:
-                del self._by_key[key]
+        self._forget(key, topic_filter)
         for parent, level in reversed(path):
             child = parent.children[level]
             if child.subs or child.children:
                 break
             del parent.children[level]
         return True
+
+    def _forget(self, key: str, topic_filter: str) -> None:
+        filters = self._by_key.get(key)
+        if filters is not None:
+            filters.pop(topic_filter, None)
+            if not filters:
+                del self._by_key[key]
 
     def remove_all(self, key: str) -> list[str]:
         """Drop every subscription of one key (disconnect cleanup); returns the filters removed."""
@@ -111,6 +155,14 @@ class SubscriptionIndex(Generic[S]):
         levels = topic.split("/")
         self._collect(self._root, levels, 0, out, topic.startswith("$"))
         return out
+
+    def pick_shared(self, topic: str, rank: Callable[[S], int]) -> list[Member[S]]:
+        """One member, in turn, of every shared subscription matching `topic`: [(key, (subscriber, QoS))].
+
+        `rank(subscriber)` is `shared_index.ONLINE`, `HOLDS` or `NONE`; a member that holds the same
+        session's ordinary subscription too is picked regardless, so that session may get both copies.
+        """
+        return self.shared.pick(topic, rank)
 
     def _collect(self, node: _SubNode[S], levels: list[str], i: int, out: dict[str, tuple[S, int]],
                  dollar: bool) -> None:
