@@ -198,6 +198,7 @@ async def test_admin_console_login_drives_every_issue_13_feature(make_harness):
         await admin.publish("devices/5/commands/ack", json.dumps({"command_id": cmd["command_id"], "ok": True}), qos=1)
         _, done = await inbox.wait_for(lambda t, b: t == "users/2/calls/control" and b.get("request_id") == "u1")
         assert done["call_info"]["action"] == "door_opened" and done["door"]["call_ended"] is True
+        await inbox.close()
     row = (await h.get("/api/calls?device_id=5", ADMIN))[1]["data"][0]
     assert row["end_reason"] == "door_opened" and row["door_opened_by"] == "2"
     assert row["snapshot_url"] == f"/api/calls/{call_id}/snapshot"
