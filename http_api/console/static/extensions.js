@@ -37,13 +37,14 @@ export function forwardingText(f) {
 
 /**
  * Extra fields of a directory entry in the Site page: `type` makes it a form control (add and edit),
- * `column` a table column. `list` values are ids typed comma-separated.
+ * `column` a table column, `when` enables the control only while another field has a value. `list` values
+ * are ids typed comma-separated.
  */
 export const memberFields = {
   devices: [
     { key: 'kind', label: 'Kind', feature: 'device_kind', type: 'select', options: ['door', 'lobby'], column: kindText },
     { key: 'households', label: 'Lobby calls households', feature: 'device_kind', type: 'list',
-      placeholder: 'any household', hint: 'ids, comma-separated' },
+      placeholder: 'any household', hint: 'ids, comma-separated', when: { key: 'kind', value: 'lobby' } },
     { key: 'emergency', label: 'Emergency (rings through do-not-disturb)', feature: 'dnd', type: 'checkbox',
       heading: 'Emergency', column: (row) => (row.emergency ? 'yes' : '') },
   ],

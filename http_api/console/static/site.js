@@ -51,6 +51,16 @@ function extraInput(f, value) {
   return h('input', { name: f.key, type: f.type, value: value ?? '' });
 }
 
+/** Enable the controls whose `when` names another field only while that field has the given value. */
+function linkControls(form, kind) {
+  for (const f of extraFields(kind).filter((x) => x.when)) {
+    const source = form.elements[f.when.key];
+    const sync = () => { form.elements[f.key].disabled = source.value !== f.when.value; };
+    source.addEventListener('change', sync);
+    sync();
+  }
+}
+
 function extraRow(f, value) {
   return f.type === 'checkbox' ? h('label', { class: 'check' }, extraInput(f, value), f.label)
     : field(f.label, extraInput(f, value));
@@ -67,7 +77,7 @@ function formValues(form, kind) {
   for (const [k, v] of new FormData(form).entries()) values[k] = typeof v === 'string' ? v.trim() : v;
   for (const f of extraFields(kind)) {
     if (f.type === 'checkbox') values[f.key] = form.elements[f.key].checked;
-    if (f.type === 'list') values[f.key] = idList(values[f.key]);
+    if (f.type === 'list') values[f.key] = idList(values[f.key]); // disabled (left out of the form data): null
   }
   if (kind === 'devices' && values.kind === 'door') values.households = null; // a door calls its own household
   if (values.name === '') values.name = null;
@@ -84,6 +94,7 @@ function addForm(kind) {
     for (const f of extraFields(kind)) rows.push(extraRow(f));
     form.replaceChildren(h('h3', {}, `Add a ${info.one}`), h('div', { class: 'row' }, rows,
       h('button', { type: 'submit' }, `Add ${info.one}`)));
+    linkControls(form, kind);
   };
   form.render = render;
   render();
@@ -186,6 +197,7 @@ function edit(kind, row) {
   rows.push(h('div', { class: 'actions' }, h('button', { type: 'submit', value: 'save' }, 'Save'),
     h('button', { type: 'button', class: 'secondary', onclick: () => els.dialog.close() }, 'Cancel')));
   form.append(...rows);
+  linkControls(form, kind);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const saved = await attempt(() => api.patch(`/api/admin/${kind}/${seg(id)}`, formValues(form, kind)));
