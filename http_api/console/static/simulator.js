@@ -61,7 +61,7 @@ export function mount(section, context) {
   listen(onMessage);
   renderDoor();
   // the played station goes offline with the tab, as a real one's connection would (best effort)
-  window.addEventListener('pagehide', () => door && reportOnline(door.device_id, false));
+  window.addEventListener('pagehide', () => door?.markedOnline && reportOnline(door.device_id, false));
 }
 
 export async function show() {
@@ -92,17 +92,24 @@ function send(topic, body) {
 
 // ---- the door station -----------------------------------------------------------------------
 
-/** A real station reports itself online when it connects; the box opens only doors it knows are online. */
+/**
+ * A real station reports itself online when it connects, and the box sends unlock commands only to a
+ * station it knows is online. The played station does so only when the device is not online already
+ * (a real one may be), and takes back only what it set (`door.markedOnline`).
+ */
 function reportOnline(deviceId, online) {
-  if (ctx.features.door_unlock) send(`devices/${deviceId}/status`, { online });
+  if (!ctx.features.door_unlock) return false;
+  if (online && last(`devices/${deviceId}/status`)?.body?.online) return false;
+  return send(`devices/${deviceId}/status`, { online });
 }
 
 function call() {
   const deviceId = els.device.value;
   if (!deviceId) return;
-  if (door && door.device_id !== deviceId) reportOnline(door.device_id, false);
-  if (door?.device_id !== deviceId) reportOnline(deviceId, true);
-  door = { device_id: deviceId, request_id: `sim-${rand()}`, state: 'calling', note: '' };
+  let markedOnline = door?.device_id === deviceId && door.markedOnline;
+  if (door && door.device_id !== deviceId && door.markedOnline) reportOnline(door.device_id, false);
+  if (door?.device_id !== deviceId) markedOnline = reportOnline(deviceId, true);
+  door = { device_id: deviceId, request_id: `sim-${rand()}`, state: 'calling', note: '', markedOnline };
   const request = { request_id: door.request_id, timestamp: Date.now() };
   if (ctx.features.device_kind && els.target.value) request.household_number = els.target.value;
   if (!send(`calls/request/${deviceId}`, request)) door.state = 'idle';
