@@ -77,21 +77,31 @@ export const residentActions = [
 
 const snapshots = new Map(); // snapshot URL -> object URL of its JPEG, fetched once
 
-/** A thumbnail of a call's snapshot, fetched with the admin token (an <img src> cannot send it). */
-export function snapshotThumb(url, alt) {
-  const img = h('img', { class: 'thumb', alt });
-  const cached = snapshots.get(url);
-  if (cached) {
-    img.src = cached;
-    return img;
-  }
+function loadSnapshot(img) {
+  const url = img.dataset.snapshot;
   api.blob(url).then((data) => {
-    const objectUrl = URL.createObjectURL(data);
-    snapshots.set(url, objectUrl);
-    img.src = objectUrl;
+    if (!snapshots.has(url)) snapshots.set(url, URL.createObjectURL(data));
+    img.src = snapshots.get(url);
   }).catch((err) => {
     img.replaceWith(h('span', { class: 'muted' }, `snapshot: ${err.message}`));
   });
+}
+
+// Fetched when scrolled into view: a long history does not spend the admin's REST rate limit at once.
+const onScreen = typeof IntersectionObserver === 'function' ? new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    onScreen.unobserve(entry.target);
+    loadSnapshot(entry.target);
+  }
+}) : null;
+
+/** A thumbnail of a call's snapshot, fetched with the admin token (an <img src> cannot send it). */
+export function snapshotThumb(url, alt) {
+  const img = h('img', { class: 'thumb', alt, dataset: { snapshot: url } });
+  if (snapshots.has(url)) img.src = snapshots.get(url);
+  else if (onScreen) onScreen.observe(img);
+  else loadSnapshot(img);
   return img;
 }
 
