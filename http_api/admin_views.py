@@ -32,8 +32,24 @@ def _ident(request: web.Request, kind: str) -> str:
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:
-    """A directory row as REST shows it: times as ISO-8601 UTC like every REST time."""
-    return {**row, "created_at": iso(row["created_at"])} if "created_at" in row else row
+    """A directory row as REST shows it: times as ISO-8601 UTC like every REST time, a device's flag a boolean."""
+    out = {**row, "created_at": iso(row["created_at"])} if "created_at" in row else dict(row)
+    if "device_id" in out:
+        out["emergency"] = bool(out.get("emergency"))
+    return out
+
+
+def _with_settings(request: web.Request, kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A resident's or household's do-not-disturb and forwarding settings, so a listing needs no read per row."""
+    calls = request.app[SERVICES].calls
+    if kind == "residents":
+        return {**row, "dnd": calls.dnd.view("resident", row["resident_id"])}
+    if kind == "households":
+        number = row["household_number"]
+        forwarding = calls.forwarding.view(number)
+        forwarding.pop("household_number", None)
+        return {**row, "dnd": calls.dnd.view("household", number), "forwarding": forwarding}
+    return row
 
 
 async def create(request: web.Request) -> web.Response:
@@ -56,12 +72,13 @@ async def create(request: web.Request) -> web.Response:
 async def list_all(request: web.Request) -> web.Response:
     kind = _kind(request)
     query = parse_query(request, AdminListQuery)
-    return ok([_view(r) for r in request.app[SERVICES].directory.list_all(kind, query.household_number)])
+    rows = request.app[SERVICES].directory.list_all(kind, query.household_number)
+    return ok([_with_settings(request, kind, _view(r)) for r in rows])
 
 
 async def get(request: web.Request) -> web.Response:
     kind = _kind(request)
-    return ok(_view(request.app[SERVICES].directory.get(kind, _ident(request, kind))))
+    return ok(_with_settings(request, kind, _view(request.app[SERVICES].directory.get(kind, _ident(request, kind)))))
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -78,8 +95,8 @@ async def new_token(request: web.Request) -> web.Response:
 
 
 async def update(request: web.Request) -> web.Response:
-    """Rename an entry, move a resident or device to another household, or set a device's kind (fields left
-    out stay; a door station has no households list)."""
+    """Rename an entry, move a resident or device to another household, set a device's kind or emergency flag
+    (fields left out stay; a door station has no households list)."""
     kind = _kind(request)
     ident = _ident(request, kind)
     patch = await parse_body(request, DirectoryPatch)
@@ -88,6 +105,8 @@ async def update(request: web.Request) -> web.Response:
     device_fields = {"kind", "households"} & changes.keys()
     if device_fields and kind != "devices":
         raise BadRequest(f"{', '.join(sorted(device_fields))}: only devices have a kind")
+    if "emergency" in changes and kind != "devices":
+        raise BadRequest("emergency: only devices have an emergency flag")
     rest = {k: v for k, v in changes.items() if k not in device_fields}
     view = directory.update(kind, ident, rest) if rest or not device_fields else {}
     if device_fields:

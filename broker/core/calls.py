@@ -300,6 +300,14 @@ class CallService:
                 "last_activity": iso(r["last_activity"]),
                 "snapshot_url": snapshot_url(r["call_id"]) if r.get("snapshot_at") else None,
                 "door_opened_by": r.get("door_opened_by"), "door_opened_at": iso(r.get("door_opened_at")),
+                # issue 13, as in the session: the ring phase, who rings now, who DND skipped, forwarding
+                "ring_phase": "forwarded" if r.get("forwarded_at") is not None else "first",
+                "ringing_resident_ids": sorted(r.get("ringing") or ()),
+                "dnd_resident_ids": sorted(r.get("dnd_resident_ids") or ()),
+                "forward_to": list(r.get("forward_to") or ()),
+                "forward_after_s": r.get("forward_after_s") if r.get("forward_to") else None,
+                "forwarded_at": iso(r.get("forwarded_at")),
+                "answered_client_id": r.get("answered_client_id"),
             }
             for r in rows
         ]

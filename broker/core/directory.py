@@ -137,7 +137,8 @@ class Directory:
         return {DIRECTORY[kind]: ident, "household_number": row["household_number"], "token": token}
 
     def update(self, kind: str, ident: str, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Change an entry's `name` (and a member's `household_number`); the token stays valid."""
+        """Change an entry's `name` (a member's `household_number`, a device's `emergency`); the token stays
+        valid."""
         row = self._get(kind, ident)
         if row is None:
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
@@ -146,7 +147,11 @@ class Directory:
         target = changes.get("household_number")
         if target is not None and self._get("households", target) is None:
             raise NotFound(f"household '{target}' not found")
+        if "emergency" in changes and kind != "devices":
+            raise BadRequest("emergency: only devices have an emergency flag")
         updated = {**row, **{k: v for k, v in changes.items() if k in ("name", "household_number")}}
+        if changes.get("emergency") is not None:
+            updated["emergency"] = int(changes["emergency"])
         self.store.upsert(kind, updated)
         self._rows[kind][ident] = updated
         self._index.pop(kind, None)
@@ -173,7 +178,9 @@ class Directory:
                 for m in members:
                     ident = m.resident_id if kind == "residents" else m.device_id  # type: ignore[union-attr]
                     existing = self._get(kind, ident)
-                    extra = {"emergency": int(m.emergency)} if kind == "devices" else {}  # type: ignore[union-attr]
+                    # written in broker.yaml, the flag wins at every start; left out, the stored one is kept
+                    extra = ({"emergency": int(m.emergency)}  # type: ignore[union-attr]
+                             if kind == "devices" and "emergency" in m.model_fields_set else {})
                     if existing is None:
                         self._put(kind, {DIRECTORY[kind]: ident, "household_number": hh.household_number,
                                               "name": m.name, "token_hash": None, "created_at": now, **extra})

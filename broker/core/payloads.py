@@ -333,12 +333,14 @@ class AdminListQuery(_In):
 
 class DirectoryPatch(_In):
     """`PATCH /api/admin/{kind}/{id}`: rename an entry, move a resident or device to another household, or
-    (devices) make it a unit door station or a lobby panel. A field left out keeps its value."""
+    (devices) make it a unit door station or a lobby panel, or an emergency device. A field left out keeps
+    its value."""
 
     name: Annotated[str, Field(max_length=128)] | None = None
     household_number: Id | None = None
     kind: Literal["door", "lobby"] | None = None  # devices only
     households: list[Id] | None = None  # devices only: the households a lobby panel may call (none: all)
+    emergency: StrictBool | None = None  # devices only: rings residents in do-not-disturb too
 
 
 class topics:

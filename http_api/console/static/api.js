@@ -15,8 +15,8 @@ export class ApiError extends Error {
   }
 }
 
-function headers(json) {
-  const out = json ? { 'Content-Type': 'application/json' } : {};
+function headers(contentType) {
+  const out = contentType ? { 'Content-Type': contentType } : {};
   const t = token.get();
   if (t) out.Authorization = `Bearer ${t}`;
   return out;
@@ -25,19 +25,20 @@ function headers(json) {
 /** Send a request as-is and return {status, text, ms}: the API explorer shows exactly what came back. */
 export async function raw(method, path, bodyText) {
   const started = performance.now();
-  const res = await fetch(path, { method, headers: headers(bodyText !== undefined), body: bodyText });
+  const res = await fetch(path, { method, headers: headers(bodyText !== undefined && 'application/json'),
+                                  body: bodyText });
   return { status: res.status, text: await res.text(), ms: Math.round(performance.now() - started) };
 }
 
-/** Call an endpoint and return its `data`; a failure throws ApiError carrying the envelope's message. */
-export async function request(method, path, body) {
-  let res;
+async function send(method, path, body, contentType) {
   try {
-    res = await fetch(path, { method, headers: headers(body !== undefined),
-                              body: body === undefined ? undefined : JSON.stringify(body) });
+    return await fetch(path, { method, headers: headers(body !== undefined && contentType), body });
   } catch (err) {
     throw new ApiError(0, `cannot reach the box: ${err.message}`);
   }
+}
+
+async function unwrap(res) {
   let envelope = null;
   try {
     envelope = await res.json();
@@ -50,11 +51,27 @@ export async function request(method, path, body) {
   return envelope.data;
 }
 
+/** Call an endpoint and return its `data`; a failure throws ApiError carrying the envelope's message. */
+export async function request(method, path, body) {
+  return unwrap(await send(method, path, body === undefined ? undefined : JSON.stringify(body), 'application/json'));
+}
+
+/** Fetch a binary resource (a snapshot) with the admin token: an <img src> could not send the header. */
+async function blob(path) {
+  const res = await send('GET', path);
+  if (!res.ok) await unwrap(res);
+  return res.blob();
+}
+
 export const api = {
   get: (path) => request('GET', path),
   post: (path, body = {}) => request('POST', path, body),
   patch: (path, body) => request('PATCH', path, body),
+  put: (path, body) => request('PUT', path, body),
   del: (path) => request('DELETE', path),
+  blob,
+  /** POST raw bytes (a snapshot's JPEG) and return the envelope's `data`. */
+  upload: async (path, data, type) => unwrap(await send('POST', path, data, type)),
 };
 
 /** Path segment encoding for ids (which may hold any character). */

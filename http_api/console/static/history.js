@@ -11,10 +11,13 @@ let ctx;
 let els;
 let rows = [];
 
-/** answered (someone picked up), rejected, missed (rang out, cancelled, dropped), or the live state. */
+/**
+ * answered (someone picked up, or opened the door from the ringing call), rejected, missed (rang out,
+ * cancelled, every resident in do-not-disturb, dropped), or the live state.
+ */
 export function outcome(call) {
   if (call.status !== 'ended') return call.status;
-  if (call.connected_at || call.resident_id) return 'answered';
+  if (call.connected_at || call.resident_id || call.door_opened_by) return 'answered';
   return call.end_reason === 'rejected' ? 'rejected' : 'missed';
 }
 
@@ -74,10 +77,7 @@ async function load() {
 }
 
 function columns() {
-  const extra = enabled(historyColumns, ctx.features).map((c) => ({
-    label: c.label, csv: (r) => r[c.key] ?? '',
-    cell: (r) => (c.render ? c.render(r[c.key]) : r[c.key] ? h('img', { class: 'thumb', src: r[c.key], alt: `Snapshot of ${r.call_id}` }) : ''),
-  }));
+  const extra = enabled(historyColumns, ctx.features);
   return [
     { label: 'Started', csv: (r) => r.start_time, cell: (r) => when(r.start_time) },
     { label: 'Call', csv: (r) => r.call_id, cell: (r) => h('span', { class: 'mono' }, r.call_id) },

@@ -2,6 +2,7 @@
 import mqtt from './vendor/mqtt.esm.js';
 
 const listeners = new Set();
+const lastByTopic = new Map(); // topic -> the last message in: retained counters reach pages mounted later
 const stateListeners = new Set();
 let client = null;
 let state = 'offline';
@@ -64,7 +65,9 @@ export function connect(cfg, adminToken) {
     }
   });
   client.on('message', (topic, payload, packet) => {
-    emit({ dir: 'in', topic, ...decode(payload), retain: Boolean(packet.retain), at: new Date() });
+    const message = { dir: 'in', topic, ...decode(payload), retain: Boolean(packet.retain), at: new Date() };
+    lastByTopic.set(topic, message);
+    emit(message);
   });
 }
 
@@ -80,6 +83,11 @@ export function publish(topic, body) {
   if (!client || state !== 'online') throw new Error('MQTT is not connected');
   client.publish(topic, text, { qos: 1 });
   emit({ dir: 'out', topic, body, text, retain: false, at: new Date() });
+}
+
+/** The last message received on `topic` (e.g. a retained counter delivered before a page was opened). */
+export function last(topic) {
+  return lastByTopic.get(topic);
 }
 
 export function listen(fn) {

@@ -100,7 +100,14 @@ function renderDevices() {
 
 function deadline(call) {
   const { ring_timeout_s: ring, max_duration_s: max } = ctx.cfg.calls;
-  if (call.status === 'ringing') return { at: new Date(call.start_time).getTime() + ring * 1000, label: 'rings for' };
+  const ms = (iso) => new Date(iso).getTime();
+  if (call.status === 'ringing' && call.ring_phase === 'forwarded' && call.forwarded_at) {
+    return { at: ms(call.forwarded_at) + ring * 1000, label: 'rings for' }; // the second phase rings in full
+  }
+  if (call.status === 'ringing' && call.forward_to?.length && ctx.features.forwarding) {
+    return { at: ms(call.start_time) + (call.forward_after_s ?? ring) * 1000, label: 'forwards in' };
+  }
+  if (call.status === 'ringing') return { at: ms(call.start_time) + ring * 1000, label: 'rings for' };
   if (call.status === 'connected' && call.connected_at) {
     return { at: new Date(call.connected_at).getTime() + max * 1000, label: 'ends in' };
   }
@@ -109,6 +116,16 @@ function deadline(call) {
 
 function stateBadge(state) {
   return h('span', { class: `badge state-${state}` }, state);
+}
+
+/** Who rings now: the targets, or in a forwarded call's second phase the fallbacks; DND skips noted. */
+function ringingCell(c) {
+  const forwarded = c.ring_phase === 'forwarded';
+  const now = forwarded ? c.forward_to
+    : c.status === 'ringing' && c.ringing_resident_ids ? c.ringing_resident_ids : c.target_resident_ids;
+  return h('td', {}, forwarded ? [h('span', { class: 'badge state-ringing' }, 'forwarded'), ` → ${now.join(', ')}`,
+    h('span', { class: 'muted' }, ` (was ${c.target_resident_ids.join(', ')})`)] : now.join(', '),
+  c.dnd_resident_ids?.length ? h('span', { class: 'muted' }, ` · DND: ${c.dnd_resident_ids.join(', ')}`) : null);
 }
 
 async function refreshCalls() {
@@ -125,7 +142,7 @@ async function refreshCalls() {
     const timer = h('td', { class: 'timer', dataset: due ? { deadline: due.at, label: due.label } : {} });
     return h('tr', { dataset: { callId: c.call_id } }, h('td', { class: 'mono' }, c.call_id),
       h('td', {}, stateBadge(c.status)), h('td', {}, c.device_id), h('td', {}, c.household_number),
-      h('td', {}, c.target_resident_ids.join(', ')), h('td', {}, c.resident_id || ''), h('td', {}, when(c.start_time)),
+      ringingCell(c), h('td', {}, c.resident_id || ''), h('td', {}, when(c.start_time)),
       timer);
   }) : [h('tr', {}, h('td', { colspan: 8, class: 'muted' }, 'No call in progress.'))]));
   els.ended.replaceChildren(...ended.map((c) => h('tr', { dataset: { callId: c.call_id } },

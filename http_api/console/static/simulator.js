@@ -2,8 +2,8 @@
 // and logs every message in and out. In authenticated mode it speaks through the admin connection,
 // so it can do nothing the admin token cannot, and the box logs each party it plays as simulated.
 import { api, seg } from './api.js';
-import { enabled, residentActions } from './extensions.js';
-import { listen, matches, publish } from './link.js';
+import { enabled, residentActions, snapshotThumb } from './extensions.js';
+import { last, listen, matches, publish } from './link.js';
 import { attempt, clock, duration, field, h, toast } from './ui.js';
 
 export const title = 'Simulator';
@@ -11,7 +11,7 @@ export const title = 'Simulator';
 const LOG_MAX = 200;
 let ctx;
 let els;
-let door = null; // {device_id, request_id, call_id, state, creds, note}
+let door = null; // {device_id, request_id, call_id, state, creds, note, snapshot}
 const residents = new Map(); // resident_id -> {row, call, el}
 
 const rand = () => Math.random().toString(36).slice(2, 10);
@@ -21,11 +21,17 @@ export function mount(section, context) {
   els = {
     device: h('select', { id: 'sim-device', name: 'device' }),
     household: h('select', { id: 'sim-household', name: 'household' }),
+    target: h('select', { id: 'sim-target', name: 'target' }),
+    ack: h('select', { id: 'sim-ack', name: 'ack' }, h('option', { value: 'ok' }, 'opens (ok)'),
+      h('option', { value: 'fail' }, 'fails (relay jammed)'), h('option', { value: 'silent' }, 'does not answer')),
     door: h('div', { id: 'sim-door', 'aria-live': 'polite' }),
     residents: h('div', { class: 'grid', id: 'sim-residents' }),
     log: h('tbody', { id: 'sim-log' }),
   };
-  const doorForm = h('form', { class: 'row' }, field('Door station', els.device), h('button', { type: 'submit' }, 'Call'));
+  const doorForm = h('form', { class: 'row' }, field('Door station', els.device),
+    ctx.features.device_kind ? field('Calls household', els.target) : null,
+    ctx.features.door_unlock ? field('On an unlock command it', els.ack) : null,
+    h('button', { type: 'submit' }, 'Call'));
   doorForm.addEventListener('submit', (event) => {
     event.preventDefault();
     call();
@@ -54,6 +60,8 @@ export function mount(section, context) {
   );
   listen(onMessage);
   renderDoor();
+  // the played station goes offline with the tab, as a real one's connection would (best effort)
+  window.addEventListener('pagehide', () => door?.markedOnline && reportOnline(door.device_id, false));
 }
 
 export async function show() {
@@ -67,6 +75,9 @@ export async function show() {
   };
   keep(els.device, devices, 'device_id');
   keep(els.household, households, 'household_number');
+  const target = els.target.value;
+  els.target.replaceChildren(h('option', { value: '' }, 'its own'), ...households.map((hh) => h('option', {
+    value: hh.household_number, selected: hh.household_number === target }, hh.household_number)));
 }
 
 function send(topic, body) {
@@ -81,11 +92,62 @@ function send(topic, body) {
 
 // ---- the door station -----------------------------------------------------------------------
 
+/**
+ * A real station reports itself online when it connects, and the box sends unlock commands only to a
+ * station it knows is online. The played station does so only when the device is not online already
+ * (a real one may be), and takes back only what it set (`door.markedOnline`).
+ */
+function reportOnline(deviceId, online) {
+  if (!ctx.features.door_unlock) return false;
+  if (online && last(`devices/${deviceId}/status`)?.body?.online) return false;
+  return send(`devices/${deviceId}/status`, { online });
+}
+
 function call() {
   const deviceId = els.device.value;
   if (!deviceId) return;
-  door = { device_id: deviceId, request_id: `sim-${rand()}`, state: 'calling', note: '' };
-  if (!send(`calls/request/${deviceId}`, { request_id: door.request_id, timestamp: Date.now() })) door.state = 'idle';
+  let markedOnline = door?.device_id === deviceId && door.markedOnline;
+  if (door && door.device_id !== deviceId && door.markedOnline) reportOnline(door.device_id, false);
+  if (door?.device_id !== deviceId) markedOnline = reportOnline(deviceId, true);
+  door = { device_id: deviceId, request_id: `sim-${rand()}`, state: 'calling', note: '', markedOnline };
+  const request = { request_id: door.request_id, timestamp: Date.now() };
+  if (ctx.features.device_kind && els.target.value) request.household_number = els.target.value;
+  if (!send(`calls/request/${deviceId}`, request)) door.state = 'idle';
+  renderDoor();
+}
+
+/** The station's answer to an unlock command on `devices/{id}/commands/ack`, as chosen in the form. */
+function onDoorCommand(body) {
+  if (body.command !== 'unlock' || !body.command_id) return;
+  const how = els.ack.value;
+  door.note = `unlock of relay ${body.relay} by ${body.by}: ${how === 'silent' ? 'not answered' : how}`;
+  if (how !== 'silent') {
+    send(`devices/${door.device_id}/commands/ack`, how === 'ok' ? { command_id: body.command_id, ok: true }
+      : { command_id: body.command_id, ok: false, error: 'relay jammed' });
+  }
+  renderDoor();
+}
+
+/** A visitor picture: drawn on a canvas and encoded as a JPEG by the browser, then attached to the call. */
+async function attachSnapshot() {
+  const canvas = h('canvas', { width: 160, height: 120 });
+  const g = canvas.getContext('2d');
+  g.fillStyle = '#14243a';
+  g.fillRect(0, 0, 160, 120);
+  g.fillStyle = '#f2c14e';
+  g.beginPath();
+  g.arc(80, 48, 22, 0, 2 * Math.PI);
+  g.fill();
+  g.fillRect(48, 76, 64, 44);
+  g.fillStyle = '#fff';
+  g.font = '11px sans-serif';
+  g.fillText(`device ${door.device_id} ${clock().slice(0, 8)}`, 6, 14);
+  const jpeg = await new Promise((resolve) => canvas.toBlob(resolve, 'image/jpeg', 0.8));
+  const query = ctx.cfg.mode === 'local-only' ? `?device_id=${seg(door.device_id)}` : '';
+  const done = await attempt(() => api.upload(`/api/calls/${seg(door.call_id)}/snapshot${query}`, jpeg, 'image/jpeg'));
+  if (!done) return;
+  door.note = `snapshot attached (${done.bytes} bytes)`;
+  door.snapshot = done.snapshot_url;
   renderDoor();
 }
 
@@ -107,7 +169,10 @@ async function syncDoor() {
 
 function onDoorMessage(body) {
   if (body.request_id && body.request_id === door.request_id) {
-    if (body.error) {
+    if (body.error?.reason === 'dnd') { // stored and ended at once: every resident is in do-not-disturb
+      door.state = 'ended';
+      door.note = 'ended (dnd): every resident is in do-not-disturb';
+    } else if (body.error) {
       door.state = 'error';
       door.note = body.error.message;
       toast(`Call refused: ${body.error.message}`);
@@ -118,7 +183,8 @@ function onDoorMessage(body) {
   } else if (body.call_info?.call_id && body.call_info.call_id === door.call_id) {
     const { action, reason } = body.call_info;
     if (body.error) toast(`${action || 'action'} refused: ${body.error.message}`);
-    door.note = `${action}${body.resident_id ? ` by resident ${body.resident_id}` : ''}${reason ? ` (${reason})` : ''}`;
+    door.note = `${action}${body.resident_id ? ` by resident ${body.resident_id}` : ''}`
+      + `${body.forward_to ? ` to ${body.forward_to.join(', ')}` : ''}${reason ? ` (${reason})` : ''}`;
     syncDoor(); // the call's state after this notice (a reject may leave others ringing)
   }
   renderDoor();
@@ -139,12 +205,16 @@ function renderDoor() {
   const buttons = [];
   if (door.state === 'ringing') buttons.push(h('button', { type: 'button', class: 'danger', onclick: () => doorAction('cancelled') }, 'Cancel'));
   if (door.state === 'connected') buttons.push(h('button', { type: 'button', class: 'danger', onclick: () => doorAction('hangup') }, 'Hang up'));
+  if (ctx.features.snapshots && ['ringing', 'connected'].includes(door.state)) {
+    buttons.push(h('button', { type: 'button', class: 'secondary', onclick: attachSnapshot }, 'Attach snapshot'));
+  }
   els.door.replaceChildren(
     h('p', {}, `Device ${door.device_id}: `, h('span', { class: `badge state-${door.state}`, id: 'sim-door-state' }, door.state),
       door.note ? h('span', { class: 'muted' }, ` ${door.note}`) : null),
     h('dl', { class: 'kv' }, door.call_id ? [h('dt', {}, 'Call'), h('dd', { class: 'mono' }, door.call_id)] : [],
       door.targets ? [h('dt', {}, 'Ringing'), h('dd', {}, door.targets.join(', '))] : [],
-      door.answered_by ? [h('dt', {}, 'Answered by'), h('dd', {}, door.answered_by)] : [], creds(door.creds)),
+      door.answered_by ? [h('dt', {}, 'Answered by'), h('dd', {}, door.answered_by)] : [], creds(door.creds),
+      door.snapshot ? [h('dt', {}, 'Snapshot'), h('dd', {}, snapshotThumb(door.snapshot, 'Snapshot sent'))] : []),
     h('div', { class: 'actions' }, buttons));
 }
 
@@ -162,6 +232,17 @@ async function playResidents() {
     els.residents.append(r.el);
     renderResident(r);
   }
+}
+
+function residentExtra(r, a) {
+  if (send(a.topic(r.row.resident_id), a.body(r.call))) {
+    r.call.note = `sent ${a.label.toLowerCase()}`;
+    renderResident(r);
+  }
+}
+
+async function markSeen(r) {
+  await attempt(() => api.post(`/api/residents/${seg(r.row.resident_id)}/calls/seen`));
 }
 
 function residentAction(r, action) {
@@ -182,9 +263,18 @@ async function syncResident(r) {
 }
 
 function onResidentMessage(r, kind, body) {
-  if (kind === 'incoming') {
-    r.call = { call_id: body.call_id, device_id: body.device_id, state: 'ringing', creds: body.tencen_rtc, note: '',
+  if (kind === 'missed') {
+    // the retained counter: re-rendered below from last()
+  } else if (kind === 'incoming') {
+    const forwarded = body.call_info?.action === 'forwarded';
+    r.call = { call_id: body.call_id, device_id: body.device_id, state: 'ringing', creds: body.tencen_rtc,
+               note: forwarded ? `forwarded call for household ${body.household_number}` : '',
+               snapshot: body.snapshot_url,
                deadline: Date.now() + (body.ring_timeout_s || ctx.cfg.calls.ring_timeout_s) * 1000 };
+  } else if (r.call && body.call_info?.action === 'snapshot' && body.call_info.call_id === r.call.call_id) {
+    r.call.snapshot = body.snapshot_url;
+  } else if (r.call && body.call_info?.action === 'door_opened' && !body.error) {
+    r.call.note = `door of device ${body.door?.device_id} opened (relay ${body.door?.relay})`;
   } else if (r.call && body.call_info?.call_id === r.call.call_id) {
     const { action, reason } = body.call_info;
     if (body.error) {
@@ -201,6 +291,15 @@ function onResidentMessage(r, kind, body) {
   renderResident(r);
 }
 
+function missedLine(r) {
+  if (!ctx.features.missed_calls) return null;
+  const counter = last(`users/${r.row.resident_id}/calls/missed`)?.body;
+  const unseen = Number(counter?.unseen) || 0;
+  return h('p', { class: 'missed' }, h('span', { class: `count${unseen ? ' bad' : ''}` }, `Missed calls: ${unseen}`),
+    unseen ? [' ', h('button', { type: 'button', class: 'secondary', 'aria-label': `Mark resident ${r.row.resident_id}'s missed calls seen`,
+                                 onclick: () => markSeen(r) }, 'Mark seen')] : null);
+}
+
 function renderResident(r) {
   const id = r.row.resident_id;
   const c = r.call;
@@ -209,16 +308,22 @@ function renderResident(r) {
     buttons.push(h('button', { type: 'button', class: 'good', onclick: () => residentAction(r, 'answered') }, 'Answer'),
       h('button', { type: 'button', class: 'danger', onclick: () => residentAction(r, 'rejected') }, 'Reject'));
   } else if (c?.state === 'connected') {
-    buttons.push(h('button', { type: 'button', class: 'danger', onclick: () => residentAction(r, 'hangup') }, 'Hang up'),
-      ...enabled(residentActions, ctx.features).map((a) => h('button', { type: 'button', class: 'secondary',
-        onclick: () => residentAction(r, a.action) }, a.label)));
+    buttons.push(h('button', { type: 'button', class: 'danger', onclick: () => residentAction(r, 'hangup') }, 'Hang up'));
+  }
+  for (const a of enabled(residentActions, ctx.features)) {
+    if (a.states.includes(c?.state)) {
+      buttons.push(h('button', { type: 'button', class: 'secondary', onclick: () => residentExtra(r, a) }, a.label));
+    }
   }
   const timer = c?.state === 'ringing' ? h('span', { class: 'muted ring-timer', dataset: { deadline: c.deadline } }) : null;
   r.el.replaceChildren(...[
     h('h3', {}, `Resident ${id}${r.row.name ? ` · ${r.row.name}` : ''}`,
       h('span', { class: `badge state-${c?.state || 'idle'}` }, c?.state || 'idle')),
+    missedLine(r),
     c ? h('dl', { class: 'kv' }, h('dt', {}, 'Call'), h('dd', { class: 'mono' }, c.call_id), h('dt', {}, 'From device'),
-      h('dd', {}, c.device_id), creds(c.creds)) : h('p', { class: 'muted' }, 'Waiting for a call.'),
+      h('dd', {}, c.device_id), creds(c.creds),
+      c.snapshot ? [h('dt', {}, 'Visitor'), h('dd', {}, snapshotThumb(c.snapshot, `Visitor at device ${c.device_id}`))] : [])
+      : h('p', { class: 'muted' }, 'Waiting for a call.'),
     c?.note ? h('p', { class: 'muted' }, c.note) : null, timer,
     h('div', { class: 'actions' }, buttons)].filter(Boolean));
   tickRing(r.el);
@@ -243,6 +348,7 @@ function onMessage(msg) {
   if (msg.dir !== 'in' || !msg.body || typeof msg.body !== 'object' || msg.body.origin !== 'server') return;
   const parts = msg.topic.split('/');
   if (door && msg.topic === `devices/${door.device_id}/calls/control`) onDoorMessage(msg.body);
+  if (door && msg.topic === `devices/${door.device_id}/commands` && ctx.features.door_unlock) onDoorCommand(msg.body);
   if (parts[0] === 'users' && residents.has(parts[1]) && parts[2] === 'calls') {
     onResidentMessage(residents.get(parts[1]), parts[3], msg.body);
   }

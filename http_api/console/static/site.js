@@ -1,6 +1,7 @@
 // Site: households, residents and devices, edited through the admin REST API; a new token is shown once.
 import { api, seg } from './api.js';
-import { enabled, memberFields } from './extensions.js';
+import { enabled, idList, memberFields, settings } from './extensions.js';
+import { openSetting } from './settings.js';
 import { attempt, copyText, field, h, toast } from './ui.js';
 
 export const title = 'Site';
@@ -29,13 +30,40 @@ export function show() {
   load();
 }
 
+/** The extra fields a form edits (`type`), and the extra table columns (`column`). */
 function extraFields(kind) {
-  return enabled(memberFields[kind] || [], ctx.features);
+  return enabled(memberFields[kind] || [], ctx.features).filter((f) => f.type);
+}
+
+function extraColumns(kind) {
+  return enabled(memberFields[kind] || [], ctx.features).filter((f) => f.column);
 }
 
 function extraInput(f, value) {
-  return f.type === 'checkbox' ? h('input', { name: f.key, type: 'checkbox', checked: Boolean(value) })
-    : h('input', { name: f.key, type: f.type, value: value ?? '' });
+  if (f.type === 'checkbox') return h('input', { name: f.key, type: 'checkbox', checked: Boolean(value) });
+  if (f.type === 'select') {
+    return h('select', { name: f.key }, f.options.map((o) => h('option', { value: o, selected: o === value }, o)));
+  }
+  if (f.type === 'list') {
+    return h('input', { name: f.key, value: value?.join(', ') ?? '', placeholder: f.placeholder, title: f.hint,
+                        autocomplete: 'off' });
+  }
+  return h('input', { name: f.key, type: f.type, value: value ?? '' });
+}
+
+/** Enable the controls whose `when` names another field only while that field has the given value. */
+function linkControls(form, kind) {
+  for (const f of extraFields(kind).filter((x) => x.when)) {
+    const source = form.elements[f.when.key];
+    const sync = () => { form.elements[f.key].disabled = source.value !== f.when.value; };
+    source.addEventListener('change', sync);
+    sync();
+  }
+}
+
+function extraRow(f, value) {
+  return f.type === 'checkbox' ? h('label', { class: 'check' }, extraInput(f, value), f.label)
+    : field(f.label, extraInput(f, value));
 }
 
 function householdSelect(name, selected) {
@@ -47,7 +75,11 @@ function householdSelect(name, selected) {
 function formValues(form, kind) {
   const values = {};
   for (const [k, v] of new FormData(form).entries()) values[k] = typeof v === 'string' ? v.trim() : v;
-  for (const f of extraFields(kind)) if (f.type === 'checkbox') values[f.key] = form.elements[f.key].checked;
+  for (const f of extraFields(kind)) {
+    if (f.type === 'checkbox') values[f.key] = form.elements[f.key].checked;
+    if (f.type === 'list') values[f.key] = idList(values[f.key]); // disabled (left out of the form data): null
+  }
+  if (kind === 'devices' && values.kind === 'door') values.households = null; // a door calls its own household
   if (values.name === '') values.name = null;
   return values;
 }
@@ -59,10 +91,10 @@ function addForm(kind) {
     const rows = [field(info.label, h('input', { name: info.key, required: true, autocomplete: 'off' }))];
     if (kind !== 'households') rows.push(field('Household', householdSelect('household_number')));
     rows.push(field('Name', h('input', { name: 'name', autocomplete: 'off' })));
-    for (const f of extraFields(kind)) rows.push(f.type === 'checkbox'
-      ? h('label', { class: 'check' }, extraInput(f), f.label) : field(f.label, extraInput(f)));
+    for (const f of extraFields(kind)) rows.push(extraRow(f));
     form.replaceChildren(h('h3', {}, `Add a ${info.one}`), h('div', { class: 'row' }, rows,
       h('button', { type: 'submit' }, `Add ${info.one}`)));
+    linkControls(form, kind);
   };
   form.render = render;
   render();
@@ -105,17 +137,29 @@ function changed() {
   load();
 }
 
+function settingButtons(kind, ident, row) {
+  const label = `${KINDS[kind].one} ${ident}`;
+  return enabled(settings[kind] || [], ctx.features).map((entry) => h('button', {
+    type: 'button', class: 'secondary', 'aria-label': `${entry.label} for ${label}`,
+    onclick: () => openSetting(els.dialog, entry, ident, label, row[entry.key], () => {
+      toast(`${entry.label} saved for ${label}`, 'info');
+      load();
+    }) }, entry.label));
+}
+
 function memberTable(kind, rows) {
   const info = KINDS[kind];
-  const extras = extraFields(kind);
-  const head = h('tr', {}, ['Id', 'Name', ...extras.map((f) => f.label), 'Actions'].map((t) => h('th', { scope: 'col' }, t)));
+  const extras = extraColumns(kind);
+  const head = h('tr', {}, ['Id', 'Name', ...extras.map((f) => f.heading || f.label), 'Actions']
+    .map((t) => h('th', { scope: 'col' }, t)));
   const body = rows.map((row) => {
     const id = row[info.key];
     const label = `${info.one} ${id}`;
     return h('tr', { dataset: { id } }, h('td', { class: 'mono' }, id), h('td', {}, row.name || ''),
-      extras.map((f) => h('td', {}, f.type === 'checkbox' ? (row[f.key] ? 'on' : 'off') : row[f.key] ?? '')),
+      extras.map((f) => h('td', {}, f.column(row))),
       h('td', {}, h('div', { class: 'actions' },
         h('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${label}`, onclick: () => edit(kind, row) }, 'Edit'),
+        settingButtons(kind, id, row),
         h('button', { type: 'button', class: 'secondary', 'aria-label': `New token for ${label}`,
                       onclick: () => reissue(kind, id) }, 'New token'),
         h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${label}`, onclick: () => remove(kind, id) },
@@ -129,10 +173,14 @@ function render() {
   els.list.replaceChildren(...data.households.map((hh) => {
     const n = hh.household_number;
     const label = `household ${n}`;
+    const shown = enabled(settings.households, ctx.features);
     return h('section', { class: 'card panel', 'aria-label': `Household ${n}`, dataset: { household: n } },
       h('h3', {}, h('span', {}, `${n}${hh.name ? ` · ${hh.name}` : ''}`), h('span', { class: 'actions' },
         h('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${label}`, onclick: () => edit('households', hh) }, 'Edit'),
+        settingButtons('households', n, hh),
         h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${label}`, onclick: () => remove('households', n) }, 'Delete'))),
+      shown.length ? h('p', { class: 'muted household-settings' },
+        shown.map((entry) => `${entry.label}: ${entry.text(hh[entry.key])}`).join(' · ')) : null,
       memberTable('residents', data.residents.filter((r) => r.household_number === n)),
       memberTable('devices', data.devices.filter((d) => d.household_number === n)));
   }));
@@ -145,11 +193,11 @@ function edit(kind, row) {
   const rows = [h('h3', { id: 'site-edit-title' }, `Edit ${info.one} ${id}`),
                 field('Name', h('input', { name: 'name', value: row.name || '' }))];
   if (kind !== 'households') rows.push(field('Household', householdSelect('household_number', row.household_number)));
-  for (const f of extraFields(kind)) rows.push(f.type === 'checkbox'
-    ? h('label', { class: 'check' }, extraInput(f, row[f.key]), f.label) : field(f.label, extraInput(f, row[f.key])));
+  for (const f of extraFields(kind)) rows.push(extraRow(f, row[f.key]));
   rows.push(h('div', { class: 'actions' }, h('button', { type: 'submit', value: 'save' }, 'Save'),
     h('button', { type: 'button', class: 'secondary', onclick: () => els.dialog.close() }, 'Cancel')));
   form.append(...rows);
+  linkControls(form, kind);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const saved = await attempt(() => api.patch(`/api/admin/${kind}/${seg(id)}`, formValues(form, kind)));
