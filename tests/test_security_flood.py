@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from tests.conftest import Inbox
-from tests.security_helpers import Raw, connect, login, secure_harness
+from tests.raw_mqtt import Raw, connect
+from tests.security_helpers import login, secure_harness
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTEMPTS = 2000
