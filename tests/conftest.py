@@ -20,7 +20,7 @@ from tests.tls_helpers import make_pki
 
 ADMIN = "test-admin-token-0123456789abcdef"
 
-# Vendored Eclipse Paho suite (unittest classes, run by tests/test_paho_suite.py in a subprocess): not collected.
+# Vendored Eclipse Paho suite (unittest classes, run by tests/mqtt/test_paho_suite.py in a subprocess): not collected.
 collect_ignore = ["paho_interop"]
 
 

@@ -2,7 +2,7 @@
 
 `tests/paho_interop/` vendors `interoperability/client_test.py` and the 3.1.1 test client it imports from
 eclipse/paho.mqtt.testing (see its README.md); `run_suite.py` there runs its ten tests against one host and
-port. `tests/test_interop.py` re-states the same ten scenarios with our own clients; this runs Paho's code.
+port. `tests/mqtt/test_interop.py` re-states the same ten scenarios with our own clients; this runs Paho's code.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import INTEROP_CONFIG, ServerProcess
+from tests.server_process import INTEROP_CONFIG, ROOT, ServerProcess
 
-SUITE = Path(__file__).resolve().parent / "paho_interop"
+SUITE = ROOT / "tests" / "paho_interop"
 TESTS = ("testBasic", "test_dollar_topics", "test_keepalive", "test_offline_message_queueing",
          "test_overlapping_subscriptions", "test_redelivery_on_reconnect", "test_retained_messages",
          "test_subscribe_failure", "test_unsubscribe", "test_zero_length_clientid")
