@@ -16,10 +16,11 @@ import yaml
 
 from broker.config import Settings, load_settings
 from broker.server import IntercomServer
+from tests.tls_helpers import make_pki
 
 ADMIN = "test-admin-token-0123456789abcdef"
 
-# Vendored Eclipse Paho suite (unittest classes, run by tests/test_paho_suite.py in a subprocess): not collected.
+# Vendored Eclipse Paho suite (unittest classes, run by tests/mqtt/test_paho_suite.py in a subprocess): not collected.
 collect_ignore = ["paho_interop"]
 
 
@@ -108,6 +109,12 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         await http.close()
     for server in servers:
         await server.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA, a server cert for 127.0.0.1 and a client cert (see tests/tls_helpers.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

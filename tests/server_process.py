@@ -21,6 +21,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 
+# The config Paho's interoperability suite expects (tests/mqtt/test_interop.py, test_paho_suite.py): no site, and
+# anonymous clients may use every topic but test/nosubscribe (its subscribe-failure test expects SUBACK 0x80).
+NOSUBSCRIBE = "test/nosubscribe"
+INTEROP_CONFIG = {"acl": {"anonymous": {"publish": ["#"], "subscribe": ["#"], "deny": [NOSUBSCRIBE]}},
+                  "site": {"households": []}}
+
 
 def households(n: int) -> list[dict[str, Any]]:
     """`n` households, each with resident `r<i>` and device `d<i>`."""

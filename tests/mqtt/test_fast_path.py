@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
@@ -11,97 +10,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from broker.mqtt.outlet import encode_publish
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return len(b).to_bytes(2, "big") + b
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-class Raw:
-    """A bare MQTT 3.1.1 client on asyncio streams, so a test decides when (and whether) to PUBACK."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self._pid = 0
-
-    @classmethod
-    async def open(cls, port: int, client_id: str, will: tuple[str, bytes] | None = None,
-                   clean: bool = True) -> Raw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        raw = cls(reader, writer)
-        flags, payload = 0x02 if clean else 0x00, _str(client_id)
-        if will is not None:
-            flags |= 0x04
-            payload += _str(will[0]) + _str(will[1])
-        body = _str("MQTT") + bytes([4, flags]) + (60).to_bytes(2, "big") + payload
-        writer.write(b"\x10" + _varint(len(body)) + body)
-        kind, _, ack = await raw.read()
-        assert kind == 2 and ack[1] == 0
-        return raw
-
-    async def read(self, timeout: float = 5.0) -> tuple[int, int, bytes]:
-        async with asyncio.timeout(timeout):
-            first = (await self.reader.readexactly(1))[0]
-            length, shift = 0, 0
-            for _ in range(4):
-                byte = (await self.reader.readexactly(1))[0]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            return first >> 4, first & 0x0F, await self.reader.readexactly(length)
-
-    async def subscribe(self, topic_filter: str, qos: int) -> int:
-        self._pid += 1
-        body = self._pid.to_bytes(2, "big") + _str(topic_filter) + bytes([qos])
-        self.writer.write(b"\x82" + _varint(len(body)) + body)
-        for _ in range(100):
-            kind, _, ack = await self.read()
-            if kind == 9:
-                return ack[2]
-        raise AssertionError("no SUBACK")
-
-    async def next_publish(self) -> tuple[str, bytes, int, int, bool]:
-        """(topic, payload, qos, packet id, retain) of the next PUBLISH."""
-        for _ in range(100):
-            kind, flags, body = await self.read()
-            if kind != 3:
-                continue
-            qos, tlen = (flags >> 1) & 3, int.from_bytes(body[:2], "big")
-            topic, rest = body[2:2 + tlen].decode(), body[2 + tlen:]
-            pid = int.from_bytes(rest[:2], "big") if qos else 0
-            return topic, rest[2:] if qos else rest, qos, pid, bool(flags & 1)
-        raise AssertionError("no PUBLISH")
-
-    def puback(self, packet_id: int) -> None:
-        self.writer.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))
-
-    def publish(self, topic: str, payload: bytes, qos: int = 0, packet_id: int = 0) -> None:
-        self.writer.write(encode_publish(topic.encode(), payload, qos, packet_id))
-
-    async def closed_by_server(self) -> bool:
-        for _ in range(10_000):
-            try:
-                await self.read()
-            except asyncio.IncompleteReadError:
-                return True
-        return False
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
+from tests.raw_mqtt import Raw
 
 
 async def until_marker(client: aiomqtt.Client, marker: str) -> list[aiomqtt.Message]:
@@ -248,16 +157,16 @@ async def test_a_full_qos1_window_queues_and_sheds_the_oldest_qos0(make_harness)
     """With the window full, the backlog keeps QoS 1 and the newest QoS 0; a PUBACK releases them in order."""
     h = await make_harness(delivery={"max_inflight": 2, "max_queued": 5})
     broker = h.server.broker
-    raw = await Raw.open(h.server.mqtt_port, "resident-2")
-    assert await raw.subscribe("users/2/#", 1) == 1
+    raw = await Raw.connected(h.server.mqtt_port, "resident-2")
+    assert await raw.subscribe([("users/2/#", 1)]) == [1]
     for n in range(3):
         broker.publish("users/2/q1", f"q1-{n}".encode(), qos=1)
     for n in range(10):
         broker.publish("users/2/q0", f"q0-{n}".encode(), qos=0)
     first = [await raw.next_publish() for _ in range(2)]
-    assert [p[1] for p in first] == [b"q1-0", b"q1-1"]
-    raw.puback(first[0][3])
-    rest = [(await raw.next_publish())[1] for _ in range(5)]
+    assert [p.payload for p in first] == [b"q1-0", b"q1-1"]
+    await raw.puback(first[0].packet_id)
+    rest = [(await raw.next_publish()).payload for _ in range(5)]
     assert rest == [b"q1-2", b"q0-6", b"q0-7", b"q0-8", b"q0-9"]
     await raw.close()
 
@@ -267,20 +176,20 @@ async def test_a_persistent_session_keeps_its_queued_qos1_messages_when_the_conn
     session gets the in-flight one again (DUP) and the queued ones from its offline queue."""
     h = await make_harness(delivery={"max_inflight": 1, "max_queued": 50})
     broker = h.server.broker
-    raw = await Raw.open(h.server.mqtt_port, "resident-2", clean=False)
-    assert await raw.subscribe("users/2/#", 1) == 1
+    raw = await Raw.connected(h.server.mqtt_port, "resident-2", clean=False)
+    assert await raw.subscribe([("users/2/#", 1)]) == [1]
     for n in range(4):
         broker.publish("users/2/q1", f"m{n}".encode(), qos=1)
     first = await raw.next_publish()
-    assert first[1] == b"m0"
-    raw.writer.transport.abort()  # gone without a PUBACK, three messages still queued behind the window
+    assert first.payload == b"m0"
+    raw.abort()  # gone without a PUBACK, three messages still queued behind the window
     await asyncio.sleep(0.2)
-    again = await Raw.open(h.server.mqtt_port, "resident-2", clean=False)
+    again = await Raw.connected(h.server.mqtt_port, "resident-2", clean=False)
     got = []
     for _ in range(4):
         publish = await again.next_publish()
-        got.append(publish[1])
-        again.puback(publish[3])
+        got.append(publish.payload)
+        await again.puback(publish.packet_id)
     assert got == [b"m0", b"m1", b"m2", b"m3"]
     await again.close()
 
@@ -288,12 +197,12 @@ async def test_a_persistent_session_keeps_its_queued_qos1_messages_when_the_conn
 async def test_a_reader_that_never_acks_is_disconnected_with_a_log_line(make_harness, caplog):
     """Past `max_queued` QoS 1 messages for a peer that never PUBACKs, the broker closes the connection."""
     h = await make_harness(delivery={"max_inflight": 2, "max_queued": 5})
-    raw = await Raw.open(h.server.mqtt_port, "resident-2")
-    assert await raw.subscribe("users/2/#", 1) == 1
+    raw = await Raw.connected(h.server.mqtt_port, "resident-2")
+    assert await raw.subscribe([("users/2/#", 1)]) == [1]
     with caplog.at_level(logging.WARNING, logger="intercom.delivery"):
         for n in range(20):
             h.server.broker.publish("users/2/q1", f"{n}".encode(), qos=1)
-        assert await raw.closed_by_server()
+        assert await raw.closed(5)
     assert any("disconnecting resident-2" in r.getMessage() for r in caplog.records)
     await raw.close()
 
@@ -303,9 +212,9 @@ async def test_publishing_on_a_wildcard_topic_closes_the_connection(harness, top
     """[MQTT-3.3.2-2]: a PUBLISH whose topic holds a wildcard ends the connection and is not delivered."""
     async with harness.mqtt("watch") as watch:
         await watch.subscribe("#", qos=0)
-        raw = await Raw.open(harness.server.mqtt_port, "device-1")
-        raw.publish(topic, b"bad")
-        assert await raw.closed_by_server()
+        raw = await Raw.connected(harness.server.mqtt_port, "device-1")
+        await raw.publish(topic, b"bad")
+        assert await raw.closed(5)
         harness.server.broker.publish("users/2/marker", b"m", qos=0)
         got = topics_of(await until_marker(watch, "users/2/marker"))
         assert topic not in got and got[-1] == "users/2/marker"  # device-1's presence may show up too
@@ -327,8 +236,8 @@ async def test_an_abrupt_disconnect_publishes_the_will(harness):
     """A connection that drops without DISCONNECT has its Will delivered through the index."""
     async with harness.mqtt("resident-2") as sub:
         await sub.subscribe("users/2/#", qos=1)
-        raw = await Raw.open(harness.server.mqtt_port, "device-1", will=("users/2/will", b"gone"))
-        raw.writer.transport.abort()
+        raw = await Raw.connected(harness.server.mqtt_port, "device-1", will=("users/2/will", b"gone"))
+        raw.abort()
         msgs = await until_marker(sub, "users/2/will")
         assert [(str(m.topic), m.payload) for m in msgs] == [("users/2/will", b"gone")]
 

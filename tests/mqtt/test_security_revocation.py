@@ -8,7 +8,8 @@ import time
 import pytest
 
 from tests.conftest import ADMIN
-from tests.security_helpers import CONNACK, SUBACK, Raw, connect, secure_harness, subscribe, token
+from tests.raw_mqtt import CONNACK, SUBACK, Raw, connect, subscribe
+from tests.security_helpers import secure_harness, token
 
 # (collection, id, topic filter it may subscribe to)
 PRINCIPALS = [("residents", "2", "users/2/#"), ("devices", "1", "devices/1/#")]

@@ -7,13 +7,8 @@ import struct
 from typing import Any
 
 from tests.conftest import Harness
-from tests.security_helpers import Raw, connect, packet, publish, secure_harness, subscribe
-
-PUBREC, PUBREL, PUBCOMP, PUBLISH = 0x50, 0x62, 0x70, 0x30
-
-
-def pubrel(packet_id: int) -> bytes:
-    return packet(PUBREL, struct.pack("!H", packet_id))
+from tests.raw_mqtt import PUBCOMP, PUBREC, Raw, publish
+from tests.security_helpers import secure_harness
 
 
 def held(h: Harness, client_id: str) -> dict[int, Any]:
@@ -24,53 +19,21 @@ def held(h: Harness, client_id: str) -> dict[int, Any]:
 
 async def connected(h: Harness, client_id: str, clean: bool = True, **kw: Any) -> tuple[Raw, int]:
     """A raw client after CONNACK 0; returns it and the session-present flag."""
-    raw = await Raw.open(h.server.mqtt_port)
-    await raw.send(connect(client_id, clean=clean, **kw))
-    got = await raw.read_packet()
-    assert got is not None and got[0] == 0x20 and got[1][1] == 0, got
-    return raw, got[1][0] & 1
+    raw = await Raw.connected(h.server.mqtt_port, client_id, clean=clean, **kw)
+    return raw, int(bool(raw.session_present))
 
 
 async def subscriber(h: Harness, client_id: str, topic: str, qos: int = 2, **kw: Any) -> Raw:
     raw, _ = await connected(h, client_id, **kw)
-    await raw.send(subscribe([(topic, qos)]))
-    got = await raw.read_packet()
-    assert got is not None and got[0] == 0x90, got
+    await raw.subscribe([(topic, qos)])
     return raw
-
-
-async def publishes(raw: Raw, timeout: float = 0.5) -> list[bytes]:
-    """Payloads of the PUBLISHes `raw` receives until it is quiet for `timeout` (QoS 1/2 acknowledged)."""
-    out: list[bytes] = []
-    while (got := await quiet_read(raw, timeout)) is not None:
-        first, body = got
-        if first & 0xF0 != PUBLISH:
-            continue
-        qos = (first >> 1) & 3
-        tlen = struct.unpack("!H", body[:2])[0]
-        pos = 2 + tlen + (2 if qos else 0)
-        out.append(body[pos:])
-        if qos == 1:
-            await raw.send(packet(0x40, body[2 + tlen:pos]))
-        elif qos == 2:
-            await raw.send(packet(0x50, body[2 + tlen:pos]))
-            await quiet_read(raw)  # PUBREL
-            await raw.send(packet(0x70, body[2 + tlen:pos]))
-    return out
-
-
-async def quiet_read(raw: Raw, timeout: float = 0.5) -> tuple[int, bytes] | None:
-    try:
-        return await raw.read_packet(timeout)
-    except TimeoutError:
-        return None
 
 
 async def test_pubrel_for_unknown_packet_id_gets_pubcomp(harness):
     """A PUBREL the broker has no message for is still answered with PUBCOMP [MQTT-4.3.3-2, §4.3.3]."""
     raw, _ = await connected(harness, "q2-unknown")
-    await raw.send(pubrel(4242))
-    assert await quiet_read(raw, 2.0) == (PUBCOMP, struct.pack("!H", 4242))
+    await raw.pubrel(4242)
+    assert await raw.poll(2.0) == (PUBCOMP, struct.pack("!H", 4242))
     await raw.close()
 
 
@@ -80,15 +43,15 @@ async def test_message_is_routed_once_at_pubrel(harness):
     pub, _ = await connected(harness, "q2-pub")
     await pub.send(publish("q2/once", b"hello", qos=2, packet_id=7))
     assert await pub.read_packet() == (PUBREC, struct.pack("!H", 7))
-    assert await publishes(sub, 0.3) == []  # method B: nothing goes out before PUBREL
-    await pub.send(publish("q2/once", b"hello", qos=2, packet_id=7, flags=0x08 | 0x04))  # DUP
+    assert await sub.publishes(0.3) == []  # method B: nothing goes out before PUBREL
+    await pub.send(publish("q2/once", b"hello", qos=2, packet_id=7, dup=True))
     assert await pub.read_packet() == (PUBREC, struct.pack("!H", 7))
     assert list(held(harness, "q2-pub")) == [7]
-    await pub.send(pubrel(7))
+    await pub.pubrel(7)
     assert await pub.read_packet() == (PUBCOMP, struct.pack("!H", 7))
-    await pub.send(pubrel(7))  # a repeated PUBREL: answered, not delivered again
+    await pub.pubrel(7)  # a repeated PUBREL: answered, not delivered again
     assert await pub.read_packet() == (PUBCOMP, struct.pack("!H", 7))
-    assert await publishes(sub) == [b"hello"]
+    assert await sub.publishes() == [b"hello"]
     assert held(harness, "q2-pub") == {}
     await pub.close()
     await sub.close()
@@ -104,9 +67,9 @@ async def test_refused_qos2_publish_is_acknowledged_but_not_held(make_harness):
     for i in range(1, 101):
         assert await raw.read_packet() == (PUBREC, struct.pack("!H", i))
     assert held(h, "resident-2") == {}
-    await raw.send(pubrel(1))
+    await raw.pubrel(1)
     assert await raw.read_packet() == (PUBCOMP, struct.pack("!H", 1))
-    assert await publishes(sub, 0.3) == []
+    assert await sub.publishes(0.3) == []
     await raw.close()
     await sub.close()
 
@@ -118,7 +81,7 @@ async def test_qos2_window_is_bounded_by_max_inflight_messages(make_harness):
     for i in range(1, 41):
         await raw.send(publish("q2/flood", b"y" * 1000, qos=2, packet_id=i))
     recs = 0
-    while (got := await quiet_read(raw, 3.0)) is not None:
+    while (got := await raw.poll(3.0)) is not None:
         recs += got[0] == PUBREC
     assert recs == 4  # the window's worth, then the broker closed the connection
     assert await raw.closed(1.0)
@@ -134,9 +97,9 @@ async def test_window_frees_as_flows_complete(make_harness):
     for i in range(1, 21):
         await raw.send(publish("q2/win", str(i).encode(), qos=2, packet_id=i))
         assert await raw.read_packet() == (PUBREC, struct.pack("!H", i))
-        await raw.send(pubrel(i))
+        await raw.pubrel(i)
         assert await raw.read_packet() == (PUBCOMP, struct.pack("!H", i))
-    assert await publishes(sub) == [str(i).encode() for i in range(1, 21)]
+    assert await sub.publishes() == [str(i).encode() for i in range(1, 21)]
     await raw.close()
     await sub.close()
 
@@ -169,8 +132,8 @@ async def test_persistent_session_keeps_held_message_across_reconnect(harness):
     await asyncio.sleep(0.2)
     raw, present = await connected(harness, "q2-keep", clean=False)
     assert present == 1
-    await raw.send(pubrel(9))
+    await raw.pubrel(9)
     assert await raw.read_packet() == (PUBCOMP, struct.pack("!H", 9))
-    assert await publishes(sub) == [b"kept"]
+    assert await sub.publishes() == [b"kept"]
     await raw.close()
     await sub.close()

@@ -7,119 +7,24 @@ own client plays by misbehaving (never acknowledging, never pinging); paho-mqtt 
 
 from __future__ import annotations
 
-import contextlib
 import queue
-import socket
-import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 
-from tests.test_crash_restart import Server
+from tests.raw_mqtt import PUBACK, PUBCOMP, PUBREC, PUBREL, SyncRaw, ack, connect
+from tests.server_process import INTEROP_CONFIG, NOSUBSCRIBE, ServerProcess
 
 TOPICS = ("TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA")
 WILDTOPICS = ("TopicA/+", "+/C", "#", "/#", "/+", "+/+", "TopicA/#")
-NOSUBSCRIBE = "test/nosubscribe"
-
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    d: Path = tmp_path_factory.mktemp("interop")
-    config = d / "broker.yaml"
-    # As the upstream suite expects: anonymous clients may use every topic but test/nosubscribe.
-    acl = {"anonymous": {"publish": ["#"], "subscribe": ["#"], "deny": [NOSUBSCRIBE]}}
-    config.write_text(yaml.safe_dump({"auth": {"pbkdf2_iterations": 1000}, "acl": acl, "site": {"households": []}}))
-    s = Server(config, d / "data").start()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    s = ServerProcess(tmp_path_factory.mktemp("interop"), INTEROP_CONFIG).start()
     yield s
     s.stop()
-
-
-# -- a raw MQTT 3.1.1 client ------------------------------------------------------------------------
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(b)) + b
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    out, n = bytearray((first,)), len(body)
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out) + body
-
-
-class Raw:
-    """Speaks MQTT by hand: nothing is acknowledged or pinged unless the test says so."""
-
-    def __init__(self, port: int, client_id: str, clean: bool = True, keepalive: int = 60,
-                 will: tuple[str, bytes] | None = None, proto: bytes = b"MQTT") -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        flags = (0x02 if clean else 0) | (0x04 if will else 0)
-        body = _str(proto) + bytes((4, flags)) + struct.pack("!H", keepalive) + _str(client_id)
-        if will:
-            body += _str(will[0]) + _str(will[1])
-        self.sock.sendall(_packet(0x10, body))
-        self.connack = self.read(timeout=5)
-
-    def read(self, timeout: float = 2.0) -> tuple[int, bytes] | None:
-        """One packet as (first byte, body), or None on timeout or close."""
-        self.sock.settimeout(timeout)
-        try:
-            head = self.sock.recv(1)
-            if not head:
-                return None
-            n, shift = 0, 0
-            while True:
-                b = self.sock.recv(1)[0]
-                n |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            body = b""
-            while len(body) < n:
-                chunk = self.sock.recv(n - len(body))
-                if not chunk:
-                    return None
-                body += chunk
-        except (TimeoutError, OSError):
-            return None
-        return head[0], body
-
-    def subscribe(self, filters: list[tuple[str, int]], packet_id: int = 1) -> bytes:
-        body = struct.pack("!H", packet_id) + b"".join(_str(f) + bytes((q,)) for f, q in filters)
-        self.sock.sendall(_packet(0x82, body))
-        for _ in range(50):
-            p = self.read()
-            assert p is not None, "no SUBACK"
-            if p[0] >> 4 == 9:
-                return p[1][2:]
-        raise AssertionError("no SUBACK")
-
-    def publishes(self, seconds: float) -> list[tuple[int, str, int]]:
-        """(first byte, topic, packet id) of every PUBLISH arriving within `seconds`, unacknowledged."""
-        got, deadline = [], time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            p = self.read(left)
-            if p is None:
-                continue
-            if p[0] >> 4 == 3:
-                tlen = struct.unpack("!H", p[1][:2])[0]
-                pid = struct.unpack("!H", p[1][2 + tlen:4 + tlen])[0] if p[0] & 0x06 else 0
-                got.append((p[0], p[1][2:2 + tlen].decode(), pid))
-        return got
-
-    def close(self, disconnect: bool = True) -> None:
-        if disconnect:
-            with contextlib.suppress(OSError):
-                self.sock.sendall(b"\xe0\x00")
-        self.sock.close()
 
 
 # -- paho for the well-behaved parts ---------------------------------------------------------------
@@ -168,7 +73,7 @@ class Paho:
 
 def test_basic(server):
     """Connect twice (no session present), QoS 0/1/2 round trip; a second CONNECT and a bad protocol name fail."""
-    a = Raw(server.mqtt_port, "myclientid", clean=True)
+    a = SyncRaw(server.mqtt_port, "myclientid", clean=True)
     a.close()
     a = Paho(server.mqtt_port, "myclientid")
     assert a.subscribe([(TOPICS[0], 2)]) == [2]
@@ -177,11 +82,12 @@ def test_basic(server):
     got = a.drain(2.0, count=3)
     assert sorted(m.payload for m in got) == [b"qos 0", b"qos 1", b"qos 2"]
     a.close()
-    r = Raw(server.mqtt_port, "myclientid")
+    r = SyncRaw(server.mqtt_port, "myclientid")
     assert r.connack == (0x20, b"\x00\x00")
-    r.sock.sendall(_packet(0x10, _str(b"MQTT") + bytes((4, 2)) + struct.pack("!H", 60) + _str("myclientid")))
+    r.send(connect("myclientid"))
     assert r.read() is None  # a second CONNECT closes the connection
-    bad = Raw(server.mqtt_port, "myclientid", proto=b"hj")
+    r.close(disconnect=False)
+    bad = SyncRaw(server.mqtt_port, "myclientid", proto=b"hj")
     assert bad.connack is None or bad.connack[1][1] != 0
     bad.close(disconnect=False)
 
@@ -208,7 +114,7 @@ def test_will_message_on_abrupt_disconnect(server):
     """A client that vanishes without DISCONNECT has its Will published to subscribers."""
     b = Paho(server.mqtt_port, "myclientid2")
     b.subscribe([(TOPICS[2], 2)])
-    a = Raw(server.mqtt_port, "myclientid", will=(TOPICS[2], b"client not disconnected"), keepalive=2)
+    a = SyncRaw(server.mqtt_port, "myclientid", will=(TOPICS[2], b"client not disconnected"), keepalive=2)
     a.close(disconnect=False)
     got = b.drain(2.0, count=1)
     assert [m.payload for m in got] == [b"client not disconnected"]
@@ -217,17 +123,17 @@ def test_will_message_on_abrupt_disconnect(server):
 
 def test_zero_length_clientid(server):
     """A zero-length client id is refused with clean session off and accepted with it on."""
-    r = Raw(server.mqtt_port, "", clean=False)
+    r = SyncRaw(server.mqtt_port, "", clean=False)
     assert r.connack == (0x20, b"\x00\x02")
     r.close(disconnect=False)
-    r = Raw(server.mqtt_port, "", clean=True)
+    r = SyncRaw(server.mqtt_port, "", clean=True)
     assert r.connack == (0x20, b"\x00\x00")
     r.close()
 
 
 def test_offline_message_queueing(server):
     """QoS 1/2 messages published while a persistent, anonymous session is offline arrive when it returns."""
-    a = Raw(server.mqtt_port, "myclientid", clean=False)
+    a = SyncRaw(server.mqtt_port, "myclientid", clean=False)
     a.subscribe([(WILDTOPICS[5], 2)])
     a.close()
     time.sleep(0.2)
@@ -255,7 +161,7 @@ def test_keepalive(server):
     """A client that stops talking is dropped after 1.5 x keepalive and its Will is published."""
     b = Paho(server.mqtt_port, "myclientid2")
     b.subscribe([(TOPICS[4], 2)])
-    a = Raw(server.mqtt_port, "myclientid", keepalive=1, will=(TOPICS[4], b"keepalive expiry"))
+    a = SyncRaw(server.mqtt_port, "myclientid", keepalive=1, will=(TOPICS[4], b"keepalive expiry"))
     got = b.drain(6.0, count=1)
     assert [m.payload for m in got] == [b"keepalive expiry"]
     a.close(disconnect=False)
@@ -264,33 +170,33 @@ def test_keepalive(server):
 
 def test_redelivery_on_reconnect(server):
     """QoS 1 and 2 messages a client never acknowledged are re-sent, DUP set, when it reconnects."""
-    b = Raw(server.mqtt_port, "myclientid2", clean=False)
+    b = SyncRaw(server.mqtt_port, "myclientid2", clean=False)
     b.subscribe([(WILDTOPICS[6], 2)])
     pub = Paho(server.mqtt_port, "redelivery-publisher")
     pub.publish(TOPICS[1], b"", 1)
     pub.publish(TOPICS[3], b"", 2)
     pub.close()
-    first = b.publishes(1.0)
-    assert sorted(t for _, t, _ in first) == [TOPICS[1], TOPICS[3]]
+    first = b.publishes_within(1.0)
+    assert sorted(p.topic for p in first) == [TOPICS[1], TOPICS[3]]
     b.close()
-    b = Raw(server.mqtt_port, "myclientid2", clean=False)
+    b = SyncRaw(server.mqtt_port, "myclientid2", clean=False)
     assert b.connack == (0x20, b"\x01\x00")  # session present
-    again = b.publishes(1.0)
-    assert sorted(t for _, t, _ in again) == [TOPICS[1], TOPICS[3]]
-    assert all(first_byte & 0x08 for first_byte, _, _ in again)  # DUP
-    for first_byte, _, pid in again:  # now behave: PUBACK, or PUBREC then PUBCOMP
-        b.sock.sendall((b"\x40\x02" if first_byte & 0x06 == 0x02 else b"\x50\x02") + struct.pack("!H", pid))
+    again = b.publishes_within(1.0)
+    assert sorted(p.topic for p in again) == [TOPICS[1], TOPICS[3]]
+    assert all(p.dup for p in again)
+    for p in again:  # now behave: PUBACK, or PUBREC then PUBCOMP
+        b.send(ack(PUBACK if p.qos == 1 else PUBREC, p.packet_id))
     rel = b.read()
-    assert rel is not None and rel[0] == 0x62
-    b.sock.sendall(b"\x70\x02" + rel[1])
+    assert rel is not None and rel[0] == PUBREL
+    b.send(ack(PUBCOMP, int.from_bytes(rel[1], "big")))
     b.close()
-    Raw(server.mqtt_port, "myclientid2", clean=True).close()
+    SyncRaw(server.mqtt_port, "myclientid2", clean=True).close()
 
 
 def test_persistent_connect_does_not_resume_a_clean_session(server):
     """A clean_session=0 CONNECT right after a clean session of the same id gets a fresh persistent session."""
-    Raw(server.mqtt_port, "interop-flip", clean=True).close()
-    a = Raw(server.mqtt_port, "interop-flip", clean=False)
+    SyncRaw(server.mqtt_port, "interop-flip", clean=True).close()
+    a = SyncRaw(server.mqtt_port, "interop-flip", clean=False)
     assert a.connack == (0x20, b"\x00\x00")
     a.subscribe([("flip/#", 1)])
     a.close()
@@ -298,11 +204,11 @@ def test_persistent_connect_does_not_resume_a_clean_session(server):
     b = Paho(server.mqtt_port, "interop-flip-pub")
     b.publish("flip/x", b"queued", 1)
     b.close()
-    a = Raw(server.mqtt_port, "interop-flip", clean=False)
-    got = a.publishes(1.0)
+    a = SyncRaw(server.mqtt_port, "interop-flip", clean=False)
+    got = a.publishes_within(1.0)
     a.close()
-    Raw(server.mqtt_port, "interop-flip", clean=True).close()
-    assert [t for _, t, _ in got] == ["flip/x"]
+    SyncRaw(server.mqtt_port, "interop-flip", clean=True).close()
+    assert [p.topic for p in got] == ["flip/x"]
 
 
 def test_subscribe_failure(server):

@@ -7,27 +7,16 @@ import json
 
 import pytest
 
+from tests.raw_mqtt import Raw
+
 GRACE = 0.6
 
 
-def _connect_packet(client_id: str, keepalive: int = 60) -> bytes:
-    cid = client_id.encode()
-    var = b"\x00\x04MQTT\x04\x02" + keepalive.to_bytes(2, "big")
-    body = var + len(cid).to_bytes(2, "big") + cid
-    return bytes((0x10, len(body))) + body
-
-
-async def raw_connect(port: int, client_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """An MQTT connection we can kill with a TCP reset, like a phone leaving Wi-Fi."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_connect_packet(client_id))
-    connack = await asyncio.wait_for(reader.readexactly(4), 5)
-    assert connack == b"\x20\x02\x00\x00", connack
-    return reader, writer
-
-
-def tcp_reset(writer: asyncio.StreamWriter) -> None:
-    writer.transport.abort()
+async def raw_connect(port: int, client_id: str) -> Raw:
+    """An MQTT connection we can kill with a TCP reset (`abort()`), like a phone leaving Wi-Fi."""
+    raw = await Raw.connected(port, client_id)
+    assert raw.session_present is False
+    return raw
 
 
 @pytest.fixture
@@ -61,9 +50,9 @@ async def hparty(h):
 
 async def test_answering_resident_dropping_ends_call_and_tells_device(h, hparty):
     """The answerer's TCP connection resets; after the grace period the call ends and the device is told."""
-    _, w = await raw_connect(h.server.mqtt_port, "resident-2")
+    w = await raw_connect(h.server.mqtt_port, "resident-2")
     call_id, dev = await _connected_call(h, hparty)
-    tcp_reset(w)
+    w.abort()
     _, body = await dev.wait_for(lambda t, b: t.endswith("/calls/control") and b.get("origin") == "server"
                                  and b["call_info"].get("reason") == "party_offline", timeout=GRACE + 3)
     assert body["call_info"]["call_id"] == call_id and body["call_info"]["action"] == "hangup"
@@ -74,11 +63,11 @@ async def test_answering_resident_dropping_ends_call_and_tells_device(h, hparty)
 async def test_device_dropping_ends_call_and_tells_resident(h, hparty):
     """The door station's connection resets mid-call; the answering resident hears party_offline."""
     r2 = await hparty("resident", "2")
-    _, w = await raw_connect(h.server.mqtt_port, "device-1")
+    w = await raw_connect(h.server.mqtt_port, "device-1")
     call = await h.start_call("1")
     await h.post("/api/mqtt/controller/resident",
                  {"call_info": {"call_id": call["call_id"], "action": "answered"}, "resident_id": "2"})
-    tcp_reset(w)
+    w.abort()
     _, body = await r2.wait_for(lambda t, b: t.endswith("/calls/control")
                                 and b["call_info"].get("reason") == "party_offline", timeout=GRACE + 3)
     assert body["call_info"]["call_id"] == call["call_id"]
@@ -87,36 +76,36 @@ async def test_device_dropping_ends_call_and_tells_resident(h, hparty):
 
 async def test_reconnect_within_grace_keeps_the_call(h, hparty):
     """A resident that drops and comes back inside the grace period keeps its connected call."""
-    _, w = await raw_connect(h.server.mqtt_port, "resident-2")
+    w = await raw_connect(h.server.mqtt_port, "resident-2")
     call_id, _ = await _connected_call(h, hparty)
-    tcp_reset(w)
+    w.abort()
     await asyncio.sleep(GRACE / 3)
-    _, w2 = await raw_connect(h.server.mqtt_port, "resident-2")
+    w2 = await raw_connect(h.server.mqtt_port, "resident-2")
     await asyncio.sleep(GRACE * 2)
     assert (await _status(h, call_id))["status"] == "connected"
     assert h.server.presence.pending == 0
-    w2.close()
+    await w2.close()
 
 
 async def test_client_id_takeover_is_not_an_offline(h, hparty):
     """A second connection with the same client id replaces the first without ending the call."""
-    _, w1 = await raw_connect(h.server.mqtt_port, "resident-2")
+    w1 = await raw_connect(h.server.mqtt_port, "resident-2")
     call_id, _ = await _connected_call(h, hparty)
-    _r2, w2 = await raw_connect(h.server.mqtt_port, "resident-2")  # the phone roamed: same id, new socket
+    w2 = await raw_connect(h.server.mqtt_port, "resident-2")  # the phone roamed: same id, new socket
     await asyncio.sleep(GRACE * 2)
     assert (await _status(h, call_id))["status"] == "connected"
-    tcp_reset(w2)
+    w2.abort()
     await asyncio.sleep(GRACE * 2 + 0.5)
     assert (await _status(h, call_id))["end_reason"] == "party_offline"
-    w1.close()
+    await w1.close()
 
 
 async def test_ringing_resident_dropping_does_not_end_the_call(h, hparty):
     """Only the device or the answerer can end a call by going offline; a ringing phone cannot."""
     await hparty("device", "1")
-    _, w = await raw_connect(h.server.mqtt_port, "resident-3")
+    w = await raw_connect(h.server.mqtt_port, "resident-3")
     call = await h.start_call("1")
-    tcp_reset(w)
+    w.abort()
     await asyncio.sleep(GRACE * 2)
     assert (await _status(h, call["call_id"]))["status"] == "ringing"
 
@@ -124,22 +113,22 @@ async def test_ringing_resident_dropping_does_not_end_the_call(h, hparty):
 async def test_device_status_follows_abrupt_disconnects(h, hparty):
     """The retained status flips online false on a TCP reset and back to true on reconnect."""
     await h.post("/api/mqtt/device/status", {"device_id": "1", "online": True, "battery": 70})
-    _, w = await raw_connect(h.server.mqtt_port, "device-1")
+    w = await raw_connect(h.server.mqtt_port, "device-1")
     watcher = h.mqtt("resident-9")
     seen: list[bool] = []
     async with watcher:
         await watcher.subscribe("devices/1/status", qos=1)
         await asyncio.sleep(0.2)
-        tcp_reset(w)
+        w.abort()
         await asyncio.sleep(0.3)
-        _, w2 = await raw_connect(h.server.mqtt_port, "device-1")
+        w2 = await raw_connect(h.server.mqtt_port, "device-1")
         try:
             async with asyncio.timeout(1.5):
                 async for msg in watcher.messages:
                     seen.append(json.loads(msg.payload)["online"])  # type: ignore[arg-type]
         except TimeoutError:
             pass
-        w2.close()
+        await w2.close()
     assert seen[-2:] == [False, True]
     status, resp = await h.get("/api/devices/1/status")
     assert status == 200 and resp["data"]["battery"] == 70

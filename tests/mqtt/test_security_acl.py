@@ -10,7 +10,8 @@ import pytest
 from broker.core.tokens import Principal
 from plugins.acl import covers, expand
 from tests.conftest import Inbox
-from tests.security_helpers import Raw, connect, granted, login, secure_harness
+from tests.raw_mqtt import Raw, connect
+from tests.security_helpers import granted, login, secure_harness
 
 R2 = Principal("resident", "2")
 

@@ -10,7 +10,8 @@ import aiomqtt
 import pytest
 
 from broker.core.tokens import hash_token
-from tests.security_helpers import Raw, connect, granted, login, secure_harness
+from tests.raw_mqtt import Raw, connect
+from tests.security_helpers import granted, login, secure_harness
 
 
 async def rc(h, client_id, username=None, password=None, **kw) -> int | None:

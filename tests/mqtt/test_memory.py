@@ -16,7 +16,6 @@ import itertools
 import os
 import secrets
 import sqlite3
-import struct
 import sys
 import time
 import tracemalloc
@@ -28,44 +27,26 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from tests.conftest import Harness
-from tests.test_interop import _packet, _str
-
-
-async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One packet from the server: (first byte, body)."""
-    first = (await reader.readexactly(1))[0]
-    n, shift = 0, 0
-    while True:
-        b = (await reader.readexactly(1))[0]
-        n, shift = n | (b & 0x7F) << shift, shift + 7
-        if not b & 0x80:
-            break
-    return first, await reader.readexactly(n)
+from tests.raw_mqtt import DISCONNECT, PUBACK, PUBLISH, SUBACK, Raw, ack, connect, parse_publish, subscribe
 
 
 async def _session(port: int, client_id: str, topic: str, clean: bool, will: bool, graceful: bool,
                    keepalive: int) -> None:
     """CONNECT (optionally with a Will), SUBSCRIBE, wait for SUBACK, then DISCONNECT or reset the socket."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    flags = (0x02 if clean else 0) | (0x04 | 0x08 if will else 0)  # Will at QoS 1
-    body = _str("MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive) + _str(client_id)
-    if will:
-        body += _str(topic.replace("#", "will")) + _str("gone")
-    writer.write(_packet(0x10, body))
-    connack = await asyncio.wait_for(reader.readexactly(4), 5)
-    assert connack[0] == 0x20 and connack[3] == 0, connack
-    writer.write(_packet(0x82, struct.pack("!H", 1) + _str(topic) + b"\x01"))
-    while (packet := await asyncio.wait_for(_read_packet(reader), 5))[0] != 0x90:  # PUBLISHes before SUBACK
-        first, body = packet
-        if first >> 4 == 3 and first & 0x06:  # QoS 1: acknowledge, as a client does
-            tlen = struct.unpack("!H", body[:2])[0]
-            writer.write(b"\x40\x02" + body[2 + tlen:4 + tlen])
+    raw = await Raw.open(port)
+    will_spec = (topic.replace("#", "will"), b"gone", 1, False) if will else None  # Will at QoS 1
+    assert await raw.connack(connect(client_id, clean=clean, keepalive=keepalive, will=will_spec), 5) == 0
+    await raw.send(subscribe([(topic, 1)]))
+    # PUBLISHes may come before the SUBACK. Each read runs in a task of its own (wait_for): with no loop turn
+    # between the SUBACK and the reset, a QoS 1 delivery to this connection can still await its PUBACK, and
+    # the next connection's takeover then waits for that (5 s) - a server issue this test does not measure.
+    while (got := await asyncio.wait_for(raw.read_packet(None), 5))[0] != SUBACK:  # type: ignore[index]
+        if got[0] & 0xF0 == PUBLISH and got[0] & 0x06:  # QoS 1: acknowledge, as a client does
+            raw.writer.write(ack(PUBACK, parse_publish(*got).packet_id))
     if graceful:
-        writer.write(b"\xe0\x00")
-        await writer.drain()
-        writer.close()
+        await raw.close(disconnect=True)
     else:
-        writer.transport.abort()
+        raw.abort()
     await asyncio.sleep(0)
 
 
@@ -75,42 +56,37 @@ class _Party:
     def __init__(self) -> None:
         self.received = 0
         self._task: asyncio.Task[None] | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._raw: Raw | None = None
 
     async def connect(self, port: int, client_id: str, topic: str) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(_packet(0x10, _str("MQTT") + bytes((4, 0)) + struct.pack("!H", 30) + _str(client_id)))
-        assert (await asyncio.wait_for(reader.readexactly(4), 5))[3] == 0
-        writer.write(_packet(0x82, struct.pack("!H", 1) + _str(topic) + b"\x01"))
-        self._writer = writer
-        self._task = asyncio.create_task(self._read(reader, writer))
+        raw = await Raw.open(port)
+        assert await raw.connack(connect(client_id, clean=False, keepalive=30), 5) == 0
+        await raw.send(subscribe([(topic, 1)]))
+        self._raw = raw
+        self._task = asyncio.create_task(self._read(raw))
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, OSError):
-            while True:
-                first, packet = await _read_packet(reader)
-                if first >> 4 == 3:
+    async def _read(self, raw: Raw) -> None:
+        with contextlib.suppress(OSError):
+            while (got := await raw.read_packet(None)) is not None:
+                if got[0] & 0xF0 == PUBLISH:
                     self.received += 1
-                    if first & 0x06:
-                        tlen = struct.unpack("!H", packet[:2])[0]
-                        writer.write(b"\x40\x02" + packet[2 + tlen:4 + tlen])
+                    if got[0] & 0x06:
+                        raw.writer.write(ack(PUBACK, parse_publish(*got).packet_id))
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.write(b"\xe0\x00")
-            self._writer.close()
+        if self._raw is not None:
+            self._raw.writer.write(DISCONNECT)
+            self._raw.writer.close()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def _session_present(port: int, client_id: str) -> bool:
     """CONNECT with clean session off and DISCONNECT: did the server resume a session?"""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_packet(0x10, _str("MQTT") + bytes((4, 0)) + struct.pack("!H", 30) + _str(client_id)))
-    connack = await asyncio.wait_for(reader.readexactly(4), 5)
-    writer.write(b"\xe0\x00")
-    writer.close()
-    return bool(connack[2] & 1)
+    raw = await Raw.open(port)
+    assert await raw.connack(connect(client_id, clean=False, keepalive=30), 5) is not None
+    await raw.close(disconnect=True)
+    return bool(raw.session_present)
 
 
 try:  # the read-deadline heap: an entry per connection watched, kept until due or compacted away

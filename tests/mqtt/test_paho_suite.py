@@ -2,7 +2,7 @@
 
 `tests/paho_interop/` vendors `interoperability/client_test.py` and the 3.1.1 test client it imports from
 eclipse/paho.mqtt.testing (see its README.md); `run_suite.py` there runs its ten tests against one host and
-port. `tests/test_interop.py` re-states the same ten scenarios with our own clients; this runs Paho's code.
+port. `tests/mqtt/test_interop.py` re-states the same ten scenarios with our own clients; this runs Paho's code.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.test_crash_restart import Server
-from tests.test_interop import NOSUBSCRIBE
+from tests.server_process import INTEROP_CONFIG, ROOT, ServerProcess
 
-SUITE = Path(__file__).resolve().parent / "paho_interop"
+SUITE = ROOT / "tests" / "paho_interop"
 TESTS = ("testBasic", "test_dollar_topics", "test_keepalive", "test_offline_message_queueing",
          "test_overlapping_subscriptions", "test_redelivery_on_reconnect", "test_retained_messages",
          "test_subscribe_failure", "test_unsubscribe", "test_zero_length_clientid")
@@ -29,20 +27,15 @@ VERDICT = re.compile(r"^paho-interop: (PASS|FAIL|ERROR|SKIP|NOT-RUN) (\w+)$", re
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    # The same config as tests/test_interop.py: local-only mode, anonymous clients may use every topic but
-    # test/nosubscribe (the suite's test_subscribe_failure expects SUBACK 0x80 for it).
-    acl = {"anonymous": {"publish": ["#"], "subscribe": ["#"], "deny": [NOSUBSCRIBE]}}
-    config = tmp_path / "broker.yaml"
-    config.write_text(yaml.safe_dump({"auth": {"pbkdf2_iterations": 1000}, "acl": acl, "site": {"households": []}}))
-    s = Server(config, tmp_path / "data").start()
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    s = ServerProcess(tmp_path, INTEROP_CONFIG).start()
     yield s
     s.stop()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_paho_interoperability_suite_passes(server: Server) -> None:
+def test_paho_interoperability_suite_passes(server: ServerProcess) -> None:
     """All ten tests of Paho's client_test.py run and pass (its sleeps add up to ~40 s; 15 s of it is keepalive)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     t0 = time.monotonic()

@@ -22,7 +22,8 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.server_process import ROOT
+
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 
 

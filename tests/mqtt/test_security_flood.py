@@ -7,12 +7,12 @@ import json
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from tests.conftest import Inbox
-from tests.security_helpers import Raw, connect, login, secure_harness
+from tests.raw_mqtt import Raw, connect
+from tests.security_helpers import login, secure_harness
+from tests.server_process import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ATTEMPTS = 2000
 CONCURRENCY = 100
 
@@ -73,7 +73,7 @@ async def test_two_thousand_bad_connects_while_a_call_completes(make_harness):
         t0 = time.perf_counter()
         # The attacker is another process, as it would be another machine: the server's loop serves only us.
         attacker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.test_security_flood", str(h.server.mqtt_port),
+            sys.executable, "-m", "tests.mqtt.test_security_flood", str(h.server.mqtt_port),
             cwd=ROOT, stdout=asyncio.subprocess.PIPE)
         assert attacker.stdout is not None
         assert await asyncio.wait_for(attacker.stdout.readline(), 30) == b"flooding\n"
@@ -95,6 +95,6 @@ async def test_two_thousand_bad_connects_while_a_call_completes(make_harness):
           f"during flood {during * 1000:.0f} ms")
 
 
-if __name__ == "__main__":  # the attacker process: python -m tests.test_security_flood PORT
+if __name__ == "__main__":  # the attacker process: python -m tests.mqtt.test_security_flood PORT
     print("flooding", flush=True)
     print(json.dumps(asyncio.run(run_flood(int(sys.argv[1])))))

@@ -9,13 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from broker.config import ConfigError, load_settings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.server_process import ROOT
 
 
 def test_bad_config_values_are_named(tmp_path):

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.proc_server import ProcServer
-from tests.security_helpers import Raw, connect, publish
+from tests.raw_mqtt import Raw, connect, publish
 
 CLIENTS = 4
 PER_CLIENT = 1500  # x 4 clients x 16 KB = 96 MB of payload, never released

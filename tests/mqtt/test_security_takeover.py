@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.security_helpers import CONNACK, PINGREQ, PINGRESP, SUBACK, Raw, connect, subscribe
+from tests.raw_mqtt import CONNACK, PINGREQ, PINGRESP, SUBACK, Raw, connect, subscribe
 
 TRIALS = 30
 RACERS = 5

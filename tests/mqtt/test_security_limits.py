@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.security_helpers import PINGREQ, Raw, connect, publish
+from tests.raw_mqtt import PINGREQ, Raw, connect, publish
 
 
 async def test_silent_socket_is_closed_after_the_connect_timeout(make_harness):

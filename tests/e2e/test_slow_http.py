@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.security_helpers import Raw, connect
+from tests.raw_mqtt import Raw, connect
 from tests.server_process import ServerProcess
 
 FD_LIMIT = 256

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
-from tests.security_helpers import PINGREQ, PINGRESP, Raw, connect, packet, publish, subscribe
+from tests.raw_mqtt import PINGREQ, PINGRESP, PUBACK, PUBLISH, Raw, ack, connect, parse_publish, publish, subscribe
 
 TOPICS = 12_000  # more than delivery.max_queued (10,000)
 
@@ -17,14 +15,14 @@ async def fill_retained(port: int, n: int) -> None:
     assert await raw.connack(connect("retainer")) == 0
     for i in range(n):
         raw.writer.write(publish(f"site/{i // 100}/{i}", f"v{i}".encode(), qos=1, packet_id=i % 65535 + 1,
-                                 flags=0x03))
+                                 retain=True))
         if i % 500 == 0:
             await raw.writer.drain()
     await raw.writer.drain()
     acks = 0
     while acks < n:
         got = await raw.read_packet(10)
-        assert got is not None and got[0] == 0x40
+        assert got is not None and got[0] == PUBACK
         acks += 1
     await raw.close()
 
@@ -32,11 +30,8 @@ async def fill_retained(port: int, n: int) -> None:
 async def receive_retained(port: int, client_id: str, subscribe_now: bool) -> tuple[set[str], int]:
     """Connect a persistent QoS 1 session (subscribing to `#` if asked), PUBACK every PUBLISH until quiet.
     Returns the retained topics received and the session-present flag; fails if the broker hangs up."""
-    raw = await Raw.open(port)
-    await raw.send(connect(client_id, clean=False, keepalive=60))
-    got = await raw.read_packet()
-    assert got is not None and got[0] == 0x20 and got[1][1] == 0
-    present = got[1][0] & 1
+    raw = await Raw.connected(port, client_id, clean=False, keepalive=60)
+    present = int(bool(raw.session_present))
     if subscribe_now:
         await raw.send(subscribe([("#", 1)]))
     topics: set[str] = set()
@@ -46,13 +41,12 @@ async def receive_retained(port: int, client_id: str, subscribe_now: bool) -> tu
         except TimeoutError:
             break
         assert got is not None, f"disconnected after {len(topics)} retained messages"
-        first, body = got
-        if first & 0xF0 != 0x30:
+        if got[0] & 0xF0 != PUBLISH:
             continue
-        assert first & 0x01 and (first >> 1) & 3 == 1  # retained, QoS 1
-        tlen = struct.unpack("!H", body[:2])[0]
-        topics.add(body[2:2 + tlen].decode())
-        raw.writer.write(packet(0x40, body[2 + tlen:4 + tlen]))
+        p = parse_publish(*got)
+        assert p.retain and p.qos == 1
+        topics.add(p.topic)
+        raw.writer.write(ack(PUBACK, p.packet_id))
     await raw.send(PINGREQ)  # still connected
     assert (await raw.read_packet())[0] == PINGRESP  # type: ignore[index]
     await raw.close()

@@ -11,8 +11,8 @@ import time
 import pytest
 import websockets
 
-from tests.security_helpers import connect, publish, subscribe
-from tests.test_security_tls import client_ctx, pki, tls_section  # noqa: F401 - pki is a fixture
+from tests.raw_mqtt import connect, publish, subscribe
+from tests.tls_helpers import client_ctx, tls_section
 
 MQTT = [websockets.Subprotocol("mqtt")]
 TIMEOUT_S = 1.0
@@ -108,7 +108,7 @@ async def test_silent_tcp_is_released_at_the_connect_timeout(make_harness):
 
 
 @pytest.mark.parametrize("listener", ["tls", "wss"])
-async def test_silent_tls_is_released_at_the_connect_timeout(make_harness, pki, listener):  # noqa: F811
+async def test_silent_tls_is_released_at_the_connect_timeout(make_harness, pki, listener):
     """Over TLS (MQTT or WebSocket), a client that handshakes and sends nothing is released at connect_timeout_s."""
     h = await make_harness(limits={"connect_timeout_s": TIMEOUT_S},
                            mqtt={"tls": tls_section(pki, plain=False)})

@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from tests.security_helpers import PINGREQ, Raw, connect, packet, publish, s, subscribe, varint
+from tests.raw_mqtt import PINGREQ, Raw, connect, packet, publish, subscribe, utf8, varint
 
 BAD_CONNECT = {
     "excess bytes after CONNECT payload": connect("c1", extra=b"\x00\x01z"),
@@ -24,9 +24,9 @@ BAD_CONNECT = {
     "Will topic with U+0000": connect("c1", will=("w/\x00", b"x", 0, False)),
     "client id invalid UTF-8": connect(b"\xff\xfe"),
     "password without username": connect("c1", flags=0x02 | 0x40) + b"",
-    "bad protocol name": packet(0x10, s("MQTX") + bytes([4, 2]) + b"\x00\x3c" + s("c1")),
+    "bad protocol name": packet(0x10, utf8("MQTX") + bytes([4, 2]) + b"\x00\x3c" + utf8("c1")),
     "CONNECT fixed-header flags": b"\x11" + connect("c1")[1:],
-    "truncated CONNECT": packet(0x10, s("MQTT") + bytes([4])),
+    "truncated CONNECT": packet(0x10, utf8("MQTT") + bytes([4])),
     "first packet not CONNECT": PINGREQ,
     "first packet PUBLISH": publish("a/b"),
 }
@@ -43,9 +43,9 @@ BAD_AFTER_CONNECT = {
     "SUBSCRIBE filter invalid UTF-8": subscribe([(b"a/\xc3\x28", 0)]),
     "SUBSCRIBE filter # not last": subscribe([("a/#/b", 0)]),
     "SUBSCRIBE filter partial +": subscribe([("a/b+/c", 0)]),
-    "UNSUBSCRIBE bad flags": packet(0xA0, struct.pack("!H", 1) + s("a/b")),
+    "UNSUBSCRIBE bad flags": packet(0xA0, struct.pack("!H", 1) + utf8("a/b")),
     "UNSUBSCRIBE no filter": packet(0xA2, struct.pack("!H", 1)),
-    "PUBLISH QoS 1 without packet id": packet(0x32, s("a/b")),
+    "PUBLISH QoS 1 without packet id": packet(0x32, utf8("a/b")),
     "PUBLISH packet id 0": publish("a/b", qos=1, packet_id=0),
     "PUBLISH topic with U+0000": publish("a/\x00b"),
     "PUBLISH topic invalid UTF-8": publish(b"a/\xed\xa0\x80"),

@@ -1,0 +1,108 @@
+"""broker.mqtt.amqtt_compat: the amqtt pin, and its table of overridden names against what the engine defines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+from amqtt.broker import Broker
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+
+from broker.mqtt import amqtt_compat, session_states
+from broker.mqtt.amqtt_compat import AMQTT_VERSION, OVERRIDDEN, AmqttMismatch
+from broker.mqtt.engine import IntercomBroker
+from broker.mqtt.fast_handler import FastHandler
+from broker.mqtt.fast_path import FastPathMixin
+from broker.mqtt.hardening import HardeningMixin
+from broker.mqtt.routing import RoutingMixin
+from tests.server_process import ROOT
+
+# The engine's classes and the amqtt class each one's methods replace.
+ENGINE: list[tuple[type, type]] = [
+    (HardeningMixin, Broker), (FastPathMixin, Broker), (RoutingMixin, Broker), (IntercomBroker, Broker),
+    (FastHandler, BrokerProtocolHandler),
+]
+
+
+def defined(cls: type) -> set[str]:
+    """The names `cls` itself defines (not inherited), dunders left out (every class has its `__init__`)."""
+    return {n for n in vars(cls) if not (n.startswith("__") and n.endswith("__"))}
+
+
+def test_check_passes_on_the_installed_amqtt():
+    """check() accepts the installed amqtt, which is the pinned release."""
+    assert version("amqtt") == AMQTT_VERSION
+    amqtt_compat.check()
+
+
+def test_another_amqtt_version_is_refused_naming_both_versions():
+    """check("0.12.2") raises AmqttMismatch naming the installed and the required version."""
+    with pytest.raises(AmqttMismatch) as exc:
+        amqtt_compat.check("0.12.2")
+    assert "0.12.2" in str(exc.value) and AMQTT_VERSION in str(exc.value)
+
+
+@pytest.mark.parametrize(("amqtt_cls", "name"),
+                         [(cls, name) for cls, names in OVERRIDDEN.items() for name in names],
+                         ids=lambda v: v.__name__ if isinstance(v, type) else v)
+def test_every_listed_override_is_defined_by_the_engine_and_exists_in_amqtt(amqtt_cls, name):
+    """Each OVERRIDDEN name exists on its amqtt class and one of the engine's classes (or session_states) defines it."""
+    assert hasattr(amqtt_cls, name), f"amqtt's {amqtt_cls.__name__} has no {name}"
+    if amqtt_cls is Session:
+        owners = ["session_states"] if name in vars(session_states) else []
+    else:
+        owners = [eng.__name__ for eng, base in ENGINE if issubclass(base, amqtt_cls) and name in defined(eng)]
+    assert owners, f"OVERRIDDEN lists {amqtt_cls.__name__}.{name}, but no engine class defines it"
+
+
+@pytest.mark.parametrize(("engine_cls", "amqtt_cls"), [
+    pytest.param(eng, base, id=eng.__name__, marks=[pytest.mark.xfail(
+        strict=True, reason="FastHandler overrides handle_pubrel and _retry_deliveries, not yet in OVERRIDDEN")]
+        if eng is FastHandler else [])
+    for eng, base in ENGINE])
+def test_every_engine_method_shadowing_amqtt_is_listed(engine_cls, amqtt_cls):
+    """Every method an engine class defines over an amqtt attribute is in OVERRIDDEN: none is added silently."""
+    shadowing = {name for name in defined(engine_cls) if hasattr(amqtt_cls, name)}
+    listed = {name for cls, names in OVERRIDDEN.items() if issubclass(amqtt_cls, cls) for name in names}
+    assert shadowing - listed == set(), f"{engine_cls.__name__} overrides amqtt without saying so"
+
+
+# In a fresh interpreter: the other tests' servers have installed the process-wide patches in this one.
+FRESH = """
+import asyncio, json
+from amqtt.session import Session
+from broker.mqtt import amqtt_compat
+from broker.mqtt.engine import IntercomBroker
+
+CONFIG = {"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}}
+out = {}
+
+async def build():
+    try:
+        IntercomBroker(CONFIG)
+        out["before"] = "built"
+    except RuntimeError as exc:
+        out["before"] = str(exc)
+    before = dict(vars(Session))
+    amqtt_compat.install()
+    out["patched"] = sorted(n for n, v in vars(Session).items() if before.get(n) is not v)
+    IntercomBroker(CONFIG)
+    out["after"] = "built"
+
+asyncio.run(build())
+print(json.dumps(out))
+"""
+
+
+def test_building_the_broker_before_install_is_refused():
+    """IntercomBroker refuses to be built before install(); after it, it builds, and Session got only _init_states."""
+    proc = subprocess.run([sys.executable, "-c", FRESH], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "install() must run before" in out["before"]
+    assert out["patched"] == ["_init_states"]
+    assert out["after"] == "built"

@@ -1,0 +1,315 @@
+"""The one raw MQTT 3.1.1 test client: packet encoders and a bare client on asyncio streams; 127.0.0.1 only.
+
+Tests that need to misbehave (never acknowledge, never ping, send malformed bytes, vanish with a TCP reset) build
+packets here and send them with `Raw`; well-behaved parties use aiomqtt or paho instead. Nothing is acknowledged,
+pinged or retried unless the test says so. `SyncRaw` runs the same client for synchronous (paho-driven) tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import struct
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, NamedTuple, TypeVar
+
+T = TypeVar("T")
+
+# first bytes of the fixed header (packet type << 4 | the flags a server sends)
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 0x10, 0x20, 0x30, 0x40, 0x50, 0x62, 0x70
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGRESP = 0x82, 0x90, 0xA2, 0xB0, 0xD0
+PINGREQ = b"\xc0\x00"
+DISCONNECT = b"\xe0\x00"
+
+# (topic, message) for a QoS 0 Will, or (topic, message, qos, retain)
+Will = tuple[str | bytes, bytes] | tuple[str | bytes, bytes, int, bool]
+
+
+# -- encoders ---------------------------------------------------------------------------------------
+
+
+def varint(n: int) -> bytes:
+    """The remaining-length encoding: 7 bits a byte, high bit set while more follow."""
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def utf8(text: str | bytes) -> bytes:
+    """An MQTT string: 2-byte length, then the bytes (bytes are sent as they are, valid UTF-8 or not)."""
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("!H", len(raw)) + raw
+
+
+def packet(first: int, body: bytes) -> bytes:
+    """A whole packet: fixed-header byte, remaining length, body."""
+    return bytes([first]) + varint(len(body)) + body
+
+
+def connect(client_id: str | bytes = "raw", username: str | None = None, password: str | None = None,
+            keepalive: int = 60, clean: bool = True, will: Will | None = None, flags: int | None = None,
+            extra: bytes = b"", proto: bytes = b"MQTT") -> bytes:
+    """CONNECT; `flags` replaces the computed connect flags, `extra` is appended to the payload."""
+    f = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    payload = utf8(client_id)
+    if will is not None:
+        topic, message, qos, retain = (*will, 0, False) if len(will) == 2 else will
+        f |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        payload += utf8(topic) + utf8(message)
+    if username is not None:
+        payload += utf8(username)
+    if password is not None:
+        payload += utf8(password)
+    body = utf8(proto) + bytes([4, f if flags is None else flags]) + struct.pack("!H", keepalive) + payload + extra
+    return packet(CONNECT, body)
+
+
+def publish(topic: str | bytes, payload: bytes = b"x", qos: int = 0, packet_id: int | None = 1,
+            retain: bool = False, dup: bool = False, flags: int | None = None) -> bytes:
+    """PUBLISH; the packet id is sent for QoS > 0 only; `flags` replaces the computed DUP/QoS/RETAIN bits."""
+    if flags is None:
+        flags = (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    body = utf8(topic) + (struct.pack("!H", packet_id) if qos and packet_id is not None else b"") + payload
+    return packet(PUBLISH | flags, body)
+
+
+def subscribe(filters: list[tuple[str | bytes, int]], packet_id: int = 1, first: int = SUBSCRIBE) -> bytes:
+    """SUBSCRIBE for (filter, requested QoS) pairs; `first` replaces the fixed-header byte."""
+    return packet(first, struct.pack("!H", packet_id) + b"".join(utf8(f) + bytes([q]) for f, q in filters))
+
+
+def ack(first: int, packet_id: int) -> bytes:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP (`first` is the fixed-header byte) for `packet_id`."""
+    return packet(first, struct.pack("!H", packet_id))
+
+
+# -- decoding ---------------------------------------------------------------------------------------
+
+
+class Publish(NamedTuple):
+    topic: str
+    payload: bytes
+    qos: int
+    packet_id: int  # 0 at QoS 0
+    retain: bool
+    dup: bool
+
+
+def parse_publish(first: int, body: bytes) -> Publish:
+    """A received PUBLISH (first byte, body) decoded."""
+    qos, tlen = (first >> 1) & 3, struct.unpack("!H", body[:2])[0]
+    rest = body[2 + tlen:]
+    packet_id = struct.unpack("!H", rest[:2])[0] if qos else 0
+    return Publish(body[2:2 + tlen].decode(), rest[2:] if qos else rest, qos, packet_id, bool(first & 0x01),
+                   bool(first & 0x08))
+
+
+# -- the client -------------------------------------------------------------------------------------
+
+
+class Raw:
+    """One raw TCP (or TLS) connection to the broker."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.session_present: bool | None = None  # from the last CONNACK read by `connack()`
+        self._early: deque[tuple[int, bytes]] = deque()  # packets that arrived before an awaited SUBACK
+        self._last_id = 0
+
+    @classmethod
+    async def open(cls, port: int, tls: ssl.SSLContext | None = None) -> Raw:
+        """A TCP connection to 127.0.0.1:`port`, nothing sent yet."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+        return cls(reader, writer)
+
+    @classmethod
+    async def connected(cls, port: int, client_id: str | bytes = "raw", timeout: float = 5.0, **kw: Any) -> Raw:
+        """A connection whose CONNECT (`connect()`'s keywords) got CONNACK 0."""
+        raw = await cls.open(port)
+        code = await raw.connack(connect(client_id, **kw), timeout)
+        assert code == 0, f"CONNACK {code} for {client_id!r}"
+        return raw
+
+    def next_packet_id(self) -> int:
+        self._last_id = self._last_id % 65535 + 1
+        return self._last_id
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_packet(self, timeout: float | None = 3.0) -> tuple[int, bytes] | None:
+        """The next packet as (first byte, body), or None once the broker closed the connection.
+
+        TimeoutError if nothing complete arrives within `timeout` seconds."""
+        if self._early:
+            return self._early.popleft()
+        try:
+            async with asyncio.timeout(timeout):
+                first = await self.reader.readexactly(1)
+                length, mult = 0, 1
+                while True:
+                    b = (await self.reader.readexactly(1))[0]
+                    length += (b & 0x7F) * mult
+                    mult *= 128
+                    if not b & 0x80:
+                        break
+                return first[0], await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+
+    async def connack(self, connect_bytes: bytes, timeout: float = 3.0) -> int | None:
+        """Send CONNECT; the CONNACK return code, or None if the broker closed without one."""
+        await self.send(connect_bytes)
+        got = await self.read_packet(timeout)
+        if got is None or got[0] != CONNACK:
+            return None
+        self.session_present = bool(got[1][0] & 1)
+        return got[1][1]
+
+    async def subscribe(self, filters: list[tuple[str | bytes, int]], packet_id: int | None = None,
+                        timeout: float = 5.0) -> list[int]:
+        """SUBSCRIBE and wait for its SUBACK: the granted QoS per filter (0x80 refused).
+
+        Packets arriving before the SUBACK are kept, in order, for the next reads."""
+        pid = self.next_packet_id() if packet_id is None else packet_id
+        await self.send(subscribe(filters, pid))
+        early: list[tuple[int, bytes]] = []
+        while True:
+            got = await self.read_packet(timeout)
+            assert got is not None, "connection closed before the SUBACK"
+            if got[0] == SUBACK and got[1][:2] == struct.pack("!H", pid):
+                self._early.extend(early)
+                return list(got[1][2:])
+            early.append(got)
+
+    async def publish(self, topic: str | bytes, payload: bytes = b"x", qos: int = 0, packet_id: int | None = None,
+                      retain: bool = False, dup: bool = False) -> int:
+        """Send a PUBLISH; its packet id (a fresh one for QoS > 0 unless given; 0 at QoS 0)."""
+        pid = (self.next_packet_id() if packet_id is None else packet_id) if qos else 0
+        await self.send(publish(topic, payload, qos, pid, retain=retain, dup=dup))
+        return pid
+
+    async def puback(self, packet_id: int) -> None:
+        await self.send(ack(PUBACK, packet_id))
+
+    async def pubrec(self, packet_id: int) -> None:
+        await self.send(ack(PUBREC, packet_id))
+
+    async def pubrel(self, packet_id: int) -> None:
+        await self.send(ack(PUBREL, packet_id))
+
+    async def pubcomp(self, packet_id: int) -> None:
+        await self.send(ack(PUBCOMP, packet_id))
+
+    async def pingreq(self) -> None:
+        await self.send(PINGREQ)
+
+    async def next_publish(self, timeout: float = 5.0) -> Publish:
+        """The next PUBLISH (other packets are skipped), not acknowledged."""
+        while True:
+            got = await self.read_packet(timeout)
+            assert got is not None, "connection closed before a PUBLISH"
+            if got[0] & 0xF0 == PUBLISH:
+                return parse_publish(*got)
+
+    async def publishes(self, quiet_s: float = 0.5) -> list[bytes]:
+        """Payloads of the PUBLISHes received until the connection is quiet for `quiet_s` (or closed),
+        each acknowledged as a client does (PUBACK; PUBREC, the PUBREL, PUBCOMP)."""
+        out: list[bytes] = []
+        while (got := await self.poll(quiet_s)) is not None:
+            if got[0] & 0xF0 != PUBLISH:
+                continue
+            p = parse_publish(*got)
+            out.append(p.payload)
+            if p.qos == 1:
+                await self.puback(p.packet_id)
+            elif p.qos == 2:
+                await self.pubrec(p.packet_id)
+                await self.poll(quiet_s)  # the PUBREL
+                await self.pubcomp(p.packet_id)
+        return out
+
+    async def publishes_within(self, seconds: float) -> list[Publish]:
+        """Every PUBLISH arriving within `seconds`, none acknowledged."""
+        got: list[Publish] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            p = await self.poll(left)
+            if p is not None and p[0] & 0xF0 == PUBLISH:
+                got.append(parse_publish(*p))
+        return got
+
+    async def poll(self, timeout: float) -> tuple[int, bytes] | None:
+        """The next packet; None on timeout or close."""
+        with contextlib.suppress(TimeoutError):
+            return await self.read_packet(timeout)
+        return None
+
+    async def closed(self, timeout: float = 3.0) -> bool:
+        """True if the broker closes the connection within `timeout` (packets before that are skipped)."""
+        self._early.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                while await self.reader.read(4096):
+                    pass
+            return True
+        except ConnectionError:
+            return True
+        except TimeoutError:
+            return False
+
+    def abort(self) -> None:
+        """Drop the connection with a TCP reset and no DISCONNECT, like a phone leaving Wi-Fi."""
+        self.writer.transport.abort()
+
+    async def close(self, disconnect: bool = False) -> None:
+        """Close the socket, after a DISCONNECT if asked (without one the broker publishes the Will)."""
+        if disconnect:
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.send(DISCONNECT)
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+class SyncRaw:
+    """`Raw` for synchronous tests: each call runs to completion on the client's own event loop.
+
+    Between calls nothing runs: what the broker sends waits in the socket until the next read."""
+
+    def __init__(self, port: int, client_id: str | bytes, **kw: Any) -> None:
+        """Connect and send CONNECT (`connect()`'s keywords); the reply, if any, is in `connack`."""
+        self._loop = asyncio.new_event_loop()
+        self.raw = self._run(Raw.open(port))
+        self.send(connect(client_id, **kw))
+        self.connack = self.read(timeout=5)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def send(self, data: bytes) -> None:
+        self._run(self.raw.send(data))
+
+    def read(self, timeout: float = 2.0) -> tuple[int, bytes] | None:
+        """One packet as (first byte, body), or None on timeout or close."""
+        return self._run(self.raw.poll(timeout))
+
+    def subscribe(self, filters: list[tuple[str | bytes, int]]) -> list[int]:
+        return self._run(self.raw.subscribe(filters))
+
+    def publishes_within(self, seconds: float) -> list[Publish]:
+        return self._run(self.raw.publishes_within(seconds))
+
+    def close(self, disconnect: bool = True) -> None:
+        try:
+            self._run(self.raw.close(disconnect))
+        finally:
+            self._loop.close()
