@@ -151,7 +151,7 @@ def incoming_call_encoder(call_id: str, device_id: str, household_number: str, c
                           ring_timeout_s: float, timestamp: int) -> Callable[[dict[str, Any]], bytes]:
     """`IncomingCall(...).model_dump_json()` per resident, given its `tencen_rtc`; the shared fields encoded once.
 
-    The server's own data needs no validation; `tests/core/test_payloads.py` checks the bytes equal the model's.
+    The server's own data needs no validation; `tests/core/test_payload_encoders.py` checks the bytes equal the model's.
     """
     head = compact({"origin": "server", "call_id": call_id, "device_id": device_id,
                     "household_number": household_number, "call_info": call_info})[:-1] + ',"tencen_rtc":'

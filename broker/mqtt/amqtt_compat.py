@@ -36,6 +36,7 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
     BrokerProtocolHandler: (
         # fast_handler.FastHandler: whole-packet reader, packets handled in the reader's call
         "start", "_reader_loop", "handle_publish", "handle_puback", "handle_subscribe", "handle_unsubscribe",
+        "handle_pubrel", "_retry_deliveries",
     ),
     Session: ("_init_states",),  # session_states.install: no transitions.Machine per session
 }

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ADMIN
-from tests.test_console_browser import CHROMIUM, live_link, shot, tabs
+from tests.e2e.test_console_browser import CHROMIUM, live_link, shot, tabs
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 
 if CHROMIUM.exists():
     from playwright.async_api import Page, expect
 
-    from tests.test_console_browser import browser  # noqa: F401  (the fixture)
+    from tests.e2e.test_console_browser import browser  # noqa: F401  (the fixture)
 
 
 async def sign_in(page: Page) -> None:

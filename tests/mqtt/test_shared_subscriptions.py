@@ -13,9 +13,8 @@ import aiomqtt
 import pytest
 
 from tests.conftest import Harness
-from tests.security_helpers import SUBACK, Raw, connect, granted, login, secure_harness, subscribe
-
-PINGRESP = 0xD0
+from tests.raw_mqtt import PINGRESP, SUBACK, Raw, connect, subscribe
+from tests.security_helpers import granted, login, secure_harness
 
 
 class Got:
