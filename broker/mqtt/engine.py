@@ -1,7 +1,7 @@
 """Our layer over amqtt's Broker (pinned to 0.12.1): in-process publishing and bound-port lookup.
 
-IntercomBroker = HardeningMixin (limits, protocol checks) + FastPathMixin (subscription index,
-delivery) + amqtt's Broker. Each mixin owns distinct methods.
+IntercomBroker = HardeningMixin (limits, protocol checks) + V5Mixin / V5InboundMixin (MQTT 5 connections)
++ FastPathMixin (subscription index, delivery) + amqtt's Broker (MQTT 3.1.1). Each mixin owns distinct methods.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from amqtt.broker import Broker
 
 from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.hardening import HardeningMixin
+from broker.mqtt.v5.inbound import V5InboundMixin
+from broker.mqtt.v5.serve import V5Mixin
 
 __all__ = ["IntercomBroker"]
 
 
-class IntercomBroker(HardeningMixin, FastPathMixin, Broker):
+class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, FastPathMixin, Broker):
     # Both mixins define it (HardeningMixin: amqtt's behaviour, for use without the fast path): say which wins.
     _deliver_on_connect = FastPathMixin._deliver_on_connect
 

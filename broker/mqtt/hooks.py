@@ -14,11 +14,17 @@ from typing import Protocol, runtime_checkable
 from amqtt.contexts import Action
 from amqtt.session import Session
 
-__all__ = ["PRINCIPAL", "REFUSAL", "AcknowledgesAfter", "FiltersTopicsSync", "InterceptsPublish"]
+__all__ = ["PRINCIPAL", "PROTOCOL", "REFUSAL", "SESSION_EXPIRY", "SUB_OPTIONS", "AcknowledgesAfter",
+           "FiltersTopicsSync",
+           "InterceptsPublish"]
 
 # Session attributes (`session.attributes[...]`) the engine and the plugins share.
 PRINCIPAL = "intercom.principal"  # who the session authenticated as (broker.core.tokens.Principal), set by auth
 REFUSAL = "intercom.refusal"  # the CONNACK return code to refuse a CONNECT with, set by auth before refusing
+# MQTT 5 sessions (broker.mqtt.v5): set by the engine, read by the persistence plugin
+PROTOCOL = "intercom.protocol"  # 5 on a session last connected with MQTT 5 (absent: 3.1.1)
+SESSION_EXPIRY = "intercom.session_expiry"  # the session's Session Expiry Interval in seconds (MQTT 5)
+SUB_OPTIONS = "intercom.v5.subscriptions"  # {filter: v5.subscriptions.SubOptions} of an MQTT 5 session
 
 
 @runtime_checkable

@@ -12,6 +12,9 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
   outlet's flow control.
 * Plugins are asked once, after they load, which hooks they offer (`broker.mqtt.hooks`); with only
   synchronous ACLs, RECEIVE checks stay synchronous, otherwise deliveries go through one ordered lane.
+* MQTT 5: a message carries its properties (`MessageProps`) through delivery, retain and the offline
+  queue; a subscriber holding v5 subscription options gets it per those options (`v5.subscriptions`),
+  and a v5 connection's handler brings its own outlet (`OwnOutlet`), which encodes v5 PUBLISH packets.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.contexts import Action
@@ -32,6 +35,8 @@ from amqtt.session import Session
 from broker.mqtt.hooks import AcknowledgesAfter, FiltersTopicsSync, InterceptsPublish
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_filter
+from broker.mqtt.v5.message import MessageProps, V5Retained
+from broker.mqtt.v5.subscriptions import SUB_OPTIONS, delivery_for
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -45,7 +50,17 @@ __all__ = ["SUBACK_FAILURE", "PluginHooks", "RoutingMixin"]
 
 log = logging.getLogger("intercom.fastpath")
 SUBACK_FAILURE = 0x80
-_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]]]
+_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]], bool, MessageProps | None]
+
+
+@runtime_checkable
+class OwnOutlet(Protocol):
+    """A connection handler that builds its own outlet (the MQTT 5 connection does)."""
+
+    writer: Any
+
+    def make_outlet(self, session: Session, writer: CoalescingWriter, limits: DeliveryLimits,
+                    on_overflow: Callable[[Outlet], None]) -> Outlet: ...
 
 
 @dataclass
@@ -135,7 +150,10 @@ class RoutingMixin(_Base):
             return None
         if not isinstance(handler.writer, CoalescingWriter):
             handler.writer = CoalescingWriter(handler.writer, asyncio.get_running_loop())
-        outlet = Outlet(session, handler, handler.writer, self.delivery_limits, self._on_overflow)
+        if isinstance(handler, OwnOutlet):
+            outlet = handler.make_outlet(session, handler.writer, self.delivery_limits, self._on_overflow)
+        else:
+            outlet = Outlet(session, handler, handler.writer, self.delivery_limits, self._on_overflow)
         self._outlets[key] = outlet
         return outlet
 
@@ -214,19 +232,21 @@ class RoutingMixin(_Base):
         if granted is not None:
             self._send_retained(session, topic_filter, granted)
 
-    def _send_retained(self, session: Session, topic_filter: str, qos: int) -> int:
+    def _send_retained(self, session: Session, topic_filter: str, qos: int, sub_ids: tuple[int, ...] = ()) -> int:
         found = self._retained_messages.tree.find(topic_filter)
         if not found:
             return 0
         outlet = self._open_outlet(session)
         if outlet is None:
             return 0
-        outlet.send_retained(found, qos)
+        outlet.send_retained(found, qos, sub_ids)
         return len(found)
 
-    def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None) -> None:
+    def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None,
+                   props: MessageProps | None = None) -> None:
         """amqtt's `retain_message`, synchronous: store (or clear, on an empty payload) and notify plugins."""
-        message = RetainedApplicationMessage(source, topic, data, qos)
+        message = (V5Retained(source, topic, data, qos, props) if props is not None
+                   else RetainedApplicationMessage(source, topic, data, qos))
         if data:
             self._retained_messages[topic] = message
         elif self._retained_messages.pop(topic, None) is None:
@@ -237,14 +257,17 @@ class RoutingMixin(_Base):
 
     # ---- routing --------------------------------------------------------------------------------
 
-    def deliver(self, source: Session | None, topic: str, data: bytes, qos: int) -> int:
-        """Send one message to every matching subscriber now, at min(qos, granted QoS); returns matches."""
+    def deliver(self, source: Session | None, topic: str, data: bytes, qos: int, retain: bool = False,
+                props: MessageProps | None = None) -> int:
+        """Send one message to every matching subscriber now, at min(qos, granted QoS); returns matches.
+
+        `retain` is the publisher's flag (kept only by v5 subscriptions with Retain As Published)."""
         matches = self._index.match(topic)
         if not matches:
             return 0
         hooks = self._plugin_hooks()
         if hooks.receive_async:
-            self._lane.append((source, topic, data, qos, matches))
+            self._lane.append((source, topic, data, qos, matches, retain, props))
             if self._lane_task is None or self._lane_task.done():
                 self._lane_task = self._spawn(self._run_lane())
             return len(matches)
@@ -253,31 +276,47 @@ class RoutingMixin(_Base):
         for key, (target, sub_qos) in matches.items():
             if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                 continue
-            self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos)
+            if SUB_OPTIONS in target.attributes:
+                self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
+                continue
+            self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos, props)
         return len(matches)
 
     async def _run_lane(self) -> None:
         """Deliveries that need async RECEIVE checks, in publish order."""
         while self._lane:
-            _source, topic, data, qos, matches = self._lane.popleft()
+            source, topic, data, qos, matches, retain, props = self._lane.popleft()
             topic_b = topic.encode()
             for key, (target, sub_qos) in matches.items():
                 if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
                     continue
-                self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos))
+                if SUB_OPTIONS in target.attributes:
+                    self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
+                    continue
+                self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
 
-    def _send_to(self, key: str, target: Session, topic_b: bytes, topic: str, data: bytes, qos: int) -> None:
+    def _send_v5(self, key: str, target: Session, source: Session | None, topic_b: bytes, topic: str, data: bytes,
+                 qos: int, retain: bool, props: MessageProps | None) -> None:
+        """A subscriber with MQTT 5 subscription options: No Local, Retain As Published, identifiers."""
+        found = delivery_for(target.attributes[SUB_OPTIONS], topic, source is target, retain)
+        if found is not None:
+            granted, keep_retain, sub_ids = found
+            self._send_to(key, target, topic_b, topic, data, min(qos, granted), props, keep_retain, sub_ids)
+
+    def _send_to(self, key: str, target: Session, topic_b: bytes, topic: str, data: bytes, qos: int,
+                 props: MessageProps | None = None, retain: bool = False, sub_ids: tuple[int, ...] = ()) -> None:
         outlet = self._outlets.get(key)
         if outlet is None or outlet.session is not target or outlet.closed:
             outlet = self._open_outlet(target) if target.transitions.state == "connected" else None
         if outlet is not None:
-            outlet.send(topic_b, topic, data, qos)
+            outlet.send(topic_b, topic, data, qos, retain, props, sub_ids)
             return
         # offline persistent session: keep QoS>0 for its return [MQTT-3.1.2.4]
         if (target.transitions.state != "connected" and not target.clean_session and qos
                 and not target.is_anonymous
                 and target.retained_messages.qsize() < self.delivery_limits.max_queued):
-            target.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+            target.retained_messages.put_nowait(V5Retained(None, topic, data, qos, props) if props is not None
+                                                else RetainedApplicationMessage(None, topic, data, qos))
 
     async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
                                  force_qos: int | None = None) -> None:
