@@ -15,6 +15,11 @@ delivery engine: each persistent session gets two write-through containers in pl
 and `SessionDB` mirrors both, plus subscriptions and retained messages, in `sessions.db` (sqlite,
 WAL) next to the call database. `SessionPersistence` restores everything before the listeners
 open. The amqtt-facing hooks live in `plugins.persistence`.
+
+MQTT 5 adds columns (added to an older file on open): a session's Session Expiry Interval (its own expiry,
+counted from when it was last seen, also across a restart), each subscription's options and identifier,
+and each message's properties and expiry (`MessageProps.dump`), so a message that expired while queued
+or retained is never delivered after a restart either.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
 from broker.db_open import naming, open_db
+from broker.mqtt.hooks import PROTOCOL, SESSION_EXPIRY, SUB_OPTIONS
+from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retained, props_of
+from broker.mqtt.v5.subscriptions import SubOptions
 
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
@@ -58,6 +66,15 @@ CREATE TABLE IF NOT EXISTS mqtt_incoming (
     client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
     retain INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id));
 """
+# MQTT 5 columns, added to files made before them (NULL: a 3.1.1 session, subscription or message)
+_V5_COLUMNS = {"mqtt_sessions": ("expiry_s INTEGER",), "mqtt_subscriptions": ("options INTEGER", "sub_id INTEGER"),
+               "mqtt_queue": ("props BLOB",), "mqtt_inflight": ("props BLOB",), "mqtt_retained": ("props BLOB",),
+               "mqtt_incoming": ("props BLOB",)}
+
+
+def _dump(msg: ApplicationMessage) -> bytes | None:
+    props = props_of(msg)
+    return props.dump() if props is not None else None
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,9 @@ class StoredSession:
     queued: list[tuple[int, str, bytes, int]]
     last_seen: float = 0.0
     incoming: list[tuple[int, str, bytes, bool]] = field(default_factory=list)  # QoS 2 awaiting PUBREL
+    expiry_s: int | None = None  # MQTT 5 Session Expiry Interval (None: a 3.1.1 session)
+    options: dict[str, SubOptions] = field(default_factory=dict)  # MQTT 5 subscription options
+    props: dict[tuple[str, int], MessageProps] = field(default_factory=dict)  # ("queue"|"inflight"|"incoming", key)
 
 
 class SessionDB:
@@ -84,6 +104,11 @@ class SessionDB:
                                 isolation_level=None)
         with naming(path or Path(":memory:")):
             self.conn.executescript(_SCHEMA)
+            for table, columns in _V5_COLUMNS.items():
+                have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+                for column in columns:
+                    if column.split()[0] not in have:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         self.frozen = False  # set at shutdown: amqtt then empties every queue, which must not reach disk
         self._seq = 0
 
@@ -98,10 +123,10 @@ class SessionDB:
 
     # sessions and subscriptions ------------------------------------------------------------------
 
-    def touch(self, client_id: str, username: str | None) -> None:
-        self._write("INSERT INTO mqtt_sessions (client_id, username, last_seen) VALUES (?, ?, ?) ON CONFLICT "
-                    "(client_id) DO UPDATE SET username = excluded.username, last_seen = excluded.last_seen",
-                    (client_id, username, time.time()))
+    def touch(self, client_id: str, username: str | None, expiry_s: int | None = None) -> None:
+        self._write("INSERT INTO mqtt_sessions (client_id, username, last_seen, expiry_s) VALUES (?, ?, ?, ?) ON "
+                    "CONFLICT (client_id) DO UPDATE SET username = excluded.username, last_seen = excluded.last_seen, "
+                    "expiry_s = excluded.expiry_s", (client_id, username, time.time(), expiry_s))
 
     def forget(self, client_id: str) -> None:
         if self.frozen:
@@ -114,9 +139,10 @@ class SessionDB:
         except sqlite3.Error:
             log.exception("session store: could not forget %s", client_id)
 
-    def subscribe(self, client_id: str, topic: str, qos: int) -> None:
-        self._write("INSERT OR REPLACE INTO mqtt_subscriptions (client_id, topic, qos) VALUES (?, ?, ?)",
-                    (client_id, topic, qos))
+    def subscribe(self, client_id: str, topic: str, qos: int, options: SubOptions | None = None) -> None:
+        self._write("INSERT OR REPLACE INTO mqtt_subscriptions (client_id, topic, qos, options, sub_id) "
+                    "VALUES (?, ?, ?, ?, ?)", (client_id, topic, qos, None if options is None else options.encode(),
+                                               None if options is None else options.sub_id))
 
     def unsubscribe(self, client_id: str, topic: str) -> None:
         self._write("DELETE FROM mqtt_subscriptions WHERE client_id = ? AND topic = ?", (client_id, topic))
@@ -124,8 +150,8 @@ class SessionDB:
     # messages -------------------------------------------------------------------------------------
 
     def queue_put(self, client_id: str, msg: ApplicationMessage) -> int | None:
-        return self._write("INSERT INTO mqtt_queue (client_id, topic, payload, qos) VALUES (?, ?, ?, ?)",
-                           (client_id, msg.topic, bytes(msg.data or b""), msg.qos or 0))
+        return self._write("INSERT INTO mqtt_queue (client_id, topic, payload, qos, props) VALUES (?, ?, ?, ?, ?)",
+                           (client_id, msg.topic, bytes(msg.data or b""), msg.qos or 0, _dump(msg)))
 
     def queue_del(self, row_id: int | None) -> None:
         if row_id is not None:
@@ -133,9 +159,9 @@ class SessionDB:
 
     def inflight_put(self, client_id: str, packet_id: int, msg: ApplicationMessage) -> None:
         self._seq += 1
-        self._write("INSERT OR REPLACE INTO mqtt_inflight (client_id, packet_id, seq, topic, payload, qos, released) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 0)",
-                    (client_id, packet_id, self._seq, msg.topic, bytes(msg.data or b""), msg.qos or 0))
+        self._write("INSERT OR REPLACE INTO mqtt_inflight (client_id, packet_id, seq, topic, payload, qos, released, "
+                    "props) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                    (client_id, packet_id, self._seq, msg.topic, bytes(msg.data or b""), msg.qos or 0, _dump(msg)))
 
     def inflight_released(self, client_id: str, packet_id: int) -> None:
         self._write("UPDATE mqtt_inflight SET released = 1 WHERE client_id = ? AND packet_id = ?",
@@ -145,9 +171,9 @@ class SessionDB:
         self._write("DELETE FROM mqtt_inflight WHERE client_id = ? AND packet_id = ?", (client_id, packet_id))
 
     def incoming_put(self, client_id: str, msg: ApplicationMessage) -> None:
-        self._write("INSERT OR REPLACE INTO mqtt_incoming (client_id, packet_id, topic, payload, retain) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (client_id, msg.packet_id, msg.topic, bytes(msg.data or b""), int(bool(msg.retain))))
+        self._write("INSERT OR REPLACE INTO mqtt_incoming (client_id, packet_id, topic, payload, retain, props) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (client_id, msg.packet_id, msg.topic, bytes(msg.data or b""), int(bool(msg.retain)), _dump(msg)))
 
     def incoming_del(self, client_id: str, packet_id: int | None = None) -> None:
         """Forget one held incoming QoS 2 message, or (no packet id) all of a client's."""
@@ -158,22 +184,26 @@ class SessionDB:
 
     # retained messages ----------------------------------------------------------------------------
 
-    def retain(self, topic: str, payload: bytes, qos: int) -> None:
+    def retain(self, topic: str, payload: bytes, qos: int, props: MessageProps | None = None) -> None:
         if payload:
-            self._write("INSERT OR REPLACE INTO mqtt_retained (topic, payload, qos) VALUES (?, ?, ?)",
-                        (topic, payload, qos))
+            self._write("INSERT OR REPLACE INTO mqtt_retained (topic, payload, qos, props) VALUES (?, ?, ?, ?)",
+                        (topic, payload, qos, props.dump() if props is not None else None))
         else:
             self._write("DELETE FROM mqtt_retained WHERE topic = ?", (topic,))
 
-    def retained(self) -> list[tuple[str, bytes, int]]:
-        return [(t, bytes(p), q) for t, p, q in self.conn.execute("SELECT topic, payload, qos FROM mqtt_retained")]
+    def retained(self) -> list[tuple[str, bytes, int, MessageProps | None]]:
+        return [(t, bytes(p), q, MessageProps.load(x))
+                for t, p, q, x in self.conn.execute("SELECT topic, payload, qos, props FROM mqtt_retained")]
 
     # loading --------------------------------------------------------------------------------------
 
-    def idle(self, older_than: float) -> list[str]:
-        """Client ids whose session was last seen before `older_than`."""
-        return [r[0] for r in self.conn.execute("SELECT client_id FROM mqtt_sessions WHERE last_seen < ?",
-                                                (older_than,))]
+    def idle(self, older_than: float, now: float | None = None) -> list[str]:
+        """Client ids whose session was last seen before `older_than`, or (MQTT 5) more than its own
+        Session Expiry Interval before `now`."""
+        now = time.time() if now is None else now
+        return [r[0] for r in self.conn.execute(
+            "SELECT client_id FROM mqtt_sessions WHERE last_seen < ? OR (expiry_s IS NOT NULL AND "
+            "last_seen + expiry_s < ?)", (older_than, now))]
 
     def expire(self, older_than: float) -> int:
         old = self.idle(older_than)
@@ -185,19 +215,36 @@ class SessionDB:
         c = self.conn
         self._seq = int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM mqtt_inflight").fetchone()[0])
         out = []
-        for client_id, username, last_seen in c.execute(
-                "SELECT client_id, username, last_seen FROM mqtt_sessions ORDER BY client_id"):
-            subs = [(t, int(q)) for t, q in c.execute(
-                "SELECT topic, qos FROM mqtt_subscriptions WHERE client_id = ? ORDER BY topic", (client_id,))]
-            inflight = [(int(pid), t, bytes(p), int(q), bool(r)) for pid, t, p, q, r in c.execute(
-                "SELECT packet_id, topic, payload, qos, released FROM mqtt_inflight WHERE client_id = ? ORDER BY seq",
-                (client_id,))]
-            queued = [(int(i), t, bytes(p), int(q)) for i, t, p, q in c.execute(
-                "SELECT id, topic, payload, qos FROM mqtt_queue WHERE client_id = ? ORDER BY id", (client_id,))]
-            incoming = [(int(pid), t, bytes(p), bool(r)) for pid, t, p, r in c.execute(
-                "SELECT packet_id, topic, payload, retain FROM mqtt_incoming WHERE client_id = ? ORDER BY packet_id",
-                (client_id,))]
-            out.append(StoredSession(client_id, username, subs, inflight, queued, float(last_seen), incoming))
+        for client_id, username, last_seen, expiry_s in c.execute(
+                "SELECT client_id, username, last_seen, expiry_s FROM mqtt_sessions ORDER BY client_id"):
+            props: dict[tuple[str, int], MessageProps] = {}
+            options: dict[str, SubOptions] = {}
+            subs: list[tuple[str, int]] = []
+            for t, q, o, sid in c.execute("SELECT topic, qos, options, sub_id FROM mqtt_subscriptions "
+                                          "WHERE client_id = ? ORDER BY topic", (client_id,)):
+                subs.append((t, int(q)))
+                if o is not None:
+                    options[t] = SubOptions.decode(int(o), sid)
+            inflight = []
+            for pid, t, p, q, r, x in c.execute("SELECT packet_id, topic, payload, qos, released, props FROM "
+                                                "mqtt_inflight WHERE client_id = ? ORDER BY seq", (client_id,)):
+                inflight.append((int(pid), t, bytes(p), int(q), bool(r)))
+                if (mp := MessageProps.load(x)) is not None:
+                    props["inflight", int(pid)] = mp
+            queued = []
+            for i, t, p, q, x in c.execute("SELECT id, topic, payload, qos, props FROM mqtt_queue WHERE client_id = ? "
+                                           "ORDER BY id", (client_id,)):
+                queued.append((int(i), t, bytes(p), int(q)))
+                if (mp := MessageProps.load(x)) is not None:
+                    props["queue", int(i)] = mp
+            incoming = []
+            for pid, t, p, r, x in c.execute("SELECT packet_id, topic, payload, retain, props FROM mqtt_incoming "
+                                             "WHERE client_id = ? ORDER BY packet_id", (client_id,)):
+                incoming.append((int(pid), t, bytes(p), bool(r)))
+                if (mp := MessageProps.load(x)) is not None:
+                    props["incoming", int(pid)] = mp
+            out.append(StoredSession(client_id, username, subs, inflight, queued, float(last_seen), incoming,
+                                     None if expiry_s is None else int(expiry_s), options, props))
         return out
 
     def close(self) -> None:
@@ -375,8 +422,19 @@ class SessionPersistence:
             self.adopt(session)
             if isinstance(session.inflight_out, DurableInflight):
                 session.inflight_out.expect_retry()
-            self.db.touch(session.client_id, session.username)
+            self.db.touch(session.client_id, session.username, session.attributes.get(SESSION_EXPIRY))
             self._known.add(session.client_id)
+        elif session.client_id in self._known:
+            self._known.discard(session.client_id)
+            self.db.forget(session.client_id)
+
+    def disconnected(self, session: Session) -> None:
+        """A connection ended: note when (its expiry counts from now), or forget a session that ends with it
+        (an MQTT 5 client can set its Session Expiry to 0 at DISCONNECT)."""
+        if not session.client_id:
+            return
+        if self.is_persistent(session):
+            self.db.touch(session.client_id, session.username, session.attributes.get(SESSION_EXPIRY))
         elif session.client_id in self._known:
             self._known.discard(session.client_id)
             self.db.forget(session.client_id)
@@ -386,8 +444,13 @@ class SessionPersistence:
         expired = self.db.expire(time.time() - self.expiry_s)
         if expired:
             log.info("expired %d persistent sessions idle for more than %.0f s", expired, self.expiry_s)
-        for topic, payload, qos in self.db.retained():
-            context.retained_messages[topic] = RetainedApplicationMessage(None, topic, payload, qos)
+        now = time.time()
+        for topic, payload, qos, props in self.db.retained():
+            if props is not None and props.expired(now):
+                self.db.retain(topic, b"", qos)  # expired while the broker was down
+                continue
+            context.retained_messages[topic] = (RetainedApplicationMessage(None, topic, payload, qos) if props is None
+                                                else V5Retained(None, topic, payload, qos, props))
         stored = self.db.load()
         messages = 0
         for s in stored:
@@ -398,6 +461,10 @@ class SessionPersistence:
                 continue
             session.clean_session = False
             session.username = s.username
+            if s.expiry_s is not None:  # an MQTT 5 session: its own expiry, its subscription options
+                session.attributes[SESSION_EXPIRY] = s.expiry_s
+                session.attributes[PROTOCOL] = 5
+                session.attributes[SUB_OPTIONS] = dict(s.options)
             # amqtt expires an offline session `session_expiry_s` after its last disconnect; count from
             # when it was last seen, not from this restart (else every restart would extend its life).
             if s.last_seen and session.last_disconnect_time is not None:
@@ -406,15 +473,20 @@ class SessionPersistence:
             inflight = session.inflight_out
             assert isinstance(inflight, DurableInflight)
             for packet_id, topic, payload, qos, released in s.inflight:
-                inflight.restore(packet_id, _resend(packet_id, topic, payload, qos, released))
+                inflight.restore(packet_id, _resend(packet_id, topic, payload, qos, released,
+                                                    s.props.get(("inflight", packet_id))))
             held = session.inflight_in
             assert isinstance(held, DurableIncoming)
             for packet_id, topic, payload, retain in s.incoming:
-                held.restore(packet_id, IncomingApplicationMessage(packet_id, topic, 2, payload, retain))
+                mp = s.props.get(("incoming", packet_id))
+                held.restore(packet_id, IncomingApplicationMessage(packet_id, topic, 2, payload, retain) if mp is None
+                             else V5Incoming(packet_id, topic, payload, retain, mp))
             queue = session.retained_messages
             assert isinstance(queue, DurableQueue)
             for row_id, topic, payload, qos in s.queued:
-                queue.restore(row_id, RetainedApplicationMessage(None, topic, payload, qos))
+                mp = s.props.get(("queue", row_id))
+                queue.restore(row_id, RetainedApplicationMessage(None, topic, payload, qos) if mp is None
+                              else V5Retained(None, topic, payload, qos, mp))
             messages += len(s.inflight) + len(s.queued) + len(s.incoming)
             for topic, qos in s.subscriptions:
                 await context.add_subscription(s.client_id, topic, qos)
@@ -430,7 +502,7 @@ class SessionPersistence:
         still in memory is kept, whatever its age: it can be resumed, and its rows must be there.
         """
         cutoff = (time.time() if now is None else now) - self.expiry_s
-        gone = [cid for cid in self.db.idle(cutoff) if context.get_session(cid) is None]
+        gone = [cid for cid in self.db.idle(cutoff, now) if context.get_session(cid) is None]
         for client_id in gone:
             self.db.forget(client_id)
             self._known.discard(client_id)
@@ -446,8 +518,10 @@ class SessionPersistence:
         self.db.close()
 
 
-def _resend(packet_id: int, topic: str, payload: bytes, qos: int, released: bool) -> OutgoingApplicationMessage:
-    msg = OutgoingApplicationMessage(packet_id, topic, qos, payload, False)
+def _resend(packet_id: int, topic: str, payload: bytes, qos: int, released: bool,
+            props: MessageProps | None = None) -> OutgoingApplicationMessage:
+    msg = (OutgoingApplicationMessage(packet_id, topic, qos, payload, False) if props is None
+           else V5Outgoing(packet_id, topic, qos, payload, False, props))
     msg.publish_packet = msg.build_publish_packet()  # makes amqtt's retry set DUP
     if released:  # QoS 2 past PUBREC: only PUBREL is re-sent
         msg.pubrec_packet = PubrecPacket.build(packet_id)

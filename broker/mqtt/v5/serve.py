@@ -252,6 +252,7 @@ class V5Mixin(_Base):
         current = self._sessions.get(cid, (None, None))[0] is session
         with contextlib.suppress(MachineError, ValueError):
             session.transitions.disconnect()
+        session.last_disconnect_time = time.time()  # amqtt floors it to the second; expiry needs better
         if will is not None and (disconnect is None or disconnect.reason == 0x04) and current:
             self._v5_schedule_will(session, will)
         await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED, client_id=cid,
