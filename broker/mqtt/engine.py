@@ -6,13 +6,17 @@ IntercomBroker = HardeningMixin (limits, protocol checks) + V5Mixin / V5InboundM
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from amqtt.broker import Broker
 
+from broker.core.group_commit import Meta
 from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.hardening import HardeningMixin
+from broker.mqtt.v5.codec import CORRELATION_DATA, property_bytes
 from broker.mqtt.v5.inbound import V5InboundMixin
+from broker.mqtt.v5.message import MessageProps
 from broker.mqtt.v5.serve import V5Mixin
 
 __all__ = ["IntercomBroker"]
@@ -22,11 +26,16 @@ class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, FastPathMixin, Bro
     # Both mixins define it (HardeningMixin: amqtt's behaviour, for use without the fast path): say which wins.
     _deliver_on_connect = FastPathMixin._deliver_on_connect
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic."""
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, meta: Meta | None = None) -> None:
+        """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic.
+        `meta`: what MQTT 5 subscribers get beside it (expiry, correlation data)."""
+        props = None
+        if meta is not None:
+            forward = property_bytes(CORRELATION_DATA, meta.correlation) if meta.correlation is not None else b""
+            props = MessageProps(forward, None if meta.expiry_s is None else time.time() + meta.expiry_s)
         if retain:
-            self.retain_now(None, topic, payload, qos)
-        self.deliver(None, topic, payload, qos)
+            self.retain_now(None, topic, payload, qos, props)
+        self.deliver(None, topic, payload, qos, retain, props)
 
     def bound_port(self, listener: str) -> int:
         server: Any = self._servers[listener].instance

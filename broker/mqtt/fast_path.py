@@ -34,6 +34,7 @@ from amqtt.session import IncomingApplicationMessage, Session
 from broker.config import LimitsConfig
 from broker.mqtt import amqtt_compat
 from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
+from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
 from broker.mqtt.v5.message import MessageProps
 
@@ -194,17 +195,24 @@ class FastPathMixin(RoutingMixin):
         return True
 
     def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks,
-               props: MessageProps | None = None) -> int:
+               props: MessageProps | None = None, reply: ReplyTo | None = None) -> int:
         """The end of every accepted publish (3.1.1 and 5): deliver, retain, then let interceptors (the call
-        plugin) see it. Returns how many subscribers matched."""
+        plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched."""
         matched = self.deliver(session, topic, data, qos, retain, props)
         if retain:
             self.retain_now(session, topic, data, qos, props)
-        for intercept in hooks.intercepts:
+        if reply is None:
+            for intercept in hooks.intercepts:
+                try:
+                    intercept(session, topic, data)
+                except Exception:
+                    log.exception("intercept_publish failed on %s", topic)
+            return matched
+        for answer in hooks.request_intercepts:
             try:
-                intercept(session, topic, data)
+                answer(session, topic, data, reply)
             except Exception:
-                log.exception("intercept_publish failed on %s", topic)
+                log.exception("intercept_request failed on %s", topic)
         return matched
 
     def _puback_now(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> Any:

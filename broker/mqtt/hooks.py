@@ -9,14 +9,13 @@ signatures of the plugins that implement them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from amqtt.contexts import Action
 from amqtt.session import Session
 
 __all__ = ["PRINCIPAL", "PROTOCOL", "REFUSAL", "SESSION_EXPIRY", "SUB_OPTIONS", "AcknowledgesAfter",
-           "FiltersTopicsSync",
-           "InterceptsPublish"]
+           "AnswersRequests", "FiltersTopicsSync", "InterceptsPublish", "ReplyTo"]
 
 # Session attributes (`session.attributes[...]`) the engine and the plugins share.
 PRINCIPAL = "intercom.principal"  # who the session authenticated as (broker.core.tokens.Principal), set by auth
@@ -36,6 +35,21 @@ class InterceptsPublish(Protocol):
     """
 
     def intercept_publish(self, session: Session, topic: str, payload: bytes) -> None: ...
+
+
+class ReplyTo(NamedTuple):
+    """An MQTT 5 request's Response Topic and Correlation Data (§4.10)."""
+
+    topic: str
+    correlation: bytes | None
+
+
+@runtime_checkable
+class AnswersRequests(Protocol):
+    """An `InterceptsPublish` plugin that answers MQTT 5 requests: for a PUBLISH carrying a Response Topic
+    this is called instead of `intercept_publish`, with where the requester wants the answer."""
+
+    def intercept_request(self, session: Session, topic: str, payload: bytes, reply: ReplyTo) -> None: ...
 
 
 @runtime_checkable

@@ -32,7 +32,7 @@ from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_2
 from amqtt.session import Session
 
-from broker.mqtt.hooks import AcknowledgesAfter, FiltersTopicsSync, InterceptsPublish
+from broker.mqtt.hooks import AcknowledgesAfter, AnswersRequests, FiltersTopicsSync, InterceptsPublish, ReplyTo
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_filter
 from broker.mqtt.v5.message import MessageProps, V5Retained
@@ -68,6 +68,8 @@ class PluginHooks:
     """What the loaded plugins ask of the hot path; computed once, after plugins load."""
 
     intercepts: list[Callable[[Session, str, bytes], None]] = field(default_factory=list)
+    # the same plugins, for an MQTT 5 request (a PUBLISH with a Response Topic)
+    request_intercepts: list[Callable[[Session, str, bytes, ReplyTo], None]] = field(default_factory=list)
     filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
     sync_checks: list[Callable[..., bool | None]] = field(default_factory=list)
     receive_async: bool = False  # some ACL has only the async `topic_filtering`
@@ -76,6 +78,10 @@ class PluginHooks:
     # `acknowledge_after(send)`: a plugin that made an intercepted publish's effect durable later in
     # the tick (the call service's group commit) runs `send` (the PUBACK) once it is, not before.
     ack_barrier: Callable[[Callable[[], None]], None] | None = None
+
+
+def _ignore_reply(intercept: Callable[[Session, str, bytes], None]) -> Callable[[Session, str, bytes, ReplyTo], None]:
+    return lambda session, topic, payload, _reply: intercept(session, topic, payload)
 
 
 class RoutingMixin(_Base):
@@ -109,6 +115,8 @@ class RoutingMixin(_Base):
         for plugin in pm.plugins:
             if isinstance(plugin, InterceptsPublish):
                 hooks.intercepts.append(plugin.intercept_publish)
+                hooks.request_intercepts.append(plugin.intercept_request if isinstance(plugin, AnswersRequests)
+                                                else _ignore_reply(plugin.intercept_publish))
             if isinstance(plugin, AcknowledgesAfter):
                 hooks.ack_barrier = plugin.acknowledge_after  # one durable store behind the broker: one barrier
         topic_plugins: list[object] = list(pm._topic_plugins)

@@ -25,7 +25,7 @@ __all__ = [
     "Subscribe", "Subscription", "V5Error", "decode_ack", "decode_connect", "decode_disconnect", "decode_publish",
     "decode_subscribe", "decode_unsubscribe", "encode_ack", "encode_connack", "encode_disconnect",
     "encode_props", "encode_publish", "encode_suback", "encode_unsuback", "expiry_property", "packet",
-    "split_shared", "varint",
+    "property_bytes", "split_shared", "varint",
 ]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -460,6 +460,11 @@ def _prop(ident: int, value: Any) -> bytes:
     if kind == _BIN:
         return bytes((ident,)) + len(value).to_bytes(2, "big") + bytes(value)
     return bytes((ident,)) + _s(value[0]) + _s(value[1])
+
+
+def property_bytes(ident: int, value: Any) -> bytes:
+    """One encoded property (identifier and value)."""
+    return _prop(ident, value)
 
 
 def encode_props(props: Props, raw: bytes = b"") -> bytes:

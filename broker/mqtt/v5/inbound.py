@@ -19,7 +19,7 @@ from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 
 from broker.config import LimitsConfig
-from broker.mqtt.hooks import SUB_OPTIONS
+from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
 from broker.mqtt.v5 import codec
 from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
 from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
@@ -56,9 +56,9 @@ class V5InboundMixin(_Base):
             barrier(lambda: conn.write(data))
 
     def _v5_route(self, conn: V5Connection, topic: str, data: bytes, qos: int, retain: bool,
-                  props: MessageProps | None) -> int:
+                  props: MessageProps | None, reply: ReplyTo | None = None) -> int:
         engine: Any = self
-        return int(engine._route(conn.session, topic, data, qos, retain, engine._plugin_hooks(), props))
+        return int(engine._route(conn.session, topic, data, qos, retain, engine._plugin_hooks(), props, reply))
 
     def v5_publish(self, conn: V5Connection, pub: Publish) -> Any:
         """Handle one PUBLISH; returns None when done, or an awaitable when an async ACL must decide."""
@@ -91,7 +91,9 @@ class V5InboundMixin(_Base):
             if pub.qos:
                 self._v5_ack(conn, PUBACK, pub.packet_id, NOT_AUTHORIZED)
             return
-        matched = self._v5_route(conn, pub.topic, pub.payload, pub.qos, pub.retain, props)
+        response = pub.props.get(codec.RESPONSE_TOPIC)
+        reply = ReplyTo(response, pub.props.get(codec.CORRELATION_DATA)) if response is not None else None
+        matched = self._v5_route(conn, pub.topic, pub.payload, pub.qos, pub.retain, props, reply)
         if pub.qos:
             self._v5_ack(conn, PUBACK, pub.packet_id, 0 if matched else NO_SUBSCRIBERS)
 
