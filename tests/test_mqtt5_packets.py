@@ -304,3 +304,21 @@ async def test_message_expiry_forwarded_as_remaining(harness):
     assert 5 <= found[0x02] <= 8  # type: ignore[operator]
     await sub.close()
     await pub.close()
+
+
+async def test_outgoing_qos2_flow_and_unknown_pubrec(harness):
+    """A QoS 2 delivery to a v5 client runs PUBLISH, PUBREC, PUBREL, PUBCOMP; a PUBREC for an unknown id gets 0x92."""
+    sub = await _connected(harness, "q2sub")
+    await sub.send(subscribe5([("q2/#", 2)]))
+    assert (await sub.read_packet())[0] == SUBACK
+    harness.server.broker.publish("q2/a", b"two", qos=2)
+    first, body = await sub.read_packet()
+    assert first == PUBLISH | 0x04 and body.endswith(b"two")
+    packet_id = body[6:8]
+    await sub.send(packet(0x50, packet_id))
+    assert await sub.read_packet() == (0x62, packet_id)
+    await sub.send(packet(0x70, packet_id))
+    assert not harness.server.broker._sessions["q2sub"][0].inflight_out
+    await sub.send(packet(0x50, b"\x12\x34"))
+    assert await sub.read_packet() == (0x62, b"\x12\x34\x92")
+    await sub.close()

@@ -93,10 +93,13 @@ class V5Outlet(Outlet):
         """PUBREC for a QoS 2 message we sent: PUBREL, or (a refusal, reason >= 0x80) the flow ends [MQTT-4.3.3]."""
         inflight = self.session.inflight_out
         msg = inflight.get(packet_id)
-        if msg is None or reason >= 0x80:
-            if msg is not None:
-                msg.pubcomp_packet = True  # acknowledged: the flow is over
-                self.acked(packet_id, True)
+        if msg is None:
+            if reason < 0x80:
+                self.writer.write(encode_ack(PUBREL, packet_id, 0x92))  # Packet Identifier not found
+            return
+        if reason >= 0x80:
+            msg.pubcomp_packet = True  # acknowledged: the flow is over
+            self.acked(packet_id, True)
             return
         if msg.pubrec_packet is None:
             msg.pubrec_packet = PubrecPacket.build(packet_id)
