@@ -317,7 +317,8 @@ async def test_outgoing_qos2_flow_and_unknown_pubrec(harness):
     packet_id = body[6:8]
     await sub.send(packet(0x50, packet_id))
     assert await sub.read_packet() == (0x62, packet_id)
-    await sub.send(packet(0x70, packet_id))
+    await sub.send(packet(0x70, packet_id) + PINGREQ)
+    assert (await sub.read_packet())[0] == 0xD0  # the PUBCOMP before it was handled
     assert not harness.server.broker._sessions["q2sub"][0].inflight_out
     await sub.send(packet(0x50, b"\x12\x34"))
     assert await sub.read_packet() == (0x62, b"\x12\x34\x92")
