@@ -192,3 +192,16 @@ async def test_v5_over_websocket_and_v3_beside_it(harness):
         assert plain.payload == b"{}" and plain.properties is None
         await _off(sender.close)
     await _off(ws.close)
+
+
+async def test_qos2_call_request_is_answered_on_its_response_topic(harness):
+    """A QoS 2 calls/request keeps its Response Topic and Correlation Data until its PUBREL routes it."""
+    device = await _off(V5, harness.server.mqtt_port, "device-1")
+    await _off(device.subscribe, "devices/1/#")
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "devices/1/replies"
+    props.CorrelationData = b"q2"
+    await _off(device.publish, "calls/request/1", b'{"request_id": "q2", "household_number": "101"}', 2, props)
+    reply = await _off(device.wait_for, "devices/1/replies")
+    await _off(device.close)
+    assert reply.properties.CorrelationData == b"q2" and json.loads(reply.payload)["request_id"] == "q2"

@@ -41,6 +41,12 @@ NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED, PAYLOAD_FORMAT_INVALID = 0x10, 0x80
 RECEIVE_MAX_EXCEEDED, NOT_FOUND = 0x93, 0x92
 
 
+def _reply(pub: Publish) -> ReplyTo | None:
+    """Where a request wants its answer (§4.10), if it is one."""
+    response = pub.props.get(codec.RESPONSE_TOPIC)
+    return ReplyTo(response, pub.props.get(codec.CORRELATION_DATA)) if response is not None else None
+
+
 class V5InboundMixin(_Base):
     """Inbound packets of MQTT 5 connections; see the module docstring."""
 
@@ -91,9 +97,7 @@ class V5InboundMixin(_Base):
             if pub.qos:
                 self._v5_ack(conn, PUBACK, pub.packet_id, NOT_AUTHORIZED)
             return
-        response = pub.props.get(codec.RESPONSE_TOPIC)
-        reply = ReplyTo(response, pub.props.get(codec.CORRELATION_DATA)) if response is not None else None
-        matched = self._v5_route(conn, pub.topic, pub.payload, pub.qos, pub.retain, props, reply)
+        matched = self._v5_route(conn, pub.topic, pub.payload, pub.qos, pub.retain, props, _reply(pub))
         if pub.qos:
             self._v5_ack(conn, PUBACK, pub.packet_id, 0 if matched else NO_SUBSCRIBERS)
 
@@ -110,7 +114,7 @@ class V5InboundMixin(_Base):
         if len(held) >= self.limits.max_inflight_messages:
             raise V5Error(RECEIVE_MAX_EXCEEDED, f"more than {self.limits.max_inflight_messages} QoS 2 messages "
                                                 "awaiting PUBREL (the Receive Maximum)")
-        held[pub.packet_id] = V5Incoming(pub.packet_id, pub.topic, pub.payload, pub.retain, props)
+        held[pub.packet_id] = V5Incoming(pub.packet_id, pub.topic, pub.payload, pub.retain, props, _reply(pub))
         self._v5_ack(conn, PUBREC, pub.packet_id)
 
     def v5_pubrel(self, conn: V5Connection, packet_id: int) -> Any:
@@ -120,7 +124,9 @@ class V5InboundMixin(_Base):
         if msg is None:
             self._v5_ack(conn, PUBCOMP, packet_id, NOT_FOUND)
             return None
-        self._v5_route(conn, msg.topic, bytes(msg.data), 2, bool(msg.retain), props_of(msg))
+        kept = getattr(msg, "reply", None)
+        self._v5_route(conn, msg.topic, bytes(msg.data), 2, bool(msg.retain), props_of(msg),
+                       ReplyTo(*kept) if kept is not None else None)
         held.pop(packet_id, None)  # routed before it is forgotten: a crash in between re-delivers
         self._v5_ack(conn, PUBCOMP, packet_id)
         return None

@@ -86,10 +86,13 @@ class V5Outgoing(OutgoingApplicationMessage):
 
 
 class V5Incoming(IncomingApplicationMessage):
-    """A QoS 2 message a v5 client published, held until its PUBREL."""
+    """A QoS 2 message a v5 client published, held until its PUBREL (with its request's Response Topic and
+    Correlation Data, in memory only)."""
 
-    __slots__ = ("props",)
+    __slots__ = ("props", "reply")
 
-    def __init__(self, packet_id: int, topic: str, data: bytes, retain: bool, props: MessageProps | None) -> None:
+    def __init__(self, packet_id: int, topic: str, data: bytes, retain: bool, props: MessageProps | None,
+                 reply: tuple[str, bytes | None] | None = None) -> None:
         super().__init__(packet_id, topic, 2, data, retain)
         self.props = props
+        self.reply = reply
