@@ -220,6 +220,9 @@ def utf8(raw: bytes, what: str) -> str:
 
 def _props(r: _Reader, ptype: int) -> tuple[Props, bytes]:
     """Read a property block; returns the properties and the encoded message-level ones (PUBLISH, Will)."""
+    if r.pos < r.end and r.body[r.pos] == 0:  # the common case: no properties
+        r.pos += 1
+        return {}, b""
     length = r.varint("property length")
     if length > r.left:
         raise V5Error(MALFORMED, "property length exceeds the packet")
@@ -497,7 +500,8 @@ def encode_publish(topic_b: bytes, payload: bytes, qos: int, packet_id: int, ret
     """A v5 PUBLISH; `props_raw` is the encoded properties without the length prefix."""
     first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
     pid = packet_id.to_bytes(2, "big") if qos else b""
-    head = len(topic_b).to_bytes(2, "big") + topic_b + pid + varint(len(props_raw)) + props_raw
+    head = len(topic_b).to_bytes(2, "big") + topic_b + pid + (varint(len(props_raw)) + props_raw if props_raw
+                                                                else b"\x00")
     return bytes((first,)) + varint(len(head) + len(payload)) + head + payload
 
 

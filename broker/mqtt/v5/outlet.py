@@ -39,11 +39,11 @@ class Link:
     out_aliases: dict[str, int] = field(default_factory=dict)
 
 
-def _props_block(props: MessageProps | None, sub_ids: tuple[int, ...], now: float) -> bytes | None:
+def _props_block(props: MessageProps | None, sub_ids: tuple[int, ...], now: float | None = None) -> bytes | None:
     """The encoded properties of an outgoing PUBLISH (without a Topic Alias); None when it expired."""
     raw = b""
     if props is not None:
-        left = props.remaining(now)
+        left = props.remaining(time.time() if now is None else now)
         if left == 0:
             return None
         raw = props.forward if left is None else props.forward + expiry_property(left)
@@ -63,7 +63,7 @@ class V5Outlet(Outlet):
 
     def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool,
                props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
-        raw = _props_block(props, sub_ids, time.time())
+        raw = _props_block(props, sub_ids) if props is not None or sub_ids else b""
         if raw is None:
             return
         link = self.link
