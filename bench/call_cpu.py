@@ -45,7 +45,7 @@ class CountingPublisher:
     def __init__(self) -> None:
         self.messages = 0
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, meta=None) -> None:
         self.messages += 1
 
 

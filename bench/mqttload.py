@@ -1,7 +1,8 @@
-"""Minimal raw-asyncio MQTT 3.1.1 client used as the benchmark load generator.
+"""Minimal raw-asyncio MQTT 3.1.1 / 5 client used as the benchmark load generator.
 
 Only what the benchmarks need: CONNECT/CONNACK, SUBSCRIBE/SUBACK, PUBLISH at
-QoS 0/1 (with PUBACK in both directions) and DISCONNECT.  It is an
+QoS 0/1 (with PUBACK in both directions) and DISCONNECT. With ``protocol=5``
+the same packets are MQTT 5 ones, with empty property blocks.  It is an
 ``asyncio.Protocol`` (no streams) with an incremental parser, batched PUBACKs
 and pre-encodable PUBLISH packets so one Python process can push a few
 hundred thousand small messages per second.
@@ -57,6 +58,7 @@ def encode_connect(
     clean_session: bool = True,
     username: str | None = None,
     password: str | None = None,
+    protocol: int = 4,
 ) -> bytes:
     flags = 0x02 if clean_session else 0
     payload = encode_string(client_id)
@@ -66,49 +68,55 @@ def encode_connect(
         if password is not None:
             flags |= 0x40
             payload += encode_string(password)
-    var = encode_string("MQTT") + bytes((4, flags)) + _U16.pack(keepalive)
+    props = b"\x00" if protocol == 5 else b""  # MQTT 5: an empty property block
+    var = encode_string("MQTT") + bytes((protocol, flags)) + _U16.pack(keepalive) + props
     return encode_packet(0x10, var + payload)
 
 
-def encode_subscribe(packet_id: int, topics: list[tuple[str, int]]) -> bytes:
-    body = _U16.pack(packet_id) + b"".join(encode_string(t) + bytes((q,)) for t, q in topics)
+def encode_subscribe(packet_id: int, topics: list[tuple[str, int]], protocol: int = 4) -> bytes:
+    props = b"\x00" if protocol == 5 else b""
+    body = _U16.pack(packet_id) + props + b"".join(encode_string(t) + bytes((q,)) for t, q in topics)
     return encode_packet(0x82, body)
 
 
-def encode_publish(topic: str | bytes, payload: bytes, qos: int = 0, packet_id: int = 0) -> bytes:
+def encode_publish(topic: str | bytes, payload: bytes, qos: int = 0, packet_id: int = 0, protocol: int = 4) -> bytes:
     """Encode a PUBLISH packet (no DUP/RETAIN)."""
     t = encode_string(topic)
+    props = b"\x00" if protocol == 5 else b""
     if qos:
-        body_len = len(t) + 2 + len(payload)
-        return b"".join(
-            (bytes((0x30 | (qos << 1),)), encode_remaining_length(body_len), t, _U16.pack(packet_id), payload)
-        )
-    return b"".join((b"\x30", encode_remaining_length(len(t) + len(payload)), t, payload))
+        body_len = len(t) + 2 + len(props) + len(payload)
+        return b"".join((bytes((0x30 | (qos << 1),)), encode_remaining_length(body_len), t, _U16.pack(packet_id),
+                         props, payload))
+    return b"".join((b"\x30", encode_remaining_length(len(t) + len(props) + len(payload)), t, props, payload))
 
 
 class PublishTemplate:
     """Pre-encoded PUBLISH prefix for one topic and fixed payload size (fast path)."""
 
-    def __init__(self, topic: str, payload_len: int, qos: int) -> None:
+    def __init__(self, topic: str, payload_len: int, qos: int, protocol: int = 4) -> None:
         t = encode_string(topic)
-        body_len = len(t) + (2 if qos else 0) + payload_len
+        self.props = b"\x00" if protocol == 5 else b""
+        body_len = len(t) + (2 if qos else 0) + len(self.props) + payload_len
         self.qos = qos
         self.payload_len = payload_len
         self.prefix = bytes((0x30 | (qos << 1),)) + encode_remaining_length(body_len) + t
+        if not qos:
+            self.prefix += self.props
 
     def encode(self, payload: bytes, packet_id: int = 0) -> bytes:
         if len(payload) != self.payload_len:
             raise ValueError("payload size does not match template")
         if self.qos:
-            return self.prefix + _U16.pack(packet_id) + payload
+            return self.prefix + _U16.pack(packet_id) + self.props + payload
         return self.prefix + payload
 
 
 class MqttClient(asyncio.Protocol):
     """One MQTT connection. Create with :func:`connect`."""
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, protocol: int = 4) -> None:
         self.client_id = client_id
+        self.protocol = protocol
         self.on_message: MessageHandler | None = None
         self.on_puback: PubackHandler | None = None
         self.transport: asyncio.Transport | None = None
@@ -162,6 +170,7 @@ class MqttClient(asyncio.Protocol):
         pos = 0
         acks: list[bytes] | None = None
         on_message = self.on_message
+        v5 = self.protocol == 5
         while n - pos >= 2:
             header = buf[pos]
             i = pos + 1
@@ -193,6 +202,8 @@ class MqttClient(asyncio.Protocol):
                         acks = []
                     acks.append(b"\x40\x02" + bytes(buf[p : p + 2]))
                     p += 2
+                if v5:
+                    p = _skip_props(buf, p)
                 self.received += 1
                 if on_message is not None:
                     on_message(self, topic, bytes(buf[p:end]))
@@ -206,7 +217,7 @@ class MqttClient(asyncio.Protocol):
             elif ptype == 0x90:
                 fut = self._acks.pop((buf[i] << 8) | buf[i + 1], None)
                 if fut is not None and not fut.done():
-                    fut.set_result(bytes(buf[i + 2 : end]))
+                    fut.set_result(bytes(buf[_skip_props(buf, i + 2) if v5 else i + 2 : end]))
             # PINGRESP (0xd0), UNSUBACK (0xb0) etc. are ignored.
             pos = end
         if pos:
@@ -241,14 +252,14 @@ class MqttClient(asyncio.Protocol):
     def publish(self, topic: str | bytes, payload: bytes, qos: int = 0) -> int:
         """Send a PUBLISH; return its packet id (0 for QoS 0)."""
         pid = self.next_packet_id() if qos else 0
-        self.write(encode_publish(topic, payload, qos, pid))
+        self.write(encode_publish(topic, payload, qos, pid, self.protocol))
         return pid
 
     async def subscribe(self, topics: list[tuple[str, int]], limit_s: float = 10.0) -> bytes:
         pid = self.next_packet_id()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._acks[pid] = fut
-        self.write(encode_subscribe(pid, topics))
+        self.write(encode_subscribe(pid, topics, self.protocol))
         codes = await asyncio.wait_for(fut, limit_s)
         if any(c & 0x80 for c in codes):
             raise MqttError(f"{self.client_id}: SUBSCRIBE refused: {codes!r}")
@@ -282,16 +293,30 @@ async def connect(
     username: str | None = None,
     password: str | None = None,
     limit_s: float = 10.0,
+    protocol: int = 4,
 ) -> MqttClient:
-    """Open a TCP connection and complete the MQTT CONNECT handshake."""
+    """Open a TCP connection and complete the MQTT CONNECT handshake (`protocol` 4: 3.1.1, 5: MQTT 5)."""
     loop = asyncio.get_running_loop()
-    _, proto = await asyncio.wait_for(loop.create_connection(lambda: MqttClient(client_id), host, port), limit_s)
+    _, proto = await asyncio.wait_for(
+        loop.create_connection(lambda: MqttClient(client_id, protocol), host, port), limit_s)
     try:
-        await proto._handshake(encode_connect(client_id, keepalive, True, username, password), limit_s)
+        await proto._handshake(encode_connect(client_id, keepalive, True, username, password, protocol), limit_s)
     except BaseException:
         proto.abort()
         raise
     return proto
+
+
+def _skip_props(buf: bytearray, p: int) -> int:
+    """The offset after an MQTT 5 property block starting at `p`."""
+    length, shift = 0, 0
+    while True:
+        b = buf[p]
+        p += 1
+        length |= (b & 0x7F) << shift
+        if b < 0x80:
+            return p + length
+        shift += 7
 
 
 def install_uvloop() -> bool:

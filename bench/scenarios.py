@@ -46,6 +46,11 @@ class Ctx:
     def remaining(self) -> float:
         return self.deadline - perf()
 
+    @property
+    def protocol(self) -> int:
+        """4 (MQTT 3.1.1) unless the case's params say `protocol: 5`."""
+        return int(self.params.get("protocol", 4))
+
     async def client(self, client_id: str, limit_s: float = 10.0) -> MqttClient:
         return await connect(
             HOST,
@@ -54,6 +59,7 @@ class Ctx:
             username=self.target.username,
             password=self.target.password,
             limit_s=max(0.1, min(limit_s, self.remaining())),
+            protocol=self.protocol,
         )
 
 
@@ -95,7 +101,7 @@ async def throughput_1to1(ctx: Ctx) -> Result:
     batch: int = ctx.params.get("batch", 100)
     res = Result()
     topic = "bench/tp"
-    tmpl = PublishTemplate(topic, size, qos)
+    tmpl = PublishTemplate(topic, size, qos, ctx.protocol)
     pad = bytes(size - STAMP.size)
     clients: list[MqttClient] = []
     try:
@@ -200,7 +206,7 @@ async def fanout(ctx: Ctx) -> Result:
     size: int = ctx.params.get("size", 64)
     res = Result()
     topic = "bench/fan"
-    tmpl = PublishTemplate(topic, size, 0)
+    tmpl = PublishTemplate(topic, size, 0, ctx.protocol)
     clients: list[MqttClient] = []
     try:
         subs, errors = await connect_many(ctx, nsubs, "bench-fan", lambda i: [(topic, 0)])
@@ -448,6 +454,34 @@ SCENARIOS: dict[str, Scenario] = {
         cap_short_s=20,
         cap_full_s=90,
         doc="1 publisher -> 100 subscribers on one topic, QoS 0: deliveries/s (10 in flight), latency (1 in flight)",
+    ),
+    # the same three with MQTT 5 clients (empty property blocks): the v5 path beside the 3.1.1 one
+    "qos0v5": Scenario(
+        throughput_1to1,
+        lambda p: f"qos0 1->1 {p['messages']} msgs, MQTT 5",
+        short=[{"qos": 0, "messages": 20_000, "protocol": 5}],
+        full=[{"qos": 0, "messages": 100_000, "protocol": 5}],
+        cap_short_s=20,
+        cap_full_s=120,
+        doc="as qos0, with MQTT 5 publisher and subscriber",
+    ),
+    "qos1v5": Scenario(
+        throughput_1to1,
+        lambda p: f"qos1 1->1 {p['messages']} msgs, MQTT 5",
+        short=[{"qos": 1, "messages": 20_000, "protocol": 5}],
+        full=[{"qos": 1, "messages": 100_000, "protocol": 5}],
+        cap_short_s=20,
+        cap_full_s=150,
+        doc="as qos1, with MQTT 5 publisher and subscriber",
+    ),
+    "fanoutv5": Scenario(
+        fanout,
+        lambda p: f"fanout 1->{p['subscribers']} x{p['messages']}, MQTT 5",
+        short=[{"subscribers": 100, "messages": 200, "protocol": 5}],
+        full=[{"subscribers": 100, "messages": 1000, "protocol": 5}],
+        cap_short_s=20,
+        cap_full_s=90,
+        doc="as fanout, with MQTT 5 publisher and subscribers",
     ),
     "reqresp": Scenario(
         request_response,

@@ -21,10 +21,13 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from aiohttp import web
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.app import build_services, require_credentials, start_http
 from broker.config import ConfigError, Settings
+from broker.core.group_commit import Meta
 from broker.core.payloads import CALL_SERVICE_FILTERS
 from broker.core.services import Services
 from broker.core.tokens import Principal
@@ -58,6 +61,18 @@ def parse_broker_url(url: str) -> ExternalBroker:
                           unquote(parts.password) if parts.password else None)
 
 
+def _properties(meta: Meta | None) -> Properties | None:
+    """The MQTT 5 PUBLISH properties for `meta` (the bridge's client speaks MQTT 5)."""
+    if meta is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    if meta.expiry_s is not None:
+        props.MessageExpiryInterval = meta.expiry_s
+    if meta.correlation is not None:
+        props.CorrelationData = meta.correlation
+    return props
+
+
 class BridgePublisher:
     """The services' `Publisher` in bridge mode: `publish()` never blocks; one task forwards in order.
 
@@ -67,18 +82,18 @@ class BridgePublisher:
     def __init__(self, max_queued: int = 10_000) -> None:
         self.max_queued = max_queued
         self.dropped = 0
-        self._queue: deque[tuple[str, bytes, int, bool]] = deque()
+        self._queue: deque[tuple[str, bytes, int, bool, Meta | None]] = deque()
         self._ready = asyncio.Event()
         self._sending: set[asyncio.Task[None]] = set()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, meta: Meta | None = None) -> None:
         if len(self._queue) >= self.max_queued:
             self._queue.popleft()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("bridge publish queue full (%d): dropped %d message(s) so far",
                             self.max_queued, self.dropped)
-        self._queue.append((topic, payload, qos, retain))
+        self._queue.append((topic, payload, qos, retain, meta))
         self._ready.set()
 
     @property
@@ -91,15 +106,16 @@ class BridgePublisher:
             await self._ready.wait()
             self._ready.clear()
             while self._queue:
-                topic, payload, qos, retain = self._queue.popleft()
+                topic, payload, qos, retain, meta = self._queue.popleft()
                 # aiomqtt hands the message to paho before its first await, so tasks keep the order
-                task = asyncio.ensure_future(self._send(client, topic, payload, qos, retain))
+                task = asyncio.ensure_future(self._send(client, topic, payload, qos, retain, meta))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
 
-    async def _send(self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    async def _send(self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool,
+                    meta: Meta | None = None) -> None:
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=30)
+            await client.publish(topic, payload, qos=qos, retain=retain, properties=_properties(meta), timeout=30)
         except aiomqtt.MqttError as exc:
             log.warning("bridge could not publish on %s: %s", topic, exc)
 

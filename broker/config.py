@@ -81,6 +81,10 @@ class LimitsConfig(_Strict):
     # Open REST connections; past it a new one evicts the oldest waiting for a request head. Fitted to a
     # quarter of `ulimit -n` (the MQTT listeners keep the rest).
     max_http_connections: int = Field(1000, ge=1)
+    # MQTT 5 (issue 15): how many Topic Aliases a v5 client may set per connection (CONNACK's Topic Alias
+    # Maximum; 0 = none). The other v5 limits in CONNACK are the keys above: max_inflight_messages (Receive
+    # Maximum), max_packet_bytes (Maximum Packet Size), max_keepalive_s (Server Keep Alive), session_expiry_s.
+    topic_alias_maximum: int = Field(32, ge=0, le=65535)
 
     @field_validator("exempt_networks")
     @classmethod

@@ -12,7 +12,7 @@ from amqtt.session import Session
 
 from broker.core.presence import Presence
 from broker.core.services import Services
-from broker.mqtt.hooks import PRINCIPAL
+from broker.mqtt.hooks import PRINCIPAL, ReplyTo
 from plugins.call_router import identify, on_publish
 
 __all__ = ["CallPlugin"]
@@ -39,6 +39,13 @@ class CallPlugin(BasePlugin[BrokerContext]):
         if self.services is None or not topic:
             return
         on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload, session.client_id)
+
+    def intercept_request(self, session: Session, topic: str, payload: bytes, reply: ReplyTo) -> None:
+        """An MQTT 5 publish with a Response Topic: a `calls/request` is answered there (AnswersRequests)."""
+        if self.services is None or not topic:
+            return
+        on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload, session.client_id,
+                   (reply.topic, reply.correlation))
 
     def acknowledge_after(self, send: Callable[[], None]) -> None:
         """FastPathMixin's PUBACK barrier: a call request or action is acknowledged only once the

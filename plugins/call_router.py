@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from broker.core import fastjson, wirejson
 from broker.core.clients import taker
 from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
+from broker.core.group_commit import Meta
 from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
 from broker.core.services import Services
 from broker.core.states import Party, Role
@@ -36,15 +37,31 @@ def identify(principal: Principal | None, client_id: str | None) -> Party | None
     return None
 
 
+def reply_route(party: Party, reply_to: tuple[str, bytes | None] | None) -> tuple[str, bytes | None] | None:
+    """Where the answer to an MQTT 5 request goes: its Response Topic when that is one of the party's own
+    topics (`devices/{id}/...`, which only it may subscribe to), else None (its control topic, as in 3.1.1):
+    a request must not make the server publish somewhere the requester could not publish itself."""
+    if reply_to is None:
+        return None
+    own = topics.device_all(party.id)[:-1] if party.role is Role.DEVICE else topics.resident_all(party.id)[:-1]
+    if reply_to[0].startswith(own) and len(reply_to[0]) > len(own):
+        return reply_to
+    log.warning("%s asked for a reply on %r, not one of its own topics: replying on its control topic",
+                party.key, reply_to[0])
+    return None
+
+
 def on_publish(svc: Services, principal: Principal | None, topic: str, payload: bytes,
-               client_id: str | None = None) -> None:
+               client_id: str | None = None, reply_to: tuple[str, bytes | None] | None = None) -> None:
     """Handle one client publish; never raises. `client_id`: the publishing connection's (None in bridge
-    mode, where the payload may name it)."""
+    mode, where the payload may name it). `reply_to`: an MQTT 5 request's (Response Topic, Correlation
+    Data), where a `calls/request` is answered instead of the device's control topic."""
     kind_and_id = topics.classify(topic)
     if kind_and_id is None:
         return
     kind, party_id = kind_and_id
     party = Party(Role.RESIDENT if kind in ("resident_control", "resident_commands") else Role.DEVICE, party_id)
+    reply = reply_route(party, reply_to) if kind == "request" else None
     body: Any = None
     request_id: str | None = None
     try:
@@ -55,16 +72,19 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             party.role.value, party.id):
             raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")
         with svc.calls.reporting_failure(
-                lambda: _refuse(svc, party, topic, 500, "internal error", None, body, request_id)):
+                lambda: _refuse(svc, party, topic, 500, "internal error", None, body, request_id, reply)):
             if kind == "request":
                 rid = body.get("request_id") if isinstance(body, dict) else None
                 # Echo only a well-formed id: a bad one must not break the error reply itself.
                 request_id = rid if isinstance(rid, str) and len(rid) <= 64 else None
                 req = MqttCallRequest.model_validate(body)
                 data = svc.calls.start_call(party.id, req.household_number, timestamp=req.timestamp)
-                reply = {"origin": "server", **data, "request_id": req.request_id}
                 # published by the group commit, i.e. after the call is stored
-                svc.calls.publisher.publish(topics.device_control(party.id), fastjson.dumps(reply).encode(), qos=1)
+                answer = fastjson.dumps({"origin": "server", **data, "request_id": req.request_id}).encode()
+                if reply is None:
+                    svc.calls.publisher.publish(topics.device_control(party.id), answer, qos=1)
+                else:
+                    svc.calls.publisher.publish(reply[0], answer, qos=1, meta=Meta(correlation=reply[1]))
             elif kind in ("resident_commands", "device_commands_ack"):  # door unlock: plugins/door_router.py
                 request_id = door_router.request_id(body)
                 door_router.on_publish(svc, party, "commands" if kind == "resident_commands" else "ack", body)
@@ -76,12 +96,12 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
                 ctl = ControlBody.model_validate(body)
                 svc.calls.act(party, ctl.call_info, taker(party, client_id, ctl.client_id))
     except ValidationError as exc:
-        _refuse(svc, party, topic, 400, validation_detail(exc), None, body, request_id)
+        _refuse(svc, party, topic, 400, validation_detail(exc), None, body, request_id, reply)
     except DomainError as exc:
-        _refuse(svc, party, topic, exc.status, exc.detail, exc.reason, body, request_id)
+        _refuse(svc, party, topic, exc.status, exc.detail, exc.reason, body, request_id, reply)
     except Exception:
         log.exception("unexpected error handling publish on %s", topic)
-        _refuse(svc, party, topic, 500, "internal error", None, body, request_id)
+        _refuse(svc, party, topic, 500, "internal error", None, body, request_id, reply)
 
 
 def _decode(svc: Services, payload: bytes) -> Any:
@@ -97,14 +117,14 @@ def _as_dict(body: Any) -> dict[str, Any]:
 
 
 def _refuse(svc: Services, party: Party, topic: str, code: int, detail: str, reason: str | None, body: Any,
-            request_id: str | None) -> None:
+            request_id: str | None, reply: tuple[str, bytes | None] | None = None) -> None:
     message = error_text(code, detail)
     log.warning("refused publish on %s from %s: %s %s", topic, party.key, code, message)
     if topic.endswith("/status"):
         _restore_retained(svc, party)
     info = body.get("call_info") if isinstance(body, dict) else None
     call_info = {k: info.get(k) for k in ("call_id", "action") if k in info} if isinstance(info, dict) else {}
-    svc.calls.send_error(party, code, message, call_info, request_id, reason)
+    svc.calls.send_error(party, code, message, call_info, request_id, reason, reply)
 
 
 def _restore_retained(svc: Services, party: Party) -> None:

@@ -16,7 +16,9 @@ from amqtt.broker import BrokerContext, RetainedApplicationMessage
 from amqtt.plugins.base import BasePlugin
 from amqtt.session import Session
 
+from broker.mqtt.hooks import SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.session_persistence import SessionPersistence
+from broker.mqtt.v5.message import props_of
 
 __all__ = ["PersistencePlugin"]
 
@@ -50,7 +52,8 @@ class PersistencePlugin(BasePlugin[BrokerContext]):
             await asyncio.sleep(TOUCH_EVERY_S)
             for session in list(self.context.sessions):
                 if session.transitions.state == "connected" and persistence.is_persistent(session):
-                    persistence.db.touch(str(session.client_id), session.username)
+                    persistence.db.touch(str(session.client_id), session.username,
+                                         session.attributes.get(SESSION_EXPIRY))
             try:
                 persistence.forget_expired(self.context)
             except Exception:  # a sweep that failed is retried next hour; it must not end the loop
@@ -69,13 +72,13 @@ class PersistencePlugin(BasePlugin[BrokerContext]):
             self.persistence.connected(client_session)
 
     async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
-        if self.persistence is not None and self.persistence.is_persistent(client_session):
-            self.persistence.db.touch(client_id, client_session.username)
+        if self.persistence is not None:
+            self.persistence.disconnected(client_session)
 
     async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
         session = self._session(client_id)
         if session is not None and self.persistence is not None and self.persistence.is_persistent(session):
-            self.persistence.db.subscribe(client_id, topic, qos)
+            self.persistence.db.subscribe(client_id, topic, qos, session.attributes.get(SUB_OPTIONS, {}).get(topic))
 
     async def on_broker_client_unsubscribed(self, *, client_id: str, topic: str) -> None:
         session = self._session(client_id)
@@ -87,7 +90,7 @@ class PersistencePlugin(BasePlugin[BrokerContext]):
         # client_id set: a message queued for an offline session, which DurableQueue already stored.
         if client_id is None and self.persistence is not None and retained_message.topic:
             self.persistence.db.retain(retained_message.topic, bytes(retained_message.data or b""),
-                                       retained_message.qos or 0)
+                                       retained_message.qos or 0, props_of(retained_message))
 
     def _session(self, client_id: str) -> Session | None:
         return self.context.get_session(client_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from broker.core.directory import Directory
 from broker.core.dnd import DoNotDisturb
 from broker.core.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
 from broker.core.forwarding import Forwarding
-from broker.core.group_commit import GroupCommit, Publisher
+from broker.core.group_commit import GroupCommit, Meta, Publisher
 from broker.core.payloads import (
     CallInfo,
     ControlMessage,
@@ -180,9 +181,11 @@ class CallService:
         ts = timestamp if timestamp is not None else now_ms()
         call_info = {"call_id": call_id, "action": "initiated", "timestamp": ts}
         incoming = incoming_call_encoder(call_id, device_id, household, call_info, self.config.ring_timeout_s, ts)
+        # MQTT 5: an invite is never delivered once the ring time is over (e.g. queued for a phone that was offline)
+        ring = Meta(expiry_s=math.ceil(self.config.ring_timeout_s))
         for rid in rung:
             rtc = self.trtc.call_credentials(f"resident_{rid}", call_id)
-            self.publisher.publish(topics.incoming(rid), incoming(rtc), qos=1)
+            self.publisher.publish(topics.incoming(rid), incoming(rtc), qos=1, meta=ring)
         # One INFO line per call, when it ends (it names everyone): ~20 µs a line at 1,000 calls/s.
         log.debug("call %s started by device %s ringing %s", call_id, device_id, ",".join(targets))
         return {
@@ -404,10 +407,16 @@ class CallService:
         return self.connected_clients is None or bool(self.connected_clients(party) - {taker})
 
     def send_error(self, party: Party, code: int, message: str, call_info: dict[str, Any],
-                   request_id: str | None = None, reason: str | None = None) -> None:
-        """Tell an MQTT party that its message was refused (`message` is already `category: detail`)."""
+                   request_id: str | None = None, reason: str | None = None,
+                   reply_to: tuple[str, bytes | None] | None = None) -> None:
+        """Tell an MQTT party that its message was refused (`message` is already `category: detail`), on its
+        control topic, or on `reply_to` = (Response Topic, Correlation Data) of an MQTT 5 request."""
         msg = ControlMessage(call_info=call_info, error=ErrorBody(code=code, message=message, reason=reason),
                              request_id=request_id)
+        if reply_to is not None:
+            self.publisher.publish(reply_to[0], msg.model_dump_json(exclude_none=True).encode(), qos=1,
+                                   meta=Meta(correlation=reply_to[1]))
+            return
         self._send_control(party, msg)
 
     def _send_control(self, party: Party, msg: ControlMessage) -> None:

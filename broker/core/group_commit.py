@@ -19,17 +19,27 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from broker.core.store import Store, StoreError
 
-__all__ = ["GroupCommit", "Publisher"]
+__all__ = ["GroupCommit", "Meta", "Publisher"]
 
 log = logging.getLogger("intercom.calls")
 
 
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What an MQTT 5 subscriber gets beside a message; a 3.1.1 subscriber gets the message alone."""
+
+    expiry_s: int | None = None  # Message Expiry Interval: never delivered after this many seconds
+    correlation: bytes | None = None  # Correlation Data: the reply to a request that carried it
+
+
 class Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                meta: Meta | None = None) -> None:
         """Queue a message for delivery; never blocks."""
 
 
@@ -47,7 +57,7 @@ class GroupCommit:
         self.commits = 0
         self.staged = 0  # transitions staged so far (a caller compares it to see whether it staged one)
         self._open = False  # a group with at least one staged transition
-        self._outbox: list[tuple[str, bytes, int, bool]] = []
+        self._outbox: list[tuple[str, bytes, int, bool, Meta | None]] = []
         self._undo: list[Callable[[], None]] = []
         self._on_failure: list[Callable[[], None]] = []
         self._after: list[Callable[[], None]] = []
@@ -112,12 +122,19 @@ class GroupCommit:
             except sqlite3.Error:
                 log.exception("rollback after a failed call transition failed")
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                meta: Meta | None = None) -> None:
         """Send after the open group commits (now if none is open), in call order."""
         if self._open:
-            self._outbox.append((topic, payload, qos, retain))
+            self._outbox.append((topic, payload, qos, retain, meta))
         else:
+            self._send(topic, payload, qos, retain, meta)
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, meta: Meta | None) -> None:
+        if meta is None:
             self.publisher.publish(topic, payload, qos, retain)
+        else:
+            self.publisher.publish(topic, payload, qos, retain, meta=meta)
 
     def on_failure(self, callback: Callable[[], None]) -> None:
         """Run `callback` if the open group's commit fails (ignored when nothing is staged)."""
@@ -159,9 +176,9 @@ class GroupCommit:
         after = self._after
         outbox, waiter = self._take()
         self.commits += 1
-        for topic, payload, qos, retain in outbox:
+        for topic, payload, qos, retain, meta in outbox:
             try:
-                self.publisher.publish(topic, payload, qos, retain)
+                self._send(topic, payload, qos, retain, meta)
             except Exception:
                 log.exception("could not publish on %s after commit", topic)
         self._run_after(after)
@@ -176,7 +193,7 @@ class GroupCommit:
             except Exception:
                 log.exception("a post-commit callback failed")
 
-    def _take(self) -> tuple[list[tuple[str, bytes, int, bool]], asyncio.Future[None] | None]:
+    def _take(self) -> tuple[list[tuple[str, bytes, int, bool, Meta | None]], asyncio.Future[None] | None]:
         outbox, waiter = self._outbox, self._waiter
         self._outbox, self._undo, self._on_failure, self._after, self._waiter = [], [], [], [], None
         self._open = False

@@ -42,7 +42,8 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
 }
 # amqtt methods the engine calls or reads without replacing them.
 USED: dict[type, tuple[str, ...]] = {
-    Broker: ("_topic_filtering", "_publish_session_retained_messages", "_handle_disconnect", "_stop_handler"),
+    Broker: ("_topic_filtering", "_publish_session_retained_messages", "_handle_disconnect", "_stop_handler",
+             "_delete_session"),  # the last also by v5.serve.V5Mixin (Clean Start)
     ProtocolHandler: ("handle_publish", "handle_connection_closed"),
     BrokerProtocolHandler: ("mqtt_acknowledge_subscription", "mqtt_acknowledge_unsubscription"),
 }

@@ -1,30 +1,53 @@
 """Our layer over amqtt's Broker (pinned to 0.12.1): in-process publishing and bound-port lookup.
 
-IntercomBroker = HardeningMixin (limits, protocol checks) + FastPathMixin (subscription index,
-delivery) + amqtt's Broker. Each mixin owns distinct methods.
+IntercomBroker = HardeningMixin (limits, protocol checks) + V5Mixin / V5InboundMixin (MQTT 5 connections)
++ FastPathMixin (subscription index, delivery) + amqtt's Broker (MQTT 3.1.1). Each mixin owns distinct methods.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Protocol
 
 from amqtt.broker import Broker
 
 from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.hardening import HardeningMixin
+from broker.mqtt.v5.codec import CORRELATION_DATA
+from broker.mqtt.v5.encode import property_bytes
+from broker.mqtt.v5.inbound import V5InboundMixin
+from broker.mqtt.v5.message import MessageProps
+from broker.mqtt.v5.serve import V5Mixin
 
 __all__ = ["IntercomBroker"]
 
 
-class IntercomBroker(HardeningMixin, FastPathMixin, Broker):
+class PublishMeta(Protocol):
+    """What a server-originated message carries for MQTT 5 subscribers (the core's `group_commit.Meta`
+    has this shape; the engine does not import the core)."""
+
+    @property
+    def expiry_s(self) -> int | None: ...
+
+    @property
+    def correlation(self) -> bytes | None: ...
+
+
+class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, FastPathMixin, Broker):
     # Both mixins define it (HardeningMixin: amqtt's behaviour, for use without the fast path): say which wins.
     _deliver_on_connect = FastPathMixin._deliver_on_connect
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic."""
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                meta: PublishMeta | None = None) -> None:
+        """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic.
+        `meta`: what MQTT 5 subscribers get beside it (expiry, correlation data)."""
+        props = None
+        if meta is not None:
+            forward = property_bytes(CORRELATION_DATA, meta.correlation) if meta.correlation is not None else b""
+            props = MessageProps(forward, None if meta.expiry_s is None else time.time() + meta.expiry_s)
         if retain:
-            self.retain_now(None, topic, payload, qos)
-        self.deliver(None, topic, payload, qos)
+            self.retain_now(None, topic, payload, qos, props)
+        self.deliver(None, topic, payload, qos, retain, props)
 
     def bound_port(self, listener: str) -> int:
         server: Any = self._servers[listener].instance

@@ -34,7 +34,9 @@ from amqtt.session import IncomingApplicationMessage, Session
 from broker.config import LimitsConfig
 from broker.mqtt import amqtt_compat
 from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
+from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
+from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -192,16 +194,26 @@ class FastPathMixin(RoutingMixin):
         self._route(session, topic, data, qos, retain, hooks)
         return True
 
-    def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks) -> None:
-        """The end of every accepted publish: deliver, retain, then let interceptors (the call plugin) see it."""
-        self.deliver(session, topic, data, qos)
+    def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks,
+               props: MessageProps | None = None, reply: ReplyTo | None = None) -> int:
+        """The end of every accepted publish (3.1.1 and 5): deliver, retain, then let interceptors (the call
+        plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched."""
+        matched = self.deliver(session, topic, data, qos, retain, props)
         if retain:
-            self.retain_now(session, topic, data, qos)
-        for intercept in hooks.intercepts:
+            self.retain_now(session, topic, data, qos, props)
+        if reply is None:
+            for intercept in hooks.intercepts:
+                try:
+                    intercept(session, topic, data)
+                except Exception:
+                    log.exception("intercept_publish failed on %s", topic)
+            return matched
+        for answer in hooks.request_intercepts:
             try:
-                intercept(session, topic, data)
+                answer(session, topic, data, reply)
             except Exception:
-                log.exception("intercept_publish failed on %s", topic)
+                log.exception("intercept_request failed on %s", topic)
+        return matched
 
     def _puback_now(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> Any:
         """PUBACK handled inside the reader's call, like `_publish_now`."""

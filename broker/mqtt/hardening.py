@@ -44,6 +44,7 @@ from broker.mqtt.hooks import REFUSAL, REVOKED
 from broker.mqtt.keyed_lock import KeyedLock
 from broker.mqtt.live import Live, TimedProtocol, accepted_at, refuse
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
+from broker.mqtt.v5.serve import session_expired
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
 
@@ -138,7 +139,11 @@ class HardeningMixin:
                                                   limits.max_keepalive_s),
                               peer=f"{address}:{peer[1] if peer else '?'}")
         try:
-            await super()._client_connected(listener_name, guard, writer)  # type: ignore[misc]
+            # MQTT 5 (issue 15): a v5 CONNECT is served by broker.mqtt.v5, anything else by amqtt (3.1.1)
+            if await guard.await_connect() == 5:
+                await self._serve_v5(listener_name, guard, writer)  # type: ignore[attr-defined]
+            else:
+                await super()._client_connected(listener_name, guard, writer)  # type: ignore[misc]
         except Exception:
             log.debug("MQTT connection from %s ended with an error", address, exc_info=True)
         finally:
@@ -268,11 +273,10 @@ class HardeningMixin:
         an await, which could remove a session whose client had just reconnected."""
         while True:
             expiry = self.config.session_expiry_interval
-            cutoff = time.time() - expiry if expiry is not None else None
-            stale = [(cid, s) for cid, (s, _) in self._sessions.items()
+            now = time.time()
+            stale = [(cid, s) for cid, (s, _) in self._sessions.items()  # MQTT 5: each its own expiry
                      if s.transitions.state == "disconnected" and (
-                         s.is_anonymous or s.clean_session
-                         or (cutoff is not None and s.last_disconnect_time and s.last_disconnect_time < cutoff))]
+                         s.is_anonymous or s.clean_session or session_expired(s, now, expiry))]
             for cid, stale_session in stale:
                 current = self._sessions.get(cid)
                 if current is not None and current[0] is stale_session and stale_session.transitions.state == \

@@ -9,17 +9,22 @@ signatures of the plugins that implement them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from amqtt.contexts import Action
 from amqtt.session import Session
 
-__all__ = ["PRINCIPAL", "REFUSAL", "REVOKED", "AcknowledgesAfter", "FiltersTopicsSync", "InterceptsPublish"]
+__all__ = ["PRINCIPAL", "PROTOCOL", "REFUSAL", "REVOKED", "SESSION_EXPIRY", "SUB_OPTIONS", "AcknowledgesAfter",
+           "AnswersRequests", "FiltersTopicsSync", "InterceptsPublish", "ReplyTo"]
 
 # Session attributes (`session.attributes[...]`) the engine and the plugins share.
 PRINCIPAL = "intercom.principal"  # who the session authenticated as (broker.core.tokens.Principal), set by auth
 REFUSAL = "intercom.refusal"  # the CONNACK return code to refuse a CONNECT with, set by auth before refusing
 REVOKED = "intercom.revoked"  # set by the engine on a session whose principal lost its access (revoke)
+# MQTT 5 sessions (broker.mqtt.v5): set by the engine, read by the persistence plugin
+PROTOCOL = "intercom.protocol"  # 5 on a session last connected with MQTT 5 (absent: 3.1.1)
+SESSION_EXPIRY = "intercom.session_expiry"  # the session's Session Expiry Interval in seconds (MQTT 5)
+SUB_OPTIONS = "intercom.v5.subscriptions"  # {filter: v5.subscriptions.SubOptions} of an MQTT 5 session
 
 
 @runtime_checkable
@@ -31,6 +36,21 @@ class InterceptsPublish(Protocol):
     """
 
     def intercept_publish(self, session: Session, topic: str, payload: bytes) -> None: ...
+
+
+class ReplyTo(NamedTuple):
+    """An MQTT 5 request's Response Topic and Correlation Data (§4.10)."""
+
+    topic: str
+    correlation: bytes | None
+
+
+@runtime_checkable
+class AnswersRequests(Protocol):
+    """An `InterceptsPublish` plugin that answers MQTT 5 requests: for a PUBLISH carrying a Response Topic
+    this is called instead of `intercept_publish`, with where the requester wants the answer."""
+
+    def intercept_request(self, session: Session, topic: str, payload: bytes, reply: ReplyTo) -> None: ...
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +26,13 @@ from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import OutgoingApplicationMessage, Session
 
+from broker.mqtt.v5.message import MessageProps, V5Retained, props_of
+
 __all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish"]
 
 log = logging.getLogger("intercom.delivery")
-_Queued = tuple[bytes, str, bytes, int, bool]  # encoded topic, topic, payload, QoS, retain
+# encoded topic, topic, payload, QoS, retain, MQTT 5 properties, subscription identifiers
+_Queued = tuple[bytes, str, bytes, int, bool, MessageProps | None, tuple[int, ...]]
 _QOS2_TASKS: set[asyncio.Future[Any]] = set()
 
 
@@ -130,14 +134,16 @@ class CoalescingWriter(WriterAdapter):
 
 class RetainedBatch:
     """The retained messages one subscription matched (a snapshot of references), sent one at a time
-    at min(granted QoS, the message's QoS) with the retain flag [MQTT-3.3.1-6]."""
+    at min(granted QoS, the message's QoS) with the retain flag [MQTT-3.3.1-6] (and, for MQTT 5, the
+    subscription's identifier)."""
 
-    __slots__ = ("messages", "pos", "qos")
+    __slots__ = ("messages", "pos", "qos", "sub_ids")
 
-    def __init__(self, messages: list[RetainedApplicationMessage], qos: int) -> None:
+    def __init__(self, messages: list[RetainedApplicationMessage], qos: int, sub_ids: tuple[int, ...] = ()) -> None:
         self.messages = messages
         self.pos = 0
         self.qos = qos
+        self.sub_ids = sub_ids
 
     def peek(self) -> _Queued | None:
         """The next message as a backlog entry, or None when the batch is done."""
@@ -145,7 +151,7 @@ class RetainedBatch:
             return None
         msg = self.messages[self.pos]
         qos = self.qos if msg.qos is None else min(self.qos, msg.qos)
-        return msg.topic.encode(), msg.topic, bytes(msg.data), qos, True
+        return msg.topic.encode(), msg.topic, bytes(msg.data), qos, True, props_of(msg), self.sub_ids
 
 
 class Outlet:
@@ -166,24 +172,26 @@ class Outlet:
         self.dropped = 0
         self._pump: asyncio.Task[None] | None = None
 
-    def send(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool = False) -> None:
+    def send(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool = False,
+             props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
         """Write one PUBLISH now, or queue it when the peer is slow or the QoS 1 window is full."""
         if self.closed:
             return
         if not self.backlog and self._room(qos):
-            self._write(topic_b, topic, data, qos, retain)
+            self._write(topic_b, topic, data, qos, retain, props, sub_ids)
             return
         backlog = self._queue()
-        backlog.append((topic_b, topic, data, qos, retain))
+        backlog.append((topic_b, topic, data, qos, retain, props, sub_ids))
         if len(backlog) > self.limits.max_queued:
             self._shed()
         self._wait_for_room()
 
-    def send_retained(self, messages: list[RetainedApplicationMessage], qos: int) -> None:
+    def send_retained(self, messages: list[RetainedApplicationMessage], qos: int,
+                      sub_ids: tuple[int, ...] = ()) -> None:
         """Send the retained messages a new subscription (granted `qos`) matches, under flow control."""
         if self.closed or not messages:
             return
-        self._queue().append(RetainedBatch(messages, qos))
+        self._queue().append(RetainedBatch(messages, qos, sub_ids))
         self.pump()
         if self.backlog:
             self._wait_for_room()
@@ -193,7 +201,11 @@ class Outlet:
             return False
         return self.writer.buffered() < self.limits.write_buffer_bytes
 
-    def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool) -> None:
+    def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool,
+               props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
+        """A 3.1.1 PUBLISH: MQTT 5 properties are dropped, but an expired message is not sent [MQTT-3.3.2-5]."""
+        if props is not None and props.expired(time.time()):
+            return
         if qos == 0:
             self.writer.write(encode_publish(topic_b, data, 0, 0, retain))
             return
@@ -298,8 +310,9 @@ class Outlet:
             for item in backlog:
                 if isinstance(item, RetainedBatch):
                     continue
-                _topic_b, topic, data, qos, _retain = item
+                _topic_b, topic, data, qos, _retain, props, _ids = item
                 if qos:
-                    session.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+                    session.retained_messages.put_nowait(V5Retained(None, topic, data, qos, props) if props
+                                                         else RetainedApplicationMessage(None, topic, data, qos))
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()

@@ -1,10 +1,15 @@
-"""MQTT 3.1.1 packet guard: frames and validates every client packet before amqtt parses it.
+"""Packet guard: frames and validates every client packet before amqtt (3.1.1) or the v5 codec parses it.
 
 `GuardedReader` wraps amqtt's `ReaderAdapter`. It reads one whole packet at a time from the socket,
 enforces the CONNECT timeout, keepalive (x factor), the max packet size and the wire rules Mosquitto
 enforces, and only then hands the bytes to amqtt. On any violation it reports end-of-stream, so
 amqtt treats the client as gone (abnormal disconnect: its Will is published) and the socket closes.
 `check_packet` is pure and holds every rule.
+
+A connection whose CONNECT says protocol level 5 is MQTT 5 (`GuardedReader.protocol`): its packets are
+framed and checked here with `check_v5_frame` (types, fixed-header flags, size) and decoded strictly by
+`broker.mqtt.v5.codec`; the reason code of a refusal is kept in `GuardedReader.code`, for the DISCONNECT
+MQTT 5 sends before closing [MQTT-4.13].
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from broker.limiter import LogThrottle
 from broker.mqtt.deadlines import DeadlineSweeper
 from broker.mqtt.topic_index import well_formed_filter
 
-__all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "remaining_length", "valid_topic_name"]
+__all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
+           "remaining_length", "valid_topic_name"]
 
 log = logging.getLogger("intercom.guard")
 _quiet = LogThrottle(1.0)
@@ -40,7 +46,11 @@ _CHUNK = 64 * 1024
 
 
 class Malformed(Exception):
-    """A client packet breaks MQTT 3.1.1; the message says which rule."""
+    """A client packet breaks MQTT; the message says which rule, `code` the MQTT 5 reason code."""
+
+    def __init__(self, message: str, code: int = 0x81) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,32 @@ def check_packet(ptype: int, flags: int, body: bytes, first: bool) -> None:
         raise Malformed(f"{cur.left} unexpected bytes after packet type {ptype}")
 
 
+_V5_SERVER_ONLY = frozenset({0, CONNACK, SUBACK, UNSUBACK, PINGRESP})
+_V5_FLAGS = {**_FLAGS, 15: 0}
+
+
+def protocol_level(body: bytes) -> int:
+    """The protocol level a CONNECT body declares (0 when it is too short to say)."""
+    if len(body) < 2:
+        return 0
+    at = 2 + int.from_bytes(body[:2], "big")
+    return body[at] if at < len(body) else 0
+
+
+def check_v5_frame(ptype: int, flags: int, body: bytes, first: bool) -> None:
+    """The framing rules of an MQTT 5 connection; the codec validates the rest when it decodes."""
+    if first != (ptype == CONNECT):
+        if first:
+            raise Malformed("first packet must be CONNECT", 0x82)
+        raise Malformed("second CONNECT on one connection", 0x82)  # [MQTT-3.1.0-2]
+    if ptype in _V5_SERVER_ONLY:
+        raise Malformed(f"packet type {ptype} may not be sent by a client")
+    if ptype != PUBLISH and flags != _V5_FLAGS[ptype]:
+        raise Malformed(f"bad fixed-header flags {flags:#x} for packet type {ptype}")  # [MQTT-2.1.3-1]
+    if ptype == PINGREQ and body:
+        raise Malformed("PINGREQ with a body")
+
+
 def _check_connect(cur: _Cursor) -> None:
     name = cur.string("protocol name")
     if name not in ("MQTT", "MQIsdp"):
@@ -213,6 +249,8 @@ class GuardedReader(ReaderAdapter):
         self.keepalive_s = 0
         self.inflight: asyncio.Queue[object] | None = None  # the session's incoming queue, for back-pressure
         self.reason: str | None = None
+        self.protocol = 4  # 5 once the CONNECT says MQTT 5
+        self.code: int | None = None  # MQTT 5 reason code of a refusal (sent before closing)
         self._expired: str | None = None
         self._last: tuple[int, bytes] = (0, b"")
         self.watch_token = 0
@@ -228,6 +266,8 @@ class GuardedReader(ReaderAdapter):
         if self._waiting is None:
             return False  # busy with a packet; asked again next tick
         self._expired = "CONNECT timeout" if self._packets == 0 else "keepalive expired"
+        if self._packets:
+            self.code = 0x8D  # Keep Alive timeout
         self._interrupt()
         return True
 
@@ -251,6 +291,16 @@ class GuardedReader(ReaderAdapter):
     def _arm(self) -> None:
         k = self.keepalive_s
         self._deadline = time.monotonic() + k * self._limits.keepalive_factor if k > 0 else None
+
+    async def await_connect(self) -> int | None:
+        """Wait for the first packet (the CONNECT) and validate its framing, leaving it to be read; the
+        protocol level it declares (5: MQTT 5), or None when the connection ended or was refused."""
+        while not self._buf and not self._eof:
+            if self._take_packet():
+                break
+            if not self._eof:
+                await self._receive()
+        return self.protocol if self._buf else None
 
     async def read(self, n: int = -1) -> bytes:
         want = max(n, 1)
@@ -323,13 +373,20 @@ class GuardedReader(ReaderAdapter):
                 return None
             length, i = header
             if i - off + length > self._limits.max_packet_bytes:
-                raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._limits.max_packet_bytes}")
+                raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._limits.max_packet_bytes}",
+                                0x95)
             if end - i < length:
                 return None
             first = raw[off]
             body = bytes(raw[i:i + length])
-            check_packet(first >> 4, first & 0x0F, body, first=self._packets == 0)
+            if self._packets == 0 and first >> 4 == CONNECT and protocol_level(body) == 5:
+                self.protocol = 5
+            if self.protocol == 5:
+                check_v5_frame(first >> 4, first & 0x0F, body, first=self._packets == 0)
+            else:
+                check_packet(first >> 4, first & 0x0F, body, first=self._packets == 0)
         except Malformed as exc:
+            self.code = exc.code
             self._stop(f"malformed packet: {exc}")
             return None
         self._last = (first, body)

@@ -16,6 +16,9 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
   outlet's flow control.
 * Plugins are asked once, after they load, which hooks they offer (`broker.mqtt.hooks`); with only
   synchronous ACLs, RECEIVE checks stay synchronous, otherwise deliveries go through one ordered lane.
+* MQTT 5: a message carries its properties (`MessageProps`) through delivery, retain and the offline
+  queue; a subscriber holding v5 subscription options gets it per those options (`v5.subscriptions`),
+  and a v5 connection's handler brings its own outlet (`OwnOutlet`), which encodes v5 PUBLISH packets.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.contexts import Action
@@ -33,10 +36,12 @@ from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_2
 from amqtt.session import Session
 
-from broker.mqtt.hooks import AcknowledgesAfter, FiltersTopicsSync, InterceptsPublish
+from broker.mqtt.hooks import AcknowledgesAfter, AnswersRequests, FiltersTopicsSync, InterceptsPublish, ReplyTo
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member, shared_parts
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_subscription
+from broker.mqtt.v5.message import MessageProps, V5Retained
+from broker.mqtt.v5.subscriptions import SUB_OPTIONS, delivery_for
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -50,7 +55,8 @@ __all__ = ["SUBACK_FAILURE", "PluginHooks", "RoutingMixin"]
 
 log = logging.getLogger("intercom.fastpath")
 SUBACK_FAILURE = 0x80
-_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]], list[Member[Session]] | None]
+_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]], list[Member[Session]] | None,
+               bool, MessageProps | None]
 
 
 def member_rank(session: Session) -> int:
@@ -63,11 +69,23 @@ def member_rank(session: Session) -> int:
     return NONE
 
 
+@runtime_checkable
+class OwnOutlet(Protocol):
+    """A connection handler that builds its own outlet (the MQTT 5 connection does)."""
+
+    writer: Any
+
+    def make_outlet(self, session: Session, writer: CoalescingWriter, limits: DeliveryLimits,
+                    on_overflow: Callable[[Outlet], None]) -> Outlet: ...
+
+
 @dataclass
 class PluginHooks:
     """What the loaded plugins ask of the hot path; computed once, after plugins load."""
 
     intercepts: list[Callable[[Session, str, bytes], None]] = field(default_factory=list)
+    # the same plugins, for an MQTT 5 request (a PUBLISH with a Response Topic)
+    request_intercepts: list[Callable[[Session, str, bytes, ReplyTo], None]] = field(default_factory=list)
     filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
     sync_checks: list[Callable[..., bool | None]] = field(default_factory=list)
     receive_async: bool = False  # some ACL has only the async `topic_filtering`
@@ -76,6 +94,10 @@ class PluginHooks:
     # `acknowledge_after(send)`: a plugin that made an intercepted publish's effect durable later in
     # the tick (the call service's group commit) runs `send` (the PUBACK) once it is, not before.
     ack_barrier: Callable[[Callable[[], None]], None] | None = None
+
+
+def _ignore_reply(intercept: Callable[[Session, str, bytes], None]) -> Callable[[Session, str, bytes, ReplyTo], None]:
+    return lambda session, topic, payload, _reply: intercept(session, topic, payload)
 
 
 class RoutingMixin(_Base):
@@ -109,6 +131,8 @@ class RoutingMixin(_Base):
         for plugin in pm.plugins:
             if isinstance(plugin, InterceptsPublish):
                 hooks.intercepts.append(plugin.intercept_publish)
+                hooks.request_intercepts.append(plugin.intercept_request if isinstance(plugin, AnswersRequests)
+                                                else _ignore_reply(plugin.intercept_publish))
             if isinstance(plugin, AcknowledgesAfter):
                 hooks.ack_barrier = plugin.acknowledge_after  # one durable store behind the broker: one barrier
         topic_plugins: list[object] = list(pm._topic_plugins)
@@ -150,7 +174,10 @@ class RoutingMixin(_Base):
             return None
         if not isinstance(handler.writer, CoalescingWriter):
             handler.writer = CoalescingWriter(handler.writer, asyncio.get_running_loop())
-        outlet = Outlet(session, handler, handler.writer, self.delivery_limits, self._on_overflow)
+        if isinstance(handler, OwnOutlet):
+            outlet = handler.make_outlet(session, handler.writer, self.delivery_limits, self._on_overflow)
+        else:
+            outlet = Outlet(session, handler, handler.writer, self.delivery_limits, self._on_overflow)
         self._outlets[key] = outlet
         return outlet
 
@@ -233,7 +260,7 @@ class RoutingMixin(_Base):
         if granted is not None:
             self._send_retained(session, topic_filter, granted)
 
-    def _send_retained(self, session: Session, topic_filter: str, qos: int) -> int:
+    def _send_retained(self, session: Session, topic_filter: str, qos: int, sub_ids: tuple[int, ...] = ()) -> int:
         if shared_parts(topic_filter) is not None:
             return 0  # never on a shared subscription [MQTT 5.0 §4.8.2]
         found = self._retained_messages.tree.find(topic_filter)
@@ -242,12 +269,14 @@ class RoutingMixin(_Base):
         outlet = self._open_outlet(session)
         if outlet is None:
             return 0
-        outlet.send_retained(found, qos)
+        outlet.send_retained(found, qos, sub_ids)
         return len(found)
 
-    def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None) -> None:
+    def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None,
+                   props: MessageProps | None = None) -> None:
         """amqtt's `retain_message`, synchronous: store (or clear, on an empty payload) and notify plugins."""
-        message = RetainedApplicationMessage(source, topic, data, qos)
+        message = (V5Retained(source, topic, data, qos, props) if props is not None
+                   else RetainedApplicationMessage(source, topic, data, qos))
         if data:
             self._retained_messages[topic] = message
         elif self._retained_messages.pop(topic, None) is None:
@@ -258,9 +287,12 @@ class RoutingMixin(_Base):
 
     # ---- routing --------------------------------------------------------------------------------
 
-    def deliver(self, source: Session | None, topic: str, data: bytes, qos: int) -> int:
+    def deliver(self, source: Session | None, topic: str, data: bytes, qos: int, retain: bool = False,
+                props: MessageProps | None = None) -> int:
         """Send one message to every matching subscriber, and to one member of each matching shared
-        subscription, now, at min(qos, granted QoS); returns how many deliveries were due."""
+        subscription, now, at min(qos, granted QoS); returns how many deliveries were due.
+
+        `retain` is the publisher's flag (kept only by v5 subscriptions with Retain As Published)."""
         index = self._index
         matches = index.match(topic)
         # members are picked here, in publish order, even when the async lane sends later
@@ -269,7 +301,7 @@ class RoutingMixin(_Base):
             return 0
         hooks = self._plugin_hooks()
         if hooks.receive_async:
-            self._lane.append((source, topic, data, qos, matches, picked))
+            self._lane.append((source, topic, data, qos, matches, picked, retain, props))
             if self._lane_task is None or self._lane_task.done():
                 self._lane_task = self._spawn(self._run_lane())
             return len(matches) + len(picked or ())
@@ -278,36 +310,55 @@ class RoutingMixin(_Base):
         for key, (target, sub_qos) in matches.items():
             if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                 continue
-            self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos)
+            if SUB_OPTIONS in target.attributes:
+                self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
+                continue
+            self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos, props)
         if picked:
             for key, (target, sub_qos) in picked:
                 if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                     continue
-                self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos)
+                self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos, props)
         return len(matches) + len(picked or ())
 
     async def _run_lane(self) -> None:
         """Deliveries that need async RECEIVE checks, in publish order."""
         while self._lane:
-            _source, topic, data, qos, matches, picked = self._lane.popleft()
+            source, topic, data, qos, matches, picked, retain, props = self._lane.popleft()
             topic_b = topic.encode()
-            for key, (target, sub_qos) in [*matches.items(), *(picked or ())]:
+            for key, (target, sub_qos) in matches.items():
                 if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
                     continue
-                self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos))
+                if SUB_OPTIONS in target.attributes:
+                    self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
+                    continue
+                self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
+            for key, (target, sub_qos) in picked or ():  # shared: the member's granted QoS, no v5 options
+                if await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
+                    self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
 
-    def _send_to(self, key: str, target: Session, topic_b: bytes, topic: str, data: bytes, qos: int) -> None:
+    def _send_v5(self, key: str, target: Session, source: Session | None, topic_b: bytes, topic: str, data: bytes,
+                 qos: int, retain: bool, props: MessageProps | None) -> None:
+        """A subscriber with MQTT 5 subscription options: No Local, Retain As Published, identifiers."""
+        found = delivery_for(target.attributes[SUB_OPTIONS], topic, source is target, retain)
+        if found is not None:
+            granted, keep_retain, sub_ids = found
+            self._send_to(key, target, topic_b, topic, data, min(qos, granted), props, keep_retain, sub_ids)
+
+    def _send_to(self, key: str, target: Session, topic_b: bytes, topic: str, data: bytes, qos: int,
+                 props: MessageProps | None = None, retain: bool = False, sub_ids: tuple[int, ...] = ()) -> None:
         outlet = self._outlets.get(key)
         if outlet is None or outlet.session is not target or outlet.closed:
             outlet = self._open_outlet(target) if target.transitions.state == "connected" else None
         if outlet is not None:
-            outlet.send(topic_b, topic, data, qos)
+            outlet.send(topic_b, topic, data, qos, retain, props, sub_ids)
             return
         # offline persistent session: keep QoS>0 for its return [MQTT-3.1.2.4]
         if (target.transitions.state != "connected" and not target.clean_session and qos
                 and not target.is_anonymous
                 and target.retained_messages.qsize() < self.delivery_limits.max_queued):
-            target.retained_messages.put_nowait(RetainedApplicationMessage(None, topic, data, qos))
+            target.retained_messages.put_nowait(V5Retained(None, topic, data, qos, props) if props is not None
+                                                else RetainedApplicationMessage(None, topic, data, qos))
 
     async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
                                  force_qos: int | None = None) -> None:

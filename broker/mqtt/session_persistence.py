@@ -12,22 +12,23 @@ delivery engine: each persistent session gets two write-through containers in pl
 - `DurableIncoming` for `Session.inflight_in`: a QoS 2 message the client published, stored before
   PUBREC and kept until its PUBREL (MQTT 3.1.1 §4.3.3), so a restart in between loses nothing,
 
-and `SessionDB` mirrors both, plus subscriptions and retained messages, in `sessions.db` (sqlite,
+and `SessionDB` (`session_db.py`) mirrors both, plus subscriptions and retained messages, in `sessions.db` (sqlite,
 WAL) next to the call database. `SessionPersistence` restores everything before the listeners
 open. The amqtt-facing hooks live in `plugins.persistence`.
+
+MQTT 5 adds columns (added to an older file on open): a session's Session Expiry Interval (its own expiry,
+counted from when it was last seen, also across a restart), each subscription's options and identifier,
+and each message's properties and expiry (`MessageProps.dump`), so a message that expired while queued
+or retained is never delivered after a restart either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from amqtt.broker import BrokerContext, RetainedApplicationMessage
@@ -35,174 +36,13 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
-from broker.db_open import naming, open_db
+from broker.mqtt.hooks import PROTOCOL, SESSION_EXPIRY, SUB_OPTIONS
+from broker.mqtt.session_db import SessionDB
+from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retained
 
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
 log = logging.getLogger("intercom.sessions")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS mqtt_sessions (client_id TEXT PRIMARY KEY, username TEXT, last_seen REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS mqtt_subscriptions (
-    client_id TEXT NOT NULL, topic TEXT NOT NULL, qos INTEGER NOT NULL, PRIMARY KEY (client_id, topic));
-CREATE TABLE IF NOT EXISTS mqtt_queue (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    qos INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS mqtt_queue_client ON mqtt_queue (client_id, id);
-CREATE TABLE IF NOT EXISTS mqtt_inflight (
-    client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, qos INTEGER NOT NULL, released INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (client_id, packet_id));
-CREATE TABLE IF NOT EXISTS mqtt_retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS mqtt_incoming (
-    client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    retain INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id));
-"""
-
-
-@dataclass(frozen=True)
-class StoredSession:
-    client_id: str
-    username: str | None
-    subscriptions: list[tuple[str, int]]
-    inflight: list[tuple[int, str, bytes, int, bool]]
-    queued: list[tuple[int, str, bytes, int]]
-    last_seen: float = 0.0
-    incoming: list[tuple[int, str, bytes, bool]] = field(default_factory=list)  # QoS 2 awaiting PUBREL
-
-
-class SessionDB:
-    """sqlite mirror of persistent sessions; a failed write is logged, never raised into delivery."""
-
-    def __init__(self, path: Path | None, busy_timeout_ms: int = 100, check: bool = True) -> None:
-        """Open (and quick_check) the file: a damaged one is moved aside with an ERROR and replaced by an
-        empty one (clients see session present = 0 and subscribe again); an unusable path raises StorageError."""
-        if path is None:
-            self.conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        else:
-            self.conn = open_db(path, busy_timeout_ms=busy_timeout_ms, check=check, move_aside=True,
-                                isolation_level=None)
-        with naming(path or Path(":memory:")):
-            self.conn.executescript(_SCHEMA)
-        self.frozen = False  # set at shutdown: amqtt then empties every queue, which must not reach disk
-        self._seq = 0
-
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> int | None:
-        if self.frozen:
-            return None
-        try:
-            return self.conn.execute(sql, tuple(params)).lastrowid
-        except sqlite3.Error:
-            log.exception("session store write failed: %s", sql.split("(")[0])
-            return None
-
-    # sessions and subscriptions ------------------------------------------------------------------
-
-    def touch(self, client_id: str, username: str | None) -> None:
-        self._write("INSERT INTO mqtt_sessions (client_id, username, last_seen) VALUES (?, ?, ?) ON CONFLICT "
-                    "(client_id) DO UPDATE SET username = excluded.username, last_seen = excluded.last_seen",
-                    (client_id, username, time.time()))
-
-    def forget(self, client_id: str) -> None:
-        if self.frozen:
-            return
-        try:
-            with self.conn:
-                self.conn.execute("BEGIN")
-                for table in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue", "mqtt_inflight", "mqtt_incoming"):
-                    self.conn.execute(f"DELETE FROM {table} WHERE client_id = ?", (client_id,))
-        except sqlite3.Error:
-            log.exception("session store: could not forget %s", client_id)
-
-    def subscribe(self, client_id: str, topic: str, qos: int) -> None:
-        self._write("INSERT OR REPLACE INTO mqtt_subscriptions (client_id, topic, qos) VALUES (?, ?, ?)",
-                    (client_id, topic, qos))
-
-    def unsubscribe(self, client_id: str, topic: str) -> None:
-        self._write("DELETE FROM mqtt_subscriptions WHERE client_id = ? AND topic = ?", (client_id, topic))
-
-    # messages -------------------------------------------------------------------------------------
-
-    def queue_put(self, client_id: str, msg: ApplicationMessage) -> int | None:
-        return self._write("INSERT INTO mqtt_queue (client_id, topic, payload, qos) VALUES (?, ?, ?, ?)",
-                           (client_id, msg.topic, bytes(msg.data or b""), msg.qos or 0))
-
-    def queue_del(self, row_id: int | None) -> None:
-        if row_id is not None:
-            self._write("DELETE FROM mqtt_queue WHERE id = ?", (row_id,))
-
-    def inflight_put(self, client_id: str, packet_id: int, msg: ApplicationMessage) -> None:
-        self._seq += 1
-        self._write("INSERT OR REPLACE INTO mqtt_inflight (client_id, packet_id, seq, topic, payload, qos, released) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 0)",
-                    (client_id, packet_id, self._seq, msg.topic, bytes(msg.data or b""), msg.qos or 0))
-
-    def inflight_released(self, client_id: str, packet_id: int) -> None:
-        self._write("UPDATE mqtt_inflight SET released = 1 WHERE client_id = ? AND packet_id = ?",
-                    (client_id, packet_id))
-
-    def inflight_del(self, client_id: str, packet_id: int) -> None:
-        self._write("DELETE FROM mqtt_inflight WHERE client_id = ? AND packet_id = ?", (client_id, packet_id))
-
-    def incoming_put(self, client_id: str, msg: ApplicationMessage) -> None:
-        self._write("INSERT OR REPLACE INTO mqtt_incoming (client_id, packet_id, topic, payload, retain) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (client_id, msg.packet_id, msg.topic, bytes(msg.data or b""), int(bool(msg.retain))))
-
-    def incoming_del(self, client_id: str, packet_id: int | None = None) -> None:
-        """Forget one held incoming QoS 2 message, or (no packet id) all of a client's."""
-        if packet_id is None:
-            self._write("DELETE FROM mqtt_incoming WHERE client_id = ?", (client_id,))
-        else:
-            self._write("DELETE FROM mqtt_incoming WHERE client_id = ? AND packet_id = ?", (client_id, packet_id))
-
-    # retained messages ----------------------------------------------------------------------------
-
-    def retain(self, topic: str, payload: bytes, qos: int) -> None:
-        if payload:
-            self._write("INSERT OR REPLACE INTO mqtt_retained (topic, payload, qos) VALUES (?, ?, ?)",
-                        (topic, payload, qos))
-        else:
-            self._write("DELETE FROM mqtt_retained WHERE topic = ?", (topic,))
-
-    def retained(self) -> list[tuple[str, bytes, int]]:
-        return [(t, bytes(p), q) for t, p, q in self.conn.execute("SELECT topic, payload, qos FROM mqtt_retained")]
-
-    # loading --------------------------------------------------------------------------------------
-
-    def idle(self, older_than: float) -> list[str]:
-        """Client ids whose session was last seen before `older_than`."""
-        return [r[0] for r in self.conn.execute("SELECT client_id FROM mqtt_sessions WHERE last_seen < ?",
-                                                (older_than,))]
-
-    def expire(self, older_than: float) -> int:
-        old = self.idle(older_than)
-        for client_id in old:
-            self.forget(client_id)
-        return len(old)
-
-    def load(self) -> list[StoredSession]:
-        c = self.conn
-        self._seq = int(c.execute("SELECT COALESCE(MAX(seq), 0) FROM mqtt_inflight").fetchone()[0])
-        out = []
-        for client_id, username, last_seen in c.execute(
-                "SELECT client_id, username, last_seen FROM mqtt_sessions ORDER BY client_id"):
-            subs = [(t, int(q)) for t, q in c.execute(
-                "SELECT topic, qos FROM mqtt_subscriptions WHERE client_id = ? ORDER BY topic", (client_id,))]
-            inflight = [(int(pid), t, bytes(p), int(q), bool(r)) for pid, t, p, q, r in c.execute(
-                "SELECT packet_id, topic, payload, qos, released FROM mqtt_inflight WHERE client_id = ? ORDER BY seq",
-                (client_id,))]
-            queued = [(int(i), t, bytes(p), int(q)) for i, t, p, q in c.execute(
-                "SELECT id, topic, payload, qos FROM mqtt_queue WHERE client_id = ? ORDER BY id", (client_id,))]
-            incoming = [(int(pid), t, bytes(p), bool(r)) for pid, t, p, r in c.execute(
-                "SELECT packet_id, topic, payload, retain FROM mqtt_incoming WHERE client_id = ? ORDER BY packet_id",
-                (client_id,))]
-            out.append(StoredSession(client_id, username, subs, inflight, queued, float(last_seen), incoming))
-        return out
-
-    def close(self) -> None:
-        self.conn.close()
-
 
 def _acknowledged(msg: ApplicationMessage) -> bool:
     if msg.qos == 2:
@@ -375,8 +215,19 @@ class SessionPersistence:
             self.adopt(session)
             if isinstance(session.inflight_out, DurableInflight):
                 session.inflight_out.expect_retry()
-            self.db.touch(session.client_id, session.username)
+            self.db.touch(session.client_id, session.username, session.attributes.get(SESSION_EXPIRY))
             self._known.add(session.client_id)
+        elif session.client_id in self._known:
+            self._known.discard(session.client_id)
+            self.db.forget(session.client_id)
+
+    def disconnected(self, session: Session) -> None:
+        """A connection ended: note when (its expiry counts from now), or forget a session that ends with it
+        (an MQTT 5 client can set its Session Expiry to 0 at DISCONNECT)."""
+        if not session.client_id:
+            return
+        if self.is_persistent(session):
+            self.db.touch(session.client_id, session.username, session.attributes.get(SESSION_EXPIRY))
         elif session.client_id in self._known:
             self._known.discard(session.client_id)
             self.db.forget(session.client_id)
@@ -386,8 +237,13 @@ class SessionPersistence:
         expired = self.db.expire(time.time() - self.expiry_s)
         if expired:
             log.info("expired %d persistent sessions idle for more than %.0f s", expired, self.expiry_s)
-        for topic, payload, qos in self.db.retained():
-            context.retained_messages[topic] = RetainedApplicationMessage(None, topic, payload, qos)
+        now = time.time()
+        for topic, payload, qos, props in self.db.retained():
+            if props is not None and props.expired(now):
+                self.db.retain(topic, b"", qos)  # expired while the broker was down
+                continue
+            context.retained_messages[topic] = (RetainedApplicationMessage(None, topic, payload, qos) if props is None
+                                                else V5Retained(None, topic, payload, qos, props))
         stored = self.db.load()
         messages = 0
         for s in stored:
@@ -398,6 +254,10 @@ class SessionPersistence:
                 continue
             session.clean_session = False
             session.username = s.username
+            if s.expiry_s is not None:  # an MQTT 5 session: its own expiry, its subscription options
+                session.attributes[SESSION_EXPIRY] = s.expiry_s
+                session.attributes[PROTOCOL] = 5
+                session.attributes[SUB_OPTIONS] = dict(s.options)
             # amqtt expires an offline session `session_expiry_s` after its last disconnect; count from
             # when it was last seen, not from this restart (else every restart would extend its life).
             if s.last_seen and session.last_disconnect_time is not None:
@@ -406,15 +266,20 @@ class SessionPersistence:
             inflight = session.inflight_out
             assert isinstance(inflight, DurableInflight)
             for packet_id, topic, payload, qos, released in s.inflight:
-                inflight.restore(packet_id, _resend(packet_id, topic, payload, qos, released))
+                inflight.restore(packet_id, _resend(packet_id, topic, payload, qos, released,
+                                                    s.props.get(("inflight", packet_id))))
             held = session.inflight_in
             assert isinstance(held, DurableIncoming)
             for packet_id, topic, payload, retain in s.incoming:
-                held.restore(packet_id, IncomingApplicationMessage(packet_id, topic, 2, payload, retain))
+                mp = s.props.get(("incoming", packet_id))
+                held.restore(packet_id, IncomingApplicationMessage(packet_id, topic, 2, payload, retain) if mp is None
+                             else V5Incoming(packet_id, topic, payload, retain, mp))
             queue = session.retained_messages
             assert isinstance(queue, DurableQueue)
             for row_id, topic, payload, qos in s.queued:
-                queue.restore(row_id, RetainedApplicationMessage(None, topic, payload, qos))
+                mp = s.props.get(("queue", row_id))
+                queue.restore(row_id, RetainedApplicationMessage(None, topic, payload, qos) if mp is None
+                              else V5Retained(None, topic, payload, qos, mp))
             messages += len(s.inflight) + len(s.queued) + len(s.incoming)
             for topic, qos in s.subscriptions:
                 await context.add_subscription(s.client_id, topic, qos)
@@ -430,7 +295,7 @@ class SessionPersistence:
         still in memory is kept, whatever its age: it can be resumed, and its rows must be there.
         """
         cutoff = (time.time() if now is None else now) - self.expiry_s
-        gone = [cid for cid in self.db.idle(cutoff) if context.get_session(cid) is None]
+        gone = [cid for cid in self.db.idle(cutoff, now) if context.get_session(cid) is None]
         for client_id in gone:
             self.db.forget(client_id)
             self._known.discard(client_id)
@@ -446,8 +311,10 @@ class SessionPersistence:
         self.db.close()
 
 
-def _resend(packet_id: int, topic: str, payload: bytes, qos: int, released: bool) -> OutgoingApplicationMessage:
-    msg = OutgoingApplicationMessage(packet_id, topic, qos, payload, False)
+def _resend(packet_id: int, topic: str, payload: bytes, qos: int, released: bool,
+            props: MessageProps | None = None) -> OutgoingApplicationMessage:
+    msg = (OutgoingApplicationMessage(packet_id, topic, qos, payload, False) if props is None
+           else V5Outgoing(packet_id, topic, qos, payload, False, props))
     msg.publish_packet = msg.build_publish_packet()  # makes amqtt's retry set DUP
     if released:  # QoS 2 past PUBREC: only PUBREL is re-sent
         msg.pubrec_packet = PubrecPacket.build(packet_id)

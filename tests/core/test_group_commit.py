@@ -34,7 +34,7 @@ class CommittedView:
         self.db = sqlite3.connect(db_path)
         self.sent: list[dict[str, Any]] = []
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, meta: Any = None) -> None:
         body = json.loads(payload)
         call_id = body.get("call_id") or (body.get("call_info") or {}).get("call_id")
         events = [r[0] for r in self.db.execute(

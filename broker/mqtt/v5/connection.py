@@ -1,0 +1,186 @@
+"""One MQTT 5 network connection: reads its packets, decodes them strictly, hands them to the broker.
+
+`V5Connection` stands where amqtt's protocol handler stands for a 3.1.1 client: it is the handler in the
+broker's session table (`_sessions[client_id] = (session, connection)`), so takeover, shutdown and
+routing reach v5 and 3.1.1 connections alike; its outlet (`make_outlet`) writes v5 PUBLISH packets.
+Packets arrive framed and size-checked by the packet guard; each is decoded by `codec` before any of it
+is used, and a violation ends the connection with a DISCONNECT carrying the reason code, then a close
+[MQTT-4.13.1-1]. Topic Aliases the client sets live here, per connection [MQTT-3.3.2-7].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from amqtt.session import Session
+
+from broker.limiter import LogThrottle
+from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.packet_guard import GuardedReader
+from broker.mqtt.v5 import codec, encode
+from broker.mqtt.v5.codec import (
+    AUTH,
+    DISCONNECT,
+    PINGREQ,
+    PROTOCOL_ERROR,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBSCRIBE,
+    TOPIC_ALIAS,
+    TOPIC_ALIAS_INVALID,
+    UNSUBSCRIBE,
+    Disconnect,
+    Publish,
+    V5Error,
+)
+from broker.mqtt.v5.outlet import Link, V5Outlet
+
+__all__ = ["V5Connection"]
+
+log = logging.getLogger("intercom.mqtt5")
+_quiet = LogThrottle(1.0)
+_LINGER_S = 1.0
+
+
+class V5Connection:
+    """The handler of one v5 network connection (see the module docstring)."""
+
+    def __init__(self, broker: Any, session: Session, reader: GuardedReader, writer: Any, link: Link,
+                 alias_max: int) -> None:
+        self.broker = broker
+        self.session = session
+        self.reader = reader
+        self.writer = writer  # the engine wraps it in a CoalescingWriter when it opens the outlet
+        self.link = link
+        self.alias_max = alias_max  # the Topic Alias Maximum the broker announced
+        self.aliases: dict[int, str] = {}
+        self.closed = False
+        self.outlet: V5Outlet | None = None
+        self._reader_task: asyncio.Task[Any] | None = None
+
+    # -- the engine's handler surface ---------------------------------------------------------------
+
+    def make_outlet(self, session: Session, writer: CoalescingWriter, limits: DeliveryLimits,
+                    on_overflow: Callable[[Outlet], None]) -> Outlet:
+        self.outlet = V5Outlet(session, self, writer, limits, on_overflow, self.link)
+        return self.outlet
+
+    async def handle_connection_closed(self) -> None:
+        """Another connection took this client id over [MQTT-3.1.4-3]."""
+        await self.disconnect(0x8E)
+
+    async def stop(self) -> None:
+        """The broker is shutting down."""
+        await self.disconnect(0x8B)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.writer.write(data)
+
+    async def disconnect(self, reason: int, linger: bool = False) -> None:
+        """Send DISCONNECT with `reason` (§4.13), flush, and stop reading: the connection then ends.
+
+        `linger`: the client may still be sending (it has not seen the DISCONNECT yet); half-close and read
+        and drop what comes for up to `_LINGER_S`, so the client reads the DISCONNECT instead of a reset."""
+        if self.closed:
+            return
+        self.writer.write(encode.encode_disconnect(reason))
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.drain(), 1.0)
+        if linger:
+            transport = getattr(self.writer, "transport", None)
+            with contextlib.suppress(Exception):
+                if transport is not None and transport.can_write_eof():
+                    transport.write_eof()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_LINGER_S):
+                    while await self.reader.read_packet() is not None:
+                        pass
+        self.reader.close()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    async def run(self) -> Disconnect | None:
+        """Read and handle packets until the connection ends; the client's DISCONNECT, if it sent one."""
+        reader = self.reader
+        broker = self.broker
+        try:
+            while not self.closed:
+                packet = reader.take_packet() or await reader.read_packet()
+                if packet is None:
+                    if reader.code is not None:
+                        await self.disconnect(reader.code)
+                    return None
+                first, body = packet
+                kind = first >> 4
+                if kind == PUBLISH:
+                    pending = broker.v5_publish(self, self.decode_publish(first & 0x0F, body))
+                    if pending is not None:
+                        await pending
+                elif kind == PUBACK:
+                    self.acked(codec.decode_ack(PUBACK, body).packet_id)
+                elif kind == PUBREC:
+                    ack = codec.decode_ack(PUBREC, body)
+                    if self.outlet is not None:
+                        self.outlet.pubrec(ack.packet_id, ack.reason)
+                elif kind == PUBREL:
+                    pending = broker.v5_pubrel(self, codec.decode_ack(PUBREL, body).packet_id)
+                    if pending is not None:
+                        await pending
+                elif kind == PUBCOMP:
+                    packet_id = codec.decode_ack(PUBCOMP, body).packet_id
+                    if self.outlet is not None:
+                        self.outlet.pubcomp(packet_id)
+                    else:
+                        self.session.inflight_out.pop(packet_id, None)
+                elif kind == SUBSCRIBE:
+                    await broker.v5_subscribe(self, codec.decode_subscribe(body))
+                elif kind == UNSUBSCRIBE:
+                    await broker.v5_unsubscribe(self, *codec.decode_unsubscribe(body))
+                elif kind == PINGREQ:
+                    self.write(b"\xd0\x00")
+                elif kind == DISCONNECT:
+                    return codec.decode_disconnect(body)
+                elif kind == AUTH:
+                    # no Authentication Method was accepted at CONNECT, so no AUTH may follow [MQTT-4.12.0-?]
+                    raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
+        except V5Error as exc:
+            if (n := _quiet.check(self.session.remote_address or "?")) is not None:
+                log.warning("closing MQTT 5 connection of %s: %s (reason %#04x; %d more since last logged)",
+                            self.session.client_id, exc, exc.code, n)
+            await self.disconnect(exc.code, linger=True)
+        return None
+
+    def decode_publish(self, flags: int, body: bytes) -> Publish:
+        """Decode a PUBLISH and resolve its Topic Alias (§3.3.2.3.4)."""
+        pub = codec.decode_publish(flags, body)
+        alias = pub.props.get(TOPIC_ALIAS)
+        if alias is not None:
+            if alias > self.alias_max:
+                raise V5Error(TOPIC_ALIAS_INVALID, f"Topic Alias {alias} above the maximum {self.alias_max}")
+            if pub.topic:
+                self.aliases[alias] = pub.topic
+            else:
+                topic = self.aliases.get(alias)
+                if topic is None:
+                    raise V5Error(PROTOCOL_ERROR, f"Topic Alias {alias} was never set")  # [MQTT-3.3.4-?]
+                pub.topic = topic
+        elif not pub.topic:
+            raise V5Error(PROTOCOL_ERROR, "empty topic without a Topic Alias")
+        return pub
+
+    def acked(self, packet_id: int) -> None:
+        if self.outlet is not None and not self.outlet.closed:
+            self.outlet.acked(packet_id, True)
+        else:
+            self.session.inflight_out.pop(packet_id, None)

@@ -1,0 +1,176 @@
+"""What an MQTT 5 client sends, handled on the one broker: PUBLISH (QoS 0/1/2), SUBSCRIBE, UNSUBSCRIBE.
+
+A PUBLISH takes the engine's one path (`FastPathMixin._route`: deliver, retain, plugins' interceptors)
+with its properties; the acknowledgement carries a reason code (§3.4.2.1): 0x10 when nobody subscribes,
+0x87 when the ACL refuses, 0x99 when the Payload Format Indicator says UTF-8 and the payload is not
+[MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier (`AcknowledgesAfter`) like 3.1.1 ones.
+Incoming QoS 2 is held until PUBREL; past `limits.max_inflight_messages` held messages (the Receive
+Maximum announced in CONNACK) the connection ends with DISCONNECT 0x93 [MQTT-3.3.4-8].
+SUBSCRIBE goes through the engine's `add_subscription` (ACL, index, shared subscriptions); the options
+are kept per filter (`v5.subscriptions`) and Retain Handling decides about retained messages (§3.8.3.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from amqtt.contexts import Action
+from amqtt.events import BrokerEvents
+
+from broker.config import LimitsConfig
+from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
+from broker.mqtt.v5 import codec, encode
+from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
+from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
+from broker.mqtt.v5.subscriptions import SubOptions
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
+
+    from broker.mqtt.v5.connection import V5Connection
+
+    _Base: TypeAlias = Broker
+else:
+    _Base = object
+
+__all__ = ["V5InboundMixin"]
+
+log = logging.getLogger("intercom.mqtt5")
+NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED, PAYLOAD_FORMAT_INVALID = 0x10, 0x80, 0x87, 0x99
+RECEIVE_MAX_EXCEEDED, NOT_FOUND = 0x93, 0x92
+
+
+def _reply(pub: Publish) -> ReplyTo | None:
+    """Where a request wants its answer (§4.10), if it is one."""
+    response = pub.props.get(codec.RESPONSE_TOPIC)
+    return ReplyTo(response, pub.props.get(codec.CORRELATION_DATA)) if response is not None else None
+
+
+class V5InboundMixin(_Base):
+    """Inbound packets of MQTT 5 connections; see the module docstring."""
+
+    limits: LimitsConfig
+
+    def _v5_ack(self, conn: V5Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
+        """PUBACK / PUBREC / PUBCOMP after any durable effect the plugins staged."""
+        data = encode.encode_ack(ptype, packet_id, reason)
+        barrier = self._plugin_hooks().ack_barrier
+        if barrier is None:
+            conn.write(data)
+        else:
+            barrier(lambda: conn.write(data))
+
+    def _v5_route(self, conn: V5Connection, topic: str, data: bytes, qos: int, retain: bool,
+                  props: MessageProps | None, reply: ReplyTo | None = None) -> int:
+        engine: Any = self
+        return int(engine._route(conn.session, topic, data, qos, retain, engine._plugin_hooks(), props, reply))
+
+    def v5_publish(self, conn: V5Connection, pub: Publish) -> Any:
+        """Handle one PUBLISH; returns None when done, or an awaitable when an async ACL must decide."""
+        if pub.props.get(codec.PAYLOAD_FORMAT) == 1:
+            try:
+                pub.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                if not pub.qos:
+                    raise V5Error(PAYLOAD_FORMAT_INVALID, "payload is not UTF-8 as its format indicator says") from None
+                self._v5_ack(conn, PUBACK if pub.qos == 1 else PUBREC, pub.packet_id, PAYLOAD_FORMAT_INVALID)
+                return None
+        props = MessageProps.received(pub.forward, pub.props.get(codec.MESSAGE_EXPIRY))
+        engine: Any = self
+        allowed = engine.may_publish_now(conn.session, pub.topic)
+        if allowed is None:
+            return self._v5_publish_async(conn, pub, props)
+        self._v5_accept(conn, pub, props, allowed)
+        return None
+
+    async def _v5_publish_async(self, conn: V5Connection, pub: Publish, props: MessageProps | None) -> None:
+        engine: Any = self
+        self._v5_accept(conn, pub, props, await engine._allowed(conn.session, pub.topic, Action.PUBLISH))
+
+    def _v5_accept(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
+        if pub.qos == 2:
+            self._v5_hold(conn, pub, props, allowed)
+            return
+        if not allowed:
+            log.info("%s not allowed to publish to %s", conn.session.client_id, pub.topic)
+            if pub.qos:
+                self._v5_ack(conn, PUBACK, pub.packet_id, NOT_AUTHORIZED)
+            return
+        matched = self._v5_route(conn, pub.topic, pub.payload, pub.qos, pub.retain, props, _reply(pub))
+        if pub.qos:
+            self._v5_ack(conn, PUBACK, pub.packet_id, 0 if matched else NO_SUBSCRIBERS)
+
+    def _v5_hold(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
+        """QoS 2, method B: held (durably for a persistent session) before PUBREC, routed at PUBREL."""
+        held = conn.session.inflight_in
+        if pub.packet_id in held:  # a re-send of a message held already: PUBREC again [MQTT-4.3.3-?]
+            self._v5_ack(conn, PUBREC, pub.packet_id)
+            return
+        if not allowed:
+            log.info("%s not allowed to publish to %s", conn.session.client_id, pub.topic)
+            self._v5_ack(conn, PUBREC, pub.packet_id, NOT_AUTHORIZED)
+            return
+        if len(held) >= self.limits.max_inflight_messages:
+            raise V5Error(RECEIVE_MAX_EXCEEDED, f"more than {self.limits.max_inflight_messages} QoS 2 messages "
+                                                "awaiting PUBREL (the Receive Maximum)")
+        held[pub.packet_id] = V5Incoming(pub.packet_id, pub.topic, pub.payload, pub.retain, props, _reply(pub))
+        self._v5_ack(conn, PUBREC, pub.packet_id)
+
+    def v5_pubrel(self, conn: V5Connection, packet_id: int) -> Any:
+        """Route the held message, forget it, PUBCOMP (0x92 for a packet id not held)."""
+        held = conn.session.inflight_in
+        msg = held.get(packet_id)
+        if msg is None:
+            self._v5_ack(conn, PUBCOMP, packet_id, NOT_FOUND)
+            return None
+        kept = getattr(msg, "reply", None)
+        self._v5_route(conn, msg.topic, bytes(msg.data), 2, bool(msg.retain), props_of(msg),
+                       ReplyTo(*kept) if kept is not None else None)
+        held.pop(packet_id, None)  # routed before it is forgotten: a crash in between re-delivers
+        self._v5_ack(conn, PUBCOMP, packet_id)
+        return None
+
+    async def v5_subscribe(self, conn: V5Connection, sub: Subscribe) -> None:
+        session = conn.session
+        engine: Any = self
+        key = session.client_id or ""
+        options: dict[str, SubOptions] = session.attributes.setdefault(SUB_OPTIONS, {})
+        codes: list[int] = []
+        fresh: list[bool] = []
+        for s in sub.subscriptions:
+            existed = s.topic_filter in options
+            granted = await engine.add_subscription((s.topic_filter, s.qos), session)
+            fresh.append(not existed)
+            if granted >= UNSPECIFIED:
+                codes.append(granted)
+                continue
+            options[s.topic_filter] = SubOptions(granted, s.no_local, s.retain_as_published, s.retain_handling,
+                                                 sub.subscription_id)
+            codes.append(granted)
+        conn.write(encode.encode_suback(sub.packet_id, codes))
+        ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
+        for s, code, new in zip(sub.subscriptions, codes, fresh, strict=True):
+            if code >= UNSPECIFIED:
+                continue
+            if engine._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
+                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=key,
+                                                      topic=s.topic_filter, qos=code)
+            shared = s.topic_filter.startswith("$share/")  # no retained messages for a shared subscription
+            if not shared and (s.retain_handling == 0 or (s.retain_handling == 1 and new)):
+                engine._send_retained(session, s.topic_filter, code, ids)
+
+    async def v5_unsubscribe(self, conn: V5Connection, packet_id: int, filters: list[str],
+                             _props: codec.Props) -> None:
+        session = conn.session
+        engine: Any = self
+        options: dict[str, SubOptions] = session.attributes.get(SUB_OPTIONS, {})
+        codes: list[int] = []
+        for topic_filter in filters:
+            removed = engine._del_subscription(topic_filter, session)
+            options.pop(topic_filter, None)
+            codes.append(0 if removed else 0x11)  # 0x11: No subscription existed
+            if engine._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
+                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id,
+                                                      topic=topic_filter)
+        conn.write(encode.encode_unsuback(packet_id, codes))

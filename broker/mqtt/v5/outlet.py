@@ -1,0 +1,130 @@
+"""The outgoing side of an MQTT 5 connection: v5 PUBLISH packets under the client's own limits.
+
+`V5Outlet` is the engine's `Outlet` (coalesced writes, backlog, window) with the v5 encoding: the
+message's properties forwarded unaltered, the Message Expiry Interval set to the time left
+[MQTT-3.3.2-6] (an expired message is dropped [MQTT-3.3.2-5]), the subscription identifiers
+[MQTT-3.3.4-3], a Topic Alias when the client allows them (§3.3.2.3.4), the client's Receive Maximum as
+the window for QoS 1 and 2 [MQTT-3.3.4-9], and no packet above the client's Maximum Packet Size
+(discarded as if sent [MQTT-3.1.2-25]). QoS 2 runs here too (PUBREC -> PUBREL -> PUBCOMP).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from amqtt.mqtt.pubrec import PubrecPacket
+from amqtt.session import Session
+
+from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.session_persistence import DurableInflight
+from broker.mqtt.v5.codec import PUBREL
+from broker.mqtt.v5.encode import encode_ack, encode_publish, expiry_property, varint
+from broker.mqtt.v5.message import MessageProps, V5Outgoing, props_of
+
+__all__ = ["Link", "V5Outlet"]
+
+log = logging.getLogger("intercom.delivery")
+
+
+@dataclass
+class Link:
+    """What one v5 connection's client asked of the broker in its CONNECT."""
+
+    receive_max: int = 65535
+    max_packet: int = 268_435_460
+    alias_max: int = 0  # Topic Alias Maximum: how many aliases the broker may set on this connection
+    out_aliases: dict[str, int] = field(default_factory=dict)
+
+
+def _props_block(props: MessageProps | None, sub_ids: tuple[int, ...], now: float | None = None) -> bytes | None:
+    """The encoded properties of an outgoing PUBLISH (without a Topic Alias); None when it expired."""
+    raw = b""
+    if props is not None:
+        left = props.remaining(time.time() if now is None else now)
+        if left == 0:
+            return None
+        raw = props.forward if left is None else props.forward + expiry_property(left)
+    for sub_id in sub_ids:
+        raw += b"\x0b" + varint(sub_id)
+    return raw
+
+
+class V5Outlet(Outlet):
+    __slots__ = ("link",)
+
+    def __init__(self, session: Session, handler: Any, writer: CoalescingWriter, limits: DeliveryLimits,
+                 on_overflow: Callable[[Outlet], None], link: Link) -> None:
+        window = min(limits.max_inflight, link.receive_max)
+        super().__init__(session, handler, writer, replace(limits, max_inflight=window), on_overflow)
+        self.link = link
+
+    def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool,
+               props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
+        raw = _props_block(props, sub_ids) if props is not None or sub_ids else b""
+        if raw is None:
+            return
+        link = self.link
+        send_topic, new_alias = topic_b, 0
+        if link.alias_max:
+            alias = link.out_aliases.get(topic)
+            if alias is not None:
+                send_topic = b""
+            elif len(link.out_aliases) < link.alias_max:
+                alias = new_alias = len(link.out_aliases) + 1
+            if alias is not None:
+                raw += b"\x23" + alias.to_bytes(2, "big")
+        session = self.session
+        packet_id = session.next_packet_id if qos else 0
+        packet = encode_publish(send_topic, data, qos, packet_id, retain, False, raw)
+        if len(packet) > link.max_packet:
+            log.debug("not sending %d bytes on %s to %s: above its Maximum Packet Size %d", len(packet), topic,
+                      session.client_id, link.max_packet)
+            return
+        if new_alias:
+            link.out_aliases[topic] = new_alias
+        if qos:
+            session.inflight_out[packet_id] = V5Outgoing(packet_id, topic, qos, data, retain, props, sub_ids)
+        self.writer.write(packet)
+
+    def pubrec(self, packet_id: int, reason: int) -> None:
+        """PUBREC for a QoS 2 message we sent: PUBREL, or (a refusal, reason >= 0x80) the flow ends [MQTT-4.3.3]."""
+        inflight = self.session.inflight_out
+        msg = inflight.get(packet_id)
+        if msg is None:
+            if reason < 0x80:
+                self.writer.write(encode_ack(PUBREL, packet_id, 0x92))  # Packet Identifier not found
+            return
+        if reason >= 0x80:
+            msg.pubcomp_packet = True  # acknowledged: the flow is over
+            self.acked(packet_id, True)
+            return
+        if msg.pubrec_packet is None:
+            msg.pubrec_packet = PubrecPacket.build(packet_id)
+            if isinstance(inflight, DurableInflight):
+                inflight.db.inflight_released(inflight.client_id, packet_id)
+        self.writer.write(encode_ack(PUBREL, packet_id))
+
+    def pubcomp(self, packet_id: int) -> None:
+        msg = self.session.inflight_out.get(packet_id)
+        if msg is not None:
+            msg.pubcomp_packet = True
+        self.acked(packet_id, True)
+
+    def resend_inflight(self) -> None:
+        """A resumed session: re-send what the client has not acknowledged, DUP set, without aliases
+        (they are per connection) [MQTT-4.4.0-1]; a QoS 2 message past PUBREC gets its PUBREL again."""
+        now = time.time()
+        for packet_id, msg in list(self.session.inflight_out.items()):
+            if msg.qos == 2 and msg.pubrec_packet is not None:
+                self.writer.write(encode_ack(PUBREL, packet_id))
+                continue
+            sub_ids: tuple[int, ...] = getattr(msg, "sub_ids", ())
+            raw = _props_block(props_of(msg), sub_ids, now) or b""
+            packet = encode_publish(msg.topic.encode(), bytes(msg.data), msg.qos or 1, packet_id, bool(msg.retain),
+                                    True, raw)
+            if len(packet) <= self.link.max_packet:
+                self.writer.write(packet)

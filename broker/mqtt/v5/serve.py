@@ -1,0 +1,322 @@
+"""An MQTT 5 connection's life on the one broker: CONNECT, admission, session, Will, disconnect.
+
+The hardening layer reads the first packet of every connection; when it says MQTT 5 it hands the
+connection here (`_serve_v5`) instead of to amqtt (3.1.1 only). From there a v5 client uses the same
+admission (`HardeningMixin._admit`: flapping ban, the auth plugin, the Will-topic ACL), the same session
+table, subscription index, ACL, outlets and persistence as a 3.1.1 client; only its packets are its own.
+
+Session semantics (§3.1.2.4, §3.1.2.11.2): Clean Start discards an existing session; the Session Expiry
+Interval (capped at `limits.session_expiry_s`, the cap stated in CONNACK) says how long the session
+outlives the connection, 0 meaning it ends with it (the engine's `clean_session`). The Will is published
+when the connection ends without DISCONNECT 0x00, after its Will Delay Interval or when the session ends,
+whichever comes first, unless the client resumes the session before that [MQTT-3.1.3-9].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from amqtt.events import BrokerEvents
+from amqtt.session import Session
+from amqtt.utils import gen_client_id
+from transitions import MachineError
+
+from broker.config import LimitsConfig
+from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
+from broker.mqtt.live import Live
+from broker.mqtt.packet_guard import GuardedReader
+from broker.mqtt.v5 import codec, encode
+from broker.mqtt.v5.codec import V5Error
+from broker.mqtt.v5.connection import V5Connection
+from broker.mqtt.v5.message import MessageProps, props_of
+from broker.mqtt.v5.outlet import Link
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
+
+    _Base: TypeAlias = Broker
+else:
+    _Base = object
+
+__all__ = ["V5Mixin", "session_expired"]
+
+log = logging.getLogger("intercom.mqtt5")
+_WILL = "intercom.v5.will"  # session attribute: the pending delayed Will, (timer, will)
+_NEVER = 0xFFFFFFFF
+# 3.1.1 CONNACK return codes (what admission answers) -> MQTT 5 CONNACK reason codes
+_REASON = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
+
+
+def session_expired(session: Session, now: float, default_s: float | None) -> bool:
+    """Whether a disconnected persistent session has outlived its expiry (its own for MQTT 5)."""
+    expiry = session.attributes.get(SESSION_EXPIRY, default_s)
+    last = session.last_disconnect_time
+    return expiry is not None and last is not None and last + expiry <= now
+
+
+class _Will:
+    """A Will to publish when a v5 connection ends abnormally (§3.1.3.2)."""
+
+    __slots__ = ("delay", "payload", "props", "qos", "retain", "topic")
+
+    def __init__(self, c: codec.Connect) -> None:
+        assert c.will_topic is not None
+        self.topic = c.will_topic
+        self.payload = c.will_payload
+        self.qos = c.will_qos
+        self.retain = c.will_retain
+        self.props = MessageProps.received(c.will_forward, c.will_props.get(codec.MESSAGE_EXPIRY))
+        self.delay: int = c.will_props.get(codec.WILL_DELAY, 0)
+
+
+class V5Live(Live):
+    """A registered MQTT 5 connection: a takeover ends it with DISCONNECT 0x8E [MQTT-3.1.4-3], flushed (at
+    most 1 s, so a peer that does not read cannot hold the takeover up), then it stops reading."""
+
+    async def close(self) -> None:
+        self.closing = True
+        await self.handler.handle_connection_closed()
+
+
+class V5Mixin(_Base):
+    """Serves MQTT 5 connections; see the module docstring."""
+
+    limits: LimitsConfig
+
+    async def _serve_v5(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
+        server = self._servers.get(listener_name)
+        if server is None:
+            return
+        await server.acquire_connection()
+        try:
+            await self._v5_connection(listener_name, guard, writer)
+        finally:
+            server.release_connection()
+
+    async def _v5_refuse(self, writer: Any, reason: int, why: str, client_id: str | None = None) -> None:
+        log.warning("refused MQTT 5 CONNECT of %r: %s (reason %#04x)", client_id, why, reason)
+        with contextlib.suppress(Exception):
+            writer.write(encode.encode_connack(False, reason, {}))
+            await asyncio.wait_for(writer.drain(), 1.0)
+
+    async def _v5_connection(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
+        packet = guard.take_packet()
+        if packet is None:
+            return
+        try:
+            c = codec.decode_connect(packet[1])
+        except V5Error as exc:
+            await self._v5_refuse(writer, exc.code, str(exc))
+            return
+        if codec.AUTH_METHOD in c.props:  # no enhanced authentication method is supported (§4.12)
+            await self._v5_refuse(writer, 0x8C, f"Authentication Method {c.props[codec.AUTH_METHOD]!r}", c.client_id)
+            return
+        will = _Will(c) if c.will_topic is not None else None
+        if will is not None and c.will_props.get(codec.PAYLOAD_FORMAT) == 1 and not _utf8(c.will_payload):
+            await self._v5_refuse(writer, 0x99, "Will payload is not UTF-8", c.client_id)  # [MQTT-3.1.3-?]
+            return
+        session, assigned = self._v5_session(c, writer, will)
+        code = await self._admit(session, listener_name)
+        if code != 0:
+            await self._v5_refuse(writer, _REASON.get(code, 0x87), "not admitted", session.client_id)
+            return
+        # One CONNECT per client id at a time, from takeover to registration, as for 3.1.1 (HardeningMixin);
+        # revoke() may refuse it until it is registered.
+        state = self._hardening()
+        incoming, cid = session, session.client_id
+        assert cid is not None
+        state.admitting[id(incoming)] = incoming
+        try:
+            async with state.connecting.hold(cid):
+                session, present = await self._v5_adopt(incoming, c.clean_start)
+                if incoming.attributes.get(REVOKED):
+                    with contextlib.suppress(MachineError, ValueError):
+                        session.transitions.disconnect()
+                    await self._v5_refuse(writer, 0x87, "credentials revoked while it was admitted", cid)
+                    return
+                conn, outlet, live = self._v5_register(session, present, assigned, c, guard, writer)
+        finally:
+            state.admitting.pop(id(incoming), None)
+        await self._v5_serve_session(session, present, conn, outlet, live, will)
+
+    def _v5_session(self, c: codec.Connect, writer: Any, will: _Will | None) -> tuple[Session, bool]:
+        """The amqtt `Session` a v5 CONNECT describes (as amqtt's CONNECT handling fills it for 3.1.1)."""
+        session = Session()
+        peer = writer.get_peer_info()
+        if peer:
+            session.remote_address, session.remote_port = peer[0], peer[1]
+        assigned = not c.client_id
+        session.client_id = gen_client_id() if assigned else c.client_id
+        expiry = min(c.props.get(codec.SESSION_EXPIRY, 0), self.limits.session_expiry_s)
+        session.attributes[SESSION_EXPIRY] = expiry
+        session.attributes[PROTOCOL] = 5
+        session.clean_session = expiry == 0  # the engine's "ends with the connection"
+        session.keep_alive = c.keep_alive
+        session.username = c.username
+        session.password = c.password.decode("utf-8", "replace") if c.password is not None else None
+        if will is not None:
+            session.will_flag, session.will_topic, session.will_message = True, will.topic, will.payload
+            session.will_qos, session.will_retain = will.qos, will.retain
+        return session, assigned
+
+    async def _v5_adopt(self, incoming: Session, clean_start: bool) -> tuple[Session, bool]:
+        """The session this connection continues (session present) or starts (§3.1.2.4)."""
+        cid = incoming.client_id
+        assert cid is not None
+        await self._end_previous_connection(cid)  # takeover [MQTT-3.1.4-3]
+        entry = self._sessions.get(cid)
+        old = entry[0] if entry is not None else None
+        if old is not None:
+            pending = old.attributes.pop(_WILL, None)
+            if pending is not None:
+                timer, due = pending
+                timer.cancel()
+                if clean_start or old.clean_session:  # the old session ends now: its delayed Will is due
+                    self._v5_publish_will(old, due)
+        resume = (old is not None and not clean_start and not old.clean_session
+                  and not session_expired(old, time.time(), self.limits.session_expiry_s))
+        if not resume:
+            if old is not None:
+                await self._delete_session(cid)
+            incoming.parent = 0
+            return incoming, False
+        assert old is not None
+        for attr in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
+                     "username", "password", "clean_session", "remote_address", "remote_port"):
+            setattr(old, attr, getattr(incoming, attr))
+        old.attributes.update(incoming.attributes)
+        old.parent = 1
+        return old, True
+
+    def _v5_connack_props(self, c: codec.Connect, session: Session, assigned: bool,
+                          keep_alive: int) -> codec.Props:
+        """CONNACK properties: the box's real limits (§3.2.2.3)."""
+        limits = self.limits
+        props: codec.Props = {
+            codec.RECEIVE_MAXIMUM: min(limits.max_inflight_messages, 65535),
+            codec.MAXIMUM_PACKET_SIZE: limits.max_packet_bytes,
+            codec.TOPIC_ALIAS_MAXIMUM: limits.topic_alias_maximum,
+            codec.RETAIN_AVAILABLE: 1,
+            codec.WILDCARD_AVAILABLE: 1,
+            codec.SUB_IDS_AVAILABLE: 1,
+            codec.SHARED_AVAILABLE: 1,
+        }
+        if not limits.topic_alias_maximum:
+            del props[codec.TOPIC_ALIAS_MAXIMUM]
+        requested = c.props.get(codec.SESSION_EXPIRY, 0)
+        if requested != session.attributes[SESSION_EXPIRY]:
+            props[codec.SESSION_EXPIRY] = session.attributes[SESSION_EXPIRY]  # [MQTT-3.2.2-?]: ours differs
+        if assigned:
+            props[codec.ASSIGNED_CLIENT_ID] = session.client_id
+        if keep_alive != c.keep_alive:
+            props[codec.SERVER_KEEP_ALIVE] = keep_alive  # [MQTT-3.2.2-21]
+        return props
+
+    def _v5_register(self, session: Session, present: bool, assigned: bool, c: codec.Connect,
+                     guard: GuardedReader, writer: Any) -> tuple[V5Connection, Any, Live]:
+        """Register the connection in the session table (takeover and revocation find it), send CONNACK."""
+        cid = session.client_id
+        assert cid is not None
+        cap = self.limits.max_keepalive_s
+        keep_alive = c.keep_alive if 0 < c.keep_alive <= cap else cap
+        with contextlib.suppress(MachineError, ValueError):
+            session.transitions.connect()
+        link = Link(receive_max=c.props.get(codec.RECEIVE_MAXIMUM, 65535),
+                    max_packet=c.props.get(codec.MAXIMUM_PACKET_SIZE, 268_435_460),
+                    alias_max=c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0))
+        conn = V5Connection(self, session, guard, writer, link, self.limits.topic_alias_maximum)
+        sessions: Any = self._sessions
+        sessions[cid] = (session, conn)
+        outlet: Any = self._open_outlet(session)  # wraps conn.writer
+        conn.write(encode.encode_connack(present, 0, self._v5_connack_props(c, session, assigned, keep_alive)))
+        guard.start_session(keep_alive, session.delivered_message_queue)
+        live = self._hardening().live[cid] = V5Live(session, conn, guard, writer, started=True)
+        return conn, outlet, live
+
+    async def _v5_serve_session(self, session: Session, present: bool, conn: V5Connection, outlet: Any, live: Live,
+                                will: _Will | None) -> None:
+        cid = session.client_id
+        assert cid is not None
+        state = self._hardening()
+        disconnect: codec.Disconnect | None = None
+        try:
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=cid,
+                                                  client_session=session)
+            await asyncio.sleep(0)  # let the plugins' handlers (durable containers) run before re-sending
+            if outlet is not None:
+                if present:
+                    outlet.resend_inflight()
+                self._v5_offline_queue(session, outlet)
+            disconnect = await conn.run()
+        finally:
+            if state.live.get(cid) is live:
+                del state.live[cid]
+            live.done.set()
+            await self._v5_ended(session, conn, outlet, disconnect, will)
+
+    def _v5_offline_queue(self, session: Session, outlet: Any) -> None:
+        """Messages queued while the session was offline, through the outlet (expired ones are dropped)."""
+        queue = session.retained_messages
+        for _ in range(queue.qsize()):
+            msg = queue.get_nowait()
+            outlet.send(msg.topic.encode(), msg.topic, bytes(msg.data), msg.qos or 0, False, props_of(msg))
+
+    async def _v5_ended(self, session: Session, conn: V5Connection, outlet: Any,
+                        disconnect: codec.Disconnect | None, will: _Will | None) -> None:
+        cid = session.client_id or ""
+        conn.closed = True
+        if disconnect is not None:
+            expiry = disconnect.props.get(codec.SESSION_EXPIRY)
+            if expiry is not None:
+                if session.attributes.get(SESSION_EXPIRY) == 0 and expiry:
+                    log.info("%s set a Session Expiry at DISCONNECT after 0 at CONNECT: ignored [MQTT-3.14.2-2]",
+                             cid)
+                else:
+                    expiry = min(expiry, self.limits.session_expiry_s)
+                    session.attributes[SESSION_EXPIRY] = expiry
+                    session.clean_session = expiry == 0
+        self._close_outlet(cid, outlet)
+        current = self._sessions.get(cid, (None, None))[0] is session
+        with contextlib.suppress(MachineError, ValueError):
+            session.transitions.disconnect()
+        session.last_disconnect_time = time.time()  # amqtt floors it to the second; expiry needs better
+        if will is not None and (disconnect is None or disconnect.reason == 0x04) and current:
+            self._v5_schedule_will(session, will)
+        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED, client_id=cid,
+                                              client_session=session)
+        if session.clean_session and current:
+            session.inflight_in.clear()
+            await self._del_all_subscriptions(session)
+            session.attributes.pop(SUB_OPTIONS, None)
+
+    def _v5_schedule_will(self, session: Session, will: _Will) -> None:
+        """Publish the Will now, or after min(Will Delay, Session Expiry) unless the session resumes."""
+        delay = min(will.delay, session.attributes.get(SESSION_EXPIRY, 0))
+        if delay <= 0:
+            self._v5_publish_will(session, will)
+            return
+        timer = asyncio.get_running_loop().call_later(delay, self._v5_delayed_will, session)
+        session.attributes[_WILL] = (timer, will)
+
+    def _v5_delayed_will(self, session: Session) -> None:
+        pending = session.attributes.pop(_WILL, None)
+        if pending is not None:
+            self._v5_publish_will(session, pending[1])
+
+    def _v5_publish_will(self, session: Session, will: _Will) -> None:
+        routing: Any = self
+        routing.deliver(session, will.topic, will.payload, will.qos, will.retain, will.props)
+        if will.retain:
+            routing.retain_now(session, will.topic, will.payload, will.qos, will.props)
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
