@@ -69,3 +69,22 @@ async def test_simultaneous_connects_with_one_client_id_leave_exactly_one(harnes
                 f"trial {trial}: the surviving connection got {got!r}, not the message"
         finally:
             await asyncio.gather(*(r.close() for r in raws))
+
+
+async def test_a_reconnect_is_not_held_up_by_a_delivery_the_dropped_connection_never_acknowledged(harness):
+    """A persistent client that drops while a QoS 1 message queued for it offline waits for its PUBACK gets its
+    next CONNACK at once: the takeover does not wait for that PUBACK to time out (5 s)."""
+    port = harness.server.mqtt_port
+    sub = await Raw.connected(port, "resident-2", clean=False)
+    assert await sub.subscribe([("users/2/x", 1)]) == [1]
+    await sub.close(disconnect=True)
+    harness.server.broker.publish("users/2/x", b"queued offline", qos=1)
+    waits = []
+    for _ in range(4):
+        raw = await Raw.open(port)
+        t0 = time.monotonic()
+        assert await raw.connack(connect("resident-2", clean=False), 8.0) == 0
+        waits.append(time.monotonic() - t0)
+        assert (await raw.next_publish()).payload == b"queued offline"  # delivered, and again not acknowledged
+        raw.abort()
+    assert max(waits) < 1.0, waits
