@@ -28,7 +28,7 @@ from amqtt.session import OutgoingApplicationMessage, Session
 
 from broker.mqtt.v5.message import MessageProps, V5Retained, props_of
 
-__all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish"]
+__all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint"]
 
 log = logging.getLogger("intercom.delivery")
 # encoded topic, topic, payload, QoS, retain, MQTT 5 properties, subscription identifiers
@@ -45,7 +45,8 @@ class DeliveryLimits:
     write_buffer_bytes: int = 256 * 1024
 
 
-def _remaining_length(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """MQTT's variable byte integer: the fixed header's Remaining Length, and (MQTT 5) property lengths."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -63,9 +64,9 @@ def encode_publish(topic: bytes, data: bytes, qos: int, packet_id: int = 0, reta
     header = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
     tlen = len(topic)
     if qos:
-        return b"".join((bytes((header,)), _remaining_length(4 + tlen + len(data)), tlen.to_bytes(2, "big"),
+        return b"".join((bytes((header,)), encode_varint(4 + tlen + len(data)), tlen.to_bytes(2, "big"),
                          topic, packet_id.to_bytes(2, "big"), data))
-    return b"".join((bytes((header,)), _remaining_length(2 + tlen + len(data)), tlen.to_bytes(2, "big"), topic, data))
+    return b"".join((bytes((header,)), encode_varint(2 + tlen + len(data)), tlen.to_bytes(2, "big"), topic, data))
 
 
 class CoalescingWriter(WriterAdapter):

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from broker.mqtt.tree import descend, path_to, prune
+
 __all__ = ["HOLDS", "NONE", "ONLINE", "SHARE_LEVEL", "SharedGroups", "shared_parts", "valid_share_name"]
 
 S = TypeVar("S")
@@ -104,12 +106,7 @@ class SharedGroups(Generic[S]):
         self.count = 0  # shared subscriptions (groups) held: zero means routing can skip this tree
 
     def add(self, name: str, topic_filter: str, key: str, subscriber: S, qos: int) -> None:
-        node = self._root
-        for level in topic_filter.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                child = node.children[level] = _Node()
-            node = child
+        node = descend(self._root, topic_filter, _Node)
         group = node.groups.get(name)
         if group is None:
             group = node.groups[name] = _Group()
@@ -118,25 +115,17 @@ class SharedGroups(Generic[S]):
 
     def remove(self, name: str, topic_filter: str, key: str) -> bool:
         """Drop one member; an empty group and empty branches go with it. True when it was a member."""
-        path: list[tuple[_Node[S], str]] = []
-        node = self._root
-        for level in topic_filter.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                return False
-            path.append((node, level))
-            node = child
+        found = path_to(self._root, topic_filter)
+        if found is None:
+            return False
+        path, node = found
         group = node.groups.get(name)
         if group is None or not group.remove(key):
             return False
         if not group.members:
             del node.groups[name]
             self.count -= 1
-        for parent, level in reversed(path):
-            child = parent.children[level]
-            if child.groups or child.children:
-                break
-            del parent.children[level]
+        prune(path, lambda n: not n.groups)
         return True
 
     def pick(self, topic: str, rank: Callable[[S], int]) -> list[Member[S]]:

@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from broker.mqtt.shared_index import Member, SharedGroups, shared_parts, valid_share_name
+from broker.mqtt.tree import descend, path_to, prune
 
 __all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter", "valid_subscription",
            "well_formed_filter"]
 
 S = TypeVar("S")
 V = TypeVar("V")
-N = TypeVar("N", "_SubNode[Any]", "_RetNode[Any]")
 
 
 def valid_filter(topic_filter: str) -> bool:
@@ -56,16 +56,6 @@ def well_formed_filter(topic_filter: str) -> bool:
     return "\x00" not in name and (not inner or valid_filter(inner))
 
 
-def _descend(node: N, topic: str, make: Callable[[], N]) -> N:
-    """The node for `topic` under `node`, creating the missing levels: both trees grow this way."""
-    for level in topic.split("/"):
-        child = node.children.get(level)
-        if child is None:
-            child = node.children[level] = make()
-        node = child
-    return node
-
-
 class _SubNode(Generic[S]):
     __slots__ = ("children", "subs")
 
@@ -99,7 +89,7 @@ class SubscriptionIndex(Generic[S]):
         if parts is not None:
             self.shared.add(parts[0], parts[1], key, subscriber, qos)
             return new
-        _descend(self._root, topic_filter, _SubNode).subs[key] = (subscriber, qos)
+        descend(self._root, topic_filter, _SubNode).subs[key] = (subscriber, qos)
         return new
 
     def remove(self, topic_filter: str, key: str) -> bool:
@@ -110,22 +100,11 @@ class SubscriptionIndex(Generic[S]):
                 return False
             self._forget(key, topic_filter)
             return True
-        path: list[tuple[_SubNode[S], str]] = []
-        node = self._root
-        for level in topic_filter.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                return False
-            path.append((node, level))
-            node = child
-        if node.subs.pop(key, None) is None:
+        found = path_to(self._root, topic_filter)
+        if found is None or found[1].subs.pop(key, None) is None:
             return False
         self._forget(key, topic_filter)
-        for parent, level in reversed(path):
-            child = parent.children[level]
-            if child.subs or child.children:
-                break
-            del parent.children[level]
+        prune(found[0], lambda n: not n.subs)
         return True
 
     def _forget(self, key: str, topic_filter: str) -> None:
@@ -207,24 +186,15 @@ class RetainedTree(Generic[V]):
         self._root: _RetNode[V] = _RetNode()
 
     def set(self, topic: str, value: V) -> None:
-        node = _descend(self._root, topic, _RetNode)
+        node = descend(self._root, topic, _RetNode)
         node.value = value
 
     def discard(self, topic: str) -> None:
-        path: list[tuple[_RetNode[V], str]] = []
-        node = self._root
-        for level in topic.split("/"):
-            child = node.children.get(level)
-            if child is None:
-                return
-            path.append((node, level))
-            node = child
-        node.value = None
-        for parent, level in reversed(path):
-            child = parent.children[level]
-            if child.value is not None or child.children:
-                break
-            del parent.children[level]
+        found = path_to(self._root, topic)
+        if found is None:
+            return
+        found[1].value = None
+        prune(found[0], lambda n: n.value is None)
 
     def clear(self) -> None:
         self._root = _RetNode()
