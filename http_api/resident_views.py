@@ -79,8 +79,7 @@ async def put_household_dnd(request: web.Request) -> web.Response:
 
 
 def _set_dnd(request: web.Request, scope: str, subject: str, body: DndIn) -> dict[str, object]:
-    schedule = [(w.start, w.end) for w in body.schedule] if body.schedule is not None else None
-    return request.app[SERVICES].calls.dnd.set(scope, subject, body.enabled, schedule)
+    return request.app[SERVICES].calls.dnd.set(scope, subject, body.enabled, body.windows())
 
 
 async def get_forwarding(request: web.Request) -> web.Response:

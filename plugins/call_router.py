@@ -19,7 +19,7 @@ from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, top
 from broker.core.services import Services
 from broker.core.states import Party, Role
 from broker.core.tokens import Principal
-from plugins import door_router
+from plugins import command_router
 
 __all__ = ["identify", "on_publish"]
 
@@ -85,9 +85,9 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
                     svc.calls.publisher.publish(topics.device_control(party.id), answer, qos=1)
                 else:
                     svc.calls.publisher.publish(reply[0], answer, qos=1, meta=Meta(correlation=reply[1]))
-            elif kind in ("resident_commands", "device_commands_ack"):  # door unlock: plugins/door_router.py
-                request_id = door_router.request_id(body)
-                door_router.on_publish(svc, party, "commands" if kind == "resident_commands" else "ack", body)
+            elif kind in ("resident_commands", "device_commands_ack"):  # door unlock: plugins/command_router.py
+                request_id = command_router.request_id(body)
+                command_router.on_publish(svc, party, "commands" if kind == "resident_commands" else "ack", body)
             elif kind == "device_status":
                 # Published retained by the server too (after the device's own message, which the broker
                 # retained first), so the retained message is always the stored, merged status.

@@ -29,7 +29,7 @@ from broker.core.ids import Id, parse_id, validation_detail
 
 __all__ = [
     "CALL_SERVICE_FILTERS", "ActiveQuery", "AdminListQuery", "CallInfo", "CallRequest", "CommandAck",
-    "ControlBody", "ControlMessage", "DeviceStatus", "DirectoryPatch", "DndIn", "DoorCommand",
+    "ControlBody", "ControlMessage", "DeviceStatus", "DirectoryPatch", "DndCommand", "DndIn", "DoorCommand",
     "DoorCommandRequest", "DoorEventsQuery", "EndSessionRequest", "ErrorBody", "ForwardingIn", "HistoryQuery",
     "Id", "IncomingCall", "MqttCallRequest", "ResidentCallsQuery", "SessionQuery", "SystemMessage", "TencentRtc",
     "UnlockRequest", "control_notice", "incoming_call_encoder", "parse_id", "snapshot_url", "topics",
@@ -143,6 +143,7 @@ class ControlMessage(_Out):
     request_id: str | None = None
     snapshot_url: str | None = None  # `call_info.action: "snapshot"`
     door: dict[str, Any] | None = None  # `call_info.action: "door_opened"`: the reply to a resident's unlock
+    dnd: dict[str, Any] | None = None  # `call_info.action: "dnd"`: the reply to a resident's DND command
     client_id: str | None = None  # the client that took the action (several per resident)
     forward_to: list[str] | None = None  # `forwarded`: the fallback residents now ringing
 
@@ -278,6 +279,10 @@ class DndIn(_In):
 
     enabled: StrictBool
     schedule: Annotated[list[DndWindow], Field(max_length=24)] | None = None
+
+    def windows(self) -> list[tuple[str, str]] | None:
+        """The schedule as (from, to) pairs, as `broker.core.dnd` keeps it."""
+        return [(w.start, w.end) for w in self.schedule] if self.schedule is not None else None
 
 
 class ForwardingIn(_In):
@@ -449,6 +454,13 @@ class DoorCommandRequest(_UnlockFields):
     """A resident's publish on `users/{id}/commands`; the resident is the topic's."""
 
     command: Literal["unlock"]
+    request_id: RequestId | None = None
+
+
+class DndCommand(DndIn):
+    """A resident's publish on `users/{id}/commands`: its own do-not-disturb, as `PUT /api/residents/{id}/dnd`."""
+
+    command: Literal["dnd"]
     request_id: RequestId | None = None
 
 

@@ -144,3 +144,21 @@ async def test_dnd_unknown_and_wrong_method(harness):
     assert (await put(harness, "/api/households/999/dnd", {"enabled": True}))[0] == 404
     status, resp = await harness.post("/api/residents/2/dnd", {"enabled": True})
     assert status == 405 and "PUT" in resp["message"]
+
+
+async def test_a_resident_sets_its_dnd_over_mqtt(harness, party):
+    """`{"command":"dnd"}` on users/{id}/commands sets the resident's DND (as PUT does) and answers on its control
+    topic with the setting and the request_id; a bad body gets a 400 error there and changes nothing."""
+    r2 = await party("resident", "2")
+    await r2.client.publish("users/2/commands", json.dumps(
+        {"command": "dnd", "enabled": True, "schedule": [{"from": "22:00", "to": "07:00"}], "request_id": "d1"}), qos=1)
+    _, body = await r2.wait_for(lambda t, b: t == "users/2/calls/control" and b.get("request_id") == "d1")
+    assert body["call_info"]["action"] == "dnd" and body["dnd"]["enabled"] is True
+    assert body["dnd"]["schedule"] == [{"from": "22:00", "to": "07:00"}]
+    _, resp = await harness.get("/api/residents/2/dnd")
+    assert resp["data"]["enabled"] is True and resp["data"]["schedule"] == [{"from": "22:00", "to": "07:00"}]
+    await r2.client.publish("users/2/commands", json.dumps(
+        {"command": "dnd", "enabled": "maybe", "request_id": "d2"}), qos=1)
+    _, body = await r2.wait_for(lambda t, b: t == "users/2/calls/control" and b.get("request_id") == "d2")
+    assert body["error"]["code"] == 400 and "enabled" in body["error"]["message"]
+    assert (await harness.get("/api/residents/2/dnd"))[1]["data"]["enabled"] is True

@@ -1,8 +1,9 @@
-"""MQTT adapter of door unlock: a resident's `users/{id}/commands` and a station's `devices/{id}/commands/ack`.
+"""MQTT adapter of a resident's `users/{id}/commands` (`unlock`, `dnd`) and a station's `devices/{id}/commands/ack`.
 
 Called by `plugins/call_router.on_publish` once the topic's party is checked and the payload decoded. An
 unlock waits for the station's ack, so it runs as a task; its outcome goes back on the resident's control
-topic (a `door_opened` control message, or an error), each echoing the command's `request_id`.
+topic (a `door_opened` control message, or an error). A `dnd` command sets the resident's own
+do-not-disturb at once and is answered with a `dnd` control message. Each reply echoes the `request_id`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from broker.core.calls import now_ms
 from broker.core.doors import Opener
 from broker.core.errors import DomainError, error_text
-from broker.core.payloads import CommandAck, ControlMessage, DoorCommandRequest, topics
+from broker.core.payloads import CommandAck, ControlMessage, DndCommand, DoorCommandRequest, topics
 from broker.core.services import Services
 from broker.core.states import Party
 
@@ -39,11 +40,22 @@ def on_publish(svc: Services, party: Party, last_level: str, body: Any) -> None:
 
 
 def _command(svc: Services, party: Party, body: Any) -> None:
-    """Validate now (a ValidationError is the caller's 400), then unlock in the background."""
+    """Validate now (a ValidationError is the caller's 400), then unlock in the background, or set DND."""
+    if isinstance(body, dict) and body.get("command") == "dnd":
+        _set_dnd(svc, party, DndCommand.model_validate(body))
+        return
     cmd = DoorCommandRequest.model_validate(body)
     task = asyncio.get_running_loop().create_task(_unlock(svc, party, cmd))
     _running.add(task)
     task.add_done_callback(_running.discard)
+
+
+def _set_dnd(svc: Services, party: Party, cmd: DndCommand) -> None:
+    view = svc.calls.dnd.set("resident", party.id, cmd.enabled, cmd.windows())
+    msg = ControlMessage(call_info={"action": "dnd", "timestamp": now_ms()}, resident_id=party.id,
+                         request_id=cmd.request_id, dnd=view)
+    svc.calls.publisher.publish(topics.resident_control(party.id), msg.model_dump_json(exclude_none=True).encode(),
+                                qos=1)
 
 
 async def _unlock(svc: Services, party: Party, cmd: DoorCommandRequest) -> None:
