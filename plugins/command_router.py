@@ -1,4 +1,5 @@
-"""MQTT adapter of a resident's `users/{id}/commands` (`unlock`, `dnd`) and a station's `devices/{id}/commands/ack`.
+"""MQTT adapter of a resident's `users/{id}/commands` (`unlock`, `dnd`, `calls_seen`) and a station's
+`devices/{id}/commands/ack`.
 
 Called by `plugins/call_router.on_publish` once the topic's party is checked and the payload decoded. An
 unlock waits for the station's ack, so it runs as a task; its outcome goes back on the resident's control
@@ -15,7 +16,7 @@ from typing import Any
 from broker.core.calls import now_ms
 from broker.core.doors import Opener
 from broker.core.errors import DomainError, error_text
-from broker.core.payloads import CommandAck, ControlMessage, DndCommand, DoorCommandRequest, topics
+from broker.core.payloads import CommandAck, ControlMessage, DndCommand, DoorCommandRequest, SeenCommand, topics
 from broker.core.services import Services
 from broker.core.states import Party
 
@@ -41,8 +42,13 @@ def on_publish(svc: Services, party: Party, last_level: str, body: Any) -> None:
 
 def _command(svc: Services, party: Party, body: Any) -> None:
     """Validate now (a ValidationError is the caller's 400), then unlock in the background, or set DND."""
-    if isinstance(body, dict) and body.get("command") == "dnd":
+    command = body.get("command") if isinstance(body, dict) else None
+    if command == "dnd":
         _set_dnd(svc, party, DndCommand.model_validate(body))
+        return
+    if command == "calls_seen":  # the answer is the retained users/{id}/calls/missed dropping to 0
+        SeenCommand.model_validate(body)
+        svc.calls.resident_calls.mark_seen(party.id)
         return
     cmd = DoorCommandRequest.model_validate(body)
     task = asyncio.get_running_loop().create_task(_unlock(svc, party, cmd))

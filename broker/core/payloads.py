@@ -31,9 +31,9 @@ __all__ = [
     "CALL_SERVICE_FILTERS", "ActiveQuery", "AdminListQuery", "CallInfo", "CallRequest", "CommandAck",
     "ControlBody", "ControlMessage", "DeviceStatus", "DirectoryPatch", "DndCommand", "DndIn", "DoorCommand",
     "DoorCommandRequest", "DoorEventsQuery", "EndSessionRequest", "ErrorBody", "ForwardingIn", "HistoryQuery",
-    "Id", "IncomingCall", "MqttCallRequest", "ResidentCallsQuery", "SessionQuery", "SystemMessage", "TencentRtc",
-    "UnlockRequest", "control_notice", "incoming_call_encoder", "parse_id", "snapshot_url", "topics",
-    "validation_detail",
+    "Id", "IncomingCall", "MqttCallRequest", "ResidentCallsQuery", "SeenCommand", "SessionQuery", "SystemMessage",
+    "TencentRtc", "UnlockRequest", "control_notice", "incoming_call_encoder", "parse_id", "snapshot_url",
+    "topics", "validation_detail",
 ]
 
 
@@ -432,8 +432,7 @@ CALL_SERVICE_FILTERS = (topics.request("+"), topics.device_control("+"), topics.
                         topics.device_status("+"), topics.resident_commands("+"), topics.device_commands_ack("+"))
 
 
-# Door unlock, device kinds, visitor snapshots (issue 13) ------------------------------------------
-
+# Door unlock, resident commands, visitor snapshots --------------------------------------------------
 Relay = Annotated[StrictInt, Field(ge=1)]  # numbered from 1 (2N's switches); the top is doors.max_relay
 RequestId = Annotated[str, Field(max_length=64)]
 
@@ -454,6 +453,13 @@ class DoorCommandRequest(_UnlockFields):
     """A resident's publish on `users/{id}/commands`; the resident is the topic's."""
 
     command: Literal["unlock"]
+    request_id: RequestId | None = None
+
+
+class SeenCommand(_In):
+    """A resident's publish on `users/{id}/commands`: every missed call seen, as `POST .../calls/seen`."""
+
+    command: Literal["calls_seen"]
     request_id: RequestId | None = None
 
 

@@ -112,3 +112,19 @@ async def test_history_bad_inputs(harness, path, status, detail):
     """Bad query values and ids are 400 naming the field; an unknown resident is 404."""
     got, resp = await harness.get(path)
     assert got == status and resp["message"].startswith(detail), resp
+
+
+async def test_a_resident_marks_its_missed_calls_seen_over_mqtt(make_harness):
+    """`{"command":"calls_seen"}` on users/{id}/commands drops the retained missed counter to 0, as the POST does."""
+    import json
+
+    h = await make_harness(calls={"ring_timeout_s": 0.3})
+    async with parties(h) as connect:
+        r2 = await connect("resident", "2")
+        await h.start_call("1")
+        await r2.wait_for(is_missed(1))
+        await r2.client.publish("users/2/commands", json.dumps({"command": "calls_seen", "request_id": "s1"}), qos=1)
+        _, body = await r2.wait_for(is_missed(0))
+        assert body["origin"] == "server"
+        _, resp = await h.get("/api/residents/2/calls?missed=true")
+        assert resp["data"][0]["seen"] is True
