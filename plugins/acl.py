@@ -26,6 +26,7 @@ from broker.core.errors import NotFound
 from broker.core.payloads import topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
+from broker.limiter import LogThrottle
 from broker.mqtt.hooks import PRINCIPAL
 from broker.mqtt.shared_index import shared_parts
 
@@ -97,9 +98,11 @@ class TopicAclPlugin(BaseTopicPlugin):
         """No options: the table comes from broker.yaml's `acl:` and is bound at start."""
 
     services: Services | None = None
+    refusals: LogThrottle = LogThrottle()  # replaced per broker by `bind`
 
     def bind(self, services: Services) -> None:
         self.services = services
+        self.refusals = LogThrottle()  # refusals are client-driven: one line per client and action every 5 s
 
     def rule(self, principal: Principal) -> AclRule:
         acl = self.services.settings.acl if self.services else None
@@ -163,7 +166,9 @@ class TopicAclPlugin(BaseTopicPlugin):
                 log.exception("ACL check of %r failed", topic)
                 ok = False
         if not ok:
-            log.warning("ACL: %s may not %s %r", principal or session.client_id, action, subscribed)
+            if (suppressed := self.refusals.check(f"{session.client_id}|{action}")) is not None:
+                log.warning("ACL: %s may not %s %r%s", principal or session.client_id, action, subscribed,
+                            f" ({suppressed} more refused since last logged)" if suppressed else "")
             return False
         if action is Action.SUBSCRIBE:
             return self._count_subscription(session, subscribed)

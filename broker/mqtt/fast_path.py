@@ -189,7 +189,6 @@ class FastPathMixin(RoutingMixin):
             return False
         hooks = self._plugin_hooks()
         if hooks.filter_topics and not all(check(session, topic, Action.PUBLISH) for check in hooks.sync_checks):
-            log.info("%s not allowed to publish to %s", session.client_id, topic)
             return True
         self._route(session, topic, data, qos, retain, hooks)
         return True
@@ -275,7 +274,6 @@ class FastPathMixin(RoutingMixin):
             self._spawn(handler.handle_connection_closed())
             return False
         if not await self._allowed(session, topic, Action.PUBLISH):
-            log.info("%s not allowed to publish to %s", session.client_id, topic)
             return True
         if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
@@ -325,7 +323,7 @@ class FastPathMixin(RoutingMixin):
                 log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
                 return False
             if not allowed:
-                log.info("%s not allowed to publish to %s", session.client_id, topic)
+                pass  # acknowledged (PUBREC below) and dropped; the ACL plugin logged the refusal
             elif len(held) >= self.limits.max_inflight_messages:
                 log.warning("closing %s: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
                             session.client_id, self.limits.max_inflight_messages)

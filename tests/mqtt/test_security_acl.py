@@ -139,3 +139,17 @@ async def test_deny_patterns_and_an_anonymous_rule(make_harness):
         assert granted(await c.subscribe("test/other", qos=0)) == [0]
         assert granted(await c.subscribe("#", qos=0)) == [0]
         assert granted(await c.subscribe("$SYS/#", qos=0)) == [128]
+
+
+async def test_a_flood_of_refused_publishes_is_not_a_log_flood(make_harness, caplog):
+    """500 QoS 1 publishes the ACL refuses give a few log lines, not 500 or 1,000, and the client is still served."""
+    import logging
+
+    h, t = await secure_harness(make_harness)
+    with caplog.at_level(logging.INFO):
+        async with h.mqtt(**login(t, "resident-2")) as r2:
+            for i in range(500):
+                await r2.publish("users/3/calls/control", f'{{"n":{i}}}', qos=1)
+            assert granted(await r2.subscribe("users/2/#", qos=1)) == [1]
+    lines = [r for r in caplog.records if "users/3/calls/control" in r.getMessage()]
+    assert 1 <= len(lines) <= 4, [r.getMessage() for r in lines][:6]

@@ -93,7 +93,6 @@ class V5InboundMixin(_Base):
             self._v5_hold(conn, pub, props, allowed)
             return
         if not allowed:
-            log.info("%s not allowed to publish to %s", conn.session.client_id, pub.topic)
             if pub.qos:
                 self._v5_ack(conn, PUBACK, pub.packet_id, NOT_AUTHORIZED)
             return
@@ -108,7 +107,6 @@ class V5InboundMixin(_Base):
             self._v5_ack(conn, PUBREC, pub.packet_id)
             return
         if not allowed:
-            log.info("%s not allowed to publish to %s", conn.session.client_id, pub.topic)
             self._v5_ack(conn, PUBREC, pub.packet_id, NOT_AUTHORIZED)
             return
         if len(held) >= self.limits.max_inflight_messages:
