@@ -69,8 +69,8 @@ class CallPlugin(BasePlugin[BrokerContext]):
             return
         try:
             if online:
-                self.presence.connected(party, session.client_id)
+                self.presence.connected(party, session.client_id or "")
             else:
-                self.presence.disconnected(party, session.client_id)
+                self.presence.disconnected(party, session.client_id or "")
         except Exception:
             log.exception("could not record presence of %s", party.key)

@@ -32,13 +32,13 @@ class Presence:
         self.calls = calls
         self.status = status
         self.grace_s = grace_s
-        self._live: Counter[Party] = Counter()
+        # open MQTT connections per party, by client id (a phone and a tablet; a takeover briefly has two of one)
         self._clients: dict[Party, Counter[str]] = {}
         self._timers: dict[Party, asyncio.TimerHandle] = {}
         self._offline_since: dict[Party, float] = {}  # parties inside a grace period: when they dropped
 
     def is_online(self, party: Party) -> bool:
-        return self._live[party] > 0
+        return party in self._clients
 
     def clients(self, party: Party) -> frozenset[str]:
         """The client ids of the party's open MQTT connections (a resident's phone and tablet)."""
@@ -49,32 +49,28 @@ class Presence:
         """How many parties are inside their grace period."""
         return len(self._timers)
 
-    def connected(self, party: Party, client_id: str | None = None) -> None:
-        self._live[party] += 1
-        if client_id is not None:
-            self._clients.setdefault(party, Counter())[client_id] += 1
+    def connected(self, party: Party, client_id: str) -> None:
+        held = self._clients.setdefault(party, Counter())
+        held[client_id] += 1
         self._offline_since.pop(party, None)
         if (handle := self._timers.pop(party, None)) is not None:
             handle.cancel()
             log.info("%s is back within its grace period", party.key)
-        if self._live[party] == 1 and party.role is Role.DEVICE:
+        if held.total() == 1 and party.role is Role.DEVICE:
             self._set_online(party, True)
 
-    def disconnected(self, party: Party, client_id: str | None = None) -> None:
-        if self._live[party] <= 0:
-            return  # a CONNECT that never got this far (refused), or already counted down
-        self._live[party] -= 1
+    def disconnected(self, party: Party, client_id: str) -> None:
         held = self._clients.get(party)
-        if client_id is not None and held is not None and held[client_id] > 0:
-            held[client_id] -= 1
-            if held[client_id] == 0:
-                del held[client_id]
-            if not held:
-                del self._clients[party]
-        if self._live[party] > 0:
-            log.info("%s dropped a connection but still has %d (client-id takeover)", party.key, self._live[party])
+        if held is None or held[client_id] <= 0:
+            return  # a CONNECT that never got this far (refused), or already counted down
+        held[client_id] -= 1
+        if held[client_id] == 0:
+            del held[client_id]
+        if held:
+            log.info("%s dropped a connection but still has %d (another client, or a client-id takeover)",
+                     party.key, held.total())
             return
-        del self._live[party]
+        del self._clients[party]
         if party.role is Role.DEVICE:
             self._set_online(party, False)
         self._start_grace(party)

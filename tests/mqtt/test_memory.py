@@ -108,7 +108,7 @@ def _state(h: Harness) -> dict[str, int]:
         "sessions": len(b._sessions), "subscriptions": len(b._subscriptions), "outlets": len(b._outlets),
         "live": len(hard.live), "open": hard.gate.open, "retained": len(b._retained_messages),
         "background": len(b._background), "fired_events": len(b.plugins_manager._fired_events),
-        "presence_live": len(presence._live), "presence_timers": len(presence._timers),
+        "presence_live": len(presence._clients), "presence_timers": len(presence._timers),
         "persistent_known": len(persistence._known), "calls_active": len(calls._active),
         "calls_by_device": len(calls._by_device), "calls_by_household": len(calls._by_household),
         "calls_timers": len(calls._timers), "tasks": len(asyncio.all_tasks()),
