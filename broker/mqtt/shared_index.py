@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from broker.mqtt.tree import descend, path_to, prune
+from broker.mqtt.tree import descend, matching, path_to, prune
 
 __all__ = ["HOLDS", "NONE", "ONLINE", "SHARE_LEVEL", "SharedGroups", "shared_parts", "valid_share_name"]
 
@@ -130,31 +130,11 @@ class SharedGroups(Generic[S]):
 
     def pick(self, topic: str, rank: Callable[[S], int]) -> list[Member[S]]:
         """One member of each shared subscription whose filter matches `topic` (see `_Group.pick`)."""
-        groups: list[_Group[S]] = []
-        self._collect(self._root, topic.split("/"), 0, groups, topic.startswith("$"))
         out: list[Member[S]] = []
-        for group in groups:
-            chosen = group.pick(rank)
-            if chosen is not None:
-                out.append(chosen)
+        for node in matching(self._root, topic):
+            for group in node.groups.values():
+                chosen = group.pick(rank)
+                if chosen is not None:
+                    out.append(chosen)
         return out
 
-    def _collect(self, node: _Node[S], levels: list[str], i: int, out: list[_Group[S]], dollar: bool) -> None:
-        """Same walk as `SubscriptionIndex._collect`: a leading wildcard never matches a `$` topic."""
-        children = node.children
-        if i == len(levels):
-            out.extend(node.groups.values())
-            hash_node = children.get("#")
-            if hash_node is not None:
-                out.extend(hash_node.groups.values())
-            return
-        if not (dollar and i == 0):
-            hash_node = children.get("#")
-            if hash_node is not None:
-                out.extend(hash_node.groups.values())
-            plus = children.get("+")
-            if plus is not None:
-                self._collect(plus, levels, i + 1, out, dollar)
-        child = children.get(levels[i])
-        if child is not None:
-            self._collect(child, levels, i + 1, out, dollar)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from broker.mqtt.shared_index import Member, SharedGroups, shared_parts, valid_share_name
-from broker.mqtt.tree import descend, path_to, prune
+from broker.mqtt.tree import descend, matching, path_to, prune
 
 __all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter", "valid_subscription",
            "well_formed_filter"]
@@ -131,8 +131,8 @@ class SubscriptionIndex(Generic[S]):
     def match(self, topic: str) -> dict[str, tuple[S, int]]:
         """Every subscriber whose filters match `topic`, once each, at the highest matching QoS."""
         out: dict[str, tuple[S, int]] = {}
-        levels = topic.split("/")
-        self._collect(self._root, levels, 0, out, topic.startswith("$"))
+        for node in matching(self._root, topic):
+            _merge(out, node.subs)
         return out
 
     def pick_shared(self, topic: str, rank: Callable[[S], int]) -> list[Member[S]]:
@@ -142,26 +142,6 @@ class SubscriptionIndex(Generic[S]):
         session's ordinary subscription too is picked regardless, so that session may get both copies.
         """
         return self.shared.pick(topic, rank)
-
-    def _collect(self, node: _SubNode[S], levels: list[str], i: int, out: dict[str, tuple[S, int]],
-                 dollar: bool) -> None:
-        children = node.children
-        if i == len(levels):
-            _merge(out, node.subs)
-            hash_node = children.get("#")
-            if hash_node is not None:
-                _merge(out, hash_node.subs)
-            return
-        if not (dollar and i == 0):
-            hash_node = children.get("#")
-            if hash_node is not None:
-                _merge(out, hash_node.subs)
-            plus = children.get("+")
-            if plus is not None:
-                self._collect(plus, levels, i + 1, out, dollar)
-        child = children.get(levels[i])
-        if child is not None:
-            self._collect(child, levels, i + 1, out, dollar)
 
 
 def _merge(out: dict[str, tuple[S, int]], subs: dict[str, tuple[S, int]]) -> None:

@@ -1,8 +1,9 @@
-"""The walk every topic tree shares (subscriptions, retained messages, shared subscriptions).
+"""The walks every topic tree shares (subscriptions, retained messages, shared subscriptions).
 
 A node has `children: dict[str, node]`, one level of a topic per edge. `descend` creates the levels a
 new entry needs; `path_to` finds an entry's node and the edges leading to it, and `prune` removes the
-nodes that became empty, from the leaf up, so a tree never keeps branches nobody uses.
+nodes that became empty, from the leaf up, so a tree never keeps branches nobody uses. `matching` finds
+the filter nodes of a filter tree that match a topic, by MQTT's rules.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["descend", "path_to", "prune"]
+__all__ = ["descend", "matching", "path_to", "prune"]
 
 
 class _Node(Protocol):
@@ -49,3 +50,31 @@ def prune(path: list[tuple[N, str]], empty: Callable[[N], bool]) -> None:
         if child.children or not empty(child):
             return
         del parent.children[level]
+
+
+def matching(root: N, topic: str) -> list[N]:
+    """The nodes of a filter tree whose filter matches `topic` (each once): `+` matches one level, `#` the
+    rest, including none; a leading wildcard never matches a `$` topic [MQTT-4.7.2-1]."""
+    out: list[N] = []
+    _collect(root, topic.split("/"), 0, out, topic.startswith("$"))
+    return out
+
+
+def _collect(node: N, levels: list[str], i: int, out: list[N], dollar: bool) -> None:
+    children = node.children
+    if i == len(levels):
+        out.append(node)
+        hash_node = children.get("#")
+        if hash_node is not None:
+            out.append(hash_node)
+        return
+    if not (dollar and i == 0):
+        hash_node = children.get("#")
+        if hash_node is not None:
+            out.append(hash_node)
+        plus = children.get("+")
+        if plus is not None:
+            _collect(plus, levels, i + 1, out, dollar)
+    child = children.get(levels[i])
+    if child is not None:
+        _collect(child, levels, i + 1, out, dollar)
