@@ -12,7 +12,7 @@ from broker.core.tokens import Principal
 from http_api.envelope import Handler
 from http_api.keys import PRINCIPAL, SERVICES
 
-__all__ = ["auth_middleware", "is_public", "party_of", "principal", "require"]
+__all__ = ["auth_middleware", "is_public", "party_of", "principal", "require", "scope_to_caller"]
 
 # No token needed: health, and the console's page, files, bootstrap config and the API description.
 PUBLIC = frozenset({"/healthz", "/", "/api/console/config", "/api/openapi.json"})
@@ -53,3 +53,15 @@ def require(request: web.Request, *roles: str) -> Principal | None:
 
 def party_of(p: Principal | None) -> Party | None:
     return p.party() if p is not None else None
+
+
+def scope_to_caller(request: web.Request, filters: dict[str, str], what: str) -> None:
+    """Narrow a listing's `filters` to the caller: a resident sees its household's `what`, a device its own;
+    admins and local-only callers anything. Asking for someone else's is 403."""
+    p = require(request, "resident", "device")
+    if p is not None and p.role == "resident":
+        own = request.app[SERVICES].directory.resident(p.id)["household_number"]
+        if filters.setdefault("household_number", own) != own:
+            raise Forbidden(f"a resident may only list its own household's {what}")
+    elif p is not None and p.role == "device" and filters.setdefault("device_id", p.id) != p.id:
+        raise Forbidden(f"a device may only list its own {what}")

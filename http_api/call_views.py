@@ -16,7 +16,7 @@ from broker.core.payloads import (
     SessionQuery,
 )
 from broker.core.states import Party, Role
-from http_api.auth import party_of, principal, require
+from http_api.auth import party_of, principal, require, scope_to_caller
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
@@ -97,15 +97,8 @@ async def history(request: web.Request) -> web.Response:
     """Call history, newest first: `?household_number=&device_id=&status=&limit=`."""
     query = parse_query(request, HistoryQuery)
     filters = query.model_dump(include={"household_number", "device_id", "status"}, exclude_none=True)
-    p = require(request, "resident", "device")
-    svc = request.app[SERVICES]
-    if p is not None and p.role == "resident":
-        own = svc.directory.resident(p.id)["household_number"]
-        if filters.setdefault("household_number", own) != own:
-            raise Forbidden("a resident may only list its own household's calls")
-    elif p is not None and p.role == "device" and filters.setdefault("device_id", p.id) != p.id:
-        raise Forbidden("a device may only list its own calls")
-    return ok(svc.calls.history(filters, query.limit))
+    scope_to_caller(request, filters, "calls")
+    return ok(request.app[SERVICES].calls.history(filters, query.limit))
 
 
 async def active_calls(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from broker.core.doors import Opener
 from broker.core.errors import BadRequest, Forbidden
 from broker.core.payloads import DoorEventsQuery, UnlockRequest
 from broker.core.services import Services
-from http_api.auth import require
+from http_api.auth import require, scope_to_caller
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
@@ -48,14 +48,7 @@ async def events(request: web.Request) -> web.Response:
     """`GET /api/doors/events?device_id=&household_number=&limit=`, newest first."""
     query = parse_query(request, DoorEventsQuery)
     filters = query.model_dump(include={"device_id", "household_number"}, exclude_none=True)
-    p = require(request, "resident", "device")
-    svc = request.app[SERVICES]
-    if p is not None and p.role == "resident":
-        own = svc.directory.resident(p.id)["household_number"]
-        if filters.setdefault("household_number", own) != own:
-            raise Forbidden("a resident may only list its own household's door events")
-    elif p is not None and p.role == "device" and filters.setdefault("device_id", p.id) != p.id:
-        raise Forbidden("a device may only list its own door events")
-    return ok(svc.doors.events(filters, query.limit))
+    scope_to_caller(request, filters, "door events")
+    return ok(request.app[SERVICES].doors.events(filters, query.limit))
 
 
