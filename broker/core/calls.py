@@ -32,7 +32,6 @@ from broker.core.payloads import (
     CallInfo,
     ControlMessage,
     ErrorBody,
-    IncomingCall,
     control_notice,
     incoming_call_encoder,
     snapshot_url,
@@ -395,11 +394,11 @@ class CallService:
 
     def _ring_fallback(self, call: CallSession, resident_id: str, ts: int) -> None:
         """The incoming call of a forwarded call's fallback resident: the same call, `call_info.action` forwarded."""
-        msg = IncomingCall(call_id=call.call_id, device_id=call.device_id, household_number=call.household_number,
-                           call_info={"call_id": call.call_id, "action": "forwarded", "timestamp": ts},
-                           tencen_rtc=self.trtc.call_credentials(f"resident_{resident_id}", call.call_id),
-                           ring_timeout_s=call.ring_timeout_s, timestamp=ts)
-        self.publisher.publish(topics.incoming(resident_id), msg.model_dump_json().encode(), qos=1)
+        incoming = incoming_call_encoder(call.call_id, call.device_id, call.household_number,
+                                         {"call_id": call.call_id, "action": "forwarded", "timestamp": ts},
+                                         call.ring_timeout_s, ts)
+        rtc = self.trtc.call_credentials(f"resident_{resident_id}", call.call_id)
+        self.publisher.publish(topics.incoming(resident_id), incoming(rtc), qos=1)
 
     def _has_other_clients(self, party: Party, taker: str | None) -> bool:
         """Whether a resident that just acted has another connected client to stop ringing. A single-client
