@@ -38,12 +38,13 @@ class ServerProcess:
     """One server process; stderr is kept line by line in `log` (and drained, so the child never blocks)."""
 
     def __init__(self, tmp_path: Path, config: dict[str, Any] | None = None, data_dir: Path | None = None,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
+                 preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None) -> None:
         self.config_path = tmp_path / "broker.yaml"
         raw = {"auth": {"pbkdf2_iterations": 1000}, "site": {"households": households(1)}, **(config or {})}
         self.config_path.write_text(yaml.safe_dump(raw))
         self.data_dir = data_dir or tmp_path / "data"
         self.preexec_fn = preexec_fn
+        self.env = env or {}  # added to the test's environment (which loses INTERCOM_ADMIN_TOKEN)
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
         self.mqtt_port = self.http_port = 0
@@ -51,6 +52,7 @@ class ServerProcess:
     def spawn(self) -> subprocess.Popen[str]:
         env = {**os.environ, "INTERCOM_TRTC_SECRET_KEY": "subprocess-test-secret"}
         env.pop("INTERCOM_ADMIN_TOKEN", None)
+        env.update(self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broker", "--config", str(self.config_path), "--host", "127.0.0.1",
              "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0", "--data-dir", str(self.data_dir)],
@@ -89,20 +91,41 @@ class ServerProcess:
         for line in self.proc.stderr:
             self.log.append(line)
 
-    def stop(self) -> None:
-        """SIGTERM (a clean shutdown), SIGKILL if it hangs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (the service manager's stop); SIGKILL if it does not exit in time. The exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
 
-    def http(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    def kill(self) -> None:
+        """SIGKILL: nothing flushed, no shutdown hooks."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def rss_mb(self) -> float:
+        """Resident set size of the server process in MiB (VmRSS from /proc)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def http(self, method: str, path: str, body: Any = None, timeout: float = 5.0,
+             token: str | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read())
