@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from broker.core.payloads import Id
+from broker.ids import Id
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 

@@ -6,7 +6,7 @@
   header line every few seconds is cut off like nginx's `client_header_timeout` does.
 - The body deadline (`limits.http_body_timeout_s`) is `http_api.read_deadline`'s middleware.
 - At most `limits.max_http_connections` are open, fitted to a quarter of `ulimit -n`
-  (`broker.mqtt.accept_gate.http_fd_share`; the MQTT listeners are fitted to the rest). Past it a new
+  (`broker.fd_budget.http_fd_share`; the MQTT listeners are fitted to the rest). Past it a new
   connection evicts the oldest one that is waiting for a request head (slow or idle keep-alive); if
   every connection is busy with a request, the new one is closed at once.
 - Connections are accepted by `broker.accept_loop`, which survives EMFILE.
@@ -22,8 +22,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
+from broker.fd_budget import http_fd_share
 from broker.limiter import LogThrottle
-from broker.mqtt.accept_gate import http_fd_share
 
 __all__ = ["HttpConnections", "HttpSite", "start_http"]
 

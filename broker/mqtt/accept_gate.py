@@ -9,21 +9,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import resource
 import weakref
 from typing import Any
 
 from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 
 from broker.config import LimitsConfig
+from broker.fd_budget import fd_bounded, http_fd_share
 from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
 
-__all__ = ["AcceptGate", "GatedProtocol", "abort", "close_writer", "fd_bounded", "http_fd_share"]
+__all__ = ["AcceptGate", "GatedProtocol", "abort", "close_writer"]
 
 log = logging.getLogger("intercom.hardening")
 _quiet = LogThrottle()
 _CLOSE_WAIT_S = 2.0
-_RESERVED_FDS = 64  # sqlite, listeners, logs, an accepted socket about to be refused
 
 
 class AcceptGate:
@@ -80,30 +79,6 @@ class GatedProtocol(asyncio.StreamReaderProtocol):
             return
         self._gate.gated.add(transport)
         super().connection_made(transport)
-
-
-def http_fd_share(max_http_connections: int) -> int:
-    """The REST listener's connection cap: at most a quarter of the descriptors left after the reserve."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return max_http_connections
-    share = min(max_http_connections, max((soft - _RESERVED_FDS) // 4, 1))
-    if share < max_http_connections:
-        log.warning("limits.max_http_connections %d exceeds a quarter of the open-file limit %d: using %d "
-                    "(raise `ulimit -n`)", max_http_connections, soft, share)
-    return share
-
-
-def fd_bounded(max_connections: int, http_share: int = 0) -> int:
-    """max_connections, lowered to fit the process's file-descriptor limit next to the REST listener's
-    `http_share` (so accept never hits EMFILE, whatever REST clients do)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    room = soft - _RESERVED_FDS - http_share if soft != resource.RLIM_INFINITY else max_connections
-    if max_connections > room:
-        log.warning("limits.max_connections %d exceeds the open-file limit %d: using %d (raise `ulimit -n`)",
-                    max_connections, soft, max(room, 1))
-        return max(room, 1)
-    return max_connections
 
 
 def abort(writer: WriterAdapter) -> None:

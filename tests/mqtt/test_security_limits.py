@@ -111,7 +111,7 @@ def test_max_connections_is_lowered_to_fit_the_file_descriptor_limit():
     """A max_connections above `ulimit -n` is lowered, so accept() never runs out of descriptors."""
     import resource
 
-    from broker.mqtt.accept_gate import fd_bounded
+    from broker.fd_budget import fd_bounded
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert fd_bounded(10) == 10
