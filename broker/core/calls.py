@@ -235,15 +235,23 @@ class CallService:
         return again
 
     def resident_for(self, call_id: str, named: str | None) -> str:
-        """Which resident an anonymous (local-only) REST caller speaks for."""
-        call = self._load(call_id)
+        """Which resident an anonymous caller naming `named` (or nobody) speaks for (400 when the call cannot say)."""
+        return self.unnamed_resident_actor(call_id, named, household_may_act=False).id
+
+    def unnamed_resident_actor(self, call_id: str, named: str | None, household_may_act: bool) -> Party:
+        """Who a REST resident action without a token is from: the resident the body names, else the party the
+        call's state names (`states.unnamed_actor`). That is the household when several residents ring: allowed
+        for an anonymous caller in local-only mode (`household_may_act`), else 400 `resident_id_required`."""
         if named is not None:
-            return named
-        if len(call.phase_targets) == 1:
-            return call.phase_targets[0]
-        raise BadRequest(
-            f"resident_id: required, this call rings residents {', '.join(call.phase_targets)}: add \"resident_id\" "
-            "to the body, or send the resident's token (Authorization: Bearer <token>)", "resident_id_required")
+            return Party(Role.RESIDENT, named)
+        call = self._load(call_id)
+        actor = states.unnamed_actor(call)
+        if actor.role is Role.HOUSEHOLD and not household_may_act:
+            raise BadRequest(
+                f"resident_id: required, this call rings residents {', '.join(call.phase_targets)}: add "
+                "\"resident_id\" to the body, or send the resident's token (Authorization: Bearer <token>)",
+                "resident_id_required")
+        return actor
 
     def device_for(self, call_id: str) -> str:
         return self._load(call_id).device_id
