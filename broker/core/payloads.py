@@ -244,7 +244,7 @@ class DeviceIn(_In):
     device_id: Id
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
-    kind: Literal["door", "lobby"] = "door"
+    kind: Literal["door", "lobby"] | None = None  # not set: calls any household of the site (the seed's rule)
     households: list[Id] | None = None  # a lobby panel's households (null: any of the site)
     emergency: StrictBool = False  # rings residents in do-not-disturb too
 
