@@ -13,7 +13,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +40,7 @@ from broker.core.payloads import (
 from broker.core.resident_calls import ResidentCalls
 from broker.core.states import Action, CallSession, CallState, Party, Role
 from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
-from broker.core.trtc import Trtc
+from broker.core.trtc import Trtc, party_user_id
 
 __all__ = ["CallService", "Publisher", "iso"]
 
@@ -54,6 +54,13 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def trtc_user_ids(device_id: str, resident_ids: Sequence[str]) -> dict[str, Any]:
+    """Each party's TRTC userId in a call (`device_1`, or the mapped form of an id TRTC would refuse), so an app
+    can tell which TRTC user in the room is its peer."""
+    return {"device": party_user_id("device", device_id),
+            "residents": {rid: party_user_id("resident", rid) for rid in resident_ids}}
 
 
 def now_ms() -> int:
@@ -296,6 +303,7 @@ class CallService:
             "forward_after_s": call.forward_after_s if call.forward_to else None,
             "forwarded_at": iso(call.forwarded_at),
             "answered_client_id": call.answered_client,
+            "trtc_user_ids": trtc_user_ids(call.device_id, call.all_targets),
         }
 
     def history(self, filters: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
@@ -318,6 +326,8 @@ class CallService:
                 "forward_after_s": r.get("forward_after_s") if r.get("forward_to") else None,
                 "forwarded_at": iso(r.get("forwarded_at")),
                 "answered_client_id": r.get("answered_client_id"),
+                "trtc_user_ids": trtc_user_ids(r["device_id"], r["target_resident_ids"] + (
+                    list(r.get("forward_to") or ()) if r.get("forwarded_at") is not None else [])),
             }
             for r in rows
         ]
