@@ -24,16 +24,48 @@ from pydantic import (
     model_validator,
 )
 
+from broker.core.errors import BadRequest
 from broker.core.fastjson import compact
 from broker.core.ids import Id, parse_id, validation_detail
 
 __all__ = [
-    "CALL_SERVICE_FILTERS", "ActiveQuery", "AdminListQuery", "CallInfo", "CallRequest", "CommandAck",
-    "ControlBody", "ControlMessage", "DeviceStatus", "DirectoryPatch", "DndCommand", "DndIn", "DoorCommand",
-    "DoorCommandRequest", "DoorEventsQuery", "EndSessionRequest", "ErrorBody", "ForwardingIn", "HistoryQuery",
-    "Id", "IncomingCall", "MqttCallRequest", "ResidentCallsQuery", "SeenCommand", "SessionQuery", "SystemMessage",
-    "TencentRtc", "UnlockRequest", "control_notice", "incoming_call_encoder", "parse_id", "snapshot_url",
-    "topics", "validation_detail",
+    "CALL_SERVICE_FILTERS",
+    "DEVICE_KEYS",
+    "RESIDENT_KEYS",
+    "ActiveQuery",
+    "AdminListQuery",
+    "CallInfo",
+    "CallRequest",
+    "CommandAck",
+    "ControlBody",
+    "ControlMessage",
+    "DeviceStatus",
+    "DirectoryPatch",
+    "DndCommand",
+    "DndIn",
+    "DoorCommand",
+    "DoorCommandRequest",
+    "DoorEventsQuery",
+    "EndSessionRequest",
+    "ErrorBody",
+    "ForwardingIn",
+    "HistoryQuery",
+    "Id",
+    "IncomingCall",
+    "MqttCallRequest",
+    "ResidentCallsQuery",
+    "SeenCommand",
+    "SessionQuery",
+    "SystemMessage",
+    "TencentRtc",
+    "UnlockRequest",
+    "control_notice",
+    "incoming_call_encoder",
+    "one_id",
+    "parse_id",
+    "snapshot_url",
+    "topics",
+    "validation_detail",
 ]
 
 
@@ -79,6 +111,22 @@ class ControlBody(_In):
     client_id: ClientId | None = None  # which of the party's clients acts (REST, bridge mode)
 
 
+# The body fields that name a party of each role (seed 000's `device_id`, seed 001's `device_device_id`).
+DEVICE_KEYS = ("device_id", "device_device_id")
+RESIDENT_KEYS = ("resident_id",)
+
+
+def one_id(body: Any, keys: tuple[str, ...]) -> str | None:
+    """The one id the fields `keys` (names of one party) give in `body`, or None; two different ids: 400."""
+    if not isinstance(body, dict):
+        return None
+    ids = {k: parse_id(body[k], k) for k in keys if body.get(k) is not None}
+    if len(set(ids.values())) > 1:
+        named = ", ".join(f"{k} '{v}'" for k, v in ids.items())
+        raise BadRequest(f"{', '.join(ids)}: two different ids for one party ({named}): send one")
+    return next(iter(ids.values()), None)
+
+
 class CallRequest(_In):
     """`POST /api/mqtt/call`, current shape and the older `{device_device_id, target_resident_id}`."""
 
@@ -93,10 +141,10 @@ class CallRequest(_In):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        if "device_id" not in data and "device_device_id" in data:
-            data["device_id"] = data["device_device_id"]
-        if "target_resident_id" not in data and "resident_id" in data:
-            data["target_resident_id"] = data["resident_id"]
+        if (device := one_id(data, DEVICE_KEYS)) is not None:
+            data["device_id"] = device
+        if (target := one_id(data, ("target_resident_id", "resident_id"))) is not None:
+            data["target_resident_id"] = target
         return data
 
 
