@@ -14,17 +14,9 @@ from pydantic import ValidationError
 from broker.core import fastjson, wirejson
 from broker.core.clients import taker
 from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
+from broker.core.fields import DEVICE_KEYS, RESIDENT_KEYS, one_id
 from broker.core.group_commit import Meta
-from broker.core.payloads import (
-    DEVICE_KEYS,
-    RESIDENT_KEYS,
-    ControlBody,
-    DeviceStatus,
-    MqttCallRequest,
-    one_id,
-    topics,
-    validation_detail,
-)
+from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
 from broker.core.services import Services
 from broker.core.states import Party, Role
 from broker.core.tokens import Principal

@@ -13,7 +13,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +40,7 @@ from broker.core.payloads import (
 from broker.core.resident_calls import ResidentCalls
 from broker.core.states import Action, CallSession, CallState, Party, Role
 from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
-from broker.core.trtc import Trtc, party_user_id
+from broker.core.trtc import Trtc, trtc_user_ids
 
 __all__ = ["CallService", "Publisher", "iso"]
 
@@ -54,13 +54,6 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def trtc_user_ids(device_id: str, resident_ids: Sequence[str]) -> dict[str, Any]:
-    """Each party's TRTC userId in a call (`device_1`, or the mapped form of an id TRTC would refuse), so an app
-    can tell which TRTC user in the room is its peer."""
-    return {"device": party_user_id("device", device_id),
-            "residents": {rid: party_user_id("resident", rid) for rid in resident_ids}}
 
 
 def now_ms() -> int:
@@ -184,9 +177,13 @@ class CallService:
         self._remember(call)
         self._arm(call)
         rung = [r for r in targets if r in call.ringing] if call.dnd else targets
-        ts = timestamp if timestamp is not None else now_ms()
-        call_info = {"call_id": call_id, "action": "initiated", "timestamp": ts}
-        incoming = incoming_call_encoder(call_id, device_id, household, call_info, self.config.ring_timeout_s, ts)
+        # Clocks: the reply's `call_info.timestamp` echoes the caller's own `timestamp` (its clock, validated
+        # epoch ms) when it sent one; every other `timestamp` the server sends is the server's clock.
+        ts = now_ms()
+        call_info = {"call_id": call_id, "action": "initiated", "timestamp": timestamp if timestamp is not None else ts}
+        incoming = incoming_call_encoder(call_id, device_id, household,
+                                         {"call_id": call_id, "action": "initiated", "timestamp": ts},
+                                         self.config.ring_timeout_s, ts)
         # MQTT 5: an invite is never delivered once the ring time is over (e.g. queued for a phone that was offline)
         ring = Meta(expiry_s=math.ceil(self.config.ring_timeout_s))
         for rid in rung:

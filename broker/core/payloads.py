@@ -24,52 +24,20 @@ from pydantic import (
     model_validator,
 )
 
-from broker.core.errors import BadRequest
 from broker.core.fastjson import compact
+from broker.core.fields import DEVICE_KEYS, Timestamp, one_id
 from broker.core.ids import Id, parse_id, validation_detail
 
 __all__ = [
-    "CALL_SERVICE_FILTERS",
-    "DEVICE_KEYS",
-    "RESIDENT_KEYS",
-    "ActiveQuery",
-    "AdminListQuery",
-    "CallInfo",
-    "CallRequest",
-    "CommandAck",
-    "ControlBody",
-    "ControlMessage",
-    "DeviceStatus",
-    "DirectoryPatch",
-    "DndCommand",
-    "DndIn",
-    "DoorCommand",
-    "DoorCommandRequest",
-    "DoorEventsQuery",
-    "EndSessionRequest",
-    "ErrorBody",
-    "ForwardingIn",
-    "HistoryQuery",
-    "Id",
-    "IncomingCall",
-    "MqttCallRequest",
-    "ResidentCallsQuery",
-    "SeenCommand",
-    "SessionQuery",
-    "SystemMessage",
-    "TencentRtc",
-    "UnlockRequest",
-    "control_notice",
-    "incoming_call_encoder",
-    "one_id",
-    "parse_id",
-    "snapshot_url",
-    "topics",
-    "validation_detail",
+    "CALL_SERVICE_FILTERS", "ActiveQuery", "AdminListQuery", "CallInfo", "CallRequest", "CommandAck",
+    "ControlBody", "ControlMessage", "DeviceStatus", "DirectoryPatch", "DndCommand", "DndIn", "DoorCommand",
+    "DoorCommandRequest", "DoorEventsQuery", "EndSessionRequest", "ErrorBody", "ForwardingIn", "HistoryQuery",
+    "Id", "IncomingCall", "MqttCallRequest", "ResidentCallsQuery", "SeenCommand", "SessionQuery", "SystemMessage",
+    "TencentRtc", "UnlockRequest", "control_notice", "incoming_call_encoder", "parse_id", "snapshot_url",
+    "topics", "validation_detail",
 ]
 
 
-Timestamp = Annotated[int, Field(ge=0, le=10**14)]
 Reason = Annotated[str, Field(max_length=128)]
 # An MQTT client id as a client names itself in a body (REST, bridge mode): `{role}-{id}[/<suffix>]`,
 # checked against the acting party by broker.core.clients.
@@ -109,22 +77,6 @@ class ControlBody(_In):
     resident_id: Id | None = None  # local-only mode: an anonymous REST caller names itself
     device_id: Id | None = None
     client_id: ClientId | None = None  # which of the party's clients acts (REST, bridge mode)
-
-
-# The body fields that name a party of each role (seed 000's `device_id`, seed 001's `device_device_id`).
-DEVICE_KEYS = ("device_id", "device_device_id")
-RESIDENT_KEYS = ("resident_id",)
-
-
-def one_id(body: Any, keys: tuple[str, ...]) -> str | None:
-    """The one id the fields `keys` (names of one party) give in `body`, or None; two different ids: 400."""
-    if not isinstance(body, dict):
-        return None
-    ids = {k: parse_id(body[k], k) for k in keys if body.get(k) is not None}
-    if len(set(ids.values())) > 1:
-        named = ", ".join(f"{k} '{v}'" for k, v in ids.items())
-        raise BadRequest(f"{', '.join(ids)}: two different ids for one party ({named}): send one")
-    return next(iter(ids.values()), None)
 
 
 class CallRequest(_In):

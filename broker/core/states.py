@@ -88,10 +88,9 @@ class Move(StrEnum):
     DOOR_OPENED = "door_opened"
     FORWARD = "forward"
     DND = "dnd"
-    HOUSEHOLD_ANSWER = "household_answer"  # an unnamed member answers for the household
-    HOUSEHOLD_DECLINE = "household_decline"  # an unnamed member rejects (or hangs up) for the household: ended
-    HOUSEHOLD_DECLINE_HANGUP = "household_decline_hangup"
-    HOUSEHOLD_RING_OUT = "household_ring_out"  # an unnamed member's `timeout`: the household stops ringing
+    # an unnamed member of the household answers; rejects, or hangs up while ringing (ended); sends `timeout`
+    HOUSEHOLD_ANSWER, HOUSEHOLD_DECLINE, HOUSEHOLD_DECLINE_HANGUP, HOUSEHOLD_RING_OUT = (
+        "household_answer", "household_decline", "household_decline_hangup", "household_ring_out")
 
 
 # A move's effect: the fields of the call that change, and who is told what. `apply` makes the new
@@ -258,13 +257,9 @@ def new_call(
 
 
 def unnamed_actor(call: CallSession) -> Party:
-    """Who a resident action that names nobody (the seed's controller body, local-only mode) is from.
-
-    Where the call's state says who it must be, that resident: the one who answered a connected call,
-    or the only one still ringing. Otherwise (several ring, or the household answered) nobody in
-    particular: the household, whose `answered` connects the call with `answered_by` None and whose
-    `rejected` ends it `rejected`.
-    """
+    """Who a resident action naming nobody (the seed's controller body, local-only mode) is from: the resident
+    the call's state names (the answerer, the only one ringing), else (several ring, or the household answered)
+    the household, whose `answered` connects the call with `answered_by` None and whose `rejected` ends it."""
     if call.answered_by is not None:
         return Party(Role.RESIDENT, call.answered_by)
     if call.state is CallState.RINGING and len(call.ringing) == 1:
@@ -461,24 +456,27 @@ def _household_answer(call: CallSession, _: Party, now: float, reason: str | Non
             "ringing": frozenset()}, notices
 
 
+def _household_ends(call: CallSession, now: float, heard: str, reason: str | None, elsewhere: str, end: EndReason,
+                    cid: str | None) -> Result:
+    notices = [Notice(_device(call), heard, reason, None, cid)]
+    notices += [Notice(p, "cancelled", elsewhere, None, cid) for p in _residents(call.ringing)]
+    return _end(end, now), notices
+
+
 def _household_decline(call: CallSession, _: Party, now: float, reason: str | None, __: str,
                        cid: str | None) -> Result:
-    # as one resident's: the device hears `rejected` (reason `hangup` for a hangup while ringing)
-    notices = [Notice(_device(call), "rejected", reason, None, cid)]
-    notices += [Notice(p, "cancelled", "rejected_elsewhere", None, cid) for p in _residents(call.ringing)]
-    return _end(EndReason.REJECTED, now), notices
+    return _household_ends(call, now, "rejected", reason, "rejected_elsewhere", EndReason.REJECTED, cid)
 
 
-def _household_decline_hangup(call: CallSession, actor: Party, now: float, _: str | None, policy: str,
+def _household_decline_hangup(call: CallSession, _: Party, now: float, __: str | None, ___: str,
                               cid: str | None) -> Result:
-    return _household_decline(call, actor, now, "hangup", policy, cid)
+    # as a resident's hangup while ringing: the device hears `rejected`, reason `hangup`
+    return _household_ends(call, now, "rejected", "hangup", "rejected_elsewhere", EndReason.REJECTED, cid)
 
 
 def _household_ring_out(call: CallSession, _: Party, now: float, reason: str | None, __: str,
                         cid: str | None) -> Result:
-    notices = [Notice(_device(call), "timeout", reason, None, cid)]
-    notices += [Notice(p, "cancelled", "timeout_elsewhere", None, cid) for p in _residents(call.ringing)]
-    return _end(EndReason.TIMEOUT, now), notices
+    return _household_ends(call, now, "timeout", reason, "timeout_elsewhere", EndReason.TIMEOUT, cid)
 
 
 _MOVES = {

@@ -9,7 +9,7 @@ import json
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,8 @@ from TLSSigAPIv2 import TLSSigAPIv2
 from broker.core.errors import BadRequest
 from broker.core.payloads import TencentRtc
 
-__all__ = ["SigInfo", "Trtc", "party_user_id", "trtc_room_id", "trtc_user_id", "verify_user_sig"]
+__all__ = ["SigInfo", "Trtc", "party_user_id", "trtc_room_id", "trtc_user_id", "trtc_user_ids",
+           "verify_user_sig"]
 
 # TRTC's rules: a userId is at most 32 bytes of [a-zA-Z0-9_-]; a string roomId at most 64 bytes of these.
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -42,6 +43,13 @@ def trtc_user_id(name: str) -> str:
 def party_user_id(role: str, party_id: str) -> str:
     """A party's TRTC userId: `device_1`, `resident_2`, or its mapped form (`trtc_user_id`)."""
     return trtc_user_id(f"{role}_{party_id}")
+
+
+def trtc_user_ids(device_id: str, resident_ids: Sequence[str]) -> dict[str, Any]:
+    """Each party's TRTC userId in a call (`device_1`, or the mapped form of an id TRTC would refuse), so an app
+    can tell which TRTC user in the room is its peer."""
+    return {"device": party_user_id("device", device_id),
+            "residents": {rid: party_user_id("resident", rid) for rid in resident_ids}}
 
 
 def trtc_room_id(room: str, field: str = "channel_id") -> str:
