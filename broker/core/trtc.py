@@ -31,7 +31,7 @@ def trtc_user_id(name: str) -> str:
     """The TRTC userId for `name`: `name` itself when TRTC takes it, else `{device|resident|user}-` + the
     lowercase base32 SHA-256 of `name`, cut to 32 bytes. Deterministic (every client and the server derive
     the same one); a mapped id never equals a kept party id (`device_…`/`resident_…` use `_`, mapped ones
-    `-`), and two mapped ids collide only with a >= 110-bit hash collision."""
+    `-`), and two mapped ids collide only with a >= 115-bit hash collision."""
     if USER_ID.fullmatch(name):
         return name
     role, sep, _ = name.partition("_")

@@ -339,3 +339,45 @@ async def test_conflicting_identities(box: Harness) -> None:
         assert err["error"]["code"] == 403, err
     data = (await box.get(f"/api/mqtt/session?call_id={call_id}"))[1]["data"]
     assert data["status"] == "ringing"
+
+
+# the README quickstart, with mosquitto_sub / mosquitto_pub -------------------------------------------
+
+async def _sub(port: int, client_id: str, topic: str, count: int, *extra: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-i", client_id, "-q", "1", "-t", topic, "-v",
+        "-C", str(count), "-W", "10", *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(0.5)  # let it subscribe
+    return proc
+
+
+async def _lines(proc: asyncio.subprocess.Process) -> list[tuple[str, Any]]:
+    out, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err
+    return [(t, json.loads(p)) for t, _, p in (line.partition(" ") for line in out.decode().splitlines())]
+
+
+async def test_quickstart_with_mosquitto_clients(box: Harness) -> None:
+    """The quickstart: resident 2's own subscriber (3.1.1) hears `answered_elsewhere` from its app's answer
+    (client resident-2/app), then the door's `hangup`; the device (an MQTT 5 subscriber) hears `answered`."""
+    port = box.server.mqtt_port
+    # incoming, the app's own publish, the server's cancelled, the hangup
+    r2 = await _sub(port, "resident-2", "users/2/#", 4)
+    device = await _sub(port, "device-1", "devices/1/calls/control", 1, "-V", "mqttv5")
+    status, resp = await box.post("/api/mqtt/call", None, raw=SEED_CALL.encode())
+    assert status == 200, resp
+    call_id = resp["data"]["call_id"]
+    pub = await asyncio.create_subprocess_exec(
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-i", "resident-2/app", "-q", "1",
+        "-t", "users/2/calls/control", "-m", json.dumps({"call_info": {"call_id": call_id, "action": "answered"}}))
+    assert await asyncio.wait_for(pub.wait(), 10) == 0
+    told = await _lines(device)
+    assert told[0][1]["call_info"]["action"] == "answered" and told[0][1]["resident_id"] == "2"
+    status, resp = await box.post("/api/mqtt/controller/device", None, raw=with_call(SEED_DEVICE, call_id))
+    assert status == 200, resp
+    heard = await _lines(r2)
+    assert heard[0][0] == "users/2/calls/incoming"
+    server = [b for _, b in heard[1:] if b.get("origin") == "server"]
+    assert [(b["call_info"]["action"], b["call_info"]["reason"]) for b in server] == [
+        ("cancelled", "answered_elsewhere"), ("hangup", "user_cancelled")]
+    assert server[0]["client_id"] == "resident-2/app"
