@@ -210,7 +210,8 @@ class SiteDevice(_Strict):
     name: str | None = None
     # door: a unit's own door station, calls its household only; lobby: a building entrance or gate,
     # calls any household of the site, or only those in `households` (broker/core/device_kinds.py)
-    kind: Literal["door", "lobby"] = "door"
+    # not set (the default): calls any household of the site, as the seed's `household_number` says
+    kind: Literal["door", "lobby"] | None = None
     households: list[Id] | None = None
 
     # issue 13: an emergency device (fire panel, guard station) rings residents in do-not-disturb too

@@ -59,7 +59,9 @@ async def control_device(request: web.Request) -> web.Response:
     body = await parse_body(request, ControlBody)
     p = require(request, "device")
     svc = request.app[SERVICES]
-    actor = party_of(p) or Party(Role.DEVICE, svc.calls.device_for(body.call_info.call_id))
+    actor = _named(party_of(p), Role.DEVICE, body.device_id)
+    if actor is None:
+        actor = Party(Role.DEVICE, body.device_id or svc.calls.device_for(body.call_info.call_id))
     svc.calls.act(actor, body.call_info, taker(actor, None, body.client_id))
     await svc.calls.durable()
     return ok(None)
@@ -69,10 +71,22 @@ async def control_resident(request: web.Request) -> web.Response:
     body = await parse_body(request, ControlBody)
     p = require(request, "resident")
     svc = request.app[SERVICES]
-    actor = party_of(p) or Party(Role.RESIDENT, svc.calls.resident_for(body.call_info.call_id, body.resident_id))
-    svc.calls.act(actor, body.call_info, taker(actor, None, body.client_id))
+    actor = _named(party_of(p), Role.RESIDENT, body.resident_id)
+    if actor is None:
+        # no token: the body's resident, else whom the call's state names; an anonymous local-only caller
+        # may act for the household when several ring (the seed's body names nobody), the admin may not
+        actor = svc.calls.unnamed_resident_actor(body.call_info.call_id, body.resident_id, household_may_act=p is None)
+    cid = None if actor.role is Role.HOUSEHOLD and body.client_id is None else taker(actor, None, body.client_id)
+    svc.calls.act(actor, body.call_info, cid)
     await svc.calls.durable()
     return ok(None)
+
+
+def _named(token_party: Party | None, role: Role, body_id: str | None) -> Party | None:
+    """The token's party, which a body naming another party of `role` may not contradict (403)."""
+    if token_party is not None and body_id is not None and token_party.role is role and body_id != token_party.id:
+        raise Forbidden(f"{role} {token_party.id} may not act as {role} {body_id}")
+    return token_party
 
 
 async def session(request: web.Request) -> web.Response:

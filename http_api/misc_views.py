@@ -6,6 +6,7 @@ from aiohttp import web
 
 from broker.core.errors import Forbidden, Overloaded
 from broker.core.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, UserSigRequest, parse_id
+from broker.core.trtc import trtc_user_id
 from http_api.auth import principal, require
 from http_api.envelope import ok, parse_body
 from http_api.keys import HEALTH, SERVICES
@@ -61,7 +62,8 @@ async def usersig(request: web.Request) -> web.Response:
     body = await parse_body(request, UserSigRequest)
     _own_user_id(request, body.user_id)
     trtc = request.app[SERVICES].trtc
-    return ok({"sdk_app_id": trtc.sdk_app_id, "user_id": body.user_id, "user_sig": trtc.user_sig(body.user_id),
+    user = trtc_user_id(body.user_id)  # the id TRTC takes: `user_id` itself, or its mapped form
+    return ok({"sdk_app_id": trtc.sdk_app_id, "user_id": user, "user_sig": trtc.user_sig(user),
                "expire_s": trtc.expire_s})
 
 

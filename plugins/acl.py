@@ -40,7 +40,7 @@ DEFAULT_ACL: dict[str, AclRule] = {
     "device": AclRule(
         publish=[topics.request("%u"), topics.device_control("%u"), topics.device_status("%u"),
                  topics.device_commands_ack("%u")],
-        subscribe=[topics.device_all("%u")],
+        subscribe=[topics.device_all("%u"), topics.system("#")],  # the seed's system messages reach stations too
     ),
     "resident": AclRule(
         publish=[topics.resident_control("%u"), topics.resident_commands("%u")],

@@ -34,17 +34,18 @@ class CallPlugin(BasePlugin[BrokerContext]):
     def bind_presence(self, presence: Presence) -> None:
         self.presence = presence
 
-    def intercept_publish(self, session: Session, topic: str, payload: bytes) -> None:
-        """Called synchronously by FastPathMixin right after the publish ACL check (no task per packet)."""
+    def intercept_publish(self, session: Session, topic: str, payload: bytes) -> bool:
+        """Called synchronously by FastPathMixin right after the publish ACL check (no task per packet).
+        True when the call service handled it (the publish then has a receiver: MQTT 5 PUBACK 0x00)."""
         if self.services is None or not topic:
-            return
-        on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload, session.client_id)
+            return False
+        return on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload, session.client_id)
 
-    def intercept_request(self, session: Session, topic: str, payload: bytes, reply: ReplyTo) -> None:
+    def intercept_request(self, session: Session, topic: str, payload: bytes, reply: ReplyTo) -> bool:
         """An MQTT 5 publish with a Response Topic: a `calls/request` is answered there (AnswersRequests)."""
         if self.services is None or not topic:
-            return
-        on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload, session.client_id,
+            return False
+        return on_publish(self.services, session.attributes.get(PRINCIPAL), topic, payload, session.client_id,
                    (reply.topic, reply.correlation))
 
     def acknowledge_after(self, send: Callable[[], None]) -> None:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from broker.core import fastjson, wirejson
 from broker.core.clients import taker
 from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
+from broker.core.fields import DEVICE_KEYS, RESIDENT_KEYS, one_id
 from broker.core.group_commit import Meta
 from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
 from broker.core.services import Services
@@ -52,13 +53,14 @@ def reply_route(party: Party, reply_to: tuple[str, bytes | None] | None) -> tupl
 
 
 def on_publish(svc: Services, principal: Principal | None, topic: str, payload: bytes,
-               client_id: str | None = None, reply_to: tuple[str, bytes | None] | None = None) -> None:
-    """Handle one client publish; never raises. `client_id`: the publishing connection's (None in bridge
-    mode, where the payload may name it). `reply_to`: an MQTT 5 request's (Response Topic, Correlation
-    Data), where a `calls/request` is answered instead of the device's control topic."""
+               client_id: str | None = None, reply_to: tuple[str, bytes | None] | None = None) -> bool:
+    """Handle one client publish; never raises; True when it was the call service's input (handled or
+    refused). `client_id`: the publishing connection's (None in bridge mode, where the payload may name it).
+    `reply_to`: an MQTT 5 request's (Response Topic, Correlation Data), where a `calls/request` is answered
+    instead of the device's control topic."""
     kind_and_id = topics.classify(topic)
     if kind_and_id is None:
-        return
+        return False
     kind, party_id = kind_and_id
     party = Party(Role.RESIDENT if kind in ("resident_control", "resident_commands") else Role.DEVICE, party_id)
     reply = reply_route(party, reply_to) if kind == "request" else None
@@ -67,10 +69,13 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
     try:
         body = _decode(svc, payload)
         if isinstance(body, dict) and body.get("origin") == "server":
-            return  # our own message echoed back by a client
+            return False  # our own message echoed back by a client
         if principal is not None and principal.role != "admin" and (principal.role, principal.id) != (
             party.role.value, party.id):
             raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")
+        named = one_id(body, DEVICE_KEYS if party.role is Role.DEVICE else RESIDENT_KEYS)
+        if named is not None and named != party.id:
+            raise Forbidden(f"{topic} is {party.role} {party.id}'s; its payload names {party.role} {named}")
         with svc.calls.reporting_failure(
                 lambda: _refuse(svc, party, topic, 500, "internal error", None, body, request_id, reply)):
             if kind == "request":
@@ -102,6 +107,7 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
     except Exception:
         log.exception("unexpected error handling publish on %s", topic)
         _refuse(svc, party, topic, 500, "internal error", None, body, request_id, reply)
+    return True
 
 
 def _decode(svc: Services, payload: bytes) -> Any:

@@ -31,11 +31,13 @@ class Outcome:
 def outcomes(call: CallSession) -> dict[str, str]:
     """The outcome of an ended call for each resident it was meant for (forward fallbacks included)."""
     out: dict[str, str] = {}
+    # an unnamed member's reject (local-only REST) is each target's
+    household_last = call.last_actions.get(Party(Role.HOUSEHOLD, call.household_number).key)
     for rid in call.all_targets:
-        last = call.last_actions.get(Party(Role.RESIDENT, rid).key)
+        last = call.last_actions.get(Party(Role.RESIDENT, rid).key) or household_last
         if call.answered_by == rid:
             out[rid] = Outcome.ANSWERED
-        elif call.answered_by is not None:
+        elif call.answered_by is not None or call.connected_at is not None:  # None: the household answered
             out[rid] = Outcome.ANSWERED_ELSEWHERE
         elif last in ("rejected", "hangup"):
             out[rid] = Outcome.DECLINED

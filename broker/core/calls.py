@@ -40,7 +40,7 @@ from broker.core.payloads import (
 from broker.core.resident_calls import ResidentCalls
 from broker.core.states import Action, CallSession, CallState, Party, Role
 from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
-from broker.core.trtc import Trtc
+from broker.core.trtc import Trtc, trtc_user_ids
 
 __all__ = ["CallService", "Publisher", "iso"]
 
@@ -177,9 +177,13 @@ class CallService:
         self._remember(call)
         self._arm(call)
         rung = [r for r in targets if r in call.ringing] if call.dnd else targets
-        ts = timestamp if timestamp is not None else now_ms()
-        call_info = {"call_id": call_id, "action": "initiated", "timestamp": ts}
-        incoming = incoming_call_encoder(call_id, device_id, household, call_info, self.config.ring_timeout_s, ts)
+        # Clocks: the reply's `call_info.timestamp` echoes the caller's own `timestamp` (its clock, validated
+        # epoch ms) when it sent one; every other `timestamp` the server sends is the server's clock.
+        ts = now_ms()
+        call_info = {"call_id": call_id, "action": "initiated", "timestamp": timestamp if timestamp is not None else ts}
+        incoming = incoming_call_encoder(call_id, device_id, household,
+                                         {"call_id": call_id, "action": "initiated", "timestamp": ts},
+                                         self.config.ring_timeout_s, ts)
         # MQTT 5: an invite is never delivered once the ring time is over (e.g. queued for a phone that was offline)
         ring = Meta(expiry_s=math.ceil(self.config.ring_timeout_s))
         for rid in rung:
@@ -235,15 +239,23 @@ class CallService:
         return again
 
     def resident_for(self, call_id: str, named: str | None) -> str:
-        """Which resident an anonymous (local-only) REST caller speaks for."""
-        call = self._load(call_id)
+        """Which resident an anonymous caller naming `named` (or nobody) speaks for (400 when the call cannot say)."""
+        return self.unnamed_resident_actor(call_id, named, household_may_act=False).id
+
+    def unnamed_resident_actor(self, call_id: str, named: str | None, household_may_act: bool) -> Party:
+        """Who a REST resident action without a token is from: the resident the body names, else the party the
+        call's state names (`states.unnamed_actor`). That is the household when several residents ring: allowed
+        for an anonymous caller in local-only mode (`household_may_act`), else 400 `resident_id_required`."""
         if named is not None:
-            return named
-        if len(call.phase_targets) == 1:
-            return call.phase_targets[0]
-        raise BadRequest(
-            f"resident_id: required, this call rings residents {', '.join(call.phase_targets)}: add \"resident_id\" "
-            "to the body, or send the resident's token (Authorization: Bearer <token>)", "resident_id_required")
+            return Party(Role.RESIDENT, named)
+        call = self._load(call_id)
+        actor = states.unnamed_actor(call)
+        if actor.role is Role.HOUSEHOLD and not household_may_act:
+            raise BadRequest(
+                f"resident_id: required, this call rings residents {', '.join(call.phase_targets)}: add "
+                "\"resident_id\" to the body, or send the resident's token (Authorization: Bearer <token>)",
+                "resident_id_required")
+        return actor
 
     def device_for(self, call_id: str) -> str:
         return self._load(call_id).device_id
@@ -288,6 +300,7 @@ class CallService:
             "forward_after_s": call.forward_after_s if call.forward_to else None,
             "forwarded_at": iso(call.forwarded_at),
             "answered_client_id": call.answered_client,
+            "trtc_user_ids": trtc_user_ids(call.device_id, call.all_targets),
         }
 
     def history(self, filters: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
@@ -310,6 +323,8 @@ class CallService:
                 "forward_after_s": r.get("forward_after_s") if r.get("forward_to") else None,
                 "forwarded_at": iso(r.get("forwarded_at")),
                 "answered_client_id": r.get("answered_client_id"),
+                "trtc_user_ids": trtc_user_ids(r["device_id"], r["target_resident_ids"] + (
+                    list(r.get("forward_to") or ()) if r.get("forwarded_at") is not None else [])),
             }
             for r in rows
         ]

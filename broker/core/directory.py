@@ -68,7 +68,7 @@ class Directory:
 
     def _put(self, kind: str, row: dict[str, Any]) -> None:
         if kind == "devices":
-            row = {"kind": "door", "households": None, **row}
+            row = {"kind": None, "households": None, **row}
         self.store.put(kind, row)
         self._rows[kind][row[DIRECTORY[kind]]] = row
         self._index.pop(kind, None)
@@ -199,17 +199,17 @@ class Directory:
                 given = d.model_fields_set & {"kind", "households"}
                 if given:
                     row = self.row("devices", d.device_id)
-                    kind = d.kind if "kind" in given else row.get("kind", "door")
+                    kind = d.kind if "kind" in given else row.get("kind")
                     self.set_device_kind(d.device_id, kind, d.households, known_households=False)
 
-    def check_device_kind(self, kind: str, households: list[str] | None, known_households: bool = True) -> None:
+    def check_device_kind(self, kind: str | None, households: list[str] | None, known_households: bool = True) -> None:
         check_scope(kind, households)
         if known_households:
             for number in households or ():
                 if self._get("households", number) is None:
                     raise NotFound(f"household '{number}' not found")
 
-    def set_device_kind(self, device_id: str, kind: str, households: list[str] | None,
+    def set_device_kind(self, device_id: str, kind: str | None, households: list[str] | None,
                         known_households: bool = True) -> dict[str, Any]:
         """Make a device a unit `door` station or a `lobby` panel (calling any household, or `households`)."""
         self.row("devices", device_id)

@@ -8,6 +8,10 @@ stable machine-readable `reason` (REST: `data.reason`; MQTT: `error.reason`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
 __all__ = [
     "CATEGORY",
     "BadRequest",
@@ -66,6 +70,8 @@ class BadRequest(DomainError):
 
 class Unauthorized(DomainError):
     status = 401
+    # RFC 7235 §4.1 / RFC 6750 §3: a 401 names the scheme the client must use
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({"WWW-Authenticate": 'Bearer realm="intercom-broker"'})
 
 
 class Forbidden(DomainError):

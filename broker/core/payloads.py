@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from broker.core.fastjson import compact
+from broker.core.fields import DEVICE_KEYS, Timestamp, one_id
 from broker.core.ids import Id, parse_id, validation_detail
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
 ]
 
 
-Timestamp = Annotated[int, Field(ge=0, le=10**14)]
 Reason = Annotated[str, Field(max_length=128)]
 # An MQTT client id as a client names itself in a body (REST, bridge mode): `{role}-{id}[/<suffix>]`,
 # checked against the acting party by broker.core.clients.
@@ -93,10 +93,10 @@ class CallRequest(_In):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        if "device_id" not in data and "device_device_id" in data:
-            data["device_id"] = data["device_device_id"]
-        if "target_resident_id" not in data and "resident_id" in data:
-            data["target_resident_id"] = data["resident_id"]
+        if (device := one_id(data, DEVICE_KEYS)) is not None:
+            data["device_id"] = device
+        if (target := one_id(data, ("target_resident_id", "resident_id"))) is not None:
+            data["target_resident_id"] = target
         return data
 
 
@@ -244,7 +244,7 @@ class DeviceIn(_In):
     device_id: Id
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
-    kind: Literal["door", "lobby"] = "door"
+    kind: Literal["door", "lobby"] | None = None  # not set: calls any household of the site (the seed's rule)
     households: list[Id] | None = None  # a lobby panel's households (null: any of the site)
     emergency: StrictBool = False  # rings residents in do-not-disturb too
 

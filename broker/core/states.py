@@ -24,6 +24,7 @@ __all__ = [
     "apply",
     "due_action",
     "new_call",
+    "unnamed_actor",
 ]
 
 
@@ -36,6 +37,7 @@ class CallState(StrEnum):
 class Role(StrEnum):
     DEVICE = "device"
     RESIDENT = "resident"
+    HOUSEHOLD = "household"  # an unnamed member of the called household (local-only REST, no resident named)
     SERVER = "server"
 
 
@@ -86,6 +88,9 @@ class Move(StrEnum):
     DOOR_OPENED = "door_opened"
     FORWARD = "forward"
     DND = "dnd"
+    # an unnamed member of the household answers; rejects, or hangs up while ringing (ended); sends `timeout`
+    HOUSEHOLD_ANSWER, HOUSEHOLD_DECLINE, HOUSEHOLD_DECLINE_HANGUP, HOUSEHOLD_RING_OUT = (
+        "household_answer", "household_decline", "household_decline_hangup", "household_ring_out")
 
 
 # A move's effect: the fields of the call that change, and who is told what. `apply` makes the new
@@ -93,7 +98,7 @@ class Move(StrEnum):
 Result = tuple[dict[str, object], list["Notice"]]
 
 R, C = CallState.RINGING, CallState.CONNECTED
-D, U, S = Role.DEVICE, Role.RESIDENT, Role.SERVER
+D, U, H, S = Role.DEVICE, Role.RESIDENT, Role.HOUSEHOLD, Role.SERVER
 
 TRANSITIONS: dict[tuple[CallState, Role, Action], Move] = {
     (R, U, Action.ANSWERED): Move.ANSWER,
@@ -104,6 +109,11 @@ TRANSITIONS: dict[tuple[CallState, Role, Action], Move] = {
     (R, D, Action.HANGUP): Move.CANCEL,
     (C, D, Action.HANGUP): Move.HANGUP,
     (C, U, Action.HANGUP): Move.HANGUP,
+    (R, H, Action.ANSWERED): Move.HOUSEHOLD_ANSWER,
+    (R, H, Action.REJECTED): Move.HOUSEHOLD_DECLINE,
+    (R, H, Action.HANGUP): Move.HOUSEHOLD_DECLINE_HANGUP,
+    (R, H, Action.TIMEOUT): Move.HOUSEHOLD_RING_OUT,
+    (C, H, Action.HANGUP): Move.HANGUP,
     (R, S, Action.RING_TIMEOUT): Move.RING_TIMEOUT,
     (C, S, Action.MAX_DURATION): Move.MAX_DURATION,
     (R, S, Action.FORCE): Move.FORCE,
@@ -120,6 +130,7 @@ TRANSITIONS: dict[tuple[CallState, Role, Action], Move] = {
 ALLOWED: dict[Role, frozenset[Action]] = {
     D: frozenset({Action.HANGUP, Action.CANCELLED}),
     U: frozenset({Action.ANSWERED, Action.REJECTED, Action.TIMEOUT, Action.HANGUP}),
+    H: frozenset({Action.ANSWERED, Action.REJECTED, Action.TIMEOUT, Action.HANGUP}),
     S: frozenset({Action.RING_TIMEOUT, Action.MAX_DURATION, Action.FORCE, Action.PARTY_OFFLINE,
                   Action.DOOR_OPENED, Action.FORWARD, Action.DND}),
 }
@@ -209,6 +220,8 @@ class CallSession:
             return party.id == self.device_id
         if party.role is Role.RESIDENT:
             return party.id in self.targets or (self.forwarded_at is not None and party.id in self.forward_to)
+        if party.role is Role.HOUSEHOLD:
+            return party.id == self.household_number
         return True
 
 
@@ -241,6 +254,19 @@ def new_call(
         forward_to=tuple(r for r in dict.fromkeys(forward_to) if r not in targets),
         forward_after_s=ring_timeout_s if forward_after_s is None else forward_after_s,
     )
+
+
+def unnamed_actor(call: CallSession) -> Party:
+    """Who a resident action naming nobody (the seed's controller body, local-only mode) is from: the resident
+    the call's state names (the answerer, the only one ringing), else (several ring, or the household answered)
+    the household, whose `answered` connects the call with `answered_by` None and whose `rejected` ends it."""
+    if call.answered_by is not None:
+        return Party(Role.RESIDENT, call.answered_by)
+    if call.state is CallState.RINGING and len(call.ringing) == 1:
+        return Party(Role.RESIDENT, next(iter(call.ringing)))
+    if call.state is not CallState.RINGING and len(call.phase_targets) == 1:
+        return Party(Role.RESIDENT, call.phase_targets[0])
+    return Party(Role.HOUSEHOLD, call.household_number)
 
 
 def due_action(call: CallSession) -> Action:
@@ -372,7 +398,8 @@ def _cancel(call: CallSession, _: Party, now: float, reason: str | None, __: str
 
 
 def _hangup(call: CallSession, actor: Party, now: float, reason: str | None, _: str, cid: str | None) -> Result:
-    if actor.role is Role.RESIDENT and actor.id != call.answered_by:
+    # A call the household answered (`answered_by` None) may be hung up by any of its residents.
+    if actor.role is Role.RESIDENT and call.answered_by is not None and actor.id != call.answered_by:
         raise Forbidden(f"resident {actor.id} did not answer call {call.call_id}")
     others = [p for p in _in_call(call) if p != actor]
     rid = call.answered_by
@@ -421,6 +448,37 @@ def _all_dnd(call: CallSession, _: Party, now: float, reason: str | None, __: st
     return _end(EndReason.DND, now), [Notice(_device(call), "rejected", reason or "dnd")]
 
 
+def _household_answer(call: CallSession, _: Party, now: float, reason: str | None, __: str,
+                      cid: str | None) -> Result:
+    notices = [Notice(_device(call), "answered", reason, None, cid)]
+    notices += [Notice(p, "cancelled", "answered_elsewhere", None, cid) for p in _residents(call.ringing)]
+    return {"state": CallState.CONNECTED, "answered_by": None, "answered_client": cid, "connected_at": now,
+            "ringing": frozenset()}, notices
+
+
+def _household_ends(call: CallSession, now: float, heard: str, reason: str | None, elsewhere: str, end: EndReason,
+                    cid: str | None) -> Result:
+    notices = [Notice(_device(call), heard, reason, None, cid)]
+    notices += [Notice(p, "cancelled", elsewhere, None, cid) for p in _residents(call.ringing)]
+    return _end(end, now), notices
+
+
+def _household_decline(call: CallSession, _: Party, now: float, reason: str | None, __: str,
+                       cid: str | None) -> Result:
+    return _household_ends(call, now, "rejected", reason, "rejected_elsewhere", EndReason.REJECTED, cid)
+
+
+def _household_decline_hangup(call: CallSession, _: Party, now: float, __: str | None, ___: str,
+                              cid: str | None) -> Result:
+    # as a resident's hangup while ringing: the device hears `rejected`, reason `hangup`
+    return _household_ends(call, now, "rejected", "hangup", "rejected_elsewhere", EndReason.REJECTED, cid)
+
+
+def _household_ring_out(call: CallSession, _: Party, now: float, reason: str | None, __: str,
+                        cid: str | None) -> Result:
+    return _household_ends(call, now, "timeout", reason, "timeout_elsewhere", EndReason.TIMEOUT, cid)
+
+
 _MOVES = {
     Move.ANSWER: _answer,
     Move.DECLINE: _decline,
@@ -435,4 +493,8 @@ _MOVES = {
     Move.DOOR_OPENED: _door_opened,
     Move.FORWARD: _forward_move,
     Move.DND: _all_dnd,
+    Move.HOUSEHOLD_ANSWER: _household_answer,
+    Move.HOUSEHOLD_DECLINE: _household_decline,
+    Move.HOUSEHOLD_DECLINE_HANGUP: _household_decline_hangup,
+    Move.HOUSEHOLD_RING_OUT: _household_ring_out,
 }

@@ -353,9 +353,9 @@ def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, ac
 
 
 def _decode_member(row: dict[str, Any]) -> dict[str, Any]:
-    """A device's `households` is stored as JSON text; `kind` is null in rows made before it (a door)."""
+    """A device's `households` is stored as JSON text; `kind` null: not set (rows made before it too)."""
     if "kind" in row:
-        row["kind"] = row["kind"] or "door"
+        row["kind"] = row["kind"] or None
         row["households"] = json.loads(row["households"]) if row.get("households") else None
     return row
 

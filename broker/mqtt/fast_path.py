@@ -196,20 +196,21 @@ class FastPathMixin(RoutingMixin):
     def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks,
                props: MessageProps | None = None, reply: ReplyTo | None = None) -> int:
         """The end of every accepted publish (3.1.1 and 5): deliver, retain, then let interceptors (the call
-        plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched."""
+        plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched, an
+        interceptor that consumed the message (returned True) counting as one."""
         matched = self.deliver(session, topic, data, qos, retain, props)
         if retain:
             self.retain_now(session, topic, data, qos, props)
         if reply is None:
             for intercept in hooks.intercepts:
                 try:
-                    intercept(session, topic, data)
+                    matched += 1 if intercept(session, topic, data) else 0
                 except Exception:
                     log.exception("intercept_publish failed on %s", topic)
             return matched
         for answer in hooks.request_intercepts:
             try:
-                answer(session, topic, data, reply)
+                matched += 1 if answer(session, topic, data, reply) else 0
             except Exception:
                 log.exception("intercept_request failed on %s", topic)
         return matched

@@ -32,10 +32,11 @@ class InterceptsPublish(Protocol):
     """Sees every accepted client PUBLISH synchronously, after the publish ACL and delivery.
 
     Runs inside the reader's call (no task per packet); it must not block. An exception is logged and
-    does not affect delivery.
+    does not affect delivery. Returns True when the plugin consumed the message (a service handled it): it
+    then counts as a matching subscriber, so an MQTT 5 PUBACK says 0x00, not 0x10 No matching subscribers.
     """
 
-    def intercept_publish(self, session: Session, topic: str, payload: bytes) -> None: ...
+    def intercept_publish(self, session: Session, topic: str, payload: bytes) -> bool | None: ...
 
 
 class ReplyTo(NamedTuple):
@@ -50,7 +51,7 @@ class AnswersRequests(Protocol):
     """An `InterceptsPublish` plugin that answers MQTT 5 requests: for a PUBLISH carrying a Response Topic
     this is called instead of `intercept_publish`, with where the requester wants the answer."""
 
-    def intercept_request(self, session: Session, topic: str, payload: bytes, reply: ReplyTo) -> None: ...
+    def intercept_request(self, session: Session, topic: str, payload: bytes, reply: ReplyTo) -> bool | None: ...
 
 
 @runtime_checkable

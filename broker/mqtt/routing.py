@@ -83,9 +83,9 @@ class OwnOutlet(Protocol):
 class PluginHooks:
     """What the loaded plugins ask of the hot path; computed once, after plugins load."""
 
-    intercepts: list[Callable[[Session, str, bytes], None]] = field(default_factory=list)
+    intercepts: list[Callable[[Session, str, bytes], bool | None]] = field(default_factory=list)
     # the same plugins, for an MQTT 5 request (a PUBLISH with a Response Topic)
-    request_intercepts: list[Callable[[Session, str, bytes, ReplyTo], None]] = field(default_factory=list)
+    request_intercepts: list[Callable[[Session, str, bytes, ReplyTo], bool | None]] = field(default_factory=list)
     filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
     sync_checks: list[Callable[..., bool | None]] = field(default_factory=list)
     receive_async: bool = False  # some ACL has only the async `topic_filtering`
@@ -96,7 +96,8 @@ class PluginHooks:
     ack_barrier: Callable[[Callable[[], None]], None] | None = None
 
 
-def _ignore_reply(intercept: Callable[[Session, str, bytes], None]) -> Callable[[Session, str, bytes, ReplyTo], None]:
+def _ignore_reply(intercept: Callable[[Session, str, bytes], bool | None],
+                  ) -> Callable[[Session, str, bytes, ReplyTo], bool | None]:
     return lambda session, topic, payload, _reply: intercept(session, topic, payload)
 
 

@@ -85,7 +85,7 @@ async def test_hangup_ends_the_call_and_history_records_it(harness, party):
 async def test_device_cancel_over_mqtt_request(harness, party):
     """A call started by MQTT calls/request is answered on the device's control topic and can be cancelled."""
     dev, r2 = await party("device", "1"), await party("resident", "2")
-    await dev.client.publish("calls/request/1", json.dumps({"request_id": "rq-1", "timestamp": 5}), qos=1)
+    await dev.client.publish("calls/request/1", json.dumps({"request_id": "rq-1", "timestamp": 1651234567890}), qos=1)
     _, reply = await dev.wait_for(lambda t, b: b.get("request_id") == "rq-1")
     assert reply["origin"] == "server" and reply["target_resident_ids"] == ["2", "3"]
     assert reply["tencen_rtc"]["user_id"] == "device_1"

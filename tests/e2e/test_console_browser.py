@@ -202,7 +202,9 @@ async def test_authenticated_console_needs_the_admin_token_and_logs_what_it_simu
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     await expect(page.locator("#nav")).to_be_hidden()
     await shot(page, "signin")
-    for bad, message in (("nope-not-a-token", "invalid or expired token"), (resident, "not the admin token")):
+    # the English detail first (readable without a CJK font), then the status and its category
+    for bad, message in (("nope-not-a-token", "invalid or expired token (401 未授权)"),
+                         (resident, "not the admin token")):
         await page.get_by_label("Admin token").fill(bad)
         await page.get_by_role("button", name="Sign in").click()
         await expect(page.locator("#signin-error")).to_contain_text(message)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from broker.core.trtc import party_user_id
 from tests.conftest import parties
 
 
@@ -137,7 +138,8 @@ async def test_unicode_ids_end_to_end(harness):
         call = await harness.start_call("大门")
         assert call["target_resident_ids"] == ["门口"] and call["household_number"] == "东区-101"
         _, body = await res.wait_for(lambda t, b: t == "users/门口/calls/incoming")
-        assert body["call_id"] == call["call_id"] and body["tencen_rtc"]["user_id"] == "resident_门口"
+        assert body["call_id"] == call["call_id"] and body["tencen_rtc"]["user_id"] == party_user_id("resident", "门口")
+        assert body["tencen_rtc"]["user_id"].startswith("resident-")  # mapped: TRTC takes only [a-zA-Z0-9_-]
         await res.client.publish("users/门口/calls/control",
                                  json.dumps({"call_info": {"call_id": call["call_id"], "action": "answered"}}), qos=1)
         _, body = await dev.wait_for(lambda t, b: t == "devices/大门/calls/control"

@@ -198,10 +198,11 @@ async def test_admin_times_are_iso_utc(harness):
 # item 11 ------------------------------------------------------------------------------------------
 
 async def test_ambiguous_resident_action_says_what_to_add(harness):
-    """On a call ringing two residents, an anonymous resident action is a 400 naming `resident_id` and the token."""
+    """On a call ringing two residents, the admin's resident action naming nobody is a 400 naming `resident_id`
+    and the token (an anonymous local-only caller acts for the household: tests/e2e/test_seed_literal.py)."""
     call_id = (await harness.start_call())["call_id"]
     status, resp = await harness.post("/api/mqtt/controller/resident",
-                                      {"call_info": {"call_id": call_id, "action": "answered"}})
+                                      {"call_info": {"call_id": call_id, "action": "answered"}}, ADMIN)
     msg = resp["message"]
     assert status == 400 and msg.startswith("无效的请求参数: resident_id")
     assert '"resident_id"' in msg and "Authorization: Bearer" in msg and "2, 3" in msg, msg

@@ -18,8 +18,29 @@ SITE = {"households": [
 ]}
 
 
-async def test_door_station_calls_only_its_own_household(harness, party):
-    """Device 1 (household 101) ringing household 102 is 403 over REST and MQTT; its own household rings."""
+async def test_door_station_calls_only_its_own_household(make_harness, tmp_path):
+    """Door station 1 (household 101) ringing household 102 is 403 over REST and MQTT; its own household rings."""
+    from tests.conftest import parties
+
+    site = {"households": [{**SITE["households"][0], "devices": [{"device_id": "1", "kind": "door"}]},
+                           SITE["households"][1]]}
+    harness = await make_harness(site=site)
+    async with parties(harness) as party:
+        await _door_station_calls_only_its_own_household(harness, party)
+
+
+async def test_device_whose_kind_is_not_set_calls_any_household(harness):
+    """A device whose kind is not set follows the seed: `household_number` and `target_resident_id` pick any
+    household; without a call it still opens for its own household only."""
+    status, resp = await harness.post("/api/mqtt/call", {"device_id": "1", "household_number": "102"})
+    assert status == 200 and resp["data"]["target_resident_ids"] == ["4"], resp
+    await harness.post("/api/mqtt/end-session", {"call_id": resp["data"]["call_id"]})
+    status, resp = await harness.post("/api/rtc/call", {"device_id": "1", "resident_id": "4"})
+    assert status == 200, resp
+    assert (await harness.get("/api/admin/devices/1", ADMIN))[1]["data"]["kind"] is None
+
+
+async def _door_station_calls_only_its_own_household(harness, party):
     status, resp = await harness.post("/api/mqtt/call", {"device_id": "1", "household_number": "102"})
     assert status == 403 and resp["data"] == {"reason": "out_of_scope"} and "102" in resp["message"]
     status, _ = await harness.post("/api/rtc/call", {"device_id": "1", "resident_id": "4"})
@@ -42,17 +63,18 @@ async def test_lobby_panels_from_site_config(make_harness):
     status, resp = await h.get("/api/admin/devices/L2", ADMIN)
     assert resp["data"]["kind"] == "lobby" and resp["data"]["households"] == ["101", "103"]
     status, resp = await h.get("/api/admin/devices/1", ADMIN)
-    assert resp["data"]["kind"] == "door" and resp["data"]["households"] is None
+    assert resp["data"]["kind"] is None and resp["data"]["households"] is None
 
 
 async def test_admin_api_sets_kind_and_scope(harness):
-    """POST creates a lobby, PATCH turns door 1 into a lobby for 102 only; bad values are 400/404; non-admins 403."""
+    """POST creates a lobby, PATCH makes 1 a door, then a lobby; bad values are 400/404; non-admins 403."""
     status, resp = await harness.post("/api/admin/devices", {"device_id": "9", "household_number": "101",
                                                              "kind": "lobby", "households": ["102"]}, ADMIN)
     assert status == 200 and resp["data"]["kind"] == "lobby" and resp["data"]["households"] == ["102"]
     call_id = (await harness.start_call("9", household_number="102"))["call_id"]
     assert (await harness.post("/api/mqtt/call", {"device_id": "9", "household_number": "101"}))[0] == 403
     assert (await harness.post("/api/mqtt/end-session", {"call_id": call_id}, ADMIN))[0] == 200
+    assert (await patch(harness, "/api/admin/devices/1", {"kind": "door"}, ADMIN))[1]["data"]["kind"] == "door"
     assert (await harness.post("/api/mqtt/call", {"device_id": "1", "household_number": "102"}))[0] == 403
     status, resp = await patch(harness, "/api/admin/devices/1", {"kind": "lobby"}, ADMIN)
     assert status == 200 and resp["data"]["kind"] == "lobby" and resp["data"]["households"] is None
@@ -89,7 +111,7 @@ async def patch(h, path, body, token):
         return r.status, await r.json()
 
 
-def test_a_database_made_before_kinds_opens_with_every_device_a_door(tmp_path):
+def test_a_database_made_before_kinds_opens_with_no_device_kind_set(tmp_path):
     """An older intercom.db (no `kind`, `households`, snapshot or door columns) is extended on open."""
     import sqlite3
 
@@ -107,7 +129,7 @@ def test_a_database_made_before_kinds_opens_with_every_device_a_door(tmp_path):
     db.close()
     store = Store(path)
     directory = Directory(store, 1000, None)
-    assert directory.device("1")["kind"] == "door" and directory.device("1")["households"] is None
+    assert directory.device("1")["kind"] is None and directory.device("1")["households"] is None
     assert {"snapshot_at", "door_opened_by", "door_opened_at"} <= set(store.db["calls"].columns_dict)
     directory.set_device_kind("1", "lobby", ["101"])
     assert Directory(store, 1000, None).device("1")["households"] == ["101"]

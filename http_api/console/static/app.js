@@ -29,8 +29,16 @@ async function verify() {
     return null;
   } catch (err) {
     if (err instanceof ApiError && err.status === 403) return 'This token is valid but is not the admin token.';
-    return err.message;
+    return englishFirst(err);
   }
+}
+
+/** "未授权: invalid or expired token" -> "invalid or expired token (401 未授权)": the English detail first, so a
+ * browser without a CJK font still shows a readable reason (the category then shows as boxes at worst). */
+function englishFirst(err) {
+  const [category, ...rest] = String(err.message).split(': ');
+  if (!(err instanceof ApiError) || !rest.length) return err.message;
+  return `${rest.join(': ')} (${err.status} ${category})`;
 }
 
 function showSignIn(message = '') {

@@ -15,7 +15,7 @@ export function idList(text) {
 }
 
 export function kindText(row) {
-  if (row.kind !== 'lobby') return row.kind || 'door';
+  if (row.kind !== 'lobby') return row.kind || 'not set (any household)';
   return `lobby · ${row.households?.length ? row.households.join(', ') : 'any household'}`;
 }
 
@@ -42,7 +42,7 @@ export function forwardingText(f) {
  */
 export const memberFields = {
   devices: [
-    { key: 'kind', label: 'Kind', feature: 'device_kind', type: 'select', options: ['door', 'lobby'], column: kindText },
+    { key: 'kind', label: 'Kind', feature: 'device_kind', type: 'select', options: ['', 'door', 'lobby'], column: kindText },
     { key: 'households', label: 'Lobby calls households', feature: 'device_kind', type: 'list',
       placeholder: 'any household', hint: 'ids, comma-separated', when: { key: 'kind', value: 'lobby' } },
     { key: 'emergency', label: 'Emergency (rings through do-not-disturb)', feature: 'dnd', type: 'checkbox',

@@ -42,7 +42,8 @@ function extraColumns(kind) {
 function extraInput(f, value) {
   if (f.type === 'checkbox') return h('input', { name: f.key, type: 'checkbox', checked: Boolean(value) });
   if (f.type === 'select') {
-    return h('select', { name: f.key }, f.options.map((o) => h('option', { value: o, selected: o === value }, o)));
+    return h('select', { name: f.key },
+      f.options.map((o) => h('option', { value: o, selected: o === (value ?? '') }, o || 'not set')));
   }
   if (f.type === 'list') {
     return h('input', { name: f.key, value: value?.join(', ') ?? '', placeholder: f.placeholder, title: f.hint,
@@ -78,6 +79,7 @@ function formValues(form, kind) {
   for (const f of extraFields(kind)) {
     if (f.type === 'checkbox') values[f.key] = form.elements[f.key].checked;
     if (f.type === 'list') values[f.key] = idList(values[f.key]); // disabled (left out of the form data): null
+    if (f.type === 'select' && values[f.key] === '') delete values[f.key]; // not set: left as it is
   }
   if (kind === 'devices' && values.kind === 'door') values.households = null; // a door calls its own household
   if (values.name === '') values.name = null;
