@@ -9,6 +9,7 @@ committed once per loop tick; the messages a transition produces go out only aft
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import secrets
@@ -180,8 +181,9 @@ class CallService:
         ts = timestamp if timestamp is not None else now_ms()
         call_info = {"call_id": call_id, "action": "initiated", "timestamp": ts}
         incoming = incoming_call_encoder(call_id, device_id, household, call_info, self.config.ring_timeout_s, ts)
-        # MQTT 5: an invite is never delivered once the ring time is over (e.g. queued for a phone that was offline)
-        ring = Meta(expiry_s=math.ceil(self.config.ring_timeout_s))
+        # An invite is never delivered (MQTT 5 or 3.1.1) once the ring time is over or the call has ended
+        # (e.g. queued for a phone that was offline meanwhile)
+        ring = Meta(expiry_s=math.ceil(self.config.ring_timeout_s), valid=functools.partial(self._is_live, call_id))
         for rid in rung:
             rtc = self.trtc.call_credentials(f"resident_{rid}", call_id)
             self.publisher.publish(topics.incoming(rid), incoming(rtc), qos=1, meta=ring)
@@ -247,6 +249,10 @@ class CallService:
 
     def device_for(self, call_id: str) -> str:
         return self._load(call_id).device_id
+
+    def _is_live(self, call_id: str) -> bool:
+        """Is the call still ringing or connected (are its invites still worth delivering)?"""
+        return call_id in self._active
 
     def live(self, call_id: str) -> CallSession | None:
         """The call if it is ringing or connected, else None (read-only: sessions are frozen)."""
