@@ -12,6 +12,7 @@ from broker.core.snapshots import SnapshotService
 from broker.core.status import StatusService
 from broker.core.store import Store
 from broker.core.trtc import Trtc
+from broker.limiter import KeyedLimiter
 
 __all__ = ["Services"]
 
@@ -27,6 +28,8 @@ class Services:
     # Built from the ones above, so every assembly (server, bridge, benches) gets them unchanged.
     doors: DoorService = field(init=False)
     snapshots: SnapshotService = field(init=False)
+    # MQTT commands per party (plugins/command_router.py): limits.mqtt_commands_per_principal
+    command_rate: KeyedLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -34,3 +37,5 @@ class Services:
         self.snapshots = SnapshotService(self.store, self.calls, s.snapshots, s.server.data_dir / "snapshots",
                                          self.calls.publisher)
         self.snapshots.prune()
+        rate = s.limits.mqtt_commands_per_principal
+        self.command_rate = KeyedLimiter(rate.per_s, rate.burst)
