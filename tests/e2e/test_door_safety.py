@@ -81,6 +81,23 @@ async def test_a_timed_out_unlock_never_reaches_the_station_after_it_reconnects(
     await back.close(disconnect=True)
 
 
+async def test_a_station_dropped_for_silence_does_not_get_the_unlock_when_it_returns(make_harness):
+    """The station stops reading and pinging (keepalive 1 s): the unlock gets 504, the server drops the
+    link after 1.5 x keepalive, and the station's resumed session does not get the command again."""
+    h = await make_harness(doors={"ack_timeout_s": 1})
+    raw = await Raw.connected(h.server.mqtt_port, "device-1", clean=False, keepalive=1)
+    assert await raw.subscribe([("devices/1/commands", 1)]) == [1]
+    await wait_online(h, "1")
+    call_id = (await h.start_call())["call_id"]
+    status, resp = await h.post("/api/doors/unlock", {**UNLOCK, "call_id": call_id})
+    assert status == 504 and resp["data"]["reason"] == "ack_timeout", resp
+    assert await raw.closed(timeout=5)  # dropped by the server; the unread command is still in flight
+    back = await Raw.connected(h.server.mqtt_port, "device-1", clean=False)
+    assert back.session_present
+    assert await _commands_within(back, 1.5) == []
+    await back.close(disconnect=True)
+
+
 async def _acking_station(h: Harness, delay_s: float) -> tuple[Raw, list[dict], asyncio.Task[None]]:
     """Device 1 acking every command `ok` after `delay_s` (a relay that takes its time)."""
     raw = await Raw.connected(h.server.mqtt_port, "device-1")
