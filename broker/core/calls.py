@@ -181,8 +181,7 @@ class CallService:
         ts = timestamp if timestamp is not None else now_ms()
         call_info = {"call_id": call_id, "action": "initiated", "timestamp": ts}
         incoming = incoming_call_encoder(call_id, device_id, household, call_info, self.config.ring_timeout_s, ts)
-        # An invite is never delivered (MQTT 5 or 3.1.1) once the ring time is over or the call has ended
-        # (e.g. queued for a phone that was offline meanwhile)
+        # MQTT 5: an invite is never delivered once the ring time is over (e.g. queued for a phone that was offline)
         ring = Meta(expiry_s=math.ceil(self.config.ring_timeout_s), valid=functools.partial(self._is_live, call_id))
         for rid in rung:
             rtc = self.trtc.call_credentials(f"resident_{rid}", call_id)
@@ -251,7 +250,8 @@ class CallService:
         return self._load(call_id).device_id
 
     def _is_live(self, call_id: str) -> bool:
-        """Is the call still ringing or connected (are its invites still worth delivering)?"""
+        """Is the call still ringing or connected? Its invites are not delivered after (to 3.1.1 or v5
+        subscribers, e.g. queued for a phone that was offline), as they are not after the ring time."""
         return call_id in self._active
 
     def live(self, call_id: str) -> CallSession | None:
