@@ -19,9 +19,7 @@ open. The amqtt-facing hooks live in `plugins.persistence`.
 MQTT 5 adds columns (added to an older file on open): a session's Session Expiry Interval (its own expiry,
 counted from when it was last seen, also across a restart), each subscription's options and identifier,
 and each message's properties and expiry (`MessageProps.dump`), so a message that expired while queued
-or retained is never delivered after a restart either. The expiry holds for 3.1.1 sessions too: an
-expired message is dropped from the offline queue (`RoutingMixin`) and from the in-flight messages a resumed
-session would get again (`DurableInflight.drop_expired`).
+or retained is never delivered after a restart either.
 """
 
 from __future__ import annotations
@@ -67,6 +65,7 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
     happens while that wait's CancelledError/TimeoutError propagates is ignored (unless PUBACK or
     PUBCOMP was recorded), so amqtt's `_retry_deliveries` re-sends the message, DUP set, on the next
     connection. Any other pop (amqtt's after an ack, or a direct writer's PUBACK handler) removes.
+    A message that expired meanwhile is not re-sent (`drop_expired`), to a 3.1.1 session as to a v5 one.
     """
 
     def __init__(self, db: SessionDB, client_id: str) -> None:
