@@ -85,8 +85,8 @@ class DoorService:
         self.config = config
         self.publisher = publisher
         self.clock = clock
-        self._pending: dict[str, tuple[str, asyncio.Future[CommandAck]]] = {}  # command_id -> (device, ack)
         self._opening: dict[str, str] = {}  # device_id -> command_id of the unlock in flight to it
+        self._pending: dict[str, tuple[str, asyncio.Future[CommandAck]]] = {}  # command_id -> (device, ack)
 
     # permission --------------------------------------------------------------------------------
 
