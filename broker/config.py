@@ -73,6 +73,8 @@ class LimitsConfig(_Strict):
     flapping: FlappingConfig = FlappingConfig()
     http_per_ip: Rate = Rate(per_s=50, burst=200)
     http_per_principal: Rate = Rate(per_s=20, burst=100)
+    # MQTT commands per principal (unlock, dnd, calls_seen, a station's ack): each may write the database
+    mqtt_commands_per_principal: Rate = Rate(per_s=5, burst=20)
     exempt_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     # REST connections (broker/http_site.py): a request head must arrive within this of accepting the
     # connection or of its previous response, a request body within body_timeout_s of its head.

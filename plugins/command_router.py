@@ -19,11 +19,14 @@ from broker.core.errors import DomainError, error_text
 from broker.core.payloads import CommandAck, ControlMessage, DndCommand, DoorCommandRequest, SeenCommand, topics
 from broker.core.services import Services
 from broker.core.states import Party
+from broker.limiter import LogThrottle
 
 __all__ = ["on_publish", "request_id"]
 
 log = logging.getLogger("intercom.mqtt")
 _running: set[asyncio.Task[None]] = set()  # unlocks waiting for their ack (a task needs a strong reference)
+_log_throttle = LogThrottle()  # one line per party per 5 s for refusals over the command rate
+_COMMANDS = frozenset({"unlock", "dnd", "calls_seen"})
 
 
 def request_id(body: Any) -> str | None:
@@ -33,7 +36,11 @@ def request_id(body: Any) -> str | None:
 
 
 def on_publish(svc: Services, party: Party, last_level: str, body: Any) -> None:
-    """`commands` (a resident's unlock) or `ack` (a station's answer); errors raise, for the caller to refuse."""
+    """`commands` (a resident's unlock) or `ack` (a station's answer); errors raise, for the caller to refuse.
+    Over `limits.mqtt_commands_per_principal` a command is answered 429 `rate_limited` and does nothing."""
+    if not svc.command_rate.take(party.key):
+        _rate_limited(svc, party, last_level, body)
+        return
     if last_level == "ack":
         svc.doors.ack(party.id, CommandAck.model_validate(body))
     else:
@@ -54,6 +61,20 @@ def _command(svc: Services, party: Party, body: Any) -> None:
     task = asyncio.get_running_loop().create_task(_unlock(svc, party, cmd))
     _running.add(task)
     task.add_done_callback(_running.discard)
+
+
+def _rate_limited(svc: Services, party: Party, last_level: str, body: Any) -> None:
+    command = body.get("command") if isinstance(body, dict) and last_level != "ack" else None
+    action = command if isinstance(command, str) and command in _COMMANDS else last_level
+    rate = svc.settings.limits.mqtt_commands_per_principal
+    suppressed = _log_throttle.check(party.key)
+    if suppressed is not None:
+        log.warning("refused MQTT %s from %s: over limits.mqtt_commands_per_principal (%g/s, burst %d)%s",
+                    action, party.key, rate.per_s, rate.burst,
+                    f"; {suppressed} more refused since the last line" if suppressed else "")
+    detail = (f"too many commands: at most {rate.per_s:g}/s (burst {rate.burst}) per party "
+              "(limits.mqtt_commands_per_principal); this one was not carried out")
+    svc.calls.send_error(party, 429, error_text(429, detail), {"action": action}, request_id(body), "rate_limited")
 
 
 def _set_dnd(svc: Services, party: Party, cmd: DndCommand) -> None:

@@ -9,6 +9,7 @@ committed once per loop tick; the messages a transition produces go out only aft
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import secrets
@@ -185,7 +186,7 @@ class CallService:
                                          {"call_id": call_id, "action": "initiated", "timestamp": ts},
                                          self.config.ring_timeout_s, ts)
         # MQTT 5: an invite is never delivered once the ring time is over (e.g. queued for a phone that was offline)
-        ring = Meta(expiry_s=math.ceil(self.config.ring_timeout_s))
+        ring = Meta(expiry_s=math.ceil(self.config.ring_timeout_s), valid=functools.partial(self._is_live, call_id))
         for rid in rung:
             rtc = self.trtc.call_credentials(f"resident_{rid}", call_id)
             self.publisher.publish(topics.incoming(rid), incoming(rtc), qos=1, meta=ring)
@@ -259,6 +260,11 @@ class CallService:
 
     def device_for(self, call_id: str) -> str:
         return self._load(call_id).device_id
+
+    def _is_live(self, call_id: str) -> bool:
+        """Is the call still ringing or connected? Its invites are not delivered after (to 3.1.1 or v5
+        subscribers, e.g. queued for a phone that was offline), as they are not after the ring time."""
+        return call_id in self._active
 
     def live(self, call_id: str) -> CallSession | None:
         """The call if it is ringing or connected, else None (read-only: sessions are frozen)."""

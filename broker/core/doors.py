@@ -7,12 +7,18 @@ the station is calling (a lobby panel's unlock follows the called household), re
 and waits `doors.ack_timeout_s` for `{"command_id", "ok", "error"?}` on `devices/{id}/commands/ack`.
 Every attempt that passes the permission check is recorded in `door_events` with its outcome:
 `pending` (sent, no answer yet: still so after a crash), `opened`, `failed`, `timeout` or `offline`.
+
+A door must never open late or twice: the command expires with the ack wait (MQTT Message Expiry, an
+`expires_at` in the payload, and no delivery or re-send once the wait is over, for 3.1.1 sessions too);
+one unlock per door is in flight at a time (another gets 409 `unlock_in_progress`); and a station's ack
+for a `pending` event (the server restarted while waiting) still records the outcome and ends the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +30,7 @@ from broker.core.calls import CallService, Publisher, iso
 from broker.core.device_kinds import in_scope
 from broker.core.directory import Directory
 from broker.core.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
+from broker.core.group_commit import Meta
 from broker.core.payloads import CommandAck, DoorCommand, topics
 from broker.core.states import CallSession
 from broker.core.store import Store
@@ -78,6 +85,7 @@ class DoorService:
         self.config = config
         self.publisher = publisher
         self.clock = clock
+        self._opening: dict[str, str] = {}  # device_id -> command_id of the unlock in flight to it
         self._pending: dict[str, tuple[str, asyncio.Future[CommandAck]]] = {}  # command_id -> (device, ack)
 
     # permission --------------------------------------------------------------------------------
@@ -122,6 +130,9 @@ class DoorService:
         if relay > self.config.max_relay:
             raise BadRequest(f"relay: must be from 1 to {self.config.max_relay} (doors.max_relay), got {relay}")
         call, household = self.authorize(opener, device_id, call_id)
+        if device_id in self._opening:  # checked and claimed below with no await between: one in flight
+            raise Conflict(f"device {device_id} is already opening (command {self._opening[device_id]}); "
+                           "wait for its outcome", "unlock_in_progress")
         now = self.clock()
         event: dict[str, Any] = {"ts": now, "device_id": device_id, "household_number": household, "relay": relay,
                                  "by": opener.by, "call_id": call.call_id if call is not None else None,
@@ -131,8 +142,13 @@ class DoorService:
             raise DeviceOffline(f"device {device_id} is offline; nothing was sent and the door stays closed")
         command_id = f"cmd-{secrets.token_hex(8)}"
         event_id = self.store.add_door_event({**event, "command_id": command_id})
-        ack = await self._send(device_id, command_id, DoorCommand(relay=relay, by=opener.by, call_id=event["call_id"],
-                                                                   command_id=command_id), event_id)
+        command = DoorCommand(relay=relay, by=opener.by, call_id=event["call_id"], command_id=command_id,
+                              expires_at=int((now + self.config.ack_timeout_s) * 1000))
+        self._opening[device_id] = command_id
+        try:
+            ack = await self._send(device_id, command_id, command, event_id)
+        finally:
+            del self._opening[device_id]
         if not ack.ok:
             self.store.update_door_event(event_id, {"outcome": "failed", "error": ack.error,
                                                     "acked_at": self.clock()})
@@ -148,8 +164,11 @@ class DoorService:
     async def _send(self, device_id: str, command_id: str, command: DoorCommand, event_id: int) -> CommandAck:
         future: asyncio.Future[CommandAck] = asyncio.get_running_loop().create_future()
         self._pending[command_id] = (device_id, future)
+        # Never delivered nor re-sent once the wait is over (stale after a restart by its expiry alone)
+        meta = Meta(expiry_s=math.ceil(self.config.ack_timeout_s), valid=lambda: command_id in self._pending)
         try:
-            self.publisher.publish(topics.device_commands(device_id), command.model_dump_json().encode(), qos=1)
+            self.publisher.publish(topics.device_commands(device_id), command.model_dump_json().encode(), qos=1,
+                                   meta=meta)
             return await asyncio.wait_for(future, self.config.ack_timeout_s)
         except TimeoutError:
             self.store.update_door_event(event_id, {"outcome": "timeout"})
@@ -160,16 +179,22 @@ class DoorService:
 
     async def _after_open(self, opener: Opener, call: CallSession | None, now: float) -> bool:
         """Mark the call's history, and end the call `door_opened` if configured; True if this ended it."""
-        if call is None:
-            return False
-        self.store.set_call_fields(call.call_id, {"door_opened_by": opener.by, "door_opened_at": now})
-        if not self.config.unlock_ends_call or self.calls.live(call.call_id) is None:
-            return False
-        try:
-            self.calls.door_opened(call.call_id, opener.key)
-        except Conflict:  # it ended while the station was opening
+        if not self._mark_opened(opener, call.call_id if call is not None else None, now):
             return False
         await self.calls.durable()
+        return True
+
+    def _mark_opened(self, opener: Opener, call_id: str | None, now: float) -> bool:
+        """Mark the call's history; end it `door_opened` if configured and still live; True if this ended it."""
+        if call_id is None:
+            return False
+        self.store.set_call_fields(call_id, {"door_opened_by": opener.by, "door_opened_at": now})
+        if not self.config.unlock_ends_call or self.calls.live(call_id) is None:
+            return False
+        try:
+            self.calls.door_opened(call_id, opener.key)
+        except Conflict:  # it ended while the station was opening
+            return False
         return True
 
     def _online(self, device_id: str) -> bool:
@@ -188,12 +213,28 @@ class DoorService:
         row = self.store.door_event_by_command(ack.command_id)
         if row is None or row["device_id"] != device_id:
             raise NotFound(f"command '{ack.command_id}' was not sent to device {device_id}")
+        if row["outcome"] == "pending":  # sent before a restart: nobody waits, the outcome still counts
+            self._late_outcome(row, ack)
+            return
         if row["outcome"] == "timeout":
             self.store.update_door_event(row["id"], {"acked_at": self.clock(), "error": ack.error})
             log.warning("door: device %s acked %s (ok=%s) after doors.ack_timeout_s", device_id, ack.command_id,
                         ack.ok)
             raise Conflict(f"command '{ack.command_id}' expired: no ack within {self.config.ack_timeout_s:g} s "
                            "(doors.ack_timeout_s), the unlock was reported as timed out", "command_expired")
+
+    def _late_outcome(self, row: Mapping[str, Any], ack: CommandAck) -> None:
+        now = self.clock()
+        if not ack.ok:
+            self.store.update_door_event(row["id"], {"outcome": "failed", "error": ack.error, "acked_at": now})
+            log.warning("door: device %s could not open relay %d (event %d, acked after a restart): %r",
+                        row["device_id"], row["relay"], row["id"], ack.error)
+            return
+        self.store.update_door_event(row["id"], {"outcome": "opened", "acked_at": now})
+        opener = Opener(None if row["by"] == "admin" else row["by"])
+        ended = self._mark_opened(opener, row["call_id"], now)
+        log.info("door: %s opened relay %d of device %s (call %s, event %d, acked after a restart%s)", opener.key,
+                 row["relay"], row["device_id"], row["call_id"], row["id"], ", call ended" if ended else "")
 
     # reads -----------------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ class Meta:
 
     expiry_s: int | None = None  # Message Expiry Interval: never delivered after this many seconds
     correlation: bytes | None = None  # Correlation Data: the reply to a request that carried it
+    # Still worth delivering? Once False the message counts as expired, for every subscriber (3.1.1 too).
+    valid: Callable[[], bool] | None = None
 
 
 class Publisher(Protocol):

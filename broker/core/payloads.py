@@ -487,6 +487,7 @@ class DoorCommand(_Out):
     by: str
     call_id: str | None
     command_id: str
+    expires_at: int  # epoch ms (doors.ack_timeout_s after sending): a station ignores the command after it
 
 
 class DoorEventsQuery(_In):

@@ -12,6 +12,7 @@ from broker.core.snapshots import SnapshotService
 from broker.core.status import StatusService
 from broker.core.store import Store
 from broker.core.trtc import Trtc
+from broker.limiter import KeyedLimiter
 
 __all__ = ["Services"]
 
@@ -24,12 +25,16 @@ class Services:
     trtc: Trtc
     calls: CallService
     status: StatusService
+    # MQTT commands per party (plugins/command_router.py): limits.mqtt_commands_per_principal
+    command_rate: KeyedLimiter = field(init=False)
     # Built from the ones above, so every assembly (server, bridge, benches) gets them unchanged.
     doors: DoorService = field(init=False)
     snapshots: SnapshotService = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
+        self.command_rate = KeyedLimiter(s.limits.mqtt_commands_per_principal.per_s,
+                                         s.limits.mqtt_commands_per_principal.burst)
         self.doors = DoorService(self.store, self.directory, self.calls, s.doors, self.calls.publisher)
         self.snapshots = SnapshotService(self.store, self.calls, s.snapshots, s.server.data_dir / "snapshots",
                                          self.calls.publisher)

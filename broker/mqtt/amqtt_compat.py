@@ -31,7 +31,7 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
         # routing.RoutingMixin (subscription index, delivery, retained tree), fast_path.FastPathMixin (connections)
         "stream_connected", "_client_message_loop", "add_subscription", "_del_subscription",
         "_del_all_subscriptions", "_publish_retained_messages_for_subscription", "_broadcast_message",
-        "_run_broadcast",
+        "_run_broadcast", "_publish_session_retained_messages",
     ),
     BrokerProtocolHandler: (
         # fast_handler.FastHandler: whole-packet reader, packets handled in the reader's call
@@ -42,7 +42,7 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
 }
 # amqtt methods the engine calls or reads without replacing them.
 USED: dict[type, tuple[str, ...]] = {
-    Broker: ("_topic_filtering", "_publish_session_retained_messages", "_handle_disconnect", "_stop_handler",
+    Broker: ("_topic_filtering", "_handle_disconnect", "_stop_handler",
              "_delete_session"),  # the last also by v5.serve.V5Mixin (Clean Start)
     ProtocolHandler: ("handle_publish", "handle_connection_closed"),
     BrokerProtocolHandler: ("mqtt_acknowledge_subscription", "mqtt_acknowledge_unsubscription"),

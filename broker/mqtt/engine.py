@@ -7,6 +7,7 @@ IntercomBroker = HardeningMixin (limits, protocol checks) + V5Mixin / V5InboundM
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from amqtt.broker import Broker
@@ -32,6 +33,9 @@ class PublishMeta(Protocol):
     @property
     def correlation(self) -> bytes | None: ...
 
+    @property
+    def valid(self) -> Callable[[], bool] | None: ...
+
 
 class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, FastPathMixin, Broker):
     # Both mixins define it (HardeningMixin: amqtt's behaviour, for use without the fast path): say which wins.
@@ -40,11 +44,11 @@ class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, FastPathMixin, Bro
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 meta: PublishMeta | None = None) -> None:
         """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic.
-        `meta`: what MQTT 5 subscribers get beside it (expiry, correlation data)."""
+        `meta`: what MQTT 5 subscribers get beside it (expiry, correlation data), and when it goes stale."""
         props = None
         if meta is not None:
             forward = property_bytes(CORRELATION_DATA, meta.correlation) if meta.correlation is not None else b""
-            props = MessageProps(forward, None if meta.expiry_s is None else time.time() + meta.expiry_s)
+            props = MessageProps(forward, None if meta.expiry_s is None else time.time() + meta.expiry_s, meta.valid)
         if retain:
             self.retain_now(None, topic, payload, qos, props)
         self.deliver(None, topic, payload, qos, retain, props)

@@ -26,7 +26,7 @@ from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import OutgoingApplicationMessage, Session
 
-from broker.mqtt.v5.message import MessageProps, V5Retained, props_of
+from broker.mqtt.v5.message import MessageProps, V5Outgoing, V5Retained, props_of
 
 __all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint"]
 
@@ -217,7 +217,10 @@ class Outlet:
             return
         session = self.session
         packet_id = session.next_packet_id
-        session.inflight_out[packet_id] = OutgoingApplicationMessage(packet_id, topic, qos, data, retain)
+        # kept with its expiry, so a resumed session does not get it again once expired
+        session.inflight_out[packet_id] = (
+            OutgoingApplicationMessage(packet_id, topic, qos, data, retain) if props is None
+            else V5Outgoing(packet_id, topic, qos, data, retain, props))
         self.writer.write(encode_publish(topic_b, data, 1, packet_id, retain))
 
     def acked(self, packet_id: int, puback: Any) -> None:

@@ -14,6 +14,8 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
 * Retained: `RetainedStore` keeps a topic tree, so a subscription finds its retained messages without a
   scan; a session gets only the retained messages of its own subscriptions, sent as one batch under the
   outlet's flow control.
+* A resumed 3.1.1 session's offline queue goes through its outlet too (RETAIN 0 [MQTT-3.3.1-9], expired
+  messages dropped), then the retained messages of its subscriptions that the queue did not just deliver.
 * Plugins are asked once, after they load, which hooks they offer (`broker.mqtt.hooks`); with only
   synchronous ACLs, RECEIVE checks stay synchronous, otherwise deliveries go through one ordered lane.
 * MQTT 5: a message carries its properties (`MessageProps`) through delivery, retain and the offline
@@ -40,7 +42,7 @@ from broker.mqtt.hooks import AcknowledgesAfter, AnswersRequests, FiltersTopicsS
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member, shared_parts
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_subscription
-from broker.mqtt.v5.message import MessageProps, V5Retained
+from broker.mqtt.v5.message import MessageProps, V5Retained, props_of
 from broker.mqtt.v5.subscriptions import SUB_OPTIONS, delivery_for
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ else:
 __all__ = ["SUBACK_FAILURE", "PluginHooks", "RoutingMixin"]
 
 log = logging.getLogger("intercom.fastpath")
+_QUEUED_LAST = "intercom.queued_last"  # session attribute: topic -> last payload of the offline queue just sent
 SUBACK_FAILURE = 0x80
 _Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]], list[Member[Session]] | None,
                bool, MessageProps | None]
@@ -248,10 +251,28 @@ class RoutingMixin(_Base):
 
     # ---- retained -------------------------------------------------------------------------------
 
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        """A resumed 3.1.1 session's offline queue (amqtt's name for it), through the outlet: RETAIN 0, as for
+        any message matching an established subscription [MQTT-3.3.1-9]; an expired one is dropped there.
+        Notes what each topic's last queued message was, so the retained pass does not send it again."""
+        queue = session.retained_messages
+        outlet = self._open_outlet(session) if queue.qsize() else None
+        if outlet is None:
+            return
+        last: dict[str, bytes] = {}
+        for _ in range(queue.qsize()):
+            msg = queue.get_nowait()
+            data = bytes(msg.data)
+            last[msg.topic] = data
+            outlet.send(msg.topic.encode(), msg.topic, data, msg.qos or 0, False, props_of(msg))
+        session.attributes[_QUEUED_LAST] = last
+
     def _publish_retained_on_connect(self, session: Session) -> None:
-        """Retained messages for the subscriptions this session already holds (a resumed session)."""
+        """Retained messages for the subscriptions this session already holds (a resumed session), each
+        once: not one the offline queue just delivered."""
+        last: dict[str, bytes] = session.attributes.pop(_QUEUED_LAST, None) or {}
         for topic_filter, qos in self._index.filters_of(session.client_id or "").items():
-            self._send_retained(session, topic_filter, qos)
+            self._send_retained(session, topic_filter, qos, skip=last)
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                           session: Session) -> None:
@@ -261,10 +282,14 @@ class RoutingMixin(_Base):
         if granted is not None:
             self._send_retained(session, topic_filter, granted)
 
-    def _send_retained(self, session: Session, topic_filter: str, qos: int, sub_ids: tuple[int, ...] = ()) -> int:
+    def _send_retained(self, session: Session, topic_filter: str, qos: int, sub_ids: tuple[int, ...] = (),
+                       skip: dict[str, bytes] | None = None) -> int:
+        """`skip`: topic -> payload the session already got (the retained message with that payload is not sent)."""
         if shared_parts(topic_filter) is not None:
             return 0  # never on a shared subscription [MQTT 5.0 §4.8.2]
         found = self._retained_messages.tree.find(topic_filter)
+        if skip:
+            found = [m for m in found if skip.get(m.topic) != bytes(m.data)]
         if not found:
             return 0
         outlet = self._open_outlet(session)

@@ -38,7 +38,7 @@ from amqtt.session import ApplicationMessage, IncomingApplicationMessage, Outgoi
 
 from broker.mqtt.hooks import PROTOCOL, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.session_db import SessionDB
-from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retained
+from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retained, props_of
 
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
@@ -65,6 +65,7 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
     happens while that wait's CancelledError/TimeoutError propagates is ignored (unless PUBACK or
     PUBCOMP was recorded), so amqtt's `_retry_deliveries` re-sends the message, DUP set, on the next
     connection. Any other pop (amqtt's after an ack, or a direct writer's PUBACK handler) removes.
+    A message that expired meanwhile is not re-sent (`drop_expired`), to a 3.1.1 session as to a v5 one.
     """
 
     def __init__(self, db: SessionDB, client_id: str) -> None:
@@ -93,6 +94,17 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
 
     def restore(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
         super().__setitem__(packet_id, msg)
+
+    def drop_expired(self, now: float) -> int:
+        """Before a resumed session's re-send: forget the messages whose expiry passed (a door command must
+        not open a door late), unless a QoS 2 one is past PUBREC (then only its PUBREL is re-sent)."""
+        gone = [packet_id for packet_id, msg in super().items()
+                if (props := props_of(msg)) is not None and props.expired(now)
+                and not (msg.qos == 2 and msg.pubrec_packet is not None)]
+        for packet_id in gone:
+            super().pop(packet_id)
+            self.db.inflight_del(self.client_id, packet_id)
+        return len(gone)
 
     def pop(self, packet_id: int, default: Any = None) -> Any:
         msg = self.get(packet_id)
@@ -214,6 +226,9 @@ class SessionPersistence:
         if self.is_persistent(session):
             self.adopt(session)
             if isinstance(session.inflight_out, DurableInflight):
+                dropped = session.inflight_out.drop_expired(time.time())
+                if dropped:
+                    log.info("%s resumed: %d expired in-flight messages not re-sent", session.client_id, dropped)
                 session.inflight_out.expect_retry()
             self.db.touch(session.client_id, session.username, session.attributes.get(SESSION_EXPIRY))
             self._known.add(session.client_id)

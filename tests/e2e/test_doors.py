@@ -30,8 +30,10 @@ async def test_unlock_over_rest_opens_the_door_ends_the_call_and_is_recorded(har
         assert data["outcome"] == "opened" and data["relay"] == 1 and data["by"] == "2"
         assert data["call_id"] == call_id and data["call_ended"] is True
         cmd = st.commands[0]
+        expires_at = cmd.pop("expires_at")
         assert cmd == {"origin": "server", "command": "unlock", "relay": 1, "by": "2", "call_id": call_id,
                        "command_id": data["command_id"]}
+        assert abs(expires_at - (time.time() + 5) * 1000) < 5000  # doors.ack_timeout_s (5 s) after sending
         hangup = await st.wait(lambda b: b.get("call_info", {}).get("action") == "hangup")
         assert hangup["call_info"]["reason"] == "door_opened" and hangup["resident_id"] == "2"
         for inbox in (r2, r3):

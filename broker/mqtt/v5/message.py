@@ -5,6 +5,10 @@ forwarding) and its expiry as a wall-clock time, so the remaining interval can b
 and an expired message is never delivered, also after a restart. amqtt's message classes have
 `__slots__`; the `V5*` subclasses add the properties (and, for an outgoing message, its subscription
 identifiers, so a re-send carries them again).
+
+A server-originated message may also carry `valid`, a check that says whether it still means anything
+(an invite of a call that has ended does not): once it answers False the message counts as expired. It
+lives in memory only; after a restart the stored expiry time alone applies.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import math
 import struct
 import time
+from collections.abc import Callable
 
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
@@ -22,11 +27,13 @@ __all__ = ["MessageProps", "V5Incoming", "V5Outgoing", "V5Retained", "props_of"]
 class MessageProps:
     """A message's forwarded properties (encoded) and expiry (time.time() based, or None)."""
 
-    __slots__ = ("expires_at", "forward")
+    __slots__ = ("expires_at", "forward", "valid")
 
-    def __init__(self, forward: bytes = b"", expires_at: float | None = None) -> None:
+    def __init__(self, forward: bytes = b"", expires_at: float | None = None,
+                 valid: Callable[[], bool] | None = None) -> None:
         self.forward = forward
         self.expires_at = expires_at
+        self.valid = valid
 
     @classmethod
     def received(cls, forward: bytes, expiry_s: int | None, now: float | None = None) -> MessageProps | None:
@@ -37,13 +44,16 @@ class MessageProps:
 
     def remaining(self, now: float) -> int | None:
         """Whole seconds left (at least 1 while not expired), 0 once expired, None without an expiry."""
+        if self.valid is not None and not self.valid():
+            return 0
         if self.expires_at is None:
             return None
         left = self.expires_at - now
         return max(0, math.ceil(left)) if left > 0 else 0
 
     def expired(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
+        return (self.expires_at is not None and self.expires_at <= now) or (
+            self.valid is not None and not self.valid())
 
     def dump(self) -> bytes:
         """Serialised for the session store: expiry (NaN = none) then the encoded properties."""
