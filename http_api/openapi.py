@@ -103,6 +103,8 @@ OPS: dict[Any, Op] = {
                                       "residents", query=(("missed", "only missed calls (true/false)", False),
                                                           ("limit", "at most this many, newest first", False))),
     resident_views.calls_seen: Op("Mark a resident's missed calls seen (the retained counter drops to 0)", "residents"),
+    resident_views.active_calls: Op("A resident's ringing and connected calls (as the MQTT call_status command)",
+                                    "residents"),
     resident_views.get_resident_dnd: Op("A resident's do-not-disturb setting", "residents"),
     resident_views.put_resident_dnd: Op("Set a resident's do-not-disturb (on/off or daily windows)", "residents",
                                         (DndIn,)),

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.core import commands
 from broker.core.errors import Forbidden
 from broker.core.payloads import DndIn, ForwardingIn, ResidentCallsQuery, parse_id
+from broker.core.states import Party, Role
 from http_api.auth import principal
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
-__all__ = ["calls_seen", "get_forwarding", "get_household_dnd", "get_resident_dnd", "put_forwarding",
+__all__ = ["active_calls", "calls_seen", "get_forwarding", "get_household_dnd", "get_resident_dnd", "put_forwarding",
            "put_household_dnd", "put_resident_dnd", "resident_calls"]
 
 
@@ -53,7 +55,13 @@ async def resident_calls(request: web.Request) -> web.Response:
 async def calls_seen(request: web.Request) -> web.Response:
     """`POST /api/residents/{id}/calls/seen`: every missed call seen; the retained counter drops to 0."""
     rid = _resident(request)
-    return ok(request.app[SERVICES].calls.resident_calls.mark_seen(rid))
+    return ok(commands.calls_seen(request.app[SERVICES], Party(Role.RESIDENT, rid), None).data)
+
+
+async def active_calls(request: web.Request) -> web.Response:
+    """`GET /api/residents/{id}/calls/active`: its ringing and connected calls (the `call_status` command)."""
+    rid = _resident(request)
+    return ok(commands.call_status(request.app[SERVICES], Party(Role.RESIDENT, rid), None).data)
 
 
 async def get_resident_dnd(request: web.Request) -> web.Response:
@@ -62,9 +70,10 @@ async def get_resident_dnd(request: web.Request) -> web.Response:
 
 
 async def put_resident_dnd(request: web.Request) -> web.Response:
+    """The `dnd` command's REST twin."""
     body = await parse_body(request, DndIn)
     rid = _resident(request)
-    return ok({"resident_id": rid, **_set_dnd(request, "resident", rid, body)})
+    return ok({"resident_id": rid, **commands.set_dnd(request.app[SERVICES], Party(Role.RESIDENT, rid), body).data})
 
 
 async def get_household_dnd(request: web.Request) -> web.Response:

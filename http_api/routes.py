@@ -55,6 +55,7 @@ def setup_routes(app: web.Application) -> None:
     # issue 13: per-resident history and missed calls, do-not-disturb, no-answer forwarding
     r.add_get("/api/residents/{resident_id}/calls", resident_views.resident_calls)
     r.add_post("/api/residents/{resident_id}/calls/seen", resident_views.calls_seen)
+    r.add_get("/api/residents/{resident_id}/calls/active", resident_views.active_calls)
     r.add_get("/api/residents/{resident_id}/dnd", resident_views.get_resident_dnd)
     r.add_put("/api/residents/{resident_id}/dnd", resident_views.put_resident_dnd)
     r.add_get("/api/households/{household_number}/dnd", resident_views.get_household_dnd)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.core import fastjson, wirejson
+from broker.core import commands, fastjson, wirejson
 from broker.core.clients import taker
 from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
 from broker.core.fields import DEVICE_KEYS, RESIDENT_KEYS, one_id
@@ -79,9 +79,7 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
         with svc.calls.reporting_failure(
                 lambda: _refuse(svc, party, topic, 500, "internal error", None, body, request_id, reply)):
             if kind == "request":
-                rid = body.get("request_id") if isinstance(body, dict) else None
-                # Echo only a well-formed id: a bad one must not break the error reply itself.
-                request_id = rid if isinstance(rid, str) and len(rid) <= 64 else None
+                request_id = commands.request_id(body)
                 req = MqttCallRequest.model_validate(body)
                 data = svc.calls.start_call(party.id, req.household_number, timestamp=req.timestamp)
                 # published by the group commit, i.e. after the call is stored
@@ -90,8 +88,8 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
                     svc.calls.publisher.publish(topics.device_control(party.id), answer, qos=1)
                 else:
                     svc.calls.publisher.publish(reply[0], answer, qos=1, meta=Meta(correlation=reply[1]))
-            elif kind in ("resident_commands", "device_commands_ack"):  # door unlock: plugins/command_router.py
-                request_id = command_router.request_id(body)
+            elif kind in ("resident_commands", "device_commands_ack"):  # the command table: plugins/command_router.py
+                request_id = commands.request_id(body)
                 command_router.on_publish(svc, party, "commands" if kind == "resident_commands" else "ack", body)
             elif kind == "device_status":
                 # Published retained by the server too (after the device's own message, which the broker

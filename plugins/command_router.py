@@ -1,71 +1,86 @@
-"""MQTT adapter of a resident's `users/{id}/commands` (`unlock`, `dnd`, `calls_seen`) and a station's
-`devices/{id}/commands/ack`.
+"""MQTT adapter of the command table (`broker.core.commands`): a resident's `users/{id}/commands` and a
+station's `devices/{id}/commands/ack`.
 
-Called by `plugins/call_router.on_publish` once the topic's party is checked and the payload decoded. An
-unlock waits for the station's ack, so it runs as a task; its outcome goes back on the resident's control
-topic (a `door_opened` control message, or an error). A `dnd` command sets the resident's own
-do-not-disturb at once and is answered with a `dnd` control message. Each reply echoes the `request_id`.
+Called by `plugins/call_router.on_publish` once the topic's party is checked and the payload decoded.
+Validation and domain errors raise, for the caller to refuse on the party's control topic. A command that
+waits (an unlock waits for the station's ack) runs as a task and answers, or reports its error, when done.
+Every reply echoes the `request_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
+from pydantic import BaseModel
+
+from broker.core import commands
 from broker.core.calls import now_ms
-from broker.core.doors import Opener
+from broker.core.commands import Command, Reply
 from broker.core.errors import DomainError, error_text
-from broker.core.payloads import CommandAck, ControlMessage, DndCommand, DoorCommandRequest, SeenCommand, topics
+from broker.core.payloads import topics
 from broker.core.services import Services
 from broker.core.states import Party
 from broker.limiter import LogThrottle
 
-__all__ = ["on_publish", "request_id"]
+__all__ = ["on_publish"]
 
 log = logging.getLogger("intercom.mqtt")
-_running: set[asyncio.Task[None]] = set()  # unlocks waiting for their ack (a task needs a strong reference)
-_log_throttle = LogThrottle()  # one line per party per 5 s for refusals over the command rate
-_COMMANDS = frozenset({"unlock", "dnd", "calls_seen"})
-
-
-def request_id(body: Any) -> str | None:
-    """The command's `request_id` to echo, if well-formed (a bad one must not break the error reply)."""
-    rid = body.get("request_id") if isinstance(body, dict) else None
-    return rid if isinstance(rid, str) and len(rid) <= 64 else None
+_running: set[asyncio.Task[None]] = set()  # commands waiting (a task needs a strong reference)
+_log_throttle = LogThrottle()  # one line per party and kind every 5 s (refusals are client-driven)
 
 
 def on_publish(svc: Services, party: Party, last_level: str, body: Any) -> None:
-    """`commands` (a resident's unlock) or `ack` (a station's answer); errors raise, for the caller to refuse.
+    """`commands` (a resident's) or `ack` (a station's answer); errors raise, for the caller to refuse.
     Over `limits.mqtt_commands_per_principal` a command is answered 429 `rate_limited` and does nothing."""
     if not svc.command_rate.take(party.key):
         _rate_limited(svc, party, last_level, body)
         return
     if last_level == "ack":
-        svc.doors.ack(party.id, CommandAck.model_validate(body))
+        commands.ack(svc, party, body)
+        return
+    command, cmd = commands.parse(body)
+    rid = commands.request_id(body)
+    result = command.handler(svc, party, cmd)
+    if inspect.isawaitable(result):
+        task = asyncio.get_running_loop().create_task(_finish(svc, party, command, result, cmd, rid))
+        _running.add(task)
+        task.add_done_callback(_running.discard)
     else:
-        _command(svc, party, body)
+        _answer(svc, party, command, result, rid)
 
 
-def _command(svc: Services, party: Party, body: Any) -> None:
-    """Validate now (a ValidationError is the caller's 400), then unlock in the background, or set DND."""
-    command = body.get("command") if isinstance(body, dict) else None
-    if command == "dnd":
-        _set_dnd(svc, party, DndCommand.model_validate(body))
+def _answer(svc: Services, party: Party, command: Command, reply: Reply, rid: str | None) -> None:
+    if command.field is not None:
+        svc.calls.publisher.publish(topics.resident_control(party.id),
+                                    commands.reply_message(party, command, reply, rid, now_ms()), qos=1)
+
+
+async def _finish(svc: Services, party: Party, command: Command, pending: Awaitable[Reply], cmd: BaseModel,
+                  rid: str | None) -> None:
+    name = getattr(cmd, "command", "")
+    call_info: dict[str, Any] = {"call_id": getattr(cmd, "call_id", None), "action": name}
+    try:
+        reply = await pending
+    except DomainError as exc:
+        if (suppressed := _log_throttle.check(f"{party.key}:{name}")) is not None:
+            log.warning("refused %s by %s: %s %r%s", name, party.key, exc.status, exc.detail,
+                        f" ({suppressed} more since the last line)" if suppressed else "")
+        svc.calls.send_error(party, exc.status, error_text(exc.status, exc.detail), call_info, rid, exc.reason)
         return
-    if command == "calls_seen":  # the answer is the retained users/{id}/calls/missed dropping to 0
-        SeenCommand.model_validate(body)
-        svc.calls.resident_calls.mark_seen(party.id)
+    except Exception:
+        log.exception("%s by %s failed", name, party.key)
+        svc.calls.send_error(party, 500, error_text(500, "internal error"), call_info, rid)
         return
-    cmd = DoorCommandRequest.model_validate(body)
-    task = asyncio.get_running_loop().create_task(_unlock(svc, party, cmd))
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+    _answer(svc, party, command, reply, rid)
 
 
 def _rate_limited(svc: Services, party: Party, last_level: str, body: Any) -> None:
-    command = body.get("command") if isinstance(body, dict) and last_level != "ack" else None
-    action = command if isinstance(command, str) and command in _COMMANDS else last_level
+    name = body.get("command") if isinstance(body, dict) and last_level != "ack" else None
+    action = name if isinstance(name, str) and name in commands.COMMANDS else last_level
     rate = svc.settings.limits.mqtt_commands_per_principal
     suppressed = _log_throttle.check(party.key)
     if suppressed is not None:
@@ -74,32 +89,5 @@ def _rate_limited(svc: Services, party: Party, last_level: str, body: Any) -> No
                     f"; {suppressed} more refused since the last line" if suppressed else "")
     detail = (f"too many commands: at most {rate.per_s:g}/s (burst {rate.burst}) per party "
               "(limits.mqtt_commands_per_principal); this one was not carried out")
-    svc.calls.send_error(party, 429, error_text(429, detail), {"action": action}, request_id(body), "rate_limited")
-
-
-def _set_dnd(svc: Services, party: Party, cmd: DndCommand) -> None:
-    view = svc.calls.dnd.set("resident", party.id, cmd.enabled, cmd.windows())
-    msg = ControlMessage(call_info={"action": "dnd", "timestamp": now_ms()}, resident_id=party.id,
-                         request_id=cmd.request_id, dnd=view)
-    svc.calls.publisher.publish(topics.resident_control(party.id), msg.model_dump_json(exclude_none=True).encode(),
-                                qos=1)
-
-
-async def _unlock(svc: Services, party: Party, cmd: DoorCommandRequest) -> None:
-    call_info: dict[str, Any] = {"call_id": cmd.call_id, "action": "unlock"}
-    try:
-        result = await svc.doors.unlock(Opener(party.id), cmd.device_id, cmd.call_id, cmd.relay)
-    except DomainError as exc:
-        log.warning("refused unlock of device %s by %s: %s %s", cmd.device_id, party.key, exc.status, exc.detail)
-        svc.calls.send_error(party, exc.status, error_text(exc.status, exc.detail), call_info, cmd.request_id,
-                             exc.reason)
-        return
-    except Exception:
-        log.exception("unlock of device %s by %s failed", cmd.device_id, party.key)
-        svc.calls.send_error(party, 500, error_text(500, "internal error"), call_info, cmd.request_id)
-        return
-    door = {k: result[k] for k in ("device_id", "relay", "command_id", "event_id", "call_ended")}
-    msg = ControlMessage(call_info={"call_id": result["call_id"], "action": "door_opened", "timestamp": now_ms()},
-                         resident_id=party.id, request_id=cmd.request_id, door=door)
-    svc.calls.publisher.publish(topics.resident_control(party.id), msg.model_dump_json(exclude_none=True).encode(),
-                                qos=1)
+    svc.calls.send_error(party, 429, error_text(429, detail), {"action": action}, commands.request_id(body),
+                         "rate_limited")

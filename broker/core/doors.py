@@ -31,9 +31,10 @@ from broker.core.device_kinds import in_scope
 from broker.core.directory import Directory
 from broker.core.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
 from broker.core.group_commit import Meta
-from broker.core.payloads import CommandAck, DoorCommand, topics
+from broker.core.payloads import DoorCommand, topics
 from broker.core.states import CallSession
 from broker.core.store import Store
+from broker.core.wire.commands import CommandAck
 
 __all__ = ["AckTimeout", "DeviceFailed", "DeviceOffline", "DoorService", "Opener"]
 

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -27,14 +26,14 @@ from pydantic import (
 from broker.core.fastjson import compact
 from broker.core.fields import DEVICE_KEYS, Timestamp, one_id
 from broker.core.ids import Id, parse_id, validation_detail
+from broker.core.wire.base import In, Out
 
 __all__ = [
-    "CALL_SERVICE_FILTERS", "ActiveQuery", "AdminListQuery", "CallInfo", "CallRequest", "CommandAck",
-    "ControlBody", "ControlMessage", "DeviceStatus", "DirectoryPatch", "DndCommand", "DndIn", "DoorCommand",
-    "DoorCommandRequest", "DoorEventsQuery", "EndSessionRequest", "ErrorBody", "ForwardingIn", "HistoryQuery",
-    "Id", "IncomingCall", "MqttCallRequest", "ResidentCallsQuery", "SeenCommand", "SessionQuery", "SystemMessage",
-    "TencentRtc", "UnlockRequest", "control_notice", "incoming_call_encoder", "parse_id", "snapshot_url",
-    "topics", "validation_detail",
+    "CALL_SERVICE_FILTERS", "ActiveQuery", "AdminListQuery", "CallInfo", "CallRequest", "ControlBody",
+    "ControlMessage", "DeviceStatus", "DirectoryPatch", "DndIn", "DoorCommand", "DoorEventsQuery",
+    "EndSessionRequest", "ErrorBody", "ForwardingIn", "HistoryQuery", "Id", "IncomingCall", "MqttCallRequest",
+    "ResidentCallsQuery", "SessionQuery", "SystemMessage", "TencentRtc", "UnlockFields", "UnlockRequest",
+    "control_notice", "incoming_call_encoder", "parse_id", "snapshot_url", "topics", "validation_detail",
 ]
 
 
@@ -45,17 +44,9 @@ ClientId = Annotated[str, Field(min_length=1, max_length=128)]
 MAX_PROPERTIES_BYTES = 16 * 1024  # a device's merged `properties`, JSON-encoded (it is retained and re-sent)
 
 
-class _In(BaseModel):
-    """Inbound payloads: unknown fields are ignored (clients send extras), types are strict-ish."""
-
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TencentRtc(_Out):
+class TencentRtc(Out):
     sdk_app_id: int
     user_id: str
     user_sig: str
@@ -63,14 +54,14 @@ class TencentRtc(_Out):
     room_id_type: Literal["string"] = "string"
 
 
-class CallInfo(_In):
+class CallInfo(In):
     call_id: Id
     action: Annotated[str, Field(min_length=1, max_length=32)]
     reason: Reason | None = None
     timestamp: Timestamp | None = None
 
 
-class ControlBody(_In):
+class ControlBody(In):
     """`POST /api/mqtt/controller/*` and the payload a party publishes on its control topic."""
 
     call_info: CallInfo
@@ -79,7 +70,7 @@ class ControlBody(_In):
     client_id: ClientId | None = None  # which of the party's clients acts (REST, bridge mode)
 
 
-class CallRequest(_In):
+class CallRequest(In):
     """`POST /api/mqtt/call`, current shape and the older `{device_device_id, target_resident_id}`."""
 
     device_id: Id
@@ -100,7 +91,7 @@ class CallRequest(_In):
         return data
 
 
-class MqttCallRequest(_In):
+class MqttCallRequest(In):
     """Payload of `calls/request/{device_id}`; the device id comes from the topic."""
 
     household_number: Id | None = None
@@ -108,7 +99,7 @@ class MqttCallRequest(_In):
     request_id: Annotated[str, Field(max_length=64)] | None = None
 
 
-class IncomingCall(_Out):
+class IncomingCall(Out):
     origin: Literal["server"] = "server"
     call_id: str
     device_id: str
@@ -127,13 +118,13 @@ class IncomingCall(_Out):
         return data
 
 
-class ErrorBody(_Out):
+class ErrorBody(Out):
     code: int
     message: str
     reason: str | None = None  # set where one code has several meanings (docs/protocol.md "Errors")
 
 
-class ControlMessage(_Out):
+class ControlMessage(Out):
     """What the server publishes on a party's control topic."""
 
     origin: Literal["server"] = "server"
@@ -174,7 +165,7 @@ def control_notice(call_id: str, action: str, reason: str | None, timestamp: int
     return compact(msg).encode()
 
 
-class EndSessionRequest(_In):
+class EndSessionRequest(In):
     call_id: Id
     reason: Reason | None = None
 
@@ -187,7 +178,7 @@ def _battery(v: Any) -> Any:
     return v
 
 
-class DeviceStatus(_In):
+class DeviceStatus(In):
     """A status report: a patch of the stored status (see StatusService.update).
 
     A field left out keeps its stored value, an explicit `null` clears it (`online` cannot be null),
@@ -207,40 +198,40 @@ class DeviceStatus(_In):
         return v
 
 
-class SystemMessage(_In):
+class SystemMessage(In):
     type: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
     level: Literal["info", "warning", "error"]
     message: Annotated[str, Field(min_length=1, max_length=4096)]
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = Field(default_factory=dict)
     timestamp: Timestamp | None = None
 
 
-class UserSigRequest(_In):
+class UserSigRequest(In):
     user_id: Id
 
 
-class RtcTokenRequest(_In):
+class RtcTokenRequest(In):
     user_id: Id
     channel_id: Id
 
 
-class RtcCallRequest(_In):
+class RtcCallRequest(In):
     device_id: Id
     resident_id: Id
 
 
-class HouseholdIn(_In):
+class HouseholdIn(In):
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
 
 
-class ResidentIn(_In):
+class ResidentIn(In):
     resident_id: Id
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
 
 
-class DeviceIn(_In):
+class DeviceIn(In):
     device_id: Id
     household_number: Id
     name: Annotated[str, Field(max_length=128)] | None = None
@@ -260,7 +251,7 @@ def _hhmm(v: str) -> str:
 HourMinute = Annotated[str, AfterValidator(_hhmm)]
 
 
-class DndWindow(_In):
+class DndWindow(In):
     """A daily do-not-disturb window in the site's time zone; `to` before `from` runs past midnight."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -274,7 +265,7 @@ class DndWindow(_In):
         return self
 
 
-class DndIn(_In):
+class DndIn(In):
     """`PUT /api/residents/{id}/dnd` and `PUT /api/households/{n}/dnd`."""
 
     enabled: StrictBool
@@ -285,7 +276,7 @@ class DndIn(_In):
         return [(w.start, w.end) for w in self.schedule] if self.schedule is not None else None
 
 
-class ForwardingIn(_In):
+class ForwardingIn(In):
     """`PUT /api/households/{n}/forwarding`: `forward_to` null = use the site's."""
 
     forward_to: Annotated[list[Id], Field(max_length=16)] | None
@@ -310,33 +301,33 @@ def _positive_int(v: Any) -> Any:
     return v
 
 
-class SessionQuery(_In):
+class SessionQuery(In):
     call_id: Id
     resident_id: Id | None = None  # local-only mode: who is asking, for its own TRTC credentials
 
 
-class HistoryQuery(_In):
+class HistoryQuery(In):
     household_number: Id | None = None
     device_id: Id | None = None
     status: Literal["ringing", "connected", "ended"] | None = None
     limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
 
 
-class ActiveQuery(_In):
+class ActiveQuery(In):
     resident_id: Id | None = None
     device_id: Id | None = None
 
 
-class ResidentCallsQuery(_In):
+class ResidentCallsQuery(In):
     missed: Annotated[bool, BeforeValidator(_bool_text)] = False
     limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
 
 
-class AdminListQuery(_In):
+class AdminListQuery(In):
     household_number: Id | None = None
 
 
-class DirectoryPatch(_In):
+class DirectoryPatch(In):
     """`PATCH /api/admin/{kind}/{id}`: rename an entry, move a resident or device to another household, or
     (devices) make it a unit door station or a lobby panel, or an emergency device. A field left out keeps
     its value."""
@@ -434,51 +425,21 @@ CALL_SERVICE_FILTERS = (topics.request("+"), topics.device_control("+"), topics.
 
 # Door unlock, resident commands, visitor snapshots --------------------------------------------------
 Relay = Annotated[StrictInt, Field(ge=1)]  # numbered from 1 (2N's switches); the top is doors.max_relay
-RequestId = Annotated[str, Field(max_length=64)]
 
 
-class _UnlockFields(_In):
+class UnlockFields(In):
     device_id: Id
     call_id: Id | None = None
     relay: Relay = 1
 
 
-class UnlockRequest(_UnlockFields):
+class UnlockRequest(UnlockFields):
     """`POST /api/doors/unlock`; `resident_id` names the opener when the caller holds no resident token."""
 
     resident_id: Id | None = None
 
 
-class DoorCommandRequest(_UnlockFields):
-    """A resident's publish on `users/{id}/commands`; the resident is the topic's."""
-
-    command: Literal["unlock"]
-    request_id: RequestId | None = None
-
-
-class SeenCommand(_In):
-    """A resident's publish on `users/{id}/commands`: every missed call seen, as `POST .../calls/seen`."""
-
-    command: Literal["calls_seen"]
-    request_id: RequestId | None = None
-
-
-class DndCommand(DndIn):
-    """A resident's publish on `users/{id}/commands`: its own do-not-disturb, as `PUT /api/residents/{id}/dnd`."""
-
-    command: Literal["dnd"]
-    request_id: RequestId | None = None
-
-
-class CommandAck(_In):
-    """A door station's publish on `devices/{id}/commands/ack`."""
-
-    command_id: Annotated[str, Field(min_length=1, max_length=64)]
-    ok: StrictBool
-    error: Annotated[str, Field(max_length=256)] | None = None
-
-
-class DoorCommand(_Out):
+class DoorCommand(Out):
     """What the server publishes on `devices/{id}/commands`."""
 
     origin: Literal["server"] = "server"
@@ -490,7 +451,7 @@ class DoorCommand(_Out):
     expires_at: int  # epoch ms (doors.ack_timeout_s after sending): a station ignores the command after it
 
 
-class DoorEventsQuery(_In):
+class DoorEventsQuery(In):
     device_id: Id | None = None
     household_number: Id | None = None
     limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
