@@ -9,6 +9,7 @@ from http_api import (
     door_views,
     misc_views,
     openapi,
+    ops_views,
     resident_views,
     snapshot_views,
 )
@@ -35,6 +36,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/mqtt/system/message", misc_views.system_message)
     r.add_post("/api/trtc/usersig", misc_views.usersig)
     r.add_post("/api/rtc/token", misc_views.rtc_token)
+    # operations: metrics, audit log, console sign-in (docs/operations.md); before /api/admin/{kind}
+    r.add_get("/metrics", ops_views.metrics)
+    r.add_get("/api/admin/audit", ops_views.audit)
+    r.add_post("/api/console/signin", ops_views.console_signin)
     # directory administration
     r.add_post("/api/admin/{kind}", admin_views.create)
     r.add_get("/api/admin/{kind}", admin_views.list_all)

@@ -79,6 +79,8 @@ class DoorService:
         self.publisher = publisher
         self.clock = clock
         self._pending: dict[str, tuple[str, asyncio.Future[CommandAck]]] = {}  # command_id -> (device, ack)
+        # told (opener, device_id, relay, outcome, seconds taken) of every unlock attempt: audit log, metrics
+        self.unlock_listeners: list[Callable[[Opener, str, int, str, float], None]] = []
 
     # permission --------------------------------------------------------------------------------
 
@@ -118,7 +120,26 @@ class DoorService:
     # unlock ---------------------------------------------------------------------------------------
 
     async def unlock(self, opener: Opener, device_id: str, call_id: str | None, relay: int) -> dict[str, Any]:
-        """Check, send the command, wait for the station's ack, record the outcome, end the call if set."""
+        """Check, send the command, wait for the station's ack, record the outcome, end the call if set.
+
+        Every attempt, refused ones included, is told to `unlock_listeners` (the audit log, metrics)."""
+        started = time.monotonic()
+        try:
+            result = await self._unlock(opener, device_id, call_id, relay)
+        except DomainError as exc:
+            self._tell(opener, device_id, relay, exc.reason or str(exc.status), time.monotonic() - started)
+            raise
+        self._tell(opener, device_id, relay, "opened", time.monotonic() - started)
+        return result
+
+    def _tell(self, opener: Opener, device_id: str, relay: int, outcome: str, seconds: float) -> None:
+        for listener in self.unlock_listeners:
+            try:
+                listener(opener, device_id, relay, outcome, seconds)
+            except Exception:
+                log.exception("an unlock listener failed")
+
+    async def _unlock(self, opener: Opener, device_id: str, call_id: str | None, relay: int) -> dict[str, Any]:
         if relay > self.config.max_relay:
             raise BadRequest(f"relay: must be from 1 to {self.config.max_relay} (doors.max_relay), got {relay}")
         call, household = self.authorize(opener, device_id, call_id)
