@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.core.calls import iso
 from broker.core.errors import BadRequest, DomainError, Forbidden, NotFound, Unauthorized
+from broker.core.store import DIRECTORY
 from broker.ops.logs import PRINCIPAL_VAR
 from broker.ops.metrics import CONTENT_TYPE
 from http_api.auth import principal, require
@@ -25,7 +25,6 @@ __all__ = ["audit", "audit_middleware", "console_signin", "log_context_middlewar
 METRICS_PATH = "/metrics"
 SIGNIN_PATH = "/api/console/signin"
 _CHANGES = {"POST": "admin.create", "PUT": "admin.update", "PATCH": "admin.update", "DELETE": "admin.delete"}
-_ID_FIELDS = ("household_number", "resident_id", "device_id")
 
 
 class AuditQuery(BaseModel):
@@ -64,7 +63,14 @@ async def audit(request: web.Request) -> web.Response:
         items, next_cursor = request.app[SERVICES].audit.query(_ts(q.since), _ts(q.until), q.limit, q.cursor)
     except ValueError:
         raise BadRequest("cursor: not one this server returned") from None
-    return ok({"items": [{**item, "at": iso(item.pop("ts"))} for item in items], "next_cursor": next_cursor})
+    return ok({"items": [_view(item) for item in items], "next_cursor": next_cursor})
+
+
+def _view(item: dict[str, Any]) -> dict[str, Any]:
+    """A row as REST shows it: `at` in ISO 8601 UTC with milliseconds (several changes share a second)."""
+    ts = item.pop("ts")
+    at = datetime.fromtimestamp(ts, UTC)
+    return {**item, "at": f"{at:%Y-%m-%dT%H:%M:%S}.{at.microsecond // 1000:03d}Z"}
 
 
 async def console_signin(request: web.Request) -> web.Response:
@@ -112,15 +118,17 @@ def _audited(request: web.Request) -> tuple[str, str | None] | None:
     return _CHANGES[request.method], "/".join(parts)
 
 
-def _created_id(response: web.StreamResponse) -> str | None:
+def _created_id(kind: str, response: web.StreamResponse) -> str | None:
+    """The id of the entry a create made, from the response's envelope."""
     body = response.body if isinstance(response, web.Response) else None
-    if not isinstance(body, bytes):
+    field = DIRECTORY.get(kind)
+    if not isinstance(body, bytes) or field is None:
         return None
     try:
-        data = json.loads(body).get("data") or {}
+        data = json.loads(body).get("data")
     except (ValueError, AttributeError):
         return None
-    return next((str(data[f]) for f in _ID_FIELDS if isinstance(data, dict) and f in data), None)
+    return str(data[field]) if isinstance(data, dict) and field in data else None
 
 
 @web.middleware
@@ -138,7 +146,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         audit_log.record(_actor(request), action, target, exc.reason or str(exc.status), request.remote)
         raise
     outcome = "ok" if response.status < 400 else str(response.status)
-    if action == "admin.create" and target is not None and (ident := _created_id(response)) is not None:
+    if action == "admin.create" and target is not None and (ident := _created_id(target, response)) is not None:
         target = f"{target}/{ident}"
     detail: dict[str, Any] | None = {"replaces_previous": True} if action == "token.issue" else None
     audit_log.record(_actor(request), action, target, outcome, request.remote, detail)
