@@ -94,7 +94,7 @@ def _reload(server: IntercomServer | BridgedServer, load: Callable[[], Settings]
         return
     notifier.reloading()
     if isinstance(server, IntercomServer):
-        reloader = Reloader(load, server.services, server.broker, server.tls_contexts)
+        reloader = Reloader(load, server.services, server.broker, server.tls_contexts, server.presence)
     else:
         reloader = Reloader(load, server.services)
     ok = reloader.reload()

@@ -20,6 +20,7 @@ from typing import Any
 from broker.config import ConfigError, Settings
 from broker.core.admission import CallAdmission
 from broker.core.errors import DomainError
+from broker.core.presence import Presence
 from broker.core.services import Services
 from broker.mqtt.outlet import DeliveryLimits
 from broker.ops.logs import set_level
@@ -90,10 +91,12 @@ class Reloader:
     """Holds what a reload touches; `reload()` is the SIGHUP handler's body."""
 
     def __init__(self, load: Callable[[], Settings], services: Services, broker: Any = None,
-                 tls_contexts: Callable[[], Mapping[str, Iterable[ssl.SSLContext]]] = dict) -> None:
+                 tls_contexts: Callable[[], Mapping[str, Iterable[ssl.SSLContext]]] = dict,
+                 presence: Presence | None = None) -> None:
         self.load = load  # the same file, flags and environment as at start
         self.services = services
         self.broker = broker
+        self.presence = presence
         self.tls_contexts = tls_contexts  # section ("mqtt", "http") -> the live contexts it serves with
         self.reloads = 0
 
@@ -144,6 +147,9 @@ class Reloader:
         svc.settings = new
         calls = svc.calls
         calls.config = new.calls
+        calls.resident_calls.limit_max = new.calls.history_limit_max
+        if self.presence is not None:
+            self.presence.grace_s = new.calls.party_offline_grace_s  # for parties that drop from now on
         if any(k.startswith("calls.") for k in live):
             c, refused = new.calls, calls.admission.refused
             calls.admission = CallAdmission(c.max_setups_per_s, c.setup_burst, c.max_active_calls,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import signal
+import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -10,9 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.config import load_settings
+from broker.ops.reload import Reloader
+from tests.conftest import ADMIN
 from tests.server_process import ServerProcess, households
-
-pytestmark = pytest.mark.slow
+from tests.tls_helpers import _issue, tls_section
 
 
 def _wait_log(server: ServerProcess, needle: str, after: int, timeout: float = 10.0) -> str:
@@ -50,6 +56,7 @@ def _ended(server: ServerProcess, call_id: str, timeout: float) -> dict[str, Any
     raise AssertionError(f"call {call_id} still {resp['data']['status']} after {timeout} s")
 
 
+@pytest.mark.slow
 def test_sighup_applies_a_new_ring_time_to_the_next_call_and_refuses_an_invalid_file(tmp_path: Path):
     """ring_timeout_s 30 -> 1 on SIGHUP: logged, the next call rings 1 s and times out; a restart-only key is
     named as such; a new household is served; an invalid file gets one ERROR line and changes nothing."""
@@ -87,3 +94,48 @@ def test_sighup_applies_a_new_ring_time_to_the_next_call_and_refuses_an_invalid_
         assert again["ring_timeout_s"] == 1  # still the last good file's value
     finally:
         assert server.stop() == 0
+
+
+def _served_cn(port: int, pki: Path) -> str:
+    """The CN of the certificate a TLS listener presents to a new connection."""
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        cert = tls.getpeercert()
+    assert cert is not None
+    return dict(x[0] for x in cert["subject"])["commonName"]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make certificates")
+async def test_reload_swaps_tls_certificates_for_new_connections_and_refuses_a_missing_one(make_harness, pki,
+                                                                                         tmp_path: Path):
+    """A renewed certificate and key in broker.yaml: new MQTT/TLS and HTTPS handshakes present it after a reload;
+    a certificate file that does not exist refuses the reload and the old one stays in service."""
+    https = {"certfile": str(pki / "server.crt"), "keyfile": str(pki / "server.key")}
+    h = await make_harness(mqtt={"tls": tls_section(pki)}, http={"tls": https})
+    config = tmp_path / "test.yaml"  # what make_settings wrote
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy(pki / name, renewed / name)
+    await asyncio.to_thread(_issue, renewed, "server2", "IP:127.0.0.1")
+    server = h.server
+
+    async def served(port: int) -> str:
+        return await asyncio.to_thread(_served_cn, port, pki)  # a blocking handshake, off the server's loop
+
+    reloader = Reloader(lambda: load_settings(config, env={"INTERCOM_ADMIN_TOKEN": ADMIN}), server.services,
+                        server.broker, server.tls_contexts, server.presence)
+    assert await served(server.mqtts_port) == "server" and await served(server.http_port) == "server"
+
+    raw = yaml.safe_load(config.read_text())
+    for section in ("mqtt", "http"):
+        raw[section]["tls"] |= {"certfile": str(renewed / "server2.crt"), "keyfile": str(renewed / "server2.key")}
+    config.write_text(yaml.safe_dump(raw))
+    assert reloader.reload() is True
+    assert await served(server.mqtts_port) == "server2" and await served(server.http_port) == "server2"
+
+    raw["mqtt"]["tls"]["certfile"] = str(renewed / "missing.crt")
+    config.write_text(yaml.safe_dump(raw))
+    assert reloader.reload() is False
+    assert await served(server.mqtts_port) == "server2"
