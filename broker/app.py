@@ -66,14 +66,18 @@ def dev_secret_key(data_dir: Path) -> str:
     return key
 
 
+# What the server keeps in the data dir (databases with their -wal/-shm and moved-aside copies, the dev key,
+# snapshots); other entries an operator put there are left as they are.
+_OWN = ("intercom.db", "sessions.db", "trtc_dev_secret_key", "snapshots")
+
+
 def private_data_dir(data_dir: Path) -> None:
-    """The data dir 0700 and its files 0600: the database holds token hashes. Tightens what an older release
-    (or another umask) created; new files get these modes from the process umask (broker/cli.py)."""
+    """The data dir 0700 and the server's files in it 0600: the database holds token hashes. Tightens what an
+    older release (or another umask) created; new files get these modes from the process umask (broker/cli.py)."""
     data_dir.chmod(0o700)
     for path in data_dir.iterdir():
-        if path.is_symlink():
-            continue
-        path.chmod(0o700 if path.is_dir() else 0o600)
+        if path.name.startswith(_OWN) and not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def _trtc_key(settings: Settings) -> str:

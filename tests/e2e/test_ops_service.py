@@ -172,6 +172,8 @@ def test_data_dir_files_are_private_even_when_an_older_release_made_them(tmp_pat
     (data / "intercom.db").chmod(0o644)
     (data / "snapshots").mkdir(mode=0o755)
     (data / "snapshots").chmod(0o755)
+    (data / "NOTES.txt").write_text("an operator's file")
+    (data / "NOTES.txt").chmod(0o644)
     server = ServerProcess(tmp_path, data_dir=data)
     try:
         server.start()
@@ -180,7 +182,10 @@ def test_data_dir_files_are_private_even_when_an_older_release_made_them(tmp_pat
         names = sorted(p.name for p in data.iterdir())
         for name in ("intercom.db", "intercom.db-wal", "sessions.db", "sessions.db-wal", "snapshots"):
             assert name in names, names
+        assert _mode(data / "NOTES.txt") == 0o644  # not the server's: left as it was
         for path in data.iterdir():
+            if path.name == "NOTES.txt":
+                continue
             assert _mode(path) == (0o700 if path.is_dir() else 0o600), (path.name, oct(_mode(path)))
     finally:
         assert server.stop() == 0
