@@ -174,7 +174,9 @@ class TopicAclPlugin(BaseTopicPlugin):
             self.refused += 1
             if (suppressed := self.refusals.check(f"{session.client_id}|{action}")) is not None:
                 log.warning("ACL: %s may not %s %r%s", principal or session.client_id, action, subscribed,
-                            f" ({suppressed} more refused since last logged)" if suppressed else "")
+                            f" ({suppressed} more refused since last logged)" if suppressed else "",
+                            extra={"client_id": session.client_id,
+                                   "principal": f"{principal.role}:{principal.id}" if principal else None})
             return False
         if action is Action.SUBSCRIBE:
             return self._count_subscription(session, subscribed)

@@ -85,7 +85,7 @@ class IntercomAuthPlugin(BaseAuthPlugin):
             self.refused["auth_lockout"] += 1
             if (n := _quiet.check(f"lockout {session.remote_address}")) is not None:
                 log.warning("refused CONNECT of %r from %s: too many failed attempts (%d more since last logged)",
-                            session.username, session.remote_address, n)
+                            session.username, session.remote_address, n, extra={"client_id": session.client_id})
             return False
         principal = await self._verify(svc, session.username, session.password or "")
         if principal is None:
@@ -95,12 +95,13 @@ class IntercomAuthPlugin(BaseAuthPlugin):
             self.refused["bad_credentials"] += 1
             if (n := _quiet.check(f"bad {session.remote_address}")) is not None:
                 log.warning("refused CONNECT of %r from %s: bad credentials (%d more since last logged)",
-                            session.username, session.remote_address, n)
+                            session.username, session.remote_address, n, extra={"client_id": session.client_id})
             return False
         if not client_id_allowed(principal, session.client_id or "", svc.settings.auth.client_id_suffixes):
             self.refused["client_id"] += 1
             log.warning("refused CONNECT of %s %s: client id %r is not %r", principal.role, principal.id,
-                        session.client_id, bound_client_id(principal))
+                        session.client_id, bound_client_id(principal),
+                        extra={"client_id": session.client_id, "principal": f"{principal.role}:{principal.id}"})
             session.attributes[REFUSAL] = IDENTIFIER_REJECTED
             return False
         if self._connects is not None and not self._connects.take(f"{principal.role}:{principal.id}"):

@@ -161,7 +161,7 @@ class DoorService:
         self.store.update_door_event(event_id, {"outcome": "opened", "acked_at": self.clock()})
         ended = await self._after_open(opener, call, now)
         log.info("door: %s opened relay %d of device %s (call %s, event %d)", opener.key, relay, device_id,
-                 event["call_id"], event_id)
+                 event["call_id"], event_id, extra={"principal": opener.key, "call_id": event["call_id"]})
         return {"event_id": event_id, "command_id": command_id, "device_id": device_id, "relay": relay,
                 "call_id": event["call_id"], "by": opener.by, "outcome": "opened", "call_ended": ended,
                 "at": iso(now)}

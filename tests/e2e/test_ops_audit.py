@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from broker.cli import loader_from_args
@@ -101,7 +103,8 @@ def test_log_format_flag_overrides_the_file(tmp_path: Path):
 @pytest.mark.slow
 def test_json_logs_carry_call_and_principal_fields_and_the_file_rotates(tmp_path: Path):
     """With logging.format json every stderr line is one JSON object; a call's end line has its call_id, an
-    admin change its principal; logging.file rotates at max_bytes keeping `backups` files."""
+    admin change its principal, a refused MQTT login its client_id; logging.file rotates at max_bytes keeping
+    `backups` files."""
     log_file = tmp_path / "logs" / "broker.log"
     server = ServerProcess(tmp_path, {"logging": {"format": "json", "file": str(log_file), "max_bytes": 4096,
                                                    "backups": 2},
@@ -114,6 +117,13 @@ def test_json_logs_carry_call_and_principal_fields_and_the_file_rotates(tmp_path
             assert status == 200, resp
             call_ids.append(resp["data"]["call_id"])
         assert server.http("PATCH", "/api/admin/households/h0", {"name": "Renamed"})[0] == 200
+        bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="resident-r1", protocol=mqtt.MQTTv311)
+        bad.username_pw_set("r1", "resident.r1.not-the-token-0123456789")
+        with contextlib.suppress(OSError):
+            bad.connect("127.0.0.1", server.mqtt_port, keepalive=10)
+            bad.loop_start()
+            time.sleep(0.5)
+            bad.loop_stop()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(call_ids[-1] in line for line in server.log):
             time.sleep(0.05)
@@ -125,6 +135,8 @@ def test_json_logs_carry_call_and_principal_fields_and_the_file_rotates(tmp_path
     assert {r["call_id"] for r in ended} == set(call_ids)
     audit = [r for r in records if r["message"].startswith("audit: ")]
     assert audit and audit[-1]["principal"] == "anonymous" and "admin.update households/h0" in audit[-1]["message"]
+    refused = [r for r in records if "bad credentials" in r["message"]]
+    assert refused and refused[0]["client_id"] == "resident-r1" and refused[0]["level"] == "WARNING"
     assert log_file.exists() and log_file.with_name("broker.log.1").exists()
     assert not log_file.with_name("broker.log.3").exists()
     assert log_file.stat().st_size <= 4096
