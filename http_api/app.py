@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.core.services import Services
+from http_api.audit_views import audit_middleware, log_context_middleware
 from http_api.auth import auth_middleware
 from http_api.cors import cors_preflight_middleware, setup_cors
 from http_api.envelope import error_middleware
 from http_api.keys import HEALTH, SERVICES
-from http_api.ops_views import audit_middleware, log_context_middleware, metrics_auth_middleware
+from http_api.metrics_views import metrics_auth_middleware
 from http_api.ratelimit import rate_limit_middlewares
 from http_api.read_deadline import read_deadline_middleware
 from http_api.routes import setup_routes

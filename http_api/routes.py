@@ -4,12 +4,13 @@ from aiohttp import web
 
 from http_api import (
     admin_views,
+    audit_views,
     call_views,
     console_views,
     door_views,
+    metrics_views,
     misc_views,
     openapi,
-    ops_views,
     resident_views,
     snapshot_views,
 )
@@ -37,9 +38,9 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/trtc/usersig", misc_views.usersig)
     r.add_post("/api/rtc/token", misc_views.rtc_token)
     # operations: metrics, audit log, console sign-in (docs/operations.md); before /api/admin/{kind}
-    r.add_get("/metrics", ops_views.metrics)
-    r.add_get("/api/admin/audit", ops_views.audit)
-    r.add_post("/api/console/signin", ops_views.console_signin)
+    r.add_get("/metrics", metrics_views.metrics)
+    r.add_get("/api/admin/audit", audit_views.audit)
+    r.add_post("/api/console/signin", audit_views.console_signin)
     # directory administration
     r.add_post("/api/admin/{kind}", admin_views.create)
     r.add_get("/api/admin/{kind}", admin_views.list_all)

@@ -1,9 +1,8 @@
-"""Operations over REST: `/metrics` (Prometheus text), the audit log, the console's sign-in record,
-and the middlewares that authenticate /metrics and write the audit log of admin requests."""
+"""The audit log over REST: `GET /api/admin/audit`, the console's sign-in, and the middleware that records
+every admin change, token issue/revocation and sign-in (door unlocks are recorded by the door service)."""
 
 from __future__ import annotations
 
-import hmac
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -11,18 +10,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.core.errors import BadRequest, DomainError, Forbidden, NotFound, Unauthorized
+from broker.core.errors import BadRequest, DomainError, Forbidden
 from broker.core.store import DIRECTORY
 from broker.ops.logs import PRINCIPAL_VAR
-from broker.ops.metrics import CONTENT_TYPE
 from http_api.auth import principal, require
 from http_api.envelope import Handler, ok, parse_query
-from http_api.keys import MONITOR, SERVICES
+from http_api.keys import SERVICES
 
-__all__ = ["audit", "audit_middleware", "console_signin", "log_context_middleware", "metrics",
-           "metrics_auth_middleware"]
+__all__ = ["audit", "audit_middleware", "console_signin", "log_context_middleware"]
 
-METRICS_PATH = "/metrics"
 SIGNIN_PATH = "/api/console/signin"
 _CHANGES = {"POST": "admin.create", "PUT": "admin.update", "PATCH": "admin.update", "DELETE": "admin.delete"}
 
@@ -40,17 +36,6 @@ def _ts(value: datetime | None) -> float | None:
     if value is None:
         return None
     return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
-
-
-# -- views --------------------------------------------------------------------------------------------
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of the box's counters (authenticated by `metrics_auth_middleware`)."""
-    if MONITOR not in request.app:
-        raise NotFound("metrics are not collected by this app")
-    body = request.app[MONITOR].scrape()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def audit(request: web.Request) -> web.Response:
@@ -79,31 +64,6 @@ async def console_signin(request: web.Request) -> web.Response:
     if p is not None and p.role != "admin":
         raise Forbidden(f"a {p.role} token does not sign in to the console; use the admin token")
     return ok({"principal": "anonymous" if p is None else f"{p.role}:{p.id}"})
-
-
-# -- middlewares -----------------------------------------------------------------------------------------
-
-
-@web.middleware
-async def metrics_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """/metrics takes the admin token or `metrics.token` (INTERCOM_METRICS_TOKEN); runs before the general
-    auth middleware, which knows only directory tokens, and bypasses it for this one path."""
-    if request.path != METRICS_PATH:
-        return await handler(request)
-    svc = request.app[SERVICES]
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if not token or scheme.lower() != "bearer":
-        if svc.settings.local_only:
-            return await metrics(request)
-        raise Unauthorized("missing bearer token (the admin token or INTERCOM_METRICS_TOKEN)")
-    wanted = svc.settings.metrics.token
-    if wanted is not None and hmac.compare_digest(token.encode(), wanted.get_secret_value().encode()):
-        return await metrics(request)
-    p = await svc.directory.authenticate(token)
-    if p.role != "admin":
-        raise Forbidden(f"a {p.role} may not read /metrics")
-    return await metrics(request)
 
 
 def _audited(request: web.Request) -> tuple[str, str | None] | None:
