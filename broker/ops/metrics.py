@@ -24,6 +24,8 @@ from broker.core.call_log import MISSED_END_REASONS
 from broker.core.services import Services
 from broker.core.states import CallSession, EndReason
 from broker.mqtt.hooks import PRINCIPAL, PROTOCOL
+from plugins.acl import TopicAclPlugin
+from plugins.auth import IntercomAuthPlugin
 
 __all__ = ["CONTENT_TYPE", "Histogram", "Monitor"]
 
@@ -164,9 +166,9 @@ class Monitor:
             return out
         out.update(self.broker._hardening().gate.refused)
         for plugin in self.broker.plugins_manager.plugins:
-            if isinstance(getattr(plugin, "refused", None), int):
+            if isinstance(plugin, TopicAclPlugin):
                 out["acl"] += plugin.refused
-            elif isinstance(getattr(plugin, "refused", None), collections.Counter):
+            elif isinstance(plugin, IntercomAuthPlugin):
                 out.update(plugin.refused)
         return out
 
@@ -192,7 +194,6 @@ class Monitor:
         """Mosquitto's `$SYS/broker/...` names and formats, from the same readings as /metrics."""
         connected = sum(self.connections().values())
         total = len(self.broker._sessions) if self.broker is not None else 0
-        sent_bytes, _ = self.queues()
         b = self.broker
         return {
             "version": f"intercom-broker version {_version()}",
@@ -211,7 +212,6 @@ class Monitor:
             "subscriptions/count": str(sum(len(v) for v in b._subscriptions.values()) if b is not None else 0),
             "retained messages/count": str(len(b._retained_messages) if b is not None else 0),
             "heap/current": str(_rss_bytes()),
-            "store/messages/bytes": str(sent_bytes),
         }
 
     async def _publish_sys(self) -> None:
