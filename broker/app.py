@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -26,15 +27,17 @@ from broker.core.store import Store
 from broker.core.trtc import Trtc
 from broker.db_open import StorageError
 from broker.mqtt.session_persistence import SessionPersistence
+from broker.ops.metrics import Monitor
 from broker.tls import server_context
 from http_api import create_app
-from http_api.keys import HEALTH, WS_PORT
+from http_api.keys import HEALTH, HTTP_TLS, MONITOR, WS_PORT
 from plugins.acl import TopicAclPlugin
 from plugins.auth import IntercomAuthPlugin
 from plugins.call_plugin import CallPlugin
 from plugins.persistence import PersistencePlugin
 
-__all__ = ["PLUGINS", "bind_plugins", "build_services", "dev_secret_key", "require_credentials", "start_http"]
+__all__ = ["PLUGINS", "bind_plugins", "build_services", "dev_secret_key", "private_data_dir", "require_credentials",
+           "start_http"]
 
 log = logging.getLogger("intercom")
 
@@ -63,6 +66,20 @@ def dev_secret_key(data_dir: Path) -> str:
     return key
 
 
+# What the server keeps in the data dir (databases with their -wal/-shm and moved-aside copies, the dev key,
+# snapshots); other entries an operator put there are left as they are.
+_OWN = ("intercom.db", "sessions.db", "trtc_dev_secret_key", "snapshots")
+
+
+def private_data_dir(data_dir: Path) -> None:
+    """The data dir 0700 and the server's files in it 0600: the database holds token hashes. Tightens what an
+    older release (or another umask) created; new files get these modes from the process umask (broker/cli.py)."""
+    data_dir.chmod(0o700)
+    for path in data_dir.iterdir():
+        if path.name.startswith(_OWN) and not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def _trtc_key(settings: Settings) -> str:
     if settings.trtc.secret_key is not None:
         return settings.trtc.secret_key.get_secret_value()
@@ -75,7 +92,8 @@ def build_services(settings: Settings, publisher: Publisher) -> Services:
     """The store, directory, TRTC, call and status services over one sqlite file in the data dir."""
     s = settings
     try:
-        s.server.data_dir.mkdir(parents=True, exist_ok=True)
+        s.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_data_dir(s.server.data_dir)
         key = _trtc_key(s)
     except OSError as exc:
         raise StorageError(f"cannot use data dir {s.server.data_dir}: {exc}") from exc
@@ -102,16 +120,28 @@ def bind_plugins(plugins: list[object], services: Services, presence: Presence,
                 plugin.bind_persistence(persistence)
 
 
-async def start_http(services: Services, ws_port: int | None = None) -> tuple[web.AppRunner, int]:
+async def start_http(services: Services, ws_port: int | None = None,
+                     broker: Any = None) -> tuple[web.AppRunner, int]:
     """The REST app on the configured host and port; returns the runner and the bound port.
 
-    `ws_port`: the embedded broker's MQTT-over-WebSocket port, where the console connects.
+    `ws_port`: the embedded broker's MQTT-over-WebSocket port, where the console connects. `broker`: the
+    embedded broker whose readings /metrics, /healthz and $SYS report (None in bridge mode).
     """
     s = services.settings
     app = create_app(services)
     if ws_port is not None:
         app[WS_PORT] = ws_port
+    monitor = Monitor(services, broker)
+    app[MONITOR] = monitor
+    monitor.start()
+
+    async def stop_monitor(_app: web.Application) -> None:
+        monitor.stop()
+
+    app.on_cleanup.append(stop_monitor)
     http_tls = server_context(s.http.tls) if s.http.tls is not None else None
+    if http_tls is not None:
+        app[HTTP_TLS] = http_tls
     runner, _ = await http_site.start_http(app, s.server.host, s.server.http_port, s.limits, http_tls)
     app[HEALTH]["broker"] = True
     return runner, int(runner.addresses[0][1])

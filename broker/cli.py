@@ -1,4 +1,4 @@
-"""`intercom-broker` / `python -m broker`: parse flags, load settings, serve until SIGINT/SIGTERM."""
+"""`intercom-broker` / `python -m broker`: parse flags, load settings, serve until SIGINT/SIGTERM (SIGHUP: reload)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -15,6 +16,9 @@ from typing import Any
 from broker.bridge import BridgedServer, parse_broker_url
 from broker.config import ConfigError, Settings, load_settings
 from broker.db_open import StorageError
+from broker.ops.logs import setup_logging
+from broker.ops.reload import Reloader
+from broker.ops.sdnotify import Notifier
 from broker.server import IntercomServer
 
 __all__ = ["main"]
@@ -29,36 +33,72 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, help="REST port, 0 = any free port (default 8080)")
     p.add_argument("--data-dir", type=Path, help="where the sqlite database lives (default ./data)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="text, or one JSON object per line (default: logging.format, text)")
     p.add_argument("--external-broker", metavar="URL",
                    help="bridge mode: no embedded broker; attach the call service to this broker "
                         "(mqtt://[user:password@]host:port) as an MQTT client")
     return p
 
 
-def settings_from_args(argv: list[str] | None = None) -> Settings:
+def loader_from_args(argv: list[str] | None = None) -> Callable[[], Settings]:
+    """Load the settings as the flags say; called again on SIGHUP (the same file, flags and environment)."""
     args = _parser().parse_args(argv)
     config = args.config
     if config is None and Path("broker.yaml").exists():
         config = Path("broker.yaml")
     overrides = {"host": args.host, "mqtt_port": args.mqtt_port, "ws_port": args.ws_port,
                  "http_port": args.http_port, "data_dir": args.data_dir, "log_level": args.log_level}
-    return load_settings(config, overrides)
+
+    def load() -> Settings:
+        settings = load_settings(config, overrides)
+        if args.log_format is not None:
+            settings.logging.format = args.log_format
+        return settings
+
+    return load
 
 
-async def serve(settings: Settings, external_broker: str | None = None) -> None:
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    return loader_from_args(argv)()
+
+
+async def serve(settings: Settings, external_broker: str | None = None,
+                load: Callable[[], Settings] | None = None) -> None:
     server: IntercomServer | BridgedServer
     server = BridgedServer(settings, external_broker) if external_broker else IntercomServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    notifier = Notifier()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(server, load, notifier))
     try:
         await server.start()
         tune_gc()
+        notifier.ready(f"serving mqtt port {server.mqtt_port}, http port {server.http_port}")
+        notifier.start_watchdog()
         await stop.wait()
+        notifier.stopping()
         logging.getLogger("intercom").info("shutting down")
     finally:
+        notifier.stop_watchdog()
         await asyncio.wait_for(server.stop(), timeout=5)
+
+
+def _reload(server: IntercomServer | BridgedServer, load: Callable[[], Settings] | None, notifier: Notifier) -> None:
+    """SIGHUP: re-read the configuration (broker/ops/reload.py); the service manager hears RELOADING/READY."""
+    if server.services is None or load is None:
+        why = "not serving yet" if load else "no configuration to re-read"
+        logging.getLogger("intercom").warning("SIGHUP ignored: %s", why)
+        return
+    notifier.reloading()
+    if isinstance(server, IntercomServer):
+        reloader = Reloader(load, server.services, server.broker, server.tls_contexts, server.presence)
+    else:
+        reloader = Reloader(load, server.services)
+    ok = reloader.reload()
+    notifier.reloaded("configuration reloaded" if ok else "reload refused: running configuration kept")
 
 
 def tune_gc() -> None:
@@ -74,20 +114,22 @@ def tune_gc() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Data-dir files (token hashes, call history, keys) are the service user's alone: 0600 files, 0700 dirs.
+    os.umask(0o077)
     try:
-        settings = settings_from_args(argv)
+        load = loader_from_args(argv)
+        settings = load()
         external = _parser().parse_args(argv).external_broker
         if external:
             parse_broker_url(external)
     except ConfigError as exc:
         print(f"intercom-broker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.server.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.server.log_level != "DEBUG":
-        # amqtt logs every connection at INFO; at site scale that drowns ours.
-        logging.getLogger("amqtt").setLevel(logging.WARNING)
-        logging.getLogger("transitions").setLevel(logging.WARNING)
+    try:
+        setup_logging(settings.logging, settings.server.log_level)
+    except OSError as exc:
+        print(f"intercom-broker: cannot open logging.file: {exc}", file=sys.stderr)
+        return 1
     runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     try:
         import uvloop  # optional speed-up (the `fast` extra)
@@ -96,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     try:
-        runner(serve(settings, external))
+        runner(serve(settings, external, load))
     except ConfigError as exc:
         print(f"intercom-broker: {exc}", file=sys.stderr)
         return 2

@@ -257,6 +257,24 @@ class SiteConfig(_Strict):
         return v
 
 
+class LoggingConfig(_Strict):
+    """Log output (broker/ops/logs.py): text or one JSON object per line, on stderr and optionally a file."""
+
+    format: Literal["text", "json"] = "text"
+    file: Path | None = None  # also write to this file, rotated by size
+    max_bytes: int = Field(10 * 1024 * 1024, ge=4096)  # rotate the file past this size...
+    backups: int = Field(5, ge=0, le=1000)  # ...keeping this many old files (name.1 .. name.N)
+
+
+class MetricsConfig(_Strict):
+    """`/metrics` and `$SYS` (broker/ops/metrics.py)."""
+
+    # A bearer token for /metrics besides the admin token (from INTERCOM_METRICS_TOKEN; a scraper needs no admin).
+    token: SecretStr | None = None
+    sys_interval_s: float = Field(10.0, ge=0, le=3600)  # $SYS/broker/... published this often; 0 = never
+    max_loop_lag_ms: float = Field(1000.0, gt=0)  # /healthz says unhealthy while the loop runs this late
+
+
 class Settings(_Strict):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
@@ -271,6 +289,8 @@ class Settings(_Strict):
     store: StoreConfig = StoreConfig()
     doors: DoorsConfig = DoorsConfig()
     snapshots: SnapshotsConfig = SnapshotsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     admin_token: SecretStr | None = None
 
     @field_validator("server")
@@ -303,6 +323,7 @@ _ENV = {
     "INTERCOM_TRTC_SDK_APP_ID": ("trtc", "sdk_app_id"),
     "INTERCOM_TRTC_SECRET_KEY": ("trtc", "secret_key"),
     "INTERCOM_ADMIN_TOKEN": (None, "admin_token"),
+    "INTERCOM_METRICS_TOKEN": ("metrics", "token"),
 }
 
 

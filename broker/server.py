@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from broker.mqtt.engine import IntercomBroker
 from broker.mqtt.outlet import DeliveryLimits
 from broker.mqtt.session_persistence import SessionDB, SessionPersistence
 from broker.tls import server_context
+from http_api.keys import HTTP_TLS
 from plugins.auth import owned_by
 
 __all__ = ["IntercomServer"]
@@ -83,11 +85,20 @@ class IntercomServer:
         self.presence.restore_device_status()
         self.presence.arm_recovered(services.store.active_calls())
 
-        self._runner, self.http_port = await start_http(services, ws_port=self.ws_port)
+        self._runner, self.http_port = await start_http(services, ws_port=self.ws_port, broker=broker)
         ws = f" ws://{_bind(s.server.host, self.ws_port)}" if self.ws_port is not None else ""
         log.info("intercom-broker serving mqtt://%s%s http://%s data=%s mode=%s recovered_calls=%d",
                  _bind(s.server.host, self.mqtt_port), ws, _bind(s.server.host, self.http_port),
                  s.server.data_dir / "intercom.db", "local-only" if s.local_only else "authenticated", recovered)
+
+    def tls_contexts(self) -> dict[str, list[ssl.SSLContext]]:
+        """The TLS contexts the listeners serve with, by config section: a reload loads new certificates into them."""
+        out: dict[str, list[ssl.SSLContext]] = {}
+        if self.broker is not None and self.broker.tls_contexts:
+            out["mqtt"] = list({id(c): c for c in self.broker.tls_contexts.values()}.values())
+        if self._runner is not None and HTTP_TLS in self._runner.app:
+            out["http"] = [self._runner.app[HTTP_TLS]]
+        return out
 
     def _end_sessions_of(self, principal: Principal) -> None:
         """A token was re-issued or its holder deleted: close its MQTT sessions and drop their stored state."""

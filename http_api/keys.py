@@ -1,10 +1,13 @@
 """Typed application state."""
 
+import ssl
+
 from aiohttp import web
 
 from broker.core.services import Services
+from broker.ops.metrics import Monitor
 
-__all__ = ["HEALTH", "PRINCIPAL", "SERVICES", "WS_PORT"]
+__all__ = ["HEALTH", "HTTP_TLS", "MONITOR", "PRINCIPAL", "SERVICES", "WS_PORT"]
 
 SERVICES = web.AppKey("services", Services)
 # Set by the server once the broker listens; /healthz reads it.
@@ -15,3 +18,8 @@ PRINCIPAL = web.RequestKey("principal", object)
 
 # The embedded broker's bound MQTT-over-WebSocket port, set by the server (absent: no WS listener).
 WS_PORT = web.AppKey("ws_port", int)
+
+# /metrics, /healthz and $SYS readings (broker/ops/metrics.py), set by the server (absent: an app built alone).
+MONITOR = web.AppKey("monitor", Monitor)
+# The REST listener's TLS context (absent: plain HTTP), kept so a reload can load a renewed certificate into it.
+HTTP_TLS = web.AppKey("http_tls", ssl.SSLContext)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from broker.core.errors import Forbidden, Overloaded
@@ -9,7 +11,7 @@ from broker.core.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, U
 from broker.core.trtc import trtc_user_id
 from http_api.auth import principal, require
 from http_api.envelope import ok, parse_body
-from http_api.keys import HEALTH, SERVICES
+from http_api.keys import HEALTH, MONITOR, SERVICES
 
 __all__ = ["device_status", "get_device_status", "healthz", "rtc_token", "system_message", "usersig"]
 
@@ -19,7 +21,17 @@ async def healthz(request: web.Request) -> web.Response:
     if not health.get("broker"):
         raise Overloaded("broker not serving yet", "not_ready")
     svc = request.app[SERVICES]
-    return ok({"broker": True, "http": True, "active_calls": svc.calls.active_count})
+    state: dict[str, Any] = {"broker": True, "http": True, "active_calls": svc.calls.active_count}
+    monitor = request.app.get(MONITOR)
+    if monitor is None:
+        return ok(state)
+    problems = monitor.problems()
+    state |= {"healthy": not problems, "problems": problems, "write_gate": "open" if svc.store.gate.is_open
+              else "closed", "loop_lag_ms": round(svc.calls.lag.lag_s * 1000, 1)}
+    if problems:  # 503 with the same fields: a probe that only reads the status still sees "unhealthy"
+        return web.json_response({"code": 503, "message": f"unhealthy: {'; '.join(problems)}", "data": state},
+                                 status=503)
+    return ok(state)
 
 
 async def device_status(request: web.Request) -> web.Response:

@@ -33,7 +33,17 @@ from broker.core.payloads import (
     UnlockRequest,
     UserSigRequest,
 )
-from http_api import admin_views, call_views, console_views, door_views, misc_views, resident_views, snapshot_views
+from http_api import (
+    admin_views,
+    audit_views,
+    call_views,
+    console_views,
+    door_views,
+    metrics_views,
+    misc_views,
+    resident_views,
+    snapshot_views,
+)
 from http_api.auth import is_public
 
 __all__ = ["OPS", "Op", "build_spec", "openapi_json"]
@@ -121,6 +131,15 @@ OPS: dict[Any, Op] = {
     console_views.config: Op("What the console needs before sign-in: mode, WebSocket listener, features",
                              "console"),
     openapi_json: Op("This document: the OpenAPI 3.1 description of every route", "console"),
+    # operations (docs/operations.md)
+    metrics_views.metrics: Op("Prometheus metrics (admin token or INTERCOM_METRICS_TOKEN)", "system",
+                          media="text/plain"),
+    audit_views.audit: Op("The audit log, newest first, paged by next_cursor (admin)", "admin", query=(
+        ("since", "ISO 8601: only entries at or after this", False),
+        ("until", "ISO 8601: only entries before this", False),
+        ("limit", "page size, 1-1000 (default 100)", False),
+        ("cursor", "next_cursor of the previous page", False))),
+    audit_views.console_signin: Op("The console signs in with the admin token (recorded in the audit log)", "console"),
 }
 
 _PATH_ENUMS = {"kind": list(admin_views.KINDS)}

@@ -4,9 +4,11 @@ from aiohttp import web
 
 from http_api import (
     admin_views,
+    audit_views,
     call_views,
     console_views,
     door_views,
+    metrics_views,
     misc_views,
     openapi,
     resident_views,
@@ -35,6 +37,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/mqtt/system/message", misc_views.system_message)
     r.add_post("/api/trtc/usersig", misc_views.usersig)
     r.add_post("/api/rtc/token", misc_views.rtc_token)
+    # operations: metrics, audit log, console sign-in (docs/operations.md); before /api/admin/{kind}
+    r.add_get("/metrics", metrics_views.metrics)
+    r.add_get("/api/admin/audit", audit_views.audit)
+    r.add_post("/api/console/signin", audit_views.console_signin)
     # directory administration
     r.add_post("/api/admin/{kind}", admin_views.create)
     r.add_get("/api/admin/{kind}", admin_views.list_all)

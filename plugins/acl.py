@@ -34,6 +34,7 @@ __all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand", "play
 
 log = logging.getLogger("intercom.acl")
 FILTERS = "intercom.filters"  # session attribute: the filters this session holds, for the cap
+SYS_TOPICS = "$SYS/broker/#"
 PLAYED = "intercom.played"  # session attribute: the parties an admin connection has published as
 
 DEFAULT_ACL: dict[str, AclRule] = {
@@ -99,6 +100,7 @@ class TopicAclPlugin(BaseTopicPlugin):
 
     services: Services | None = None
     refusals: LogThrottle = LogThrottle()  # replaced per broker by `bind`
+    refused = 0  # publishes and subscriptions refused, for /metrics
 
     def bind(self, services: Services) -> None:
         self.services = services
@@ -108,7 +110,10 @@ class TopicAclPlugin(BaseTopicPlugin):
         acl = self.services.settings.acl if self.services else None
         if acl is not None and principal.role == "integrator":
             integrator = acl.integrators.get(principal.id)
-            return integrator.acl if integrator else AclRule()
+            if integrator is None:
+                return AclRule()
+            # integrators (monitoring) read the broker's $SYS topics, as the admin does
+            return integrator.acl.model_copy(update={"subscribe": [*integrator.acl.subscribe, SYS_TOPICS]})
         if acl is not None and principal.role in acl.roles:
             return acl.roles[principal.role]
         return DEFAULT_ACL.get(principal.role, AclRule())
@@ -166,9 +171,12 @@ class TopicAclPlugin(BaseTopicPlugin):
                 log.exception("ACL check of %r failed", topic)
                 ok = False
         if not ok:
+            self.refused += 1
             if (suppressed := self.refusals.check(f"{session.client_id}|{action}")) is not None:
                 log.warning("ACL: %s may not %s %r%s", principal or session.client_id, action, subscribed,
-                            f" ({suppressed} more refused since last logged)" if suppressed else "")
+                            f" ({suppressed} more refused since last logged)" if suppressed else "",
+                            extra={"client_id": session.client_id,
+                                   "principal": f"{principal.role}:{principal.id}" if principal else None})
             return False
         if action is Action.SUBSCRIBE:
             return self._count_subscription(session, subscribed)

@@ -11,6 +11,7 @@ party's session.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,9 +62,11 @@ class IntercomAuthPlugin(BaseAuthPlugin):
     _per_ip: KeyedLimiter | None = None
     _per_user: KeyedLimiter | None = None
     _connects: KeyedLimiter | None = None  # successful logins per principal
+    refused: collections.Counter[str]  # CONNECTs refused by reason, for /metrics (made by bind)
 
     def bind(self, services: Services) -> None:
         self.services = services
+        self.refused = collections.Counter()
         rate = services.settings.limits.auth_failures
         self._per_ip = KeyedLimiter(rate.per_s, rate.burst)
         self._per_user = KeyedLimiter(rate.per_s, rate.burst)
@@ -79,25 +82,30 @@ class IntercomAuthPlugin(BaseAuthPlugin):
         ip_key = None if is_exempt(session.remote_address, svc.settings.limits.exempt_networks) else (
             session.remote_address or "?")
         if (ip_key is not None and not self._per_ip.has(ip_key)) or not self._per_user.has(session.username):
+            self.refused["auth_lockout"] += 1
             if (n := _quiet.check(f"lockout {session.remote_address}")) is not None:
                 log.warning("refused CONNECT of %r from %s: too many failed attempts (%d more since last logged)",
-                            session.username, session.remote_address, n)
+                            session.username, session.remote_address, n, extra={"client_id": session.client_id})
             return False
         principal = await self._verify(svc, session.username, session.password or "")
         if principal is None:
             if ip_key is not None:
                 self._per_ip.take(ip_key)
             self._per_user.take(session.username)
+            self.refused["bad_credentials"] += 1
             if (n := _quiet.check(f"bad {session.remote_address}")) is not None:
                 log.warning("refused CONNECT of %r from %s: bad credentials (%d more since last logged)",
-                            session.username, session.remote_address, n)
+                            session.username, session.remote_address, n, extra={"client_id": session.client_id})
             return False
         if not client_id_allowed(principal, session.client_id or "", svc.settings.auth.client_id_suffixes):
+            self.refused["client_id"] += 1
             log.warning("refused CONNECT of %s %s: client id %r is not %r", principal.role, principal.id,
-                        session.client_id, bound_client_id(principal))
+                        session.client_id, bound_client_id(principal),
+                        extra={"client_id": session.client_id, "principal": f"{principal.role}:{principal.id}"})
             session.attributes[REFUSAL] = IDENTIFIER_REJECTED
             return False
         if self._connects is not None and not self._connects.take(f"{principal.role}:{principal.id}"):
+            self.refused["principal_connect_rate"] += 1
             if (n := _quiet.check(f"rate {principal.role}:{principal.id}")) is not None:
                 log.warning("refused CONNECT of %s %s: CONNECT rate limit for this principal (%d more since last "
                             "logged)", principal.role, principal.id, n)

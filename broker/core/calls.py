@@ -87,6 +87,10 @@ class CallService:
         self.resident_calls = ResidentCalls(store, directory, self.journal, config.history_limit_max)
         # The client ids a party has connected over MQTT (the assembly binds presence); None: unknown, tell always.
         self.connected_clients: Callable[[Party], frozenset[str]] | None = None
+        # Observers for /metrics (broker/ops/metrics.py): a setup's seconds from request to invites sent
+        # (after its commit), and every call that ended.
+        self.on_setup: Callable[[float], None] | None = None
+        self.on_ended: Callable[[CallSession], None] | None = None
         self._active: dict[str, CallSession] = {}
         self._by_device: dict[str, str] = {}
         self._by_household: dict[str, str] = {}
@@ -145,6 +149,7 @@ class CallService:
         resident_id: str | None = None,
         timestamp: int | None = None,
     ) -> dict[str, Any]:
+        started = time.perf_counter()
         device = self.directory.row("devices", device_id)
         if resident_id is not None:
             resident = self.directory.row("residents", resident_id)
@@ -190,6 +195,8 @@ class CallService:
         for rid in rung:
             rtc = self.trtc.call_credentials(f"resident_{rid}", call_id)
             self.publisher.publish(topics.incoming(rid), incoming(rtc), qos=1, meta=ring)
+        if (on_setup := self.on_setup) is not None:
+            self.journal.after(lambda: on_setup(time.perf_counter() - started))
         # One INFO line per call, when it ends (it names everyone): ~20 µs a line at 1,000 calls/s.
         log.debug("call %s started by device %s ringing %s", call_id, device_id, ",".join(targets))
         return {
@@ -389,6 +396,8 @@ class CallService:
             self.publisher.publish(self._control_topic(n.to), control_notice(
                 call.call_id, n.action, n.reason, ts, n.resident_id, n.client_id, n.forward_to), qos=1)
         if updated.state is CallState.ENDED:
+            if self.on_ended is not None:
+                self.on_ended(updated)
             missed = [rid for rid, outcome in outcomes(updated).items() if outcome == Outcome.MISSED]
             if missed:
                 self.resident_calls.call_missed(call.call_id, missed)  # retained, after this transition's commit

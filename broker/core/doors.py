@@ -88,6 +88,8 @@ class DoorService:
         self.clock = clock
         self._opening: dict[str, str] = {}  # device_id -> command_id of the unlock in flight to it
         self._pending: dict[str, tuple[str, asyncio.Future[CommandAck]]] = {}  # command_id -> (device, ack)
+        # told (opener, device_id, relay, outcome, seconds taken) of every unlock attempt: audit log, metrics
+        self.unlock_listeners: list[Callable[[Opener, str, int, str, float], None]] = []
 
     # permission --------------------------------------------------------------------------------
 
@@ -127,7 +129,26 @@ class DoorService:
     # unlock ---------------------------------------------------------------------------------------
 
     async def unlock(self, opener: Opener, device_id: str, call_id: str | None, relay: int) -> dict[str, Any]:
-        """Check, send the command, wait for the station's ack, record the outcome, end the call if set."""
+        """Check, send the command, wait for the station's ack, record the outcome, end the call if set.
+
+        Every attempt, refused ones included, is told to `unlock_listeners` (the audit log, metrics)."""
+        started = time.monotonic()
+        try:
+            result = await self._unlock(opener, device_id, call_id, relay)
+        except DomainError as exc:
+            self._tell(opener, device_id, relay, exc.reason or str(exc.status), time.monotonic() - started)
+            raise
+        self._tell(opener, device_id, relay, "opened", time.monotonic() - started)
+        return result
+
+    def _tell(self, opener: Opener, device_id: str, relay: int, outcome: str, seconds: float) -> None:
+        for listener in self.unlock_listeners:
+            try:
+                listener(opener, device_id, relay, outcome, seconds)
+            except Exception:
+                log.exception("an unlock listener failed")
+
+    async def _unlock(self, opener: Opener, device_id: str, call_id: str | None, relay: int) -> dict[str, Any]:
         if relay > self.config.max_relay:
             raise BadRequest(f"relay: must be from 1 to {self.config.max_relay} (doors.max_relay), got {relay}")
         call, household = self.authorize(opener, device_id, call_id)
@@ -157,7 +178,7 @@ class DoorService:
         self.store.update_door_event(event_id, {"outcome": "opened", "acked_at": self.clock()})
         ended = await self._after_open(opener, call, now)
         log.info("door: %s opened relay %d of device %s (call %s, event %d)", opener.key, relay, device_id,
-                 event["call_id"], event_id)
+                 event["call_id"], event_id, extra={"principal": opener.key, "call_id": event["call_id"]})
         return {"event_id": event_id, "command_id": command_id, "device_id": device_id, "relay": relay,
                 "call_id": event["call_id"], "by": opener.by, "outcome": "opened", "call_ended": ended,
                 "at": iso(now)}

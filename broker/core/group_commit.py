@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -66,6 +67,7 @@ class GroupCommit:
         self._waiter: asyncio.Future[None] | None = None
         self._tick: asyncio.Handle | None = None
         store.before_write = self.flush
+        self.on_commit: Callable[[float], None] | None = None  # seconds each group commit took (/metrics)
 
     @property
     def pending(self) -> bool:
@@ -169,11 +171,14 @@ class GroupCommit:
         """Commit the open group, then publish its messages in order."""
         if not self._open:
             return
+        started = time.perf_counter()
         try:
             self.store.db.conn.commit()
         except sqlite3.Error as exc:
             self._fail(self.store.gate.failed(exc))
             return
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
         self.store.gate.succeeded()
         after = self._after
         outbox, waiter = self._take()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from broker.config import Settings
+from broker.core.audit import Audit
 from broker.core.calls import CallService
 from broker.core.directory import Directory
 from broker.core.doors import DoorService
@@ -30,6 +31,7 @@ class Services:
     # Built from the ones above, so every assembly (server, bridge, benches) gets them unchanged.
     doors: DoorService = field(init=False)
     snapshots: SnapshotService = field(init=False)
+    audit: Audit = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -39,3 +41,6 @@ class Services:
         self.snapshots = SnapshotService(self.store, self.calls, s.snapshots, s.server.data_dir / "snapshots",
                                          self.calls.publisher)
         self.snapshots.prune()
+        self.audit = Audit(self.store)
+        self.doors.unlock_listeners.append(lambda opener, device, relay, outcome, _s: self.audit.record(
+            opener.key, "door.unlock", f"devices/{device}", outcome, detail={"relay": relay}))

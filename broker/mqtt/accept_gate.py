@@ -34,13 +34,16 @@ class AcceptGate:
         self.open = 0
         self.connect_rate = KeyedLimiter(limits.connect_rate.per_s, limits.connect_rate.burst)
         self.gated: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()  # admitted by GatedProtocol
+        self.refused: collections.Counter[str] = collections.Counter()  # by reason, for /metrics
 
     def admit(self, address: str | None) -> str | None:
         """Count a new connection in, or say why it is refused (and log that, throttled)."""
         why = self._refusal(address)
         if why is None:
             self.open += 1
-        elif (suppressed := _quiet.check(f"{address} {why}")) is not None:
+            return None
+        self.refused["max_connections" if why.startswith("max_connections") else "connect_rate"] += 1
+        if (suppressed := _quiet.check(f"{address} {why}")) is not None:
             log.warning("refused MQTT connection from %s: %s (%d more since last logged)", address, why, suppressed)
         return why
 

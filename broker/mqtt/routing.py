@@ -118,6 +118,10 @@ class RoutingMixin(_Base):
         self._lane: deque[_Route] = deque()
         self._lane_task: asyncio.Future[Any] | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        # read by broker/ops/metrics.py at scrape time: plain ints keep the hot path cheap
+        self.messages_in = 0  # client publishes routed
+        self.messages_out = 0  # deliveries due to subscribers
+        self.dropped_closed = 0  # messages dropped by outlets that have since closed
 
     def _spawn(self, coro: Any) -> asyncio.Future[Any]:
         task: asyncio.Future[Any] = asyncio.ensure_future(coro)
@@ -189,6 +193,7 @@ class RoutingMixin(_Base):
         if outlet is None:
             return
         outlet.close()
+        self.dropped_closed += outlet.dropped
         if self._outlets.get(key) is outlet:
             del self._outlets[key]
 
@@ -323,8 +328,11 @@ class RoutingMixin(_Base):
         matches = index.match(topic)
         # members are picked here, in publish order, even when the async lane sends later
         picked = index.pick_shared(topic, member_rank) if index.shared.count else None
+        if source is not None:
+            self.messages_in += 1
         if not matches and not picked:
             return 0
+        self.messages_out += len(matches) + (len(picked) if picked else 0)
         hooks = self._plugin_hooks()
         if hooks.receive_async:
             self._lane.append((source, topic, data, qos, matches, picked, retain, props))

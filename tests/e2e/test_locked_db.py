@@ -3,6 +3,7 @@ fail fast with 503 + Retry-After, and every call whose deadline passed during th
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -34,9 +35,12 @@ db.execute("ROLLBACK")
 
 
 def _healthz(port: int, timeout: float) -> bool:
+    """/healthz answered in time: 200, or 503 saying why (the write gate is closed while the lock lasts)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as r:
             return r.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 503 and "write gate closed" in json.loads(exc.read())["message"]
     except (OSError, urllib.error.URLError):
         return False
 

@@ -1,5 +1,6 @@
 // Boot: learn the box's mode, sign in (authenticated mode), open the MQTT link, route between pages.
 import { ApiError, api, token } from './api.js';
+import * as audit from './audit.js';
 import * as explorer from './explorer.js';
 import * as history from './history.js';
 import { connect, onState } from './link.js';
@@ -8,7 +9,7 @@ import * as simulator from './simulator.js';
 import * as site from './site.js';
 import { h } from './ui.js';
 
-const PAGES = { live, site, history, simulator, api: explorer };
+const PAGES = { live, site, history, simulator, api: explorer, audit };
 const $ = (id) => document.getElementById(id);
 const mounted = new Map();
 const ctx = { cfg: null, features: {}, signedIn: false };
@@ -25,7 +26,7 @@ function showLinkState(state, detail) {
 
 async function verify() {
   try {
-    await api.get('/api/admin/households');
+    await api.post('/api/console/signin');  // checks the admin token; the box records the sign-in
     return null;
   } catch (err) {
     if (err instanceof ApiError && err.status === 403) return 'This token is valid but is not the admin token.';

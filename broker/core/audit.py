@@ -1,0 +1,99 @@
+"""The audit log: who changed what, in `intercom.db`'s `audit` table, newest first over REST.
+
+Kept: every admin change (directory create/update/delete), token issue and revocation, door unlock
+(who, which door, outcome) and console sign-in (success or refusal). A row is written in a transaction of
+its own after the action; a failure to write it is logged, never turned into a failure of the action.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.core.store import Store
+
+__all__ = ["AUDIT_DDL", "Audit", "create_audit_table"]
+
+log = logging.getLogger("intercom.audit")
+
+# The audit table's schema; folded into the numbered migrations of intercom.db as one step.
+AUDIT_DDL = (
+    "CREATE TABLE IF NOT EXISTS audit ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " ts REAL NOT NULL,"            # unix seconds
+    " actor TEXT NOT NULL,"         # principal "role:id", "anonymous" (local-only) or "unknown" (refused sign-in)
+    " action TEXT NOT NULL,"        # e.g. admin.create, token.issue, token.revoke, door.unlock, console.sign_in
+    " target TEXT,"                 # e.g. "devices/1"
+    " outcome TEXT NOT NULL,"       # ok, or the refusal's reason (forbidden, ack_timeout, ...)
+    " remote TEXT,"                 # the REST caller's address, or the MQTT client id
+    " detail TEXT"                  # JSON object, or NULL
+    ")",
+    "CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)",
+)
+
+
+def create_audit_table(conn: sqlite3.Connection) -> None:
+    for statement in AUDIT_DDL:
+        conn.execute(statement)
+
+
+def _cursor(row_id: int) -> str:
+    return base64.urlsafe_b64encode(str(row_id).encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> int:
+    """The row id a cursor points after; ValueError for one this server did not make."""
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    value = int(raw)
+    if value < 0:
+        raise ValueError(cursor)
+    return value
+
+
+class Audit:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        with store.db.conn:
+            create_audit_table(store.db.conn)
+
+    def record(self, actor: str, action: str, target: str | None, outcome: str, remote: str | None = None,
+               detail: dict[str, Any] | None = None) -> None:
+        row = {"ts": self.clock(), "actor": actor, "action": action, "target": target, "outcome": outcome,
+               "remote": remote, "detail": json.dumps(detail, ensure_ascii=False) if detail else None}
+        try:
+            with self.store._tx():  # the store's write path: after staged call transitions, through its gate
+                self.store.db.conn.execute(
+                    "INSERT INTO audit (ts, actor, action, target, outcome, remote, detail)"
+                    " VALUES (:ts, :actor, :action, :target, :outcome, :remote, :detail)", row)
+        except Exception:
+            log.exception("could not write the audit row %s %s %s %s", actor, action, target, outcome)
+        log.info("audit: %s %s %s: %s", actor, action, target or "-", outcome, extra={"principal": actor})
+
+    def query(self, since: float | None, until: float | None, limit: int,
+              cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Rows newest first; `cursor` (from the previous page) continues below it. Returns (rows, next cursor)."""
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("ts < ?")
+            params.append(until)
+        if cursor is not None:
+            clauses.append("id < ?")
+            params.append(_after(cursor))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        cur = self.store.db.conn.execute(
+            f"SELECT id, ts, actor, action, target, outcome, remote, detail FROM audit{where}"
+            " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
+        rows = cur.fetchall()
+        more = len(rows) > limit
+        items = [{"id": r[0], "ts": r[1], "actor": r[2], "action": r[3], "target": r[4], "outcome": r[5],
+                  "remote": r[6], "detail": json.loads(r[7]) if r[7] else None} for r in rows[:limit]]
+        return items, _cursor(items[-1]["id"]) if more else None
