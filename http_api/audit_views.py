@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.core.errors import BadRequest, DomainError, Forbidden
 from broker.core.store import DIRECTORY
-from broker.ops.logs import PRINCIPAL_VAR
+from broker.log_context import PRINCIPAL_VAR
 from http_api.auth import principal, require
 from http_api.envelope import Handler, ok, parse_query
 from http_api.keys import SERVICES

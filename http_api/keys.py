@@ -1,11 +1,21 @@
 """Typed application state."""
 
 import ssl
+from typing import Protocol
 
 from aiohttp import web
 
 from broker.core.services import Services
-from broker.ops.metrics import Monitor
+
+
+class Monitor(Protocol):
+    """What the REST views read of the box's monitor (broker/ops/metrics.py, built by the assembly: it reads
+    the engine, which the REST adapter must not import)."""
+
+    def scrape(self) -> bytes: ...
+
+    def problems(self) -> list[str]: ...
+
 
 __all__ = ["HEALTH", "HTTP_TLS", "MONITOR", "PRINCIPAL", "SERVICES", "WS_PORT"]
 

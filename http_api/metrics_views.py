@@ -7,13 +7,13 @@ import hmac
 from aiohttp import web
 
 from broker.core.errors import Forbidden, NotFound, Unauthorized
-from broker.ops.metrics import CONTENT_TYPE
 from http_api.envelope import Handler
 from http_api.keys import MONITOR, SERVICES
 
 __all__ = ["METRICS_PATH", "metrics", "metrics_auth_middleware"]
 
 METRICS_PATH = "/metrics"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text exposition format 0.0.4
 
 
 async def metrics(request: web.Request) -> web.Response:

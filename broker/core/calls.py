@@ -368,14 +368,9 @@ class CallService:
 
     def _transition(self, call: CallSession, actor: Party, action: Action, reason: str | None,
                     client_id: str | None = None) -> None:
-        try:
-            updated, notices = states.apply(call, actor, action, self.clock(), reason, self.config.reject_policy,
-                                            client_id)
-        except states.Forbidden as exc:
-            raise Forbidden(str(exc)) from exc
-        except states.InvalidTransition as exc:
-            reason = "call_ended" if call.state is CallState.ENDED else "invalid_transition"
-            raise Conflict(str(exc), reason) from exc
+        # the table's refusals are domain errors already (403 Forbidden, 409 InvalidTransition)
+        updated, notices = states.apply(call, actor, action, self.clock(), reason, self.config.reject_policy,
+                                        client_id)
         if updated is call:
             return
         # Persist first: staged now, and the notices below leave only after the group's commit.

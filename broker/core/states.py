@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from broker.core.errors import Conflict, Forbidden
+
 __all__ = [
     "TRANSITIONS",
     "Action",
@@ -136,12 +138,11 @@ ALLOWED: dict[Role, frozenset[Action]] = {
 }
 
 
-class InvalidTransition(Exception):
-    """The action is out of order for the call's state (HTTP 409)."""
+class InvalidTransition(Conflict):
+    """The action is out of order for the call's state: 409 `invalid_transition`, or `call_ended` when the
+    call is over."""
 
-
-class Forbidden(Exception):
-    """The party may not take this action, or is not in this call (HTTP 403)."""
+    default_reason = "invalid_transition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +300,8 @@ def apply(
         return call, []
     move = TRANSITIONS.get((call.state, actor.role, action))
     if move is None:
-        raise InvalidTransition(f"cannot '{action}' a call that is {call.state}")
+        raise InvalidTransition(f"cannot '{action}' a call that is {call.state}",
+                                "call_ended" if call.state is CallState.ENDED else None)
     handler = _MOVES[move]
     changes, notices = handler(call, actor, now, reason, reject_policy,
                                client_id if actor.role is not Role.SERVER else None)

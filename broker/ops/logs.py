@@ -7,7 +7,6 @@ JSON lines carry `call_id`, `client_id` and `principal` where they apply: from t
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import logging.handlers
@@ -17,13 +16,12 @@ import time
 from typing import Any
 
 from broker.config import LoggingConfig
+from broker.log_context import PRINCIPAL_VAR
 
 __all__ = ["PRINCIPAL_VAR", "JsonFormatter", "set_level", "setup_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONTEXT_FIELDS = ("call_id", "client_id", "principal")
-# "role:id" of the REST caller whose request is being handled (unset outside a request)
-PRINCIPAL_VAR: contextvars.ContextVar[str | None] = contextvars.ContextVar("intercom_principal", default=None)
 _CALL_ID = re.compile(r"\bcall-\d{8}-[0-9a-f]{12}\b")
 
 

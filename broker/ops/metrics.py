@@ -27,11 +27,10 @@ from broker.mqtt.hooks import PRINCIPAL, PROTOCOL
 from plugins.acl import TopicAclPlugin
 from plugins.auth import IntercomAuthPlugin
 
-__all__ = ["CONTENT_TYPE", "Histogram", "Monitor"]
+__all__ = ["Histogram", "Monitor"]
 
 log = logging.getLogger("intercom")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
