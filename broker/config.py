@@ -173,6 +173,10 @@ class DeliveryConfig(_Strict):
     max_inflight: int = Field(100, ge=1, le=65535)
     max_queued: int = Field(10_000, ge=1, le=1_000_000)
     write_buffer_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # the backlog's bound in payload bytes (past it, as past max_queued: the oldest QoS 0 is dropped)
+    max_queued_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    # a backlog at its bound this long (a subscriber that stopped reading) closes the connection
+    max_full_s: float = Field(5.0, gt=0, le=3600)
 
 
 class HttpConfig(_Strict):
