@@ -304,7 +304,9 @@ class SessionPersistence:
         return len(gone)
 
     def freeze(self) -> None:
-        """Stop writing: a clean shutdown empties amqtt's queues, which must survive on disk."""
+        """Stop writing: a clean shutdown empties amqtt's queues, which must survive on disk (writes kept
+        while sessions.db was locked are written first, if it can be now)."""
+        self.db.settle()
         self.db.frozen = True
 
     def close(self) -> None:
