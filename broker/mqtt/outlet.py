@@ -6,7 +6,9 @@ reads too slowly (socket buffer above `write_buffer_bytes`) or has `max_inflight
 unacknowledged, messages wait in a backlog of at most `max_queued` messages and `max_queued_bytes` payload
 bytes; past either the oldest QoS 0 messages are dropped, and when only QoS 1 is left the connection is
 closed with a warning. A backlog that stays at its bound for `max_full_s` (a subscriber that stopped
-reading) closes the connection too, instead of shedding forever.
+reading) closes the connection too, instead of shedding forever. A persistent session's QoS>0 messages
+also wait while its principal's unacknowledged bytes pass `limits.max_inflight_bytes_per_principal`
+(`DurableInflight.fits`), unless the session has nothing in flight (so its own PUBACK always resumes it).
 
 The retained messages a new subscription matches enter the backlog as one `RetainedBatch` entry: they
 go out in order under the same window and socket limits, the batch counting as one entry, so a
@@ -28,6 +30,7 @@ from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import OutgoingApplicationMessage, Session
 
+from broker.mqtt.session_persistence import DurableInflight
 from broker.mqtt.v5.message import MessageProps, V5Retained, props_of
 
 __all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint"]
@@ -186,7 +189,7 @@ class Outlet:
         """Write one PUBLISH now, or queue it when the peer is slow or the QoS 1 window is full."""
         if self.closed:
             return
-        if not self.backlog and self._room(qos):
+        if not self.backlog and self._room(qos, len(data)):
             self._write(topic_b, topic, data, qos, retain, props, sub_ids)
             return
         backlog = self._queue()
@@ -207,10 +210,18 @@ class Outlet:
         if self.backlog:
             self._wait_for_room()
 
-    def _room(self, qos: int) -> bool:
-        if qos and len(self.session.inflight_out) >= self.limits.max_inflight:
+    def _room(self, qos: int, size: int = 0) -> bool:
+        if qos and self._window_shut(size):
             return False
         return self.writer.buffered() < self.limits.write_buffer_bytes
+
+    def _window_shut(self, size: int) -> bool:
+        """No QoS>0 message of `size` bytes may go now: the window is full, or (with something in flight, whose
+        PUBACK will resume the backlog) the principal's in-flight bytes would pass their quota."""
+        inflight = self.session.inflight_out
+        if len(inflight) >= self.limits.max_inflight:
+            return True
+        return bool(inflight) and isinstance(inflight, DurableInflight) and not inflight.fits(size)
 
     def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool,
                props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
@@ -253,12 +264,12 @@ class Outlet:
                 if item is None:
                     backlog.popleft()
                     continue
-                if not self._room(item[3]):
+                if not self._room(item[3], len(item[2])):
                     return
                 head.pos += 1
             else:
                 item = head
-                if not self._room(item[3]):
+                if not self._room(item[3], len(item[2])):
                     return
                 backlog.popleft()
                 self.queued_bytes -= len(item[2])
@@ -280,7 +291,7 @@ class Outlet:
             self.pump()
             if self.closed or not self.backlog:
                 return
-            if self._next_qos() and len(self.session.inflight_out) >= self.limits.max_inflight:
+            if self._window_waits():
                 return
             try:
                 await self.writer.drain()
@@ -289,15 +300,13 @@ class Outlet:
             if self.writer.buffered() >= self.limits.write_buffer_bytes:
                 await asyncio.sleep(0.01)
 
-    def _next_qos(self) -> int:
-        """QoS of the next message the backlog would send (0 when there is none)."""
+    def _window_waits(self) -> bool:
+        """Whether the next message the backlog would send waits for a PUBACK (not for the socket)."""
         if not self.backlog:
-            return 0
+            return False
         head = self.backlog[0]
-        if isinstance(head, RetainedBatch):
-            item = head.peek()
-            return item[3] if item is not None else 0
-        return head[3]
+        item = head.peek() if isinstance(head, RetainedBatch) else head
+        return item is not None and bool(item[3]) and self._window_shut(len(item[2]))
 
     def _queue(self) -> deque[_Queued | RetainedBatch]:
         if not isinstance(self.backlog, deque):

@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,7 @@ class SessionDB:
         self.gate = WriteGate(path.name if path is not None else ":memory:",
                               meanwhile="session writes are kept in memory and written")
         self._kept: deque[_Write] = deque()  # writes made while the gate was closed, in order
+        self.on_forget: Callable[[str], None] | None = None  # told of each client id whose state is dropped
         self._timer: asyncio.TimerHandle | None = None
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
@@ -201,6 +202,8 @@ class SessionDB:
                     "expiry_s = excluded.expiry_s", (client_id, username, time.time(), expiry_s))
 
     def forget(self, client_id: str) -> None:
+        if self.on_forget is not None:
+            self.on_forget(client_id)
         self._write_all([(f"DELETE FROM {table} WHERE client_id = ?", (client_id,)) for table in
                          ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue", "mqtt_inflight", "mqtt_incoming")])
 
