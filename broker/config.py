@@ -87,6 +87,13 @@ class LimitsConfig(_Strict):
     # Maximum; 0 = none). The other v5 limits in CONNACK are the keys above: max_inflight_messages (Receive
     # Maximum), max_packet_bytes (Maximum Packet Size), max_keepalive_s (Server Keep Alive), session_expiry_s.
     topic_alias_maximum: int = Field(32, ge=0, le=65535)
+    # Per principal (all its client ids `{role}-{id}/<suffix>` together; broker/mqtt/quota.py): persistent
+    # sessions, and the payload bytes they hold in memory and sessions.db. Over a cap: CONNACK 3 / MQTT 5 0x97,
+    # QoS 2 not held (MQTT 5 PUBREC 0x97), a message not queued, QoS>0 deliveries wait (see docs/security.md).
+    max_sessions_per_principal: int = Field(8, ge=1, le=100_000)
+    max_held_bytes_per_principal: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    max_queued_bytes_per_principal: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    max_inflight_bytes_per_principal: int = Field(16 * 1024 * 1024, ge=64 * 1024)
 
     @field_validator("exempt_networks")
     @classmethod
@@ -175,6 +182,10 @@ class DeliveryConfig(_Strict):
     max_inflight: int = Field(100, ge=1, le=65535)
     max_queued: int = Field(10_000, ge=1, le=1_000_000)
     write_buffer_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # the backlog's bound in payload bytes (past it, as past max_queued: the oldest QoS 0 is dropped)
+    max_queued_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    # a backlog at its bound this long (a subscriber that stopped reading) closes the connection
+    max_full_s: float = Field(5.0, gt=0, le=3600)
 
 
 class HttpConfig(_Strict):

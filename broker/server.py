@@ -17,6 +17,7 @@ from broker.core.tokens import Principal
 from broker.mqtt import amqtt_compat
 from broker.mqtt.engine import IntercomBroker
 from broker.mqtt.outlet import DeliveryLimits
+from broker.mqtt.quota import QuotaLimits, Quotas
 from broker.mqtt.session_persistence import SessionDB, SessionPersistence
 from broker.tls import server_context
 from http_api.keys import HTTP_TLS
@@ -69,7 +70,10 @@ class IntercomServer:
         calls = services.calls
         self.persistence = SessionPersistence(SessionDB(s.server.data_dir / "sessions.db", s.store.busy_timeout_ms,
                                                         s.store.quick_check_on_start),
-                                              s.limits.max_queued_messages, s.limits.session_expiry_s)
+                                              s.limits.max_queued_messages, s.limits.session_expiry_s,
+                                              Quotas(QuotaLimits(s.limits.max_held_bytes_per_principal,
+                                                                 s.limits.max_queued_bytes_per_principal,
+                                                                 s.limits.max_inflight_bytes_per_principal)))
         self.presence = Presence(calls, services.status, s.calls.party_offline_grace_s)
         calls.connected_clients = self.presence.clients
         bind_plugins(broker.plugins_manager.plugins, services, self.presence, self.persistence)

@@ -43,8 +43,10 @@ class StoreUnavailable(StoreError, Overloaded):
 class WriteGate:
     """Closed after a write fails on a lock; probed with a doubling pause; open again after a success."""
 
-    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic,
+                 meanwhile: str = "writes are refused (REST 503)") -> None:
         self.name = name
+        self.meanwhile = meanwhile  # what happens to writes while it is closed, for the log line
         self._clock = clock
         self._pause = 0.0  # 0: open
         self._retry_at = 0.0
@@ -54,6 +56,10 @@ class WriteGate:
     @property
     def is_open(self) -> bool:
         return self._pause == 0.0
+
+    def retry_in(self) -> float:
+        """Seconds until the next write may probe the lock (0 when the gate is open or the pause is over)."""
+        return max(0.0, self._retry_at - self._clock()) if self._pause else 0.0
 
     def check(self) -> None:
         """Raise StoreUnavailable while the gate is closed and its pause has not ended."""
@@ -69,8 +75,8 @@ class WriteGate:
         now = self._clock()
         if not self._pause:
             self._closed_at, self.refused = now, 0
-            log.error("%s is locked by another process (%s): writes are refused (REST 503) until it is released",
-                      self.name, exc)
+            log.error("%s is locked by another process (%s): %s until it is released", self.name, exc,
+                      self.meanwhile)
         self._pause = min(MAX_PAUSE_S, self._pause * 2) if self._pause else FIRST_PAUSE_S
         self._retry_at = now + self._pause
         return StoreUnavailable(self._pause)

@@ -9,8 +9,10 @@ amqtt re-arms on every packet sent would only cost.
 Its reader loop (for readers that hand out whole packets) replaces amqtt's `_reader_loop`: PUBLISH,
 PUBACK and PUBREL are decoded from the bytes and handled in place, without amqtt's `wait_for` and
 task per packet; every other packet goes through amqtt's own classes and `handle_*` coroutines.
-Incoming QoS 2 is the broker's (`FastPathMixin.hold_qos2` / `pubrel`), handled in order in this loop,
-so a client's unreleased QoS 2 messages are bounded by its window, not by how fast it can send.
+It yields to the event loop every few milliseconds of work (`fairness.Turn`), so a client pipelining
+packets cannot hold the loop. Incoming QoS 2 is the broker's (`FastPathMixin.hold_qos2` / `pubrel`),
+handled in order in this loop, so a client's unreleased QoS 2 messages are bounded by its window, not by
+how fast it can send.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from amqtt.mqtt.packet import (
 )
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
+from broker.mqtt.fairness import Turn
 from broker.mqtt.lazy import LazyEvent
 
 __all__ = ["FastHandler", "whole_packets"]
@@ -99,8 +102,11 @@ class FastHandler(BrokerProtocolHandler):
         hooks = broker._plugin_hooks()
         inline_ok = str(MQTTEvents.PACKET_RECEIVED) not in hooks.events  # else every packet is an event
         fast_ok = hooks.sync_publish and inline_ok
+        turn = Turn()  # a pipelining client yields the loop to the others every few ms
         try:
             while True:
+                if turn.over():
+                    await turn.yield_now()
                 if running:
                     running = [task for task in running if not task.done()]
                 # a packet already in the buffer costs no coroutine

@@ -10,7 +10,8 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
 * Incoming QoS 2 (MQTT 3.1.1 §4.3.3, "method B"): the ACL runs at PUBLISH; an allowed message is held in
   `session.inflight_in` (durable for a persistent session) before PUBREC and routed at PUBREL; a refused one
   is acknowledged and dropped. At most `limits.max_inflight_messages` are held per session: one more closes
-  the connection (MQTT 5's Receive Maximum rule). Every PUBREL gets a PUBCOMP.
+  the connection (MQTT 5's Receive Maximum rule); past the principal's `limits.max_held_bytes_per_principal`
+  a message is acknowledged and dropped (logged). Every PUBREL gets a PUBCOMP.
 * Connections: TCP_NODELAY on every socket; `_client_message_loop` waits for the disconnect instead of
   amqtt's four waiters; a clean session's subscriptions end with its connection [MQTT-3.1.2-6].
 """
@@ -32,10 +33,13 @@ from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 
 from broker.config import LimitsConfig
+from broker.limiter import LogThrottle
 from broker.mqtt import amqtt_compat
 from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
 from broker.mqtt.hooks import ReplyTo
+from broker.mqtt.quota import HELD
 from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
+from broker.mqtt.session_persistence import DurableIncoming
 from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
@@ -61,6 +65,20 @@ class _SessionTable(dict[str, tuple[Session, "BrokerProtocolHandler"]]):
         self._on_register(entry[1], entry[0])
 
 log = logging.getLogger("intercom.fastpath")
+_quiet = LogThrottle()
+
+
+def over_held_quota(session: Session, nbytes: int) -> bool:
+    """Whether holding `nbytes` more QoS 2 would pass the principal's `limits.max_held_bytes_per_principal`
+    (counted for persistent sessions: what a clean one holds ends with its connection)."""
+    held = session.inflight_in
+    if isinstance(held, DurableIncoming) and not held.fits(nbytes):
+        if (n := _quiet.check(f"held {held.quota.principal}")) is not None:
+            log.warning("not holding a QoS 2 message of %s: %s holds %d bytes awaiting PUBREL "
+                        "(limits.max_held_bytes_per_principal; %d more since last logged)", session.client_id,
+                        held.quota.principal, held.quota.quotas.used(held.quota.principal, HELD), n)
+        return True
+    return False
 
 
 class FastPathMixin(RoutingMixin):
@@ -329,6 +347,8 @@ class FastPathMixin(RoutingMixin):
                 log.warning("closing %s: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
                             session.client_id, self.limits.max_inflight_messages)
                 return False
+            elif over_held_quota(session, len(data)):
+                pass  # 3.1.1 has no way to refuse: acknowledged (PUBREC below) and dropped, logged
             else:  # stored (on disk for a persistent session) before PUBREC says it is
                 held[packet_id] = IncomingApplicationMessage(packet_id, topic, QOS_2, data, retain)
         if handler.writer is not None:

@@ -37,13 +37,14 @@ from transitions import MachineError
 
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
-from broker.limiter import is_exempt
+from broker.limiter import LogThrottle, is_exempt
 from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
 from broker.mqtt.flapping import FlappingGuard
 from broker.mqtt.hooks import REFUSAL, REVOKED
 from broker.mqtt.keyed_lock import KeyedLock
 from broker.mqtt.live import Live, TimedProtocol, accepted_at, refuse
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
+from broker.mqtt.quota import owner_of, principal_of
 from broker.mqtt.v5.serve import session_expired
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
@@ -51,6 +52,7 @@ from broker.mqtt.ws_listener import serve as serve_ws
 __all__ = ["HardeningMixin"]
 
 log = logging.getLogger("intercom.hardening")
+_quiet = LogThrottle()
 
 # CONNACK return codes (amqtt's constants are untyped)
 ACCEPTED: int = CONNECTION_ACCEPTED
@@ -305,7 +307,7 @@ class HardeningMixin:
         finally:
             state.admitting.pop(id(client_session), None)
         if live is None:
-            await refuse(writer, REFUSED)
+            await refuse(writer, client_session.attributes.pop(REFUSAL, REFUSED))
             return
         session = live.session
         try:
@@ -347,6 +349,11 @@ class HardeningMixin:
             with suppress(MachineError, ValueError):
                 session.transitions.disconnect()
             return None
+        if self._over_session_cap(session):
+            incoming.attributes[REFUSAL] = UNAVAILABLE
+            with suppress(MachineError, ValueError):
+                session.transitions.disconnect()
+            return None
         handler.attach(session, reader, writer)
         self._sessions[cid] = (session, handler)  # from here on revoke() finds it (and waits for this lock)
         try:
@@ -359,6 +366,26 @@ class HardeningMixin:
             reader.start_session(session.keep_alive, session.delivered_message_queue)
         live = self._hardening().live[cid] = Live(session, handler, reader, writer)
         return live
+
+    def _over_session_cap(self, session: Session) -> bool:
+        """Whether registering `session` would give its principal more than `limits.max_sessions_per_principal`
+        persistent sessions (resuming one it has is always allowed; anonymous local-only clients are not
+        counted). Called with nothing awaited until the registration, so concurrent CONNECTs cannot overshoot."""
+        cid = session.client_id or ""
+        if session.clean_session or not session.username:
+            return False
+        entry = self._sessions.get(cid)
+        if entry is not None and entry[0] is session:
+            return False
+        principal = principal_of(cid, session.username)
+        held = sum(1 for other, (s, _) in self._sessions.items()
+                   if other != cid and not s.clean_session and owner_of(other, principal))
+        if held < self.limits.max_sessions_per_principal:
+            return False
+        if (n := _quiet.check(f"sessions {principal}")) is not None:
+            log.warning("refused CONNECT of %s: %s has %d persistent sessions (limits.max_sessions_per_principal; "
+                        "%d more since last logged)", cid, principal, held, n)
+        return True
 
     async def _deliver_on_connect(self, session: Session) -> None:
         """amqtt's on-connect delivery, verbatim: messages queued while offline, then retained messages.

@@ -3,8 +3,12 @@
 Every PUBLISH the broker sends a subscriber goes through `Outlet.send`, synchronously: no task and no
 future per message. Bytes written in one loop iteration leave in one `transport.write`. When the peer
 reads too slowly (socket buffer above `write_buffer_bytes`) or has `max_inflight` QoS 1 messages
-unacknowledged, messages wait in a backlog of at most `max_queued`; past that the oldest QoS 0 is
-dropped, and when only QoS 1 is left the connection is closed with a warning.
+unacknowledged, messages wait in a backlog of at most `max_queued` messages and `max_queued_bytes` payload
+bytes; past either the oldest QoS 0 messages are dropped, and when only QoS 1 is left the connection is
+closed with a warning. A backlog that stays at its bound for `max_full_s` (a subscriber that stopped
+reading) closes the connection too, instead of shedding forever. A persistent session's QoS>0 messages
+also wait while its principal's unacknowledged bytes pass `limits.max_inflight_bytes_per_principal`
+(`DurableInflight.fits`), unless the session has nothing in flight (so its own PUBACK always resumes it).
 
 The retained messages a new subscription matches enter the backlog as one `RetainedBatch` entry: they
 go out in order under the same window and socket limits, the batch counting as one entry, so a
@@ -26,6 +30,7 @@ from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import OutgoingApplicationMessage, Session
 
+from broker.mqtt.session_persistence import DurableInflight
 from broker.mqtt.v5.message import MessageProps, V5Outgoing, V5Retained, props_of
 
 __all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint"]
@@ -43,6 +48,8 @@ class DeliveryLimits:
     max_inflight: int = 100
     max_queued: int = 10_000
     write_buffer_bytes: int = 256 * 1024
+    max_queued_bytes: int = 8 * 1024 * 1024
+    max_full_s: float = 5.0
 
 
 def encode_varint(n: int) -> bytes:
@@ -158,7 +165,8 @@ class RetainedBatch:
 class Outlet:
     """The outgoing path of one connected session."""
 
-    __slots__ = ("_pump", "backlog", "closed", "dropped", "handler", "limits", "on_overflow", "session", "writer")
+    __slots__ = ("_full_timer", "_pump", "backlog", "closed", "dropped", "full_since", "handler", "limits",
+                 "on_overflow", "queued_bytes", "session", "writer")
 
     def __init__(self, session: Session, handler: Any, writer: CoalescingWriter, limits: DeliveryLimits,
                  on_overflow: Callable[[Outlet], None]) -> None:
@@ -171,21 +179,26 @@ class Outlet:
         self.backlog: deque[_Queued | RetainedBatch] | tuple[()] = ()
         self.closed = False
         self.dropped = 0
+        self.queued_bytes = 0  # payload bytes in the backlog (retained batches are shared references: 0)
+        self.full_since = 0.0  # monotonic time the backlog reached its bound; 0 while it is below
         self._pump: asyncio.Task[None] | None = None
+        self._full_timer: asyncio.TimerHandle | None = None
 
     def send(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool = False,
              props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
         """Write one PUBLISH now, or queue it when the peer is slow or the QoS 1 window is full."""
         if self.closed:
             return
-        if not self.backlog and self._room(qos):
+        if not self.backlog and self._room(qos, len(data)):
             self._write(topic_b, topic, data, qos, retain, props, sub_ids)
             return
         backlog = self._queue()
         backlog.append((topic_b, topic, data, qos, retain, props, sub_ids))
-        if len(backlog) > self.limits.max_queued:
+        self.queued_bytes += len(data)
+        if len(backlog) > self.limits.max_queued or self.queued_bytes > self.limits.max_queued_bytes:
             self._shed()
-        self._wait_for_room()
+        if not self.closed:
+            self._wait_for_room()
 
     def send_retained(self, messages: list[RetainedApplicationMessage], qos: int,
                       sub_ids: tuple[int, ...] = ()) -> None:
@@ -197,10 +210,18 @@ class Outlet:
         if self.backlog:
             self._wait_for_room()
 
-    def _room(self, qos: int) -> bool:
-        if qos and len(self.session.inflight_out) >= self.limits.max_inflight:
+    def _room(self, qos: int, size: int = 0) -> bool:
+        if qos and self._window_shut(size):
             return False
         return self.writer.buffered() < self.limits.write_buffer_bytes
+
+    def _window_shut(self, size: int) -> bool:
+        """No QoS>0 message of `size` bytes may go now: the window is full, or (with something in flight, whose
+        PUBACK will resume the backlog) the principal's in-flight bytes would pass their quota."""
+        inflight = self.session.inflight_out
+        if len(inflight) >= self.limits.max_inflight:
+            return True
+        return bool(inflight) and isinstance(inflight, DurableInflight) and not inflight.fits(size)
 
     def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool,
                props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
@@ -246,15 +267,22 @@ class Outlet:
                 if item is None:
                     backlog.popleft()
                     continue
-                if not self._room(item[3]):
+                if not self._room(item[3], len(item[2])):
                     return
                 head.pos += 1
             else:
                 item = head
-                if not self._room(item[3]):
+                if not self._room(item[3], len(item[2])):
                     return
                 backlog.popleft()
+                self.queued_bytes -= len(item[2])
             self._write(*item)
+        if self.full_since and self._below_half():
+            self.full_since = 0.0
+
+    def _below_half(self) -> bool:
+        limits = self.limits
+        return len(self.backlog) <= limits.max_queued // 2 and self.queued_bytes <= limits.max_queued_bytes // 2
 
     def _wait_for_room(self) -> None:
         if self._pump is None or self._pump.done():
@@ -266,7 +294,7 @@ class Outlet:
             self.pump()
             if self.closed or not self.backlog:
                 return
-            if self._next_qos() and len(self.session.inflight_out) >= self.limits.max_inflight:
+            if self._window_waits():
                 return
             try:
                 await self.writer.drain()
@@ -275,15 +303,13 @@ class Outlet:
             if self.writer.buffered() >= self.limits.write_buffer_bytes:
                 await asyncio.sleep(0.01)
 
-    def _next_qos(self) -> int:
-        """QoS of the next message the backlog would send (0 when there is none)."""
+    def _window_waits(self) -> bool:
+        """Whether the next message the backlog would send waits for a PUBACK (not for the socket)."""
         if not self.backlog:
-            return 0
+            return False
         head = self.backlog[0]
-        if isinstance(head, RetainedBatch):
-            item = head.peek()
-            return item[3] if item is not None else 0
-        return head[3]
+        item = head.peek() if isinstance(head, RetainedBatch) else head
+        return item is not None and bool(item[3]) and self._window_shut(len(item[2]))
 
     def _queue(self) -> deque[_Queued | RetainedBatch]:
         if not isinstance(self.backlog, deque):
@@ -291,17 +317,58 @@ class Outlet:
         return self.backlog
 
     def _shed(self) -> None:
+        """The backlog passed a bound: drop the oldest QoS 0 messages until it is within both again, or close
+        the connection when only QoS 1 is left or the backlog has been at its bound for `max_full_s`."""
+        if self._stuck():
+            return
+        limits = self.limits
+        if not self.full_since:
+            self.full_since = time.monotonic()
+            if self._full_timer is None:
+                self._full_timer = asyncio.get_running_loop().call_later(limits.max_full_s, self._check_full)
         backlog = self._queue()
-        for i, item in enumerate(backlog):
-            if not isinstance(item, RetainedBatch) and item[3] == 0:
-                del backlog[i]
-                self.dropped += 1
+        i = 0
+        while len(backlog) > limits.max_queued or self.queued_bytes > limits.max_queued_bytes:
+            while i < len(backlog) and (isinstance(backlog[i], RetainedBatch) or backlog[i][3]):  # type: ignore[index]
+                i += 1
+            if i == len(backlog):
+                self._cut(f"{len(backlog)} QoS 1 messages ({self.queued_bytes} bytes) queued for a slow reader")
                 return
+            item = backlog[i]
+            assert not isinstance(item, RetainedBatch)
+            del backlog[i]
+            self.queued_bytes -= len(item[2])
+            self.dropped += 1
+
+    def _check_full(self) -> None:
+        """The `max_full_s` timer: close a backlog still full; a backlog that drained and filled again meanwhile
+        gets the rest of its own time."""
+        self._full_timer = None
+        if self.closed or not self.full_since or self._stuck():
+            return
+        left = self.full_since + self.limits.max_full_s - time.monotonic()
+        self._full_timer = asyncio.get_running_loop().call_later(max(left, 0.01), self._check_full)
+
+    def _stuck(self) -> bool:
+        """Close the connection if its backlog has been at its bound for `max_full_s`; True if it did."""
+        if self.full_since and time.monotonic() - self.full_since > self.limits.max_full_s:
+            self._cut(f"its backlog stayed full for {self.limits.max_full_s:.0f} s ({self.dropped} messages dropped)")
+            return True
+        return False
+
+    def _cut(self, why: str) -> None:
         self.closed = True
-        log.warning("disconnecting %s: %d QoS 1 messages queued for a slow reader (delivery.max_queued=%d)",
-                    self.session.client_id, len(backlog), self.limits.max_queued)
+        log.warning("disconnecting %s: %s (delivery.max_queued=%d, delivery.max_queued_bytes=%d)",
+                    self.session.client_id, why, self.limits.max_queued, self.limits.max_queued_bytes)
         self.backlog = ()
+        self.queued_bytes = 0
+        self._stop_timer()
         self.on_overflow(self)
+
+    def _stop_timer(self) -> None:
+        if self._full_timer is not None:
+            self._full_timer.cancel()
+            self._full_timer = None
 
     def close(self) -> None:
         """The connection ended. A persistent session keeps the QoS>0 messages it was still owed
@@ -309,6 +376,8 @@ class Outlet:
         Retained batches are not kept: the next connection gets its subscriptions' retained messages anew."""
         self.closed = True
         backlog, self.backlog = self.backlog, ()
+        self.queued_bytes = 0
+        self._stop_timer()
         session = self.session
         if backlog and not session.clean_session:
             for item in backlog:

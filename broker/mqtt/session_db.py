@@ -1,26 +1,41 @@
 """`sessions.db`: persistent MQTT sessions, their subscriptions, queued and in-flight messages, and
 retained messages, in sqlite (WAL) next to the call database; written through by
-`session_persistence`'s containers and read back whole at start (`SessionDB.load`)."""
+`session_persistence`'s containers and read back whole at start (`SessionDB.load`).
+
+Writes pass a `WriteGate` as `intercom.db`'s do: while another process holds the file locked, a write costs
+the loop at most one busy timeout per pause, and the writes made meanwhile are kept in memory, in order, and
+written in one transaction when a probe finds the lock gone (a timer probes; shutdown probes once more). At
+most `MAX_KEPT` are kept; past that, and for what is still kept at shutdown, the loss is logged (the
+messages themselves are still delivered from memory while the server runs)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from amqtt.session import ApplicationMessage
 
+from broker.core.write_gate import MAX_PAUSE_S, WriteGate
 from broker.db_open import naming, open_db
+from broker.limiter import LogThrottle
 from broker.mqtt.v5.message import MessageProps, props_of
 from broker.mqtt.v5.subscriptions import SubOptions
 
 __all__ = ["SessionDB", "StoredSession"]
 
 log = logging.getLogger("intercom.sessions")
+_quiet = LogThrottle()
+MAX_KEPT = 100_000  # writes kept in memory while sessions.db is locked
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_Write = tuple[str, tuple[Any, ...]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mqtt_sessions (client_id TEXT PRIMARY KEY, username TEXT, last_seen REAL NOT NULL);
@@ -84,15 +99,100 @@ class SessionDB:
                         self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         self.frozen = False  # set at shutdown: amqtt then empties every queue, which must not reach disk
         self._seq = 0
+        # offline-queue rows get their ids here, so a row written later (kept while locked) is still deletable
+        self._queue_id = int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM mqtt_queue").fetchone()[0])
+        self.gate = WriteGate(path.name if path is not None else ":memory:",
+                              meanwhile="session writes are kept in memory and written")
+        self._kept: deque[_Write] = deque()  # writes made while the gate was closed, in order
+        self.on_forget: Callable[[str], None] | None = None  # told of each client id whose state is dropped
+        self._timer: asyncio.TimerHandle | None = None
 
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> int | None:
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
+        self._write_all([(sql, tuple(params))])
+
+    def _write_all(self, writes: list[_Write]) -> None:
+        """Run `writes` (in one transaction if several), or keep them while the gate is closed."""
         if self.frozen:
-            return None
+            return
+        if self._kept or not self.gate.is_open:
+            self._keep(writes)
+            return
         try:
-            return self.conn.execute(sql, tuple(params)).lastrowid
-        except sqlite3.Error:
-            log.exception("session store write failed: %s", sql.split("(")[0])
-            return None
+            if len(writes) == 1:
+                self.conn.execute(*writes[0])
+            else:
+                with self.conn:
+                    self.conn.execute("BEGIN")
+                    for sql, params in writes:
+                        self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            if _locked(exc):
+                self.gate.failed(exc)
+                self._keep(writes)
+            else:
+                log.exception("session store write failed: %s", writes[0][0].split("(")[0])
+
+    def _keep(self, writes: list[_Write]) -> None:
+        room = MAX_KEPT - len(self._kept)
+        if room < len(writes):
+            if (n := _quiet.check("sessions.db kept")) is not None:
+                log.error("sessions.db is still locked and %d writes are kept: not keeping more (%d more since last "
+                          "logged); messages queued meanwhile are lost at a restart", MAX_KEPT, n)
+            writes = writes[:max(room, 0)]
+        self._kept.extend(writes)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None or not self._kept:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: the next write probes instead
+            self._timer = asyncio.get_running_loop().call_later(max(self.gate.retry_in(), 0.01), self.flush)
+
+    def flush(self) -> bool:
+        """Write what was kept while the gate was closed, in one transaction; True when nothing is left kept."""
+        self._timer = None
+        if not self._kept:
+            return True
+        if self.gate.retry_in() > 0:
+            self._arm()
+            return False
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")  # takes the write lock first: a lock still held fails here
+            for sql, params in self._kept:
+                try:
+                    self.conn.execute(sql, params)
+                except sqlite3.Error as exc:
+                    if _locked(exc):
+                        raise
+                    log.exception("session store write failed: %s", sql.split("(")[0])
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            if _locked(exc):
+                self.gate.failed(exc)
+                self._arm()
+            else:
+                log.exception("session store: could not write %d kept writes", len(self._kept))
+                with contextlib.suppress(RuntimeError):
+                    self._timer = asyncio.get_running_loop().call_later(MAX_PAUSE_S, self.flush)
+            return False
+        log.info("sessions.db: wrote the %d session writes kept while it was locked", len(self._kept))
+        self._kept.clear()
+        self.gate.succeeded()
+        return True
+
+    def settle(self) -> None:
+        """At shutdown: one last try to write what is kept; what cannot be written is logged as lost."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._kept and not self.frozen:
+            self.gate = WriteGate(self.gate.name, meanwhile=self.gate.meanwhile)  # probe now, not after the pause
+            if not self.flush():
+                log.error("sessions.db is still locked at shutdown: %d session writes (queued messages, "
+                          "subscriptions) are lost", len(self._kept))
+                self._kept.clear()
 
     # sessions and subscriptions ------------------------------------------------------------------
 
@@ -102,15 +202,10 @@ class SessionDB:
                     "expiry_s = excluded.expiry_s", (client_id, username, time.time(), expiry_s))
 
     def forget(self, client_id: str) -> None:
-        if self.frozen:
-            return
-        try:
-            with self.conn:
-                self.conn.execute("BEGIN")
-                for table in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue", "mqtt_inflight", "mqtt_incoming"):
-                    self.conn.execute(f"DELETE FROM {table} WHERE client_id = ?", (client_id,))
-        except sqlite3.Error:
-            log.exception("session store: could not forget %s", client_id)
+        if self.on_forget is not None:
+            self.on_forget(client_id)
+        self._write_all([(f"DELETE FROM {table} WHERE client_id = ?", (client_id,)) for table in
+                         ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue", "mqtt_inflight", "mqtt_incoming")])
 
     def subscribe(self, client_id: str, topic: str, qos: int, options: SubOptions | None = None) -> None:
         self._write("INSERT OR REPLACE INTO mqtt_subscriptions (client_id, topic, qos, options, sub_id) "
@@ -123,8 +218,10 @@ class SessionDB:
     # messages -------------------------------------------------------------------------------------
 
     def queue_put(self, client_id: str, msg: ApplicationMessage) -> int | None:
-        return self._write("INSERT INTO mqtt_queue (client_id, topic, payload, qos, props) VALUES (?, ?, ?, ?, ?)",
-                           (client_id, msg.topic, bytes(msg.data or b""), msg.qos or 0, _dump(msg)))
+        self._queue_id += 1
+        self._write("INSERT INTO mqtt_queue (id, client_id, topic, payload, qos, props) VALUES (?, ?, ?, ?, ?, ?)",
+                    (self._queue_id, client_id, msg.topic, bytes(msg.data or b""), msg.qos or 0, _dump(msg)))
+        return self._queue_id
 
     def queue_del(self, row_id: int | None) -> None:
         if row_id is not None:
@@ -222,3 +319,7 @@ class SessionDB:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)

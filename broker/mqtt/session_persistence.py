@@ -20,6 +20,11 @@ MQTT 5 adds columns (added to an older file on open): a session's Session Expiry
 counted from when it was last seen, also across a restart), each subscription's options and identifier,
 and each message's properties and expiry (`MessageProps.dump`), so a message that expired while queued
 or retained is never delivered after a restart either.
+
+The three containers report the payload bytes they hold to `Quotas` (`broker/mqtt/quota.py`), per principal:
+a QoS 2 message past `limits.max_held_bytes_per_principal` is not held (`DurableIncoming.fits`), one past
+`limits.max_queued_bytes_per_principal` is not queued, and the outlets stop sending QoS>0 to a session while
+its principal's unacknowledged bytes pass `limits.max_inflight_bytes_per_principal` (`DurableInflight.fits`).
 """
 
 from __future__ import annotations
@@ -36,13 +41,32 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
+from broker.limiter import LogThrottle
 from broker.mqtt.hooks import PROTOCOL, SESSION_EXPIRY, SUB_OPTIONS
+from broker.mqtt.quota import HELD, INFLIGHT, QUEUED, Quotas, principal_of
 from broker.mqtt.session_db import SessionDB
 from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retained, props_of
 
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
 log = logging.getLogger("intercom.sessions")
+_quiet = LogThrottle()
+
+
+def _size(msg: ApplicationMessage) -> int:
+    return len(msg.data or b"")
+
+
+class _Counted:
+    """What a durable container needs to report its messages to the principal's quota."""
+
+    def __init__(self, quotas: Quotas | None, principal: str, client_id: str) -> None:
+        self.quotas = quotas or Quotas()
+        self.principal = principal
+        self.client_id = client_id
+
+    def count(self, kind: int, nbytes: int) -> None:
+        self.quotas.add(self.principal, self.client_id, kind, nbytes)
 
 def _acknowledged(msg: ApplicationMessage) -> bool:
     if msg.qos == 2:
@@ -68,11 +92,16 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
     A message that expired meanwhile is not re-sent (`drop_expired`), to a 3.1.1 session as to a v5 one.
     """
 
-    def __init__(self, db: SessionDB, client_id: str) -> None:
+    def __init__(self, db: SessionDB, client_id: str, quota: _Counted | None = None) -> None:
         super().__init__()
         self.db = db
         self.client_id = client_id
         self.retry_pending = False
+        self.quota = quota or _Counted(None, client_id, client_id)
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether the principal's in-flight quota (`limits.max_inflight_bytes_per_principal`) has room."""
+        return self.quota.quotas.fits(self.quota.principal, INFLIGHT, nbytes)
 
     def expect_retry(self) -> None:
         """A new connection: everything in flight now, or written before amqtt's retry pass reads
@@ -89,11 +118,14 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
     def __setitem__(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
         if self.retry_pending:
             _mark_sent(msg)
+        old = super().get(packet_id)
         super().__setitem__(packet_id, msg)
+        self.quota.count(INFLIGHT, _size(msg) - (_size(old) if old is not None else 0))
         self.db.inflight_put(self.client_id, packet_id, msg)
 
     def restore(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
         super().__setitem__(packet_id, msg)
+        self.quota.count(INFLIGHT, _size(msg))
 
     def drop_expired(self, now: float) -> int:
         """Before a resumed session's re-send: forget the messages whose expiry passed (a door command must
@@ -102,7 +134,8 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
                 if (props := props_of(msg)) is not None and props.expired(now)
                 and not (msg.qos == 2 and msg.pubrec_packet is not None)]
         for packet_id in gone:
-            super().pop(packet_id)
+            msg = super().pop(packet_id)
+            self.quota.count(INFLIGHT, -_size(msg))  # released from the principal's in-flight bytes too
             self.db.inflight_del(self.client_id, packet_id)
         return len(gone)
 
@@ -117,6 +150,7 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
                 self.db.inflight_released(self.client_id, packet_id)
             return msg
         super().pop(packet_id)
+        self.quota.count(INFLIGHT, -_size(msg))
         self.db.inflight_del(self.client_id, packet_id)
         return msg
 
@@ -125,54 +159,78 @@ class DurableIncoming(OrderedDict[int, IncomingApplicationMessage]):
     """`Session.inflight_in`, mirrored to sqlite: a QoS 2 message the client published is written before
     the broker sends PUBREC and deleted once its PUBREL has routed it."""
 
-    def __init__(self, db: SessionDB, client_id: str) -> None:
+    def __init__(self, db: SessionDB, client_id: str, quota: _Counted | None = None) -> None:
         super().__init__()
         self.db = db
         self.client_id = client_id
+        self.quota = quota or _Counted(None, client_id, client_id)
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether the principal may hold `nbytes` more (`limits.max_held_bytes_per_principal`)."""
+        return self.quota.quotas.fits(self.quota.principal, HELD, nbytes)
 
     def restore(self, packet_id: int, msg: IncomingApplicationMessage) -> None:
         super().__setitem__(packet_id, msg)
+        self.quota.count(HELD, _size(msg))
 
     def __setitem__(self, packet_id: int, msg: IncomingApplicationMessage) -> None:
+        old = super().get(packet_id)
         super().__setitem__(packet_id, msg)
+        self.quota.count(HELD, _size(msg) - (_size(old) if old is not None else 0))
         self.db.incoming_put(self.client_id, msg)
 
     def __delitem__(self, packet_id: int) -> None:
+        msg = super().get(packet_id)
         super().__delitem__(packet_id)
+        if msg is not None:
+            self.quota.count(HELD, -_size(msg))
         self.db.incoming_del(self.client_id, packet_id)
 
     def pop(self, packet_id: int, *default: Any) -> Any:
         if packet_id not in self:
             return default[0] if default else super().pop(packet_id)
         msg = super().pop(packet_id)
+        self.quota.count(HELD, -_size(msg))
         self.db.incoming_del(self.client_id, packet_id)
         return msg
 
     def clear(self) -> None:
+        self.quota.count(HELD, -sum(_size(msg) for msg in super().values()))
         super().clear()
         self.db.incoming_del(self.client_id)
 
 
 class DurableQueue(asyncio.Queue[ApplicationMessage]):
-    """amqtt's per-session offline queue, mirrored to sqlite; when full the oldest message is dropped."""
+    """amqtt's per-session offline queue, mirrored to sqlite; when full the oldest message is dropped, and
+    a message past the principal's byte quota (`limits.max_queued_bytes_per_principal`) is not kept."""
 
-    def __init__(self, db: SessionDB, client_id: str, limit: int) -> None:
+    def __init__(self, db: SessionDB, client_id: str, limit: int, quota: _Counted | None = None) -> None:
         super().__init__()
         self.db = db
         self.client_id = client_id
         self.limit = limit
+        self.quota = quota or _Counted(None, client_id, client_id)
         self._rows: deque[int | None] = deque()
 
     def restore(self, row_id: int, msg: ApplicationMessage) -> None:
         super().put_nowait(msg)
+        self.quota.count(QUEUED, _size(msg))
         self._rows.append(row_id)
 
     def put_nowait(self, item: ApplicationMessage) -> None:
+        quota = self.quota
+        if not quota.quotas.fits(quota.principal, QUEUED, _size(item)):
+            if (n := _quiet.check(f"queued {quota.principal}")) is not None:
+                log.warning("offline queue of %s: dropped a message on %r, %s's offline queues hold %d bytes "
+                            "(limits.max_queued_bytes_per_principal; %d more since last logged)", self.client_id,
+                            item.topic, quota.principal, quota.quotas.used(quota.principal, QUEUED), n)
+            return
         if self.qsize() >= self.limit:
             dropped = self.get_nowait()
             log.warning("offline queue of %s is full (%d): dropped the oldest message on %s",
                         self.client_id, self.limit, dropped.topic)
         super().put_nowait(item)
+        quota.count(QUEUED, _size(item))
         self._rows.append(self.db.queue_put(self.client_id, item))
 
     async def put(self, item: ApplicationMessage) -> None:
@@ -180,6 +238,7 @@ class DurableQueue(asyncio.Queue[ApplicationMessage]):
 
     def get_nowait(self) -> ApplicationMessage:
         item = super().get_nowait()
+        self.quota.count(QUEUED, -_size(item))
         self.db.queue_del(self._rows.popleft())
         return item
 
@@ -187,10 +246,13 @@ class DurableQueue(asyncio.Queue[ApplicationMessage]):
 class SessionPersistence:
     """Adopts persistent sessions into durable containers and restores them at start."""
 
-    def __init__(self, db: SessionDB, queue_limit: int = 1000, expiry_s: float = 7 * 86400) -> None:
+    def __init__(self, db: SessionDB, queue_limit: int = 1000, expiry_s: float = 7 * 86400,
+                 quotas: Quotas | None = None) -> None:
         self.db = db
         self.queue_limit = queue_limit
         self.expiry_s = expiry_s
+        self.quotas = quotas or Quotas()
+        db.on_forget = self.quotas.release  # a forgotten session holds nothing any more
         self._known: set[str] = set()  # client ids with stored state: a clean CONNECT skips the DELETEs otherwise
 
     @staticmethod
@@ -202,19 +264,21 @@ class SessionPersistence:
         if not self.is_persistent(session):
             return
         client_id = str(session.client_id)
+        quota = _Counted(self.quotas, principal_of(client_id, session.username), client_id)
         if not isinstance(session.inflight_out, DurableInflight):
-            inflight = DurableInflight(self.db, client_id)
+            self.quotas.release(client_id)  # new containers: whatever an earlier session object held is gone
+            inflight = DurableInflight(self.db, client_id, quota)
             for packet_id, msg in session.inflight_out.items():
                 inflight[packet_id] = msg
             session.inflight_out = inflight
         if not isinstance(session.inflight_in, DurableIncoming):
-            incoming = DurableIncoming(self.db, client_id)
+            incoming = DurableIncoming(self.db, client_id, quota)
             for packet_id, held in session.inflight_in.items():
                 incoming[packet_id] = held
             session.inflight_in = incoming
         if not isinstance(session.retained_messages, DurableQueue):
             # Another layer may have swapped in its own queue on CONNECT; take its messages over.
-            queue = DurableQueue(self.db, client_id, self.queue_limit)
+            queue = DurableQueue(self.db, client_id, self.queue_limit, quota)
             while not session.retained_messages.empty():
                 queue.put_nowait(session.retained_messages.get_nowait())
             session.retained_messages = queue
@@ -319,7 +383,9 @@ class SessionPersistence:
         return len(gone)
 
     def freeze(self) -> None:
-        """Stop writing: a clean shutdown empties amqtt's queues, which must survive on disk."""
+        """Stop writing: a clean shutdown empties amqtt's queues, which must survive on disk (writes kept
+        while sessions.db was locked are written first, if it can be now)."""
+        self.db.settle()
         self.db.frozen = True
 
     def close(self) -> None:

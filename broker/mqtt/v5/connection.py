@@ -19,6 +19,7 @@ from typing import Any
 from amqtt.session import Session
 
 from broker.limiter import LogThrottle
+from broker.mqtt.fairness import Turn
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.v5 import codec, encode
@@ -114,8 +115,11 @@ class V5Connection:
         """Read and handle packets until the connection ends; the client's DISCONNECT, if it sent one."""
         reader = self.reader
         broker = self.broker
+        turn = Turn()  # a pipelining client yields the loop to the others every few ms
         try:
             while not self.closed:
+                if turn.over():
+                    await turn.yield_now()
                 packet = reader.take_packet() or await reader.read_packet()
                 if packet is None:
                     if reader.code is not None:

@@ -5,7 +5,8 @@ with its properties; the acknowledgement carries a reason code (§3.4.2.1): 0x10
 0x87 when the ACL refuses, 0x99 when the Payload Format Indicator says UTF-8 and the payload is not
 [MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier (`AcknowledgesAfter`) like 3.1.1 ones.
 Incoming QoS 2 is held until PUBREL; past `limits.max_inflight_messages` held messages (the Receive
-Maximum announced in CONNACK) the connection ends with DISCONNECT 0x93 [MQTT-3.3.4-8].
+Maximum announced in CONNACK) the connection ends with DISCONNECT 0x93 [MQTT-3.3.4-8]; past the principal's
+`limits.max_held_bytes_per_principal` the PUBREC says 0x97 (Quota exceeded) and nothing is held.
 SUBSCRIBE goes through the engine's `add_subscription` (ACL, index, shared subscriptions); the options
 are kept per filter (`v5.subscriptions`) and Retain Handling decides about retained messages (§3.8.3.1).
 """
@@ -19,6 +20,7 @@ from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 
 from broker.config import LimitsConfig
+from broker.mqtt.fast_path import over_held_quota
 from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
 from broker.mqtt.v5 import codec, encode
 from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
@@ -37,7 +39,7 @@ else:
 __all__ = ["V5InboundMixin"]
 
 log = logging.getLogger("intercom.mqtt5")
-NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED, PAYLOAD_FORMAT_INVALID = 0x10, 0x80, 0x87, 0x99
+NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED, QUOTA_EXCEEDED, PAYLOAD_FORMAT_INVALID = 0x10, 0x80, 0x87, 0x97, 0x99
 RECEIVE_MAX_EXCEEDED, NOT_FOUND = 0x93, 0x92
 
 
@@ -112,6 +114,9 @@ class V5InboundMixin(_Base):
         if len(held) >= self.limits.max_inflight_messages:
             raise V5Error(RECEIVE_MAX_EXCEEDED, f"more than {self.limits.max_inflight_messages} QoS 2 messages "
                                                 "awaiting PUBREL (the Receive Maximum)")
+        if over_held_quota(conn.session, len(pub.payload)):
+            self._v5_ack(conn, PUBREC, pub.packet_id, QUOTA_EXCEEDED)
+            return
         held[pub.packet_id] = V5Incoming(pub.packet_id, pub.topic, pub.payload, pub.retain, props, _reply(pub))
         self._v5_ack(conn, PUBREC, pub.packet_id)
 

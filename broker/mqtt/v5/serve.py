@@ -47,6 +47,7 @@ __all__ = ["V5Mixin", "session_expired"]
 log = logging.getLogger("intercom.mqtt5")
 _WILL = "intercom.v5.will"  # session attribute: the pending delayed Will, (timer, will)
 _NEVER = 0xFFFFFFFF
+QUOTA_EXCEEDED = 0x97
 # 3.1.1 CONNACK return codes (what admission answers) -> MQTT 5 CONNACK reason codes
 _REASON = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
 
@@ -137,6 +138,11 @@ class V5Mixin(_Base):
                     with contextlib.suppress(MachineError, ValueError):
                         session.transitions.disconnect()
                     await self._v5_refuse(writer, 0x87, "credentials revoked while it was admitted", cid)
+                    return
+                if self._over_session_cap(session):
+                    with contextlib.suppress(MachineError, ValueError):
+                        session.transitions.disconnect()
+                    await self._v5_refuse(writer, QUOTA_EXCEEDED, "limits.max_sessions_per_principal", cid)
                     return
                 conn, outlet, live = self._v5_register(session, present, assigned, c, guard, writer)
         finally:
