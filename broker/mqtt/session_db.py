@@ -23,11 +23,11 @@ from typing import Any
 
 from amqtt.session import ApplicationMessage
 
-from broker.core.write_gate import MAX_PAUSE_S, WriteGate
 from broker.db_open import naming, open_db
 from broker.limiter import LogThrottle
 from broker.mqtt.v5.message import MessageProps, props_of
 from broker.mqtt.v5.subscriptions import SubOptions
+from broker.write_gate import MAX_PAUSE_S, WriteGate
 
 __all__ = ["SessionDB", "StoredSession"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from amqtt.broker import RetainedApplicationMessage
 
-from broker.core.write_gate import MAX_PAUSE_S, WriteGate
 from broker.mqtt.session_db import SessionDB
+from broker.write_gate import MAX_PAUSE_S, WriteGate
 from tests.e2e.test_locked_db import HOLD_LOCK, Clock
 from tests.raw_mqtt import PUBACK, Raw, parse_publish
 from tests.server_process import ServerProcess
