@@ -22,6 +22,7 @@ from broker.core.call_log import outcomes
 from broker.core.states import CallSession, CallState, EndReason
 from broker.core.write_gate import StoreError, StoreUnavailable, WriteGate
 from broker.db_open import DatabaseDamaged, naming, open_db
+from broker.migrations import INTERCOM, upgrade
 
 __all__ = ["Store", "StoreError", "StoreUnavailable", "write_transition"]
 
@@ -47,96 +48,7 @@ class Store:
         self.before_write: Callable[[], None] | None = None
         self.gate = WriteGate(str(path or ":memory:"))  # every write, group commits included, passes it
         with naming(path or Path(":memory:")):
-            self._create()
-
-    def _create(self) -> None:
-        t = self._t
-        t("households").create(
-            {"household_number": str, "name": str, "created_at": float}, pk="household_number", if_not_exists=True
-        )
-        for table, pk in (("residents", "resident_id"), ("devices", "device_id")):
-            t(table).create(
-                {pk: str, "household_number": str, "name": str, "token_hash": str, "created_at": float},
-                pk=pk,
-                if_not_exists=True,
-            )
-            t(table).create_index(["household_number"], if_not_exists=True)
-        t("calls").create(
-            {
-                "call_id": str, "device_id": str, "household_number": str, "target_resident_ids": str,
-                "status": str, "resident_id": str, "end_reason": str, "start_time": float,
-                "connected_at": float, "last_activity": float, "ended_at": float, "ring_timeout_s": float,
-                "max_duration_s": float, "ringing": str, "last_actions": str,
-            },
-            pk="call_id",
-            if_not_exists=True,
-        )
-        t("calls").create_index(["status"], if_not_exists=True)
-        t("calls").create_index(["household_number", "start_time"], if_not_exists=True)
-        t("calls").create_index(["device_id", "start_time"], if_not_exists=True)
-        t("call_events").create(
-            {"id": int, "call_id": str, "ts": float, "actor": str, "action": str, "reason": str,
-             "from_state": str, "to_state": str},
-            pk="id",
-            if_not_exists=True,
-        )
-        t("call_events").create_index(["call_id"], if_not_exists=True)
-        t("device_status").create(
-            {"device_id": str, "online": int, "battery": int, "properties": str, "updated_at": float},
-            pk="device_id",
-            if_not_exists=True,
-        )
-        t("system_messages").create(
-            {"id": int, "type": str, "level": str, "message": str, "data": str, "timestamp": int},
-            pk="id",
-            if_not_exists=True,
-        )
-        self._create_doors_and_snapshots()
-        self._create_ring_tables()
-
-    def _create_doors_and_snapshots(self) -> None:
-        """Issue 13's columns and tables; added to a database made before them, on open."""
-        table_columns: tuple[tuple[str, dict[str, type]], ...] = (("devices", {"kind": str, "households": str}),
-            ("calls", {"snapshot_at": float, "door_opened_by": str, "door_opened_at": float}))
-        for table, columns in table_columns:
-            self._add_missing(table, columns)
-        self.db.execute("CREATE INDEX IF NOT EXISTS calls_snapshot_at ON calls (snapshot_at)"
-                        " WHERE snapshot_at IS NOT NULL")
-        self._t("door_events").create(
-            {"id": int, "ts": float, "device_id": str, "household_number": str, "relay": int, "by": str,
-             "call_id": str, "command_id": str, "outcome": str, "error": str, "acked_at": float},
-            pk="id",
-            if_not_exists=True,
-        )
-        self._t("door_events").create_index(["device_id", "ts"], if_not_exists=True)
-        self._t("door_events").create_index(["household_number", "ts"], if_not_exists=True)
-        self._t("door_events").create_index(["command_id"], if_not_exists=True)
-
-    def _create_ring_tables(self) -> None:
-        """Issue 13: DND, forwarding, several clients, per-resident history; older databases gain the columns."""
-        t = self._t
-        self._add_missing("devices", {"emergency": int})
-        self._add_missing("calls", {"dnd_resident_ids": str, "forward_to": str, "forward_after_s": float,
-                                    "forwarded_at": float, "answered_client_id": str})
-        self._add_missing("call_events", {"client_id": str})
-        # One row per (resident, ended call): the call's outcome for that resident; `seen` = 0 only for an
-        # unseen missed call.
-        t("resident_calls").create({"resident_id": str, "call_id": str, "start_time": float, "outcome": str,
-                                    "seen": int}, pk=("resident_id", "call_id"), if_not_exists=True)
-        t("resident_calls").create_index(["resident_id", "start_time"], if_not_exists=True)
-        t("resident_calls").create_index(["resident_id", "seen"], if_not_exists=True)
-        # scope "resident" or "household"; schedule: JSON list of [from, to] "HH:MM" pairs, or null
-        t("dnd_settings").create({"scope": str, "subject": str, "enabled": int, "schedule": str,
-                                  "updated_at": float}, pk=("scope", "subject"), if_not_exists=True)
-        # forward_to: JSON list of resident ids, or null (= the site's)
-        t("household_forwarding").create({"household_number": str, "forward_to": str, "forward_after_s": float,
-                                          "updated_at": float}, pk="household_number", if_not_exists=True)
-
-    def _add_missing(self, table: str, columns: dict[str, type]) -> None:
-        have = self._t(table).columns_dict
-        for name, kind in columns.items():
-            if name not in have:
-                self._t(table).add_column(name, kind)
+            upgrade(self.db.conn, path, INTERCOM)
 
     def _t(self, name: str) -> Table:
         return self.db.table(name)
@@ -256,8 +168,22 @@ class Store:
     # status and system messages --------------------------------------------------------------
 
     def put_status(self, row: dict[str, Any]) -> None:
+        """The device's current status; a change of online or battery also adds a `device_status_history` row."""
+        before = self.db.conn.execute("SELECT online, battery FROM device_status WHERE device_id = ?",
+                                      [row["device_id"]]).fetchone()
+        online = None if row.get("online") is None else int(row["online"])
         with self._tx():
             self._t("device_status").upsert({**row, "properties": json.dumps(row["properties"])}, pk="device_id")
+            if before is None or (before[0], before[1]) != (online, row.get("battery")):
+                self.db.conn.execute("INSERT INTO device_status_history (device_id, ts, online, battery)"
+                                     " VALUES (?, ?, ?, ?)", [row["device_id"], row["updated_at"], online,
+                                                              row.get("battery")])
+
+    def status_history(self, device_id: str, since: float) -> list[dict[str, Any]]:
+        """The device's online/battery changes since `since`, oldest first."""
+        rows = self.db.conn.execute("SELECT ts, online, battery FROM device_status_history WHERE device_id = ?"
+                                    " AND ts >= ? ORDER BY ts, id", [device_id, since]).fetchall()
+        return [{"ts": ts, "online": None if on is None else bool(on), "battery": bat} for ts, on, bat in rows]
 
     def get_status(self, device_id: str) -> dict[str, Any] | None:
         try:
