@@ -7,9 +7,11 @@ those two are the only ones that know every layer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -20,6 +22,7 @@ from broker.core.calls import CallService
 from broker.core.directory import Directory
 from broker.core.group_commit import Publisher
 from broker.core.presence import Presence
+from broker.core.retention import run_pruner
 from broker.core.services import Services
 from broker.core.status import StatusService
 from broker.core.store import Store
@@ -109,9 +112,28 @@ async def start_http(services: Services, ws_port: int | None = None) -> tuple[we
     """
     s = services.settings
     app = create_app(services)
+    app.cleanup_ctx.append(_housekeeping(services))
     if ws_port is not None:
         app[WS_PORT] = ws_port
     http_tls = server_context(s.http.tls) if s.http.tls is not None else None
     runner, _ = await http_site.start_http(app, s.server.host, s.server.http_port, s.limits, http_tls)
     app[HEALTH]["broker"] = True
     return runner, int(runner.addresses[0][1])
+
+
+def _housekeeping(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Background jobs that live as long as the REST app: history retention and scheduled backups."""
+    s = services.settings
+
+    async def jobs(_: web.Application) -> AsyncIterator[None]:
+        tasks = []
+        if s.history.retention_days is not None:
+            tasks.append(asyncio.create_task(run_pruner(
+                s.server.data_dir / "intercom.db", s.history.retention_days, s.history.prune_interval_s,
+                s.history.prune_batch)))
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    return jobs

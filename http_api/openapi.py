@@ -33,7 +33,16 @@ from broker.core.payloads import (
     UnlockRequest,
     UserSigRequest,
 )
-from http_api import admin_views, call_views, console_views, door_views, misc_views, resident_views, snapshot_views
+from http_api import (
+    admin_views,
+    call_views,
+    console_views,
+    door_views,
+    history_views,
+    misc_views,
+    resident_views,
+    snapshot_views,
+)
 from http_api.auth import is_public
 
 __all__ = ["OPS", "Op", "build_spec", "openapi_json"]
@@ -59,6 +68,15 @@ async def openapi_json(request: web.Request) -> web.Response:
 _RESIDENT_OR_DEVICE = (("resident_id", "the resident whose calls to list", False),
                        ("device_id", "the device whose calls to list", False))
 
+_HISTORY_QUERY = (("household_number", "only this household's calls", False),
+                  ("device_id", "only this device's calls", False),
+                  ("status", "ringing, connected or ended", False),
+                  ("since", "started at or after (ISO 8601; no offset = UTC)", False),
+                  ("until", "started before (ISO 8601)", False),
+                  ("limit", "at most this many per page (capped by calls.history_limit_max)", False),
+                  ("cursor", "the X-Next-Cursor of the previous page", False),
+                  ("format", "json (default) or csv", False))
+
 OPS: dict[Any, Op] = {
     misc_views.healthz: Op("Health: broker and REST are serving", "system"),
     call_views.call: Op("Start a call from a door station to its household (or one resident)", "calls",
@@ -72,11 +90,10 @@ OPS: dict[Any, Op] = {
                            query=(("call_id", "the call", True),
                                   ("resident_id", "local-only mode: whose credentials", False))),
     call_views.end_session: Op("End a call from the server side (admin)", "calls", (EndSessionRequest,)),
-    call_views.history: Op("Call history, newest first", "calls", query=(
-        ("household_number", "only this household's calls", False),
-        ("device_id", "only this device's calls", False),
-        ("status", "ringing, connected or ended", False),
-        ("limit", "at most this many (capped by calls.history_limit_max)", False))),
+    history_views.history: Op("Call history, newest first; the next page's cursor is in X-Next-Cursor", "calls",
+                              query=_HISTORY_QUERY),
+    history_views.history_csv: Op("Call history as CSV, every call in the range (no paging)", "calls",
+                                  query=_HISTORY_QUERY, media="text/csv"),
     call_views.active_calls: Op("Live calls of one party, to re-sync a woken app", "calls",
                                 query=_RESIDENT_OR_DEVICE),
     misc_views.device_status: Op("A device reports its status (published retained)", "status", (DeviceStatus,)),

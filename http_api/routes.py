@@ -7,6 +7,7 @@ from http_api import (
     call_views,
     console_views,
     door_views,
+    history_views,
     misc_views,
     openapi,
     resident_views,
@@ -27,7 +28,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/mqtt/controller/resident", call_views.control_resident)
     r.add_get("/api/mqtt/session", call_views.session)
     r.add_post("/api/mqtt/end-session", call_views.end_session)
-    r.add_get("/api/calls", call_views.history)
+    r.add_get("/api/calls", history_views.history)
+    r.add_get("/api/calls.csv", history_views.history_csv)
     r.add_get("/api/calls/active", call_views.active_calls)
     # status, system messages, TRTC
     r.add_post("/api/mqtt/device/status", misc_views.device_status)

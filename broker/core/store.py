@@ -113,13 +113,24 @@ class Store:
         except NotFoundError:
             return None
 
-    def list_calls(self, where: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
+    def list_calls(self, where: dict[str, str], limit: int, active_only: bool = False, since: float | None = None,
+                   until: float | None = None, after: tuple[float, str] | None = None) -> list[dict[str, Any]]:
+        """Newest first (start_time, then call_id): started in [since, until), and after the key `after`."""
         clauses = [f"[{k}] = ?" for k in where]
         params: list[Any] = list(where.values())
         if active_only:
             clauses.append("status != 'ended'")
+        if since is not None:
+            clauses.append("start_time >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("start_time < ?")
+            params.append(until)
+        if after is not None:
+            clauses.append("(start_time < ? OR (start_time = ? AND call_id < ?))")
+            params.extend((after[0], after[0], after[1]))
         sql = " AND ".join(clauses) or None
-        rows = self._t("calls").rows_where(sql, params, order_by="start_time DESC", limit=limit)
+        rows = self._t("calls").rows_where(sql, params, order_by="start_time DESC, call_id DESC", limit=limit)
         return [_decode_call(dict(r)) for r in rows]
 
     def active_calls(self) -> list[CallSession]:
