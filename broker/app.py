@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from broker import http_site
+from broker.backup import run_schedule
 from broker.config import ConfigError, Settings
 from broker.core.calls import CallService
 from broker.core.directory import Directory
@@ -131,6 +132,9 @@ def _housekeeping(services: Services) -> Callable[[web.Application], AsyncIterat
             tasks.append(asyncio.create_task(run_pruner(
                 s.server.data_dir / "intercom.db", s.history.retention_days, s.history.prune_interval_s,
                 s.history.prune_batch)))
+        if s.backup.schedule is not None and s.backup.dir is not None:
+            tasks.append(asyncio.create_task(run_schedule(s.server.data_dir, s.backup.dir, s.backup.schedule,
+                                                          s.backup.keep)))
         yield
         for task in tasks:
             task.cancel()

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from broker.core.errors import BadRequest
-from broker.core.payloads import HistoryQuery
+from broker.core.history_query import HistoryPageQuery as HistoryQuery
 from http_api.auth import scope_to_caller
 from http_api.envelope import ok, parse_query
 from http_api.keys import SERVICES

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -316,33 +315,11 @@ class SessionQuery(_In):
     resident_id: Id | None = None  # local-only mode: who is asking, for its own TRTC credentials
 
 
-def _instant(v: Any) -> Any:
-    """ISO 8601 (`2026-12-01`, `2026-12-01T08:00:00Z`, with an offset; no offset = UTC) -> epoch seconds."""
-    if not isinstance(v, str):
-        return v
-    try:
-        when = datetime.fromisoformat(v)
-    except ValueError:
-        raise ValueError(f"must be an ISO 8601 date or time (2026-12-01T08:00:00Z), got {v!r}") from None
-    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
-
-
-Instant = Annotated[float, BeforeValidator(_instant)]
-
-
 class HistoryQuery(_In):
-    """`GET /api/calls`: a parameter it does not know is a 400 (a misspelt filter would list everything)."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
     household_number: Id | None = None
     device_id: Id | None = None
     status: Literal["ringing", "connected", "ended"] | None = None
     limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
-    since: Instant | None = None  # calls started at or after
-    until: Instant | None = None  # calls started before
-    cursor: Annotated[str, Field(max_length=200)] | None = None  # from the previous page's X-Next-Cursor
-    format: Literal["json", "csv"] = "json"
 
 
 class ActiveQuery(_In):

@@ -17,6 +17,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
+from broker import data_lock
 from broker.core import fastjson
 from broker.core.call_log import outcomes
 from broker.core.states import CallSession, CallState, EndReason
@@ -32,23 +33,33 @@ DIRECTORY = {"households": "household_number", "residents": "resident_id", "devi
 class Store:
     def __init__(self, path: Path | None, busy_timeout_ms: int = 100, check: bool = True) -> None:
         """Open (and quick_check) the file; a damaged or unusable one raises StorageError naming it."""
+        self.path = path
         if path is None:
             self.db = Database(memory=True)
         else:
+            data_lock.acquire(path.parent)  # refuses a data dir another running box uses
             # Refused rather than moved aside when damaged: the directory and tokens live here, and
             # starting empty would lock every client out.
             try:
                 conn = open_db(path, busy_timeout_ms=busy_timeout_ms, check=check)
             except DatabaseDamaged as exc:
+                data_lock.release(path.parent)
                 raise DatabaseDamaged(f"{exc}: refusing to start; restore it from a backup, or move it away to "
                                       "start with an empty directory and call history") from exc
+            except BaseException:
+                data_lock.release(path.parent)
+                raise
             self.db = Database(conn)
         # Called before any write outside a call transition, so it never shares (or rolls back) an open
         # group of staged transitions: the group commit (broker.core.group_commit) commits them first.
         self.before_write: Callable[[], None] | None = None
         self.gate = WriteGate(str(path or ":memory:"))  # every write, group commits included, passes it
-        with naming(path or Path(":memory:")):
-            upgrade(self.db.conn, path, INTERCOM)
+        try:
+            with naming(path or Path(":memory:")):
+                upgrade(self.db.conn, path, INTERCOM)
+        except BaseException:
+            self.close()
+            raise
 
     def _t(self, name: str) -> Table:
         return self.db.table(name)
@@ -242,6 +253,9 @@ class Store:
         if self.before_write is not None:
             self.before_write()
         self.db.close()
+        if self.path is not None:
+            data_lock.release(self.path.parent)
+            self.path = None
 
 
 # The hot path of a call transition: raw prepared statements (sqlite3 caches them by text). A new call is
