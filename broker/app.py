@@ -32,7 +32,7 @@ from broker.db_open import StorageError
 from broker.mqtt.session_persistence import SessionPersistence
 from broker.tls import server_context
 from http_api import create_app
-from http_api.keys import HEALTH, WS_PORT
+from http_api.keys import HEALTH, UNBAN, WS_PORT
 from plugins.acl import TopicAclPlugin
 from plugins.auth import IntercomAuthPlugin
 from plugins.call_plugin import CallPlugin
@@ -106,7 +106,8 @@ def bind_plugins(plugins: list[object], services: Services, presence: Presence,
                 plugin.bind_persistence(persistence)
 
 
-async def start_http(services: Services, ws_port: int | None = None) -> tuple[web.AppRunner, int]:
+async def start_http(services: Services, ws_port: int | None = None,
+                     unban: Callable[[str], bool] | None = None) -> tuple[web.AppRunner, int]:
     """The REST app on the configured host and port; returns the runner and the bound port.
 
     `ws_port`: the embedded broker's MQTT-over-WebSocket port, where the console connects.
@@ -116,6 +117,8 @@ async def start_http(services: Services, ws_port: int | None = None) -> tuple[we
     app.cleanup_ctx.append(_housekeeping(services))
     if ws_port is not None:
         app[WS_PORT] = ws_port
+    if unban is not None:
+        app[UNBAN] = unban
     http_tls = server_context(s.http.tls) if s.http.tls is not None else None
     runner, _ = await http_site.start_http(app, s.server.host, s.server.http_port, s.limits, http_tls)
     app[HEALTH]["broker"] = True

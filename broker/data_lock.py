@@ -34,6 +34,7 @@ def acquire(data_dir: Path) -> None:
         _held[path][1] += 1
         return
     try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StorageError(f"cannot create the lock file {path}: {exc.strerror}") from exc

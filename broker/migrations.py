@@ -191,6 +191,11 @@ INTERCOM: tuple[Migration, ...] = (
         CREATE INDEX device_status_history_device ON device_status_history (device_id, ts);
         CREATE INDEX device_status_history_ts ON device_status_history (ts);
     """),
+    Migration(4, "resident_tokens: several named tokens per resident (one per phone or tablet)", """
+        CREATE TABLE resident_tokens (
+            resident_id TEXT NOT NULL, name TEXT NOT NULL, token_hash TEXT NOT NULL, created_at REAL NOT NULL,
+            PRIMARY KEY (resident_id, name));
+    """),
 )
 
 

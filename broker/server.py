@@ -83,7 +83,7 @@ class IntercomServer:
         self.presence.restore_device_status()
         self.presence.arm_recovered(services.store.active_calls())
 
-        self._runner, self.http_port = await start_http(services, ws_port=self.ws_port)
+        self._runner, self.http_port = await start_http(services, ws_port=self.ws_port, unban=broker.lift_ban)
         ws = f" ws://{_bind(s.server.host, self.ws_port)}" if self.ws_port is not None else ""
         log.info("intercom-broker serving mqtt://%s%s http://%s data=%s mode=%s recovered_calls=%d",
                  _bind(s.server.host, self.mqtt_port), ws, _bind(s.server.host, self.http_port),

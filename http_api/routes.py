@@ -10,6 +10,7 @@ from http_api import (
     history_views,
     misc_views,
     openapi,
+    ops_views,
     resident_views,
     snapshot_views,
 )
@@ -44,6 +45,11 @@ def setup_routes(app: web.Application) -> None:
     r.add_delete("/api/admin/{kind}/{ident}", admin_views.delete)
     r.add_post("/api/admin/{kind}/{ident}/token", admin_views.new_token)
     r.add_patch("/api/admin/{kind}/{ident}", admin_views.update)
+    # site operations for the admin CLI (docs/operations.md "Provisioning a site")
+    r.add_post("/api/admin/residents/{resident_id}/tokens", ops_views.issue_named_token)
+    r.add_get("/api/admin/residents/{resident_id}/tokens", ops_views.list_named_tokens)
+    r.add_delete("/api/admin/residents/{resident_id}/tokens/{name}", ops_views.revoke_named_token)
+    r.add_post("/api/admin/clients/{client_id}/unban", ops_views.unban)
     # the web console and the API description (docs in README "Web console")
     r.add_get("/", console_views.index)
     r.add_get("/console/{name:.+}", console_views.static_file)

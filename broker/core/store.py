@@ -105,6 +105,21 @@ class Store:
     def delete(self, kind: str, ident: str) -> bool:
         with self._tx():
             cur = self.db.execute(f"DELETE FROM [{kind}] WHERE [{DIRECTORY[kind]}] = ?", [ident])
+            if kind == "residents":
+                self.db.execute("DELETE FROM resident_tokens WHERE resident_id = ?", [ident])
+        return cur.rowcount > 0
+
+    def named_tokens(self, resident_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = ("resident_id = ?", [resident_id]) if resident_id is not None else (None, [])
+        return list(self._t("resident_tokens").rows_where(where, params, order_by="resident_id, name"))
+
+    def put_named_token(self, row: dict[str, Any]) -> None:
+        with self._tx():
+            self._t("resident_tokens").upsert(row, pk=("resident_id", "name"))
+
+    def delete_named_token(self, resident_id: str, name: str) -> bool:
+        with self._tx():
+            cur = self.db.execute("DELETE FROM resident_tokens WHERE resident_id = ? AND name = ?", [resident_id, name])
         return cur.rowcount > 0
 
     def set_token_hash(self, kind: str, ident: str, token_hash: str) -> None:
