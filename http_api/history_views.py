@@ -53,13 +53,14 @@ def _filters(request: web.Request, query: HistoryQuery) -> dict[str, str]:
 
 
 async def history(request: web.Request) -> web.StreamResponse:
-    """Newest first: `?household_number=&device_id=&status=&since=&until=&limit=&cursor=&format=json|csv`."""
+    """Newest first: `?household_number=&device_id=&status=&since=&until=&q=&limit=&cursor=&format=json|csv`."""
     query = parse_query(request, HistoryQuery)
     if query.format == "csv":
         return await _csv(request, query)
     filters = _filters(request, query)
     after = decode_cursor(query.cursor) if query.cursor is not None else None
-    rows, key = request.app[SERVICES].calls.history_page(filters, query.limit, query.since, query.until, after)
+    rows, key = request.app[SERVICES].calls.history_page(filters, query.limit, query.since, query.until, after,
+                                                         query.q)
     response = ok(rows)
     if key is not None:
         cursor = encode_cursor(key)
@@ -86,7 +87,7 @@ async def _csv(request: web.Request, query: HistoryQuery) -> web.StreamResponse:
     out.writerow(CSV_COLUMNS)
     after = decode_cursor(query.cursor) if query.cursor is not None else None
     while True:
-        rows, after = calls.history_page(filters, _CSV_PAGE, query.since, query.until, after)
+        rows, after = calls.history_page(filters, _CSV_PAGE, query.since, query.until, after, query.q)
         for row in rows:
             out.writerow([_cell(row.get(c)) for c in CSV_COLUMNS])
         await response.write(buf.getvalue().encode())

@@ -76,7 +76,8 @@ _HISTORY_QUERY = (("household_number", "only this household's calls", False),
                   ("until", "started before (ISO 8601)", False),
                   ("limit", "at most this many per page (capped by calls.history_limit_max)", False),
                   ("cursor", "the X-Next-Cursor of the previous page", False),
-                  ("format", "json (default) or csv", False))
+                  ("format", "json (default) or csv", False),
+                  ("q", "search: a call id prefix, or a device, household or resident id", False))
 
 OPS: dict[Any, Op] = {
     misc_views.healthz: Op("Health: broker and REST are serving", "system"),
@@ -136,6 +137,8 @@ OPS: dict[Any, Op] = {
     ops_views.list_named_tokens: Op("A resident's named tokens (names and dates, never the tokens)", "admin"),
     ops_views.revoke_named_token: Op("Revoke one named token; the resident's others keep working", "admin"),
     ops_views.unban: Op("Lift an MQTT client id's flapping ban", "admin"),
+    ops_views.device_health: Op("A device's online/offline and battery changes over recent days, summarised",
+                                "status", query=(("days", "how far back (default 7, at most 90)", False),)),
     console_views.index: Op("The web console", "console", media="text/html"),
     console_views.static_file: Op("A file of the web console (scripts, styles, vendored MQTT.js)", "console",
                                   media="*/*"),

@@ -1,18 +1,22 @@
-"""Site operations for the admin CLI: a resident's named tokens (one per phone or tablet), lifting a flapping ban."""
+"""Site operations: a resident's named tokens (one per phone or tablet), lifting a flapping ban, device health."""
 
 from __future__ import annotations
 
+import time
+from typing import Annotated
+
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from broker.core.calls import iso
-from broker.core.errors import Conflict
+from broker.core.errors import Conflict, Forbidden
+from broker.core.health import summarize
 from broker.core.payloads import parse_id
 from http_api.auth import require
-from http_api.envelope import ok, parse_body
+from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES, UNBAN
 
-__all__ = ["NamedTokenIn", "issue_named_token", "list_named_tokens", "revoke_named_token", "unban"]
+__all__ = ["NamedTokenIn", "device_health", "issue_named_token", "list_named_tokens", "revoke_named_token", "unban"]
 
 
 class NamedTokenIn(BaseModel):
@@ -54,3 +58,25 @@ async def unban(request: web.Request) -> web.Response:
         raise Conflict("bridge mode: the external broker keeps its own bans", "not_embedded")
     client_id = request.match_info["client_id"]
     return ok({"client_id": client_id, "was_banned": lift(client_id)})
+
+
+class HealthQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    days: Annotated[float, Field(gt=0, le=90)] = 7.0
+
+
+async def device_health(request: web.Request) -> web.Response:
+    """`GET /api/devices/{device_id}/status/history?days=7`: online/offline and battery changes, and a summary."""
+    p = require(request, "device")
+    device_id = parse_id(request.match_info["device_id"], "device_id")
+    if p is not None and p.role == "device" and p.id != device_id:
+        raise Forbidden(f"device {p.id} may not read device {device_id}'s health")
+    query = parse_query(request, HealthQuery)
+    svc = request.app[SERVICES]
+    svc.directory.device(device_id)
+    now = time.time()
+    since = now - query.days * 86400
+    changes = svc.store.status_history(device_id, since)
+    return ok({"device_id": device_id, "since": iso(since), "summary": summarize(changes, since, now),
+               "changes": [{**c, "ts": iso(max(c["ts"], since))} for c in changes]})

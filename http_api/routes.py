@@ -50,6 +50,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/admin/residents/{resident_id}/tokens", ops_views.list_named_tokens)
     r.add_delete("/api/admin/residents/{resident_id}/tokens/{name}", ops_views.revoke_named_token)
     r.add_post("/api/admin/clients/{client_id}/unban", ops_views.unban)
+    r.add_get("/api/devices/{device_id}/status/history", ops_views.device_health)
     # the web console and the API description (docs in README "Web console")
     r.add_get("/", console_views.index)
     r.add_get("/console/{name:.+}", console_views.static_file)

@@ -296,10 +296,11 @@ class CallService:
         return [history_view(r) for r in rows]
 
     def history_page(self, filters: dict[str, str], limit: int, since: float | None, until: float | None,
-                     after: tuple[float, str] | None) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+                     after: tuple[float, str] | None, search: str | None = None,
+                     ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
         """One page of history, newest first, in [since, until); the key to pass as `after` for the next page."""
         limit = max(1, min(limit, self.config.history_limit_max))
-        rows = self.store.list_calls(filters, limit + 1, since=since, until=until, after=after)
+        rows = self.store.list_calls(filters, limit + 1, since=since, until=until, after=after, search=search)
         more = len(rows) > limit
         rows = rows[:limit]
         key = (rows[-1]["start_time"], rows[-1]["call_id"]) if more else None

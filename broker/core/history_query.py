@@ -35,3 +35,4 @@ class HistoryPageQuery(_SeedHistoryQuery):
     until: Instant | None = None  # calls started before
     cursor: Annotated[str, Field(max_length=200)] | None = None  # from the previous page's X-Next-Cursor
     format: Literal["json", "csv"] = "json"
+    q: Annotated[str, Field(max_length=128)] | None = None  # a call id prefix, or a device/household/resident id

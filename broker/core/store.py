@@ -140,10 +140,16 @@ class Store:
             return None
 
     def list_calls(self, where: dict[str, str], limit: int, active_only: bool = False, since: float | None = None,
-                   until: float | None = None, after: tuple[float, str] | None = None) -> list[dict[str, Any]]:
-        """Newest first (start_time, then call_id): started in [since, until), and after the key `after`."""
+                   until: float | None = None, after: tuple[float, str] | None = None,
+                   search: str | None = None) -> list[dict[str, Any]]:
+        """Newest first (start_time, then call_id): started in [since, until), and after the key `after`;
+        `search`: a call id prefix, or a device, household or resident (answering or rung) id."""
         clauses = [f"[{k}] = ?" for k in where]
         params: list[Any] = list(where.values())
+        if search:
+            clauses.append("(call_id LIKE ? ESCAPE '\\' OR device_id = ? OR household_number = ? OR resident_id = ?"
+                           " OR target_resident_ids LIKE ? ESCAPE '\\')")
+            params.extend((_like(search) + "%", search, search, search, f"%{_like(fastjson.dumps(search))}%"))
         if active_only:
             clauses.append("status != 'ended'")
         if since is not None:
@@ -217,10 +223,13 @@ class Store:
                                                               row.get("battery")])
 
     def status_history(self, device_id: str, since: float) -> list[dict[str, Any]]:
-        """The device's online/battery changes since `since`, oldest first."""
-        rows = self.db.conn.execute("SELECT ts, online, battery FROM device_status_history WHERE device_id = ?"
-                                    " AND ts >= ? ORDER BY ts, id", [device_id, since]).fetchall()
-        return [{"ts": ts, "online": None if on is None else bool(on), "battery": bat} for ts, on, bat in rows]
+        """The device's online/battery changes since `since`, oldest first, after the last one before it (the
+        state `since` began in), if any."""
+        rows = self.db.conn.execute(
+            "SELECT * FROM (SELECT ts, online, battery, id FROM device_status_history WHERE device_id = ? AND ts < ?"
+            " ORDER BY ts DESC, id DESC LIMIT 1) UNION ALL SELECT ts, online, battery, id FROM device_status_history"
+            " WHERE device_id = ? AND ts >= ? ORDER BY 1, 4", [device_id, since, device_id, since]).fetchall()
+        return [{"ts": ts, "online": None if on is None else bool(on), "battery": bat} for ts, on, bat, _ in rows]
 
     def get_status(self, device_id: str) -> dict[str, Any] | None:
         try:
@@ -316,6 +325,11 @@ def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, ac
     if call.state is CallState.ENDED and before != CallState.ENDED.value:
         conn.executemany(_INSERT_RESIDENT_CALL, [(rid, call.call_id, call.created_at, outcome, int(outcome != "missed"))
                                                  for rid, outcome in outcomes(call).items()])
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern that matches only itself (with ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _decode_member(row: dict[str, Any]) -> dict[str, Any]:

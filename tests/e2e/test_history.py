@@ -92,9 +92,36 @@ async def test_a_resident_exports_only_its_household(make_harness: Any) -> None:
     h = await make_harness(server={"host": "0.0.0.0"})
     async with h.http.post(h.base + "/api/admin/residents/2/token", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
         token = (await r.json())["data"]["token"]
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
-        async with http.get(h.base + "/api/calls.csv?household_number=102") as r:
-            assert r.status == 403
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            http.get(h.base + "/api/calls.csv?household_number=102") as r:
+        assert r.status == 403
+
+
+async def test_search_finds_a_call_by_id_prefix_or_party(harness: Harness) -> None:
+    """q= matches a call id prefix, or a rung resident's id; LIKE wildcards in it match only themselves."""
+    made = await _calls(harness, 3)
+    other = await harness.start_call("5")  # household 102 (resident 4)
+    _, _, body = await _get(harness, f"/api/calls?q={made[1][0][:-3]}")
+    assert [c["call_id"] for c in body["data"]] == [made[1][0]]
+    _, _, body = await _get(harness, "/api/calls?q=4")
+    assert [c["call_id"] for c in body["data"]] == [other["call_id"]]
+    _, _, body = await _get(harness, "/api/calls?q=call-%25")
+    assert body["data"] == []
+
+
+async def test_device_health_summarises_status_changes(harness: Harness) -> None:
+    """The health report lists online/battery changes (not unchanged reports) and sums the time offline."""
+    for report in ({"online": True, "battery": 90}, {"battery": 90}, {"battery": 70}, {"online": False}):
+        assert (await harness.post("/api/mqtt/device/status", {"device_id": "1", **report}))[0] == 200
+    await asyncio.sleep(0.3)
+    status, _, body = await _get(harness, "/api/devices/1/status/history?days=1")
+    assert status == 200, body
+    data = body["data"]
+    assert [(c["online"], c["battery"]) for c in data["changes"]] == [(True, 90), (True, 70), (False, 70)]
+    assert data["summary"]["battery_first"] == 90 and data["summary"]["battery_last"] == 70
+    assert data["summary"]["offline_s"] >= 0.2 and 0 < data["summary"]["online_ratio"] < 1
+    assert (await _get(harness, "/api/devices/1/status/history?days=0"))[0] == 400
+    assert (await _get(harness, "/api/devices/nope/status/history"))[0] == 404
 
 
 def test_retention_prunes_old_rows_in_batches(tmp_path: Path) -> None:
