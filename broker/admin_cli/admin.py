@@ -160,12 +160,19 @@ def _unban(args: argparse.Namespace, backend: Backend, _: Settings) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="intercom-broker admin", description=__doc__)
+def _where(p: argparse.ArgumentParser) -> None:
     add_location_flags(p)
     p.add_argument("--url", help="a running box's REST API (http://HOST:PORT); default: the data dir, box stopped")
     p.add_argument("--token", help="the admin token for --url (default: $INTERCOM_ADMIN_TOKEN)")
-    sub = p.add_subparsers(dest="command", required=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="intercom-broker admin", description=__doc__)
+    _where(p)
+    # the same flags after the command too (`admin import site.csv --data-dir D`); given there, they win
+    after = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    _where(after)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_sub_parser(after))
     imp = sub.add_parser("import", help="create and update households, residents and devices from a file")
     imp.add_argument("file", type=Path, help="site.csv or site.yaml")
     imp.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
@@ -190,6 +197,14 @@ def _parser() -> argparse.ArgumentParser:
     unban.add_argument("client_id")
     unban.set_defaults(run=_unban)
     return p
+
+
+def _sub_parser(parent: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    class Sub(argparse.ArgumentParser):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs, parents=[parent])
+
+    return Sub
 
 
 def admin_main(argv: list[str]) -> int:

@@ -59,7 +59,7 @@ def test_import_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
     first = _admin(*where, "import", site)
     assert first.returncode == 0, first.stderr
     assert f"{HOUSEHOLDS * 3 + 2 + HOUSEHOLDS + 1} to create, 0 to change" in first.stdout
-    second = _admin(*where, "import", site)
+    second = _admin("import", site, *where)  # the flags after the command work too
     assert second.returncode == 0 and second.stdout.strip().splitlines() == [
         f"no changes: 0 to create, 0 to change, {HOUSEHOLDS * 4 + 3} unchanged"]
 
