@@ -131,10 +131,9 @@ def _housekeeping(services: Services) -> Callable[[web.Application], AsyncIterat
 
     async def jobs(_: web.Application) -> AsyncIterator[None]:
         tasks = []
-        if s.history.retention_days is not None:
-            tasks.append(asyncio.create_task(run_pruner(
-                s.server.data_dir / "intercom.db", s.history.retention_days, s.history.prune_interval_s,
-                s.history.prune_batch)))
+        tasks.append(asyncio.create_task(run_pruner(
+            s.server.data_dir / "intercom.db", s.history.retention_days, s.history.status_days,
+            s.history.prune_interval_s, s.history.prune_batch)))
         if s.backup.schedule is not None and s.backup.dir is not None:
             tasks.append(asyncio.create_task(run_schedule(s.server.data_dir, s.backup.dir, s.backup.schedule,
                                                           s.backup.keep)))

@@ -155,6 +155,7 @@ class HistoryConfig(_Strict):
     """Call history and door events (broker/core/retention.py): kept forever unless retention_days is set."""
 
     retention_days: float | None = Field(None, gt=0, le=36500)
+    status_days: float = Field(30.0, gt=0, le=36500)  # device online/battery changes (the console shows 7 days)
     prune_interval_s: float = Field(3600.0, ge=1)
     prune_batch: int = Field(500, ge=1, le=100_000)  # rows per transaction: the longest the loop waits for the lock
 

@@ -144,7 +144,10 @@ def test_retention_prunes_old_rows_in_batches(tmp_path: Path) -> None:
         db.execute("INSERT INTO calls (call_id, device_id, status, start_time) VALUES ('new', '1', 'ended', 9000)")
         db.execute("INSERT INTO door_events (ts, device_id) VALUES (9000, '1')")
         db.commit()
-    assert prune(path, cutoff=5000.0, batch=7) == 24 + 25 + 25
+    assert prune(path, cutoff=5000.0, status_cutoff=None, batch=7) == 24 + 25
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT COUNT(*) FROM device_status_history").fetchone()[0] == 25
+    assert prune(path, cutoff=None, status_cutoff=5000.0, batch=7) == 25
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert [r[0] for r in db.execute("SELECT call_id FROM calls ORDER BY call_id")] == ["new", "old0"]
         assert db.execute("SELECT COUNT(*) FROM call_events").fetchone()[0] == 1
