@@ -163,3 +163,33 @@ async def test_admin_burst_is_not_rate_limited(harness: Any) -> None:
 
     statuses = await asyncio.gather(*(one(i) for i in range(150)))
     assert statuses.count(429) == 0 and statuses.count(200) == 150
+
+
+async def test_named_tokens_log_in_over_mqtt_and_are_revoked_alone(make_harness: Any) -> None:
+    """A phone's named token logs in over MQTT as `resident-2/phone`; once revoked it is refused, the tablet's works."""
+    import aiomqtt
+
+    from tests.conftest import ADMIN as HARNESS_ADMIN
+
+    h = await make_harness(auth={"allow_anonymous_on_loopback": False})
+    tokens = {}
+    for name in ("phone", "tablet"):
+        status, resp = await h.post("/api/admin/residents/2/tokens", {"name": name}, HARNESS_ADMIN)
+        assert status == 200, resp
+        tokens[name] = resp["data"]["token"]
+    assert (await h.post("/api/admin/residents/2/tokens", {"name": "a.b"}, HARNESS_ADMIN))[0] == 400
+
+    async def login(name: str) -> bool:
+        try:
+            async with h.mqtt(f"resident-2/{name}", "2", tokens[name]):
+                return True
+        except aiomqtt.MqttError:
+            return False
+
+    assert await login("phone") and await login("tablet")
+    assert (await h.delete("/api/admin/residents/2/tokens/phone", HARNESS_ADMIN))[0] == 200
+    assert not await login("phone")
+    assert await login("tablet")
+    assert (await h.delete("/api/admin/residents/2/tokens/phone", HARNESS_ADMIN))[0] == 404
+    assert (await h.delete("/api/admin/residents/2", HARNESS_ADMIN))[0] == 200
+    assert not await login("tablet")  # deleting the resident takes its named tokens with it
