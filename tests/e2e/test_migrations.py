@@ -58,6 +58,34 @@ CREATE TABLE IF NOT EXISTS mqtt_inflight (
 CREATE TABLE IF NOT EXISTS mqtt_retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);
 """
 
+# What later unversioned releases added (commits 880e34f, b3856fc; sessions.db e0ac1e7 and the MQTT 5 columns),
+# each table and column in the DDL of the release that added it.
+LATER_INTERCOM_DDL = """
+ALTER TABLE [devices] ADD COLUMN [kind] TEXT;
+ALTER TABLE [devices] ADD COLUMN [households] TEXT;
+ALTER TABLE [calls] ADD COLUMN [snapshot_at] FLOAT;
+ALTER TABLE [calls] ADD COLUMN [door_opened_by] TEXT;
+ALTER TABLE [calls] ADD COLUMN [door_opened_at] FLOAT;
+CREATE INDEX calls_snapshot_at ON calls (snapshot_at) WHERE snapshot_at IS NOT NULL;
+CREATE TABLE [door_events] ([id] INTEGER PRIMARY KEY, [ts] FLOAT, [device_id] TEXT, [household_number] TEXT,
+    [relay] INTEGER, [by] TEXT, [call_id] TEXT, [command_id] TEXT, [outcome] TEXT, [error] TEXT, [acked_at] FLOAT);
+ALTER TABLE [devices] ADD COLUMN [emergency] INTEGER;
+ALTER TABLE [call_events] ADD COLUMN [client_id] TEXT;
+CREATE TABLE [resident_calls] ([resident_id] TEXT, [call_id] TEXT, [start_time] FLOAT, [outcome] TEXT,
+    [seen] INTEGER, PRIMARY KEY ([resident_id], [call_id]));
+CREATE TABLE [dnd_settings] ([scope] TEXT, [subject] TEXT, [enabled] INTEGER, [schedule] TEXT, [updated_at] FLOAT,
+    PRIMARY KEY ([scope], [subject]));
+CREATE TABLE [household_forwarding] ([household_number] TEXT PRIMARY KEY, [forward_to] TEXT,
+    [forward_after_s] FLOAT, [updated_at] FLOAT);
+"""
+LATER_SESSIONS_DDL = """
+CREATE TABLE mqtt_incoming (client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, topic TEXT NOT NULL,
+    payload BLOB NOT NULL, retain INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id));
+ALTER TABLE mqtt_sessions ADD COLUMN expiry_s INTEGER;
+ALTER TABLE mqtt_subscriptions ADD COLUMN options INTEGER;
+ALTER TABLE mqtt_subscriptions ADD COLUMN sub_id INTEGER;
+"""
+
 INTERCOM_ROWS: dict[str, list[tuple[Any, ...]]] = {
     "households": [(f"h{i}", f"Flat {i}", 1000.0 + i) for i in range(5)],
     "residents": [(f"r{i}", f"h{i % 5}", f"Resident {i}", f"$7$1000$salt{i}$hash{i}", 1100.0 + i) for i in range(10)],
@@ -133,6 +161,35 @@ def test_first_release_sessions_db_is_upgraded_with_every_row(tmp_path: Path) ->
     for table, values in SESSION_ROWS.items():
         assert _old_columns(path, table, len(values[0])) == sorted(values, key=lambda r: (r[0], r[1])), table
     assert len(list(tmp_path.glob("sessions.db.v0-*.bak"))) == 1
+
+
+def test_last_unversioned_files_keep_device_kinds_settings_and_qos2_state(tmp_path: Path) -> None:
+    """Files grown by every unversioned release (lobby panels, door events, DND, QoS 2 state) upgrade intact."""
+    intercom, sessions = tmp_path / "intercom.db", tmp_path / "sessions.db"
+    later = {
+        "devices": [(f"L{i}", "gate", "Lobby", "$7$x", 1.0, "lobby", '["h0", "h1"]', i % 2) for i in range(3)],
+        "door_events": [(i + 1, 10.0 + i, "L0", "h0", 1, "resident:r1", "c1", f"cmd{i}", "opened", None, 11.0 + i)
+                        for i in range(4)],
+        "resident_calls": [("r0", f"c{i}", 2000.0 + i, "missed", 0) for i in range(3)],
+        "dnd_settings": [("resident", "r0", 1, '[["22:00", "07:00"]]', 5.0)],
+        "household_forwarding": [("h1", '["r9"]', 20.0, 6.0)],
+    }
+    _build(intercom, FIRST_INTERCOM_DDL + LATER_INTERCOM_DDL, later)
+    _build(sessions, FIRST_SESSIONS_DDL + LATER_SESSIONS_DDL,
+           {"mqtt_incoming": [("client-0", 7, "users/r0/x", b"held", 0)],
+            "mqtt_sessions": [("client-0", "r0", 1.0, 3600)]})
+    store = Store(intercom)
+    try:
+        assert store.get("devices", "L0")["kind"] == "lobby"  # type: ignore[index]
+        assert store.get("devices", "L0")["households"] == ["h0", "h1"]  # type: ignore[index]
+    finally:
+        store.close()
+    SessionDB(sessions).conn.close()
+    for table, values in later.items():
+        assert _old_columns(intercom, table, len(values[0])) == sorted(values, key=lambda r: (r[0], r[1])), table
+    assert _old_columns(sessions, "mqtt_incoming", 5) == [("client-0", 7, "users/r0/x", b"held", 0)]
+    assert _old_columns(sessions, "mqtt_sessions", 4) == [("client-0", "r0", 1.0, 3600)]
+    assert (_user_version(intercom), _user_version(sessions)) == (latest(INTERCOM), latest(SESSIONS))
 
 
 def test_failed_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None:
