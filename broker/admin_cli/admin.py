@@ -113,15 +113,18 @@ def _list(args: argparse.Namespace, backend: Backend, _: Settings) -> int:
 
 def _token(args: argparse.Namespace, backend: Backend, settings: Settings) -> int:
     kind = KIND_ALIASES[args.kind]
+    if (args.id is None) == (not args.all) or (args.all and args.action == "revoke"):
+        raise AdminError("token: give an id, or --all (issue only) for every resident or device")
     if args.name is not None and kind != "residents":
         raise AdminError("--name: only residents hold named tokens (one per phone or tablet)")
     if args.action == "revoke":
         backend.revoke_token(kind, args.id, args.name)
         print(f"revoked the {'token ' + repr(args.name) if args.name else 'token'} of {kind[:-1]} {args.id}")
         return 0
-    token = backend.issue_token(kind, args.id, args.name)
-    written = write_provisioning(args.out, settings, kind, args.id, args.name, token, args.broker_host, args.port)
-    print(f"issued a token for {kind[:-1]} {args.id}: " + ", ".join(str(p) for p in written))
+    for ident in [r[PK[kind]] for r in backend.list(kind)] if args.all else [args.id]:
+        token = backend.issue_token(kind, ident, args.name)
+        written = write_provisioning(args.out, settings, kind, ident, args.name, token, args.broker_host, args.port)
+        print(f"issued a token for {kind[:-1]} {ident}: " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -187,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="issue or revoke a resident's or device's token")
     tok.add_argument("action", choices=["issue", "revoke"])
     tok.add_argument("kind", choices=sorted(KIND_ALIASES))
-    tok.add_argument("id")
+    tok.add_argument("id", nargs="?")
+    tok.add_argument("--all", action="store_true", help="issue: one for every resident or device (old ones stop)")
     tok.add_argument("--name", help="a resident's named token (one per phone or tablet), revoked on its own")
     tok.add_argument("--out", type=Path, default=Path("provisioning"), help="where provisioning files go")
     tok.add_argument("--broker-host", help="the address devices reach the box at (default: server.host)")

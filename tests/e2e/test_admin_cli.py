@@ -75,6 +75,10 @@ def test_import_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
     assert "no changes" in _admin(*where, "import", exported).stdout
     listed = _admin(*where, "list", "devices").stdout.splitlines()
     assert "device lobby2 household=gate kind=lobby name=Garage" in listed and len(listed) == HOUSEHOLDS + 2
+    issued = _admin(*where, "token", "issue", "devices", "--all", "--out", tmp_path / "prov")
+    assert issued.returncode == 0, issued.stderr
+    files = sorted(p.name for p in (tmp_path / "prov").iterdir())
+    assert len(files) == HOUSEHOLDS + 2 and "device-lobby2.json" in files  # devices get no QR code
 
 
 def test_named_tokens_and_provisioning_files(tmp_path: Path) -> None:
