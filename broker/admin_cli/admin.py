@@ -48,7 +48,7 @@ def _current(row: dict[str, Any], kind: str) -> dict[str, Any]:
         return {"name": row.get("name")}
     out = {"household_number": row["household_number"], "name": row.get("name")}
     if kind == "devices":
-        out.update(kind=row.get("kind") or "door", households=row.get("households"),
+        out.update(kind=row.get("kind"), households=row.get("households"),
                    emergency=bool(row.get("emergency")))
     return out
 
@@ -106,7 +106,7 @@ def _list(args: argparse.Namespace, backend: Backend, _: Settings) -> int:
         for row in backend.list(kind):
             extra = f" household={row['household_number']}" if kind != "households" else ""
             if kind == "devices":
-                extra += f" kind={row.get('kind') or 'door'}"
+                extra += f" kind={row.get('kind') or '-'}"
             print(f"{kind[:-1]} {row[PK[kind]]}{extra} name={row.get('name') or ''}")
     return 0
 

@@ -58,10 +58,11 @@ class Local:
             elif kind == "residents":
                 d.add_member(kind, row["resident_id"], row["household_number"], row.get("name"))
             else:
-                d.check_device_kind(row.get("kind") or "door", row.get("households"))
+                # the kind as the file gives it (the site models' default when left out), never guessed here
+                d.check_device_kind(row["kind"], row.get("households"))
                 d.add_member(kind, row["device_id"], row["household_number"], row.get("name"),
                              {"emergency": int(bool(row.get("emergency")))})
-                d.set_device_kind(row["device_id"], row.get("kind") or "door", row.get("households"))
+                d.set_device_kind(row["device_id"], row["kind"], row.get("households"))
 
     def update(self, kind: str, ident: str, changes: dict[str, Any]) -> None:
         with _domain():

@@ -121,8 +121,9 @@ def _site(households: list[dict[str, Any]], residents: list[dict[str, Any]],
     for r in residents:
         out[r["household_number"]]["residents"].append({"resident_id": r["resident_id"], "name": r.get("name")})
     for d in devices:
-        device = {"device_id": d["device_id"], "name": d.get("name"), "kind": d.get("kind") or "door",
-                  "emergency": bool(d.get("emergency"))}
+        device = {"device_id": d["device_id"], "name": d.get("name"), "emergency": bool(d.get("emergency"))}
+        if d.get("kind") is not None:
+            device["kind"] = d["kind"]
         if d.get("households") is not None:
             device["households"] = d["households"]
         out[d["household_number"]]["devices"].append(device)
@@ -146,6 +147,6 @@ def dump_csv(households: list[dict[str, Any]], residents: list[dict[str, Any]], 
         for r in hh["residents"]:
             out.writerow([number, name, "resident", r["resident_id"], r["name"] or "", "", "", ""])
         for d in hh["devices"]:
-            out.writerow([number, name, "device", d["device_id"], d["name"] or "", d["kind"],
+            out.writerow([number, name, "device", d["device_id"], d["name"] or "", d.get("kind") or "",
                           ";".join(d.get("households") or ()), "true" if d["emergency"] else "false"])
     return buf.getvalue()
