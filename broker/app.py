@@ -7,20 +7,24 @@ those two are the only ones that know every layer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from broker import http_site
+from broker.backup import run_schedule
 from broker.config import ConfigError, Settings
 from broker.core.calls import CallService
 from broker.core.directory import Directory
 from broker.core.group_commit import Publisher
 from broker.core.presence import Presence
+from broker.core.retention import run_pruner
 from broker.core.services import Services
 from broker.core.status import StatusService
 from broker.core.store import Store
@@ -30,7 +34,7 @@ from broker.mqtt.session_persistence import SessionPersistence
 from broker.ops.metrics import Monitor
 from broker.tls import server_context
 from http_api import create_app
-from http_api.keys import HEALTH, HTTP_TLS, MONITOR, WS_PORT
+from http_api.keys import HEALTH, HTTP_TLS, MONITOR, UNBAN, WS_PORT
 from plugins.acl import TopicAclPlugin
 from plugins.auth import IntercomAuthPlugin
 from plugins.call_plugin import CallPlugin
@@ -129,6 +133,7 @@ async def start_http(services: Services, ws_port: int | None = None,
     """
     s = services.settings
     app = create_app(services)
+    app.cleanup_ctx.append(_housekeeping(services))
     if ws_port is not None:
         app[WS_PORT] = ws_port
     monitor = Monitor(services, broker)
@@ -139,9 +144,31 @@ async def start_http(services: Services, ws_port: int | None = None,
         monitor.stop()
 
     app.on_cleanup.append(stop_monitor)
+    if broker is not None:
+        app[UNBAN] = broker.lift_ban
     http_tls = server_context(s.http.tls) if s.http.tls is not None else None
     if http_tls is not None:
         app[HTTP_TLS] = http_tls
     runner, _ = await http_site.start_http(app, s.server.host, s.server.http_port, s.limits, http_tls)
     app[HEALTH]["broker"] = True
     return runner, int(runner.addresses[0][1])
+
+
+def _housekeeping(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Background jobs that live as long as the REST app: history retention and scheduled backups."""
+    s = services.settings
+
+    async def jobs(_: web.Application) -> AsyncIterator[None]:
+        tasks = []
+        tasks.append(asyncio.create_task(run_pruner(
+            s.server.data_dir / "intercom.db", s.history.retention_days, s.history.status_days,
+            s.history.prune_interval_s, s.history.prune_batch)))
+        if s.backup.schedule is not None and s.backup.dir is not None:
+            tasks.append(asyncio.create_task(run_schedule(s.server.data_dir, s.backup.dir, s.backup.schedule,
+                                                          s.backup.keep)))
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    return jobs

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from broker.admin_cli import SUBCOMMANDS
 from broker.bridge import BridgedServer, parse_broker_url
 from broker.config import ConfigError, Settings, load_settings
 from broker.db_open import StorageError
@@ -25,7 +26,8 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="intercom-broker", description=__doc__)
+    p = argparse.ArgumentParser(prog="intercom-broker", description=__doc__,
+                                epilog="other commands: backup DIR, restore DIR, admin ... (each with --help)")
     p.add_argument("--config", type=Path, help="YAML config (default: ./broker.yaml if present)")
     p.add_argument("--host", help="address every listener binds to (default 127.0.0.1)")
     p.add_argument("--mqtt-port", type=int, help="MQTT TCP port, 0 = any free port (default 1883)")
@@ -116,6 +118,9 @@ def tune_gc() -> None:
 def main(argv: list[str] | None = None) -> int:
     # Data-dir files (token hashes, call history, keys) are the service user's alone: 0600 files, 0700 dirs.
     os.umask(0o077)
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:  # backup, restore, admin: see broker/admin_cli
+        return SUBCOMMANDS[args[0]](args[1:])
     try:
         load = loader_from_args(argv)
         settings = load()

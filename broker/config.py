@@ -160,6 +160,29 @@ class SnapshotsConfig(_Strict):
     retention_days: float = Field(30.0, gt=0, le=3650)
 
 
+class HistoryConfig(_Strict):
+    """Call history and door events (broker/core/retention.py): kept forever unless retention_days is set."""
+
+    retention_days: float | None = Field(None, gt=0, le=36500)
+    status_days: float = Field(30.0, gt=0, le=36500)  # device online/battery changes (the console shows 7 days)
+    prune_interval_s: float = Field(3600.0, ge=1)
+    prune_batch: int = Field(500, ge=1, le=100_000)  # rows per transaction: the longest the loop waits for the lock
+
+
+class BackupConfig(_Strict):
+    """Scheduled backups (broker/backup.py): `intercom-broker backup` into `dir`, keeping the newest `keep`."""
+
+    dir: Path | None = None
+    schedule: Literal["hourly", "daily", "weekly"] | None = None
+    keep: int = Field(7, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _dir_for_schedule(self) -> BackupConfig:
+        if self.schedule is not None and self.dir is None:
+            raise ValueError("dir: required when schedule is set")
+        return self
+
+
 class TrtcConfig(_Strict):
     sdk_app_id: int = Field(1400000001, ge=1)
     secret_key: SecretStr | None = None
@@ -302,6 +325,8 @@ class Settings(_Strict):
     snapshots: SnapshotsConfig = SnapshotsConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    history: HistoryConfig = HistoryConfig()
+    backup: BackupConfig = BackupConfig()
     admin_token: SecretStr | None = None
 
     @field_validator("server")

@@ -11,16 +11,15 @@ from broker.core.payloads import (
     CallRequest,
     ControlBody,
     EndSessionRequest,
-    HistoryQuery,
     RtcCallRequest,
     SessionQuery,
 )
 from broker.core.states import Party, Role
-from http_api.auth import party_of, principal, require, scope_to_caller
+from http_api.auth import party_of, principal, require
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
-__all__ = ["active_calls", "call", "control_device", "control_resident", "end_session", "history", "rtc_call",
+__all__ = ["active_calls", "call", "control_device", "control_resident", "end_session", "rtc_call",
            "session"]
 
 
@@ -105,14 +104,6 @@ async def end_session(request: web.Request) -> web.Response:
     calls.end_session(body.call_id, body.reason)
     await calls.durable()
     return ok(None)
-
-
-async def history(request: web.Request) -> web.Response:
-    """Call history, newest first: `?household_number=&device_id=&status=&limit=`."""
-    query = parse_query(request, HistoryQuery)
-    filters = query.model_dump(include={"household_number", "device_id", "status"}, exclude_none=True)
-    scope_to_caller(request, filters, "calls")
-    return ok(request.app[SERVICES].calls.history(filters, query.limit))
 
 
 async def active_calls(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from http_api.keys import SERVICES
 __all__ = ["cors_preflight_middleware", "setup_cors"]
 
 ALLOW_HEADERS = "Authorization, Content-Type"
-EXPOSE_HEADERS = "Allow, Retry-After"
+EXPOSE_HEADERS = "Allow, Retry-After, X-Next-Cursor, Link"  # Link and X-Next-Cursor: GET /api/calls paging
 MAX_AGE_S = "600"
 
 

@@ -1,6 +1,7 @@
 """Typed application state."""
 
 import ssl
+from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -17,7 +18,7 @@ class Monitor(Protocol):
     def problems(self) -> list[str]: ...
 
 
-__all__ = ["HEALTH", "HTTP_TLS", "MONITOR", "PRINCIPAL", "SERVICES", "WS_PORT"]
+__all__ = ["HEALTH", "HTTP_TLS", "MONITOR", "PRINCIPAL", "SERVICES", "UNBAN", "WS_PORT"]
 
 SERVICES = web.AppKey("services", Services)
 # Set by the server once the broker listens; /healthz reads it.
@@ -33,3 +34,5 @@ WS_PORT = web.AppKey("ws_port", int)
 MONITOR = web.AppKey("monitor", Monitor)
 # The REST listener's TLS context (absent: plain HTTP), kept so a reload can load a renewed certificate into it.
 HTTP_TLS = web.AppKey("http_tls", ssl.SSLContext)
+# Lifts an MQTT client id's flapping ban (True: it was banned), set by the embedded server (absent in bridge mode).
+UNBAN: web.AppKey[Callable[[str], bool]] = web.AppKey("unban")

@@ -39,8 +39,10 @@ from http_api import (
     call_views,
     console_views,
     door_views,
+    history_views,
     metrics_views,
     misc_views,
+    ops_views,
     resident_views,
     snapshot_views,
 )
@@ -69,6 +71,16 @@ async def openapi_json(request: web.Request) -> web.Response:
 _RESIDENT_OR_DEVICE = (("resident_id", "the resident whose calls to list", False),
                        ("device_id", "the device whose calls to list", False))
 
+_HISTORY_QUERY = (("household_number", "only this household's calls", False),
+                  ("device_id", "only this device's calls", False),
+                  ("status", "ringing, connected or ended", False),
+                  ("since", "started at or after (ISO 8601; no offset = UTC)", False),
+                  ("until", "started before (ISO 8601)", False),
+                  ("limit", "at most this many per page (capped by calls.history_limit_max)", False),
+                  ("cursor", "the X-Next-Cursor of the previous page", False),
+                  ("format", "json (default) or csv", False),
+                  ("q", "search: a call id prefix, or a device, household or resident id", False))
+
 OPS: dict[Any, Op] = {
     misc_views.healthz: Op("Health: broker and REST are serving", "system"),
     call_views.call: Op("Start a call from a door station to its household (or one resident)", "calls",
@@ -82,11 +94,10 @@ OPS: dict[Any, Op] = {
                            query=(("call_id", "the call", True),
                                   ("resident_id", "local-only mode: whose credentials", False))),
     call_views.end_session: Op("End a call from the server side (admin)", "calls", (EndSessionRequest,)),
-    call_views.history: Op("Call history, newest first", "calls", query=(
-        ("household_number", "only this household's calls", False),
-        ("device_id", "only this device's calls", False),
-        ("status", "ringing, connected or ended", False),
-        ("limit", "at most this many (capped by calls.history_limit_max)", False))),
+    history_views.history: Op("Call history, newest first; the next page's cursor is in X-Next-Cursor", "calls",
+                              query=_HISTORY_QUERY),
+    history_views.history_csv: Op("Call history as CSV, every call in the range (no paging)", "calls",
+                                  query=_HISTORY_QUERY, media="text/csv"),
     call_views.active_calls: Op("Live calls of one party, to re-sync a woken app", "calls",
                                 query=_RESIDENT_OR_DEVICE),
     misc_views.device_status: Op("A device reports its status (published retained)", "status", (DeviceStatus,)),
@@ -125,6 +136,13 @@ OPS: dict[Any, Op] = {
     snapshot_views.fetch: Op("A call's visitor snapshot (the call's parties and admins)", "calls", media="image/jpeg"),
     admin_views.delete: Op("Delete an entry (a household only once it is empty)", "admin"),
     admin_views.new_token: Op("Issue a new token for a resident or device (the old one stops working)", "admin"),
+    ops_views.issue_named_token: Op("Issue a resident a named token, one per phone or tablet (shown once)", "admin",
+                                    (ops_views.NamedTokenIn,)),
+    ops_views.list_named_tokens: Op("A resident's named tokens (names and dates, never the tokens)", "admin"),
+    ops_views.revoke_named_token: Op("Revoke one named token; the resident's others keep working", "admin"),
+    ops_views.unban: Op("Lift an MQTT client id's flapping ban", "admin"),
+    ops_views.device_health: Op("A device's online/offline and battery changes over recent days, summarised",
+                                "status", query=(("days", "how far back (default 7, at most 90)", False),)),
     console_views.index: Op("The web console", "console", media="text/html"),
     console_views.static_file: Op("A file of the web console (scripts, styles, vendored MQTT.js)", "console",
                                   media="*/*"),

@@ -8,9 +8,11 @@ from http_api import (
     call_views,
     console_views,
     door_views,
+    history_views,
     metrics_views,
     misc_views,
     openapi,
+    ops_views,
     resident_views,
     snapshot_views,
 )
@@ -29,7 +31,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_post("/api/mqtt/controller/resident", call_views.control_resident)
     r.add_get("/api/mqtt/session", call_views.session)
     r.add_post("/api/mqtt/end-session", call_views.end_session)
-    r.add_get("/api/calls", call_views.history)
+    r.add_get("/api/calls", history_views.history)
+    r.add_get("/api/calls.csv", history_views.history_csv)
     r.add_get("/api/calls/active", call_views.active_calls)
     # status, system messages, TRTC
     r.add_post("/api/mqtt/device/status", misc_views.device_status)
@@ -48,6 +51,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_delete("/api/admin/{kind}/{ident}", admin_views.delete)
     r.add_post("/api/admin/{kind}/{ident}/token", admin_views.new_token)
     r.add_patch("/api/admin/{kind}/{ident}", admin_views.update)
+    # site operations for the admin CLI (docs/operations.md "Provisioning a site")
+    r.add_post("/api/admin/residents/{resident_id}/tokens", ops_views.issue_named_token)
+    r.add_get("/api/admin/residents/{resident_id}/tokens", ops_views.list_named_tokens)
+    r.add_delete("/api/admin/residents/{resident_id}/tokens/{name}", ops_views.revoke_named_token)
+    r.add_post("/api/admin/clients/{client_id}/unban", ops_views.unban)
+    r.add_get("/api/devices/{device_id}/status/history", ops_views.device_health)
     # the web console and the API description (docs in README "Web console")
     r.add_get("/", console_views.index)
     r.add_get("/console/{name:.+}", console_views.static_file)

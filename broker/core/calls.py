@@ -319,28 +319,18 @@ class CallService:
     def history(self, filters: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
         limit = max(1, min(limit, self.config.history_limit_max))
         rows = self.store.list_calls(filters, limit, active_only=active_only)
-        return [
-            {
-                "call_id": r["call_id"], "device_id": r["device_id"], "household_number": r["household_number"],
-                "target_resident_ids": r["target_resident_ids"], "resident_id": r["resident_id"],
-                "status": r["status"], "end_reason": r["end_reason"], "start_time": iso(r["start_time"]),
-                "connected_at": iso(r["connected_at"]), "ended_at": iso(r["ended_at"]),
-                "last_activity": iso(r["last_activity"]),
-                "snapshot_url": snapshot_url(r["call_id"]) if r.get("snapshot_at") else None,
-                "door_opened_by": r.get("door_opened_by"), "door_opened_at": iso(r.get("door_opened_at")),
-                # issue 13, as in the session: the ring phase, who rings now, who DND skipped, forwarding
-                "ring_phase": "forwarded" if r.get("forwarded_at") is not None else "first",
-                "ringing_resident_ids": sorted(r.get("ringing") or ()),
-                "dnd_resident_ids": sorted(r.get("dnd_resident_ids") or ()),
-                "forward_to": list(r.get("forward_to") or ()),
-                "forward_after_s": r.get("forward_after_s") if r.get("forward_to") else None,
-                "forwarded_at": iso(r.get("forwarded_at")),
-                "answered_client_id": r.get("answered_client_id"),
-                "trtc_user_ids": trtc_user_ids(r["device_id"], r["target_resident_ids"] + (
-                    list(r.get("forward_to") or ()) if r.get("forwarded_at") is not None else [])),
-            }
-            for r in rows
-        ]
+        return [history_view(r) for r in rows]
+
+    def history_page(self, filters: dict[str, str], limit: int, since: float | None, until: float | None,
+                     after: tuple[float, str] | None, search: str | None = None,
+                     ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+        """One page of history, newest first, in [since, until); the key to pass as `after` for the next page."""
+        limit = max(1, min(limit, self.config.history_limit_max))
+        rows = self.store.list_calls(filters, limit + 1, since=since, until=until, after=after, search=search)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        key = (rows[-1]["start_time"], rows[-1]["call_id"]) if more else None
+        return [history_view(r) for r in rows], key
 
     def active_for(self, party: Party) -> list[dict[str, Any]]:
         ids = [c.call_id for c in self._active.values() if c.is_party(party)
@@ -503,3 +493,26 @@ class CallService:
             else:
                 log.exception("call %s: deadline transition failed, retrying in 1 s", call_id)
             self._timers[call_id] = asyncio.get_running_loop().call_later(RETRY_S, self._on_deadline, call_id)
+
+
+def history_view(r: dict[str, Any]) -> dict[str, Any]:
+    """A stored call as `GET /api/calls` shows it."""
+    return {
+        "call_id": r["call_id"], "device_id": r["device_id"], "household_number": r["household_number"],
+        "target_resident_ids": r["target_resident_ids"], "resident_id": r["resident_id"],
+        "status": r["status"], "end_reason": r["end_reason"], "start_time": iso(r["start_time"]),
+        "connected_at": iso(r["connected_at"]), "ended_at": iso(r["ended_at"]),
+        "last_activity": iso(r["last_activity"]),
+        "snapshot_url": snapshot_url(r["call_id"]) if r.get("snapshot_at") else None,
+        "door_opened_by": r.get("door_opened_by"), "door_opened_at": iso(r.get("door_opened_at")),
+        # as in the session: the ring phase, who rings now, who DND skipped, forwarding
+        "ring_phase": "forwarded" if r.get("forwarded_at") is not None else "first",
+        "ringing_resident_ids": sorted(r.get("ringing") or ()),
+        "dnd_resident_ids": sorted(r.get("dnd_resident_ids") or ()),
+        "forward_to": list(r.get("forward_to") or ()),
+        "forward_after_s": r.get("forward_after_s") if r.get("forward_to") else None,
+        "forwarded_at": iso(r.get("forwarded_at")),
+        "answered_client_id": r.get("answered_client_id"),
+        "trtc_user_ids": trtc_user_ids(r["device_id"], r["target_resident_ids"] + (
+            list(r.get("forward_to") or ()) if r.get("forwarded_at") is not None else [])),
+    }

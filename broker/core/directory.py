@@ -18,6 +18,7 @@ from typing import Any
 from broker.config import SiteConfig
 from broker.core.device_kinds import check_scope
 from broker.core.errors import BadRequest, Conflict, NotFound, Unauthorized
+from broker.core.named_tokens import NamedTokens, name_of
 from broker.core.store import DIRECTORY, Store
 from broker.core.tokens import Principal, hash_token, new_token, parse_token, verify_token
 
@@ -45,6 +46,7 @@ class Directory:
         # bumped by every revocation: a token check that ran across one is done again (it may have
         # read the old hash in its worker thread)
         self._revocations = 0
+        self.named = NamedTokens(store, iterations)  # a resident's extra tokens, one per phone or tablet
 
     def on_revoked(self, callback: Callable[[Principal], None]) -> None:
         """Call `callback(principal)` whenever a principal's token is re-issued or the principal deleted."""
@@ -164,6 +166,8 @@ class Directory:
             raise NotFound(f"{SINGULAR[kind]} '{ident}' not found")
         self._rows[kind].pop(ident, None)
         self._index.pop(kind, None)
+        if kind == "residents":
+            self.named.forget(ident)
         if kind != "households":
             self._revoke(SINGULAR[kind], ident)
 
@@ -253,9 +257,29 @@ class Directory:
         if principal is None or principal.role not in ("device", "resident"):
             return None
         row = self._get(f"{principal.role}s", principal.id)
-        if row is None or not verify_token(token, row.get("token_hash")):
+        if row is None:
+            return None
+        name = name_of(token)
+        if name is not None:
+            return principal if principal.role == "resident" and self.named.verify(principal.id, name, token) else None
+        if not verify_token(token, row.get("token_hash")):
             return None
         return principal
+
+    def issue_named_token(self, resident_id: str, name: str) -> dict[str, Any]:
+        """A resident's token for one phone or tablet; re-issuing a name revokes that name's old token only."""
+        self.resident(resident_id)
+        replaced = self.named.has(resident_id, name)
+        token = self.named.issue(resident_id, name)
+        if replaced:
+            self._revoke("resident", resident_id)
+        return {"resident_id": resident_id, "name": name, "token": token}
+
+    def revoke_named_token(self, resident_id: str, name: str) -> None:
+        """The resident's other tokens keep working (its open MQTT sessions are closed once; they reconnect)."""
+        self.resident(resident_id)
+        self.named.revoke(resident_id, name)
+        self._revoke("resident", resident_id)
 
     def _revoke(self, role: str, ident: str) -> None:
         self._revocations += 1

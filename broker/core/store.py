@@ -17,11 +17,13 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError, Table
 
+from broker import data_lock
 from broker.core import fastjson
 from broker.core.call_log import outcomes
 from broker.core.states import CallSession, CallState, EndReason
 from broker.core.write_gate import StoreError, StoreUnavailable, WriteGate
 from broker.db_open import DatabaseDamaged, naming, open_db
+from broker.migrations import INTERCOM, upgrade
 
 __all__ = ["Store", "StoreError", "StoreUnavailable", "write_transition"]
 
@@ -31,112 +33,33 @@ DIRECTORY = {"households": "household_number", "residents": "resident_id", "devi
 class Store:
     def __init__(self, path: Path | None, busy_timeout_ms: int = 100, check: bool = True) -> None:
         """Open (and quick_check) the file; a damaged or unusable one raises StorageError naming it."""
+        self.path = path
         if path is None:
             self.db = Database(memory=True)
         else:
+            data_lock.acquire(path.parent)  # refuses a data dir another running box uses
             # Refused rather than moved aside when damaged: the directory and tokens live here, and
             # starting empty would lock every client out.
             try:
                 conn = open_db(path, busy_timeout_ms=busy_timeout_ms, check=check)
             except DatabaseDamaged as exc:
+                data_lock.release(path.parent)
                 raise DatabaseDamaged(f"{exc}: refusing to start; restore it from a backup, or move it away to "
                                       "start with an empty directory and call history") from exc
+            except BaseException:
+                data_lock.release(path.parent)
+                raise
             self.db = Database(conn)
         # Called before any write outside a call transition, so it never shares (or rolls back) an open
         # group of staged transitions: the group commit (broker.core.group_commit) commits them first.
         self.before_write: Callable[[], None] | None = None
         self.gate = WriteGate(str(path or ":memory:"))  # every write, group commits included, passes it
-        with naming(path or Path(":memory:")):
-            self._create()
-
-    def _create(self) -> None:
-        t = self._t
-        t("households").create(
-            {"household_number": str, "name": str, "created_at": float}, pk="household_number", if_not_exists=True
-        )
-        for table, pk in (("residents", "resident_id"), ("devices", "device_id")):
-            t(table).create(
-                {pk: str, "household_number": str, "name": str, "token_hash": str, "created_at": float},
-                pk=pk,
-                if_not_exists=True,
-            )
-            t(table).create_index(["household_number"], if_not_exists=True)
-        t("calls").create(
-            {
-                "call_id": str, "device_id": str, "household_number": str, "target_resident_ids": str,
-                "status": str, "resident_id": str, "end_reason": str, "start_time": float,
-                "connected_at": float, "last_activity": float, "ended_at": float, "ring_timeout_s": float,
-                "max_duration_s": float, "ringing": str, "last_actions": str,
-            },
-            pk="call_id",
-            if_not_exists=True,
-        )
-        t("calls").create_index(["status"], if_not_exists=True)
-        t("calls").create_index(["household_number", "start_time"], if_not_exists=True)
-        t("calls").create_index(["device_id", "start_time"], if_not_exists=True)
-        t("call_events").create(
-            {"id": int, "call_id": str, "ts": float, "actor": str, "action": str, "reason": str,
-             "from_state": str, "to_state": str},
-            pk="id",
-            if_not_exists=True,
-        )
-        t("call_events").create_index(["call_id"], if_not_exists=True)
-        t("device_status").create(
-            {"device_id": str, "online": int, "battery": int, "properties": str, "updated_at": float},
-            pk="device_id",
-            if_not_exists=True,
-        )
-        t("system_messages").create(
-            {"id": int, "type": str, "level": str, "message": str, "data": str, "timestamp": int},
-            pk="id",
-            if_not_exists=True,
-        )
-        self._create_doors_and_snapshots()
-        self._create_ring_tables()
-
-    def _create_doors_and_snapshots(self) -> None:
-        """Issue 13's columns and tables; added to a database made before them, on open."""
-        table_columns: tuple[tuple[str, dict[str, type]], ...] = (("devices", {"kind": str, "households": str}),
-            ("calls", {"snapshot_at": float, "door_opened_by": str, "door_opened_at": float}))
-        for table, columns in table_columns:
-            self._add_missing(table, columns)
-        self.db.execute("CREATE INDEX IF NOT EXISTS calls_snapshot_at ON calls (snapshot_at)"
-                        " WHERE snapshot_at IS NOT NULL")
-        self._t("door_events").create(
-            {"id": int, "ts": float, "device_id": str, "household_number": str, "relay": int, "by": str,
-             "call_id": str, "command_id": str, "outcome": str, "error": str, "acked_at": float},
-            pk="id",
-            if_not_exists=True,
-        )
-        self._t("door_events").create_index(["device_id", "ts"], if_not_exists=True)
-        self._t("door_events").create_index(["household_number", "ts"], if_not_exists=True)
-        self._t("door_events").create_index(["command_id"], if_not_exists=True)
-
-    def _create_ring_tables(self) -> None:
-        """Issue 13: DND, forwarding, several clients, per-resident history; older databases gain the columns."""
-        t = self._t
-        self._add_missing("devices", {"emergency": int})
-        self._add_missing("calls", {"dnd_resident_ids": str, "forward_to": str, "forward_after_s": float,
-                                    "forwarded_at": float, "answered_client_id": str})
-        self._add_missing("call_events", {"client_id": str})
-        # One row per (resident, ended call): the call's outcome for that resident; `seen` = 0 only for an
-        # unseen missed call.
-        t("resident_calls").create({"resident_id": str, "call_id": str, "start_time": float, "outcome": str,
-                                    "seen": int}, pk=("resident_id", "call_id"), if_not_exists=True)
-        t("resident_calls").create_index(["resident_id", "start_time"], if_not_exists=True)
-        t("resident_calls").create_index(["resident_id", "seen"], if_not_exists=True)
-        # scope "resident" or "household"; schedule: JSON list of [from, to] "HH:MM" pairs, or null
-        t("dnd_settings").create({"scope": str, "subject": str, "enabled": int, "schedule": str,
-                                  "updated_at": float}, pk=("scope", "subject"), if_not_exists=True)
-        # forward_to: JSON list of resident ids, or null (= the site's)
-        t("household_forwarding").create({"household_number": str, "forward_to": str, "forward_after_s": float,
-                                          "updated_at": float}, pk="household_number", if_not_exists=True)
-
-    def _add_missing(self, table: str, columns: dict[str, type]) -> None:
-        have = self._t(table).columns_dict
-        for name, kind in columns.items():
-            if name not in have:
-                self._t(table).add_column(name, kind)
+        try:
+            with naming(path or Path(":memory:")):
+                upgrade(self.db.conn, path, INTERCOM)
+        except BaseException:
+            self.close()
+            raise
 
     def _t(self, name: str) -> Table:
         return self.db.table(name)
@@ -182,6 +105,21 @@ class Store:
     def delete(self, kind: str, ident: str) -> bool:
         with self._tx():
             cur = self.db.execute(f"DELETE FROM [{kind}] WHERE [{DIRECTORY[kind]}] = ?", [ident])
+            if kind == "residents":
+                self.db.execute("DELETE FROM resident_tokens WHERE resident_id = ?", [ident])
+        return cur.rowcount > 0
+
+    def named_tokens(self, resident_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = ("resident_id = ?", [resident_id]) if resident_id is not None else (None, [])
+        return list(self._t("resident_tokens").rows_where(where, params, order_by="resident_id, name"))
+
+    def put_named_token(self, row: dict[str, Any]) -> None:
+        with self._tx():
+            self._t("resident_tokens").upsert(row, pk=("resident_id", "name"))
+
+    def delete_named_token(self, resident_id: str, name: str) -> bool:
+        with self._tx():
+            cur = self.db.execute("DELETE FROM resident_tokens WHERE resident_id = ? AND name = ?", [resident_id, name])
         return cur.rowcount > 0
 
     def set_token_hash(self, kind: str, ident: str, token_hash: str) -> None:
@@ -201,13 +139,30 @@ class Store:
         except NotFoundError:
             return None
 
-    def list_calls(self, where: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
+    def list_calls(self, where: dict[str, str], limit: int, active_only: bool = False, since: float | None = None,
+                   until: float | None = None, after: tuple[float, str] | None = None,
+                   search: str | None = None) -> list[dict[str, Any]]:
+        """Newest first (start_time, then call_id): started in [since, until), and after the key `after`;
+        `search`: a call id prefix, or a device, household or resident (answering or rung) id."""
         clauses = [f"[{k}] = ?" for k in where]
         params: list[Any] = list(where.values())
+        if search:
+            clauses.append("(call_id LIKE ? ESCAPE '\\' OR device_id = ? OR household_number = ? OR resident_id = ?"
+                           " OR target_resident_ids LIKE ? ESCAPE '\\')")
+            params.extend((_like(search) + "%", search, search, search, f"%{_like(fastjson.dumps(search))}%"))
         if active_only:
             clauses.append("status != 'ended'")
+        if since is not None:
+            clauses.append("start_time >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("start_time < ?")
+            params.append(until)
+        if after is not None:
+            clauses.append("(start_time < ? OR (start_time = ? AND call_id < ?))")
+            params.extend((after[0], after[0], after[1]))
         sql = " AND ".join(clauses) or None
-        rows = self._t("calls").rows_where(sql, params, order_by="start_time DESC", limit=limit)
+        rows = self._t("calls").rows_where(sql, params, order_by="start_time DESC, call_id DESC", limit=limit)
         return [_decode_call(dict(r)) for r in rows]
 
     def active_calls(self) -> list[CallSession]:
@@ -256,8 +211,25 @@ class Store:
     # status and system messages --------------------------------------------------------------
 
     def put_status(self, row: dict[str, Any]) -> None:
+        """The device's current status; a change of online or battery also adds a `device_status_history` row."""
+        before = self.db.conn.execute("SELECT online, battery FROM device_status WHERE device_id = ?",
+                                      [row["device_id"]]).fetchone()
+        online = None if row.get("online") is None else int(row["online"])
         with self._tx():
             self._t("device_status").upsert({**row, "properties": json.dumps(row["properties"])}, pk="device_id")
+            if before is None or (before[0], before[1]) != (online, row.get("battery")):
+                self.db.conn.execute("INSERT INTO device_status_history (device_id, ts, online, battery)"
+                                     " VALUES (?, ?, ?, ?)", [row["device_id"], row["updated_at"], online,
+                                                              row.get("battery")])
+
+    def status_history(self, device_id: str, since: float) -> list[dict[str, Any]]:
+        """The device's online/battery changes since `since`, oldest first, after the last one before it (the
+        state `since` began in), if any."""
+        rows = self.db.conn.execute(
+            "SELECT * FROM (SELECT ts, online, battery, id FROM device_status_history WHERE device_id = ? AND ts < ?"
+            " ORDER BY ts DESC, id DESC LIMIT 1) UNION ALL SELECT ts, online, battery, id FROM device_status_history"
+            " WHERE device_id = ? AND ts >= ? ORDER BY 1, 4", [device_id, since, device_id, since]).fetchall()
+        return [{"ts": ts, "online": None if on is None else bool(on), "battery": bat} for ts, on, bat, _ in rows]
 
     def get_status(self, device_id: str) -> dict[str, Any] | None:
         try:
@@ -305,6 +277,9 @@ class Store:
         if self.before_write is not None:
             self.before_write()
         self.db.close()
+        if self.path is not None:
+            data_lock.release(self.path.parent)
+            self.path = None
 
 
 # The hot path of a call transition: raw prepared statements (sqlite3 caches them by text). A new call is
@@ -350,6 +325,11 @@ def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, ac
     if call.state is CallState.ENDED and before != CallState.ENDED.value:
         conn.executemany(_INSERT_RESIDENT_CALL, [(rid, call.call_id, call.created_at, outcome, int(outcome != "missed"))
                                                  for rid, outcome in outcomes(call).items()])
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern that matches only itself (with ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _decode_member(row: dict[str, Any]) -> dict[str, Any]:

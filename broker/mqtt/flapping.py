@@ -42,6 +42,11 @@ class FlappingGuard:
             return False
         return True
 
+    def lift(self, client_id: str) -> bool:
+        """An operator lifts the ban (and forgets the recent CONNECTs); False if the id was not banned."""
+        self._seen.pop(client_id, None)
+        return self._banned.pop(client_id, None) is not None
+
     def connected(self, client_id: str) -> bool:
         """Record an accepted CONNECT; False (and the id is banned) if it is one too many."""
         now = self._clock()

@@ -85,6 +85,10 @@ class HardeningMixin:
             self._hardening_state = state
         return state
 
+    def lift_ban(self, client_id: str) -> bool:
+        """Lift a client id's flapping ban (an operator's `intercom-broker admin unban`); False if none."""
+        return self._hardening().flapping.lift(client_id)
+
     @property
     def open_connections(self) -> int:
         """MQTT connections currently open (all listeners), as counted for `limits.max_connections`."""

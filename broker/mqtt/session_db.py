@@ -25,6 +25,7 @@ from amqtt.session import ApplicationMessage
 
 from broker.db_open import naming, open_db
 from broker.limiter import LogThrottle
+from broker.migrations import SESSIONS, upgrade
 from broker.mqtt.v5.message import MessageProps, props_of
 from broker.mqtt.v5.subscriptions import SubOptions
 from broker.write_gate import MAX_PAUSE_S, WriteGate
@@ -36,29 +37,6 @@ _quiet = LogThrottle()
 MAX_KEPT = 100_000  # writes kept in memory while sessions.db is locked
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _Write = tuple[str, tuple[Any, ...]]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS mqtt_sessions (client_id TEXT PRIMARY KEY, username TEXT, last_seen REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS mqtt_subscriptions (
-    client_id TEXT NOT NULL, topic TEXT NOT NULL, qos INTEGER NOT NULL, PRIMARY KEY (client_id, topic));
-CREATE TABLE IF NOT EXISTS mqtt_queue (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    qos INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS mqtt_queue_client ON mqtt_queue (client_id, id);
-CREATE TABLE IF NOT EXISTS mqtt_inflight (
-    client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, qos INTEGER NOT NULL, released INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (client_id, packet_id));
-CREATE TABLE IF NOT EXISTS mqtt_retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS mqtt_incoming (
-    client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    retain INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id));
-"""
-# MQTT 5 columns, added to files made before them (NULL: a 3.1.1 session, subscription or message)
-_V5_COLUMNS = {"mqtt_sessions": ("expiry_s INTEGER",), "mqtt_subscriptions": ("options INTEGER", "sub_id INTEGER"),
-               "mqtt_queue": ("props BLOB",), "mqtt_inflight": ("props BLOB",), "mqtt_retained": ("props BLOB",),
-               "mqtt_incoming": ("props BLOB",)}
-
 
 def _dump(msg: ApplicationMessage) -> bytes | None:
     props = props_of(msg)
@@ -91,12 +69,7 @@ class SessionDB:
             self.conn = open_db(path, busy_timeout_ms=busy_timeout_ms, check=check, move_aside=True,
                                 isolation_level=None)
         with naming(path or Path(":memory:")):
-            self.conn.executescript(_SCHEMA)
-            for table, columns in _V5_COLUMNS.items():
-                have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
-                for column in columns:
-                    if column.split()[0] not in have:
-                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            upgrade(self.conn, path, SESSIONS)
         self.frozen = False  # set at shutdown: amqtt then empties every queue, which must not reach disk
         self._seq = 0
         # offline-queue rows get their ids here, so a row written later (kept while locked) is still deletable

@@ -281,3 +281,85 @@ async def test_console_fits_a_phone_and_works_from_the_keyboard(make_harness, br
     await page.keyboard.press("Enter")
     await expect(page.locator("#page-site")).to_be_visible()
     assert await page.evaluate("document.activeElement.tagName + ':' + document.activeElement.textContent") == "H2:Site"
+
+
+async def test_site_search_paging_and_device_health(make_harness, browser):
+    """Site pages 20 households at a time and finds one through a resident's id; a device's health dialog shows its
+    online/offline and battery changes."""
+    h = await make_harness()
+    for i in range(45):
+        h.svc.directory.add_household(f"3{i:02d}", f"Flat {i}")
+        h.svc.directory.add_member("residents", f"res{i}", f"3{i:02d}", f"Tenant {i}")
+    for report in ({"online": True, "battery": 90}, {"battery": 60}, {"online": False, "battery": 40}):
+        assert (await h.post("/api/mqtt/device/status", {"device_id": "1", **report}))[0] == 200
+    t = await tabs(browser, h.base)
+    page = await t.open("site")
+    await expect(page.locator("#site-pages")).to_have_text("Households 1–20 of 47")
+    await expect(page.locator("#site-list > section")).to_have_count(20)
+    await page.get_by_role("button", name="Next").click()
+    await expect(page.locator("#site-pages")).to_have_text("Households 21–40 of 47")
+    await page.get_by_label("Search").fill("res33")
+    await expect(page.locator("#site-list > section")).to_have_count(1)
+    await expect(page.get_by_role("region", name="Household 333")).to_contain_text("Tenant 33")
+    await page.get_by_label("Search").fill("")
+    await page.get_by_role("button", name="Health of device 1").click()
+    dialog = page.locator("#device-health")
+    await expect(dialog.locator(".health-summary")).to_contain_text("battery 90 % → 40 % (lowest 40 %)")
+    await expect(dialog.locator("tbody tr")).to_have_count(3)
+    await expect(dialog.locator("tbody tr").first).to_contain_text("offline")
+    await shot(page, "site-health")
+    assert t.errors == []
+
+
+async def test_history_pages_searches_and_exports_a_date_range(make_harness, browser):
+    """60 calls: 50 on the first page, 10 on the next; search by call id; Export range downloads all 60 as CSV."""
+    h = await make_harness()
+    made = []
+    for _ in range(60):
+        call_id = (await h.start_call("1"))["call_id"]
+        assert (await h.post("/api/mqtt/end-session", {"call_id": call_id}))[0] == 200
+        made.append(call_id)
+    t = await tabs(browser, h.base, accept_downloads=True)
+    page = await t.open("history")
+    rows = page.locator("#history-table tbody tr")
+    await expect(rows).to_have_count(50)
+    await expect(page.locator("#history-page")).to_have_text("Page 1")
+    await page.get_by_role("button", name="Older").click()
+    await expect(rows).to_have_count(10)
+    await expect(page.locator("#history-table tbody")).to_contain_text(made[0])
+    await expect(page.get_by_role("button", name="Older")).to_be_disabled()
+    await page.get_by_role("button", name="Newer").click()
+    await expect(rows).to_have_count(50)
+    await page.get_by_label("Search").fill(made[7])
+    await page.get_by_role("button", name="Apply").click()
+    await expect(rows).to_have_count(1)
+    await page.get_by_label("Search").fill("")
+    today = await page.evaluate("new Date().toLocaleDateString('en-CA')")  # YYYY-MM-DD, the browser's day
+    await page.get_by_label("From", exact=True).fill(today)
+    await page.get_by_label("To", exact=True).fill(today)
+    async with page.expect_download() as download:
+        await page.get_by_role("button", name="Export range").click()
+    text = await asyncio.to_thread(Path(await (await download.value).path()).read_text)
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("call_id,start_time,") and len(lines) == 61
+    assert {line.split(",")[0] for line in lines[1:]} == set(made)
+    assert t.errors == []
+
+
+async def test_tables_fit_a_phone_without_hidden_columns(make_harness, browser):
+    """At 390 px every Site and History table fits its box: no column is cut off or left to sideways scrolling."""
+    h = await make_harness()
+    call_id = (await h.start_call("1"))["call_id"]
+    assert (await h.post("/api/mqtt/end-session", {"call_id": call_id}))[0] == 200
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    t = Tabs(context, h.base)
+    page = await t.open("site")
+    for name, table in (("site", "#site-list table"), ("history", "#history-table table")):
+        await page.goto(f"{h.base}/#{name}")
+        await expect(page.locator(table).first).to_be_visible()
+        widths = await page.eval_on_selector_all(
+            table, "ts => ts.map(t => [t.scrollWidth, t.parentElement.clientWidth])")
+        assert widths and all(inner <= outer for inner, outer in widths), (name, widths)
+        if name == "history":
+            await expect(page.locator("#history-table td[data-label='Call']")).to_contain_text(call_id)
+            await shot(page, "history-phone")

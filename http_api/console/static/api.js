@@ -63,8 +63,15 @@ async function blob(path) {
   return res.blob();
 }
 
+/** One page of a paged listing: its `data` and the cursor of the next page (null on the last). */
+async function page(path) {
+  const res = await send('GET', path);
+  return { data: await unwrap(res), next: res.headers.get('X-Next-Cursor') };
+}
+
 export const api = {
   get: (path) => request('GET', path),
+  page,
   post: (path, body = {}) => request('POST', path, body),
   patch: (path, body) => request('PATCH', path, body),
   put: (path, body) => request('PUT', path, body),

@@ -1,4 +1,4 @@
-// History: finished and live calls with their outcome and times, filters, CSV export, and a 7-day chart.
+// History: calls with their outcome and times; filters, a date range, search, paging, CSV export, a 7-day chart.
 import { api } from './api.js';
 import { enabled, historyColumns } from './extensions.js';
 import { attempt, duration, field, h, secondsBetween, when } from './ui.js';
@@ -7,9 +7,14 @@ export const title = 'History';
 
 const OUTCOMES = ['answered', 'missed', 'rejected'];
 const DAY = 86400000;
+const PAGE = 50;
 let ctx;
 let els;
 let rows = [];
+let chartRows = [];
+let cursors = [null]; // cursors[i]: the cursor of page i (null: the newest page)
+let pageNo = 0;
+let nextCursor = null;
 
 /**
  * answered (someone picked up, or opened the door from the ringing call), rejected, missed (rang out,
@@ -24,15 +29,25 @@ export function outcome(call) {
 export function mount(section, context) {
   ctx = context;
   const filters = h('form', { class: 'card row', id: 'history-filters', 'aria-label': 'Filter calls' },
+    field('Search', h('input', { type: 'search', name: 'q', placeholder: 'call, resident or device id',
+                                 autocomplete: 'off' })),
     field('Household', h('select', { name: 'household_number' }, h('option', { value: '' }, 'All'))),
     field('Device', h('select', { name: 'device_id' }, h('option', { value: '' }, 'All'))),
+    field('From', h('input', { type: 'date', name: 'since' })),
+    field('To', h('input', { type: 'date', name: 'until' })),
     h('label', { class: 'check' }, h('input', { type: 'checkbox', name: 'missed' }), 'Missed only'),
     h('button', { type: 'submit' }, 'Apply'),
-    h('button', { type: 'button', class: 'secondary', onclick: exportCsv }, 'Export CSV'));
+    h('button', { type: 'button', class: 'secondary', onclick: exportCsv }, 'Export CSV'),
+    h('button', { type: 'button', class: 'secondary', onclick: exportRange,
+                  title: 'Every call from the From date to the To date, from the box' }, 'Export range'));
   filters.addEventListener('submit', (event) => {
     event.preventDefault();
     load();
   });
+  const pager = h('nav', { class: 'row pager', 'aria-label': 'History pages' },
+    h('button', { type: 'button', class: 'secondary', id: 'history-prev', onclick: () => turn(-1) }, 'Newer'),
+    h('span', { id: 'history-page', 'aria-live': 'polite' }),
+    h('button', { type: 'button', class: 'secondary', id: 'history-next', onclick: () => turn(1) }, 'Older'));
   const per = (value, text, checked) => h('label', { class: 'check' },
     h('input', { type: 'radio', name: 'per', value, checked, onchange: renderChart }), text);
   els = { filters, chart: h('div', { class: 'chart', id: 'history-chart' }), note: h('p', { class: 'hint' }),
@@ -43,7 +58,8 @@ export function mount(section, context) {
         per('day', 'Per day', true), per('hour', 'Per hour', false)),
       els.chart, h('div', { class: 'legend' }, OUTCOMES.map((o) => h('span', {}, h('span', { class: `sw c-${o}` }), o))),
       els.note),
-    h('div', { class: 'card' }, els.table));
+    h('div', { class: 'card' }, els.table, pager));
+  els.pager = pager;
 }
 
 export function show() {
@@ -63,16 +79,52 @@ async function fillSelects() {
   }
 }
 
-async function load() {
+/** The filters as query parameters: the date inputs are local days, `until` inclusive. */
+function query() {
   const f = els.filters.elements;
-  const query = new URLSearchParams({ limit: String(ctx.cfg.calls.history_limit_max) });
-  if (f.household_number.value) query.set('household_number', f.household_number.value);
-  if (f.device_id.value) query.set('device_id', f.device_id.value);
-  const calls = await attempt(() => api.get(`/api/calls?${query}`));
-  if (!calls) return;
-  rows = f.missed.checked ? calls.filter((c) => outcome(c) === 'missed') : calls;
-  els.note.textContent = `From the newest ${calls.length} calls matching the filters (at most ${ctx.cfg.calls.history_limit_max}).`;
+  const q = new URLSearchParams();
+  for (const name of ['household_number', 'device_id', 'q']) if (f[name].value.trim()) q.set(name, f[name].value.trim());
+  if (f.since.value) q.set('since', new Date(`${f.since.value}T00:00`).toISOString());
+  if (f.until.value) q.set('until', new Date(new Date(`${f.until.value}T00:00`).getTime() + DAY).toISOString());
+  return q;
+}
+
+async function load() {
+  cursors = [null];
+  pageNo = 0;
+  await Promise.all([loadPage(), loadChart()]);
+}
+
+async function turn(step) {
+  if (step > 0 && !nextCursor) return;
+  if (step > 0) cursors[pageNo + 1] = nextCursor;
+  pageNo = Math.max(0, pageNo + step);
+  await loadPage();
+}
+
+async function loadPage() {
+  const q = query();
+  q.set('limit', String(PAGE));
+  if (cursors[pageNo]) q.set('cursor', cursors[pageNo]);
+  const page = await attempt(() => api.page(`/api/calls?${q}`));
+  if (!page) return;
+  nextCursor = page.next;
+  rows = els.filters.elements.missed.checked ? page.data.filter((c) => outcome(c) === 'missed') : page.data;
+  els.pager.querySelector('#history-page').textContent = `Page ${pageNo + 1}`;
+  els.pager.querySelector('#history-prev').disabled = pageNo === 0;
+  els.pager.querySelector('#history-next').disabled = !nextCursor;
   renderTable();
+}
+
+async function loadChart() {
+  const q = query();
+  q.set('since', new Date(Date.now() - 8 * DAY).toISOString());
+  q.delete('until');
+  q.set('limit', String(ctx.cfg.calls.history_limit_max));
+  const page = await attempt(() => api.page(`/api/calls?${q}`));
+  if (!page) return;
+  chartRows = page.data;
+  els.note.textContent = page.next ? `From the newest ${page.data.length} calls of these days.` : '';
   renderChart();
 }
 
@@ -97,8 +149,9 @@ const talk = (r) => secondsBetween(r.connected_at, r.ended_at);
 
 function renderTable() {
   const cols = columns();
-  const body = rows.map((r) => h('tr', { dataset: { callId: r.call_id } }, cols.map((c) => h('td', {}, c.cell(r)))));
-  els.table.replaceChildren(h('table', {}, h('thead', {}, h('tr', {}, cols.map((c) => h('th', { scope: 'col' }, c.label)))),
+  const body = rows.map((r) => h('tr', { dataset: { callId: r.call_id } },
+    cols.map((c) => h('td', { dataset: { label: c.label } }, c.cell(r)))));
+  els.table.replaceChildren(h('table', { class: 'stack' }, h('thead', {}, h('tr', {}, cols.map((c) => h('th', { scope: 'col' }, c.label)))),
     h('tbody', {}, body.length ? body : h('tr', {}, h('td', { colspan: cols.length, class: 'muted' }, 'No calls.')))));
 }
 
@@ -114,6 +167,19 @@ function exportCsv() {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
+/** Every call of the date range, as the box's own CSV (GET /api/calls.csv: no paging limit). */
+async function exportRange() {
+  const q = query();
+  const file = await attempt(() => api.blob(`/api/calls.csv?${q}`));
+  if (!file) return;
+  const f = els.filters.elements;
+  const link = h('a', { href: URL.createObjectURL(file), download: `calls-${f.since.value || 'start'}-${f.until.value || 'now'}.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
 function renderChart() {
   const perHour = els.filters.closest('section').querySelector('input[name="per"]:checked')?.value === 'hour';
   const size = perHour ? 3600000 : DAY;
@@ -122,7 +188,9 @@ function renderChart() {
   const count = perHour ? 7 * 24 : 7;
   const start = end.getTime() - count * size;
   const buckets = Array.from({ length: count }, () => ({ answered: 0, missed: 0, rejected: 0 }));
-  for (const r of rows) {
+  const missedOnly = els.filters.elements.missed.checked;
+  for (const r of chartRows) {
+    if (missedOnly && outcome(r) !== 'missed') continue;
     const i = Math.floor((new Date(r.start_time).getTime() - start) / size);
     const o = outcome(r);
     if (i >= 0 && i < count && o in buckets[i]) buckets[i][o] += 1;

@@ -1,8 +1,9 @@
 // Site: households, residents and devices, edited through the admin REST API; a new token is shown once.
+// Search and pages of households; each device's health (online/offline, battery) over the last days.
 import { api, seg } from './api.js';
 import { enabled, idList, memberFields, settings } from './extensions.js';
 import { openSetting } from './settings.js';
-import { attempt, copyText, field, h, toast } from './ui.js';
+import { attempt, copyText, duration, field, h, toast, when } from './ui.js';
 
 export const title = 'Site';
 
@@ -11,19 +12,45 @@ const KINDS = {
   residents: { one: 'resident', key: 'resident_id', label: 'Resident id' },
   devices: { one: 'device', key: 'device_id', label: 'Device id' },
 };
+const PAGE = 20; // households per page
 let ctx;
 let els;
 let data = { households: [], residents: [], devices: [] };
+let pageNo = 0;
 
 export function mount(section, context) {
   ctx = context;
   els = { list: h('div', { id: 'site-list' }), token: h('div', { id: 'site-token', class: 'card', hidden: true }),
-          dialog: h('dialog', { id: 'site-edit', 'aria-labelledby': 'site-edit-title' }) };
+          dialog: h('dialog', { id: 'site-edit', 'aria-labelledby': 'site-edit-title' }),
+          search: h('input', { type: 'search', id: 'site-search', placeholder: 'household, resident or device',
+                               autocomplete: 'off', oninput: () => { pageNo = 0; render(); } }),
+          pages: h('span', { id: 'site-pages', 'aria-live': 'polite' }),
+          prev: h('button', { type: 'button', class: 'secondary', onclick: () => turn(-1) }, 'Previous'),
+          next: h('button', { type: 'button', class: 'secondary', onclick: () => turn(1) }, 'Next') };
   section.append(
     h('h2', { tabindex: -1 }, 'Site'),
     h('div', { class: 'grid' }, addForm('households'), addForm('residents'), addForm('devices')),
-    els.token, els.list, els.dialog,
+    els.token,
+    h('div', { class: 'card row', role: 'search', 'aria-label': 'Find on the site' },
+      field('Search', els.search), h('nav', { class: 'row pager', 'aria-label': 'Household pages' },
+        els.prev, els.pages, els.next)),
+    els.list, els.dialog,
   );
+}
+
+function turn(step) {
+  pageNo = Math.max(0, pageNo + step);
+  render();
+}
+
+/** Households matching the search: by number or name, or through one of their residents or devices. */
+function matching() {
+  const q = els.search.value.trim().toLowerCase();
+  if (!q) return data.households;
+  const hit = (...texts) => texts.some((t) => t && String(t).toLowerCase().includes(q));
+  const via = new Set([...data.residents.filter((r) => hit(r.resident_id, r.name)),
+                       ...data.devices.filter((d) => hit(d.device_id, d.name))].map((m) => m.household_number));
+  return data.households.filter((hh) => via.has(hh.household_number) || hit(hh.household_number, hh.name));
 }
 
 export function show() {
@@ -157,22 +184,33 @@ function memberTable(kind, rows) {
   const body = rows.map((row) => {
     const id = row[info.key];
     const label = `${info.one} ${id}`;
-    return h('tr', { dataset: { id } }, h('td', { class: 'mono' }, id), h('td', {}, row.name || ''),
-      extras.map((f) => h('td', {}, f.column(row))),
-      h('td', {}, h('div', { class: 'actions' },
+    return h('tr', { dataset: { id } }, h('td', { class: 'mono', dataset: { label: 'Id' } }, id),
+      h('td', { dataset: { label: 'Name' } }, row.name || ''),
+      extras.map((f) => h('td', { dataset: { label: f.heading || f.label } }, f.column(row))),
+      h('td', { dataset: { label: 'Actions' } }, h('div', { class: 'actions' },
         h('button', { type: 'button', class: 'secondary', 'aria-label': `Edit ${label}`, onclick: () => edit(kind, row) }, 'Edit'),
+        kind === 'devices' ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Health of ${label}`,
+                                           onclick: () => health(id) }, 'Health') : null,
         settingButtons(kind, id, row),
         h('button', { type: 'button', class: 'secondary', 'aria-label': `New token for ${label}`,
                       onclick: () => reissue(kind, id) }, 'New token'),
         h('button', { type: 'button', class: 'danger', 'aria-label': `Delete ${label}`, onclick: () => remove(kind, id) },
           'Delete'))));
   });
-  return h('div', { class: 'scroll' }, h('table', {}, h('caption', { class: 'muted' }, kind), h('thead', {}, head),
+  return h('div', { class: 'scroll' }, h('table', { class: 'stack' }, h('caption', { class: 'muted' }, kind), h('thead', {}, head),
     h('tbody', {}, body.length ? body : h('tr', {}, h('td', { colspan: 3 + extras.length, class: 'muted' }, `No ${kind}.`)))));
 }
 
 function render() {
-  els.list.replaceChildren(...data.households.map((hh) => {
+  const found = matching();
+  const pages = Math.max(1, Math.ceil(found.length / PAGE));
+  pageNo = Math.min(pageNo, pages - 1);
+  const shownHouseholds = found.slice(pageNo * PAGE, (pageNo + 1) * PAGE);
+  els.pages.textContent = found.length
+    ? `Households ${pageNo * PAGE + 1}–${pageNo * PAGE + shownHouseholds.length} of ${found.length}` : 'No household matches';
+  els.prev.disabled = pageNo === 0;
+  els.next.disabled = pageNo >= pages - 1;
+  els.list.replaceChildren(...shownHouseholds.map((hh) => {
     const n = hh.household_number;
     const label = `household ${n}`;
     const shown = enabled(settings.households, ctx.features);
@@ -229,4 +267,27 @@ async function remove(kind, id) {
     toast(`Deleted ${one} ${id}`, 'info');
     changed();
   }
+}
+
+/** The device's online/offline and battery changes over the last 7 days, with a summary, in the dialog. */
+async function health(id) {
+  const report = await attempt(() => api.get(`/api/devices/${seg(id)}/status/history?days=7`));
+  if (!report) return;
+  const s = report.summary;
+  const pct = s.online_ratio === null ? 'no reports yet' : `online ${Math.round(s.online_ratio * 1000) / 10} %`;
+  const battery = s.battery_last === null ? '' : ` · battery ${s.battery_first} % → ${s.battery_last} % (lowest ${s.battery_min} %)`;
+  const rows = report.changes.slice().reverse().map((c) => h('tr', {},
+    h('td', { dataset: { label: 'Since' } }, when(c.ts)),
+    h('td', { dataset: { label: 'State' } }, h('span', { class: `badge ${c.online ? 'on' : 'off'}` },
+      c.online === null ? 'unknown' : c.online ? 'online' : 'offline')),
+    h('td', { dataset: { label: 'Battery' } }, c.battery === null ? '' : `${c.battery} %`)));
+  els.dialog.replaceChildren(h('form', { method: 'dialog', id: 'device-health' },
+    h('h3', { id: 'site-edit-title' }, `Health of device ${id}, last 7 days`),
+    h('p', { class: 'health-summary' }, `${pct}${battery}`,
+      s.longest_outage_s ? ` · longest outage ${duration(s.longest_outage_s)}` : ''),
+    h('div', { class: 'scroll' }, h('table', { class: 'stack' },
+      h('thead', {}, h('tr', {}, ['Since', 'State', 'Battery'].map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: 3, class: 'muted' }, 'No reports in these days.'))))),
+    h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Close'))));
+  els.dialog.showModal();
 }
