@@ -196,7 +196,6 @@ INTERCOM: tuple[Migration, ...] = (
             resident_id TEXT NOT NULL, name TEXT NOT NULL, token_hash TEXT NOT NULL, created_at REAL NOT NULL,
             PRIMARY KEY (resident_id, name));
     """),
-    # broker/core/audit.py's AUDIT_DDL (it keeps creating the table IF NOT EXISTS: harmless once this ran)
     Migration(5, "audit: admin changes, token issue and revocation, door unlocks, console sign-ins", """
         CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, actor TEXT NOT NULL,
             action TEXT NOT NULL, target TEXT, outcome TEXT NOT NULL, remote TEXT, detail TEXT);

@@ -10,37 +10,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 from broker.core.store import Store
 
-__all__ = ["AUDIT_DDL", "Audit", "create_audit_table"]
+__all__ = ["Audit"]
 
 log = logging.getLogger("intercom.audit")
-
-# The audit table's schema; folded into the numbered migrations of intercom.db as one step.
-AUDIT_DDL = (
-    "CREATE TABLE IF NOT EXISTS audit ("
-    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " ts REAL NOT NULL,"            # unix seconds
-    " actor TEXT NOT NULL,"         # principal "role:id", "anonymous" (local-only) or "unknown" (refused sign-in)
-    " action TEXT NOT NULL,"        # e.g. admin.create, token.issue, token.revoke, door.unlock, console.sign_in
-    " target TEXT,"                 # e.g. "devices/1"
-    " outcome TEXT NOT NULL,"       # ok, or the refusal's reason (forbidden, ack_timeout, ...)
-    " remote TEXT,"                 # the REST caller's address, or the MQTT client id
-    " detail TEXT"                  # JSON object, or NULL
-    ")",
-    "CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts)",
-)
-
-
-def create_audit_table(conn: sqlite3.Connection) -> None:
-    for statement in AUDIT_DDL:
-        conn.execute(statement)
-
 
 def _cursor(row_id: int) -> str:
     return base64.urlsafe_b64encode(str(row_id).encode()).decode().rstrip("=")
@@ -58,9 +36,7 @@ def _after(cursor: str) -> int:
 class Audit:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.clock = clock
-        with store.db.conn:
-            create_audit_table(store.db.conn)
+        self.clock = clock  # the table is intercom.db's schema version 5 (broker/migrations.py)
 
     def record(self, actor: str, action: str, target: str | None, outcome: str, remote: str | None = None,
                detail: dict[str, Any] | None = None) -> None:
