@@ -166,9 +166,8 @@ class TopicAclPlugin(BaseTopicPlugin):
                 log.exception("ACL check of %r failed", topic)
                 ok = False
         if not ok:
-            if (suppressed := self.refusals.check(f"{session.client_id}|{action}")) is not None:
-                log.warning("ACL: %s may not %s %r%s", principal or session.client_id, action, subscribed,
-                            f" ({suppressed} more refused since last logged)" if suppressed else "")
+            self.refusals.log(log, logging.WARNING, f"{session.client_id}|{action}", "ACL: %r may not %s %r",
+                              principal or session.client_id, action, subscribed)
             return False
         if action is Action.SUBSCRIBE:
             return self._count_subscription(session, subscribed)
@@ -184,7 +183,7 @@ class TopicAclPlugin(BaseTopicPlugin):
         if party is None or party in played:
             return
         played.add(party)
-        log.info("admin client %r plays %s (simulated) on %s", session.client_id, party, topic)
+        log.info("admin client %r plays %s (simulated) on %r", session.client_id, party, topic)
 
     def _count_subscription(self, session: Session, topic_filter: str) -> bool:
         held: set[str] = session.attributes.setdefault(FILTERS, set())
@@ -192,7 +191,8 @@ class TopicAclPlugin(BaseTopicPlugin):
             return True
         cap = self.services.settings.limits.max_subscriptions_per_client if self.services else 0
         if len(held) >= cap:
-            log.warning("%s has %d subscriptions, the maximum: refused %r", session.client_id, cap, topic_filter)
+            self.refusals.log(log, logging.WARNING, f"{session.client_id}|cap", "%r has %d subscriptions, the maximum: "
+                              "refused %r", session.client_id, cap, topic_filter)
             return False
         held.add(topic_filter)
         return True

@@ -93,8 +93,9 @@ class IntercomAuthPlugin(BaseAuthPlugin):
                             session.username, session.remote_address, n)
             return False
         if not client_id_allowed(principal, session.client_id or "", svc.settings.auth.client_id_suffixes):
-            log.warning("refused CONNECT of %s %s: client id %r is not %r", principal.role, principal.id,
-                        session.client_id, bound_client_id(principal))
+            _quiet.log(log, logging.WARNING, f"client id {principal.role}:{principal.id}",
+                       "refused CONNECT of %s %r: client id %r is not %r", principal.role, principal.id,
+                       session.client_id, bound_client_id(principal))
             session.attributes[REFUSAL] = IDENTIFIER_REJECTED
             return False
         if self._connects is not None and not self._connects.take(f"{principal.role}:{principal.id}"):

@@ -19,10 +19,12 @@ from broker.core.errors import DomainError, error_text
 from broker.core.payloads import CommandAck, ControlMessage, DndCommand, DoorCommandRequest, SeenCommand, topics
 from broker.core.services import Services
 from broker.core.states import Party
+from broker.limiter import LogThrottle
 
 __all__ = ["on_publish", "request_id"]
 
 log = logging.getLogger("intercom.mqtt")
+_quiet = LogThrottle()  # refused unlocks are client-driven
 _running: set[asyncio.Task[None]] = set()  # unlocks waiting for their ack (a task needs a strong reference)
 
 
@@ -69,7 +71,8 @@ async def _unlock(svc: Services, party: Party, cmd: DoorCommandRequest) -> None:
     try:
         result = await svc.doors.unlock(Opener(party.id), cmd.device_id, cmd.call_id, cmd.relay)
     except DomainError as exc:
-        log.warning("refused unlock of device %s by %s: %s %s", cmd.device_id, party.key, exc.status, exc.detail)
+        _quiet.log(log, logging.WARNING, f"unlock {party.key}", "refused unlock of device %r by %r: %s %r",
+                   cmd.device_id, party.key, exc.status, exc.detail)
         svc.calls.send_error(party, exc.status, error_text(exc.status, exc.detail), call_info, cmd.request_id,
                              exc.reason)
         return

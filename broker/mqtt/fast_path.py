@@ -32,6 +32,7 @@ from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 
 from broker.config import LimitsConfig
+from broker.limiter import LogThrottle
 from broker.mqtt import amqtt_compat
 from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
 from broker.mqtt.hooks import ReplyTo
@@ -61,6 +62,7 @@ class _SessionTable(dict[str, tuple[Session, "BrokerProtocolHandler"]]):
         self._on_register(entry[1], entry[0])
 
 log = logging.getLogger("intercom.fastpath")
+_quiet = LogThrottle()  # client-driven lines
 
 
 class FastPathMixin(RoutingMixin):
@@ -184,7 +186,8 @@ class FastPathMixin(RoutingMixin):
                     retain: bool) -> bool:
         """`_accept_publish` without awaits (only when every ACL is synchronous and no event listens)."""
         if not topic or "#" in topic or "+" in topic:
-            log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+            _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
+                       "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
             self._spawn(handler.handle_connection_closed())
             return False
         hooks = self._plugin_hooks()
@@ -270,7 +273,8 @@ class FastPathMixin(RoutingMixin):
         if not topic or "#" in topic or "+" in topic:
             # $-topics are routed: the index never matches them against a leading `+` or `#`
             # [MQTT-4.7.2-1], and the ACL decides who may publish there (amqtt closed the connection)
-            log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+            _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
+                       "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
             self._spawn(handler.handle_connection_closed())
             return False
         if not await self._allowed(session, topic, Action.PUBLISH):
@@ -320,13 +324,15 @@ class FastPathMixin(RoutingMixin):
         held = session.inflight_in
         if packet_id not in held:  # else a re-send of a message held already: PUBREC again [MQTT-4.3.3-2]
             if not topic or "#" in topic or "+" in topic:
-                log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+                _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
+                           "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
                 return False
             if not allowed:
                 pass  # acknowledged (PUBREC below) and dropped; the ACL plugin logged the refusal
             elif len(held) >= self.limits.max_inflight_messages:
-                log.warning("closing %s: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
-                            session.client_id, self.limits.max_inflight_messages)
+                _quiet.log(log, logging.WARNING, f"qos2 {session.remote_address}",
+                           "closing %r: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
+                           session.client_id, self.limits.max_inflight_messages)
                 return False
             else:  # stored (on disk for a persistent session) before PUBREC says it is
                 held[packet_id] = IncomingApplicationMessage(packet_id, topic, QOS_2, data, retain)

@@ -37,7 +37,7 @@ from transitions import MachineError
 
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
-from broker.limiter import is_exempt
+from broker.limiter import LogThrottle, is_exempt
 from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
 from broker.mqtt.flapping import FlappingGuard
 from broker.mqtt.hooks import REFUSAL, REVOKED
@@ -51,6 +51,7 @@ from broker.mqtt.ws_listener import serve as serve_ws
 __all__ = ["HardeningMixin"]
 
 log = logging.getLogger("intercom.hardening")
+_quiet = LogThrottle()  # client-driven lines
 
 # CONNACK return codes (amqtt's constants are untyped)
 ACCEPTED: int = CONNECTION_ACCEPTED
@@ -174,7 +175,8 @@ class HardeningMixin:
             return False
         if session.will_flag and session.will_topic is not None and not await self._topic_filtering(  # type: ignore[attr-defined]
                 session, session.will_topic, Action.PUBLISH):
-            log.warning("refused CONNECT of %s: Will topic %r not allowed", session.client_id, session.will_topic)
+            _quiet.log(log, logging.WARNING, f"will {session.remote_address}",
+                       "refused CONNECT of %r: Will topic %r not allowed", session.client_id, session.will_topic)
             session.attributes[REFUSAL] = REFUSED
             return False
         return True
@@ -185,7 +187,8 @@ class HardeningMixin:
         cid = session.client_id or ""
         watched = not is_exempt(session.remote_address, self.limits.exempt_networks)
         if watched and state.flapping.banned(cid):
-            log.warning("refused CONNECT of %s: client id banned for flapping", cid)
+            _quiet.log(log, logging.WARNING, f"banned {cid}", "refused CONNECT of %r: client id banned for flapping",
+                       cid)
             return UNAVAILABLE
         if not await self._authenticate(session, self.listeners_config[listener_name]):
             code: int = session.attributes.pop(REFUSAL, REFUSED)
@@ -226,7 +229,8 @@ class HardeningMixin:
         live = self._hardening().live.get(client_id)
         if live is None:
             return
-        log.warning("client %s connected again: closing its previous connection", client_id)
+        _quiet.log(log, logging.WARNING, f"again {client_id}", "client %r connected again: closing its previous "
+                   "connection", client_id)
         await live.close()
         with suppress(TimeoutError):
             await asyncio.wait_for(live.done.wait(), _TAKEOVER_WAIT_S)
@@ -336,7 +340,8 @@ class HardeningMixin:
                 break
             except (MachineError, ValueError):
                 if session.transitions.is_connected():
-                    log.warning("client %s is already connected, performing take-over", cid)
+                    _quiet.log(log, logging.WARNING, f"again {cid}", "client %r is already connected, performing "
+                               "take-over", cid)
                     old_handler = self._sessions[cid][1]
                     await old_handler.handle_connection_closed()
                     await old_handler.stop()

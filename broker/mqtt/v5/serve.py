@@ -26,6 +26,7 @@ from amqtt.utils import gen_client_id
 from transitions import MachineError
 
 from broker.config import LimitsConfig
+from broker.limiter import LogThrottle
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.live import Live
 from broker.mqtt.packet_guard import GuardedReader
@@ -45,6 +46,7 @@ else:
 __all__ = ["V5Mixin", "session_expired"]
 
 log = logging.getLogger("intercom.mqtt5")
+_quiet = LogThrottle()  # refused CONNECTs are client-driven
 _WILL = "intercom.v5.will"  # session attribute: the pending delayed Will, (timer, will)
 _NEVER = 0xFFFFFFFF
 # 3.1.1 CONNACK return codes (what admission answers) -> MQTT 5 CONNACK reason codes
@@ -98,7 +100,9 @@ class V5Mixin(_Base):
             server.release_connection()
 
     async def _v5_refuse(self, writer: Any, reason: int, why: str, client_id: str | None = None) -> None:
-        log.warning("refused MQTT 5 CONNECT of %r: %s (reason %#04x)", client_id, why, reason)
+        peer = writer.get_peer_info()
+        _quiet.log(log, logging.WARNING, f"refused {peer[0] if peer else '?'}",
+                   "refused MQTT 5 CONNECT of %r: %s (reason %#04x)", client_id, why, reason)
         with contextlib.suppress(Exception):
             writer.write(encode.encode_connack(False, reason, {}))
             await asyncio.wait_for(writer.drain(), 1.0)
