@@ -27,8 +27,9 @@ from broker.core.trtc import Trtc
 from broker.db_open import StorageError
 from broker.mqtt.session_persistence import SessionPersistence
 from broker.tls import server_context
+from broker.web_guard import WebGuard
 from http_api import create_app
-from http_api.keys import HEALTH, WS_PORT
+from http_api.keys import HEALTH, WEB_GUARD, WS_PORT
 from plugins.acl import TopicAclPlugin
 from plugins.auth import IntercomAuthPlugin
 from plugins.call_plugin import CallPlugin
@@ -102,16 +103,20 @@ def bind_plugins(plugins: list[object], services: Services, presence: Presence,
                 plugin.bind_persistence(persistence)
 
 
-async def start_http(services: Services, ws_port: int | None = None) -> tuple[web.AppRunner, int]:
+async def start_http(services: Services, ws_port: int | None = None,
+                     guard: WebGuard | None = None) -> tuple[web.AppRunner, int]:
     """The REST app on the configured host and port; returns the runner and the bound port.
 
-    `ws_port`: the embedded broker's MQTT-over-WebSocket port, where the console connects.
+    `ws_port`: the embedded broker's MQTT-over-WebSocket port, where the console connects. `guard`: the
+    Host/Origin rules the WebSocket listener shares; it learns the bound REST port here (the console's origin).
     """
     s = services.settings
-    app = create_app(services)
+    app = create_app(services, guard)
     if ws_port is not None:
         app[WS_PORT] = ws_port
     http_tls = server_context(s.http.tls) if s.http.tls is not None else None
     runner, _ = await http_site.start_http(app, s.server.host, s.server.http_port, s.limits, http_tls)
     app[HEALTH]["broker"] = True
-    return runner, int(runner.addresses[0][1])
+    port = int(runner.addresses[0][1])
+    app[WEB_GUARD].http_port = port
+    return runner, port

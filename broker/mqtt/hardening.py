@@ -47,6 +47,7 @@ from broker.mqtt.packet_guard import GuardedReader, GuardLimits
 from broker.mqtt.v5.serve import session_expired
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
+from broker.web_guard import WebGuard
 
 __all__ = ["HardeningMixin"]
 
@@ -71,6 +72,8 @@ class HardeningMixin:
     listeners_config: Any
 
     limits: LimitsConfig = LimitsConfig()
+    # Host/Origin rules of the WebSocket listener (set by the server, shared with REST); default: loopback names
+    web_guard: WebGuard = WebGuard(["localhost", "127.0.0.1", "::1"], [])
     handler_class: type[BrokerProtocolHandler]  # FastPathMixin's FastHandler
     # listener name -> TLS context; set by the server before start()
     tls_contexts: dict[str, ssl.SSLContext] = {}  # noqa: RUF012 - replaced per instance, never mutated
@@ -99,7 +102,7 @@ class HardeningMixin:
         limits = self.limits
         if listener_type == ListenerType.WS:
             return await serve_ws(partial(self._ws_connected, listener_name=listener_name), address, port, context,
-                                  limits)
+                                  limits, self.web_guard)
         if listener_type != ListenerType.TCP:
             return await super()._create_server_instance(  # type: ignore[misc]
                 listener_name, listener_type, address, port, context)
