@@ -44,7 +44,7 @@ from broker.mqtt.hooks import REFUSAL, REVOKED
 from broker.mqtt.keyed_lock import KeyedLock
 from broker.mqtt.live import Live, TimedProtocol, accepted_at, refuse
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
-from broker.mqtt.v5.serve import session_expired
+from broker.mqtt.v5.serve import session_expired, take_pending_will
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
 from broker.web_guard import WebGuard
@@ -206,6 +206,11 @@ class HardeningMixin:
         """amqtt's clean/persistent session choice, run only after `incoming` authenticated."""
         cid = incoming.client_id
         assert cid is not None
+        old = self._sessions.get(cid, (None, None))[0]
+        # an MQTT 5 session's delayed Will: cancelled by this resume, due now if the session ends here
+        due = take_pending_will(old) if old is not None else None
+        if due is not None and old is not None and (incoming.clean_session or old.clean_session):
+            self._v5_publish_will(old, due)  # type: ignore[attr-defined]
         if incoming.clean_session:
             await self._delete_session(cid)  # type: ignore[attr-defined]
             session = incoming
@@ -251,6 +256,7 @@ class HardeningMixin:
         for session in victims:
             session.attributes[REVOKED] = True
             session.will_flag = False
+            take_pending_will(session)  # an MQTT 5 delayed Will waiting for its delay: never published
             session.clean_session = True  # nothing of it is kept: not in memory, not on disk
         return asyncio.ensure_future(self._end_sessions(victims))
 
@@ -288,6 +294,8 @@ class HardeningMixin:
                 current = self._sessions.get(cid)
                 if current is not None and current[0] is stale_session and stale_session.transitions.state == \
                         "disconnected":
+                    if (due := take_pending_will(stale_session)) is not None:  # the session ends: its Will is due
+                        self._v5_publish_will(stale_session, due)  # type: ignore[attr-defined]
                     await self._cleanup_session(cid)  # type: ignore[attr-defined]
             await asyncio.sleep(1)
 
