@@ -70,7 +70,9 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
     try:
         body = _decode(svc, payload)
         if isinstance(body, dict) and body.get("origin") == "server":
-            return  # our own message echoed back by a client
+            if client_id is None:
+                return  # bridge mode: our own message, echoed back by the external broker
+            raise BadRequest("origin: only the server's messages carry origin 'server'")
         if principal is not None and principal.role != "admin" and (principal.role, principal.id) != (
             party.role.value, party.id):
             raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_2
+from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
@@ -124,6 +125,11 @@ class FastPathMixin(RoutingMixin):
             await self._drain_delivered(client_session, handler)
             waiter = h._disconnect_waiter
             result = await waiter if waiter is not None else None
+            if not isinstance(result, DisconnectPacket) and client_session.will_flag and client_session.will_topic:
+                # published here, as a PUBLISH would be; amqtt's _handle_disconnect then finds no Will to send
+                self.publish_will(client_session, client_session.will_topic, bytes(client_session.will_message or b""),
+                                  client_session.will_qos or 0, bool(client_session.will_retain))
+                client_session.will_flag = False
             done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             done.set_result(result)
             await self._handle_disconnect(client_session, handler, done)
@@ -198,11 +204,15 @@ class FastPathMixin(RoutingMixin):
 
     def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks,
                props: MessageProps | None = None, reply: ReplyTo | None = None) -> int:
-        """The end of every accepted publish (3.1.1 and 5): deliver, retain, then let interceptors (the call
-        plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched."""
-        matched = self.deliver(session, topic, data, qos, retain, props)
-        if retain:
-            self.retain_now(session, topic, data, qos, props)
+        """The end of every accepted publish and Will (3.1.1 and 5): deliver, retain, then let interceptors (the
+        call plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched.
+        On a topic a plugin owns (`OwnsTopics`: a device's status) only the interceptors see it."""
+        if hooks.owned and any(owns(topic) for owns in hooks.owned):
+            matched = 1  # the owning plugin is its subscriber
+        else:
+            matched = self.deliver(session, topic, data, qos, retain, props)
+            if retain:
+                self.retain_now(session, topic, data, qos, props)
         if reply is None:
             for intercept in hooks.intercepts:
                 try:
@@ -216,6 +226,12 @@ class FastPathMixin(RoutingMixin):
             except Exception:
                 log.exception("intercept_request failed on %s", topic)
         return matched
+
+    def publish_will(self, session: Session, topic: str, payload: bytes, qos: int, retain: bool,
+                     props: MessageProps | None = None) -> None:
+        """A Will (3.1.1 or 5) is published like the client's own PUBLISH: same routing, retain and interceptors
+        (so it obeys the same rules on the topics a plugin owns)."""
+        self._route(session, topic, payload, qos, retain, self._plugin_hooks(), props)
 
     def _puback_now(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> Any:
         """PUBACK handled inside the reader's call, like `_publish_now`."""

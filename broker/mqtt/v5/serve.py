@@ -323,9 +323,7 @@ class V5Mixin(_Base):
 
     def _v5_publish_will(self, session: Session, will: _Will) -> None:
         routing: Any = self
-        routing.deliver(session, will.topic, will.payload, will.qos, will.retain, will.props)
-        if will.retain:
-            routing.retain_now(session, will.topic, will.payload, will.qos, will.props)
+        routing.publish_will(session, will.topic, will.payload, will.qos, will.retain, will.props)
 
 
 def _utf8(data: bytes) -> bool:
