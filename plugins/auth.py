@@ -79,18 +79,17 @@ class IntercomAuthPlugin(BaseAuthPlugin):
         ip_key = None if is_exempt(session.remote_address, svc.settings.limits.exempt_networks) else (
             session.remote_address or "?")
         if (ip_key is not None and not self._per_ip.has(ip_key)) or not self._per_user.has(session.username):
-            if (n := _quiet.check(f"lockout {session.remote_address}")) is not None:
-                log.warning("refused CONNECT of %r from %s: too many failed attempts (%d more since last logged)",
-                            session.username, session.remote_address, n)
+            _quiet.log(log, logging.WARNING, f"lockout {session.remote_address}",
+                       "refused CONNECT of %r from %s: too many failed attempts", session.username,
+                       session.remote_address)
             return False
         principal = await self._verify(svc, session.username, session.password or "")
         if principal is None:
             if ip_key is not None:
                 self._per_ip.take(ip_key)
             self._per_user.take(session.username)
-            if (n := _quiet.check(f"bad {session.remote_address}")) is not None:
-                log.warning("refused CONNECT of %r from %s: bad credentials (%d more since last logged)",
-                            session.username, session.remote_address, n)
+            _quiet.log(log, logging.WARNING, f"bad {session.remote_address}",
+                       "refused CONNECT of %r from %s: bad credentials", session.username, session.remote_address)
             return False
         if not client_id_allowed(principal, session.client_id or "", svc.settings.auth.client_id_suffixes):
             _quiet.log(log, logging.WARNING, f"client id {principal.role}:{principal.id}",
@@ -99,9 +98,8 @@ class IntercomAuthPlugin(BaseAuthPlugin):
             session.attributes[REFUSAL] = IDENTIFIER_REJECTED
             return False
         if self._connects is not None and not self._connects.take(f"{principal.role}:{principal.id}"):
-            if (n := _quiet.check(f"rate {principal.role}:{principal.id}")) is not None:
-                log.warning("refused CONNECT of %s %s: CONNECT rate limit for this principal (%d more since last "
-                            "logged)", principal.role, principal.id, n)
+            _quiet.log(log, logging.WARNING, f"rate {principal.role}:{principal.id}",
+                       "refused CONNECT of %s %r: CONNECT rate limit for this principal", principal.role, principal.id)
             session.attributes[REFUSAL] = SERVER_UNAVAILABLE
             return False
         session.attributes[PRINCIPAL] = principal

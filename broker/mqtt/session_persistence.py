@@ -36,6 +36,7 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
+from broker.limiter import LogThrottle
 from broker.mqtt.hooks import PROTOCOL, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.session_db import SessionDB
 from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retained
@@ -43,6 +44,7 @@ from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retai
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
 log = logging.getLogger("intercom.sessions")
+_quiet = LogThrottle()  # a publisher flooding an offline session: one line per session every 5 s
 
 def _acknowledged(msg: ApplicationMessage) -> bool:
     if msg.qos == 2:
@@ -158,8 +160,9 @@ class DurableQueue(asyncio.Queue[ApplicationMessage]):
     def put_nowait(self, item: ApplicationMessage) -> None:
         if self.qsize() >= self.limit:
             dropped = self.get_nowait()
-            log.warning("offline queue of %s is full (%d): dropped the oldest message on %s",
-                        self.client_id, self.limit, dropped.topic)
+            _quiet.log(log, logging.WARNING, f"full {self.client_id}",
+                       "offline queue of %r is full (%d): dropped the oldest message on %r",
+                       self.client_id, self.limit, dropped.topic)
         super().put_nowait(item)
         self._rows.append(self.db.queue_put(self.client_id, item))
 
