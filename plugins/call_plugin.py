@@ -38,7 +38,7 @@ class CallPlugin(BasePlugin[BrokerContext]):
     def owns_topic(topic: str) -> bool:
         """`devices/{id}/status` is the server's: a device's publish or Will there is a report the status service
         merges and publishes (retained, `origin: server`); it is never delivered or retained as sent."""
-        return topic.startswith("devices/") and topic.endswith("/status") and topic.count("/") == 2
+        return topic.endswith("/status") and topic.startswith("devices/") and topic.count("/") == 2
 
     def intercept_publish(self, session: Session, topic: str, payload: bytes) -> None:
         """Called synchronously by FastPathMixin right after the publish ACL check (no task per packet)."""

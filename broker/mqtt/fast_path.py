@@ -207,8 +207,10 @@ class FastPathMixin(RoutingMixin):
         """The end of every accepted publish and Will (3.1.1 and 5): deliver, retain, then let interceptors (the
         call plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched.
         On a topic a plugin owns (`OwnsTopics`: a device's status) only the interceptors see it."""
-        if hooks.owned and any(owns(topic) for owns in hooks.owned):
-            matched = 1  # the owning plugin is its subscriber
+        for owns in hooks.owned:
+            if owns(topic):
+                matched = 1  # the owning plugin is its subscriber
+                break
         else:
             matched = self.deliver(session, topic, data, qos, retain, props)
             if retain:
