@@ -231,3 +231,23 @@ async def test_clients_without_origin_and_bodyless_posts_still_work(make_harness
             assert r.status == 200, await r.text()
         async with s.post(f"{h.base}/api/admin/residents/3/token", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
             assert r.status == 200, await r.text()
+
+
+async def test_the_same_rules_hold_in_authenticated_mode(make_harness):
+    """With tokens required, a foreign Origin is still refused (even with the admin's bearer token), a
+    rebinding Host too, and the WebSocket handshake from a foreign page."""
+    from tests.security_helpers import secure_harness
+
+    h, _ = await secure_harness(make_harness)
+    auth = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+    async with h.http.post(f"{h.base}/api/admin/residents/3/token", headers={**auth, "Origin": "http://evil.example"},
+                           data="{}") as r:
+        assert r.status == 403 and (await r.json())["data"] == {"reason": "origin_not_allowed"}
+    async with h.http.get(f"{h.base}/api/calls", headers={**auth, "Host": "rebind.attacker.example"}) as r:
+        assert r.status == 403
+    with pytest.raises(InvalidStatus):
+        async with ws_connect(f"ws://127.0.0.1:{h.server.ws_port}/mqtt", origin=websockets.Origin("http://evil.example"),
+                              subprotocols=[websockets.Subprotocol("mqtt")]):
+            pass
+    async with h.http.post(f"{h.base}/api/admin/residents/3/token", headers=auth, data="{}") as r:
+        assert r.status == 200, await r.text()
