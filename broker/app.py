@@ -33,8 +33,9 @@ from broker.db_open import StorageError
 from broker.mqtt.session_persistence import SessionPersistence
 from broker.ops.metrics import Monitor
 from broker.tls import server_context
+from broker.web_guard import WebGuard
 from http_api import create_app
-from http_api.keys import HEALTH, HTTP_TLS, MONITOR, UNBAN, WS_PORT
+from http_api.keys import HEALTH, HTTP_TLS, MONITOR, UNBAN, WEB_GUARD, WS_PORT
 from plugins.acl import TopicAclPlugin
 from plugins.auth import IntercomAuthPlugin
 from plugins.call_plugin import CallPlugin
@@ -125,14 +126,15 @@ def bind_plugins(plugins: list[object], services: Services, presence: Presence,
 
 
 async def start_http(services: Services, ws_port: int | None = None,
-                     broker: Any = None) -> tuple[web.AppRunner, int]:
+                     broker: Any = None, guard: WebGuard | None = None) -> tuple[web.AppRunner, int]:
     """The REST app on the configured host and port; returns the runner and the bound port.
 
     `ws_port`: the embedded broker's MQTT-over-WebSocket port, where the console connects. `broker`: the
-    embedded broker whose readings /metrics, /healthz and $SYS report (None in bridge mode).
+    embedded broker whose readings /metrics, /healthz and $SYS report (None in bridge mode). `guard`: the
+    Host/Origin rules the WebSocket listener shares; it learns the bound REST port here (the console's origin).
     """
     s = services.settings
-    app = create_app(services)
+    app = create_app(services, guard)
     app.cleanup_ctx.append(_housekeeping(services))
     if ws_port is not None:
         app[WS_PORT] = ws_port
@@ -151,7 +153,9 @@ async def start_http(services: Services, ws_port: int | None = None,
         app[HTTP_TLS] = http_tls
     runner, _ = await http_site.start_http(app, s.server.host, s.server.http_port, s.limits, http_tls)
     app[HEALTH]["broker"] = True
-    return runner, int(runner.addresses[0][1])
+    port = int(runner.addresses[0][1])
+    app[WEB_GUARD].http_port = port
+    return runner, port
 
 
 def _housekeeping(services: Services) -> Callable[[web.Application], AsyncIterator[None]]:

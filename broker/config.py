@@ -216,6 +216,20 @@ class HttpConfig(_Strict):
     tls: TlsConfig | None = None
     # CORS allow-list (http_api/cors.py): exact origins such as "https://console.example", or "*".
     cors_origins: list[str] = []
+    # Names and addresses a request's Host may name (broker/web_guard.py), any port; server.host and the
+    # address a connection arrived on are allowed too. "*" = any (behind a proxy that checks Host).
+    allowed_hosts: list[str] = ["localhost", "127.0.0.1", "::1"]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        out = []
+        for host in v:
+            name = host.strip().lower().removeprefix("[").removesuffix("]")
+            if name != "*" and not (_is_ip(name) or re.fullmatch(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\.?", name)):
+                raise ValueError(f"an allowed host is a host name, an IP address or '*', got {host!r}")
+            out.append(name)
+        return out
 
     @field_validator("cors_origins")
     @classmethod

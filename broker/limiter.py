@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -76,7 +77,9 @@ def _parse(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress
 class LogThrottle:
     """At most one log line per `key` per `interval_s`; the lines in between are counted, not written.
 
-    Refusals are attacker-driven: logging each one would turn a flood into a log (and CPU) flood.
+    Refusals are attacker-driven: logging each one would turn a flood into a log (and CPU) flood. Every
+    client-driven log line goes through `log` (or `check`), and puts client-supplied text in with `%r`,
+    so a newline in it is escaped and cannot forge a log line.
     """
 
     def __init__(self, interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -96,3 +99,14 @@ class LogThrottle:
             self._suppressed.clear()
         self._last[key] = now
         return self._suppressed.pop(key, 0)
+
+    def log(self, logger: logging.Logger, level: int, key: str, msg: str, *args: object,
+            extra: dict[str, object] | None = None) -> None:
+        """`logger.log(level, msg, *args, extra=extra)` unless `key` was logged within `interval_s`; the line
+        says how many were held back since the last one. Client-supplied `args` belong in `%r`."""
+        if (suppressed := self.check(key)) is None or not logger.isEnabledFor(level):
+            return
+        if suppressed:
+            msg += " (%d more since last logged)"
+            args = (*args, suppressed)
+        logger.log(level, msg, *args, extra=extra)

@@ -20,6 +20,7 @@ from broker.mqtt.outlet import DeliveryLimits
 from broker.mqtt.quota import QuotaLimits, Quotas
 from broker.mqtt.session_persistence import SessionDB, SessionPersistence
 from broker.tls import server_context
+from broker.web_guard import WebGuard
 from http_api.keys import HTTP_TLS
 from plugins.auth import owned_by
 
@@ -63,6 +64,7 @@ class IntercomServer:
         broker = IntercomBroker(self.broker_config())
         broker.limits = s.limits
         broker.delivery_limits = DeliveryLimits(**s.delivery.model_dump())
+        broker.web_guard = guard = WebGuard.from_settings(s)  # one Host/Origin rule for REST and WebSocket
         if s.mqtt.tls is not None:
             ctx = server_context(s.mqtt.tls)
             broker.tls_contexts = {"tls": ctx} if s.mqtt.tls.plain else {"default": ctx, "ws": ctx}
@@ -89,7 +91,7 @@ class IntercomServer:
         self.presence.restore_device_status()
         self.presence.arm_recovered(services.store.active_calls())
 
-        self._runner, self.http_port = await start_http(services, ws_port=self.ws_port, broker=broker)
+        self._runner, self.http_port = await start_http(services, ws_port=self.ws_port, broker=broker, guard=guard)
         ws = f" ws://{_bind(s.server.host, self.ws_port)}" if self.ws_port is not None else ""
         log.info("intercom-broker serving mqtt://%s%s http://%s data=%s mode=%s recovered_calls=%d",
                  _bind(s.server.host, self.mqtt_port), ws, _bind(s.server.host, self.http_port),

@@ -7,6 +7,7 @@ from typing import Protocol
 from aiohttp import web
 
 from broker.core.services import Services
+from broker.web_guard import WebGuard
 
 
 class Monitor(Protocol):
@@ -18,7 +19,7 @@ class Monitor(Protocol):
     def problems(self) -> list[str]: ...
 
 
-__all__ = ["HEALTH", "HTTP_TLS", "MONITOR", "PRINCIPAL", "SERVICES", "UNBAN", "WS_PORT"]
+__all__ = ["HEALTH", "HTTP_TLS", "MONITOR", "PRINCIPAL", "SERVICES", "UNBAN", "WEB_GUARD", "WS_PORT"]
 
 SERVICES = web.AppKey("services", Services)
 # Set by the server once the broker listens; /healthz reads it.
@@ -36,3 +37,5 @@ MONITOR = web.AppKey("monitor", Monitor)
 HTTP_TLS = web.AppKey("http_tls", ssl.SSLContext)
 # Lifts an MQTT client id's flapping ban (True: it was banned), set by the embedded server (absent in bridge mode).
 UNBAN: web.AppKey[Callable[[str], bool]] = web.AppKey("unban")
+# The Host and Origin rules (broker/web_guard.py), shared with the MQTT WebSocket listener.
+WEB_GUARD = web.AppKey("web_guard", WebGuard)

@@ -7,8 +7,11 @@ let through by `flat/1/+`. `$`-topics are only matched by patterns that spell th
 Anonymous clients (local-only mode) are not restricted, except for `$SYS`, unless `acl.anonymous` is set.
 A rule's `deny` patterns are checked first. The per-client cap on
 subscriptions is enforced here too, since amqtt calls this plugin on every SUBSCRIBE.
-A shared subscription `$share/{ShareName}/{filter}` is judged by its filter alone (any ShareName may be
-used), and counts toward the cap as a subscription of its own.
+A shared subscription `$share/{ShareName}/{filter}` is judged on its full name (`share_allowed`): a
+group is joined only under the principal's own ShareName (an integrator's id, `{role}-{id}` for others)
+with a filter it may read, or where a subscribe pattern covers the whole `$share/...` name (built-in: a
+resident's or device's own topics under any ShareName); a ShareName that is an integrator's id is that
+integrator's alone. It counts toward the cap as a subscription of its own.
 """
 
 from __future__ import annotations
@@ -82,6 +85,20 @@ def expand(pattern: str, principal: Principal, client_id: str, devices: Iterable
     return [out]
 
 
+# Shared subscriptions the built-in rules allow beyond a principal's own ShareName: a resident's or device's own
+# topics, which nobody else (but the admin) may read, under any ShareName.
+DEFAULT_SHARES: dict[str, list[str]] = {
+    "device": [f"$share/+/{topics.device_all('%u')}"],
+    "resident": [f"$share/+/{topics.resident_all('%u')}"],
+    "admin": ["$share/#"],
+}
+
+
+def own_share_name(principal: Principal) -> str:
+    """The ShareName only this principal may use: an integrator's id, else its client id `{role}-{id}`."""
+    return principal.id if principal.role == "integrator" else f"{principal.role}-{principal.id}"
+
+
 def played_party(topic: str) -> str | None:
     """The device or resident a publish on `topic` speaks for, if it is one of a party's own topics."""
     match topic.split("/"):
@@ -117,6 +134,26 @@ class TopicAclPlugin(BaseTopicPlugin):
         if acl is not None and principal.role in acl.roles:
             return acl.roles[principal.role]
         return DEFAULT_ACL.get(principal.role, AclRule())
+
+    def share_allowed(self, principal: Principal | None, client_id: str, share_name: str, topic_filter: str,
+                      full: str) -> bool:
+        """May `principal` (None: anonymous, local-only) join `full` = `$share/{share_name}/{topic_filter}`?"""
+        acl = self.services.settings.acl if self.services else None
+        owner = share_name in acl.integrators if acl is not None else False
+        if principal is None:  # anonymous clients share freely, but not under an integrator's name
+            return not owner
+        if owner and principal.role != "admin" and (principal.role, principal.id) != ("integrator", share_name):
+            return False
+        rule = self.rule(principal)
+        if any(covers(p, topic_filter) for pattern in rule.deny
+               for p in expand(pattern, principal, client_id, ())):
+            return False
+        if share_name == own_share_name(principal) and self.allowed_by(rule, principal, client_id, topic_filter,
+                                                                       Action.SUBSCRIBE):
+            return True
+        if acl is None or principal.role not in acl.roles:
+            rule = AclRule(subscribe=[*rule.subscribe, *DEFAULT_SHARES.get(principal.role, [])], deny=rule.deny)
+        return self.allowed_by(rule, principal, client_id, full, Action.SUBSCRIBE)
 
     def allowed(self, principal: Principal, client_id: str, topic: str, action: Action) -> bool:
         return self.allowed_by(self.rule(principal), principal, client_id, topic, action)
@@ -155,28 +192,33 @@ class TopicAclPlugin(BaseTopicPlugin):
         if session is None or topic is None:
             return False
         subscribed = topic
-        if action is Action.SUBSCRIBE and (parts := shared_parts(topic)) is not None:
-            topic = parts[1]  # `$share/{ShareName}/{filter}`: the filter is what would be read
+        share = shared_parts(topic) if action is Action.SUBSCRIBE else None
+        if share is not None:
+            topic = share[1]  # `$share/{ShareName}/{filter}`: the filter is what would be read
         principal: Principal | None = session.attributes.get(PRINCIPAL)
         anonymous = self.services.settings.acl.anonymous if self.services else None
+        cid = session.client_id or ""
         if principal is None:  # anonymous only exists in local-only mode
             if anonymous is None:
                 ok = not topic.startswith("$")
             else:
-                ok = self.allowed_by(anonymous, Principal("anonymous", ""), session.client_id or "", topic, action)
+                ok = self.allowed_by(anonymous, Principal("anonymous", ""), cid, topic, action)
+            ok = ok and (share is None or self.share_allowed(None, cid, share[0], topic, subscribed))
         else:
             try:
-                ok = self.allowed(principal, session.client_id or "", topic, action or Action.PUBLISH)
+                if share is not None:
+                    ok = self.share_allowed(principal, cid, share[0], topic, subscribed)
+                else:
+                    ok = self.allowed(principal, cid, topic, action or Action.PUBLISH)
             except Exception:  # fail closed
                 log.exception("ACL check of %r failed", topic)
                 ok = False
         if not ok:
             self.refused += 1
-            if (suppressed := self.refusals.check(f"{session.client_id}|{action}")) is not None:
-                log.warning("ACL: %s may not %s %r%s", principal or session.client_id, action, subscribed,
-                            f" ({suppressed} more refused since last logged)" if suppressed else "",
-                            extra={"client_id": session.client_id,
-                                   "principal": f"{principal.role}:{principal.id}" if principal else None})
+            self.refusals.log(log, logging.WARNING, f"{session.client_id}|{action}", "ACL: %r may not %s %r",
+                              principal or session.client_id, action, subscribed,
+                              extra={"client_id": session.client_id,
+                                     "principal": f"{principal.role}:{principal.id}" if principal else None})
             return False
         if action is Action.SUBSCRIBE:
             return self._count_subscription(session, subscribed)
@@ -192,7 +234,7 @@ class TopicAclPlugin(BaseTopicPlugin):
         if party is None or party in played:
             return
         played.add(party)
-        log.info("admin client %r plays %s (simulated) on %s", session.client_id, party, topic)
+        log.info("admin client %r plays %s (simulated) on %r", session.client_id, party, topic)
 
     def _count_subscription(self, session: Session, topic_filter: str) -> bool:
         held: set[str] = session.attributes.setdefault(FILTERS, set())
@@ -200,7 +242,8 @@ class TopicAclPlugin(BaseTopicPlugin):
             return True
         cap = self.services.settings.limits.max_subscriptions_per_client if self.services else 0
         if len(held) >= cap:
-            log.warning("%s has %d subscriptions, the maximum: refused %r", session.client_id, cap, topic_filter)
+            self.refusals.log(log, logging.WARNING, f"{session.client_id}|cap", "%r has %d subscriptions, the maximum: "
+                              "refused %r", session.client_id, cap, topic_filter)
             return False
         held.add(topic_filter)
         return True

@@ -83,9 +83,9 @@ class IntercomAuthPlugin(BaseAuthPlugin):
             session.remote_address or "?")
         if (ip_key is not None and not self._per_ip.has(ip_key)) or not self._per_user.has(session.username):
             self.refused["auth_lockout"] += 1
-            if (n := _quiet.check(f"lockout {session.remote_address}")) is not None:
-                log.warning("refused CONNECT of %r from %s: too many failed attempts (%d more since last logged)",
-                            session.username, session.remote_address, n, extra={"client_id": session.client_id})
+            _quiet.log(log, logging.WARNING, f"lockout {session.remote_address}",
+                       "refused CONNECT of %r from %s: too many failed attempts", session.username,
+                       session.remote_address, extra={"client_id": session.client_id})
             return False
         principal = await self._verify(svc, session.username, session.password or "")
         if principal is None:
@@ -93,22 +93,22 @@ class IntercomAuthPlugin(BaseAuthPlugin):
                 self._per_ip.take(ip_key)
             self._per_user.take(session.username)
             self.refused["bad_credentials"] += 1
-            if (n := _quiet.check(f"bad {session.remote_address}")) is not None:
-                log.warning("refused CONNECT of %r from %s: bad credentials (%d more since last logged)",
-                            session.username, session.remote_address, n, extra={"client_id": session.client_id})
+            _quiet.log(log, logging.WARNING, f"bad {session.remote_address}",
+                       "refused CONNECT of %r from %s: bad credentials", session.username, session.remote_address,
+                       extra={"client_id": session.client_id})
             return False
         if not client_id_allowed(principal, session.client_id or "", svc.settings.auth.client_id_suffixes):
             self.refused["client_id"] += 1
-            log.warning("refused CONNECT of %s %s: client id %r is not %r", principal.role, principal.id,
-                        session.client_id, bound_client_id(principal),
-                        extra={"client_id": session.client_id, "principal": f"{principal.role}:{principal.id}"})
+            _quiet.log(log, logging.WARNING, f"client id {principal.role}:{principal.id}",
+                       "refused CONNECT of %s %r: client id %r is not %r", principal.role, principal.id,
+                       session.client_id, bound_client_id(principal),
+                       extra={"client_id": session.client_id, "principal": f"{principal.role}:{principal.id}"})
             session.attributes[REFUSAL] = IDENTIFIER_REJECTED
             return False
         if self._connects is not None and not self._connects.take(f"{principal.role}:{principal.id}"):
             self.refused["principal_connect_rate"] += 1
-            if (n := _quiet.check(f"rate {principal.role}:{principal.id}")) is not None:
-                log.warning("refused CONNECT of %s %s: CONNECT rate limit for this principal (%d more since last "
-                            "logged)", principal.role, principal.id, n)
+            _quiet.log(log, logging.WARNING, f"rate {principal.role}:{principal.id}",
+                       "refused CONNECT of %s %r: CONNECT rate limit for this principal", principal.role, principal.id)
             session.attributes[REFUSAL] = SERVER_UNAVAILABLE
             return False
         session.attributes[PRINCIPAL] = principal

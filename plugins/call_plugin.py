@@ -34,6 +34,12 @@ class CallPlugin(BasePlugin[BrokerContext]):
     def bind_presence(self, presence: Presence) -> None:
         self.presence = presence
 
+    @staticmethod
+    def owns_topic(topic: str) -> bool:
+        """`devices/{id}/status` is the server's: a device's publish or Will there is a report the status service
+        merges and publishes (retained, `origin: server`); it is never delivered or retained as sent."""
+        return topic.endswith("/status") and topic.startswith("devices/") and topic.count("/") == 2
+
     def intercept_publish(self, session: Session, topic: str, payload: bytes) -> bool:
         """Called synchronously by FastPathMixin right after the publish ACL check (no task per packet).
         True when the call service handled it (the publish then has a receiver: MQTT 5 PUBACK 0x00)."""

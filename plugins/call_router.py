@@ -20,11 +20,13 @@ from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, top
 from broker.core.services import Services
 from broker.core.states import Party, Role
 from broker.core.tokens import Principal
+from broker.limiter import LogThrottle
 from plugins import command_router
 
 __all__ = ["identify", "on_publish"]
 
 log = logging.getLogger("intercom.mqtt")
+_quiet = LogThrottle()  # refusals are client-driven: one line per party and topic every 5 s
 # `{role}-{id}`, optionally `/<suffix>` (auth.client_id_suffixes): an id never contains `/`.
 _CLIENT_ID = re.compile(r"^(device|resident)[-_]([^/]+)(?:/.*)?$", re.DOTALL)
 
@@ -47,8 +49,9 @@ def reply_route(party: Party, reply_to: tuple[str, bytes | None] | None) -> tupl
     own = topics.device_all(party.id)[:-1] if party.role is Role.DEVICE else topics.resident_all(party.id)[:-1]
     if reply_to[0].startswith(own) and len(reply_to[0]) > len(own):
         return reply_to
-    log.warning("%s asked for a reply on %r, not one of its own topics: replying on its control topic",
-                party.key, reply_to[0])
+    _quiet.log(log, logging.WARNING, f"reply {party.key}",
+               "%r asked for a reply on %r, not one of its own topics: replying on its control topic",
+               party.key, reply_to[0])
     return None
 
 
@@ -69,7 +72,9 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
     try:
         body = _decode(svc, payload)
         if isinstance(body, dict) and body.get("origin") == "server":
-            return False  # our own message echoed back by a client
+            if client_id is None:
+                return False  # bridge mode: our own message, echoed back by the external broker
+            raise BadRequest("origin: only the server's messages carry origin 'server'")
         if principal is not None and principal.role != "admin" and (principal.role, principal.id) != (
             party.role.value, party.id):
             raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")
@@ -123,7 +128,8 @@ def _as_dict(body: Any) -> dict[str, Any]:
 def _refuse(svc: Services, party: Party, topic: str, code: int, detail: str, reason: str | None, body: Any,
             request_id: str | None, reply: tuple[str, bytes | None] | None = None) -> None:
     message = error_text(code, detail)
-    log.warning("refused publish on %s from %s: %s %s", topic, party.key, code, message)
+    _quiet.log(log, logging.WARNING, f"refused {party.key} {topic}", "refused publish on %r from %r: %s %r",
+               topic, party.key, code, message)
     if topic.endswith("/status"):
         _restore_retained(svc, party)
     info = body.get("call_info") if isinstance(body, dict) else None

@@ -30,7 +30,7 @@ __all__ = ["on_publish"]
 
 log = logging.getLogger("intercom.mqtt")
 _running: set[asyncio.Task[None]] = set()  # commands waiting (a task needs a strong reference)
-_log_throttle = LogThrottle()  # one line per party and kind every 5 s (refusals are client-driven)
+_quiet = LogThrottle()  # client-driven lines: one per party and kind every 5 s
 
 
 def on_publish(svc: Services, party: Party, last_level: str, body: Any) -> None:
@@ -66,9 +66,8 @@ async def _finish(svc: Services, party: Party, command: Command, pending: Awaita
     try:
         reply = await pending
     except DomainError as exc:
-        if (suppressed := _log_throttle.check(f"{party.key}:{name}")) is not None:
-            log.warning("refused %s by %s: %s %r%s", name, party.key, exc.status, exc.detail,
-                        f" ({suppressed} more since the last line)" if suppressed else "")
+        _quiet.log(log, logging.WARNING, f"{party.key}:{name}", "refused %s by %r: %s %r", name, party.key,
+                   exc.status, exc.detail)
         svc.calls.send_error(party, exc.status, error_text(exc.status, exc.detail), call_info, rid, exc.reason)
         return
     except Exception:
@@ -82,11 +81,8 @@ def _rate_limited(svc: Services, party: Party, last_level: str, body: Any) -> No
     name = body.get("command") if isinstance(body, dict) and last_level != "ack" else None
     action = name if isinstance(name, str) and name in commands.COMMANDS else last_level
     rate = svc.settings.limits.mqtt_commands_per_principal
-    suppressed = _log_throttle.check(party.key)
-    if suppressed is not None:
-        log.warning("refused MQTT %s from %s: over limits.mqtt_commands_per_principal (%g/s, burst %d)%s",
-                    action, party.key, rate.per_s, rate.burst,
-                    f"; {suppressed} more refused since the last line" if suppressed else "")
+    _quiet.log(log, logging.WARNING, party.key, "refused MQTT %r from %r: over limits.mqtt_commands_per_principal "
+               "(%g/s, burst %d)", action, party.key, rate.per_s, rate.burst)
     detail = (f"too many commands: at most {rate.per_s:g}/s (burst {rate.burst}) per party "
               "(limits.mqtt_commands_per_principal); this one was not carried out")
     svc.calls.send_error(party, 429, error_text(429, detail), {"action": action}, commands.request_id(body),

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_2
+from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
@@ -140,6 +141,11 @@ class FastPathMixin(RoutingMixin):
             await self._drain_delivered(client_session, handler)
             waiter = h._disconnect_waiter
             result = await waiter if waiter is not None else None
+            if not isinstance(result, DisconnectPacket) and client_session.will_flag and client_session.will_topic:
+                # published here, as a PUBLISH would be; amqtt's _handle_disconnect then finds no Will to send
+                self.publish_will(client_session, client_session.will_topic, bytes(client_session.will_message or b""),
+                                  client_session.will_qos or 0, bool(client_session.will_retain))
+                client_session.will_flag = False
             done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             done.set_result(result)
             await self._handle_disconnect(client_session, handler, done)
@@ -202,7 +208,8 @@ class FastPathMixin(RoutingMixin):
                     retain: bool) -> bool:
         """`_accept_publish` without awaits (only when every ACL is synchronous and no event listens)."""
         if not topic or "#" in topic or "+" in topic:
-            log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+            _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
+                       "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
             self._spawn(handler.handle_connection_closed())
             return False
         hooks = self._plugin_hooks()
@@ -213,12 +220,18 @@ class FastPathMixin(RoutingMixin):
 
     def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks,
                props: MessageProps | None = None, reply: ReplyTo | None = None) -> int:
-        """The end of every accepted publish (3.1.1 and 5): deliver, retain, then let interceptors (the call
+        """The end of every accepted publish and Will (3.1.1 and 5): deliver, retain, then let interceptors (the call
         plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched, an
-        interceptor that consumed the message (returned True) counting as one."""
-        matched = self.deliver(session, topic, data, qos, retain, props)
-        if retain:
-            self.retain_now(session, topic, data, qos, props)
+        interceptor that consumed the message (returned True) counting as one. On a topic a plugin owns
+        (`OwnsTopics`: a device's status) only the interceptors see it."""
+        for owns in hooks.owned:
+            if owns(topic):
+                matched = 1  # the owning plugin is its subscriber
+                break
+        else:
+            matched = self.deliver(session, topic, data, qos, retain, props)
+            if retain:
+                self.retain_now(session, topic, data, qos, props)
         if reply is None:
             for intercept in hooks.intercepts:
                 try:
@@ -232,6 +245,12 @@ class FastPathMixin(RoutingMixin):
             except Exception:
                 log.exception("intercept_request failed on %s", topic)
         return matched
+
+    def publish_will(self, session: Session, topic: str, payload: bytes, qos: int, retain: bool,
+                     props: MessageProps | None = None) -> None:
+        """A Will (3.1.1 or 5) is published like the client's own PUBLISH: same routing, retain and interceptors
+        (so it obeys the same rules on the topics a plugin owns)."""
+        self._route(session, topic, payload, qos, retain, self._plugin_hooks(), props)
 
     def _puback_now(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> Any:
         """PUBACK handled inside the reader's call, like `_publish_now`."""
@@ -289,7 +308,8 @@ class FastPathMixin(RoutingMixin):
         if not topic or "#" in topic or "+" in topic:
             # $-topics are routed: the index never matches them against a leading `+` or `#`
             # [MQTT-4.7.2-1], and the ACL decides who may publish there (amqtt closed the connection)
-            log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+            _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
+                       "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
             self._spawn(handler.handle_connection_closed())
             return False
         if not await self._allowed(session, topic, Action.PUBLISH):
@@ -339,13 +359,15 @@ class FastPathMixin(RoutingMixin):
         held = session.inflight_in
         if packet_id not in held:  # else a re-send of a message held already: PUBREC again [MQTT-4.3.3-2]
             if not topic or "#" in topic or "+" in topic:
-                log.warning("[MQTT-3.3.2-2] %s published on invalid topic %r: closing", session.client_id, topic)
+                _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
+                           "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
                 return False
             if not allowed:
                 pass  # acknowledged (PUBREC below) and dropped; the ACL plugin logged the refusal
             elif len(held) >= self.limits.max_inflight_messages:
-                log.warning("closing %s: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
-                            session.client_id, self.limits.max_inflight_messages)
+                _quiet.log(log, logging.WARNING, f"qos2 {session.remote_address}",
+                           "closing %r: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
+                           session.client_id, self.limits.max_inflight_messages)
                 return False
             elif over_held_quota(session, len(data)):
                 pass  # 3.1.1 has no way to refuse: acknowledged (PUBREC below) and dropped, logged

@@ -45,14 +45,15 @@ from broker.mqtt.keyed_lock import KeyedLock
 from broker.mqtt.live import Live, TimedProtocol, accepted_at, refuse
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
 from broker.mqtt.quota import owner_of, principal_of
-from broker.mqtt.v5.serve import session_expired
+from broker.mqtt.v5.serve import session_expired, take_pending_will
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
+from broker.web_guard import WebGuard
 
 __all__ = ["HardeningMixin"]
 
 log = logging.getLogger("intercom.hardening")
-_quiet = LogThrottle()
+_quiet = LogThrottle()  # client-driven lines
 
 # CONNACK return codes (amqtt's constants are untyped)
 ACCEPTED: int = CONNECTION_ACCEPTED
@@ -72,6 +73,8 @@ class HardeningMixin:
     listeners_config: Any
 
     limits: LimitsConfig = LimitsConfig()
+    # Host/Origin rules of the WebSocket listener (set by the server, shared with REST); default: loopback names
+    web_guard: WebGuard = WebGuard(["localhost", "127.0.0.1", "::1"], [])
     handler_class: type[BrokerProtocolHandler]  # FastPathMixin's FastHandler
     # listener name -> TLS context; set by the server before start()
     tls_contexts: dict[str, ssl.SSLContext] = {}  # noqa: RUF012 - replaced per instance, never mutated
@@ -104,7 +107,7 @@ class HardeningMixin:
         limits = self.limits
         if listener_type == ListenerType.WS:
             return await serve_ws(partial(self._ws_connected, listener_name=listener_name), address, port, context,
-                                  limits)
+                                  limits, self.web_guard)
         if listener_type != ListenerType.TCP:
             return await super()._create_server_instance(  # type: ignore[misc]
                 listener_name, listener_type, address, port, context)
@@ -180,7 +183,8 @@ class HardeningMixin:
             return False
         if session.will_flag and session.will_topic is not None and not await self._topic_filtering(  # type: ignore[attr-defined]
                 session, session.will_topic, Action.PUBLISH):
-            log.warning("refused CONNECT of %s: Will topic %r not allowed", session.client_id, session.will_topic)
+            _quiet.log(log, logging.WARNING, f"will {session.remote_address}",
+                       "refused CONNECT of %r: Will topic %r not allowed", session.client_id, session.will_topic)
             session.attributes[REFUSAL] = REFUSED
             return False
         return True
@@ -191,7 +195,8 @@ class HardeningMixin:
         cid = session.client_id or ""
         watched = not is_exempt(session.remote_address, self.limits.exempt_networks)
         if watched and state.flapping.banned(cid):
-            log.warning("refused CONNECT of %s: client id banned for flapping", cid)
+            _quiet.log(log, logging.WARNING, f"banned {cid}", "refused CONNECT of %r: client id banned for flapping",
+                       cid)
             return UNAVAILABLE
         if not await self._authenticate(session, self.listeners_config[listener_name]):
             code: int = session.attributes.pop(REFUSAL, REFUSED)
@@ -206,6 +211,11 @@ class HardeningMixin:
         """amqtt's clean/persistent session choice, run only after `incoming` authenticated."""
         cid = incoming.client_id
         assert cid is not None
+        old = self._sessions.get(cid, (None, None))[0]
+        # an MQTT 5 session's delayed Will: cancelled by this resume, due now if the session ends here
+        due = take_pending_will(old) if old is not None else None
+        if due is not None and old is not None and (incoming.clean_session or old.clean_session):
+            self._v5_publish_will(old, due)  # type: ignore[attr-defined]
         if incoming.clean_session:
             await self._delete_session(cid)  # type: ignore[attr-defined]
             session = incoming
@@ -232,7 +242,8 @@ class HardeningMixin:
         live = self._hardening().live.get(client_id)
         if live is None:
             return
-        log.warning("client %s connected again: closing its previous connection", client_id)
+        _quiet.log(log, logging.WARNING, f"again {client_id}", "client %r connected again: closing its previous "
+                   "connection", client_id)
         await live.close()
         with suppress(TimeoutError):
             await asyncio.wait_for(live.done.wait(), _TAKEOVER_WAIT_S)
@@ -250,6 +261,7 @@ class HardeningMixin:
         for session in victims:
             session.attributes[REVOKED] = True
             session.will_flag = False
+            take_pending_will(session)  # an MQTT 5 delayed Will waiting for its delay: never published
             session.clean_session = True  # nothing of it is kept: not in memory, not on disk
         return asyncio.ensure_future(self._end_sessions(victims))
 
@@ -287,6 +299,8 @@ class HardeningMixin:
                 current = self._sessions.get(cid)
                 if current is not None and current[0] is stale_session and stale_session.transitions.state == \
                         "disconnected":
+                    if (due := take_pending_will(stale_session)) is not None:  # the session ends: its Will is due
+                        self._v5_publish_will(stale_session, due)  # type: ignore[attr-defined]
                     await self._cleanup_session(cid)  # type: ignore[attr-defined]
             await asyncio.sleep(1)
 
@@ -342,7 +356,8 @@ class HardeningMixin:
                 break
             except (MachineError, ValueError):
                 if session.transitions.is_connected():
-                    log.warning("client %s is already connected, performing take-over", cid)
+                    _quiet.log(log, logging.WARNING, f"again {cid}", "client %r is already connected, performing "
+                               "take-over", cid)
                     old_handler = self._sessions[cid][1]
                     await old_handler.handle_connection_closed()
                     await old_handler.stop()

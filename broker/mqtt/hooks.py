@@ -15,7 +15,7 @@ from amqtt.contexts import Action
 from amqtt.session import Session
 
 __all__ = ["PRINCIPAL", "PROTOCOL", "REFUSAL", "REVOKED", "SESSION_EXPIRY", "SUB_OPTIONS", "AcknowledgesAfter",
-           "AnswersRequests", "FiltersTopicsSync", "InterceptsPublish", "ReplyTo"]
+           "AnswersRequests", "FiltersTopicsSync", "InterceptsPublish", "OwnsTopics", "ReplyTo"]
 
 # Session attributes (`session.attributes[...]`) the engine and the plugins share.
 PRINCIPAL = "intercom.principal"  # who the session authenticated as (broker.core.tokens.Principal), set by auth
@@ -37,6 +37,15 @@ class InterceptsPublish(Protocol):
     """
 
     def intercept_publish(self, session: Session, topic: str, payload: bytes) -> bool | None: ...
+
+
+@runtime_checkable
+class OwnsTopics(Protocol):
+    """An `InterceptsPublish` plugin that publishes some topics itself (a device's retained status): a client's
+    PUBLISH or Will there is only shown to the interceptors, never delivered or retained as sent, so what
+    subscribers see there always comes from the plugin. Called per publish: it must be cheap."""
+
+    def owns_topic(self, topic: str) -> bool: ...
 
 
 class ReplyTo(NamedTuple):

@@ -38,7 +38,14 @@ from amqtt.events import BrokerEvents
 from amqtt.mqtt.constants import QOS_2
 from amqtt.session import Session
 
-from broker.mqtt.hooks import AcknowledgesAfter, AnswersRequests, FiltersTopicsSync, InterceptsPublish, ReplyTo
+from broker.mqtt.hooks import (
+    AcknowledgesAfter,
+    AnswersRequests,
+    FiltersTopicsSync,
+    InterceptsPublish,
+    OwnsTopics,
+    ReplyTo,
+)
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member, shared_parts
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_subscription
@@ -89,6 +96,8 @@ class PluginHooks:
     intercepts: list[Callable[[Session, str, bytes], bool | None]] = field(default_factory=list)
     # the same plugins, for an MQTT 5 request (a PUBLISH with a Response Topic)
     request_intercepts: list[Callable[[Session, str, bytes, ReplyTo], bool | None]] = field(default_factory=list)
+    # `owns_topic(topic)`: topics a plugin publishes itself; clients' messages there only reach the interceptors
+    owned: list[Callable[[str], bool]] = field(default_factory=list)
     filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
     sync_checks: list[Callable[..., bool | None]] = field(default_factory=list)
     receive_async: bool = False  # some ACL has only the async `topic_filtering`
@@ -141,6 +150,8 @@ class RoutingMixin(_Base):
                 hooks.intercepts.append(plugin.intercept_publish)
                 hooks.request_intercepts.append(plugin.intercept_request if isinstance(plugin, AnswersRequests)
                                                 else _ignore_reply(plugin.intercept_publish))
+            if isinstance(plugin, OwnsTopics):
+                hooks.owned.append(plugin.owns_topic)
             if isinstance(plugin, AcknowledgesAfter):
                 hooks.ack_barrier = plugin.acknowledge_after  # one durable store behind the broker: one barrier
         topic_plugins: list[object] = list(pm._topic_plugins)

@@ -50,7 +50,7 @@ from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retai
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
 log = logging.getLogger("intercom.sessions")
-_quiet = LogThrottle()
+_quiet = LogThrottle()  # a publisher flooding an offline session: one line per session every 5 s
 
 
 def _size(msg: ApplicationMessage) -> int:
@@ -227,8 +227,9 @@ class DurableQueue(asyncio.Queue[ApplicationMessage]):
             return
         if self.qsize() >= self.limit:
             dropped = self.get_nowait()
-            log.warning("offline queue of %s is full (%d): dropped the oldest message on %s",
-                        self.client_id, self.limit, dropped.topic)
+            _quiet.log(log, logging.WARNING, f"full {self.client_id}",
+                       "offline queue of %r is full (%d): dropped the oldest message on %r",
+                       self.client_id, self.limit, dropped.topic)
         super().put_nowait(item)
         quota.count(QUEUED, _size(item))
         self._rows.append(self.db.queue_put(self.client_id, item))

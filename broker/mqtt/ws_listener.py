@@ -10,6 +10,8 @@ Replaces amqtt 0.12.1's `websockets.serve` call and its `WebSocketsReader`/`WebS
   peer never answers, so the broker now *fails* the WebSocket (RFC 6455 §7.1.7: send a close frame,
   then close the TCP connection without waiting), which is also what the server SHOULD do first
   after a normal close (§7.1.1).
+* a handshake whose `Host` does not name the box, or whose browser `Origin` is neither the console's
+  nor one of `http.cors_origins`, gets 403 (`broker.web_guard`: DNS rebinding and cross-site pages).
 * every connection records when it was accepted, so the CONNECT deadline counts the WebSocket (and
   TLS) handshake too: `limits.connect_timeout_s` bounds accept-to-CONNECT on this listener as on TCP.
 """
@@ -22,6 +24,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from http import HTTPStatus
 from typing import Any
 
 import websockets
@@ -29,10 +32,12 @@ from amqtt.adapters import WebSocketsReader, WebSocketsWriter
 from websockets import ConnectionClosed
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
+from broker.web_guard import WebGuard, local_of
 
 __all__ = ["BinaryFramesReader", "FailingWriter", "TimedConnection", "fail", "serve"]
 
@@ -50,13 +55,34 @@ class TimedConnection(ServerConnection):
         self.accepted_at = time.monotonic()
 
 
+def browser_check(guard: WebGuard) -> Callable[[ServerConnection, Request], Response | None]:
+    """websockets' `process_request`: 403 for a `Host` that does not name the box or a foreign `Origin`."""
+
+    def check(connection: ServerConnection, request: Request) -> Response | None:
+        local = local_of(connection.transport.get_extra_info("sockname"))
+        host, origin = request.headers.get("Host"), request.headers.get("Origin")
+        if guard.host_allowed(host, local):
+            if guard.origin_allowed(origin, local):
+                return None
+            why = f"origin {origin!r} is not allowed (http.cors_origins)"
+        else:
+            why = f"Host {host!r} does not name this box (http.allowed_hosts)"
+        peer = connection.remote_address
+        _quiet.log(log, logging.WARNING, f"browser {peer[0] if peer else '?'}",
+                   "refused MQTT-over-WebSocket handshake from %s: %s", peer, why)
+        return connection.respond(HTTPStatus.FORBIDDEN, why + "\n")
+
+    return check
+
+
 async def serve(handler: Callable[[ServerConnection], Awaitable[None]], address: str | None, port: int,
-                context: ssl.SSLContext | None, limits: LimitsConfig) -> Server:
-    """amqtt's `websockets.serve`, bounded by `limits:` (message size, handshake time) and failing fast on close."""
+                context: ssl.SSLContext | None, limits: LimitsConfig, guard: WebGuard) -> Server:
+    """amqtt's `websockets.serve`, bounded by `limits:` (message size, handshake time), failing fast on close,
+    and refusing foreign browsers (`guard`)."""
     return await websockets.serve(
         handler, address, port, ssl=context, subprotocols=[websockets.Subprotocol("mqtt")],
         max_size=limits.max_packet_bytes, open_timeout=limits.connect_timeout_s, close_timeout=CLOSE_TIMEOUT_S,
-        create_connection=TimedConnection)
+        create_connection=TimedConnection, process_request=browser_check(guard))
 
 
 def fail(ws: ServerConnection, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
@@ -92,9 +118,8 @@ class BinaryFramesReader(WebSocketsReader):
                 break
             if isinstance(message, str):
                 peer = self.connection.remote_address
-                if (suppressed := _quiet.check(f"text {peer[0] if peer else '?'}")) is not None:
-                    log.warning("closing MQTT-over-WebSocket connection from %s: TEXT frame [MQTT-6.0.0-1] "
-                                "(%d more since last logged)", peer, suppressed)
+                _quiet.log(log, logging.WARNING, f"text {peer[0] if peer else '?'}",
+                           "closing MQTT-over-WebSocket connection from %s: TEXT frame [MQTT-6.0.0-1]", peer)
                 fail(self.connection, CloseCode.UNSUPPORTED_DATA, "MQTT needs binary frames")
                 buffer.clear()
                 break

@@ -16,7 +16,7 @@ ASSEMBLY = ("broker.app", "broker.server", "broker.bridge", "broker.cli", "broke
 # The neutral pieces every layer may use: configuration, value types, limits, listeners' plumbing.
 SHARED = ("broker.config", "broker.ids", "broker.tls", "broker.limiter", "broker.db_open", "broker.accept_loop",
           "broker.fd_budget", "broker.http_site", "broker.log_context", "broker.write_gate",
-          "broker.migrations", "broker.data_lock")
+          "broker.migrations", "broker.data_lock", "broker.web_guard")
 
 # layer -> module prefixes it must never load, directly or through another project module
 FORBIDDEN: dict[str, tuple[str, ...]] = {

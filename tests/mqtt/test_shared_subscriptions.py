@@ -181,14 +181,15 @@ async def test_a_malformed_filter_after_the_share_name_closes_the_connection(har
 
 
 async def test_the_acl_judges_the_filter_after_the_share_name(make_harness):
-    """Resident 4 may share `users/4/#` but not `users/2/#`; `$share/users/2/#` is the filter `2/#`, refused too."""
+    """Resident 4 may share `users/4/#` but not `users/2/#`; `$share/users/2/#` is the filter `2/#`, refused too;
+    its household's device status only under its own ShareName (tests/mqtt/test_share_acl.py)."""
     h, t = await secure_harness(make_harness)
     async with h.mqtt(**login(t, "resident-4")) as r4:
         assert granted(await r4.subscribe("$share/g/users/2/#", qos=1)) == [128]
         assert granted(await r4.subscribe("$share/users/2/#", qos=1)) == [128]
         assert granted(await r4.subscribe("$share/g/#", qos=1)) == [128]
         assert granted(await r4.subscribe("$share/g/users/4/#", qos=1)) == [1]
-        assert granted(await r4.subscribe("$share/g/devices/5/status", qos=0)) == [0]
+        assert granted(await r4.subscribe("$share/resident-4/devices/5/status", qos=0)) == [0]
 
 
 async def test_shared_subscriptions_count_toward_the_per_client_cap(make_harness):

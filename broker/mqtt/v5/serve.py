@@ -9,7 +9,9 @@ Session semantics (§3.1.2.4, §3.1.2.11.2): Clean Start discards an existing se
 Interval (capped at `limits.session_expiry_s`, the cap stated in CONNACK) says how long the session
 outlives the connection, 0 meaning it ends with it (the engine's `clean_session`). The Will is published
 when the connection ends without DISCONNECT 0x00, after its Will Delay Interval or when the session ends,
-whichever comes first, unless the client resumes the session before that [MQTT-3.1.3-9].
+whichever comes first, unless the client resumes the session before that [MQTT-3.1.3-9]. A pending Will
+is cancelled by a resume over 3.1.1 or 5 and by revocation (and so deletion) of its principal, published
+at once when the session ends first (a clean takeover, expiry), and never for a session that is gone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from amqtt.utils import gen_client_id
 from transitions import MachineError
 
 from broker.config import LimitsConfig
+from broker.limiter import LogThrottle
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.live import Live
 from broker.mqtt.packet_guard import GuardedReader
@@ -42,9 +45,10 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-__all__ = ["V5Mixin", "session_expired"]
+__all__ = ["V5Mixin", "session_expired", "take_pending_will"]
 
 log = logging.getLogger("intercom.mqtt5")
+_quiet = LogThrottle()  # refused CONNECTs are client-driven
 _WILL = "intercom.v5.will"  # session attribute: the pending delayed Will, (timer, will)
 _NEVER = 0xFFFFFFFF
 QUOTA_EXCEEDED = 0x97
@@ -57,6 +61,16 @@ def session_expired(session: Session, now: float, default_s: float | None) -> bo
     expiry = session.attributes.get(SESSION_EXPIRY, default_s)
     last = session.last_disconnect_time
     return expiry is not None and last is not None and last + expiry <= now
+
+
+def take_pending_will(session: Session) -> _Will | None:
+    """Cancel `session`'s delayed Will; the Will, for a caller whose session ends now (it is due), else None."""
+    pending: tuple[asyncio.TimerHandle, _Will] | None = session.attributes.pop(_WILL, None)
+    if pending is None:
+        return None
+    timer, will = pending
+    timer.cancel()
+    return will
 
 
 class _Will:
@@ -99,7 +113,9 @@ class V5Mixin(_Base):
             server.release_connection()
 
     async def _v5_refuse(self, writer: Any, reason: int, why: str, client_id: str | None = None) -> None:
-        log.warning("refused MQTT 5 CONNECT of %r: %s (reason %#04x)", client_id, why, reason)
+        peer = writer.get_peer_info()
+        _quiet.log(log, logging.WARNING, f"refused {peer[0] if peer else '?'}",
+                   "refused MQTT 5 CONNECT of %r: %s (reason %#04x)", client_id, why, reason)
         with contextlib.suppress(Exception):
             writer.write(encode.encode_connack(False, reason, {}))
             await asyncio.wait_for(writer.drain(), 1.0)
@@ -176,13 +192,9 @@ class V5Mixin(_Base):
         await self._end_previous_connection(cid)  # takeover [MQTT-3.1.4-3]
         entry = self._sessions.get(cid)
         old = entry[0] if entry is not None else None
-        if old is not None:
-            pending = old.attributes.pop(_WILL, None)
-            if pending is not None:
-                timer, due = pending
-                timer.cancel()
-                if clean_start or old.clean_session:  # the old session ends now: its delayed Will is due
-                    self._v5_publish_will(old, due)
+        due = take_pending_will(old) if old is not None else None
+        if old is not None and due is not None and (clean_start or old.clean_session):
+            self._v5_publish_will(old, due)  # the old session ends now: its delayed Will is due
         resume = (old is not None and not clean_start and not old.clean_session
                   and not session_expired(old, time.time(), self.limits.session_expiry_s))
         if not resume:
@@ -310,14 +322,14 @@ class V5Mixin(_Base):
 
     def _v5_delayed_will(self, session: Session) -> None:
         pending = session.attributes.pop(_WILL, None)
-        if pending is not None:
-            self._v5_publish_will(session, pending[1])
+        entry = self._sessions.get(session.client_id or "")
+        if pending is None or entry is None or entry[0] is not session or session.attributes.get(REVOKED):
+            return  # the session is gone (deleted, revoked, shut down): so is its Will
+        self._v5_publish_will(session, pending[1])
 
     def _v5_publish_will(self, session: Session, will: _Will) -> None:
         routing: Any = self
-        routing.deliver(session, will.topic, will.payload, will.qos, will.retain, will.props)
-        if will.retain:
-            routing.retain_now(session, will.topic, will.payload, will.qos, will.props)
+        routing.publish_will(session, will.topic, will.payload, will.qos, will.retain, will.props)
 
 
 def _utf8(data: bytes) -> bool:
