@@ -83,7 +83,7 @@ class LimitsConfig(_Strict):
     # Open REST connections; past it a new one evicts the oldest waiting for a request head. Fitted to a
     # quarter of `ulimit -n` (the MQTT listeners keep the rest).
     max_http_connections: int = Field(1000, ge=1)
-    # MQTT 5 (issue 15): how many Topic Aliases a v5 client may set per connection (CONNACK's Topic Alias
+    # MQTT 5: how many Topic Aliases a v5 client may set per connection (CONNACK's Topic Alias
     # Maximum; 0 = none). The other v5 limits in CONNACK are the keys above: max_inflight_messages (Receive
     # Maximum), max_packet_bytes (Maximum Packet Size), max_keepalive_s (Server Keep Alive), session_expiry_s.
     topic_alias_maximum: int = Field(32, ge=0, le=65535)
@@ -264,7 +264,7 @@ class SiteDevice(_Strict):
     kind: Literal["door", "lobby"] | None = None
     households: list[Id] | None = None
 
-    # issue 13: an emergency device (fire panel, guard station) rings residents in do-not-disturb too
+    # emergency devices: an emergency device (fire panel, guard station) rings residents in do-not-disturb too
     emergency: bool = False
 
     @model_validator(mode="after")
@@ -279,7 +279,7 @@ class SiteHousehold(_Strict):
     name: str | None = None
     residents: list[SiteResident] = []
     devices: list[SiteDevice] = []
-    # issue 13: no-answer forwarding for this household (null: the site's); applied when the household
+    # no-answer forwarding for this household (null: the site's); applied when the household
     # has no forwarding set through the REST API yet
     forward_to: list[Id] | None = None
     forward_after_s: float | None = Field(None, gt=0, le=3600)
@@ -287,9 +287,9 @@ class SiteHousehold(_Strict):
 
 class SiteConfig(_Strict):
     households: list[SiteHousehold] = []
-    # issue 13: the site's time zone for do-not-disturb schedules (IANA name); null = the machine's own
+    # do-not-disturb: the site's time zone for do-not-disturb schedules (IANA name); null = the machine's own
     timezone: str | None = None
-    # issue 13: no-answer forwarding: residents (a concierge, a guard) rung when nobody answers within
+    # no-answer forwarding: residents (a concierge, a guard) rung when nobody answers within
     # forward_after_s (null: calls.ring_timeout_s); a household's own setting replaces it
     forward_to: list[Id] = []
     forward_after_s: float | None = Field(None, gt=0, le=3600)

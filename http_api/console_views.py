@@ -22,7 +22,7 @@ STATIC = Path(__file__).parent / "console" / "static"
 WS_PATH = "/mqtt"  # any path reaches amqtt's WebSocket listener; MQTT.js and paho default to this one
 
 # What the box can do beyond the seed, read by the page from /api/console/config: each turns on its part of
-# the console (http_api/console/static/extensions.js). All of issue 13 is in: door unlock, do-not-disturb,
+# the console (http_api/console/static/extensions.js). Every intercom feature is in: door unlock, do-not-disturb,
 # no-answer forwarding, visitor snapshots, door/lobby device kinds, missed-call counters.
 FEATURES: dict[str, bool] = {
     "door_unlock": True,

@@ -1,4 +1,4 @@
-"""Issue 13 endpoints: a resident's call history and missed calls, do-not-disturb, household forwarding.
+"""A resident's endpoints: call history and missed calls, do-not-disturb, household forwarding.
 
 Who may call: admin and anonymous local-only callers anything; a resident its own history and DND,
 and its own household's DND and forwarding settings (read); devices none of it.

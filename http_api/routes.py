@@ -62,12 +62,12 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/console/{name:.+}", console_views.static_file)
     r.add_get("/api/console/config", console_views.config)
     r.add_get("/api/openapi.json", openapi.openapi_json)
-    # door unlock, lobby panels, visitor snapshots (issue 13)
+    # door unlock, lobby panels, visitor snapshots
     r.add_post("/api/doors/unlock", door_views.unlock)
     r.add_get("/api/doors/events", door_views.events)
     r.add_post("/api/calls/{call_id}/snapshot", snapshot_views.upload)
     r.add_get("/api/calls/{call_id}/snapshot", snapshot_views.fetch)
-    # issue 13: per-resident history and missed calls, do-not-disturb, no-answer forwarding
+    # per-resident history and missed calls, do-not-disturb, no-answer forwarding
     r.add_get("/api/residents/{resident_id}/calls", resident_views.resident_calls)
     r.add_post("/api/residents/{resident_id}/calls/seen", resident_views.calls_seen)
     r.add_get("/api/residents/{resident_id}/calls/active", resident_views.active_calls)

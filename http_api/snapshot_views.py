@@ -1,4 +1,4 @@
-"""Visitor snapshots (issue 13): a door station uploads a JPEG for its live call; parties and admins read it."""
+"""Visitor snapshots: a door station uploads a JPEG for its live call; parties and admins read it."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ class CallService:
         # Everything the service publishes goes through the group commit: never before its commit.
         self.journal = GroupCommit(store, publisher)
         self.publisher: Publisher = self.journal
-        # issue 13: who is not rung (DND), who is rung next (forwarding), what each resident missed
+        # intercom features: who is not rung (DND), who is rung next (forwarding), what each resident missed
         site = site or SiteConfig()
         self.dnd = DoNotDisturb(store, site.timezone, clock)
         self.forwarding = Forwarding(store, directory, site, clock)
@@ -305,7 +305,7 @@ class CallService:
             "target_resident_ids": list(call.targets),
             "end_reason": str(call.end_reason) if call.end_reason else None,
             "ended_at": iso(call.ended_at),
-            # issue 13: the ring phase (forwarding), who is ringing, who was skipped (DND), which client answered
+            # the ring phase (forwarding), who is ringing, who was skipped (DND), which client answered
             "ring_phase": "forwarded" if call.forwarded_at is not None else "first",
             "ringing_resident_ids": sorted(call.ringing),
             "dnd_resident_ids": sorted(call.dnd),

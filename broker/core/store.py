@@ -172,7 +172,7 @@ class Store:
     def call_events(self, call_id: str) -> list[dict[str, Any]]:
         return list(self._t("call_events").rows_where("call_id = ?", [call_id], order_by="id"))
 
-    # per-resident history, missed calls, DND, forwarding (issue 13) ---------------------------
+    # per-resident history, missed calls, DND, forwarding -------------------------------------
 
     def resident_calls(self, resident_id: str, missed_only: bool, limit: int) -> list[dict[str, Any]]:
         """A resident's ended calls, newest first: `calls` columns plus its `outcome` and `seen`."""
@@ -242,7 +242,7 @@ class Store:
         with self._tx():
             self._t("system_messages").insert({**row, "data": json.dumps(row["data"])})
 
-    # door events and snapshots (issue 13) -----------------------------------------------------
+    # door events and snapshots ---------------------------------------------------------------
 
     def add_door_event(self, row: dict[str, Any]) -> int:
         with self._tx():

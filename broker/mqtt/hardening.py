@@ -1,4 +1,4 @@
-"""Security and limits layer over amqtt 0.12.1's Broker (issue: lock the box down).
+"""Security and limits layer over amqtt 0.12.1's Broker: lock the box down.
 
 A mixin placed before the fast-path mixin in IntercomBroker's bases. It owns the connection
 lifecycle up to the message loop: accept-time refusals (max connections, per-IP CONNECT rate),
@@ -148,7 +148,7 @@ class HardeningMixin:
                                                   limits.max_keepalive_s),
                               peer=f"{address}:{peer[1] if peer else '?'}")
         try:
-            # MQTT 5 (issue 15): a v5 CONNECT is served by broker.mqtt.v5, anything else by amqtt (3.1.1)
+            # MQTT 5: a v5 CONNECT is served by broker.mqtt.v5, anything else by amqtt (3.1.1)
             if await guard.await_connect() == 5:
                 await self._serve_v5(listener_name, guard, writer)  # type: ignore[attr-defined]
             else:

@@ -156,7 +156,7 @@ class V5Connection:
                 elif kind == DISCONNECT:
                     return codec.decode_disconnect(body)
                 elif kind == AUTH:
-                    # no Authentication Method was accepted at CONNECT, so no AUTH may follow [MQTT-4.12.0-?]
+                    # no Authentication Method was accepted at CONNECT: an AUTH is a Protocol Error (MQTT 5.0 §4.12)
                     raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
         except V5Error as exc:
             if (n := _quiet.check(self.session.remote_address or "?")) is not None:
@@ -177,7 +177,7 @@ class V5Connection:
             else:
                 topic = self.aliases.get(alias)
                 if topic is None:
-                    raise V5Error(PROTOCOL_ERROR, f"Topic Alias {alias} was never set")  # [MQTT-3.3.4-?]
+                    raise V5Error(PROTOCOL_ERROR, f"Topic Alias {alias} was never set")  # (MQTT 5.0 §3.3.2.3.4)
                 pub.topic = topic
         elif not pub.topic:
             raise V5Error(PROTOCOL_ERROR, "empty topic without a Topic Alias")

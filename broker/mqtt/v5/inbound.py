@@ -105,7 +105,7 @@ class V5InboundMixin(_Base):
     def _v5_hold(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
         """QoS 2, method B: held (durably for a persistent session) before PUBREC, routed at PUBREL."""
         held = conn.session.inflight_in
-        if pub.packet_id in held:  # a re-send of a message held already: PUBREC again [MQTT-4.3.3-?]
+        if pub.packet_id in held:  # a re-send of a message held already: PUBREC again (MQTT 5.0 §4.3.3)
             self._v5_ack(conn, PUBREC, pub.packet_id)
             return
         if not allowed:

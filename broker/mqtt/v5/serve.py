@@ -134,7 +134,7 @@ class V5Mixin(_Base):
             return
         will = _Will(c) if c.will_topic is not None else None
         if will is not None and c.will_props.get(codec.PAYLOAD_FORMAT) == 1 and not _utf8(c.will_payload):
-            await self._v5_refuse(writer, 0x99, "Will payload is not UTF-8", c.client_id)  # [MQTT-3.1.3-?]
+            await self._v5_refuse(writer, 0x99, "Will payload is not UTF-8", c.client_id)  # (MQTT 5.0 §3.1.3.2.3)
             return
         session, assigned = self._v5_session(c, writer, will)
         code = await self._admit(session, listener_name)
@@ -227,7 +227,8 @@ class V5Mixin(_Base):
             del props[codec.TOPIC_ALIAS_MAXIMUM]
         requested = c.props.get(codec.SESSION_EXPIRY, 0)
         if requested != session.attributes[SESSION_EXPIRY]:
-            props[codec.SESSION_EXPIRY] = session.attributes[SESSION_EXPIRY]  # [MQTT-3.2.2-?]: ours differs
+            # ours differs from the request: CONNACK says which applies (MQTT 5.0 §3.2.2.3.2)
+            props[codec.SESSION_EXPIRY] = session.attributes[SESSION_EXPIRY]
         if assigned:
             props[codec.ASSIGNED_CLIENT_ID] = session.client_id
         if keep_alive != c.keep_alive:
