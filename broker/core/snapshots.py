@@ -74,13 +74,24 @@ class SnapshotService:
                  publisher: Publisher, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.calls = calls
+        self.quota = SnapshotQuota(config.device_quota_bytes, config.total_quota_bytes)
         self.config = config
         self.root = root
         self.publisher = publisher
         self.clock = clock
         self._pruned_at = 0.0
-        self.quota = SnapshotQuota(config.device_quota_bytes, config.total_quota_bytes)
         self._loaded = False
+
+    @property
+    def config(self) -> SnapshotsConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: SnapshotsConfig) -> None:
+        """New settings (a reload) apply from the next upload, quotas included."""
+        self._config = config
+        self.quota.device_quota = config.device_quota_bytes
+        self.quota.total_quota = config.total_quota_bytes
 
     def path(self, call_id: str) -> Path:
         return self.root / f"{call_id}.jpg"

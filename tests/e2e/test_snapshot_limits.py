@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.config import SnapshotsConfig
 from tests.door_helpers import JPEG
 
 KIB = 1024
@@ -103,6 +104,18 @@ async def test_quotas_delete_the_oldest_snapshots_first(make_harness):
     assert [(await fetch(h, c))[0] for c in d1 + d5] == [404, 404, 200, 200, 200, 200, 200]
     assert sum(p.stat().st_size for p in root.glob("*.jpg")) == 5 * KIB
     assert (await fetch(h, d5[2]))[1] == jpeg(KIB, 12)
+
+
+async def test_new_quota_settings_apply_to_the_next_upload(make_harness):
+    """Settings replaced while serving (a reload): with the device quota lowered from 4 to 2 KiB, the device's
+    next 1 KiB upload deletes the two oldest of its three stored ones."""
+    limits = {"max_bytes": KIB, "device_quota_bytes": 4 * KIB, "total_quota_bytes": 8 * KIB, "min_free_bytes": 0}
+    h = await make_harness(snapshots=limits)
+    calls = [(await call_with_snapshot(h, "1", jpeg(KIB, i)))[0] for i in range(3)]
+    h.svc.snapshots.config = SnapshotsConfig(**{**limits, "device_quota_bytes": 2 * KIB})
+    call_id, status, _ = await call_with_snapshot(h, "1", jpeg(KIB, 3))
+    assert status == 200
+    assert [(await fetch(h, c))[0] for c in [*calls, call_id]] == [404, 404, 200, 200]
 
 
 async def test_a_small_disk_stops_uploads_at_the_watermark_and_the_databases_keep_working(make_harness, small_disk,
