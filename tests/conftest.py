@@ -39,6 +39,14 @@ def _uvloop() -> asyncio.AbstractEventLoop:
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop}
 
 
+@pytest.fixture(scope="module", params=list(LOOPS))
+def server_loop(request: pytest.FixtureRequest) -> str:
+    """For a sync test's subprocess server (`ServerProcess(..., loop=server_loop)`): each loop in turn."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is not installed (the `fast` extra)")
+    return str(request.param)
+
+
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     raw: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "mqtt_port": 0, "ws_port": 0, "http_port": 0, "data_dir": str(tmp_path)},

@@ -64,10 +64,9 @@ async def test_every_call_request_is_acknowledged_in_process(make_harness, pki, 
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_every_call_request_is_acknowledged_by_the_command(tmp_path, pki, loop, transport):
+def test_every_call_request_is_acknowledged_by_the_command(tmp_path, pki, server_loop, transport):
     """The same against `python -m broker --loop <loop>` (the TLS listener as its only one): 20 of 20 PUBACKs."""
-    pytest.importorskip(loop)
+    loop = server_loop
     tls = transport == "tls"
     config = {"site": {"households": households(N)}}
     if tls:
