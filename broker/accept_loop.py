@@ -103,6 +103,10 @@ class AcceptServer:
         except (OSError, ssl.SSLError, TimeoutError) as exc:  # a failed TLS handshake, a reset: that peer's loss
             log.debug("%s: connection not set up: %s", self.name, exc)
             conn.close()
+        except Exception:  # a bug in the protocol: one throttled traceback, not an unretrieved task per connection
+            if (suppressed := _quiet.check(f"{self.name} set-up error")) is not None:
+                log.exception("%s: connection set-up failed (%d more since last logged)", self.name, suppressed)
+            conn.close()
 
     def _pause(self, why: str) -> None:
         """Stop reading the listening sockets for PAUSE_S; the kernel keeps the pending connections."""

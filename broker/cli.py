@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--external-broker", metavar="URL",
                    help="bridge mode: no embedded broker; attach the call service to this broker "
                         "(mqtt://[user:password@]host:port) as an MQTT client")
+    p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                   help="event loop: uvloop (the `fast` extra), asyncio, or auto = uvloop when installed "
+                        "(default auto)")
     return p
 
 
@@ -75,6 +78,8 @@ async def serve(settings: Settings, external_broker: str | None = None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(server, load, notifier))
+    kind = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    logging.getLogger("intercom").info("event loop: %s", kind)
     try:
         await server.start()
         tune_gc()
@@ -115,6 +120,17 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
+def loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None] | None:
+    """How to run the server for `--loop`: asyncio.run, uvloop.run, or None if uvloop is asked for but missing."""
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop  # optional speed-up (the `fast` extra)
+    except ImportError:
+        return None if choice == "uvloop" else asyncio.run
+    return uvloop.run
+
+
 def main(argv: list[str] | None = None) -> int:
     # Data-dir files (token hashes, call history, keys) are the service user's alone: 0600 files, 0700 dirs.
     os.umask(0o077)
@@ -135,13 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"intercom-broker: cannot open logging.file: {exc}", file=sys.stderr)
         return 1
-    runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
-    try:
-        import uvloop  # optional speed-up (the `fast` extra)
-
-        runner = uvloop.run
-    except ImportError:
-        pass
+    runner = loop_runner(_parser().parse_args(argv).loop)
+    if runner is None:
+        print("intercom-broker: --loop uvloop needs uvloop (pip install 'intercom-broker[fast]')", file=sys.stderr)
+        return 2
     try:
         runner(serve(settings, external, load))
     except ConfigError as exc:

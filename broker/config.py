@@ -158,6 +158,19 @@ class SnapshotsConfig(_Strict):
 
     max_bytes: int = Field(512 * 1024, ge=1024, le=16 * 1024 * 1024)
     retention_days: float = Field(30.0, gt=0, le=3650)
+    # quotas: an upload that would go over one first deletes the oldest snapshots (the device's, then anyone's)
+    device_quota_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    total_quota_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
+    # uploads are refused (507) while the disk holding data_dir would have less than this free after them
+    min_free_bytes: int = Field(128 * 1024 * 1024, ge=0)
+
+    @model_validator(mode="after")
+    def _quotas_hold_a_snapshot(self) -> SnapshotsConfig:
+        if self.device_quota_bytes < self.max_bytes:
+            raise ValueError("snapshots.device_quota_bytes must be at least snapshots.max_bytes")
+        if self.total_quota_bytes < self.device_quota_bytes:
+            raise ValueError("snapshots.total_quota_bytes must be at least snapshots.device_quota_bytes")
+        return self
 
 
 class HistoryConfig(_Strict):

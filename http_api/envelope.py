@@ -64,8 +64,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(400, validation_detail(exc))
     except DomainError as exc:
         if exc.status >= 500:
-            # 502-504 report a device or the box's load, not a server fault
-            level = logging.WARNING if exc.status in (502, 503, 504) else logging.ERROR
+            # 502-504 report a device or the box's load, 507 a full disk: not a server fault
+            level = logging.WARNING if exc.status in (502, 503, 504, 507) else logging.ERROR
             log.log(level, "%s %s: %s", request.method, request.path, exc.detail)
         return error_response(exc.status, exc.detail, exc.reason, getattr(exc, "headers", None))
     except StoreError as exc:

@@ -50,4 +50,6 @@ async def fetch(request: web.Request) -> web.Response:
     """`GET /api/calls/{call_id}/snapshot`: the JPEG, for the call's device, its residents and admins."""
     call_id = parse_id(request.match_info["call_id"], "call_id")
     data = await request.app[SERVICES].snapshots.read(call_id, party_of(principal(request)))
-    return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+    # nosniff: the bytes are a station's upload; a browser must never run them as anything but an image
+    return web.Response(body=data, content_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"})

@@ -24,6 +24,29 @@ ADMIN = "test-admin-token-0123456789abcdef"
 collect_ignore = ["paho_interop"]
 
 
+def _uvloop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        pytest.skip("uvloop is not installed (the `fast` extra)")
+    return uvloop.new_event_loop()
+
+
+# The event loops the server must work on: the stock one and uvloop (the `fast` extra, which `python -m broker`
+# uses when installed). tests/e2e and tests/mqtt run every async test on each (ids `asyncio`, `uvloop`) through
+# pytest-asyncio's `pytest_asyncio_loop_factories` hook (their conftest.py); one test can pick its loops with
+# `@pytest.mark.asyncio(loop_factories=["uvloop"])`. A subprocess server follows the test's loop (server_process.py).
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop}
+
+
+@pytest.fixture(scope="module", params=list(LOOPS))
+def server_loop(request: pytest.FixtureRequest) -> str:
+    """For a sync test's subprocess server (`ServerProcess(..., loop=server_loop)`): each loop in turn."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop is not installed (the `fast` extra)")
+    return str(request.param)
+
+
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     raw: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "mqtt_port": 0, "ws_port": 0, "http_port": 0, "data_dir": str(tmp_path)},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -34,17 +35,28 @@ def households(n: int) -> list[dict[str, Any]]:
             for i in range(n)]
 
 
+def _test_loop() -> str | None:
+    """The kind of the running event loop (an async test's), so the server runs on the loop the test is for."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
 class ServerProcess:
     """One server process; stderr is kept line by line in `log` (and drained, so the child never blocks)."""
 
     def __init__(self, tmp_path: Path, config: dict[str, Any] | None = None, data_dir: Path | None = None,
-                 preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None) -> None:
+                 preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None,
+                 loop: str | None = None) -> None:
         self.config_path = tmp_path / "broker.yaml"
         raw = {"auth": {"pbkdf2_iterations": 1000}, "site": {"households": households(1)}, **(config or {})}
         self.config_path.write_text(yaml.safe_dump(raw))
         self.data_dir = data_dir or tmp_path / "data"
         self.preexec_fn = preexec_fn
         self.env = env or {}  # added to the test's environment (which loses INTERCOM_ADMIN_TOKEN)
+        self.loop = loop  # `--loop`: asyncio or uvloop; None: the loop of the async test spawning it, else the default
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
         self.mqtt_port = self.http_port = 0
@@ -53,9 +65,11 @@ class ServerProcess:
         env = {**os.environ, "INTERCOM_TRTC_SECRET_KEY": "subprocess-test-secret"}
         env.pop("INTERCOM_ADMIN_TOKEN", None)
         env.update(self.env)
+        loop = self.loop or _test_loop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "broker", "--config", str(self.config_path), "--host", "127.0.0.1",
-             "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0", "--data-dir", str(self.data_dir)],
+             "--mqtt-port", "0", "--ws-port", "0", "--http-port", "0", "--data-dir", str(self.data_dir),
+             *(["--loop", loop] if loop else [])],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             preexec_fn=self.preexec_fn)  # only setrlimit: safe before exec
         return self.proc

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import weakref
 from typing import Any
 
 from amqtt.adapters import StreamWriterAdapter, WriterAdapter
@@ -18,7 +17,7 @@ from broker.config import LimitsConfig
 from broker.fd_budget import fd_bounded, http_fd_share
 from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
 
-__all__ = ["AcceptGate", "GatedProtocol", "abort", "close_writer"]
+__all__ = ["AcceptGate", "GatedProtocol", "abort", "admitted_at_accept", "close_writer"]
 
 log = logging.getLogger("intercom.hardening")
 _quiet = LogThrottle()
@@ -33,7 +32,6 @@ class AcceptGate:
         self.max_connections = fd_bounded(limits.max_connections, http_fd_share(limits.max_http_connections))
         self.open = 0
         self.connect_rate = KeyedLimiter(limits.connect_rate.per_s, limits.connect_rate.burst)
-        self.gated: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()  # admitted by GatedProtocol
         self.refused: collections.Counter[str] = collections.Counter()  # by reason, for /metrics
 
     def admit(self, address: str | None) -> str | None:
@@ -61,7 +59,14 @@ class AcceptGate:
 
 
 class GatedProtocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, refusing a connection in `connection_made` before any task exists."""
+    """asyncio's stream protocol, refusing a connection in `connection_made` before any task exists.
+
+    The admission is kept on the protocol, not keyed by transport: uvloop's TLS transport cannot be
+    weakly referenced (nor is any transport guaranteed to be), and the protocol is what a stream
+    writer's transport leads back to (`transport.get_protocol()`) on both loops.
+    """
+
+    admitted = False  # counted in by connection_made; `_client_connected` must not count it again
 
     def __init__(self, reader: asyncio.StreamReader, connected: Any, gate: AcceptGate) -> None:
         super().__init__(reader, connected)
@@ -80,8 +85,19 @@ class GatedProtocol(asyncio.StreamReaderProtocol):
         if self._gate.admit(peer[0] if peer else None) is not None:
             transport.abort()  # type: ignore[attr-defined]
             return
-        self._gate.gated.add(transport)
+        self.admitted = True
         super().connection_made(transport)
+
+
+def admitted_at_accept(writer: WriterAdapter) -> bool:
+    """Whether `writer`'s connection was already counted in by GatedProtocol (once: the answer is taken)."""
+    stream = getattr(writer, "_writer", None)  # amqtt's StreamWriterAdapter keeps the asyncio StreamWriter here
+    transport = getattr(stream, "transport", None)
+    protocol = transport.get_protocol() if transport is not None else None
+    if isinstance(protocol, GatedProtocol) and protocol.admitted:
+        protocol.admitted = False
+        return True
+    return False
 
 
 def abort(writer: WriterAdapter) -> None:

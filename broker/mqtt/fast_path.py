@@ -38,6 +38,7 @@ from broker.limiter import LogThrottle
 from broker.mqtt import amqtt_compat
 from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
 from broker.mqtt.hooks import ReplyTo
+from broker.mqtt.outlet import unwrapped
 from broker.mqtt.quota import HELD
 from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
 from broker.mqtt.session_persistence import DurableIncoming
@@ -197,10 +198,15 @@ class FastPathMixin(RoutingMixin):
         if barrier is None:
             writer.write(packet)
             return
+        stream = unwrapped(writer)
 
         def send() -> None:
-            if handler.writer is writer:  # not after the connection (or a takeover) replaced it
-                writer.write(packet)
+            # The writer may have been wrapped meanwhile (the outlet opens when the client loop starts, and a
+            # PUBLISH read right after CONNACK is handled before that): write through the current writer while
+            # it is still this connection's, never after the connection (or a takeover) replaced it.
+            current = handler.writer
+            if current is not None and unwrapped(current) is stream:
+                current.write(packet)
 
         barrier(send)
 

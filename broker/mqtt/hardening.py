@@ -38,7 +38,7 @@ from transitions import MachineError
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle, is_exempt
-from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, close_writer
+from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, admitted_at_accept, close_writer
 from broker.mqtt.flapping import FlappingGuard
 from broker.mqtt.hooks import REFUSAL, REVOKED
 from broker.mqtt.keyed_lock import KeyedLock
@@ -133,10 +133,7 @@ class HardeningMixin:
         peer = writer.get_peer_info()
         address = peer[0] if peer else None
         gate = state.gate
-        transport = getattr(getattr(writer, "_writer", None), "transport", None)
-        if transport is not None and transport in gate.gated:
-            gate.gated.discard(transport)  # admitted in connection_made already
-        elif gate.admit(address) is not None:
+        if not admitted_at_accept(writer) and gate.admit(address) is not None:
             abort(writer)
             return
         limits = self.limits

@@ -33,7 +33,7 @@ from amqtt.session import OutgoingApplicationMessage, Session
 from broker.mqtt.session_persistence import DurableInflight
 from broker.mqtt.v5.message import MessageProps, V5Outgoing, V5Retained, props_of
 
-__all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint"]
+__all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint", "unwrapped"]
 
 log = logging.getLogger("intercom.delivery")
 # encoded topic, topic, payload, QoS, retain, MQTT 5 properties, subscription identifiers
@@ -138,6 +138,11 @@ class CoalescingWriter(WriterAdapter):
     async def close(self) -> None:
         self.flush()
         await self.inner.close()
+
+
+def unwrapped(writer: WriterAdapter) -> WriterAdapter:
+    """The connection's own writer, under the CoalescingWriter the engine may have wrapped it in."""
+    return writer.inner if isinstance(writer, CoalescingWriter) else writer
 
 
 class RetainedBatch:

@@ -21,8 +21,8 @@ TOPICS = ("TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA")
 WILDTOPICS = ("TopicA/+", "+/C", "#", "/#", "/+", "+/+", "TopicA/#")
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = ServerProcess(tmp_path_factory.mktemp("interop"), INTEROP_CONFIG).start()
+def server(tmp_path_factory: pytest.TempPathFactory, server_loop: str) -> Iterator[ServerProcess]:
+    s = ServerProcess(tmp_path_factory.mktemp("interop"), INTEROP_CONFIG, loop=server_loop).start()
     yield s
     s.stop()
 
