@@ -6,15 +6,9 @@ from aiohttp import web
 
 from broker.core.clients import taker
 from broker.core.errors import BadRequest, Forbidden
-from broker.core.payloads import (
-    ActiveQuery,
-    CallRequest,
-    ControlBody,
-    EndSessionRequest,
-    RtcCallRequest,
-    SessionQuery,
-)
 from broker.core.states import Party, Role
+from broker.core.wire.calls import CallRequest, ControlBody, EndSessionRequest, RtcCallRequest
+from broker.core.wire.queries import ActiveQuery, SessionQuery
 from http_api.auth import party_of, principal, require
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES

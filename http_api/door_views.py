@@ -6,8 +6,9 @@ from aiohttp import web
 
 from broker.core.doors import Opener
 from broker.core.errors import BadRequest, Forbidden
-from broker.core.payloads import DoorEventsQuery, UnlockRequest
 from broker.core.services import Services
+from broker.core.wire.doors import UnlockRequest
+from broker.core.wire.queries import DoorEventsQuery
 from http_api.auth import require, scope_to_caller
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES

@@ -7,8 +7,10 @@ from typing import Any
 from aiohttp import web
 
 from broker.core.errors import Forbidden, Overloaded
-from broker.core.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, UserSigRequest, parse_id
+from broker.core.ids import parse_id
 from broker.core.trtc import trtc_user_id
+from broker.core.wire.calls import RtcTokenRequest, UserSigRequest
+from broker.core.wire.status import DeviceStatus, SystemMessage
 from http_api.auth import principal, require
 from http_api.envelope import ok, parse_body
 from http_api.keys import HEALTH, MONITOR, SERVICES

@@ -10,8 +10,10 @@ from aiohttp import web
 
 from broker.core import commands
 from broker.core.errors import Forbidden
-from broker.core.payloads import DndIn, ForwardingIn, ResidentCallsQuery, parse_id
+from broker.core.ids import parse_id
 from broker.core.states import Party, Role
+from broker.core.wire.directory import DndIn, ForwardingIn
+from broker.core.wire.queries import ResidentCallsQuery
 from http_api.auth import principal
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES

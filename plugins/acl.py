@@ -25,8 +25,8 @@ from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.config import AclRule
+from broker.core import topics
 from broker.core.errors import NotFound
-from broker.core.payloads import topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.limiter import LogThrottle
@@ -100,14 +100,9 @@ def own_share_name(principal: Principal) -> str:
 
 
 def played_party(topic: str) -> str | None:
-    """The device or resident a publish on `topic` speaks for, if it is one of a party's own topics."""
-    match topic.split("/"):
-        case (["calls", "request", ident] | ["devices", ident, "status"] | ["devices", ident, "calls", "control"]
-              | ["devices", ident, "commands", "ack"]):
-            return f"device {ident}"
-        case ["users", ident, "calls", "control"] | ["users", ident, "commands"]:
-            return f"resident {ident}"
-    return None
+    """The device or resident a publish on `topic` speaks for, if it is one of a party's own input topics."""
+    parsed = topics.classify(topic)
+    return f"{parsed.role} {parsed.id}" if parsed is not None else None
 
 
 class TopicAclPlugin(BaseTopicPlugin):

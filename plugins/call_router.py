@@ -11,15 +11,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from broker.core import commands, fastjson, wirejson
+from broker.core import commands, fastjson, topics, wirejson
 from broker.core.clients import taker
 from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
 from broker.core.fields import DEVICE_KEYS, RESIDENT_KEYS, one_id
 from broker.core.group_commit import Meta
-from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
+from broker.core.ids import validation_detail
 from broker.core.services import Services
 from broker.core.states import Party, Role
 from broker.core.tokens import Principal
+from broker.core.wire.calls import ControlBody, MqttCallRequest
+from broker.core.wire.status import DeviceStatus
 from broker.limiter import LogThrottle
 from plugins import command_router
 
@@ -62,10 +64,10 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
     `reply_to`: an MQTT 5 request's (Response Topic, Correlation Data), where a `calls/request` is answered
     instead of the device's control topic."""
     kind_and_id = topics.classify(topic)
-    if kind_and_id is None:
+    if kind_and_id is None or kind_and_id.role is None:
         return False
     kind, party_id = kind_and_id
-    party = Party(Role.RESIDENT if kind in ("resident_control", "resident_commands") else Role.DEVICE, party_id)
+    party = Party(Role(kind_and_id.role), party_id)
     reply = reply_route(party, reply_to) if kind == "request" else None
     body: Any = None
     request_id: str | None = None

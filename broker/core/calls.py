@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.config import CallsConfig, SiteConfig
-from broker.core import states
+from broker.core import states, topics
 from broker.core.admission import CallAdmission, LoopLag
 from broker.core.call_log import Outcome, outcomes
 from broker.core.device_kinds import check_call_scope
@@ -29,19 +29,18 @@ from broker.core.dnd import DoNotDisturb
 from broker.core.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
 from broker.core.forwarding import Forwarding
 from broker.core.group_commit import GroupCommit, Meta, Publisher
-from broker.core.payloads import (
+from broker.core.resident_calls import ResidentCalls
+from broker.core.states import Action, CallSession, CallState, Party, Role
+from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
+from broker.core.trtc import Trtc, trtc_user_ids
+from broker.core.wire.calls import (
     CallInfo,
     ControlMessage,
     ErrorBody,
     control_notice,
     incoming_call_encoder,
     snapshot_url,
-    topics,
 )
-from broker.core.resident_calls import ResidentCalls
-from broker.core.states import Action, CallSession, CallState, Party, Role
-from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
-from broker.core.trtc import Trtc, trtc_user_ids
 
 __all__ = ["CallService", "Publisher", "iso"]
 

@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from broker.core.doors import Opener
 from broker.core.errors import BadRequest
 from broker.core.fastjson import compact
-from broker.core.payloads import DndIn
 from broker.core.services import Services
 from broker.core.states import Party
 from broker.core.wire.commands import CallStatusCommand, CommandAck, DndCommand, DoorCommandRequest, SeenCommand
+from broker.core.wire.directory import DndIn
 
 __all__ = ["COMMANDS", "Command", "Reply", "ack", "parse", "reply_message", "request_id"]
 

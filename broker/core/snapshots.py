@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import SnapshotsConfig
+from broker.core import topics
 from broker.core.calls import CallService, Publisher, now_ms
 from broker.core.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
-from broker.core.payloads import ControlMessage, snapshot_url, topics
 from broker.core.states import CallSession, CallState, Party
 from broker.core.store import Store
+from broker.core.wire.calls import ControlMessage, snapshot_url
 
 __all__ = ["SnapshotService", "TooLarge", "is_jpeg"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from TLSSigAPIv2 import TLSSigAPIv2
 
 from broker.core.errors import BadRequest
-from broker.core.payloads import TencentRtc
+from broker.core.wire.calls import TencentRtc
 
 __all__ = ["SigInfo", "Trtc", "party_user_id", "trtc_room_id", "trtc_user_id", "trtc_user_ids",
            "verify_user_sig"]
