@@ -6,7 +6,7 @@ Field names follow the seed API exactly (`tencen_rtc` included).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
@@ -121,7 +121,7 @@ class ControlMessage(Out):
 
 
 def incoming_call_encoder(call_id: str, device_id: str, household_number: str, call_info: dict[str, Any],
-                          ring_timeout_s: float, timestamp: int) -> Callable[[dict[str, Any]], bytes]:
+                          ring_timeout_s: float, timestamp: int) -> Callable[[Mapping[str, object]], bytes]:
     """`IncomingCall(...).model_dump_json()` per resident, given its `tencen_rtc`; the shared fields encoded once.
 
     The server's own data needs no validation; `tests/core/test_payload_encoders.py` checks the bytes equal the model's.
