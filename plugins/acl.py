@@ -27,6 +27,7 @@ from amqtt.session import Session
 from broker.config import AclRule
 from broker.core import topics
 from broker.core.errors import NotFound
+from broker.core.policy import own_topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.limiter import LogThrottle
@@ -41,13 +42,13 @@ SYS_TOPICS = "$SYS/broker/#"
 PLAYED = "intercom.played"  # session attribute: the parties an admin connection has published as
 
 DEFAULT_ACL: dict[str, AclRule] = {
+    # a party publishes on its own input topics only (broker.core.policy: a device or resident speaks as itself)
     "device": AclRule(
-        publish=[topics.request("%u"), topics.device_control("%u"), topics.device_status("%u"),
-                 topics.device_commands_ack("%u")],
+        publish=own_topics("device", "%u"),
         subscribe=[topics.device_all("%u"), topics.system("#")],  # the seed's system messages reach stations too
     ),
     "resident": AclRule(
-        publish=[topics.resident_control("%u"), topics.resident_commands("%u")],
+        publish=own_topics("resident", "%u"),
         subscribe=[topics.resident_all("%u"), topics.system("#"), topics.device_status("%d")],
     ),
     "admin": AclRule(publish=["#"], subscribe=["#", "$SYS/#"]),
