@@ -1,4 +1,4 @@
-"""Door unlock and the door event log (issue 13). Thin: parse, decide who opens, delegate to the door service."""
+"""Door unlock and the door event log. Thin: parse, decide who opens, delegate to the door service."""
 
 from __future__ import annotations
 

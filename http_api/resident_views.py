@@ -1,7 +1,7 @@
-"""Issue 13 endpoints: a resident's call history and missed calls, do-not-disturb, household forwarding.
+"""A resident's call history and missed calls, do-not-disturb, household forwarding.
 
-Who may call: admin and anonymous local-only callers anything; a resident its own history and DND,
-and its own household's DND and forwarding settings (read); devices none of it.
+Who may call (broker.core.policy): admin and anonymous local-only callers anything; a resident its own
+history and DND, and its own household's DND and forwarding settings (read); devices none of it.
 """
 
 from __future__ import annotations

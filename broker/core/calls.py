@@ -80,7 +80,7 @@ class CallService:
         # Everything the service publishes goes through the group commit: never before its commit.
         self.journal = GroupCommit(store, publisher)
         self.publisher: Publisher = self.journal
-        # issue 13: who is not rung (DND), who is rung next (forwarding), what each resident missed
+        # the intercom features: who is not rung (DND), who is rung next (forwarding), what each resident missed
         site = site or SiteConfig()
         self.dnd = DoNotDisturb(store, site.timezone, clock)
         self.forwarding = Forwarding(store, directory, site, clock)

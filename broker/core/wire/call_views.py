@@ -43,8 +43,22 @@ class CallStarted(TypedDict):
     dnd_resident_ids: NotRequired[list[str]]  # only when do-not-disturb skipped someone
 
 
-class SessionView(TypedDict):
-    """`GET /api/mqtt/session`: one call as a party (or the admin) sees it, with the viewer's own `tencen_rtc`."""
+class _Rings(TypedDict):
+    """The ring phase, who rings now, who DND skipped, forwarding, who answered on which client, each party's
+    TRTC user id: the last keys of both the session view and a history row."""
+
+    ring_phase: str  # "first" | "forwarded"
+    ringing_resident_ids: list[str]
+    dnd_resident_ids: list[str]
+    forward_to: list[str]
+    forward_after_s: float | None
+    forwarded_at: str | None
+    answered_client_id: str | None
+    trtc_user_ids: dict[str, Any]  # {device, residents: {id: user id}}
+
+
+class _SessionHead(TypedDict):
+    """The session view's keys before the ring keys (the JSON's order)."""
 
     call_id: str
     device_id: str
@@ -57,14 +71,10 @@ class SessionView(TypedDict):
     target_resident_ids: list[str]
     end_reason: str | None
     ended_at: str | None
-    ring_phase: str
-    ringing_resident_ids: list[str]
-    dnd_resident_ids: list[str]
-    forward_to: list[str]
-    forward_after_s: float | None
-    forwarded_at: str | None
-    answered_client_id: str | None
-    trtc_user_ids: dict[str, Any]  # {device, residents: {id: user id}}
+
+
+class SessionView(_SessionHead, _Rings):
+    """`GET /api/mqtt/session`: one call as a party (or the admin) sees it, with the viewer's own `tencen_rtc`."""
 
 
 # `GET /api/mqtt/calls/active`: a party's live calls, each as its session view.
@@ -78,8 +88,8 @@ class CallStatusView(TypedDict):
     calls: ActiveCalls
 
 
-class HistoryRow(TypedDict):
-    """One stored call as `GET /api/calls` lists it."""
+class _HistoryHead(TypedDict):
+    """A history row's keys before the ring keys (the JSON's order)."""
 
     call_id: str
     device_id: str
@@ -95,11 +105,7 @@ class HistoryRow(TypedDict):
     snapshot_url: str | None
     door_opened_by: str | None
     door_opened_at: str | None
-    ring_phase: str
-    ringing_resident_ids: list[str]
-    dnd_resident_ids: list[str]
-    forward_to: list[str]
-    forward_after_s: float | None
-    forwarded_at: str | None
-    answered_client_id: str | None
-    trtc_user_ids: dict[str, Any]  # {device, residents: {id: user id}}
+
+
+class HistoryRow(_HistoryHead, _Rings):
+    """One stored call as `GET /api/calls` lists it."""
