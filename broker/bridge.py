@@ -28,9 +28,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from broker.app import build_services, require_credentials, start_http
 from broker.config import ConfigError, Settings
 from broker.core.group_commit import Meta
-from broker.core.payloads import CALL_SERVICE_FILTERS
 from broker.core.services import Services
 from broker.core.tokens import Principal
+from broker.core.topics import CALL_SERVICE_FILTERS
 from plugins.call_router import on_publish
 
 __all__ = ["Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "parse_broker_url"]

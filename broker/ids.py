@@ -1,7 +1,7 @@
 """The one id type of the API: households, residents, devices, calls, TRTC user and room ids.
 
 A value type with no behaviour beyond validation, so every layer may use it: the configuration (site
-directory entries), the core (every model in `broker.core.payloads`, `parse_id`) and the adapters accept and
+directory entries), the core (every model in `broker.core.wire`, `parse_id`) and the adapters accept and
 refuse the same ids.
 """
 

@@ -8,8 +8,10 @@ from aiohttp import web
 
 from broker.core.calls import iso
 from broker.core.errors import BadRequest, NotFound
-from broker.core.payloads import AdminListQuery, DeviceIn, DirectoryPatch, HouseholdIn, ResidentIn, parse_id
+from broker.core.ids import parse_id
 from broker.core.store import DIRECTORY
+from broker.core.wire.directory import DeviceIn, DirectoryPatch, HouseholdIn, ResidentIn
+from broker.core.wire.queries import AdminListQuery
 from http_api.auth import require
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES

@@ -1,4 +1,4 @@
-"""Bearer-token identity for every request, checked in one middleware; per-view role checks."""
+"""Bearer-token identity for every request, checked in one middleware; the views ask broker.core.policy."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ from typing import cast
 
 from aiohttp import web
 
-from broker.core.errors import Forbidden, Unauthorized
+from broker.core import policy
+from broker.core.errors import Unauthorized
+from broker.core.policy import SITE, Act, Subject
 from broker.core.states import Party
 from broker.core.tokens import Principal
 from http_api.envelope import Handler
 from http_api.keys import PRINCIPAL, SERVICES
 
-__all__ = ["auth_middleware", "is_public", "party_of", "principal", "require", "scope_to_caller"]
+__all__ = ["auth_middleware", "home_of", "is_public", "party_of", "principal", "require", "scope_to_caller"]
 
 # No token needed: health, and the console's page, files, bootstrap config and the API description.
 PUBLIC = frozenset({"/healthz", "/", "/api/console/config", "/api/openapi.json"})
@@ -43,12 +45,22 @@ def principal(request: web.Request) -> Principal | None:
     return cast("Principal | None", request[PRINCIPAL])
 
 
-def require(request: web.Request, *roles: str) -> Principal | None:
-    """Admin and local-only anonymous callers pass; others must hold one of `roles`."""
+def require(request: web.Request, *roles: policy.Kind) -> Principal | None:
+    """An endpoint's gate: admin and local-only anonymous callers pass; others must be able to act as some
+    party of one of `roles` (none: the site manager's endpoint). Which party the view checks once it knows."""
     p = principal(request)
-    if p is None or p.role == "admin" or p.role in roles:
+    if any(policy.may(p, Act.SPEAK_AS, Subject(role)) for role in roles):
         return p
-    raise Forbidden(f"a {p.role} may not call {request.method} {request.path}")
+    policy.require(p, Act.ADMINISTER, SITE, detail=f"a {p.role} may not call {request.method} {request.path}"
+                   if p is not None else None)
+    return p
+
+
+def home_of(request: web.Request, p: Principal | None) -> str | None:
+    """A resident caller's household (policy's `home`), else None."""
+    if p is None or p.role != "resident":
+        return None
+    return str(request.app[SERVICES].directory.resident(p.id)["household_number"])
 
 
 def party_of(p: Principal | None) -> Party | None:
@@ -58,10 +70,15 @@ def party_of(p: Principal | None) -> Party | None:
 def scope_to_caller(request: web.Request, filters: dict[str, str], what: str) -> None:
     """Narrow a listing's `filters` to the caller: a resident sees its household's `what`, a device its own;
     admins and local-only callers anything. Asking for someone else's is 403."""
-    p = require(request, "resident", "device")
+    p = principal(request)
     if p is not None and p.role == "resident":
-        own = request.app[SERVICES].directory.resident(p.id)["household_number"]
-        if filters.setdefault("household_number", own) != own:
-            raise Forbidden(f"a resident may only list its own household's {what}")
-    elif p is not None and p.role == "device" and filters.setdefault("device_id", p.id) != p.id:
-        raise Forbidden(f"a device may only list its own {what}")
+        own = home_of(request, p)
+        number = filters.setdefault("household_number", own or "")
+        policy.require(p, Act.ACCESS, Subject("household", number), own,
+                       f"a resident may only list its own household's {what}")
+    elif p is not None and p.role == "device":
+        policy.require(p, Act.ACCESS, Subject("device", filters.setdefault("device_id", p.id)),
+                       detail=f"a device may only list its own {what}")
+    else:  # everything: the admin and local-only callers
+        policy.require(p, Act.ACCESS, SITE, detail=f"a {p.role} may not call {request.method} {request.path}"
+                       if p is not None else None)

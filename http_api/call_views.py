@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.core import policy
 from broker.core.clients import taker
-from broker.core.errors import BadRequest, Forbidden
-from broker.core.payloads import (
-    ActiveQuery,
-    CallRequest,
-    ControlBody,
-    EndSessionRequest,
-    RtcCallRequest,
-    SessionQuery,
-)
+from broker.core.errors import BadRequest
+from broker.core.policy import Act, Subject
 from broker.core.states import Party, Role
+from broker.core.wire.calls import CallRequest, ControlBody, EndSessionRequest, RtcCallRequest
+from broker.core.wire.queries import ActiveQuery, SessionQuery
 from http_api.auth import party_of, principal, require
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
@@ -24,9 +20,7 @@ __all__ = ["active_calls", "call", "control_device", "control_resident", "end_se
 
 
 def _own_device(request: web.Request, device_id: str) -> None:
-    p = require(request, "device")
-    if p is not None and p.role == "device" and p.id != device_id:
-        raise Forbidden(f"device {p.id} may not start a call as device {device_id}")
+    policy.require(principal(request), Act.SPEAK_AS, Subject("device", device_id))
 
 
 async def call(request: web.Request) -> web.Response:
@@ -56,9 +50,10 @@ async def rtc_call(request: web.Request) -> web.Response:
 
 async def control_device(request: web.Request) -> web.Response:
     body = await parse_body(request, ControlBody)
-    p = require(request, "device")
+    p = principal(request)
+    policy.require(p, Act.SPEAK_AS, Subject("device", body.device_id))  # a token's own id, when the body names one
     svc = request.app[SERVICES]
-    actor = _named(party_of(p), Role.DEVICE, body.device_id)
+    actor = party_of(p)  # a device's token names it; the admin and anonymous callers name none
     if actor is None:
         actor = Party(Role.DEVICE, body.device_id or svc.calls.device_for(body.call_info.call_id))
     svc.calls.act(actor, body.call_info, taker(actor, None, body.client_id))
@@ -68,9 +63,10 @@ async def control_device(request: web.Request) -> web.Response:
 
 async def control_resident(request: web.Request) -> web.Response:
     body = await parse_body(request, ControlBody)
-    p = require(request, "resident")
+    p = principal(request)
+    policy.require(p, Act.SPEAK_AS, Subject("resident", body.resident_id))
     svc = request.app[SERVICES]
-    actor = _named(party_of(p), Role.RESIDENT, body.resident_id)
+    actor = party_of(p)
     if actor is None:
         # no token: the body's resident, else whom the call's state names; an anonymous local-only caller
         # may act for the household when several ring (the seed's body names nobody), the admin may not
@@ -79,13 +75,6 @@ async def control_resident(request: web.Request) -> web.Response:
     svc.calls.act(actor, body.call_info, cid)
     await svc.calls.durable()
     return ok(None)
-
-
-def _named(token_party: Party | None, role: Role, body_id: str | None) -> Party | None:
-    """The token's party, which a body naming another party of `role` may not contradict (403)."""
-    if token_party is not None and body_id is not None and token_party.role is role and body_id != token_party.id:
-        raise Forbidden(f"{role} {token_party.id} may not act as {role} {body_id}")
-    return token_party
 
 
 async def session(request: web.Request) -> web.Response:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.core import policy
 from broker.core.doors import Opener
-from broker.core.errors import BadRequest, Forbidden
-from broker.core.payloads import DoorEventsQuery, UnlockRequest
+from broker.core.errors import BadRequest
+from broker.core.policy import Act, Subject
 from broker.core.services import Services
-from http_api.auth import require, scope_to_caller
+from broker.core.wire.doors import UnlockRequest
+from broker.core.wire.queries import DoorEventsQuery
+from http_api.auth import principal, scope_to_caller
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
@@ -18,11 +21,10 @@ __all__ = ["events", "unlock"]
 async def unlock(request: web.Request) -> web.Response:
     """`POST /api/doors/unlock {device_id, call_id?, relay?, resident_id?}`: answers once the station acked."""
     body = await parse_body(request, UnlockRequest)
-    p = require(request, "resident")
+    p = principal(request)
+    policy.require(p, Act.SPEAK_AS, Subject("resident", body.resident_id))  # a resident opens as itself
     svc = request.app[SERVICES]
     if p is not None and p.role == "resident":
-        if body.resident_id not in (None, p.id):
-            raise Forbidden(f"resident {p.id} may not open a door as resident {body.resident_id}")
         opener = Opener(p.id)
     elif p is not None:  # the admin opens as itself, or for the resident it names
         opener = Opener(body.resident_id)

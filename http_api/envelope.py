@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker.core import wirejson
 from broker.core.errors import BadRequest, DomainError, error_text
-from broker.core.payloads import validation_detail
+from broker.core.ids import validation_detail
 from broker.core.store import StoreError
 
 __all__ = ["error_middleware", "ok", "parse_body", "parse_query"]

@@ -6,10 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
+from broker.core import policy
 from broker.core.errors import Forbidden, Overloaded
-from broker.core.payloads import DeviceStatus, RtcTokenRequest, SystemMessage, UserSigRequest, parse_id
+from broker.core.ids import parse_id
+from broker.core.policy import Act, Subject
 from broker.core.trtc import trtc_user_id
-from http_api.auth import principal, require
+from broker.core.wire.calls import RtcTokenRequest, UserSigRequest
+from broker.core.wire.status import DeviceStatus, SystemMessage
+from http_api.auth import home_of, principal, require
 from http_api.envelope import ok, parse_body
 from http_api.keys import HEALTH, MONITOR, SERVICES
 
@@ -36,9 +40,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def device_status(request: web.Request) -> web.Response:
     body = await parse_body(request, DeviceStatus)
-    p = require(request, "device")
-    if p is not None and p.role == "device" and p.id != body.device_id:
-        raise Forbidden(f"device {p.id} may not report status for device {body.device_id}")
+    policy.require(principal(request), Act.SPEAK_AS, Subject("device", body.device_id))
     request.app[SERVICES].status.update(body)
     return ok(None)
 
@@ -48,12 +50,8 @@ async def get_device_status(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     device_id = parse_id(request.match_info["device_id"], "device_id")
     p = principal(request)
-    if p is not None and p.role == "resident":
-        household = svc.directory.device(device_id)["household_number"]
-        if svc.directory.resident(p.id)["household_number"] != household:
-            raise Forbidden(f"resident {p.id} may not read devices of household {household}")
-    elif p is not None and p.role == "device" and p.id != device_id:
-        raise Forbidden(f"device {p.id} may not read device {device_id}'s status")
+    household = svc.directory.device(device_id)["household_number"] if p is not None and p.role == "resident" else None
+    policy.require(p, Act.ACCESS, Subject("device", device_id, household), home_of(request, p))
     return ok(svc.status.get(device_id))
 
 

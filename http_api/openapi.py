@@ -16,23 +16,17 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from broker.core.payloads import (
+from broker.core.wire.calls import (
     CallRequest,
     ControlBody,
-    DeviceIn,
-    DeviceStatus,
-    DirectoryPatch,
-    DndIn,
     EndSessionRequest,
-    ForwardingIn,
-    HouseholdIn,
-    ResidentIn,
     RtcCallRequest,
     RtcTokenRequest,
-    SystemMessage,
-    UnlockRequest,
     UserSigRequest,
 )
+from broker.core.wire.directory import DeviceIn, DirectoryPatch, DndIn, ForwardingIn, HouseholdIn, ResidentIn
+from broker.core.wire.doors import UnlockRequest
+from broker.core.wire.status import DeviceStatus, SystemMessage
 from http_api import (
     admin_views,
     audit_views,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker.core.calls import iso
 from broker.core.errors import Conflict, Forbidden
 from broker.core.health import summarize
-from broker.core.payloads import parse_id
+from broker.core.ids import parse_id
 from http_api.auth import require
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES, UNBAN

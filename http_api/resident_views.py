@@ -1,18 +1,20 @@
-"""A resident's endpoints: call history and missed calls, do-not-disturb, household forwarding.
+"""A resident's call history and missed calls, do-not-disturb, household forwarding.
 
-Who may call: admin and anonymous local-only callers anything; a resident its own history and DND,
-and its own household's DND and forwarding settings (read); devices none of it.
+Who may call (broker.core.policy): admin and anonymous local-only callers anything; a resident its own
+history and DND, and its own household's DND and forwarding settings (read); devices none of it.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from broker.core import commands
-from broker.core.errors import Forbidden
-from broker.core.payloads import DndIn, ForwardingIn, ResidentCallsQuery, parse_id
+from broker.core import commands, policy
+from broker.core.ids import parse_id
+from broker.core.policy import Act, Subject
 from broker.core.states import Party, Role
-from http_api.auth import principal
+from broker.core.wire.directory import DndIn, ForwardingIn
+from broker.core.wire.queries import ResidentCallsQuery
+from http_api.auth import home_of, principal
 from http_api.envelope import ok, parse_body, parse_query
 from http_api.keys import SERVICES
 
@@ -23,9 +25,7 @@ __all__ = ["active_calls", "calls_seen", "get_forwarding", "get_household_dnd", 
 def _resident(request: web.Request) -> str:
     """The path's resident, if the caller may act for it (itself, admin, local-only anonymous)."""
     rid = parse_id(request.match_info["resident_id"], "resident_id")
-    p = principal(request)
-    if p is not None and p.role != "admin" and (p.role, p.id) != ("resident", rid):
-        raise Forbidden(f"a {p.role} may not read or change resident {rid}'s calls or settings")
+    policy.require(principal(request), Act.ACCESS, Subject("resident", rid))
     request.app[SERVICES].directory.resident(rid)  # 404 if unknown
     return rid
 
@@ -34,13 +34,11 @@ def _household(request: web.Request, residents_may: bool = True) -> str:
     """The path's household, if the caller is admin, anonymous local-only, or (`residents_may`) a resident of it."""
     number = parse_id(request.match_info["household_number"], "household_number")
     p = principal(request)
-    directory = request.app[SERVICES].directory
-    if p is not None and p.role != "admin":
-        if not residents_may:
-            raise Forbidden(f"a {p.role} may not change household {number}'s settings (admin only)")
-        if p.role != "resident" or directory.resident(p.id)["household_number"] != number:
-            raise Forbidden(f"{p.role} {p.id} is not a resident of household {number}")
-    directory.get("households", number)  # 404 if unknown
+    if residents_may:
+        policy.require(p, Act.ACCESS, Subject("household", number), home_of(request, p))
+    else:
+        policy.require(p, Act.ADMINISTER, Subject("household", number))
+    request.app[SERVICES].directory.get("households", number)  # 404 if unknown
     return number
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from broker.core.payloads import parse_id
+from broker.core.ids import parse_id
 from broker.core.snapshots import TooLarge
 from http_api.auth import party_of, principal, require
 from http_api.envelope import ok

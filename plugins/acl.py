@@ -25,8 +25,9 @@ from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.config import AclRule
+from broker.core import topics
 from broker.core.errors import NotFound
-from broker.core.payloads import topics
+from broker.core.policy import own_topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.limiter import LogThrottle
@@ -41,13 +42,13 @@ SYS_TOPICS = "$SYS/broker/#"
 PLAYED = "intercom.played"  # session attribute: the parties an admin connection has published as
 
 DEFAULT_ACL: dict[str, AclRule] = {
+    # a party publishes on its own input topics only (broker.core.policy: a device or resident speaks as itself)
     "device": AclRule(
-        publish=[topics.request("%u"), topics.device_control("%u"), topics.device_status("%u"),
-                 topics.device_commands_ack("%u")],
+        publish=own_topics("device", "%u"),
         subscribe=[topics.device_all("%u"), topics.system("#")],  # the seed's system messages reach stations too
     ),
     "resident": AclRule(
-        publish=[topics.resident_control("%u"), topics.resident_commands("%u")],
+        publish=own_topics("resident", "%u"),
         subscribe=[topics.resident_all("%u"), topics.system("#"), topics.device_status("%d")],
     ),
     "admin": AclRule(publish=["#"], subscribe=["#", "$SYS/#"]),
@@ -100,14 +101,9 @@ def own_share_name(principal: Principal) -> str:
 
 
 def played_party(topic: str) -> str | None:
-    """The device or resident a publish on `topic` speaks for, if it is one of a party's own topics."""
-    match topic.split("/"):
-        case (["calls", "request", ident] | ["devices", ident, "status"] | ["devices", ident, "calls", "control"]
-              | ["devices", ident, "commands", "ack"]):
-            return f"device {ident}"
-        case ["users", ident, "calls", "control"] | ["users", ident, "commands"]:
-            return f"resident {ident}"
-    return None
+    """The device or resident a publish on `topic` speaks for, if it is one of a party's own input topics."""
+    parsed = topics.classify(topic)
+    return f"{parsed.role} {parsed.id}" if parsed is not None else None
 
 
 class TopicAclPlugin(BaseTopicPlugin):

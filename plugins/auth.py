@@ -4,7 +4,7 @@ Anonymous only in local-only mode. Token checks run off the event loop (PBKDF2) 
 constant time. Failed attempts are rate limited per source address and per username; once a bucket
 is empty, further attempts are refused without hashing. Successful logins are rate limited per
 principal (`limits.connect_rate`), since one principal may use many client ids. The client id is
-bound to the principal: `{role}-{id}` (or `{role}-{id}/<suffix>`), so no one can take over another
+bound to the principal: `{role}-{id}` (or `{role}-{id}/<suffix>`, broker.core.clients), so no one can take over another
 party's session.
 """
 
@@ -20,6 +20,7 @@ from amqtt.mqtt.connack import IDENTIFIER_REJECTED, SERVER_UNAVAILABLE
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
+from broker.core import clients
 from broker.core.errors import Unauthorized
 from broker.core.services import Services
 from broker.core.tokens import Principal, verify_token
@@ -33,13 +34,12 @@ _quiet = LogThrottle()
 
 
 def bound_client_id(principal: Principal) -> str:
-    """The client id a principal must use (or extend with `/<suffix>`)."""
-    return "admin" if principal.role == "admin" else f"{principal.role}-{principal.id}"
+    """The client id a principal must use (or extend with `/<suffix>`): broker.core.clients' grammar."""
+    return clients.bound_client_id(principal.role, principal.id)
 
 
 def client_id_allowed(principal: Principal, client_id: str, suffixes: bool) -> bool:
-    base = bound_client_id(principal)
-    return client_id == base or (suffixes and client_id.startswith(base + "/") and len(client_id) > len(base) + 1)
+    return clients.is_client_of(client_id, principal.role, principal.id, suffixes)
 
 
 def owned_by(principal: Principal) -> Callable[[Session], bool]:

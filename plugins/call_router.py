@@ -6,20 +6,22 @@ Transport-agnostic: the embedded broker's plugin and the external-broker bridge 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from pydantic import ValidationError
 
-from broker.core import commands, fastjson, wirejson
-from broker.core.clients import taker
+from broker.core import commands, fastjson, policy, topics, wirejson
+from broker.core.clients import parse_client_id, taker
 from broker.core.errors import BadRequest, DomainError, Forbidden, error_text
 from broker.core.fields import DEVICE_KEYS, RESIDENT_KEYS, one_id
 from broker.core.group_commit import Meta
-from broker.core.payloads import ControlBody, DeviceStatus, MqttCallRequest, topics, validation_detail
+from broker.core.ids import validation_detail
+from broker.core.policy import Act, Subject
 from broker.core.services import Services
 from broker.core.states import Party, Role
 from broker.core.tokens import Principal
+from broker.core.wire.calls import ControlBody, MqttCallRequest
+from broker.core.wire.status import DeviceStatus
 from broker.limiter import LogThrottle
 from plugins import command_router
 
@@ -27,16 +29,15 @@ __all__ = ["identify", "on_publish"]
 
 log = logging.getLogger("intercom.mqtt")
 _quiet = LogThrottle()  # refusals are client-driven: one line per party and topic every 5 s
-# `{role}-{id}`, optionally `/<suffix>` (auth.client_id_suffixes): an id never contains `/`.
-_CLIENT_ID = re.compile(r"^(device|resident)[-_]([^/]+)(?:/.*)?$", re.DOTALL)
 
 
 def identify(principal: Principal | None, client_id: str | None) -> Party | None:
     """Which party a connection speaks for: its authenticated principal, else its client id."""
     if principal is not None:
         return principal.party()
-    if client_id and (m := _CLIENT_ID.match(client_id)):
-        return Party(Role(m.group(1)), m.group(2))
+    named = parse_client_id(client_id) if client_id else None
+    if named is not None and named.id is not None and named.role in (Role.DEVICE, Role.RESIDENT):
+        return Party(Role(named.role), named.id)
     return None
 
 
@@ -62,10 +63,10 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
     `reply_to`: an MQTT 5 request's (Response Topic, Correlation Data), where a `calls/request` is answered
     instead of the device's control topic."""
     kind_and_id = topics.classify(topic)
-    if kind_and_id is None:
+    if kind_and_id is None or kind_and_id.role is None:
         return False
     kind, party_id = kind_and_id
-    party = Party(Role.RESIDENT if kind in ("resident_control", "resident_commands") else Role.DEVICE, party_id)
+    party = Party(Role(kind_and_id.role), party_id)
     reply = reply_route(party, reply_to) if kind == "request" else None
     body: Any = None
     request_id: str | None = None
@@ -75,9 +76,8 @@ def on_publish(svc: Services, principal: Principal | None, topic: str, payload: 
             if client_id is None:
                 return False  # bridge mode: our own message, echoed back by the external broker
             raise BadRequest("origin: only the server's messages carry origin 'server'")
-        if principal is not None and principal.role != "admin" and (principal.role, principal.id) != (
-            party.role.value, party.id):
-            raise Forbidden(f"{principal.role} {principal.id} may not publish on {topic}")
+        policy.require(principal, Act.SPEAK_AS, Subject.of(party),
+                       detail=f"{principal.role} {principal.id} may not publish on {topic}" if principal else None)
         named = one_id(body, DEVICE_KEYS if party.role is Role.DEVICE else RESIDENT_KEYS)
         if named is not None and named != party.id:
             raise Forbidden(f"{topic} is {party.role} {party.id}'s; its payload names {party.role} {named}")

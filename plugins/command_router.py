@@ -17,11 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from broker.core import commands
+from broker.core import commands, topics
 from broker.core.calls import now_ms
 from broker.core.commands import Command, Reply
 from broker.core.errors import DomainError, error_text
-from broker.core.payloads import topics
 from broker.core.services import Services
 from broker.core.states import Party
 from broker.limiter import LogThrottle

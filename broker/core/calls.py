@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.config import CallsConfig, SiteConfig
-from broker.core import states
+from broker.core import states, topics
 from broker.core.admission import CallAdmission, LoopLag
 from broker.core.call_log import Outcome, outcomes
 from broker.core.device_kinds import check_call_scope
@@ -29,19 +29,19 @@ from broker.core.dnd import DoNotDisturb
 from broker.core.errors import BadRequest, Busy, Conflict, Forbidden, NotFound
 from broker.core.forwarding import Forwarding
 from broker.core.group_commit import GroupCommit, Meta, Publisher
-from broker.core.payloads import (
+from broker.core.resident_calls import ResidentCalls
+from broker.core.states import Action, CallSession, CallState, Party, Role
+from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
+from broker.core.trtc import Trtc, trtc_user_ids
+from broker.core.wire.call_views import ActiveCalls, CallStarted, HistoryRow, SessionView, StartedInfo
+from broker.core.wire.calls import (
     CallInfo,
     ControlMessage,
     ErrorBody,
     control_notice,
     incoming_call_encoder,
     snapshot_url,
-    topics,
 )
-from broker.core.resident_calls import ResidentCalls
-from broker.core.states import Action, CallSession, CallState, Party, Role
-from broker.core.store import Store, StoreUnavailable, call_from_row, write_transition
-from broker.core.trtc import Trtc, trtc_user_ids
 
 __all__ = ["CallService", "Publisher", "iso"]
 
@@ -148,7 +148,7 @@ class CallService:
         household_number: str | None = None,
         resident_id: str | None = None,
         timestamp: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> CallStarted:
         started = time.perf_counter()
         device = self.directory.row("devices", device_id)
         if resident_id is not None:
@@ -186,7 +186,8 @@ class CallService:
         # Clocks: the reply's `call_info.timestamp` echoes the caller's own `timestamp` (its clock, validated
         # epoch ms) when it sent one; every other `timestamp` the server sends is the server's clock.
         ts = now_ms()
-        call_info = {"call_id": call_id, "action": "initiated", "timestamp": timestamp if timestamp is not None else ts}
+        call_info: StartedInfo = {"call_id": call_id, "action": "initiated",
+                                  "timestamp": timestamp if timestamp is not None else ts}
         incoming = incoming_call_encoder(call_id, device_id, household,
                                          {"call_id": call_id, "action": "initiated", "timestamp": ts},
                                          self.config.ring_timeout_s, ts)
@@ -199,7 +200,7 @@ class CallService:
             self.journal.after(lambda: on_setup(time.perf_counter() - started))
         # One INFO line per call, when it ends (it names everyone): ~20 µs a line at 1,000 calls/s.
         log.debug("call %s started by device %s ringing %s", call_id, device_id, ",".join(targets))
-        return {
+        reply: CallStarted = {
             "call_id": call_id,
             "device_id": device_id,
             "household_number": household,
@@ -208,8 +209,10 @@ class CallService:
             "tencen_rtc": self.trtc.call_credentials(f"device_{device_id}", call_id),
             "ring_timeout_s": self.config.ring_timeout_s,
             "timestamp": ts,
-            **({"dnd_resident_ids": sorted(call.dnd)} if call.dnd else {}),
         }
+        if call.dnd:
+            reply["dnd_resident_ids"] = sorted(call.dnd)
+        return reply
 
     # actions ------------------------------------------------------------------------------------
 
@@ -287,7 +290,7 @@ class CallService:
 
     # reads --------------------------------------------------------------------------------------
 
-    def session(self, call_id: str, viewer: Party | None) -> dict[str, Any]:
+    def session(self, call_id: str, viewer: Party | None) -> SessionView:
         call = self._load(call_id)
         if viewer is not None and viewer.role is not Role.SERVER and not call.is_party(viewer):
             raise Forbidden(f"{viewer.role} {viewer.id} is not a party to call {call_id}")
@@ -316,14 +319,14 @@ class CallService:
             "trtc_user_ids": trtc_user_ids(call.device_id, call.all_targets),
         }
 
-    def history(self, filters: dict[str, str], limit: int, active_only: bool = False) -> list[dict[str, Any]]:
+    def history(self, filters: dict[str, str], limit: int, active_only: bool = False) -> list[HistoryRow]:
         limit = max(1, min(limit, self.config.history_limit_max))
         rows = self.store.list_calls(filters, limit, active_only=active_only)
         return [history_view(r) for r in rows]
 
     def history_page(self, filters: dict[str, str], limit: int, since: float | None, until: float | None,
                      after: tuple[float, str] | None, search: str | None = None,
-                     ) -> tuple[list[dict[str, Any]], tuple[float, str] | None]:
+                     ) -> tuple[list[HistoryRow], tuple[float, str] | None]:
         """One page of history, newest first, in [since, until); the key to pass as `after` for the next page."""
         limit = max(1, min(limit, self.config.history_limit_max))
         rows = self.store.list_calls(filters, limit + 1, since=since, until=until, after=after, search=search)
@@ -332,7 +335,7 @@ class CallService:
         key = (rows[-1]["start_time"], rows[-1]["call_id"]) if more else None
         return [history_view(r) for r in rows], key
 
-    def active_for(self, party: Party) -> list[dict[str, Any]]:
+    def active_for(self, party: Party) -> ActiveCalls:
         ids = [c.call_id for c in self._active.values() if c.is_party(party)
                and (party.role is not Role.RESIDENT or (c.state is CallState.RINGING and party.id in c.ringing)
                     or c.answered_by == party.id)]
@@ -495,7 +498,7 @@ class CallService:
             self._timers[call_id] = asyncio.get_running_loop().call_later(RETRY_S, self._on_deadline, call_id)
 
 
-def history_view(r: dict[str, Any]) -> dict[str, Any]:
+def history_view(r: dict[str, Any]) -> HistoryRow:
     """A stored call as `GET /api/calls` shows it."""
     return {
         "call_id": r["call_id"], "device_id": r["device_id"], "household_number": r["household_number"],

@@ -20,10 +20,11 @@ from pydantic import BaseModel
 from broker.core.doors import Opener
 from broker.core.errors import BadRequest
 from broker.core.fastjson import compact
-from broker.core.payloads import DndIn
 from broker.core.services import Services
 from broker.core.states import Party
+from broker.core.wire.call_views import CallStatusView
 from broker.core.wire.commands import CallStatusCommand, CommandAck, DndCommand, DoorCommandRequest, SeenCommand
+from broker.core.wire.directory import DndIn
 
 __all__ = ["COMMANDS", "Command", "Reply", "ack", "parse", "reply_message", "request_id"]
 
@@ -70,7 +71,8 @@ def calls_seen(svc: Services, party: Party, _cmd: SeenCommand | None) -> Reply:
 
 def call_status(svc: Services, party: Party, _cmd: CallStatusCommand | None) -> Reply:
     """The resident's ringing and connected calls (each as `GET /api/calls/{id}/session` shows it to it)."""
-    return Reply("call_status", {"resident_id": party.id, "calls": svc.calls.active_for(party)})
+    status: CallStatusView = {"resident_id": party.id, "calls": svc.calls.active_for(party)}
+    return Reply("call_status", status)
 
 
 COMMANDS: dict[str, Command] = {

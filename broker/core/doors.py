@@ -26,15 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.config import DoorsConfig
+from broker.core import topics
 from broker.core.calls import CallService, Publisher, iso
 from broker.core.device_kinds import in_scope
 from broker.core.directory import Directory
 from broker.core.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
 from broker.core.group_commit import Meta
-from broker.core.payloads import DoorCommand, topics
 from broker.core.states import CallSession
 from broker.core.store import Store
 from broker.core.wire.commands import CommandAck
+from broker.core.wire.doors import DoorCommand
 
 __all__ = ["AckTimeout", "DeviceFailed", "DeviceOffline", "DoorService", "Opener"]
 

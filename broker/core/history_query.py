@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field
 
-from broker.core.payloads import HistoryQuery as _SeedHistoryQuery
+from broker.core.wire.queries import HistoryQuery as _SeedHistoryQuery
 
 __all__ = ["HistoryPageQuery", "Instant"]
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.core import fastjson
+from broker.core import fastjson, topics
 from broker.core.call_log import entry
 from broker.core.directory import Directory
 from broker.core.group_commit import Publisher
-from broker.core.payloads import topics
 from broker.core.store import Store
 
 __all__ = ["ResidentCalls"]

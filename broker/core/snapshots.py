@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import SnapshotsConfig
+from broker.core import topics
 from broker.core.calls import CallService, Publisher, now_ms
 from broker.core.errors import BadRequest, Conflict, DomainError, Forbidden, NotFound
-from broker.core.payloads import ControlMessage, snapshot_url, topics
 from broker.core.snapshot_quota import SnapshotQuota
 from broker.core.states import CallSession, CallState, Party
 from broker.core.store import Store, StoreError
+from broker.core.wire.calls import ControlMessage, snapshot_url
 from broker.limiter import LogThrottle
 
 __all__ = ["SnapshotService", "StorageFailed", "StorageFull", "TooLarge", "is_jpeg"]

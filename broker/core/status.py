@@ -11,11 +11,12 @@ import json
 import time
 from typing import Any
 
+from broker.core import topics
 from broker.core.calls import Publisher, iso, now_ms
 from broker.core.directory import Directory
 from broker.core.errors import BadRequest, NotFound
-from broker.core.payloads import MAX_PROPERTIES_BYTES, DeviceStatus, SystemMessage, topics
 from broker.core.store import Store
+from broker.core.wire.status import MAX_PROPERTIES_BYTES, DeviceStatus, SystemMessage
 
 __all__ = ["StatusService"]
 

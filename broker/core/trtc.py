@@ -16,7 +16,8 @@ from typing import Any
 from TLSSigAPIv2 import TLSSigAPIv2
 
 from broker.core.errors import BadRequest
-from broker.core.payloads import TencentRtc
+from broker.core.wire.call_views import RtcCredentials
+from broker.core.wire.calls import TencentRtc
 
 __all__ = ["SigInfo", "Trtc", "party_user_id", "trtc_room_id", "trtc_user_id", "trtc_user_ids",
            "verify_user_sig"]
@@ -105,7 +106,7 @@ class Trtc:
         return TencentRtc(sdk_app_id=self.sdk_app_id, user_id=user, user_sig=self.user_sig(user),
                           room_id=trtc_room_id(room_id))
 
-    def call_credentials(self, user_id: str, room_id: str) -> dict[str, Any]:
+    def call_credentials(self, user_id: str, room_id: str) -> RtcCredentials:
         """`tencen_rtc` of a party in a call (built without validation: every field is ours), with a cached sig.
         `user_id` is `device_{id}` / `resident_{id}`, mapped by `trtc_user_id` when TRTC would refuse it; the
         room is the call id (`call-YYYYMMDD-<hex>`, a valid TRTC room id)."""

@@ -17,11 +17,12 @@ import pytest
 from broker.config import CallsConfig, SiteConfig
 from broker.core.calls import CallService
 from broker.core.directory import Directory
-from broker.core.payloads import ControlMessage, DeviceStatus, IncomingCall
 from broker.core.states import Party, Role
 from broker.core.status import StatusService
 from broker.core.store import Store, StoreError
 from broker.core.trtc import Trtc, verify_user_sig
+from broker.core.wire.calls import ControlMessage, IncomingCall
+from broker.core.wire.status import DeviceStatus
 
 KEY = "test-trtc-secret"
 HOUSE = "楼 \"A\"\\1"  # escaping and non-ASCII must encode exactly as pydantic does
@@ -179,7 +180,7 @@ async def test_a_write_refused_at_once_keeps_the_rest_of_the_group(svc):
 
 
 def _info(call_id: str, action: str, reason: str | None = None) -> Any:
-    from broker.core.payloads import CallInfo
+    from broker.core.wire.calls import CallInfo
 
     return CallInfo(call_id=call_id, action=action, reason=reason)
 

@@ -61,7 +61,7 @@ def _imports(path: Path, module: str) -> set[str]:
 
 
 def _project_module(name: str) -> str | None:
-    """The project module a name loads (`broker.core.payloads.Id` -> `broker.core.payloads`), if any."""
+    """The project module a name loads (`broker.core.wire.calls.CallInfo` -> `broker.core.wire.calls`), if any."""
     while name:
         if name in MODULES:
             return name

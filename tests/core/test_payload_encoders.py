@@ -5,14 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.core.payloads import (
-    CALL_SERVICE_FILTERS,
-    ControlMessage,
-    IncomingCall,
-    control_notice,
-    incoming_call_encoder,
-    topics,
-)
+from broker.core import topics
+from broker.core.topics import CALL_SERVICE_FILTERS
+from broker.core.wire.calls import ControlMessage, IncomingCall, control_notice, incoming_call_encoder
 
 ids = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/+#"), min_size=1, max_size=8)
 

@@ -114,7 +114,7 @@ async def test_snapshots_are_pruned_after_retention(make_harness):
 
 def test_incoming_message_carries_the_snapshot_only_when_there_is_one():
     """`IncomingCall` omits `snapshot_url` when absent (the seed's bytes unchanged) and carries it when set."""
-    from broker.core.payloads import IncomingCall
+    from broker.core.wire.calls import IncomingCall
 
     base = {"call_id": "c", "device_id": "1", "household_number": "101", "call_info": {"action": "initiated"},
             "tencen_rtc": {"sdk_app_id": 1, "user_id": "resident_2", "user_sig": "s", "room_id": "c"},

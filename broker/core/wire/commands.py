@@ -10,8 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool
 
-from broker.core.payloads import DndIn, UnlockFields
 from broker.core.wire.base import In, RequestId
+from broker.core.wire.directory import DndIn
+from broker.core.wire.doors import UnlockFields
 
 __all__ = ["CallStatusCommand", "CommandAck", "DndCommand", "DoorCommandRequest", "SeenCommand"]
 
