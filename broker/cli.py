@@ -39,8 +39,33 @@ def _parser() -> argparse.ArgumentParser:
                    help="text, or one JSON object per line (default: logging.format, text)")
     p.add_argument("--external-broker", metavar="URL",
                    help="bridge mode: no embedded broker; attach the call service to this broker "
-                        "(mqtt://[user:password@]host:port) as an MQTT client")
+                        "(mqtt[s]://[user:password@]host:port) as an MQTT client; see docs/scale-out.md")
+    bridge = p.add_argument_group("bridge mode (with --external-broker)")
+    bridge.add_argument("--site-id", help="mount this site under sites/<SITE_ID>/ on the external broker, so "
+                                          "several sites share it without cross-talk")
+    bridge.add_argument("--shared-group", metavar="NAME",
+                        help="subscribe as $share/NAME/... so several service instances split the requests "
+                             "(MQTT 5 shared subscriptions)")
+    bridge.add_argument("--bridge-client-id", metavar="ID", help="the service's MQTT client id (default: random)")
+    bridge.add_argument("--broker-ca", type=Path, metavar="FILE", help="mqtts: CA bundle that signed the broker's "
+                                                                       "certificate (default: the system CAs)")
+    bridge.add_argument("--broker-cert", type=Path, metavar="FILE", help="mqtts: client certificate (PEM)")
+    bridge.add_argument("--broker-key", type=Path, metavar="FILE", help="mqtts: the client certificate's key")
     return p
+
+
+def bridge_from_args(settings: Settings, argv: list[str] | None = None) -> BridgedServer | None:
+    """The bridged server the flags describe (None: no --external-broker); bad flags raise ConfigError."""
+    args = _parser().parse_args(argv)
+    bridge_only = (args.site_id, args.shared_group, args.bridge_client_id, args.broker_ca, args.broker_cert,
+                   args.broker_key)
+    if not args.external_broker:
+        if any(v is not None for v in bridge_only):
+            raise ConfigError("--site-id, --shared-group, --bridge-client-id and --broker-* need --external-broker")
+        return None
+    target = parse_broker_url(args.external_broker, args.broker_ca, args.broker_cert, args.broker_key)
+    return BridgedServer(settings, target, shared_group=args.shared_group, site_id=args.site_id,
+                         client_id=args.bridge_client_id)
 
 
 def loader_from_args(argv: list[str] | None = None) -> Callable[[], Settings]:
@@ -65,10 +90,13 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     return loader_from_args(argv)()
 
 
-async def serve(settings: Settings, external_broker: str | None = None,
+async def serve(settings: Settings, external_broker: str | BridgedServer | None = None,
                 load: Callable[[], Settings] | None = None) -> None:
     server: IntercomServer | BridgedServer
-    server = BridgedServer(settings, external_broker) if external_broker else IntercomServer(settings)
+    if isinstance(external_broker, BridgedServer):
+        server = external_broker
+    else:
+        server = BridgedServer(settings, external_broker) if external_broker else IntercomServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     notifier = Notifier()
@@ -124,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load = loader_from_args(argv)
         settings = load()
-        external = _parser().parse_args(argv).external_broker
-        if external:
-            parse_broker_url(external)
+        external = bridge_from_args(settings, argv)
     except ConfigError as exc:
         print(f"intercom-broker: {exc}", file=sys.stderr)
         return 2
