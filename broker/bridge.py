@@ -48,6 +48,9 @@ log = logging.getLogger("intercom.bridge")
 
 # Reconnect back-off: doubles from the first delay up to the cap, each delay jittered down by up to half so
 # that N service instances cut off by the same broker restart do not come back in lock-step.
+# `auto`: MQTT 5 (no_local, message expiry, $share groups); a broker that drops an MQTT 5 CONNECT (RabbitMQ 3.x)
+# is tried with 3.1.1 next, and whichever connects first is kept.
+PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 BACKOFF_FIRST_S = 0.2
 BACKOFF_CAP_S = 30.0
 SITE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -141,6 +144,7 @@ class BridgePublisher:
     def __init__(self, max_queued: int = 10_000, prefix: str = "") -> None:
         self.max_queued = max_queued
         self.prefix = prefix  # the site's mount point, put before every topic the services publish on
+        self.v5 = True  # False on an MQTT 3.1.1 link: no PUBLISH properties
         self.dropped = 0
         self._queue: deque[tuple[str, bytes, int, bool, Meta | None]] = deque()
         self._ready = asyncio.Event()
@@ -175,7 +179,8 @@ class BridgePublisher:
     async def _send(self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool,
                     meta: Meta | None = None) -> None:
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, properties=_properties(meta), timeout=30)
+            props = _properties(meta) if self.v5 else None
+            await client.publish(topic, payload, qos=qos, retain=retain, properties=props, timeout=30)
         except aiomqtt.MqttError as exc:
             log.warning("bridge could not publish on %s: %s", topic, exc)
 
@@ -184,8 +189,12 @@ class Bridge:
     """One MQTT client connection to the external broker, re-established until `run()` is cancelled."""
 
     def __init__(self, services: Services, publisher: BridgePublisher, target: ExternalBroker,
-                 client_id: str | None = None, shared_group: str | None = None, site_id: str | None = None) -> None:
+                 client_id: str | None = None, shared_group: str | None = None, site_id: str | None = None,
+                 protocol: str = "auto") -> None:
+        if protocol not in ("auto", *PROTOCOLS):
+            raise ConfigError(f"--broker-protocol must be auto, 5 or 3.1.1, got {protocol!r}")
         self.services = services
+        self.protocol = protocol  # auto until a connection succeeds, then the version that did
         self.publisher = publisher
         self.target = target
         self.client_id = client_id or f"intercom-service-{site_id + '-' if site_id else ''}{secrets.token_hex(4)}"
@@ -210,6 +219,13 @@ class Bridge:
         return f"external broker {self.target.url} unreachable ({why}); reconnect attempt {self.attempts + 1} " \
                f"in {self.next_delay_s:.1f} s"
 
+    def _version(self) -> aiomqtt.ProtocolVersion:
+        if self.protocol in PROTOCOLS:
+            return PROTOCOLS[self.protocol]
+        if self.shared_group:
+            return PROTOCOLS["5"]  # $share groups need MQTT 5
+        return PROTOCOLS["3.1.1"] if self.attempts % 2 else PROTOCOLS["5"]  # auto: alternate until one connects
+
     async def run(self) -> None:
         while True:  # until cancelled
             try:
@@ -230,15 +246,29 @@ class Bridge:
 
     async def _session(self) -> None:
         t = self.target
+        version = self._version()
+        v5 = version is aiomqtt.ProtocolVersion.V5
+        if not v5 and self.shared_group:
+            # without $share every instance would get every request: calls started twice
+            raise aiomqtt.MqttError("--shared-group needs MQTT 5 shared subscriptions, which this broker does not "
+                                    "speak; run one instance per site instead (docs/scale-out.md)")
+        # auto's MQTT 5 probe: RabbitMQ 3.x neither answers nor closes, so give up on it sooner than the 10 s
+        probe_s = 3.0 if self.protocol == "auto" and v5 and not self.shared_group else 10.0
         async with aiomqtt.Client(t.host, t.port, identifier=self.client_id, username=t.username,
-                                  password=t.password, protocol=aiomqtt.ProtocolVersion.V5,
+                                  password=t.password, protocol=version, timeout=probe_s,
                                   tls_context=t.tls_context(),
                                   max_queued_incoming_messages=100_000,
                                   # paho leaves Nagle on: every reply would wait ~40 ms for a delayed ACK
                                   socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) as client:
-            # no_local: our own replies on devices/+/calls/control do not come back to us
-            await client.subscribe([(f, SubscribeOptions(qos=1, noLocal=True)) for f in self.filters()],
-                                   timeout=10)
+            if v5:  # no_local: our own replies on devices/+/calls/control do not come back to us
+                await client.subscribe([(f, SubscribeOptions(qos=1, noLocal=True)) for f in self.filters()],
+                                       timeout=10)
+            else:  # 3.1.1: they do, and the router drops them (origin "server", no client id)
+                await client.subscribe([(f, 1) for f in self.filters()], timeout=10)
+            self.publisher.v5 = v5
+            if self.protocol == "auto":
+                self.protocol = "5" if v5 else "3.1.1"
+                log.info("external broker %s speaks MQTT %s: kept", t.url, self.protocol)
             forward = asyncio.ensure_future(self.publisher.forward(client))
             self.connected.set()
             self.last_error = None
@@ -262,13 +292,16 @@ class BridgedServer:
     """The REST app and the call service, with MQTT through an external broker instead of an embedded one."""
 
     def __init__(self, settings: Settings, url: str | ExternalBroker, shared_group: str | None = None,
-                 site_id: str | None = None, client_id: str | None = None) -> None:
+                 site_id: str | None = None, client_id: str | None = None, protocol: str = "auto") -> None:
         self.settings = settings
         self.target = parse_broker_url(url) if isinstance(url, str) else url
         self.shared_group = shared_group
         site_prefix(site_id)  # a bad site id is a start-up error
         self.site_id = site_id
         self.client_id = client_id
+        if protocol not in ("auto", *PROTOCOLS):
+            raise ConfigError(f"--broker-protocol must be auto, 5 or 3.1.1, got {protocol!r}")
+        self.protocol = protocol
         self.services: Services | None = None
         self.bridge: Bridge | None = None
         self.publisher = BridgePublisher()
@@ -286,7 +319,7 @@ class BridgedServer:
         self.services = build_services(s, self.publisher)
         self.services.directory.on_revoked(self._revoked)
         self.bridge = Bridge(self.services, self.publisher, self.target, client_id=self.client_id,
-                             shared_group=self.shared_group, site_id=self.site_id)
+                             shared_group=self.shared_group, site_id=self.site_id, protocol=self.protocol)
         self._task = asyncio.create_task(self.bridge.run())
         try:
             await asyncio.wait_for(self.bridge.connected.wait(), connect_timeout)

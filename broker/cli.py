@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="subscribe as $share/NAME/... so several service instances split the requests "
                              "(MQTT 5 shared subscriptions)")
     bridge.add_argument("--bridge-client-id", metavar="ID", help="the service's MQTT client id (default: random)")
+    bridge.add_argument("--broker-protocol", choices=["auto", "5", "3.1.1"],
+                        help="MQTT version to the external broker (default auto: 5, else 3.1.1, e.g. RabbitMQ 3.x)")
     bridge.add_argument("--broker-ca", type=Path, metavar="FILE", help="mqtts: CA bundle that signed the broker's "
                                                                        "certificate (default: the system CAs)")
     bridge.add_argument("--broker-cert", type=Path, metavar="FILE", help="mqtts: client certificate (PEM)")
@@ -58,14 +60,14 @@ def bridge_from_args(settings: Settings, argv: list[str] | None = None) -> Bridg
     """The bridged server the flags describe (None: no --external-broker); bad flags raise ConfigError."""
     args = _parser().parse_args(argv)
     bridge_only = (args.site_id, args.shared_group, args.bridge_client_id, args.broker_ca, args.broker_cert,
-                   args.broker_key)
+                   args.broker_key, args.broker_protocol)
     if not args.external_broker:
         if any(v is not None for v in bridge_only):
             raise ConfigError("--site-id, --shared-group, --bridge-client-id and --broker-* need --external-broker")
         return None
     target = parse_broker_url(args.external_broker, args.broker_ca, args.broker_cert, args.broker_key)
     return BridgedServer(settings, target, shared_group=args.shared_group, site_id=args.site_id,
-                         client_id=args.bridge_client_id)
+                         client_id=args.bridge_client_id, protocol=args.broker_protocol or "auto")
 
 
 def loader_from_args(argv: list[str] | None = None) -> Callable[[], Settings]:

@@ -21,8 +21,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str = "mosquitto") -> None:
-    for _ in range(200):
+async def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str = "mosquitto", tries: int = 200) -> None:
+    for _ in range(tries):
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
