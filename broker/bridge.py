@@ -296,7 +296,6 @@ class BridgedServer:
         self.settings = settings
         self.target = parse_broker_url(url) if isinstance(url, str) else url
         self.shared_group = shared_group
-        site_prefix(site_id)  # a bad site id is a start-up error
         self.site_id = site_id
         self.client_id = client_id
         if protocol not in ("auto", *PROTOCOLS):
@@ -304,7 +303,8 @@ class BridgedServer:
         self.protocol = protocol
         self.services: Services | None = None
         self.bridge: Bridge | None = None
-        self.publisher = BridgePublisher()
+        # prefixed from the start: the services may publish (retained state) while they are being built
+        self.publisher = BridgePublisher(prefix=site_prefix(site_id))  # a bad site id is a start-up error
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.http_port = 0
