@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import secrets
@@ -53,6 +54,7 @@ log = logging.getLogger("intercom.bridge")
 PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 BACKOFF_FIRST_S = 0.2
 BACKOFF_CAP_S = 30.0
+PASSWORD_ENV = "INTERCOM_BROKER_PASSWORD"  # the external broker password when the URL names only the user
 SITE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -98,7 +100,8 @@ class ExternalBroker:
 
 def parse_broker_url(url: str, ca_file: Path | None = None, cert_file: Path | None = None,
                      key_file: Path | None = None) -> ExternalBroker:
-    """`mqtt[s]://[user[:password]@]host[:port]`; the port defaults to 1883 (mqtts: 8883).
+    """`mqtt[s]://[user[:password]@]host[:port]`; the port defaults to 1883 (mqtts: 8883). A user without a
+    password in the URL takes it from $INTERCOM_BROKER_PASSWORD.
 
     The TLS files are checked here (readable, a matching key) so a bad path is a start-up error, not a retry loop.
     """
@@ -114,8 +117,12 @@ def parse_broker_url(url: str, ca_file: Path | None = None, cert_file: Path | No
         raise ConfigError("--broker-ca/--broker-cert/--broker-key need an mqtts:// --external-broker")
     if key_file is not None and cert_file is None:
         raise ConfigError("--broker-key needs --broker-cert")
+    password = unquote(parts.password) if parts.password else None
+    if parts.username and password is None:
+        # kept out of the command line (which every local user can read in /proc): the environment instead
+        password = os.environ.get(PASSWORD_ENV) or None
     target = ExternalBroker(parts.hostname, port, unquote(parts.username) if parts.username else None,
-                            unquote(parts.password) if parts.password else None, tls, ca_file, cert_file, key_file)
+                            password, tls, ca_file, cert_file, key_file)
     try:
         target.tls_context()
     except (OSError, ssl.SSLError) as exc:

@@ -246,3 +246,64 @@ def test_bad_bridge_flags_exit_2(tmp_path, flags):
         raise
     assert proc.returncode == 2, err
     assert "intercom-broker:" in err
+
+
+def test_broker_password_from_the_environment(monkeypatch):
+    """`mqtt://user@host` takes the password from INTERCOM_BROKER_PASSWORD (not visible in the process list)."""
+    monkeypatch.setenv("INTERCOM_BROKER_PASSWORD", "s3cret")
+    assert parse_broker_url("mqtt://svc%40a@127.0.0.1").password == "s3cret"
+    assert parse_broker_url("mqtt://svc:inline@127.0.0.1").password == "inline"  # the URL's own wins
+    assert parse_broker_url("mqtt://127.0.0.1").password is None  # no user: no password
+
+
+async def test_mqtt_311_link_serves_a_call_once(tmp_path):
+    """--broker-protocol 3.1.1 (RabbitMQ's mode) on Mosquitto: without no_local our own control messages come back
+    and are dropped; the device hears 'answered' once, the other resident 'cancelled' once."""
+    mosq = Mosquitto(tmp_path)
+    await mosq.start()
+    h = await started(tmp_path, f"mqtt://127.0.0.1:{mosq.port}", protocol="3.1.1", site_id="s")
+    try:
+        assert h.server.bridge.protocol == "3.1.1"
+        inboxes, clients = {}, []
+        for name, flt in (("d1", "sites/s/devices/1/#"), ("r2", "sites/s/users/2/#"), ("r3", "sites/s/users/3/#")):
+            c = aiomqtt.Client("127.0.0.1", mosq.port, identifier=name)
+            await c.__aenter__()
+            await c.subscribe(flt, qos=1)
+            clients.append(c)
+            inboxes[name] = Inbox(c)
+        try:
+            call_id = (await h.start_call("1"))["call_id"]
+            await inboxes["r2"].wait_for(lambda t, b: t.endswith("/calls/incoming"))
+            await clients[1].publish("sites/s/users/2/calls/control", json.dumps(
+                {"call_info": {"call_id": call_id, "action": "answered"}}), qos=1)
+            await inboxes["d1"].wait_for(lambda t, b: b.get("call_info", {}).get("action") == "answered")
+            await inboxes["r3"].wait_for(lambda t, b: b.get("call_info", {}).get("action") == "cancelled")
+            await asyncio.sleep(0.5)  # room for duplicates to show up
+            answered = [b for t, b, _ in inboxes["d1"].messages if t.endswith("/calls/control")
+                        and b.get("call_info", {}).get("action") == "answered"]
+            cancelled = [b for t, b, _ in inboxes["r3"].messages if t.endswith("/calls/control")
+                         and b.get("call_info", {}).get("action") == "cancelled"]
+            assert len(answered) == 1 and len(cancelled) == 1, (answered, cancelled)
+            _, resp = await h.get(f"/api/mqtt/session?call_id={call_id}")
+            assert resp["data"]["status"] == "connected"
+        finally:
+            for c, inbox in zip(clients, inboxes.values(), strict=True):
+                await inbox.close()
+                await c.__aexit__(None, None, None)
+    finally:
+        await closed(h)
+        mosq.stop()
+
+
+async def test_shared_group_refuses_an_mqtt_311_link(tmp_path):
+    """$share needs MQTT 5: on a 3.1.1 link the instance does not subscribe (every instance would serve every
+    request) and /healthz says why."""
+    mosq = Mosquitto(tmp_path)
+    await mosq.start()
+    h = await started(tmp_path, f"mqtt://127.0.0.1:{mosq.port}", protocol="3.1.1", shared_group="g")
+    try:
+        body = await wait_health(h, 503)
+        assert "--shared-group needs MQTT 5" in body["message"]
+    finally:
+        await closed(h)
+        mosq.stop()
