@@ -28,6 +28,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="intercom-broker", description=__doc__,
                                 epilog="other commands: backup DIR, restore DIR, admin ... (each with --help)")
+    _bridge_flags(p)
     p.add_argument("--config", type=Path, help="YAML config (default: ./broker.yaml if present)")
     p.add_argument("--host", help="address every listener binds to (default 127.0.0.1)")
     p.add_argument("--mqtt-port", type=int, help="MQTT TCP port, 0 = any free port (default 1883)")
@@ -39,7 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="text, or one JSON object per line (default: logging.format, text)")
     p.add_argument("--external-broker", metavar="URL",
                    help="bridge mode: no embedded broker; attach the call service to this broker "
-                        "(mqtt[s]://[user:password@]host:port) as an MQTT client; see docs/scale-out.md")
+                        "(mqtt://[user:password@]host:port) as an MQTT client")
+    return p
+
+
+def _bridge_flags(p: argparse.ArgumentParser) -> None:
+    """--external-broker's companions (mqtt[s]:// URLs; docs/scale-out.md), listed in a group of their own."""
     bridge = p.add_argument_group("bridge mode (with --external-broker)")
     bridge.add_argument("--site-id", help="mount this site under sites/<SITE_ID>/ on the external broker, so "
                                           "several sites share it without cross-talk")
@@ -53,7 +59,6 @@ def _parser() -> argparse.ArgumentParser:
                                                                        "certificate (default: the system CAs)")
     bridge.add_argument("--broker-cert", type=Path, metavar="FILE", help="mqtts: client certificate (PEM)")
     bridge.add_argument("--broker-key", type=Path, metavar="FILE", help="mqtts: the client certificate's key")
-    return p
 
 
 def bridge_from_args(settings: Settings, argv: list[str] | None = None) -> BridgedServer | None:
