@@ -1,22 +1,29 @@
 """Bridge mode: the same call service attached to an external broker (Mosquitto, EMQX) as an MQTT client.
 
-`intercom-broker --external-broker mqtt://host:port` starts no embedded broker. The service subscribes
+`intercom-broker --external-broker mqtt[s]://host:port` starts no embedded broker. The service subscribes
 to the call topics and feeds every message to `plugins.call_router.on_publish`, exactly as the embedded
 call plugin does; what it publishes goes through `BridgePublisher`, whose `publish()` is synchronous
 like the embedded broker's. Identity comes from the topic only: the external broker's ACL must make
 sure a client can publish on its own topics only (on the embedded broker our ACL plugin does that).
 With `shared_group` set, the subscriptions are `$share/<group>/...`, so several service instances
-can split the load on a clustered broker.
+can split the load on a clustered broker. With `site_id` set, every topic lives under the mount point
+`sites/{site_id}/` on the external broker (the service subscribes only there and strips the prefix), so several
+sites share one broker without cross-talk. See docs/scale-out.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
+import re
 import secrets
 import socket
+import ssl
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -31,13 +38,39 @@ from broker.core.group_commit import Meta
 from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.core.topics import CALL_SERVICE_FILTERS
+from broker.ops.metrics import Monitor
+from http_api.keys import MONITOR
 from plugins.call_router import on_publish
 
-__all__ = ["Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "parse_broker_url"]
+__all__ = ["Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "backoff_delay", "parse_broker_url",
+           "site_prefix"]
 
 log = logging.getLogger("intercom.bridge")
 
-_RECONNECT_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Reconnect back-off: doubles from the first delay up to the cap, each delay jittered down by up to half so
+# that N service instances cut off by the same broker restart do not come back in lock-step.
+# `auto`: MQTT 5 (no_local, message expiry, $share groups); a broker that drops an MQTT 5 CONNECT (RabbitMQ 3.x)
+# is tried with 3.1.1 next, and whichever connects first is kept.
+PROTOCOLS = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
+BACKOFF_FIRST_S = 0.2
+BACKOFF_CAP_S = 30.0
+PASSWORD_ENV = "INTERCOM_BROKER_PASSWORD"  # the external broker password when the URL names only the user
+SITE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """The wait before reconnect attempt `attempt` (1 = the first retry after a failure)."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** max(0, min(attempt - 1, 20)))
+    return float(ceiling * (0.5 + 0.5 * (rng or random).random()))
+
+
+def site_prefix(site_id: str | None) -> str:
+    """The mount point `sites/{site_id}/` ('' without a site id); refuses ids that are not a plain topic level."""
+    if site_id is None:
+        return ""
+    if not SITE_ID.fullmatch(site_id):
+        raise ConfigError(f"--site-id must be 1-64 letters, digits, '-' or '_', got {site_id!r}")
+    return f"sites/{site_id}/"
 
 
 @dataclass(frozen=True)
@@ -46,19 +79,55 @@ class ExternalBroker:
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False  # mqtts://: the broker's certificate is verified (system CAs, or `ca_file`)
+    ca_file: Path | None = None
+    cert_file: Path | None = None  # a client certificate, for brokers that require one (require_certificate)
+    key_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """For logs: never the credentials."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
 
 
-def parse_broker_url(url: str) -> ExternalBroker:
-    """`mqtt://[user[:password]@]host[:port]`; the port defaults to 1883."""
+def parse_broker_url(url: str, ca_file: Path | None = None, cert_file: Path | None = None,
+                     key_file: Path | None = None) -> ExternalBroker:
+    """`mqtt[s]://[user[:password]@]host[:port]`; the port defaults to 1883 (mqtts: 8883). A user without a
+    password in the URL takes it from $INTERCOM_BROKER_PASSWORD.
+
+    The TLS files are checked here (readable, a matching key) so a bad path is a start-up error, not a retry loop.
+    """
     parts = urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise ConfigError(f"--external-broker must look like mqtt://host:port, got {url!r}")
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"--external-broker must look like mqtt://host:port or mqtts://host:port, got {url!r}")
+    tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or 1883
+        port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
         raise ConfigError(f"--external-broker has a bad port: {url!r}") from exc
-    return ExternalBroker(parts.hostname, port, unquote(parts.username) if parts.username else None,
-                          unquote(parts.password) if parts.password else None)
+    if not tls and (ca_file or cert_file or key_file):
+        raise ConfigError("--broker-ca/--broker-cert/--broker-key need an mqtts:// --external-broker")
+    if key_file is not None and cert_file is None:
+        raise ConfigError("--broker-key needs --broker-cert")
+    password = unquote(parts.password) if parts.password else None
+    if parts.username and password is None:
+        # kept out of the command line (which every local user can read in /proc): the environment instead
+        password = os.environ.get(PASSWORD_ENV) or None
+    target = ExternalBroker(parts.hostname, port, unquote(parts.username) if parts.username else None,
+                            password, tls, ca_file, cert_file, key_file)
+    try:
+        target.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"external broker TLS files: {exc}") from exc
+    return target
 
 
 def _properties(meta: Meta | None) -> Properties | None:
@@ -79,8 +148,10 @@ class BridgePublisher:
     Messages wait in a bounded queue (oldest dropped first) while the external broker is unreachable.
     """
 
-    def __init__(self, max_queued: int = 10_000) -> None:
+    def __init__(self, max_queued: int = 10_000, prefix: str = "") -> None:
         self.max_queued = max_queued
+        self.prefix = prefix  # the site's mount point, put before every topic the services publish on
+        self.v5 = True  # False on an MQTT 3.1.1 link: no PUBLISH properties
         self.dropped = 0
         self._queue: deque[tuple[str, bytes, int, bool, Meta | None]] = deque()
         self._ready = asyncio.Event()
@@ -93,7 +164,7 @@ class BridgePublisher:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("bridge publish queue full (%d): dropped %d message(s) so far",
                             self.max_queued, self.dropped)
-        self._queue.append((topic, payload, qos, retain, meta))
+        self._queue.append((self.prefix + topic, payload, qos, retain, meta))
         self._ready.set()
 
     @property
@@ -115,7 +186,8 @@ class BridgePublisher:
     async def _send(self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool,
                     meta: Meta | None = None) -> None:
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, properties=_properties(meta), timeout=30)
+            props = _properties(meta) if self.v5 else None
+            await client.publish(topic, payload, qos=qos, retain=retain, properties=props, timeout=30)
         except aiomqtt.MqttError as exc:
             log.warning("bridge could not publish on %s: %s", topic, exc)
 
@@ -124,50 +196,100 @@ class Bridge:
     """One MQTT client connection to the external broker, re-established until `run()` is cancelled."""
 
     def __init__(self, services: Services, publisher: BridgePublisher, target: ExternalBroker,
-                 client_id: str | None = None, shared_group: str | None = None) -> None:
+                 client_id: str | None = None, shared_group: str | None = None, site_id: str | None = None,
+                 protocol: str = "auto") -> None:
+        if protocol not in ("auto", *PROTOCOLS):
+            raise ConfigError(f"--broker-protocol must be auto, 5 or 3.1.1, got {protocol!r}")
         self.services = services
+        self.protocol = protocol  # auto until a connection succeeds, then the version that did
         self.publisher = publisher
         self.target = target
-        self.client_id = client_id or f"intercom-service-{secrets.token_hex(4)}"
+        self.client_id = client_id or f"intercom-service-{site_id + '-' if site_id else ''}{secrets.token_hex(4)}"
         self.shared_group = shared_group
+        self.prefix = site_prefix(site_id)
+        publisher.prefix = self.prefix
         self.connected = asyncio.Event()
         self.received = 0
+        self.attempts = 0  # failed connects since the link was last up
+        self.last_error: str | None = None  # why the link is down (for /healthz), None while it is up
+        self.next_delay_s = 0.0
 
     def filters(self) -> list[str]:
-        prefix = f"$share/{self.shared_group}/" if self.shared_group else ""
-        return [prefix + t for t in CALL_SERVICE_FILTERS]
+        share = f"$share/{self.shared_group}/" if self.shared_group else ""
+        return [share + self.prefix + t for t in CALL_SERVICE_FILTERS]
+
+    def down_reason(self) -> str | None:
+        """Why the link to the external broker is down (None: it is up); /healthz reports it."""
+        if self.connected.is_set():
+            return None
+        why = self.last_error or "not connected yet"
+        return f"external broker {self.target.url} unreachable ({why}); reconnect attempt {self.attempts + 1} " \
+               f"in {self.next_delay_s:.1f} s"
+
+    def _version(self) -> aiomqtt.ProtocolVersion:
+        if self.protocol in PROTOCOLS:
+            return PROTOCOLS[self.protocol]
+        if self.shared_group:
+            return PROTOCOLS["5"]  # $share groups need MQTT 5
+        return PROTOCOLS["3.1.1"] if self.attempts % 2 else PROTOCOLS["5"]  # auto: alternate until one connects
 
     async def run(self) -> None:
-        attempt = 0
         while True:  # until cancelled
             try:
                 await self._session()
-                attempt = 0
+                self.last_error = "connection closed"
             except aiomqtt.MqttError as exc:
-                log.warning("external broker %s:%d: %s", self.target.host, self.target.port, exc)
-                attempt += 1
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning("external broker %s: %s", self.target.url, self.last_error)
+            except (OSError, ssl.SSLError) as exc:  # a TLS handshake refused, a certificate file gone
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning("external broker %s: %s", self.target.url, self.last_error)
+            if self.connected.is_set():
+                self.attempts = 0  # the link was up: start the back-off from the beginning
             self.connected.clear()
-            await asyncio.sleep(_RECONNECT_S[min(attempt, len(_RECONNECT_S) - 1)])
+            self.attempts += 1
+            self.next_delay_s = backoff_delay(self.attempts)
+            await asyncio.sleep(self.next_delay_s)
 
     async def _session(self) -> None:
         t = self.target
+        version = self._version()
+        v5 = version is aiomqtt.ProtocolVersion.V5
+        if not v5 and self.shared_group:
+            # without $share every instance would get every request: calls started twice
+            raise aiomqtt.MqttError("--shared-group needs MQTT 5 shared subscriptions, which this broker does not "
+                                    "speak; run one instance per site instead (docs/scale-out.md)")
+        # auto's MQTT 5 probe: RabbitMQ 3.x neither answers nor closes, so give up on it sooner than the 10 s
+        probe_s = 3.0 if self.protocol == "auto" and v5 and not self.shared_group else 10.0
         async with aiomqtt.Client(t.host, t.port, identifier=self.client_id, username=t.username,
-                                  password=t.password, protocol=aiomqtt.ProtocolVersion.V5,
+                                  password=t.password, protocol=version, timeout=probe_s,
+                                  tls_context=t.tls_context(),
                                   max_queued_incoming_messages=100_000,
                                   # paho leaves Nagle on: every reply would wait ~40 ms for a delayed ACK
                                   socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) as client:
-            # no_local: our own replies on devices/+/calls/control do not come back to us
-            await client.subscribe([(f, SubscribeOptions(qos=1, noLocal=True)) for f in self.filters()],
-                                   timeout=10)
+            if v5:  # no_local: our own replies on devices/+/calls/control do not come back to us
+                await client.subscribe([(f, SubscribeOptions(qos=1, noLocal=True)) for f in self.filters()],
+                                       timeout=10)
+            else:  # 3.1.1: they do, and the router drops them (origin "server", no client id)
+                await client.subscribe([(f, 1) for f in self.filters()], timeout=10)
+            self.publisher.v5 = v5
+            if self.protocol == "auto":
+                self.protocol = "5" if v5 else "3.1.1"
+                log.info("external broker %s speaks MQTT %s: kept", t.url, self.protocol)
             forward = asyncio.ensure_future(self.publisher.forward(client))
             self.connected.set()
-            log.info("bridged to mqtt://%s:%d as %s", t.host, t.port, self.client_id)
+            self.last_error = None
+            log.info("bridged to %s as %s%s", t.url, self.client_id, f" (site {self.prefix})" if self.prefix else "")
+            cut = len(self.prefix)
             try:
                 async for message in client.messages:
+                    topic = str(message.topic)
+                    if not topic.startswith(self.prefix):
+                        continue  # not this site's (a broker that over-delivers); never served
                     self.received += 1
                     payload = message.payload
                     data = payload if isinstance(payload, bytes) else str(payload or "").encode()
-                    on_publish(self.services, None, str(message.topic), data)
+                    on_publish(self.services, None, topic[cut:], data)
             finally:
                 forward.cancel()
                 await asyncio.gather(forward, return_exceptions=True)
@@ -176,13 +298,20 @@ class Bridge:
 class BridgedServer:
     """The REST app and the call service, with MQTT through an external broker instead of an embedded one."""
 
-    def __init__(self, settings: Settings, url: str, shared_group: str | None = None) -> None:
+    def __init__(self, settings: Settings, url: str | ExternalBroker, shared_group: str | None = None,
+                 site_id: str | None = None, client_id: str | None = None, protocol: str = "auto") -> None:
         self.settings = settings
-        self.target = parse_broker_url(url)
+        self.target = parse_broker_url(url) if isinstance(url, str) else url
         self.shared_group = shared_group
+        self.site_id = site_id
+        self.client_id = client_id
+        if protocol not in ("auto", *PROTOCOLS):
+            raise ConfigError(f"--broker-protocol must be auto, 5 or 3.1.1, got {protocol!r}")
+        self.protocol = protocol
         self.services: Services | None = None
         self.bridge: Bridge | None = None
-        self.publisher = BridgePublisher()
+        # prefixed from the start: the services may publish (retained state) while they are being built
+        self.publisher = BridgePublisher(prefix=site_prefix(site_id))  # a bad site id is a start-up error
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.http_port = 0
@@ -196,23 +325,26 @@ class BridgedServer:
         require_credentials(s)
         self.services = build_services(s, self.publisher)
         self.services.directory.on_revoked(self._revoked)
-        self.bridge = Bridge(self.services, self.publisher, self.target, shared_group=self.shared_group)
+        self.bridge = Bridge(self.services, self.publisher, self.target, client_id=self.client_id,
+                             shared_group=self.shared_group, site_id=self.site_id, protocol=self.protocol)
         self._task = asyncio.create_task(self.bridge.run())
         try:
             await asyncio.wait_for(self.bridge.connected.wait(), connect_timeout)
         except TimeoutError:
-            log.warning("external broker mqtt://%s:%d not reachable yet; still trying",
-                        self.target.host, self.target.port)
+            log.warning("external broker %s not reachable yet; still trying", self.target.url)
         recovered = self.services.calls.recover()
         self._runner, self.http_port = await start_http(self.services)
-        log.info("intercom-broker (bridge) http://%s:%d external=mqtt://%s:%d recovered_calls=%d",
-                 s.server.host, self.http_port, self.target.host, self.target.port, recovered)
+        monitor = self._runner.app[MONITOR]
+        if isinstance(monitor, Monitor):
+            monitor.checks.append(self.bridge.down_reason)  # /healthz: 503 while the link is down
+        log.info("intercom-broker (bridge) http://%s:%d external=%s site=%s recovered_calls=%d",
+                 s.server.host, self.http_port, self.target.url, self.site_id or "-", recovered)
 
     def _revoked(self, principal: Principal) -> None:
         # MQTT logins are the external broker's: our tokens do not open its sessions, so we cannot end them.
-        log.warning("token of %s %s revoked: REST refuses it now; its MQTT sessions on mqtt://%s:%d are the external "
+        log.warning("token of %s %s revoked: REST refuses it now; its MQTT sessions on %s are the external "
                     "broker's to end (e.g. Mosquitto dynamic security: deleteClient / setClientPassword)",
-                    principal.role, principal.id, self.target.host, self.target.port)
+                    principal.role, principal.id, self.target.url)
 
     async def stop(self) -> None:
         if self._runner is not None:

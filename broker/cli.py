@@ -28,6 +28,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="intercom-broker", description=__doc__,
                                 epilog="other commands: backup DIR, restore DIR, admin ... (each with --help)")
+    _bridge_flags(p)
     p.add_argument("--config", type=Path, help="YAML config (default: ./broker.yaml if present)")
     p.add_argument("--host", help="address every listener binds to (default 127.0.0.1)")
     p.add_argument("--mqtt-port", type=int, help="MQTT TCP port, 0 = any free port (default 1883)")
@@ -44,6 +45,37 @@ def _parser() -> argparse.ArgumentParser:
                    help="event loop: uvloop (the `fast` extra), asyncio, or auto = uvloop when installed "
                         "(default auto)")
     return p
+
+
+def _bridge_flags(p: argparse.ArgumentParser) -> None:
+    """--external-broker's companions (mqtt[s]:// URLs; docs/scale-out.md), listed in a group of their own."""
+    bridge = p.add_argument_group("bridge mode (with --external-broker)")
+    bridge.add_argument("--site-id", help="mount this site under sites/<SITE_ID>/ on the external broker, so "
+                                          "several sites share it without cross-talk")
+    bridge.add_argument("--shared-group", metavar="NAME",
+                        help="subscribe as $share/NAME/... so several service instances split the requests "
+                             "(MQTT 5 shared subscriptions)")
+    bridge.add_argument("--bridge-client-id", metavar="ID", help="the service's MQTT client id (default: random)")
+    bridge.add_argument("--broker-protocol", choices=["auto", "5", "3.1.1"],
+                        help="MQTT version to the external broker (default auto: 5, else 3.1.1, e.g. RabbitMQ 3.x)")
+    bridge.add_argument("--broker-ca", type=Path, metavar="FILE", help="mqtts: CA bundle that signed the broker's "
+                                                                       "certificate (default: the system CAs)")
+    bridge.add_argument("--broker-cert", type=Path, metavar="FILE", help="mqtts: client certificate (PEM)")
+    bridge.add_argument("--broker-key", type=Path, metavar="FILE", help="mqtts: the client certificate's key")
+
+
+def bridge_from_args(settings: Settings, argv: list[str] | None = None) -> BridgedServer | None:
+    """The bridged server the flags describe (None: no --external-broker); bad flags raise ConfigError."""
+    args = _parser().parse_args(argv)
+    bridge_only = (args.site_id, args.shared_group, args.bridge_client_id, args.broker_ca, args.broker_cert,
+                   args.broker_key, args.broker_protocol)
+    if not args.external_broker:
+        if any(v is not None for v in bridge_only):
+            raise ConfigError("--site-id, --shared-group, --bridge-client-id and --broker-* need --external-broker")
+        return None
+    target = parse_broker_url(args.external_broker, args.broker_ca, args.broker_cert, args.broker_key)
+    return BridgedServer(settings, target, shared_group=args.shared_group, site_id=args.site_id,
+                         client_id=args.bridge_client_id, protocol=args.broker_protocol or "auto")
 
 
 def loader_from_args(argv: list[str] | None = None) -> Callable[[], Settings]:
@@ -68,10 +100,13 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     return loader_from_args(argv)()
 
 
-async def serve(settings: Settings, external_broker: str | None = None,
+async def serve(settings: Settings, external_broker: str | BridgedServer | None = None,
                 load: Callable[[], Settings] | None = None) -> None:
     server: IntercomServer | BridgedServer
-    server = BridgedServer(settings, external_broker) if external_broker else IntercomServer(settings)
+    if isinstance(external_broker, BridgedServer):
+        server = external_broker
+    else:
+        server = BridgedServer(settings, external_broker) if external_broker else IntercomServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     notifier = Notifier()
@@ -140,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load = loader_from_args(argv)
         settings = load()
-        external = _parser().parse_args(argv).external_broker
-        if external:
-            parse_broker_url(external)
+        external = bridge_from_args(settings, argv)
     except ConfigError as exc:
         print(f"intercom-broker: {exc}", file=sys.stderr)
         return 2

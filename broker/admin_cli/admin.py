@@ -19,6 +19,7 @@ from broker.admin_cli.common import add_location_flags, settings_of
 from broker.admin_cli.site_file import SiteFileError, Wanted, dump_csv, dump_yaml, read_site_file
 from broker.config import ConfigError, Settings
 from broker.db_open import StorageError
+from broker.scale import broker_acl
 
 __all__ = ["Change", "admin_main", "plan"]
 
@@ -200,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     unban = sub.add_parser("unban", help="lift a client id's flapping ban (running box, --url)")
     unban.add_argument("client_id")
     unban.set_defaults(run=_unban)
+    broker_acl.add_parser(sub)  # the external broker's users and ACL (bridge mode, docs/scale-out.md)
     return p
 
 

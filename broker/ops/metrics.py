@@ -12,7 +12,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -95,6 +95,8 @@ class Monitor:
         self.calls_ended: collections.Counter[tuple[str, str]] = collections.Counter()
         self.unlocks: collections.Counter[str] = collections.Counter()
         self.max_connected = 0
+        # more health checks (bridge mode: the external broker link); each returns a problem or None
+        self.checks: list[Callable[[], str | None]] = []
         self._sys_task: asyncio.Task[None] | None = None
         calls = services.calls
         calls.on_setup = self.call_setup.observe
@@ -185,6 +187,7 @@ class Monitor:
             gate_in = self.broker._hardening().gate
             if gate_in.open >= gate_in.max_connections:
                 out.append(f"broker not accepting: {gate_in.open} connections, the maximum (limits.max_connections)")
+        out.extend(problem for check in self.checks if (problem := check()) is not None)
         return out
 
     # -- $SYS ---------------------------------------------------------------------------------------

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,60 +13,7 @@ import pytest
 from broker.bridge import BridgedServer, BridgePublisher, parse_broker_url
 from broker.config import ConfigError
 from tests.conftest import Harness, Inbox, make_settings
-
-MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
-needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto binary not found (apt-get install mosquitto)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def start_mosquitto(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = tmp_path / f"mosquitto-{port}.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n")
-    assert MOSQUITTO is not None
-    # Popen returns at once; the process is stopped by its PID from synchronous teardown
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,  # noqa: ASYNC220
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return proc
-    proc.kill()
-    raise RuntimeError("mosquitto did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-class Mosquitto:
-    """A Mosquitto process we started, on a fixed port, that a test may restart."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.proc = await start_mosquitto(self.tmp_path, self.port)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
+from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
 
 
 @pytest.fixture
@@ -170,9 +114,9 @@ def test_publisher_queue_is_bounded_and_drops_the_oldest():
     assert [m[0] for m in pub._queue] == ["t/2", "t/3", "t/4"]
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:1883", "mqtt://", "mqtt://host:notaport"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1883", "mqtt://", "mqtt://host:notaport", "ws://host:1"])
 def test_bad_external_broker_urls_are_config_errors(url):
-    """Only mqtt://host[:port] URLs are accepted for --external-broker."""
+    """Only mqtt[s]://host[:port] URLs are accepted for --external-broker."""
     with pytest.raises(ConfigError):
         parse_broker_url(url)
 
