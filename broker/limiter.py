@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import ClassVar
 
 __all__ = ["KeyedLimiter", "LogThrottle", "is_exempt"]
 
@@ -82,11 +84,21 @@ class LogThrottle:
     so a newline in it is escaped and cannot forge a log line.
     """
 
+    _every: ClassVar[weakref.WeakSet[LogThrottle]] = weakref.WeakSet()
+
     def __init__(self, interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = interval_s
         self._clock = clock
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        LogThrottle._every.add(self)
+
+    @classmethod
+    def forget_all(cls) -> None:
+        """Every throttle starts afresh (throttles are process state: tests, each on a new server, need this)."""
+        for throttle in cls._every:
+            throttle._last.clear()
+            throttle._suppressed.clear()
 
     def check(self, key: str) -> int | None:
         """None: stay quiet. Otherwise log now; the number is how many were suppressed since."""

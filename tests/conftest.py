@@ -211,3 +211,11 @@ async def party(harness: Harness) -> AsyncIterator[Callable[..., Any]]:
     """Connect a subscribed MQTT party: party('resident', '2') -> Inbox."""
     async with parties(harness) as connect:
         yield connect
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_throttles() -> None:
+    """Log throttles are process state: a test (each on its own server) starts with none of them spent."""
+    from broker.limiter import LogThrottle
+
+    LogThrottle.forget_all()
