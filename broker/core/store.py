@@ -128,11 +128,6 @@ class Store:
 
     # calls ---------------------------------------------------------------------------------
 
-    def save_transition(self, call: CallSession, actor: str, action: str, reason: str | None, before: str) -> None:
-        """Write the call's new state and its event in one transaction of its own."""
-        with self._tx():
-            write_transition(self.db.conn, call, actor, action, reason, before)
-
     def get_call(self, call_id: str) -> dict[str, Any] | None:
         try:
             return _decode_call(dict(self._t("calls").get(call_id)))
