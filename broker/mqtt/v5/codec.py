@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.mqtt.reason import ProtocolError, Reason
 from broker.mqtt.topic_index import valid_filter
 
 __all__ = ["AUTH", "CONNACK", "CONNECT", "DISCONNECT", "PINGREQ", "PUBACK", "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL",
@@ -28,7 +29,8 @@ CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
 WILL = 0  # pseudo packet type: the Will Properties of a CONNECT
 
-MALFORMED, PROTOCOL_ERROR, TOPIC_NAME_INVALID, TOPIC_ALIAS_INVALID = 0x81, 0x82, 0x90, 0x94
+MALFORMED, PROTOCOL_ERROR = Reason.MALFORMED_PACKET, Reason.PROTOCOL_ERROR
+TOPIC_NAME_INVALID, TOPIC_ALIAS_INVALID = Reason.TOPIC_NAME_INVALID, Reason.TOPIC_ALIAS_INVALID
 
 # Property identifiers (§2.2.2.2)
 PAYLOAD_FORMAT, MESSAGE_EXPIRY, CONTENT_TYPE, RESPONSE_TOPIC, CORRELATION_DATA = 0x01, 0x02, 0x03, 0x08, 0x09
@@ -83,12 +85,8 @@ _CLIENT_DISCONNECT_CODES = frozenset({0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 
 _SHARE = "$share/"
 
 
-class V5Error(Exception):
+class V5Error(ProtocolError):
     """A client packet breaks MQTT 5.0; `code` is the reason code to answer (or disconnect) with."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 Props = dict[int, Any]  # identifier -> value; User Property -> list of pairs, Subscription Identifier -> list

@@ -22,6 +22,7 @@ from amqtt.events import BrokerEvents
 from broker.config import LimitsConfig
 from broker.mqtt.fast_path import over_held_quota
 from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
+from broker.mqtt.reason import Reason
 from broker.mqtt.v5 import codec, encode
 from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
 from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
@@ -39,8 +40,9 @@ else:
 __all__ = ["V5InboundMixin"]
 
 log = logging.getLogger("intercom.mqtt5")
-NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED, QUOTA_EXCEEDED, PAYLOAD_FORMAT_INVALID = 0x10, 0x80, 0x87, 0x97, 0x99
-RECEIVE_MAX_EXCEEDED, NOT_FOUND = 0x93, 0x92
+NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED = Reason.NO_MATCHING_SUBSCRIBERS, Reason.UNSPECIFIED, Reason.NOT_AUTHORIZED
+QUOTA_EXCEEDED, PAYLOAD_FORMAT_INVALID = Reason.QUOTA_EXCEEDED, Reason.PAYLOAD_FORMAT_INVALID
+RECEIVE_MAX_EXCEEDED, NOT_FOUND = Reason.RECEIVE_MAXIMUM_EXCEEDED, Reason.PACKET_ID_NOT_FOUND
 
 
 def _reply(pub: Publish) -> ReplyTo | None:
@@ -172,7 +174,7 @@ class V5InboundMixin(_Base):
         for topic_filter in filters:
             removed = engine._del_subscription(topic_filter, session)
             options.pop(topic_filter, None)
-            codes.append(0 if removed else 0x11)  # 0x11: No subscription existed
+            codes.append(Reason.SUCCESS if removed else Reason.NO_SUBSCRIPTION_EXISTED)
             if engine._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id,
                                                       topic=topic_filter)
