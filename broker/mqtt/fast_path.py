@@ -298,13 +298,7 @@ class FastPathMixin(RoutingMixin):
                               qos: int, retain: bool, packet: PublishPacket | None) -> bool:
         """amqtt's `_handle_message_delivery` without the queues; False when the connection must close."""
         hooks = self._plugin_hooks()
-        message: IncomingApplicationMessage | None = None
-        if hooks.events:
-            message = IncomingApplicationMessage(None, topic, qos, data, retain)
-            message.publish_packet = packet
-            if self._has_listeners(BrokerEvents.MESSAGE_RECEIVED):
-                await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
-                                                      message=message)
+        message = await self.message_received_event(session, topic, data, qos, retain, packet)
         if not topic or "#" in topic or "+" in topic:
             # $-topics are routed: the index never matches them against a leading `+` or `#`
             # [MQTT-4.7.2-1], and the ACL decides who may publish there (amqtt closed the connection)
@@ -314,11 +308,28 @@ class FastPathMixin(RoutingMixin):
             return False
         if not await self._allowed(session, topic, Action.PUBLISH):
             return True
+        await self.message_broadcast_event(session, message)
+        self._route(session, topic, data, qos, retain, hooks)
+        return True
+
+    async def message_received_event(self, session: Session, topic: str, data: bytes, qos: int, retain: bool,
+                                     packet: PublishPacket | None = None) -> IncomingApplicationMessage | None:
+        """amqtt's `on_broker_message_received` for a client's publish (3.1.1 or 5); the message the plugins saw,
+        for `message_broadcast_event`, or None when no plugin listens to message events."""
+        if not self._plugin_hooks().events:
+            return None
+        message = IncomingApplicationMessage(None, topic, qos, data, retain)
+        message.publish_packet = packet
+        if self._has_listeners(BrokerEvents.MESSAGE_RECEIVED):
+            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
+                                                  message=message)
+        return message
+
+    async def message_broadcast_event(self, session: Session, message: IncomingApplicationMessage | None) -> None:
+        """amqtt's `on_broker_message_broadcast` for a publish the ACL allowed, before it is routed."""
         if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
                                                   message=message)
-        self._route(session, topic, data, qos, retain, hooks)
-        return True
 
     async def _on_subscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
                             topics: list[tuple[str, int]]) -> None:

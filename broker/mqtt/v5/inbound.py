@@ -82,15 +82,24 @@ class V5InboundMixin(_Base):
                 return None
         props = MessageProps.received(pub.forward, pub.props.get(codec.MESSAGE_EXPIRY))
         engine: Any = self
-        allowed = engine.may_publish_now(conn.session, pub.topic)
+        # sync_publish: every ACL answers without awaiting and no plugin listens to message events
+        allowed = engine.may_publish_now(conn.session, pub.topic) if engine._plugin_hooks().sync_publish else None
         if allowed is None:
             return self._v5_publish_async(conn, pub, props)
         self._v5_accept(conn, pub, props, allowed)
         return None
 
     async def _v5_publish_async(self, conn: V5Connection, pub: Publish, props: MessageProps | None) -> None:
+        """The publish with amqtt's message events (as for 3.1.1: QoS 2 ones fire at PUBREL) and any async ACL."""
         engine: Any = self
-        self._v5_accept(conn, pub, props, await engine._allowed(conn.session, pub.topic, Action.PUBLISH))
+        session = conn.session
+        message = None
+        if pub.qos < 2:
+            message = await engine.message_received_event(session, pub.topic, pub.payload, pub.qos, pub.retain)
+        allowed = await engine._allowed(session, pub.topic, Action.PUBLISH)
+        if allowed:
+            await engine.message_broadcast_event(session, message)
+        self._v5_accept(conn, pub, props, allowed)
 
     def _v5_accept(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
         if pub.qos == 2:
@@ -129,12 +138,29 @@ class V5InboundMixin(_Base):
         if msg is None:
             self._v5_ack(conn, PUBCOMP, packet_id, NOT_FOUND)
             return None
+        engine: Any = self
+        if not engine._plugin_hooks().sync_publish:
+            return self._v5_pubrel_async(conn, packet_id)
         kept = getattr(msg, "reply", None)
         self._v5_route(conn, msg.topic, bytes(msg.data), 2, bool(msg.retain), props_of(msg),
                        ReplyTo(*kept) if kept is not None else None)
         held.pop(packet_id, None)  # routed before it is forgotten: a crash in between re-delivers
         self._v5_ack(conn, PUBCOMP, packet_id)
         return None
+
+    async def _v5_pubrel_async(self, conn: V5Connection, packet_id: int) -> None:
+        """PUBREL with amqtt's message events (the ACL judged the message at its PUBLISH)."""
+        engine: Any = self
+        session = conn.session
+        msg = session.inflight_in.pop(packet_id, None)  # first: a PUBREL repeated meanwhile must not route it again
+        if msg is not None:
+            data = bytes(msg.data)
+            message = await engine.message_received_event(session, msg.topic, data, 2, bool(msg.retain))
+            await engine.message_broadcast_event(session, message)
+            kept = getattr(msg, "reply", None)
+            self._v5_route(conn, msg.topic, data, 2, bool(msg.retain), props_of(msg),
+                           ReplyTo(*kept) if kept is not None else None)
+        self._v5_ack(conn, PUBCOMP, packet_id)
 
     async def v5_subscribe(self, conn: V5Connection, sub: Subscribe) -> None:
         session = conn.session
