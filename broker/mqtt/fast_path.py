@@ -41,6 +41,7 @@ from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.quota import HELD
 from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
 from broker.mqtt.session_persistence import DurableIncoming
+from broker.mqtt.topics import valid_topic_name
 from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ class FastPathMixin(RoutingMixin):
     def _accept_now(self, session: Session, handler: BrokerProtocolHandler, topic: str, data: bytes, qos: int,
                     retain: bool) -> bool:
         """`_accept_publish` without awaits (only when every ACL is synchronous and no event listens)."""
-        if not topic or "#" in topic or "+" in topic:
+        if not valid_topic_name(topic):
             _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
                        "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
             self._spawn(handler.handle_connection_closed())
@@ -299,7 +300,7 @@ class FastPathMixin(RoutingMixin):
         """amqtt's `_handle_message_delivery` without the queues; False when the connection must close."""
         hooks = self._plugin_hooks()
         message = await self.message_received_event(session, topic, data, qos, retain, packet)
-        if not topic or "#" in topic or "+" in topic:
+        if not valid_topic_name(topic):
             # $-topics are routed: the index never matches them against a leading `+` or `#`
             # [MQTT-4.7.2-1], and the ACL decides who may publish there (amqtt closed the connection)
             _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
@@ -369,7 +370,7 @@ class FastPathMixin(RoutingMixin):
         connection (invalid topic, or more messages awaiting PUBREL than `limits.max_inflight_messages`)."""
         held = session.inflight_in
         if packet_id not in held:  # else a re-send of a message held already: PUBREC again [MQTT-4.3.3-2]
-            if not topic or "#" in topic or "+" in topic:
+            if not valid_topic_name(topic):
                 _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
                            "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
                 return False

@@ -26,7 +26,7 @@ from amqtt.adapters import ReaderAdapter
 
 from broker.limiter import LogThrottle
 from broker.mqtt.deadlines import DeadlineSweeper
-from broker.mqtt.topic_index import well_formed_filter
+from broker.mqtt.topics import valid_topic_name, well_formed_filter
 
 __all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
            "remaining_length", "valid_topic_name"]
@@ -96,11 +96,6 @@ class _Cursor:
     @property
     def left(self) -> int:
         return len(self.body) - self.pos
-
-
-def valid_topic_name(topic: str) -> bool:
-    """A topic a client may publish to (or name as its Will): non-empty, no wildcards."""
-    return bool(topic) and "+" not in topic and "#" not in topic and "\x00" not in topic
 
 
 def remaining_length(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int, int] | None:

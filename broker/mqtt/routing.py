@@ -47,8 +47,9 @@ from broker.mqtt.hooks import (
     ReplyTo,
 )
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member, shared_parts
-from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_subscription
+from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member
+from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex
+from broker.mqtt.topics import shared_parts, valid_subscription
 from broker.mqtt.v5.message import MessageProps, V5Retained, props_of
 from broker.mqtt.v5.subscriptions import SUB_OPTIONS, delivery_for
 

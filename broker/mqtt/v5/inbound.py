@@ -23,6 +23,7 @@ from broker.config import LimitsConfig
 from broker.mqtt.fast_path import over_held_quota
 from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
 from broker.mqtt.reason import Reason
+from broker.mqtt.topics import is_shared
 from broker.mqtt.v5 import codec, encode
 from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
 from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
@@ -187,7 +188,7 @@ class V5InboundMixin(_Base):
             if engine._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=key,
                                                       topic=s.topic_filter, qos=code)
-            shared = s.topic_filter.startswith("$share/")  # no retained messages for a shared subscription
+            shared = is_shared(s.topic_filter)  # no retained messages for a shared subscription
             if not shared and (s.retain_handling == 0 or (s.retain_handling == 1 and new)):
                 engine._send_retained(session, s.topic_filter, code, ids)
 
