@@ -26,6 +26,7 @@ from amqtt.adapters import ReaderAdapter
 
 from broker.limiter import LogThrottle
 from broker.mqtt.deadlines import DeadlineSweeper
+from broker.mqtt.reason import Reason
 from broker.mqtt.topics import valid_topic_name, well_formed_filter
 
 __all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
@@ -48,7 +49,7 @@ _CHUNK = 64 * 1024
 class Malformed(Exception):
     """A client packet breaks MQTT; the message says which rule, `code` the MQTT 5 reason code."""
 
-    def __init__(self, message: str, code: int = 0x81) -> None:
+    def __init__(self, message: str, code: int = Reason.MALFORMED_PACKET) -> None:
         super().__init__(message)
         self.code = code
 
@@ -262,7 +263,7 @@ class GuardedReader(ReaderAdapter):
             return False  # busy with a packet; asked again next tick
         self._expired = "CONNECT timeout" if self._packets == 0 else "keepalive expired"
         if self._packets:
-            self.code = 0x8D  # Keep Alive timeout
+            self.code = Reason.KEEP_ALIVE_TIMEOUT
         self._interrupt()
         return True
 
@@ -369,7 +370,7 @@ class GuardedReader(ReaderAdapter):
             length, i = header
             if i - off + length > self._limits.max_packet_bytes:
                 raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._limits.max_packet_bytes}",
-                                0x95)
+                                Reason.PACKET_TOO_LARGE)
             if end - i < length:
                 return None
             first = raw[off]

@@ -65,7 +65,7 @@ __all__ = ["SUBACK_FAILURE", "PluginHooks", "RoutingMixin"]
 
 log = logging.getLogger("intercom.fastpath")
 _QUEUED_LAST = "intercom.queued_last"  # session attribute: topic -> last payload of the offline queue just sent
-SUBACK_FAILURE = 0x80
+SUBACK_FAILURE = 0x80  # 3.1.1's SUBACK failure, MQTT 5's Reason.UNSPECIFIED
 _Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]], list[Member[Session]] | None,
                bool, MessageProps | None]
 
