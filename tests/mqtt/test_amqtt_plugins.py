@@ -50,6 +50,7 @@ async def test_event_plugin_sees_v311_and_v5_connects_and_publishes(make_harness
     assert ("connected", "probe-v5", None) in probe.seen
 
 
+@pytest.mark.filterwarnings("ignore:.*psutil.*:DeprecationWarning")  # amqtt's own notice about its dependency
 async def test_sys_plugin_publishes_clients_connected(make_harness):
     """amqtt's $SYS plugin, enabled through `mqtt.plugins` (ours off), publishes $SYS/broker/clients/connected,
     counting MQTT 5 clients too, to an integrator (the ACL's `$SYS/broker/#`)."""
@@ -74,6 +75,7 @@ async def test_sys_plugin_publishes_clients_connected(make_harness):
     ({"not a path": {}}, {}, "class path"),
     ({"plugins.acl.TopicAclPlugin": {}}, {}, "loaded already"),
     ({SYS_PLUGIN: {}}, {}, "metrics.sys_interval_s"),
+    ({PROBE: {"no_such_option": 1}}, {}, "no_such_option"),
 ])
 def test_bad_plugin_config_is_refused(tmp_path, plugins, extra, words):
     """A path that does not load, is not a plugin, repeats ours or fights our $SYS publisher is a config error."""
