@@ -395,6 +395,8 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _one_sys_publisher(self) -> Settings:
+        if not self.mqtt.plugins:
+            return self
         from amqtt.plugins.sys.broker import BrokerSysPlugin
 
         sys_plugins = [p for p in self.mqtt.plugins if issubclass(amqtt_plugin_class(p), BrokerSysPlugin)]
