@@ -137,8 +137,7 @@ class V5Mixin(_Base):
             return
         will = _Will(c) if c.will_topic is not None else None
         if will is not None and c.will_props.get(codec.PAYLOAD_FORMAT) == 1 and not _utf8(c.will_payload):
-            await self._v5_refuse(writer, Reason.PAYLOAD_FORMAT_INVALID, "Will payload is not UTF-8",  # [MQTT-3.1.3-?]
-                                  c.client_id)
+            await self._v5_refuse(writer, 0x99, "Will payload is not UTF-8", c.client_id)  # [MQTT-3.1.3-?]
             return
         session, assigned = self._v5_session(c, writer, will)
         code = await self._admit(session, listener_name)
