@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from broker.ids import Id
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "amqtt_plugin_class", "load_settings"]
 
 Port = int
 
@@ -207,9 +207,52 @@ class MqttTlsConfig(TlsConfig):
     plain: bool = True  # keep the plain TCP/WS listeners next to the TLS one
 
 
+_CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def amqtt_plugin_class(path: str) -> type:
+    """The amqtt plugin class a `mqtt.plugins` key names (ValueError saying why not)."""
+    import importlib
+
+    from amqtt.plugins.base import BasePlugin
+
+    if not _CLASS_PATH.fullmatch(path):
+        raise ValueError(f"{path!r} is not a class path (module.Class)")
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import {path!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, BasePlugin)):
+        raise ValueError(f"{path!r} is not an amqtt plugin (a subclass of amqtt.plugins.base.BasePlugin)")
+    return cls
+
+
 class MqttConfig(_Strict):
     max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     tls: MqttTlsConfig | None = None
+    # Extra amqtt plugins, in amqtt's own format: {class path: its Config fields}; loaded after ours, they get
+    # amqtt's events for MQTT 3.1.1 and 5 clients alike (docs/architecture.md "amqtt plugins").
+    plugins: dict[str, dict[str, Any] | None] = {}
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins_load(cls, v: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+        import dacite
+
+        out: dict[str, dict[str, Any]] = {}
+        for path, options in v.items():
+            if path.startswith("plugins."):
+                raise ValueError(f"{path!r}: the broker's own plugins (plugins.*) are loaded already")
+            plugin = amqtt_plugin_class(path)
+            config = getattr(plugin, "Config", None)
+            if config is not None:
+                try:
+                    dacite.from_dict(config, options or {}, config=dacite.Config(strict=True))
+                except (dacite.DaciteError, TypeError) as exc:
+                    raise ValueError(f"{path}: {exc}") from None
+            out[path] = options or {}
+        return out
 
 
 class DeliveryConfig(_Strict):
@@ -362,6 +405,18 @@ class Settings(_Strict):
         if v.host not in ("localhost", "") and not _is_ip(v.host):
             raise ValueError(f"server.host must be an IP address or 'localhost', got {v.host!r}")
         return v
+
+    @model_validator(mode="after")
+    def _one_sys_publisher(self) -> Settings:
+        if not self.mqtt.plugins:
+            return self
+        from amqtt.plugins.sys.broker import BrokerSysPlugin
+
+        sys_plugins = [p for p in self.mqtt.plugins if issubclass(amqtt_plugin_class(p), BrokerSysPlugin)]
+        if sys_plugins and self.metrics.sys_interval_s > 0:
+            raise ValueError(f"mqtt.plugins loads {sys_plugins[0]}, which publishes $SYS/broker/... as "
+                             "metrics.sys_interval_s does: set metrics.sys_interval_s: 0 to use amqtt's instead")
+        return self
 
     @property
     def loopback_only(self) -> bool:

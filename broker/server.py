@@ -54,7 +54,8 @@ class IntercomServer:
         tls = self.settings.mqtt.tls
         if tls is not None:
             listeners["tls" if tls.plain else "default"] = {"type": "tcp", "bind": _bind(s.host, tls.port)}
-        return {"listeners": listeners, "plugins": {p: {} for p in PLUGINS}, "timeout_disconnect_delay": 0,
+        plugins = {**{p: {} for p in PLUGINS}, **self.settings.mqtt.plugins}  # ours first, then the integrator's
+        return {"listeners": listeners, "plugins": plugins, "timeout_disconnect_delay": 0,
                 "session_expiry_interval": self.settings.limits.session_expiry_s}
 
     async def start(self) -> None:

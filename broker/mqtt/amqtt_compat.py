@@ -11,6 +11,7 @@ tests compare each override with amqtt's own code path), and adjust the tables b
 
 from __future__ import annotations
 
+import inspect
 from importlib.metadata import PackageNotFoundError, version
 
 from amqtt.broker import Broker
@@ -18,7 +19,8 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.session import Session
 
-__all__ = ["AMQTT_VERSION", "OVERRIDDEN", "USED", "AmqttMismatch", "check", "install", "require_installed"]
+__all__ = ["AMQTT_VERSION", "ATTRIBUTES", "EVENTS", "OVERRIDDEN", "USED", "AmqttMismatch", "check", "install",
+           "require_installed"]
 
 AMQTT_VERSION = "0.12.1"
 
@@ -48,6 +50,25 @@ USED: dict[type, tuple[str, ...]] = {
     BrokerProtocolHandler: ("mqtt_acknowledge_subscription", "mqtt_acknowledge_unsubscription"),
 }
 
+# amqtt instance attributes the engine reads (class -> names assigned in its `__init__`).
+ATTRIBUTES: dict[type, tuple[str, ...]] = {
+    # fast_handler: PUBACK of a message amqtt itself sent; reason.wrong_ack: amqtt's 3.1.1 QoS 2 sender keeps a
+    # message past PUBREC only as a PUBCOMP waiter (it pops it from inflight_out at PUBREC)
+    ProtocolHandler: ("_puback_waiters", "_pubcomp_waiters"),
+}
+# amqtt's broker events (`on_broker_*` of a plugin in `mqtt.plugins`) and where the engine fires them, for MQTT 3.1.1
+# and 5 alike; each only when a loaded plugin listens (`RoutingMixin._plugin_hooks`), so the hot path pays nothing
+# otherwise. PACKET_RECEIVED / PACKET_SENT (amqtt's `$SYS` byte counters) fire for 3.1.1 packets amqtt decodes only.
+EVENTS: dict[str, str] = {
+    "client_connected": "hardening (3.1.1), v5.serve",
+    "client_disconnected": "amqtt's _handle_disconnect (3.1.1), v5.serve",
+    "client_subscribed": "fast_path._on_subscribe, v5.inbound",
+    "client_unsubscribed": "fast_path._on_unsubscribe, v5.inbound",
+    "message_received": "fast_path.message_received_event (QoS 0/1 at PUBLISH, QoS 2 at PUBREL; both versions)",
+    "message_broadcast": "fast_path.message_broadcast_event (after the publish ACL allowed it; both versions)",
+    "retained_message": "routing.retain_now",
+}
+
 
 class AmqttMismatch(RuntimeError):
     """The installed amqtt is not the release the engine's overrides were written against."""
@@ -66,8 +87,17 @@ def check(installed: str | None = None) -> None:
             f"(see broker/mqtt/amqtt_compat.py): install amqtt=={AMQTT_VERSION}")
     missing = [f"{cls.__name__}.{name}" for table in (OVERRIDDEN, USED)
                for cls, names in table.items() for name in names if not hasattr(cls, name)]
+    missing += [f"{cls.__name__}().{name}" for cls, names in ATTRIBUTES.items()
+                for name in names if f"self.{name}" not in _init_source(cls)]
     if missing:
         raise AmqttMismatch(f"amqtt {installed} lacks what broker.mqtt overrides or uses: {', '.join(missing)}")
+
+
+def _init_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls.__init__)  # type: ignore[misc]
+    except (OSError, TypeError):
+        return ""
 
 
 _installed = False

@@ -43,13 +43,17 @@ from amqtt.mqtt.packet import (
 )
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
+from broker.limiter import LogThrottle
 from broker.mqtt.fairness import Turn
 from broker.mqtt.lazy import LazyEvent
+from broker.mqtt.reason import ProtocolError, wrong_ack
 
 __all__ = ["FastHandler", "whole_packets"]
 
 log = logging.getLogger("intercom.fastpath")
+_quiet = LogThrottle()
 
+_ACKS = frozenset({PUBACK, PUBREC, PUBCOMP})  # a receiver's acknowledgements, checked against the flow
 _HANDLERS = {SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe", PUBACK: "handle_puback",
              PUBREC: "handle_pubrec", PUBREL: "handle_pubrel", PUBCOMP: "handle_pubcomp", PINGREQ: "handle_pingreq",
              PINGRESP: "handle_pingresp", PUBLISH: "handle_publish", DISCONNECT: "handle_disconnect"}
@@ -118,9 +122,13 @@ class FastHandler(BrokerProtocolHandler):
                 if fast_ok and kind == PUBLISH and (flags >> 1) & 3 < QOS_2:
                     self._publish_bytes(broker, flags, body)
                     continue
-                if fast_ok and kind == PUBACK and len(body) == 2:
-                    broker._acked(session, self, int.from_bytes(body, "big"), None)
-                    continue
+                if kind in _ACKS and len(body) == 2:
+                    packet_id = int.from_bytes(body, "big")
+                    if (wrong := wrong_ack(session.inflight_out, kind, packet_id, self._pubcomp_waiters)) is not None:
+                        raise wrong
+                    if fast_ok and kind == PUBACK:
+                        broker._acked(session, self, packet_id, None)
+                        continue
                 if inline_ok and kind == PUBLISH and (flags >> 1) & 3 == QOS_2:
                     if not await self._qos2_bytes(broker, flags, body):
                         break
@@ -135,6 +143,9 @@ class FastHandler(BrokerProtocolHandler):
                     running.append(task)
         except asyncio.CancelledError:
             pass
+        except ProtocolError as exc:  # the one place a 3.1.1 protocol error becomes a close
+            _quiet.log(log, logging.WARNING, f"protocol {session.remote_address}",
+                       "closing MQTT connection of %r: %s", session.client_id, exc)
         except (MQTTError, NoDataError, IndexError, ValueError) as exc:
             log.debug("%s: reader stopped: %r", session.client_id, exc)
         except Exception as exc:

@@ -42,6 +42,7 @@ from broker.mqtt.outlet import unwrapped
 from broker.mqtt.quota import HELD
 from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
 from broker.mqtt.session_persistence import DurableIncoming
+from broker.mqtt.topics import valid_topic_name
 from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class FastPathMixin(RoutingMixin):
     def _accept_now(self, session: Session, handler: BrokerProtocolHandler, topic: str, data: bytes, qos: int,
                     retain: bool) -> bool:
         """`_accept_publish` without awaits (only when every ACL is synchronous and no event listens)."""
-        if not topic or "#" in topic or "+" in topic:
+        if not valid_topic_name(topic):
             _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
                        "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
             self._spawn(handler.handle_connection_closed())
@@ -304,14 +305,8 @@ class FastPathMixin(RoutingMixin):
                               qos: int, retain: bool, packet: PublishPacket | None) -> bool:
         """amqtt's `_handle_message_delivery` without the queues; False when the connection must close."""
         hooks = self._plugin_hooks()
-        message: IncomingApplicationMessage | None = None
-        if hooks.events:
-            message = IncomingApplicationMessage(None, topic, qos, data, retain)
-            message.publish_packet = packet
-            if self._has_listeners(BrokerEvents.MESSAGE_RECEIVED):
-                await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
-                                                      message=message)
-        if not topic or "#" in topic or "+" in topic:
+        message = await self.message_received_event(session, topic, data, qos, retain, packet)
+        if not valid_topic_name(topic):
             # $-topics are routed: the index never matches them against a leading `+` or `#`
             # [MQTT-4.7.2-1], and the ACL decides who may publish there (amqtt closed the connection)
             _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
@@ -320,11 +315,28 @@ class FastPathMixin(RoutingMixin):
             return False
         if not await self._allowed(session, topic, Action.PUBLISH):
             return True
+        await self.message_broadcast_event(session, message)
+        self._route(session, topic, data, qos, retain, hooks)
+        return True
+
+    async def message_received_event(self, session: Session, topic: str, data: bytes, qos: int, retain: bool,
+                                     packet: PublishPacket | None = None) -> IncomingApplicationMessage | None:
+        """amqtt's `on_broker_message_received` for a client's publish (3.1.1 or 5); the message the plugins saw,
+        for `message_broadcast_event`, or None when no plugin listens to message events."""
+        if not self._plugin_hooks().events:
+            return None
+        message = IncomingApplicationMessage(None, topic, qos, data, retain)
+        message.publish_packet = packet
+        if self._has_listeners(BrokerEvents.MESSAGE_RECEIVED):
+            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
+                                                  message=message)
+        return message
+
+    async def message_broadcast_event(self, session: Session, message: IncomingApplicationMessage | None) -> None:
+        """amqtt's `on_broker_message_broadcast` for a publish the ACL allowed, before it is routed."""
         if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
                                                   message=message)
-        self._route(session, topic, data, qos, retain, hooks)
-        return True
 
     async def _on_subscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
                             topics: list[tuple[str, int]]) -> None:
@@ -364,7 +376,7 @@ class FastPathMixin(RoutingMixin):
         connection (invalid topic, or more messages awaiting PUBREL than `limits.max_inflight_messages`)."""
         held = session.inflight_in
         if packet_id not in held:  # else a re-send of a message held already: PUBREC again [MQTT-4.3.3-2]
-            if not topic or "#" in topic or "+" in topic:
+            if not valid_topic_name(topic):
                 _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
                            "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
                 return False

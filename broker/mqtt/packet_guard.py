@@ -26,7 +26,8 @@ from amqtt.adapters import ReaderAdapter
 
 from broker.limiter import LogThrottle
 from broker.mqtt.deadlines import DeadlineSweeper
-from broker.mqtt.topic_index import well_formed_filter
+from broker.mqtt.reason import Reason
+from broker.mqtt.topics import valid_topic_name, well_formed_filter
 
 __all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
            "remaining_length", "valid_topic_name"]
@@ -48,7 +49,7 @@ _CHUNK = 64 * 1024
 class Malformed(Exception):
     """A client packet breaks MQTT; the message says which rule, `code` the MQTT 5 reason code."""
 
-    def __init__(self, message: str, code: int = 0x81) -> None:
+    def __init__(self, message: str, code: int = Reason.MALFORMED_PACKET) -> None:
         super().__init__(message)
         self.code = code
 
@@ -96,11 +97,6 @@ class _Cursor:
     @property
     def left(self) -> int:
         return len(self.body) - self.pos
-
-
-def valid_topic_name(topic: str) -> bool:
-    """A topic a client may publish to (or name as its Will): non-empty, no wildcards."""
-    return bool(topic) and "+" not in topic and "#" not in topic and "\x00" not in topic
 
 
 def remaining_length(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int, int] | None:
@@ -267,7 +263,7 @@ class GuardedReader(ReaderAdapter):
             return False  # busy with a packet; asked again next tick
         self._expired = "CONNECT timeout" if self._packets == 0 else "keepalive expired"
         if self._packets:
-            self.code = 0x8D  # Keep Alive timeout
+            self.code = Reason.KEEP_ALIVE_TIMEOUT
         self._interrupt()
         return True
 
@@ -374,7 +370,7 @@ class GuardedReader(ReaderAdapter):
             length, i = header
             if i - off + length > self._limits.max_packet_bytes:
                 raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._limits.max_packet_bytes}",
-                                0x95)
+                                Reason.PACKET_TOO_LARGE)
             if end - i < length:
                 return None
             first = raw[off]

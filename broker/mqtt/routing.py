@@ -47,8 +47,9 @@ from broker.mqtt.hooks import (
     ReplyTo,
 )
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member, shared_parts
-from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex, valid_subscription
+from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member
+from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex
+from broker.mqtt.topics import shared_parts, valid_subscription
 from broker.mqtt.v5.message import MessageProps, V5Retained, props_of
 from broker.mqtt.v5.subscriptions import SUB_OPTIONS, delivery_for
 
@@ -64,7 +65,7 @@ __all__ = ["SUBACK_FAILURE", "PluginHooks", "RoutingMixin"]
 
 log = logging.getLogger("intercom.fastpath")
 _QUEUED_LAST = "intercom.queued_last"  # session attribute: topic -> last payload of the offline queue just sent
-SUBACK_FAILURE = 0x80
+SUBACK_FAILURE = 0x80  # 3.1.1's SUBACK failure, MQTT 5's Reason.UNSPECIFIED
 _Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]], list[Member[Session]] | None,
                bool, MessageProps | None]
 

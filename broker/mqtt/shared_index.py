@@ -15,34 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from broker.mqtt.topics import SHARE_LEVEL, shared_parts, valid_share_name
 from broker.mqtt.tree import descend, matching, path_to, prune
 
 __all__ = ["HOLDS", "NONE", "ONLINE", "SHARE_LEVEL", "SharedGroups", "shared_parts", "valid_share_name"]
 
 S = TypeVar("S")
-SHARE_LEVEL = "$share"
-_PREFIX = SHARE_LEVEL + "/"
 ONLINE, HOLDS, NONE = 2, 1, 0  # a member's rank: connected, can queue offline, unusable
 
 Member = tuple[str, tuple[S, int]]  # (key, (subscriber, granted QoS)), like `SubscriptionIndex.match` items
-
-
-def shared_parts(topic_filter: str) -> tuple[str, str] | None:
-    """(ShareName, filter) of a filter whose first level is `$share`, as written; None for any other filter.
-
-    `$share` alone and `$share/name` give an empty filter, which no check accepts.
-    """
-    if topic_filter == SHARE_LEVEL:
-        return "", ""
-    if not topic_filter.startswith(_PREFIX):
-        return None
-    name, _, inner = topic_filter[len(_PREFIX):].partition("/")
-    return name, inner
-
-
-def valid_share_name(name: str) -> bool:
-    """At least one character, none of `/`, `+`, `#` [MQTT-4.8.2-1], [MQTT-4.8.2-2], and no NUL."""
-    return bool(name) and not any(c in name for c in "/+#\x00")
 
 
 class _Group(Generic[S]):

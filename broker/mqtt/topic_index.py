@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from broker.mqtt.shared_index import Member, SharedGroups, shared_parts, valid_share_name
+from broker.mqtt.shared_index import Member, SharedGroups
+from broker.mqtt.topics import shared_parts, valid_filter, valid_subscription, well_formed_filter
 from broker.mqtt.tree import descend, matching, path_to, prune
 
 __all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter", "valid_subscription",
@@ -19,41 +20,6 @@ __all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter",
 
 S = TypeVar("S")
 V = TypeVar("V")
-
-
-def valid_filter(topic_filter: str) -> bool:
-    """Whether a filter is well formed: `#` only as the whole last level, `+` only as a whole level, no NUL."""
-    if not topic_filter or "\x00" in topic_filter:
-        return False
-    levels = topic_filter.split("/")
-    last = len(levels) - 1
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != last):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return True
-
-
-def valid_subscription(topic_filter: str) -> bool:
-    """Whether SUBSCRIBE may be granted for this filter: a valid filter, or `$share/{ShareName}/{valid filter}`."""
-    parts = shared_parts(topic_filter)
-    if parts is None:
-        return valid_filter(topic_filter)
-    return valid_share_name(parts[0]) and valid_filter(parts[1])
-
-
-def well_formed_filter(topic_filter: str) -> bool:
-    """The packet guard's test: `valid_filter`, except that a `$share/` filter's ShareName is not judged here.
-
-    A bad ShareName (`$share/g+/a`, `$share//a`) is answered with SUBACK 0x80 (`valid_subscription`) and the
-    connection stays up, as in EMQX; the filter after it must be well formed like any other.
-    """
-    parts = shared_parts(topic_filter)
-    if parts is None:
-        return valid_filter(topic_filter)
-    name, inner = parts
-    return "\x00" not in name and (not inner or valid_filter(inner))
 
 
 class _SubNode(Generic[S]):

@@ -103,3 +103,13 @@ def test_building_the_broker_before_install_is_refused():
     assert "install() must run before" in out["before"]
     assert out["patched"] == ["_init_states"]
     assert out["after"] == "built"
+
+
+def test_instance_attributes_the_engine_reads_are_checked(monkeypatch):
+    """check() passes for the attributes amqtt assigns in __init__ and names one it does not assign."""
+    amqtt_compat.check()
+    from amqtt.mqtt.protocol.handler import ProtocolHandler
+
+    monkeypatch.setitem(amqtt_compat.ATTRIBUTES, ProtocolHandler, ("_pubcomp_waiters", "_no_such_waiters"))
+    with pytest.raises(AmqttMismatch, match="_no_such_waiters"):
+        amqtt_compat.check()

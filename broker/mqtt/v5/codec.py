@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.mqtt.topic_index import valid_filter
+from broker.mqtt.reason import ProtocolError, Reason
+from broker.mqtt.topics import SHARE_LEVEL, shared_parts, valid_filter, valid_topic_name
 
 __all__ = ["AUTH", "CONNACK", "CONNECT", "DISCONNECT", "PINGREQ", "PUBACK", "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL",
            "SUBACK", "SUBSCRIBE", "UNSUBACK", "UNSUBSCRIBE", "WILL", "Ack", "Connect", "Disconnect", "Props",
@@ -28,7 +29,8 @@ CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
 WILL = 0  # pseudo packet type: the Will Properties of a CONNECT
 
-MALFORMED, PROTOCOL_ERROR, TOPIC_NAME_INVALID, TOPIC_ALIAS_INVALID = 0x81, 0x82, 0x90, 0x94
+MALFORMED, PROTOCOL_ERROR = Reason.MALFORMED_PACKET, Reason.PROTOCOL_ERROR
+TOPIC_NAME_INVALID, TOPIC_ALIAS_INVALID = Reason.TOPIC_NAME_INVALID, Reason.TOPIC_ALIAS_INVALID
 
 # Property identifiers (§2.2.2.2)
 PAYLOAD_FORMAT, MESSAGE_EXPIRY, CONTENT_TYPE, RESPONSE_TOPIC, CORRELATION_DATA = 0x01, 0x02, 0x03, 0x08, 0x09
@@ -80,15 +82,10 @@ _ACK_CODES = {PUBACK: _PUB_CODES, PUBREC: _PUB_CODES, PUBREL: frozenset({0x00, 0
               PUBCOMP: frozenset({0x00, 0x92})}
 _CLIENT_DISCONNECT_CODES = frozenset({0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x90, 0x93, 0x94, 0x95, 0x96,
                                       0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA1, 0xA2})
-_SHARE = "$share/"
 
 
-class V5Error(Exception):
+class V5Error(ProtocolError):
     """A client packet breaks MQTT 5.0; `code` is the reason code to answer (or disconnect) with."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 Props = dict[int, Any]  # identifier -> value; User Property -> list of pairs, Subscription Identifier -> list
@@ -266,7 +263,7 @@ def _props(r: _Reader, ptype: int) -> tuple[Props, bytes]:
 
 
 def _topic_name(topic: str, what: str) -> None:
-    if "+" in topic or "#" in topic:
+    if topic and not valid_topic_name(topic):  # empty: a PUBLISH using a Topic Alias (its connection judges it)
         raise V5Error(TOPIC_NAME_INVALID, f"{what} {topic!r} contains a wildcard")  # [MQTT-3.3.2-2]
 
 
@@ -355,11 +352,9 @@ def decode_ack(ptype: int, body: bytes) -> Ack:
 
 
 def split_shared(topic_filter: str) -> tuple[str | None, str]:
-    """`$share/{group}/{filter}` -> (group, filter); any other filter -> (None, filter)."""
-    if not topic_filter.startswith(_SHARE):
-        return None, topic_filter
-    group, _, rest = topic_filter[len(_SHARE):].partition("/")
-    return group, rest
+    """`$share/{group}/{filter}` -> (group, filter); any other filter, `$share` alone included -> (None, filter)."""
+    parts = shared_parts(topic_filter) if topic_filter != SHARE_LEVEL else None
+    return (None, topic_filter) if parts is None else parts
 
 
 def _filter(r: _Reader, kind: str) -> str:
@@ -388,7 +383,7 @@ def decode_subscribe(body: bytes) -> Subscribe:
         qos, no_local, rap, handling = options & 0x03, bool(options & 0x04), bool(options & 0x08), (options >> 4) & 3
         if options & 0xC0 or qos == 3 or handling == 3:
             raise V5Error(MALFORMED, f"subscription options {options:#04x}")  # [MQTT-3.8.3-5], QoS 3, RH 3
-        if no_local and topic_filter.startswith(_SHARE):
+        if no_local and split_shared(topic_filter)[0] is not None:
             raise V5Error(PROTOCOL_ERROR, "No Local on a shared subscription")  # [MQTT-3.8.3-4]
         subs.append(Subscription(topic_filter, qos, no_local, rap, handling))
     return Subscribe(packet_id, subs, props.get(SUBSCRIPTION_ID), props)

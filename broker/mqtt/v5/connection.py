@@ -22,6 +22,7 @@ from broker.limiter import LogThrottle
 from broker.mqtt.fairness import Turn
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.packet_guard import GuardedReader
+from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
 from broker.mqtt.v5 import codec, encode
 from broker.mqtt.v5.codec import (
     AUTH,
@@ -75,11 +76,11 @@ class V5Connection:
 
     async def handle_connection_closed(self) -> None:
         """Another connection took this client id over [MQTT-3.1.4-3]."""
-        await self.disconnect(0x8E)
+        await self.disconnect(Reason.SESSION_TAKEN_OVER)
 
     async def stop(self) -> None:
         """The broker is shutting down."""
-        await self.disconnect(0x8B)
+        await self.disconnect(Reason.SERVER_SHUTTING_DOWN)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -132,9 +133,14 @@ class V5Connection:
                     if pending is not None:
                         await pending
                 elif kind == PUBACK:
-                    self.acked(codec.decode_ack(PUBACK, body).packet_id)
+                    packet_id = codec.decode_ack(PUBACK, body).packet_id
+                    if (wrong := wrong_ack(self.session.inflight_out, PUBACK, packet_id)) is not None:
+                        raise wrong
+                    self.acked(packet_id)
                 elif kind == PUBREC:
                     ack = codec.decode_ack(PUBREC, body)
+                    if (wrong := wrong_ack(self.session.inflight_out, PUBREC, ack.packet_id)) is not None:
+                        raise wrong
                     if self.outlet is not None:
                         self.outlet.pubrec(ack.packet_id, ack.reason)
                 elif kind == PUBREL:
@@ -143,6 +149,8 @@ class V5Connection:
                         await pending
                 elif kind == PUBCOMP:
                     packet_id = codec.decode_ack(PUBCOMP, body).packet_id
+                    if (wrong := wrong_ack(self.session.inflight_out, PUBCOMP, packet_id)) is not None:
+                        raise wrong
                     if self.outlet is not None:
                         self.outlet.pubcomp(packet_id)
                     else:
@@ -158,7 +166,7 @@ class V5Connection:
                 elif kind == AUTH:
                     # no Authentication Method was accepted at CONNECT: an AUTH is a Protocol Error (MQTT 5.0 §4.12)
                     raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
-        except V5Error as exc:
+        except ProtocolError as exc:  # the one place a v5 protocol error becomes DISCONNECT + close
             if (n := _quiet.check(self.session.remote_address or "?")) is not None:
                 log.warning("closing MQTT 5 connection of %s: %s (reason %#04x; %d more since last logged)",
                             self.session.client_id, exc, exc.code, n)

@@ -22,6 +22,8 @@ from amqtt.events import BrokerEvents
 from broker.config import LimitsConfig
 from broker.mqtt.fast_path import over_held_quota
 from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
+from broker.mqtt.reason import Reason
+from broker.mqtt.topics import is_shared
 from broker.mqtt.v5 import codec, encode
 from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
 from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
@@ -39,8 +41,9 @@ else:
 __all__ = ["V5InboundMixin"]
 
 log = logging.getLogger("intercom.mqtt5")
-NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED, QUOTA_EXCEEDED, PAYLOAD_FORMAT_INVALID = 0x10, 0x80, 0x87, 0x97, 0x99
-RECEIVE_MAX_EXCEEDED, NOT_FOUND = 0x93, 0x92
+NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED = Reason.NO_MATCHING_SUBSCRIBERS, Reason.UNSPECIFIED, Reason.NOT_AUTHORIZED
+QUOTA_EXCEEDED, PAYLOAD_FORMAT_INVALID = Reason.QUOTA_EXCEEDED, Reason.PAYLOAD_FORMAT_INVALID
+RECEIVE_MAX_EXCEEDED, NOT_FOUND = Reason.RECEIVE_MAXIMUM_EXCEEDED, Reason.PACKET_ID_NOT_FOUND
 
 
 def _reply(pub: Publish) -> ReplyTo | None:
@@ -80,15 +83,24 @@ class V5InboundMixin(_Base):
                 return None
         props = MessageProps.received(pub.forward, pub.props.get(codec.MESSAGE_EXPIRY))
         engine: Any = self
-        allowed = engine.may_publish_now(conn.session, pub.topic)
+        # sync_publish: every ACL answers without awaiting and no plugin listens to message events
+        allowed = engine.may_publish_now(conn.session, pub.topic) if engine._plugin_hooks().sync_publish else None
         if allowed is None:
             return self._v5_publish_async(conn, pub, props)
         self._v5_accept(conn, pub, props, allowed)
         return None
 
     async def _v5_publish_async(self, conn: V5Connection, pub: Publish, props: MessageProps | None) -> None:
+        """The publish with amqtt's message events (as for 3.1.1: QoS 2 ones fire at PUBREL) and any async ACL."""
         engine: Any = self
-        self._v5_accept(conn, pub, props, await engine._allowed(conn.session, pub.topic, Action.PUBLISH))
+        session = conn.session
+        message = None
+        if pub.qos < 2:
+            message = await engine.message_received_event(session, pub.topic, pub.payload, pub.qos, pub.retain)
+        allowed = await engine._allowed(session, pub.topic, Action.PUBLISH)
+        if allowed:
+            await engine.message_broadcast_event(session, message)
+        self._v5_accept(conn, pub, props, allowed)
 
     def _v5_accept(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
         if pub.qos == 2:
@@ -127,12 +139,29 @@ class V5InboundMixin(_Base):
         if msg is None:
             self._v5_ack(conn, PUBCOMP, packet_id, NOT_FOUND)
             return None
+        engine: Any = self
+        if not engine._plugin_hooks().sync_publish:
+            return self._v5_pubrel_async(conn, packet_id)
         kept = getattr(msg, "reply", None)
         self._v5_route(conn, msg.topic, bytes(msg.data), 2, bool(msg.retain), props_of(msg),
                        ReplyTo(*kept) if kept is not None else None)
         held.pop(packet_id, None)  # routed before it is forgotten: a crash in between re-delivers
         self._v5_ack(conn, PUBCOMP, packet_id)
         return None
+
+    async def _v5_pubrel_async(self, conn: V5Connection, packet_id: int) -> None:
+        """PUBREL with amqtt's message events (the ACL judged the message at its PUBLISH)."""
+        engine: Any = self
+        session = conn.session
+        msg = session.inflight_in.pop(packet_id, None)  # first: a PUBREL repeated meanwhile must not route it again
+        if msg is not None:
+            data = bytes(msg.data)
+            message = await engine.message_received_event(session, msg.topic, data, 2, bool(msg.retain))
+            await engine.message_broadcast_event(session, message)
+            kept = getattr(msg, "reply", None)
+            self._v5_route(conn, msg.topic, data, 2, bool(msg.retain), props_of(msg),
+                           ReplyTo(*kept) if kept is not None else None)
+        self._v5_ack(conn, PUBCOMP, packet_id)
 
     async def v5_subscribe(self, conn: V5Connection, sub: Subscribe) -> None:
         session = conn.session
@@ -159,7 +188,7 @@ class V5InboundMixin(_Base):
             if engine._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=key,
                                                       topic=s.topic_filter, qos=code)
-            shared = s.topic_filter.startswith("$share/")  # no retained messages for a shared subscription
+            shared = is_shared(s.topic_filter)  # no retained messages for a shared subscription
             if not shared and (s.retain_handling == 0 or (s.retain_handling == 1 and new)):
                 engine._send_retained(session, s.topic_filter, code, ids)
 
@@ -172,7 +201,7 @@ class V5InboundMixin(_Base):
         for topic_filter in filters:
             removed = engine._del_subscription(topic_filter, session)
             options.pop(topic_filter, None)
-            codes.append(0 if removed else 0x11)  # 0x11: No subscription existed
+            codes.append(Reason.SUCCESS if removed else Reason.NO_SUBSCRIPTION_EXISTED)
             if engine._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id,
                                                       topic=topic_filter)

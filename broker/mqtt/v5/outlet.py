@@ -20,6 +20,7 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.session import Session
 
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.reason import Reason
 from broker.mqtt.session_persistence import DurableInflight
 from broker.mqtt.v5.codec import PUBREL
 from broker.mqtt.v5.encode import encode_ack, encode_publish, expiry_property, varint
@@ -95,10 +96,10 @@ class V5Outlet(Outlet):
         inflight = self.session.inflight_out
         msg = inflight.get(packet_id)
         if msg is None:
-            if reason < 0x80:
-                self.writer.write(encode_ack(PUBREL, packet_id, 0x92))  # Packet Identifier not found
+            if reason < Reason.UNSPECIFIED:
+                self.writer.write(encode_ack(PUBREL, packet_id, Reason.PACKET_ID_NOT_FOUND))
             return
-        if reason >= 0x80:
+        if reason >= Reason.UNSPECIFIED:  # any failure code
             msg.pubcomp_packet = True  # acknowledged: the flow is over
             self.acked(packet_id, True)
             return

@@ -32,6 +32,7 @@ from broker.limiter import LogThrottle
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.live import Live
 from broker.mqtt.packet_guard import GuardedReader
+from broker.mqtt.reason import Reason
 from broker.mqtt.v5 import codec, encode
 from broker.mqtt.v5.codec import V5Error
 from broker.mqtt.v5.connection import V5Connection
@@ -51,9 +52,10 @@ log = logging.getLogger("intercom.mqtt5")
 _quiet = LogThrottle()  # refused CONNECTs are client-driven
 _WILL = "intercom.v5.will"  # session attribute: the pending delayed Will, (timer, will)
 _NEVER = 0xFFFFFFFF
-QUOTA_EXCEEDED = 0x97
+QUOTA_EXCEEDED = Reason.QUOTA_EXCEEDED
 # 3.1.1 CONNACK return codes (what admission answers) -> MQTT 5 CONNACK reason codes
-_REASON = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
+_REASON = {1: Reason.UNSUPPORTED_PROTOCOL_VERSION, 2: Reason.CLIENT_ID_NOT_VALID, 3: Reason.SERVER_UNAVAILABLE,
+           4: Reason.BAD_CREDENTIALS, 5: Reason.NOT_AUTHORIZED}
 
 
 def session_expired(session: Session, now: float, default_s: float | None) -> bool:
@@ -130,7 +132,8 @@ class V5Mixin(_Base):
             await self._v5_refuse(writer, exc.code, str(exc))
             return
         if codec.AUTH_METHOD in c.props:  # no enhanced authentication method is supported (§4.12)
-            await self._v5_refuse(writer, 0x8C, f"Authentication Method {c.props[codec.AUTH_METHOD]!r}", c.client_id)
+            await self._v5_refuse(writer, Reason.BAD_AUTHENTICATION_METHOD,
+                                  f"Authentication Method {c.props[codec.AUTH_METHOD]!r}", c.client_id)
             return
         will = _Will(c) if c.will_topic is not None else None
         if will is not None and c.will_props.get(codec.PAYLOAD_FORMAT) == 1 and not _utf8(c.will_payload):
@@ -139,7 +142,7 @@ class V5Mixin(_Base):
         session, assigned = self._v5_session(c, writer, will)
         code = await self._admit(session, listener_name)
         if code != 0:
-            await self._v5_refuse(writer, _REASON.get(code, 0x87), "not admitted", session.client_id)
+            await self._v5_refuse(writer, _REASON.get(code, Reason.NOT_AUTHORIZED), "not admitted", session.client_id)
             return
         # One CONNECT per client id at a time, from takeover to registration, as for 3.1.1 (HardeningMixin);
         # revoke() may refuse it until it is registered.
@@ -153,7 +156,8 @@ class V5Mixin(_Base):
                 if incoming.attributes.get(REVOKED):
                     with contextlib.suppress(MachineError, ValueError):
                         session.transitions.disconnect()
-                    await self._v5_refuse(writer, 0x87, "credentials revoked while it was admitted", cid)
+                    await self._v5_refuse(writer, Reason.NOT_AUTHORIZED, "credentials revoked while it was admitted",
+                                          cid)
                     return
                 if self._over_session_cap(session):
                     with contextlib.suppress(MachineError, ValueError):

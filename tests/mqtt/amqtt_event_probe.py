@@ -1,0 +1,27 @@
+"""An integrator's amqtt plugin, loaded by class path through `mqtt.plugins`: it records amqtt's events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from amqtt.broker import BrokerContext
+from amqtt.plugins.base import BasePlugin
+
+
+class EventProbe(BasePlugin[BrokerContext]):
+    """Keeps (event, client id, topic) for every client connect and message received."""
+
+    def __init__(self, context: BrokerContext) -> None:
+        super().__init__(context)
+        self.seen: list[tuple[str, str | None, str | None]] = []
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Any) -> None:
+        self.seen.append(("connected", client_id, None))
+
+    async def on_broker_message_received(self, *, client_id: str | None, message: Any) -> None:
+        self.seen.append(("received", client_id, message.topic))
+
+    @dataclass
+    class Config:
+        label: str = "probe"
