@@ -17,6 +17,7 @@ from broker.admin_cli import SUBCOMMANDS
 from broker.bridge import BridgedServer, parse_broker_url
 from broker.config import ConfigError, Settings, load_settings
 from broker.db_open import StorageError
+from broker.mqtt.plugin_config import check_plugins
 from broker.ops.logs import setup_logging
 from broker.ops.reload import Reloader
 from broker.ops.sdnotify import Notifier
@@ -89,6 +90,7 @@ def loader_from_args(argv: list[str] | None = None) -> Callable[[], Settings]:
 
     def load() -> Settings:
         settings = load_settings(config, overrides)
+        check_plugins(settings)  # the integrator's amqtt plugins load and fit (the engine decides)
         if args.log_format is not None:
             settings.logging.format = args.log_format
         return settings

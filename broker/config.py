@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from broker.ids import Id
 
-__all__ = ["ConfigError", "Settings", "amqtt_plugin_class", "load_settings"]
+__all__ = ["ConfigError", "Settings", "load_settings"]
 
 Port = int
 
@@ -210,24 +210,6 @@ class MqttTlsConfig(TlsConfig):
 _CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
-def amqtt_plugin_class(path: str) -> type:
-    """The amqtt plugin class a `mqtt.plugins` key names (ValueError saying why not)."""
-    import importlib
-
-    from amqtt.plugins.base import BasePlugin
-
-    if not _CLASS_PATH.fullmatch(path):
-        raise ValueError(f"{path!r} is not a class path (module.Class)")
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {path!r}: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, BasePlugin)):
-        raise ValueError(f"{path!r} is not an amqtt plugin (a subclass of amqtt.plugins.base.BasePlugin)")
-    return cls
-
-
 class MqttConfig(_Strict):
     max_payload_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     tls: MqttTlsConfig | None = None
@@ -237,22 +219,15 @@ class MqttConfig(_Strict):
 
     @field_validator("plugins")
     @classmethod
-    def _plugins_load(cls, v: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
-        import dacite
-
-        out: dict[str, dict[str, Any]] = {}
-        for path, options in v.items():
+    def _plugins_shape(cls, v: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+        """The shape only: that each names an amqtt plugin that loads is the engine's to check
+        (broker/mqtt/plugin_config.py, at start and on reload), as amqtt is the engine's library."""
+        for path in v:
+            if not _CLASS_PATH.fullmatch(path):
+                raise ValueError(f"{path!r} is not a class path (module.Class)")
             if path.startswith("plugins."):
                 raise ValueError(f"{path!r}: the broker's own plugins (plugins.*) are loaded already")
-            plugin = amqtt_plugin_class(path)
-            config = getattr(plugin, "Config", None)
-            if config is not None:
-                try:
-                    dacite.from_dict(config, options or {}, config=dacite.Config(strict=True))
-                except (dacite.DaciteError, TypeError) as exc:
-                    raise ValueError(f"{path}: {exc}") from None
-            out[path] = options or {}
-        return out
+        return {path: options or {} for path, options in v.items()}
 
 
 class DeliveryConfig(_Strict):
@@ -405,18 +380,6 @@ class Settings(_Strict):
         if v.host not in ("localhost", "") and not _is_ip(v.host):
             raise ValueError(f"server.host must be an IP address or 'localhost', got {v.host!r}")
         return v
-
-    @model_validator(mode="after")
-    def _one_sys_publisher(self) -> Settings:
-        if not self.mqtt.plugins:
-            return self
-        from amqtt.plugins.sys.broker import BrokerSysPlugin
-
-        sys_plugins = [p for p in self.mqtt.plugins if issubclass(amqtt_plugin_class(p), BrokerSysPlugin)]
-        if sys_plugins and self.metrics.sys_interval_s > 0:
-            raise ValueError(f"mqtt.plugins loads {sys_plugins[0]}, which publishes $SYS/broker/... as "
-                             "metrics.sys_interval_s does: set metrics.sys_interval_s: 0 to use amqtt's instead")
-        return self
 
     @property
     def loopback_only(self) -> bool:

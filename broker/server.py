@@ -17,6 +17,7 @@ from broker.core.tokens import Principal
 from broker.mqtt import amqtt_compat
 from broker.mqtt.engine import IntercomBroker
 from broker.mqtt.outlet import DeliveryLimits
+from broker.mqtt.plugin_config import check_plugins
 from broker.mqtt.quota import QuotaLimits, Quotas
 from broker.mqtt.session_persistence import SessionDB, SessionPersistence
 from broker.tls import server_context
@@ -61,6 +62,7 @@ class IntercomServer:
     async def start(self) -> None:
         s = self.settings
         require_credentials(s)
+        check_plugins(s)
         amqtt_compat.install()
         broker = IntercomBroker(self.broker_config())
         broker.limits = s.limits

@@ -9,6 +9,7 @@ import pytest
 
 from broker.config import ConfigError
 from broker.core.tokens import hash_token
+from broker.mqtt.plugin_config import check_plugins
 from tests.conftest import make_settings
 from tests.mqtt.amqtt_event_probe import EventProbe
 from tests.security_helpers import secure_harness
@@ -80,4 +81,4 @@ async def test_sys_plugin_publishes_clients_connected(make_harness):
 def test_bad_plugin_config_is_refused(tmp_path, plugins, extra, words):
     """A path that does not load, is not a plugin, repeats ours or fights our $SYS publisher is a config error."""
     with pytest.raises(ConfigError, match=words):
-        make_settings(tmp_path, mqtt={"plugins": plugins}, **extra)
+        check_plugins(make_settings(tmp_path, mqtt={"plugins": plugins}, **extra))
