@@ -22,8 +22,10 @@ import secrets
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -41,6 +43,9 @@ from broker.core.topics import CALL_SERVICE_FILTERS
 from broker.ops.metrics import Monitor
 from http_api.keys import MONITOR
 from plugins.call_router import on_publish
+
+if TYPE_CHECKING:
+    from broker.scale.lease import SiteLease
 
 __all__ = ["Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "backoff_delay", "parse_broker_url",
            "site_prefix"]
@@ -299,8 +304,17 @@ class BridgedServer:
     """The REST app and the call service, with MQTT through an external broker instead of an embedded one."""
 
     def __init__(self, settings: Settings, url: str | ExternalBroker, shared_group: str | None = None,
-                 site_id: str | None = None, client_id: str | None = None, protocol: str = "auto") -> None:
+                 site_id: str | None = None, client_id: str | None = None, protocol: str = "auto",
+                 lease_ttl_s: float = 6.0) -> None:
         self.settings = settings
+        if not 0.5 <= lease_ttl_s <= 300:
+            raise ConfigError(f"--lease-ttl must be 0.5-300 seconds, got {lease_ttl_s}")
+        # With a PostgreSQL store several instances may serve one site: only the lease holder does (the others
+        # wait in start() as standbys). `lost`: why this instance stopped serving; `on_lost` ends the process.
+        self.lease_ttl_s = lease_ttl_s
+        self.lease: SiteLease | None = None
+        self.lost: str | None = None
+        self.on_lost: Callable[[], None] | None = None
         self.target = parse_broker_url(url) if isinstance(url, str) else url
         self.shared_group = shared_group
         self.site_id = site_id
@@ -323,6 +337,11 @@ class BridgedServer:
     async def start(self, connect_timeout: float = 10.0) -> None:
         s = self.settings
         require_credentials(s)
+        if s.store.url is not None:
+            from broker.scale.lease import SiteLease  # psycopg: the scale extra, as the store itself
+
+            self.lease = SiteLease(s.store.url, self.site_id or "", self.lease_ttl_s)
+            await self.lease.acquire()  # a standby until the site's lease is ours; then start as a restart does
         self.services = build_services(s, self.publisher)
         self.services.directory.on_revoked(self._revoked)
         self.bridge = Bridge(self.services, self.publisher, self.target, client_id=self.client_id,
@@ -337,8 +356,21 @@ class BridgedServer:
         monitor = self._runner.app[MONITOR]
         if isinstance(monitor, Monitor):
             monitor.checks.append(self.bridge.down_reason)  # /healthz: 503 while the link is down
+        if self.lease is not None:
+            self.lease.keep(self._lease_lost)
         log.info("intercom-broker (bridge) http://%s:%d external=%s site=%s recovered_calls=%d",
                  s.server.host, self.http_port, self.target.url, self.site_id or "-", recovered)
+
+    def _lease_lost(self, reason: str) -> None:
+        """Another instance may serve the site now: stop serving it at once (no subscriptions, no timers)."""
+        log.critical("%s: this instance stops serving the site; restart it to become a standby", reason)
+        self.lost = reason
+        if self._task is not None:
+            self._task.cancel()  # the MQTT link: no more requests taken, nothing more published
+        if self.services is not None:
+            self.services.calls.close()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def _revoked(self, principal: Principal) -> None:
         # MQTT logins are the external broker's: our tokens do not open its sessions, so we cannot end them.
@@ -359,3 +391,6 @@ class BridgedServer:
         if self.services is not None:
             self.services.store.close()
             self.services = None
+        if self.lease is not None:
+            await self.lease.release()  # after the last write: the next holder starts from all of it
+            self.lease = None
