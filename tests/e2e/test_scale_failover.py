@@ -237,3 +237,16 @@ async def test_a_standby_told_to_stop_exits_cleanly_and_a_clean_stop_hands_over_
     assert first.proc.wait(10) == 0
     nxt = await wait_serving([other], timeout=20)
     assert nxt.serving_at is not None and nxt.serving_at - stopped_at < TTL_S + 3.0
+
+
+async def test_a_holder_that_finds_its_lease_taken_stops_serving_and_exits_1(
+        cluster: Callable[[int], list[Instance]], pg_url: str) -> None:  # noqa: F811
+    """Fencing: if the lease row names another holder (e.g. this one stalled past expiry and a standby took it),
+    the instance drops its link and timers and exits 1 (the service manager restarts it as a standby)."""
+    (inst,) = cluster(1)
+    await wait_serving([inst])
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE site_leases SET holder = 'elsewhere/1/x', expires_at = expires_at + 60"
+                     " WHERE site_id = %s", [SITE])
+    assert await asyncio.to_thread(inst.proc.wait, 15) == 1
+    assert "held by elsewhere/1/x: this instance stops serving the site" in inst.text()
