@@ -341,6 +341,7 @@ class BridgedServer:
             from broker.scale.lease import SiteLease  # psycopg: the scale extra, as the store itself
 
             self.lease = SiteLease(s.store.url, self.site_id or "", self.lease_ttl_s)
+            self.lease.bind()  # StorageError: the database is another site's
             await self.lease.acquire()  # a standby until the site's lease is ours; then start as a restart does
         self.services = build_services(s, self.publisher)
         self.services.directory.on_revoked(self._revoked)

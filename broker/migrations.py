@@ -308,9 +308,12 @@ POSTGRES_INTERCOM: tuple[Migration, ...] = (
             action TEXT NOT NULL, target TEXT, outcome TEXT NOT NULL, remote TEXT, detail TEXT);
         CREATE INDEX audit_ts ON audit (ts);
     """),
-    Migration(2, "site_leases: which call-service instance serves a site, until when (issue 23)", """
+    Migration(2, "site_leases: which call-service instance serves a site, until when; site_binding: the one site "
+                 "whose directory and calls these tables hold (issue 23)", """
         CREATE TABLE site_leases (site_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
             acquired_at DOUBLE PRECISION NOT NULL);
+        CREATE TABLE site_binding (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), site_id TEXT NOT NULL,
+            bound_at DOUBLE PRECISION NOT NULL);
     """),
 )
 

@@ -21,11 +21,13 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 
 import psycopg
 
+from broker.db_open import StorageError
 from broker.migrations import POSTGRES_INTERCOM, upgrade_postgres
 from broker.scale.pg_store import PgConnection, redact
 
@@ -67,6 +69,22 @@ class SiteLease:
             self.conn = PgConnection(self.url)
             upgrade_postgres(self.conn, POSTGRES_INTERCOM)  # the site_leases table (idempotent, under a lock)
         return self.conn
+
+    def bind(self) -> None:
+        """The tables hold one site's directory and calls (no site column): the first instance binds the database
+        to its site, and an instance of another site is refused rather than serving (and recovering) its calls."""
+        try:
+            conn = self._connection()
+            conn.execute(f"INSERT INTO site_binding (site_id, bound_at) VALUES (?, {_NOW}) ON CONFLICT DO NOTHING",
+                         [self.site])
+            row = conn.execute("SELECT site_id FROM site_binding").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the store {redact(self.url)}: {exc}") from exc
+        bound = None if row is None else row[0]
+        if bound != self.site:
+            raise StorageError(f"the store {redact(self.url)} holds site {bound or '(none)'!r}, not "
+                               f"{self.site or '(none)'!r}: give each site its own database, or its own schema "
+                               "(?options=-csearch_path%3D<schema> in store.url)")
 
     def try_take(self) -> bool:
         """One attempt to take or renew the lease; False if another holder has it (or the database failed)."""

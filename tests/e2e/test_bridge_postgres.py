@@ -12,6 +12,7 @@ import pytest
 
 from broker.bridge import BridgedServer
 from broker.config import ConfigError
+from broker.db_open import StorageError
 from broker.migrations import POSTGRES_INTERCOM, latest
 from broker.scale.pg_store import PgStore, translate
 from tests.conftest import Harness, Inbox, make_settings
@@ -145,3 +146,20 @@ def test_store_url_refuses_another_scheme_and_a_password(tmp_path: Path) -> None
         make_settings(tmp_path, store={"url": "mysql://h/db"})
     with pytest.raises(ConfigError, match="PGPASSWORD"):
         make_settings(tmp_path, store={"url": "postgresql://u:secret@h/db"})
+
+
+async def test_a_database_serves_one_site_another_sites_instance_is_refused(tmp_path: Path, mosquitto: Mosquitto,
+                                                                           pg_url: str) -> None:  # noqa: F811
+    """The tables have no site column: site b's instance on site a's database would recover a's calls."""
+    url = f"mqtt://127.0.0.1:{mosquitto.port}"
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    a = BridgedServer(make_settings(tmp_path / "a", store={"url": pg_url}), url, site_id="a")
+    await a.start()
+    try:
+        b = BridgedServer(make_settings(tmp_path / "b", store={"url": pg_url}), url, site_id="b")
+        with pytest.raises(StorageError, match="holds site 'a', not 'b'"):
+            await b.start()
+        await b.stop()
+    finally:
+        await a.stop()
