@@ -7,17 +7,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import psycopg
 import pytest
 
-from broker.bridge import BridgedServer
-from broker.config import ConfigError
-from broker.db_open import StorageError
-from broker.migrations import POSTGRES_INTERCOM, latest
-from broker.scale.pg_store import PgStore, translate
-from tests.conftest import Harness, Inbox, make_settings
-from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
-from tests.postgres_helpers import needs_postgres, pg_url, postgres  # noqa: F401 (fixtures)
+psycopg = pytest.importorskip("psycopg", reason="psycopg not installed (pip install -e '.[scale]')")
+
+from broker.bridge import BridgedServer  # noqa: E402
+from broker.config import ConfigError  # noqa: E402
+from broker.db_open import StorageError  # noqa: E402
+from broker.migrations import POSTGRES_INTERCOM, latest  # noqa: E402
+from broker.scale.pg_store import PgStore, translate  # noqa: E402
+from tests.conftest import Harness, Inbox, make_settings  # noqa: E402
+from tests.mosquitto_helpers import Mosquitto, needs_mosquitto  # noqa: E402
+from tests.postgres_helpers import needs_postgres, pg_url, postgres  # noqa: E402, F401 (fixtures)
 
 pytestmark = [pytest.mark.slow, needs_postgres, needs_mosquitto]
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import psycopg
 import pytest
 import yaml
 
@@ -24,6 +23,8 @@ from tests.conftest import Inbox
 from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
 from tests.postgres_helpers import needs_postgres, pg_url, postgres  # noqa: F401 (fixtures)
 from tests.server_process import ROOT
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg not installed (pip install -e '.[scale]')")
 
 pytestmark = [pytest.mark.slow, needs_postgres, needs_mosquitto, pytest.mark.timeout(120)]
 
