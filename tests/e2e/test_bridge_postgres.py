@@ -164,3 +164,54 @@ async def test_a_database_serves_one_site_another_sites_instance_is_refused(tmp_
         await b.stop()
     finally:
         await a.stop()
+
+
+def test_every_store_method_runs_on_postgres(pg_url: str) -> None:  # noqa: F811
+    """Each Store method's SQL, through the adapter, on a real PostgreSQL (the dialect seams, one by one)."""
+    from broker.core.audit import Audit
+
+    store = PgStore(pg_url)
+    try:
+        store.put("households", {"household_number": "101", "name": "a", "created_at": 1.0})
+        store.put("residents", {"resident_id": "2", "household_number": "101", "name": "r", "token_hash": "x",
+                                "created_at": 1.0})
+        store.put("devices", {"device_id": "1", "household_number": "101", "name": "d", "token_hash": "y",
+                              "created_at": 1.0, "kind": "lobby", "households": ["101"], "emergency": True})
+        store.upsert("households", {"household_number": "101", "name": "b"})
+        assert store.get("households", "101") == {"household_number": "101", "name": "b", "created_at": 1.0}
+        assert store.get("devices", "1")["households"] == ["101"]  # type: ignore[index]
+        assert [r["resident_id"] for r in store.rows("residents", "101")] == ["2"]
+        store.update("residents", "2", {"name": "renamed"})
+        store.set_token_hash("residents", "2", "z")
+        assert store.get("residents", "2")["token_hash"] == "z"  # type: ignore[index]
+        store.put_named_token({"resident_id": "2", "name": "phone", "token_hash": "h", "created_at": 2.0})
+        assert [t["name"] for t in store.named_tokens("2")] == ["phone"]
+        assert store.delete_named_token("2", "phone") and not store.delete_named_token("2", "phone")
+        store.put_setting("dnd_settings", {"scope": "resident", "subject": "2", "enabled": 1, "schedule": None,
+                                           "updated_at": 3.0})
+        store.put_setting("dnd_settings", {"scope": "resident", "subject": "2", "enabled": 0, "schedule": None,
+                                           "updated_at": 4.0})
+        assert [r["enabled"] for r in store.settings_rows("dnd_settings")] == [0]
+        store.put_setting("household_forwarding", {"household_number": "101", "forward_to": '["2"]',
+                                                   "forward_after_s": 5.0, "updated_at": 1.0})
+        assert len(store.settings_rows("household_forwarding")) == 1
+        store.put_status({"device_id": "1", "online": True, "battery": 80, "properties": {"fw": "1"},
+                          "updated_at": 10.0})
+        store.put_status({"device_id": "1", "online": False, "battery": 80, "properties": {}, "updated_at": 20.0})
+        assert store.get_status("1")["online"] is False  # type: ignore[index]
+        assert [h["online"] for h in store.status_history("1", 15.0)] == [True, False]
+        store.add_system_message({"type": "t", "level": "info", "message": "m", "data": {"k": 1}, "timestamp": 1})
+        event_id = store.add_door_event({"ts": 1.0, "device_id": "1", "household_number": "101", "relay": 1,
+                                         "by": "resident:2", "command_id": "c1", "outcome": "pending"})
+        store.update_door_event(event_id, {"outcome": "opened", "acked_at": 2.0})
+        assert store.door_event_by_command("c1")["outcome"] == "opened"  # type: ignore[index]
+        assert [e["id"] for e in store.door_events({"device_id": "1"}, 10)] == [event_id]
+        assert store.list_calls({"household_number": "101"}, 10, search="call-%_\\") == []
+        audit = Audit(store)
+        audit.record("admin", "create", "household:101", "ok", detail={"x": 1})
+        rows, _ = audit.query(None, None, 10, None)
+        assert [(r["actor"], r["detail"]) for r in rows] == [("admin", {"x": 1})]
+        assert store.mark_missed_seen("2") == 0 and store.calls_with_snapshot_before(1e12) == []
+        assert store.delete("residents", "2") and store.get("residents", "2") is None
+    finally:
+        store.close()
