@@ -18,7 +18,9 @@ Calls on it are synchronous on the event loop, as the sqlite store's are (a loop
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +39,8 @@ from broker.db_open import StorageError
 from broker.migrations import POSTGRES_INTERCOM, upgrade_postgres
 
 __all__ = ["PgConnection", "PgDatabase", "PgStore", "redact"]
+
+log = logging.getLogger("intercom.store")
 
 # primary keys: the tables whose rows are got, updated or replaced by key
 PKS: dict[str, tuple[str, ...]] = {
@@ -105,11 +109,26 @@ class PgConnection:
     """The sqlite3.Connection subset the store and the group commit use, over one psycopg connection."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
+        self.raw = self._connect()
+        self._sql: dict[tuple[str, bool], str] = {}
+
+    def _connect(self) -> psycopg.Connection[Any]:
         try:
-            self.raw = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise _as_sqlite(exc) from exc
-        self._sql: dict[tuple[str, bool], str] = {}
+
+    def _usable(self) -> psycopg.Connection[Any]:
+        """The connection, opened again if the last statement found it lost (server restart, a killed backend):
+        the statement that found it failed (its group undone); the next one runs on a new connection. A lost
+        connection has no transaction left to lose."""
+        if self.raw.broken or self.raw.closed:
+            log.warning("the PostgreSQL connection to %s was lost: connecting again", redact(self.url))
+            with contextlib.suppress(psycopg.Error):
+                self.raw.close()
+            self.raw = self._connect()
+        return self.raw
 
     def _translated(self, sql: str, named: bool) -> str:
         key = (sql, named)
@@ -119,12 +138,13 @@ class PgConnection:
 
     def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
         try:
-            return self.raw.execute(cast(Any, self._translated(sql, isinstance(params, dict))), _params(params))
+            return self._usable().execute(cast(Any, self._translated(sql, isinstance(params, dict))),
+                                          _params(params))
         except psycopg.Error as exc:
             raise _as_sqlite(exc) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
-        cur = self.raw.cursor()
+        cur = self._usable().cursor()
         try:
             cur.executemany(cast(Any, self._translated(sql, False)), [_params(r) for r in rows])
         except psycopg.Error as exc:
@@ -133,7 +153,8 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
-        return self.raw.info.transaction_status != TransactionStatus.IDLE
+        status = self.raw.info.transaction_status
+        return status not in (TransactionStatus.IDLE, TransactionStatus.UNKNOWN)  # UNKNOWN: the connection is lost
 
     def commit(self) -> None:
         if self.in_transaction:

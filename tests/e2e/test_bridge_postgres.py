@@ -215,3 +215,23 @@ def test_every_store_method_runs_on_postgres(pg_url: str) -> None:  # noqa: F811
         assert store.delete("residents", "2") and store.get("residents", "2") is None
     finally:
         store.close()
+
+
+def test_a_lost_connection_fails_one_write_and_the_next_reconnects(pg_url: str) -> None:  # noqa: F811
+    """A PostgreSQL backend killed under the store (as a server restart does): the write that finds it lost
+    fails as a StoreError (nothing half-written), the next one runs on a new connection."""
+    from broker.core.store import StoreError
+
+    store = PgStore(pg_url)
+    try:
+        store.put("households", {"household_number": "1", "name": "a", "created_at": 1.0})
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
+                                   " current_database() AND pid <> pg_backend_pid()").fetchall()
+        assert killed
+        with pytest.raises(StoreError):
+            store.put("households", {"household_number": "2", "name": "b", "created_at": 1.0})
+        store.put("households", {"household_number": "3", "name": "c", "created_at": 1.0})
+        assert [r["household_number"] for r in store.rows("households")] == ["1", "3"]
+    finally:
+        store.close()
