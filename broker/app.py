@@ -93,6 +93,18 @@ def _trtc_key(settings: Settings) -> str:
     return dev_secret_key(settings.server.data_dir)
 
 
+def open_store(s: Settings) -> Store:
+    """intercom.db in the data dir, or the PostgreSQL database `store.url` names (docs/scale-out.md)."""
+    if s.store.url is None:
+        return Store(s.server.data_dir / "intercom.db", s.store.busy_timeout_ms, s.store.quick_check_on_start)
+    try:
+        from broker.scale.pg_store import PgStore  # psycopg: the `scale` extra, needed only here
+    except ImportError as exc:
+        raise ConfigError(f"store.url needs psycopg 3 ({exc}): pip install 'intercom-broker[scale]'") from exc
+
+    return PgStore(s.store.url)
+
+
 def build_services(settings: Settings, publisher: Publisher) -> Services:
     """The store, directory, TRTC, call and status services over one sqlite file in the data dir."""
     s = settings
@@ -103,7 +115,7 @@ def build_services(settings: Settings, publisher: Publisher) -> Services:
     except OSError as exc:
         raise StorageError(f"cannot use data dir {s.server.data_dir}: {exc}") from exc
     admin = s.admin_token.get_secret_value() if s.admin_token else None
-    store = Store(s.server.data_dir / "intercom.db", s.store.busy_timeout_ms, s.store.quick_check_on_start)
+    store = open_store(s)
     directory = Directory(store, s.auth.pbkdf2_iterations, admin)
     directory.seed_site(s.site)
     trtc = Trtc(s.trtc.sdk_app_id, key, s.trtc.expire_s)
@@ -164,6 +176,10 @@ def _housekeeping(services: Services) -> Callable[[web.Application], AsyncIterat
 
     async def jobs(_: web.Application) -> AsyncIterator[None]:
         tasks = []
+        if s.store.url is not None:  # retention and backups work on intercom.db: PostgreSQL has its own tools
+            log.info("history retention and scheduled backups are off: the store is PostgreSQL (docs/scale-out.md)")
+            yield
+            return
         tasks.append(asyncio.create_task(run_pruner(
             s.server.data_dir / "intercom.db", s.history.retention_days, s.history.status_days,
             s.history.prune_interval_s, s.history.prune_batch)))

@@ -22,8 +22,10 @@ import secrets
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -42,6 +44,9 @@ from broker.ops.metrics import Monitor
 from http_api.keys import MONITOR
 from plugins.call_router import on_publish
 
+if TYPE_CHECKING:
+    from broker.scale.lease import SiteLease
+
 __all__ = ["Bridge", "BridgePublisher", "BridgedServer", "ExternalBroker", "backoff_delay", "parse_broker_url",
            "site_prefix"]
 
@@ -56,6 +61,9 @@ BACKOFF_FIRST_S = 0.2
 BACKOFF_CAP_S = 30.0
 PASSWORD_ENV = "INTERCOM_BROKER_PASSWORD"  # the external broker password when the URL names only the user
 SITE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# With leases (PostgreSQL store): how long the broker keeps the site's session while no instance is connected.
+# Long enough for any take-over; short enough that requests of a site left down are not served much later.
+SESSION_EXPIRY_S = 120
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
@@ -207,6 +215,9 @@ class Bridge:
         self.client_id = client_id or f"intercom-service-{site_id + '-' if site_id else ''}{secrets.token_hex(4)}"
         self.shared_group = shared_group
         self.prefix = site_prefix(site_id)
+        # MQTT 5 only: keep the session this long after a disconnect (clean_start off), so the broker queues the
+        # site's requests while no instance is connected (a take-over) and hands them to the next one with this id
+        self.session_expiry_s: int | None = None
         publisher.prefix = self.prefix
         self.connected = asyncio.Event()
         self.received = 0
@@ -261,12 +272,18 @@ class Bridge:
                                     "speak; run one instance per site instead (docs/scale-out.md)")
         # auto's MQTT 5 probe: RabbitMQ 3.x neither answers nor closes, so give up on it sooner than the 10 s
         probe_s = 3.0 if self.protocol == "auto" and v5 and not self.shared_group else 10.0
+        persistent = v5 and self.session_expiry_s is not None
+        session: dict[str, Any] = {}
+        if persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+            session = {"clean_start": False, "properties": props}
         async with aiomqtt.Client(t.host, t.port, identifier=self.client_id, username=t.username,
                                   password=t.password, protocol=version, timeout=probe_s,
                                   tls_context=t.tls_context(),
                                   max_queued_incoming_messages=100_000,
                                   # paho leaves Nagle on: every reply would wait ~40 ms for a delayed ACK
-                                  socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) as client:
+                                  socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **session) as client:
             if v5:  # no_local: our own replies on devices/+/calls/control do not come back to us
                 await client.subscribe([(f, SubscribeOptions(qos=1, noLocal=True)) for f in self.filters()],
                                        timeout=10)
@@ -299,8 +316,17 @@ class BridgedServer:
     """The REST app and the call service, with MQTT through an external broker instead of an embedded one."""
 
     def __init__(self, settings: Settings, url: str | ExternalBroker, shared_group: str | None = None,
-                 site_id: str | None = None, client_id: str | None = None, protocol: str = "auto") -> None:
+                 site_id: str | None = None, client_id: str | None = None, protocol: str = "auto",
+                 lease_ttl_s: float = 6.0) -> None:
         self.settings = settings
+        if not 0.5 <= lease_ttl_s <= 300:
+            raise ConfigError(f"--lease-ttl must be 0.5-300 seconds, got {lease_ttl_s}")
+        # With a PostgreSQL store several instances may serve one site: only the lease holder does (the others
+        # wait in start() as standbys). `lost`: why this instance stopped serving; `on_lost` ends the process.
+        self.lease_ttl_s = lease_ttl_s
+        self.lease: SiteLease | None = None
+        self.lost: str | None = None
+        self.on_lost: Callable[[], None] | None = None
         self.target = parse_broker_url(url) if isinstance(url, str) else url
         self.shared_group = shared_group
         self.site_id = site_id
@@ -323,22 +349,51 @@ class BridgedServer:
     async def start(self, connect_timeout: float = 10.0) -> None:
         s = self.settings
         require_credentials(s)
+        if s.store.url is not None:
+            from broker.scale.lease import SiteLease  # psycopg: the scale extra, as the store itself
+
+            self.lease = SiteLease(s.store.url, self.site_id or "", self.lease_ttl_s)
+            self.lease.bind()  # StorageError: the database is another site's
+            await self.lease.acquire()  # a standby until the site's lease is ours; then start as a restart does
         self.services = build_services(s, self.publisher)
         self.services.directory.on_revoked(self._revoked)
-        self.bridge = Bridge(self.services, self.publisher, self.target, client_id=self.client_id,
+        client_id = self.client_id
+        if self.lease is not None and client_id is None:  # every instance of the site: one session, in turn
+            client_id = f"intercom-service-{self.site_id or 'default'}"
+        self.bridge = Bridge(self.services, self.publisher, self.target, client_id=client_id,
                              shared_group=self.shared_group, site_id=self.site_id, protocol=self.protocol)
+        recovered = 0
+        if self.lease is not None:
+            # The site's session may hold what was published during the take-over: the live calls are in memory
+            # before the link hands it over (what recover() publishes waits in the publisher's queue meanwhile).
+            self.bridge.session_expiry_s = SESSION_EXPIRY_S
+            recovered = self.services.calls.recover()
         self._task = asyncio.create_task(self.bridge.run())
         try:
             await asyncio.wait_for(self.bridge.connected.wait(), connect_timeout)
         except TimeoutError:
             log.warning("external broker %s not reachable yet; still trying", self.target.url)
-        recovered = self.services.calls.recover()
+        if self.lease is None:
+            recovered = self.services.calls.recover()
         self._runner, self.http_port = await start_http(self.services)
         monitor = self._runner.app[MONITOR]
         if isinstance(monitor, Monitor):
             monitor.checks.append(self.bridge.down_reason)  # /healthz: 503 while the link is down
+        if self.lease is not None:
+            self.lease.keep(self._lease_lost)
         log.info("intercom-broker (bridge) http://%s:%d external=%s site=%s recovered_calls=%d",
                  s.server.host, self.http_port, self.target.url, self.site_id or "-", recovered)
+
+    def _lease_lost(self, reason: str) -> None:
+        """Another instance may serve the site now: stop serving it at once (no subscriptions, no timers)."""
+        log.critical("%s: this instance stops serving the site; restart it to become a standby", reason)
+        self.lost = reason
+        if self._task is not None:
+            self._task.cancel()  # the MQTT link: no more requests taken, nothing more published
+        if self.services is not None:
+            self.services.calls.close()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def _revoked(self, principal: Principal) -> None:
         # MQTT logins are the external broker's: our tokens do not open its sessions, so we cannot end them.
@@ -359,3 +414,6 @@ class BridgedServer:
         if self.services is not None:
             self.services.store.close()
             self.services = None
+        if self.lease is not None:
+            await self.lease.release()  # after the last write: the next holder starts from all of it
+            self.lease = None

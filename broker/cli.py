@@ -63,20 +63,25 @@ def _bridge_flags(p: argparse.ArgumentParser) -> None:
                                                                        "certificate (default: the system CAs)")
     bridge.add_argument("--broker-cert", type=Path, metavar="FILE", help="mqtts: client certificate (PEM)")
     bridge.add_argument("--broker-key", type=Path, metavar="FILE", help="mqtts: the client certificate's key")
+    bridge.add_argument("--lease-ttl", type=float, metavar="S",
+                        help="with store.url (PostgreSQL): the site's lease lasts S seconds (default 6); a standby "
+                             "takes over within about 1.3 x S of the holder's death")
 
 
 def bridge_from_args(settings: Settings, argv: list[str] | None = None) -> BridgedServer | None:
     """The bridged server the flags describe (None: no --external-broker); bad flags raise ConfigError."""
     args = _parser().parse_args(argv)
     bridge_only = (args.site_id, args.shared_group, args.bridge_client_id, args.broker_ca, args.broker_cert,
-                   args.broker_key, args.broker_protocol)
+                   args.broker_key, args.broker_protocol, args.lease_ttl)
     if not args.external_broker:
         if any(v is not None for v in bridge_only):
-            raise ConfigError("--site-id, --shared-group, --bridge-client-id and --broker-* need --external-broker")
+            raise ConfigError("--site-id, --shared-group, --bridge-client-id, --lease-ttl and --broker-* need "
+                              "--external-broker")
         return None
     target = parse_broker_url(args.external_broker, args.broker_ca, args.broker_cert, args.broker_key)
     return BridgedServer(settings, target, shared_group=args.shared_group, site_id=args.site_id,
-                         client_id=args.bridge_client_id, protocol=args.broker_protocol or "auto")
+                         client_id=args.bridge_client_id, protocol=args.broker_protocol or "auto",
+                         lease_ttl_s=6.0 if args.lease_ttl is None else args.lease_ttl)
 
 
 def loader_from_args(argv: list[str] | None = None) -> Callable[[], Settings]:
@@ -117,8 +122,18 @@ async def serve(settings: Settings, external_broker: str | BridgedServer | None 
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(server, load, notifier))
     kind = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
     logging.getLogger("intercom").info("event loop: %s", kind)
+    if isinstance(server, BridgedServer):
+        server.on_lost = stop.set  # the site's lease lost: stop, and exit with an error (below)
     try:
-        await server.start()
+        starting = asyncio.ensure_future(server.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # told to stop while starting (a standby waiting for its site's lease)
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return
+        stopping.cancel()
+        starting.result()
         tune_gc()
         notifier.ready(f"serving mqtt port {server.mqtt_port}, http port {server.http_port}")
         notifier.start_watchdog()
@@ -128,6 +143,8 @@ async def serve(settings: Settings, external_broker: str | BridgedServer | None 
     finally:
         notifier.stop_watchdog()
         await asyncio.wait_for(server.stop(), timeout=5)
+    if isinstance(server, BridgedServer) and server.lost is not None:
+        raise StorageError(server.lost)  # exit 1: the service manager restarts it, as a standby
 
 
 def _reload(server: IntercomServer | BridgedServer, load: Callable[[], Settings] | None, notifier: Notifier) -> None:

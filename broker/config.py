@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -279,6 +280,22 @@ class StoreConfig(_Strict):
     busy_timeout_ms: int = Field(100, ge=0, le=10_000)
     # PRAGMA quick_check on both files at start (reads every page: seconds for a very large history).
     quick_check_on_start: bool = True
+    # postgresql://user@host:port/db: the call store (directory, calls, history) in PostgreSQL instead of
+    # intercom.db, shared by several call-service instances (docs/scale-out.md). The password goes in
+    # PGPASSWORD or ~/.pgpass, never here. sessions.db stays sqlite.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"store.url must be postgresql://user@host:port/database, got scheme {parts.scheme!r}")
+        if parts.password:
+            raise ValueError("store.url must not hold the password: put it in PGPASSWORD or ~/.pgpass")
+        return v
 
 
 class SiteResident(_Strict):

@@ -21,12 +21,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from sqlite_utils import Database
 
 from broker.db_open import StorageError
 
-__all__ = ["INTERCOM", "SESSIONS", "Migration", "SchemaTooNew", "latest", "upgrade", "version_of"]
+__all__ = ["INTERCOM", "POSTGRES_INTERCOM", "SESSIONS", "Migration", "SchemaTooNew", "latest", "upgrade",
+           "upgrade_postgres", "version_of"]
 
 log = logging.getLogger("intercom.store")
 
@@ -244,3 +246,105 @@ SESSIONS: tuple[Migration, ...] = (
     Migration(1, "sessions, subscriptions, queue, in-flight, retained, QoS 2 incoming, MQTT 5 columns",
               _sessions_v1),
 )
+
+
+# intercom.db's tables on PostgreSQL (store.url, broker/scale/pg_store.py) -------------------------------------
+# The same tables and columns as INTERCOM's latest version, in PostgreSQL's types; the version lives in
+# `schema_version` (no user_version there). A later change appends a row here as well as to INTERCOM.
+
+class _Conn(Protocol):
+    def execute(self, sql: str, params: Any = None) -> Any: ...
+
+
+POSTGRES_INTERCOM: tuple[Migration, ...] = (
+    Migration(1, "the schema of INTERCOM version 5", """
+        CREATE TABLE households (household_number TEXT PRIMARY KEY, name TEXT, created_at DOUBLE PRECISION);
+        CREATE TABLE residents (resident_id TEXT PRIMARY KEY, household_number TEXT, name TEXT, token_hash TEXT,
+            created_at DOUBLE PRECISION);
+        CREATE INDEX residents_household_number ON residents (household_number);
+        CREATE TABLE devices (device_id TEXT PRIMARY KEY, household_number TEXT, name TEXT, token_hash TEXT,
+            created_at DOUBLE PRECISION, kind TEXT, households TEXT, emergency BIGINT);
+        CREATE INDEX devices_household_number ON devices (household_number);
+        CREATE TABLE calls (call_id TEXT PRIMARY KEY, device_id TEXT, household_number TEXT, target_resident_ids TEXT,
+            status TEXT, resident_id TEXT, end_reason TEXT, start_time DOUBLE PRECISION, connected_at DOUBLE PRECISION,
+            last_activity DOUBLE PRECISION, ended_at DOUBLE PRECISION, ring_timeout_s DOUBLE PRECISION,
+            max_duration_s DOUBLE PRECISION, ringing TEXT, last_actions TEXT, snapshot_at DOUBLE PRECISION,
+            door_opened_by TEXT, door_opened_at DOUBLE PRECISION, dnd_resident_ids TEXT, forward_to TEXT,
+            forward_after_s DOUBLE PRECISION, forwarded_at DOUBLE PRECISION, answered_client_id TEXT);
+        CREATE INDEX calls_status ON calls (status);
+        CREATE INDEX calls_household_start ON calls (household_number, start_time);
+        CREATE INDEX calls_device_start ON calls (device_id, start_time);
+        CREATE INDEX calls_start_time ON calls (start_time);
+        CREATE INDEX calls_snapshot_at ON calls (snapshot_at) WHERE snapshot_at IS NOT NULL;
+        CREATE TABLE call_events (id BIGSERIAL PRIMARY KEY, call_id TEXT, ts DOUBLE PRECISION, actor TEXT, action TEXT,
+            reason TEXT, from_state TEXT, to_state TEXT, client_id TEXT);
+        CREATE INDEX call_events_call_id ON call_events (call_id);
+        CREATE TABLE device_status (device_id TEXT PRIMARY KEY, online BIGINT, battery BIGINT, properties TEXT,
+            updated_at DOUBLE PRECISION);
+        CREATE TABLE system_messages (id BIGSERIAL PRIMARY KEY, type TEXT, level TEXT, message TEXT, data TEXT,
+            "timestamp" BIGINT);
+        CREATE TABLE door_events (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION, device_id TEXT,
+            household_number TEXT, relay BIGINT, "by" TEXT, call_id TEXT, command_id TEXT, outcome TEXT, error TEXT,
+            acked_at DOUBLE PRECISION);
+        CREATE INDEX door_events_device_ts ON door_events (device_id, ts);
+        CREATE INDEX door_events_household_ts ON door_events (household_number, ts);
+        CREATE INDEX door_events_command_id ON door_events (command_id);
+        CREATE INDEX door_events_ts ON door_events (ts);
+        CREATE TABLE resident_calls (resident_id TEXT, call_id TEXT, start_time DOUBLE PRECISION, outcome TEXT,
+            seen BIGINT, seq BIGSERIAL, PRIMARY KEY (resident_id, call_id));
+        CREATE INDEX resident_calls_start ON resident_calls (resident_id, start_time);
+        CREATE INDEX resident_calls_seen ON resident_calls (resident_id, seen);
+        CREATE TABLE dnd_settings (scope TEXT, subject TEXT, enabled BIGINT, schedule TEXT, updated_at DOUBLE PRECISION,
+            PRIMARY KEY (scope, subject));
+        CREATE TABLE household_forwarding (household_number TEXT PRIMARY KEY, forward_to TEXT,
+            forward_after_s DOUBLE PRECISION, updated_at DOUBLE PRECISION);
+        CREATE TABLE device_status_history (id BIGSERIAL PRIMARY KEY, device_id TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL, online BIGINT, battery BIGINT);
+        CREATE INDEX device_status_history_device ON device_status_history (device_id, ts);
+        CREATE INDEX device_status_history_ts ON device_status_history (ts);
+        CREATE TABLE resident_tokens (resident_id TEXT NOT NULL, name TEXT NOT NULL, token_hash TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (resident_id, name));
+        CREATE TABLE audit (id BIGSERIAL PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL,
+            action TEXT NOT NULL, target TEXT, outcome TEXT NOT NULL, remote TEXT, detail TEXT);
+        CREATE INDEX audit_ts ON audit (ts);
+    """),
+    Migration(2, "site_leases: which call-service instance serves a site, until when; site_binding: the one site "
+                 "whose directory and calls these tables hold (issue 23)", """
+        CREATE TABLE site_leases (site_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+            acquired_at DOUBLE PRECISION NOT NULL);
+        CREATE TABLE site_binding (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), site_id TEXT NOT NULL,
+            bound_at DOUBLE PRECISION NOT NULL);
+    """),
+)
+
+_PG_MIGRATION_LOCK = 0x1C0A_2301  # pg_advisory_xact_lock key: instances starting together migrate one at a time
+
+
+def upgrade_postgres(conn: _Conn, migrations: Sequence[Migration], name: str = "intercom") -> int:
+    """Bring the database to the newest version in one transaction; a newer one than the code is refused."""
+    _check_sequence(migrations)
+    target = latest(migrations)
+    conn.execute("BEGIN")
+    try:
+        conn.execute(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (name TEXT PRIMARY KEY, version BIGINT NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version WHERE name = ?", [name]).fetchone()
+        have = int(row[0]) if row else 0
+        if have > target:
+            raise SchemaTooNew(f"the PostgreSQL database has {name} schema version {have}, newer than this "
+                               f"release's {target}: run the release that wrote it")
+        for step in migrations:
+            if step.version > have:
+                if callable(step.apply):
+                    raise TypeError("PostgreSQL migrations are SQL text")
+                for statement in _statements(step.apply):
+                    conn.execute(statement)
+        if have < target:
+            conn.execute("INSERT INTO schema_version (name, version) VALUES (?, ?) ON CONFLICT (name)"
+                         " DO UPDATE SET version = EXCLUDED.version", [name, target])
+            log.warning("upgraded the PostgreSQL %s schema from version %d to %d", name, have, target)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return target
