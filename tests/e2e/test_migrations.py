@@ -17,7 +17,7 @@ from broker.core.store import Store
 from broker.db_open import StorageError
 from broker.migrations import INTERCOM, SESSIONS, Migration, latest, upgrade
 from broker.mqtt.session_db import SessionDB
-from tests.server_process import ServerProcess
+from tests.support.process import ServerProcess
 
 FIRST_INTERCOM_DDL = """
 CREATE TABLE [households] ([household_number] TEXT PRIMARY KEY, [name] TEXT, [created_at] FLOAT);
@@ -217,5 +217,7 @@ def test_a_newer_file_is_refused_with_one_line(tmp_path: Path) -> None:
     code, err = ServerProcess(tmp_path, data_dir=data).run_to_exit()
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 1
-    assert len(lines) == 1 and "999" in lines[0] and str(latest(INTERCOM)) in lines[0], err
+    assert len(lines) == 1, err
+    assert "999" in lines[0], err
+    assert str(latest(INTERCOM)) in lines[0], err
     assert _user_version(path) == 999
