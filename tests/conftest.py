@@ -37,6 +37,24 @@ def _uvloop() -> asyncio.AbstractEventLoop:
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop}
 
 
+# Parallel runs (`pytest -n 2 --dist loadgroup`, pytest-xdist): a module's tests stay on one worker (its module
+# fixtures are made once), and the modules that measure RSS, latency or descriptor limits share one group, so no two
+# of them run at the same time and skew each other's numbers.
+TIMING = frozenset({
+    "test_accept_loop.py", "test_memory.py", "test_principal_quotas.py", "test_qos2_memory.py",
+    "test_reader_fairness.py", "test_security_flood.py", "test_sessions_db_lock.py", "test_slow_http.py",
+    "test_slow_reader.py",
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            name = item.path.name
+            item.add_marker(pytest.mark.xdist_group("timing" if name in TIMING else item.nodeid.split("::", 1)[0]))
+
+
 @pytest.fixture(scope="module", params=list(LOOPS))
 def server_loop(request: pytest.FixtureRequest) -> str:
     """For a sync test's subprocess server (`ServerProcess(..., loop=server_loop)`): each loop in turn."""

@@ -103,13 +103,17 @@ async def test_clean_connect_discards_a_stored_session(make_harness):
     await _subscribe_persistent(h1, "resident-2", "users/2/#")
     await h1.start_call("1")
     await asyncio.sleep(0.2)
+    def stored_rows() -> list[int]:
+        db = sqlite3.connect(h1.server.settings.server.data_dir / "sessions.db")
+        try:
+            return [db.execute(f"SELECT COUNT(*) FROM {t} WHERE client_id = 'resident-2'").fetchone()[0]
+                    for t in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue")]
+        finally:
+            db.close()
+
     async with h1.mqtt("resident-2", clean=True):
-        await asyncio.sleep(0.2)
-    db = sqlite3.connect(h1.server.settings.server.data_dir / "sessions.db")
-    rows = [db.execute(f"SELECT COUNT(*) FROM {t} WHERE client_id = 'resident-2'").fetchone()[0]
-            for t in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue")]
-    db.close()
-    assert rows == [0, 0, 0]
+        await h1.until(lambda: stored_rows() == [0, 0, 0], what="the stored session discarded")
+    assert stored_rows() == [0, 0, 0]
 
 
 async def test_client_retained_message_survives_restart(make_harness):
