@@ -145,16 +145,21 @@ def unsubscribe5(filters: list[str], packet_id: int = 1, **kw: Any) -> bytes:
     return unsubscribe(filters, packet_id, version=5, **kw)
 
 
-def read_props(body: bytes, at: int) -> tuple[dict[int, object], int]:
-    """Decode a property block at `at` (ids with a u8/u16/u32/string value only): (props, end offset)."""
-    length, mult, i = 0, 1, at
+def read_varint(body: bytes, i: int) -> tuple[int, int]:
+    """A variable byte integer at `i`: (value, the offset after it)."""
+    value, mult = 0, 1
     while True:
         b = body[i]
         i += 1
-        length += (b & 0x7F) * mult
+        value += (b & 0x7F) * mult
         mult *= 128
         if not b & 0x80:
-            break
+            return value, i
+
+
+def read_props(body: bytes, at: int) -> tuple[dict[int, object], int]:
+    """Decode a property block at `at` (ids with a u8/u16/u32/string value only): (props, end offset)."""
+    length, i = read_varint(body, at)
     end = i + length
     out: dict[int, object] = {}
     widths = {0x21: 2, 0x22: 2, 0x13: 2, 0x27: 4, 0x11: 4, 0x02: 4, 0x24: 1, 0x25: 1, 0x28: 1, 0x29: 1, 0x2A: 1,
@@ -167,14 +172,7 @@ def read_props(body: bytes, at: int) -> tuple[dict[int, object], int]:
             out[ident] = int.from_bytes(body[i:i + w], "big")
             i += w
         elif ident == 0x0B:
-            value, mult = 0, 1
-            while True:
-                b = body[i]
-                i += 1
-                value += (b & 0x7F) * mult
-                mult *= 128
-                if not b & 0x80:
-                    break
+            value, i = read_varint(body, i)
             out.setdefault(ident, []).append(value)  # type: ignore[union-attr]
         else:  # a string or binary (0x12, 0x1F, 0x03, 0x08, 0x09, 0x26 key then value)
             n = int.from_bytes(body[i:i + 2], "big")
