@@ -8,6 +8,7 @@ import time
 import pytest
 
 from broker.core.admission import CallAdmission, LoopLag, TooBusy
+from tests.support.inbox import parties
 
 
 class Clock:
@@ -62,8 +63,6 @@ async def test_loop_lag_sees_a_blocked_loop_and_decays() -> None:
 async def test_a_call_burst_beyond_the_setup_rate_gets_503_over_rest_and_mqtt(make_harness) -> None:
     """Past `calls.max_setups_per_s` a setup is refused at once (REST 503 + Retry-After, MQTT error on
     the device's control topic); nothing is stored for it, and the running call is unaffected."""
-    from conftest import parties
-
     h = await make_harness(calls={"max_setups_per_s": 0.01, "setup_burst": 1})
     async with parties(h) as party:
         dev5 = await party("device", "5")
