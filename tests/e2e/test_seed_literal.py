@@ -311,7 +311,8 @@ async def test_v5_call_request_puback_success(box: Harness) -> None:
 # 8. timestamps -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ts", [1651234567, "1651234567890", 0, -1, 1651234567890.5, True,
-                                int(time.time() * 1000) + 10 * 86400_000 * 365])
+                                int(time.time() * 1000) + 10 * 86400_000 * 365],
+                         ids=["seconds", "string", "zero", "negative", "fraction", "bool", "ten-years-ahead"])
 async def test_bad_timestamps_are_400(box: Harness, ts: Any) -> None:
     """A `timestamp` that is not epoch milliseconds of a plausible time is a clear 400, naming the field."""
     status, resp = await box.post("/api/mqtt/call", {"device_id": "1", "timestamp": ts})
