@@ -39,7 +39,9 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.
 
 # Parallel runs (`pytest -n 2 --dist loadgroup`, pytest-xdist): a module's tests stay on one worker (its module
 # fixtures are made once), and the modules that measure RSS, latency or descriptor limits share one group, so no two
-# of them run at the same time and skew each other's numbers.
+# of them run at the same time and skew each other's numbers. SPLIT: modules of long, independent tests (Paho's
+# suites, 40 s and 160 s, each against its own server), one group per test.
+SPLIT = frozenset({"test_paho_suite.py"})
 TIMING = frozenset({
     "test_accept_loop.py", "test_memory.py", "test_principal_quotas.py", "test_qos2_memory.py",
     "test_reader_fairness.py", "test_security_flood.py", "test_sessions_db_lock.py", "test_slow_http.py",
@@ -52,7 +54,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if not any(item.iter_markers("xdist_group")):
             name = item.path.name
-            item.add_marker(pytest.mark.xdist_group("timing" if name in TIMING else item.nodeid.split("::", 1)[0]))
+            group = "timing" if name in TIMING else item.nodeid if name in SPLIT else item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="module", params=list(LOOPS))
