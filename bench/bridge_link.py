@@ -18,8 +18,9 @@ import aiohttp
 import aiomqtt
 
 from broker.bridge import BridgedServer
-from tests.conftest import Harness, Inbox, make_settings
 from tests.mosquitto_helpers import Mosquitto
+from tests.support.harness import Harness, make_settings
+from tests.support.inbox import Inbox
 
 CALLS = 40
 

@@ -35,7 +35,7 @@ import yaml
 
 from tests.mosquitto_helpers import Mosquitto
 from tests.postgres_helpers import Postgres
-from tests.server_process import ROOT, ServerProcess, households
+from tests.support.process import ROOT, ServerProcess, households
 
 HOUSEHOLDS = 20  # doors calling in a closed loop, per site
 DURATION_S = 6.0

@@ -1,24 +1,22 @@
-"""Fixtures: the real server in-process on ephemeral ports, real MQTT clients, real HTTP, real sqlite."""
+"""Fixtures: the real server in-process on ephemeral ports, real MQTT clients, real HTTP, real sqlite.
+
+The helpers behind them live in `tests/support/`."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 import pytest
-import yaml
 
-from broker.config import Settings, load_settings
+from broker.config import Settings
 from broker.server import IntercomServer
-from tests.tls_helpers import make_pki
-
-ADMIN = "test-admin-token-0123456789abcdef"
+from tests.support.harness import Harness, make_settings
+from tests.support.inbox import parties
+from tests.support.tls import make_pki
 
 # Vendored Eclipse Paho suite (unittest classes, run by tests/mqtt/test_paho_suite.py in a subprocess): not collected.
 collect_ignore = ["paho_interop"]
@@ -35,8 +33,29 @@ def _uvloop() -> asyncio.AbstractEventLoop:
 # The event loops the server must work on: the stock one and uvloop (the `fast` extra, which `python -m broker`
 # uses when installed). tests/e2e and tests/mqtt run every async test on each (ids `asyncio`, `uvloop`) through
 # pytest-asyncio's `pytest_asyncio_loop_factories` hook (their conftest.py); one test can pick its loops with
-# `@pytest.mark.asyncio(loop_factories=["uvloop"])`. A subprocess server follows the test's loop (server_process.py).
+# `@pytest.mark.asyncio(loop_factories=["uvloop"])`. A subprocess server follows the test's loop (support/process.py).
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop}
+
+
+# Parallel runs (`pytest -n 2 --dist loadgroup`, pytest-xdist): a module's tests stay on one worker (its module
+# fixtures are made once), and the modules that measure RSS, latency or descriptor limits share one group, so no two
+# of them run at the same time and skew each other's numbers. SPLIT: modules of long, independent tests (Paho's
+# suites, 40 s and 160 s, each against its own server), one group per test.
+SPLIT = frozenset({"test_paho_suite.py"})
+TIMING = frozenset({
+    "test_accept_loop.py", "test_memory.py", "test_principal_quotas.py", "test_qos2_memory.py",
+    "test_reader_fairness.py", "test_security_flood.py", "test_sessions_db_lock.py", "test_slow_http.py",
+    "test_slow_reader.py",
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            name = item.path.name
+            group = "timing" if name in TIMING else item.nodeid if name in SPLIT else item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="module", params=list(LOOPS))
@@ -45,71 +64,6 @@ def server_loop(request: pytest.FixtureRequest) -> str:
     if request.param == "uvloop":
         pytest.importorskip("uvloop", reason="uvloop is not installed (the `fast` extra)")
     return str(request.param)
-
-
-def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
-    raw: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "mqtt_port": 0, "ws_port": 0, "http_port": 0, "data_dir": str(tmp_path)},
-        "auth": {"pbkdf2_iterations": 1000},
-        # a shared CI box stalls the loop for hundreds of ms now and then: load shedding on loop lag has its own
-        # tests (tests/core/test_admission.py), elsewhere it would refuse calls a test needs
-        "calls": {"max_loop_lag_ms": 10_000},
-        "trtc": {"secret_key": "test-trtc-secret"},
-        "site": {"households": [
-            {"household_number": "101", "residents": [{"resident_id": "2"}, {"resident_id": "3"}],
-             "devices": [{"device_id": "1"}]},
-            {"household_number": "102", "residents": [{"resident_id": "4"}], "devices": [{"device_id": "5"}]},
-        ]},
-    }
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value}
-
-    path = tmp_path / "test.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return load_settings(path, env={"INTERCOM_ADMIN_TOKEN": ADMIN})
-
-
-class Harness:
-    """A running server plus helpers to talk to it."""
-
-    def __init__(self, server: IntercomServer, http: aiohttp.ClientSession) -> None:
-        self.server = server
-        self.http = http
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.http_port}"
-
-    @property
-    def svc(self) -> Any:
-        return self.server.services
-
-    async def post(self, path: str, body: Any, token: str | None = None, raw: bytes | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        data = raw if raw is not None else json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-        async with self.http.post(self.base + path, data=data, headers=headers) as r:
-            return r.status, await r.json()
-
-    async def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.http.get(self.base + path, headers=headers) as r:
-            return r.status, await r.json()
-
-    async def delete(self, path: str, token: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.http.delete(self.base + path, headers=headers) as r:
-            return r.status, await r.json()
-
-    def mqtt(self, client_id: str, username: str | None = None, password: str | None = None,
-             clean: bool = True, **kw: Any) -> aiomqtt.Client:
-        return aiomqtt.Client("127.0.0.1", self.server.mqtt_port, identifier=client_id, username=username,
-                              password=password, clean_session=clean, **kw)
-
-    async def start_call(self, device_id: str = "1", **body: Any) -> dict[str, Any]:
-        status, resp = await self.post("/api/mqtt/call", {"device_id": device_id, **body})
-        assert status == 200, resp
-        return resp["data"]
 
 
 @pytest.fixture
@@ -139,74 +93,13 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway CA, a server cert for 127.0.0.1 and a client cert (see tests/tls_helpers.py)."""
+    """A throwaway CA, a server cert for 127.0.0.1 and a client cert (see tests/support/tls.py)."""
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
 async def harness(make_harness: Callable[..., Any]) -> Harness:
     return await make_harness()
-
-
-class Inbox:
-    """Collects JSON messages from one aiomqtt client, by topic."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.client = client
-        self.messages: list[tuple[str, Any, bool]] = []
-        self._event = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for msg in self.client.messages:
-            try:
-                body = json.loads(msg.payload)  # type: ignore[arg-type]
-            except ValueError:
-                body = msg.payload
-            self.messages.append((str(msg.topic), body, bool(msg.retain)))
-            self._event.set()
-
-    async def wait_for(self, pred: Callable[[str, Any], bool], timeout: float = 5.0) -> tuple[str, Any]:
-        async with asyncio.timeout(timeout):
-            seen = 0
-            while True:
-                for topic, body, _ in self.messages[seen:]:
-                    if pred(topic, body):
-                        return topic, body
-                seen = len(self.messages)
-                self._event.clear()
-                await self._event.wait()
-
-    def server_msgs(self, topic_suffix: str = "") -> list[Any]:
-        return [b for t, b, _ in self.messages
-                if t.endswith(topic_suffix) and isinstance(b, dict) and b.get("origin") == "server"]
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
-@contextlib.asynccontextmanager
-async def parties(harness: Harness) -> AsyncIterator[Callable[..., Any]]:
-    """Connect subscribed MQTT parties to `harness`: connect('resident', '2') -> Inbox; all closed on exit."""
-    stack: list[tuple[aiomqtt.Client, Inbox]] = []
-
-    async def connect(role: str, ident: str, topics: list[str] | None = None, **kw: Any) -> Inbox:
-        client = harness.mqtt(f"{role}-{ident}", **kw)
-        await client.__aenter__()
-        for t in topics or ([f"users/{ident}/#"] if role == "resident" else [f"devices/{ident}/#"]):
-            await client.subscribe(t, qos=1)
-        inbox = Inbox(client)
-        stack.append((client, inbox))
-        return inbox
-
-    try:
-        yield connect
-    finally:
-        for client, inbox in reversed(stack):
-            await inbox.close()
-            with contextlib.suppress(Exception):
-                await client.__aexit__(None, None, None)
 
 
 @pytest.fixture

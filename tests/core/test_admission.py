@@ -8,6 +8,7 @@ import time
 import pytest
 
 from broker.core.admission import CallAdmission, LoopLag, TooBusy
+from tests.support.inbox import parties
 
 
 class Clock:
@@ -25,7 +26,8 @@ def test_the_setup_rate_refuses_past_the_burst_and_recovers() -> None:
         admission.admit(active_calls=0)
     with pytest.raises(TooBusy) as refused:
         admission.admit(active_calls=0)
-    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    assert refused.value.status == 503
+    assert refused.value.headers == {"Retry-After": "1"}
     clock.now += 0.1
     admission.admit(active_calls=0)
     assert admission.refused == 1
@@ -61,22 +63,24 @@ async def test_loop_lag_sees_a_blocked_loop_and_decays() -> None:
 async def test_a_call_burst_beyond_the_setup_rate_gets_503_over_rest_and_mqtt(make_harness) -> None:
     """Past `calls.max_setups_per_s` a setup is refused at once (REST 503 + Retry-After, MQTT error on
     the device's control topic); nothing is stored for it, and the running call is unaffected."""
-    from tests.conftest import parties
-
     h = await make_harness(calls={"max_setups_per_s": 0.01, "setup_burst": 1})
     async with parties(h) as party:
         dev5 = await party("device", "5")
         first = await h.start_call("1")
         async with h.http.post(h.base + "/api/mqtt/call", json={"device_id": "5"}) as r:
             body = await r.json()
-            assert r.status == 503 and body["code"] == 503 and "retry after" in body["message"]
+            assert r.status == 503
+            assert body["code"] == 503
+            assert "retry after" in body["message"]
             assert int(r.headers["Retry-After"]) >= 1
         await dev5.client.publish("calls/request/5", b"{}", qos=1)
         _, err = await dev5.wait_for(lambda t, b: isinstance(b, dict) and "error" in b)
         assert err["error"]["code"] == 503
         status, active = await h.get("/api/calls/active?device_id=5")
-        assert status == 200 and active["data"] == []
-        assert h.svc.calls.active_count == 1 and h.svc.calls.admission.refused == 2
+        assert status == 200
+        assert active["data"] == []
+        assert h.svc.calls.active_count == 1
+        assert h.svc.calls.admission.refused == 2
         status, _ = await h.post("/api/mqtt/controller/device", {"call_info": {
             "call_id": first["call_id"], "action": "hangup"}})
         assert status == 200

@@ -103,7 +103,8 @@ async def test_server_payloads_are_byte_for_byte_the_pydantic_models(svc):
     assert len(controls) == 2
     for m in controls:
         assert ControlMessage.model_validate(m["body"]).model_dump_json(exclude_none=True).encode() == m["payload"]
-        assert m["body"]["call_info"]["reason"] == "user_cancelled" and "resident_id" not in m["body"]
+        assert m["body"]["call_info"]["reason"] == "user_cancelled"
+        assert "resident_id" not in m["body"]
 
 
 async def test_a_failed_commit_undoes_the_whole_group_and_tells_nobody(svc):
@@ -134,8 +135,10 @@ async def test_a_failed_commit_undoes_the_whole_group_and_tells_nobody(svc):
     assert failures == ["told"]
     assert len(pub.sent) == sent_before  # no message of the failed group left
     # memory is back where the database is: the first call rings on, with its timer; the second never was
-    assert calls.active_count == 1 and calls._active[first].state.value == "ringing"
-    assert first in calls._timers and second not in calls._timers
+    assert calls.active_count == 1
+    assert calls._active[first].state.value == "ringing"
+    assert first in calls._timers
+    assert second not in calls._timers
     assert calls.store.get_call(second) is None
     assert [e["action"] for e in calls.store.call_events(first)] == ["initiated"]
     with pytest.raises(Exception, match="already in call"):

@@ -36,7 +36,8 @@ def test_a_calls_new_upload_replaces_its_own_snapshot():
     q = filled(("a", "1", 100), ("b", "1", 100), ("c", "1", 100))
     assert q.victims("a", "1", 100) == []
     q.add("a", "1", 100)
-    assert q.used("1") == 300 and q.total == 300
+    assert q.used("1") == 300
+    assert q.total == 300
     assert q.victims("d", "1", 100) == ["b"]
 
 
@@ -44,7 +45,10 @@ def test_remove_and_lowered_quotas():
     """`remove` gives bytes back; `over_quota` names the oldest to delete after the quotas were lowered."""
     q = filled(("a", "1", 200), ("b", "1", 200), ("x", "2", 200), device=1000, total=1000)
     q.remove("b")
-    assert q.used("1") == 200 and q.total == 400 and "b" not in q and len(q) == 2
+    assert q.used("1") == 200
+    assert q.total == 400
+    assert "b" not in q
+    assert len(q) == 2
     q.add("b", "1", 200)
     q.add("c", "1", 200)
     q.device_quota, q.total_quota = 300, 1000

@@ -30,7 +30,9 @@ def ringing():
 def test_answer_connects_and_cancels_the_others():
     """The first answer connects the call; the device hears who; the others and the answerer's clients: cancelled."""
     call, notices = apply(ringing(), R2, Action.ANSWERED, 101.0)
-    assert call.state is CallState.CONNECTED and call.answered_by == "2" and call.connected_at == 101.0
+    assert call.state is CallState.CONNECTED
+    assert call.answered_by == "2"
+    assert call.connected_at == 101.0
     assert {(n.to, n.action, n.reason, n.resident_id) for n in notices} == {
         (DEV, "answered", None, "2"), (R3, "cancelled", "answered_elsewhere", "2"),
         (R2, "cancelled", "answered_elsewhere", "2")}
@@ -48,23 +50,27 @@ def test_repeat_is_a_quiet_no_op():
     """The same party repeating its action changes nothing and tells nobody."""
     call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
     again, notices = apply(call, R2, Action.ANSWERED, 102.0)
-    assert again is call and notices == []
+    assert again is call
+    assert notices == []
 
 
 def test_member_reject_policy_ends_only_when_nobody_rings():
     """Under `member`, each reject stops one resident; the last one ends the call."""
     call, notices = apply(ringing(), R2, Action.REJECTED, 101.0, reason="busy")
-    assert call.state is CallState.RINGING and call.ringing == {"3"}
+    assert call.state is CallState.RINGING
+    assert call.ringing == {"3"}
     assert [(n.to, n.action, n.reason, n.resident_id) for n in notices] == [
         (DEV, "rejected", "busy", "2"), (R2, "cancelled", "rejected_elsewhere", "2")]
     call, _ = apply(call, R3, Action.TIMEOUT, 102.0)
-    assert call.state is CallState.ENDED and call.end_reason is EndReason.REJECTED
+    assert call.state is CallState.ENDED
+    assert call.end_reason is EndReason.REJECTED
 
 
 def test_household_reject_policy_ends_at_once():
     """Under `household`, one reject ends the call and the others hear rejected_elsewhere."""
     call, notices = apply(ringing(), R2, Action.REJECTED, 101.0, reject_policy="household")
-    assert call.state is CallState.ENDED and call.end_reason is EndReason.REJECTED
+    assert call.state is CallState.ENDED
+    assert call.end_reason is EndReason.REJECTED
     assert (R3, "cancelled", "rejected_elsewhere") in {(n.to, n.action, n.reason) for n in notices}
 
 
@@ -82,7 +88,8 @@ def test_every_target_timing_out_ends_timeout():
     """A call nobody answered because every target timed out ends `timeout`; one reject among them: `rejected`."""
     call, _ = apply(ringing(), R2, Action.TIMEOUT, 101.0)
     ended, _ = apply(call, R3, Action.TIMEOUT, 102.0)
-    assert ended.state is CallState.ENDED and ended.end_reason is EndReason.TIMEOUT
+    assert ended.state is CallState.ENDED
+    assert ended.end_reason is EndReason.TIMEOUT
     call, _ = apply(ringing(), R2, Action.REJECTED, 101.0)
     ended, _ = apply(call, R3, Action.TIMEOUT, 102.0)
     assert ended.end_reason is EndReason.REJECTED
@@ -91,21 +98,25 @@ def test_every_target_timing_out_ends_timeout():
 def test_a_timeout_is_not_a_household_reject():
     """Under `household`, a resident's own ring timeout stops only that resident; the others keep ringing."""
     call, notices = apply(ringing(), R2, Action.TIMEOUT, 101.0, reject_policy="household")
-    assert call.state is CallState.RINGING and call.ringing == {"3"} and [n.to for n in notices] == [DEV, R2]
+    assert call.state is CallState.RINGING
+    assert call.ringing == {"3"}
+    assert [n.to for n in notices] == [DEV, R2]
 
 
 def test_device_cancel_tells_every_ringing_resident():
     """A device cancel ends the call and every ringing resident hears it."""
     call, notices = apply(ringing(), DEV, Action.CANCELLED, 101.0)
     assert call.end_reason is EndReason.CANCELLED
-    assert {n.to for n in notices} == {R2, R3} and all(n.action == "cancelled" for n in notices)
+    assert {n.to for n in notices} == {R2, R3}
+    assert all(n.action == "cancelled" for n in notices)
 
 
 def test_hangup_while_connected_tells_the_other_side():
     """A hangup in a connected call ends it and tells only the other party."""
     call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
     ended, notices = apply(call, DEV, Action.HANGUP, 110.0)
-    assert ended.end_reason is EndReason.HANGUP and ended.ended_at == 110.0
+    assert ended.end_reason is EndReason.HANGUP
+    assert ended.ended_at == 110.0
     assert [(n.to, n.action) for n in notices] == [(R2, "hangup")]
 
 
@@ -132,15 +143,18 @@ def test_outsider_is_forbidden():
 def test_ring_timeout_tells_everybody():
     """The ring deadline ends the call `timeout` and tells the device and every ringing resident."""
     call, notices = apply(ringing(), SRV, Action.RING_TIMEOUT, 130.0)
-    assert call.end_reason is EndReason.TIMEOUT and call.deadline is None
-    assert {n.to for n in notices} == {DEV, R2, R3} and {n.action for n in notices} == {"timeout"}
+    assert call.end_reason is EndReason.TIMEOUT
+    assert call.deadline is None
+    assert {n.to for n in notices} == {DEV, R2, R3}
+    assert {n.action for n in notices} == {"timeout"}
 
 
 def test_max_duration_and_force():
     """Connected calls end by max duration or by force, telling both sides."""
     call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
     ended, notices = apply(call, SRV, Action.MAX_DURATION, 701.0)
-    assert ended.end_reason is EndReason.MAX_DURATION and {n.to for n in notices} == {DEV, R2}
+    assert ended.end_reason is EndReason.MAX_DURATION
+    assert {n.to for n in notices} == {DEV, R2}
     forced, notices = apply(call, SRV, Action.FORCE, 150.0, reason="call_completed")
     assert forced.end_reason is EndReason.FORCED
     assert {(n.to, n.action, n.reason) for n in notices} == {(DEV, "hangup", "call_completed"),
@@ -151,7 +165,8 @@ def test_party_offline_does_not_tell_the_missing_party():
     """When the answerer vanishes, only the device is told."""
     call, _ = apply(ringing(), R2, Action.ANSWERED, 101.0)
     ended, notices = apply(call, SRV, Action.PARTY_OFFLINE, 120.0, reason=R2.key)
-    assert ended.end_reason is EndReason.PARTY_OFFLINE and [n.to for n in notices] == [DEV]
+    assert ended.end_reason is EndReason.PARTY_OFFLINE
+    assert [n.to for n in notices] == [DEV]
 
 
 def test_nothing_moves_an_ended_call():
@@ -171,7 +186,8 @@ def test_table_never_leaves_ended():
 def test_door_opened_ends_a_ringing_call_and_tells_everyone_in_it():
     """A server `door_opened` (reason: the opener) ends a ringing call; ringing residents hear `cancelled`."""
     call, notices = apply(ringing(), Party(Role.SERVER, "server"), Action.DOOR_OPENED, 101.0, "resident:2")
-    assert call.state is CallState.ENDED and call.end_reason is EndReason.DOOR_OPENED
+    assert call.state is CallState.ENDED
+    assert call.end_reason is EndReason.DOOR_OPENED
     heard = {(n.to.key, n.action, n.reason, n.resident_id) for n in notices}
     assert heard == {("device:1", "hangup", "door_opened", "2"), ("resident:2", "cancelled", "door_opened", "2"),
                      ("resident:3", "cancelled", "door_opened", "2")}
@@ -188,7 +204,7 @@ def test_door_opened_on_a_connected_call_hangs_up_both_parties():
         apply(ringing(), R2, Action.DOOR_OPENED, 101.0, "resident:2")
 
 
-# -- several clients per resident, forwarding, do-not-disturb (issue 13) ------------------------------------
+# -- several clients per resident, forwarding, do-not-disturb --------------------------------------
 
 
 def forwarding(forward_after_s: float = 10.0):
@@ -224,10 +240,15 @@ def test_server_moves_name_no_client():
 def test_forward_deadline_rings_the_fallback_in_the_same_call():
     """Nobody answering within forward_after_s moves the call to a second ring phase on the fallback."""
     call = forwarding()
-    assert call.deadline == 110.0 and due_action(call) is Action.FORWARD
+    assert call.deadline == 110.0
+    assert due_action(call) is Action.FORWARD
     fwd, notices = apply(call, SRV, Action.FORWARD, 110.0)
-    assert fwd.call_id == call.call_id and fwd.state is CallState.RINGING and fwd.ringing == {"9"}
-    assert fwd.forwarded_at == 110.0 and fwd.deadline == 140.0 and due_action(fwd) is Action.RING_TIMEOUT
+    assert fwd.call_id == call.call_id
+    assert fwd.state is CallState.RINGING
+    assert fwd.ringing == {"9"}
+    assert fwd.forwarded_at == 110.0
+    assert fwd.deadline == 140.0
+    assert due_action(fwd) is Action.RING_TIMEOUT
     assert {(n.to, n.action, n.reason, n.forward_to) for n in notices} == {
         (DEV, "forwarded", "no_answer", ("9",)), (R2, "cancelled", "forwarded", ()),
         (R3, "cancelled", "forwarded", ()), (Party(Role.RESIDENT, "9"), "incoming", None, ())}
@@ -241,7 +262,8 @@ def test_the_fallback_is_a_party_only_once_forwarded():
     with pytest.raises(InvalidTransition):
         apply(fwd, R2, Action.ANSWERED, 111.0)
     done, notices = apply(fwd, Party(Role.RESIDENT, "9"), Action.ANSWERED, 112.0)
-    assert done.state is CallState.CONNECTED and done.answered_by == "9"
+    assert done.state is CallState.CONNECTED
+    assert done.answered_by == "9"
     assert (DEV, "answered", "9") in {(n.to, n.action, n.resident_id) for n in notices}
 
 
@@ -259,7 +281,9 @@ def test_every_target_timing_out_forwards_at_once():
     """When every first-phase target times out on its own, the call forwards instead of ending."""
     call, _ = apply(forwarding(), R2, Action.TIMEOUT, 101.0)
     call, notices = apply(call, R3, Action.TIMEOUT, 102.0)
-    assert call.state is CallState.RINGING and call.forwarded_at == 102.0 and call.ringing == {"9"}
+    assert call.state is CallState.RINGING
+    assert call.forwarded_at == 102.0
+    assert call.ringing == {"9"}
     assert (DEV, "forwarded") in {(n.to, n.action) for n in notices}
 
 
@@ -267,18 +291,21 @@ def test_a_reject_does_not_forward():
     """A household that declines is not forwarded: the call ends `rejected`."""
     call, _ = apply(forwarding(), R2, Action.REJECTED, 101.0)
     call, _ = apply(call, R3, Action.TIMEOUT, 102.0)
-    assert call.end_reason is EndReason.REJECTED and call.forwarded_at is None
+    assert call.end_reason is EndReason.REJECTED
+    assert call.forwarded_at is None
 
 
 def test_dnd_targets_are_not_rung_and_all_in_dnd_ends_the_call():
     """Targets in DND never ring; when none is left the call ends `dnd` and the device hears it."""
     call = new_call("call-1", "1", "101", ("2", "3"), now=100.0, ring_timeout_s=30, max_duration_s=600,
                     dnd=("3",))
-    assert call.ringing == {"2"} and call.is_party(R3)
+    assert call.ringing == {"2"}
+    assert call.is_party(R3)
     call = new_call("call-1", "1", "101", ("2", "3"), now=100.0, ring_timeout_s=30, max_duration_s=600,
                     dnd=("2", "3"))
     ended, notices = apply(call, SRV, Action.DND, 100.0)
-    assert ended.end_reason is EndReason.DND and ended.ended_at == 100.0
+    assert ended.end_reason is EndReason.DND
+    assert ended.ended_at == 100.0
     assert [(n.to, n.action, n.reason) for n in notices] == [(DEV, "rejected", "dnd")]
     with pytest.raises(InvalidTransition):
         apply(ringing(), SRV, Action.DND, 100.0)

@@ -20,13 +20,17 @@ def test_call_credentials_reuse_a_sig_until_half_its_validity_is_gone():
     clock = Clock(1_000_000.0)
     t = Trtc(1400000001, KEY, expire_s=3600, clock=clock)
     first = t.call_credentials("resident_2", "room-a")
-    assert first["room_id"] == "room-a" and first["user_id"] == "resident_2" and first["room_id_type"] == "string"
+    assert first["room_id"] == "room-a"
+    assert first["user_id"] == "resident_2"
+    assert first["room_id_type"] == "string"
     info = verify_user_sig(first["user_sig"], KEY)
-    assert info.identifier == "resident_2" and info.expire_s == 3600
+    assert info.identifier == "resident_2"
+    assert info.expire_s == 3600
     # Another call (another room), 29 minutes later: the same sig, nothing generated.
     clock.now += 1799
     again = t.call_credentials("resident_2", "room-b")
-    assert again["user_sig"] == first["user_sig"] and again["room_id"] == "room-b"
+    assert again["user_sig"] == first["user_sig"]
+    assert again["room_id"] == "room-b"
     assert t.generated == 1
     # Past half of its validity: a new one is made (and cached in turn).
     clock.now += 2
@@ -40,7 +44,8 @@ def test_sigs_are_per_user_and_the_explicit_usersig_is_always_fresh():
     t = Trtc(1400000001, KEY, expire_s=3600, clock=Clock(5.0))
     a = t.call_credentials("resident_2", "r")["user_sig"]
     b = t.call_credentials("device_1", "r")["user_sig"]
-    assert verify_user_sig(a, KEY).identifier == "resident_2" and verify_user_sig(b, KEY).identifier == "device_1"
+    assert verify_user_sig(a, KEY).identifier == "resident_2"
+    assert verify_user_sig(b, KEY).identifier == "device_1"
     assert t.generated == 2
     # POST /api/trtc/usersig promises the full expire_s: never from the cache.
     t.user_sig("resident_2")
@@ -55,4 +60,6 @@ def test_cache_is_bounded(monkeypatch):
     t = Trtc(1400000001, KEY, expire_s=3600, clock=Clock(5.0))
     for i in range(5):
         t.cached_user_sig(f"u{i}")
-    assert len(t._sigs) == 3 and "u4" in t._sigs and "u0" not in t._sigs
+    assert len(t._sigs) == 3
+    assert "u4" in t._sigs
+    assert "u0" not in t._sigs

@@ -17,7 +17,8 @@ SHAPES = ["1", "2", "东区-101", "门口", "a-b", "with space", "1.5", "x" * 23
 def test_every_party_id_becomes_a_trtc_user_id(role: str, ident: str) -> None:
     """The userId fits TRTC's rules (<= 32 bytes of [a-zA-Z0-9_-]) and is the same every time."""
     user = party_user_id(role, ident)
-    assert USER_ID.fullmatch(user) and len(user.encode()) <= 32, user
+    assert USER_ID.fullmatch(user), user
+    assert len(user.encode()) <= 32, user
     assert party_user_id(role, ident) == user
     natural = f"{role}_{ident}"
     assert user == natural if USER_ID.fullmatch(natural) else user.startswith(f"{role}-")

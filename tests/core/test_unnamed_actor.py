@@ -52,7 +52,9 @@ def test_connected_is_the_answerer():
 def test_household_answer():
     """The household's answer: the device hears `answered` with no resident, every ringing one `answered_elsewhere`."""
     call, notices = apply(ringing(), HH, Action.ANSWERED, 101.0)
-    assert call.state is CallState.CONNECTED and call.answered_by is None and call.connected_at == 101.0
+    assert call.state is CallState.CONNECTED
+    assert call.answered_by is None
+    assert call.connected_at == 101.0
     assert {(n.to, n.action, n.reason, n.resident_id) for n in notices} == {
         (DEV, "answered", None, None), (R2, "cancelled", "answered_elsewhere", None),
         (R3, "cancelled", "answered_elsewhere", None)}
@@ -61,7 +63,8 @@ def test_household_answer():
         apply(call, R3, Action.ANSWERED, 102.0)
     # any resident of the household may hang up the call the household answered
     ended, notices = apply(call, R3, Action.HANGUP, 103.0)
-    assert ended.end_reason is EndReason.HANGUP and [(n.to, n.action) for n in notices] == [(DEV, "hangup")]
+    assert ended.end_reason is EndReason.HANGUP
+    assert [(n.to, n.action) for n in notices] == [(DEV, "hangup")]
     assert set(outcomes(ended).values()) == {"answered_elsewhere"}
 
 
@@ -69,7 +72,8 @@ def test_household_hangup_after_household_answer():
     """The household hangs up the call it answered: the device hears `hangup`."""
     call, _ = apply(ringing(), HH, Action.ANSWERED, 101.0)
     ended, notices = apply(call, HH, Action.HANGUP, 102.0)
-    assert ended.end_reason is EndReason.HANGUP and [(n.to, n.action) for n in notices] == [(DEV, "hangup")]
+    assert ended.end_reason is EndReason.HANGUP
+    assert [(n.to, n.action) for n in notices] == [(DEV, "hangup")]
 
 
 @pytest.mark.parametrize(("action", "heard", "reason", "end"), [
@@ -80,8 +84,10 @@ def test_household_hangup_after_household_answer():
 def test_household_ends_a_ringing_call(action: Action, heard: str, reason: str, end: EndReason):
     """The household's reject (or hangup, or timeout) ends the call whatever the reject policy; all stop ringing."""
     call, notices = apply(ringing(), HH, action, 101.0, "user_busy", reject_policy="member")
-    assert call.state is CallState.ENDED and call.end_reason is end
-    assert notices[0].to == DEV and (notices[0].action, notices[0].reason) == (heard, reason)
+    assert call.state is CallState.ENDED
+    assert call.end_reason is end
+    assert notices[0].to == DEV
+    assert (notices[0].action, notices[0].reason) == (heard, reason)
     assert {(n.to, n.action) for n in notices[1:]} == {(R2, "cancelled"), (R3, "cancelled")}
     if action is not Action.TIMEOUT:
         assert set(outcomes(call).values()) == {"declined"}

@@ -16,8 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.proc_server import ADMIN, ProcServer
-from tests.server_process import ROOT
+from tests.support.process import ADMIN, ROOT, ProcServer
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +59,8 @@ def test_import_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert f"{HOUSEHOLDS * 3 + 2 + HOUSEHOLDS + 1} to create, 0 to change" in first.stdout
     second = _admin("import", site, *where)  # the flags after the command work too
-    assert second.returncode == 0 and second.stdout.strip().splitlines() == [
+    assert second.returncode == 0
+    assert second.stdout.strip().splitlines() == [
         f"no changes: 0 to create, 0 to change, {HOUSEHOLDS * 4 + 3} unchanged"]
 
     edited = _site_csv(tmp_path / "edited.csv", {"r5a": "Renamed"})
@@ -74,11 +74,13 @@ def test_import_twice_changes_nothing_the_second_time(tmp_path: Path) -> None:
     assert _admin(*where, "export", "-o", exported).returncode == 0
     assert "no changes" in _admin(*where, "import", exported).stdout
     listed = _admin(*where, "list", "devices").stdout.splitlines()
-    assert "device lobby2 household=gate kind=lobby name=Garage" in listed and len(listed) == HOUSEHOLDS + 2
+    assert "device lobby2 household=gate kind=lobby name=Garage" in listed
+    assert len(listed) == HOUSEHOLDS + 2
     issued = _admin(*where, "token", "issue", "devices", "--all", "--out", tmp_path / "prov")
     assert issued.returncode == 0, issued.stderr
     files = sorted(p.name for p in (tmp_path / "prov").iterdir())
-    assert len(files) == HOUSEHOLDS + 2 and "device-lobby2.json" in files  # devices get no QR code
+    assert len(files) == HOUSEHOLDS + 2
+    assert "device-lobby2.json" in files
 
 
 def test_named_tokens_and_provisioning_files(tmp_path: Path) -> None:
@@ -93,7 +95,9 @@ def test_named_tokens_and_provisioning_files(tmp_path: Path) -> None:
         done = _admin(*where, "token", "issue", "resident", "2", "--name", name, "--out", out, "--broker-host", "box")
         assert done.returncode == 0, done.stderr
     info = json.loads((out / "resident-2-phone.json").read_text())
-    assert info["client_id"] == "resident-2/phone" and info["username"] == "2" and info["broker_host"] == "box"
+    assert info["client_id"] == "resident-2/phone"
+    assert info["username"] == "2"
+    assert info["broker_host"] == "box"
     assert (out / "resident-2-phone.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "resident-2-phone.json").stat().st_mode & 0o777 == 0o600
     tablet = json.loads((out / "resident-2-tablet.json").read_text())["token"]
@@ -102,7 +106,8 @@ def test_named_tokens_and_provisioning_files(tmp_path: Path) -> None:
         assert box.http("GET", "/api/calls?limit=1", token=info["token"])[0] == 200
         assert box.http("GET", "/api/calls?limit=1", token=tablet)[0] == 200
         refused = _admin(*where, "list")
-        assert refused.returncode == 1 and f"pid {box.proc.pid if box.proc else 0}" in refused.stderr
+        assert refused.returncode == 1
+        assert f"pid {box.proc.pid if box.proc else 0}" in refused.stderr
         assert "--url" in refused.stderr
         url = f"http://127.0.0.1:{box.http_port}"
         done = _admin("--url", url, "token", "revoke", "resident", "2", "--name", "phone",
@@ -111,7 +116,8 @@ def test_named_tokens_and_provisioning_files(tmp_path: Path) -> None:
         assert box.http("GET", "/api/calls?limit=1", token=info["token"])[0] == 401
         assert box.http("GET", "/api/calls?limit=1", token=tablet)[0] == 200
         status, resp = box.http("GET", "/api/admin/residents/2/tokens")
-        assert status == 200 and [t["name"] for t in resp["data"]] == ["tablet"]
+        assert status == 200
+        assert [t["name"] for t in resp["data"]] == ["tablet"]
     finally:
         box.stop()
 
@@ -145,11 +151,13 @@ def test_import_and_unban_through_a_running_box(tmp_path: Path) -> None:
         assert first.returncode == 0, first.stderr
         assert "to create, 0 to change" in first.stdout
         again = _admin("--url", url, "import", site, env=env)
-        assert again.returncode == 0 and again.stdout.startswith("no changes: 0 to create, 0 to change")
+        assert again.returncode == 0
+        assert again.stdout.startswith("no changes: 0 to create, 0 to change")
         assert [_connack_failed(box.mqtt_port, "device-1") for _ in range(3)] == [False, False, True]
         assert _connack_failed(box.mqtt_port, "device-1")
         done = _admin("--url", url, "unban", "device-1", env=env)
-        assert done.returncode == 0 and "ban lifted" in done.stdout, done.stderr
+        assert done.returncode == 0, done.stderr
+        assert "ban lifted" in done.stdout, done.stderr
         assert not _connack_failed(box.mqtt_port, "device-1")
     finally:
         box.stop()
@@ -160,7 +168,7 @@ async def test_admin_burst_is_not_rate_limited(harness: Any) -> None:
     held 100)."""
     import asyncio
 
-    from tests.conftest import ADMIN as HARNESS_ADMIN
+    from tests.support.harness import ADMIN as HARNESS_ADMIN
 
     async def one(i: int) -> int:
         async with harness.http.post(harness.base + "/api/admin/households", json={"household_number": f"b{i}"},
@@ -168,14 +176,15 @@ async def test_admin_burst_is_not_rate_limited(harness: Any) -> None:
             return r.status
 
     statuses = await asyncio.gather(*(one(i) for i in range(150)))
-    assert statuses.count(429) == 0 and statuses.count(200) == 150
+    assert statuses.count(429) == 0
+    assert statuses.count(200) == 150
 
 
 async def test_named_tokens_log_in_over_mqtt_and_are_revoked_alone(make_harness: Any) -> None:
     """A phone's named token logs in over MQTT as `resident-2/phone`; once revoked it is refused, the tablet's works."""
     import aiomqtt
 
-    from tests.conftest import ADMIN as HARNESS_ADMIN
+    from tests.support.harness import ADMIN as HARNESS_ADMIN
 
     h = await make_harness(auth={"allow_anonymous_on_loopback": False})
     tokens = {}
@@ -192,7 +201,8 @@ async def test_named_tokens_log_in_over_mqtt_and_are_revoked_alone(make_harness:
         except aiomqtt.MqttError:
             return False
 
-    assert await login("phone") and await login("tablet")
+    assert await login("phone")
+    assert await login("tablet")
     assert (await h.delete("/api/admin/residents/2/tokens/phone", HARNESS_ADMIN))[0] == 200
     assert not await login("phone")
     assert await login("tablet")

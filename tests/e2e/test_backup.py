@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.proc_server import ProcServer
-from tests.server_process import ROOT
+from tests.support.process import ROOT, ProcServer
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +82,8 @@ def test_backup_during_calls_restores_every_call_token_and_door_event(tmp_path: 
         assert done.returncode == 0, done.stderr
         refused = _cli("restore", tmp_path / "bk", "--config", box.config_path, "--data-dir", box.data_dir)
         assert refused.returncode == 1
-        assert f"(pid {box.proc.pid if box.proc else '?'})" in refused.stderr and "stop it" in refused.stderr
+        assert f"(pid {box.proc.pid if box.proc else '?'})" in refused.stderr
+        assert "stop it" in refused.stderr
     finally:
         box.stop()
     backup = tmp_path / "bk" / "intercom.db"
@@ -115,7 +115,8 @@ def test_backup_during_calls_restores_every_call_token_and_door_event(tmp_path: 
         assert other.http("GET", "/api/calls?limit=1", token=device)[0] == 200
         assert other.http("GET", "/api/calls?limit=1", token=resident[:-4] + "AAAA")[0] == 401
         status, resp = other.http("GET", "/api/doors/events?limit=500")
-        assert status == 200 and len(resp["data"]) == len(_rows(backup, "door_events")) >= 10
+        assert status == 200
+        assert len(resp["data"]) == len(_rows(backup, "door_events")) >= 10
     finally:
         other.stop()
 
@@ -123,7 +124,7 @@ def test_backup_during_calls_restores_every_call_token_and_door_event(tmp_path: 
 def _next_cursor(server: ProcServer, path: str) -> str:
     import urllib.request
 
-    from tests.proc_server import ADMIN
+    from tests.support.process import ADMIN
 
     req = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}",
                                  headers={"Authorization": f"Bearer {ADMIN}"})
@@ -140,7 +141,8 @@ def test_a_tampered_backup_is_refused(tmp_path: Path) -> None:
         f.seek(200)
         f.write(b"\xff\xff")
     done = _cli("restore", tmp_path / "bk", "--data-dir", tmp_path / "new")
-    assert done.returncode == 1 and "intercom.db is missing or differs" in done.stderr
+    assert done.returncode == 1
+    assert "intercom.db is missing or differs" in done.stderr
     assert not (tmp_path / "new" / "intercom.db").exists()
 
 
@@ -162,7 +164,8 @@ async def test_scheduled_backups_keep_the_newest(make_harness: Any, tmp_path: Pa
         if len(kept) == 2 and "20200101T000000Z" not in kept:
             break
         await asyncio.sleep(0.05)
-    assert kept[0] == "20200102T000000Z" and kept[1] > "2026"
+    assert kept[0] == "20200102T000000Z"
+    assert kept[1] > "2026"
     assert json.loads((root / kept[1] / "manifest.json").read_text())["databases"]["intercom.db"]["schema_version"] > 0
     await h.server.stop()
     assert prune_backups(root, 1) == [root / "20200102T000000Z"]

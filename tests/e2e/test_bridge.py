@@ -12,8 +12,9 @@ import pytest
 
 from broker.bridge import BridgedServer, BridgePublisher, parse_broker_url
 from broker.config import ConfigError
-from tests.conftest import Harness, Inbox, make_settings
 from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
+from tests.support.harness import Harness, make_settings
+from tests.support.inbox import Inbox
 
 
 @pytest.fixture
@@ -64,7 +65,8 @@ async def test_mqtt_call_request_through_mosquitto_rings_both_residents(bridged,
     call_id = reply["call_id"]
     for rid in ("2", "3"):
         topic, body = await peers[f"resident-{rid}"].wait_for(lambda t, b: t.endswith("/calls/incoming"))
-        assert topic == f"users/{rid}/calls/incoming" and body["call_id"] == call_id
+        assert topic == f"users/{rid}/calls/incoming"
+        assert body["call_id"] == call_id
     assert bridged.svc.calls.active_count == 1
 
 
@@ -76,11 +78,13 @@ async def test_rest_call_answered_over_mosquitto_cancels_the_other_resident(brid
     await peers["resident-2"].client.publish("users/2/calls/control", json.dumps(
         {"call_info": {"call_id": call_id, "action": "answered"}}), qos=1)
     _, body = await peers["device-1"].wait_for(control("answered"))
-    assert body["resident_id"] == "2" and body["call_info"]["call_id"] == call_id
+    assert body["resident_id"] == "2"
+    assert body["call_info"]["call_id"] == call_id
     _, body = await peers["resident-3"].wait_for(control("cancelled"))
     assert body["call_info"]["reason"] == "answered_elsewhere"
     status, resp = await bridged.get(f"/api/mqtt/session?call_id={call_id}")
-    assert status == 200 and resp["data"]["status"] == "connected"
+    assert status == 200
+    assert resp["data"]["status"] == "connected"
 
 
 @needs_mosquitto
@@ -110,7 +114,8 @@ def test_publisher_queue_is_bounded_and_drops_the_oldest():
     pub = BridgePublisher(max_queued=3)
     for i in range(5):
         pub.publish(f"t/{i}", b"x", qos=1)
-    assert pub.queued == 3 and pub.dropped == 2
+    assert pub.queued == 3
+    assert pub.dropped == 2
     assert [m[0] for m in pub._queue] == ["t/2", "t/3", "t/4"]
 
 

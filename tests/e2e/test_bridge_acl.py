@@ -21,8 +21,9 @@ from broker.admin_cli import admin_main
 from broker.app import build_services
 from broker.bridge import BridgedServer, BridgePublisher
 from broker.scale.broker_acl import broker_users, mosquitto_hash, rabbitmq_regex
-from tests.conftest import Harness, Inbox, make_settings
 from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
+from tests.support.harness import Harness, make_settings
+from tests.support.inbox import Inbox
 
 SITE = "a"
 
@@ -129,7 +130,8 @@ def test_generated_users_follow_the_embedded_acl():
     assert set(users) == {"service-call@a", "resident-2@a", "device-1@a", "device-5@a"}
     assert users["service-call@a"].publish == ["sites/a/#"]
     r2 = users["resident-2@a"]
-    assert "sites/a/users/2/calls/control" in r2.publish and "sites/a/devices/1/status" in r2.subscribe
+    assert "sites/a/users/2/calls/control" in r2.publish
+    assert "sites/a/devices/1/status" in r2.subscribe
     assert "sites/a/devices/5/status" not in r2.subscribe
     assert all(t.startswith("sites/a/") for u in users.values() for t in u.publish + u.subscribe)
 
@@ -137,20 +139,25 @@ def test_generated_users_follow_the_embedded_acl():
 def test_rabbitmq_topic_regex_matches_routing_keys():
     """`/` is `.` in RabbitMQ routing keys; `#` allows the level and everything below, nothing beside it."""
     rx = re.compile(rabbitmq_regex(["sites/a/users/2/#", "sites/a/devices/1/status"]))
-    assert rx.match("sites.a.users.2.calls.incoming") and rx.match("sites.a.users.2.#")
+    assert rx.match("sites.a.users.2.calls.incoming")
+    assert rx.match("sites.a.users.2.#")
     assert rx.match("sites.a.devices.1.status")
-    assert not rx.match("sites.a.users.22.calls") and not rx.match("sites.a.users.*.#")
-    assert not rx.match("sites.b.users.2.calls") and not rx.match("sites.a.devices.1.status.x")
+    assert not rx.match("sites.a.users.22.calls")
+    assert not rx.match("sites.a.users.*.#")
+    assert not rx.match("sites.b.users.2.calls")
+    assert not rx.match("sites.a.devices.1.status.x")
 
 
 def test_passwords_are_kept_when_generated_again(acl_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = credentials(acl_dir)
     assert admin_main(["broker-acl", "--mosquitto", "--site-id", SITE, "--data-dir", str(acl_dir.parent / "data"),
                        "--out", str(acl_dir)]) == 0
-    assert credentials(acl_dir) == before and len(before) == 6
+    assert credentials(acl_dir) == before
+    assert len(before) == 6
     assert (acl_dir / "credentials.csv").stat().st_mode & 0o077 == 0
 
 
 def test_mosquitto_hash_format() -> None:
     parts: list[Any] = mosquitto_hash("pw", salt=b"\0" * 12).split("$")
-    assert parts[:3] == ["", "7", "101"] and len(parts) == 5
+    assert parts[:3] == ["", "7", "101"]
+    assert len(parts) == 5

@@ -23,10 +23,11 @@ import yaml
 
 from broker.bridge import BridgedServer, backoff_delay, parse_broker_url
 from broker.config import ConfigError
-from tests.conftest import Harness, Inbox, make_settings
 from tests.mosquitto_helpers import Mosquitto, free_port, needs_mosquitto
-from tests.server_process import ROOT
-from tests.tls_helpers import client_ctx, make_pki
+from tests.support.harness import Harness, make_settings
+from tests.support.inbox import Inbox
+from tests.support.process import ROOT
+from tests.support.tls import client_ctx, make_pki
 
 pytestmark = needs_mosquitto
 
@@ -86,14 +87,16 @@ async def test_mqtts_with_ca_and_client_cert_carries_a_call(tmp_path, pki, tls_m
     try:
         assert h.server.bridge.connected.is_set()
         status, body = await healthz(h)
-        assert status == 200 and body["data"]["healthy"] is True
+        assert status == 200
+        assert body["data"]["healthy"] is True
         async with aiomqtt.Client("127.0.0.1", tls_mosquitto.port, identifier="resident-2",
                                   tls_context=client_ctx(pki, with_cert=True)) as r2:
             await r2.subscribe("users/2/#", qos=1)
             inbox = Inbox(r2)
             call_id = (await h.start_call("1"))["call_id"]
             topic, incoming = await inbox.wait_for(lambda t, b: t.endswith("/calls/incoming"))
-            assert topic == "users/2/calls/incoming" and incoming["call_id"] == call_id
+            assert topic == "users/2/calls/incoming"
+            assert incoming["call_id"] == call_id
             await inbox.close()
     finally:
         await closed(h)
@@ -108,7 +111,8 @@ async def test_mqtts_without_the_client_cert_is_unhealthy_with_the_reason(tmp_pa
     try:
         assert not server.bridge.connected.is_set()
         body = await wait_health(h, 503)
-        assert "external broker mqtts://127.0.0.1" in body["message"] and body["data"]["healthy"] is False
+        assert "external broker mqtts://127.0.0.1" in body["message"]
+        assert body["data"]["healthy"] is False
     finally:
         await closed(h)
 
@@ -123,7 +127,8 @@ async def test_healthz_is_503_while_the_broker_is_down_and_200_once_back(tmp_pat
         mosq.stop()
         body = await wait_health(h, 503)
         assert f"external broker mqtt://127.0.0.1:{mosq.port} unreachable" in body["message"]
-        assert body["data"]["broker"] is True and body["data"]["http"] is True
+        assert body["data"]["broker"] is True
+        assert body["data"]["http"] is True
         await mosq.start()
         body = await wait_health(h, 200, timeout=40)  # within the back-off cap
         assert body["data"]["problems"] == []
@@ -201,7 +206,8 @@ def test_every_bridge_setting_on_the_command_line(tmp_path, pki):
         else:
             raise AssertionError("".join(log))
         http, external, site = m.groups()
-        assert external == f"mqtts://127.0.0.1:{mosq.port}" and site == "tower-a"
+        assert external == f"mqtts://127.0.0.1:{mosq.port}"
+        assert site == "tower-a"
         assert any("as svc-a-1" in line for line in log), log
         got: list[str] = []
 
@@ -283,7 +289,8 @@ async def test_mqtt_311_link_serves_a_call_once(tmp_path):
                         and b.get("call_info", {}).get("action") == "answered"]
             cancelled = [b for t, b, _ in inboxes["r3"].messages if t.endswith("/calls/control")
                          and b.get("call_info", {}).get("action") == "cancelled"]
-            assert len(answered) == 1 and len(cancelled) == 1, (answered, cancelled)
+            assert len(answered) == 1, (answered, cancelled)
+            assert len(cancelled) == 1, (answered, cancelled)
             _, resp = await h.get(f"/api/mqtt/session?call_id={call_id}")
             assert resp["data"]["status"] == "connected"
         finally:

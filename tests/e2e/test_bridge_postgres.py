@@ -16,9 +16,10 @@ from broker.config import ConfigError  # noqa: E402
 from broker.db_open import StorageError  # noqa: E402
 from broker.migrations import POSTGRES_INTERCOM, latest  # noqa: E402
 from broker.scale.pg_store import PgStore, translate  # noqa: E402
-from tests.conftest import Harness, Inbox, make_settings  # noqa: E402
 from tests.mosquitto_helpers import Mosquitto, needs_mosquitto  # noqa: E402
 from tests.postgres_helpers import needs_postgres, pg_url, postgres  # noqa: E402, F401 (fixtures)
+from tests.support.harness import Harness, make_settings  # noqa: E402
+from tests.support.inbox import Inbox  # noqa: E402
 
 pytestmark = [pytest.mark.slow, needs_postgres, needs_mosquitto]
 
@@ -71,8 +72,10 @@ async def test_call_ring_answer_hangup_history_on_postgres(bridged: Harness, pg_
         for inbox in (dev, r2, r3):
             await inbox.close()
     status, resp = await bridged.get("/api/calls?household_number=101")
-    assert status == 200 and resp["data"][0]["call_id"] == call_id
-    assert resp["data"][0]["status"] == "ended" and resp["data"][0]["end_reason"] == "hangup"
+    assert status == 200
+    assert resp["data"][0]["call_id"] == call_id
+    assert resp["data"][0]["status"] == "ended"
+    assert resp["data"][0]["end_reason"] == "hangup"
     assert resp["data"][0]["target_resident_ids"] == ["2", "3"]
     events = [(e["actor"], e["action"], e["to_state"]) for e in bridged.svc.store.call_events(call_id)]
     assert events == [("device:1", "initiated", "ringing"), ("resident:2", "answered", "connected"),
@@ -80,7 +83,8 @@ async def test_call_ring_answer_hangup_history_on_postgres(bridged: Harness, pg_
     mine = {rid: bridged.svc.store.resident_calls(rid, False, 10) for rid in ("2", "3")}  # per-resident history
     assert [(c["call_id"], c["outcome"]) for c in mine["2"]] == [(call_id, "answered")]
     assert [(c["call_id"], c["outcome"]) for c in mine["3"]] == [(call_id, "answered_elsewhere")]
-    assert bridged.svc.store.unseen_missed("3") == 0 and bridged.svc.store.last_missed("3") is None
+    assert bridged.svc.store.unseen_missed("3") == 0
+    assert bridged.svc.store.last_missed("3") is None
     # the rows are really in PostgreSQL, seen from another connection
     with psycopg.connect(pg_url) as conn:
         row = conn.execute("SELECT status, end_reason, resident_id FROM calls WHERE call_id = %s",
@@ -92,8 +96,10 @@ async def test_call_ring_answer_hangup_history_on_postgres(bridged: Harness, pg_
     status, _ = await bridged.post("/api/admin/households", {"household_number": "909", "name": "pg"})
     second = PgStore(pg_url)
     try:
-        assert status in (200, 201) and second.get("households", "909") is not None
-        assert second.get_call(call_id) is not None and second.active_calls() == []
+        assert status in (200, 201)
+        assert second.get("households", "909") is not None
+        assert second.get_call(call_id) is not None
+        assert second.active_calls() == []
     finally:
         second.close()
 
@@ -120,12 +126,14 @@ async def test_a_restarted_instance_recovers_a_ringing_call_from_postgres(tmp_pa
             dev = Inbox(dev_c)
             await second.start()
             try:
-                assert second.services is not None and second.services.calls.active_count == 1
+                assert second.services is not None
+                assert second.services.calls.active_count == 1
                 _, body = await dev.wait_for(is_ctl("timeout"), timeout=10)
                 assert body["call_info"]["call_id"] == call_id
                 await dev.close()
                 store = second.services.store
-                assert store.last_missed("2") == call_id and store.unseen_missed("2") == 1  # the ORDER BY seq query
+                assert store.last_missed("2") == call_id
+                assert store.unseen_missed("2") == 1
             finally:
                 await second.stop()
     finally:
@@ -186,7 +194,8 @@ def test_every_store_method_runs_on_postgres(pg_url: str) -> None:  # noqa: F811
         assert store.get("residents", "2")["token_hash"] == "z"  # type: ignore[index]
         store.put_named_token({"resident_id": "2", "name": "phone", "token_hash": "h", "created_at": 2.0})
         assert [t["name"] for t in store.named_tokens("2")] == ["phone"]
-        assert store.delete_named_token("2", "phone") and not store.delete_named_token("2", "phone")
+        assert store.delete_named_token("2", "phone")
+        assert not store.delete_named_token("2", "phone")
         store.put_setting("dnd_settings", {"scope": "resident", "subject": "2", "enabled": 1, "schedule": None,
                                            "updated_at": 3.0})
         store.put_setting("dnd_settings", {"scope": "resident", "subject": "2", "enabled": 0, "schedule": None,
@@ -211,8 +220,10 @@ def test_every_store_method_runs_on_postgres(pg_url: str) -> None:  # noqa: F811
         audit.record("admin", "create", "household:101", "ok", detail={"x": 1})
         rows, _ = audit.query(None, None, 10, None)
         assert [(r["actor"], r["detail"]) for r in rows] == [("admin", {"x": 1})]
-        assert store.mark_missed_seen("2") == 0 and store.calls_with_snapshot_before(1e12) == []
-        assert store.delete("residents", "2") and store.get("residents", "2") is None
+        assert store.mark_missed_seen("2") == 0
+        assert store.calls_with_snapshot_before(1e12) == []
+        assert store.delete("residents", "2")
+        assert store.get("residents", "2") is None
     finally:
         store.close()
 

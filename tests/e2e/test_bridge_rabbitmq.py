@@ -16,8 +16,9 @@ import pytest
 
 from broker.bridge import BridgedServer
 from broker.scale.broker_acl import broker_users, write_files
-from tests.conftest import Harness, Inbox, make_settings
 from tests.rabbitmq_helpers import RabbitMQ, needs_rabbitmq
+from tests.support.harness import Harness, make_settings
+from tests.support.inbox import Inbox
 
 pytestmark = [pytest.mark.slow, needs_rabbitmq, pytest.mark.timeout(180)]
 

@@ -14,8 +14,9 @@ import pytest
 
 from broker.bridge import Bridge, BridgedServer, site_prefix
 from broker.config import ConfigError
-from tests.conftest import Harness, Inbox, make_settings
 from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
+from tests.support.harness import Harness, make_settings
+from tests.support.inbox import Inbox
 
 
 @pytest.fixture
@@ -68,13 +69,16 @@ async def test_same_device_id_in_two_sites_starts_one_call_in_its_own_site(sites
         topic, reply = await dev_a_in.wait_for(lambda t, b: isinstance(b, dict) and b.get("request_id") == "rq-a")
         assert topic.startswith("sites/a/devices/1/")
         topic, ring = await res_a_in.wait_for(incoming)
-        assert topic == "sites/a/users/2/calls/incoming" and ring["call_id"] == reply["call_id"]
+        assert topic == "sites/a/users/2/calls/incoming"
+        assert ring["call_id"] == reply["call_id"]
         await asyncio.sleep(0.5)  # what would cross over has had time to arrive
         assert sites["a"].svc.calls.active_count == 1
         assert sites["b"].svc.calls.active_count == 0, "site b started a call for site a's device"
-        assert res_b_in.messages == [] and dev_b_in.messages == []
+        assert res_b_in.messages == []
+        assert dev_b_in.messages == []
         # every message on the broker lives under a site's mount point
-        assert spy_in.messages and all(t.startswith(("sites/a/", "sites/b/")) for t, _, _ in spy_in.messages)
+        assert spy_in.messages
+        assert all(t.startswith(("sites/a/", "sites/b/")) for t, _, _ in spy_in.messages)
     finally:
         for client, inbox in ((dev_a, dev_a_in), (res_a, res_a_in), (res_b, res_b_in), (dev_b, dev_b_in),
                               (spy, spy_in)):
@@ -97,7 +101,8 @@ async def test_a_resident_of_site_b_cannot_answer_site_a_s_call(sites, mosquitto
                                           and b.get("origin") == "server")
         assert "404" in json.dumps(err, ensure_ascii=False), err
         status, resp = await sites["a"].get(f"/api/mqtt/session?call_id={call_id}")
-        assert status == 200 and resp["data"]["status"] == "ringing"
+        assert status == 200
+        assert resp["data"]["status"] == "ringing"
         # the same action under site a's prefix is served by site a
         await res_a.publish("sites/a/users/2/calls/control", json.dumps(
             {"call_info": {"call_id": call_id, "action": "answered"}}), qos=1)
@@ -123,7 +128,8 @@ def test_a_site_subscribes_only_its_prefix(tmp_path):
     svc = build_services(settings, pub)
     try:
         bridge = Bridge(svc, pub, parse_broker_url("mqtt://127.0.0.1:1"), site_id="tower-7", shared_group="g")
-        assert bridge.filters() and all(f.startswith("$share/g/sites/tower-7/") for f in bridge.filters())
+        assert bridge.filters()
+        assert all(f.startswith("$share/g/sites/tower-7/") for f in bridge.filters())
         pub.publish("users/2/calls/incoming", b"{}")
         assert pub._queue[-1][0] == "sites/tower-7/users/2/calls/incoming"
     finally:

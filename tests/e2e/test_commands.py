@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from broker.core.commands import COMMANDS
-from tests.security_helpers import secure_harness
+from tests.support.security import secure_harness
 
 
 def _reply(request_id: str):

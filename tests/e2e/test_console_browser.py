@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN
-from tests.security_helpers import token as issue_token
+from tests.support.harness import ADMIN
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(os.environ.get("INTERCOM_SCREENSHOTS") or tempfile.mkdtemp(prefix="console-shots-"))
@@ -146,7 +145,9 @@ async def test_call_from_the_simulator_answered_in_a_second_page_shows_in_live_a
         await live.get_by_role("button", name="Export CSV").click()
     csv_path = await (await download.value).path()
     csv = await asyncio.to_thread(Path(csv_path).read_text)
-    assert call_id in csv and missed["call_id"] in csv and csv.startswith("Started,Call,")
+    assert call_id in csv
+    assert missed["call_id"] in csv
+    assert csv.startswith("Started,Call,")
     await shot(live, "history")
     await live.get_by_label("Missed only").check()
     await live.get_by_role("button", name="Apply").click()
@@ -195,7 +196,7 @@ async def test_adding_a_resident_shows_its_token_once_and_a_failing_call_shows_i
 async def test_authenticated_console_needs_the_admin_token_and_logs_what_it_simulates(make_harness, browser, caplog):
     """Sign-in refuses bad and non-admin tokens; the admin token stays out of the URL; simulated parties are logged."""
     h = await make_harness(auth={"allow_anonymous_on_loopback": False})
-    resident = await issue_token(h, "residents", "2")
+    resident = await h.token("residents", "2")
     caplog.set_level(logging.INFO, logger="intercom.acl")
     t = await tabs(browser, h.base)
     page = await t.open("live")
@@ -212,7 +213,8 @@ async def test_authenticated_console_needs_the_admin_token_and_logs_what_it_simu
     await page.get_by_role("button", name="Sign in").click()
     await live_link(page)
     assert await page.evaluate("sessionStorage.getItem('intercom.adminToken')") == ADMIN
-    assert ADMIN not in page.url and not [u for u in t.requests if ADMIN in u]
+    assert ADMIN not in page.url
+    assert not [u for u in t.requests if ADMIN in u]
 
     await page.get_by_role("link", name="Simulator").click()
     await page.get_by_label("Door station", exact=True).select_option("1")
@@ -220,7 +222,9 @@ async def test_authenticated_console_needs_the_admin_token_and_logs_what_it_simu
     await expect(page.locator("#sim-door-state")).to_have_text("ringing")
     assert h.svc.calls.active_count == 1
     simulated = [r.getMessage() for r in caplog.records if "simulated" in r.getMessage()]
-    assert len(simulated) == 1 and "'admin/console-" in simulated[0] and "device 1" in simulated[0]
+    assert len(simulated) == 1
+    assert "'admin/console-" in simulated[0]
+    assert "device 1" in simulated[0]
 
     await page.reload()  # the session keeps the tab signed in
     await live_link(page)
@@ -341,7 +345,8 @@ async def test_history_pages_searches_and_exports_a_date_range(make_harness, bro
         await page.get_by_role("button", name="Export range").click()
     text = await asyncio.to_thread(Path(await (await download.value).path()).read_text)
     lines = text.strip().splitlines()
-    assert lines[0].startswith("call_id,start_time,") and len(lines) == 61
+    assert lines[0].startswith("call_id,start_time,")
+    assert len(lines) == 61
     assert {line.split(",")[0] for line in lines[1:]} == set(made)
     assert t.errors == []
 
@@ -359,7 +364,8 @@ async def test_tables_fit_a_phone_without_hidden_columns(make_harness, browser):
         await expect(page.locator(table).first).to_be_visible()
         widths = await page.eval_on_selector_all(
             table, "ts => ts.map(t => [t.scrollWidth, t.parentElement.clientWidth])")
-        assert widths and all(inner <= outer for inner, outer in widths), (name, widths)
+        assert widths, (name, widths)
+        assert all(inner <= outer for inner, outer in widths), (name, widths)
         if name == "history":
             await expect(page.locator("#history-table td[data-label='Call']")).to_contain_text(call_id)
             await shot(page, "history-phone")

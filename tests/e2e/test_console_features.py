@@ -1,4 +1,4 @@
-"""The web console driving issue 13's features in a real headless Chromium against the real server.
+"""The web console driving the resident features in a real headless Chromium against the real server.
 
 Door unlock acked by the simulated station, visitor snapshots, do-not-disturb, no-answer forwarding,
 lobby panels and missed-call counters, each set up and seen through the pages as a user would.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ADMIN
 from tests.e2e.test_console_browser import CHROMIUM, live_link, shot, tabs
+from tests.support.harness import ADMIN
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 
@@ -67,7 +67,9 @@ async def test_open_door_from_the_resident_panel_with_a_snapshot_signed_in_as_ad
     await expect(log.locator("tr.dir-out")).to_contain_text(["devices/1/commands/ack", "users/2/commands"])
     await shot(page, "simulator-door")
     event = h.svc.doors.events({}, 5)[0]
-    assert event["outcome"] == "opened" and event["by"] == "2" and event["device_id"] == "1"
+    assert event["outcome"] == "opened"
+    assert event["by"] == "2"
+    assert event["device_id"] == "1"
 
     await page.get_by_role("link", name="History").click()
     call_id = event["call_id"]
@@ -78,7 +80,8 @@ async def test_open_door_from_the_resident_panel_with_a_snapshot_signed_in_as_ad
     await expect(thumb).to_be_visible()
     await expect(thumb).to_have_js_property("naturalWidth", 160)  # fetched with the admin token
     await shot(page, "history-features")
-    assert t.foreign(h.server.ws_port) == [] and t.errors == []
+    assert t.foreign(h.server.ws_port) == []
+    assert t.errors == []
 
 
 async def test_site_dnd_forwarding_and_lobby_drive_the_calls(make_harness, browser):
@@ -135,7 +138,9 @@ async def test_site_dnd_forwarding_and_lobby_drive_the_calls(make_harness, brows
     await expect(device5).to_contain_text("lobby · 101")
     await expect(device5).to_contain_text("yes")
     d5 = h.svc.directory.device("5")
-    assert d5["kind"] == "lobby" and d5["households"] == ["101"] and d5["emergency"]
+    assert d5["kind"] == "lobby"
+    assert d5["households"] == ["101"]
+    assert d5["emergency"]
     await site.evaluate("document.getElementById('toasts').replaceChildren()")  # a clear picture
     await shot(site, "site-features")
 
@@ -174,4 +179,5 @@ async def test_site_dnd_forwarding_and_lobby_drive_the_calls(make_harness, brows
     await expect(forwarded).to_contain_text("answered")
     dnd_row = live.locator("#history-table tbody tr").filter(has_text="skipped 2, 3")
     await expect(dnd_row).to_contain_text("dnd")
-    assert t.foreign(h.server.ws_port) == [] and t.errors == []
+    assert t.foreign(h.server.ws_port) == []
+    assert t.errors == []

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from tests.server_process import ROOT
+from tests.support.process import ROOT
 
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 
@@ -56,7 +56,8 @@ class Server:
         raise AssertionError("server did not report its ports in time")
 
     def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc is not None
+        assert self.proc.stderr is not None
         for _ in self.proc.stderr:
             pass
 
@@ -185,7 +186,8 @@ def test_kill_while_ringing_rings_on_then_times_out(server_factory):
     dev.wait_for(control(call_id, "timeout"), timeout=1)
     assert 3.0 <= time.monotonic() - started <= 8.0
     data = s2.session(call_id)
-    assert data["status"] == "ended" and data["end_reason"] == "timeout"
+    assert data["status"] == "ended"
+    assert data["end_reason"] == "timeout"
     _, hist = s2.http("GET", "/api/calls?device_id=1")
     assert [(c["call_id"], c["status"]) for c in hist["data"]] == [(call_id, "ended")]
     r2.close()
@@ -237,13 +239,16 @@ def test_kill_while_connected_keeps_call_until_hangup(server_factory):
     watcher = Client(s2, "resident-watch", clean=True)
     watcher.subscribe("devices/1/status")
     status_msg = watcher.wait_for(lambda t, b: b.get("device_id") == "1")
-    assert status_msg.retain and json.loads(status_msg.payload)["battery"] == 42
+    assert status_msg.retain
+    assert json.loads(status_msg.payload)["battery"] == 42
     time.sleep(1.0)
     assert s2.session(call_id)["status"] == "connected"
     dev.c.publish("devices/1/calls/control", json.dumps({"call_info": {"call_id": call_id, "action": "hangup"}}), 1)
     r2.wait_for(control(call_id, "hangup"))
     data = s2.session(call_id)
-    assert data["status"] == "ended" and data["end_reason"] == "hangup" and data["resident_id"] == "2"
+    assert data["status"] == "ended"
+    assert data["end_reason"] == "hangup"
+    assert data["resident_id"] == "2"
     _, hist = s2.http("GET", "/api/calls?device_id=1")
     assert [(c["call_id"], c["status"], c["end_reason"]) for c in hist["data"]] == [(call_id, "ended", "hangup")]
     _, households = s2.http("GET", "/api/admin/households")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiomqtt
 import pytest
 
-from tests.conftest import ADMIN
+from tests.support.harness import ADMIN
 
 
 async def test_admin_crud_and_tokens(harness):
@@ -13,18 +13,24 @@ async def test_admin_crud_and_tokens(harness):
     assert (await harness.post("/api/admin/households", {"household_number": "201", "name": "Flat 201"},
                                ADMIN))[0] == 200
     status, resp = await harness.post("/api/admin/residents", {"resident_id": "20", "household_number": "201"}, ADMIN)
-    assert status == 200 and resp["data"]["resident_id"] == "20" and resp["data"]["token"].startswith("resident.20.")
+    assert status == 200
+    assert resp["data"]["resident_id"] == "20"
+    assert resp["data"]["token"].startswith("resident.20.")
     token = resp["data"]["token"]
     row = harness.svc.store.get("residents", "20")
-    assert row["token_hash"].startswith("$7$") and token not in row["token_hash"]
+    assert row["token_hash"].startswith("$7$")
+    assert token not in row["token_hash"]
     status, resp = await harness.get("/api/admin/residents/20", ADMIN)
-    assert status == 200 and "token_hash" not in resp["data"] and "token" not in resp["data"]
+    assert status == 200
+    assert "token_hash" not in resp["data"]
+    assert "token" not in resp["data"]
     status, resp = await harness.get("/api/admin/residents?household_number=201", ADMIN)
     assert [r["resident_id"] for r in resp["data"]] == ["20"]
     assert (await harness.post("/api/admin/residents", {"resident_id": "20", "household_number": "201"},
                                ADMIN))[0] == 409
     status, resp = await harness.post("/api/admin/residents/20/token", None, ADMIN)
-    assert status == 200 and resp["data"]["token"] != token
+    assert status == 200
+    assert resp["data"]["token"] != token
     # The old token no longer works; the new one does.
     assert (await harness.get("/api/calls/active", token))[0] == 401
     assert (await harness.get("/api/calls/active", resp["data"]["token"]))[0] == 200

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
 import pytest
 
-from tests.conftest import ADMIN, Inbox, parties
-from tests.door_helpers import station
-from tests.security_helpers import login, secure_harness
+from tests.support.doors import station
+from tests.support.harness import ADMIN
+from tests.support.inbox import Inbox, parties
+from tests.support.security import login, secure_harness
+from tests.support.waits import quiet
 
 
 def ctl(action):
@@ -27,28 +28,40 @@ async def test_unlock_over_rest_opens_the_door_ends_the_call_and_is_recorded(har
                                                                 "resident_id": "2"})
         assert status == 200, resp
         data = resp["data"]
-        assert data["outcome"] == "opened" and data["relay"] == 1 and data["by"] == "2"
-        assert data["call_id"] == call_id and data["call_ended"] is True
+        assert data["outcome"] == "opened"
+        assert data["relay"] == 1
+        assert data["by"] == "2"
+        assert data["call_id"] == call_id
+        assert data["call_ended"] is True
         cmd = st.commands[0]
         expires_at = cmd.pop("expires_at")
         assert cmd == {"origin": "server", "command": "unlock", "relay": 1, "by": "2", "call_id": call_id,
                        "command_id": data["command_id"]}
         assert abs(expires_at - (time.time() + 5) * 1000) < 5000  # doors.ack_timeout_s (5 s) after sending
         hangup = await st.wait(lambda b: b.get("call_info", {}).get("action") == "hangup")
-        assert hangup["call_info"]["reason"] == "door_opened" and hangup["resident_id"] == "2"
+        assert hangup["call_info"]["reason"] == "door_opened"
+        assert hangup["resident_id"] == "2"
         for inbox in (r2, r3):
             _, body = await inbox.wait_for(ctl("cancelled"))
-            assert body["call_info"]["reason"] == "door_opened" and body["resident_id"] == "2"
+            assert body["call_info"]["reason"] == "door_opened"
+            assert body["resident_id"] == "2"
     status, resp = await harness.get(f"/api/mqtt/session?call_id={call_id}")
-    assert resp["data"]["status"] == "ended" and resp["data"]["end_reason"] == "door_opened"
+    assert resp["data"]["status"] == "ended"
+    assert resp["data"]["end_reason"] == "door_opened"
     status, resp = await harness.get("/api/doors/events?device_id=1")
-    assert status == 200 and len(resp["data"]) == 1
+    assert status == 200
+    assert len(resp["data"]) == 1
     event = resp["data"][0]
-    assert event["by"] == "2" and event["outcome"] == "opened" and event["relay"] == 1
-    assert event["call_id"] == call_id and event["household_number"] == "101"
-    assert event["command_id"] == data["command_id"] and event["at"].endswith("Z")
+    assert event["by"] == "2"
+    assert event["outcome"] == "opened"
+    assert event["relay"] == 1
+    assert event["call_id"] == call_id
+    assert event["household_number"] == "101"
+    assert event["command_id"] == data["command_id"]
+    assert event["at"].endswith("Z")
     status, resp = await harness.get("/api/calls?device_id=1")
-    assert resp["data"][0]["door_opened_by"] == "2" and resp["data"][0]["end_reason"] == "door_opened"
+    assert resp["data"][0]["door_opened_by"] == "2"
+    assert resp["data"][0]["end_reason"] == "door_opened"
 
 
 async def test_unlock_over_mqtt_with_tokens_keeps_the_call_when_configured(make_harness):
@@ -65,9 +78,13 @@ async def test_unlock_over_mqtt_with_tokens_keeps_the_call_when_configured(make_
         await r2.publish("users/2/commands", json.dumps(
             {"command": "unlock", "device_id": "1", "relay": 2, "request_id": "r1"}), qos=1)
         _, body = await inbox.wait_for(lambda tp, b: tp.endswith("/control") and b.get("request_id") == "r1")
-        assert body["call_info"]["action"] == "door_opened" and body["call_info"]["call_id"] == call_id
-        assert body["door"]["device_id"] == "1" and body["door"]["relay"] == 2 and "error" not in body
-        assert st.commands[0]["relay"] == 2 and st.commands[0]["by"] == "2"
+        assert body["call_info"]["action"] == "door_opened"
+        assert body["call_info"]["call_id"] == call_id
+        assert body["door"]["device_id"] == "1"
+        assert body["door"]["relay"] == 2
+        assert "error" not in body
+        assert st.commands[0]["relay"] == 2
+        assert st.commands[0]["by"] == "2"
         await inbox.close()
     status, resp = await h.get(f"/api/mqtt/session?call_id={call_id}", ADMIN)
     assert resp["data"]["status"] == "connected"
@@ -81,7 +98,8 @@ async def test_other_households_and_devices_are_refused(make_harness):
         inbox = Inbox(r4)
         call_id = (await h.post("/api/mqtt/call", {"device_id": "1"}, t["device-1"]))[1]["data"]["call_id"]
         status, resp = await h.post("/api/doors/unlock", {"device_id": "1", "call_id": call_id}, t["resident-4"])
-        assert status == 403 and resp["message"].startswith("禁止访问: ")
+        assert status == 403
+        assert resp["message"].startswith("禁止访问: ")
         status, resp = await h.post("/api/doors/unlock", {"device_id": "1"}, t["device-1"])
         assert status == 403
         status, resp = await h.post("/api/doors/unlock", {"device_id": "1", "resident_id": "2"}, t["resident-4"])
@@ -89,10 +107,12 @@ async def test_other_households_and_devices_are_refused(make_harness):
         await r4.publish("users/4/commands", json.dumps(
             {"command": "unlock", "device_id": "1", "call_id": call_id, "request_id": "x"}), qos=1)
         _, err = await inbox.wait_for(lambda tp, b: tp.endswith("/control") and "error" in b)
-        assert tp_is(err, 403) and err["request_id"] == "x" and err["call_info"]["call_id"] == call_id
+        assert tp_is(err, 403)
+        assert err["request_id"] == "x"
+        assert err["call_info"]["call_id"] == call_id
         # the ACL keeps resident 4 off resident 2's command topic altogether
         await r4.publish("users/2/commands", json.dumps({"command": "unlock", "device_id": "1"}), qos=1)
-        await asyncio.sleep(0.3)
+        await quiet(0.3)  # no command reaches the station
         assert st.commands == []
         await inbox.close()
     status, resp = await h.get("/api/doors/events", ADMIN)
@@ -108,12 +128,15 @@ async def test_without_a_call_unlock_needs_the_setting(make_harness):
     h = await make_harness()
     async with station(h):
         status, resp = await h.post("/api/doors/unlock", {"device_id": "1", "resident_id": "2"})
-        assert status == 403 and resp["data"] == {"reason": "no_call"}
+        assert status == 403
+        assert resp["data"] == {"reason": "no_call"}
     h2 = await make_harness(doors={"allow_unlock_without_call": True}, server={"data_dir": str(
         h.server.settings.server.data_dir / "second")})
     async with station(h2):
         status, resp = await h2.post("/api/doors/unlock", {"device_id": "1", "resident_id": "2"})
-        assert status == 200 and resp["data"]["call_id"] is None and resp["data"]["call_ended"] is False
+        assert status == 200
+        assert resp["data"]["call_id"] is None
+        assert resp["data"]["call_ended"] is False
         status, resp = await h2.post("/api/doors/unlock", {"device_id": "1", "resident_id": "4"})
         assert status == 403  # still only the device's own household
 
@@ -123,8 +146,10 @@ async def test_offline_device_is_503_at_once_and_recorded(harness):
     call_id = (await harness.start_call())["call_id"]
     t0 = time.monotonic()
     status, resp = await harness.post("/api/doors/unlock", {"device_id": "1", "call_id": call_id, "resident_id": "2"})
-    assert status == 503 and resp["data"] == {"reason": "device_offline"}
-    assert resp["message"].startswith("服务暂不可用: ") and time.monotonic() - t0 < 1.0
+    assert status == 503
+    assert resp["data"] == {"reason": "device_offline"}
+    assert resp["message"].startswith("服务暂不可用: ")
+    assert time.monotonic() - t0 < 1.0
     status, resp = await harness.get("/api/doors/events")
     assert resp["data"][0]["outcome"] == "offline"
 
@@ -135,12 +160,14 @@ async def test_silent_station_is_504_and_a_late_ack_is_refused(make_harness):
     async with station(h, ack=None) as st:
         call_id = (await h.start_call())["call_id"]
         status, resp = await h.post("/api/doors/unlock", {"device_id": "1", "call_id": call_id, "resident_id": "2"})
-        assert status == 504 and resp["data"] == {"reason": "ack_timeout"}
+        assert status == 504
+        assert resp["data"] == {"reason": "ack_timeout"}
         assert "0.3 s" in resp["message"]
         await st.client.publish("devices/1/commands/ack", json.dumps(
             {"command_id": st.commands[0]["command_id"], "ok": True}), qos=1)
         err = await st.wait(lambda b: "error" in b)
-        assert err["error"]["code"] == 409 and err["error"]["reason"] == "command_expired"
+        assert err["error"]["code"] == 409
+        assert err["error"]["reason"] == "command_expired"
         status, resp = await h.get(f"/api/mqtt/session?call_id={call_id}")
         assert resp["data"]["status"] == "ringing"
     status, resp = await h.get("/api/doors/events")
@@ -152,11 +179,14 @@ async def test_station_reporting_failure_is_502(harness):
     async with station(harness, ack="fail"):
         call_id = (await harness.start_call())["call_id"]
         status, resp = await harness.post("/api/doors/unlock", {"device_id": "1", "resident_id": "2"})
-        assert status == 502 and resp["data"] == {"reason": "device_error"} and "relay jammed" in resp["message"]
+        assert status == 502
+        assert resp["data"] == {"reason": "device_error"}
+        assert "relay jammed" in resp["message"]
         status, resp = await harness.get(f"/api/mqtt/session?call_id={call_id}")
         assert resp["data"]["status"] == "ringing"
     status, resp = await harness.get("/api/doors/events?device_id=1&limit=1")
-    assert resp["data"][0]["outcome"] == "failed" and resp["data"][0]["error"] == "relay jammed"
+    assert resp["data"][0]["outcome"] == "failed"
+    assert resp["data"][0]["error"] == "relay jammed"
 
 
 @pytest.mark.parametrize(("body", "status", "needle"), [
@@ -177,7 +207,8 @@ async def test_bad_unlock_requests(harness, body, status, needle):
         call_id = (await harness.start_call())["call_id"]
         body = {k: (call_id if v == "CALL" else v) for k, v in body.items()}
         got, resp = await harness.post("/api/doors/unlock", body)
-        assert got == status and needle in resp["message"], resp
+        assert got == status, resp
+        assert needle in resp["message"], resp
         got, _ = await harness.post("/api/doors/unlock", None, raw=b"{not json")
         assert got == 400
 
@@ -190,14 +221,16 @@ async def test_bad_mqtt_commands_and_acks_get_errors_and_break_nothing(harness, 
         await r2.client.publish("users/2/commands", json.dumps({"command": "explode", "device_id": "1",
                                                                  "request_id": "a"}), qos=1)
         _, err = await r2.wait_for(lambda t, b: t.endswith("/control") and b.get("request_id") == "a")
-        assert err["error"]["code"] == 400 and "command" in err["error"]["message"]
+        assert err["error"]["code"] == 400
+        assert "command" in err["error"]["message"]
         await r2.client.publish("users/2/commands", b"[1,2", qos=1)
         _, err = await r2.wait_for(lambda t, b: t.endswith("/control") and "error" in b and "request_id" not in b)
         assert err["error"]["code"] == 400
         await r2.client.publish("users/2/commands", json.dumps({"command": "unlock", "device_id": "1",
                                                                  "relay": -1, "request_id": "b"}), qos=1)
         _, err = await r2.wait_for(lambda t, b: t.endswith("/control") and b.get("request_id") == "b")
-        assert err["error"]["code"] == 400 and "relay" in err["error"]["message"]
+        assert err["error"]["code"] == 400
+        assert "relay" in err["error"]["message"]
         await st.client.publish("devices/1/commands/ack", json.dumps({"ok": "yes"}), qos=1)
         err = await st.wait(lambda b: "error" in b)
         assert err["error"]["code"] == 400
@@ -207,7 +240,8 @@ async def test_bad_mqtt_commands_and_acks_get_errors_and_break_nothing(harness, 
         call_id = (await harness.start_call())["call_id"]
         status, _resp = await harness.post("/api/doors/unlock", {"device_id": "1", "call_id": call_id,
                                                                 "resident_id": "2"})
-        assert status == 200 and st.commands
+        assert status == 200
+        assert st.commands
 
 
 async def test_events_are_scoped_by_role(make_harness):
@@ -217,7 +251,8 @@ async def test_events_are_scoped_by_role(make_harness):
         assert (await h.post("/api/doors/unlock", {"device_id": "1"}, t["resident-2"]))[0] == 200
         assert (await h.post("/api/doors/unlock", {"device_id": "5"}, t["resident-4"]))[0] == 200
     status, resp = await h.get("/api/doors/events", t["resident-4"])
-    assert status == 200 and [e["device_id"] for e in resp["data"]] == ["5"]
+    assert status == 200
+    assert [e["device_id"] for e in resp["data"]] == ["5"]
     assert (await h.get("/api/doors/events?household_number=101", t["resident-4"]))[0] == 403
     status, resp = await h.get("/api/doors/events", t["device-1"])
     assert [e["device_id"] for e in resp["data"]] == ["1"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import ADMIN
+from tests.support.harness import ADMIN
 
 
 @pytest.mark.parametrize(("path", "raw", "needle"), [
@@ -26,7 +26,9 @@ from tests.conftest import ADMIN
 async def test_bad_bodies_are_400_naming_the_field(harness, path, raw, needle):
     """Malformed or mistyped bodies are a 400 envelope whose message names the problem."""
     status, resp = await harness.post(path, None, raw=raw)
-    assert status == 400 and resp["code"] == 400 and resp["data"] is None
+    assert status == 400
+    assert resp["code"] == 400
+    assert resp["data"] is None
     assert needle in resp["message"], resp["message"]
 
 
@@ -44,7 +46,9 @@ async def test_bad_bodies_are_400_naming_the_field(harness, path, raw, needle):
 async def test_unknown_ids_are_404(harness, method, path, body):
     """Unknown devices, households, calls and paths are a 404 envelope."""
     status, resp = await (harness.post(path, body) if method == "post" else harness.get(path))
-    assert status == 404 and resp["code"] == 404 and resp["data"] is None
+    assert status == 404
+    assert resp["code"] == 404
+    assert resp["data"] is None
 
 
 async def test_forbidden_and_unknown_actions(harness):
@@ -53,21 +57,24 @@ async def test_forbidden_and_unknown_actions(harness):
     ctl = "/api/mqtt/controller/"
     assert (await harness.post(ctl + "device", {"call_info": {"call_id": call_id, "action": "answered"}}))[0] == 403
     status, resp = await harness.post(ctl + "device", {"call_info": {"call_id": call_id, "action": "explode"}})
-    assert status == 400 and "action" in resp["message"]
+    assert status == 400
+    assert "action" in resp["message"]
     status, _ = await harness.post(ctl + "resident", {"resident_id": "4",
                                                        "call_info": {"call_id": call_id, "action": "answered"}})
     assert status == 403
     # the admin naming no resident on a call ringing two (an anonymous local caller would act for the household)
     status, resp = await harness.post(ctl + "resident", {"call_info": {"call_id": call_id, "action": "answered"}},
                                       ADMIN)
-    assert status == 400 and "resident_id" in resp["message"]
+    assert status == 400
+    assert "resident_id" in resp["message"]
 
 
 async def test_oversize_body_is_refused(harness):
     """A body over http.max_body_bytes is refused with 413 and the server keeps serving."""
     status, resp = await harness.post("/api/mqtt/system/message", None,
                                       raw=json.dumps({"type": "x", "level": "info", "message": "m" * 100_000}).encode())
-    assert status == 413 and resp["code"] == 413
+    assert status == 413
+    assert resp["code"] == 413
     assert (await harness.get("/healthz"))[0] == 200
 
 
@@ -77,7 +84,9 @@ async def test_bad_mqtt_payloads_get_an_error_on_the_control_topic(harness, part
     r2 = await party("resident", "2")
     await dev.client.publish("calls/request/1", b"\xff\xfe not json", qos=1)
     _, err = await dev.wait_for(lambda t, b: isinstance(b, dict) and "error" in b)
-    assert err["error"]["code"] == 400 and "JSON" in err["error"]["message"] and err["origin"] == "server"
+    assert err["error"]["code"] == 400
+    assert "JSON" in err["error"]["message"]
+    assert err["origin"] == "server"
     await r2.client.publish("users/2/calls/control", json.dumps({"call_info": {"call_id": 5}}), qos=1)
     _, err = await r2.wait_for(lambda t, b: isinstance(b, dict) and "error" in b)
     assert err["error"]["code"] == 400

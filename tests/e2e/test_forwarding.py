@@ -1,4 +1,4 @@
-"""No-answer forwarding (issue 13, feature 5), end to end: the same call rings a fallback in a second phase."""
+"""No-answer forwarding, end to end: the same call rings a fallback in a second phase."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from broker.core.trtc import verify_user_sig
-from tests.conftest import ADMIN, parties
-from tests.ring_helpers import is_ctl, put, token
+from tests.support.harness import ADMIN
+from tests.support.inbox import is_ctl, parties
 
 SITE = {"households": [
     {"household_number": "101", "residents": [{"resident_id": "2"}, {"resident_id": "3"}],
@@ -26,17 +26,23 @@ async def test_unanswered_call_forwards_to_the_concierge_who_answers(make_harnes
         data = await h.start_call("1")
         call_id = data["call_id"]
         _, body = await dev.wait_for(is_ctl("forwarded"))
-        assert body["call_info"]["call_id"] == call_id and body["call_info"]["reason"] == "no_answer"
+        assert body["call_info"]["call_id"] == call_id
+        assert body["call_info"]["reason"] == "no_answer"
         assert body["forward_to"] == ["9"]
         await r2.wait_for(is_ctl("cancelled", "forwarded"))
         _, inc = await r9.wait_for(lambda t, b: t == "users/9/calls/incoming")
-        assert inc["call_id"] == call_id and inc["call_info"]["action"] == "forwarded"
-        assert inc["household_number"] == "101" and inc["device_id"] == "1"
+        assert inc["call_id"] == call_id
+        assert inc["call_info"]["action"] == "forwarded"
+        assert inc["household_number"] == "101"
+        assert inc["device_id"] == "1"
         assert verify_user_sig(inc["tencen_rtc"]["user_sig"], "test-trtc-secret").identifier == "resident_9"
         _, resp = await h.get(f"/api/mqtt/session?call_id={call_id}")
         s = resp["data"]
-        assert s["status"] == "ringing" and s["ring_phase"] == "forwarded" and s["ringing_resident_ids"] == ["9"]
-        assert s["forward_to"] == ["9"] and s["forwarded_at"] is not None
+        assert s["status"] == "ringing"
+        assert s["ring_phase"] == "forwarded"
+        assert s["ringing_resident_ids"] == ["9"]
+        assert s["forward_to"] == ["9"]
+        assert s["forwarded_at"] is not None
         # the original targets may no longer answer; the concierge may (anonymous REST: it is the only one ringing)
         status, _ = await h.post("/api/mqtt/controller/resident", {
             "resident_id": "2", "call_info": {"call_id": call_id, "action": "answered"}})
@@ -78,17 +84,19 @@ async def test_every_target_timing_out_forwards_at_once(make_harness):
 async def test_household_forwarding_replaces_the_sites(make_harness):
     """PUT /api/households/101/forwarding names resident 4; `forward_to: null` goes back to the site's."""
     h = await make_harness(site=SITE, calls={"ring_timeout_s": 5})
-    status, resp = await put(h, "/api/households/101/forwarding", {"forward_to": ["4"], "forward_after_s": 0.3},
+    status, resp = await h.put("/api/households/101/forwarding", {"forward_to": ["4"], "forward_after_s": 0.3},
                              token=ADMIN)
-    assert status == 200 and resp["data"]["effective"] == {"forward_to": ["4"], "forward_after_s": 0.3,
+    assert status == 200
+    assert resp["data"]["effective"] == {"forward_to": ["4"], "forward_after_s": 0.3,
                                                            "source": "household"}
     async with parties(h) as connect:
         r4 = await connect("resident", "4")
         call_id = (await h.start_call("1"))["call_id"]
         _, inc = await r4.wait_for(lambda t, b: t == "users/4/calls/incoming")
         assert inc["call_id"] == call_id
-    status, resp = await put(h, "/api/households/101/forwarding", {"forward_to": None}, token=ADMIN)
-    assert status == 200 and resp["data"]["effective"]["forward_to"] == ["9"]
+    status, resp = await h.put("/api/households/101/forwarding", {"forward_to": None}, token=ADMIN)
+    assert status == 200
+    assert resp["data"]["effective"]["forward_to"] == ["9"]
     assert resp["data"]["effective"]["source"] == "site"
     assert (await h.get("/api/households/101/forwarding"))[1]["data"]["forward_to"] is None
 
@@ -107,10 +115,11 @@ async def test_forwarding_from_broker_yaml_per_household(make_harness):
 async def test_forwarding_permissions(make_harness):
     """Only the admin sets forwarding; a resident of the household may read it, another resident may not."""
     h = await make_harness(site=SITE)
-    t2, t4, d1 = await token(h, "residents", "2"), await token(h, "residents", "4"), await token(h, "devices", "1")
+    t2, t4, d1 = await h.token("residents", "2"), await h.token("residents", "4"), await h.token("devices", "1")
     for tok in (t2, t4, d1):
-        status, resp = await put(h, "/api/households/101/forwarding", {"forward_to": ["9"]}, token=tok)
-        assert status == 403 and resp["message"].startswith("禁止访问: ")
+        status, resp = await h.put("/api/households/101/forwarding", {"forward_to": ["9"]}, token=tok)
+        assert status == 403
+        assert resp["message"].startswith("禁止访问: ")
     assert (await h.get("/api/households/101/forwarding", token=t2))[0] == 200
     assert (await h.get("/api/households/101/forwarding", token=t4))[0] == 403
 
@@ -126,9 +135,10 @@ async def test_forwarding_permissions(make_harness):
 async def test_forwarding_bad_inputs(make_harness, body, status, detail):
     """Bad bodies are 400 naming the field; an unknown fallback resident is 404."""
     h = await make_harness(site=SITE)
-    got, resp = await put(h, "/api/households/101/forwarding", body, token=ADMIN)
-    assert got == status and resp["message"].startswith(detail), resp
-    assert (await put(h, "/api/households/999/forwarding", {"forward_to": None}, token=ADMIN))[0] == 404
+    got, resp = await h.put("/api/households/101/forwarding", body, token=ADMIN)
+    assert got == status, resp
+    assert resp["message"].startswith(detail), resp
+    assert (await h.put("/api/households/999/forwarding", {"forward_to": None}, token=ADMIN))[0] == 404
 
 
 async def test_a_call_recovered_after_its_forward_deadline_forwards(make_harness, settings_factory):
@@ -137,12 +147,14 @@ async def test_a_call_recovered_after_its_forward_deadline_forwards(make_harness
     h = await make_harness(settings)
     call_id = (await h.start_call("1"))["call_id"]
     await h.server.stop()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the clock: the forward deadline (0.4 s) passes while the server is down
     h2 = await make_harness(settings)
     for _ in range(50):
         _, resp = await h2.get(f"/api/mqtt/session?call_id={call_id}")
         if resp["data"]["ring_phase"] == "forwarded":
             break
         await asyncio.sleep(0.05)
-    assert resp["data"]["ring_phase"] == "forwarded" and resp["data"]["ringing_resident_ids"] == ["9"]
-    assert resp["data"]["forward_after_s"] == 0.4 and resp["data"]["status"] == "ringing"
+    assert resp["data"]["ring_phase"] == "forwarded"
+    assert resp["data"]["ringing_resident_ids"] == ["9"]
+    assert resp["data"]["forward_after_s"] == 0.4
+    assert resp["data"]["status"] == "ringing"

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from broker.core.retention import prune
-from tests.conftest import ADMIN, Harness
+from tests.support.harness import ADMIN, Harness
 
 
 async def _calls(h: Harness, n: int) -> list[tuple[str, float]]:
@@ -63,7 +63,8 @@ async def test_since_and_until_select_a_range(harness: Harness) -> None:
     assert status == 200, body
     assert [c["call_id"] for c in body["data"]] == [made[4][0], made[3][0], made[2][0]]
     status, _, body = await _get(harness, f"/api/calls?since={since[:10]}&limit=100")  # a bare date: UTC midnight
-    assert status == 200 and len(body["data"]) == 6
+    assert status == 200
+    assert len(body["data"]) == 6
 
 
 async def test_unknown_or_bad_parameters_are_a_400(harness: Harness) -> None:
@@ -73,7 +74,9 @@ async def test_unknown_or_bad_parameters_are_a_400(harness: Harness) -> None:
                         ("since=2026-01-02&until=2026-01-01", "until"), ("format=xml", "format")):
         status, _, body = await _get(harness, f"/api/calls?{query}")
         assert status == 400, query
-        assert body["code"] == 400 and word in body["message"] and body["data"] is None, body
+        assert body["code"] == 400, body
+        assert word in body["message"], body
+        assert body["data"] is None, body
 
 
 async def test_csv_export_of_a_date_range(harness: Harness) -> None:
@@ -81,7 +84,8 @@ async def test_csv_export_of_a_date_range(harness: Harness) -> None:
     made = await _calls(harness, 5)
     for path in (f"/api/calls.csv?since={_iso(made[1][1])}", f"/api/calls?format=csv&since={_iso(made[1][1])}"):
         async with harness.http.get(harness.base + path) as r:
-            assert r.status == 200 and r.headers["Content-Type"].startswith("text/csv")
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/csv")
             rows = list(csv.DictReader(io.StringIO(await r.text())))
         assert [row["call_id"] for row in rows] == [c for c, _ in reversed(made[1:])]
         assert all(row["status"] == "ended" and row["device_id"] == "1" for row in rows)
@@ -113,13 +117,15 @@ async def test_device_health_summarises_status_changes(harness: Harness) -> None
     """The health report lists online/battery changes (not unchanged reports) and sums the time offline."""
     for report in ({"online": True, "battery": 90}, {"battery": 90}, {"battery": 70}, {"online": False}):
         assert (await harness.post("/api/mqtt/device/status", {"device_id": "1", **report}))[0] == 200
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the clock: time offline to sum
     status, _, body = await _get(harness, "/api/devices/1/status/history?days=1")
     assert status == 200, body
     data = body["data"]
     assert [(c["online"], c["battery"]) for c in data["changes"]] == [(True, 90), (True, 70), (False, 70)]
-    assert data["summary"]["battery_first"] == 90 and data["summary"]["battery_last"] == 70
-    assert data["summary"]["offline_s"] >= 0.2 and 0 < data["summary"]["online_ratio"] < 1
+    assert data["summary"]["battery_first"] == 90
+    assert data["summary"]["battery_last"] == 70
+    assert data["summary"]["offline_s"] >= 0.2
+    assert 0 < data["summary"]["online_ratio"] < 1
     assert (await _get(harness, "/api/devices/1/status/history?days=0"))[0] == 400
     assert (await _get(harness, "/api/devices/nope/status/history"))[0] == 404
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from tests.security_helpers import granted, login, secure_harness
+from tests.support.security import granted, login, secure_harness
 
 
 async def test_a_flood_of_bad_publishes_gives_a_bounded_number_of_log_lines(make_harness, caplog):

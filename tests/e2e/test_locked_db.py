@@ -18,7 +18,7 @@ import pytest
 
 from broker.core.store import Store, StoreError, StoreUnavailable
 from broker.core.write_gate import FIRST_PAUSE_S, MAX_PAUSE_S, WriteGate
-from tests.server_process import ServerProcess, households
+from tests.support.process import ServerProcess, households
 
 CALLS = 10
 LOCK_S = 10.0
@@ -74,7 +74,8 @@ def test_the_write_gate_refuses_at_once_while_locked_and_reopens_after_a_probe(t
     other.execute("BEGIN EXCLUSIVE")
     with pytest.raises(StoreUnavailable) as first:
         store.put("households", row)
-    assert first.value.status == 503 and first.value.headers == {"Retry-After": "1"}
+    assert first.value.status == 503
+    assert first.value.headers == {"Retry-After": "1"}
     with pytest.raises(StoreUnavailable):
         store.put("households", row)
     assert store.gate.refused == 1  # refused by the gate, sqlite not asked
@@ -88,10 +89,12 @@ def test_the_write_gate_refuses_at_once_while_locked_and_reopens_after_a_probe(t
     other.execute("ROLLBACK")
     clock.now += MAX_PAUSE_S
     store.put("households", row)
-    assert store.gate.is_open and store.get("households", "h1") is not None
+    assert store.gate.is_open
+    assert store.get("households", "h1") is not None
     with pytest.raises(StoreError) as dup:  # a constraint error is not "unavailable" and keeps the gate open
         store.put("households", row)
-    assert not isinstance(dup.value, StoreUnavailable) and store.gate.is_open
+    assert not isinstance(dup.value, StoreUnavailable)
+    assert store.gate.is_open
     other.close()
     store.close()
 
@@ -116,7 +119,8 @@ def test_a_locked_database_does_not_freeze_the_server(tmp_path: Path) -> None:
 
         holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(server.data_dir / "intercom.db"),
                                    str(LOCK_S)], stdout=subprocess.PIPE, text=True)
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
         locked_at = time.monotonic()
         failed = 0
         refused: tuple[int, dict[str, str]] | None = None
@@ -129,7 +133,8 @@ def test_a_locked_database_does_not_freeze_the_server(tmp_path: Path) -> None:
         released_at = time.monotonic()
 
         assert failed <= 1, f"{failed} of 20 /healthz probes failed during the lock"
-        assert refused is not None and refused[0] == 503, refused
+        assert refused is not None, refused
+        assert refused[0] == 503, refused
         assert int(refused[1]["Retry-After"]) >= 1
         assert not dropped.is_set(), "an MQTT party with keepalive 2 s was dropped during the lock"
 

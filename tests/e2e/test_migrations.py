@@ -17,7 +17,7 @@ from broker.core.store import Store
 from broker.db_open import StorageError
 from broker.migrations import INTERCOM, SESSIONS, Migration, latest, upgrade
 from broker.mqtt.session_db import SessionDB
-from tests.server_process import ServerProcess
+from tests.support.process import ServerProcess
 
 FIRST_INTERCOM_DDL = """
 CREATE TABLE [households] ([household_number] TEXT PRIMARY KEY, [name] TEXT, [created_at] FLOAT);

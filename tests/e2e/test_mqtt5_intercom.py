@@ -127,7 +127,8 @@ async def test_v5_call_request_is_answered_on_its_response_topic(harness):
     reply = await _off(device.wait_for, "devices/1/replies/42")
     assert reply.properties.CorrelationData == b"corr-42"
     answer = json.loads(reply.payload)
-    assert answer["request_id"] == "r1" and answer["call_id"].startswith("call-")
+    assert answer["request_id"] == "r1"
+    assert answer["call_id"].startswith("call-")
     rest = await _off(device.received, 1.0)
     assert not [m for m in rest if m.topic == "devices/1/calls/control" and b'"request_id"' in m.payload], rest
     # an error reply goes there too, with the same correlation data
@@ -186,10 +187,12 @@ async def test_v5_over_websocket_and_v3_beside_it(harness):
         sender = await _off(V5, harness.server.mqtt_port, "sender")
         await _off(sender.publish, "mix/a", b"{}", 1, props)
         msg = await _off(ws.wait_for, "mix/a")
-        assert msg.properties.UserProperty == [("k", "v")] and msg.properties.ContentType == "application/json"
+        assert msg.properties.UserProperty == [("k", "v")]
+        assert msg.properties.ContentType == "application/json"
         async with asyncio.timeout(3):
             plain = await anext(aiter(v3.messages))
-        assert plain.payload == b"{}" and plain.properties is None
+        assert plain.payload == b"{}"
+        assert plain.properties is None
         await _off(sender.close)
     await _off(ws.close)
 
@@ -204,4 +207,5 @@ async def test_qos2_call_request_is_answered_on_its_response_topic(harness):
     await _off(device.publish, "calls/request/1", b'{"request_id": "q2", "household_number": "101"}', 2, props)
     reply = await _off(device.wait_for, "devices/1/replies")
     await _off(device.close)
-    assert reply.properties.CorrelationData == b"q2" and json.loads(reply.payload)["request_id"] == "q2"
+    assert reply.properties.CorrelationData == b"q2"
+    assert json.loads(reply.payload)["request_id"] == "q2"

@@ -1,12 +1,11 @@
-"""Several clients per resident (issue 13, feature 3): a phone and a tablet on `users/{id}/...`, end to end."""
+"""Several clients per resident: a phone and a tablet on `users/{id}/...`, end to end."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from tests.conftest import parties
-from tests.ring_helpers import is_ctl, token
+from tests.support.inbox import is_ctl, parties
 
 
 async def test_answer_on_the_phone_stops_the_tablet_and_names_the_phone(harness):
@@ -22,15 +21,18 @@ async def test_answer_on_the_phone_stops_the_tablet_and_names_the_phone(harness)
         await phone.client.publish("users/2/calls/control", json.dumps(
             {"call_info": {"call_id": call_id, "action": "answered"}}), qos=1)
         _, body = await tablet.wait_for(is_ctl("cancelled", "answered_elsewhere"))
-        assert body["client_id"] == "resident-2/phone" and body["resident_id"] == "2"
+        assert body["client_id"] == "resident-2/phone"
+        assert body["resident_id"] == "2"
         _, own = await phone.wait_for(is_ctl("cancelled", "answered_elsewhere"))
         assert own["client_id"] == "resident-2/phone"  # the phone sees it took the action itself
         _, body = await dev.wait_for(is_ctl("answered"))
-        assert body["client_id"] == "resident-2/phone" and body["resident_id"] == "2"
+        assert body["client_id"] == "resident-2/phone"
+        assert body["resident_id"] == "2"
         _, body = await r3.wait_for(is_ctl("cancelled", "answered_elsewhere"))
         assert body["client_id"] == "resident-2/phone"
         status, resp = await harness.get(f"/api/mqtt/session?call_id={call_id}")
-        assert status == 200 and resp["data"]["answered_client_id"] == "resident-2/phone"
+        assert status == 200
+        assert resp["data"]["answered_client_id"] == "resident-2/phone"
         events = harness.svc.store.call_events(call_id)
         assert [(e["action"], e["client_id"]) for e in events][1] == ("answered", "resident-2/phone")
         # the device hangs up: the resident's topic hears it, naming the device's client
@@ -56,7 +58,7 @@ async def test_reject_on_the_tablet_stops_the_phone(harness):
 async def test_authenticated_clients_with_suffixes(make_harness):
     """With tokens (not anonymous), `resident-2/phone` logs in as resident 2 and its answer names that client."""
     h = await make_harness()
-    tok = await token(h, "residents", "2")
+    tok = await h.token("residents", "2")
     async with h.mqtt("resident-2/phone", username="2", password=tok) as phone, \
             h.mqtt("resident-2/tablet", username="2", password=tok) as tablet:
         await tablet.subscribe("users/2/#", qos=1)
@@ -78,10 +80,12 @@ async def test_rest_actions_name_their_client(harness, party):
     call_id = (await harness.start_call())["call_id"]
     status, resp = await harness.post("/api/mqtt/controller/resident", {
         "resident_id": "2", "client_id": "resident-3/phone", "call_info": {"call_id": call_id, "action": "answered"}})
-    assert status == 403 and "not a client of resident 2" in resp["message"]
+    assert status == 403
+    assert "not a client of resident 2" in resp["message"]
     status, resp = await harness.post("/api/mqtt/controller/resident", {
         "resident_id": "2", "client_id": "x" * 129, "call_info": {"call_id": call_id, "action": "answered"}})
-    assert status == 400 and resp["message"].startswith("无效的请求参数: client_id")
+    assert status == 400
+    assert resp["message"].startswith("无效的请求参数: client_id")
     status, _ = await harness.post("/api/mqtt/controller/resident", {
         "resident_id": "2", "client_id": "resident-2/web", "call_info": {"call_id": call_id, "action": "answered"}})
     assert status == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 from openapi_spec_validator import validate
 
 from http_api.openapi import OPS
-from tests.conftest import ADMIN
+from tests.support.harness import ADMIN
 
 
 def _served(app) -> set[tuple[str, str]]:
@@ -39,7 +39,8 @@ async def test_every_route_has_a_summary_and_its_body_model(make_harness):
     create = spec["paths"]["/api/admin/{kind}"]["post"]
     assert len(create["requestBody"]["content"]["application/json"]["schema"]["oneOf"]) == 3
     kind = create["parameters"][0]
-    assert kind["name"] == "kind" and kind["schema"]["enum"] == ["households", "residents", "devices"]
+    assert kind["name"] == "kind"
+    assert kind["schema"]["enum"] == ["households", "residents", "devices"]
     assert spec["paths"]["/healthz"]["get"]["security"] == []
     assert "security" not in spec["paths"]["/api/calls"]["get"]  # the document-wide bearer applies
 
@@ -49,6 +50,7 @@ async def test_documented_example_calls_work(make_harness):
     h = await make_harness()
     await h.start_call("1")
     status, body = await h.get("/api/calls?household_number=102", ADMIN)
-    assert status == 200 and body["data"] == []
+    assert status == 200
+    assert body["data"] == []
     status, body = await h.get("/api/calls?household_number=101", ADMIN)
     assert len(body["data"]) == 1

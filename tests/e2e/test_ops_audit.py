@@ -12,10 +12,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from broker.cli import loader_from_args
-from tests.conftest import ADMIN, Harness
-from tests.door_helpers import station
-from tests.security_helpers import secure_harness
-from tests.server_process import ServerProcess, households
+from tests.support.doors import station
+from tests.support.harness import ADMIN, Harness
+from tests.support.process import ServerProcess, households
+from tests.support.security import secure_harness
 
 
 async def _all_pages(h: Harness, query: str, limit: int) -> list[dict[str, Any]]:
@@ -59,7 +59,8 @@ async def test_every_admin_change_token_unlock_and_sign_in_is_audited_and_paged(
 
     items = await _all_pages(h, "", limit=4)
     ids = [i["id"] for i in items]
-    assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)
+    assert ids == sorted(ids, reverse=True)
+    assert len(set(ids)) == len(ids)
     rows = [(i["actor"], i["action"], i["target"], i["outcome"]) for i in reversed(items)]
     # secure_harness issued 5 tokens first
     assert rows[:5] == [("admin:admin", "token.issue", f"{kind}/{i}", "ok") for kind, i in
@@ -83,8 +84,11 @@ async def test_every_admin_change_token_unlock_and_sign_in_is_audited_and_paged(
 
     middle = items[len(items) // 2]["at"]
     since, until = await _all_pages(h, f"&since={middle}", limit=5), await _all_pages(h, f"&until={middle}", limit=5)
-    assert since + until == items and since and until  # newest first, split at `middle`
-    assert all(i["at"] >= middle for i in since) and all(i["at"] < middle for i in until)
+    assert since + until == items
+    assert since
+    assert until
+    assert all(i["at"] >= middle for i in since)
+    assert all(i["at"] < middle for i in until)
     assert (await h.get("/api/admin/audit?bogus=1", ADMIN))[0] == 400
     assert (await h.get("/api/admin/audit?cursor=!!notours", ADMIN))[0] == 400
     assert (await h.get("/api/admin/audit", t["resident-2"]))[0] == 403
@@ -97,7 +101,8 @@ def test_log_format_flag_overrides_the_file(tmp_path: Path):
     load = loader_from_args(["--config", str(config), "--log-format", "json"])
     assert load().logging.format == "json"
     config.write_text("logging: {format: text, max_bytes: 8192}\n")
-    assert load().logging.format == "json" and load().logging.max_bytes == 8192
+    assert load().logging.format == "json"
+    assert load().logging.max_bytes == 8192
 
 
 @pytest.mark.slow
@@ -134,10 +139,15 @@ def test_json_logs_carry_call_and_principal_fields_and_the_file_rotates(tmp_path
     ended = [r for r in records if "ended timeout" in r["message"]]
     assert {r["call_id"] for r in ended} == set(call_ids)
     audit = [r for r in records if r["message"].startswith("audit: ")]
-    assert audit and audit[-1]["principal"] == "anonymous" and "admin.update households/h0" in audit[-1]["message"]
+    assert audit
+    assert audit[-1]["principal"] == "anonymous"
+    assert "admin.update households/h0" in audit[-1]["message"]
     refused = [r for r in records if "bad credentials" in r["message"]]
-    assert refused and refused[0]["client_id"] == "resident-r1" and refused[0]["level"] == "WARNING"
-    assert log_file.exists() and log_file.with_name("broker.log.1").exists()
+    assert refused
+    assert refused[0]["client_id"] == "resident-r1"
+    assert refused[0]["level"] == "WARNING"
+    assert log_file.exists()
+    assert log_file.with_name("broker.log.1").exists()
     assert not log_file.with_name("broker.log.3").exists()
     assert log_file.stat().st_size <= 4096
     for line in log_file.read_text().splitlines():

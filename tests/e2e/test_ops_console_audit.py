@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ADMIN
 from tests.e2e.test_console_browser import CHROMIUM, browser, shot, tabs  # noqa: F401 - `browser` is a fixture
+from tests.support.harness import ADMIN
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 

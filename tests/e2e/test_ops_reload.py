@@ -16,9 +16,9 @@ import yaml
 
 from broker.config import load_settings
 from broker.ops.reload import Reloader
-from tests.conftest import ADMIN
-from tests.server_process import ServerProcess, households
-from tests.tls_helpers import _issue, tls_section
+from tests.support.harness import ADMIN
+from tests.support.process import ServerProcess, households
+from tests.support.tls import _issue, tls_section
 
 
 def _wait_log(server: ServerProcess, needle: str, after: int, timeout: float = 10.0) -> str:
@@ -69,14 +69,16 @@ def test_sighup_applies_a_new_ring_time_to_the_next_call_and_refuses_an_invalid_
                           "site": {"households": households(3)}})
         mark = _hup(server)
         applied = _wait_log(server, "reload: applied", mark)
-        assert "calls.ring_timeout_s 30.0 -> 1.0" in applied and "site.households changed" in applied
+        assert "calls.ring_timeout_s 30.0 -> 1.0" in applied
+        assert "site.households changed" in applied
         assert "store.busy_timeout_ms" in _wait_log(server, "reload: needs a restart", mark)
 
         call = server.http("POST", "/api/mqtt/call", {"device_id": "d1"})[1]["data"]
         assert call["ring_timeout_s"] == 1
         started = time.monotonic()
         ended = _ended(server, call["call_id"], timeout=8)
-        assert ended["end_reason"] == "timeout" and time.monotonic() - started < 6
+        assert ended["end_reason"] == "timeout"
+        assert time.monotonic() - started < 6
         assert server.http("GET", f"/api/mqtt/session?call_id={first['call_id']}")[1]["data"]["status"] == "ringing"
         assert server.http("GET", "/api/admin/households/h2")[0] == 200  # declared by the reloaded site
 
@@ -85,7 +87,8 @@ def test_sighup_applies_a_new_ring_time_to_the_next_call_and_refuses_an_invalid_
             mark = _hup(server)
             refused = _wait_log(server, "reload refused", mark)
             time.sleep(0.3)
-            assert server.proc is not None and server.proc.poll() is None, "SIGHUP ended the process"
+            assert server.proc is not None, "SIGHUP ended the process"
+            assert server.proc.poll() is None, "SIGHUP ended the process"
             new_lines = [line for line in server.log[mark:] if line.strip()]
             assert new_lines == [refused], new_lines  # one line, nothing applied
             assert "running configuration kept" in refused
@@ -126,14 +129,16 @@ async def test_reload_swaps_tls_certificates_for_new_connections_and_refuses_a_m
 
     reloader = Reloader(lambda: load_settings(config, env={"INTERCOM_ADMIN_TOKEN": ADMIN}), server.services,
                         server.broker, server.tls_contexts, server.presence)
-    assert await served(server.mqtts_port) == "server" and await served(server.http_port) == "server"
+    assert await served(server.mqtts_port) == "server"
+    assert await served(server.http_port) == "server"
 
     raw = yaml.safe_load(config.read_text())
     for section in ("mqtt", "http"):
         raw[section]["tls"] |= {"certfile": str(renewed / "server2.crt"), "keyfile": str(renewed / "server2.key")}
     config.write_text(yaml.safe_dump(raw))
     assert reloader.reload() is True
-    assert await served(server.mqtts_port) == "server2" and await served(server.http_port) == "server2"
+    assert await served(server.mqtts_port) == "server2"
+    assert await served(server.http_port) == "server2"
 
     raw["mqtt"]["tls"]["certfile"] = str(renewed / "missing.crt")
     config.write_text(yaml.safe_dump(raw))

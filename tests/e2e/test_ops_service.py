@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import ROOT, ServerProcess
+from tests.support.process import ROOT, ServerProcess
 
 UNIT = ROOT / "contrib" / "systemd" / "intercom-broker.service"
 ANALYZE = shutil.which("systemd-analyze")
@@ -53,9 +53,13 @@ def _directives(text: str) -> dict[str, list[str]]:
 def test_the_unit_declares_a_notify_service_with_its_own_user_state_dir_and_reload():
     """Type=notify with the watchdog, a dedicated user, StateDirectory, kill -HUP reload, UMask 0077."""
     d = _directives(UNIT.read_text())
-    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"] and int(d["WatchdogSec"][0]) > 0
-    assert d["User"] == ["intercom-broker"] and d["StateDirectory"] == ["intercom-broker"]
-    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and d["UMask"] == ["0077"]
+    assert d["Type"] == ["notify"]
+    assert d["NotifyAccess"] == ["main"]
+    assert int(d["WatchdogSec"][0]) > 0
+    assert d["User"] == ["intercom-broker"]
+    assert d["StateDirectory"] == ["intercom-broker"]
+    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert d["UMask"] == ["0077"]
     assert "--data-dir /var/lib/intercom-broker" in d["ExecStart"][0]
     for hardening in ("NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "RestrictAddressFamilies",
                       "SystemCallFilter", "CapabilityBoundingSet"):
@@ -68,7 +72,8 @@ def test_systemd_analyze_verifies_the_unit_without_a_warning(tmp_path: Path):
     assert ANALYZE is not None
     unit = _unit_here(tmp_path)
     verify = subprocess.run([ANALYZE, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
-    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr.strip() == "", verify.stderr
     bad = tmp_path / "bad.service"
     bad.write_text(unit.read_text().replace("ProtectHome=", "ProtectHomee="))
     typo = subprocess.run([ANALYZE, "verify", "--man=no", str(bad)], capture_output=True, text=True, timeout=60)
@@ -87,8 +92,11 @@ def test_the_containerfile_runs_the_readme_command():
     text = (ROOT / "Containerfile").read_text()
     assert re.search(r"RUN python3 -m venv \.venv && \.venv/bin/pip install --no-cache-dir '\.\[fast\]'", text)
     cmd = re.search(r'^CMD \["([^"]+)"', text, re.M)
-    assert cmd is not None and cmd.group(1) == ".venv/bin/intercom-broker"
-    assert re.search(r"^USER intercom-broker$", text, re.M) and "VOLUME" in text and "HEALTHCHECK" in text
+    assert cmd is not None
+    assert cmd.group(1) == ".venv/bin/intercom-broker"
+    assert re.search(r"^USER intercom-broker$", text, re.M)
+    assert "VOLUME" in text
+    assert "HEALTHCHECK" in text
     for copied in ("pyproject.toml", "broker.yaml", "broker", "plugins", "http_api"):
         assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", text, re.M), copied
 
@@ -133,7 +141,8 @@ def test_sd_notify_ready_watchdog_reload_and_stopping(tmp_path: Path):
         server.start()
         assert server.proc is not None
         ready = notify.wait_for("READY")
-        assert ready["MAINPID"] == str(server.proc.pid) and "serving" in ready["STATUS"]
+        assert ready["MAINPID"] == str(server.proc.pid)
+        assert "serving" in ready["STATUS"]
         started = time.monotonic()
         pings = 0
         while pings < 3:

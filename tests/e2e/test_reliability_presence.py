@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.raw_mqtt import Raw
+from tests.support.raw_mqtt import Raw
 
 GRACE = 0.6
 
@@ -42,7 +42,7 @@ async def _status(h, call_id: str) -> dict:
 @pytest.fixture
 async def hparty(h):
     """`party` bound to the short-grace harness."""
-    from tests.conftest import parties
+    from tests.support.inbox import parties
 
     async with parties(h) as connect:
         yield connect
@@ -55,9 +55,11 @@ async def test_answering_resident_dropping_ends_call_and_tells_device(h, hparty)
     w.abort()
     _, body = await dev.wait_for(lambda t, b: t.endswith("/calls/control") and b.get("origin") == "server"
                                  and b["call_info"].get("reason") == "party_offline", timeout=GRACE + 3)
-    assert body["call_info"]["call_id"] == call_id and body["call_info"]["action"] == "hangup"
+    assert body["call_info"]["call_id"] == call_id
+    assert body["call_info"]["action"] == "hangup"
     data = await _status(h, call_id)
-    assert data["status"] == "ended" and data["end_reason"] == "party_offline"
+    assert data["status"] == "ended"
+    assert data["end_reason"] == "party_offline"
 
 
 async def test_device_dropping_ends_call_and_tells_resident(h, hparty):
@@ -120,7 +122,7 @@ async def test_device_status_follows_abrupt_disconnects(h, hparty):
         await watcher.subscribe("devices/1/status", qos=1)
         await asyncio.sleep(0.2)
         w.abort()
-        await asyncio.sleep(0.3)
+        await h.offline("device-1")
         w2 = await raw_connect(h.server.mqtt_port, "device-1")
         try:
             async with asyncio.timeout(1.5):
@@ -131,4 +133,5 @@ async def test_device_status_follows_abrupt_disconnects(h, hparty):
         await w2.close()
     assert seen[-2:] == [False, True]
     status, resp = await h.get("/api/devices/1/status")
-    assert status == 200 and resp["data"]["battery"] == 70
+    assert status == 200
+    assert resp["data"]["battery"] == 70

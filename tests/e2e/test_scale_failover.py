@@ -19,10 +19,10 @@ import aiomqtt
 import pytest
 import yaml
 
-from tests.conftest import Inbox
 from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
 from tests.postgres_helpers import needs_postgres, pg_url, postgres  # noqa: F401 (fixtures)
-from tests.server_process import ROOT
+from tests.support.inbox import Inbox
+from tests.support.process import ROOT
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg not installed (pip install -e '.[scale]')")
 
@@ -201,7 +201,8 @@ async def test_kill_9_of_the_lease_holder_hands_live_calls_and_timers_to_another
         await dev5_c.publish(f"sites/{SITE}/devices/5/calls/control", json.dumps(
             {"call_info": {"call_id": connected, "action": "hangup", "reason": "done"}}), qos=1)
         third = await wait_serving([i for i in instances if i not in (first, second)], timeout=20)
-        assert third.serving_at is not None and third not in (first, second)
+        assert third.serving_at is not None
+        assert third not in (first, second)
         failover_2 = third.serving_at - killed_at
         _, body = await r4.wait_for(ctl(connected, "hangup"), timeout=10)
         assert body["call_info"]["reason"] == "done"
@@ -238,7 +239,8 @@ async def test_a_standby_told_to_stop_exits_cleanly_and_a_clean_stop_hands_over_
     first.proc.terminate()
     assert first.proc.wait(10) == 0
     nxt = await wait_serving([other], timeout=20)
-    assert nxt.serving_at is not None and nxt.serving_at - stopped_at < TTL_S + 3.0
+    assert nxt.serving_at is not None
+    assert nxt.serving_at - stopped_at < TTL_S + 3.0
 
 
 async def test_a_holder_that_finds_its_lease_taken_stops_serving_and_exits_1(

@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.raw_mqtt import Raw, connect
-from tests.server_process import ServerProcess
+from tests.support.process import ServerProcess
+from tests.support.raw_mqtt import Raw, connect
 
 FD_LIMIT = 256
 ATTACKERS = 300  # more than the server has descriptors
@@ -86,7 +86,8 @@ async def test_slow_header_flood_past_the_fd_limit_leaves_rest_and_mqtt_reachabl
             results.append((await _healthz_within(server.http_port, 2.0),
                             await _mqtt_connect_within(server.mqtt_port, 2.0)))
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-        assert server.proc is not None and server.proc.poll() is None, "the server died"
+        assert server.proc is not None, "the server died"
+        assert server.proc.poll() is None, "the server died"
         assert results == [(True, True)] * 3, f"(healthz ok, mqtt ok) per probe: {results}"
     finally:
         stop.set()
@@ -142,7 +143,8 @@ async def test_a_request_body_that_does_not_arrive_in_time_gets_408(make_harness
     await writer.drain()
     try:
         got = await _closed_within(reader, 3.0)
-        assert got is not None and got.startswith(b"HTTP/1.1 408"), got
+        assert got is not None, got
+        assert got.startswith(b"HTTP/1.1 408"), got
         assert b'"code": 408' in got
     finally:
         writer.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import SnapshotsConfig
-from tests.door_helpers import JPEG
+from tests.support.doors import JPEG
 
 KIB = 1024
 
@@ -95,7 +95,8 @@ async def test_quotas_delete_the_oldest_snapshots_first(make_harness):
     assert not (root / f"{d1[0]}.jpg").exists()
     _, resp = await h.get("/api/calls?device_id=1")
     urls = {row["call_id"]: row["snapshot_url"] for row in resp["data"]}
-    assert urls[d1[0]] is None and urls[d1[1]] is not None
+    assert urls[d1[0]] is None
+    assert urls[d1[1]] is not None
     d5 = []
     for i in range(3):
         call_id, status, resp = await call_with_snapshot(h, "5", jpeg(KIB, 10 + i))
@@ -131,15 +132,19 @@ async def test_a_small_disk_stops_uploads_at_the_watermark_and_the_databases_kee
         statuses.append(status)
         if status != 200:
             break
-    assert statuses[0] == 200 and statuses[-1] == 507, statuses
-    assert resp["code"] == 507 and resp["data"] == {"reason": "storage_full"}
-    assert resp["message"].startswith("存储空间不足: ") and "snapshots.min_free_bytes" in resp["message"]
+    assert statuses[0] == 200, statuses
+    assert statuses[-1] == 507, statuses
+    assert resp["code"] == 507
+    assert resp["data"] == {"reason": "storage_full"}
+    assert resp["message"].startswith("存储空间不足: ")
+    assert "snapshots.min_free_bytes" in resp["message"]
     assert free_bytes(data) >= 1024 * KIB - 400 * KIB
     assert leftovers(data / "snapshots") == []
     call_id = (await h.start_call("1"))["call_id"]
     await end(h, call_id)
     status, resp = await h.get("/api/calls?device_id=1&limit=50")
-    assert status == 200 and len(resp["data"]) == len(statuses) + 1
+    assert status == 200
+    assert len(resp["data"]) == len(statuses) + 1
 
 
 async def test_a_watermark_above_the_free_space_refuses_every_upload(make_harness):
@@ -149,7 +154,8 @@ async def test_a_watermark_above_the_free_space_refuses_every_upload(make_harnes
     h = await make_harness(snapshots={"min_free_bytes": free + 1024 ** 3})
     call_id = (await h.start_call())["call_id"]
     status, resp = await upload(h, call_id, JPEG)
-    assert status == 507 and resp["data"] == {"reason": "storage_full"}
+    assert status == 507
+    assert resp["data"] == {"reason": "storage_full"}
     assert (await fetch(h, call_id))[0] == 404
     assert leftovers(h.server.settings.server.data_dir / "snapshots") == []
 
@@ -165,8 +171,10 @@ async def test_a_write_that_runs_out_of_disk_is_507_and_leaves_no_temporary_file
     call_id = (await h.start_call())["call_id"]
     big = jpeg(600 * KIB, 7)
     status, resp = await upload(h, call_id, big)
-    assert status == 507 and resp["data"] == {"reason": "storage_full"}, resp
-    assert leftovers(root) == [] and not (root / f"{call_id}.jpg").exists()
+    assert status == 507, resp
+    assert resp["data"] == {"reason": "storage_full"}, resp
+    assert leftovers(root) == []
+    assert not (root / f"{call_id}.jpg").exists()
     filler.unlink()
     assert (await upload(h, call_id, big))[0] == 200
     assert (await fetch(h, call_id))[1] == big
@@ -196,9 +204,11 @@ async def test_concurrent_uploads_to_one_call_each_land_whole(harness):
         bodies = [jpeg(64 * KIB + i, round_ * 20 + i) for i in range(20)]
         results = await asyncio.gather(*(upload(harness, call_id, b) for b in bodies))
         statuses = [s for s, _ in results]
-        assert set(statuses) <= {200, 409} and 200 in statuses, results
+        assert set(statuses) <= {200, 409}, results
+        assert 200 in statuses, results
         status, stored, nosniff = await fetch(harness, call_id)
-        assert status == 200 and nosniff == "nosniff"
+        assert status == 200
+        assert nosniff == "nosniff"
         assert stored in [b for b, s in zip(bodies, statuses, strict=True) if s == 200]
         assert leftovers(root) == []
         await end(harness, call_id)

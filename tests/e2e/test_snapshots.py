@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import ADMIN, Inbox
-from tests.door_helpers import JPEG
-from tests.security_helpers import login, secure_harness
+from tests.support.doors import JPEG
+from tests.support.harness import ADMIN
+from tests.support.inbox import Inbox
+from tests.support.security import login, secure_harness
 
 
 async def upload(h, call_id, data, token=None, content_type="image/jpeg", query=""):
@@ -39,7 +40,8 @@ async def test_snapshot_reaches_residents_and_only_parties_may_read_it(make_harn
         assert resp["data"] == {"call_id": call_id, "snapshot_url": url, "bytes": len(JPEG)}
         for inbox in inboxes:
             _, body = await inbox.wait_for(lambda tp, b: b.get("call_info", {}).get("action") == "snapshot")
-            assert body["snapshot_url"] == url and body["call_info"]["call_id"] == call_id
+            assert body["snapshot_url"] == url
+            assert body["call_info"]["call_id"] == call_id
             await inbox.close()
     for who in ("resident-2", "resident-3", "device-1"):
         status, ctype, data = await fetch(h, call_id, t[who])
@@ -51,7 +53,8 @@ async def test_snapshot_reaches_residents_and_only_parties_may_read_it(make_harn
     status, resp = await h.get("/api/calls?device_id=1", ADMIN)
     assert resp["data"][0]["snapshot_url"] == url
     files = list((h.server.settings.server.data_dir / "snapshots").rglob("*.jpg"))
-    assert len(files) == 1 and files[0].read_bytes() == JPEG
+    assert len(files) == 1
+    assert files[0].read_bytes() == JPEG
 
 
 async def test_only_the_calls_own_device_may_upload(make_harness):
@@ -69,13 +72,16 @@ async def test_bad_snapshots_are_refused(harness):
     refused with its status; a valid upload afterwards still works."""
     call_id = (await harness.start_call())["call_id"]
     status, resp = await upload(harness, call_id, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
-    assert status == 400 and resp["data"] == {"reason": "not_jpeg"}
+    assert status == 400
+    assert resp["data"] == {"reason": "not_jpeg"}
     status, resp = await upload(harness, call_id, JPEG[:-2] + b"xx")
-    assert status == 400 and resp["data"] == {"reason": "not_jpeg"}
+    assert status == 400
+    assert resp["data"] == {"reason": "not_jpeg"}
     assert (await upload(harness, call_id, b""))[0] == 400
     big = JPEG[:-2] + b"\x00" * 600_000 + b"\xff\xd9"
     status, resp = await upload(harness, call_id, big)
-    assert status == 413 and "snapshots.max_bytes" in resp["message"]
+    assert status == 413
+    assert "snapshots.max_bytes" in resp["message"]
     assert (await upload(harness, "call-nope", JPEG))[0] == 404
     assert (await upload(harness, "x" * 65, JPEG))[0] == 400
     status, _ = await upload(harness, call_id, JPEG, query="?device_id=5")
@@ -85,7 +91,8 @@ async def test_bad_snapshots_are_refused(harness):
     assert status == 200
     await harness.post("/api/mqtt/controller/device", {"call_info": {"call_id": call_id, "action": "cancelled"}})
     status, resp = await upload(harness, call_id, JPEG)
-    assert status == 409 and resp["data"] == {"reason": "call_ended"}
+    assert status == 409
+    assert resp["data"] == {"reason": "call_ended"}
 
 
 async def test_small_max_bytes_setting(make_harness):
@@ -95,7 +102,8 @@ async def test_small_max_bytes_setting(make_harness):
     ok_jpeg = JPEG[:-2] + b"\x00" * (2048 - len(JPEG)) + b"\xff\xd9"
     assert (await upload(h, call_id, ok_jpeg))[0] == 200
     status, resp = await upload(h, call_id, ok_jpeg[:-2] + b"\x00\xff\xd9")
-    assert status == 413 and resp["data"] == {"reason": "too_large"}
+    assert status == 413
+    assert resp["data"] == {"reason": "too_large"}
 
 
 async def test_snapshots_are_pruned_after_retention(make_harness):

@@ -10,15 +10,21 @@ async def test_status_is_stored_and_published_retained(harness):
     """POST /api/mqtt/device/status stores the status and a later subscriber gets it retained."""
     body = {"device_id": "1", "online": True, "battery": 85, "properties": {"firmware_version": "1.2.3"}}
     status, resp = await harness.post("/api/mqtt/device/status", body)
-    assert status == 200 and resp["data"] is None
+    assert status == 200
+    assert resp["data"] is None
     status, resp = await harness.get("/api/devices/1/status")
-    assert status == 200 and resp["data"]["battery"] == 85 and resp["data"]["properties"]["firmware_version"] == "1.2.3"
+    assert status == 200
+    assert resp["data"]["battery"] == 85
+    assert resp["data"]["properties"]["firmware_version"] == "1.2.3"
     async with harness.mqtt("resident-2") as c:
         await c.subscribe("devices/1/status", qos=1)
         async with asyncio.timeout(5):
             async for msg in c.messages:
                 got = json.loads(msg.payload)
-                assert msg.retain and got["device_id"] == "1" and got["battery"] == 85 and got["online"] is True
+                assert msg.retain
+                assert got["device_id"] == "1"
+                assert got["battery"] == 85
+                assert got["online"] is True
                 assert got["origin"] == "server"
                 assert got["updated_at"].endswith("Z")
                 break
@@ -38,13 +44,14 @@ async def test_presence_flips_online_on_connect_and_drop(harness):
                     return
 
         task = asyncio.create_task(collect())
-        await asyncio.sleep(0.2)
+        await harness.until(lambda: bool(seen), what="the retained status")
         async with harness.mqtt("device-1"):
-            await asyncio.sleep(0.2)
+            await harness.until(lambda: True in seen, what="online true")
         await asyncio.wait_for(task, 5)
     assert seen[-2:] == [True, False]
     _, resp = await harness.get("/api/devices/1/status")
-    assert resp["data"]["online"] is False and resp["data"]["battery"] == 50
+    assert resp["data"]["online"] is False
+    assert resp["data"]["battery"] == 50
 
 
 async def test_device_published_status_is_stored(harness):
@@ -56,7 +63,8 @@ async def test_device_published_status_is_stored(harness):
             if row and row["battery"] == 12:
                 break
             await asyncio.sleep(0.02)
-    assert row is not None and row["battery"] == 12
+    assert row is not None
+    assert row["battery"] == 12
 
 
 async def test_system_message_is_published(harness):
@@ -79,8 +87,12 @@ async def test_usersig_and_rtc_token(harness):
     from broker.core.trtc import verify_user_sig
 
     status, resp = await harness.post("/api/trtc/usersig", {"user_id": "user123"})
-    assert status == 200 and verify_user_sig(resp["data"]["user_sig"], "test-trtc-secret").identifier == "user123"
+    assert status == 200
+    assert verify_user_sig(resp["data"]["user_sig"], "test-trtc-secret").identifier == "user123"
     status, resp = await harness.post("/api/rtc/token", {"user_id": "user456", "channel_id": "room123"})
-    assert status == 200 and resp["data"]["room_id"] == "room123"
+    assert status == 200
+    assert resp["data"]["room_id"] == "room123"
     info = verify_user_sig(resp["data"]["token"], "test-trtc-secret")
-    assert info.identifier == "user456" and info.expire_s == 86400 and info.sdk_app_id == 1400000001
+    assert info.identifier == "user456"
+    assert info.expire_s == 86400
+    assert info.sdk_app_id == 1400000001

@@ -8,10 +8,10 @@ import json
 
 import aiomqtt
 
-from tests.conftest import ADMIN
-from tests.mqtt5_helpers import connack5, connect5, props
-from tests.raw_mqtt import Raw, connect
-from tests.security_helpers import login, secure_harness
+from tests.support.harness import ADMIN
+from tests.support.raw_mqtt import Raw, connack5, connect, connect5, props
+from tests.support.security import login, secure_harness
+from tests.support.waits import quiet
 
 FORGED = json.dumps({"origin": "server", "online": True, "battery": 100, "properties": {"fw": "evil"}}).encode()
 
@@ -71,9 +71,11 @@ async def _watch(h) -> Watch:
 
 async def _check(h, watch: Watch) -> None:
     retained, rest = await _consistent(h)
-    assert retained is not None and retained.pop("origin") == "server", retained
+    assert retained is not None, retained
+    assert retained.pop("origin") == "server", retained
     assert retained == rest, (retained, rest)
-    assert rest["properties"] == {"fw": "1"} and rest["online"] is False
+    assert rest["properties"] == {"fw": "1"}
+    assert rest["online"] is False
     watch.task.cancel()
     await asyncio.gather(watch.task, return_exceptions=True)
     await watch.client.__aexit__(None, None, None)
@@ -100,7 +102,7 @@ async def test_a_3_1_1_will_cannot_forge_the_retained_status(make_harness):
                                      will=("devices/1/status", FORGED, 1, True)))
     assert code == 0
     raw.writer.transport.abort()
-    await asyncio.sleep(0.5)
+    await quiet(0.5)  # the forged Will is handled and nobody sees it
     await _check(h, watch)
 
 
@@ -111,9 +113,10 @@ async def test_an_mqtt5_will_cannot_forge_the_retained_status(make_harness):
     raw = await Raw.open(h.server.mqtt_port)
     got = await connack5(raw, connect5("device-1", username="1", password=t["device-1"].encode(),
                                        will=("devices/1/status", FORGED, 1, True, props())))
-    assert got is not None and got[0] == 0
+    assert got is not None
+    assert got[0] == 0
     raw.writer.transport.abort()
-    await asyncio.sleep(0.5)
+    await quiet(0.5)  # the forged Will is handled and nobody sees it
     await _check(h, watch)
 
 
@@ -125,8 +128,8 @@ async def test_a_publish_claiming_origin_server_goes_through_the_status_rules(ma
     async with aiomqtt.Client("127.0.0.1", h.server.mqtt_port, identifier="device-1", username="1",
                               password=t["device-1"]) as dev:
         await dev.publish("devices/1/status", FORGED, qos=1, retain=True)
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(0.3)
+        await quiet(0.5)  # the forged publish is handled and nobody sees it as the server's
+    await quiet(0.3)
     await _check(h, watch)
 
 
@@ -145,10 +148,14 @@ async def test_a_devices_will_is_merged_like_its_publish(make_harness):
             break
         await asyncio.sleep(0.1)
     rest = await _rest(h)
-    assert rest["battery"] == 5 and rest["properties"] == {"fw": "1"}
+    assert rest["battery"] == 5
+    assert rest["properties"] == {"fw": "1"}
     retained, rest = await _consistent(h)
-    assert retained is not None and retained.pop("origin") == "server" and retained == rest
+    assert retained is not None
+    assert retained.pop("origin") == "server"
+    assert retained == rest
     watch.task.cancel()
     await asyncio.gather(watch.task, return_exceptions=True)
     await watch.client.__aexit__(None, None, None)
-    assert watch.seen and all(m.get("origin") == "server" for m in watch.seen), watch.seen
+    assert watch.seen, watch.seen
+    assert all(m.get("origin") == "server" for m in watch.seen), watch.seen

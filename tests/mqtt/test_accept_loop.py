@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.server_process import ROOT
+from tests.support.process import ROOT
 
 CHILD = """
 import asyncio, resource, sys
@@ -60,7 +60,9 @@ def test_connections_waiting_while_out_of_descriptors_are_served_once_some_are_f
     log gets a line, not a traceback per retry) and are served within 0.5 s once descriptors are freed."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, loop], cwd=ROOT, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    assert child.stdin is not None
+    assert child.stdout is not None
+    assert child.stderr is not None
     flood: list[socket.socket] = []
     try:
         port = int(child.stdout.readline())
@@ -68,7 +70,8 @@ def test_connections_waiting_while_out_of_descriptors_are_served_once_some_are_f
             flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
         time.sleep(0.5)  # the child runs out of descriptors and pauses its accepts
         first = [_greeted(s, 0.02) for s in flood]
-        assert 30 < first.count(True) < 64 and False not in first, first
+        assert 30 < first.count(True) < 64, first
+        assert False not in first, first
         child.stdin.write("release\n")  # the child drops every connection it holds
         child.stdin.flush()
         released = time.monotonic()
@@ -79,7 +82,8 @@ def test_connections_waiting_while_out_of_descriptors_are_served_once_some_are_f
         child.stdin.flush()
         assert child.wait(5) == 0
         log = child.stderr.read().splitlines()
-        assert len(log) <= 3 and "Traceback" not in "\n".join(log), log
+        assert len(log) <= 3, log
+        assert "Traceback" not in "\n".join(log), log
     finally:
         for s in flood:
             s.close()

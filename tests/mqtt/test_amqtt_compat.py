@@ -19,7 +19,7 @@ from broker.mqtt.fast_handler import FastHandler
 from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.hardening import HardeningMixin
 from broker.mqtt.routing import RoutingMixin
-from tests.server_process import ROOT
+from tests.support.process import ROOT
 
 # The engine's classes and the amqtt class each one's methods replace.
 ENGINE: list[tuple[type, type]] = [
@@ -43,7 +43,8 @@ def test_another_amqtt_version_is_refused_naming_both_versions():
     """check("0.12.2") raises AmqttMismatch naming the installed and the required version."""
     with pytest.raises(AmqttMismatch) as exc:
         amqtt_compat.check("0.12.2")
-    assert "0.12.2" in str(exc.value) and AMQTT_VERSION in str(exc.value)
+    assert "0.12.2" in str(exc.value)
+    assert AMQTT_VERSION in str(exc.value)
 
 
 @pytest.mark.parametrize(("amqtt_cls", "name"),

@@ -10,9 +10,9 @@ import pytest
 from broker.config import ConfigError
 from broker.core.tokens import hash_token
 from broker.mqtt.plugin_config import check_plugins
-from tests.conftest import make_settings
 from tests.mqtt.amqtt_event_probe import EventProbe
-from tests.security_helpers import secure_harness
+from tests.support.harness import make_settings
+from tests.support.security import secure_harness
 
 PROBE = "tests.mqtt.amqtt_event_probe.EventProbe"
 SYS_PLUGIN = "amqtt.plugins.sys.broker.BrokerSysPlugin"

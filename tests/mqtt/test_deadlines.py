@@ -34,10 +34,13 @@ async def test_due_connections_expire_and_moved_deadlines_are_honoured() -> None
     await asyncio.sleep(0.02)
     extended.deadline = time.monotonic() + 0.3  # traffic arrived: the deadline moves on
     await asyncio.sleep(0.15)
-    assert soon.expired_at is not None and soon.expired_at - t0 < 0.15
-    assert later.expired_at is None and extended.expired_at is None
+    assert soon.expired_at is not None
+    assert soon.expired_at - t0 < 0.15
+    assert later.expired_at is None
+    assert extended.expired_at is None
     await asyncio.sleep(0.35)
-    assert later.expired_at is not None and extended.expired_at is not None
+    assert later.expired_at is not None
+    assert extended.expired_at is not None
     assert len(sweeper) == 0
 
 
@@ -49,7 +52,8 @@ async def test_an_earlier_deadline_is_rewatched_and_the_stale_entry_dropped() ->
     sweeper.watch(conn)
     await asyncio.sleep(0.2)
     assert conn.expired_at is not None
-    assert len(sweeper) == 0 and len(sweeper._heap) == 1  # only the stale 5 s entry is left, skipped unseen
+    assert len(sweeper) == 0
+    assert len(sweeper._heap) == 1
 
 
 async def test_a_busy_connection_is_asked_again_and_a_dead_one_is_forgotten() -> None:
@@ -60,7 +64,8 @@ async def test_a_busy_connection_is_asked_again_and_a_dead_one_is_forgotten() ->
     del dead
     gc.collect()
     await asyncio.sleep(0.2)
-    assert busy.expired_at is not None and busy.busy == 0
+    assert busy.expired_at is not None
+    assert busy.busy == 0
     assert len(sweeper) == 0
 
 
@@ -76,4 +81,5 @@ async def test_entries_of_closed_connections_are_compacted_away() -> None:
         conn.deadline = None  # closed
     assert len(sweeper) == 1
     await asyncio.sleep(0.2)
-    assert len(sweeper._heap) == 1 and sweeper._heap[0][2]() is keep
+    assert len(sweeper._heap) == 1
+    assert sweeper._heap[0][2]() is keep

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.raw_mqtt import PUBACK, PUBCOMP, PUBREC, PUBREL, SyncRaw, ack, connect
-from tests.server_process import INTEROP_CONFIG, NOSUBSCRIBE, ServerProcess
+from tests.support.process import INTEROP_CONFIG, NOSUBSCRIBE, ServerProcess
+from tests.support.raw_mqtt import PUBACK, PUBCOMP, PUBREC, PUBREL, SyncRaw, ack, connect
 
 TOPICS = ("TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA")
 WILDTOPICS = ("TopicA/+", "+/C", "#", "/#", "/+", "+/+", "TopicA/#")
@@ -99,7 +99,8 @@ def test_retained_messages(server):
         a.publish(TOPICS[i], f"qos {qos}".encode(), qos, retain=True)
     a.subscribe([(WILDTOPICS[5], 2)])
     got = a.drain(2.0, count=3)
-    assert sorted(m.topic for m in got) == sorted(TOPICS[1:4]) and all(m.retain for m in got)
+    assert sorted(m.topic for m in got) == sorted(TOPICS[1:4])
+    assert all(m.retain for m in got)
     a.close()
     a = Paho(server.mqtt_port, "myclientid")
     for i, qos in ((1, 0), (2, 1), (3, 2)):
@@ -143,7 +144,8 @@ def test_offline_message_queueing(server):
     b.close()
     a = Paho(server.mqtt_port, "myclientid", clean=False)
     got = a.drain(1.5)
-    assert len(got) in (2, 3) and {TOPICS[2], TOPICS[3]} <= {m.topic for m in got}
+    assert len(got) in (2, 3)
+    assert {TOPICS[2], TOPICS[3]} <= {m.topic for m in got}
     a.close()
 
 
@@ -187,7 +189,8 @@ def test_redelivery_on_reconnect(server):
     for p in again:  # now behave: PUBACK, or PUBREC then PUBCOMP
         b.send(ack(PUBACK if p.qos == 1 else PUBREC, p.packet_id))
     rel = b.read()
-    assert rel is not None and rel[0] == PUBREL
+    assert rel is not None
+    assert rel[0] == PUBREL
     b.send(ack(PUBCOMP, int.from_bytes(rel[1], "big")))
     b.close()
     SyncRaw(server.mqtt_port, "myclientid2", clean=True).close()
@@ -229,7 +232,8 @@ def test_dollar_topics(server):
     got = b.drain(0.5)
     published = info.is_published()
     b.close()
-    assert got == [] and published
+    assert got == []
+    assert published
 
 
 def test_unsubscribe(server):

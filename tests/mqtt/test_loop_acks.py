@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import ServerProcess, households
-from tests.tls_helpers import tls_section
+from tests.support.process import ServerProcess, households
+from tests.support.tls import tls_section
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto_pub") is None or shutil.which("openssl") is None,
                                 reason="needs mosquitto_pub and the openssl CLI")

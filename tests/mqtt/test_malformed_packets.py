@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from tests.raw_mqtt import PINGREQ, Raw, connect, packet, publish, subscribe, utf8, varint
+from tests.support.raw_mqtt import PINGREQ, Raw, connect, packet, publish, subscribe, utf8, varint
 
 BAD_CONNECT = {
     "excess bytes after CONNECT payload": connect("c1", extra=b"\x00\x01z"),
@@ -133,7 +133,8 @@ async def test_malformed_packet_fires_the_will(harness):
         assert await raw.closed(2)
         async with asyncio.timeout(3):
             msg = await anext(aiter(watcher.messages))
-        assert str(msg.topic) == "wills/dies" and msg.payload == b"gone"
+        assert str(msg.topic) == "wills/dies"
+        assert msg.payload == b"gone"
         await raw.close()
 
 
@@ -174,4 +175,5 @@ async def test_websocket_message_over_max_packet_bytes_closes_the_connection(mak
 
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await drain()
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009

@@ -46,7 +46,8 @@ async def test_index_matches_exactly_what_amqtt_matches(amqtt_broker):
     for i, f in enumerate(filters):
         index.add(f, f"c{i}", f, 0)
     topics = all_topics(3)
-    assert len(filters) > 500 and len(topics) > 300
+    assert len(filters) > 500
+    assert len(topics) > 300
     for topic in topics:
         ours = {f for f, _ in index.match(topic).values()}
         theirs = {f for f in filters if amqtt_broker._matches(topic, f)}
@@ -117,9 +118,12 @@ def test_resubscribe_replaces_qos_and_removal_prunes_the_tree():
     index.add("a/#", "k", "k", 0)
     index.add("a/#", "j", "j", 0)
     assert sorted(index.remove_all("k")) == ["a/#", "a/+/c"]
-    assert index.match("a/b/c") == {"j": ("j", 0)} and len(index) == 1
-    assert index.remove("a/#", "j") and not index.remove("a/#", "j")
-    assert len(index) == 0 and index.match("a") == {}
+    assert index.match("a/b/c") == {"j": ("j", 0)}
+    assert len(index) == 1
+    assert index.remove("a/#", "j")
+    assert not index.remove("a/#", "j")
+    assert len(index) == 0
+    assert index.match("a") == {}
 
 
 def test_dollar_topics_need_an_explicit_first_level():
@@ -138,12 +142,15 @@ def test_retained_store_mirrors_every_dict_write_into_the_tree():
     store["devices/5/status"] = "five"
     store["devices/1/status"] = "one'"
     assert sorted(store.tree.find("devices/+/status")) == ["five", "one'"]
-    assert store.pop("devices/5/status") == "five" and store.pop("nope", None) is None
+    assert store.pop("devices/5/status") == "five"
+    assert store.pop("nope", None) is None
     store.update({"a/b": "ab"})
     del store["devices/1/status"]
-    assert store.tree.find("#") == ["ab"] and dict(store) == {"a/b": "ab"}
+    assert store.tree.find("#") == ["ab"]
+    assert dict(store) == {"a/b": "ab"}
     store.clear()
-    assert store.tree.find("#") == [] and not store
+    assert store.tree.find("#") == []
+    assert not store
 
 
 def test_light_session_states_behave_like_amqtts_transitions_machine():
@@ -169,7 +176,8 @@ def test_light_session_states_behave_like_amqtts_transitions_machine():
     for ops in itertools.product(("connect", "disconnect"), repeat=4):
         ours, theirs = Session(), Session()
         AMQTT_INIT_STATES(theirs)
-        assert isinstance(ours.transitions, SessionStates) and not isinstance(theirs.transitions, SessionStates)
+        assert isinstance(ours.transitions, SessionStates)
+        assert not isinstance(theirs.transitions, SessionStates)
         assert run(ours, ops) == run(theirs, ops), ops
         assert (ours.last_connect_time is None) == (theirs.last_connect_time is None)
         assert (ours.last_disconnect_time is None) == (theirs.last_disconnect_time is None)
@@ -181,15 +189,20 @@ async def test_lazy_queue_behaves_like_asyncio_queue_and_allocates_on_first_use(
     from broker.mqtt.lazy import LazyQueue
 
     q: LazyQueue[int] = LazyQueue()
-    assert q.empty() and q.qsize() == 0 and not q.full()
-    assert "_queue" not in vars(q) and "_getters" not in vars(q)  # nothing allocated by the checks
+    assert q.empty()
+    assert q.qsize() == 0
+    assert not q.full()
+    assert "_queue" not in vars(q)
+    assert "_getters" not in vars(q)
     getter = asyncio.create_task(q.get())
     await asyncio.sleep(0)
     q.put_nowait(1)
     assert await asyncio.wait_for(getter, 1) == 1
     q.put_nowait(2)
     q.put_nowait(3)
-    assert q.qsize() == 2 and q.get_nowait() == 2 and q.get_nowait() == 3
+    assert q.qsize() == 2
+    assert q.get_nowait() == 2
+    assert q.get_nowait() == 3
     q.task_done()
     q.task_done()
     q.task_done()

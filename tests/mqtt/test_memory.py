@@ -1,4 +1,4 @@
-"""Memory: reconnects and calls leave nothing behind (issue 6, "soak RSS flat"), and idle state is dropped.
+"""Memory: reconnects and calls leave nothing behind (the soak's flat RSS), and idle state is dropped.
 
 Real server in-process on ephemeral ports, real sqlite in tmp_path. The clients are raw MQTT 3.1.1 sockets
 (as bench/soak.py's) that keep nothing, so a drop can be a TCP reset with no DISCONNECT, like a phone
@@ -26,8 +26,9 @@ import aiomqtt
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from tests.conftest import Harness
-from tests.raw_mqtt import DISCONNECT, PUBACK, PUBLISH, SUBACK, Raw, ack, connect, parse_publish, subscribe
+from tests.support.harness import Harness
+from tests.support.raw_mqtt import DISCONNECT, PUBACK, PUBLISH, SUBACK, Raw, ack, connect, parse_publish, subscribe
+from tests.support.waits import until
 
 
 async def _session(port: int, client_id: str, topic: str, clean: bool, will: bool, graceful: bool,
@@ -117,12 +118,6 @@ def _state(h: Harness) -> dict[str, int]:
     }
 
 
-async def _until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():  # noqa: ASYNC110 - polling server state: there is no event to wait on
-            await asyncio.sleep(0.02)
-
-
 async def _settled(h: Harness, want: dict[str, int], timeout: float = 5.0,
                    ignore: tuple[str, ...] = ()) -> dict[str, int]:
     """Wait until the server's structures are back to `want` (disconnects and reaping are asynchronous)."""
@@ -191,7 +186,7 @@ def _fill_pydantic_string_cache() -> None:
         _Stripped.model_validate({"s": secrets.token_hex(8)})
 
 
-# ---- reconnect churn -------------------------------------------------------------------------------
+# ---- reconnect churn -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("clean", "will", "graceful"), [
@@ -232,7 +227,8 @@ async def test_reconnect_churn_leaves_nothing_behind(make_harness, clean, will, 
     print(f"reconnect churn clean={clean} will={will} graceful={graceful}: {per_cycle:.0f} B, {objects:.2f} objects"
           " per cycle of 3 reconnects")
     assert await quiet() == baseline
-    assert baseline["sessions"] == (0 if clean else 3) and baseline["persistent_known"] == (0 if clean else 3)
+    assert baseline["sessions"] == (0 if clean else 3)
+    assert baseline["persistent_known"] == (0 if clean else 3)
     # Kept per reconnect, a session is ~1 KB and a dozen objects, a connection's reader or handler several KB
     # and dozens; measured: within +-1 object and +-400 B per cycle.
     assert objects < 1.5, f"{objects:.2f} objects kept per reconnect cycle (3 clients)"
@@ -248,11 +244,11 @@ async def test_closed_connections_leave_no_read_deadline_behind(make_harness):
     h = await make_harness(limits={"connect_timeout_s": 0.2})
     for i in range(50):  # keepalive 0: the server enforces limits.max_keepalive_s (3600 s) x 1.5
         await _session(h.server.mqtt_port, f"device-1/{i}", "devices/1/#", True, False, True, 0)
-    await asyncio.sleep(0.6)
+    await h.until(lambda: _state(h)["deadlines"] == 0, what="the heap compacted")
     assert _state(h)["deadlines"] == 0
 
 
-# ---- calls ------------------------------------------------------------------------------------------
+# ---- calls ---------------------------------------------------------------------------------------
 
 
 async def test_ended_calls_leave_nothing_behind(make_harness):
@@ -278,7 +274,7 @@ async def test_ended_calls_leave_nothing_behind(make_harness):
                 for rid in ("2", "3"):
                     await h.post(resident, {"call_info": {"call_id": call_id, "action": "rejected"},
                                             "resident_id": rid})
-            await _until(lambda: not h.svc.calls.active_count)  # kind 3 rings out
+            await until(lambda: not h.svc.calls.active_count)  # kind 3 rings out
 
         await lifecycle(3)
         # With the parties connected, the server's own tasks and read deadlines vary (HTTP keep-alive, re-armed
@@ -299,7 +295,7 @@ async def test_ended_calls_leave_nothing_behind(make_harness):
             await p.close()
 
 
-# ---- flapping guard ---------------------------------------------------------------------------------
+# ---- flapping guard ------------------------------------------------------------------------------
 
 
 async def test_flapping_guard_forgets_client_ids_outside_its_window(make_harness):
@@ -321,13 +317,13 @@ async def test_flapping_guard_forgets_client_ids_outside_its_window(make_harness
     for i in range(5):  # three CONNECTs in the window: the third is refused and the id banned
         assert [await connect(f"resident-8/{i}") for _ in range(3)] == [True, True, False]
     assert guard.tracked == (35, 5)
-    await asyncio.sleep(0.6)  # past the window and the bans
+    await asyncio.sleep(0.6)  # the clock: past the window and the bans
     assert await connect("resident-7")
     assert guard.tracked == (1, 0)
     assert await connect("resident-8/0")  # the ban is over
 
 
-# ---- persistent sessions expired by amqtt ---------------------------------------------------------
+# ---- persistent sessions expired by amqtt --------------------------------------------------------
 
 
 async def test_expired_persistent_session_is_dropped_from_disk(make_harness):
@@ -351,14 +347,16 @@ async def test_expired_persistent_session_is_dropped_from_disk(make_harness):
 
     later = time.time() + 120  # idle for longer than the expiry, as far as the database can tell
     assert persistence.forget_expired(context, now=later) == 0  # amqtt still holds it: it can be resumed
-    assert rows() == [1, 1] and "resident-2" in persistence._known
+    assert rows() == [1, 1]
+    assert "resident-2" in persistence._known
 
     session, _ = broker._sessions["resident-2"]
-    await _until(lambda: session.last_disconnect_time is not None)
+    await until(lambda: session.last_disconnect_time is not None)
     session.last_disconnect_time -= 120  # amqtt's session monitor (every second) now expires it
-    await _until(lambda: "resident-2" not in broker._sessions)
+    await until(lambda: "resident-2" not in broker._sessions)
     assert persistence.forget_expired(context, now=later) == 1
-    assert rows() == [0, 0] and "resident-2" not in persistence._known
+    assert rows() == [0, 0]
+    assert "resident-2" not in persistence._known
     assert await _session_present(h.server.mqtt_port, "resident-2") is False  # a new session, nothing resumed
 
 

@@ -12,24 +12,27 @@ import struct
 
 import pytest
 
-from tests.mqtt5_helpers import (
+from tests.support.raw_mqtt import (
+    PINGREQ,
     PUBACK,
     PUBLISH,
     PUBREC,
     SUBACK,
     UNSUBACK,
+    Raw,
     connack5,
     connect5,
     disconnect_reason,
+    packet,
     prop,
     props,
     publish5,
     read_props,
     subscribe5,
     unsubscribe5,
+    varint,
 )
-from tests.raw_mqtt import PINGREQ, Raw, packet, varint
-from tests.raw_mqtt import utf8 as s
+from tests.support.raw_mqtt import utf8 as s
 
 MALFORMED, PROTOCOL_ERROR, TOPIC_NAME_INVALID, TOPIC_ALIAS_INVALID = 0x81, 0x82, 0x90, 0x94
 WILL = ("w/t", b"bye", 0, False, b"\x00")
@@ -141,7 +144,8 @@ async def healthy(harness):
 async def _connected(harness, client_id: str = "offender", properties: bytes = b"\x00") -> Raw:
     raw = await Raw.open(harness.server.mqtt_port)
     got = await connack5(raw, connect5(client_id, properties=properties))
-    assert got is not None and got[0] == 0, got
+    assert got is not None, got
+    assert got[0] == 0, got
     return raw
 
 
@@ -150,7 +154,8 @@ async def test_bad_v5_connect_gets_connack_reason_then_close(harness, healthy, d
     """A malformed or refused v5 CONNECT is answered with CONNACK carrying the spec's reason code, then closed."""
     raw = await Raw.open(harness.server.mqtt_port)
     got = await connack5(raw, data)
-    assert got is not None and got[0] == code, got
+    assert got is not None, got
+    assert got[0] == code, got
     assert await raw.closed(2)
     await raw.close()
     await healthy()
@@ -175,10 +180,15 @@ async def test_connack_states_the_real_limits(harness):
     assert got is not None
     code, p = got
     assert code == 0
-    assert p[0x21] == limits.max_inflight_messages and p[0x27] == limits.max_packet_bytes
+    assert p[0x21] == limits.max_inflight_messages
+    assert p[0x27] == limits.max_packet_bytes
     assert p[0x22] == limits.topic_alias_maximum
-    assert p[0x25] == 1 and p[0x28] == 1 and p[0x29] == 1 and p[0x2A] == 1
-    assert 0x13 not in p and 0x12 not in p  # the keepalive was kept, the client id was given
+    assert p[0x25] == 1
+    assert p[0x28] == 1
+    assert p[0x29] == 1
+    assert p[0x2A] == 1
+    assert 0x13 not in p
+    assert 0x12 not in p
     await raw.close()
 
 
@@ -186,8 +196,10 @@ async def test_assigned_client_id_and_server_keep_alive(harness):
     """An empty client id gets an Assigned Client Identifier; keepalive 0 is overridden by Server Keep Alive."""
     raw = await Raw.open(harness.server.mqtt_port)
     got = await connack5(raw, connect5("", keepalive=0))
-    assert got is not None and got[0] == 0
-    assert got[1][0x12] and got[1][0x13] == harness.server.settings.limits.max_keepalive_s
+    assert got is not None
+    assert got[0] == 0
+    assert got[1][0x12]
+    assert got[1][0x13] == harness.server.settings.limits.max_keepalive_s
     await raw.close()
 
 
@@ -195,7 +207,8 @@ async def test_session_expiry_above_the_cap_is_stated(harness):
     """A Session Expiry above limits.session_expiry_s is capped, and CONNACK says so."""
     raw = await Raw.open(harness.server.mqtt_port)
     got = await connack5(raw, connect5("capped", properties=props(prop(0x11, 0xFFFFFFFF, "i"))))
-    assert got is not None and got[1][0x11] == harness.server.settings.limits.session_expiry_s
+    assert got is not None
+    assert got[1][0x11] == harness.server.settings.limits.session_expiry_s
     await raw.close()
 
 
@@ -243,7 +256,9 @@ async def test_topic_alias_set_then_used(harness):
     await pub.send(publish5("", b"2", properties=props(prop(0x23, 7, "h"))))
     for expected in (b"1", b"2"):
         first, body = await sub.read_packet()
-        assert first == PUBLISH and body[2:8] == b"al/one" and body.endswith(expected)
+        assert first == PUBLISH
+        assert body[2:8] == b"al/one"
+        assert body.endswith(expected)
     await sub.close()
     await pub.close()
 
@@ -255,7 +270,8 @@ async def test_unsuback_reason_codes(harness):
     assert (await raw.read_packet())[0] == SUBACK
     await raw.send(unsubscribe5(["u/a", "u/never"], packet_id=2))
     first, body = await raw.read_packet()
-    assert first == UNSUBACK and body == b"\x00\x02\x00\x00\x11"
+    assert first == UNSUBACK
+    assert body == b"\x00\x02\x00\x00\x11"
     await raw.close()
 
 
@@ -268,7 +284,9 @@ async def test_v5_publish_reaches_v3_subscriber_without_properties(harness):
         await pub.send(publish5("mix/a", b"hello", qos=1, packet_id=1, properties=p))
         async with asyncio.timeout(3):
             msg = await anext(aiter(v3.messages))
-        assert msg.payload == b"hello" and str(msg.topic) == "mix/a" and msg.properties is None
+        assert msg.payload == b"hello"
+        assert str(msg.topic) == "mix/a"
+        assert msg.properties is None
         await pub.close()
 
 
@@ -281,7 +299,8 @@ async def test_v3_publish_reaches_v5_subscriber(harness):
         await v3.publish("mix3/a", b"hi", qos=1)
         first, body = await sub.read_packet()
         assert first == PUBLISH | 0x02
-        assert body[:2] == struct.pack("!H", 6) and body[2:8] == b"mix3/a"
+        assert body[:2] == struct.pack("!H", 6)
+        assert body[2:8] == b"mix3/a"
         assert body[10:] == b"\x00hi"  # packet id, no properties, payload
     await sub.close()
 
@@ -298,7 +317,8 @@ async def test_message_expiry_forwarded_as_remaining(harness):
     await asyncio.sleep(2.2)
     sub = await Raw.open(harness.server.mqtt_port)
     got = await connack5(sub, connect5("exp", clean=False, properties=props(prop(0x11, 600, "i"))))
-    assert got is not None and got[0] == 0
+    assert got is not None
+    assert got[0] == 0
     first, body = await sub.read_packet()
     assert first & 0xF0 == PUBLISH
     found, _ = read_props(body, 2 + 4 + 2)
@@ -314,7 +334,8 @@ async def test_outgoing_qos2_flow_and_unknown_pubrec(harness):
     assert (await sub.read_packet())[0] == SUBACK
     harness.server.broker.publish("q2/a", b"two", qos=2)
     first, body = await sub.read_packet()
-    assert first == PUBLISH | 0x04 and body.endswith(b"two")
+    assert first == PUBLISH | 0x04
+    assert body.endswith(b"two")
     packet_id = body[6:8]
     await sub.send(packet(0x50, packet_id))
     assert await sub.read_packet() == (0x62, packet_id)

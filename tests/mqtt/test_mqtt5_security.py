@@ -7,10 +7,11 @@ import asyncio
 import ssl
 
 from broker.server import IntercomServer
-from tests.mqtt5_helpers import (
+from tests.support.raw_mqtt import (
     PUBACK,
     PUBLISH,
     SUBACK,
+    Raw,
     connack5,
     connect5,
     disconnect_reason,
@@ -20,9 +21,8 @@ from tests.mqtt5_helpers import (
     read_props,
     subscribe5,
 )
-from tests.raw_mqtt import Raw
-from tests.security_helpers import secure_harness
-from tests.tls_helpers import client_ctx, tls_section
+from tests.support.security import secure_harness
+from tests.support.tls import client_ctx, tls_section
 
 
 async def _rc(port: int, data: bytes) -> int | None:
@@ -52,10 +52,12 @@ async def test_v5_acl_and_will_topic_acl(make_harness):
     assert await _rc(port, connect5("resident-2", username="2", password=t["resident-2"].encode(), will=will)) == 0x87
     raw = await Raw.open(port)
     got = await connack5(raw, connect5("resident-2", username="2", password=t["resident-2"].encode()))
-    assert got is not None and got[0] == 0
+    assert got is not None
+    assert got[0] == 0
     await raw.send(subscribe5([("users/2/#", 1), ("users/3/#", 1)]))
     first, body = await raw.read_packet()
-    assert first == SUBACK and body[-2:] == b"\x01\x80"
+    assert first == SUBACK
+    assert body[-2:] == b"\x01\x80"
     await raw.send(publish5("users/3/calls/control", b"{}", qos=1, packet_id=9))
     assert await raw.read_packet() == (PUBACK, b"\x00\x09\x87")
     await raw.close()
@@ -79,12 +81,15 @@ async def test_v5_over_tls(make_harness, pki):
                                                    server_hostname="127.0.0.1")
     raw = Raw(reader, writer)
     got = await connack5(raw, connect5("tls5"))
-    assert got is not None and got[0] == 0 and got[1][0x21] == h.server.settings.limits.max_inflight_messages
+    assert got is not None
+    assert got[0] == 0
+    assert got[1][0x21] == h.server.settings.limits.max_inflight_messages
     await raw.send(subscribe5([("t/#", 1)]))
     assert (await raw.read_packet())[0] == SUBACK
     h.server.broker.publish("t/x", b"secret", qos=1)
     first, body = await raw.read_packet()
-    assert first & 0xF0 == PUBLISH and body.endswith(b"secret")
+    assert first & 0xF0 == PUBLISH
+    assert body.endswith(b"secret")
     await raw.close()
     assert isinstance(client_ctx(pki), ssl.SSLContext)
 
@@ -121,19 +126,25 @@ async def test_session_expiry_and_queued_properties_survive_a_restart(tmp_path, 
         raw = await Raw.open(server.mqtt_port)
         await raw.send(connect5("keeper", clean=False, properties=keep))
         first, body = await raw.read_packet()
-        assert first == 0x20 and body[0] == 1 and body[1] == 0  # session present
+        assert first == 0x20
+        assert body[0] == 1
+        assert body[1] == 0
         first, body = await raw.read_packet()
-        assert first & 0xF0 == PUBLISH and body.endswith(b"queued")
+        assert first & 0xF0 == PUBLISH
+        assert body.endswith(b"queued")
         found, _ = read_props(body, 2 + 3 + 2)
-        assert 50 <= found[0x02] <= 60 and found[0x03] == b"t/x"  # type: ignore[operator]
+        assert 50 <= found[0x02] <= 60
+        assert found[0x03] == b"t/x"
         await raw.close()
         session = server.broker._sessions["keeper"][0]
         options = session.attributes["intercom.v5.subscriptions"]["k/#"]
-        assert options.no_local and options.sub_id == 77
+        assert options.no_local
+        assert options.sub_id == 77
         brief = await Raw.open(server.mqtt_port)
         await brief.send(connect5("brief", clean=False, properties=props(prop(0x11, 2, "i"))))
         first, body = await brief.read_packet()
-        assert first == 0x20 and body[0] == 0  # its session expired
+        assert first == 0x20
+        assert body[0] == 0
         await brief.close()
     finally:
         await server.stop()

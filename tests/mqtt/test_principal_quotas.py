@@ -1,4 +1,4 @@
-"""Issue 18 item 5: one principal's persistent sessions are capped in number and in the bytes they hold
+"""Per-principal quotas: one principal's persistent sessions are capped in number and in the bytes they hold
 (QoS 2 awaiting PUBREL, offline queues), in memory and in sessions.db (the server as a subprocess)."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mqtt5_helpers import connack5, connect5, publish5
-from tests.proc_server import ProcServer
-from tests.raw_mqtt import PUBACK, PUBREC, Raw, connect, publish
+from tests.support.process import ProcServer
+from tests.support.raw_mqtt import PUBACK, PUBREC, Raw, connack5, connect, connect5, publish, publish5
 
 SESSIONS = 24  # client ids tried; the cap is limits.max_sessions_per_principal (default 8)
 CAP = 8
@@ -63,7 +62,8 @@ async def test_one_principal_cannot_fill_memory_and_disk_with_persistent_session
         raw = await Raw.open(server.mqtt_port)
         got = await connack5(raw, connect5("resident-2/v5", clean=False, properties=b"\x05\x11\x00\x00\x0e\x10",
                                            username="2", password=token.encode()))
-        assert got is not None and got[0] == QUOTA_EXCEEDED
+        assert got is not None
+        assert got[0] == QUOTA_EXCEEDED
         raw.abort()
     finally:
         server.stop()
@@ -110,7 +110,8 @@ async def test_mqtt5_qos2_over_the_held_quota_gets_pubrec_quota_exceeded(tmp_pat
             raw = await Raw.open(server.mqtt_port)
             got = await connack5(raw, connect5(f"resident-2/p{n}", clean=False, username="2",
                                                password=token.encode(), properties=b"\x05\x11\x00\x00\x0e\x10"))
-            assert got is not None and got[0] == 0
+            assert got is not None
+            assert got[0] == 0
             for packet_id in range(1, WINDOW + 1):
                 raw.writer.write(publish5("users/2/commands", PAYLOAD, qos=2, packet_id=packet_id))
             while len(codes) < (n + 1) * WINDOW and (got := await raw.read_packet(10)) is not None:

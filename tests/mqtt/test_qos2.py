@@ -6,9 +6,9 @@ import asyncio
 import struct
 from typing import Any
 
-from tests.conftest import Harness
-from tests.raw_mqtt import PUBCOMP, PUBREC, Raw, publish
-from tests.security_helpers import secure_harness
+from tests.support.harness import Harness
+from tests.support.raw_mqtt import PUBCOMP, PUBREC, Raw, publish
+from tests.support.security import secure_harness
 
 
 def held(h: Harness, client_id: str) -> dict[int, Any]:
@@ -85,7 +85,7 @@ async def test_qos2_window_is_bounded_by_max_inflight_messages(make_harness):
         recs += got[0] == PUBREC
     assert recs == 4  # the window's worth, then the broker closed the connection
     assert await raw.closed(1.0)
-    await asyncio.sleep(0.1)
+    await h.offline("q2-flood")
     assert len(held(h, "q2-flood")) <= 4
 
 
@@ -129,7 +129,7 @@ async def test_persistent_session_keeps_held_message_across_reconnect(harness):
     await raw.send(publish("q2/keep", b"kept", qos=2, packet_id=9))
     assert await raw.read_packet() == (PUBREC, struct.pack("!H", 9))
     await raw.close()
-    await asyncio.sleep(0.2)
+    await harness.offline("q2-keep")
     raw, present = await connected(harness, "q2-keep", clean=False)
     assert present == 1
     await raw.pubrel(9)

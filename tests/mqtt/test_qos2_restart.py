@@ -1,4 +1,4 @@
-"""Issue 10 item 5: a QoS 2 message past PUBREC survives a SIGTERM restart and is delivered exactly once."""
+"""QoS 2 across a restart: a QoS 2 message past PUBREC survives a SIGTERM restart and is delivered exactly once."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.proc_server import ProcServer
-from tests.raw_mqtt import PUBCOMP, PUBREC, Raw, publish
+from tests.support.process import ProcServer
+from tests.support.raw_mqtt import PUBCOMP, PUBREC, Raw, publish
 
 
 async def session(port: int, client_id: str) -> tuple[Raw, int]:

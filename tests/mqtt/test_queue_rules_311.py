@@ -6,17 +6,28 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.mqtt5_helpers import connack5, connect5, prop, props, publish5
-from tests.raw_mqtt import PUBLISH, Publish, Raw, connect, parse_publish
-from tests.server_process import INTEROP_CONFIG
+from tests.support.harness import Harness
+from tests.support.process import INTEROP_CONFIG
+from tests.support.raw_mqtt import (
+    PUBLISH,
+    Publish,
+    Raw,
+    connack5,
+    connect,
+    connect5,
+    parse_publish,
+    prop,
+    props,
+    publish5,
+)
 
 
-async def _away(port: int, client_id: str, topic_filter: str) -> None:
+async def _away(h: Harness, client_id: str, topic_filter: str) -> None:
     """A 3.1.1 client with a persistent session subscribes at QoS 1, then leaves (DISCONNECT)."""
-    raw = await Raw.connected(port, client_id, clean=False)
+    raw = await Raw.connected(h.server.mqtt_port, client_id, clean=False)
     assert await raw.subscribe([(topic_filter, 1)]) == [1]
     await raw.close(disconnect=True)
-    await asyncio.sleep(0.1)
+    await h.offline(client_id)
 
 
 async def _acked(raw: Raw, quiet_s: float = 1.0) -> list[Publish]:
@@ -35,15 +46,17 @@ async def test_queued_messages_come_back_with_retain_0_and_expired_ones_not_at_a
     Expiry; on return after 1.5 s it gets the first once with RETAIN 0 and never the expired one."""
     h = await make_harness(**INTEROP_CONFIG)
     port = h.server.mqtt_port
-    await _away(port, "phone", "news/#")
+    await _away(h, "phone", "news/#")
     pub = await Raw.open(port)
     got = await connack5(pub, connect5("pub5"))
-    assert got is not None and got[0] == 0
+    assert got is not None
+    assert got[0] == 0
     await pub.send(publish5("news/old", b"stale", qos=1, properties=props(prop(0x02, 1, "i"))))
     await pub.send(publish5("news/kept", b"kept", qos=1, flags=0x03))  # QoS 1, RETAIN 1
     await asyncio.sleep(1.5)
     back = await Raw.open(port)
-    assert await back.connack(connect("phone", clean=False)) == 0 and back.session_present
+    assert await back.connack(connect("phone", clean=False)) == 0
+    assert back.session_present
     received = await _acked(back)
     assert [(p.topic, p.payload, p.retain) for p in received] == [("news/kept", b"kept", False)]
     await back.close(disconnect=True)
@@ -55,14 +68,15 @@ async def test_a_phone_back_after_the_call_ended_gets_no_invite_and_the_missed_c
     gets the `cancelled` but not the dead invite, nothing with RETAIN 1 twice, and `calls/missed` once."""
     h = await make_harness()
     port = h.server.mqtt_port
-    await _away(port, "resident-3", "users/3/#")
+    await _away(h, "resident-3", "users/3/#")
     call = await h.start_call()
     status, resp = await h.post("/api/mqtt/controller/device",
                                 {"device_id": "1", "call_info": {"call_id": call["call_id"], "action": "hangup"}})
     assert status == 200, resp
     await asyncio.sleep(0.3)
     back = await Raw.open(port)
-    assert await back.connack(connect("resident-3", clean=False)) == 0 and back.session_present
+    assert await back.connack(connect("resident-3", clean=False)) == 0
+    assert back.session_present
     received = await _acked(back)
     topics = [p.topic for p in received]
     assert "users/3/calls/incoming" not in topics, topics

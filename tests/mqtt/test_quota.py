@@ -14,8 +14,10 @@ def test_a_principal_is_the_client_id_before_its_suffix_and_anonymous_clients_ar
     """`resident-2/phone` counts against `resident-2`; an anonymous `sensor/1` only against itself."""
     assert principal_of("resident-2/phone", "2") == "resident-2" == principal_of("resident-2", "2")
     assert principal_of("sensor/1", None) == "sensor/1"
-    assert owner_of("resident-2/x", "resident-2") and owner_of("resident-2", "resident-2")
-    assert not owner_of("resident-20", "resident-2") and not owner_of("resident-20/x", "resident-2")
+    assert owner_of("resident-2/x", "resident-2")
+    assert owner_of("resident-2", "resident-2")
+    assert not owner_of("resident-20", "resident-2")
+    assert not owner_of("resident-20/x", "resident-2")
 
 
 def test_bytes_add_up_per_principal_and_a_released_client_id_gives_its_share_back() -> None:
@@ -23,13 +25,16 @@ def test_bytes_add_up_per_principal_and_a_released_client_id_gives_its_share_bac
     quotas = Quotas(QuotaLimits(held_bytes=100, queued_bytes=100, inflight_bytes=100))
     quotas.add("p", "p/a", HELD, 60)
     quotas.add("p", "p/b", HELD, 30)
-    assert quotas.fits("p", HELD, 10) and not quotas.fits("p", HELD, 11)
-    assert quotas.fits("p", QUEUED, 100) and quotas.fits("q", HELD, 100)
+    assert quotas.fits("p", HELD, 10)
+    assert not quotas.fits("p", HELD, 11)
+    assert quotas.fits("p", QUEUED, 100)
+    assert quotas.fits("q", HELD, 100)
     quotas.release("p/a")
     assert quotas.used("p", HELD) == 30
     quotas.add("p", "p/b", HELD, -30)
     quotas.release("p/b")
-    assert quotas.used("p", HELD) == 0 and not quotas._principals
+    assert quotas.used("p", HELD) == 0
+    assert not quotas._principals
 
 
 def test_containers_report_what_they_hold_and_refuse_past_the_quota() -> None:
@@ -41,13 +46,15 @@ def test_containers_report_what_they_hold_and_refuse_past_the_quota() -> None:
     queue_b = DurableQueue(db, "p/b", 10, _Counted(quotas, "p", "p/b"))
     for queue in (queue_a, queue_b, queue_a):
         queue.put_nowait(RetainedApplicationMessage(None, "t", b"x" * 100, 1))
-    assert (queue_a.qsize(), queue_b.qsize()) == (1, 1) and quotas.used("p", QUEUED) == 200
+    assert (queue_a.qsize(), queue_b.qsize()) == (1, 1)
+    assert quotas.used("p", QUEUED) == 200
     queue_a.get_nowait()
     assert quotas.used("p", QUEUED) == 100
     held = DurableIncoming(db, "p/a", _Counted(quotas, "p", "p/a"))
     held[1] = IncomingApplicationMessage(1, "t", 2, b"y" * 400, False)
     held[2] = IncomingApplicationMessage(2, "t", 2, b"y" * 400, False)
-    assert not held.fits(201) and held.fits(200)
+    assert not held.fits(201)
+    assert held.fits(200)
     held.pop(1)
     assert quotas.used("p", HELD) == 400
     held.clear()

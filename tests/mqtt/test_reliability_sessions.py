@@ -9,7 +9,8 @@ import sqlite3
 import aiomqtt
 import pytest
 
-from tests.conftest import ADMIN
+from tests.support.harness import ADMIN
+from tests.support.waits import quiet
 
 
 async def _next(client: aiomqtt.Client, pred, timeout: float = 5.0) -> tuple[str, dict]:
@@ -26,24 +27,20 @@ async def _subscribe_persistent(h, client_id: str, topic: str, **kw) -> None:
         await c.subscribe(topic, qos=1)
 
 
-async def _token(h, kind: str, ident: str) -> str:
-    _, resp = await h.post(f"/api/admin/{kind}/{ident}/token", None, ADMIN)
-    return resp["data"]["token"]
-
-
 @pytest.mark.parametrize("mode", ["local-only", "authenticated"])
 async def test_offline_resident_gets_missed_incoming_on_return(make_harness, mode):
     """A resident with clean session off that dropped off gets the missed QoS 1 `incoming` when back."""
     auth = {"allow_anonymous_on_loopback": mode == "local-only"}
     h = await make_harness(auth=auth)
-    creds = {} if mode == "local-only" else {"username": "2", "password": await _token(h, "residents", "2")}
-    dev = {} if mode == "local-only" else {"Authorization": f"Bearer {await _token(h, 'devices', '1')}"}
+    creds = {} if mode == "local-only" else {"username": "2", "password": await h.token("residents", "2")}
+    dev = {} if mode == "local-only" else {"Authorization": f"Bearer {await h.token('devices', '1')}"}
     await _subscribe_persistent(h, "resident-2", "users/2/#", **creds)
     async with h.http.post(h.base + "/api/mqtt/call", json={"device_id": "1"}, headers=dev) as r:
         call_id = (await r.json())["data"]["call_id"]
     async with h.mqtt("resident-2", clean=False, **creds) as c:
         topic, body = await _next(c, lambda t, b: t.endswith("/calls/incoming"))
-    assert topic == "users/2/calls/incoming" and body["call_id"] == call_id
+    assert topic == "users/2/calls/incoming"
+    assert body["call_id"] == call_id
 
 
 async def test_missed_control_messages_arrive_in_order(harness, party):
@@ -65,7 +62,7 @@ async def test_missed_control_messages_arrive_in_order(harness, party):
                 got.append((str(msg.topic).rsplit("/", 1)[-1], action))
                 if len(got) == 2:
                     break
-        await asyncio.sleep(0.3)
+        await quiet(0.3)
     assert got == [("incoming", "initiated"), ("control", "cancelled")]
 
 
@@ -73,8 +70,8 @@ async def test_missed_control_messages_arrive_in_order(harness, party):
 async def test_queue_and_subscriptions_survive_restart(make_harness, mode):
     """Subscriptions and queued messages of an offline persistent session come back after a restart."""
     h1 = await make_harness(auth={"allow_anonymous_on_loopback": mode == "local-only"})
-    creds = {} if mode == "local-only" else {"username": "2", "password": await _token(h1, "residents", "2")}
-    dev = {} if mode == "local-only" else {"Authorization": f"Bearer {await _token(h1, 'devices', '1')}"}
+    creds = {} if mode == "local-only" else {"username": "2", "password": await h1.token("residents", "2")}
+    dev = {} if mode == "local-only" else {"Authorization": f"Bearer {await h1.token('devices', '1')}"}
     admin = {"Authorization": f"Bearer {ADMIN}"}
     await _subscribe_persistent(h1, "resident-2", "users/2/#", **creds)
     async with h1.http.post(h1.base + "/api/mqtt/call", json={"device_id": "1"}, headers=dev) as r:
@@ -106,13 +103,17 @@ async def test_clean_connect_discards_a_stored_session(make_harness):
     await _subscribe_persistent(h1, "resident-2", "users/2/#")
     await h1.start_call("1")
     await asyncio.sleep(0.2)
+    def stored_rows() -> list[int]:
+        db = sqlite3.connect(h1.server.settings.server.data_dir / "sessions.db")
+        try:
+            return [db.execute(f"SELECT COUNT(*) FROM {t} WHERE client_id = 'resident-2'").fetchone()[0]
+                    for t in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue")]
+        finally:
+            db.close()
+
     async with h1.mqtt("resident-2", clean=True):
-        await asyncio.sleep(0.2)
-    db = sqlite3.connect(h1.server.settings.server.data_dir / "sessions.db")
-    rows = [db.execute(f"SELECT COUNT(*) FROM {t} WHERE client_id = 'resident-2'").fetchone()[0]
-            for t in ("mqtt_sessions", "mqtt_subscriptions", "mqtt_queue")]
-    db.close()
-    assert rows == [0, 0, 0]
+        await h1.until(lambda: stored_rows() == [0, 0, 0], what="the stored session discarded")
+    assert stored_rows() == [0, 0, 0]
 
 
 async def test_client_retained_message_survives_restart(make_harness):

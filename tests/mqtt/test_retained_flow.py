@@ -1,10 +1,21 @@
-"""Issue 10 item 7: a subscription matching more retained messages than the backlog holds gets them all."""
+"""Retained flow control: a subscription matching more retained messages than the backlog holds gets them all."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.raw_mqtt import PINGREQ, PINGRESP, PUBACK, PUBLISH, Raw, ack, connect, parse_publish, publish, subscribe
+from tests.support.raw_mqtt import (
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBLISH,
+    Raw,
+    ack,
+    connect,
+    parse_publish,
+    publish,
+    subscribe,
+)
 
 TOPICS = 12_000  # more than delivery.max_queued (10,000)
 
@@ -22,7 +33,8 @@ async def fill_retained(port: int, n: int) -> None:
     acks = 0
     while acks < n:
         got = await raw.read_packet(10)
-        assert got is not None and got[0] == PUBACK
+        assert got is not None
+        assert got[0] == PUBACK
         acks += 1
     await raw.close()
 
@@ -44,7 +56,8 @@ async def receive_retained(port: int, client_id: str, subscribe_now: bool) -> tu
         if got[0] & 0xF0 != PUBLISH:
             continue
         p = parse_publish(*got)
-        assert p.retain and p.qos == 1
+        assert p.retain
+        assert p.qos == 1
         topics.add(p.topic)
         raw.writer.write(ack(PUBACK, p.packet_id))
     await raw.send(PINGREQ)  # still connected

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
 from broker.core.tokens import Principal
 from plugins.acl import covers, expand
-from tests.conftest import Inbox
-from tests.raw_mqtt import Raw, connect
-from tests.security_helpers import granted, login, secure_harness
+from tests.support.inbox import Inbox
+from tests.support.raw_mqtt import Raw, connect
+from tests.support.security import granted, login, secure_harness
+from tests.support.waits import quiet
 
 R2 = Principal("resident", "2")
 
@@ -55,7 +55,7 @@ async def test_resident_cannot_read_another_households_topics(make_harness):
         status, _ = await h.post("/api/mqtt/call", {"device_id": "1"}, t["device-1"])
         assert status == 200
         await r2_inbox.wait_for(lambda topic, _: topic == "users/2/calls/incoming")
-        await asyncio.sleep(0.2)
+        await quiet(0.2)  # nothing reaches the spy
         assert spy_inbox.messages == []
         await spy_inbox.close()
         await r2_inbox.close()
@@ -80,9 +80,10 @@ async def test_cross_household_and_impersonating_writes_are_dropped(make_harness
         await r4.publish("users/2/calls/control", answer, qos=1)
         await r4.publish("users/4/calls/control", answer, qos=1)
         await d5.publish("calls/request/1", json.dumps({"household_number": "101"}), qos=1)
-    await asyncio.sleep(0.3)
+    await quiet(0.3)  # none of the forged messages changes the call
     status, resp = await h.get(f"/api/mqtt/session?call_id={call['call_id']}", "test-admin-token-0123456789abcdef")
-    assert status == 200 and resp["data"]["status"] != "connected"
+    assert status == 200
+    assert resp["data"]["status"] != "connected"
     assert h.svc.calls.active_count == 1
 
 

@@ -10,8 +10,8 @@ import aiomqtt
 import pytest
 
 from broker.core.tokens import hash_token
-from tests.raw_mqtt import Raw, connect
-from tests.security_helpers import granted, login, secure_harness
+from tests.support.raw_mqtt import Raw, connect
+from tests.support.security import granted, login, secure_harness
 
 
 async def rc(h, client_id, username=None, password=None, **kw) -> int | None:
@@ -111,7 +111,8 @@ async def test_token_hashing_runs_off_the_event_loop(make_harness):
     elapsed = time.perf_counter() - t0
     status, _ = await h.get("/healthz")
     tick.cancel()
-    assert codes == [5] * 6 and status == 200
+    assert codes == [5] * 6
+    assert status == 200
     t1 = time.perf_counter()
     hashlib.pbkdf2_hmac("sha512", b"resident.2.x", b"salt-salt-12", 100_000)
     one_hash = time.perf_counter() - t1

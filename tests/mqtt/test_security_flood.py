@@ -8,10 +8,10 @@ import sys
 import time
 from collections import Counter
 
-from tests.conftest import Inbox
-from tests.raw_mqtt import Raw, connect
-from tests.security_helpers import login, secure_harness
-from tests.server_process import ROOT
+from tests.support.inbox import Inbox
+from tests.support.process import ROOT
+from tests.support.raw_mqtt import Raw, connect
+from tests.support.security import login, secure_harness
 
 ATTEMPTS = 2000
 CONCURRENCY = 100

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.raw_mqtt import PINGREQ, Raw, connect, publish
+from tests.support.raw_mqtt import PINGREQ, Raw, connect, publish
 
 
 async def test_silent_socket_is_closed_after_the_connect_timeout(make_harness):
@@ -14,7 +14,8 @@ async def test_silent_socket_is_closed_after_the_connect_timeout(make_harness):
     silent, partial = await Raw.open(h.server.mqtt_port), await Raw.open(h.server.mqtt_port)
     await partial.send(connect("slow")[:5])
     t0 = time.perf_counter()
-    assert await silent.closed(3) and await partial.closed(3)
+    assert await silent.closed(3)
+    assert await partial.closed(3)
     assert 0.4 <= time.perf_counter() - t0 < 2.5
     await silent.close()
     await partial.close()
@@ -32,7 +33,8 @@ async def test_silent_client_is_dropped_after_one_and_a_half_keepalives_and_its_
         assert 1.0 <= elapsed < 3.0, elapsed
         async with asyncio.timeout(3):
             msg = await anext(aiter(watcher.messages))
-        assert str(msg.topic) == "wills/silent" and msg.payload == b"offline"
+        assert str(msg.topic) == "wills/silent"
+        assert msg.payload == b"offline"
         await raw.close()
 
 
@@ -68,7 +70,8 @@ async def test_connections_over_the_maximum_are_refused_not_queued(make_harness)
         assert await c.connack(connect(f"c{i}")) == 0
     extra = await Raw.open(h.server.mqtt_port)
     t0 = time.perf_counter()
-    assert await extra.closed(2) and time.perf_counter() - t0 < 1.0
+    assert await extra.closed(2)
+    assert time.perf_counter() - t0 < 1.0
     await extra.close()
     await conns[0].close()
     for _ in range(150):  # up to 3 s for the broker to notice the close

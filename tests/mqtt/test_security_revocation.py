@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from tests.conftest import ADMIN
-from tests.raw_mqtt import CONNACK, SUBACK, Raw, connect, subscribe
-from tests.security_helpers import secure_harness, token
+from tests.support.harness import ADMIN
+from tests.support.raw_mqtt import CONNACK, SUBACK, Raw, connect, subscribe
+from tests.support.security import secure_harness
 
 # (collection, id, topic filter it may subscribe to)
 PRINCIPALS = [("residents", "2", "users/2/#"), ("devices", "1", "devices/1/#")]
@@ -22,7 +22,9 @@ async def _session(port: int, client_id: str, username: str, password: str, topi
     assert await raw.connack(connect(client_id, username, password, clean=False)) == 0
     await raw.send(subscribe([(topic, 1)]))
     got = await raw.read_packet()
-    assert got is not None and got[0] == SUBACK and got[1][-1] == 1
+    assert got is not None
+    assert got[0] == SUBACK
+    assert got[1][-1] == 1
     return raw
 
 
@@ -78,7 +80,9 @@ async def test_revoking_a_token_ends_every_session_of_that_principal(make_harnes
         # another party is untouched
         h.server.broker.publish("users/3/calls/incoming", b"still-here", qos=1)
         got = await bystander.read_packet()
-        assert got is not None and got[0] >> 4 == 3 and got[1].endswith(b"still-here")
+        assert got is not None
+        assert got[0] >> 4 == 3
+        assert got[1].endswith(b"still-here")
     finally:
         for raw in (main, second, bystander):
             await raw.close()
@@ -102,7 +106,7 @@ async def test_revoked_persistent_session_is_not_restored_after_restart(make_har
 async def test_token_check_in_flight_during_reissue_does_not_admit_the_old_token(make_harness):
     """A CONNECT whose token is being verified while that token is re-issued is refused, and stays refused."""
     h = await make_harness(auth={"allow_anonymous_on_loopback": False, "pbkdf2_iterations": 400_000})
-    old = await token(h, "residents", "2")  # never used yet: its first check runs PBKDF2 in a thread
+    old = await h.token("residents", "2")  # never used yet: its first check runs PBKDF2 in a thread
     port = h.server.mqtt_port
     racer = await Raw.open(port)
     try:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.raw_mqtt import CONNACK, PINGREQ, PINGRESP, SUBACK, Raw, connect, subscribe
+from tests.support.raw_mqtt import CONNACK, PINGREQ, PINGRESP, SUBACK, Raw, connect, subscribe
 
 TRIALS = 30
 RACERS = 5
@@ -62,11 +62,14 @@ async def test_simultaneous_connects_with_one_client_id_leave_exactly_one(harnes
             survivor = still[0][0]
             await survivor.send(subscribe([(f"race/{trial}", 1)]))
             got = await survivor.read_packet()
-            assert got is not None and got[0] == SUBACK
+            assert got is not None
+            assert got[0] == SUBACK
             harness.server.broker.publish(f"race/{trial}", b"to-the-survivor", qos=0)
             got = await survivor.read_packet()
-            assert got is not None and got[0] >> 4 == 3 and got[1].endswith(b"to-the-survivor"), \
-                f"trial {trial}: the surviving connection got {got!r}, not the message"
+            why = f"trial {trial}: the surviving connection got {got!r}, not the message"
+            assert got is not None, why
+            assert got[0] >> 4 == 3, why
+            assert got[1].endswith(b"to-the-survivor"), why
         finally:
             await asyncio.gather(*(r.close() for r in raws))
 

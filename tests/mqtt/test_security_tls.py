@@ -7,8 +7,8 @@ import shutil
 import aiomqtt
 import pytest
 
-from tests.raw_mqtt import Raw, connect
-from tests.tls_helpers import client_ctx, tls_section
+from tests.support.raw_mqtt import Raw, connect
+from tests.support.tls import client_ctx, tls_section
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make certificates")
 
@@ -46,4 +46,5 @@ async def test_rest_over_https(make_harness, pki):
     h = await make_harness(http={"tls": {"certfile": str(pki / "server.crt"), "keyfile": str(pki / "server.key")}})
     url = f"https://127.0.0.1:{h.server.http_port}/healthz"
     async with h.http.get(url, ssl=client_ctx(pki)) as r:
-        assert r.status == 200 and (await r.json())["data"]["broker"] is True
+        assert r.status == 200
+        assert (await r.json())["data"]["broker"] is True

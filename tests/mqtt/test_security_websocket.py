@@ -11,8 +11,8 @@ import time
 import pytest
 import websockets
 
-from tests.raw_mqtt import connect, publish, subscribe
-from tests.tls_helpers import client_ctx, tls_section
+from tests.support.raw_mqtt import connect, publish, subscribe
+from tests.support.tls import client_ctx, tls_section
 
 MQTT = [websockets.Subprotocol("mqtt")]
 TIMEOUT_S = 1.0

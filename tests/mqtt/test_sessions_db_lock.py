@@ -1,4 +1,4 @@
-"""Issue 18 item 8: another process holding sessions.db locked must not stall the loop per offline session,
+"""A locked sessions.db: another process holding sessions.db locked must not stall the loop per offline session,
 and the messages queued meanwhile reach sessions.db once the lock is released (they survive a restart)."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from amqtt.broker import RetainedApplicationMessage
 from broker.mqtt.session_db import SessionDB
 from broker.write_gate import MAX_PAUSE_S, WriteGate
 from tests.e2e.test_locked_db import HOLD_LOCK, Clock
-from tests.raw_mqtt import PUBACK, Raw, parse_publish
-from tests.server_process import ServerProcess
+from tests.support.process import ServerProcess
+from tests.support.raw_mqtt import PUBACK, Raw, parse_publish
 
 SESSIONS = 40
 LOCK_S = 4.0
@@ -44,13 +44,16 @@ def test_writes_made_while_locked_are_kept_and_written_in_order_after(tmp_path: 
     second = db.queue_put("c1", msg)
     db.queue_del(first)
     db.touch("c1", None)
-    assert not db.gate.is_open and len(db._kept) == 4
+    assert not db.gate.is_open
+    assert len(db._kept) == 4
     assert not db.flush()  # the pause has not ended: not tried
     clock.now += MAX_PAUSE_S
     assert not db.flush()  # still locked: kept
     other.execute("ROLLBACK")
     clock.now += MAX_PAUSE_S
-    assert db.flush() and db.gate.is_open and not db._kept
+    assert db.flush()
+    assert db.gate.is_open
+    assert not db._kept
     assert [r[0] for r in db.conn.execute("SELECT id FROM mqtt_queue")] == [second]
     assert [s.client_id for s in db.load()] == ["c1"]
     other.close()
@@ -71,12 +74,14 @@ async def test_a_locked_sessions_db_neither_stalls_the_loop_nor_loses_queued_mes
         holder = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLD_LOCK,
                                                       str(server.data_dir / "sessions.db"), str(LOCK_S),
                                                       stdout=asyncio.subprocess.PIPE)
-        assert holder.stdout is not None and (await holder.stdout.readline()).strip() == b"locked"
+        assert holder.stdout is not None
+        assert (await holder.stdout.readline()).strip() == b"locked"
         t0 = time.monotonic()
         await publisher.publish("feed/news", b"queued while locked", qos=1, packet_id=7)
         got = await publisher.read_packet(10)
         puback_s = time.monotonic() - t0
-        assert got is not None and got[0] == PUBACK
+        assert got is not None
+        assert got[0] == PUBACK
         healthz_s = await asyncio.to_thread(_healthz_s, server.http_port)
         assert await asyncio.wait_for(holder.wait(), LOCK_S + 5) == 0
         await asyncio.sleep(3.0)  # the gate's next probe writes what was kept meanwhile

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from broker.core.tokens import hash_token
-from tests.conftest import ADMIN
-from tests.security_helpers import granted, login, secure_harness
+from tests.support.harness import ADMIN
+from tests.support.security import granted, login, secure_harness
 
 BMS = "integrator.bms.0123456789abcdefghij"
 OPS = "integrator.ops.0123456789abcdefghij"

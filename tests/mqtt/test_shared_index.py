@@ -54,7 +54,8 @@ def test_each_matching_shared_subscription_picks_one_of_its_members(amqtt_broker
     assert sorted(groups) == sorted(g for g in members if amqtt_broker._matches(t, g[1]))
     for key, (sub, qos) in picked:
         name, f = sub.split("|", 1)
-        assert key in members[(name, f)] and qos == 1
+        assert key in members[(name, f)]
+        assert qos == 1
     assert index.match(t) == {}  # shared subscriptions never show up as ordinary matches
 
 
@@ -70,7 +71,9 @@ def test_members_take_turns_in_subscription_order_and_a_removal_keeps_the_turn()
     index.add("$share/g/jobs/+", "c", "c", 0)  # re-subscribing keeps the turn, replaces the QoS
     assert index.pick_shared("jobs/1", online) == [("c", ("c", 0))]
     assert sorted(index.remove_all("c") + index.remove_all("a")) == ["$share/g/jobs/+", "$share/g/jobs/+"]
-    assert index.shared.count == 0 and len(index) == 0 and index.pick_shared("jobs/1", online) == []
+    assert index.shared.count == 0
+    assert len(index) == 0
+    assert index.pick_shared("jobs/1", online) == []
 
 
 def test_offline_members_are_skipped_and_one_that_holds_messages_is_the_last_resort():
@@ -96,9 +99,11 @@ def test_shared_and_ordinary_subscriptions_of_one_key_live_apart():
     assert index.match("t/x") == {"k": ("k", 0)}
     assert sorted(index.pick_shared("t/x", online)) == [("j", ("j", 1)), ("k", ("k", 1))]
     assert index.pick_shared("$SYS/x", online) == []
-    assert index.remove("$share/g/t/#", "k") and not index.remove("$share/g/t/#", "k")
+    assert index.remove("$share/g/t/#", "k")
+    assert not index.remove("$share/g/t/#", "k")
     assert not index.remove("$share/h/#", "j")
-    assert index.match("t/x") == {"k": ("k", 0)} and index.pick_shared("t/x", online) == [("j", ("j", 1))]
+    assert index.match("t/x") == {"k": ("k", 0)}
+    assert index.pick_shared("t/x", online) == [("j", ("j", 1))]
 
 
 @pytest.mark.parametrize(("topic_filter", "granted", "well_formed"), [

@@ -12,9 +12,10 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from tests.conftest import Harness
-from tests.raw_mqtt import PINGRESP, SUBACK, Raw, connect, subscribe
-from tests.security_helpers import granted, login, secure_harness
+from tests.support.harness import Harness
+from tests.support.raw_mqtt import PINGRESP, SUBACK, Raw, connect, subscribe
+from tests.support.security import granted, login, secure_harness
+from tests.support.waits import quiet
 
 
 class Got:
@@ -78,7 +79,7 @@ async def settle(gots: list[Got], total: int, timeout: float = 5.0) -> None:
             finally:
                 for w in waits:
                     w.cancel()
-    await asyncio.sleep(0.2)
+    await quiet(0.2)  # any extra delivery would arrive now
 
 
 async def test_three_members_take_turns_while_an_ordinary_subscriber_gets_every_message(harness):
@@ -102,8 +103,10 @@ async def test_two_groups_each_get_every_message_exactly_once(harness):
         await settle(got, 12)
         a1, a2, b1, b2 = got
         everything = [f"m{i}" for i in range(6)]
-        assert sorted(a1.payloads + a2.payloads) == everything and len(a1.payloads) == 3
-        assert sorted(b1.payloads + b2.payloads) == everything and len(b1.payloads) == 3
+        assert sorted(a1.payloads + a2.payloads) == everything
+        assert len(a1.payloads) == 3
+        assert sorted(b1.payloads + b2.payloads) == everything
+        assert len(b1.payloads) == 3
 
 
 async def test_a_member_that_unsubscribes_or_disconnects_gets_no_more_turns(harness):
@@ -117,7 +120,7 @@ async def test_a_member_that_unsubscribes_or_disconnects_gets_no_more_turns(harn
             await settle([m1, m3], 2)
             assert (m1.payloads, m3.payloads) == (["m0"], ["m1"])  # turns in subscription order: m1, m3, m2
             await m1.client.unsubscribe("$share/g/jobs/#")
-        await asyncio.sleep(0.1)  # m2 has disconnected (clean session): its subscription ended with it
+        await harness.until(lambda: harness.session_state("m2") is None)  # clean session: its subscription ended
         await publish_all(harness, "jobs/1", 4, start=3)
         await settle([m1, m3], 6)
         assert m1.payloads == ["m0"]
@@ -147,7 +150,7 @@ async def test_retained_messages_are_not_sent_on_a_shared_subscription(harness):
     async with harness.mqtt("member") as c:
         got = Got(c)
         assert granted(await c.subscribe("$share/g/jobs/#", qos=1)) == [1]
-        await asyncio.sleep(0.4)
+        await quiet(0.4)  # no message for the new member
         assert got.items == []
         await c.subscribe("jobs/#", qos=1)
         await settle([got], 1)
@@ -162,12 +165,14 @@ async def test_invalid_share_names_get_0x80_and_the_connection_stays(harness):
     bad = ["$share//a", "$share/+/a", "$share/g+/a", "$share/#/a", "$share/g#/a", "$share/g", "$share/g/", "$share"]
     await raw.send(subscribe([(f, 1) for f in bad] + [("$share/g/a", 1)], packet_id=7))
     got = await raw.read_packet()
-    assert got is not None and got[0] == SUBACK
+    assert got is not None
+    assert got[0] == SUBACK
     assert struct.unpack("!H", got[1][:2])[0] == 7
     assert list(got[1][2:]) == [0x80] * len(bad) + [1]
     await raw.send(b"\xc0\x00")
     pong = await raw.read_packet()
-    assert pong is not None and pong[0] == PINGRESP
+    assert pong is not None
+    assert pong[0] == PINGRESP
     await raw.close()
 
 
@@ -211,13 +216,13 @@ async def test_a_persistent_member_keeps_its_shared_subscription_across_reconnec
     share = [("$share/g/jobs/#", 1)]
     await publish_all(h1, "jobs/retained", 1, retain=True, start=100)
     async with clients(h1, ("keeper", share), clean=False) as (keeper,):
-        await asyncio.sleep(0.2)
+        await quiet(0.2)  # no retained message for a shared subscription
         assert keeper.items == []
     async with clients(h1, ("other", share)) as (other,):
         await publish_all(h1, "jobs/1", 4)
         await settle([other], 4)
         assert other.payloads == ["m0", "m1", "m2", "m3"]
-    await asyncio.sleep(0.1)
+    await h1.until(lambda: h1.session_state("other") is None)
     await publish_all(h1, "jobs/1", 2, start=4)  # no member connected: the persistent one holds them
     async with clients(h1, ("keeper", []), clean=False) as (keeper,):
         await settle([keeper], 2)
@@ -249,6 +254,6 @@ async def test_a_clean_reconnect_ends_a_persistent_members_shared_subscription(h
         pass
     await publish_all(harness, "jobs/1", 1)
     async with clients(harness, ("keeper", []), clean=False) as (keeper,):
-        await asyncio.sleep(0.4)
+        await quiet(0.4)  # nothing held for the ended member
         assert keeper.items == []
     assert harness.server.broker._index.shared.count == 0

@@ -1,4 +1,4 @@
-"""Issue 18 item 6: a subscriber that stops reading must not pin the server's memory, and is disconnected."""
+"""A slow reader: a subscriber that stops reading must not pin the server's memory, and is disconnected."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.raw_mqtt import Raw, publish
-from tests.server_process import ServerProcess
+from tests.support.process import ServerProcess
+from tests.support.raw_mqtt import Raw, publish
 
 MESSAGES = 4000  # x 60 KB = 240 MB through one subscriber that never reads
 PAYLOAD = b"\x5a" * 60 * 1024

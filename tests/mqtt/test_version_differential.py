@@ -1,7 +1,7 @@
 """The same packet-level scenarios against MQTT 3.1.1 and MQTT 5 where the spec says both behave alike:
 subscribe/publish at each QoS, retained messages, unsubscribe, the QoS 1 and 2 flows both ways, session resume.
 
-Each scenario runs once per protocol version with raw packets (`tests.raw_mqtt`, `tests.mqtt5_helpers`); only the
+Each scenario runs once per protocol version with raw packets (`tests.support.raw_mqtt`); only the
 wire format differs (v5 property blocks and reason codes), which `Peer` hides.
 """
 
@@ -11,10 +11,27 @@ import struct
 
 import pytest
 
-from tests.mqtt5_helpers import connect5, prop, props, publish5, subscribe5, unsubscribe5
-from tests.raw_mqtt import PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, UNSUBACK, Raw, ack, connect, publish
-from tests.raw_mqtt import subscribe as subscribe3
-from tests.raw_mqtt import utf8 as s
+from tests.support.raw_mqtt import (
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    UNSUBACK,
+    Raw,
+    ack,
+    connect,
+    connect5,
+    prop,
+    props,
+    publish,
+    publish5,
+    subscribe5,
+    unsubscribe5,
+)
+from tests.support.raw_mqtt import subscribe as subscribe3
+from tests.support.raw_mqtt import utf8 as s
 
 VERSIONS = [pytest.param(4, id="3.1.1"), pytest.param(5, id="5")]
 
@@ -48,7 +65,9 @@ class Peer:
             data = connect(client_id, clean=clean)
         await raw.send(data)
         got = await raw.read_packet()
-        assert got is not None and got[0] == 0x20 and got[1][1] == 0, got
+        assert got is not None, got
+        assert got[0] == 0x20, got
+        assert got[1][1] == 0, got
         peer = cls(raw, version)
         peer.session_present = bool(got[1][0] & 1)
         return peer
@@ -59,7 +78,8 @@ class Peer:
 
     async def _expect(self, first: int) -> bytes:
         got = await self.raw.read_packet()
-        assert got is not None and got[0] == first, (hex(first), got)
+        assert got is not None, (hex(first), got)
+        assert got[0] == first, (hex(first), got)
         return got[1]
 
     async def subscribe(self, topic_filter: str, qos: int) -> int:
@@ -95,7 +115,8 @@ class Peer:
     async def receive(self, complete: bool = True) -> tuple[str, bytes, int, bool]:
         """The next PUBLISH as (topic, payload, qos, retain); `complete` runs the receiver's side of its flow."""
         got = await self.raw.read_packet()
-        assert got is not None and got[0] & 0xF0 == PUBLISH, got
+        assert got is not None, got
+        assert got[0] & 0xF0 == PUBLISH, got
         first, body = got
         qos, retain = (first >> 1) & 3, bool(first & 1)
         tlen = struct.unpack("!H", body[:2])[0]
@@ -136,7 +157,8 @@ async def test_publish_at_each_qos_is_downgraded_to_the_subscription(harness, ve
         await pub.publish(f"diff/q/{qos}", f"m{qos}".encode(), qos)
         assert await sub1.receive() == (f"diff/q/{qos}", f"m{qos}".encode(), min(qos, 1), False)
         assert await sub2.receive() == (f"diff/q/{qos}", f"m{qos}".encode(), qos, False)
-    assert await sub1.quiet() and await sub2.quiet()
+    assert await sub1.quiet()
+    assert await sub2.quiet()
     for peer in (sub1, sub2, pub):
         await peer.close()
 

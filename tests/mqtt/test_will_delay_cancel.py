@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.conftest import ADMIN
-from tests.mqtt5_helpers import connack5, connect5, prop, props
-from tests.raw_mqtt import Raw
-from tests.security_helpers import login, secure_harness
+from tests.support.harness import ADMIN
+from tests.support.raw_mqtt import Raw, connack5, connect5, prop, props
+from tests.support.security import login, secure_harness
 
 WILL_DELAY_S = 2
 WILL_TOPIC = "users/2/commands"  # resident 2 may publish there; the admin watches it
@@ -38,7 +37,8 @@ async def _dropped_with_delayed_will(h, t) -> float:
     will = (WILL_TOPIC, b"will-fired", 1, False, props(prop(0x18, WILL_DELAY_S, "i")))
     got = await connack5(raw, connect5("resident-2", clean=False, properties=props(prop(0x11, 60, "i")),
                                        username="2", password=t["resident-2"].encode(), will=will))
-    assert got is not None and got[0] == 0
+    assert got is not None
+    assert got[0] == 0
     raw.writer.transport.abort()  # no DISCONNECT: the Will is due after its delay
     await asyncio.sleep(0.2)
     return time.monotonic()
@@ -101,7 +101,8 @@ async def test_resuming_over_5_cancels_the_pending_will(make_harness):
     raw = await Raw.open(h.server.mqtt_port)
     back = await connack5(raw, connect5("resident-2", clean=False, properties=props(prop(0x11, 60, "i")),
                                         username="2", password=t["resident-2"].encode()))
-    assert back is not None and back[0] == 0
+    assert back is not None
+    assert back[0] == 0
     await _settle(watcher, task)
     await raw.close()
     assert got == []

@@ -5,8 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.mqtt5_helpers import connack5, connect5, disconnect_reason, subscribe5
-from tests.raw_mqtt import PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, SUBACK, Raw, ack, parse_publish
+from tests.support.raw_mqtt import (
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    Raw,
+    ack,
+    connack5,
+    connect5,
+    disconnect_reason,
+    parse_publish,
+    subscribe5,
+)
 
 # (delivery QoS, the client's answers in order; the last one is the wrong one)
 WRONG = {
@@ -22,10 +35,12 @@ async def _subscriber(harness, version: int, client_id: str, qos: int) -> Raw:
     raw = await Raw.open(harness.server.mqtt_port)
     if version == 5:
         got = await connack5(raw, connect5(client_id))
-        assert got is not None and got[0] == 0, got
+        assert got is not None, got
+        assert got[0] == 0, got
         await raw.send(subscribe5([("wrong/#", qos)]))
         got_sub = await raw.read_packet()
-        assert got_sub is not None and got_sub[0] == SUBACK
+        assert got_sub is not None
+        assert got_sub[0] == SUBACK
     else:
         raw = await Raw.connected(harness.server.mqtt_port, client_id)
         assert await raw.subscribe([("wrong/#", qos)]) == [qos]
@@ -39,7 +54,8 @@ async def test_wrong_ack_is_a_protocol_error(harness, version, qos, answers):
     raw = await _subscriber(harness, version, f"wrong-{version}-{qos}-{len(answers)}", qos)
     harness.server.broker.publish("wrong/a", b"m", qos=qos)
     got = await raw.read_packet()
-    assert got is not None and got[0] & 0xF0 == PUBLISH, got
+    assert got is not None, got
+    assert got[0] & 0xF0 == PUBLISH, got
     packet_id = parse_publish(*got).packet_id  # v5: the id too follows the topic
     for first in answers[:-1]:
         await raw.send(ack(first, packet_id))
@@ -61,7 +77,8 @@ async def test_right_acks_still_complete(harness, version):
     for qos in (1, 2):
         broker.publish("wrong/b", b"m", qos=qos)
         got = await raw.read_packet()
-        assert got is not None and got[0] & 0xF0 == PUBLISH
+        assert got is not None
+        assert got[0] & 0xF0 == PUBLISH
         packet_id = parse_publish(*got).packet_id  # v5: the id too follows the topic
         if qos == 1:
             await raw.send(ack(PUBACK, packet_id))

@@ -1,24 +1,18 @@
-"""Security-test helpers: an authenticated-mode server, tokens, logins; raw MQTT bytes are in `tests.raw_mqtt`."""
+"""Security-test helpers: an authenticated-mode server, tokens, logins; raw MQTT bytes are in `raw_mqtt`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import ADMIN, Harness
-
-
-async def token(h: Harness, kind: str, ident: str) -> str:
-    status, resp = await h.post(f"/api/admin/{kind}/{ident}/token", None, ADMIN)
-    assert status == 200, resp
-    return str(resp["data"]["token"])
+from tests.support.harness import Harness
 
 
 async def secure_harness(make_harness: Any, **sections: dict[str, Any]) -> tuple[Harness, dict[str, str]]:
     """An authenticated-mode server on 127.0.0.1 and tokens for residents 2, 3, 4 and devices 1, 5."""
     auth = {"allow_anonymous_on_loopback": False, **sections.pop("auth", {})}
     h = await make_harness(auth=auth, **sections)
-    tokens = {f"resident-{i}": await token(h, "residents", i) for i in ("2", "3", "4")}
-    tokens |= {f"device-{i}": await token(h, "devices", i) for i in ("1", "5")}
+    tokens = {f"resident-{i}": await h.token("residents", i) for i in ("2", "3", "4")}
+    tokens |= {f"device-{i}": await h.token("devices", i) for i in ("1", "5")}
     return h, tokens
 
 

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tests.conftest import Harness
+from tests.support.harness import Harness
 
 # The smallest well-formed JPEG a test needs: SOI, an APP0 marker, EOI.
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + b"\x00" * 64 + b"\xff\xd9"
@@ -51,12 +51,11 @@ class Station:
 
 async def wait_online(h: Harness, device_id: str, token: str | None = None) -> None:
     """Until the server has recorded the station's connection (presence runs just after CONNACK)."""
-    async with asyncio.timeout(5):
-        while True:
-            status, resp = await h.get(f"/api/devices/{device_id}/status", token)
-            if status == 200 and resp["data"]["online"]:
-                return
-            await asyncio.sleep(0.02)
+    async def online() -> bool:
+        status, resp = await h.get(f"/api/devices/{device_id}/status", token)
+        return status == 200 and bool(resp["data"]["online"])
+
+    await h.until(online, what=f"device {device_id} online")
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,7 @@
-"""`python -m broker` as a subprocess on 127.0.0.1 free ports, for tests about files, locks and descriptors."""
+"""`python -m broker` as a subprocess on 127.0.0.1 free ports, for tests about files, locks and descriptors.
+
+`ServerProcess` is any configuration; `ProcServer` the authenticated one-household site with admin token `ADMIN`:
+start, SIGTERM, restart on the same data, kill -9, RSS, REST as the admin."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/support/process.py
 READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
 
 # The config Paho's interoperability suite expects (tests/mqtt/test_interop.py, test_paho_suite.py): no site, and
@@ -101,7 +104,8 @@ class ServerProcess:
         return proc.returncode, err
 
     def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc is not None
+        assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.log.append(line)
 
@@ -145,3 +149,26 @@ class ServerProcess:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
+
+
+ADMIN = "proc-admin-token-0123456789abcdef"
+SITE = {"households": [{"household_number": "101", "residents": [{"resident_id": "2"}, {"resident_id": "3"}],
+                        "devices": [{"device_id": "1"}]}]}
+
+
+class ProcServer(ServerProcess):
+    """One server process over `data_dir`; `start()` again after `stop()` restarts it on the same data."""
+
+    def __init__(self, tmp_path: Path, **sections: dict[str, Any]) -> None:
+        super().__init__(tmp_path, {"site": SITE, **sections},
+                         env={"INTERCOM_TRTC_SECRET_KEY": "proc-test-secret", "INTERCOM_ADMIN_TOKEN": ADMIN})
+
+    def http(self, method: str, path: str, body: Any = None, timeout: float = 5.0,
+             token: str | None = ADMIN) -> tuple[int, Any]:
+        return super().http(method, path, body, timeout, token)
+
+    def token(self, kind: str, ident: str) -> str:
+        """Issue a token for a resident or device (the sync twin of `Harness.token`)."""
+        status, resp = self.http("POST", f"/api/admin/{kind}/{ident}/token")
+        assert status == 200, resp
+        return str(resp["data"]["token"])

@@ -1,8 +1,10 @@
-"""The one raw MQTT 3.1.1 test client: packet encoders and a bare client on asyncio streams; 127.0.0.1 only.
+"""The one raw MQTT test client: one packet builder for MQTT 3.1.1 and 5 and a bare client on asyncio streams.
 
 Tests that need to misbehave (never acknowledge, never ping, send malformed bytes, vanish with a TCP reset) build
 packets here and send them with `Raw`; well-behaved parties use aiomqtt or paho instead. Nothing is acknowledged,
 pinged or retried unless the test says so. `SyncRaw` runs the same client for synchronous (paho-driven) tests.
+The builders speak 3.1.1 by default; `version=5` (or the `connect5`/`publish5`/... spellings) adds the property
+blocks, written by hand (`prop`, `props`), not with the broker's codec.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGRESP = 0x82, 0x90, 0xA2, 0xB0, 0xD
 PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"
 
-# (topic, message) for a QoS 0 Will, or (topic, message, qos, retain)
-Will = tuple[str | bytes, bytes] | tuple[str | bytes, bytes, int, bool]
+# (topic, message) for a QoS 0 Will, or (topic, message, qos, retain), or in MQTT 5 (..., will properties)
+Will = (tuple[str | bytes, bytes] | tuple[str | bytes, bytes, int, bool]
+        | tuple[str | bytes, bytes, int, bool, bytes])
+NO_PROPS = b"\x00"  # an empty MQTT 5 property block
 
 
 # -- encoders ---------------------------------------------------------------------------------------
@@ -52,41 +56,135 @@ def packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + varint(len(body)) + body
 
 
-def connect(client_id: str | bytes = "raw", username: str | None = None, password: str | None = None,
+def connect(client_id: str | bytes = "raw", username: str | None = None, password: str | bytes | None = None,
             keepalive: int = 60, clean: bool = True, will: Will | None = None, flags: int | None = None,
-            extra: bytes = b"", proto: bytes = b"MQTT") -> bytes:
-    """CONNECT; `flags` replaces the computed connect flags, `extra` is appended to the payload."""
+            extra: bytes = b"", proto: bytes = b"MQTT", version: int = 4, properties: bytes = NO_PROPS) -> bytes:
+    """CONNECT; `flags` replaces the computed connect flags, `extra` is appended to the payload.
+
+    `version=5` sends `properties` after the keep-alive and a Will's properties (its 5th item) before its topic."""
     f = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
     payload = utf8(client_id)
     if will is not None:
-        topic, message, qos, retain = (*will, 0, False) if len(will) == 2 else will
+        topic, message, qos, retain, will_props = (*will, 0, False, NO_PROPS)[:5] if len(will) == 2 else \
+            (*will, NO_PROPS)[:5]
         f |= 0x04 | (qos << 3) | (0x20 if retain else 0)
-        payload += utf8(topic) + utf8(message)
+        payload += (will_props if version == 5 else b"") + utf8(topic) + utf8(message)
     if username is not None:
         payload += utf8(username)
     if password is not None:
         payload += utf8(password)
-    body = utf8(proto) + bytes([4, f if flags is None else flags]) + struct.pack("!H", keepalive) + payload + extra
-    return packet(CONNECT, body)
+    head = utf8(proto) + bytes([version, f if flags is None else flags]) + struct.pack("!H", keepalive)
+    return packet(CONNECT, head + (properties if version == 5 else b"") + payload + extra)
 
 
 def publish(topic: str | bytes, payload: bytes = b"x", qos: int = 0, packet_id: int | None = 1,
-            retain: bool = False, dup: bool = False, flags: int | None = None) -> bytes:
+            retain: bool = False, dup: bool = False, flags: int | None = None, version: int = 4,
+            properties: bytes = NO_PROPS) -> bytes:
     """PUBLISH; the packet id is sent for QoS > 0 only; `flags` replaces the computed DUP/QoS/RETAIN bits."""
     if flags is None:
         flags = (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
-    body = utf8(topic) + (struct.pack("!H", packet_id) if qos and packet_id is not None else b"") + payload
-    return packet(PUBLISH | flags, body)
+    body = utf8(topic) + (struct.pack("!H", packet_id) if qos and packet_id is not None else b"")
+    return packet(PUBLISH | flags, body + (properties if version == 5 else b"") + payload)
 
 
-def subscribe(filters: list[tuple[str | bytes, int]], packet_id: int = 1, first: int = SUBSCRIBE) -> bytes:
-    """SUBSCRIBE for (filter, requested QoS) pairs; `first` replaces the fixed-header byte."""
-    return packet(first, struct.pack("!H", packet_id) + b"".join(utf8(f) + bytes([q]) for f, q in filters))
+def subscribe(filters: list[tuple[str | bytes, int]], packet_id: int = 1, first: int = SUBSCRIBE, version: int = 4,
+              properties: bytes = NO_PROPS) -> bytes:
+    """SUBSCRIBE for (filter, requested QoS or MQTT 5 options) pairs; `first` replaces the fixed-header byte."""
+    head = struct.pack("!H", packet_id) + (properties if version == 5 else b"")
+    return packet(first, head + b"".join(utf8(f) + bytes([q]) for f, q in filters))
+
+
+def unsubscribe(filters: list[str], packet_id: int = 1, version: int = 4, properties: bytes = NO_PROPS) -> bytes:
+    head = struct.pack("!H", packet_id) + (properties if version == 5 else b"")
+    return packet(UNSUBSCRIBE, head + b"".join(utf8(f) for f in filters))
 
 
 def ack(first: int, packet_id: int) -> bytes:
     """PUBACK, PUBREC, PUBREL or PUBCOMP (`first` is the fixed-header byte) for `packet_id`."""
     return packet(first, struct.pack("!H", packet_id))
+
+
+# -- MQTT 5 -----------------------------------------------------------------------------------------
+
+
+def prop(ident: int, value: int | str | bytes | tuple[str, str], kind: str) -> bytes:
+    """One property: kind is b(yte), h (u16), i (u32), v(arint), s(tring), d(ata) or p(air)."""
+    head = bytes([ident])
+    if kind == "b":
+        return head + bytes([int(value)])  # type: ignore[arg-type]
+    if kind == "h":
+        return head + struct.pack("!H", value)
+    if kind == "i":
+        return head + struct.pack("!I", value)
+    if kind == "v":
+        return head + varint(int(value))  # type: ignore[arg-type]
+    if kind == "p":
+        k, v = value  # type: ignore[misc]
+        return head + utf8(k) + utf8(v)
+    return head + utf8(value)  # type: ignore[arg-type]
+
+
+def props(*parts: bytes) -> bytes:
+    block = b"".join(parts)
+    return varint(len(block)) + block
+
+
+def connect5(client_id: str | bytes = "raw5", **kw: Any) -> bytes:
+    return connect(client_id, version=5, **kw)
+
+
+def publish5(topic: str | bytes, payload: bytes = b"x", qos: int = 0, packet_id: int | None = 1, **kw: Any) -> bytes:
+    return publish(topic, payload, qos, packet_id, version=5, **kw)
+
+
+def subscribe5(filters: list[tuple[str | bytes, int]], packet_id: int = 1, **kw: Any) -> bytes:
+    return subscribe(filters, packet_id, version=5, **kw)
+
+
+def unsubscribe5(filters: list[str], packet_id: int = 1, **kw: Any) -> bytes:
+    return unsubscribe(filters, packet_id, version=5, **kw)
+
+
+def read_varint(body: bytes, i: int) -> tuple[int, int]:
+    """A variable byte integer at `i`: (value, the offset after it)."""
+    value, mult = 0, 1
+    while True:
+        b = body[i]
+        i += 1
+        value += (b & 0x7F) * mult
+        mult *= 128
+        if not b & 0x80:
+            return value, i
+
+
+def read_props(body: bytes, at: int) -> tuple[dict[int, object], int]:
+    """Decode a property block at `at` (ids with a u8/u16/u32/string value only): (props, end offset)."""
+    length, i = read_varint(body, at)
+    end = i + length
+    out: dict[int, object] = {}
+    widths = {0x21: 2, 0x22: 2, 0x13: 2, 0x27: 4, 0x11: 4, 0x02: 4, 0x24: 1, 0x25: 1, 0x28: 1, 0x29: 1, 0x2A: 1,
+              0x01: 1, 0x23: 2}
+    while i < end:
+        ident = body[i]
+        i += 1
+        if ident in widths:
+            w = widths[ident]
+            out[ident] = int.from_bytes(body[i:i + w], "big")
+            i += w
+        elif ident == 0x0B:
+            value, i = read_varint(body, i)
+            out.setdefault(ident, []).append(value)  # type: ignore[union-attr]
+        else:  # a string or binary (0x12, 0x1F, 0x03, 0x08, 0x09, 0x26 key then value)
+            n = int.from_bytes(body[i:i + 2], "big")
+            value_b = body[i + 2:i + 2 + n]
+            i += 2 + n
+            if ident == 0x26:
+                m = int.from_bytes(body[i:i + 2], "big")
+                out.setdefault(ident, []).append((value_b.decode(), body[i + 2:i + 2 + m].decode()))  # type: ignore[union-attr]
+                i += 2 + m
+            else:
+                out[ident] = value_b
+    return out, end
 
 
 # -- decoding ---------------------------------------------------------------------------------------
@@ -313,3 +411,25 @@ class SyncRaw:
             self._run(self.raw.close(disconnect))
         finally:
             self._loop.close()
+
+
+# -- MQTT 5 replies ---------------------------------------------------------------------------------
+
+
+async def connack5(raw: Raw, data: bytes) -> tuple[int, dict[int, object]] | None:
+    """Send a CONNECT; (reason code, CONNACK properties), or None if the broker closed without a CONNACK."""
+    await raw.send(data)
+    got = await raw.read_packet()
+    if got is None or got[0] != CONNACK:
+        return None
+    return got[1][1], read_props(got[1], 2)[0]
+
+
+async def disconnect_reason(raw: Raw, timeout: float = 3.0) -> int | None:
+    """Read until the broker's DISCONNECT; its reason code (None if the connection ended without one)."""
+    while True:
+        got = await raw.read_packet(timeout)
+        if got is None:
+            return None
+        if got[0] == DISCONNECT[0]:
+            return got[1][0] if got[1] else 0
