@@ -1,4 +1,4 @@
-"""Issue 10 item 1 at full size: authenticated clients send QoS 2 PUBLISHes and never PUBREL.
+"""QoS 2 memory at full size: authenticated clients send QoS 2 PUBLISHes and never PUBREL.
 
     python bench/qos2_flood.py                               # 1 client x 20,000 x 16 KB, refused topic
     python bench/qos2_flood.py --clients 4                   # four such clients at once

@@ -9,7 +9,6 @@ retain flag (Retain As Published) and with which Subscription Identifiers [MQTT-
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from broker.mqtt.hooks import SUB_OPTIONS
 from broker.mqtt.v5.codec import split_shared
@@ -69,7 +68,3 @@ def delivery_for(options: dict[str, SubOptions], topic: str, own: bool,
         return None
     return qos, retain and keep_retain, tuple(sorted(set(ids)))
 
-
-def options_of(session: Any) -> dict[str, SubOptions] | None:
-    found: dict[str, SubOptions] | None = session.attributes.get(SUB_OPTIONS)
-    return found
