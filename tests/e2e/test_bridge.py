@@ -18,14 +18,6 @@ from tests.support.inbox import Inbox
 
 
 @pytest.fixture
-async def mosquitto(tmp_path: Path) -> AsyncIterator[Mosquitto]:
-    mosq = Mosquitto(tmp_path)
-    await mosq.start()
-    yield mosq
-    mosq.stop()
-
-
-@pytest.fixture
 async def bridged(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Harness]:
     server = BridgedServer(make_settings(tmp_path), f"mqtt://127.0.0.1:{mosquitto.port}")
     await server.start()

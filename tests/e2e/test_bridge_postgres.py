@@ -25,14 +25,6 @@ pytestmark = [pytest.mark.slow, needs_postgres, needs_mosquitto]
 
 
 @pytest.fixture
-async def mosquitto(tmp_path: Path) -> AsyncIterator[Mosquitto]:
-    mosq = Mosquitto(tmp_path)
-    await mosq.start()
-    yield mosq
-    mosq.stop()
-
-
-@pytest.fixture
 async def bridged(tmp_path: Path, mosquitto: Mosquitto, pg_url: str) -> AsyncIterator[Harness]:  # noqa: F811
     server = BridgedServer(make_settings(tmp_path, store={"url": pg_url}), f"mqtt://127.0.0.1:{mosquitto.port}")
     await server.start()

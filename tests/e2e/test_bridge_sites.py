@@ -20,14 +20,6 @@ from tests.support.inbox import Inbox
 
 
 @pytest.fixture
-async def mosquitto(tmp_path: Path) -> AsyncIterator[Mosquitto]:
-    mosq = Mosquitto(tmp_path)
-    await mosq.start()
-    yield mosq
-    mosq.stop()
-
-
-@pytest.fixture
 async def sites(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[dict[str, Harness]]:
     """Sites `a` and `b` on one Mosquitto, each its own instance and data dir, with the same directory."""
     out: dict[str, Harness] = {}
