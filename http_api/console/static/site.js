@@ -117,12 +117,19 @@ function addForm(kind) {
   const info = KINDS[kind];
   const form = h('form', { class: 'card', id: `add-${info.one}`, 'aria-label': `Add a ${info.one}` });
   const render = () => {
+    // rebuilt when the site loads or changes (new household options): what the user typed so far stays
+    const typed = form.elements.length ? new FormData(form) : new FormData();
     const rows = [field(info.label, h('input', { name: info.key, required: true, autocomplete: 'off' }))];
     if (kind !== 'households') rows.push(field('Household', householdSelect('household_number')));
     rows.push(field('Name', h('input', { name: 'name', autocomplete: 'off' })));
     for (const f of extraFields(kind)) rows.push(extraRow(f));
     form.replaceChildren(h('h3', {}, `Add a ${info.one}`), h('div', { class: 'row' }, rows,
       h('button', { type: 'submit' }, `Add ${info.one}`)));
+    for (const el of form.elements) {
+      if (!el.name || !typed.has(el.name)) continue;
+      if (el.type === 'checkbox') el.checked = true;
+      else if (typed.get(el.name) !== '') el.value = typed.get(el.name);
+    }
     linkControls(form, kind);
   };
   form.render = render;
