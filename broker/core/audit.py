@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from broker.core.store import Store
+from broker.core.store import Store, time_range
 
 __all__ = ["Audit"]
 
@@ -54,13 +54,9 @@ class Audit:
     def query(self, since: float | None, until: float | None, limit: int,
               cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """Rows newest first; `cursor` (from the previous page) continues below it. Returns (rows, next cursor)."""
-        clauses, params = [], []
-        if since is not None:
-            clauses.append("ts >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("ts < ?")
-            params.append(until)
+        clauses: list[str] = []
+        params: list[Any] = []
+        time_range(clauses, params, "ts", since, until)
         if cursor is not None:
             clauses.append("id < ?")
             params.append(_after(cursor))

@@ -25,7 +25,7 @@ from broker.core.write_gate import StoreError, StoreUnavailable, WriteGate
 from broker.db_open import DatabaseDamaged, naming, open_db
 from broker.migrations import INTERCOM, upgrade
 
-__all__ = ["Store", "StoreError", "StoreUnavailable", "write_transition"]
+__all__ = ["Store", "StoreError", "StoreUnavailable", "time_range", "write_transition"]
 
 DIRECTORY = {"households": "household_number", "residents": "resident_id", "devices": "device_id"}
 
@@ -147,12 +147,7 @@ class Store:
             params.extend((_like(search) + "%", search, search, search, f"%{_like(fastjson.dumps(search))}%"))
         if active_only:
             clauses.append("status != 'ended'")
-        if since is not None:
-            clauses.append("start_time >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("start_time < ?")
-            params.append(until)
+        time_range(clauses, params, "start_time", since, until)
         if after is not None:
             clauses.append("(start_time < ? OR (start_time = ? AND call_id < ?))")
             params.extend((after[0], after[0], after[1]))
@@ -320,6 +315,17 @@ def write_transition(conn: sqlite3.Connection, call: CallSession, actor: str, ac
     if call.state is CallState.ENDED and before != CallState.ENDED.value:
         conn.executemany(_INSERT_RESIDENT_CALL, [(rid, call.call_id, call.created_at, outcome, int(outcome != "missed"))
                                                  for rid, outcome in outcomes(call).items()])
+
+
+def time_range(clauses: list[str], params: list[Any], column: str, since: float | None,
+               until: float | None) -> None:
+    """Narrow a query to `column` in [since, until) (either end open when None): call history, the audit log."""
+    if since is not None:
+        clauses.append(f"{column} >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append(f"{column} < ?")
+        params.append(until)
 
 
 def _like(text: str) -> str:
