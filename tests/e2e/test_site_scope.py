@@ -1,0 +1,150 @@
+"""The REST API scoped by site (issue 23 item 4): an instance started with `--site-id A` answers under `/sites/A/…`
+too, so one reverse proxy routes every site by path; another site's path is a 404 `unknown_site`, never served."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import aiomqtt
+import pytest
+
+from broker.bridge import BridgedServer
+from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
+from tests.support.harness import ADMIN, Harness, make_settings
+from tests.support.inbox import Inbox
+
+pytestmark = needs_mosquitto
+
+
+@pytest.fixture
+async def site_a(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Harness]:
+    """Site `A` bridged to a Mosquitto, authenticated (admin token ADMIN), with the default one-household site."""
+    settings = make_settings(tmp_path, auth={"allow_anonymous_on_loopback": False})
+    server = BridgedServer(settings, f"mqtt://127.0.0.1:{mosquitto.port}", site_id="A")
+    await server.start()
+    h = Harness(server, aiohttp.ClientSession())  # type: ignore[arg-type]
+    yield h
+    await h.http.close()
+    await server.stop()
+
+
+async def test_the_site_prefix_serves_the_same_api_as_the_plain_paths(site_a):
+    h = site_a
+    for path in ("/api/admin/devices", "/api/admin/households", "/api/calls"):
+        plain = await h.get(path, ADMIN)
+        scoped = await h.get(f"/sites/A{path}", ADMIN)
+        assert plain[0] == scoped[0] == 200, (path, scoped)
+        assert scoped[1]["data"] == plain[1]["data"]
+    status, body = await h.get("/sites/A/healthz")
+    assert status == 200, body
+    assert body["data"]["site_id"] == "A"
+    status, body = await h.get("/healthz")
+    assert body["data"]["site_id"] == "A"
+    # writes and query strings go through the prefix as well
+    status, body = await h.post("/sites/A/api/admin/households", {"household_number": "202"}, ADMIN)
+    assert status == 200, body
+    status, body = await h.get("/api/admin/households?household_number=202", ADMIN)
+    assert [r["household_number"] for r in body["data"]] == ["202"]
+    status, body = await h.get("/sites/A/api/admin/residents?household_number=101", ADMIN)
+    assert status == 200
+    assert {r["resident_id"] for r in body["data"]} == {"2", "3"}
+    # the prefix changes nothing about authentication
+    status, body = await h.get("/sites/A/api/admin/devices")
+    assert status == 401, body
+    status, body = await h.get("/sites/A/api/admin/devices", "not-a-token")
+    assert status == 401
+
+
+async def test_another_sites_path_is_a_404_unknown_site_and_never_served(site_a):
+    h = site_a
+    for path in ("/sites/B/api/admin/devices", "/sites/B/healthz", "/sites/a/api/calls", "/sites/B",
+                 "/sites/B/", "/sites//api/calls", "/sites"):
+        status, body = await h.get(path, ADMIN)
+        assert status == 404, (path, body)
+        assert body["code"] == 404
+        assert body["data"] == {"reason": "unknown_site"}, (path, body)
+        assert "devices" not in json.dumps(body["data"])
+    status, body = await h.post("/sites/B/api/admin/households", {"household_number": "303"}, ADMIN)
+    assert (status, body["data"]) == (404, {"reason": "unknown_site"})
+    status, body = await h.get("/api/admin/households/303", ADMIN)
+    assert status == 404  # nothing was written by the wrong site's request
+    # an unknown path under the right site is the ordinary 404
+    status, body = await h.get("/sites/A/api/nothing-here", ADMIN)
+    assert status == 404
+    assert body["data"] is None
+
+
+async def test_the_site_endpoint_says_which_site_and_counts_its_devices_and_calls(site_a, mosquitto):
+    h = site_a
+    status, body = await h.get("/api/admin/site")
+    assert status == 401
+    status, body = await h.get("/sites/A/api/admin/site", ADMIN)
+    assert status == 200, body
+    site = body["data"]
+    assert site["site_id"] == "A"
+    assert site["mode"] == "bridge"
+    assert site["devices"] == {"total": 2, "online": 0}  # devices 1 and 5
+    assert site["live_calls"] == 0
+    assert site["last_24h"] == {"calls": 0, "missed": 0, "failed": 0}
+    # a device reports online and starts a call over the site's mount point
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="door-1") as door:
+        await door.subscribe("sites/A/devices/1/#", qos=1)
+        inbox = Inbox(door)
+        try:
+            await door.publish("sites/A/devices/1/status", json.dumps({"online": True}), qos=1)
+            await door.publish("sites/A/calls/request/1", json.dumps({"household_number": "101",
+                                                                      "request_id": "rq-1"}), qos=1)
+            await inbox.wait_for(lambda t, b: isinstance(b, dict) and b.get("request_id") == "rq-1")
+        finally:
+            await inbox.close()
+
+    async def counted() -> bool:
+        _, b = await h.get("/api/admin/site", ADMIN)
+        return bool(b["data"]["live_calls"] == 1 and b["data"]["devices"]["online"] == 1)
+
+    await h.until(counted, what="the live call and the online device counted")
+    _, body = await h.get("/api/admin/site?devices=true", ADMIN)
+    assert body["data"]["last_24h"]["calls"] == 1
+    assert [d["device_id"] for d in body["data"]["device_status"]] == ["1"]
+    assert body["data"]["device_status"][0]["online"] is True
+    status, body = await h.get("/api/admin/site?devices=maybe", ADMIN)
+    assert status == 400
+
+
+async def test_console_config_names_the_site_and_says_mqtt_is_not_the_browsers(site_a):
+    h = site_a
+    status, body = await h.get("/sites/A/api/console/config")
+    assert status == 200
+    assert body["data"]["site_id"] == "A"
+    assert body["data"]["bridge"] is True
+    assert body["data"]["mqtt"]["ws_port"] is None
+    # the page under the prefix: its files are found relative to it
+    async with h.http.get(h.base + "/sites/A", allow_redirects=False) as r:
+        assert r.status == 308
+        assert r.headers["Location"] == "/sites/A/"
+    async with h.http.get(h.base + "/sites/A/") as r:
+        assert r.status == 200
+        page = await r.text()
+    assert 'src="console/app.js"' in page
+    async with h.http.get(h.base + "/sites/A/console/api.js") as r:
+        assert r.status == 200
+        assert "javascript" in r.headers["Content-Type"]
+
+
+async def test_a_box_without_site_id_knows_no_site_and_keeps_its_plain_paths(make_harness):
+    h = await make_harness()
+    status, body = await h.get("/healthz")
+    assert status == 200
+    assert body["data"]["site_id"] is None
+    status, body = await h.get("/sites/A/healthz")
+    assert (status, body["data"]) == (404, {"reason": "unknown_site"})
+    status, body = await h.get("/api/admin/site", ADMIN)
+    assert status == 200
+    assert body["data"]["site_id"] is None
+    assert body["data"]["mode"] == "embedded"
+    status, body = await h.get("/api/console/config")
+    assert body["data"]["site_id"] is None
+    assert body["data"]["bridge"] is False
