@@ -12,11 +12,16 @@ import aiomqtt
 import pytest
 
 from broker.bridge import BridgedServer
+from tests.e2e.test_console_browser import CHROMIUM, browser, shot, tabs
 from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
 from tests.support.harness import ADMIN, Harness, make_settings
 from tests.support.inbox import Inbox
 
 pytestmark = needs_mosquitto
+__all__ = ["browser"]  # the Chromium fixture of the console's browser tests, used here once
+
+if CHROMIUM.exists():
+    from playwright.async_api import expect
 
 
 @pytest.fixture
@@ -148,3 +153,46 @@ async def test_a_box_without_site_id_knows_no_site_and_keeps_its_plain_paths(mak
     status, body = await h.get("/api/console/config")
     assert body["data"]["site_id"] is None
     assert body["data"]["bridge"] is False
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+async def test_the_console_in_bridge_mode_shows_its_site_and_works_over_rest(site_a, mosquitto, browser):
+    """Under /sites/A/: the header names the site; Live, Site and History read over REST (a call placed over the
+    external broker shows up without MQTT in the browser); the Simulator says it is not available here."""
+    h = site_a
+    t = await tabs(browser, h.base + "/sites/A")
+    page = await t.open("live")
+    await page.get_by_label("Admin token").fill(ADMIN)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#site")).to_have_text("site A")
+    await expect(page.locator("#link-state")).to_have_text("MQTT: external broker")
+    await expect(page.locator("#page-live")).to_contain_text("read over REST")
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="door-1") as door:
+        await door.subscribe("sites/A/devices/1/#", qos=1)
+        inbox = Inbox(door)
+        try:
+            await door.publish("sites/A/devices/1/status", json.dumps({"online": True, "battery": 64}), qos=1)
+            await door.publish("sites/A/calls/request/1", json.dumps({"household_number": "101",
+                                                                      "request_id": "rq-1"}), qos=1)
+            _, reply = await inbox.wait_for(lambda t, b: isinstance(b, dict) and b.get("request_id") == "rq-1")
+        finally:
+            await inbox.close()
+    call_id = reply["call_id"]
+    await expect(page.locator(f"#live-active tr[data-call-id='{call_id}']")).to_contain_text("ringing")
+    device1 = page.locator("#live-devices tr[data-device-id='1']")
+    await expect(device1).to_contain_text("online")
+    await expect(device1).to_contain_text("64 %")
+    await shot(page, "bridge-live")
+
+    await page.get_by_role("link", name="Site").click()
+    await expect(page.locator("#site-list")).to_contain_text("101")
+    await page.get_by_role("link", name="History").click()
+    await expect(page.locator(f"#history-table tr[data-call-id='{call_id}']")).to_be_visible()
+    await page.get_by_role("link", name="Simulator").click()
+    await expect(page.locator("#sim-unavailable")).to_contain_text("not available in bridge mode")
+    await expect(page.locator("#sim-device")).to_have_count(0)
+    assert "site A" in await page.title()
+    # every request went to this site's prefix, none to the plain paths or anywhere else
+    assert t.requests
+    assert [u for u in t.requests if not u.startswith((h.base + "/sites/A/", "data:"))] == []
+    assert t.errors == []
