@@ -67,7 +67,8 @@ class Integrator:
         raise AssertionError("integrator did not report its port in time")
 
     def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc is not None
+        assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.log.append(line)
 
@@ -171,13 +172,16 @@ async def test_every_site_listed_with_its_numbers_and_a_wrong_url_flagged(sites,
     assert c["reachable"] is True
     assert c["site_id_ok"] is False
     assert c["reported_site_id"] == "a"
-    assert c["flags"] and "site_id_mismatch" in c["flags"][0]
-    assert c["devices"] is None and c["live_calls"] is None
+    assert c["flags"]
+    assert "site_id_mismatch" in c["flags"][0]
+    assert c["devices"] is None
+    assert c["live_calls"] is None
     assert "site_id_mismatch" in c["last_error"]
     assert down["reachable"] is False
-    assert down["last_error"] and down["last_error_at"]
+    assert down["last_error"]
+    assert down["last_error_at"]
     # one site's read-only views through the integrator, by the site's own prefix
-    status, body, headers = await get(integrator.port, "/api/sites/a/calls?status=ringing&limit=1")
+    status, body, _headers = await get(integrator.port, "/api/sites/a/calls?status=ringing&limit=1")
     assert status == 200, body
     assert [r["call_id"] for r in body["data"]] == [call_id]
     status, body, _ = await get(integrator.port, "/api/sites/b/calls")
