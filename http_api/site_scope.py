@@ -44,6 +44,8 @@ async def site_scope_middleware(request: web.Request, handler: Handler) -> web.S
     mount = f"{PREFIX}/{own}/"
     if not raw.startswith(mount):  # the id spelled percent-encoded: not how any client names a site
         return error_response(404, f"this instance does not serve site '{site[:64]}'", "unknown_site")
-    rest = raw[len(mount) - 1:]
+    path, _, query = raw[len(mount) - 1:].partition("?")
+    # built, not parsed: `//x/…` must stay a path (URL() would read `x` as a host)
+    url = URL.build(path=path, query_string=query, encoded=True)
     # `_handle` is what aiohttp runs for a request off the wire: route, then every middleware, then the view.
-    return await request.app._handle(request.clone(rel_url=URL(rest, encoded=True)))
+    return await request.app._handle(request.clone(rel_url=url))

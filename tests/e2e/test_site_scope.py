@@ -77,9 +77,15 @@ async def test_another_sites_path_is_a_404_unknown_site_and_never_served(site_a)
     status, body = await h.get("/api/admin/households/303", ADMIN)
     assert status == 404  # nothing was written by the wrong site's request
     # an unknown path under the right site is the ordinary 404
-    status, body = await h.get("/sites/A/api/nothing-here", ADMIN)
-    assert status == 404
-    assert body["data"] is None
+    for path in ("/sites/A/api/nothing-here", "/sites/A//api/calls", "/sites/A//127.0.0.1/api/calls"):
+        status, body = await h.get(path, ADMIN)
+        assert status == 404, (path, body)
+        assert body["data"] is None
+    # encoded characters and queries pass through unchanged
+    status, body = await h.get("/sites/A/api/admin/devices/%31", ADMIN)
+    assert (status, body["data"]["device_id"]) == (200, "1")
+    status, body = await h.get("/sites/A/api/calls?household_number=%31%30%32", ADMIN)
+    assert (status, body["data"]) == (200, [])
 
 
 async def test_the_site_endpoint_says_which_site_and_counts_its_devices_and_calls(site_a, mosquitto):
