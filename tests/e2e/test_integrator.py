@@ -22,6 +22,7 @@ import yaml
 from pydantic import SecretStr
 
 from broker.bridge import BridgedServer
+from broker.integrator.config import load_config
 from tests.mosquitto_helpers import Mosquitto, free_port, needs_mosquitto
 from tests.support.harness import Harness, make_settings
 from tests.support.inbox import Inbox
@@ -249,3 +250,11 @@ def test_secrets_stay_out_of_the_file_and_missing_ones_stop_the_start(tmp_path):
     code, err = Integrator(write_config(tmp_path / "three.yaml", [site, site]), ENV).run_to_exit()
     assert code == 2
     assert "listed twice" in err
+
+
+def test_the_commented_example_is_a_valid_configuration():
+    env = {"INTERCOM_INTEGRATOR_TOKEN": INTEGRATOR, "INTERCOM_SITE_A_TOKEN": "a", "INTERCOM_SITE_B_TOKEN": "b"}
+    loaded = load_config(ROOT / "contrib" / "integrator.yaml", env)
+    assert [s.site_id for s in loaded.config.sites] == ["A", "B"]
+    assert loaded.site_tokens == {"A": "a", "B": "b"}
+    assert loaded.config.http.port == 8090
