@@ -123,6 +123,14 @@ async def test_the_site_endpoint_says_which_site_and_counts_its_devices_and_call
     assert body["data"]["device_status"][0]["online"] is True
     status, body = await h.get("/api/admin/site?devices=maybe", ADMIN)
     assert status == 400
+    # the door gives up before anyone answers: a missed call of the last 24 h
+    call_id = (await h.get("/api/calls?status=ringing", ADMIN))[1]["data"][0]["call_id"]
+    status, body = await h.post("/sites/A/api/mqtt/controller/device",
+                                {"call_info": {"call_id": call_id, "action": "cancelled"}}, ADMIN)
+    assert status == 200, body
+    _, body = await h.get("/sites/A/api/admin/site", ADMIN)
+    assert body["data"]["live_calls"] == 0
+    assert body["data"]["last_24h"] == {"calls": 1, "missed": 1, "failed": 0}
 
 
 async def test_console_config_names_the_site_and_says_mqtt_is_not_the_browsers(site_a):
