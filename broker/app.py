@@ -35,7 +35,7 @@ from broker.ops.metrics import Monitor
 from broker.tls import server_context
 from broker.web_guard import WebGuard
 from http_api import create_app
-from http_api.keys import HEALTH, HTTP_TLS, MONITOR, UNBAN, WEB_GUARD, WS_PORT
+from http_api.keys import HEALTH, HTTP_TLS, MONITOR, UNBAN, WEB_GUARD, WS_PORT, SiteScope
 from plugins.acl import TopicAclPlugin
 from plugins.auth import IntercomAuthPlugin
 from plugins.call_plugin import CallPlugin
@@ -138,15 +138,17 @@ def bind_plugins(plugins: list[object], services: Services, presence: Presence,
 
 
 async def start_http(services: Services, ws_port: int | None = None,
-                     broker: Any = None, guard: WebGuard | None = None) -> tuple[web.AppRunner, int]:
+                     broker: Any = None, guard: WebGuard | None = None,
+                     scope: SiteScope | None = None) -> tuple[web.AppRunner, int]:
     """The REST app on the configured host and port; returns the runner and the bound port.
 
     `ws_port`: the embedded broker's MQTT-over-WebSocket port, where the console connects. `broker`: the
     embedded broker whose readings /metrics, /healthz and $SYS report (None in bridge mode). `guard`: the
     Host/Origin rules the WebSocket listener shares; it learns the bound REST port here (the console's origin).
+    `scope`: bridge mode's site and external broker (REST under `/sites/{site_id}/`, the console over REST).
     """
     s = services.settings
-    app = create_app(services, guard)
+    app = create_app(services, guard, scope)
     app.cleanup_ctx.append(_housekeeping(services))
     if ws_port is not None:
         app[WS_PORT] = ws_port

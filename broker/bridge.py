@@ -41,7 +41,7 @@ from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.core.topics import CALL_SERVICE_FILTERS
 from broker.ops.metrics import Monitor
-from http_api.keys import MONITOR
+from http_api.keys import MONITOR, SiteScope
 from plugins.call_router import on_publish
 
 if TYPE_CHECKING:
@@ -375,7 +375,8 @@ class BridgedServer:
             log.warning("external broker %s not reachable yet; still trying", self.target.url)
         if self.lease is None:
             recovered = self.services.calls.recover()
-        self._runner, self.http_port = await start_http(self.services)
+        # the console and REST scoped by site (`/sites/{site_id}/…`), told that MQTT is not the browser's here
+        self._runner, self.http_port = await start_http(self.services, scope=SiteScope(self.site_id, self.target.url))
         monitor = self._runner.app[MONITOR]
         if isinstance(monitor, Monitor):
             monitor.checks.append(self.bridge.down_reason)  # /healthz: 503 while the link is down

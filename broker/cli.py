@@ -28,7 +28,8 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="intercom-broker", description=__doc__,
-                                epilog="other commands: backup DIR, restore DIR, admin ... (each with --help)")
+                                epilog="other commands: backup DIR, restore DIR, admin ..., integrator --config FILE "
+                                       "(each with --help)")
     _bridge_flags(p)
     p.add_argument("--config", type=Path, help="YAML config (default: ./broker.yaml if present)")
     p.add_argument("--host", help="address every listener binds to (default 127.0.0.1)")
@@ -191,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in SUBCOMMANDS:  # backup, restore, admin: see broker/admin_cli
         return SUBCOMMANDS[args[0]](args[1:])
+    if args and args[0] == "integrator":  # the view across sites: its own small app (broker/integrator)
+        from broker.integrator.cli import main as integrator
+
+        return integrator(args[1:])
     try:
         load = loader_from_args(argv)
         settings = load()

@@ -15,6 +15,7 @@ from aiohttp import web
 from broker.core.errors import NotFound
 from http_api.envelope import ok
 from http_api.keys import SERVICES, WS_PORT
+from http_api.site_scope import scope_of
 
 __all__ = ["FEATURES", "STATIC", "config", "index", "static_file"]
 
@@ -80,9 +81,13 @@ async def static_file(request: web.Request) -> web.FileResponse:
 async def config(request: web.Request) -> web.Response:
     """What the page needs before sign-in: the mode, where the MQTT WebSocket listener is, call timers, features."""
     settings = request.app[SERVICES].settings
+    scope = scope_of(request.app)
     tls = settings.mqtt.tls
     return ok({
         "mode": "local-only" if settings.local_only else "authenticated",
+        # bridge mode: MQTT is the external broker's, which the browser cannot reach; the pages work over REST
+        "site_id": scope.site_id,
+        "bridge": scope.external_broker is not None,
         "mqtt": {
             "ws_port": request.app.get(WS_PORT),
             "ws_path": WS_PATH,

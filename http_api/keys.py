@@ -2,6 +2,7 @@
 
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
@@ -19,7 +20,16 @@ class Monitor(Protocol):
     def problems(self) -> list[str]: ...
 
 
-__all__ = ["HEALTH", "HTTP_TLS", "MONITOR", "PRINCIPAL", "SERVICES", "UNBAN", "WEB_GUARD", "WS_PORT"]
+@dataclass(frozen=True)
+class SiteScope:
+    """Which site this instance serves (None: a box without `--site-id`) and its external broker (bridge mode)."""
+
+    site_id: str | None = None
+    external_broker: str | None = None  # the URL without credentials; None: the embedded broker
+
+
+__all__ = ["HEALTH", "HTTP_TLS", "MONITOR", "PRINCIPAL", "SERVICES", "SITE_SCOPE", "UNBAN", "WEB_GUARD", "WS_PORT",
+           "SiteScope"]
 
 SERVICES = web.AppKey("services", Services)
 # Set by the server once the broker listens; /healthz reads it.
@@ -39,3 +49,5 @@ HTTP_TLS = web.AppKey("http_tls", ssl.SSLContext)
 UNBAN: web.AppKey[Callable[[str], bool]] = web.AppKey("unban")
 # The Host and Origin rules (broker/web_guard.py), shared with the MQTT WebSocket listener.
 WEB_GUARD = web.AppKey("web_guard", WebGuard)
+# The site this instance serves (http_api/site_scope.py); absent: a box without a site id.
+SITE_SCOPE = web.AppKey("site_scope", SiteScope)

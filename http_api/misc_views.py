@@ -16,6 +16,7 @@ from broker.core.wire.status import DeviceStatus, SystemMessage
 from http_api.auth import home_of, principal, require
 from http_api.envelope import ok, parse_body
 from http_api.keys import HEALTH, MONITOR, SERVICES
+from http_api.site_scope import site_id_of
 
 __all__ = ["device_status", "get_device_status", "healthz", "rtc_token", "system_message", "usersig"]
 
@@ -25,7 +26,8 @@ async def healthz(request: web.Request) -> web.Response:
     if not health.get("broker"):
         raise Overloaded("broker not serving yet", "not_ready")
     svc = request.app[SERVICES]
-    state: dict[str, Any] = {"broker": True, "http": True, "active_calls": svc.calls.active_count}
+    state: dict[str, Any] = {"broker": True, "http": True, "active_calls": svc.calls.active_count,
+                             "site_id": site_id_of(request.app)}
     monitor = request.app.get(MONITOR)
     if monitor is None:
         return ok(state)

@@ -38,6 +38,7 @@ from http_api import (
     misc_views,
     ops_views,
     resident_views,
+    site_views,
     snapshot_views,
 )
 from http_api.auth import is_public
@@ -100,6 +101,9 @@ OPS: dict[Any, Op] = {
     misc_views.usersig: Op("A TRTC UserSig for a user id", "trtc", (UserSigRequest,)),
     misc_views.rtc_token: Op("A TRTC UserSig for a room (older shape)", "trtc", (RtcTokenRequest,),
                              deprecated=True),
+    site_views.site_info: Op("Which site this instance serves: its id, mode, devices online/total, live calls, the "
+                             "last 24 h's calls, missed and failed (admin)", "admin",
+                             query=(("devices", "true: add every device's last status", False),)),
     admin_views.create: Op("Add a household, resident or device (a member's token is shown once)", "admin",
                            (HouseholdIn, ResidentIn, DeviceIn)),
     admin_views.list_all: Op("List households, residents or devices", "admin",

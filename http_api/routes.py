@@ -14,6 +14,7 @@ from http_api import (
     openapi,
     ops_views,
     resident_views,
+    site_views,
     snapshot_views,
 )
 
@@ -44,6 +45,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/metrics", metrics_views.metrics)
     r.add_get("/api/admin/audit", audit_views.audit)
     r.add_post("/api/console/signin", audit_views.console_signin)
+    # the site this instance serves, for the integrator view (docs/scale-out.md); before /api/admin/{kind}
+    r.add_get("/api/admin/site", site_views.site_info)
     # directory administration
     r.add_post("/api/admin/{kind}", admin_views.create)
     r.add_get("/api/admin/{kind}", admin_views.list_all)

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 ASSEMBLY = ("broker.app", "broker.server", "broker.bridge", "broker.cli", "broker.__main__", "broker.ops",
-            "broker.backup", "broker.admin_cli", "broker.scale")
+            "broker.backup", "broker.admin_cli", "broker.scale", "broker.integrator")
 # The neutral pieces every layer may use: configuration, value types, limits, listeners' plumbing.
 SHARED = ("broker.config", "broker.ids", "broker.tls", "broker.limiter", "broker.db_open", "broker.accept_loop",
           "broker.fd_budget", "broker.http_site", "broker.log_context", "broker.write_gate",

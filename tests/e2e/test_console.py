@@ -26,7 +26,7 @@ async def test_console_page_is_public_and_locked_to_its_own_origin(make_harness)
         csp = r.headers["Content-Security-Policy"]
     assert "default-src 'self'" in csp
     assert f"ws://127.0.0.1:{h.server.ws_port}" in csp
-    assert '<script type="module" src="/console/app.js">' in html
+    assert '<script type="module" src="console/app.js">' in html  # relative: also under /sites/{id}/
     assert (await h.get("/api/admin/households"))[0] == 401  # the API behind it is not public
 
 

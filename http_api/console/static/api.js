@@ -2,6 +2,9 @@
 
 const KEY = 'intercom.adminToken';
 
+/** Where the box's API is, as seen from this page: '' at `/`, `/sites/A` behind a proxy routing sites by path. */
+export const BASE = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
+
 export const token = {
   get: () => sessionStorage.getItem(KEY),
   set: (value) => sessionStorage.setItem(KEY, value),
@@ -25,14 +28,14 @@ function headers(contentType) {
 /** Send a request as-is and return {status, text, ms}: the API explorer shows exactly what came back. */
 export async function raw(method, path, bodyText) {
   const started = performance.now();
-  const res = await fetch(path, { method, headers: headers(bodyText !== undefined && 'application/json'),
+  const res = await fetch(BASE + path, { method, headers: headers(bodyText !== undefined && 'application/json'),
                                   body: bodyText });
   return { status: res.status, text: await res.text(), ms: Math.round(performance.now() - started) };
 }
 
 async function send(method, path, body, contentType) {
   try {
-    return await fetch(path, { method, headers: headers(body !== undefined && contentType), body });
+    return await fetch(BASE + path, { method, headers: headers(body !== undefined && contentType), body });
   } catch (err) {
     throw new ApiError(0, `cannot reach the box: ${err.message}`);
   }

@@ -15,7 +15,7 @@ const mounted = new Map();
 const ctx = { cfg: null, features: {}, signedIn: false };
 
 const LINK_TEXT = { online: 'MQTT: live', connecting: 'MQTT: connecting…', offline: 'MQTT: offline',
-                    refused: 'MQTT: refused', unavailable: 'MQTT: unavailable' };
+                    refused: 'MQTT: refused', unavailable: 'MQTT: unavailable', bridge: 'MQTT: external broker' };
 
 function showLinkState(state, detail) {
   const badge = $('link-state');
@@ -70,7 +70,7 @@ function start(adminToken) {
   $('loading').hidden = true;
   $('nav').hidden = false;
   $('signout').hidden = !adminToken;
-  connect(ctx.cfg.mqtt, adminToken);
+  connect(ctx.cfg.mqtt, adminToken, Boolean(ctx.cfg.bridge));
   route(false);
 }
 
@@ -91,7 +91,8 @@ function route(moveFocus = true) {
     if (link.getAttribute('href') === `#${name}`) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
-  document.title = `${PAGES[name].title} · intercom-broker console`;
+  const where = ctx.cfg.site_id ? ` · site ${ctx.cfg.site_id}` : '';
+  document.title = `${PAGES[name].title}${where} · intercom-broker console`;
   if (moveFocus) section.querySelector('h2')?.focus();
 }
 
@@ -112,6 +113,10 @@ async function boot() {
   }
   ctx.features = ctx.cfg.features || {};
   $('mode').textContent = ctx.cfg.mode;
+  if (ctx.cfg.site_id) {  // bridge mode with --site-id: one console per site, each under /sites/{site_id}/
+    $('site').textContent = `site ${ctx.cfg.site_id}`;
+    $('site').hidden = false;
+  }
   if (ctx.cfg.mode === 'local-only') {
     start(null);
     return;

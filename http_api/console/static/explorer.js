@@ -1,5 +1,5 @@
 // API: every operation of /api/openapi.json, with a form to try it from the browser (signed-in token attached).
-import { raw } from './api.js';
+import { BASE, raw } from './api.js';
 import { attempt, field, h } from './ui.js';
 
 export const title = 'API';
@@ -13,7 +13,7 @@ export function mount(section) {
   section.append(
     h('h2', { tabindex: -1 }, 'API'),
     h('p', {}, 'The OpenAPI 3.1 description of the REST API, generated from the route table and the payload models: ',
-      h('a', { href: '/api/openapi.json' }, '/api/openapi.json'),
+      h('a', { href: `${BASE}/api/openapi.json` }, `${BASE}/api/openapi.json`),
       '. Requests sent from here carry the signed-in admin token (none in local-only mode).'),
     h('div', { class: 'card row' }, field('Filter operations', els.filter)),
     els.list);
@@ -22,7 +22,7 @@ export function mount(section) {
 
 async function load() {
   spec = await attempt(async () => {
-    const res = await fetch('/api/openapi.json');
+    const res = await fetch(`${BASE}/api/openapi.json`);
     if (!res.ok) throw new Error(`cannot load the API description: HTTP ${res.status}`);
     return res.json();
   });

@@ -35,7 +35,11 @@ function decode(payload) {
  * Connect as the admin principal (authenticated mode) or anonymously (local-only mode) and
  * subscribe to every site topic. `cfg` is /api/console/config's `mqtt` part.
  */
-export function connect(cfg, adminToken) {
+export function connect(cfg, adminToken, bridge = false) {
+  if (bridge) {
+    setState('bridge', "bridge mode: MQTT is the external broker's, which this page does not reach; pages read over REST");
+    return;
+  }
   if (!cfg.ws_port) {
     setState('unavailable', 'this box has no MQTT WebSocket listener (server.ws_port)');
     return;

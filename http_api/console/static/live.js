@@ -8,6 +8,8 @@ import { attempt, duration, h, when } from './ui.js';
 export const title = 'Live';
 
 const CALL_TOPICS = ['users/+/calls/incoming', 'users/+/calls/control', 'devices/+/calls/control'];
+// Bridge mode: no MQTT in the browser, so calls and device statuses are read over REST this often instead.
+const POLL_MS = 3000;
 const devices = new Map(); // device_id -> directory row
 const status = new Map(); // device_id -> last status message
 let ctx;
@@ -31,7 +33,9 @@ export function mount(section, context) {
   els = { active, ended, devs };
   section.append(
     h('h2', { tabindex: -1 }, 'Live'),
-    h('p', { class: 'hint' }, 'Pushed over MQTT from the box as it happens; nothing here polls.'),
+    h('p', { class: 'hint' }, ctx.cfg.bridge
+      ? `Bridge mode: read over REST every ${POLL_MS / 1000} s (MQTT is the external broker's).`
+      : 'Pushed over MQTT from the box as it happens; nothing here polls.'),
     h('div', { class: 'card' }, h('h3', {}, 'Active calls'), activeWrap),
     h('div', { class: 'card' }, h('h3', {}, 'Recently ended'), endedWrap),
     h('div', { class: 'card' }, h('h3', {}, 'Devices'), devWrap),
@@ -41,6 +45,23 @@ export function mount(section, context) {
   setInterval(tick, 1000);
   loadDevices();
   refreshCalls();
+  if (ctx.cfg.bridge) {
+    pollStatus();
+    setInterval(() => {
+      if (document.hidden) return;  // a background tab does not poll
+      pollStatus();
+      refreshCalls();
+    }, POLL_MS);
+  }
+}
+
+/** Bridge mode: every device's last status in one read (what the retained `devices/+/status` would push). */
+async function pollStatus() {
+  const site = await attempt(() => api.get('/api/admin/site?devices=true'));
+  if (!site) return;
+  status.clear();
+  for (const st of site.device_status) status.set(st.device_id, { ...st, seen: st.updated_at });
+  renderDevices();
 }
 
 function onMessage(msg) {

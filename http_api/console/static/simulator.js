@@ -18,6 +18,13 @@ const rand = () => Math.random().toString(36).slice(2, 10);
 
 export function mount(section, context) {
   ctx = context;
+  if (ctx.cfg.bridge) {
+    section.append(h('h2', { tabindex: -1 }, 'Simulator'), h('p', { class: 'card', id: 'sim-unavailable' },
+      'The MQTT simulator is not available in bridge mode: the devices and apps talk to the external broker, '
+      + 'which this page would have to reach over its own WebSocket listener with its own credentials. Use a '
+      + 'real device, or an MQTT client with the credentials from `intercom-broker admin broker-acl`.'));
+    return;
+  }
   els = {
     device: h('select', { id: 'sim-device', name: 'device' }),
     household: h('select', { id: 'sim-household', name: 'household' }),
@@ -65,6 +72,7 @@ export function mount(section, context) {
 }
 
 export async function show() {
+  if (ctx.cfg.bridge) return;
   const lists = await attempt(() => Promise.all([api.get('/api/admin/devices'), api.get('/api/admin/households')]));
   if (!lists) return;
   const [devices, households] = lists;
