@@ -24,6 +24,7 @@ from broker.scale.pg_store import PgStore  # noqa: E402
 from tests.mosquitto_helpers import free_port  # noqa: E402
 from tests.postgres_helpers import needs_postgres, pg_url, postgres  # noqa: E402, F401 (fixtures)
 from tests.support.process import ROOT  # noqa: E402
+from tests.support.waits import until  # noqa: E402
 
 pytestmark = [pytest.mark.slow, needs_postgres]
 
@@ -42,21 +43,21 @@ def _count(url: str, sql: str) -> int:
 
 
 def _fill_history(url: str, live: bool) -> None:
-    """25 old calls (with `live`, one still ringing) with events and per-resident rows, 25 old door events and status changes;
-    one recent ended call and one recent door event."""
+    """25 old calls (with `live`, one still ringing) with events and per-resident rows, 25 old door events and
+    status changes; one recent ended call and one recent door event."""
     PgStore(url).close()  # the schema
     with psycopg.connect(url) as conn:
         for i in range(25):
             status = "ringing" if i == 0 and live else "ended"
-            conn.execute("INSERT INTO calls (call_id, device_id, household_number, status, start_time)"
-                         " VALUES (%s, '1', '101', %s, %s)", (f"old{i}", status, OLD + i))
+            conn.execute("INSERT INTO calls (call_id, device_id, household_number, target_resident_ids, status,"
+                         " start_time) VALUES (%s, '1', '101', '[\"2\"]', %s, %s)", (f"old{i}", status, OLD + i))
             conn.execute("INSERT INTO call_events (call_id, ts) VALUES (%s, %s)", (f"old{i}", OLD + i))
             conn.execute("INSERT INTO resident_calls (resident_id, call_id, start_time, outcome, seen)"
                          " VALUES ('2', %s, %s, 'missed', 0)", (f"old{i}", OLD + i))
             conn.execute("INSERT INTO door_events (ts, device_id) VALUES (%s, '1')", (OLD + i,))
             conn.execute("INSERT INTO device_status_history (device_id, ts, online) VALUES ('1', %s, 1)", (OLD + i,))
-        conn.execute("INSERT INTO calls (call_id, device_id, household_number, status, start_time)"
-                     " VALUES ('new', '1', '101', 'ended', %s)", (NEW,))
+        conn.execute("INSERT INTO calls (call_id, device_id, household_number, target_resident_ids, status,"
+                     " start_time) VALUES ('new', '1', '101', '[\"2\"]', 'ended', %s)", (NEW,))
         conn.execute("INSERT INTO door_events (ts, device_id) VALUES (%s, '1')", (NEW,))
 
 
@@ -87,16 +88,11 @@ async def test_retention_runs_on_a_postgres_box(make_harness: Any, pg_url: str, 
     _fill_history(pg_url, live=False)
     caplog.set_level(logging.INFO, logger="intercom")
     h = await make_harness(store={"url": pg_url}, history={"retention_days": 30, "prune_batch": 7})
-    deadline = time.monotonic() + 20
-    while _count(pg_url, "SELECT COUNT(*) FROM device_status_history") and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    await until(lambda: _count(pg_url, "SELECT COUNT(*) FROM device_status_history") == 0, 20, "status pruned")
     assert _count(pg_url, "SELECT COUNT(*) FROM calls") == 1
     assert _count(pg_url, "SELECT COUNT(*) FROM door_events") == 1
     assert _count(pg_url, "SELECT COUNT(*) FROM device_status_history") == 0
-    deadline = time.monotonic() + 5
-    while not any("history retention: deleted" in r.getMessage() for r in caplog.records) \
-            and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until(lambda: any("history retention: deleted" in r.getMessage() for r in caplog.records), 5, "log line")
     assert any("history retention: deleted 75 old rows" in r.getMessage() for r in caplog.records), caplog.text
     assert not any("retention and scheduled backups are off" in r.getMessage() for r in caplog.records)
     status, resp = await h.get("/api/calls?household_number=101")
@@ -140,10 +136,10 @@ async def test_backup_delete_restore_round_trip(make_harness: Any, tmp_path: Pat
 
     with psycopg.connect(pg_url) as conn:  # the data lost
         for table in ("calls", "call_events", "households", "residents", "devices"):
-            conn.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+            conn.execute(f"DELETE FROM {table}")
 
     lease = SiteLease(pg_url, "", ttl_s=30)
-    assert lease.try_take()  # an instance serving the site
+    await lease.acquire()  # an instance serving the site
     try:
         refused = _cli("restore", bk, "--config", config)
         assert refused.returncode == 1
@@ -155,6 +151,9 @@ async def test_backup_delete_restore_round_trip(make_harness: Any, tmp_path: Pat
 
     done = _cli("restore", bk, "--config", config)
     assert done.returncode == 0, done.stderr
+    aside = list(tmp_path.glob("pre-restore-*/intercom.pgdump"))  # what the database held: kept
+    assert len(aside) == 1
+    assert aside[0].read_bytes()[:5] == b"PGDMP"
     with psycopg.connect(pg_url) as conn:
         assert sorted(r[0] for r in conn.execute("SELECT call_id FROM calls")) == sorted(made)
         assert conn.execute("SELECT name FROM households WHERE household_number = '909'").fetchone() == ("backed up",)
@@ -178,12 +177,8 @@ async def test_scheduled_backup_on_postgres(make_harness: Any, tmp_path: Path, p
     root = tmp_path / "backups"
     h = await make_harness(store={"url": pg_url}, backup={"dir": str(root), "schedule": "daily", "keep": 2})
     await _calls(h, 1)
-    deadline = time.monotonic() + 30
-    found: list[Path] = []
-    while not found and time.monotonic() < deadline:
-        found = list(root.glob("*/manifest.json")) if root.is_dir() else []
-        await asyncio.sleep(0.1)
-    assert found, "no scheduled backup within 30 s"
+    await until(lambda: bool(list(root.glob("*/manifest.json"))), 30, "a scheduled backup")
+    found = list(root.glob("*/manifest.json"))
     manifest = json.loads(found[0].read_text())
     assert manifest["databases"]["intercom.pgdump"]["schema_version"] == latest(POSTGRES_INTERCOM)
     assert (found[0].parent / "intercom.pgdump").stat().st_size > 1000
@@ -238,7 +233,7 @@ def test_admin_import_round_trip_on_postgres(tmp_path: Path, pg_url: str) -> Non
     assert _count(pg_url, "SELECT COUNT(*) FROM devices WHERE token_hash IS NOT NULL") == 20
 
     lease = SiteLease(pg_url, "", ttl_s=30)
-    assert lease.try_take()
+    asyncio.run(lease.acquire())
     try:
         refused = _cli("admin", "--config", config, "list")
         assert refused.returncode == 1
