@@ -214,6 +214,10 @@ def _move_aside(data_dir: Path, always: bool = False) -> Path | None:
     if not present and not always:
         return None
     aside = data_dir / f"pre-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    for n in range(2, 100):  # two restores within a second: never into the first one's
+        if not aside.exists():
+            break
+        aside = aside.with_name(f"{aside.name.split('.')[0]}.{n}")
     _private_dir(aside)
     for path in present:
         path.rename(aside / path.name)

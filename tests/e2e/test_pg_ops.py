@@ -111,6 +111,10 @@ async def _calls(h: Any, n: int) -> list[str]:
     return made
 
 
+def _pre_restore_dumps(data_dir: Path) -> list[Path]:
+    return list(data_dir.glob("pre-restore-*/intercom.pgdump"))
+
+
 async def test_backup_delete_restore_round_trip(make_harness: Any, tmp_path: Path, pg_url: str) -> None:  # noqa: F811
     """Calls made on PostgreSQL, `intercom-broker backup` (pg_dump -Fc, checksummed manifest), the data deleted,
     `intercom-broker restore`: the calls and the directory are back. Refused while an instance holds the site's
@@ -151,7 +155,7 @@ async def test_backup_delete_restore_round_trip(make_harness: Any, tmp_path: Pat
 
     done = _cli("restore", bk, "--config", config)
     assert done.returncode == 0, done.stderr
-    aside = list(tmp_path.glob("pre-restore-*/intercom.pgdump"))  # what the database held: kept
+    aside = _pre_restore_dumps(tmp_path)  # what the database held: kept
     assert len(aside) == 1
     assert aside[0].read_bytes()[:5] == b"PGDMP"
     with psycopg.connect(pg_url) as conn:
@@ -164,6 +168,16 @@ async def test_backup_delete_restore_round_trip(make_harness: Any, tmp_path: Pat
         assert store.get_call(made[1]) is not None
     finally:
         store.close()
+
+    plain = tmp_path / "plain.yaml"  # no store.url: a box on sqlite
+    plain.write_text(f"server:\n  data_dir: {tmp_path / 'other'}\n")
+    mismatch = _cli("restore", bk, "--config", plain)
+    assert mismatch.returncode == 1
+    assert "backup of a PostgreSQL store" in mismatch.stderr
+    assert not (tmp_path / "other" / "intercom.db").exists()
+    secret = _cli("restore", bk, "--config", plain, "--store-url", pg_url.replace("postgres@", "postgres:pw@"))
+    assert secret.returncode == 1
+    assert "PGPASSWORD" in secret.stderr
 
     meta["schema_version"] = latest(POSTGRES_INTERCOM) + 1  # a dump from a newer release
     (bk / "manifest.json").write_text(json.dumps(manifest))
