@@ -159,9 +159,12 @@ def restore_backup(source: Path, data_dir: Path, store_url: str | None = None, f
     _private_dir(data_dir)
     data_lock.acquire(data_dir)  # no box may start on it while the files are half copied
     try:
-        moved = _move_aside(data_dir, always=pg_ops is not None)
-        if pg_ops is not None and moved is not None:
+        moved = None
+        if pg_ops is not None:  # the database first: a failure there leaves the data dir untouched
+            moved = _aside_dir(data_dir)
             pg_ops.dump(store_url, moved / PG_DUMP)  # what the database held, never lost
+            pg_ops.restore(store_url, source / PG_DUMP)  # one transaction: a failure changes nothing
+        moved = _move_aside(data_dir, moved)
         for name in manifest["files"]:
             if name == PG_DUMP:
                 continue
@@ -169,8 +172,6 @@ def restore_backup(source: Path, data_dir: Path, store_url: str | None = None, f
             _private_dir(target.parent)
             shutil.copyfile(source / name, target)
             os.chmod(target, 0o600)
-        if pg_ops is not None:
-            pg_ops.restore(store_url, source / PG_DUMP)
     except OSError as exc:
         raise BackupError(f"restore of {source} into {data_dir} failed: {exc}") from exc
     finally:
@@ -204,21 +205,27 @@ def _check_store(source: Path, manifest: dict[str, Any], store_url: str | None, 
             raise BackupError(f"an instance serves site {site or '(default)'!r} from this database (lease held by "
                               f"{holder} for {left:.0f} s more): stop every instance of the site first, or --force")
         log.warning("restoring while %s holds the lease of site %r (--force)", holder, site)
-    pg_ops.find_binary("pg_restore")  # missing: say so before moving anything
+    pg_ops.verify(source / PG_DUMP)  # pg_restore missing, or not an archive: said before anything is touched
     return pg_ops
 
 
-def _move_aside(data_dir: Path, always: bool = False) -> Path | None:
-    names = [n for db in DATABASES for n in (db, f"{db}-wal", f"{db}-shm")] + [*EXTRA_FILES, SNAPSHOTS]
-    present = [data_dir / n for n in names if (data_dir / n).exists()]
-    if not present and not always:
-        return None
+def _aside_dir(data_dir: Path) -> Path:
     aside = data_dir / f"pre-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     for n in range(2, 100):  # two restores within a second: never into the first one's
         if not aside.exists():
             break
         aside = aside.with_name(f"{aside.name.split('.')[0]}.{n}")
     _private_dir(aside)
+    return aside
+
+
+def _move_aside(data_dir: Path, aside: Path | None = None) -> Path | None:
+    """Move the data dir's files into `aside` (made if needed and there is something to move); returns it."""
+    names = [n for db in DATABASES for n in (db, f"{db}-wal", f"{db}-shm")] + [*EXTRA_FILES, SNAPSHOTS]
+    present = [data_dir / n for n in names if (data_dir / n).exists()]
+    if not present:
+        return aside
+    aside = aside or _aside_dir(data_dir)
     for path in present:
         path.rename(aside / path.name)
     return aside

@@ -83,6 +83,16 @@ def dump(url: str, dest: Path) -> dict[str, Any]:
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     try:
+        meta = _dump(url, dest, pg_dump)
+    except BaseException:
+        dest.unlink(missing_ok=True)  # no half-written dump left to be mistaken for a backup
+        raise
+    verify(dest)
+    return meta
+
+
+def _dump(url: str, dest: Path, pg_dump: str) -> dict[str, Any]:
+    try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             # one snapshot for the dump and for what the manifest says about it
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -101,7 +111,6 @@ def dump(url: str, dest: Path) -> dict[str, Any]:
     except psycopg.Error as exc:
         raise BackupError(f"cannot back up {redact(url)}: {str(exc).strip()}") from exc
     os.chmod(dest, 0o600)
-    verify(dest)
     return {"store": redact(url), "schema": schema, "schema_version": version, "rows": rows}
 
 

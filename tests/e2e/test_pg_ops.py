@@ -185,6 +185,18 @@ async def test_backup_delete_restore_round_trip(make_harness: Any, tmp_path: Pat
     assert newer.returncode == 1
     assert "newer" in newer.stderr
 
+    # pg_restore failing mid-way (an operator's view on calls blocks its DROP): one transaction, nothing changes
+    meta["schema_version"] = latest(POSTGRES_INTERCOM)
+    (bk / "manifest.json").write_text(json.dumps(manifest))
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("DELETE FROM calls WHERE call_id = %s", [made[0]])
+        conn.execute("CREATE VIEW report AS SELECT call_id FROM calls")
+    broken = _cli("restore", bk, "--config", config)
+    assert broken.returncode == 1
+    assert "pg_restore into" in broken.stderr, broken.stderr
+    assert _count(pg_url, "SELECT COUNT(*) FROM calls") == 2  # as it was before the failed restore
+    assert _count(pg_url, "SELECT COUNT(*) FROM households") == 3
+
 
 async def test_scheduled_backup_on_postgres(make_harness: Any, tmp_path: Path, pg_url: str) -> None:  # noqa: F811
     """backup.schedule on a PostgreSQL box writes a pg_dump backup at start (none recent) into backup.dir."""
