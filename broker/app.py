@@ -18,19 +18,18 @@ from typing import Any
 from aiohttp import web
 
 from broker import http_site
-from broker.backup import run_schedule
 from broker.config import ConfigError, Settings
 from broker.core.calls import CallService
 from broker.core.directory import Directory
 from broker.core.group_commit import Publisher
 from broker.core.presence import Presence
-from broker.core.retention import run_pruner
 from broker.core.services import Services
 from broker.core.status import StatusService
 from broker.core.store import Store
 from broker.core.trtc import Trtc
 from broker.db_open import StorageError
 from broker.mqtt.session_persistence import SessionPersistence
+from broker.ops.housekeeping import housekeeping_jobs
 from broker.ops.metrics import Monitor
 from broker.tls import server_context
 from broker.web_guard import WebGuard
@@ -177,17 +176,7 @@ def _housekeeping(services: Services) -> Callable[[web.Application], AsyncIterat
     s = services.settings
 
     async def jobs(_: web.Application) -> AsyncIterator[None]:
-        tasks = []
-        if s.store.url is not None:  # retention and backups work on intercom.db: PostgreSQL has its own tools
-            log.info("history retention and scheduled backups are off: the store is PostgreSQL (docs/scale-out.md)")
-            yield
-            return
-        tasks.append(asyncio.create_task(run_pruner(
-            s.server.data_dir / "intercom.db", s.history.retention_days, s.history.status_days,
-            s.history.prune_interval_s, s.history.prune_batch)))
-        if s.backup.schedule is not None and s.backup.dir is not None:
-            tasks.append(asyncio.create_task(run_schedule(s.server.data_dir, s.backup.dir, s.backup.schedule,
-                                                          s.backup.keep)))
+        tasks = [asyncio.create_task(job) for job in housekeeping_jobs(s)]  # sqlite or PostgreSQL alike
         yield
         for task in tasks:
             task.cancel()

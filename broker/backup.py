@@ -5,6 +5,11 @@ consistent snapshot of its file while the box keeps writing), the visitor snapsh
 if there is one, and `manifest.json` (time, release, schema versions, row counts, size and SHA-256 of every
 file). Restore checks every checksum first, refuses while a box runs on the target data dir (its lock, see
 `broker.data_lock`), moves what the data dir held aside to `pre-restore-<time>/`, then copies the files in.
+
+With the store in PostgreSQL (`store.url`), `intercom.pgdump` (`pg_dump -Fc`, broker/scale/pg_ops.py) takes
+intercom.db's place, with the same manifest, naming, rotation and checksums. Its restore also refuses while an
+instance holds the site's lease (unless forced) and a dump newer than the release, keeps a dump of what the
+database held in `pre-restore-<time>/`, then runs `pg_restore` in one transaction.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = ["BackupError", "make_backup", "prune_backups", "restore_backup", "run
 log = logging.getLogger("intercom.backup")
 
 DATABASES = ("intercom.db", "sessions.db")
+PG_DUMP = "intercom.pgdump"  # the PostgreSQL store's dump, in intercom.db's place
 EXTRA_FILES = ("trtc_dev_secret_key",)
 SNAPSHOTS = "snapshots"
 MANIFEST = "manifest.json"
@@ -70,16 +76,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def make_backup(data_dir: Path, dest: Path) -> dict[str, Any]:
-    """Back `data_dir` up into `dest` (new or empty); returns the manifest."""
+def make_backup(data_dir: Path, dest: Path, store_url: str | None = None) -> dict[str, Any]:
+    """Back `data_dir` up into `dest` (new or empty), and the PostgreSQL store `store_url` if given (then a local
+    intercom.db is not the store and is left out); returns the manifest."""
     if dest.exists() and any(dest.iterdir()):
         raise BackupError(f"backup directory {dest} is not empty: give a new or empty directory")
-    if not (data_dir / "intercom.db").exists():
+    if store_url is None and not (data_dir / "intercom.db").exists():
         raise BackupError(f"no intercom.db in {data_dir}: is --data-dir right?")
+    pg_ops = _pg_ops() if store_url is not None else None
+    if pg_ops is not None:
+        pg_ops.find_binary("pg_dump")  # missing: say so before writing anything
     _private_dir(dest)
     databases: dict[str, Any] = {}
     try:
+        if pg_ops is not None and store_url is not None:
+            databases[PG_DUMP] = pg_ops.dump(store_url, dest / PG_DUMP)
         for name in DATABASES:
+            if name == "intercom.db" and store_url is not None:
+                continue
             if (data_dir / name).exists():
                 databases[name] = _copy_db(data_dir / name, dest / name)
         for name in EXTRA_FILES:
@@ -100,6 +114,15 @@ def make_backup(data_dir: Path, dest: Path) -> dict[str, Any]:
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     os.chmod(dest / MANIFEST, 0o600)
     return manifest
+
+
+def _pg_ops() -> Any:
+    """broker.scale.pg_ops: psycopg, the `scale` extra, needed only with store.url."""
+    try:
+        from broker.scale import pg_ops
+    except ImportError as exc:
+        raise BackupError(f"store.url needs psycopg 3 ({exc}): pip install 'intercom-broker[scale]'") from exc
+    return pg_ops
 
 
 def _release() -> str:
@@ -124,17 +147,27 @@ def read_manifest(source: Path) -> dict[str, Any]:
     return manifest
 
 
-def restore_backup(source: Path, data_dir: Path) -> Path | None:
-    """Restore `source` into `data_dir`; returns where the data dir's previous files were moved, if any."""
+def restore_backup(source: Path, data_dir: Path, store_url: str | None = None, force: bool = False) -> Path | None:
+    """Restore `source` into `data_dir` (and into the PostgreSQL store `store_url` when the backup holds its
+    dump); returns where the previous files (and a dump of the database) were put, if anywhere. `force`: restore
+    into the database even while an instance holds the site's lease."""
     manifest = read_manifest(source)
+    pg_ops = _check_store(source, manifest, store_url, force)
     pid = data_lock.holder(data_dir)
     if pid is not None:
         raise BackupError(f"a box is running on {data_dir} (pid {pid}): stop it before restoring into it")
     _private_dir(data_dir)
     data_lock.acquire(data_dir)  # no box may start on it while the files are half copied
     try:
-        moved = _move_aside(data_dir)
+        moved = None
+        if pg_ops is not None:  # the database first: a failure there leaves the data dir untouched
+            moved = _aside_dir(data_dir)
+            pg_ops.dump(store_url, moved / PG_DUMP)  # what the database held, never lost
+            pg_ops.restore(store_url, source / PG_DUMP)  # one transaction: a failure changes nothing
+        moved = _move_aside(data_dir, moved)
         for name in manifest["files"]:
+            if name == PG_DUMP:
+                continue
             target = data_dir / name
             _private_dir(target.parent)
             shutil.copyfile(source / name, target)
@@ -146,13 +179,53 @@ def restore_backup(source: Path, data_dir: Path) -> Path | None:
     return moved
 
 
-def _move_aside(data_dir: Path) -> Path | None:
+def _check_store(source: Path, manifest: dict[str, Any], store_url: str | None, force: bool) -> Any:
+    """broker.scale.pg_ops when the backup is of a PostgreSQL store that may be restored into `store_url` now;
+    None for a sqlite backup. Refuses a mismatch, a dump newer than this release and a served site."""
+    dumped = PG_DUMP in manifest["files"]
+    if not dumped:
+        if store_url is not None:
+            raise BackupError(f"{source} is a backup of a box's intercom.db, but store.url is set: restore it into a "
+                              "data dir of a box without store.url")
+        return None
+    if store_url is None:
+        raise BackupError(f"{source} is a backup of a PostgreSQL store: restore it with store.url set (--config "
+                          "with store.url, or --store-url)")
+    pg_ops = _pg_ops()
+    from broker.migrations import POSTGRES_INTERCOM, latest
+
+    have, known = int(manifest["databases"][PG_DUMP].get("schema_version") or 0), latest(POSTGRES_INTERCOM)
+    if have > known:
+        raise BackupError(f"{source} holds schema version {have}, newer than this release's {known}: restore it "
+                          f"with the release that wrote it ({manifest.get('release')})")
+    held = pg_ops.live_lease(store_url)
+    if held is not None:
+        site, holder, left = held
+        if not force:
+            raise BackupError(f"an instance serves site {site or '(default)'!r} from this database (lease held by "
+                              f"{holder} for {left:.0f} s more): stop every instance of the site first, or --force")
+        log.warning("restoring while %s holds the lease of site %r (--force)", holder, site)
+    pg_ops.verify(source / PG_DUMP)  # pg_restore missing, or not an archive: said before anything is touched
+    return pg_ops
+
+
+def _aside_dir(data_dir: Path) -> Path:
+    aside = data_dir / f"pre-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    for n in range(2, 100):  # two restores within a second: never into the first one's
+        if not aside.exists():
+            break
+        aside = aside.with_name(f"{aside.name.split('.')[0]}.{n}")
+    _private_dir(aside)
+    return aside
+
+
+def _move_aside(data_dir: Path, aside: Path | None = None) -> Path | None:
+    """Move the data dir's files into `aside` (made if needed and there is something to move); returns it."""
     names = [n for db in DATABASES for n in (db, f"{db}-wal", f"{db}-shm")] + [*EXTRA_FILES, SNAPSHOTS]
     present = [data_dir / n for n in names if (data_dir / n).exists()]
     if not present:
-        return None
-    aside = data_dir / f"pre-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    _private_dir(aside)
+        return aside
+    aside = aside or _aside_dir(data_dir)
     for path in present:
         path.rename(aside / path.name)
     return aside
@@ -174,8 +247,9 @@ def _last_backup(root: Path) -> float | None:
     return max(times, default=None)
 
 
-async def run_schedule(data_dir: Path, root: Path, schedule: str, keep: int) -> None:
-    """Back up every `schedule` (hourly/daily/weekly, counted from the newest backup) until cancelled."""
+async def run_schedule(data_dir: Path, root: Path, schedule: str, keep: int, store_url: str | None = None) -> None:
+    """Back up every `schedule` (hourly/daily/weekly, counted from the newest backup) until cancelled; with
+    `store_url`, the PostgreSQL store with pg_dump in place of intercom.db."""
     interval = INTERVALS[schedule]
     while True:
         last = _last_backup(root)
@@ -183,7 +257,7 @@ async def run_schedule(data_dir: Path, root: Path, schedule: str, keep: int) -> 
         await asyncio.sleep(wait)
         dest = root / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         try:
-            await asyncio.to_thread(make_backup, data_dir, dest)
+            await asyncio.to_thread(make_backup, data_dir, dest, store_url)
             deleted = await asyncio.to_thread(prune_backups, root, keep)
         except (StorageError, OSError) as exc:
             log.error("scheduled backup into %s failed: %s; retrying in an hour", dest, exc)

@@ -1,6 +1,7 @@
 """`intercom-broker admin ...`: provision a site from a file, export and list it, issue and revoke tokens (with a
-provisioning file and QR code per device), lift a flapping ban. Against a stopped box's data dir, or a running
-box's REST API with `--url` (docs/operations.md "Provisioning a site")."""
+provisioning file and QR code per device), lift a flapping ban. Against a stopped box's data dir, the PostgreSQL
+store of `store.url` (or `--store-url`) while no instance serves the site, or a running box's REST API with `--url`
+(docs/operations.md "Provisioning a site")."""
 
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ def _unban(args: argparse.Namespace, backend: Backend, _: Settings) -> int:
 
 def _where(p: argparse.ArgumentParser) -> None:
     add_location_flags(p)
-    p.add_argument("--url", help="a running box's REST API (http://HOST:PORT); default: the data dir, box stopped")
+    p.add_argument("--url", help="a running box's REST API (http://HOST:PORT); default: the data dir (box stopped), "
+                                 "or the PostgreSQL store of store.url (no instance serving)")
     p.add_argument("--token", help="the admin token for --url (default: $INTERCOM_ADMIN_TOKEN)")
 
 

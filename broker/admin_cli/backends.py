@@ -21,6 +21,7 @@ from broker.data_lock import DataDirInUse
 __all__ = ["AdminError", "Backend", "Local", "Remote"]
 
 _RETRIES = 30
+_THROUGH = "--url http://HOST:PORT with the admin token"
 
 
 class AdminError(Exception):
@@ -38,13 +39,17 @@ class Backend(Protocol):
 
 
 class Local:
-    """The directory in `<data_dir>/intercom.db`, opened directly; refused while a box runs on it."""
+    """The directory in `<data_dir>/intercom.db`, or in the PostgreSQL store of `store.url`, opened directly;
+    refused while a box runs on it (it serves the directory from memory and would not see the changes)."""
 
     def __init__(self, settings: Settings) -> None:
-        try:
-            self.store = Store(settings.server.data_dir / "intercom.db", settings.store.busy_timeout_ms)
-        except DataDirInUse as exc:
-            raise AdminError(f"{exc}; or act through it: --url http://HOST:PORT with the admin token") from exc
+        if settings.store.url is not None:
+            self.store = _postgres(settings.store.url)
+        else:
+            try:
+                self.store = Store(settings.server.data_dir / "intercom.db", settings.store.busy_timeout_ms)
+            except DataDirInUse as exc:
+                raise AdminError(f"{exc}; or act through it: {_THROUGH}") from exc
         self.directory = Directory(self.store, settings.auth.pbkdf2_iterations, None)
 
     def list(self, kind: str) -> list[dict[str, Any]]:
@@ -93,6 +98,21 @@ class Local:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _postgres(url: str) -> Store:
+    """The PostgreSQL store, refused while an instance holds the site's lease (bridge mode: it is serving)."""
+    try:
+        from broker.scale.pg_ops import live_lease
+        from broker.scale.pg_store import PgStore
+    except ImportError as exc:
+        raise AdminError(f"store.url needs psycopg 3 ({exc}): pip install 'intercom-broker[scale]'") from exc
+    held = live_lease(url)  # StorageError: the database cannot be reached
+    if held is not None:
+        site, holder, left = held
+        raise AdminError(f"an instance serves site {site or '(default)'!r} from this database (lease held by {holder} "
+                         f"for {left:.0f} s more); act through it: {_THROUGH}")
+    return PgStore(url)
 
 
 @contextmanager
