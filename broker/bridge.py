@@ -215,8 +215,9 @@ class Bridge:
         self.client_id = client_id or f"intercom-service-{site_id + '-' if site_id else ''}{secrets.token_hex(4)}"
         self.shared_group = shared_group
         self.prefix = site_prefix(site_id)
-        # MQTT 5 only: keep the session this long after a disconnect (clean_start off), so the broker queues the
-        # site's requests while no instance is connected (a take-over) and hands them to the next one with this id
+        # keep the session this long after a disconnect (MQTT 5: clean_start off + session expiry; 3.1.1:
+        # clean_session off, bounded broker-side), so the broker queues the site's requests while no instance is
+        # connected (a take-over) and hands them to the next one with this id
         self.session_expiry_s: int | None = None
         publisher.prefix = self.prefix
         self.connected = asyncio.Event()
@@ -272,12 +273,15 @@ class Bridge:
                                     "speak; run one instance per site instead (docs/scale-out.md)")
         # auto's MQTT 5 probe: RabbitMQ 3.x neither answers nor closes, so give up on it sooner than the 10 s
         probe_s = 3.0 if self.protocol == "auto" and v5 and not self.shared_group else 10.0
-        persistent = v5 and self.session_expiry_s is not None
         session: dict[str, Any] = {}
-        if persistent:
+        if self.session_expiry_s is not None and v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry_s
             session = {"clean_start": False, "properties": props}
+        elif self.session_expiry_s is not None:
+            # 3.1.1 has no session expiry: a persistent session (clean_session off), which the broker bounds to
+            # SESSION_EXPIRY_S (the generated RabbitMQ policy; Mosquitto's persistent_client_expiration)
+            session = {"clean_session": False}
         async with aiomqtt.Client(t.host, t.port, identifier=self.client_id, username=t.username,
                                   password=t.password, protocol=version, timeout=probe_s,
                                   tls_context=t.tls_context(),
