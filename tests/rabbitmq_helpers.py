@@ -7,6 +7,7 @@ port, the second joined to the first (`stop_app; join_cluster; start_app`)."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.scale.broker_acl import broker_users, write_files
 from tests.mosquitto_helpers import free_port, wait_listening
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -130,3 +132,14 @@ class RabbitCluster:
         for node in self.nodes:
             node.stop()
         self.nodes[0]._stop_epmd()
+
+
+async def load_site(node: RabbitMQ, out: Path, site: str, residents: list[tuple[str, str]],
+                    devices: list[tuple[str, str]]) -> dict[str, str]:
+    """The site's generated `rabbitmq.sh` run on `node` (residents/devices: (id, household)); user -> password."""
+    users = broker_users([{"resident_id": r, "household_number": h} for r, h in residents],
+                         [{"device_id": d, "household_number": h} for d, h in devices], site)
+    write_files(users, out, mosquitto=False, rabbitmq=True, site_id=site)
+    await asyncio.to_thread(node.ctl_script, out / "rabbitmq.sh")
+    with (out / "credentials.csv").open(newline="") as f:
+        return {row["user"]: row["password"] for row in csv.DictReader(f)}

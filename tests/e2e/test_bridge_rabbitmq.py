@@ -5,7 +5,6 @@ leases (PostgreSQL), the site's 3.1.1 session hands what was published during a 
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,25 +16,13 @@ import pytest
 import yaml
 
 from broker.bridge import SESSION_EXPIRY_S, BridgedServer
-from broker.scale.broker_acl import broker_users, write_files
 from tests.postgres_helpers import needs_postgres, postgres  # noqa: F401 (fixture)
-from tests.rabbitmq_helpers import RabbitMQ, needs_rabbitmq
+from tests.rabbitmq_helpers import RabbitMQ, load_site, needs_rabbitmq
 from tests.scale_helpers import Instance, count, ctl, wait_serving, wait_standby
 from tests.support.harness import Harness, make_settings
 from tests.support.inbox import Inbox
 
 pytestmark = [pytest.mark.slow, needs_rabbitmq, pytest.mark.timeout(180)]
-
-
-async def load_site(node: RabbitMQ, out: Path, site: str, residents: list[tuple[str, str]],
-                    devices: list[tuple[str, str]]) -> dict[str, str]:
-    """The site's generated `rabbitmq.sh` run on `node` (residents/devices: (id, household)); user -> password."""
-    users = broker_users([{"resident_id": r, "household_number": h} for r, h in residents],
-                         [{"device_id": d, "household_number": h} for d, h in devices], site)
-    write_files(users, out, mosquitto=False, rabbitmq=True, site_id=site)
-    await asyncio.to_thread(node.ctl_script, out / "rabbitmq.sh")
-    with (out / "credentials.csv").open(newline="") as f:
-        return {row["user"]: row["password"] for row in csv.DictReader(f)}
 
 
 @pytest.fixture
