@@ -61,7 +61,9 @@ class RabbitMQ:
             raise
 
     def ctl_script(self, script: Path) -> None:
-        subprocess.run(["sh", str(script)], env=self.env, check=True, capture_output=True, timeout=120)
+        done = subprocess.run(["sh", "-x", str(script)], env=self.env, capture_output=True, timeout=120, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{script} failed ({done.returncode}): {done.stderr[-3000:]}")
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """`rabbitmqctl ARGS` against this node; its output (CalledProcessError with stderr on failure)."""

@@ -152,8 +152,9 @@ def rabbitmq_script(users: list[BrokerUser], vhost: str, site_id: str | None = N
     # amq.topic; the resource permissions allow that and nothing else, the topic permissions decide the topics
     res = r"^(amq\.topic|mqtt-subscription-.*)$"
     for u in users:
-        lines += [f"rabbitmqctl add_user {q(u.name)} {q(u.password)} 2>/dev/null || "
-                  f"rabbitmqctl change_password {q(u.name)} {q(u.password)}",
+        # `--`: a password may start with `-` (token_urlsafe), which rabbitmqctl would take for an option
+        lines += [f"rabbitmqctl add_user -- {q(u.name)} {q(u.password)} 2>/dev/null || "
+                  f"rabbitmqctl change_password -- {q(u.name)} {q(u.password)}",
                   f"rabbitmqctl set_permissions -p {q(vhost)} {q(u.name)} {q(res)} {q(res)} {q(res)}",
                   f"rabbitmqctl set_topic_permissions -p {q(vhost)} {q(u.name)} amq.topic "
                   f"{q(rabbitmq_regex(u.publish))} {q(rabbitmq_regex(u.subscribe))}"]

@@ -90,12 +90,15 @@ async def test_rabbitmq_site_with_generated_permissions(tmp_path, rabbit):
 
 
 @needs_postgres
+@pytest.mark.asyncio(loop_factories=["asyncio"])  # the instances are subprocesses: the test's loop is not theirs
 async def test_a_take_over_on_rabbitmq_loses_nothing_published_in_the_gap(tmp_path, rabbit, postgres):  # noqa: F811
     """MQTT 3.1.1 has no session expiry: the site's instances share one client id with clean_session off, so
     RabbitMQ keeps the site's subscription queue (bounded by the generated policy) while no instance is connected.
     A hangup and a new call request published between the holder's kill -9 and the next holder's link reach the
     parties once."""
     node, _ = rabbit
+    (tmp_path / "acl-A").mkdir()  # a kept password that starts with `-` (rabbitmqctl took it for an option)
+    (tmp_path / "acl-A" / "credentials.csv").write_text("user,password\nresident-4@A,-dash-first-password\n")
     creds = await load_site(node, tmp_path / "acl-A", "A", [("2", "101"), ("4", "102")], [("1", "101"), ("5", "102")])
     config = tmp_path / "broker.yaml"
     config.write_text(yaml.safe_dump({"auth": {"pbkdf2_iterations": 1000}, "store": {"url": postgres.create_database()},
@@ -121,6 +124,7 @@ async def test_a_take_over_on_rabbitmq_loses_nothing_published_in_the_gap(tmp_pa
             await c.subscribe(f"sites/A/{topic}", qos=1)
             parties.append((c, Inbox(c)))
         (dev1_c, dev1), (_, r2), (dev5_c, dev5), (r4_c, r4) = parties
+        assert creds["resident-4@A"] == "-dash-first-password"  # and it logged in with it
 
         await dev5_c.publish("sites/A/calls/request/5", json.dumps({"household_number": "102", "request_id": "q1"}),
                              qos=1)
