@@ -19,6 +19,8 @@ import aiomqtt
 import pytest
 import yaml
 
+from broker.bridge import parse_broker_url
+from broker.config import ConfigError
 from broker.core import states
 from tests.postgres_helpers import Postgres, needs_postgres, postgres  # noqa: F401 (fixture)
 from tests.rabbitmq_helpers import RabbitCluster, load_site, needs_rabbitmq
@@ -331,3 +333,16 @@ async def test_two_sites_on_a_rabbitmq_cluster_survive_kill_9_and_a_node_stop(
         for inst in instances:
             inst.stop()
         await asyncio.to_thread(cluster.stop)
+
+
+def test_a_host_list_names_the_cluster_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--external-broker mqtt://user@node1:port,node2` (the cluster test's form): one set of credentials, every
+    node's address in order; a bad entry is a start-up error."""
+    monkeypatch.setenv("INTERCOM_BROKER_PASSWORD", "pw")
+    target = parse_broker_url("mqtt://service-call%40A@127.0.0.1:1884,10.0.0.2,[::1]:1885")
+    assert target.addresses == [("127.0.0.1", 1884), ("10.0.0.2", 1883), ("::1", 1885)]
+    assert (target.username, target.password) == ("service-call@A", "pw")
+    assert target.url == "mqtt://127.0.0.1:1884,10.0.0.2:1883,::1:1885"  # no credentials in logs
+    for bad in ("mqtt://h1:1883,", "mqtt://h1:1883,h2:x", "mqtt://h1,,h2"):
+        with pytest.raises(ConfigError):
+            parse_broker_url(bad)
