@@ -136,8 +136,9 @@ def rabbitmq_session_policy(site_id: str | None, vhost: str) -> str:
     q = shlex.quote
     site = site_id or "default"
     ms = SESSION_EXPIRY_S * 1000
-    definition = json.dumps({"expires": ms, "message-ttl": ms, "ha-mode": "all", "ha-sync-mode": "automatic"},
-                            separators=(",", ":"))
+    # promoted on a node's stop even if not yet in sync: the site keeps its link (a few messages at worst)
+    definition = json.dumps({"expires": ms, "message-ttl": ms, "ha-mode": "all", "ha-sync-mode": "automatic",
+                             "ha-promote-on-shutdown": "always"}, separators=(",", ":"))
     pattern = f"^mqtt-subscription-{re.escape(f'intercom-service-{site}')}qos1$"
     return (f"rabbitmqctl set_policy -p {q(vhost)} --apply-to queues --priority 10 {q(f'intercom-session-{site}')} "
             f"{q(pattern)} {q(definition)}")
