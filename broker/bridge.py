@@ -91,11 +91,19 @@ class ExternalBroker:
     ca_file: Path | None = None
     cert_file: Path | None = None  # a client certificate, for brokers that require one (require_certificate)
     key_file: Path | None = None
+    others: tuple[tuple[str, int], ...] = ()  # more nodes of the broker's cluster, tried in turn on reconnect
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port), *self.others]
 
     @property
     def url(self) -> str:
         """For logs: never the credentials."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://" + ",".join(f"{h}:{p}" for h, p in self.addresses)
+
+    def url_of(self, address: tuple[str, int]) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{address[0]}:{address[1]}"
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -106,21 +114,32 @@ class ExternalBroker:
         return ctx
 
 
+def _host_port(url: str, shown: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"--external-broker must look like mqtt://host:port or mqtts://host:port, got {shown!r}")
+    try:
+        return parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"--external-broker has a bad port: {shown!r}") from exc
+
+
 def parse_broker_url(url: str, ca_file: Path | None = None, cert_file: Path | None = None,
                      key_file: Path | None = None) -> ExternalBroker:
-    """`mqtt[s]://[user[:password]@]host[:port]`; the port defaults to 1883 (mqtts: 8883). A user without a
-    password in the URL takes it from $INTERCOM_BROKER_PASSWORD.
+    """`mqtt[s]://[user[:password]@]host[:port][,host2[:port2]...]`; the port defaults to 1883 (mqtts: 8883). A user
+    without a password in the URL takes it from $INTERCOM_BROKER_PASSWORD. Several hosts: the nodes of one broker
+    cluster (same credentials and TLS), tried in turn on reconnect.
 
     The TLS files are checked here (readable, a matching key) so a bad path is a start-up error, not a retry loop.
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"--external-broker must look like mqtt://host:port or mqtts://host:port, got {url!r}")
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    first, *more = hosts.split(",")
+    head = f"{parts.scheme}://{userinfo}{at}{first}"
+    host, port = _host_port(head, url)
+    parts = urlsplit(head)
     tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ConfigError(f"--external-broker has a bad port: {url!r}") from exc
+    others = tuple(_host_port(f"{parts.scheme}://{h}", url) for h in more)
     if not tls and (ca_file or cert_file or key_file):
         raise ConfigError("--broker-ca/--broker-cert/--broker-key need an mqtts:// --external-broker")
     if key_file is not None and cert_file is None:
@@ -129,8 +148,8 @@ def parse_broker_url(url: str, ca_file: Path | None = None, cert_file: Path | No
     if parts.username and password is None:
         # kept out of the command line (which every local user can read in /proc): the environment instead
         password = os.environ.get(PASSWORD_ENV) or None
-    target = ExternalBroker(parts.hostname, port, unquote(parts.username) if parts.username else None,
-                            password, tls, ca_file, cert_file, key_file)
+    target = ExternalBroker(host, port, unquote(parts.username) if parts.username else None,
+                            password, tls, ca_file, cert_file, key_file, others)
     try:
         target.tls_context()
     except (OSError, ssl.SSLError) as exc:
@@ -215,8 +234,9 @@ class Bridge:
         self.client_id = client_id or f"intercom-service-{site_id + '-' if site_id else ''}{secrets.token_hex(4)}"
         self.shared_group = shared_group
         self.prefix = site_prefix(site_id)
-        # MQTT 5 only: keep the session this long after a disconnect (clean_start off), so the broker queues the
-        # site's requests while no instance is connected (a take-over) and hands them to the next one with this id
+        # keep the session this long after a disconnect (MQTT 5: clean_start off + session expiry; 3.1.1:
+        # clean_session off, bounded broker-side), so the broker queues the site's requests while no instance is
+        # connected (a take-over) and hands them to the next one with this id
         self.session_expiry_s: int | None = None
         publisher.prefix = self.prefix
         self.connected = asyncio.Event()
@@ -224,6 +244,7 @@ class Bridge:
         self.attempts = 0  # failed connects since the link was last up
         self.last_error: str | None = None  # why the link is down (for /healthz), None while it is up
         self.next_delay_s = 0.0
+        self.address = 0  # which of the target's addresses (cluster nodes) the next connect tries
 
     def filters(self) -> list[str]:
         share = f"$share/{self.shared_group}/" if self.shared_group else ""
@@ -259,6 +280,8 @@ class Bridge:
                 self.attempts = 0  # the link was up: start the back-off from the beginning
             self.connected.clear()
             self.attempts += 1
+            if self.protocol in PROTOCOLS or self.attempts % 2 == 0:  # auto: both versions on a node, then the next
+                self.address = (self.address + 1) % len(self.target.addresses)
             self.next_delay_s = backoff_delay(self.attempts)
             await asyncio.sleep(self.next_delay_s)
 
@@ -272,13 +295,17 @@ class Bridge:
                                     "speak; run one instance per site instead (docs/scale-out.md)")
         # auto's MQTT 5 probe: RabbitMQ 3.x neither answers nor closes, so give up on it sooner than the 10 s
         probe_s = 3.0 if self.protocol == "auto" and v5 and not self.shared_group else 10.0
-        persistent = v5 and self.session_expiry_s is not None
         session: dict[str, Any] = {}
-        if persistent:
+        if self.session_expiry_s is not None and v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry_s
             session = {"clean_start": False, "properties": props}
-        async with aiomqtt.Client(t.host, t.port, identifier=self.client_id, username=t.username,
+        elif self.session_expiry_s is not None:
+            # 3.1.1 has no session expiry: a persistent session (clean_session off), which the broker bounds to
+            # SESSION_EXPIRY_S (the generated RabbitMQ policy; Mosquitto's persistent_client_expiration)
+            session = {"clean_session": False}
+        host, port = t.addresses[self.address % len(t.addresses)]
+        async with aiomqtt.Client(host, port, identifier=self.client_id, username=t.username,
                                   password=t.password, protocol=version, timeout=probe_s,
                                   tls_context=t.tls_context(),
                                   max_queued_incoming_messages=100_000,
@@ -296,7 +323,8 @@ class Bridge:
             forward = asyncio.ensure_future(self.publisher.forward(client))
             self.connected.set()
             self.last_error = None
-            log.info("bridged to %s as %s%s", t.url, self.client_id, f" (site {self.prefix})" if self.prefix else "")
+            log.info("bridged to %s as %s%s", t.url_of((host, port)), self.client_id,
+                     f" (site {self.prefix})" if self.prefix else "")
             cut = len(self.prefix)
             try:
                 async for message in client.messages:

@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="text, or one JSON object per line (default: logging.format, text)")
     p.add_argument("--external-broker", metavar="URL",
                    help="bridge mode: no embedded broker; attach the call service to this broker "
-                        "(mqtt://[user:password@]host:port) as an MQTT client")
+                        "(mqtt://[user:password@]host:port) as an MQTT client; several nodes of one cluster: "
+                        "host1:port1,host2:port2 (tried in turn on reconnect)")
     p.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
                    help="event loop: uvloop (the `fast` extra), asyncio, or auto = uvloop when installed "
                         "(default auto)")

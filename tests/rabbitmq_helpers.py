@@ -1,11 +1,13 @@
 """A throwaway RabbitMQ node (Debian's rabbitmq-server, MQTT plugin on) on loopback ports in a tmp dir.
 
 Its own node name, cookie (HOME), epmd port and data dirs, so nothing is shared with a system RabbitMQ; `stop()`
-ends the node's process group and its epmd."""
+ends the node's process group and its epmd. `RabbitCluster`: two such nodes sharing one cookie (HOME) and one epmd
+port, the second joined to the first (`stop_app; join_cluster; start_app`)."""
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.scale.broker_acl import broker_users, write_files
 from tests.mosquitto_helpers import free_port, wait_listening
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -23,14 +26,19 @@ needs_rabbitmq = pytest.mark.skipif(not HAS_RABBIT, reason="rabbitmq-server with
 
 
 class RabbitMQ:
-    def __init__(self, tmp: Path) -> None:
+    """One node in `tmp`. `home`/`epmd_port`: shared with the other nodes of a cluster (one cookie, one epmd);
+    the node that did not bring its own epmd port owns (and stops) that epmd."""
+
+    def __init__(self, tmp: Path, home: Path | None = None, epmd_port: int | None = None) -> None:
         self.dir = tmp
         self.mqtt_port = free_port()
-        self.env = {**os.environ, "HOME": str(tmp), "RABBITMQ_NODENAME": f"itest{self.mqtt_port}@localhost",
+        self.node = f"itest{self.mqtt_port}@localhost"
+        self.owns_epmd = epmd_port is None
+        self.env = {**os.environ, "HOME": str(home or tmp), "RABBITMQ_NODENAME": self.node,
                     "RABBITMQ_MNESIA_BASE": str(tmp / "mnesia"), "RABBITMQ_LOG_BASE": str(tmp / "log"),
                     "RABBITMQ_ENABLED_PLUGINS_FILE": str(tmp / "enabled_plugins"),
                     "RABBITMQ_CONFIG_FILE": str(tmp / "rabbitmq"), "RABBITMQ_PID_FILE": str(tmp / "pid"),
-                    "ERL_EPMD_PORT": str(free_port()), "RABBITMQ_DIST_PORT": str(free_port()),
+                    "ERL_EPMD_PORT": str(epmd_port or free_port()), "RABBITMQ_DIST_PORT": str(free_port()),
                     "RABBITMQ_ADVANCED_CONFIG_FILE": str(tmp / "advanced.config"),
                     "PATH": f"{RABBIT_BIN}:{os.environ.get('PATH', '')}"}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -53,7 +61,15 @@ class RabbitMQ:
             raise
 
     def ctl_script(self, script: Path) -> None:
-        subprocess.run(["sh", str(script)], env=self.env, check=True, capture_output=True, timeout=120)
+        done = subprocess.run(["sh", "-x", str(script)], env=self.env, capture_output=True, timeout=120, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{script} failed ({done.returncode}): {done.stderr[-3000:]}")
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """`rabbitmqctl ARGS` against this node; its output (CalledProcessError with stderr on failure)."""
+        done = subprocess.run([str(RABBIT_BIN / "rabbitmqctl"), *args], env=self.env, check=True,
+                              capture_output=True, timeout=timeout, text=True)
+        return done.stdout
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -68,7 +84,8 @@ class RabbitMQ:
                 except subprocess.TimeoutExpired:
                     continue
             self.proc = None
-        self._stop_epmd()
+        if self.owns_epmd:
+            self._stop_epmd()
 
     def _stop_epmd(self) -> None:
         """epmd daemonizes out of the group (and `epmd -kill` refuses while a node name lingers): end the one that
@@ -86,3 +103,45 @@ class RabbitMQ:
         self.stop()
         await asyncio.sleep(0.5)
         await self.start()
+
+
+class RabbitCluster:
+    """Two nodes on loopback in `tmp` (one cookie, one epmd port, their own names, dist and MQTT ports): started in
+    parallel, node 2 joined to node 1. `stop()` ends both and their epmd."""
+
+    def __init__(self, tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        first = RabbitMQ(tmp / "n1", home=tmp)
+        self.nodes = [first, RabbitMQ(tmp / "n2", home=tmp, epmd_port=int(first.env["ERL_EPMD_PORT"]))]
+        first.owns_epmd = False  # a test may stop node 1 alone: the epmd goes with the cluster (stop())
+
+    async def start(self) -> None:
+        for node in self.nodes:
+            node.dir.mkdir(exist_ok=True)
+        try:
+            await asyncio.gather(*(node.start() for node in self.nodes))
+            first, second = self.nodes
+            await asyncio.to_thread(second.ctl, "stop_app")
+            await asyncio.to_thread(second.ctl, "join_cluster", first.node)
+            await asyncio.to_thread(second.ctl, "start_app")
+            await wait_listening(second.mqtt_port, second.proc, "rabbitmq-server (joined)",  # type: ignore[arg-type]
+                                 tries=1200)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes[0]._stop_epmd()
+
+
+async def load_site(node: RabbitMQ, out: Path, site: str, residents: list[tuple[str, str]],
+                    devices: list[tuple[str, str]]) -> dict[str, str]:
+    """The site's generated `rabbitmq.sh` run on `node` (residents/devices: (id, household)); user -> password."""
+    users = broker_users([{"resident_id": r, "household_number": h} for r, h in residents],
+                         [{"device_id": d, "household_number": h} for d, h in devices], site)
+    write_files(users, out, mosquitto=False, rabbitmq=True, site_id=site)
+    await asyncio.to_thread(node.ctl_script, out / "rabbitmq.sh")
+    with (out / "credentials.csv").open(newline="") as f:
+        return {row["user"]: row["password"] for row in csv.DictReader(f)}

@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import pytest
@@ -21,8 +15,8 @@ import yaml
 
 from tests.mosquitto_helpers import Mosquitto, needs_mosquitto
 from tests.postgres_helpers import needs_postgres, pg_url, postgres  # noqa: F401 (fixtures)
+from tests.scale_helpers import Instance, count, ctl, wait_serving, wait_standby
 from tests.support.inbox import Inbox
-from tests.support.process import ROOT
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg not installed (pip install -e '.[scale]')")
 
@@ -30,52 +24,11 @@ pytestmark = [pytest.mark.slow, needs_postgres, needs_mosquitto, pytest.mark.tim
 
 SITE = "A"
 TTL_S = 1.5
-SERVING = re.compile(r"intercom-broker \(bridge\) http://")
 SITE_CONFIG = {"households": [
     {"household_number": "101", "residents": [{"resident_id": "2"}, {"resident_id": "3"}],
      "devices": [{"device_id": "1"}]},
     {"household_number": "102", "residents": [{"resident_id": "4"}], "devices": [{"device_id": "5"}]},
 ]}
-
-
-class Instance:
-    """`python -m broker --external-broker … --site-id A` as a subprocess; stderr kept line by line."""
-
-    def __init__(self, name: str, config: Path, data_dir: Path, broker_port: int) -> None:
-        self.name = name
-        env = {**os.environ, "INTERCOM_TRTC_SECRET_KEY": "scale-test-secret"}
-        env.pop("INTERCOM_ADMIN_TOKEN", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "broker", "--config", str(config), "--host", "127.0.0.1", "--http-port", "0",
-             "--data-dir", str(data_dir), "--external-broker", f"mqtt://127.0.0.1:{broker_port}",
-             "--site-id", SITE, "--lease-ttl", str(TTL_S), "--broker-protocol", "5"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.log: list[str] = []
-        self.serving_at: float | None = None  # monotonic time of its "serving" line
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            if self.serving_at is None and SERVING.search(line):
-                self.serving_at = time.monotonic()
-            self.log.append(line)
-
-    def text(self) -> str:
-        return "".join(self.log)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture
@@ -89,7 +42,8 @@ def cluster(tmp_path: Path, mosquitto: Mosquitto, pg_url: str) -> Iterator[Calla
         for _ in range(n):
             data = tmp_path / f"data{len(started)}"
             data.mkdir()
-            started.append(Instance(f"i{len(started)}", config, data, mosquitto.port))
+            started.append(Instance(f"i{len(started)}", config, data, f"mqtt://127.0.0.1:{mosquitto.port}", SITE,
+                                    TTL_S))
         return started
 
     yield start
@@ -97,43 +51,11 @@ def cluster(tmp_path: Path, mosquitto: Mosquitto, pg_url: str) -> Iterator[Calla
         inst.stop()
 
 
-async def wait_serving(instances: list[Instance], timeout: float = 30.0) -> Instance:
-    """The one live instance that serves the site (and only one does)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        serving = [i for i in instances if i.serving_at is not None and i.proc.poll() is None]
-        if serving:
-            assert len(serving) == 1, [i.name for i in serving]
-            return serving[0]
-        for inst in instances:
-            assert inst.proc.poll() is None, f"{inst.name} exited:\n{inst.text()}"
-        await asyncio.sleep(0.05)
-    raise AssertionError("no instance took the site:\n" + "\n".join(i.text() for i in instances))
-
-
-async def wait_standby(instances: list[Instance], timeout: float = 30.0) -> None:
-    """Every one of `instances` has said it waits for the site's lease."""
-    deadline = time.monotonic() + timeout
-    while not all("standby for site 'A'" in i.text() for i in instances):
-        assert time.monotonic() < deadline, "\n".join(i.text() for i in instances)
-        await asyncio.sleep(0.05)
-
-
 def lease_holder(url: str) -> str:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT holder FROM site_leases WHERE site_id = %s", [SITE]).fetchone()
     assert row is not None
     return str(row[0])
-
-
-def ctl(call_id: str, action: str) -> Callable[[str, Any], bool]:
-    return lambda t, b: (t.endswith("/calls/control") and b.get("call_info", {}).get("call_id") == call_id
-                         and b["call_info"].get("action") == action)
-
-
-def count(inbox: Inbox, call_id: str, action: str) -> int:
-    match = ctl(call_id, action)
-    return sum(1 for t, b, _ in inbox.messages if isinstance(b, dict) and match(t, b))
 
 
 async def party(port: int, name: str, topic: str) -> tuple[aiomqtt.Client, Inbox]:
