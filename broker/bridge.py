@@ -305,12 +305,18 @@ class Bridge:
             # SESSION_EXPIRY_S (the generated RabbitMQ policy; Mosquitto's persistent_client_expiration)
             session = {"clean_session": False}
         host, port = t.addresses[self.address % len(t.addresses)]
-        async with aiomqtt.Client(host, port, identifier=self.client_id, username=t.username,
-                                  password=t.password, protocol=version, timeout=probe_s,
-                                  tls_context=t.tls_context(),
-                                  max_queued_incoming_messages=100_000,
-                                  # paho leaves Nagle on: every reply would wait ~40 ms for a delayed ACK
-                                  socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **session) as client:
+        client = aiomqtt.Client(host, port, identifier=self.client_id, username=t.username,
+                                password=t.password, protocol=version, timeout=probe_s,
+                                tls_context=t.tls_context(),
+                                max_queued_incoming_messages=100_000,
+                                # paho leaves Nagle on: every reply would wait ~40 ms for a delayed ACK
+                                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **session)
+        # A QoS 1 message is acknowledged once what it caused is committed, as the embedded engine's PUBACK is:
+        # an instance killed in between leaves it in the site's session for the next holder. aiomqtt has no
+        # option for it, so paho's own switch, set before CONNECT (a resumed session redelivers at once).
+        ack = client._client.ack
+        client._client.manual_ack_set(True)
+        async with client:
             if v5:  # no_local: our own replies on devices/+/calls/control do not come back to us
                 await client.subscribe([(f, SubscribeOptions(qos=1, noLocal=True)) for f in self.filters()],
                                        timeout=10)
@@ -329,15 +335,22 @@ class Bridge:
             try:
                 async for message in client.messages:
                     topic = str(message.topic)
-                    if not topic.startswith(self.prefix):
-                        continue  # not this site's (a broker that over-delivers); never served
-                    self.received += 1
-                    payload = message.payload
-                    data = payload if isinstance(payload, bytes) else str(payload or "").encode()
-                    on_publish(self.services, None, topic[cut:], data)
+                    if topic.startswith(self.prefix):  # else not this site's (a broker that over-delivers)
+                        self.received += 1
+                        payload = message.payload
+                        data = payload if isinstance(payload, bytes) else str(payload or "").encode()
+                        on_publish(self.services, None, topic[cut:], data)
+                    if message.qos:
+                        self.services.calls.after_commit(_acknowledge(ack, message.mid, message.qos))
             finally:
                 forward.cancel()
                 await asyncio.gather(forward, return_exceptions=True)
+
+
+def _acknowledge(ack: Callable[[int, int], object], mid: int, qos: int) -> Callable[[], None]:
+    def send() -> None:
+        ack(mid, qos)  # on a link gone meanwhile paho does nothing: the broker redelivers to the next session
+    return send
 
 
 class BridgedServer:

@@ -168,3 +168,52 @@ async def test_a_holder_that_finds_its_lease_taken_stops_serving_and_exits_1(
                      " WHERE site_id = %s", [SITE])
     assert await asyncio.to_thread(inst.proc.wait, 15) == 1
     assert "held by elsewhere/1/x: this instance stops serving the site" in inst.text()
+
+
+async def test_a_message_received_but_not_yet_committed_when_the_holder_dies_reaches_the_next_holder(
+        cluster: Callable[[int], list[Instance]], mosquitto: Mosquitto, pg_url: str) -> None:  # noqa: F811
+    """The bridge acknowledges a QoS 1 message to the broker only once what it caused is committed: a holder
+    killed between receiving a device's `hangup` and committing it leaves it unacknowledged in the site's
+    session, and the next holder gets it again (acknowledged on receipt, it was lost with the holder)."""
+    instances = cluster(2)
+    first = await wait_serving(instances)
+    await wait_standby([i for i in instances if i is not first])
+    clients = []
+    try:
+        for name, topic in (("device-5", "devices/5/#"), ("resident-4", "users/4/#")):
+            clients.append(await party(mosquitto.port, name, topic))
+        (dev5_c, dev5), (r4_c, r4) = clients
+        await dev5_c.publish(f"sites/{SITE}/calls/request/5", json.dumps(
+            {"household_number": "102", "request_id": "rq-held"}), qos=1)
+        _, reply = await dev5.wait_for(lambda t, b: b.get("request_id") == "rq-held")
+        call_id = reply["call_id"]
+        await r4.wait_for(lambda t, b: t.endswith("/calls/incoming") and b.get("call_id") == call_id)
+        await r4_c.publish(f"sites/{SITE}/users/4/calls/control", json.dumps(
+            {"call_info": {"call_id": call_id, "action": "answered"}}), qos=1)
+        await dev5.wait_for(ctl(call_id, "answered"))
+
+        # the holder's next commit waits on this lock: it receives the hangup but cannot commit it
+        locker = await psycopg.AsyncConnection.connect(pg_url)
+        try:
+            await locker.execute("BEGIN")
+            await locker.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+            await dev5_c.publish(f"sites/{SITE}/devices/5/calls/control", json.dumps(
+                {"call_info": {"call_id": call_id, "action": "hangup", "reason": "done"}}), qos=1)
+            await asyncio.sleep(1.0)  # received (and, before the fix, acknowledged) by the holder
+            first.kill()
+        finally:
+            await locker.execute("ROLLBACK")
+            await locker.close()
+        nxt = await wait_serving([i for i in instances if i is not first], timeout=20)
+        assert nxt is not first
+        _, body = await r4.wait_for(ctl(call_id, "hangup"), timeout=10)
+        assert body["call_info"]["reason"] == "done"
+        await asyncio.sleep(1.0)
+        assert count(r4, call_id, "hangup") == 1
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("SELECT end_reason FROM calls WHERE call_id = %s", [call_id]).fetchone()
+        assert row == ("hangup",)
+    finally:
+        for client, inbox in clients:
+            await inbox.close()
+            await client.__aexit__(None, None, None)
