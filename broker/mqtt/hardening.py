@@ -399,9 +399,8 @@ class HardeningMixin:
                    if other != cid and not s.clean_session and owner_of(other, principal))
         if held < self.limits.max_sessions_per_principal:
             return False
-        if (n := _quiet.check(f"sessions {principal}")) is not None:
-            log.warning("refused CONNECT of %s: %s has %d persistent sessions (limits.max_sessions_per_principal; "
-                        "%d more since last logged)", cid, principal, held, n)
+        _quiet.log(log, logging.WARNING, f"sessions {principal}", "refused CONNECT of %r: %r has %d persistent "
+                   "sessions (limits.max_sessions_per_principal)", cid, principal, held)
         return True
 
     async def _deliver_on_connect(self, session: Session) -> None:
