@@ -87,9 +87,8 @@ class AcceptServer:
                 continue  # the peer went away before we accepted (ECONNABORTED ...)
             if self._make_room is not None and not self._make_room():
                 conn.close()  # refused: the reserve of descriptors covers this one for an instant
-                if (suppressed := _quiet.check(f"{self.name} full")) is not None:
-                    log.warning("%s: refused a connection from %s: every connection is busy (%d more since "
-                                "last logged)", self.name, address[0], suppressed)
+                _quiet.log(log, logging.WARNING, f"{self.name} full",
+                           "%s: refused a connection from %s: every connection is busy", self.name, address[0])
                 continue
             conn.setblocking(False)
             task = self._loop.create_task(self._connect(conn))
@@ -104,15 +103,14 @@ class AcceptServer:
             log.debug("%s: connection not set up: %s", self.name, exc)
             conn.close()
         except Exception:  # a bug in the protocol: one throttled traceback, not an unretrieved task per connection
-            if (suppressed := _quiet.check(f"{self.name} set-up error")) is not None:
-                log.exception("%s: connection set-up failed (%d more since last logged)", self.name, suppressed)
+            _quiet.log(log, logging.ERROR, f"{self.name} set-up error", "%s: connection set-up failed", self.name,
+                       exc_info=True)
             conn.close()
 
     def _pause(self, why: str) -> None:
         """Stop reading the listening sockets for PAUSE_S; the kernel keeps the pending connections."""
-        if (suppressed := _quiet.check(f"{self.name} {why}")) is not None:
-            log.warning("%s: %s; pausing accepts for %.1f s (%d more since last logged)", self.name, why, PAUSE_S,
-                        suppressed)
+        _quiet.log(log, logging.WARNING, f"{self.name} {why}", "%s: %s; pausing accepts for %.1f s", self.name, why,
+                   PAUSE_S)
         for sock in self.sockets:
             self._loop.remove_reader(sock.fileno())
         self._resume = self._loop.call_later(PAUSE_S, self._restart)

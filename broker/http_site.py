@@ -58,9 +58,8 @@ class HttpConnections:
             if _waiting_for_request(handler):
                 handler.force_close()
                 self.evicted += 1
-                if (suppressed := _quiet.check("evict")) is not None:
-                    log.warning("REST connections at limits.max_http_connections (%d): closed the oldest one "
-                                "waiting for a request (%d more since last logged)", self.cap, suppressed)
+                _quiet.log(log, logging.WARNING, "evict", "REST connections at limits.max_http_connections (%d): "
+                           "closed the oldest one waiting for a request", self.cap)
                 return True
         return False
 

@@ -80,8 +80,8 @@ class LogThrottle:
     """At most one log line per `key` per `interval_s`; the lines in between are counted, not written.
 
     Refusals are attacker-driven: logging each one would turn a flood into a log (and CPU) flood. Every
-    client-driven log line goes through `log` (or `check`), and puts client-supplied text in with `%r`,
-    so a newline in it is escaped and cannot forge a log line.
+    client-driven log line goes through `log`, which also writes the "(N more since last logged)" tail, and
+    puts client-supplied text in with `%r`, so a newline in it is escaped and cannot forge a log line.
     """
 
     _every: ClassVar[weakref.WeakSet[LogThrottle]] = weakref.WeakSet()
@@ -113,12 +113,13 @@ class LogThrottle:
         return self._suppressed.pop(key, 0)
 
     def log(self, logger: logging.Logger, level: int, key: str, msg: str, *args: object,
-            extra: dict[str, object] | None = None) -> None:
-        """`logger.log(level, msg, *args, extra=extra)` unless `key` was logged within `interval_s`; the line
-        says how many were held back since the last one. Client-supplied `args` belong in `%r`."""
+            extra: dict[str, object] | None = None, exc_info: bool = False) -> None:
+        """`logger.log(level, msg, *args, extra=extra, exc_info=exc_info)` unless `key` was logged within
+        `interval_s`; the line says how many were held back since the last one. Client-supplied `args` belong
+        in `%r`."""
         if (suppressed := self.check(key)) is None or not logger.isEnabledFor(level):
             return
         if suppressed:
             msg += " (%d more since last logged)"
             args = (*args, suppressed)
-        logger.log(level, msg, *args, extra=extra)
+        logger.log(level, msg, *args, extra=extra, exc_info=exc_info)

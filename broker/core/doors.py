@@ -36,10 +36,12 @@ from broker.core.states import CallSession
 from broker.core.store import Store
 from broker.core.wire.commands import CommandAck
 from broker.core.wire.doors import DoorCommand
+from broker.limiter import LogThrottle
 
 __all__ = ["AckTimeout", "DeviceFailed", "DeviceOffline", "DoorService", "Opener"]
 
 log = logging.getLogger("intercom.doors")
+_quiet = LogThrottle()
 
 
 class DeviceFailed(DomainError):
@@ -241,8 +243,8 @@ class DoorService:
             return
         if row["outcome"] == "timeout":
             self.store.update_door_event(row["id"], {"acked_at": self.clock(), "error": ack.error})
-            log.warning("door: device %s acked %s (ok=%s) after doors.ack_timeout_s", device_id, ack.command_id,
-                        ack.ok)
+            _quiet.log(log, logging.WARNING, f"late ack {device_id}",  # a station repeating it: one line per station
+                       "door: device %s acked %r (ok=%s) after doors.ack_timeout_s", device_id, ack.command_id, ack.ok)
             raise Conflict(f"command '{ack.command_id}' expired: no ack within {self.config.ack_timeout_s:g} s "
                            "(doors.ack_timeout_s), the unlock was reported as timed out", "command_expired")
 

@@ -41,8 +41,7 @@ class AcceptGate:
             self.open += 1
             return None
         self.refused["max_connections" if why.startswith("max_connections") else "connect_rate"] += 1
-        if (suppressed := _quiet.check(f"{address} {why}")) is not None:
-            log.warning("refused MQTT connection from %s: %s (%d more since last logged)", address, why, suppressed)
+        _quiet.log(log, logging.WARNING, f"{address} {why}", "refused MQTT connection from %s: %s", address, why)
         return why
 
     def release(self) -> None:

@@ -1,12 +1,13 @@
 """The one place that states what this engine assumes of amqtt's internals, checked at start-up.
 
 The engine (`broker.mqtt`) overrides private methods of amqtt 0.12.1's `Broker` and
-`BrokerProtocolHandler`, reads some of their private attributes, and patches two process-wide
-constructors (`lazy.install`, `session_states.install`). All of that is written against exactly one
-amqtt release. `install()` is called by the assembly before a broker is built: it refuses any other
-amqtt version with one clear error, checks that every overridden or read name still exists, and only
-then installs the patches. To upgrade amqtt: bump `AMQTT_VERSION`, run `tests/mqtt/` (the differential
-tests compare each override with amqtt's own code path), and adjust the tables below.
+`BrokerProtocolHandler` in its subclasses, replaces two constructors in subclasses of its own
+(`REPLACED_INIT`), and reads some private attributes. It patches nothing in amqtt's modules or classes:
+amqtt's own `Session` and handler stay as shipped (`tests/mqtt/test_amqtt_compat.py` checks that after
+the broker ran). All of that is written against exactly one amqtt release. `install()` is called by the
+assembly before a broker is built: it refuses any other amqtt version with one clear error and checks that
+every overridden or read name still exists. To upgrade amqtt: bump `AMQTT_VERSION`, run `tests/mqtt/` (the
+differential tests compare each override with amqtt's own code path), and adjust the tables below.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.session import Session
 
-__all__ = ["AMQTT_VERSION", "ATTRIBUTES", "EVENTS", "OVERRIDDEN", "USED", "AmqttMismatch", "check", "install",
-           "require_installed"]
+__all__ = ["AMQTT_VERSION", "ATTRIBUTES", "EVENTS", "OVERRIDDEN", "REPLACED_INIT", "USED", "AmqttMismatch", "check",
+           "install", "require_installed"]
 
 AMQTT_VERSION = "0.12.1"
 
@@ -40,7 +41,15 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
         "start", "_reader_loop", "handle_publish", "handle_puback", "handle_subscribe", "handle_unsubscribe",
         "handle_pubrel", "_retry_deliveries",
     ),
-    Session: ("_init_states",),  # session_states.install: no transitions.Machine per session
+}
+# amqtt constructors that an engine subclass replaces instead of calling: (amqtt class -> engine class, why). Each
+# engine instance must carry every attribute amqtt's constructor sets, which
+# tests/mqtt/test_amqtt_compat.py::test_replaced_constructors_set_every_attribute_amqtts_set checks.
+REPLACED_INIT: dict[type, tuple[str, str]] = {
+    Session: ("broker.mqtt.session.EngineSession",
+              "no transitions.Machine (~1.5 ms, ~23 KB) per session: a `state` field; lazily allocated queues"),
+    BrokerProtocolHandler: ("broker.mqtt.fast_handler.FastHandler",
+                            "lazily allocated pending-(un)subscription queues (the fast path does not use them)"),
 }
 # amqtt methods the engine calls or reads without replacing them.
 USED: dict[type, tuple[str, ...]] = {
@@ -104,17 +113,13 @@ _installed = False
 
 
 def install() -> None:
-    """Check amqtt, then install the process-wide patches (idempotent)."""
+    """Check amqtt (idempotent); nothing in amqtt is patched."""
     global _installed
-    from broker.mqtt import lazy, session_states
-
     check()
-    session_states.install()  # amqtt's per-Session transitions.Machine: ~1.5 ms and ~23 KB each
-    lazy.install()  # four asyncio.Queues per connection, mostly never used
     _installed = True
 
 
 def require_installed() -> None:
-    """Refuse to build the engine before `install()` ran: its classes rely on the patches."""
+    """Refuse to build the engine before `install()` checked the amqtt it overrides."""
     if not _installed:
         raise RuntimeError("broker.mqtt.amqtt_compat.install() must run before an IntercomBroker is built")

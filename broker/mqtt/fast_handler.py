@@ -41,11 +41,13 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
     MQTTFixedHeader,
 )
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler, Subscription, UnSubscription
+from amqtt.mqtt.protocol.handler import ProtocolHandler
+from amqtt.session import Session
 
 from broker.limiter import LogThrottle
 from broker.mqtt.fairness import Turn
-from broker.mqtt.lazy import LazyEvent
+from broker.mqtt.lazy import LazyEvent, LazyQueue
 from broker.mqtt.reason import ProtocolError, wrong_ack
 
 __all__ = ["FastHandler", "whole_packets"]
@@ -70,8 +72,15 @@ def whole_packets(reader: Any) -> bool:
 
 
 class FastHandler(BrokerProtocolHandler):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    # BrokerProtocolHandler.__init__'s attributes, set here instead of calling it: its two pending-(un)subscription
+    # queues are only used while `routed` is None, so they are LazyQueues (tests/mqtt/test_amqtt_compat.py checks
+    # that the handler still gets every attribute amqtt's constructor sets)
+    def __init__(self, plugins_manager: Any, session: Session | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        ProtocolHandler.__init__(self, plugins_manager, session, loop)
+        self._disconnect_waiter: asyncio.Future[Any] | None = None
+        self._pending_subscriptions: asyncio.Queue[Subscription] = LazyQueue()
+        self._pending_unsubscriptions: asyncio.Queue[UnSubscription] = LazyQueue()
         self._reader_stopped = LazyEvent()
         self.fast_reader: Any = None  # the broker, once it reads whole packets for this connection
         self.routed: Any = None  # the broker, once it handles this connection's packets in place
@@ -85,7 +94,7 @@ class FastHandler(BrokerProtocolHandler):
         self._reader_task = asyncio.create_task(self._reader_loop())
         await asyncio.sleep(0)  # let the reader start (amqtt awaited `_reader_ready`, allocating its waiters)
         await self._retry_deliveries()
-        waiter: asyncio.Future[Any] | None = self._disconnect_waiter  # type: ignore[has-type]
+        waiter: asyncio.Future[Any] | None = self._disconnect_waiter
         if waiter is None or waiter.done():
             self._disconnect_waiter = asyncio.get_running_loop().create_future()
 

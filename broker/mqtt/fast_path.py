@@ -76,10 +76,10 @@ def over_held_quota(session: Session, nbytes: int) -> bool:
     (counted for persistent sessions: what a clean one holds ends with its connection)."""
     held = session.inflight_in
     if isinstance(held, DurableIncoming) and not held.fits(nbytes):
-        if (n := _quiet.check(f"held {held.quota.principal}")) is not None:
-            log.warning("not holding a QoS 2 message of %s: %s holds %d bytes awaiting PUBREL "
-                        "(limits.max_held_bytes_per_principal; %d more since last logged)", session.client_id,
-                        held.quota.principal, held.quota.quotas.used(held.quota.principal, HELD), n)
+        _quiet.log(log, logging.WARNING, f"held {held.quota.principal}",
+                   "not holding a QoS 2 message of %r: %r holds %d bytes awaiting PUBREL "
+                   "(limits.max_held_bytes_per_principal)", session.client_id, held.quota.principal,
+                   held.quota.quotas.used(held.quota.principal, HELD))
         return True
     return False
 

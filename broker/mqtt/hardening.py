@@ -45,6 +45,7 @@ from broker.mqtt.keyed_lock import KeyedLock
 from broker.mqtt.live import Live, TimedProtocol, accepted_at, refuse
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
 from broker.mqtt.quota import owner_of, principal_of
+from broker.mqtt.session import session_from_connect
 from broker.mqtt.v5.serve import session_expired, take_pending_will
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
@@ -162,7 +163,7 @@ class HardeningMixin:
     ) -> tuple[BrokerProtocolHandler, Session]:
         """Read and check CONNECT only; no existing session is touched before authentication."""
         try:
-            handler, session = await self.handler_class.init_from_connect(reader, writer, self.plugins_manager)
+            handler, session = await session_from_connect(self.handler_class, reader, writer, self.plugins_manager)
         except MQTTError:
             await close_writer(writer)
             raise
@@ -398,9 +399,8 @@ class HardeningMixin:
                    if other != cid and not s.clean_session and owner_of(other, principal))
         if held < self.limits.max_sessions_per_principal:
             return False
-        if (n := _quiet.check(f"sessions {principal}")) is not None:
-            log.warning("refused CONNECT of %s: %s has %d persistent sessions (limits.max_sessions_per_principal; "
-                        "%d more since last logged)", cid, principal, held, n)
+        _quiet.log(log, logging.WARNING, f"sessions {principal}", "refused CONNECT of %r: %r has %d persistent "
+                   "sessions (limits.max_sessions_per_principal)", cid, principal, held)
         return True
 
     async def _deliver_on_connect(self, session: Session) -> None:

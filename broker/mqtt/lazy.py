@@ -1,9 +1,10 @@
-"""`asyncio.Queue` and `asyncio.Event` that allocate nothing until used, for amqtt 0.12.1's per-connection objects.
+"""`asyncio.Queue` and `asyncio.Event` that allocate nothing until used, for the engine's per-connection objects.
 
-amqtt builds four queues per connection (a Session's `retained_messages` and
+amqtt's constructors build four queues per connection (a Session's `retained_messages` and
 `delivered_message_queue`, a BrokerProtocolHandler's pending (un)subscriptions), each with four
 deques (~3.3 KB). On this broker most of them stay empty for the connection's whole life: the fast
-path handles (un)subscriptions in place and delivers through an Outlet. `LazyQueue` keeps the
+path handles (un)subscriptions in place and delivers through an Outlet. The engine's own session and
+handler (`session.EngineSession`, `fast_handler.FastHandler`) hold a `LazyQueue` instead, which keeps the
 `asyncio.Queue` API and behaviour and creates a deque the first time something touches it.
 """
 
@@ -13,10 +14,7 @@ import asyncio
 import collections
 from typing import Any, TypeVar
 
-from amqtt import session as amqtt_session
-from amqtt.mqtt.protocol import broker_handler
-
-__all__ = ["LazyEvent", "LazyQueue", "install"]
+__all__ = ["LazyEvent", "LazyQueue"]
 
 T = TypeVar("T")
 _LAZY = frozenset({"_queue", "_getters", "_putters", "_finished"})
@@ -78,10 +76,3 @@ class LazyEvent(asyncio.Event):
         else:
             self._value = True
 
-
-def install() -> None:
-    """Bind `LazyQueue` as the `Queue` amqtt's session and broker-handler modules construct (idempotent)."""
-    session_mod: Any = amqtt_session
-    handler_mod: Any = broker_handler
-    session_mod.Queue = LazyQueue
-    handler_mod.Queue = LazyQueue

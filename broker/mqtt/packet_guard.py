@@ -438,9 +438,9 @@ class GuardedReader(ReaderAdapter):
     def _stop(self, reason: str | None) -> None:
         self._eof = True
         self.reason = reason
-        if reason is not None and (n := _quiet.check(self._peer.rpartition(":")[0])) is not None:
-            log.warning("closing MQTT connection from %s: %s (%d more from there since last logged)",
-                        self._peer, reason, n)
+        if reason is not None:
+            _quiet.log(log, logging.WARNING, self._peer.rpartition(":")[0], "closing MQTT connection from %s: %s",
+                       self._peer, reason)
 
 
 def _split(buf: bytearray) -> tuple[int, bytes]:

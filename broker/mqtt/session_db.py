@@ -108,9 +108,8 @@ class SessionDB:
     def _keep(self, writes: list[_Write]) -> None:
         room = MAX_KEPT - len(self._kept)
         if room < len(writes):
-            if (n := _quiet.check("sessions.db kept")) is not None:
-                log.error("sessions.db is still locked and %d writes are kept: not keeping more (%d more since last "
-                          "logged); messages queued meanwhile are lost at a restart", MAX_KEPT, n)
+            _quiet.log(log, logging.ERROR, "sessions.db kept", "sessions.db is still locked and %d writes are kept: "
+                       "not keeping more; messages queued meanwhile are lost at a restart", MAX_KEPT)
             writes = writes[:max(room, 0)]
         self._kept.extend(writes)
         self._arm()

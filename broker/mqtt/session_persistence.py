@@ -220,10 +220,10 @@ class DurableQueue(asyncio.Queue[ApplicationMessage]):
     def put_nowait(self, item: ApplicationMessage) -> None:
         quota = self.quota
         if not quota.quotas.fits(quota.principal, QUEUED, _size(item)):
-            if (n := _quiet.check(f"queued {quota.principal}")) is not None:
-                log.warning("offline queue of %s: dropped a message on %r, %s's offline queues hold %d bytes "
-                            "(limits.max_queued_bytes_per_principal; %d more since last logged)", self.client_id,
-                            item.topic, quota.principal, quota.quotas.used(quota.principal, QUEUED), n)
+            _quiet.log(log, logging.WARNING, f"queued {quota.principal}",
+                       "offline queue of %r: dropped a message on %r, %r's offline queues hold %d bytes "
+                       "(limits.max_queued_bytes_per_principal)", self.client_id, item.topic, quota.principal,
+                       quota.quotas.used(quota.principal, QUEUED))
             return
         if self.qsize() >= self.limit:
             dropped = self.get_nowait()

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 from importlib.metadata import version
+from typing import Any
 
 import pytest
 from amqtt.broker import Broker
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
-from broker.mqtt import amqtt_compat, session_states
-from broker.mqtt.amqtt_compat import AMQTT_VERSION, OVERRIDDEN, AmqttMismatch
+from broker.mqtt import amqtt_compat
+from broker.mqtt.amqtt_compat import AMQTT_VERSION, OVERRIDDEN, REPLACED_INIT, AmqttMismatch
 from broker.mqtt.engine import IntercomBroker
 from broker.mqtt.fast_handler import FastHandler
 from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.hardening import HardeningMixin
 from broker.mqtt.routing import RoutingMixin
+from broker.mqtt.session import EngineSession
+from tests.support.harness import Harness
 from tests.support.process import ROOT
+from tests.support.raw_mqtt import Raw, connect
+
+UPSTREAM_INIT_STATES = vars(Session)["_init_states"]  # as imported, before any engine code could touch it
 
 # The engine's classes and the amqtt class each one's methods replace.
 ENGINE: list[tuple[type, type]] = [
     (HardeningMixin, Broker), (FastPathMixin, Broker), (RoutingMixin, Broker), (IntercomBroker, Broker),
-    (FastHandler, BrokerProtocolHandler),
+    (FastHandler, BrokerProtocolHandler), (EngineSession, Session),
 ]
 
 
@@ -51,12 +58,9 @@ def test_another_amqtt_version_is_refused_naming_both_versions():
                          [(cls, name) for cls, names in OVERRIDDEN.items() for name in names],
                          ids=lambda v: v.__name__ if isinstance(v, type) else v)
 def test_every_listed_override_is_defined_by_the_engine_and_exists_in_amqtt(amqtt_cls, name):
-    """Each OVERRIDDEN name exists on its amqtt class and one of the engine's classes (or session_states) defines it."""
+    """Each OVERRIDDEN name exists on its amqtt class and one of the engine's classes defines it."""
     assert hasattr(amqtt_cls, name), f"amqtt's {amqtt_cls.__name__} has no {name}"
-    if amqtt_cls is Session:
-        owners = ["session_states"] if name in vars(session_states) else []
-    else:
-        owners = [eng.__name__ for eng, base in ENGINE if issubclass(base, amqtt_cls) and name in defined(eng)]
+    owners = [eng.__name__ for eng, base in ENGINE if issubclass(base, amqtt_cls) and name in defined(eng)]
     assert owners, f"OVERRIDDEN lists {amqtt_cls.__name__}.{name}, but no engine class defines it"
 
 
@@ -69,7 +73,7 @@ def test_every_engine_method_shadowing_amqtt_is_listed(engine_cls, amqtt_cls):
     assert shadowing - listed == set(), f"{engine_cls.__name__} overrides amqtt without saying so"
 
 
-# In a fresh interpreter: the other tests' servers have installed the process-wide patches in this one.
+# In a fresh interpreter, so nothing another test did counts.
 FRESH = """
 import asyncio, json
 from amqtt.session import Session
@@ -97,12 +101,12 @@ print(json.dumps(out))
 
 
 def test_building_the_broker_before_install_is_refused():
-    """IntercomBroker refuses to be built before install(); after it, it builds, and Session got only _init_states."""
+    """IntercomBroker refuses to be built before install(); after it, it builds, and amqtt's Session is unchanged."""
     proc = subprocess.run([sys.executable, "-c", FRESH], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "install() must run before" in out["before"]
-    assert out["patched"] == ["_init_states"]
+    assert out["patched"] == []
     assert out["after"] == "built"
 
 
@@ -114,3 +118,75 @@ def test_instance_attributes_the_engine_reads_are_checked(monkeypatch):
     monkeypatch.setitem(amqtt_compat.ATTRIBUTES, ProtocolHandler, ("_pubcomp_waiters", "_no_such_waiters"))
     with pytest.raises(AmqttMismatch, match="_no_such_waiters"):
         amqtt_compat.check()
+
+
+async def test_running_the_engine_leaves_amqtts_modules_as_upstream(harness: Harness) -> None:
+    """After the broker served a 3.1.1 and an MQTT 5 client, amqtt's modules are untouched: `Queue` in its session
+    and broker-handler modules is asyncio's, `Session._init_states` is amqtt's, and a `Session()` amqtt builds gets
+    a `transitions.Machine` and real `asyncio.Queue`s, whose connect/disconnect behave as upstream."""
+    import asyncio
+
+    from amqtt import session as amqtt_session
+    from amqtt.mqtt.protocol import broker_handler
+    from transitions import Machine, MachineError
+
+    for level in (4, 5):
+        raw = await Raw.open(harness.server.mqtt_port)
+        assert await raw.connack(connect(f"upstream-{level}", version=level), 5) == 0
+        await raw.close(disconnect=True)
+    assert amqtt_session.Queue is asyncio.Queue
+    assert broker_handler.Queue is asyncio.Queue
+    assert Session._init_states is UPSTREAM_INIT_STATES
+    session = Session()
+    assert isinstance(session.transitions, Machine)
+    assert type(session.retained_messages) is asyncio.Queue
+    assert type(session.delivered_message_queue) is asyncio.Queue
+    session.transitions.connect()
+    assert session.transitions.state == "connected"
+    with pytest.raises(MachineError):
+        session.transitions.connect()
+    session.transitions.disconnect()
+    assert session.transitions.is_disconnected()
+
+
+async def test_replaced_constructors_set_every_attribute_amqtts_set() -> None:
+    """REPLACED_INIT: an EngineSession and a FastHandler carry every instance attribute amqtt's Session() and
+    BrokerProtocolHandler() set (amqtt code reading one finds it), and their queues are the lazy ones."""
+    from broker.mqtt.lazy import LazyQueue
+
+    assert set(REPLACED_INIT) == {Session, BrokerProtocolHandler}
+    upstream, ours = Session(), EngineSession()
+    assert set(vars(upstream)) - {"transitions"} <= set(vars(ours))
+    assert ours.transitions is ours
+    assert isinstance(ours.retained_messages, LazyQueue)
+    assert isinstance(ours.delivered_message_queue, LazyQueue)
+    manager: Any = object()  # the handlers only keep it
+    upstream_handler, our_handler = BrokerProtocolHandler(manager), FastHandler(manager)
+    assert set(vars(upstream_handler)) <= set(vars(our_handler))
+    assert isinstance(our_handler._pending_subscriptions, LazyQueue)
+    assert isinstance(our_handler._pending_unsubscriptions, LazyQueue)
+
+
+def test_engine_session_states_behave_like_amqtts_transitions_machine() -> None:
+    """Every sequence of connect/disconnect gives an EngineSession the same states, errors and timestamps as the
+    transitions.Machine amqtt's own Session gets."""
+    from transitions import MachineError
+
+    def run(session: Session, ops: tuple[str, ...]) -> list[tuple[str, bool, bool, bool, bool]]:
+        out = []
+        for op in ops:
+            try:
+                getattr(session.transitions, op)()
+                failed = False
+            except MachineError:
+                failed = True
+            t = session.transitions
+            out.append((t.state, failed, t.is_new(), t.is_connected(), t.is_disconnected()))
+        return out
+
+    for ops in itertools.product(("connect", "disconnect"), repeat=4):
+        ours, theirs = EngineSession(), Session()
+        assert run(ours, ops) == run(theirs, ops), ops
+        assert (ours.last_connect_time is None) == (theirs.last_connect_time is None)
+        assert (ours.last_disconnect_time is None) == (theirs.last_disconnect_time is None)
+        assert repr(ours).endswith(repr(theirs).removeprefix("Session"))

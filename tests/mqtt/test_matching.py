@@ -153,36 +153,6 @@ def test_retained_store_mirrors_every_dict_write_into_the_tree():
     assert not store
 
 
-def test_light_session_states_behave_like_amqtts_transitions_machine():
-    """Every sequence of connect/disconnect gives the same states, errors and timestamps as amqtt's Machine."""
-    from transitions import MachineError
-
-    from broker.mqtt.session_states import AMQTT_INIT_STATES, SessionStates, install
-
-    install()  # what the assembly does before building the engine
-
-    def run(session: Session, ops: tuple[str, ...]) -> list[tuple[str, bool, bool]]:
-        out = []
-        for op in ops:
-            try:
-                getattr(session.transitions, op)()
-                failed = False
-            except MachineError:
-                failed = True
-            t = session.transitions
-            out.append((t.state, failed, t.is_connected()))
-        return out
-
-    for ops in itertools.product(("connect", "disconnect"), repeat=4):
-        ours, theirs = Session(), Session()
-        AMQTT_INIT_STATES(theirs)
-        assert isinstance(ours.transitions, SessionStates)
-        assert not isinstance(theirs.transitions, SessionStates)
-        assert run(ours, ops) == run(theirs, ops), ops
-        assert (ours.last_connect_time is None) == (theirs.last_connect_time is None)
-        assert (ours.last_disconnect_time is None) == (theirs.last_disconnect_time is None)
-
-
 async def test_lazy_queue_behaves_like_asyncio_queue_and_allocates_on_first_use() -> None:
     import asyncio
 
@@ -215,15 +185,3 @@ async def test_lazy_queue_behaves_like_asyncio_queue_and_allocates_on_first_use(
     with pytest.raises(AttributeError):
         _ = q.no_such_attribute  # type: ignore[attr-defined]
 
-
-def test_amqtt_sessions_and_handlers_get_lazy_once_installed() -> None:
-    from amqtt.mqtt.protocol import broker_handler
-    from amqtt.session import Session
-
-    from broker.mqtt.lazy import LazyQueue, install
-
-    install()
-    session = Session()
-    assert isinstance(session.retained_messages, LazyQueue)
-    assert isinstance(session.delivered_message_queue, LazyQueue)
-    assert broker_handler.Queue is LazyQueue

@@ -167,9 +167,8 @@ class V5Connection:
                     # no Authentication Method was accepted at CONNECT: an AUTH is a Protocol Error (MQTT 5.0 §4.12)
                     raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
         except ProtocolError as exc:  # the one place a v5 protocol error becomes DISCONNECT + close
-            if (n := _quiet.check(self.session.remote_address or "?")) is not None:
-                log.warning("closing MQTT 5 connection of %s: %s (reason %#04x; %d more since last logged)",
-                            self.session.client_id, exc, exc.code, n)
+            _quiet.log(log, logging.WARNING, self.session.remote_address or "?",
+                       "closing MQTT 5 connection of %r: %s (reason %#04x)", self.session.client_id, exc, exc.code)
             await self.disconnect(exc.code, linger=True)
         return None
 

@@ -33,6 +33,7 @@ from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.live import Live
 from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.reason import Reason
+from broker.mqtt.session import EngineSession
 from broker.mqtt.v5 import codec, encode
 from broker.mqtt.v5.codec import V5Error
 from broker.mqtt.v5.connection import V5Connection
@@ -171,7 +172,7 @@ class V5Mixin(_Base):
 
     def _v5_session(self, c: codec.Connect, writer: Any, will: _Will | None) -> tuple[Session, bool]:
         """The amqtt `Session` a v5 CONNECT describes (as amqtt's CONNECT handling fills it for 3.1.1)."""
-        session = Session()
+        session = EngineSession()
         peer = writer.get_peer_info()
         if peer:
             session.remote_address, session.remote_port = peer[0], peer[1]
