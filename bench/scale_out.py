@@ -165,6 +165,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def group_cpu_s(pgids: set[int]) -> float:
+    """CPU seconds so far of every process in these process groups (a RabbitMQ node: its script, beam, helpers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in pgids:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 class Bridged:
     """`python -m broker --external-broker …` as a subprocess, until it logs that it serves."""
 
@@ -210,10 +223,11 @@ class Results:
         self.failed = False
 
     def report(self, name: str, r: dict[str, float], cpu_ms: float | None = None,
-               standby_ms: float | None = None) -> None:
+               standby_ms: float | None = None, broker_ms: float | None = None) -> None:
         self.failed |= r["errors"] > 0
         cpu = f", instance CPU {cpu_ms:.2f} ms/setup" if cpu_ms is not None else ""
         cpu += f" (standbys {standby_ms:.0f} ms CPU in all)" if standby_ms is not None else ""
+        cpu += f", cluster CPU {broker_ms:.2f} ms/setup" if broker_ms is not None else ""
         print(f"{name:<30} {r['setups_s']:7.0f} setups/s   p50 {r['p50']:6.1f} ms   p99 {r['p99']:6.1f} ms   "
               f"n={r['n']:.0f} errors={r['errors']:.0f}{cpu}, load generator {r['loadgen_cpu'] * 100:.0f} % of a "
               "core", flush=True)
@@ -287,6 +301,7 @@ async def run_cluster(tmp: Path, pace: Pace, out: Results) -> None:
     started = time.monotonic()
     await cluster.start()
     ports = [n.mqtt_port for n in cluster.nodes]
+    nodes = {n.proc.pid for n in cluster.nodes if n.proc is not None}  # each node's process group (its session)
     print(f"(2-node RabbitMQ cluster up in {time.monotonic() - started:.0f} s: MQTT on {ports[0]} and {ports[1]})",
           flush=True)
     pg = Postgres()
@@ -322,10 +337,13 @@ async def run_cluster(tmp: Path, pace: Pace, out: Results) -> None:
                 if n_sites == 1 and per_site == 1:
                     out.report(f"{name}, 1 call at a time", await measure(loops, pace, 1))
                 cpu0 = {i.name: cpu_s(i.proc.pid) for i in instances}
+                rabbit0 = group_cpu_s(nodes)
                 r = await measure(loops, pace)
+                rabbit = group_cpu_s(nodes) - rabbit0
                 used = {i.name: cpu_s(i.proc.pid) - cpu0[i.name] for i in instances}
                 standby = sum(used[i.name] for i in instances if i not in holders) * 1000 if per_site > 1 else None
-                out.report(f"{name}, {HOUSEHOLDS} doors/site", r, per_setup(sum(used.values()), r, pace), standby)
+                out.report(f"{name}, {HOUSEHOLDS} doors/site", r, per_setup(sum(used.values()), r, pace), standby,
+                           per_setup(rabbit, r, pace))
                 for inst in instances:  # nobody lost its lease or stopped during the run
                     if inst.proc.poll() is not None:
                         raise RuntimeError(f"{inst.name} exited:\n{inst.text()}")
