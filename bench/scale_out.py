@@ -282,10 +282,11 @@ async def run_mosquitto(tmp: Path, pace: Pace, out: Results) -> None:
 
 
 def cluster_login(ports: list[int], site: str, creds: dict[str, str]) -> Login:
-    """Household i's door on node i % 2 and its resident on the other node, each as its generated user."""
+    """Household i's door on node i % 2 and its resident on the other node (one port: all on it), each as its
+    generated user."""
     def login(role: str, i: int) -> tuple[int, str | None, str | None]:
         user = f"{role}-{role[0]}{i}@{site}"
-        return ports[(i + (role == "resident")) % 2], user, creds[user]
+        return ports[(i + (role == "resident")) % len(ports)], user, creds[user]
     return login
 
 
@@ -334,8 +335,10 @@ async def run_cluster(tmp: Path, pace: Pace, out: Results) -> None:
                         raise RuntimeError(f"{name}: an instance did not link to the cluster")
                     await asyncio.sleep(0.05)
                 loops = [(cluster_login(ports, s, c), f"sites/{s}/") for s, c in zip(sites, creds, strict=True)]
-                if n_sites == 1 and per_site == 1:
+                if n_sites == 1 and per_site == 1:  # the call crossing the cluster, then all on the service's node
                     out.report(f"{name}, 1 call at a time", await measure(loops, pace, 1))
+                    one_node = cluster_login(ports[:1], sites[0], creds[0])
+                    out.report("  the same, all on node 1", await measure([(one_node, f"sites/{sites[0]}/")], pace, 1))
                 cpu0 = {i.name: cpu_s(i.proc.pid) for i in instances}
                 rabbit0 = group_cpu_s(nodes)
                 r = await measure(loops, pace)
