@@ -1,6 +1,6 @@
 """Smoke tests for bench/scale_out.py --broker rabbitmq-cluster.
 
-Not run in CI: CI collects `tests/` only (pyproject's testpaths) and the cluster run takes ~85 s here (a 2-node
+Not run in CI: CI collects `tests/` only (pyproject's testpaths) and the cluster run takes 75-140 s here (a 2-node
 RabbitMQ cluster start ~15 s, then 6 configurations of 2.5 s each plus their start-up), over the 60 s a CI smoke
 may take. Run explicitly: .venv/bin/python -m pytest bench/test_scale_out_smoke.py -p no:cacheprovider
 (the translation test takes well under a second; the cluster run is marked slow and needs rabbitmq-server,
