@@ -256,9 +256,8 @@ async def run_mosquitto(tmp: Path, pace: Pace, out: Results) -> None:
     pg.start()
     login = anonymous(mosq.port)
     try:
-        configs: list[tuple[str, list[str | None], bool]] = [
-            ("bridge sqlite x1", [None], False), *((f"bridge pg x{n}", [f"s{k}" for k in range(n)], True)
-                                                   for n in (1, 2, 3))]
+        configs: list[tuple[str, list[str | None], bool]] = [("bridge sqlite x1", [None], False)]
+        configs += [(f"bridge pg x{n}", [f"s{k}" for k in range(n)], True) for n in (1, 2, 3)]
         for run, (name, sites, on_pg) in enumerate(configs):
             instances = [Bridged(tmp, f"r{run}-{site or 'one'}", mosq.port, pg.create_database() if on_pg else None,
                                  site) for site in sites]
