@@ -26,6 +26,9 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
         # a shared CI box stalls the loop for hundreds of ms now and then: load shedding on loop lag has its own
         # tests (tests/core/test_admission.py), elsewhere it would refuse calls a test needs
         "calls": {"max_loop_lag_ms": 10_000},
+        # likewise /healthz's loop-lag check (tests/e2e/test_ops*.py set their own): a 1 s stall of a loaded CI box
+        # would turn a healthy site 503 in tests that check something else
+        "metrics": {"max_loop_lag_ms": 10_000},
         "trtc": {"secret_key": "test-trtc-secret"},
         "site": {"households": [
             {"household_number": "101", "residents": [{"resident_id": "2"}, {"resident_id": "3"}],
