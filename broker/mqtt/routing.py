@@ -356,8 +356,9 @@ class RoutingMixin(_Base):
         for key, (target, sub_qos) in matches.items():
             if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                 continue
-            if SUB_OPTIONS in target.attributes:
-                self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props, sub_qos)
+            # v5 options that can change the delivery (`OptionsTable.special`): `delivery_for` decides
+            if getattr(target.attributes.get(SUB_OPTIONS), "special", SUB_OPTIONS in target.attributes):
+                self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
                 continue
             self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos, props)
         if picked:
@@ -376,7 +377,7 @@ class RoutingMixin(_Base):
                 if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
                     continue
                 if SUB_OPTIONS in target.attributes:
-                    self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props, sub_qos)
+                    self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
                     continue
                 self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
             for key, (target, sub_qos) in picked or ():  # shared: the member's granted QoS, no v5 options
@@ -384,13 +385,9 @@ class RoutingMixin(_Base):
                     self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
 
     def _send_v5(self, key: str, target: Session, source: Session | None, topic_b: bytes, topic: str, data: bytes,
-                 qos: int, retain: bool, props: MessageProps | None, sub_qos: int) -> None:
+                 qos: int, retain: bool, props: MessageProps | None) -> None:
         """A subscriber with MQTT 5 subscription options: No Local, Retain As Published, identifiers."""
-        options = target.attributes[SUB_OPTIONS]
-        if not getattr(options, "special", True):  # none of those options: deliver as to a 3.1.1 subscriber
-            self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
-            return
-        found = delivery_for(options, topic, source is target, retain)
+        found = delivery_for(target.attributes[SUB_OPTIONS], topic, source is target, retain)
         if found is not None:
             granted, keep_retain, sub_ids = found
             self._send_to(key, target, topic_b, topic, data, min(qos, granted), props, keep_retain, sub_ids)

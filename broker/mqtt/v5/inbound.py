@@ -2,9 +2,10 @@
 
 A PUBLISH takes the engine's one path (`FastPathMixin._route`: deliver, retain, plugins' interceptors)
 with its properties; the common one (QoS 0/1, no properties, every ACL synchronous) is decoded by hand as a
-3.1.1 PUBLISH is (`v5_publish_plain`), without the codec's `Publish`; the acknowledgement carries a reason code (§3.4.2.1): 0x10 when nobody subscribes,
-0x87 when the ACL refuses, 0x99 when the Payload Format Indicator says UTF-8 and the payload is not
-[MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier (`AcknowledgesAfter`) like 3.1.1 ones.
+3.1.1 PUBLISH is (`v5_publish_plain`), without the codec's `Publish`; the acknowledgement carries a reason
+code (§3.4.2.1): 0x10 when nobody subscribes, 0x87 when the ACL refuses, 0x99 when the Payload Format
+Indicator says UTF-8 and the payload is not [MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier
+(`AcknowledgesAfter`) like 3.1.1 ones.
 Incoming QoS 2 is held until PUBREL; past `limits.max_inflight_messages` held messages (the Receive
 Maximum announced in CONNACK) the connection ends with DISCONNECT 0x93 [MQTT-3.3.4-8]; past the principal's
 `limits.max_held_bytes_per_principal` the PUBREC says 0x97 (Quota exceeded) and nothing is held.
