@@ -356,7 +356,8 @@ class RoutingMixin(_Base):
         for key, (target, sub_qos) in matches.items():
             if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                 continue
-            if SUB_OPTIONS in target.attributes:
+            # v5 options that can change the delivery (`OptionsTable.special`): `delivery_for` decides
+            if getattr(target.attributes.get(SUB_OPTIONS), "special", SUB_OPTIONS in target.attributes):
                 self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
                 continue
             self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos, props)

@@ -46,6 +46,7 @@ from broker.mqtt.hooks import PROTOCOL, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.quota import HELD, INFLIGHT, QUEUED, Quotas, principal_of
 from broker.mqtt.session_db import SessionDB
 from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retained, props_of
+from broker.mqtt.v5.subscriptions import OptionsTable
 
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
@@ -337,7 +338,7 @@ class SessionPersistence:
             if s.expiry_s is not None:  # an MQTT 5 session: its own expiry, its subscription options
                 session.attributes[SESSION_EXPIRY] = s.expiry_s
                 session.attributes[PROTOCOL] = 5
-                session.attributes[SUB_OPTIONS] = dict(s.options)
+                session.attributes[SUB_OPTIONS] = OptionsTable(dict(s.options))
             # amqtt expires an offline session `session_expiry_s` after its last disconnect; count from
             # when it was last seen, not from this restart (else every restart would extend its life).
             if s.last_seen and session.last_disconnect_time is not None:

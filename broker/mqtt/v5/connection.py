@@ -117,6 +117,8 @@ class V5Connection:
         reader = self.reader
         broker = self.broker
         turn = Turn()  # a pipelining client yields the loop to the others every few ms
+        # every ACL answers without awaiting and no plugin listens to message events: the hand-decoded PUBLISH
+        fast = broker._plugin_hooks().sync_publish
         try:
             while not self.closed:
                 if turn.over():
@@ -129,11 +131,16 @@ class V5Connection:
                 first, body = packet
                 kind = first >> 4
                 if kind == PUBLISH:
+                    if fast and broker.v5_publish_plain(self, first & 0x0F, body):
+                        continue
                     pending = broker.v5_publish(self, self.decode_publish(first & 0x0F, body))
                     if pending is not None:
                         await pending
                 elif kind == PUBACK:
-                    packet_id = codec.decode_ack(PUBACK, body).packet_id
+                    # the short form (reason 0, no properties) needs no decoder; anything else is checked by it
+                    packet_id = int.from_bytes(body, "big") if len(body) == 2 else 0
+                    if not packet_id:
+                        packet_id = codec.decode_ack(PUBACK, body).packet_id
                     if (wrong := wrong_ack(self.session.inflight_out, PUBACK, packet_id)) is not None:
                         raise wrong
                     self.acked(packet_id)

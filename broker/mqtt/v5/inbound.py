@@ -1,9 +1,11 @@
 """What an MQTT 5 client sends, handled on the one broker: PUBLISH (QoS 0/1/2), SUBSCRIBE, UNSUBSCRIBE.
 
 A PUBLISH takes the engine's one path (`FastPathMixin._route`: deliver, retain, plugins' interceptors)
-with its properties; the acknowledgement carries a reason code (§3.4.2.1): 0x10 when nobody subscribes,
-0x87 when the ACL refuses, 0x99 when the Payload Format Indicator says UTF-8 and the payload is not
-[MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier (`AcknowledgesAfter`) like 3.1.1 ones.
+with its properties; the common one (QoS 0/1, no properties, every ACL synchronous) is decoded by hand as a
+3.1.1 PUBLISH is (`v5_publish_plain`), without the codec's `Publish`; the acknowledgement carries a reason
+code (§3.4.2.1): 0x10 when nobody subscribes, 0x87 when the ACL refuses, 0x99 when the Payload Format
+Indicator says UTF-8 and the payload is not [MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier
+(`AcknowledgesAfter`) like 3.1.1 ones.
 Incoming QoS 2 is held until PUBREL; past `limits.max_inflight_messages` held messages (the Receive
 Maximum announced in CONNACK) the connection ends with DISCONNECT 0x93 [MQTT-3.3.4-8]; past the principal's
 `limits.max_held_bytes_per_principal` the PUBREC says 0x97 (Quota exceeded) and nothing is held.
@@ -23,11 +25,11 @@ from broker.config import LimitsConfig
 from broker.mqtt.fast_path import over_held_quota
 from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
 from broker.mqtt.reason import Reason
-from broker.mqtt.topics import is_shared
+from broker.mqtt.topics import is_shared, valid_topic_name
 from broker.mqtt.v5 import codec, encode
 from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
 from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
-from broker.mqtt.v5.subscriptions import SubOptions
+from broker.mqtt.v5.subscriptions import OptionsTable, SubOptions
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -70,6 +72,37 @@ class V5InboundMixin(_Base):
                   props: MessageProps | None, reply: ReplyTo | None = None) -> int:
         engine: Any = self
         return int(engine._route(conn.session, topic, data, qos, retain, engine._plugin_hooks(), props, reply))
+
+    def v5_publish_plain(self, conn: V5Connection, flags: int, body: bytes) -> bool:
+        """The common PUBLISH decoded by hand, as 3.1.1's (`FastHandler._publish_bytes`): QoS 0 or 1, a topic
+        name, an empty property block, every ACL synchronous (the caller checks `sync_publish`). False for
+        anything else, which `codec.decode_publish` then decodes strictly (and refuses with its reason code)."""
+        qos = (flags >> 1) & 3
+        if qos > 1 or (flags & 0x08 and not qos):
+            return False
+        end = 2 + int.from_bytes(body[:2], "big")
+        pos = end + 2 if qos else end
+        if pos >= len(body) or body[pos]:  # the property length: 0 is no properties
+            return False
+        try:
+            topic = body[2:end].decode()
+        except UnicodeDecodeError:
+            return False
+        packet_id = int.from_bytes(body[end:pos], "big")
+        if not valid_topic_name(topic) or (qos and not packet_id):
+            return False
+        engine: Any = self
+        allowed = engine.may_publish_now(conn.session, topic)
+        if allowed is None:
+            return False
+        if not allowed:
+            if qos:
+                self._v5_ack(conn, PUBACK, packet_id, NOT_AUTHORIZED)
+            return True
+        matched = engine._route(conn.session, topic, body[pos + 1:], qos, bool(flags & 1), engine._plugin_hooks())
+        if qos:
+            self._v5_ack(conn, PUBACK, packet_id, 0 if matched else NO_SUBSCRIBERS)
+        return True
 
     def v5_publish(self, conn: V5Connection, pub: Publish) -> Any:
         """Handle one PUBLISH; returns None when done, or an awaitable when an async ACL must decide."""
@@ -167,7 +200,9 @@ class V5InboundMixin(_Base):
         session = conn.session
         engine: Any = self
         key = session.client_id or ""
-        options: dict[str, SubOptions] = session.attributes.setdefault(SUB_OPTIONS, {})
+        options: dict[str, SubOptions] = session.attributes.get(SUB_OPTIONS)
+        if options is None:
+            options = session.attributes[SUB_OPTIONS] = OptionsTable()
         codes: list[int] = []
         fresh: list[bool] = []
         for s in sub.subscriptions:

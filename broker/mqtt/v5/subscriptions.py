@@ -3,7 +3,8 @@
 The subscription index keeps (subscriber, granted QoS) per filter, for 3.1.1 and 5 alike. A v5 session
 also keeps its options per filter in `session.attributes[SUB_OPTIONS]`; when a message matches such a
 session, `delivery_for` works out from those options whether it gets the message (No Local), with which
-retain flag (Retain As Published) and with which Subscription Identifiers [MQTT-3.3.4-3].
+retain flag (Retain As Published) and with which Subscription Identifiers [MQTT-3.3.4-3]. The options are an
+`OptionsTable`, which counts the subscriptions that need that; with none, routing delivers as to a 3.1.1 session.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from broker.mqtt.hooks import SUB_OPTIONS
 from broker.mqtt.v5.codec import split_shared
 
-__all__ = ["SUB_OPTIONS", "SubOptions", "delivery_for", "matches"]
+__all__ = ["SUB_OPTIONS", "OptionsTable", "SubOptions", "delivery_for", "matches"]
 
 
 
@@ -68,3 +69,70 @@ def delivery_for(options: dict[str, SubOptions], topic: str, own: bool,
         return None
     return qos, retain and keep_retain, tuple(sorted(set(ids)))
 
+
+
+def _special(topic_filter: str, opt: SubOptions) -> bool:
+    """Whether this subscription can make a delivery differ from a 3.1.1 one (so `delivery_for` must decide)."""
+    return opt.no_local or opt.retain_as_published or opt.sub_id is not None or topic_filter.startswith("$share")
+
+
+class OptionsTable(dict[str, SubOptions]):
+    """A v5 session's `SUB_OPTIONS`, counting the subscriptions `_special` says need `delivery_for`.
+
+    With none (`special == 0`: the common case, no No Local, Retain As Published, Subscription Identifier or
+    shared filter), a message gets exactly what a 3.1.1 subscriber gets: the index's highest granted QoS of the
+    matching filters, retain flag cleared, no identifiers; routing then skips matching every filter again.
+    """
+
+    __slots__ = ("special",)
+
+    def __init__(self, items: dict[str, SubOptions] | None = None) -> None:
+        super().__init__(items or {})
+        self._recount()
+
+    def _recount(self) -> None:
+        self.special = sum(1 for topic_filter, opt in self.items() if _special(topic_filter, opt))
+
+    def __setitem__(self, topic_filter: str, opt: SubOptions) -> None:
+        old = self.get(topic_filter)
+        if old is not None and _special(topic_filter, old):
+            self.special -= 1
+        super().__setitem__(topic_filter, opt)
+        if _special(topic_filter, opt):
+            self.special += 1
+
+    def __delitem__(self, topic_filter: str) -> None:
+        old = self[topic_filter]
+        super().__delitem__(topic_filter)
+        if _special(topic_filter, old):
+            self.special -= 1
+
+    def pop(self, topic_filter: str, *default: SubOptions | None) -> SubOptions | None:  # type: ignore[override]
+        if topic_filter in self:
+            old = self[topic_filter]
+            del self[topic_filter]
+            return old
+        return super().pop(topic_filter, *default)
+
+    # the rarely used mutators: count again afterwards
+    def update(self, *args: object, **kwargs: SubOptions) -> None:
+        super().update(*args, **kwargs)
+        self._recount()
+
+    def setdefault(self, topic_filter: str, default: SubOptions) -> SubOptions:
+        if topic_filter not in self:
+            self[topic_filter] = default
+        return self[topic_filter]
+
+    def popitem(self) -> tuple[str, SubOptions]:
+        item = super().popitem()
+        self._recount()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self.special = 0
+
+    def __ior__(self, other: object) -> OptionsTable:  # type: ignore[override,misc]
+        self.update(other)
+        return self
