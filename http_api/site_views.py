@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Any
+from typing import Any
 
 from aiohttp import web
-from pydantic import BeforeValidator
 
 from broker.core.calls import iso
 from broker.core.states import EndReason
-from broker.core.wire.base import In
+from broker.core.wire.queries import SiteQuery
 from http_api.auth import require
 from http_api.envelope import ok, parse_query
 from http_api.keys import SERVICES
@@ -26,20 +25,6 @@ MISSED = frozenset({EndReason.TIMEOUT, EndReason.CANCELLED, EndReason.DND})
 FAILED = frozenset({EndReason.PARTY_OFFLINE, EndReason.MAX_DURATION})
 _PAGE = 500
 _SCAN_MAX = 10_000  # a day's calls read at most (a site of 200 households makes hundreds): `truncated` past it
-
-
-def _flag(v: Any) -> Any:
-    if isinstance(v, str):
-        if v.lower() in ("true", "1"):
-            return True
-        if v.lower() in ("false", "0"):
-            return False
-        raise ValueError(f"must be true or false, got {v!r}")
-    return v
-
-
-class SiteQuery(In):
-    devices: Annotated[bool, BeforeValidator(_flag)] = False  # add every device's last status
 
 
 async def _day_counts(request: web.Request) -> dict[str, Any]:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
-from tests.support.process import ROOT
-
-READY = re.compile(r"intercom-broker serving mqtt://127\.0\.0\.1:(\d+) .*http://127\.0\.0\.1:(\d+)")
+from tests.support.process import READY, ROOT, read_until_ready
 
 
 class Server:
@@ -42,24 +38,9 @@ class Server:
             [sys.executable, "-m", "broker", "--config", str(self.config), "--host", "127.0.0.1", "--mqtt-port", "0",
              "--ws-port", "0", "--http-port", "0", "--data-dir", str(self.data_dir)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + timeout
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise AssertionError(f"server exited early with {self.proc.wait()}")
-            if m := READY.search(line):
-                self.mqtt_port, self.http_port = int(m.group(1)), int(m.group(2))
-                # keep draining stderr so the child never blocks on a full pipe
-                threading.Thread(target=self._drain, daemon=True).start()
-                return self
-        raise AssertionError("server did not report its ports in time")
-
-    def _drain(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        for _ in self.proc.stderr:
-            pass
+        m = read_until_ready(self.proc, READY, [], "server", timeout)
+        self.mqtt_port, self.http_port = int(m.group(1)), int(m.group(2))
+        return self
 
     def kill(self) -> None:
         assert self.proc is not None

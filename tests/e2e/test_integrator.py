@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from broker.integrator.config import load_config
 from tests.mosquitto_helpers import Mosquitto, free_port, needs_mosquitto
 from tests.support.harness import Harness, make_settings
 from tests.support.inbox import Inbox
-from tests.support.process import ROOT
+from tests.support.process import ROOT, read_until_ready
 
 pytestmark = needs_mosquitto
 
@@ -53,25 +52,8 @@ class Integrator:
         return self.proc
 
     def start(self, timeout: float = 20.0) -> Integrator:
-        proc = self.spawn()
-        assert proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                raise AssertionError(f"integrator exited early with {proc.wait()}:\n{''.join(self.log)}")
-            self.log.append(line)
-            if m := READY.search(line):
-                self.port = int(m.group(1))
-                threading.Thread(target=self._drain, daemon=True).start()
-                return self
-        raise AssertionError("integrator did not report its port in time")
-
-    def _drain(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
+        self.port = int(read_until_ready(self.spawn(), READY, self.log, "integrator", timeout).group(1))
+        return self
 
     def run_to_exit(self, timeout: float = 20.0) -> tuple[int, str]:
         _, err = self.spawn().communicate(timeout=timeout)

@@ -47,6 +47,24 @@ def _test_loop() -> str | None:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
+def read_until_ready(proc: subprocess.Popen[str], ready: re.Pattern[str], log: list[str], what: str,
+                     timeout: float) -> re.Match[str]:
+    """Read a child's stderr into `log` until `ready` matches a line (its "serving" line), then keep draining it in
+    a thread (so the child never blocks on a full pipe)."""
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stderr.readline()
+        if not line:
+            raise AssertionError(f"{what} exited early with {proc.wait()}:\n{''.join(log)}")
+        log.append(line)
+        if m := ready.search(line):
+            threading.Thread(target=lambda: log.extend(stderr), daemon=True).start()
+            return m
+    raise AssertionError(f"{what} did not report its port in time")
+
+
 class ServerProcess:
     """One server process; stderr is kept line by line in `log` (and drained, so the child never blocks)."""
 
@@ -78,19 +96,9 @@ class ServerProcess:
         return self.proc
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        proc = self.spawn()
-        assert proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                raise AssertionError(f"server exited early with {proc.wait()}:\n{''.join(self.log)}")
-            self.log.append(line)
-            if m := READY.search(line):
-                self.mqtt_port, self.http_port = int(m.group(1)), int(m.group(2))
-                threading.Thread(target=self._drain, daemon=True).start()
-                return self
-        raise AssertionError("server did not report its ports in time")
+        m = read_until_ready(self.spawn(), READY, self.log, "server", timeout)
+        self.mqtt_port, self.http_port = int(m.group(1)), int(m.group(2))
+        return self
 
     def run_to_exit(self, timeout: float = 20.0) -> tuple[int, str]:
         """Start, expecting the server to refuse: (exit code, stderr)."""
@@ -102,12 +110,6 @@ class ServerProcess:
             _, err = proc.communicate()
             raise AssertionError(f"server kept running:\n{err}") from None
         return proc.returncode, err
-
-    def _drain(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM (the service manager's stop); SIGKILL if it does not exit in time. The exit code."""

@@ -10,7 +10,8 @@ from pydantic import BeforeValidator, Field
 from broker.core.ids import Id
 from broker.core.wire.base import In
 
-__all__ = ["ActiveQuery", "AdminListQuery", "DoorEventsQuery", "HistoryQuery", "ResidentCallsQuery", "SessionQuery"]
+__all__ = ["ActiveQuery", "AdminListQuery", "DoorEventsQuery", "HistoryQuery", "ResidentCallsQuery", "SessionQuery",
+           "SiteQuery"]
 
 
 def _bool_text(v: Any) -> Any:
@@ -60,3 +61,7 @@ class DoorEventsQuery(In):
     device_id: Id | None = None
     household_number: Id | None = None
     limit: Annotated[int, BeforeValidator(_positive_int), Field(ge=1)] = 50
+
+
+class SiteQuery(In):
+    devices: Annotated[bool, BeforeValidator(_bool_text)] = False  # add every device's last status
