@@ -12,10 +12,10 @@ from typing import Any, Protocol
 
 from amqtt.broker import Broker
 
+from broker.mqtt.codec import CORRELATION_DATA
+from broker.mqtt.encode import property_bytes
 from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.hardening import HardeningMixin
-from broker.mqtt.v5.codec import CORRELATION_DATA
-from broker.mqtt.v5.encode import property_bytes
 from broker.mqtt.v5.inbound import V5InboundMixin
 from broker.mqtt.v5.message import MessageProps
 from broker.mqtt.v5.serve import V5Mixin

@@ -19,12 +19,8 @@ from typing import Any
 from amqtt.session import Session
 
 from broker.limiter import LogThrottle
-from broker.mqtt.fairness import Turn
-from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.mqtt.packet_guard import GuardedReader
-from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
-from broker.mqtt.v5 import codec, encode
-from broker.mqtt.v5.codec import (
+from broker.mqtt import codec, encode
+from broker.mqtt.codec import (
     AUTH,
     DISCONNECT,
     PINGREQ,
@@ -42,6 +38,10 @@ from broker.mqtt.v5.codec import (
     Publish,
     V5Error,
 )
+from broker.mqtt.fairness import Turn
+from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.packet_guard import GuardedReader
+from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
 from broker.mqtt.v5.outlet import Link, V5Outlet
 
 __all__ = ["V5Connection"]

@@ -20,12 +20,12 @@ from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
 
 from broker.config import LimitsConfig
+from broker.mqtt import codec, encode
+from broker.mqtt.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
 from broker.mqtt.fast_path import over_held_quota
 from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
 from broker.mqtt.reason import Reason
 from broker.mqtt.topics import is_shared
-from broker.mqtt.v5 import codec, encode
-from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
 from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
 from broker.mqtt.v5.subscriptions import SubOptions
 

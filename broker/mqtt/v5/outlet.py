@@ -19,11 +19,11 @@ from typing import Any
 from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.session import Session
 
+from broker.mqtt.codec import PUBREL
+from broker.mqtt.encode import encode_ack, encode_publish, expiry_property, varint
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.reason import Reason
 from broker.mqtt.session_persistence import DurableInflight
-from broker.mqtt.v5.codec import PUBREL
-from broker.mqtt.v5.encode import encode_ack, encode_publish, expiry_property, varint
 from broker.mqtt.v5.message import MessageProps, V5Outgoing, props_of
 
 __all__ = ["Link", "V5Outlet"]

@@ -29,13 +29,13 @@ from transitions import MachineError
 
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
+from broker.mqtt import codec, encode
+from broker.mqtt.codec import V5Error
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.live import Live
 from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.reason import Reason
 from broker.mqtt.session import EngineSession
-from broker.mqtt.v5 import codec, encode
-from broker.mqtt.v5.codec import V5Error
 from broker.mqtt.v5.connection import V5Connection
 from broker.mqtt.v5.message import MessageProps, props_of
 from broker.mqtt.v5.outlet import Link

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.mqtt.codec import split_shared
 from broker.mqtt.hooks import SUB_OPTIONS
-from broker.mqtt.v5.codec import split_shared
 
 __all__ = ["SUB_OPTIONS", "SubOptions", "delivery_for", "matches"]
 
