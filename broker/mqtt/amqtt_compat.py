@@ -71,8 +71,8 @@ ATTRIBUTES: dict[type, tuple[str, ...]] = {
 EVENTS: dict[str, str] = {
     "client_connected": "hardening (3.1.1), v5.serve",
     "client_disconnected": "amqtt's _handle_disconnect (3.1.1), v5.serve",
-    "client_subscribed": "fast_path._on_subscribe, v5.inbound",
-    "client_unsubscribed": "fast_path._on_unsubscribe, v5.inbound",
+    "client_subscribed": "handle_subscribe.subscribe",
+    "client_unsubscribed": "handle_subscribe.unsubscribe",
     "message_received": "fast_path.message_received_event (QoS 0/1 at PUBLISH, QoS 2 at PUBREL; both versions)",
     "message_broadcast": "fast_path.message_broadcast_event (after the publish ACL allowed it; both versions)",
     "retained_message": "routing.retain_now",

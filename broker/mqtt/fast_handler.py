@@ -41,11 +41,14 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
     MQTTFixedHeader,
 )
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler, Subscription, UnSubscription
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler, UnSubscription
+from amqtt.mqtt.protocol.broker_handler import Subscription as PendingSubscription
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.session import Session
 
 from broker.limiter import LogThrottle
+from broker.mqtt import codec
+from broker.mqtt.codec import V311, Subscribe, Subscription
 from broker.mqtt.fairness import Turn
 from broker.mqtt.lazy import LazyEvent, LazyQueue
 from broker.mqtt.reason import ProtocolError, wrong_ack
@@ -72,6 +75,8 @@ def whole_packets(reader: Any) -> bool:
 
 
 class FastHandler(BrokerProtocolHandler):
+    version = V311  # the protocol the packet handlers answer in (`handle_subscribe.Connection`)
+
     # BrokerProtocolHandler.__init__'s attributes, set here instead of calling it: its two pending-(un)subscription
     # queues are only used while `routed` is None, so they are LazyQueues (tests/mqtt/test_amqtt_compat.py checks
     # that the handler still gets every attribute amqtt's constructor sets)
@@ -79,11 +84,17 @@ class FastHandler(BrokerProtocolHandler):
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         ProtocolHandler.__init__(self, plugins_manager, session, loop)
         self._disconnect_waiter: asyncio.Future[Any] | None = None
-        self._pending_subscriptions: asyncio.Queue[Subscription] = LazyQueue()
+        self._pending_subscriptions: asyncio.Queue[PendingSubscription] = LazyQueue()
         self._pending_unsubscriptions: asyncio.Queue[UnSubscription] = LazyQueue()
         self._reader_stopped = LazyEvent()
         self.fast_reader: Any = None  # the broker, once it reads whole packets for this connection
         self.routed: Any = None  # the broker, once it handles this connection's packets in place
+
+    def write(self, data: bytes) -> None:
+        """Write bytes on this connection (`handle_subscribe.Connection`)."""
+        writer = self.writer
+        if writer is not None:
+            writer.write(data)
 
     async def start(self) -> None:
         """`ProtocolHandler.start` + `BrokerProtocolHandler.start`, without the keepalive write timer."""
@@ -141,6 +152,13 @@ class FastHandler(BrokerProtocolHandler):
                 if inline_ok and kind == PUBLISH and (flags >> 1) & 3 == QOS_2:
                     if not await self._qos2_bytes(broker, flags, body):
                         break
+                    continue
+                if inline_ok and kind == SUBSCRIBE:
+                    await broker.subscribe(self, codec.decode_subscribe(body, V311))
+                    continue
+                if inline_ok and kind == UNSUBSCRIBE:
+                    packet_id, filters, _ = codec.decode_unsubscribe(body, V311)
+                    await broker.unsubscribe(self, packet_id, filters)
                     continue
                 if inline_ok and kind == PUBREL and len(body) == 2:
                     pending = broker.pubrel(session, self, int.from_bytes(body, "big"))
@@ -239,10 +257,11 @@ class FastHandler(BrokerProtocolHandler):
         broker = self.routed
         if broker is None:
             return super().handle_subscribe(packet)
-        return broker._on_subscribe(self.session, self, packet.variable_header.packet_id, packet.payload.topics)
+        subs = [Subscription(topic_filter, qos, False, False, 0) for topic_filter, qos in packet.payload.topics]
+        return broker.subscribe(self, Subscribe(packet.variable_header.packet_id, subs, None, {}))
 
     def handle_unsubscribe(self, packet: Any) -> Any:
         broker = self.routed
         if broker is None:
             return super().handle_unsubscribe(packet)
-        return broker._on_unsubscribe(self.session, self, packet.variable_header.packet_id, packet.payload.topics)
+        return broker.unsubscribe(self, packet.variable_header.packet_id, list(packet.payload.topics))

@@ -40,7 +40,7 @@ from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.outlet import unwrapped
 from broker.mqtt.quota import HELD
-from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
+from broker.mqtt.routing import PluginHooks, RoutingMixin
 from broker.mqtt.session_persistence import DurableIncoming
 from broker.mqtt.topics import valid_topic_name
 from broker.mqtt.v5.message import MessageProps
@@ -337,27 +337,6 @@ class FastPathMixin(RoutingMixin):
         if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
                                                   message=message)
-
-    async def _on_subscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
-                            topics: list[tuple[str, int]]) -> None:
-        codes = [await self.add_subscription(sub, session) for sub in topics]
-        await handler.mqtt_acknowledge_subscription(packet_id, codes)
-        for (topic_filter, qos), code in zip(topics, codes, strict=True):
-            if code == SUBACK_FAILURE:
-                continue
-            if self._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id,
-                                                      topic=topic_filter, qos=qos)
-            self._send_retained(session, topic_filter, code)
-
-    async def _on_unsubscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
-                              topics: list[str]) -> None:
-        for topic_filter in topics:
-            self._del_subscription(topic_filter, session)
-            if self._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED,
-                                                      client_id=session.client_id, topic=topic_filter)
-        await handler.mqtt_acknowledge_unsubscription(packet_id)
 
     # ---- inbound QoS 2 ---------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from broker.mqtt.codec import (
     TOPIC_ALIAS,
     TOPIC_ALIAS_INVALID,
     UNSUBSCRIBE,
+    V5,
     Disconnect,
     Publish,
     V5Error,
@@ -53,6 +54,8 @@ _LINGER_S = 1.0
 
 class V5Connection:
     """The handler of one v5 network connection (see the module docstring)."""
+
+    version = V5  # the protocol the packet handlers answer in (`handle_subscribe.Connection`)
 
     def __init__(self, broker: Any, session: Session, reader: GuardedReader, writer: Any, link: Link,
                  alias_max: int) -> None:
@@ -156,9 +159,10 @@ class V5Connection:
                     else:
                         self.session.inflight_out.pop(packet_id, None)
                 elif kind == SUBSCRIBE:
-                    await broker.v5_subscribe(self, codec.decode_subscribe(body))
+                    await broker.subscribe(self, codec.decode_subscribe(body))
                 elif kind == UNSUBSCRIBE:
-                    await broker.v5_unsubscribe(self, *codec.decode_unsubscribe(body))
+                    packet_id, filters, _ = codec.decode_unsubscribe(body)
+                    await broker.unsubscribe(self, packet_id, filters)
                 elif kind == PINGREQ:
                     self.write(b"\xd0\x00")
                 elif kind == DISCONNECT:

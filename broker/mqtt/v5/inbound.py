@@ -7,8 +7,7 @@ with its properties; the acknowledgement carries a reason code (§3.4.2.1): 0x10
 Incoming QoS 2 is held until PUBREL; past `limits.max_inflight_messages` held messages (the Receive
 Maximum announced in CONNACK) the connection ends with DISCONNECT 0x93 [MQTT-3.3.4-8]; past the principal's
 `limits.max_held_bytes_per_principal` the PUBREC says 0x97 (Quota exceeded) and nothing is held.
-SUBSCRIBE goes through the engine's `add_subscription` (ACL, index, shared subscriptions); the options
-are kept per filter (`v5.subscriptions`) and Retain Handling decides about retained messages (§3.8.3.1).
+SUBSCRIBE and UNSUBSCRIBE are `handle_subscribe`'s, for both versions.
 """
 
 from __future__ import annotations
@@ -17,17 +16,14 @@ import logging
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from amqtt.contexts import Action
-from amqtt.events import BrokerEvents
 
 from broker.config import LimitsConfig
 from broker.mqtt import codec, encode
-from broker.mqtt.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
+from broker.mqtt.codec import PUBACK, PUBCOMP, PUBREC, Publish, V5Error
 from broker.mqtt.fast_path import over_held_quota
-from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
+from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.reason import Reason
-from broker.mqtt.topics import is_shared
 from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
-from broker.mqtt.v5.subscriptions import SubOptions
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -162,47 +158,3 @@ class V5InboundMixin(_Base):
             self._v5_route(conn, msg.topic, data, 2, bool(msg.retain), props_of(msg),
                            ReplyTo(*kept) if kept is not None else None)
         self._v5_ack(conn, PUBCOMP, packet_id)
-
-    async def v5_subscribe(self, conn: V5Connection, sub: Subscribe) -> None:
-        session = conn.session
-        engine: Any = self
-        key = session.client_id or ""
-        options: dict[str, SubOptions] = session.attributes.setdefault(SUB_OPTIONS, {})
-        codes: list[int] = []
-        fresh: list[bool] = []
-        for s in sub.subscriptions:
-            existed = s.topic_filter in options
-            granted = await engine.add_subscription((s.topic_filter, s.qos), session)
-            fresh.append(not existed)
-            if granted >= UNSPECIFIED:
-                codes.append(granted)
-                continue
-            options[s.topic_filter] = SubOptions(granted, s.no_local, s.retain_as_published, s.retain_handling,
-                                                 sub.subscription_id)
-            codes.append(granted)
-        conn.write(encode.encode_suback(sub.packet_id, codes))
-        ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
-        for s, code, new in zip(sub.subscriptions, codes, fresh, strict=True):
-            if code >= UNSPECIFIED:
-                continue
-            if engine._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=key,
-                                                      topic=s.topic_filter, qos=code)
-            shared = is_shared(s.topic_filter)  # no retained messages for a shared subscription
-            if not shared and (s.retain_handling == 0 or (s.retain_handling == 1 and new)):
-                engine._send_retained(session, s.topic_filter, code, ids)
-
-    async def v5_unsubscribe(self, conn: V5Connection, packet_id: int, filters: list[str],
-                             _props: codec.Props) -> None:
-        session = conn.session
-        engine: Any = self
-        options: dict[str, SubOptions] = session.attributes.get(SUB_OPTIONS, {})
-        codes: list[int] = []
-        for topic_filter in filters:
-            removed = engine._del_subscription(topic_filter, session)
-            options.pop(topic_filter, None)
-            codes.append(Reason.SUCCESS if removed else Reason.NO_SUBSCRIPTION_EXISTED)
-            if engine._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id,
-                                                      topic=topic_filter)
-        conn.write(encode.encode_unsuback(packet_id, codes))
