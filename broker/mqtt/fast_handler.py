@@ -10,7 +10,7 @@ Its reader loop (for readers that hand out whole packets) replaces amqtt's `_rea
 PUBACK and PUBREL are decoded from the bytes and handled in place, without amqtt's `wait_for` and
 task per packet; every other packet goes through amqtt's own classes and `handle_*` coroutines.
 It yields to the event loop every few milliseconds of work (`fairness.Turn`), so a client pipelining
-packets cannot hold the loop. Incoming QoS 2 is the broker's (`FastPathMixin.hold_qos2` / `pubrel`),
+packets cannot hold the loop. Incoming QoS 2 is the broker's (`handle_qos2.Qos2Mixin.hold_qos2` / `pubrel`),
 handled in order in this loop, so a client's unreleased QoS 2 messages are bounded by its window, not by
 how fast it can send.
 """
@@ -150,8 +150,7 @@ class FastHandler(BrokerProtocolHandler):
                         broker._acked(session, self, packet_id, None)
                         continue
                 if inline_ok and kind == PUBLISH and (flags >> 1) & 3 == QOS_2:
-                    if not await self._qos2_bytes(broker, flags, body):
-                        break
+                    await self._qos2_bytes(broker, flags, body)
                     continue
                 if inline_ok and kind == SUBSCRIBE:
                     await broker.subscribe(self, codec.decode_subscribe(body, V311))
@@ -161,7 +160,7 @@ class FastHandler(BrokerProtocolHandler):
                     await broker.unsubscribe(self, packet_id, filters)
                     continue
                 if inline_ok and kind == PUBREL and len(body) == 2:
-                    pending = broker.pubrel(session, self, int.from_bytes(body, "big"))
+                    pending = broker.pubrel(self, int.from_bytes(body, "big"))
                     if pending is not None:
                         await pending
                     continue
@@ -210,18 +209,13 @@ class FastHandler(BrokerProtocolHandler):
         if broker._accept_now(self.session, self, topic, data, qos, bool(flags & 1)) and qos:
             broker.puback(self, packet_id)
 
-    async def _qos2_bytes(self, broker: Any, flags: int, body: bytes) -> bool:
-        """A QoS 2 PUBLISH decoded by hand; False when the connection must close."""
-        tlen = int.from_bytes(body[:2], "big")
-        try:
-            topic = body[2:2 + tlen].decode()
-        except UnicodeDecodeError:
-            return False
-        packet_id = int.from_bytes(body[2 + tlen:4 + tlen], "big")
-        allowed = broker.may_publish_now(self.session, topic)
+    async def _qos2_bytes(self, broker: Any, flags: int, body: bytes) -> None:
+        """A QoS 2 PUBLISH, decoded by the codec and held by the broker (`handle_qos2`)."""
+        pub = codec.decode_publish(flags, body, V311)
+        allowed = broker.may_publish_now(self.session, pub.topic)
         if allowed is None:
-            allowed = await broker._allowed(self.session, topic, Action.PUBLISH)
-        return bool(broker.hold_qos2(self.session, self, packet_id, topic, body[4 + tlen:], bool(flags & 1), allowed))
+            allowed = await broker._allowed(self.session, pub.topic, Action.PUBLISH)
+        broker.hold_qos2(self, pub.packet_id, pub.topic, pub.payload, pub.retain, bool(allowed))
 
     async def _retry_deliveries(self) -> None:
         """amqtt's [MQTT-4.4.0-1] re-send of unacknowledged outgoing messages. It leaves incoming QoS 2
@@ -251,7 +245,7 @@ class FastHandler(BrokerProtocolHandler):
         broker = self.routed
         if broker is None:
             return super().handle_pubrel(packet)
-        return broker.pubrel(self.session, self, packet.packet_id) or _done()
+        return broker.pubrel(self, packet.packet_id) or _done()
 
     def handle_subscribe(self, packet: Any) -> Any:
         broker = self.routed

@@ -7,11 +7,8 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
   the reader's call, with no task per packet; other packets take amqtt's path.
 * A PUBLISH is checked against the ACL, routed (`RoutingMixin`), retained, shown to `InterceptsPublish`
   plugins, then acknowledged (after the plugins' durable effect: `AcknowledgesAfter`).
-* Incoming QoS 2 (MQTT 3.1.1 §4.3.3, "method B"): the ACL runs at PUBLISH; an allowed message is held in
-  `session.inflight_in` (durable for a persistent session) before PUBREC and routed at PUBREL; a refused one
-  is acknowledged and dropped. At most `limits.max_inflight_messages` are held per session: one more closes
-  the connection (MQTT 5's Receive Maximum rule); past the principal's `limits.max_held_bytes_per_principal`
-  a message is acknowledged and dropped (logged). Every PUBREL gets a PUBCOMP.
+* Incoming QoS 2 is `handle_qos2.Qos2Mixin`'s (one flow for 3.1.1 and 5), SUBSCRIBE and UNSUBSCRIBE
+  `handle_subscribe.SubscribeMixin`'s.
 * Connections: TCP_NODELAY on every socket; `_client_message_loop` waits for the disconnect instead of
   amqtt's four waiters; a clean session's subscriptions end with its connection [MQTT-3.1.2-6].
 """
@@ -40,6 +37,7 @@ from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.outlet import unwrapped
 from broker.mqtt.quota import HELD
+from broker.mqtt.reason import ProtocolError
 from broker.mqtt.routing import PluginHooks, RoutingMixin
 from broker.mqtt.session_persistence import DurableIncoming
 from broker.mqtt.topics import valid_topic_name
@@ -287,7 +285,10 @@ class FastPathMixin(RoutingMixin):
         if qos == QOS_2:
             packet_id = packet.variable_header.packet_id if packet.variable_header is not None else 0
             allowed = await self._allowed(session, topic, Action.PUBLISH)
-            if not self.hold_qos2(session, handler, packet_id, topic, data, packet.retain_flag, allowed):
+            broker: Any = self
+            try:
+                broker.hold_qos2(handler, packet_id, topic, data, packet.retain_flag, allowed)
+            except ProtocolError:
                 self._spawn(handler.handle_connection_closed())
             return
         keep = await self._accept_publish(session, handler, topic, data, qos, packet.retain_flag, packet)
@@ -348,50 +349,3 @@ class FastPathMixin(RoutingMixin):
         if hooks.receive_async:
             return None
         return all(check(session, topic, Action.PUBLISH) for check in hooks.sync_checks)
-
-    def hold_qos2(self, session: Session, handler: BrokerProtocolHandler, packet_id: int, topic: str, data: bytes,
-                  retain: bool, allowed: bool) -> bool:
-        """A QoS 2 PUBLISH: hold it until PUBREL (if the ACL allowed it), then PUBREC. False: close the
-        connection (invalid topic, or more messages awaiting PUBREL than `limits.max_inflight_messages`)."""
-        held = session.inflight_in
-        if packet_id not in held:  # else a re-send of a message held already: PUBREC again [MQTT-4.3.3-2]
-            if not valid_topic_name(topic):
-                _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
-                           "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
-                return False
-            if not allowed:
-                pass  # acknowledged (PUBREC below) and dropped; the ACL plugin logged the refusal
-            elif len(held) >= self.limits.max_inflight_messages:
-                _quiet.log(log, logging.WARNING, f"qos2 {session.remote_address}",
-                           "closing %r: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
-                           session.client_id, self.limits.max_inflight_messages)
-                return False
-            elif over_held_quota(session, len(data)):
-                pass  # 3.1.1 has no way to refuse: acknowledged (PUBREC below) and dropped, logged
-            else:  # stored (on disk for a persistent session) before PUBREC says it is
-                held[packet_id] = IncomingApplicationMessage(packet_id, topic, QOS_2, data, retain)
-        if handler.writer is not None:
-            handler.writer.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
-        return True
-
-    def pubrel(self, session: Session, handler: BrokerProtocolHandler, packet_id: int) -> Any:
-        """PUBREL: route the held message, forget it, PUBCOMP. A PUBREL for a packet id not held (already
-        released, refused by the ACL, or never sent) is answered with PUBCOMP too [MQTT-4.3.3-2].
-        Returns None when done, or a coroutine to await when a plugin needs an await."""
-        held = session.inflight_in
-        msg = held.get(packet_id)
-        if msg is not None:
-            if not self._plugin_hooks().sync_publish:
-                return self._pubrel_async(session, handler, packet_id)
-            # routed before it is forgotten: a crash in between re-delivers rather than loses it
-            self._accept_now(session, handler, msg.topic, bytes(msg.data), QOS_2, msg.retain)
-            held.pop(packet_id, None)
-        self.puback(handler, packet_id, 0x70)
-        return None
-
-    async def _pubrel_async(self, session: Session, handler: BrokerProtocolHandler, packet_id: int) -> None:
-        msg = session.inflight_in.pop(packet_id, None)  # first: a PUBREL repeated meanwhile must not route it again
-        if msg is not None:
-            await self._accept_publish(session, handler, msg.topic, bytes(msg.data), QOS_2, msg.retain,
-                                       msg.publish_packet)
-        self.puback(handler, packet_id, 0x70)

@@ -147,7 +147,7 @@ class V5Connection:
                     if self.outlet is not None:
                         self.outlet.pubrec(ack.packet_id, ack.reason)
                 elif kind == PUBREL:
-                    pending = broker.v5_pubrel(self, codec.decode_ack(PUBREL, body).packet_id)
+                    pending = broker.pubrel(self, codec.decode_ack(PUBREL, body).packet_id)
                     if pending is not None:
                         await pending
                 elif kind == PUBCOMP:

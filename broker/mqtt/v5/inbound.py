@@ -1,13 +1,11 @@
-"""What an MQTT 5 client sends, handled on the one broker: PUBLISH (QoS 0/1/2), SUBSCRIBE, UNSUBSCRIBE.
+"""What an MQTT 5 client publishes, handled on the one broker: PUBLISH QoS 0/1 (QoS 2: `handle_qos2`).
 
 A PUBLISH takes the engine's one path (`FastPathMixin._route`: deliver, retain, plugins' interceptors)
 with its properties; the acknowledgement carries a reason code (§3.4.2.1): 0x10 when nobody subscribes,
 0x87 when the ACL refuses, 0x99 when the Payload Format Indicator says UTF-8 and the payload is not
 [MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier (`AcknowledgesAfter`) like 3.1.1 ones.
-Incoming QoS 2 is held until PUBREL; past `limits.max_inflight_messages` held messages (the Receive
-Maximum announced in CONNACK) the connection ends with DISCONNECT 0x93 [MQTT-3.3.4-8]; past the principal's
-`limits.max_held_bytes_per_principal` the PUBREC says 0x97 (Quota exceeded) and nothing is held.
-SUBSCRIBE and UNSUBSCRIBE are `handle_subscribe`'s, for both versions.
+Incoming QoS 2 (held until PUBREL), SUBSCRIBE and UNSUBSCRIBE are one flow for both versions: `handle_qos2`,
+`handle_subscribe`.
 """
 
 from __future__ import annotations
@@ -19,11 +17,10 @@ from amqtt.contexts import Action
 
 from broker.config import LimitsConfig
 from broker.mqtt import codec, encode
-from broker.mqtt.codec import PUBACK, PUBCOMP, PUBREC, Publish, V5Error
-from broker.mqtt.fast_path import over_held_quota
+from broker.mqtt.codec import PUBACK, PUBREC, Publish, V5Error
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.reason import Reason
-from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
+from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -37,9 +34,8 @@ else:
 __all__ = ["V5InboundMixin"]
 
 log = logging.getLogger("intercom.mqtt5")
-NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED = Reason.NO_MATCHING_SUBSCRIBERS, Reason.UNSPECIFIED, Reason.NOT_AUTHORIZED
-QUOTA_EXCEEDED, PAYLOAD_FORMAT_INVALID = Reason.QUOTA_EXCEEDED, Reason.PAYLOAD_FORMAT_INVALID
-RECEIVE_MAX_EXCEEDED, NOT_FOUND = Reason.RECEIVE_MAXIMUM_EXCEEDED, Reason.PACKET_ID_NOT_FOUND
+NO_SUBSCRIBERS, NOT_AUTHORIZED = Reason.NO_MATCHING_SUBSCRIBERS, Reason.NOT_AUTHORIZED
+PAYLOAD_FORMAT_INVALID = Reason.PAYLOAD_FORMAT_INVALID
 
 
 def _reply(pub: Publish) -> ReplyTo | None:
@@ -100,7 +96,8 @@ class V5InboundMixin(_Base):
 
     def _v5_accept(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
         if pub.qos == 2:
-            self._v5_hold(conn, pub, props, allowed)
+            engine: Any = self
+            engine.hold_qos2(conn, pub.packet_id, pub.topic, pub.payload, pub.retain, allowed, props, _reply(pub))
             return
         if not allowed:
             if pub.qos:
@@ -109,52 +106,3 @@ class V5InboundMixin(_Base):
         matched = self._v5_route(conn, pub.topic, pub.payload, pub.qos, pub.retain, props, _reply(pub))
         if pub.qos:
             self._v5_ack(conn, PUBACK, pub.packet_id, 0 if matched else NO_SUBSCRIBERS)
-
-    def _v5_hold(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
-        """QoS 2, method B: held (durably for a persistent session) before PUBREC, routed at PUBREL."""
-        held = conn.session.inflight_in
-        if pub.packet_id in held:  # a re-send of a message held already: PUBREC again (MQTT 5.0 §4.3.3)
-            self._v5_ack(conn, PUBREC, pub.packet_id)
-            return
-        if not allowed:
-            self._v5_ack(conn, PUBREC, pub.packet_id, NOT_AUTHORIZED)
-            return
-        if len(held) >= self.limits.max_inflight_messages:
-            raise V5Error(RECEIVE_MAX_EXCEEDED, f"more than {self.limits.max_inflight_messages} QoS 2 messages "
-                                                "awaiting PUBREL (the Receive Maximum)")
-        if over_held_quota(conn.session, len(pub.payload)):
-            self._v5_ack(conn, PUBREC, pub.packet_id, QUOTA_EXCEEDED)
-            return
-        held[pub.packet_id] = V5Incoming(pub.packet_id, pub.topic, pub.payload, pub.retain, props, _reply(pub))
-        self._v5_ack(conn, PUBREC, pub.packet_id)
-
-    def v5_pubrel(self, conn: V5Connection, packet_id: int) -> Any:
-        """Route the held message, forget it, PUBCOMP (0x92 for a packet id not held)."""
-        held = conn.session.inflight_in
-        msg = held.get(packet_id)
-        if msg is None:
-            self._v5_ack(conn, PUBCOMP, packet_id, NOT_FOUND)
-            return None
-        engine: Any = self
-        if not engine._plugin_hooks().sync_publish:
-            return self._v5_pubrel_async(conn, packet_id)
-        kept = getattr(msg, "reply", None)
-        self._v5_route(conn, msg.topic, bytes(msg.data), 2, bool(msg.retain), props_of(msg),
-                       ReplyTo(*kept) if kept is not None else None)
-        held.pop(packet_id, None)  # routed before it is forgotten: a crash in between re-delivers
-        self._v5_ack(conn, PUBCOMP, packet_id)
-        return None
-
-    async def _v5_pubrel_async(self, conn: V5Connection, packet_id: int) -> None:
-        """PUBREL with amqtt's message events (the ACL judged the message at its PUBLISH)."""
-        engine: Any = self
-        session = conn.session
-        msg = session.inflight_in.pop(packet_id, None)  # first: a PUBREL repeated meanwhile must not route it again
-        if msg is not None:
-            data = bytes(msg.data)
-            message = await engine.message_received_event(session, msg.topic, data, 2, bool(msg.retain))
-            await engine.message_broadcast_event(session, message)
-            kept = getattr(msg, "reply", None)
-            self._v5_route(conn, msg.topic, data, 2, bool(msg.retain), props_of(msg),
-                           ReplyTo(*kept) if kept is not None else None)
-        self._v5_ack(conn, PUBCOMP, packet_id)
