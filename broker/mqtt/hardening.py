@@ -146,11 +146,9 @@ class HardeningMixin:
                                                   limits.max_keepalive_s),
                               peer=f"{address}:{peer[1] if peer else '?'}")
         try:
-            # MQTT 5: a v5 CONNECT is served by broker.mqtt.v5, anything else by amqtt (3.1.1)
-            if await guard.await_connect() == 5:
+            # MQTT 3.1.1 and 5 alike: one connection path (broker.mqtt.v5.serve), the CONNECT says the version
+            if await guard.await_connect() is not None:
                 await self._serve_v5(listener_name, guard, writer)  # type: ignore[attr-defined]
-            else:
-                await super()._client_connected(listener_name, guard, writer)  # type: ignore[misc]
         except Exception:
             log.debug("MQTT connection from %s ended with an error", address, exc_info=True)
         finally:

@@ -35,6 +35,7 @@ from broker.mqtt.codec import (
     TOPIC_ALIAS_INVALID,
     UNSUBSCRIBE,
     V5,
+    V311,
     Disconnect,
     Publish,
     V5Error,
@@ -55,7 +56,6 @@ _LINGER_S = 1.0
 class V5Connection:
     """The handler of one v5 network connection (see the module docstring)."""
 
-    version = V5  # the protocol the packet handlers answer in (`handle_subscribe.Connection`)
 
     def __init__(self, broker: Any, session: Session, reader: GuardedReader, writer: Any, link: Link,
                  alias_max: int) -> None:
@@ -64,6 +64,7 @@ class V5Connection:
         self.reader = reader
         self.writer = writer  # the engine wraps it in a CoalescingWriter when it opens the outlet
         self.link = link
+        self.version = link.version  # the protocol the packet handlers answer in (`handle_subscribe.Connection`)
         self.alias_max = alias_max  # the Topic Alias Maximum the broker announced
         self.aliases: dict[int, str] = {}
         self.closed = False
@@ -98,8 +99,11 @@ class V5Connection:
         and drop what comes for up to `_LINGER_S`, so the client reads the DISCONNECT instead of a reset."""
         if self.closed:
             return
-        self.writer.write(encode.encode_disconnect(reason))
         self.closed = True
+        if self.version == V311:  # no server DISCONNECT in 3.1.1: the connection just closes
+            self.reader.close()
+            return
+        self.writer.write(encode.encode_disconnect(reason))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.drain(), 1.0)
         if linger:
@@ -119,6 +123,7 @@ class V5Connection:
         """Read and handle packets until the connection ends; the client's DISCONNECT, if it sent one."""
         reader = self.reader
         broker = self.broker
+        version = self.version
         turn = Turn()  # a pipelining client yields the loop to the others every few ms
         try:
             while not self.closed:
@@ -132,26 +137,26 @@ class V5Connection:
                 first, body = packet
                 kind = first >> 4
                 if kind == PUBLISH:
-                    pending = broker.v5_publish(self, self.decode_publish(first & 0x0F, body))
+                    pending = broker.v5_publish(self, self.decode_publish(first & 0x0F, body, version))
                     if pending is not None:
                         await pending
                 elif kind == PUBACK:
-                    packet_id = codec.decode_ack(PUBACK, body).packet_id
+                    packet_id = codec.decode_ack(PUBACK, body, version).packet_id
                     if (wrong := wrong_ack(self.session.inflight_out, PUBACK, packet_id)) is not None:
                         raise wrong
                     self.acked(packet_id)
                 elif kind == PUBREC:
-                    ack = codec.decode_ack(PUBREC, body)
+                    ack = codec.decode_ack(PUBREC, body, version)
                     if (wrong := wrong_ack(self.session.inflight_out, PUBREC, ack.packet_id)) is not None:
                         raise wrong
                     if self.outlet is not None:
                         self.outlet.pubrec(ack.packet_id, ack.reason)
                 elif kind == PUBREL:
-                    pending = broker.pubrel(self, codec.decode_ack(PUBREL, body).packet_id)
+                    pending = broker.pubrel(self, codec.decode_ack(PUBREL, body, version).packet_id)
                     if pending is not None:
                         await pending
                 elif kind == PUBCOMP:
-                    packet_id = codec.decode_ack(PUBCOMP, body).packet_id
+                    packet_id = codec.decode_ack(PUBCOMP, body, version).packet_id
                     if (wrong := wrong_ack(self.session.inflight_out, PUBCOMP, packet_id)) is not None:
                         raise wrong
                     if self.outlet is not None:
@@ -159,26 +164,27 @@ class V5Connection:
                     else:
                         self.session.inflight_out.pop(packet_id, None)
                 elif kind == SUBSCRIBE:
-                    await broker.subscribe(self, codec.decode_subscribe(body))
+                    await broker.subscribe(self, codec.decode_subscribe(body, version))
                 elif kind == UNSUBSCRIBE:
-                    packet_id, filters, _ = codec.decode_unsubscribe(body)
+                    packet_id, filters, _ = codec.decode_unsubscribe(body, version)
                     await broker.unsubscribe(self, packet_id, filters)
                 elif kind == PINGREQ:
                     self.write(b"\xd0\x00")
                 elif kind == DISCONNECT:
-                    return codec.decode_disconnect(body)
+                    return codec.decode_disconnect(body, version)
                 elif kind == AUTH:
                     # no Authentication Method was accepted at CONNECT: an AUTH is a Protocol Error (MQTT 5.0 §4.12)
                     raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
         except ProtocolError as exc:  # the one place a v5 protocol error becomes DISCONNECT + close
             _quiet.log(log, logging.WARNING, self.session.remote_address or "?",
-                       "closing MQTT 5 connection of %r: %s (reason %#04x)", self.session.client_id, exc, exc.code)
+                       "closing MQTT %s connection of %r: %s (reason %#04x)", "5" if version == V5 else "3.1.1",
+                       self.session.client_id, exc, exc.code)
             await self.disconnect(exc.code, linger=True)
         return None
 
-    def decode_publish(self, flags: int, body: bytes) -> Publish:
+    def decode_publish(self, flags: int, body: bytes, version: int = V5) -> Publish:
         """Decode a PUBLISH and resolve its Topic Alias (§3.3.2.3.4)."""
-        pub = codec.decode_publish(flags, body)
+        pub = codec.decode_publish(flags, body, version)
         alias = pub.props.get(TOPIC_ALIAS)
         if alias is not None:
             if alias > self.alias_max:

@@ -51,7 +51,7 @@ class V5InboundMixin(_Base):
 
     def _v5_ack(self, conn: V5Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
         """PUBACK / PUBREC / PUBCOMP after any durable effect the plugins staged."""
-        data = encode.encode_ack(ptype, packet_id, reason)
+        data = encode.encode_ack(ptype, packet_id, reason, version=conn.version)
         barrier = self._plugin_hooks().ack_barrier
         if barrier is None:
             conn.write(data)
