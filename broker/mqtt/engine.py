@@ -16,7 +16,6 @@ from amqtt.broker import Broker
 
 from broker.mqtt.codec import CORRELATION_DATA
 from broker.mqtt.encode import property_bytes
-from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.handle_qos2 import Qos2Mixin
 from broker.mqtt.handle_subscribe import SubscribeMixin
 from broker.mqtt.hardening import HardeningMixin
@@ -42,9 +41,6 @@ class PublishMeta(Protocol):
 
 
 class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, SubscribeMixin, Qos2Mixin, Broker):
-    # Both mixins define it (HardeningMixin: amqtt's behaviour, for use without the fast path): say which wins.
-    _deliver_on_connect = FastPathMixin._deliver_on_connect
-
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 meta: PublishMeta | None = None) -> None:
         """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic.

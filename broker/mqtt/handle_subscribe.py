@@ -3,7 +3,7 @@ handle_unsubscribe.c).
 
 Both versions arrive decoded by the one codec (`codec.decode_subscribe` / `decode_unsubscribe`) from a
 connection that says which version it speaks (`Connection.version`) and writes bytes (`Connection.write`):
-the 3.1.1 reader (`fast_handler.FastHandler`) and the MQTT 5 one (`v5.connection.V5Connection`). Each filter
+`v5.connection.V5Connection`, which reads both versions. Each filter
 goes through the engine's `add_subscription` (validity, ACL, index, shared subscriptions). Where the wire
 differs, and only there, the version decides:
 
