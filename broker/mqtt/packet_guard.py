@@ -92,7 +92,7 @@ def check_packet(ptype: int, flags: int, body: bytes, first: bool) -> None:
         raise Malformed(f"bad fixed-header flags {flags:#x} for packet type {ptype}")
     try:
         if ptype == PUBLISH:
-            codec.publish_header(flags, body, codec.V311)  # the rest is the payload
+            pass  # the connection's `codec.decode_publish` validates it when it reads it: one parse, not two
         elif ptype == CONNECT:
             _check_connect(body)
         elif ptype in _ACK_TYPES:

@@ -141,7 +141,10 @@ class V5Connection:
                     if pending is not None:
                         await pending
                 elif kind == PUBACK:
-                    packet_id = codec.decode_ack(PUBACK, body, version).packet_id
+                    # the short form (both versions' usual one) is a non-zero packet id: no decoder needed
+                    packet_id = int.from_bytes(body, "big") if len(body) == 2 else 0
+                    if not packet_id:
+                        packet_id = codec.decode_ack(PUBACK, body, version).packet_id
                     if (wrong := wrong_ack(self.session.inflight_out, PUBACK, packet_id)) is not None:
                         raise wrong
                     self.acked(packet_id)
