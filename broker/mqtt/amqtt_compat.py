@@ -1,8 +1,9 @@
 """The one place that states what this engine assumes of amqtt's internals, checked at start-up.
 
-The engine (`broker.mqtt`) overrides private methods of amqtt 0.12.1's `Broker` and
-`BrokerProtocolHandler` in its subclasses, replaces two constructors in subclasses of its own
-(`REPLACED_INIT`), and reads some private attributes. It patches nothing in amqtt's modules or classes:
+The engine (`broker.mqtt`) overrides private methods of amqtt 0.12.1's `Broker` in its subclass, replaces
+`Session`'s constructor in a subclass of its own (`REPLACED_INIT`), and calls a few private methods. amqtt's
+protocol handler serves no connection: every MQTT 3.1.1 and 5 connection is the engine's (`v5.serve`).
+It patches nothing in amqtt's modules or classes:
 amqtt's own `Session` and handler stay as shipped (`tests/mqtt/test_amqtt_compat.py` checks that after
 the broker ran). All of that is written against exactly one amqtt release. `install()` is called by the
 assembly before a broker is built: it refuses any other amqtt version with one clear error and checks that
@@ -16,8 +17,6 @@ import inspect
 from importlib.metadata import PackageNotFoundError, version
 
 from amqtt.broker import Broker
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.session import Session
 
 __all__ = ["AMQTT_VERSION", "ATTRIBUTES", "EVENTS", "OVERRIDDEN", "REPLACED_INIT", "USED", "AmqttMismatch", "check",
@@ -28,51 +27,36 @@ AMQTT_VERSION = "0.12.1"
 # amqtt methods the engine's subclasses replace (class -> names). A name missing here or in amqtt fails `check`.
 OVERRIDDEN: dict[type, tuple[str, ...]] = {
     Broker: (
-        # hardening.HardeningMixin: admission, authentication, session adoption and takeover
-        "_create_server_instance", "_client_connected", "_initialize_client_session", "_authenticate",
-        "_session_monitor", "_handle_client_session",
-        # routing.RoutingMixin (subscription index, delivery, retained tree), fast_path.FastPathMixin (connections)
-        "stream_connected", "_client_message_loop", "add_subscription", "_del_subscription",
+        # hardening.HardeningMixin: accept, admission (authentication), session expiry; every connection to v5.serve
+        "_create_server_instance", "_client_connected", "_authenticate", "_session_monitor",
+        # routing.RoutingMixin (subscription index, delivery, retained tree), fast_path.FastPathMixin (TCP_NODELAY)
+        "stream_connected", "add_subscription", "_del_subscription",
         "_del_all_subscriptions", "_publish_retained_messages_for_subscription", "_broadcast_message",
         "_run_broadcast", "_publish_session_retained_messages",
     ),
-    BrokerProtocolHandler: (
-        # fast_handler.FastHandler: whole-packet reader, packets handled in the reader's call
-        "start", "_reader_loop", "handle_publish", "handle_puback", "handle_subscribe", "handle_unsubscribe",
-        "handle_pubrel", "_retry_deliveries",
-    ),
 }
-# amqtt constructors that an engine subclass replaces instead of calling: (amqtt class -> engine class, why). Each
+# amqtt constructors that an engine subclass replaces instead of calling: (amqtt class -> engine class, why). An
 # engine instance must carry every attribute amqtt's constructor sets, which
 # tests/mqtt/test_amqtt_compat.py::test_replaced_constructors_set_every_attribute_amqtts_set checks.
 REPLACED_INIT: dict[type, tuple[str, str]] = {
     Session: ("broker.mqtt.session.EngineSession",
               "no transitions.Machine (~1.5 ms, ~23 KB) per session: a `state` field; lazily allocated queues"),
-    BrokerProtocolHandler: ("broker.mqtt.fast_handler.FastHandler",
-                            "lazily allocated pending-(un)subscription queues (the fast path does not use them)"),
 }
 # amqtt methods the engine calls or reads without replacing them.
 USED: dict[type, tuple[str, ...]] = {
-    Broker: ("_topic_filtering", "_handle_disconnect", "_stop_handler",
-             "_delete_session"),  # the last also by v5.serve.V5Mixin (Clean Start)
-    ProtocolHandler: ("handle_publish", "handle_connection_closed"),
-    BrokerProtocolHandler: ("mqtt_acknowledge_subscription", "mqtt_acknowledge_unsubscription"),
+    Broker: ("_topic_filtering", "_delete_session", "_cleanup_session"),
 }
 
-# amqtt instance attributes the engine reads (class -> names assigned in its `__init__`).
-ATTRIBUTES: dict[type, tuple[str, ...]] = {
-    # fast_handler: PUBACK of a message amqtt itself sent; reason.wrong_ack: amqtt's 3.1.1 QoS 2 sender keeps a
-    # message past PUBREC only as a PUBCOMP waiter (it pops it from inflight_out at PUBREC)
-    ProtocolHandler: ("_puback_waiters", "_pubcomp_waiters"),
-}
+# amqtt instance attributes the engine reads (class -> names assigned in its `__init__`): none any more.
+ATTRIBUTES: dict[type, tuple[str, ...]] = {}
 # amqtt's broker events (`on_broker_*` of a plugin in `mqtt.plugins`) and where the engine fires them, for MQTT 3.1.1
 # and 5 alike; each only when a loaded plugin listens (`RoutingMixin._plugin_hooks`), so the hot path pays nothing
-# otherwise. PACKET_RECEIVED / PACKET_SENT (amqtt's `$SYS` byte counters) fire for 3.1.1 packets amqtt decodes only.
+# otherwise. PACKET_RECEIVED / PACKET_SENT (amqtt's per-packet events) do not fire: amqtt decodes no packet.
 EVENTS: dict[str, str] = {
-    "client_connected": "hardening (3.1.1), v5.serve",
-    "client_disconnected": "amqtt's _handle_disconnect (3.1.1), v5.serve",
-    "client_subscribed": "fast_path._on_subscribe, v5.inbound",
-    "client_unsubscribed": "fast_path._on_unsubscribe, v5.inbound",
+    "client_connected": "v5.serve (both versions)",
+    "client_disconnected": "v5.serve (both versions)",
+    "client_subscribed": "handle_subscribe.subscribe",
+    "client_unsubscribed": "handle_subscribe.unsubscribe",
     "message_received": "fast_path.message_received_event (QoS 0/1 at PUBLISH, QoS 2 at PUBREL; both versions)",
     "message_broadcast": "fast_path.message_broadcast_event (after the publish ACL allowed it; both versions)",
     "retained_message": "routing.retain_now",

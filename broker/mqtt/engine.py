@@ -1,7 +1,9 @@
 """Our layer over amqtt's Broker (pinned to 0.12.1): in-process publishing and bound-port lookup.
 
 IntercomBroker = HardeningMixin (limits, protocol checks) + V5Mixin / V5InboundMixin (MQTT 5 connections)
-+ FastPathMixin (subscription index, delivery) + amqtt's Broker (MQTT 3.1.1). Each mixin owns distinct methods.
++ SubscribeMixin (SUBSCRIBE / UNSUBSCRIBE, both versions) + Qos2Mixin (incoming QoS 2, both versions)
++ FastPathMixin (subscription index, delivery)
++ amqtt's Broker (MQTT 3.1.1). Each mixin owns distinct methods.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any, Protocol
 
 from amqtt.broker import Broker
 
-from broker.mqtt.fast_path import FastPathMixin
+from broker.mqtt.codec import CORRELATION_DATA
+from broker.mqtt.encode import property_bytes
+from broker.mqtt.handle_qos2 import Qos2Mixin
+from broker.mqtt.handle_subscribe import SubscribeMixin
 from broker.mqtt.hardening import HardeningMixin
-from broker.mqtt.v5.codec import CORRELATION_DATA
-from broker.mqtt.v5.encode import property_bytes
 from broker.mqtt.v5.inbound import V5InboundMixin
 from broker.mqtt.v5.message import MessageProps
 from broker.mqtt.v5.serve import V5Mixin
@@ -37,10 +40,7 @@ class PublishMeta(Protocol):
     def valid(self) -> Callable[[], bool] | None: ...
 
 
-class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, FastPathMixin, Broker):
-    # Both mixins define it (HardeningMixin: amqtt's behaviour, for use without the fast path): say which wins.
-    _deliver_on_connect = FastPathMixin._deliver_on_connect
-
+class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, SubscribeMixin, Qos2Mixin, Broker):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 meta: PublishMeta | None = None) -> None:
         """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic.

@@ -1,19 +1,13 @@
-"""What comes in on a connection: the reader's packets, handled in place, and the connection's life.
+"""The end of every accepted publish (3.1.1 and 5): routing, retain, plugins' interceptors, amqtt's message events.
 
-Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can be offered upstream):
-
-* Reading: for readers that hand out whole packets (HardeningMixin's GuardedReader), `FastHandler`
-  replaces amqtt's `_reader_loop`: PUBLISH, PUBACK and PUBREL are decoded from bytes and handled inside
-  the reader's call, with no task per packet; other packets take amqtt's path.
-* A PUBLISH is checked against the ACL, routed (`RoutingMixin`), retained, shown to `InterceptsPublish`
-  plugins, then acknowledged (after the plugins' durable effect: `AcknowledgesAfter`).
-* Incoming QoS 2 (MQTT 3.1.1 §4.3.3, "method B"): the ACL runs at PUBLISH; an allowed message is held in
-  `session.inflight_in` (durable for a persistent session) before PUBREC and routed at PUBREL; a refused one
-  is acknowledged and dropped. At most `limits.max_inflight_messages` are held per session: one more closes
-  the connection (MQTT 5's Receive Maximum rule); past the principal's `limits.max_held_bytes_per_principal`
-  a message is acknowledged and dropped (logged). Every PUBREL gets a PUBCOMP.
-* Connections: TCP_NODELAY on every socket; `_client_message_loop` waits for the disconnect instead of
-  amqtt's four waiters; a clean session's subscriptions end with its connection [MQTT-3.1.2-6].
+* `_route`: deliver (`RoutingMixin`), retain, then the `InterceptsPublish` / `AnswersRequests` plugins; a topic a
+  plugin owns (`OwnsTopics`) goes to that plugin only. Wills take the same way (`publish_will`).
+* `may_publish_now`: the publish ACL's verdict without awaiting when every ACL is synchronous.
+* `message_received_event` / `message_broadcast_event`: amqtt's message events, only when a plugin listens.
+* Connections: TCP_NODELAY on every socket (`stream_connected`); on connect, a resumed 3.1.1 session gets its
+  offline queue, then the retained messages of its own subscriptions (`_deliver_on_connect`).
+Incoming QoS 2 is `handle_qos2.Qos2Mixin`'s, SUBSCRIBE and UNSUBSCRIBE `handle_subscribe.SubscribeMixin`'s, the
+connection itself `v5.serve` / `v5.connection`'s (both versions).
 """
 
 from __future__ import annotations
@@ -22,32 +16,24 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from amqtt.contexts import Action
 from amqtt.events import BrokerEvents
-from amqtt.mqtt.constants import QOS_2
-from amqtt.mqtt.disconnect import DisconnectPacket
-from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import IncomingApplicationMessage, Session
 
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt import amqtt_compat
-from broker.mqtt.fast_handler import FastHandler, _done, whole_packets
 from broker.mqtt.hooks import ReplyTo
-from broker.mqtt.outlet import unwrapped
 from broker.mqtt.quota import HELD
-from broker.mqtt.routing import SUBACK_FAILURE, PluginHooks, RoutingMixin
+from broker.mqtt.routing import PluginHooks, RoutingMixin
 from broker.mqtt.session_persistence import DurableIncoming
-from broker.mqtt.topics import valid_topic_name
 from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
-    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
     _Base: TypeAlias = Broker
 else:
@@ -55,17 +41,6 @@ else:
 
 
 __all__ = ["FastPathMixin"]
-
-class _SessionTable(dict[str, tuple[Session, "BrokerProtocolHandler"]]):
-    """amqtt's `_sessions`; registering a (session, handler) pair also prepares the handler."""
-
-    def __init__(self, on_register: Callable[[BrokerProtocolHandler, Session], None]) -> None:
-        super().__init__()
-        self._on_register = on_register
-
-    def __setitem__(self, client_id: str, entry: tuple[Session, BrokerProtocolHandler]) -> None:
-        super().__setitem__(client_id, entry)
-        self._on_register(entry[1], entry[0])
 
 log = logging.getLogger("intercom.fastpath")
 _quiet = LogThrottle()
@@ -85,16 +60,13 @@ def over_held_quota(session: Session, nbytes: int) -> bool:
 
 
 class FastPathMixin(RoutingMixin):
-    """Connections and their inbound packets over amqtt's Broker; routing is `RoutingMixin`'s."""
+    """The end of every accepted publish; delivery is `RoutingMixin`'s."""
 
     limits: LimitsConfig = LimitsConfig()  # `max_inflight_messages` bounds the incoming QoS 2 window
-    handler_class: type[BrokerProtocolHandler] = FastHandler
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         amqtt_compat.require_installed()
         super().__init__(*args, **kwargs)
-        sessions: dict[str, tuple[Session, BrokerProtocolHandler]] = _SessionTable(self._prepare_handler)
-        self._sessions = sessions
 
     # ---- connections ----------------------------------------------------------------------------
 
@@ -106,124 +78,15 @@ class FastPathMixin(RoutingMixin):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await super().stream_connected(reader, writer, listener_name)
 
-    def _prepare_handler(self, handler: BrokerProtocolHandler, session: Session) -> None:
-        """Hook for `_handle_client_session`, after `handler.attach()` and before `handler.start()`.
-
-        Routes the handler's packets to this broker (`FastHandler.routed`), and switches on its
-        whole-packet reader (`FastHandler.fast_reader`), the latter only for readers
-        that hand out whole packets (HardeningMixin's GuardedReader, or any reader with
-        `whole_packets = True`), so no read ever waits in the middle of a packet. `_SessionTable`
-        calls it when amqtt (or HardeningMixin) registers the connection in `_sessions`, which both
-        do between `attach()` and `start()`.
-        """
-        if not isinstance(handler, FastHandler) or handler._reader_task is not None:
-            return
-        # before start(): a SUBSCRIBE may be read before `_client_message_loop` runs
-        handler.routed = self
-        if whole_packets(handler.reader):
-            handler.fast_reader = self
-
     async def _deliver_on_connect(self, session: Session) -> None:
         """Offline queue, then retained messages of this session's own subscriptions only.
 
-        Replaces amqtt's `for topic in self._subscriptions: _publish_retained_messages_for_subscription(...)`
-        in `_handle_client_session`, which is O(all filters) per connect and leaked other clients'
-        retained messages; HardeningMixin's `_handle_client_session` calls this hook.
+        Instead of amqtt's `for topic in self._subscriptions: _publish_retained_messages_for_subscription(...)`
+        in amqtt's `_handle_client_session`, which is O(all filters) per connect and leaked other clients'
+        retained messages; `v5.serve` calls it for a 3.1.1 connection.
         """
         await self._publish_session_retained_messages(session)
         self._publish_retained_on_connect(session)
-
-    async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
-        """Replace amqtt's four-waiter loop: packets are handled in the reader's task; wait for disconnect."""
-        if not isinstance(handler, FastHandler):
-            raise TypeError("FastPathMixin serves connections whose handler is a FastHandler (handler_class)")
-        h: Any = handler
-        outlet = self._open_outlet(client_session)
-        try:
-            await self._drain_delivered(client_session, handler)
-            waiter = h._disconnect_waiter
-            result = await waiter if waiter is not None else None
-            if not isinstance(result, DisconnectPacket) and client_session.will_flag and client_session.will_topic:
-                # published here, as a PUBLISH would be; amqtt's _handle_disconnect then finds no Will to send
-                self.publish_will(client_session, client_session.will_topic, bytes(client_session.will_message or b""),
-                                  client_session.will_qos or 0, bool(client_session.will_retain))
-                client_session.will_flag = False
-            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            done.set_result(result)
-            await self._handle_disconnect(client_session, handler, done)
-        except asyncio.CancelledError:
-            log.debug("client loop cancelled")
-        finally:
-            key = client_session.client_id or ""
-            self._close_outlet(key, outlet)
-            for message in client_session.inflight_out.values():
-                if message.publish_packet is None:  # sent by an Outlet: mark it so a retry sets DUP
-                    message.publish_packet = message.build_publish_packet()
-            if client_session.clean_session:
-                client_session.inflight_in.clear()  # a clean session's held QoS 2 messages end with it
-            if client_session.clean_session and self._sessions.get(key, (None, None))[0] is client_session:
-                # a clean session's subscriptions end with the connection [MQTT-3.1.2-6]; amqtt left
-                # them matching until its once-a-second session monitor ran
-                await self._del_all_subscriptions(client_session)
-
-    # ---- inbound packets ------------------------------------------------------------------------
-
-    def _publish_now(self, session: Session, handler: BrokerProtocolHandler, packet: PublishPacket) -> Any:
-        """amqtt's reader calls this for each PUBLISH and runs the returned coroutine as a task.
-
-        When no plugin needs an await, the whole job (ACL, routing, retain, intercept, PUBACK) is done
-        here, inside the reader's loop step, so a burst of packets read together is routed together
-        and the subscribers' writes coalesce; the task then has nothing left to do.
-        """
-        qos = packet.qos or 0
-        if qos == QOS_2 or not self._plugin_hooks().sync_publish:
-            return self._on_publish_packet(session, handler, packet)
-        topic = packet.topic_name
-        data = packet.data
-        if topic is None or data is None:
-            return _done()
-        if not self._accept_now(session, handler, topic, data, qos, packet.retain_flag):
-            return _done()
-        if qos and packet.variable_header is not None:
-            self.puback(handler, packet.variable_header.packet_id)
-        return _done()
-
-    def puback(self, handler: BrokerProtocolHandler, packet_id: int, first: int = 0x40) -> None:
-        """Acknowledge a QoS 1 PUBLISH (or, with `first` 0x70, a QoS 2 PUBREL with PUBCOMP) after any durable
-        effect it had (see `PluginHooks.ack_barrier`)."""
-        writer = handler.writer
-        if writer is None:
-            return
-        packet = bytes((first, 2)) + packet_id.to_bytes(2, "big")
-        barrier = self._plugin_hooks().ack_barrier
-        if barrier is None:
-            writer.write(packet)
-            return
-        stream = unwrapped(writer)
-
-        def send() -> None:
-            # The writer may have been wrapped meanwhile (the outlet opens when the client loop starts, and a
-            # PUBLISH read right after CONNACK is handled before that): write through the current writer while
-            # it is still this connection's, never after the connection (or a takeover) replaced it.
-            current = handler.writer
-            if current is not None and unwrapped(current) is stream:
-                current.write(packet)
-
-        barrier(send)
-
-    def _accept_now(self, session: Session, handler: BrokerProtocolHandler, topic: str, data: bytes, qos: int,
-                    retain: bool) -> bool:
-        """`_accept_publish` without awaits (only when every ACL is synchronous and no event listens)."""
-        if not valid_topic_name(topic):
-            _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
-                       "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
-            self._spawn(handler.handle_connection_closed())
-            return False
-        hooks = self._plugin_hooks()
-        if hooks.filter_topics and not all(check(session, topic, Action.PUBLISH) for check in hooks.sync_checks):
-            return True
-        self._route(session, topic, data, qos, retain, hooks)
-        return True
 
     def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks,
                props: MessageProps | None = None, reply: ReplyTo | None = None) -> int:
@@ -259,66 +122,6 @@ class FastPathMixin(RoutingMixin):
         (so it obeys the same rules on the topics a plugin owns)."""
         self._route(session, topic, payload, qos, retain, self._plugin_hooks(), props)
 
-    def _puback_now(self, session: Session, handler: BrokerProtocolHandler, packet: Any) -> Any:
-        """PUBACK handled inside the reader's call, like `_publish_now`."""
-        self._acked(session, handler, packet.variable_header.packet_id, packet)
-        return _done()
-
-    def _acked(self, session: Session, handler: BrokerProtocolHandler, packet_id: int, packet: Any) -> None:
-        h: Any = handler
-        waiter = h._puback_waiters.get(packet_id)
-        if waiter is not None:  # a message amqtt itself sent with mqtt_publish
-            if not waiter.done():
-                waiter.set_result(packet if packet is not None else PubackPacket.build(packet_id))
-            return
-        outlet = self._outlets.get(session.client_id or "")
-        if outlet is not None and outlet.session is session:
-            outlet.acked(packet_id, packet if packet is not None else True)
-        else:
-            session.inflight_out.pop(packet_id, None)
-
-    async def _on_publish_packet(self, session: Session, handler: BrokerProtocolHandler,
-                                 packet: PublishPacket) -> None:
-        topic = packet.topic_name
-        data = packet.data
-        if topic is None or data is None:
-            return
-        qos = packet.qos or 0
-        if qos == QOS_2:
-            packet_id = packet.variable_header.packet_id if packet.variable_header is not None else 0
-            allowed = await self._allowed(session, topic, Action.PUBLISH)
-            if not self.hold_qos2(session, handler, packet_id, topic, data, packet.retain_flag, allowed):
-                self._spawn(handler.handle_connection_closed())
-            return
-        keep = await self._accept_publish(session, handler, topic, data, qos, packet.retain_flag, packet)
-        if qos and keep and packet.variable_header is not None:
-            self.puback(handler, packet.variable_header.packet_id)
-
-    async def _drain_delivered(self, session: Session, handler: BrokerProtocolHandler) -> None:
-        queue = session.delivered_message_queue
-        for _ in range(queue.qsize()):
-            msg = queue.get_nowait()
-            await self._accept_publish(session, handler, msg.topic, bytes(msg.data), msg.qos or 0, msg.retain,
-                                       msg.publish_packet)
-
-    async def _accept_publish(self, session: Session, handler: BrokerProtocolHandler, topic: str, data: bytes,
-                              qos: int, retain: bool, packet: PublishPacket | None) -> bool:
-        """amqtt's `_handle_message_delivery` without the queues; False when the connection must close."""
-        hooks = self._plugin_hooks()
-        message = await self.message_received_event(session, topic, data, qos, retain, packet)
-        if not valid_topic_name(topic):
-            # $-topics are routed: the index never matches them against a leading `+` or `#`
-            # [MQTT-4.7.2-1], and the ACL decides who may publish there (amqtt closed the connection)
-            _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
-                       "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
-            self._spawn(handler.handle_connection_closed())
-            return False
-        if not await self._allowed(session, topic, Action.PUBLISH):
-            return True
-        await self.message_broadcast_event(session, message)
-        self._route(session, topic, data, qos, retain, hooks)
-        return True
-
     async def message_received_event(self, session: Session, topic: str, data: bytes, qos: int, retain: bool,
                                      packet: PublishPacket | None = None) -> IncomingApplicationMessage | None:
         """amqtt's `on_broker_message_received` for a client's publish (3.1.1 or 5); the message the plugins saw,
@@ -338,27 +141,6 @@ class FastPathMixin(RoutingMixin):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
                                                   message=message)
 
-    async def _on_subscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
-                            topics: list[tuple[str, int]]) -> None:
-        codes = [await self.add_subscription(sub, session) for sub in topics]
-        await handler.mqtt_acknowledge_subscription(packet_id, codes)
-        for (topic_filter, qos), code in zip(topics, codes, strict=True):
-            if code == SUBACK_FAILURE:
-                continue
-            if self._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id,
-                                                      topic=topic_filter, qos=qos)
-            self._send_retained(session, topic_filter, code)
-
-    async def _on_unsubscribe(self, session: Session, handler: BrokerProtocolHandler, packet_id: int,
-                              topics: list[str]) -> None:
-        for topic_filter in topics:
-            self._del_subscription(topic_filter, session)
-            if self._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED,
-                                                      client_id=session.client_id, topic=topic_filter)
-        await handler.mqtt_acknowledge_unsubscription(packet_id)
-
     # ---- inbound QoS 2 ---------------------------------------------------------------------------
 
     def may_publish_now(self, session: Session, topic: str) -> bool | None:
@@ -369,50 +151,3 @@ class FastPathMixin(RoutingMixin):
         if hooks.receive_async:
             return None
         return all(check(session, topic, Action.PUBLISH) for check in hooks.sync_checks)
-
-    def hold_qos2(self, session: Session, handler: BrokerProtocolHandler, packet_id: int, topic: str, data: bytes,
-                  retain: bool, allowed: bool) -> bool:
-        """A QoS 2 PUBLISH: hold it until PUBREL (if the ACL allowed it), then PUBREC. False: close the
-        connection (invalid topic, or more messages awaiting PUBREL than `limits.max_inflight_messages`)."""
-        held = session.inflight_in
-        if packet_id not in held:  # else a re-send of a message held already: PUBREC again [MQTT-4.3.3-2]
-            if not valid_topic_name(topic):
-                _quiet.log(log, logging.WARNING, f"topic {session.remote_address}",
-                           "[MQTT-3.3.2-2] %r published on invalid topic %r: closing", session.client_id, topic)
-                return False
-            if not allowed:
-                pass  # acknowledged (PUBREC below) and dropped; the ACL plugin logged the refusal
-            elif len(held) >= self.limits.max_inflight_messages:
-                _quiet.log(log, logging.WARNING, f"qos2 {session.remote_address}",
-                           "closing %r: more than %d QoS 2 messages awaiting PUBREL (limits.max_inflight_messages)",
-                           session.client_id, self.limits.max_inflight_messages)
-                return False
-            elif over_held_quota(session, len(data)):
-                pass  # 3.1.1 has no way to refuse: acknowledged (PUBREC below) and dropped, logged
-            else:  # stored (on disk for a persistent session) before PUBREC says it is
-                held[packet_id] = IncomingApplicationMessage(packet_id, topic, QOS_2, data, retain)
-        if handler.writer is not None:
-            handler.writer.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))
-        return True
-
-    def pubrel(self, session: Session, handler: BrokerProtocolHandler, packet_id: int) -> Any:
-        """PUBREL: route the held message, forget it, PUBCOMP. A PUBREL for a packet id not held (already
-        released, refused by the ACL, or never sent) is answered with PUBCOMP too [MQTT-4.3.3-2].
-        Returns None when done, or a coroutine to await when a plugin needs an await."""
-        held = session.inflight_in
-        msg = held.get(packet_id)
-        if msg is not None:
-            if not self._plugin_hooks().sync_publish:
-                return self._pubrel_async(session, handler, packet_id)
-            # routed before it is forgotten: a crash in between re-delivers rather than loses it
-            self._accept_now(session, handler, msg.topic, bytes(msg.data), QOS_2, msg.retain)
-            held.pop(packet_id, None)
-        self.puback(handler, packet_id, 0x70)
-        return None
-
-    async def _pubrel_async(self, session: Session, handler: BrokerProtocolHandler, packet_id: int) -> None:
-        msg = session.inflight_in.pop(packet_id, None)  # first: a PUBREL repeated meanwhile must not route it again
-        if msg is not None:
-            await self._accept_publish(session, handler, msg.topic, bytes(msg.data), QOS_2, msg.retain,
-                                       msg.publish_packet)
-        self.puback(handler, packet_id, 0x70)

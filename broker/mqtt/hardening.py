@@ -6,8 +6,8 @@ the packet guard (CONNECT timeout, keepalive x1.5, max packet size, malformed pa
 admission (authentication, Will-topic ACL, flapping ban), and a session adoption that only touches
 an existing session after the newcomer has authenticated. CONNECTs with one client id are handled
 one at a time (takeover, [MQTT-3.1.4-2]), and `revoke` ends the sessions of a principal whose
-token was re-issued or deleted. Overrides: `_client_connected`, `_initialize_client_session`,
-`_handle_client_session`, `_authenticate`, `_create_server_instance`, `_session_monitor`.
+token was re-issued or deleted. Overrides: `_client_connected` (every connection, 3.1.1 and 5, then goes
+to `v5.serve`), `_authenticate`, `_create_server_instance`, `_session_monitor`.
 Accept-time refusals live in `broker/mqtt/accept_gate.py`, packet rules in `broker/mqtt/packet_guard.py`,
 the WebSocket listener in `broker/mqtt/ws_listener.py`.
 """
@@ -24,16 +24,10 @@ from functools import partial
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
-from amqtt.broker import Server
 from amqtt.contexts import Action, ListenerConfig, ListenerType
-from amqtt.errors import AMQTTError, MQTTError, NoDataError
-from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE
-from amqtt.mqtt.constants import QOS_0
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
-from amqtt.utils import gen_client_id
-from transitions import MachineError
 
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
@@ -42,10 +36,9 @@ from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, admitted_a
 from broker.mqtt.flapping import FlappingGuard
 from broker.mqtt.hooks import REFUSAL, REVOKED
 from broker.mqtt.keyed_lock import KeyedLock
-from broker.mqtt.live import Live, TimedProtocol, accepted_at, refuse
+from broker.mqtt.live import Live, TimedProtocol, accepted_at
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
 from broker.mqtt.quota import owner_of, principal_of
-from broker.mqtt.session import session_from_connect
 from broker.mqtt.v5.serve import session_expired, take_pending_will
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
@@ -76,7 +69,6 @@ class HardeningMixin:
     limits: LimitsConfig = LimitsConfig()
     # Host/Origin rules of the WebSocket listener (set by the server, shared with REST); default: loopback names
     web_guard: WebGuard = WebGuard(["localhost", "127.0.0.1", "::1"], [])
-    handler_class: type[BrokerProtocolHandler]  # FastPathMixin's FastHandler
     # listener name -> TLS context; set by the server before start()
     tls_contexts: dict[str, ssl.SSLContext] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
@@ -146,32 +138,15 @@ class HardeningMixin:
                                                   limits.max_keepalive_s),
                               peer=f"{address}:{peer[1] if peer else '?'}")
         try:
-            # MQTT 5: a v5 CONNECT is served by broker.mqtt.v5, anything else by amqtt (3.1.1)
-            if await guard.await_connect() == 5:
+            # MQTT 3.1.1 and 5 alike: one connection path (broker.mqtt.v5.serve), the CONNECT says the version
+            if await guard.await_connect() is not None:
                 await self._serve_v5(listener_name, guard, writer)  # type: ignore[attr-defined]
-            else:
-                await super()._client_connected(listener_name, guard, writer)  # type: ignore[misc]
         except Exception:
             log.debug("MQTT connection from %s ended with an error", address, exc_info=True)
         finally:
             gate.release()
             guard.close()
             await close_writer(writer)
-
-    async def _initialize_client_session(
-        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int,
-    ) -> tuple[BrokerProtocolHandler, Session]:
-        """Read and check CONNECT only; no existing session is touched before authentication."""
-        try:
-            handler, session = await session_from_connect(self.handler_class, reader, writer, self.plugins_manager)
-        except MQTTError:
-            await close_writer(writer)
-            raise
-        except (AMQTTError, NoDataError) as exc:
-            raise AMQTTError(exc) from exc
-        if session.clean_session and not session.client_id:
-            session.client_id = gen_client_id()
-        return handler, session
 
     # -- CONNECT --------------------------------------------------------------------------------
 
@@ -204,36 +179,6 @@ class HardeningMixin:
                         self.limits.flapping.ban_s, self.limits.flapping.max_connects, self.limits.flapping.window_s)
             return UNAVAILABLE
         return ACCEPTED
-
-    async def _adopt_session(self, incoming: Session) -> Session:
-        """amqtt's clean/persistent session choice, run only after `incoming` authenticated."""
-        cid = incoming.client_id
-        assert cid is not None
-        old = self._sessions.get(cid, (None, None))[0]
-        # an MQTT 5 session's delayed Will: cancelled by this resume, due now if the session ends here
-        due = take_pending_will(old) if old is not None else None
-        if due is not None and old is not None and (incoming.clean_session or old.clean_session):
-            self._v5_publish_will(old, due)  # type: ignore[attr-defined]
-        if incoming.clean_session:
-            await self._delete_session(cid)  # type: ignore[attr-defined]
-            session = incoming
-            session.parent = 0
-        elif cid in self._sessions and not self._sessions[cid][0].clean_session:
-            session = self._sessions[cid][0]
-            for attr in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
-                         "username", "password"):
-                setattr(session, attr, getattr(incoming, attr))
-            session.attributes.update(incoming.attributes)
-            session.parent = 1
-        else:  # no session, or a clean one not yet reaped: a clean_session=0 CONNECT starts afresh
-            if cid in self._sessions:
-                await self._delete_session(cid)  # type: ignore[attr-defined]
-            session = incoming
-            session.parent = 0
-        delay = self.config.get("timeout-disconnect-delay", 0)
-        if session.keep_alive > 0 and isinstance(delay, int):
-            session.keep_alive += delay
-        return session
 
     async def _end_previous_connection(self, client_id: str) -> None:
         """Takeover: close the live connection holding `client_id` and wait until amqtt has let it go."""
@@ -302,88 +247,6 @@ class HardeningMixin:
                     await self._cleanup_session(cid)  # type: ignore[attr-defined]
             await asyncio.sleep(1)
 
-    async def _handle_client_session(
-        self, reader: ReaderAdapter, writer: WriterAdapter, client_session: Session,
-        handler: BrokerProtocolHandler, server: Server, listener_name: str,
-    ) -> None:
-        """amqtt 0.12.1's `_handle_client_session`, with admission before any session is touched, and
-        one CONNECT per client id at a time from takeover to registration, so a takeover always finds
-        the connection it replaces [MQTT-3.1.4-2]."""
-        state = self._hardening()
-        state.admitting[id(client_session)] = client_session  # revoke() may refuse it until registered
-        try:
-            code = await self._admit(client_session, listener_name)
-            if code != ACCEPTED:
-                await refuse(writer, code)
-                return
-            cid = client_session.client_id
-            assert cid is not None
-            async with state.connecting.hold(cid):
-                live = await self._register(client_session, handler, reader, writer)
-        finally:
-            state.admitting.pop(id(client_session), None)
-        if live is None:
-            await refuse(writer, client_session.attributes.pop(REFUSAL, REFUSED))
-            return
-        session = live.session
-        try:
-            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=cid,
-                                                  client_session=session)
-            await handler.start()
-            live.started = True
-            if live.closing:  # taken over or revoked while starting: the waiter exists only now
-                await handler.handle_connection_closed()
-            await self._deliver_on_connect(session)
-            await self._client_message_loop(session, handler)  # type: ignore[attr-defined]
-        finally:
-            if state.live.get(cid) is live:
-                del state.live[cid]
-            live.done.set()
-
-    async def _register(self, incoming: Session, handler: BrokerProtocolHandler, reader: ReaderAdapter,
-                        writer: WriterAdapter) -> Live | None:
-        """Take over the client id and register the connection (CONNACK sent); None if revoked meanwhile.
-        Runs under the client id's lock."""
-        cid = incoming.client_id
-        assert cid is not None
-        await self._end_previous_connection(cid)
-        session = await self._adopt_session(incoming)
-        for _ in range(10):
-            try:
-                session.transitions.connect()
-                break
-            except (MachineError, ValueError):
-                if session.transitions.is_connected():
-                    _quiet.log(log, logging.WARNING, f"again {cid}", "client %r is already connected, performing "
-                               "take-over", cid)
-                    old_handler = self._sessions[cid][1]
-                    await old_handler.handle_connection_closed()
-                    await old_handler.stop()
-                    break
-                await asyncio.sleep(0.1)
-        if incoming.attributes.get(REVOKED):  # nothing awaited from here to the registration below
-            log.warning("refused CONNECT of %s: its credentials were revoked while it was admitted", cid)
-            with suppress(MachineError, ValueError):
-                session.transitions.disconnect()
-            return None
-        if self._over_session_cap(session):
-            incoming.attributes[REFUSAL] = UNAVAILABLE
-            with suppress(MachineError, ValueError):
-                session.transitions.disconnect()
-            return None
-        handler.attach(session, reader, writer)
-        self._sessions[cid] = (session, handler)  # from here on revoke() finds it (and waits for this lock)
-        try:
-            await handler.mqtt_connack_authorize(True)
-        except BaseException:
-            with suppress(MachineError, ValueError):
-                session.transitions.disconnect()
-            raise
-        if isinstance(reader, GuardedReader):
-            reader.start_session(session.keep_alive, session.delivered_message_queue)
-        live = self._hardening().live[cid] = Live(session, handler, reader, writer)
-        return live
-
     def _over_session_cap(self, session: Session) -> bool:
         """Whether registering `session` would give its principal more than `limits.max_sessions_per_principal`
         persistent sessions (resuming one it has is always allowed; anonymous local-only clients are not
@@ -402,15 +265,6 @@ class HardeningMixin:
         _quiet.log(log, logging.WARNING, f"sessions {principal}", "refused CONNECT of %r: %r has %d persistent "
                    "sessions (limits.max_sessions_per_principal)", cid, principal, held)
         return True
-
-    async def _deliver_on_connect(self, session: Session) -> None:
-        """amqtt's on-connect delivery, verbatim: messages queued while offline, then retained messages.
-        The engine (`engine.IntercomBroker`) chooses FastPathMixin's instead, explicitly."""
-        broker: Any = self
-        await broker._publish_session_retained_messages(session)
-        for topic in self._subscriptions:
-            await broker._publish_retained_messages_for_subscription((topic, QOS_0), session)
-
 
 class _State:
     """Connection-lifecycle state of one broker."""

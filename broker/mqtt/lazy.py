@@ -1,11 +1,10 @@
 """`asyncio.Queue` and `asyncio.Event` that allocate nothing until used, for the engine's per-connection objects.
 
-amqtt's constructors build four queues per connection (a Session's `retained_messages` and
-`delivered_message_queue`, a BrokerProtocolHandler's pending (un)subscriptions), each with four
-deques (~3.3 KB). On this broker most of them stay empty for the connection's whole life: the fast
-path handles (un)subscriptions in place and delivers through an Outlet. The engine's own session and
-handler (`session.EngineSession`, `fast_handler.FastHandler`) hold a `LazyQueue` instead, which keeps the
-`asyncio.Queue` API and behaviour and creates a deque the first time something touches it.
+amqtt's `Session` constructor builds two queues per connection (`retained_messages`, the offline queue, and
+`delivered_message_queue`), each with four deques (~3.3 KB). On this broker they stay empty for most
+connections' whole life (delivery goes through an Outlet). The engine's own session (`session.EngineSession`)
+holds `LazyQueue`s instead, which keep the `asyncio.Queue` API and behaviour and create a deque the first time
+something touches them.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ amqtt treats the client as gone (abnormal disconnect: its Will is published) and
 
 A connection whose CONNECT says protocol level 5 is MQTT 5 (`GuardedReader.protocol`): its packets are
 framed and checked here with `check_v5_frame` (types, fixed-header flags, size) and decoded strictly by
-`broker.mqtt.v5.codec`; the reason code of a refusal is kept in `GuardedReader.code`, for the DISCONNECT
+`broker.mqtt.codec`; the reason code of a refusal is kept in `GuardedReader.code`, for the DISCONNECT
 MQTT 5 sends before closing [MQTT-4.13].
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import struct
 import time
 import weakref
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ from dataclasses import dataclass
 from amqtt.adapters import ReaderAdapter
 
 from broker.limiter import LogThrottle
+from broker.mqtt import codec
 from broker.mqtt.deadlines import DeadlineSweeper
-from broker.mqtt.reason import Reason
-from broker.mqtt.topics import valid_topic_name, well_formed_filter
+from broker.mqtt.reason import ProtocolError, Reason
+from broker.mqtt.topics import valid_topic_name
 
 __all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
            "remaining_length", "valid_topic_name"]
@@ -63,42 +63,6 @@ class GuardLimits:
     max_keepalive_s: int = 3600
 
 
-class _Cursor:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> bytes:
-        if self.pos + n > len(self.body):
-            raise Malformed(f"packet ends inside {what}")
-        chunk = self.body[self.pos:self.pos + n]
-        self.pos += n
-        return chunk
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def u16(self, what: str) -> int:
-        return int(struct.unpack("!H", self.take(2, what))[0])
-
-    def binary(self, what: str) -> bytes:
-        return self.take(self.u16(what), what)
-
-    def string(self, what: str) -> str:
-        raw = self.binary(what)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Malformed(f"{what} is not valid UTF-8") from exc
-        if "\x00" in text:
-            raise Malformed(f"{what} contains U+0000")  # [MQTT-1.5.3-2]
-        return text
-
-    @property
-    def left(self) -> int:
-        return len(self.body) - self.pos
-
-
 def remaining_length(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int, int] | None:
     """Decode the fixed header's Remaining Length at `buf[start:end]`: (length, offset of the body), or
     None while its bytes are incomplete; Malformed past four bytes [MQTT-2.2.3]."""
@@ -117,28 +81,45 @@ def remaining_length(buf: bytes | bytearray | memoryview, start: int, end: int) 
 
 
 def check_packet(ptype: int, flags: int, body: bytes, first: bool) -> None:
-    """Raise Malformed if this client packet breaks a rule; `first` = it is the connection's first packet."""
+    """Raise Malformed if this client packet of a 3.1.1 connection breaks a rule; `first` = it is the
+    connection's first packet. The framing is checked here, the packet's fields by the codec's 3.1.1
+    decoders: one set of wire rules for both versions."""
     if first != (ptype == CONNECT):
         raise Malformed("first packet must be CONNECT" if first else "second CONNECT on one connection")
     if ptype in _SERVER_ONLY:
         raise Malformed(f"packet type {ptype} may not be sent by a client")
     if ptype != PUBLISH and flags != _FLAGS[ptype]:
         raise Malformed(f"bad fixed-header flags {flags:#x} for packet type {ptype}")
-    cur = _Cursor(body)
-    if ptype == CONNECT:
-        _check_connect(cur)
-    elif ptype == PUBLISH:
-        _check_publish(cur, flags)
-        return  # the rest is the payload
-    elif ptype in _ACK_TYPES:
-        if cur.u16("packet id") == 0:
-            raise Malformed("packet id 0")
-    elif ptype == SUBSCRIBE:
-        _check_subscribe(cur, with_qos=True)
-    elif ptype == UNSUBSCRIBE:
-        _check_subscribe(cur, with_qos=False)
-    if cur.left:
-        raise Malformed(f"{cur.left} unexpected bytes after packet type {ptype}")
+    try:
+        if ptype == PUBLISH:
+            pass  # the connection's `codec.decode_publish` validates it when it reads it: one parse, not two
+        elif ptype == CONNECT:
+            _check_connect(body)
+        elif ptype in _ACK_TYPES:
+            codec.decode_ack(ptype, body, codec.V311)
+            if len(body) != 2:
+                raise Malformed(f"{len(body) - 2} unexpected bytes after packet type {ptype}")
+        elif ptype == SUBSCRIBE:
+            codec.decode_subscribe(body, codec.V311)
+        elif ptype == UNSUBSCRIBE:
+            codec.decode_unsubscribe(body, codec.V311)
+        elif body:  # PINGREQ, DISCONNECT
+            raise Malformed(f"{len(body)} unexpected bytes after packet type {ptype}")
+    except ProtocolError as exc:
+        raise Malformed(str(exc), exc.code) from None
+
+
+def _check_connect(body: bytes) -> None:
+    try:
+        codec.decode_connect(body)
+    except ProtocolError as exc:
+        # a known protocol name at a level not served: amqtt answers it with CONNACK 1, so it passes here
+        if exc.code != Reason.UNSUPPORTED_PROTOCOL_VERSION or _protocol_name(body) not in ("MQTT", "MQIsdp"):
+            raise
+
+
+def _protocol_name(body: bytes) -> str:
+    return body[2:2 + int.from_bytes(body[:2], "big")].decode("utf-8", "replace") if len(body) >= 2 else ""
 
 
 _V5_SERVER_ONLY = frozenset({0, CONNACK, SUBACK, UNSUBACK, PINGRESP})
@@ -165,59 +146,6 @@ def check_v5_frame(ptype: int, flags: int, body: bytes, first: bool) -> None:
         raise Malformed(f"bad fixed-header flags {flags:#x} for packet type {ptype}")  # [MQTT-2.1.3-1]
     if ptype == PINGREQ and body:
         raise Malformed("PINGREQ with a body")
-
-
-def _check_connect(cur: _Cursor) -> None:
-    name = cur.string("protocol name")
-    if name not in ("MQTT", "MQIsdp"):
-        raise Malformed(f"protocol name {name!r}")
-    cur.u8("protocol level")  # amqtt answers an unsupported level with CONNACK 1
-    connect_flags = cur.u8("connect flags")
-    if connect_flags & 0x01:
-        raise Malformed("reserved connect flag set")  # [MQTT-3.1.2-3]
-    will, will_qos, will_retain = connect_flags & 0x04, (connect_flags >> 3) & 0x03, connect_flags & 0x20
-    user, password = connect_flags & 0x80, connect_flags & 0x40
-    if will_qos == 3:
-        raise Malformed("Will QoS 3")  # [MQTT-3.1.2-14]
-    if not will and (will_qos or will_retain):
-        raise Malformed("Will QoS/retain set without the Will flag")  # [MQTT-3.1.2-11/13/15]
-    if password and not user:
-        raise Malformed("password flag without username flag")  # [MQTT-3.1.2-22]
-    cur.u16("keepalive")
-    cur.string("client id")
-    if will:
-        if not valid_topic_name(cur.string("Will topic")):
-            raise Malformed("Will topic is empty or has a wildcard")
-        cur.binary("Will message")
-    if user:
-        cur.string("username")
-    if password:
-        cur.binary("password")
-
-
-def _check_publish(cur: _Cursor, flags: int) -> None:
-    qos, dup = (flags >> 1) & 0x03, flags & 0x08
-    if qos == 3:
-        raise Malformed("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
-    if qos == 0 and dup:
-        raise Malformed("DUP set on a QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
-    if not valid_topic_name(cur.string("topic")):
-        raise Malformed("PUBLISH topic is empty or has a wildcard")  # [MQTT-3.3.2-1/2]
-    if qos and cur.u16("packet id") == 0:
-        raise Malformed("packet id 0")  # [MQTT-2.3.1-1]
-
-
-def _check_subscribe(cur: _Cursor, with_qos: bool) -> None:
-    kind = "SUBSCRIBE" if with_qos else "UNSUBSCRIBE"
-    if cur.u16("packet id") == 0:
-        raise Malformed("packet id 0")
-    if not cur.left:
-        raise Malformed(f"{kind} without a topic filter")  # [MQTT-3.8.3-3], [MQTT-3.10.3-2]
-    while cur.left:
-        if not well_formed_filter(cur.string("topic filter")):  # a bad `$share/` ShareName: SUBACK 0x80
-            raise Malformed(f"{kind} topic filter is malformed")
-        if with_qos and cur.u8("requested QoS") > 2:
-            raise Malformed("SUBSCRIBE requested QoS above 2 or reserved bits set")  # [MQTT-3.8.3-4]
 
 
 class GuardedReader(ReaderAdapter):

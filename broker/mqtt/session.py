@@ -1,10 +1,10 @@
-"""The engine's own amqtt `Session`, and the 3.1.1 CONNECT that builds one: cheap per connection, amqtt untouched.
+"""The engine's own amqtt `Session`: cheap per connection, amqtt untouched.
 
 amqtt 0.12.1's `Session.__init__` builds a `transitions.Machine` (~1.5 ms of CPU and ~23 KB each, most of the cost
 of a connection) and two `asyncio.Queue`s (four deques each) that stay empty on this broker. `EngineSession` is
 a `Session` subclass that sets the same attributes itself: a plain `state` field with the machine's three states
-and transitions, and `LazyQueue`s. Every session the engine creates is one (3.1.1 in `session_from_connect`,
-MQTT 5 in `v5.serve`); amqtt's own `Session` class and modules stay as shipped
+and transitions, and `LazyQueue`s. Every session the engine creates is one (3.1.1 and MQTT 5 in
+`v5.serve`); amqtt's own `Session` class and modules stay as shipped
 (`tests/mqtt/test_amqtt_compat.py` checks both).
 """
 
@@ -14,20 +14,13 @@ import ssl
 from collections import OrderedDict
 from typing import Any
 
-from amqtt.adapters import ReaderAdapter, WriterAdapter
-from amqtt.errors import MQTTError
-from amqtt.events import MQTTEvents
-from amqtt.mqtt.connack import BAD_USERNAME_PASSWORD, IDENTIFIER_REJECTED, UNACCEPTABLE_PROTOCOL_VERSION, ConnackPacket
-from amqtt.mqtt.connect import ConnectPacket
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 from transitions import MachineError
 
 from broker.mqtt.lazy import LazyQueue
 
-__all__ = ["EngineSession", "session_from_connect"]
+__all__ = ["EngineSession"]
 
-_MQTT_311 = 4
 
 
 class EngineSession(Session):
@@ -97,58 +90,3 @@ class EngineSession(Session):
         self.__dict__.update(state)
         self.retained_messages = LazyQueue()
         self.delivered_message_queue = LazyQueue()
-
-
-async def session_from_connect(handler_class: type[BrokerProtocolHandler], reader: ReaderAdapter,
-                               writer: WriterAdapter, plugins_manager: Any) -> tuple[BrokerProtocolHandler,
-                                                                                     EngineSession]:
-    """amqtt 0.12.1's `BrokerProtocolHandler.init_from_connect` (same checks, CONNACKs and errors), building an
-    `EngineSession` instead of amqtt's `Session`."""
-    connect = await ConnectPacket.from_stream(reader)
-    await plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=connect)
-    if connect.variable_header is None or connect.payload is None:
-        raise MQTTError("CONNECT packet: variable header or payload not initialized.")
-    if connect.payload.client_id is None:
-        raise MQTTError("[[MQTT-3.1.3-3]] : Client identifier must be present")
-    if connect.variable_header.will_flag and (connect.payload.will_topic is None
-                                              or connect.payload.will_message is None):
-        raise MQTTError("Will flag set, but will topic/message not present in payload")
-    if connect.variable_header.reserved_flag:
-        raise MQTTError("[MQTT-3.1.2-3] CONNECT reserved flag must be set to 0")
-    if connect.proto_name != "MQTT":
-        raise MQTTError(f'[MQTT-3.1.2-1] Incorrect protocol name: "{connect.proto_name}"')
-    remote_address: str | None = None
-    remote_port: int | None = None
-    remote_info = writer.get_peer_info()
-    if remote_info is not None:
-        remote_address, remote_port = remote_info
-        code: int | None = None
-        if connect.proto_level != _MQTT_311:
-            code = UNACCEPTABLE_PROTOCOL_VERSION
-        elif (not connect.username_flag and connect.password_flag) or (
-                connect.username_flag and connect.username is None) or (
-                connect.password_flag and connect.password is None):
-            code = BAD_USERNAME_PASSWORD  # [MQTT-3.1.2-22]
-        elif connect.clean_session_flag is False and connect.payload.client_id_is_random:
-            code = IDENTIFIER_REJECTED  # [MQTT-3.1.3-8] [MQTT-3.1.3-9]
-        if code is not None:
-            connack = ConnackPacket.build(0, code)  # [MQTT-3.2.2-4] session_parent=0
-            await plugins_manager.fire_event(MQTTEvents.PACKET_SENT, packet=connack)
-            await connack.to_stream(writer)
-            await writer.close()
-            raise MQTTError(f"CONNECT from {remote_address}:{remote_port} refused with return code {code}")
-    session = EngineSession()
-    session.client_id = connect.client_id
-    session.clean_session = connect.clean_session_flag
-    session.will_flag = connect.will_flag
-    session.will_retain = connect.will_retain_flag
-    session.will_qos = connect.will_qos
-    session.will_topic = connect.will_topic
-    session.will_message = connect.will_message
-    session.username = connect.username
-    session.password = connect.password
-    session.remote_address = remote_address
-    session.remote_port = remote_port
-    session.ssl_object = writer.get_ssl_info()
-    session.keep_alive = max(connect.keep_alive, 0)
-    return handler_class(plugins_manager), session

@@ -7,17 +7,14 @@ import json
 import subprocess
 import sys
 from importlib.metadata import version
-from typing import Any
 
 import pytest
 from amqtt.broker import Broker
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
 from broker.mqtt import amqtt_compat
 from broker.mqtt.amqtt_compat import AMQTT_VERSION, OVERRIDDEN, REPLACED_INIT, AmqttMismatch
 from broker.mqtt.engine import IntercomBroker
-from broker.mqtt.fast_handler import FastHandler
 from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.hardening import HardeningMixin
 from broker.mqtt.routing import RoutingMixin
@@ -31,7 +28,7 @@ UPSTREAM_INIT_STATES = vars(Session)["_init_states"]  # as imported, before any 
 # The engine's classes and the amqtt class each one's methods replace.
 ENGINE: list[tuple[type, type]] = [
     (HardeningMixin, Broker), (FastPathMixin, Broker), (RoutingMixin, Broker), (IntercomBroker, Broker),
-    (FastHandler, BrokerProtocolHandler), (EngineSession, Session),
+    (EngineSession, Session),
 ]
 
 
@@ -150,21 +147,16 @@ async def test_running_the_engine_leaves_amqtts_modules_as_upstream(harness: Har
 
 
 async def test_replaced_constructors_set_every_attribute_amqtts_set() -> None:
-    """REPLACED_INIT: an EngineSession and a FastHandler carry every instance attribute amqtt's Session() and
-    BrokerProtocolHandler() set (amqtt code reading one finds it), and their queues are the lazy ones."""
+    """REPLACED_INIT: an EngineSession carries every instance attribute amqtt's Session() sets (amqtt code
+    reading one finds it), and its queues are the lazy ones."""
     from broker.mqtt.lazy import LazyQueue
 
-    assert set(REPLACED_INIT) == {Session, BrokerProtocolHandler}
+    assert set(REPLACED_INIT) == {Session}
     upstream, ours = Session(), EngineSession()
     assert set(vars(upstream)) - {"transitions"} <= set(vars(ours))
     assert ours.transitions is ours
     assert isinstance(ours.retained_messages, LazyQueue)
     assert isinstance(ours.delivered_message_queue, LazyQueue)
-    manager: Any = object()  # the handlers only keep it
-    upstream_handler, our_handler = BrokerProtocolHandler(manager), FastHandler(manager)
-    assert set(vars(upstream_handler)) <= set(vars(our_handler))
-    assert isinstance(our_handler._pending_subscriptions, LazyQueue)
-    assert isinstance(our_handler._pending_unsubscriptions, LazyQueue)
 
 
 def test_engine_session_states_behave_like_amqtts_transitions_machine() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker.mqtt.codec import split_shared
 from broker.mqtt.topics import (
     is_shared,
     shared_parts,
@@ -12,7 +13,6 @@ from broker.mqtt.topics import (
     valid_topic_name,
     well_formed_filter,
 )
-from broker.mqtt.v5.codec import split_shared
 
 # text: (topic name, filter, subscription may be granted, well formed for the packet guard)
 TABLE: dict[str, tuple[bool, bool, bool, bool]] = {

@@ -19,12 +19,8 @@ from typing import Any
 from amqtt.session import Session
 
 from broker.limiter import LogThrottle
-from broker.mqtt.fairness import Turn
-from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.mqtt.packet_guard import GuardedReader
-from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
-from broker.mqtt.v5 import codec, encode
-from broker.mqtt.v5.codec import (
+from broker.mqtt import codec, encode
+from broker.mqtt.codec import (
     AUTH,
     DISCONNECT,
     PINGREQ,
@@ -38,10 +34,16 @@ from broker.mqtt.v5.codec import (
     TOPIC_ALIAS,
     TOPIC_ALIAS_INVALID,
     UNSUBSCRIBE,
+    V5,
+    V311,
     Disconnect,
     Publish,
     V5Error,
 )
+from broker.mqtt.fairness import Turn
+from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.packet_guard import GuardedReader
+from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
 from broker.mqtt.v5.outlet import Link, V5Outlet
 
 __all__ = ["V5Connection"]
@@ -54,6 +56,7 @@ _LINGER_S = 1.0
 class V5Connection:
     """The handler of one v5 network connection (see the module docstring)."""
 
+
     def __init__(self, broker: Any, session: Session, reader: GuardedReader, writer: Any, link: Link,
                  alias_max: int) -> None:
         self.broker = broker
@@ -61,6 +64,7 @@ class V5Connection:
         self.reader = reader
         self.writer = writer  # the engine wraps it in a CoalescingWriter when it opens the outlet
         self.link = link
+        self.version = link.version  # the protocol the packet handlers answer in (`handle_subscribe.Connection`)
         self.alias_max = alias_max  # the Topic Alias Maximum the broker announced
         self.aliases: dict[int, str] = {}
         self.closed = False
@@ -95,8 +99,11 @@ class V5Connection:
         and drop what comes for up to `_LINGER_S`, so the client reads the DISCONNECT instead of a reset."""
         if self.closed:
             return
-        self.writer.write(encode.encode_disconnect(reason))
         self.closed = True
+        if self.version == V311:  # no server DISCONNECT in 3.1.1: the connection just closes
+            self.reader.close()
+            return
+        self.writer.write(encode.encode_disconnect(reason))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.drain(), 1.0)
         if linger:
@@ -116,6 +123,7 @@ class V5Connection:
         """Read and handle packets until the connection ends; the client's DISCONNECT, if it sent one."""
         reader = self.reader
         broker = self.broker
+        version = self.version
         turn = Turn()  # a pipelining client yields the loop to the others every few ms
         # every ACL answers without awaiting and no plugin listens to message events: the hand-decoded PUBLISH
         fast = broker._plugin_hooks().sync_publish
@@ -131,31 +139,31 @@ class V5Connection:
                 first, body = packet
                 kind = first >> 4
                 if kind == PUBLISH:
-                    if fast and broker.v5_publish_plain(self, first & 0x0F, body):
+                    if fast and broker.v5_publish_plain(self, first & 0x0F, body, version):
                         continue
-                    pending = broker.v5_publish(self, self.decode_publish(first & 0x0F, body))
+                    pending = broker.v5_publish(self, self.decode_publish(first & 0x0F, body, version))
                     if pending is not None:
                         await pending
                 elif kind == PUBACK:
-                    # the short form (reason 0, no properties) needs no decoder; anything else is checked by it
+                    # the short form (both versions' usual one) is a non-zero packet id: no decoder needed
                     packet_id = int.from_bytes(body, "big") if len(body) == 2 else 0
                     if not packet_id:
-                        packet_id = codec.decode_ack(PUBACK, body).packet_id
+                        packet_id = codec.decode_ack(PUBACK, body, version).packet_id
                     if (wrong := wrong_ack(self.session.inflight_out, PUBACK, packet_id)) is not None:
                         raise wrong
                     self.acked(packet_id)
                 elif kind == PUBREC:
-                    ack = codec.decode_ack(PUBREC, body)
+                    ack = codec.decode_ack(PUBREC, body, version)
                     if (wrong := wrong_ack(self.session.inflight_out, PUBREC, ack.packet_id)) is not None:
                         raise wrong
                     if self.outlet is not None:
                         self.outlet.pubrec(ack.packet_id, ack.reason)
                 elif kind == PUBREL:
-                    pending = broker.v5_pubrel(self, codec.decode_ack(PUBREL, body).packet_id)
+                    pending = broker.pubrel(self, codec.decode_ack(PUBREL, body, version).packet_id)
                     if pending is not None:
                         await pending
                 elif kind == PUBCOMP:
-                    packet_id = codec.decode_ack(PUBCOMP, body).packet_id
+                    packet_id = codec.decode_ack(PUBCOMP, body, version).packet_id
                     if (wrong := wrong_ack(self.session.inflight_out, PUBCOMP, packet_id)) is not None:
                         raise wrong
                     if self.outlet is not None:
@@ -163,25 +171,27 @@ class V5Connection:
                     else:
                         self.session.inflight_out.pop(packet_id, None)
                 elif kind == SUBSCRIBE:
-                    await broker.v5_subscribe(self, codec.decode_subscribe(body))
+                    await broker.subscribe(self, codec.decode_subscribe(body, version))
                 elif kind == UNSUBSCRIBE:
-                    await broker.v5_unsubscribe(self, *codec.decode_unsubscribe(body))
+                    packet_id, filters, _ = codec.decode_unsubscribe(body, version)
+                    await broker.unsubscribe(self, packet_id, filters)
                 elif kind == PINGREQ:
                     self.write(b"\xd0\x00")
                 elif kind == DISCONNECT:
-                    return codec.decode_disconnect(body)
+                    return codec.decode_disconnect(body, version)
                 elif kind == AUTH:
                     # no Authentication Method was accepted at CONNECT: an AUTH is a Protocol Error (MQTT 5.0 §4.12)
                     raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
         except ProtocolError as exc:  # the one place a v5 protocol error becomes DISCONNECT + close
             _quiet.log(log, logging.WARNING, self.session.remote_address or "?",
-                       "closing MQTT 5 connection of %r: %s (reason %#04x)", self.session.client_id, exc, exc.code)
+                       "closing MQTT %s connection of %r: %s (reason %#04x)", "5" if version == V5 else "3.1.1",
+                       self.session.client_id, exc, exc.code)
             await self.disconnect(exc.code, linger=True)
         return None
 
-    def decode_publish(self, flags: int, body: bytes) -> Publish:
+    def decode_publish(self, flags: int, body: bytes, version: int = V5) -> Publish:
         """Decode a PUBLISH and resolve its Topic Alias (§3.3.2.3.4)."""
-        pub = codec.decode_publish(flags, body)
+        pub = codec.decode_publish(flags, body, version)
         alias = pub.props.get(TOPIC_ALIAS)
         if alias is not None:
             if alias > self.alias_max:

@@ -1,16 +1,12 @@
-"""What an MQTT 5 client sends, handled on the one broker: PUBLISH (QoS 0/1/2), SUBSCRIBE, UNSUBSCRIBE.
+"""What a client publishes (3.1.1 or 5), handled on the one broker: PUBLISH QoS 0/1 (QoS 2: `handle_qos2`).
 
 A PUBLISH takes the engine's one path (`FastPathMixin._route`: deliver, retain, plugins' interceptors)
-with its properties; the common one (QoS 0/1, no properties, every ACL synchronous) is decoded by hand as a
-3.1.1 PUBLISH is (`v5_publish_plain`), without the codec's `Publish`; the acknowledgement carries a reason
-code (§3.4.2.1): 0x10 when nobody subscribes, 0x87 when the ACL refuses, 0x99 when the Payload Format
-Indicator says UTF-8 and the payload is not [MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier
-(`AcknowledgesAfter`) like 3.1.1 ones.
-Incoming QoS 2 is held until PUBREL; past `limits.max_inflight_messages` held messages (the Receive
-Maximum announced in CONNACK) the connection ends with DISCONNECT 0x93 [MQTT-3.3.4-8]; past the principal's
-`limits.max_held_bytes_per_principal` the PUBREC says 0x97 (Quota exceeded) and nothing is held.
-SUBSCRIBE goes through the engine's `add_subscription` (ACL, index, shared subscriptions); the options
-are kept per filter (`v5.subscriptions`) and Retain Handling decides about retained messages (§3.8.3.1).
+with its properties; the common one (QoS 0/1, no properties, every ACL synchronous) skips the codec's
+`Publish` (`v5_publish_plain`). An MQTT 5 acknowledgement carries a reason code (§3.4.2.1): 0x10 when nobody
+subscribes, 0x87 when the ACL refuses, 0x99 when the Payload Format Indicator says UTF-8 and the payload is
+not [MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier (`AcknowledgesAfter`) for both versions.
+Incoming QoS 2 (held until PUBREL), SUBSCRIBE and UNSUBSCRIBE are one flow for both versions: `handle_qos2`,
+`handle_subscribe`.
 """
 
 from __future__ import annotations
@@ -19,17 +15,14 @@ import logging
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from amqtt.contexts import Action
-from amqtt.events import BrokerEvents
 
 from broker.config import LimitsConfig
-from broker.mqtt.fast_path import over_held_quota
-from broker.mqtt.hooks import SUB_OPTIONS, ReplyTo
+from broker.mqtt import codec, encode
+from broker.mqtt.codec import PUBACK, PUBREC, V5, Publish, V5Error
+from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.reason import Reason
-from broker.mqtt.topics import is_shared, valid_topic_name
-from broker.mqtt.v5 import codec, encode
-from broker.mqtt.v5.codec import PUBACK, PUBCOMP, PUBREC, Publish, Subscribe, V5Error
-from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
-from broker.mqtt.v5.subscriptions import OptionsTable, SubOptions
+from broker.mqtt.topics import valid_topic_name
+from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -43,9 +36,8 @@ else:
 __all__ = ["V5InboundMixin"]
 
 log = logging.getLogger("intercom.mqtt5")
-NO_SUBSCRIBERS, UNSPECIFIED, NOT_AUTHORIZED = Reason.NO_MATCHING_SUBSCRIBERS, Reason.UNSPECIFIED, Reason.NOT_AUTHORIZED
-QUOTA_EXCEEDED, PAYLOAD_FORMAT_INVALID = Reason.QUOTA_EXCEEDED, Reason.PAYLOAD_FORMAT_INVALID
-RECEIVE_MAX_EXCEEDED, NOT_FOUND = Reason.RECEIVE_MAXIMUM_EXCEEDED, Reason.PACKET_ID_NOT_FOUND
+NO_SUBSCRIBERS, NOT_AUTHORIZED = Reason.NO_MATCHING_SUBSCRIBERS, Reason.NOT_AUTHORIZED
+PAYLOAD_FORMAT_INVALID = Reason.PAYLOAD_FORMAT_INVALID
 
 
 def _reply(pub: Publish) -> ReplyTo | None:
@@ -61,7 +53,7 @@ class V5InboundMixin(_Base):
 
     def _v5_ack(self, conn: V5Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
         """PUBACK / PUBREC / PUBCOMP after any durable effect the plugins staged."""
-        data = encode.encode_ack(ptype, packet_id, reason)
+        data = encode.encode_ack(ptype, packet_id, reason, version=conn.version)
         barrier = self._plugin_hooks().ack_barrier
         if barrier is None:
             conn.write(data)
@@ -73,24 +65,32 @@ class V5InboundMixin(_Base):
         engine: Any = self
         return int(engine._route(conn.session, topic, data, qos, retain, engine._plugin_hooks(), props, reply))
 
-    def v5_publish_plain(self, conn: V5Connection, flags: int, body: bytes) -> bool:
-        """The common PUBLISH decoded by hand, as 3.1.1's (`FastHandler._publish_bytes`): QoS 0 or 1, a topic
-        name, an empty property block, every ACL synchronous (the caller checks `sync_publish`). False for
-        anything else, which `codec.decode_publish` then decodes strictly (and refuses with its reason code)."""
+    def v5_publish_plain(self, conn: V5Connection, flags: int, body: bytes, version: int = V5) -> bool:
+        """The common PUBLISH without the codec's `Publish`: QoS 0 or 1, a topic name, (MQTT 5) an empty property
+        block, every ACL synchronous (the caller checks `sync_publish`). False for anything else, which
+        `codec.decode_publish` then decodes strictly (and refuses with its reason code)."""
         qos = (flags >> 1) & 3
         if qos > 1 or (flags & 0x08 and not qos):
             return False
-        end = 2 + int.from_bytes(body[:2], "big")
-        pos = end + 2 if qos else end
-        if pos >= len(body) or body[pos]:  # the property length: 0 is no properties
-            return False
-        try:
-            topic = body[2:end].decode()
-        except UnicodeDecodeError:
-            return False
-        packet_id = int.from_bytes(body[end:pos], "big")
-        if not valid_topic_name(topic) or (qos and not packet_id):
-            return False
+        if version != V5:  # 3.1.1: the codec's header check (no property block to skip)
+            try:
+                topic, packet_id, pos = codec.publish_header(flags, body, version)
+            except V5Error:
+                return False
+            payload = body[pos:]
+        else:
+            end = 2 + int.from_bytes(body[:2], "big")
+            pos = end + 2 if qos else end
+            if pos >= len(body) or body[pos]:  # the property length: 0 is no properties
+                return False
+            try:
+                topic = body[2:end].decode()
+            except UnicodeDecodeError:
+                return False
+            packet_id = int.from_bytes(body[end:pos], "big")
+            if not valid_topic_name(topic) or (qos and not packet_id):
+                return False
+            payload = body[pos + 1:]
         engine: Any = self
         allowed = engine.may_publish_now(conn.session, topic)
         if allowed is None:
@@ -99,7 +99,7 @@ class V5InboundMixin(_Base):
             if qos:
                 self._v5_ack(conn, PUBACK, packet_id, NOT_AUTHORIZED)
             return True
-        matched = engine._route(conn.session, topic, body[pos + 1:], qos, bool(flags & 1), engine._plugin_hooks())
+        matched = engine._route(conn.session, topic, payload, qos, bool(flags & 1), engine._plugin_hooks())
         if qos:
             self._v5_ack(conn, PUBACK, packet_id, 0 if matched else NO_SUBSCRIBERS)
         return True
@@ -137,7 +137,8 @@ class V5InboundMixin(_Base):
 
     def _v5_accept(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
         if pub.qos == 2:
-            self._v5_hold(conn, pub, props, allowed)
+            engine: Any = self
+            engine.hold_qos2(conn, pub.packet_id, pub.topic, pub.payload, pub.retain, allowed, props, _reply(pub))
             return
         if not allowed:
             if pub.qos:
@@ -146,98 +147,3 @@ class V5InboundMixin(_Base):
         matched = self._v5_route(conn, pub.topic, pub.payload, pub.qos, pub.retain, props, _reply(pub))
         if pub.qos:
             self._v5_ack(conn, PUBACK, pub.packet_id, 0 if matched else NO_SUBSCRIBERS)
-
-    def _v5_hold(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
-        """QoS 2, method B: held (durably for a persistent session) before PUBREC, routed at PUBREL."""
-        held = conn.session.inflight_in
-        if pub.packet_id in held:  # a re-send of a message held already: PUBREC again (MQTT 5.0 §4.3.3)
-            self._v5_ack(conn, PUBREC, pub.packet_id)
-            return
-        if not allowed:
-            self._v5_ack(conn, PUBREC, pub.packet_id, NOT_AUTHORIZED)
-            return
-        if len(held) >= self.limits.max_inflight_messages:
-            raise V5Error(RECEIVE_MAX_EXCEEDED, f"more than {self.limits.max_inflight_messages} QoS 2 messages "
-                                                "awaiting PUBREL (the Receive Maximum)")
-        if over_held_quota(conn.session, len(pub.payload)):
-            self._v5_ack(conn, PUBREC, pub.packet_id, QUOTA_EXCEEDED)
-            return
-        held[pub.packet_id] = V5Incoming(pub.packet_id, pub.topic, pub.payload, pub.retain, props, _reply(pub))
-        self._v5_ack(conn, PUBREC, pub.packet_id)
-
-    def v5_pubrel(self, conn: V5Connection, packet_id: int) -> Any:
-        """Route the held message, forget it, PUBCOMP (0x92 for a packet id not held)."""
-        held = conn.session.inflight_in
-        msg = held.get(packet_id)
-        if msg is None:
-            self._v5_ack(conn, PUBCOMP, packet_id, NOT_FOUND)
-            return None
-        engine: Any = self
-        if not engine._plugin_hooks().sync_publish:
-            return self._v5_pubrel_async(conn, packet_id)
-        kept = getattr(msg, "reply", None)
-        self._v5_route(conn, msg.topic, bytes(msg.data), 2, bool(msg.retain), props_of(msg),
-                       ReplyTo(*kept) if kept is not None else None)
-        held.pop(packet_id, None)  # routed before it is forgotten: a crash in between re-delivers
-        self._v5_ack(conn, PUBCOMP, packet_id)
-        return None
-
-    async def _v5_pubrel_async(self, conn: V5Connection, packet_id: int) -> None:
-        """PUBREL with amqtt's message events (the ACL judged the message at its PUBLISH)."""
-        engine: Any = self
-        session = conn.session
-        msg = session.inflight_in.pop(packet_id, None)  # first: a PUBREL repeated meanwhile must not route it again
-        if msg is not None:
-            data = bytes(msg.data)
-            message = await engine.message_received_event(session, msg.topic, data, 2, bool(msg.retain))
-            await engine.message_broadcast_event(session, message)
-            kept = getattr(msg, "reply", None)
-            self._v5_route(conn, msg.topic, data, 2, bool(msg.retain), props_of(msg),
-                           ReplyTo(*kept) if kept is not None else None)
-        self._v5_ack(conn, PUBCOMP, packet_id)
-
-    async def v5_subscribe(self, conn: V5Connection, sub: Subscribe) -> None:
-        session = conn.session
-        engine: Any = self
-        key = session.client_id or ""
-        options: dict[str, SubOptions] = session.attributes.get(SUB_OPTIONS)
-        if options is None:
-            options = session.attributes[SUB_OPTIONS] = OptionsTable()
-        codes: list[int] = []
-        fresh: list[bool] = []
-        for s in sub.subscriptions:
-            existed = s.topic_filter in options
-            granted = await engine.add_subscription((s.topic_filter, s.qos), session)
-            fresh.append(not existed)
-            if granted >= UNSPECIFIED:
-                codes.append(granted)
-                continue
-            options[s.topic_filter] = SubOptions(granted, s.no_local, s.retain_as_published, s.retain_handling,
-                                                 sub.subscription_id)
-            codes.append(granted)
-        conn.write(encode.encode_suback(sub.packet_id, codes))
-        ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
-        for s, code, new in zip(sub.subscriptions, codes, fresh, strict=True):
-            if code >= UNSPECIFIED:
-                continue
-            if engine._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=key,
-                                                      topic=s.topic_filter, qos=code)
-            shared = is_shared(s.topic_filter)  # no retained messages for a shared subscription
-            if not shared and (s.retain_handling == 0 or (s.retain_handling == 1 and new)):
-                engine._send_retained(session, s.topic_filter, code, ids)
-
-    async def v5_unsubscribe(self, conn: V5Connection, packet_id: int, filters: list[str],
-                             _props: codec.Props) -> None:
-        session = conn.session
-        engine: Any = self
-        options: dict[str, SubOptions] = session.attributes.get(SUB_OPTIONS, {})
-        codes: list[int] = []
-        for topic_filter in filters:
-            removed = engine._del_subscription(topic_filter, session)
-            options.pop(topic_filter, None)
-            codes.append(Reason.SUCCESS if removed else Reason.NO_SUBSCRIPTION_EXISTED)
-            if engine._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id,
-                                                      topic=topic_filter)
-        conn.write(encode.encode_unsuback(packet_id, codes))

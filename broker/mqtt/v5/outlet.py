@@ -19,11 +19,11 @@ from typing import Any
 from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.session import Session
 
+from broker.mqtt.codec import PUBREL, V5
+from broker.mqtt.encode import encode_ack, encode_publish, expiry_property, varint
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.reason import Reason
 from broker.mqtt.session_persistence import DurableInflight
-from broker.mqtt.v5.codec import PUBREL
-from broker.mqtt.v5.encode import encode_ack, encode_publish, expiry_property, varint
 from broker.mqtt.v5.message import MessageProps, V5Outgoing, props_of
 
 __all__ = ["Link", "V5Outlet"]
@@ -38,6 +38,7 @@ class Link:
     receive_max: int = 65535
     max_packet: int = 268_435_460
     alias_max: int = 0  # Topic Alias Maximum: how many aliases the broker may set on this connection
+    version: int = V5  # 4: MQTT 3.1.1 (no properties, no reason codes on the wire)
     out_aliases: dict[str, int] = field(default_factory=dict)
 
 
@@ -69,6 +70,7 @@ class V5Outlet(Outlet):
         if raw is None:
             return
         link = self.link
+        send_raw: bytes | None = raw if link.version == V5 else None
         send_topic, new_alias = topic_b, 0
         if link.alias_max:
             alias = link.out_aliases.get(topic)
@@ -77,10 +79,10 @@ class V5Outlet(Outlet):
             elif len(link.out_aliases) < link.alias_max:
                 alias = new_alias = len(link.out_aliases) + 1
             if alias is not None:
-                raw += b"\x23" + alias.to_bytes(2, "big")
+                send_raw = raw + b"\x23" + alias.to_bytes(2, "big")
         session = self.session
         packet_id = session.next_packet_id if qos else 0
-        packet = encode_publish(send_topic, data, qos, packet_id, retain, False, raw)
+        packet = encode_publish(send_topic, data, qos, packet_id, retain, False, send_raw)
         if len(packet) > link.max_packet:
             log.debug("not sending %d bytes on %s to %s: above its Maximum Packet Size %d", len(packet), topic,
                       session.client_id, link.max_packet)
@@ -97,7 +99,7 @@ class V5Outlet(Outlet):
         msg = inflight.get(packet_id)
         if msg is None:
             if reason < Reason.UNSPECIFIED:
-                self.writer.write(encode_ack(PUBREL, packet_id, Reason.PACKET_ID_NOT_FOUND))
+                self.writer.write(encode_ack(PUBREL, packet_id, Reason.PACKET_ID_NOT_FOUND, version=self.link.version))
             return
         if reason >= Reason.UNSPECIFIED:  # any failure code
             msg.pubcomp_packet = True  # acknowledged: the flow is over
@@ -126,6 +128,6 @@ class V5Outlet(Outlet):
             sub_ids: tuple[int, ...] = getattr(msg, "sub_ids", ())
             raw = _props_block(props_of(msg), sub_ids, now) or b""
             packet = encode_publish(msg.topic.encode(), bytes(msg.data), msg.qos or 1, packet_id, bool(msg.retain),
-                                    True, raw)
+                                    True, raw if self.link.version == V5 else None)
             if len(packet) <= self.link.max_packet:
                 self.writer.write(packet)

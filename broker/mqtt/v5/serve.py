@@ -29,13 +29,13 @@ from transitions import MachineError
 
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
+from broker.mqtt import codec, encode
+from broker.mqtt.codec import V5Error
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.live import Live
 from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.reason import Reason
 from broker.mqtt.session import EngineSession
-from broker.mqtt.v5 import codec, encode
-from broker.mqtt.v5.codec import V5Error
 from broker.mqtt.v5.connection import V5Connection
 from broker.mqtt.v5.message import MessageProps, props_of
 from broker.mqtt.v5.outlet import Link
@@ -115,13 +115,21 @@ class V5Mixin(_Base):
         finally:
             server.release_connection()
 
-    async def _v5_refuse(self, writer: Any, reason: int, why: str, client_id: str | None = None) -> None:
+    async def _v5_refuse(self, writer: Any, reason: int, why: str, client_id: str | None = None,
+                         version: int = codec.V5) -> None:
+        """CONNACK refusing the CONNECT: `reason` is a 3.1.1 return code for `version` 4, a reason code for 5."""
         peer = writer.get_peer_info()
         _quiet.log(log, logging.WARNING, f"refused {peer[0] if peer else '?'}",
-                   "refused MQTT 5 CONNECT of %r: %s (reason %#04x)", client_id, why, reason)
+                   "refused MQTT %s CONNECT of %r: %s (code %#04x)", "5" if version == codec.V5 else "3.1.1",
+                   client_id, why, reason)
         with contextlib.suppress(Exception):
-            writer.write(encode.encode_connack(False, reason, {}))
+            writer.write(encode.encode_connack(False, reason, {}, version))
             await asyncio.wait_for(writer.drain(), 1.0)
+
+    async def _refuse_code(self, writer: Any, version: int, code: int, why: str, client_id: str | None) -> None:
+        """Refuse with admission's 3.1.1 return code, as MQTT 5's reason code on a v5 connection."""
+        await self._v5_refuse(writer, _REASON.get(code, Reason.NOT_AUTHORIZED) if version == codec.V5 else code, why,
+                              client_id, version)
 
     async def _v5_connection(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
         packet = guard.take_packet()
@@ -130,8 +138,14 @@ class V5Mixin(_Base):
         try:
             c = codec.decode_connect(packet[1])
         except V5Error as exc:
-            await self._v5_refuse(writer, exc.code, str(exc))
-            return
+            if guard.protocol == codec.V5:
+                await self._v5_refuse(writer, exc.code, str(exc))
+            elif exc.code == Reason.UNSUPPORTED_PROTOCOL_VERSION and packet[1][2:6] == b"MQTT":
+                await self._v5_refuse(writer, 1, str(exc), version=codec.V311)  # [MQTT-3.1.2-2]
+            return  # anything else the packet guard let through (MQTT 3.1 "MQIsdp"): closed without CONNACK
+        if c.version == codec.V311 and not c.clean_start and not c.client_id:
+            await self._v5_refuse(writer, 2, "empty client id without clean session", version=codec.V311)
+            return  # [MQTT-3.1.3-8]
         if codec.AUTH_METHOD in c.props:  # no enhanced authentication method is supported (§4.12)
             await self._v5_refuse(writer, Reason.BAD_AUTHENTICATION_METHOD,
                                   f"Authentication Method {c.props[codec.AUTH_METHOD]!r}", c.client_id)
@@ -143,7 +157,7 @@ class V5Mixin(_Base):
         session, assigned = self._v5_session(c, writer, will)
         code = await self._admit(session, listener_name)
         if code != 0:
-            await self._v5_refuse(writer, _REASON.get(code, Reason.NOT_AUTHORIZED), "not admitted", session.client_id)
+            await self._refuse_code(writer, c.version, code, "not admitted", session.client_id)
             return
         # One CONNECT per client id at a time, from takeover to registration, as for 3.1.1 (HardeningMixin);
         # revoke() may refuse it until it is registered.
@@ -157,13 +171,15 @@ class V5Mixin(_Base):
                 if incoming.attributes.get(REVOKED):
                     with contextlib.suppress(MachineError, ValueError):
                         session.transitions.disconnect()
-                    await self._v5_refuse(writer, Reason.NOT_AUTHORIZED, "credentials revoked while it was admitted",
-                                          cid)
+                    await self._refuse_code(writer, c.version, 5, "credentials revoked while it was admitted", cid)
                     return
                 if self._over_session_cap(session):
                     with contextlib.suppress(MachineError, ValueError):
                         session.transitions.disconnect()
-                    await self._v5_refuse(writer, QUOTA_EXCEEDED, "limits.max_sessions_per_principal", cid)
+                    if c.version == codec.V5:
+                        await self._v5_refuse(writer, QUOTA_EXCEEDED, "limits.max_sessions_per_principal", cid)
+                    else:
+                        await self._v5_refuse(writer, 3, "limits.max_sessions_per_principal", cid, codec.V311)
                     return
                 conn, outlet, live = self._v5_register(session, present, assigned, c, guard, writer)
         finally:
@@ -178,11 +194,15 @@ class V5Mixin(_Base):
             session.remote_address, session.remote_port = peer[0], peer[1]
         assigned = not c.client_id
         session.client_id = gen_client_id() if assigned else c.client_id
-        expiry = min(c.props.get(codec.SESSION_EXPIRY, 0), self.limits.session_expiry_s)
-        session.attributes[SESSION_EXPIRY] = expiry
-        session.attributes[PROTOCOL] = 5
-        session.clean_session = expiry == 0  # the engine's "ends with the connection"
+        if c.version == codec.V5:
+            expiry = min(c.props.get(codec.SESSION_EXPIRY, 0), self.limits.session_expiry_s)
+            session.attributes[SESSION_EXPIRY] = expiry
+            session.attributes[PROTOCOL] = 5
+            session.clean_session = expiry == 0  # the engine's "ends with the connection"
+        else:  # 3.1.1: a persistent session outlives the connection by `limits.session_expiry_s` (the default)
+            session.clean_session = c.clean_start
         session.keep_alive = c.keep_alive
+        session.ssl_object = writer.get_ssl_info()
         session.username = c.username
         session.password = c.password.decode("utf-8", "replace") if c.password is not None else None
         if will is not None:
@@ -247,16 +267,21 @@ class V5Mixin(_Base):
         assert cid is not None
         cap = self.limits.max_keepalive_s
         keep_alive = c.keep_alive if 0 < c.keep_alive <= cap else cap
+        if c.version == codec.V311:  # no Server Keep Alive in 3.1.1: amqtt's grace, then the guard's cap
+            delay = self.config.get("timeout-disconnect-delay", 0)
+            keep_alive = c.keep_alive + (delay if c.keep_alive > 0 and isinstance(delay, int) else 0)
         with contextlib.suppress(MachineError, ValueError):
             session.transitions.connect()
         link = Link(receive_max=c.props.get(codec.RECEIVE_MAXIMUM, 65535),
                     max_packet=c.props.get(codec.MAXIMUM_PACKET_SIZE, 268_435_460),
-                    alias_max=c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0))
-        conn = V5Connection(self, session, guard, writer, link, self.limits.topic_alias_maximum)
+                    alias_max=c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0), version=c.version)
+        conn = V5Connection(self, session, guard, writer, link,
+                            self.limits.topic_alias_maximum if c.version == codec.V5 else 0)
         sessions: Any = self._sessions
         sessions[cid] = (session, conn)
         outlet: Any = self._open_outlet(session)  # wraps conn.writer
-        conn.write(encode.encode_connack(present, 0, self._v5_connack_props(c, session, assigned, keep_alive)))
+        props = self._v5_connack_props(c, session, assigned, keep_alive) if c.version == codec.V5 else {}
+        conn.write(encode.encode_connack(present, 0, props, c.version))
         guard.start_session(keep_alive, session.delivered_message_queue)
         live = self._hardening().live[cid] = V5Live(session, conn, guard, writer, started=True)
         return conn, outlet, live
@@ -274,7 +299,10 @@ class V5Mixin(_Base):
             if outlet is not None:
                 if present:
                     outlet.resend_inflight()
-                self._v5_offline_queue(session, outlet)
+                if conn.version == codec.V5:
+                    self._v5_offline_queue(session, outlet)
+                else:  # 3.1.1: the offline queue, then the retained messages of a resumed session's subscriptions
+                    await self._deliver_on_connect(session)
             disconnect = await conn.run()
         finally:
             if state.live.get(cid) is live:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.mqtt.codec import split_shared
 from broker.mqtt.hooks import SUB_OPTIONS
-from broker.mqtt.v5.codec import split_shared
 
 __all__ = ["SUB_OPTIONS", "OptionsTable", "SubOptions", "delivery_for", "matches"]
 

@@ -1,4 +1,9 @@
-"""MQTT 5.0 wire format: strict decoders for what a client sends, encoders for what the broker sends.
+"""MQTT wire format, 3.1.1 and 5.0: strict decoders for what a client sends (`encode` writes the rest).
+
+One decoder per packet type, branching only where the wire differs: a `version` argument (4 for MQTT
+3.1.1 and 3.1, 5 for MQTT 5.0) says whether the packet carries properties and reason codes. 3.1.1 packets
+have none; its CONNECT has no properties, its SUBSCRIBE options byte is the requested QoS alone, its
+acknowledgements are exactly a packet id, its DISCONNECT is empty (MQTT 3.1.1 §3).
 
 Pure (no I/O, no amqtt). Every decoder validates the whole packet before returning anything and raises
 `V5Error` carrying the reason code the spec gives for the violation: 0x81 Malformed Packet for bytes that
@@ -18,16 +23,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.mqtt.reason import ProtocolError, Reason
-from broker.mqtt.topics import SHARE_LEVEL, shared_parts, valid_filter, valid_topic_name
+from broker.mqtt.topics import SHARE_LEVEL, shared_parts, valid_filter, valid_topic_name, well_formed_filter
 
 __all__ = ["AUTH", "CONNACK", "CONNECT", "DISCONNECT", "PINGREQ", "PUBACK", "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL",
-           "SUBACK", "SUBSCRIBE", "UNSUBACK", "UNSUBSCRIBE", "WILL", "Ack", "Connect", "Disconnect", "Props",
-           "Publish", "Subscribe", "Subscription", "V5Error", "decode_ack", "decode_connect",
-           "decode_disconnect", "decode_publish", "decode_subscribe", "decode_unsubscribe", "split_shared"]
+           "SUBACK", "SUBSCRIBE", "UNSUBACK", "UNSUBSCRIBE", "V5", "V311", "WILL", "Ack", "Connect", "Disconnect",
+           "Props", "Publish", "Subscribe", "Subscription", "V5Error", "decode_ack", "decode_connect",
+           "decode_disconnect", "decode_publish", "decode_subscribe", "decode_unsubscribe", "publish_header",
+           "split_shared"]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 8, 9, 10, 11, 12, 13, 14, 15
 WILL = 0  # pseudo packet type: the Will Properties of a CONNECT
+V311, V5 = 4, 5  # the protocol versions a connection speaks (3.1 "MQIsdp" level 3 is served as 3.1.1)
+# (protocol name, level) of a CONNECT -> the version the codec speaks for it
+_PROTOCOLS = {("MQTT", 5): V5, ("MQTT", 4): V311, ("MQIsdp", 3): V311}
 
 MALFORMED, PROTOCOL_ERROR = Reason.MALFORMED_PACKET, Reason.PROTOCOL_ERROR
 TOPIC_NAME_INVALID, TOPIC_ALIAS_INVALID = Reason.TOPIC_NAME_INVALID, Reason.TOPIC_ALIAS_INVALID
@@ -105,6 +114,7 @@ class Connect:
     will_retain: bool = False
     will_props: Props = field(default_factory=dict)
     will_forward: bytes = b""  # the Will's message-level properties, encoded
+    version: int = V5
 
 
 @dataclass
@@ -268,12 +278,14 @@ def _topic_name(topic: str, what: str) -> None:
 
 
 def decode_connect(body: bytes) -> Connect:
-    """A v5 CONNECT body (after the fixed header) [MQTT-3.1]."""
+    """A CONNECT body (after the fixed header), MQTT 3.1, 3.1.1 or 5 [MQTT-3.1]; `Connect.version` says which.
+    An unknown protocol raises code 0x84 (Unsupported Protocol Version; CONNACK 1 in 3.1.1)."""
     r = _Reader(body)
     name = r.string("protocol name")
     level = r.u8("protocol level")
-    if name != "MQTT" or level != 5:
-        raise V5Error(0x84, f"protocol {name!r} level {level} is not MQTT 5")  # Unsupported Protocol Version
+    version = _PROTOCOLS.get((name, level))
+    if version is None:
+        raise V5Error(0x84, f"protocol {name!r} level {level} is not MQTT 3.1, 3.1.1 or 5")
     flags = r.u8("connect flags")
     if flags & 0x01:
         raise V5Error(MALFORMED, "reserved connect flag set")  # [MQTT-3.1.2-3]
@@ -282,13 +294,18 @@ def decode_connect(body: bytes) -> Connect:
         raise V5Error(MALFORMED, "Will QoS 3")  # [MQTT-3.1.2-12]
     if not will and (will_qos or will_retain):
         raise V5Error(MALFORMED, "Will QoS/retain set without the Will flag")  # [MQTT-3.1.2-11/13]
+    if version == V311 and flags & 0x40 and not flags & 0x80:
+        raise V5Error(MALFORMED, "password flag without username flag")  # 3.1.1 only [MQTT-3.1.2-22]
     keep_alive = r.u16("keep alive")
-    props, _ = _props(r, CONNECT)
-    if AUTH_DATA in props and AUTH_METHOD not in props:
-        raise V5Error(PROTOCOL_ERROR, "Authentication Data without Authentication Method")
-    out = Connect(r.string("client id"), bool(flags & 0x02), keep_alive, props)
+    props: Props = {}
+    if version == V5:
+        props, _ = _props(r, CONNECT)
+        if AUTH_DATA in props and AUTH_METHOD not in props:
+            raise V5Error(PROTOCOL_ERROR, "Authentication Data without Authentication Method")
+    out = Connect(r.string("client id"), bool(flags & 0x02), keep_alive, props, version=version)
     if will:
-        out.will_props, out.will_forward = _props(r, WILL)
+        if version == V5:
+            out.will_props, out.will_forward = _props(r, WILL)
         out.will_topic = r.string("Will topic")
         if not out.will_topic:
             raise V5Error(TOPIC_NAME_INVALID, "empty Will topic")
@@ -307,21 +324,34 @@ def decode_connect(body: bytes) -> Connect:
     return out
 
 
-def decode_publish(flags: int, body: bytes) -> Publish:
-    """A v5 PUBLISH; the topic may be empty here (a Topic Alias names it: the connection resolves that)."""
-    qos, dup, retain = (flags >> 1) & 0x03, bool(flags & 0x08), bool(flags & 0x01)
+def publish_header(flags: int, body: bytes, version: int = V5) -> tuple[str, int, int]:
+    """A PUBLISH's (topic, packet id, offset after the packet id) [MQTT-3.3.2]; checks the fixed-header flags.
+    The topic may be empty in MQTT 5 only (a Topic Alias names it: the connection resolves that)."""
+    qos, dup = (flags >> 1) & 0x03, flags & 0x08
     if qos == 3:
         raise V5Error(MALFORMED, "PUBLISH QoS 3")  # [MQTT-3.3.1-4]
     if qos == 0 and dup:
         raise V5Error(MALFORMED, "DUP set on a QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
     r = _Reader(body)
     topic = r.string("topic")
+    if not topic and version == V311:
+        raise V5Error(MALFORMED, "empty PUBLISH topic")  # [MQTT-3.3.2-1]
     _topic_name(topic, "PUBLISH topic")
     packet_id = 0
     if qos:
         packet_id = r.u16("packet id")
         if packet_id == 0:
             raise V5Error(MALFORMED, "packet id 0")  # [MQTT-2.2.1-3]
+    return topic, packet_id, r.pos
+
+
+def decode_publish(flags: int, body: bytes, version: int = V5) -> Publish:
+    """A PUBLISH: topic, packet id, properties (MQTT 5 only), payload."""
+    topic, packet_id, pos = publish_header(flags, body, version)
+    qos, dup, retain = (flags >> 1) & 0x03, bool(flags & 0x08), bool(flags & 0x01)
+    if version == V311:
+        return Publish(topic, body[pos:], qos, retain, dup, packet_id, {}, b"")
+    r = _Reader(body, pos)
     props, forward = _props(r, PUBLISH)
     if SUBSCRIPTION_ID in props:
         raise V5Error(PROTOCOL_ERROR, "a client PUBLISH carries a Subscription Identifier")  # [MQTT-3.3.4-6]
@@ -333,14 +363,15 @@ def decode_publish(flags: int, body: bytes) -> Publish:
     return Publish(topic, body[r.pos:], qos, retain, dup, packet_id, props, forward)
 
 
-def decode_ack(ptype: int, body: bytes) -> Ack:
-    """PUBACK, PUBREC, PUBREL or PUBCOMP: packet id, then an optional reason code and properties [MQTT-3.4.2]."""
+def decode_ack(ptype: int, body: bytes, version: int = V5) -> Ack:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP: packet id, then (MQTT 5) an optional reason code and properties
+    [MQTT-3.4.2]; a 3.1.1 acknowledgement is the packet id alone."""
     r = _Reader(body)
     packet_id = r.u16("packet id")
     if packet_id == 0:
         raise V5Error(MALFORMED, "packet id 0")
     reason, props = 0, Props()
-    if r.left:
+    if r.left and version == V5:
         reason = r.u8("reason code")
         if reason not in _ACK_CODES[ptype]:
             raise V5Error(MALFORMED, f"reason code {reason:#04x} is not valid in packet type {ptype}")
@@ -357,8 +388,12 @@ def split_shared(topic_filter: str) -> tuple[str | None, str]:
     return (None, topic_filter) if parts is None else parts
 
 
-def _filter(r: _Reader, kind: str) -> str:
+def _filter(r: _Reader, kind: str, version: int) -> str:
     topic_filter = r.string("topic filter")
+    if version == V311:  # a bad `$share/` ShareName is answered with SUBACK 0x80 by the index, not closed
+        if not well_formed_filter(topic_filter):
+            raise V5Error(MALFORMED, f"{kind} topic filter {topic_filter!r} is malformed")
+        return topic_filter
     group, inner = split_shared(topic_filter)
     if group is not None and (not group or "+" in group or "#" in group or not inner):
         raise V5Error(MALFORMED, f"{kind} shared subscription {topic_filter!r} is malformed")  # [MQTT-4.8.2-1/2]
@@ -367,20 +402,28 @@ def _filter(r: _Reader, kind: str) -> str:
     return topic_filter
 
 
-def decode_subscribe(body: bytes) -> Subscribe:
-    """A v5 SUBSCRIBE: packet id, properties, then (filter, options) pairs [MQTT-3.8]."""
+def decode_subscribe(body: bytes, version: int = V5) -> Subscribe:
+    """A SUBSCRIBE: packet id, properties (MQTT 5), then (filter, options) pairs [MQTT-3.8]; a 3.1.1
+    options byte is the requested QoS, its reserved bits 0 [MQTT-3.8.3-4]."""
     r = _Reader(body)
     packet_id = r.u16("packet id")
     if packet_id == 0:
         raise V5Error(MALFORMED, "packet id 0")
-    props, _ = _props(r, SUBSCRIBE)
+    props: Props = {}
+    if version == V5:
+        props, _ = _props(r, SUBSCRIBE)
     if not r.left:
         raise V5Error(PROTOCOL_ERROR, "SUBSCRIBE without a topic filter")  # [MQTT-3.8.3-2]
     subs: list[Subscription] = []
     while r.left:
-        topic_filter = _filter(r, "SUBSCRIBE")
+        topic_filter = _filter(r, "SUBSCRIBE", version)
         options = r.u8("subscription options")
         qos, no_local, rap, handling = options & 0x03, bool(options & 0x04), bool(options & 0x08), (options >> 4) & 3
+        if version == V311:
+            if options > 2:
+                raise V5Error(MALFORMED, f"requested QoS {options:#04x}")  # [MQTT-3.8.3-4]
+            subs.append(Subscription(topic_filter, qos, False, False, 0))
+            continue
         if options & 0xC0 or qos == 3 or handling == 3:
             raise V5Error(MALFORMED, f"subscription options {options:#04x}")  # [MQTT-3.8.3-5], QoS 3, RH 3
         if no_local and split_shared(topic_filter)[0] is not None:
@@ -389,26 +432,28 @@ def decode_subscribe(body: bytes) -> Subscribe:
     return Subscribe(packet_id, subs, props.get(SUBSCRIPTION_ID), props)
 
 
-def decode_unsubscribe(body: bytes) -> tuple[int, list[str], Props]:
-    """A v5 UNSUBSCRIBE: (packet id, filters, properties) [MQTT-3.10]."""
+def decode_unsubscribe(body: bytes, version: int = V5) -> tuple[int, list[str], Props]:
+    """An UNSUBSCRIBE: (packet id, filters, properties) [MQTT-3.10]; no properties in 3.1.1."""
     r = _Reader(body)
     packet_id = r.u16("packet id")
     if packet_id == 0:
         raise V5Error(MALFORMED, "packet id 0")
-    props, _ = _props(r, UNSUBSCRIBE)
+    props: Props = {}
+    if version == V5:
+        props, _ = _props(r, UNSUBSCRIBE)
     if not r.left:
         raise V5Error(PROTOCOL_ERROR, "UNSUBSCRIBE without a topic filter")  # [MQTT-3.10.3-2]
     filters: list[str] = []
     while r.left:
-        filters.append(_filter(r, "UNSUBSCRIBE"))
+        filters.append(_filter(r, "UNSUBSCRIBE", version))
     return packet_id, filters, props
 
 
-def decode_disconnect(body: bytes) -> Disconnect:
-    """A client DISCONNECT: no body means reason 0x00 [MQTT-3.14.2.1]."""
+def decode_disconnect(body: bytes, version: int = V5) -> Disconnect:
+    """A client DISCONNECT: no body means reason 0x00 [MQTT-3.14.2.1]; a 3.1.1 one has no body."""
     r = _Reader(body)
     reason, props = 0, Props()
-    if r.left:
+    if r.left and version == V5:
         reason = r.u8("reason code")
         if reason not in _CLIENT_DISCONNECT_CODES:
             raise V5Error(MALFORMED, f"DISCONNECT reason code {reason:#04x}")
