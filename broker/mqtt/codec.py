@@ -402,18 +402,25 @@ def _filter(r: _Reader, kind: str, version: int) -> str:
     return topic_filter
 
 
-def decode_subscribe(body: bytes, version: int = V5) -> Subscribe:
-    """A SUBSCRIBE: packet id, properties (MQTT 5), then (filter, options) pairs [MQTT-3.8]; a 3.1.1
-    options byte is the requested QoS, its reserved bits 0 [MQTT-3.8.3-4]."""
-    r = _Reader(body)
+def _subscription_header(r: _Reader, ptype: int, version: int) -> tuple[int, Props]:
+    """A (UN)SUBSCRIBE's packet id and (MQTT 5) properties; at least one topic filter must follow."""
     packet_id = r.u16("packet id")
     if packet_id == 0:
         raise V5Error(MALFORMED, "packet id 0")
     props: Props = {}
     if version == V5:
-        props, _ = _props(r, SUBSCRIBE)
+        props, _ = _props(r, ptype)
     if not r.left:
-        raise V5Error(PROTOCOL_ERROR, "SUBSCRIBE without a topic filter")  # [MQTT-3.8.3-2]
+        name = "SUBSCRIBE" if ptype == SUBSCRIBE else "UNSUBSCRIBE"
+        raise V5Error(PROTOCOL_ERROR, f"{name} without a topic filter")
+    return packet_id, props
+
+
+def decode_subscribe(body: bytes, version: int = V5) -> Subscribe:
+    """A SUBSCRIBE: packet id, properties (MQTT 5), then (filter, options) pairs [MQTT-3.8]; a 3.1.1
+    options byte is the requested QoS, its reserved bits 0 [MQTT-3.8.3-4]."""
+    r = _Reader(body)
+    packet_id, props = _subscription_header(r, SUBSCRIBE, version)  # [MQTT-3.8.3-2]
     subs: list[Subscription] = []
     while r.left:
         topic_filter = _filter(r, "SUBSCRIBE", version)
@@ -435,14 +442,7 @@ def decode_subscribe(body: bytes, version: int = V5) -> Subscribe:
 def decode_unsubscribe(body: bytes, version: int = V5) -> tuple[int, list[str], Props]:
     """An UNSUBSCRIBE: (packet id, filters, properties) [MQTT-3.10]; no properties in 3.1.1."""
     r = _Reader(body)
-    packet_id = r.u16("packet id")
-    if packet_id == 0:
-        raise V5Error(MALFORMED, "packet id 0")
-    props: Props = {}
-    if version == V5:
-        props, _ = _props(r, UNSUBSCRIBE)
-    if not r.left:
-        raise V5Error(PROTOCOL_ERROR, "UNSUBSCRIBE without a topic filter")  # [MQTT-3.10.3-2]
+    packet_id, props = _subscription_header(r, UNSUBSCRIBE, version)  # [MQTT-3.10.3-2]
     filters: list[str] = []
     while r.left:
         filters.append(_filter(r, "UNSUBSCRIBE", version))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from amqtt.contexts import Action
 
 from broker.config import LimitsConfig
-from broker.mqtt import codec, encode
+from broker.mqtt import codec
 from broker.mqtt.codec import PUBACK, PUBREC, V5, Publish, V5Error
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.reason import Reason
@@ -52,13 +52,8 @@ class V5InboundMixin(_Base):
     limits: LimitsConfig
 
     def _v5_ack(self, conn: V5Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
-        """PUBACK / PUBREC / PUBCOMP after any durable effect the plugins staged."""
-        data = encode.encode_ack(ptype, packet_id, reason, version=conn.version)
-        barrier = self._plugin_hooks().ack_barrier
-        if barrier is None:
-            conn.write(data)
-        else:
-            barrier(lambda: conn.write(data))
+        engine: Any = self
+        engine.ack(conn, ptype, packet_id, reason)  # handle_qos2.Qos2Mixin.ack: one acknowledgement for both flows
 
     def _v5_route(self, conn: V5Connection, topic: str, data: bytes, qos: int, retain: bool,
                   props: MessageProps | None, reply: ReplyTo | None = None) -> int:
