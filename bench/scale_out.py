@@ -48,7 +48,7 @@ from tests.mosquitto_helpers import Mosquitto
 from tests.postgres_helpers import Postgres
 from tests.rabbitmq_helpers import RabbitCluster, import_site
 from tests.scale_helpers import Instance, wait_serving, wait_standby
-from tests.support.process import ROOT, ServerProcess, households
+from tests.support.process import ROOT, ServerProcess, households, stop_process
 
 HOUSEHOLDS = 20  # doors calling in a closed loop, per site
 LEASE_TTL_S = 6.0  # the product's default: a standby tries the lease every ttl/3
@@ -208,12 +208,7 @@ class Bridged:
         return cpu_s(self.proc.pid)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
 
 
 class Results:

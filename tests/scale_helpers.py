@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.inbox import Inbox
-from tests.support.process import ROOT
+from tests.support.process import ROOT, stop_process
 
 SERVING = re.compile(r"intercom-broker \(bridge\) http://")
 
@@ -58,13 +58,7 @@ class Instance:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 async def wait_serving(instances: list[Instance], timeout: float = 30.0) -> Instance:

@@ -47,6 +47,18 @@ def _test_loop() -> str | None:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
+    """SIGTERM (the service manager's stop), SIGKILL if it does not exit within `timeout`: the exit code."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
 def read_until_ready(proc: subprocess.Popen[str], ready: re.Pattern[str], log: list[str], what: str,
                      timeout: float) -> re.Match[str]:
     """Read a child's stderr into `log` until `ready` matches a line (its "serving" line), then keep draining it in
@@ -113,16 +125,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM (the service manager's stop); SIGKILL if it does not exit in time. The exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        return 0 if self.proc is None else stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: nothing flushed, no shutdown hooks."""
