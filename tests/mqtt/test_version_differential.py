@@ -27,6 +27,7 @@ from tests.support.raw_mqtt import (
     props,
     publish,
     publish5,
+    read_varint,
     subscribe5,
     unsubscribe5,
 )
@@ -34,17 +35,6 @@ from tests.support.raw_mqtt import subscribe as subscribe3
 from tests.support.raw_mqtt import utf8 as s
 
 VERSIONS = [pytest.param(4, id="3.1.1"), pytest.param(5, id="5")]
-
-
-def _skip_props(body: bytes, at: int) -> int:
-    length, mult = 0, 1
-    while True:
-        b = body[at]
-        at += 1
-        length += (b & 0x7F) * mult
-        mult *= 128
-        if not b & 0x80:
-            return at + length
 
 
 class Peer:
@@ -124,7 +114,8 @@ class Peer:
         pid = struct.unpack("!H", body[at:at + 2])[0] if qos else 0
         at += 2 if qos else 0
         if self.version == 5:
-            at = _skip_props(body, at)
+            length, at = read_varint(body, at)  # the property block: skipped
+            at += length
         if complete and qos == 1:
             await self.raw.send(ack(PUBACK, pid))
         elif complete and qos == 2:
