@@ -17,8 +17,8 @@ from amqtt.plugins.base import BasePlugin
 from amqtt.session import Session
 
 from broker.mqtt.hooks import SESSION_EXPIRY, SUB_OPTIONS
+from broker.mqtt.message import props_of
 from broker.mqtt.session_persistence import SessionPersistence
-from broker.mqtt.v5.message import props_of
 
 __all__ = ["PersistencePlugin"]
 

@@ -2,7 +2,7 @@
 
 The engine (`broker.mqtt`) overrides private methods of amqtt 0.12.1's `Broker` in its subclass, replaces
 `Session`'s constructor in a subclass of its own (`REPLACED_INIT`), and calls a few private methods. amqtt's
-protocol handler serves no connection: every MQTT 3.1.1 and 5 connection is the engine's (`v5.serve`).
+protocol handler serves no connection: every MQTT 3.1.1 and 5 connection is the engine's (`handle_connect`).
 It patches nothing in amqtt's modules or classes:
 amqtt's own `Session` and handler stay as shipped (`tests/mqtt/test_amqtt_compat.py` checks that after
 the broker ran). All of that is written against exactly one amqtt release. `install()` is called by the
@@ -27,7 +27,7 @@ AMQTT_VERSION = "0.12.1"
 # amqtt methods the engine's subclasses replace (class -> names). A name missing here or in amqtt fails `check`.
 OVERRIDDEN: dict[type, tuple[str, ...]] = {
     Broker: (
-        # hardening.HardeningMixin: accept, admission (authentication), session expiry; every connection to v5.serve
+        # hardening.HardeningMixin: accept, admission (authentication), session expiry; then handle_connect
         "_create_server_instance", "_client_connected", "_authenticate", "_session_monitor",
         # routing.RoutingMixin (subscription index, delivery, retained tree), fast_path.FastPathMixin (TCP_NODELAY)
         "stream_connected", "add_subscription", "_del_subscription",
@@ -53,8 +53,8 @@ ATTRIBUTES: dict[type, tuple[str, ...]] = {}
 # and 5 alike; each only when a loaded plugin listens (`RoutingMixin._plugin_hooks`), so the hot path pays nothing
 # otherwise. PACKET_RECEIVED / PACKET_SENT (amqtt's per-packet events) do not fire: amqtt decodes no packet.
 EVENTS: dict[str, str] = {
-    "client_connected": "v5.serve (both versions)",
-    "client_disconnected": "v5.serve (both versions)",
+    "client_connected": "handle_connect (both versions)",
+    "client_disconnected": "handle_connect (both versions)",
     "client_subscribed": "handle_subscribe.subscribe",
     "client_unsubscribed": "handle_subscribe.unsubscribe",
     "message_received": "fast_path.message_received_event (QoS 0/1 at PUBLISH, QoS 2 at PUBREL; both versions)",

@@ -1,6 +1,6 @@
 """Our layer over amqtt's Broker (pinned to 0.12.1): in-process publishing and bound-port lookup.
 
-IntercomBroker = HardeningMixin (limits, protocol checks) + V5Mixin / V5InboundMixin (MQTT 5 connections)
+IntercomBroker = HardeningMixin (limits, protocol checks) + ConnectMixin / PublishMixin (MQTT 5 connections)
 + SubscribeMixin (SUBSCRIBE / UNSUBSCRIBE, both versions) + Qos2Mixin (incoming QoS 2, both versions)
 + FastPathMixin (subscription index, delivery)
 + amqtt's Broker (MQTT 3.1.1). Each mixin owns distinct methods.
@@ -16,12 +16,12 @@ from amqtt.broker import Broker
 
 from broker.mqtt.codec import CORRELATION_DATA
 from broker.mqtt.encode import property_bytes
+from broker.mqtt.handle_connect import ConnectMixin
+from broker.mqtt.handle_publish import PublishMixin
 from broker.mqtt.handle_qos2 import Qos2Mixin
 from broker.mqtt.handle_subscribe import SubscribeMixin
 from broker.mqtt.hardening import HardeningMixin
-from broker.mqtt.v5.inbound import V5InboundMixin
-from broker.mqtt.v5.message import MessageProps
-from broker.mqtt.v5.serve import V5Mixin
+from broker.mqtt.message import MessageProps
 
 __all__ = ["IntercomBroker"]
 
@@ -40,7 +40,7 @@ class PublishMeta(Protocol):
     def valid(self) -> Callable[[], bool] | None: ...
 
 
-class IntercomBroker(HardeningMixin, V5Mixin, V5InboundMixin, SubscribeMixin, Qos2Mixin, Broker):
+class IntercomBroker(HardeningMixin, ConnectMixin, PublishMixin, SubscribeMixin, Qos2Mixin, Broker):
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                 meta: PublishMeta | None = None) -> None:
         """Deliver a server-originated message now; synchronous and non-blocking so callers stay atomic.

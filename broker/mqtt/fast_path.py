@@ -7,7 +7,7 @@
 * Connections: TCP_NODELAY on every socket (`stream_connected`); on connect, a resumed 3.1.1 session gets its
   offline queue, then the retained messages of its own subscriptions (`_deliver_on_connect`).
 Incoming QoS 2 is `handle_qos2.Qos2Mixin`'s, SUBSCRIBE and UNSUBSCRIBE `handle_subscribe.SubscribeMixin`'s, the
-connection itself `v5.serve` / `v5.connection`'s (both versions).
+connection itself `handle_connect` / `connection`'s (both versions).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt import amqtt_compat
 from broker.mqtt.hooks import ReplyTo
+from broker.mqtt.message import MessageProps
 from broker.mqtt.quota import HELD
 from broker.mqtt.routing import PluginHooks, RoutingMixin
 from broker.mqtt.session_persistence import DurableIncoming
-from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -83,7 +83,7 @@ class FastPathMixin(RoutingMixin):
 
         Instead of amqtt's `for topic in self._subscriptions: _publish_retained_messages_for_subscription(...)`
         in amqtt's `_handle_client_session`, which is O(all filters) per connect and leaked other clients'
-        retained messages; `v5.serve` calls it for a 3.1.1 connection.
+        retained messages; `handle_connect` calls it for a 3.1.1 connection.
         """
         await self._publish_session_retained_messages(session)
         self._publish_retained_on_connect(session)

@@ -22,10 +22,10 @@ from broker.config import LimitsConfig
 from broker.mqtt import encode
 from broker.mqtt.codec import PUBCOMP, PUBREC, V5Error
 from broker.mqtt.fast_path import FastPathMixin, over_held_quota
-from broker.mqtt.handle_subscribe import Connection
+from broker.mqtt.handle_subscribe import Peer
 from broker.mqtt.hooks import ReplyTo
+from broker.mqtt.message import IncomingMessage, MessageProps, props_of
 from broker.mqtt.reason import Reason
-from broker.mqtt.v5.message import MessageProps, V5Incoming, props_of
 
 __all__ = ["Qos2Mixin"]
 
@@ -35,7 +35,7 @@ class Qos2Mixin(FastPathMixin):
 
     limits: LimitsConfig = LimitsConfig()
 
-    def ack(self, conn: Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
+    def ack(self, conn: Peer, ptype: int, packet_id: int, reason: int = 0) -> None:
         """PUBACK / PUBREC / PUBCOMP in the connection's version, after any durable effect the plugins staged."""
         data = encode.encode_ack(ptype, packet_id, reason, version=conn.version)
         barrier = self._plugin_hooks().ack_barrier
@@ -44,7 +44,7 @@ class Qos2Mixin(FastPathMixin):
         else:
             barrier(lambda: conn.write(data))
 
-    def hold_qos2(self, conn: Connection, packet_id: int, topic: str, data: bytes, retain: bool, allowed: bool,
+    def hold_qos2(self, conn: Peer, packet_id: int, topic: str, data: bytes, retain: bool, allowed: bool,
                   props: MessageProps | None = None, reply: ReplyTo | None = None) -> None:
         """A QoS 2 PUBLISH: hold it (if the ACL allowed it), then PUBREC; raises ProtocolError 0x93 past the window."""
         session = conn.session
@@ -62,10 +62,10 @@ class Qos2Mixin(FastPathMixin):
             self.ack(conn, PUBREC, packet_id, Reason.QUOTA_EXCEEDED)
             return
         # stored (on disk for a persistent session) before PUBREC says it is
-        held[packet_id] = V5Incoming(packet_id, topic, data, retain, props, reply)
+        held[packet_id] = IncomingMessage(packet_id, topic, data, retain, props, reply)
         self.ack(conn, PUBREC, packet_id)
 
-    def pubrel(self, conn: Connection, packet_id: int) -> Awaitable[None] | None:
+    def pubrel(self, conn: Peer, packet_id: int) -> Awaitable[None] | None:
         """Route the held message, forget it, PUBCOMP. Returns None when done, or an awaitable when a plugin
         listens to message events."""
         held = conn.session.inflight_in
@@ -81,7 +81,7 @@ class Qos2Mixin(FastPathMixin):
         self.ack(conn, PUBCOMP, packet_id)
         return None
 
-    async def _pubrel_async(self, conn: Connection, packet_id: int) -> None:
+    async def _pubrel_async(self, conn: Peer, packet_id: int) -> None:
         """PUBREL with amqtt's message events (the ACL judged the message at its PUBLISH)."""
         session = conn.session
         msg = session.inflight_in.pop(packet_id, None)  # first: a PUBREL repeated meanwhile must not route it again

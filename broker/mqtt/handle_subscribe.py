@@ -2,8 +2,8 @@
 handle_unsubscribe.c).
 
 Both versions arrive decoded by the one codec (`codec.decode_subscribe` / `decode_unsubscribe`) from a
-connection that says which version it speaks (`Connection.version`) and writes bytes (`Connection.write`):
-`v5.connection.V5Connection`, which reads both versions. Each filter
+connection that says which version it speaks (`Peer.version`) and writes bytes (`Peer.write`):
+`connection.Connection`, which reads both versions. Each filter
 goes through the engine's `add_subscription` (validity, ACL, index, shared subscriptions). Where the wire
 differs, and only there, the version decides:
 
@@ -28,15 +28,15 @@ from broker.mqtt.codec import V5, Subscribe
 from broker.mqtt.hooks import SUB_OPTIONS
 from broker.mqtt.reason import Reason
 from broker.mqtt.routing import RoutingMixin
+from broker.mqtt.sub_options import OptionsTable, SubOptions
 from broker.mqtt.topics import is_shared
-from broker.mqtt.v5.subscriptions import OptionsTable, SubOptions
 
-__all__ = ["Connection", "SubscribeMixin"]
+__all__ = ["Peer", "SubscribeMixin"]
 
 _FAILED = Reason.UNSPECIFIED  # any granted code at or above it is a refusal (3.1.1: 0x80)
 
 
-class Connection(Protocol):
+class Peer(Protocol):
     """What a packet handler needs of the connection a packet came on, for either protocol version."""
 
     @property
@@ -51,7 +51,7 @@ class Connection(Protocol):
 class SubscribeMixin(RoutingMixin):
     """SUBSCRIBE / UNSUBSCRIBE of every connection; see the module docstring."""
 
-    async def subscribe(self, conn: Connection, sub: Subscribe) -> None:
+    async def subscribe(self, conn: Peer, sub: Subscribe) -> None:
         session = conn.session
         v5 = conn.version == V5
         options: dict[str, SubOptions] = {}
@@ -80,7 +80,7 @@ class SubscribeMixin(RoutingMixin):
             if not is_shared(s.topic_filter) and (s.retain_handling == 0 or (s.retain_handling == 1 and new)):
                 self._send_retained(session, s.topic_filter, code, ids)
 
-    async def unsubscribe(self, conn: Connection, packet_id: int, filters: list[str]) -> None:
+    async def unsubscribe(self, conn: Peer, packet_id: int, filters: list[str]) -> None:
         session = conn.session
         options: dict[str, SubOptions] = session.attributes.get(SUB_OPTIONS, {})
         codes: list[int] = []

@@ -7,7 +7,7 @@ admission (authentication, Will-topic ACL, flapping ban), and a session adoption
 an existing session after the newcomer has authenticated. CONNECTs with one client id are handled
 one at a time (takeover, [MQTT-3.1.4-2]), and `revoke` ends the sessions of a principal whose
 token was re-issued or deleted. Overrides: `_client_connected` (every connection, 3.1.1 and 5, then goes
-to `v5.serve`), `_authenticate`, `_create_server_instance`, `_session_monitor`.
+to `handle_connect`), `_authenticate`, `_create_server_instance`, `_session_monitor`.
 Accept-time refusals live in `broker/mqtt/accept_gate.py`, packet rules in `broker/mqtt/packet_guard.py`,
 the WebSocket listener in `broker/mqtt/ws_listener.py`.
 """
@@ -34,12 +34,12 @@ from broker.config import LimitsConfig
 from broker.limiter import LogThrottle, is_exempt
 from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, admitted_at_accept, close_writer
 from broker.mqtt.flapping import FlappingGuard
+from broker.mqtt.handle_connect import session_expired, take_pending_will
 from broker.mqtt.hooks import REFUSAL, REVOKED
 from broker.mqtt.keyed_lock import KeyedLock
 from broker.mqtt.live import Live, TimedProtocol, accepted_at
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
 from broker.mqtt.quota import owner_of, principal_of
-from broker.mqtt.v5.serve import session_expired, take_pending_will
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
 from broker.web_guard import WebGuard
@@ -138,9 +138,9 @@ class HardeningMixin:
                                                   limits.max_keepalive_s),
                               peer=f"{address}:{peer[1] if peer else '?'}")
         try:
-            # MQTT 3.1.1 and 5 alike: one connection path (broker.mqtt.v5.serve), the CONNECT says the version
+            # MQTT 3.1.1 and 5 alike: one connection path (broker.mqtt.handle_connect), the CONNECT says the version
             if await guard.await_connect() is not None:
-                await self._serve_v5(listener_name, guard, writer)  # type: ignore[attr-defined]
+                await self._serve_connection(listener_name, guard, writer)  # type: ignore[attr-defined]
         except Exception:
             log.debug("MQTT connection from %s ended with an error", address, exc_info=True)
         finally:
@@ -243,7 +243,7 @@ class HardeningMixin:
                 if current is not None and current[0] is stale_session and stale_session.transitions.state == \
                         "disconnected":
                     if (due := take_pending_will(stale_session)) is not None:  # the session ends: its Will is due
-                        self._v5_publish_will(stale_session, due)  # type: ignore[attr-defined]
+                        self._publish_will(stale_session, due)  # type: ignore[attr-defined]
                     await self._cleanup_session(cid)  # type: ignore[attr-defined]
             await asyncio.sleep(1)
 

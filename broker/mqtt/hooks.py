@@ -21,10 +21,10 @@ __all__ = ["PRINCIPAL", "PROTOCOL", "REFUSAL", "REVOKED", "SESSION_EXPIRY", "SUB
 PRINCIPAL = "intercom.principal"  # who the session authenticated as (broker.core.tokens.Principal), set by auth
 REFUSAL = "intercom.refusal"  # the CONNACK return code to refuse a CONNECT with, set by auth before refusing
 REVOKED = "intercom.revoked"  # set by the engine on a session whose principal lost its access (revoke)
-# MQTT 5 sessions (broker.mqtt.v5): set by the engine, read by the persistence plugin
+# MQTT 5 sessions (handle_connect): set by the engine, read by the persistence plugin
 PROTOCOL = "intercom.protocol"  # 5 on a session last connected with MQTT 5 (absent: 3.1.1)
 SESSION_EXPIRY = "intercom.session_expiry"  # the session's Session Expiry Interval in seconds (MQTT 5)
-SUB_OPTIONS = "intercom.v5.subscriptions"  # {filter: v5.subscriptions.SubOptions} of an MQTT 5 session
+SUB_OPTIONS = "intercom.sub_options"  # {filter: sub_options.SubOptions} of an MQTT 5 session
 
 
 @runtime_checkable

@@ -30,8 +30,8 @@ from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import OutgoingApplicationMessage, Session
 
+from broker.mqtt.message import MessageProps, OutgoingMessage, RetainedMessage, props_of
 from broker.mqtt.session_persistence import DurableInflight
-from broker.mqtt.v5.message import MessageProps, V5Outgoing, V5Retained, props_of
 
 __all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint", "unwrapped"]
 
@@ -246,7 +246,7 @@ class Outlet:
         # kept with its expiry, so a resumed session does not get it again once expired
         session.inflight_out[packet_id] = (
             OutgoingApplicationMessage(packet_id, topic, qos, data, retain) if props is None
-            else V5Outgoing(packet_id, topic, qos, data, retain, props))
+            else OutgoingMessage(packet_id, topic, qos, data, retain, props))
         self.writer.write(encode_publish(topic_b, data, 1, packet_id, retain))
 
     def acked(self, packet_id: int, puback: Any) -> None:
@@ -390,7 +390,7 @@ class Outlet:
                     continue
                 _topic_b, topic, data, qos, _retain, props, _ids = item
                 if qos:
-                    session.retained_messages.put_nowait(V5Retained(None, topic, data, qos, props) if props
+                    session.retained_messages.put_nowait(RetainedMessage(None, topic, data, qos, props) if props
                                                          else RetainedApplicationMessage(None, topic, data, qos))
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()

@@ -19,7 +19,7 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
 * Plugins are asked once, after they load, which hooks they offer (`broker.mqtt.hooks`); with only
   synchronous ACLs, RECEIVE checks stay synchronous, otherwise deliveries go through one ordered lane.
 * MQTT 5: a message carries its properties (`MessageProps`) through delivery, retain and the offline
-  queue; a subscriber holding v5 subscription options gets it per those options (`v5.subscriptions`),
+  queue; a subscriber holding v5 subscription options gets it per those options (`sub_options`),
   and a v5 connection's handler brings its own outlet (`OwnOutlet`), which encodes v5 PUBLISH packets.
 """
 
@@ -46,12 +46,12 @@ from broker.mqtt.hooks import (
     OwnsTopics,
     ReplyTo,
 )
+from broker.mqtt.message import MessageProps, RetainedMessage, props_of
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member
+from broker.mqtt.sub_options import SUB_OPTIONS, delivery_for
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex
 from broker.mqtt.topics import shared_parts, valid_subscription
-from broker.mqtt.v5.message import MessageProps, V5Retained, props_of
-from broker.mqtt.v5.subscriptions import SUB_OPTIONS, delivery_for
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -318,7 +318,7 @@ class RoutingMixin(_Base):
     def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None,
                    props: MessageProps | None = None) -> None:
         """amqtt's `retain_message`, synchronous: store (or clear, on an empty payload) and notify plugins."""
-        message = (V5Retained(source, topic, data, qos, props) if props is not None
+        message = (RetainedMessage(source, topic, data, qos, props) if props is not None
                    else RetainedApplicationMessage(source, topic, data, qos))
         if data:
             self._retained_messages[topic] = message
@@ -404,7 +404,7 @@ class RoutingMixin(_Base):
         if (target.transitions.state != "connected" and not target.clean_session and qos
                 and not target.is_anonymous
                 and target.retained_messages.qsize() < self.delivery_limits.max_queued):
-            target.retained_messages.put_nowait(V5Retained(None, topic, data, qos, props) if props is not None
+            target.retained_messages.put_nowait(RetainedMessage(None, topic, data, qos, props) if props is not None
                                                 else RetainedApplicationMessage(None, topic, data, qos))
 
     async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,

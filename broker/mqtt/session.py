@@ -4,7 +4,7 @@ amqtt 0.12.1's `Session.__init__` builds a `transitions.Machine` (~1.5 ms of CPU
 of a connection) and two `asyncio.Queue`s (four deques each) that stay empty on this broker. `EngineSession` is
 a `Session` subclass that sets the same attributes itself: a plain `state` field with the machine's three states
 and transitions, and `LazyQueue`s. Every session the engine creates is one (3.1.1 and MQTT 5 in
-`v5.serve`); amqtt's own `Session` class and modules stay as shipped
+`handle_connect`); amqtt's own `Session` class and modules stay as shipped
 (`tests/mqtt/test_amqtt_compat.py` checks both).
 """
 

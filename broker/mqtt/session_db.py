@@ -26,8 +26,8 @@ from amqtt.session import ApplicationMessage
 from broker.db_open import naming, open_db
 from broker.limiter import LogThrottle
 from broker.migrations import SESSIONS, upgrade
-from broker.mqtt.v5.message import MessageProps, props_of
-from broker.mqtt.v5.subscriptions import SubOptions
+from broker.mqtt.message import MessageProps, props_of
+from broker.mqtt.sub_options import SubOptions
 from broker.write_gate import MAX_PAUSE_S, WriteGate
 
 __all__ = ["SessionDB", "StoredSession"]

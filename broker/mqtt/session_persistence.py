@@ -43,10 +43,10 @@ from amqtt.session import ApplicationMessage, IncomingApplicationMessage, Outgoi
 
 from broker.limiter import LogThrottle
 from broker.mqtt.hooks import PROTOCOL, SESSION_EXPIRY, SUB_OPTIONS
+from broker.mqtt.message import IncomingMessage, MessageProps, OutgoingMessage, RetainedMessage, props_of
 from broker.mqtt.quota import HELD, INFLIGHT, QUEUED, Quotas, principal_of
 from broker.mqtt.session_db import SessionDB
-from broker.mqtt.v5.message import MessageProps, V5Incoming, V5Outgoing, V5Retained, props_of
-from broker.mqtt.v5.subscriptions import OptionsTable
+from broker.mqtt.sub_options import OptionsTable
 
 __all__ = ["DurableIncoming", "DurableInflight", "DurableQueue", "SessionDB", "SessionPersistence"]
 
@@ -324,7 +324,7 @@ class SessionPersistence:
                 self.db.retain(topic, b"", qos)  # expired while the broker was down
                 continue
             context.retained_messages[topic] = (RetainedApplicationMessage(None, topic, payload, qos) if props is None
-                                                else V5Retained(None, topic, payload, qos, props))
+                                                else RetainedMessage(None, topic, payload, qos, props))
         stored = self.db.load()
         messages = 0
         for s in stored:
@@ -354,13 +354,13 @@ class SessionPersistence:
             for packet_id, topic, payload, retain in s.incoming:
                 mp = s.props.get(("incoming", packet_id))
                 held.restore(packet_id, IncomingApplicationMessage(packet_id, topic, 2, payload, retain) if mp is None
-                             else V5Incoming(packet_id, topic, payload, retain, mp))
+                             else IncomingMessage(packet_id, topic, payload, retain, mp))
             queue = session.retained_messages
             assert isinstance(queue, DurableQueue)
             for row_id, topic, payload, qos in s.queued:
                 mp = s.props.get(("queue", row_id))
                 queue.restore(row_id, RetainedApplicationMessage(None, topic, payload, qos) if mp is None
-                              else V5Retained(None, topic, payload, qos, mp))
+                              else RetainedMessage(None, topic, payload, qos, mp))
             messages += len(s.inflight) + len(s.queued) + len(s.incoming)
             for topic, qos in s.subscriptions:
                 await context.add_subscription(s.client_id, topic, qos)
@@ -397,7 +397,7 @@ class SessionPersistence:
 def _resend(packet_id: int, topic: str, payload: bytes, qos: int, released: bool,
             props: MessageProps | None = None) -> OutgoingApplicationMessage:
     msg = (OutgoingApplicationMessage(packet_id, topic, qos, payload, False) if props is None
-           else V5Outgoing(packet_id, topic, qos, payload, False, props))
+           else OutgoingMessage(packet_id, topic, qos, payload, False, props))
     msg.publish_packet = msg.build_publish_packet()  # makes amqtt's retry set DUP
     if released:  # QoS 2 past PUBREC: only PUBREL is re-sent
         msg.pubrec_packet = PubrecPacket.build(packet_id)

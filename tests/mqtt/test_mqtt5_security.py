@@ -137,7 +137,7 @@ async def test_session_expiry_and_queued_properties_survive_a_restart(tmp_path, 
         assert found[0x03] == b"t/x"
         await raw.close()
         session = server.broker._sessions["keeper"][0]
-        options = session.attributes["intercom.v5.subscriptions"]["k/#"]
+        options = session.attributes["intercom.sub_options"]["k/#"]
         assert options.no_local
         assert options.sub_id == 77
         brief = await Raw.open(server.mqtt_port)

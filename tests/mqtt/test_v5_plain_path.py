@@ -6,7 +6,7 @@ Real broker in-process on an ephemeral port, raw MQTT 5 clients (`tests/support/
 
 from __future__ import annotations
 
-from broker.mqtt.v5.subscriptions import OptionsTable, SubOptions
+from broker.mqtt.sub_options import OptionsTable, SubOptions
 from tests.support.raw_mqtt import Publish, Raw, connect5, parse_publish, prop, props, publish5, subscribe5
 
 RESPONSE_TOPIC = 0x08

@@ -1,7 +1,7 @@
 """An MQTT 5 connection's life on the one broker: CONNECT, admission, session, Will, disconnect.
 
 The hardening layer reads the first packet of every connection; when it says MQTT 5 it hands the
-connection here (`_serve_v5`) instead of to amqtt (3.1.1 only). From there a v5 client uses the same
+connection here (`_serve_connection`) instead of to amqtt (3.1.1 only). From there a v5 client uses the same
 admission (`HardeningMixin._admit`: flapping ban, the auth plugin, the Will-topic ACL), the same session
 table, subscription index, ACL, outlets and persistence as a 3.1.1 client; only its packets are its own.
 
@@ -31,14 +31,14 @@ from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt import codec, encode
 from broker.mqtt.codec import V5Error
+from broker.mqtt.connection import Connection
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.live import Live
+from broker.mqtt.message import MessageProps, props_of
 from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.reason import Reason
+from broker.mqtt.send_publish import Link
 from broker.mqtt.session import EngineSession
-from broker.mqtt.v5.connection import V5Connection
-from broker.mqtt.v5.message import MessageProps, props_of
-from broker.mqtt.v5.outlet import Link
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-__all__ = ["V5Mixin", "session_expired", "take_pending_will"]
+__all__ = ["ConnectMixin", "session_expired", "take_pending_will"]
 
 log = logging.getLogger("intercom.mqtt5")
 _quiet = LogThrottle()  # refused CONNECTs are client-driven
@@ -91,7 +91,7 @@ class _Will:
         self.delay: int = c.will_props.get(codec.WILL_DELAY, 0)
 
 
-class V5Live(Live):
+class SessionLive(Live):
     """A registered MQTT 5 connection: a takeover ends it with DISCONNECT 0x8E [MQTT-3.1.4-3], flushed (at
     most 1 s, so a peer that does not read cannot hold the takeover up), then it stops reading."""
 
@@ -100,22 +100,22 @@ class V5Live(Live):
         await self.handler.handle_connection_closed()
 
 
-class V5Mixin(_Base):
+class ConnectMixin(_Base):
     """Serves MQTT 5 connections; see the module docstring."""
 
     limits: LimitsConfig
 
-    async def _serve_v5(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
+    async def _serve_connection(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
         server = self._servers.get(listener_name)
         if server is None:
             return
         await server.acquire_connection()
         try:
-            await self._v5_connection(listener_name, guard, writer)
+            await self._connect(listener_name, guard, writer)
         finally:
             server.release_connection()
 
-    async def _v5_refuse(self, writer: Any, reason: int, why: str, client_id: str | None = None,
+    async def _refuse(self, writer: Any, reason: int, why: str, client_id: str | None = None,
                          version: int = codec.V5) -> None:
         """CONNACK refusing the CONNECT: `reason` is a 3.1.1 return code for `version` 4, a reason code for 5."""
         peer = writer.get_peer_info()
@@ -128,10 +128,10 @@ class V5Mixin(_Base):
 
     async def _refuse_code(self, writer: Any, version: int, code: int, why: str, client_id: str | None) -> None:
         """Refuse with admission's 3.1.1 return code, as MQTT 5's reason code on a v5 connection."""
-        await self._v5_refuse(writer, _REASON.get(code, Reason.NOT_AUTHORIZED) if version == codec.V5 else code, why,
+        await self._refuse(writer, _REASON.get(code, Reason.NOT_AUTHORIZED) if version == codec.V5 else code, why,
                               client_id, version)
 
-    async def _v5_connection(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
+    async def _connect(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
         packet = guard.take_packet()
         if packet is None:
             return
@@ -139,22 +139,22 @@ class V5Mixin(_Base):
             c = codec.decode_connect(packet[1])
         except V5Error as exc:
             if guard.protocol == codec.V5:
-                await self._v5_refuse(writer, exc.code, str(exc))
+                await self._refuse(writer, exc.code, str(exc))
             elif exc.code == Reason.UNSUPPORTED_PROTOCOL_VERSION and packet[1][2:6] == b"MQTT":
-                await self._v5_refuse(writer, 1, str(exc), version=codec.V311)  # [MQTT-3.1.2-2]
+                await self._refuse(writer, 1, str(exc), version=codec.V311)  # [MQTT-3.1.2-2]
             return  # anything else the packet guard let through (MQTT 3.1 "MQIsdp"): closed without CONNACK
         if c.version == codec.V311 and not c.clean_start and not c.client_id:
-            await self._v5_refuse(writer, 2, "empty client id without clean session", version=codec.V311)
+            await self._refuse(writer, 2, "empty client id without clean session", version=codec.V311)
             return  # [MQTT-3.1.3-8]
         if codec.AUTH_METHOD in c.props:  # no enhanced authentication method is supported (§4.12)
-            await self._v5_refuse(writer, Reason.BAD_AUTHENTICATION_METHOD,
+            await self._refuse(writer, Reason.BAD_AUTHENTICATION_METHOD,
                                   f"Authentication Method {c.props[codec.AUTH_METHOD]!r}", c.client_id)
             return
         will = _Will(c) if c.will_topic is not None else None
         if will is not None and c.will_props.get(codec.PAYLOAD_FORMAT) == 1 and not _utf8(c.will_payload):
-            await self._v5_refuse(writer, 0x99, "Will payload is not UTF-8", c.client_id)  # (MQTT 5.0 §3.1.3.2.3)
+            await self._refuse(writer, 0x99, "Will payload is not UTF-8", c.client_id)  # (MQTT 5.0 §3.1.3.2.3)
             return
-        session, assigned = self._v5_session(c, writer, will)
+        session, assigned = self._new_session(c, writer, will)
         code = await self._admit(session, listener_name)
         if code != 0:
             await self._refuse_code(writer, c.version, code, "not admitted", session.client_id)
@@ -167,7 +167,7 @@ class V5Mixin(_Base):
         state.admitting[id(incoming)] = incoming
         try:
             async with state.connecting.hold(cid):
-                session, present = await self._v5_adopt(incoming, c.clean_start)
+                session, present = await self._adopt(incoming, c.clean_start)
                 if incoming.attributes.get(REVOKED):
                     with contextlib.suppress(MachineError, ValueError):
                         session.transitions.disconnect()
@@ -177,16 +177,16 @@ class V5Mixin(_Base):
                     with contextlib.suppress(MachineError, ValueError):
                         session.transitions.disconnect()
                     if c.version == codec.V5:
-                        await self._v5_refuse(writer, QUOTA_EXCEEDED, "limits.max_sessions_per_principal", cid)
+                        await self._refuse(writer, QUOTA_EXCEEDED, "limits.max_sessions_per_principal", cid)
                     else:
-                        await self._v5_refuse(writer, 3, "limits.max_sessions_per_principal", cid, codec.V311)
+                        await self._refuse(writer, 3, "limits.max_sessions_per_principal", cid, codec.V311)
                     return
-                conn, outlet, live = self._v5_register(session, present, assigned, c, guard, writer)
+                conn, outlet, live = self._register(session, present, assigned, c, guard, writer)
         finally:
             state.admitting.pop(id(incoming), None)
-        await self._v5_serve_session(session, present, conn, outlet, live, will)
+        await self._serve_session(session, present, conn, outlet, live, will)
 
-    def _v5_session(self, c: codec.Connect, writer: Any, will: _Will | None) -> tuple[Session, bool]:
+    def _new_session(self, c: codec.Connect, writer: Any, will: _Will | None) -> tuple[Session, bool]:
         """The amqtt `Session` a v5 CONNECT describes (as amqtt's CONNECT handling fills it for 3.1.1)."""
         session = EngineSession()
         peer = writer.get_peer_info()
@@ -210,7 +210,7 @@ class V5Mixin(_Base):
             session.will_qos, session.will_retain = will.qos, will.retain
         return session, assigned
 
-    async def _v5_adopt(self, incoming: Session, clean_start: bool) -> tuple[Session, bool]:
+    async def _adopt(self, incoming: Session, clean_start: bool) -> tuple[Session, bool]:
         """The session this connection continues (session present) or starts (§3.1.2.4)."""
         cid = incoming.client_id
         assert cid is not None
@@ -219,7 +219,7 @@ class V5Mixin(_Base):
         old = entry[0] if entry is not None else None
         due = take_pending_will(old) if old is not None else None
         if old is not None and due is not None and (clean_start or old.clean_session):
-            self._v5_publish_will(old, due)  # the old session ends now: its delayed Will is due
+            self._publish_will(old, due)  # the old session ends now: its delayed Will is due
         resume = (old is not None and not clean_start and not old.clean_session
                   and not session_expired(old, time.time(), self.limits.session_expiry_s))
         if not resume:
@@ -235,7 +235,7 @@ class V5Mixin(_Base):
         old.parent = 1
         return old, True
 
-    def _v5_connack_props(self, c: codec.Connect, session: Session, assigned: bool,
+    def _connack_props(self, c: codec.Connect, session: Session, assigned: bool,
                           keep_alive: int) -> codec.Props:
         """CONNACK properties: the box's real limits (§3.2.2.3)."""
         limits = self.limits
@@ -260,8 +260,8 @@ class V5Mixin(_Base):
             props[codec.SERVER_KEEP_ALIVE] = keep_alive  # [MQTT-3.2.2-21]
         return props
 
-    def _v5_register(self, session: Session, present: bool, assigned: bool, c: codec.Connect,
-                     guard: GuardedReader, writer: Any) -> tuple[V5Connection, Any, Live]:
+    def _register(self, session: Session, present: bool, assigned: bool, c: codec.Connect,
+                     guard: GuardedReader, writer: Any) -> tuple[Connection, Any, Live]:
         """Register the connection in the session table (takeover and revocation find it), send CONNACK."""
         cid = session.client_id
         assert cid is not None
@@ -275,18 +275,18 @@ class V5Mixin(_Base):
         link = Link(receive_max=c.props.get(codec.RECEIVE_MAXIMUM, 65535),
                     max_packet=c.props.get(codec.MAXIMUM_PACKET_SIZE, 268_435_460),
                     alias_max=c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0), version=c.version)
-        conn = V5Connection(self, session, guard, writer, link,
+        conn = Connection(self, session, guard, writer, link,
                             self.limits.topic_alias_maximum if c.version == codec.V5 else 0)
         sessions: Any = self._sessions
         sessions[cid] = (session, conn)
         outlet: Any = self._open_outlet(session)  # wraps conn.writer
-        props = self._v5_connack_props(c, session, assigned, keep_alive) if c.version == codec.V5 else {}
+        props = self._connack_props(c, session, assigned, keep_alive) if c.version == codec.V5 else {}
         conn.write(encode.encode_connack(present, 0, props, c.version))
         guard.start_session(keep_alive, session.delivered_message_queue)
-        live = self._hardening().live[cid] = V5Live(session, conn, guard, writer, started=True)
+        live = self._hardening().live[cid] = SessionLive(session, conn, guard, writer, started=True)
         return conn, outlet, live
 
-    async def _v5_serve_session(self, session: Session, present: bool, conn: V5Connection, outlet: Any, live: Live,
+    async def _serve_session(self, session: Session, present: bool, conn: Connection, outlet: Any, live: Live,
                                 will: _Will | None) -> None:
         cid = session.client_id
         assert cid is not None
@@ -300,7 +300,7 @@ class V5Mixin(_Base):
                 if present:
                     outlet.resend_inflight()
                 if conn.version == codec.V5:
-                    self._v5_offline_queue(session, outlet)
+                    self._offline_queue(session, outlet)
                 else:  # 3.1.1: the offline queue, then the retained messages of a resumed session's subscriptions
                     await self._deliver_on_connect(session)
             disconnect = await conn.run()
@@ -308,16 +308,16 @@ class V5Mixin(_Base):
             if state.live.get(cid) is live:
                 del state.live[cid]
             live.done.set()
-            await self._v5_ended(session, conn, outlet, disconnect, will)
+            await self._ended(session, conn, outlet, disconnect, will)
 
-    def _v5_offline_queue(self, session: Session, outlet: Any) -> None:
+    def _offline_queue(self, session: Session, outlet: Any) -> None:
         """Messages queued while the session was offline, through the outlet (expired ones are dropped)."""
         queue = session.retained_messages
         for _ in range(queue.qsize()):
             msg = queue.get_nowait()
             outlet.send(msg.topic.encode(), msg.topic, bytes(msg.data), msg.qos or 0, False, props_of(msg))
 
-    async def _v5_ended(self, session: Session, conn: V5Connection, outlet: Any,
+    async def _ended(self, session: Session, conn: Connection, outlet: Any,
                         disconnect: codec.Disconnect | None, will: _Will | None) -> None:
         cid = session.client_id or ""
         conn.closed = True
@@ -337,7 +337,7 @@ class V5Mixin(_Base):
             session.transitions.disconnect()
         session.last_disconnect_time = time.time()  # amqtt floors it to the second; expiry needs better
         if will is not None and (disconnect is None or disconnect.reason == 0x04) and current:
-            self._v5_schedule_will(session, will)
+            self._schedule_will(session, will)
         await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED, client_id=cid,
                                               client_session=session)
         if session.clean_session and current:
@@ -345,23 +345,23 @@ class V5Mixin(_Base):
             await self._del_all_subscriptions(session)
             session.attributes.pop(SUB_OPTIONS, None)
 
-    def _v5_schedule_will(self, session: Session, will: _Will) -> None:
+    def _schedule_will(self, session: Session, will: _Will) -> None:
         """Publish the Will now, or after min(Will Delay, Session Expiry) unless the session resumes."""
         delay = min(will.delay, session.attributes.get(SESSION_EXPIRY, 0))
         if delay <= 0:
-            self._v5_publish_will(session, will)
+            self._publish_will(session, will)
             return
-        timer = asyncio.get_running_loop().call_later(delay, self._v5_delayed_will, session)
+        timer = asyncio.get_running_loop().call_later(delay, self._delayed_will, session)
         session.attributes[_WILL] = (timer, will)
 
-    def _v5_delayed_will(self, session: Session) -> None:
+    def _delayed_will(self, session: Session) -> None:
         pending = session.attributes.pop(_WILL, None)
         entry = self._sessions.get(session.client_id or "")
         if pending is None or entry is None or entry[0] is not session or session.attributes.get(REVOKED):
             return  # the session is gone (deleted, revoked, shut down): so is its Will
-        self._v5_publish_will(session, pending[1])
+        self._publish_will(session, pending[1])
 
-    def _v5_publish_will(self, session: Session, will: _Will) -> None:
+    def _publish_will(self, session: Session, will: _Will) -> None:
         routing: Any = self
         routing.publish_will(session, will.topic, will.payload, will.qos, will.retain, will.props)
 

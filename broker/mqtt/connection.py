@@ -1,6 +1,6 @@
 """One MQTT 5 network connection: reads its packets, decodes them strictly, hands them to the broker.
 
-`V5Connection` stands where amqtt's protocol handler stands for a 3.1.1 client: it is the handler in the
+`Connection` stands where amqtt's protocol handler stands for a 3.1.1 client: it is the handler in the
 broker's session table (`_sessions[client_id] = (session, connection)`), so takeover, shutdown and
 routing reach v5 and 3.1.1 connections alike; its outlet (`make_outlet`) writes v5 PUBLISH packets.
 Packets arrive framed and size-checked by the packet guard; each is decoded by `codec` before any of it
@@ -44,16 +44,16 @@ from broker.mqtt.fairness import Turn
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
-from broker.mqtt.v5.outlet import Link, V5Outlet
+from broker.mqtt.send_publish import Link, PublishOutlet
 
-__all__ = ["V5Connection"]
+__all__ = ["Connection"]
 
 log = logging.getLogger("intercom.mqtt5")
 _quiet = LogThrottle(1.0)
 _LINGER_S = 1.0
 
 
-class V5Connection:
+class Connection:
     """The handler of one v5 network connection (see the module docstring)."""
 
 
@@ -64,18 +64,18 @@ class V5Connection:
         self.reader = reader
         self.writer = writer  # the engine wraps it in a CoalescingWriter when it opens the outlet
         self.link = link
-        self.version = link.version  # the protocol the packet handlers answer in (`handle_subscribe.Connection`)
+        self.version = link.version  # the protocol the packet handlers answer in (`handle_subscribe.Peer`)
         self.alias_max = alias_max  # the Topic Alias Maximum the broker announced
         self.aliases: dict[int, str] = {}
         self.closed = False
-        self.outlet: V5Outlet | None = None
+        self.outlet: PublishOutlet | None = None
         self._reader_task: asyncio.Task[Any] | None = None
 
     # -- the engine's handler surface ---------------------------------------------------------------
 
     def make_outlet(self, session: Session, writer: CoalescingWriter, limits: DeliveryLimits,
                     on_overflow: Callable[[Outlet], None]) -> Outlet:
-        self.outlet = V5Outlet(session, self, writer, limits, on_overflow, self.link)
+        self.outlet = PublishOutlet(session, self, writer, limits, on_overflow, self.link)
         return self.outlet
 
     async def handle_connection_closed(self) -> None:
@@ -139,9 +139,9 @@ class V5Connection:
                 first, body = packet
                 kind = first >> 4
                 if kind == PUBLISH:
-                    if fast and broker.v5_publish_plain(self, first & 0x0F, body, version):
+                    if fast and broker.publish_plain(self, first & 0x0F, body, version):
                         continue
-                    pending = broker.v5_publish(self, self.decode_publish(first & 0x0F, body, version))
+                    pending = broker.publish_packet(self, self.decode_publish(first & 0x0F, body, version))
                     if pending is not None:
                         await pending
                 elif kind == PUBACK:

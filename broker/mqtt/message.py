@@ -21,7 +21,7 @@ from collections.abc import Callable
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
 
-__all__ = ["MessageProps", "V5Incoming", "V5Outgoing", "V5Retained", "props_of"]
+__all__ = ["IncomingMessage", "MessageProps", "OutgoingMessage", "RetainedMessage", "props_of"]
 
 
 class MessageProps:
@@ -72,7 +72,7 @@ def props_of(msg: ApplicationMessage) -> MessageProps | None:
     return value if isinstance(value, MessageProps) else None
 
 
-class V5Retained(RetainedApplicationMessage):
+class RetainedMessage(RetainedApplicationMessage):
     """A retained (or offline-queued) message with its properties."""
 
     __slots__ = ("props",)
@@ -83,7 +83,7 @@ class V5Retained(RetainedApplicationMessage):
         self.props = props
 
 
-class V5Outgoing(OutgoingApplicationMessage):
+class OutgoingMessage(OutgoingApplicationMessage):
     """A QoS 1/2 message sent to a client and not yet acknowledged, with what a re-send needs."""
 
     __slots__ = ("props", "sub_ids")
@@ -95,7 +95,7 @@ class V5Outgoing(OutgoingApplicationMessage):
         self.sub_ids = sub_ids
 
 
-class V5Incoming(IncomingApplicationMessage):
+class IncomingMessage(IncomingApplicationMessage):
     """A QoS 2 message a v5 client published, held until its PUBREL (with its request's Response Topic and
     Correlation Data, in memory only)."""
 

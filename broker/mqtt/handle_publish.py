@@ -2,7 +2,7 @@
 
 A PUBLISH takes the engine's one path (`FastPathMixin._route`: deliver, retain, plugins' interceptors)
 with its properties; the common one (QoS 0/1, no properties, every ACL synchronous) skips the codec's
-`Publish` (`v5_publish_plain`). An MQTT 5 acknowledgement carries a reason code (§3.4.2.1): 0x10 when nobody
+`Publish` (`publish_plain`). An MQTT 5 acknowledgement carries a reason code (§3.4.2.1): 0x10 when nobody
 subscribes, 0x87 when the ACL refuses, 0x99 when the Payload Format Indicator says UTF-8 and the payload is
 not [MQTT-3.3.2-4]. Acknowledgements go through the plugins' barrier (`AcknowledgesAfter`) for both versions.
 Incoming QoS 2 (held until PUBREL), SUBSCRIBE and UNSUBSCRIBE are one flow for both versions: `handle_qos2`,
@@ -20,20 +20,20 @@ from broker.config import LimitsConfig
 from broker.mqtt import codec
 from broker.mqtt.codec import PUBACK, PUBREC, V5, Publish, V5Error
 from broker.mqtt.hooks import ReplyTo
+from broker.mqtt.message import MessageProps
 from broker.mqtt.reason import Reason
 from broker.mqtt.topics import valid_topic_name
-from broker.mqtt.v5.message import MessageProps
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
 
-    from broker.mqtt.v5.connection import V5Connection
+    from broker.mqtt.connection import Connection
 
     _Base: TypeAlias = Broker
 else:
     _Base = object
 
-__all__ = ["V5InboundMixin"]
+__all__ = ["PublishMixin"]
 
 log = logging.getLogger("intercom.mqtt5")
 NO_SUBSCRIBERS, NOT_AUTHORIZED = Reason.NO_MATCHING_SUBSCRIBERS, Reason.NOT_AUTHORIZED
@@ -46,21 +46,21 @@ def _reply(pub: Publish) -> ReplyTo | None:
     return ReplyTo(response, pub.props.get(codec.CORRELATION_DATA)) if response is not None else None
 
 
-class V5InboundMixin(_Base):
+class PublishMixin(_Base):
     """Inbound packets of MQTT 5 connections; see the module docstring."""
 
     limits: LimitsConfig
 
-    def _v5_ack(self, conn: V5Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
+    def _ack(self, conn: Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
         engine: Any = self
         engine.ack(conn, ptype, packet_id, reason)  # handle_qos2.Qos2Mixin.ack: one acknowledgement for both flows
 
-    def _v5_route(self, conn: V5Connection, topic: str, data: bytes, qos: int, retain: bool,
+    def _route_publish(self, conn: Connection, topic: str, data: bytes, qos: int, retain: bool,
                   props: MessageProps | None, reply: ReplyTo | None = None) -> int:
         engine: Any = self
         return int(engine._route(conn.session, topic, data, qos, retain, engine._plugin_hooks(), props, reply))
 
-    def v5_publish_plain(self, conn: V5Connection, flags: int, body: bytes, version: int = V5) -> bool:
+    def publish_plain(self, conn: Connection, flags: int, body: bytes, version: int = V5) -> bool:
         """The common PUBLISH without the codec's `Publish`: QoS 0 or 1, a topic name, (MQTT 5) an empty property
         block, every ACL synchronous (the caller checks `sync_publish`). False for anything else, which
         `codec.decode_publish` then decodes strictly (and refuses with its reason code)."""
@@ -92,14 +92,14 @@ class V5InboundMixin(_Base):
             return False
         if not allowed:
             if qos:
-                self._v5_ack(conn, PUBACK, packet_id, NOT_AUTHORIZED)
+                self._ack(conn, PUBACK, packet_id, NOT_AUTHORIZED)
             return True
         matched = engine._route(conn.session, topic, payload, qos, bool(flags & 1), engine._plugin_hooks())
         if qos:
-            self._v5_ack(conn, PUBACK, packet_id, 0 if matched else NO_SUBSCRIBERS)
+            self._ack(conn, PUBACK, packet_id, 0 if matched else NO_SUBSCRIBERS)
         return True
 
-    def v5_publish(self, conn: V5Connection, pub: Publish) -> Any:
+    def publish_packet(self, conn: Connection, pub: Publish) -> Any:
         """Handle one PUBLISH; returns None when done, or an awaitable when an async ACL must decide."""
         if pub.props.get(codec.PAYLOAD_FORMAT) == 1:
             try:
@@ -107,18 +107,18 @@ class V5InboundMixin(_Base):
             except UnicodeDecodeError:
                 if not pub.qos:
                     raise V5Error(PAYLOAD_FORMAT_INVALID, "payload is not UTF-8 as its format indicator says") from None
-                self._v5_ack(conn, PUBACK if pub.qos == 1 else PUBREC, pub.packet_id, PAYLOAD_FORMAT_INVALID)
+                self._ack(conn, PUBACK if pub.qos == 1 else PUBREC, pub.packet_id, PAYLOAD_FORMAT_INVALID)
                 return None
         props = MessageProps.received(pub.forward, pub.props.get(codec.MESSAGE_EXPIRY))
         engine: Any = self
         # sync_publish: every ACL answers without awaiting and no plugin listens to message events
         allowed = engine.may_publish_now(conn.session, pub.topic) if engine._plugin_hooks().sync_publish else None
         if allowed is None:
-            return self._v5_publish_async(conn, pub, props)
-        self._v5_accept(conn, pub, props, allowed)
+            return self._publish_async(conn, pub, props)
+        self._accept_publish(conn, pub, props, allowed)
         return None
 
-    async def _v5_publish_async(self, conn: V5Connection, pub: Publish, props: MessageProps | None) -> None:
+    async def _publish_async(self, conn: Connection, pub: Publish, props: MessageProps | None) -> None:
         """The publish with amqtt's message events (as for 3.1.1: QoS 2 ones fire at PUBREL) and any async ACL."""
         engine: Any = self
         session = conn.session
@@ -128,17 +128,17 @@ class V5InboundMixin(_Base):
         allowed = await engine._allowed(session, pub.topic, Action.PUBLISH)
         if allowed:
             await engine.message_broadcast_event(session, message)
-        self._v5_accept(conn, pub, props, allowed)
+        self._accept_publish(conn, pub, props, allowed)
 
-    def _v5_accept(self, conn: V5Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
+    def _accept_publish(self, conn: Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
         if pub.qos == 2:
             engine: Any = self
             engine.hold_qos2(conn, pub.packet_id, pub.topic, pub.payload, pub.retain, allowed, props, _reply(pub))
             return
         if not allowed:
             if pub.qos:
-                self._v5_ack(conn, PUBACK, pub.packet_id, NOT_AUTHORIZED)
+                self._ack(conn, PUBACK, pub.packet_id, NOT_AUTHORIZED)
             return
-        matched = self._v5_route(conn, pub.topic, pub.payload, pub.qos, pub.retain, props, _reply(pub))
+        matched = self._route_publish(conn, pub.topic, pub.payload, pub.qos, pub.retain, props, _reply(pub))
         if pub.qos:
-            self._v5_ack(conn, PUBACK, pub.packet_id, 0 if matched else NO_SUBSCRIBERS)
+            self._ack(conn, PUBACK, pub.packet_id, 0 if matched else NO_SUBSCRIBERS)

@@ -1,6 +1,6 @@
 """The outgoing side of an MQTT 5 connection: v5 PUBLISH packets under the client's own limits.
 
-`V5Outlet` is the engine's `Outlet` (coalesced writes, backlog, window) with the v5 encoding: the
+`PublishOutlet` is the engine's `Outlet` (coalesced writes, backlog, window) with the v5 encoding: the
 message's properties forwarded unaltered, the Message Expiry Interval set to the time left
 [MQTT-3.3.2-6] (an expired message is dropped [MQTT-3.3.2-5]), the subscription identifiers
 [MQTT-3.3.4-3], a Topic Alias when the client allows them (§3.3.2.3.4), the client's Receive Maximum as
@@ -21,12 +21,12 @@ from amqtt.session import Session
 
 from broker.mqtt.codec import PUBREL, V5
 from broker.mqtt.encode import encode_ack, encode_publish, expiry_property, varint
+from broker.mqtt.message import MessageProps, OutgoingMessage, props_of
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.reason import Reason
 from broker.mqtt.session_persistence import DurableInflight
-from broker.mqtt.v5.message import MessageProps, V5Outgoing, props_of
 
-__all__ = ["Link", "V5Outlet"]
+__all__ = ["Link", "PublishOutlet"]
 
 log = logging.getLogger("intercom.delivery")
 
@@ -55,7 +55,7 @@ def _props_block(props: MessageProps | None, sub_ids: tuple[int, ...], now: floa
     return raw
 
 
-class V5Outlet(Outlet):
+class PublishOutlet(Outlet):
     __slots__ = ("link",)
 
     def __init__(self, session: Session, handler: Any, writer: CoalescingWriter, limits: DeliveryLimits,
@@ -90,7 +90,7 @@ class V5Outlet(Outlet):
         if new_alias:
             link.out_aliases[topic] = new_alias
         if qos:
-            session.inflight_out[packet_id] = V5Outgoing(packet_id, topic, qos, data, retain, props, sub_ids)
+            session.inflight_out[packet_id] = OutgoingMessage(packet_id, topic, qos, data, retain, props, sub_ids)
         self.writer.write(packet)
 
     def pubrec(self, packet_id: int, reason: int) -> None:
