@@ -16,11 +16,31 @@ from __future__ import annotations
 import inspect
 from importlib.metadata import PackageNotFoundError, version
 
-from amqtt.broker import Broker
+from amqtt.broker import Broker, BrokerContext
+from amqtt.contexts import Action, ListenerConfig, ListenerType
+from amqtt.events import BrokerEvents
 from amqtt.session import Session
 
-__all__ = ["AMQTT_VERSION", "ATTRIBUTES", "EVENTS", "OVERRIDDEN", "REPLACED_INIT", "USED", "AmqttMismatch", "check",
-           "install", "require_installed"]
+# The amqtt API the engine uses as its host, re-exported: the engine's modules import it from here, so amqtt is
+# named by this module, `engine.py` (the `Broker` subclass) and `plugin_config.py` (loads amqtt plugins) only.
+__all__ = [
+    "AMQTT_VERSION",
+    "ATTRIBUTES",
+    "EVENTS",
+    "OVERRIDDEN",
+    "REPLACED_INIT",
+    "USED",
+    "Action",
+    "AmqttMismatch",
+    "Broker",
+    "BrokerContext",
+    "BrokerEvents",
+    "ListenerConfig",
+    "ListenerType",
+    "check",
+    "install",
+    "require_installed",
+]
 
 AMQTT_VERSION = "0.12.1"
 
