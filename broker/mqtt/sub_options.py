@@ -5,6 +5,8 @@ also keeps its options per filter in `session.attributes[SUB_OPTIONS]`; when a m
 session, `delivery_for` works out from those options whether it gets the message (No Local), with which
 retain flag (Retain As Published) and with which Subscription Identifiers [MQTT-3.3.4-3]. The options are an
 `OptionsTable`, which counts the subscriptions that need that; with none, routing delivers as to a 3.1.1 session.
+The table keeps its filters in a filter tree too, so `delivery_for` finds the matching ones with the engine's one
+matcher, `tree.matching`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 
 from broker.mqtt.codec import split_shared
 from broker.mqtt.hooks import SUB_OPTIONS
+from broker.mqtt.tree import descend, matching, path_to, prune
 
-__all__ = ["SUB_OPTIONS", "OptionsTable", "SubOptions", "delivery_for", "matches"]
+__all__ = ["SUB_OPTIONS", "OptionsTable", "SubOptions", "delivery_for"]
 
 
 
@@ -35,21 +38,7 @@ class SubOptions:
         return cls(options & 3, bool(options & 4), bool(options & 8), (options >> 4) & 3, sub_id)
 
 
-def matches(topic_filter: str, topic: str) -> bool:
-    """Whether one filter matches a topic (§4.7; a `$share/{group}/` prefix is ignored)."""
-    _group, topic_filter = split_shared(topic_filter)
-    f_levels, t_levels = topic_filter.split("/"), topic.split("/")
-    if topic.startswith("$") and f_levels[0] in ("+", "#"):
-        return False  # [MQTT-4.7.2-1]
-    for i, level in enumerate(f_levels):
-        if level == "#":
-            return True
-        if i >= len(t_levels) or (level != "+" and level != t_levels[i]):
-            return False
-    return len(f_levels) == len(t_levels)
-
-
-def delivery_for(options: dict[str, SubOptions], topic: str, own: bool,
+def delivery_for(options: OptionsTable, topic: str, own: bool,
                  retain: bool) -> tuple[int, bool, tuple[int, ...]] | None:
     """(granted QoS, retain flag, subscription identifiers) for a message on `topic`, or None to skip it.
 
@@ -58,13 +47,14 @@ def delivery_for(options: dict[str, SubOptions], topic: str, own: bool,
     qos = -1
     keep_retain = False
     ids: list[int] = []
-    for topic_filter, opt in options.items():
-        if (own and opt.no_local) or not matches(topic_filter, topic):
-            continue
-        qos = max(qos, opt.qos)
-        keep_retain = keep_retain or opt.retain_as_published
-        if opt.sub_id is not None:
-            ids.append(opt.sub_id)
+    for node in matching(options.root, topic):
+        for opt in node.options.values():
+            if own and opt.no_local:
+                continue
+            qos = max(qos, opt.qos)
+            keep_retain = keep_retain or opt.retain_as_published
+            if opt.sub_id is not None:
+                ids.append(opt.sub_id)
     if qos < 0:
         return None
     return qos, retain and keep_retain, tuple(sorted(set(ids)))
@@ -76,6 +66,16 @@ def _special(topic_filter: str, opt: SubOptions) -> bool:
     return opt.no_local or opt.retain_as_published or opt.sub_id is not None or topic_filter.startswith("$share")
 
 
+class _FilterNode:
+    """One level of a table's filter tree; `options` holds the filters ending here (with their `$share` prefix)."""
+
+    __slots__ = ("children", "options")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _FilterNode] = {}
+        self.options: dict[str, SubOptions] = {}
+
+
 class OptionsTable(dict[str, SubOptions]):
     """A v5 session's `SUB_OPTIONS`, counting the subscriptions `_special` says need `delivery_for`.
 
@@ -84,7 +84,7 @@ class OptionsTable(dict[str, SubOptions]):
     matching filters, retain flag cleared, no identifiers; routing then skips matching every filter again.
     """
 
-    __slots__ = ("special",)
+    __slots__ = ("root", "special")
 
     def __init__(self, items: dict[str, SubOptions] | None = None) -> None:
         super().__init__(items or {})
@@ -92,6 +92,9 @@ class OptionsTable(dict[str, SubOptions]):
 
     def _recount(self) -> None:
         self.special = sum(1 for topic_filter, opt in self.items() if _special(topic_filter, opt))
+        self.root = _FilterNode()
+        for topic_filter, opt in self.items():
+            descend(self.root, split_shared(topic_filter)[1], _FilterNode).options[topic_filter] = opt
 
     def __setitem__(self, topic_filter: str, opt: SubOptions) -> None:
         old = self.get(topic_filter)
@@ -100,12 +103,18 @@ class OptionsTable(dict[str, SubOptions]):
         super().__setitem__(topic_filter, opt)
         if _special(topic_filter, opt):
             self.special += 1
+        descend(self.root, split_shared(topic_filter)[1], _FilterNode).options[topic_filter] = opt
 
     def __delitem__(self, topic_filter: str) -> None:
         old = self[topic_filter]
         super().__delitem__(topic_filter)
         if _special(topic_filter, old):
             self.special -= 1
+        found = path_to(self.root, split_shared(topic_filter)[1])
+        if found is not None:
+            path, node = found
+            node.options.pop(topic_filter, None)
+            prune(path, lambda n: not n.options)
 
     def pop(self, topic_filter: str, *default: SubOptions | None) -> SubOptions | None:  # type: ignore[override]
         if topic_filter in self:
@@ -132,6 +141,7 @@ class OptionsTable(dict[str, SubOptions]):
     def clear(self) -> None:
         super().clear()
         self.special = 0
+        self.root = _FilterNode()
 
     def __ior__(self, other: object) -> OptionsTable:  # type: ignore[override,misc]
         self.update(other)

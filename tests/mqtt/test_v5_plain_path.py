@@ -85,3 +85,28 @@ async def test_plain_and_property_publishes_are_delivered_alike(harness):
     assert await pub.read_packet(5) == (0xE0, b"\x81\x00")  # DISCONNECT, Malformed Packet
     pub.abort()
     await sub.close(disconnect=True)
+
+
+def test_delivery_for_matches_with_the_one_tree_matcher():
+    """`delivery_for` finds a session's matching filters with `tree.matching` over the table's own filter tree (the
+    engine has one topic matcher): wildcards, `$share/{group}/` stripped, `$` topics not matched by a leading
+    wildcard [MQTT-4.7.2-1], and the tree pruned as filters go."""
+    import broker.mqtt.sub_options as sub_options
+    from broker.mqtt.sub_options import delivery_for
+
+    assert not hasattr(sub_options, "matches")  # no second matcher beside tree.matching
+    table = OptionsTable({"a/+/c": SubOptions(1, sub_id=1), "a/#": SubOptions(0, sub_id=2),
+                          "$share/g/a/b/c": SubOptions(2, sub_id=3), "#": SubOptions(0, no_local=True),
+                          "x/y": SubOptions(2, retain_as_published=True)})
+    assert delivery_for(table, "a/b/c", own=False, retain=True) == (2, False, (1, 2, 3))
+    assert delivery_for(table, "a/b/c", own=True, retain=False) == (2, False, (1, 2, 3))
+    assert delivery_for(table, "x/y", own=False, retain=True) == (2, True, ())
+    assert delivery_for(table, "$SYS/x", own=False, retain=False) is None
+    assert delivery_for(table, "q", own=True, retain=False) is None
+    assert delivery_for(table, "q", own=False, retain=False) == (0, False, ())
+    del table["$share/g/a/b/c"]
+    table.pop("a/+/c")
+    assert delivery_for(table, "a/b/c", own=False, retain=False) == (0, False, (2,))
+    assert "b" not in table.root.children["a"].children  # pruned
+    table.clear()
+    assert not table.root.children
