@@ -82,6 +82,7 @@ class IntercomServer:
         self.presence = Presence(calls, services.status, s.calls.party_offline_grace_s)
         calls.connected_clients = self.presence.clients
         bind_plugins(broker.plugins_manager.plugins, services, self.presence, self.persistence)
+        broker._plugin_hooks()  # read the plugins' hooks now: a combination hooks.py forbids fails the start
         self.broker = broker
         services.directory.on_revoked(self._end_sessions_of)
         await broker.start()

@@ -31,7 +31,7 @@ from broker.core.policy import own_topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.limiter import LogThrottle
-from broker.mqtt.hooks import PRINCIPAL
+from broker.mqtt.hooks import PRINCIPAL, TracksSessions
 from broker.mqtt.shared_index import shared_parts
 
 __all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand", "played_party"]
@@ -106,7 +106,7 @@ def played_party(topic: str) -> str | None:
     return f"{parsed.role} {parsed.id}" if parsed is not None else None
 
 
-class TopicAclPlugin(BaseTopicPlugin):
+class TopicAclPlugin(BaseTopicPlugin, TracksSessions):
     @dataclass
     class Config:
         """No options: the table comes from broker.yaml's `acl:` and is bound at start."""
@@ -244,7 +244,5 @@ class TopicAclPlugin(BaseTopicPlugin):
         held.add(topic_filter)
         return True
 
-    async def on_broker_client_unsubscribed(self, *, client_id: str, topic: str) -> None:
-        session = self.context.get_session(client_id)
-        if session is not None:
-            session.attributes.get(FILTERS, set()).discard(topic)
+    def session_unsubscribed(self, session: Session, topic_filter: str) -> None:
+        session.attributes.get(FILTERS, set()).discard(topic_filter)

@@ -12,7 +12,7 @@ from amqtt.session import Session
 
 from broker.core.presence import Presence
 from broker.core.services import Services
-from broker.mqtt.hooks import PRINCIPAL, ReplyTo
+from broker.mqtt.hooks import PRINCIPAL, ReplyTo, TracksSessions
 from plugins.call_router import identify, on_publish
 
 __all__ = ["CallPlugin"]
@@ -20,7 +20,7 @@ __all__ = ["CallPlugin"]
 log = logging.getLogger("intercom.plugin")
 
 
-class CallPlugin(BasePlugin[BrokerContext]):
+class CallPlugin(BasePlugin[BrokerContext], TracksSessions):
     @dataclass
     class Config:
         """No options: call settings live in broker.yaml's `calls:` and are bound at start."""
@@ -62,11 +62,11 @@ class CallPlugin(BasePlugin[BrokerContext]):
             return
         self.services.calls.after_commit(send)
 
-    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
-        self._presence(client_session, online=True)
+    def session_connected(self, session: Session) -> None:
+        self._presence(session, online=True)
 
-    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
-        self._presence(client_session, online=False)
+    def session_disconnected(self, session: Session) -> None:
+        self._presence(session, online=False)
 
     def _presence(self, session: Session, online: bool) -> None:
         if self.presence is None:

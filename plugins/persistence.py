@@ -16,7 +16,7 @@ from amqtt.broker import BrokerContext, RetainedApplicationMessage
 from amqtt.plugins.base import BasePlugin
 from amqtt.session import Session
 
-from broker.mqtt.hooks import SESSION_EXPIRY, SUB_OPTIONS
+from broker.mqtt.hooks import SESSION_EXPIRY, SUB_OPTIONS, TracksSessions
 from broker.mqtt.message import props_of
 from broker.mqtt.session_persistence import SessionPersistence
 
@@ -28,7 +28,7 @@ log = logging.getLogger("intercom.sessions")
 TOUCH_EVERY_S = 3600.0
 
 
-class PersistencePlugin(BasePlugin[BrokerContext]):
+class PersistencePlugin(BasePlugin[BrokerContext], TracksSessions):
     @dataclass
     class Config:
         """No options: the session database lives in the server's data_dir, bound at start."""
@@ -67,30 +67,24 @@ class PersistencePlugin(BasePlugin[BrokerContext]):
         if self.persistence is not None:
             self.persistence.freeze()
 
-    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+    def session_connected(self, session: Session) -> None:
         if self.persistence is not None:
-            self.persistence.connected(client_session)
+            self.persistence.connected(session)
 
-    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+    def session_disconnected(self, session: Session) -> None:
         if self.persistence is not None:
-            self.persistence.disconnected(client_session)
+            self.persistence.disconnected(session)
 
-    async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
-        session = self._session(client_id)
-        if session is not None and self.persistence is not None and self.persistence.is_persistent(session):
-            self.persistence.db.subscribe(client_id, topic, qos, session.attributes.get(SUB_OPTIONS, {}).get(topic))
+    def session_subscribed(self, session: Session, topic_filter: str, qos: int) -> None:
+        if self.persistence is not None and self.persistence.is_persistent(session):
+            self.persistence.db.subscribe(session.client_id or "", topic_filter, qos,
+                                          session.attributes.get(SUB_OPTIONS, {}).get(topic_filter))
 
-    async def on_broker_client_unsubscribed(self, *, client_id: str, topic: str) -> None:
-        session = self._session(client_id)
-        if session is not None and self.persistence is not None and self.persistence.is_persistent(session):
-            self.persistence.db.unsubscribe(client_id, topic)
+    def session_unsubscribed(self, session: Session, topic_filter: str) -> None:
+        if self.persistence is not None and self.persistence.is_persistent(session):
+            self.persistence.db.unsubscribe(session.client_id or "", topic_filter)
 
-    async def on_broker_retained_message(self, *, client_id: str | None,
-                                         retained_message: RetainedApplicationMessage) -> None:
-        # client_id set: a message queued for an offline session, which DurableQueue already stored.
-        if client_id is None and self.persistence is not None and retained_message.topic:
-            self.persistence.db.retain(retained_message.topic, bytes(retained_message.data or b""),
-                                       retained_message.qos or 0, props_of(retained_message))
+    def retained_set(self, topic: str, message: RetainedApplicationMessage) -> None:
+        if self.persistence is not None and topic:
+            self.persistence.db.retain(topic, bytes(message.data or b""), message.qos or 0, props_of(message))
 
-    def _session(self, client_id: str) -> Session | None:
-        return self.context.get_session(client_id)

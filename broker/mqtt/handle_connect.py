@@ -293,9 +293,11 @@ class ConnectMixin(_Base):
         state = self._hardening()
         disconnect: codec.Disconnect | None = None
         try:
-            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=cid,
-                                                  client_session=session)
-            await asyncio.sleep(0)  # let the plugins' handlers (durable containers) run before re-sending
+            self.tell(lambda t: t.session_connected(session))
+            if self._has_listeners(BrokerEvents.CLIENT_CONNECTED):
+                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=cid,
+                                                      client_session=session)
+                await asyncio.sleep(0)  # let an amqtt plugin's handler run before re-sending
             if outlet is not None:
                 if present:
                     outlet.resend_inflight()
@@ -338,8 +340,10 @@ class ConnectMixin(_Base):
         session.last_disconnect_time = time.time()  # amqtt floors it to the second; expiry needs better
         if will is not None and (disconnect is None or disconnect.reason == 0x04) and current:
             self._schedule_will(session, will)
-        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED, client_id=cid,
-                                              client_session=session)
+        self.tell(lambda t: t.session_disconnected(session))
+        if self._has_listeners(BrokerEvents.CLIENT_DISCONNECTED):
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED, client_id=cid,
+                                                  client_session=session)
         if session.clean_session and current:
             session.inflight_in.clear()
             await self._del_all_subscriptions(session)

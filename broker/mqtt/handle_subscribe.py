@@ -73,6 +73,7 @@ class SubscribeMixin(RoutingMixin):
         for s, code, new in zip(sub.subscriptions, codes, fresh, strict=True):
             if code >= _FAILED:
                 continue
+            self.tell(lambda t: t.session_subscribed(session, s.topic_filter, code))  # noqa: B023 - called now
             if self._has_listeners(BrokerEvents.CLIENT_SUBSCRIBED):
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id,
                                                       topic=s.topic_filter, qos=code)
@@ -88,6 +89,7 @@ class SubscribeMixin(RoutingMixin):
             removed = self._del_subscription(topic_filter, session)
             options.pop(topic_filter, None)
             codes.append(Reason.SUCCESS if removed else Reason.NO_SUBSCRIPTION_EXISTED)
+            self.tell(lambda t: t.session_unsubscribed(session, topic_filter))  # noqa: B023 - called now
             if self._has_listeners(BrokerEvents.CLIENT_UNSUBSCRIBED):
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id,
                                                       topic=topic_filter)

@@ -45,6 +45,7 @@ from broker.mqtt.hooks import (
     InterceptsPublish,
     OwnsTopics,
     ReplyTo,
+    TracksSessions,
 )
 from broker.mqtt.message import MessageProps, RetainedMessage, props_of
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
@@ -107,6 +108,7 @@ class PluginHooks:
     # `acknowledge_after(send)`: a plugin that made an intercepted publish's effect durable later in
     # the tick (the call service's group commit) runs `send` (the PUBACK) once it is, not before.
     ack_barrier: Callable[[Callable[[], None]], None] | None = None
+    trackers: list[TracksSessions] = field(default_factory=list)  # told of sessions synchronously (`tell`)
 
 
 def _ignore_reply(intercept: Callable[[Session, str, bytes], bool | None],
@@ -146,6 +148,7 @@ class RoutingMixin(_Base):
             return self._hooks
         pm: Any = self.plugins_manager
         hooks = PluginHooks()
+        barrier = ""
         for plugin in pm.plugins:
             if isinstance(plugin, InterceptsPublish):
                 hooks.intercepts.append(plugin.intercept_publish)
@@ -153,8 +156,13 @@ class RoutingMixin(_Base):
                                                 else _ignore_reply(plugin.intercept_publish))
             if isinstance(plugin, OwnsTopics):
                 hooks.owned.append(plugin.owns_topic)
+            if isinstance(plugin, TracksSessions):
+                hooks.trackers.append(plugin)
             if isinstance(plugin, AcknowledgesAfter):
-                hooks.ack_barrier = plugin.acknowledge_after  # one durable store behind the broker: one barrier
+                if hooks.ack_barrier is not None:  # one durable store behind the broker: one barrier
+                    raise RuntimeError(f"two plugins implement AcknowledgesAfter ({barrier} and "
+                                       f"{type(plugin).__name__}): one broker has one PUBACK barrier")
+                hooks.ack_barrier, barrier = plugin.acknowledge_after, type(plugin).__name__
         topic_plugins: list[object] = list(pm._topic_plugins)
         custom_filter = type(self)._topic_filtering is not RoutingMixin._topic_filtering_base()
         hooks.filter_topics = bool(topic_plugins) or custom_filter
@@ -175,6 +183,14 @@ class RoutingMixin(_Base):
         from amqtt.broker import Broker
 
         return Broker._topic_filtering
+
+    def tell(self, news: Callable[[TracksSessions], None]) -> None:
+        """Give `news` to every `TracksSessions` plugin now, in load order; one that fails is logged."""
+        for tracker in self._plugin_hooks().trackers:
+            try:
+                news(tracker)
+            except Exception:
+                log.exception("plugin %s failed on a session event", type(tracker).__name__)
 
     def _has_listeners(self, event: BrokerEvents) -> bool:
         return str(event) in self._plugin_hooks().events
@@ -324,6 +340,7 @@ class RoutingMixin(_Base):
             self._retained_messages[topic] = message
         elif self._retained_messages.pop(topic, None) is None:
             return
+        self.tell(lambda t: t.retained_set(topic, message))
         if self._has_listeners(BrokerEvents.RETAINED_MESSAGE):
             self._spawn(self.plugins_manager.fire_event(BrokerEvents.RETAINED_MESSAGE, client_id=None,
                                                         retained_message=message))

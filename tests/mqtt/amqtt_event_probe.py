@@ -25,3 +25,10 @@ class EventProbe(BasePlugin[BrokerContext]):
     @dataclass
     class Config:
         label: str = "probe"
+
+
+class SecondBarrier(BasePlugin[BrokerContext]):
+    """A second `hooks.AcknowledgesAfter` beside the call plugin's: the broker must refuse to start."""
+
+    def acknowledge_after(self, send: Any) -> None:
+        send()

@@ -1,0 +1,55 @@
+"""Our plugins follow sessions through `hooks.TracksSessions`, synchronously: with only our plugins loaded, a
+client's connect, subscribe, unsubscribe and disconnect fire no amqtt event (each of which costs a task per
+listening plugin), and what the plugins keep from those hooks is still right (presence, persisted subscriptions).
+An integrator's amqtt plugin still gets amqtt's events (tests/mqtt/test_amqtt_plugins.py)."""
+
+from __future__ import annotations
+
+import pytest
+from amqtt.events import BrokerEvents
+
+from broker.mqtt.hooks import TracksSessions
+from plugins.call_router import identify
+
+SESSION_EVENTS = {str(e) for e in (BrokerEvents.CLIENT_CONNECTED, BrokerEvents.CLIENT_DISCONNECTED,
+                                   BrokerEvents.CLIENT_SUBSCRIBED, BrokerEvents.CLIENT_UNSUBSCRIBED,
+                                   BrokerEvents.RETAINED_MESSAGE)}
+
+
+async def test_our_plugins_take_session_hooks_not_amqtt_events(harness):
+    broker = harness.server.broker
+    trackers = [p for p in broker.plugins_manager.plugins if isinstance(p, TracksSessions)]
+    assert {type(p).__name__ for p in trackers} >= {"CallPlugin", "PersistencePlugin", "TopicAclPlugin"}
+    assert not SESSION_EVENTS & broker._plugin_hooks().events  # no amqtt event task per connect, subscribe, ...
+
+
+def _plugin(harness, name: str):
+    found = [p for p in harness.server.broker.plugins_manager.plugins if type(p).__name__ == name]
+    assert len(found) == 1
+    return found[0]
+
+
+async def test_presence_and_persisted_subscriptions_follow_the_hooks(harness):
+    """A device goes online and offline (the call plugin's presence) and a persistent session's subscription is
+    stored and removed (the persistence plugin), through the hooks."""
+    presence = _plugin(harness, "CallPlugin").presence
+    db = _plugin(harness, "PersistencePlugin").persistence.db
+    party = identify(None, "device-D1")
+    assert party is not None
+
+    def stored() -> list[tuple[str, int]]:
+        return [sub for s in db.load() if s.client_id == "device-D1" for sub in s.subscriptions]
+
+    async with harness.mqtt("device-D1", clean=False) as dev:
+        await harness.until(lambda: "device-D1" in presence.clients(party), what="device online")
+        await dev.subscribe("devices/D1/#", qos=1)
+        await harness.until(lambda: ("devices/D1/#", 1) in stored(), what="subscription stored")
+        await dev.unsubscribe("devices/D1/#")
+        await harness.until(lambda: not stored(), what="subscription removed")
+    await harness.until(lambda: "device-D1" not in presence.clients(party), what="device offline")
+
+
+async def test_a_second_puback_barrier_is_refused_at_start(make_harness):
+    """`hooks.AcknowledgesAfter`: one per broker; a second plugin implementing it fails the start, naming both."""
+    with pytest.raises(RuntimeError, match="CallPlugin and SecondBarrier"):
+        await make_harness(mqtt={"plugins": {"tests.mqtt.amqtt_event_probe.SecondBarrier": {}}})
