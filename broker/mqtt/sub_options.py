@@ -121,7 +121,9 @@ class OptionsTable(dict[str, SubOptions]):
             old = self[topic_filter]
             del self[topic_filter]
             return old
-        return super().pop(topic_filter, *default)
+        if default:
+            return default[0]
+        raise KeyError(topic_filter)
 
     # the rarely used mutators: count again afterwards
     def update(self, *args: object, **kwargs: SubOptions) -> None:
