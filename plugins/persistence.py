@@ -12,12 +12,12 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from amqtt.broker import BrokerContext, RetainedApplicationMessage
 from amqtt.plugins.base import BasePlugin
-from amqtt.session import Session
 
+from broker.mqtt.amqtt_compat import BrokerContext
 from broker.mqtt.hooks import SESSION_EXPIRY, SUB_OPTIONS
-from broker.mqtt.message import props_of
+from broker.mqtt.message import RetainedMessage, props_of
+from broker.mqtt.session import Session
 from broker.mqtt.session_persistence import SessionPersistence
 
 __all__ = ["PersistencePlugin"]
@@ -86,11 +86,12 @@ class PersistencePlugin(BasePlugin[BrokerContext]):
             self.persistence.db.unsubscribe(client_id, topic)
 
     async def on_broker_retained_message(self, *, client_id: str | None,
-                                         retained_message: RetainedApplicationMessage) -> None:
+                                         retained_message: RetainedMessage) -> None:
         # client_id set: a message queued for an offline session, which DurableQueue already stored.
         if client_id is None and self.persistence is not None and retained_message.topic:
             self.persistence.db.retain(retained_message.topic, bytes(retained_message.data or b""),
                                        retained_message.qos or 0, props_of(retained_message))
 
     def _session(self, client_id: str) -> Session | None:
-        return self.context.get_session(client_id)
+        session: Session | None = self.context.get_session(client_id)
+        return session
