@@ -54,13 +54,16 @@ def _props_block(props: MessageProps | None, sub_ids: tuple[int, ...], now: floa
 
 
 class PublishOutlet(Outlet):
-    __slots__ = ("link",)
+    __slots__ = ("link", "owed")
 
     def __init__(self, session: Session, handler: Any, writer: CoalescingWriter, limits: DeliveryLimits,
                  on_overflow: Callable[[Outlet], None], link: Link) -> None:
         window = min(limits.max_inflight, link.receive_max)
         super().__init__(session, handler, writer, replace(limits, max_inflight=window), on_overflow)
         self.link = link
+        # what the session had in flight when this connection registered: `resend_inflight` re-sends that only
+        # (a message delivered on this connection before the re-send has gone out once already)
+        self.owed: tuple[OutgoingMessage, ...] = tuple(session.inflight_out.values())
 
     def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool,
                props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
@@ -116,7 +119,12 @@ class PublishOutlet(Outlet):
         """A resumed session: re-send what the client has not acknowledged, DUP set, without aliases
         (they are per connection) [MQTT-4.4.0-1]; a QoS 2 message past PUBREC gets its PUBREL again."""
         now = time.time()
-        for packet_id, msg in list(self.session.inflight_out.items()):
+        inflight = self.session.inflight_out
+        owed, self.owed = self.owed, ()
+        for msg in owed:
+            packet_id = msg.packet_id
+            if inflight.get(packet_id) is not msg:  # acknowledged or expired meanwhile
+                continue
             if msg.qos == 2 and msg.released:
                 self.writer.write(encode_ack(PUBREL, packet_id))
                 continue

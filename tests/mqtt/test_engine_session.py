@@ -153,3 +153,23 @@ def test_a_session_costs_under_600_bytes() -> None:
     total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert len(kept) == 1000
     assert total / len(kept) < 600, f"{total / len(kept):.0f} bytes per session"
+
+
+async def test_a_resumed_session_gets_each_message_once_what_it_owed_with_dup(make_harness: Any) -> None:
+    """A message delivered while a resumed session's connection is being set up (a plugin publishes at
+    client_connected) goes out once, without DUP; only what was in flight before the connection is re-sent, DUP."""
+    h = await make_harness(mqtt={"plugins": {"tests.mqtt.amqtt_event_probe.PublishOnConnect": {}}})
+    sub = await Raw.connected(h.server.mqtt_port, "dup-1", clean=False)
+    assert await sub.subscribe([("dup/t", 1)]) == [1]
+    pub = await Raw.connected(h.server.mqtt_port, "pub-of-dup")
+    await pub.send(publish("dup/t", b"first", qos=1, packet_id=1))
+    first = await sub.next_publish()  # not acknowledged
+    sub.abort()
+    await h.offline("dup-1")
+    sub = await Raw.connected(h.server.mqtt_port, "dup-1", clean=False)
+    got = await sub.publishes_within(1.0)
+    seen = [(p.payload, p.dup) for p in got]
+    assert sorted(seen) == [(b"during-connect", False), (b"first", True)], seen
+    assert next(p.packet_id for p in got if p.payload == b"first") == first.packet_id
+    await sub.close()
+    await pub.close()
