@@ -1,7 +1,7 @@
 """amqtt hooks for broker.mqtt.session_persistence: persistent sessions and retained messages on disk.
 
-Only public amqtt plugin events. `on_broker_client_connected` is synchronous inside, and amqtt
-schedules it before the handler's start-up re-sends unacknowledged messages, so the session has
+Only public amqtt plugin events. `on_broker_client_connected` is synchronous inside, and the engine
+(`handle_connect`) fires it before the outlet re-sends unacknowledged messages, so the session has
 its durable containers by then.
 """
 
