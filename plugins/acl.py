@@ -20,9 +20,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from amqtt.contexts import Action
 from amqtt.plugins.base import BaseTopicPlugin
-from amqtt.session import Session
 
 from broker.config import AclRule
 from broker.core import topics
@@ -31,7 +29,9 @@ from broker.core.policy import own_topics
 from broker.core.services import Services
 from broker.core.tokens import Principal
 from broker.limiter import LogThrottle
+from broker.mqtt.amqtt_compat import Action
 from broker.mqtt.hooks import PRINCIPAL, TracksSessions
+from broker.mqtt.session import Session
 from broker.mqtt.shared_index import shared_parts
 
 __all__ = ["DEFAULT_ACL", "FILTERS", "TopicAclPlugin", "covers", "expand", "played_party"]

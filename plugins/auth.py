@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from amqtt.mqtt.connack import IDENTIFIER_REJECTED, SERVER_UNAVAILABLE
 from amqtt.plugins.base import BaseAuthPlugin
-from amqtt.session import Session
 
 from broker.core import clients
 from broker.core.errors import Unauthorized
@@ -26,6 +25,7 @@ from broker.core.services import Services
 from broker.core.tokens import Principal, verify_token
 from broker.limiter import KeyedLimiter, LogThrottle, is_exempt
 from broker.mqtt.hooks import PRINCIPAL, REFUSAL
+from broker.mqtt.session import Session
 
 __all__ = ["IntercomAuthPlugin", "bound_client_id", "owned_by"]
 

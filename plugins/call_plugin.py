@@ -6,13 +6,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from amqtt.broker import BrokerContext
 from amqtt.plugins.base import BasePlugin
-from amqtt.session import Session
 
 from broker.core.presence import Presence
 from broker.core.services import Services
+from broker.mqtt.amqtt_compat import BrokerContext
 from broker.mqtt.hooks import PRINCIPAL, ReplyTo, TracksSessions
+from broker.mqtt.session import Session
 from plugins.call_router import identify, on_publish
 
 __all__ = ["CallPlugin"]

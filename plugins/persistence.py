@@ -1,7 +1,7 @@
 """amqtt hooks for broker.mqtt.session_persistence: persistent sessions and retained messages on disk.
 
-Only public amqtt plugin events. `on_broker_client_connected` is synchronous inside, and amqtt
-schedules it before the handler's start-up re-sends unacknowledged messages, so the session has
+Only public amqtt plugin events. `on_broker_client_connected` is synchronous inside, and the engine
+(`handle_connect`) fires it before the outlet re-sends unacknowledged messages, so the session has
 its durable containers by then.
 """
 
@@ -12,12 +12,12 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from amqtt.broker import BrokerContext, RetainedApplicationMessage
 from amqtt.plugins.base import BasePlugin
-from amqtt.session import Session
 
+from broker.mqtt.amqtt_compat import BrokerContext
 from broker.mqtt.hooks import SESSION_EXPIRY, SUB_OPTIONS, TracksSessions
-from broker.mqtt.message import props_of
+from broker.mqtt.message import RetainedMessage, props_of
+from broker.mqtt.session import Session
 from broker.mqtt.session_persistence import SessionPersistence
 
 __all__ = ["PersistencePlugin"]
@@ -84,7 +84,7 @@ class PersistencePlugin(BasePlugin[BrokerContext], TracksSessions):
         if self.persistence is not None and self.persistence.is_persistent(session):
             self.persistence.db.unsubscribe(session.client_id or "", topic_filter)
 
-    def retained_set(self, topic: str, message: RetainedApplicationMessage) -> None:
+    def retained_set(self, topic: str, message: RetainedMessage) -> None:
         if self.persistence is not None and topic:
             self.persistence.db.retain(topic, bytes(message.data or b""), message.qos or 0, props_of(message))
 

@@ -1,10 +1,10 @@
 """The one place that states what this engine assumes of amqtt's internals, checked at start-up.
 
-The engine (`broker.mqtt`) overrides private methods of amqtt 0.12.1's `Broker` in its subclass, replaces
-`Session`'s constructor in a subclass of its own (`REPLACED_INIT`), and calls a few private methods. amqtt's
-protocol handler serves no connection: every MQTT 3.1.1 and 5 connection is the engine's (`handle_connect`).
-It patches nothing in amqtt's modules or classes:
-amqtt's own `Session` and handler stay as shipped (`tests/mqtt/test_amqtt_compat.py` checks that after
+The engine (`broker.mqtt`) overrides private methods of amqtt 0.12.1's `Broker` in its subclass and calls a few
+private methods. amqtt's protocol handler serves no connection: every MQTT 3.1.1 and 5 connection is the engine's
+(`handle_connect`). Sessions and messages are the engine's own classes (`session.Session`, `message.*`), which
+carry the names amqtt's host code and plugins read (`SESSION_API`). It patches nothing in amqtt's modules or
+classes: amqtt's own `Session` and handler stay as shipped (`tests/mqtt/test_amqtt_compat.py` checks that after
 the broker ran). All of that is written against exactly one amqtt release. `install()` is called by the
 assembly before a broker is built: it refuses any other amqtt version with one clear error and checks that
 every overridden or read name still exists. To upgrade amqtt: bump `AMQTT_VERSION`, run `tests/mqtt/` (the
@@ -16,10 +16,10 @@ from __future__ import annotations
 import inspect
 from importlib.metadata import PackageNotFoundError, version
 
+from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker, BrokerContext
 from amqtt.contexts import Action, ListenerConfig, ListenerType
 from amqtt.events import BrokerEvents
-from amqtt.session import Session
 
 # The amqtt API the engine uses as its host, re-exported: the engine's modules import it from here, so amqtt is
 # named by this module, `engine.py` (the `Broker` subclass) and `plugin_config.py` (loads amqtt plugins) only.
@@ -29,6 +29,7 @@ __all__ = [
     "EVENTS",
     "OVERRIDDEN",
     "REPLACED_INIT",
+    "SESSION_API",
     "USED",
     "Action",
     "AmqttMismatch",
@@ -37,6 +38,8 @@ __all__ = [
     "BrokerEvents",
     "ListenerConfig",
     "ListenerType",
+    "StreamWriterAdapter",
+    "WriterAdapter",
     "check",
     "install",
     "require_installed",
@@ -53,15 +56,25 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
         "stream_connected", "add_subscription", "_del_subscription",
         "_del_all_subscriptions", "_publish_retained_messages_for_subscription", "_broadcast_message",
         "_run_broadcast", "_publish_session_retained_messages",
+        # routing.RoutingMixin: a session restored through `BrokerContext.add_subscription` is the engine's
+        "create_offline_session",
     ),
 }
-# amqtt constructors that an engine subclass replaces instead of calling: (amqtt class -> engine class, why). An
-# engine instance must carry every attribute amqtt's constructor sets, which
-# tests/mqtt/test_amqtt_compat.py::test_replaced_constructors_set_every_attribute_amqtts_set checks.
-REPLACED_INIT: dict[type, tuple[str, str]] = {
-    Session: ("broker.mqtt.session.EngineSession",
-              "no transitions.Machine (~1.5 ms, ~23 KB) per session: a `state` field; lazily allocated queues"),
-}
+# amqtt constructors that an engine subclass replaces instead of calling (amqtt class -> (engine class, why)):
+# none. The engine's `Session` and messages are its own classes, not amqtt subclasses.
+REPLACED_INIT: dict[type, tuple[str, str]] = {}
+# What amqtt's host code and plugins use of a session, which the engine's `session.Session` answers (the test
+# checks each on both classes): `Broker._delete_session` / `_cleanup_session` (`clear_queues`), plugin events
+# (`client_session=`), the auth and topic plugins, `BrokerSysPlugin` (the `*_count` properties), `Broker`'s
+# session monitor and `create_offline_session` (`transitions`). amqtt's client-side fields (`broker_uri`,
+# `cafile`, `capath`, `cadata`, `publish_retry_delay`) are not kept.
+SESSION_API: tuple[str, ...] = (
+    "client_id", "clean_session", "username", "password", "remote_address", "remote_port", "keep_alive",
+    "will_flag", "will_topic", "will_message", "will_qos", "will_retain", "ssl_object", "parent", "is_anonymous",
+    "last_connect_time", "last_disconnect_time", "attributes", "inflight_out", "inflight_in", "retained_messages",
+    "delivered_message_queue", "transitions", "next_packet_id", "inflight_in_count", "inflight_out_count",
+    "retained_messages_count", "clear_queues",
+)
 # amqtt methods the engine calls or reads without replacing them.
 USED: dict[type, tuple[str, ...]] = {
     Broker: ("_topic_filtering", "_delete_session", "_cleanup_session"),

@@ -16,8 +16,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from amqtt.session import Session
-
 from broker.limiter import LogThrottle
 from broker.mqtt import codec, encode
 from broker.mqtt.codec import (
@@ -45,6 +43,7 @@ from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
 from broker.mqtt.send_publish import Link, PublishOutlet
+from broker.mqtt.session import Session
 
 __all__ = ["Connection"]
 

@@ -18,22 +18,19 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from amqtt.contexts import Action
-from amqtt.events import BrokerEvents
-from amqtt.mqtt.publish import PublishPacket
-from amqtt.session import IncomingApplicationMessage, Session
-
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt import amqtt_compat
+from broker.mqtt.amqtt_compat import Action, BrokerEvents
 from broker.mqtt.hooks import ReplyTo
-from broker.mqtt.message import MessageProps
+from broker.mqtt.message import IncomingMessage, MessageProps
 from broker.mqtt.quota import HELD
 from broker.mqtt.routing import PluginHooks, RoutingMixin
+from broker.mqtt.session import Session
 from broker.mqtt.session_persistence import DurableIncoming
 
 if TYPE_CHECKING:
-    from amqtt.broker import Broker
+    from broker.mqtt.amqtt_compat import Broker
 
     _Base: TypeAlias = Broker
 else:
@@ -122,20 +119,20 @@ class FastPathMixin(RoutingMixin):
         (so it obeys the same rules on the topics a plugin owns)."""
         self._route(session, topic, payload, qos, retain, self._plugin_hooks(), props)
 
-    async def message_received_event(self, session: Session, topic: str, data: bytes, qos: int, retain: bool,
-                                     packet: PublishPacket | None = None) -> IncomingApplicationMessage | None:
-        """amqtt's `on_broker_message_received` for a client's publish (3.1.1 or 5); the message the plugins saw,
-        for `message_broadcast_event`, or None when no plugin listens to message events."""
+    async def message_received_event(self, session: Session, topic: str, data: bytes, qos: int,
+                                     retain: bool) -> IncomingMessage | None:
+        """amqtt's `on_broker_message_received` for a client's publish (3.1.1 or 5); the message the plugins saw
+        (`topic`, `data`, `qos`, `retain`), for `message_broadcast_event`, or None when no plugin listens to
+        message events."""
         if not self._plugin_hooks().events:
             return None
-        message = IncomingApplicationMessage(None, topic, qos, data, retain)
-        message.publish_packet = packet
+        message = IncomingMessage(None, topic, data, retain, qos=qos)
         if self._has_listeners(BrokerEvents.MESSAGE_RECEIVED):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
                                                   message=message)
         return message
 
-    async def message_broadcast_event(self, session: Session, message: IncomingApplicationMessage | None) -> None:
+    async def message_broadcast_event(self, session: Session, message: IncomingMessage | None) -> None:
         """amqtt's `on_broker_message_broadcast` for a publish the ACL allowed, before it is routed."""
         if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,

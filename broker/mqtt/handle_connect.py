@@ -23,7 +23,6 @@ import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from amqtt.events import BrokerEvents
-from amqtt.session import Session
 from amqtt.utils import gen_client_id
 from transitions import MachineError
 
@@ -38,7 +37,7 @@ from broker.mqtt.message import MessageProps, props_of
 from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.reason import Reason
 from broker.mqtt.send_publish import Link
-from broker.mqtt.session import EngineSession
+from broker.mqtt.session import Session
 
 if TYPE_CHECKING:
     from amqtt.broker import Broker
@@ -188,7 +187,7 @@ class ConnectMixin(_Base):
 
     def _new_session(self, c: codec.Connect, writer: Any, will: _Will | None) -> tuple[Session, bool]:
         """The amqtt `Session` a v5 CONNECT describes (as amqtt's CONNECT handling fills it for 3.1.1)."""
-        session = EngineSession()
+        session = Session()
         peer = writer.get_peer_info()
         if peer:
             session.remote_address, session.remote_port = peer[0], peer[1]

@@ -14,10 +14,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from amqtt.contexts import Action
-
 from broker.config import LimitsConfig
 from broker.mqtt import codec
+from broker.mqtt.amqtt_compat import Action
 from broker.mqtt.codec import PUBACK, PUBREC, V5, Publish, V5Error
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.message import MessageProps
@@ -25,8 +24,7 @@ from broker.mqtt.reason import Reason
 from broker.mqtt.topics import valid_topic_name
 
 if TYPE_CHECKING:
-    from amqtt.broker import Broker
-
+    from broker.mqtt.amqtt_compat import Broker
     from broker.mqtt.connection import Connection
 
     _Base: TypeAlias = Broker

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from amqtt.events import BrokerEvents
-from amqtt.session import Session
-
 from broker.mqtt import encode
+from broker.mqtt.amqtt_compat import BrokerEvents
 from broker.mqtt.codec import V5, Subscribe
 from broker.mqtt.hooks import SUB_OPTIONS
 from broker.mqtt.reason import Reason
 from broker.mqtt.routing import RoutingMixin
+from broker.mqtt.session import Session
 from broker.mqtt.sub_options import OptionsTable, SubOptions
 from broker.mqtt.topics import is_shared
 
@@ -56,9 +55,10 @@ class SubscribeMixin(RoutingMixin):
         v5 = conn.version == V5
         options: dict[str, SubOptions] = {}
         if v5:  # counted (OptionsTable): with no option that changes a delivery, routing takes the plain path
-            options = session.attributes.get(SUB_OPTIONS)
-            if options is None:
-                options = session.attributes[SUB_OPTIONS] = OptionsTable()
+            table: OptionsTable | None = session.attributes.get(SUB_OPTIONS)
+            if table is None:
+                table = session.attributes[SUB_OPTIONS] = OptionsTable()
+            options = table
         codes: list[int] = []
         fresh: list[bool] = []
         for s in sub.subscriptions:

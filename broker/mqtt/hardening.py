@@ -27,7 +27,6 @@ from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.contexts import Action, ListenerConfig, ListenerType
 from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
 
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
@@ -40,6 +39,7 @@ from broker.mqtt.keyed_lock import KeyedLock
 from broker.mqtt.live import Live, TimedProtocol, accepted_at
 from broker.mqtt.packet_guard import GuardedReader, GuardLimits
 from broker.mqtt.quota import owner_of, principal_of
+from broker.mqtt.session import Session
 from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
 from broker.mqtt.ws_listener import serve as serve_ws
 from broker.web_guard import WebGuard

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from amqtt.contexts import Action
-from amqtt.session import Session
+from broker.mqtt.amqtt_compat import Action
+from broker.mqtt.session import Session
 
 __all__ = ["PRINCIPAL", "PROTOCOL", "REFUSAL", "REVOKED", "SESSION_EXPIRY", "SUB_OPTIONS", "AcknowledgesAfter",
            "AnswersRequests", "FiltersTopicsSync", "InterceptsPublish", "OwnsTopics", "ReplyTo", "TracksSessions"]

@@ -17,11 +17,11 @@ from typing import Any
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
 
 from broker.mqtt.accept_gate import GatedProtocol, abort, close_writer
 from broker.mqtt.lazy import LazyEvent
 from broker.mqtt.packet_guard import GuardedReader
+from broker.mqtt.session import Session
 from broker.mqtt.ws_listener import FailingWriter
 from broker.mqtt.ws_listener import accepted_at as ws_accepted_at
 

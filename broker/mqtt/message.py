@@ -1,10 +1,14 @@
-"""What an MQTT 5 message carries through routing, retain, the offline queue and persistence.
+"""The engine's messages (3.1.1 and 5), as they go through retain, the offline queue, in-flight state and persistence.
+
+Three `__slots__` classes, each with its MQTT 5 properties (`props`, None for most 3.1.1-like traffic):
+`RetainedMessage` (a retained message, or one queued for an offline session), `OutgoingMessage` (a QoS 1/2
+message sent to a client and not yet acknowledged, with its subscription identifiers, so a re-send carries them
+again) and `IncomingMessage` (a QoS 2 message a client published, held until its PUBREL; also what amqtt's
+message events get). Each has `topic`, `data` and `qos`, the names amqtt plugins read.
 
 `MessageProps` holds a message's properties as the publisher sent them (encoded, for unaltered
 forwarding) and its expiry as a wall-clock time, so the remaining interval can be forwarded [MQTT-3.3.2-6]
-and an expired message is never delivered, also after a restart. amqtt's message classes have
-`__slots__`; the `V5*` subclasses add the properties (and, for an outgoing message, its subscription
-identifiers, so a re-send carries them again).
+and an expired message is never delivered, also after a restart.
 
 A server-originated message may also carry `valid`, a check that says whether it still means anything
 (an invite of a call that has ended does not): once it answers False the message counts as expired. It
@@ -17,11 +21,9 @@ import math
 import struct
 import time
 from collections.abc import Callable
+from typing import TypeAlias
 
-from amqtt.broker import RetainedApplicationMessage
-from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
-
-__all__ = ["IncomingMessage", "MessageProps", "OutgoingMessage", "RetainedMessage", "props_of"]
+__all__ = ["IncomingMessage", "Message", "MessageProps", "OutgoingMessage", "RetainedMessage", "props_of"]
 
 
 class MessageProps:
@@ -67,42 +69,58 @@ class MessageProps:
         return cls(bytes(blob[8:]), None if math.isnan(at) else at)
 
 
-def props_of(msg: ApplicationMessage) -> MessageProps | None:
-    value = getattr(msg, "props", None)
-    return value if isinstance(value, MessageProps) else None
+class RetainedMessage:
+    """A retained message, or a message queued for an offline session (`qos` None: as published)."""
 
+    __slots__ = ("data", "props", "qos", "topic")
 
-class RetainedMessage(RetainedApplicationMessage):
-    """A retained (or offline-queued) message with its properties."""
-
-    __slots__ = ("props",)
-
-    def __init__(self, source: Session | None, topic: str, data: bytes, qos: int | None,
-                 props: MessageProps | None) -> None:
-        super().__init__(source, topic, data, qos)
+    def __init__(self, topic: str, data: bytes, qos: int | None, props: MessageProps | None = None) -> None:
+        self.topic = topic
+        self.data = data
+        self.qos = qos
         self.props = props
 
 
-class OutgoingMessage(OutgoingApplicationMessage):
-    """A QoS 1/2 message sent to a client and not yet acknowledged, with what a re-send needs."""
+class OutgoingMessage:
+    """A QoS 1/2 message sent to a client and not yet acknowledged, with what a re-send needs. `released`: a QoS 2
+    message past its PUBREC (only its PUBREL is re-sent)."""
 
-    __slots__ = ("props", "sub_ids")
+    __slots__ = ("data", "packet_id", "props", "qos", "released", "retain", "sub_ids", "topic")
 
     def __init__(self, packet_id: int, topic: str, qos: int, data: bytes, retain: bool,
-                 props: MessageProps | None, sub_ids: tuple[int, ...] = ()) -> None:
-        super().__init__(packet_id, topic, qos, data, retain)
+                 props: MessageProps | None = None, sub_ids: tuple[int, ...] = (), released: bool = False) -> None:
+        self.packet_id = packet_id
+        self.topic = topic
+        self.qos = qos
+        self.data = data
+        self.retain = retain
         self.props = props
         self.sub_ids = sub_ids
+        self.released = released
 
 
-class IncomingMessage(IncomingApplicationMessage):
-    """A QoS 2 message a v5 client published, held until its PUBREL (with its request's Response Topic and
-    Correlation Data, in memory only)."""
+class IncomingMessage:
+    """A message a client published: a QoS 2 one held until its PUBREL (with its request's Response Topic and
+    Correlation Data, in memory only), or the message amqtt's message events show plugins."""
 
-    __slots__ = ("props", "reply")
+    __slots__ = ("data", "packet_id", "props", "qos", "reply", "retain", "topic")
 
-    def __init__(self, packet_id: int, topic: str, data: bytes, retain: bool, props: MessageProps | None,
-                 reply: tuple[str, bytes | None] | None = None) -> None:
-        super().__init__(packet_id, topic, 2, data, retain)
+    def __init__(self, packet_id: int | None, topic: str, data: bytes, retain: bool,
+                 props: MessageProps | None = None, reply: tuple[str, bytes | None] | None = None,
+                 qos: int = 2) -> None:
+        self.packet_id = packet_id
+        self.topic = topic
+        self.data = data
+        self.retain = retain
         self.props = props
         self.reply = reply
+        self.qos = qos
+
+
+Message: TypeAlias = RetainedMessage | OutgoingMessage | IncomingMessage
+
+
+def props_of(msg: object) -> MessageProps | None:
+    """A message's properties; None for one without (an amqtt plugin may retain amqtt's own message class)."""
+    value = getattr(msg, "props", None)
+    return value if isinstance(value, MessageProps) else None

@@ -26,11 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from amqtt.adapters import StreamWriterAdapter, WriterAdapter
-from amqtt.broker import RetainedApplicationMessage
-from amqtt.session import OutgoingApplicationMessage, Session
-
+from broker.mqtt.amqtt_compat import StreamWriterAdapter, WriterAdapter
 from broker.mqtt.message import MessageProps, OutgoingMessage, RetainedMessage, props_of
+from broker.mqtt.session import Session
 from broker.mqtt.session_persistence import DurableInflight
 
 __all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint", "unwrapped"]
@@ -152,7 +150,7 @@ class RetainedBatch:
 
     __slots__ = ("messages", "pos", "qos", "sub_ids")
 
-    def __init__(self, messages: list[RetainedApplicationMessage], qos: int, sub_ids: tuple[int, ...] = ()) -> None:
+    def __init__(self, messages: list[RetainedMessage], qos: int, sub_ids: tuple[int, ...] = ()) -> None:
         self.messages = messages
         self.pos = 0
         self.qos = qos
@@ -205,7 +203,7 @@ class Outlet:
         if not self.closed:
             self._wait_for_room()
 
-    def send_retained(self, messages: list[RetainedApplicationMessage], qos: int,
+    def send_retained(self, messages: list[RetainedMessage], qos: int,
                       sub_ids: tuple[int, ...] = ()) -> None:
         """Send the retained messages a new subscription (granted `qos`) matches, under flow control."""
         if self.closed or not messages:
@@ -244,16 +242,13 @@ class Outlet:
         session = self.session
         packet_id = session.next_packet_id
         # kept with its expiry, so a resumed session does not get it again once expired
-        session.inflight_out[packet_id] = (
-            OutgoingApplicationMessage(packet_id, topic, qos, data, retain) if props is None
-            else OutgoingMessage(packet_id, topic, qos, data, retain, props))
+        session.inflight_out[packet_id] = OutgoingMessage(packet_id, topic, qos, data, retain, props)
         self.writer.write(encode_publish(topic_b, data, 1, packet_id, retain))
 
-    def acked(self, packet_id: int, puback: Any) -> None:
-        """PUBACK received: mark the message acknowledged, free the slot and move the backlog."""
-        msg = self.session.inflight_out.get(packet_id)
-        if msg is not None:
-            msg.puback_packet = puback
+    def acked(self, packet_id: int, _ack: object = None) -> None:
+        """The client acknowledged `packet_id` (PUBACK; PUBCOMP or a refusing PUBREC for QoS 2): forget the message
+        (a persistent session's on disk too), free the slot and move the backlog. (`_ack`: unused, for callers
+        that still pass the acknowledgement.)"""
         self.session.inflight_out.pop(packet_id, None)
         if self.backlog:
             self.pump()
@@ -390,7 +385,6 @@ class Outlet:
                     continue
                 _topic_b, topic, data, qos, _retain, props, _ids = item
                 if qos:
-                    session.retained_messages.put_nowait(RetainedMessage(None, topic, data, qos, props) if props
-                                                         else RetainedApplicationMessage(None, topic, data, qos))
+                    session.retained_messages.put_nowait(RetainedMessage(topic, data, qos, props))
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()

@@ -66,7 +66,7 @@ def wrong_ack(inflight: Mapping[int, Any], kind: int, packet_id: int,
             return None
         qos, past_pubrec = 2, True
     else:
-        qos, past_pubrec = msg.qos, msg.pubrec_packet is not None
+        qos, past_pubrec = msg.qos, msg.released
     if kind == _PUBACK:
         ok = qos == 1
     elif kind == _PUBREC:

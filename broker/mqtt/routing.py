@@ -16,6 +16,8 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
   outlet's flow control.
 * A resumed 3.1.1 session's offline queue goes through its outlet too (RETAIN 0 [MQTT-3.3.1-9], expired
   messages dropped), then the retained messages of its subscriptions that the queue did not just deliver.
+* Sessions: a session amqtt's `BrokerContext.add_subscription` creates (restored at start) is the engine's
+  `Session` (`create_offline_session`).
 * Plugins are asked once, after they load, which hooks they offer (`broker.mqtt.hooks`); with only
   synchronous ACLs, RECEIVE checks stay synchronous, otherwise deliveries go through one ordered lane.
 * MQTT 5: a message carries its properties (`MessageProps`) through delivery, retain and the offline
@@ -32,12 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
-from amqtt.broker import RetainedApplicationMessage
-from amqtt.contexts import Action
-from amqtt.events import BrokerEvents
-from amqtt.mqtt.constants import QOS_2
-from amqtt.session import Session
-
+from broker.mqtt.amqtt_compat import Action, BrokerEvents
 from broker.mqtt.hooks import (
     AcknowledgesAfter,
     AnswersRequests,
@@ -49,13 +46,14 @@ from broker.mqtt.hooks import (
 )
 from broker.mqtt.message import MessageProps, RetainedMessage, props_of
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.session import Session
 from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member
 from broker.mqtt.sub_options import SUB_OPTIONS, delivery_for
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex
 from broker.mqtt.topics import shared_parts, valid_subscription
 
 if TYPE_CHECKING:
-    from amqtt.broker import Broker
+    from broker.mqtt.amqtt_compat import Broker
 
     _Base: TypeAlias = Broker
 else:
@@ -123,7 +121,7 @@ class RoutingMixin(_Base):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._retained_messages: RetainedStore[RetainedApplicationMessage] = RetainedStore()
+        self._retained_messages: RetainedStore[RetainedMessage] = RetainedStore()
         self._index: SubscriptionIndex[Session] = SubscriptionIndex()
         self._outlets: dict[str, Outlet] = {}
         self._hooks: PluginHooks | None = None
@@ -180,7 +178,7 @@ class RoutingMixin(_Base):
 
     @staticmethod
     def _topic_filtering_base() -> Any:
-        from amqtt.broker import Broker
+        from broker.mqtt.amqtt_compat import Broker
 
         return Broker._topic_filtering
 
@@ -195,6 +193,16 @@ class RoutingMixin(_Base):
     def _has_listeners(self, event: BrokerEvents) -> bool:
         return str(event) in self._plugin_hooks().events
 
+    # ---- sessions -------------------------------------------------------------------------------
+
+    def create_offline_session(self, client_id: str) -> tuple[None, Session]:
+        """A disconnected session for a client id amqtt's `BrokerContext.add_subscription` does not know (the
+        persistence plugin restoring sessions at start): the engine's `Session`, with no connection (amqtt built
+        its own `Session` and an idle protocol handler)."""
+        session = Session(client_id=client_id)
+        session.disconnect()
+        return None, session
+
     # ---- outlets --------------------------------------------------------------------------------
 
     def _open_outlet(self, session: Session) -> Outlet | None:
@@ -204,6 +212,8 @@ class RoutingMixin(_Base):
         if entry is None or entry[0] is not session:
             return None
         handler: Any = entry[1]
+        if handler is None:  # an offline session (`create_offline_session`): no connection yet
+            return None
         if outlet is not None and outlet.handler is handler and not outlet.closed:
             return outlet
         if handler.writer is None:
@@ -334,8 +344,7 @@ class RoutingMixin(_Base):
     def retain_now(self, source: Session | None, topic: str, data: bytes, qos: int | None,
                    props: MessageProps | None = None) -> None:
         """amqtt's `retain_message`, synchronous: store (or clear, on an empty payload) and notify plugins."""
-        message = (RetainedMessage(source, topic, data, qos, props) if props is not None
-                   else RetainedApplicationMessage(source, topic, data, qos))
+        message = RetainedMessage(topic, data, qos, props)
         if data:
             self._retained_messages[topic] = message
         elif self._retained_messages.pop(topic, None) is None:
@@ -421,14 +430,13 @@ class RoutingMixin(_Base):
         if (target.transitions.state != "connected" and not target.clean_session and qos
                 and not target.is_anonymous
                 and target.retained_messages.qsize() < self.delivery_limits.max_queued):
-            target.retained_messages.put_nowait(RetainedMessage(None, topic, data, qos, props) if props is not None
-                                                else RetainedApplicationMessage(None, topic, data, qos))
+            target.retained_messages.put_nowait(RetainedMessage(topic, data, qos, props))
 
     async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
                                  force_qos: int | None = None) -> None:
         """Deliver now instead of queueing; without a QoS the subscriber's granted QoS applies (amqtt's)."""
         if topic is not None and data is not None:
-            self.deliver(session, topic, bytes(data), QOS_2 if force_qos is None else force_qos)
+            self.deliver(session, topic, bytes(data), 2 if force_qos is None else force_qos)
 
     async def _run_broadcast(self, running_tasks: Any) -> None:
         """Anything still put on amqtt's broadcast queue is routed through the index."""

@@ -16,14 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from amqtt.mqtt.pubrec import PubrecPacket
-from amqtt.session import Session
-
 from broker.mqtt.codec import PUBREL, V5
 from broker.mqtt.encode import encode_ack, encode_publish, expiry_property, varint
-from broker.mqtt.message import MessageProps, OutgoingMessage, props_of
+from broker.mqtt.message import MessageProps, OutgoingMessage
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.reason import Reason
+from broker.mqtt.session import Session
 from broker.mqtt.session_persistence import DurableInflight
 
 __all__ = ["Link", "PublishOutlet"]
@@ -56,13 +54,16 @@ def _props_block(props: MessageProps | None, sub_ids: tuple[int, ...], now: floa
 
 
 class PublishOutlet(Outlet):
-    __slots__ = ("link",)
+    __slots__ = ("link", "owed")
 
     def __init__(self, session: Session, handler: Any, writer: CoalescingWriter, limits: DeliveryLimits,
                  on_overflow: Callable[[Outlet], None], link: Link) -> None:
         window = min(limits.max_inflight, link.receive_max)
         super().__init__(session, handler, writer, replace(limits, max_inflight=window), on_overflow)
         self.link = link
+        # what the session had in flight when this connection registered: `resend_inflight` re-sends that only
+        # (a message delivered on this connection before the re-send has gone out once already)
+        self.owed: tuple[OutgoingMessage, ...] = tuple(session.inflight_out.values())
 
     def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool,
                props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
@@ -101,32 +102,33 @@ class PublishOutlet(Outlet):
             if reason < Reason.UNSPECIFIED:
                 self.writer.write(encode_ack(PUBREL, packet_id, Reason.PACKET_ID_NOT_FOUND, version=self.link.version))
             return
-        if reason >= Reason.UNSPECIFIED:  # any failure code
-            msg.pubcomp_packet = True  # acknowledged: the flow is over
-            self.acked(packet_id, True)
+        if reason >= Reason.UNSPECIFIED:  # any failure code: acknowledged, the flow is over
+            self.acked(packet_id)
             return
-        if msg.pubrec_packet is None:
-            msg.pubrec_packet = PubrecPacket.build(packet_id)
-            if isinstance(inflight, DurableInflight):
-                inflight.db.inflight_released(inflight.client_id, packet_id)
+        if isinstance(inflight, DurableInflight):
+            inflight.released(packet_id)  # on disk too: a restart re-sends only the PUBREL
+        else:
+            msg.released = True
         self.writer.write(encode_ack(PUBREL, packet_id))
 
     def pubcomp(self, packet_id: int) -> None:
-        msg = self.session.inflight_out.get(packet_id)
-        if msg is not None:
-            msg.pubcomp_packet = True
-        self.acked(packet_id, True)
+        """PUBCOMP: the QoS 2 flow is over."""
+        self.acked(packet_id)
 
     def resend_inflight(self) -> None:
         """A resumed session: re-send what the client has not acknowledged, DUP set, without aliases
         (they are per connection) [MQTT-4.4.0-1]; a QoS 2 message past PUBREC gets its PUBREL again."""
         now = time.time()
-        for packet_id, msg in list(self.session.inflight_out.items()):
-            if msg.qos == 2 and msg.pubrec_packet is not None:
+        inflight = self.session.inflight_out
+        owed, self.owed = self.owed, ()
+        for msg in owed:
+            packet_id = msg.packet_id
+            if inflight.get(packet_id) is not msg:  # acknowledged or expired meanwhile
+                continue
+            if msg.qos == 2 and msg.released:
                 self.writer.write(encode_ack(PUBREL, packet_id))
                 continue
-            sub_ids: tuple[int, ...] = getattr(msg, "sub_ids", ())
-            raw = _props_block(props_of(msg), sub_ids, now) or b""
+            raw = _props_block(msg.props, msg.sub_ids, now) or b""
             packet = encode_publish(msg.topic.encode(), bytes(msg.data), msg.qos or 1, packet_id, bool(msg.retain),
                                     True, raw if self.link.version == V5 else None)
             if len(packet) <= self.link.max_packet:

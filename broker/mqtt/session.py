@@ -1,80 +1,127 @@
-"""The engine's own amqtt `Session`: cheap per connection, amqtt untouched.
+"""The engine's MQTT session: what one client id holds across its connections, as a slots dataclass.
 
-amqtt 0.12.1's `Session.__init__` builds a `transitions.Machine` (~1.5 ms of CPU and ~23 KB each, most of the cost
-of a connection) and two `asyncio.Queue`s (four deques each) that stay empty on this broker. `EngineSession` is
-a `Session` subclass that sets the same attributes itself: a plain `state` field with the machine's three states
-and transitions, and `LazyQueue`s. Every session the engine creates is one (3.1.1 and MQTT 5 in
-`handle_connect`); amqtt's own `Session` class and modules stay as shipped
-(`tests/mqtt/test_amqtt_compat.py` checks both).
+`Session` carries what the engine, our plugins and amqtt's remaining host code read: amqtt's `Broker` keeps it in
+its session table and calls `clear_queues()` from `_delete_session` / `_cleanup_session`, plugin events get it as
+`client_session=`, amqtt's auth and topic plugins read `username`, `password`, `client_id`, `is_anonymous`, its
+`$SYS` plugin the `*_count` properties (`amqtt_compat.SESSION_API` lists them). Its state goes new -> connected
+<-> disconnected as amqtt's did (`transitions` is the session itself, for code that says
+`session.transitions.connect()`); an impossible transition raises `SessionStateError`, a `ValueError`.
+
+- `inflight_out`: QoS 1/2 messages sent and not acknowledged, by packet id (a plain dict; `DurableInflight`
+  for a persistent session, `session_persistence`); `inflight_in`: QoS 2 messages received and held until
+  their PUBREL (`DurableIncoming` when persistent).
+- `retained_messages` (amqtt's name): the offline queue, messages kept for a persistent session while it is
+  disconnected; an `OfflineQueue` whose deque is made on first use (`DurableQueue` when persistent).
+- `delivered_message_queue`: empty. The engine handles each PUBLISH as it reads it, so nothing waits in a session
+  to be processed; one shared queue that refuses items answers the packet guard's back-pressure `qsize()`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import ssl
-from collections import OrderedDict
-from typing import Any
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
-from transitions import MachineError
+from broker.mqtt.message import IncomingMessage, Message, OutgoingMessage
 
-from broker.mqtt.lazy import LazyQueue
+__all__ = ["NEVER_QUEUED", "OfflineQueue", "Session", "SessionStateError"]
 
-__all__ = ["EngineSession"]
-
+log = logging.getLogger("intercom.sessions")
 
 
-class EngineSession(Session):
-    """amqtt's `Session` without a `transitions.Machine`: `transitions` is the session itself, whose `state`
-    goes new -> connected <-> disconnected as in amqtt's `Session._init_states` (raising `MachineError` where
-    the machine would, calling the same enter callbacks), and whose queues allocate on first use."""
+class SessionStateError(ValueError):
+    """A transition the session's state does not allow (connect while connected)."""
 
-    # Session.__init__'s attributes, set here instead of calling it (it builds the Machine and real queues)
+
+class OfflineQueue:
+    """A session's offline queue (FIFO, `asyncio.Queue`'s non-blocking names); the deque exists once used."""
+
+    __slots__ = ("_items",)
+
     def __init__(self) -> None:
-        self.state = "new"
-        self.remote_address: str | None = None
-        self.remote_port: int | None = None
-        self.client_id: str | None = None
-        self.clean_session: bool | None = None
-        self.will_flag: bool = False
-        self.will_message: bytes | bytearray | None = None
-        self.will_qos: int | None = None
-        self.will_retain: bool | None = None
-        self.will_topic: str | None = None
-        self.keep_alive: int = 0
-        self.publish_retry_delay: int = 0
-        self.broker_uri: str | None = None
-        self.username: str | None = None
-        self.password: str | None = None
-        self.cafile: str | None = None
-        self.capath: str | None = None
-        self.cadata: bytes | None = None
-        self._packet_id: int = 0
-        self.parent: int = 0
-        self.last_connect_time: int | None = None
-        self.ssl_object: ssl.SSLObject | None = None
-        self.last_disconnect_time: int | None = None
-        self.attributes: dict[str, Any] = {}
-        self.inflight_out: OrderedDict[int, OutgoingApplicationMessage] = OrderedDict()
-        self.inflight_in: OrderedDict[int, IncomingApplicationMessage] = OrderedDict()
-        self.retained_messages: LazyQueue[ApplicationMessage] = LazyQueue()
-        self.delivered_message_queue: LazyQueue[ApplicationMessage] = LazyQueue()
-        self.is_anonymous: bool = False
+        self._items: deque[Message] | None = None
 
-    # amqtt and the engine drive a session through `session.transitions`: answer it here, no object per session
+    def qsize(self) -> int:
+        return len(self._items) if self._items is not None else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Message) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+
+    def get_nowait(self) -> Message:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+
+class _NeverQueued(asyncio.Queue[Any]):
+    """An `asyncio.Queue` that stays empty: putting into it is a bug, not back-pressure."""
+
+    def put_nowait(self, item: Any) -> None:
+        raise asyncio.QueueFull("the engine processes each PUBLISH as it is read: nothing is queued in a session")
+
+
+NEVER_QUEUED: asyncio.Queue[Any] = _NeverQueued()
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """One client id's session (see the module docstring). Equality is identity: two session objects for one
+    client id (a takeover, a clean start) are different sessions."""
+
+    client_id: str | None = None
+    clean_session: bool | None = None  # the engine's "ends with the connection" (MQTT 5: Session Expiry 0)
+    username: str | None = None
+    password: str | None = None
+    remote_address: str | None = None
+    remote_port: int | None = None
+    keep_alive: int = 0
+    will_flag: bool = False
+    will_topic: str | None = None
+    will_message: bytes | bytearray | None = None
+    will_qos: int | None = None
+    will_retain: bool | None = None
+    ssl_object: ssl.SSLObject | None = None
+    parent: int = 0  # 1: a resumed session (amqtt's name)
+    is_anonymous: bool = False
+    state: str = "new"
+    last_connect_time: int | None = None
+    last_disconnect_time: float | None = None  # the engine stores time.time(): session expiry needs sub-second
+    # application and plugin attributes, namespaced keys (`hooks.PRINCIPAL`, ...)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    inflight_out: dict[int, OutgoingMessage] = field(default_factory=dict)
+    inflight_in: dict[int, IncomingMessage] = field(default_factory=dict)
+    retained_messages: OfflineQueue = field(default_factory=OfflineQueue)
+    last_packet_id: int = 0
+
+    delivered_message_queue: ClassVar[asyncio.Queue[Any]] = NEVER_QUEUED
+
+    # ---- state: amqtt's transitions table (connect from new or disconnected; disconnect from any) ----
+
     @property
-    def transitions(self) -> EngineSession:
+    def transitions(self) -> Session:
         return self
 
     def connect(self) -> bool:
         if self.state == "connected":
-            raise MachineError(f"Can't trigger event connect from state {self.state}!")
+            raise SessionStateError(f"Can't trigger event connect from state {self.state}!")
         self.state = "connected"
-        self._on_enter_connected()
+        self.last_connect_time = math.floor(time.time())
+        self.last_disconnect_time = None
         return True
 
     def disconnect(self) -> bool:
-        self.state = "disconnected"  # from new, connected and disconnected alike, as amqtt's table says
-        self._on_enter_disconnected()
+        self.state = "disconnected"
+        self.last_disconnect_time = math.floor(time.time())
         return True
 
     def is_new(self) -> bool:
@@ -86,7 +133,36 @@ class EngineSession(Session):
     def is_disconnected(self) -> bool:
         return self.state == "disconnected"
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.retained_messages = LazyQueue()
-        self.delivered_message_queue = LazyQueue()
+    # ---- what amqtt's host code and plugins call ----
+
+    @property
+    def next_packet_id(self) -> int:
+        """The next packet id not in flight either way (1..65535, wrapping)."""
+        packet_id = start = self.last_packet_id % 65535 + 1
+        while packet_id in self.inflight_in or packet_id in self.inflight_out:
+            packet_id = packet_id % 65535 + 1
+            if packet_id == start:
+                raise RuntimeError("More than 65535 messages pending. No free packet ID")
+        self.last_packet_id = packet_id
+        return packet_id
+
+    @property
+    def inflight_in_count(self) -> int:
+        return len(self.inflight_in)
+
+    @property
+    def inflight_out_count(self) -> int:
+        return len(self.inflight_out)
+
+    @property
+    def retained_messages_count(self) -> int:
+        return self.retained_messages.qsize()
+
+    def clear_queues(self) -> None:
+        """The session is deleted (amqtt's `_delete_session` / `_cleanup_session`): empty its offline queue."""
+        queue = self.retained_messages
+        while not queue.empty():
+            queue.get_nowait()
+
+    def __repr__(self) -> str:
+        return f"Session(clientId={self.client_id}, state={self.state})"

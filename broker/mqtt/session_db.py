@@ -21,12 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amqtt.session import ApplicationMessage
-
 from broker.db_open import naming, open_db
 from broker.limiter import LogThrottle
 from broker.migrations import SESSIONS, upgrade
-from broker.mqtt.message import MessageProps, props_of
+from broker.mqtt.message import IncomingMessage, Message, MessageProps, OutgoingMessage, props_of
 from broker.mqtt.sub_options import SubOptions
 from broker.write_gate import MAX_PAUSE_S, WriteGate
 
@@ -38,7 +36,7 @@ MAX_KEPT = 100_000  # writes kept in memory while sessions.db is locked
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _Write = tuple[str, tuple[Any, ...]]
 
-def _dump(msg: ApplicationMessage) -> bytes | None:
+def _dump(msg: Message) -> bytes | None:
     props = props_of(msg)
     return props.dump() if props is not None else None
 
@@ -189,7 +187,7 @@ class SessionDB:
 
     # messages -------------------------------------------------------------------------------------
 
-    def queue_put(self, client_id: str, msg: ApplicationMessage) -> int | None:
+    def queue_put(self, client_id: str, msg: Message) -> int | None:
         self._queue_id += 1
         self._write("INSERT INTO mqtt_queue (id, client_id, topic, payload, qos, props) VALUES (?, ?, ?, ?, ?, ?)",
                     (self._queue_id, client_id, msg.topic, bytes(msg.data or b""), msg.qos or 0, _dump(msg)))
@@ -199,7 +197,7 @@ class SessionDB:
         if row_id is not None:
             self._write("DELETE FROM mqtt_queue WHERE id = ?", (row_id,))
 
-    def inflight_put(self, client_id: str, packet_id: int, msg: ApplicationMessage) -> None:
+    def inflight_put(self, client_id: str, packet_id: int, msg: OutgoingMessage) -> None:
         self._seq += 1
         self._write("INSERT OR REPLACE INTO mqtt_inflight (client_id, packet_id, seq, topic, payload, qos, released, "
                     "props) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
@@ -212,7 +210,7 @@ class SessionDB:
     def inflight_del(self, client_id: str, packet_id: int) -> None:
         self._write("DELETE FROM mqtt_inflight WHERE client_id = ? AND packet_id = ?", (client_id, packet_id))
 
-    def incoming_put(self, client_id: str, msg: ApplicationMessage) -> None:
+    def incoming_put(self, client_id: str, msg: IncomingMessage) -> None:
         self._write("INSERT OR REPLACE INTO mqtt_incoming (client_id, packet_id, topic, payload, retain, props) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (client_id, msg.packet_id, msg.topic, bytes(msg.data or b""), int(bool(msg.retain)), _dump(msg)))

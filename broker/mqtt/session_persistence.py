@@ -1,14 +1,12 @@
 """Persistent MQTT sessions (clean session off) that survive disconnects, restarts and kill -9.
 
-amqtt 0.12.1 keeps a persistent session's subscriptions and offline queue in memory only, and
-forgets a QoS 1/2 message it sent once the PUBACK wait is cancelled or times out (upstream
-issue #401), so nothing is re-sent on reconnect. This module fixes both without touching the
-delivery engine: each persistent session gets two write-through containers in place of amqtt's,
+A `Session` (`broker/mqtt/session.py`) keeps its subscriptions, offline queue and in-flight messages in memory.
+Each persistent session gets three write-through containers in place of its plain ones,
 
-- `DurableInflight` for `Session.inflight_out`: an entry leaves only once the client acknowledged
-  it (PUBACK, or PUBCOMP for QoS 2), so amqtt's own `_retry_deliveries` re-sends it (DUP set) on
-  the next connection;
-- `DurableQueue` for `Session.retained_messages` (amqtt's queue for an offline session),
+- `DurableInflight` for `Session.inflight_out`: an entry leaves when the client acknowledges it (the outlet's
+  `acked` / `pubcomp` pop it: PUBACK, PUBCOMP, or a PUBREC refusing it), so the outlet re-sends it (DUP set) on
+  the next connection (`PublishOutlet.resend_inflight`), also after a restart;
+- `DurableQueue` for `Session.retained_messages` (the offline queue),
 - `DurableIncoming` for `Session.inflight_in`: a QoS 2 message the client published, stored before
   PUBREC and kept until its PUBREL (MQTT 3.1.1 §4.3.3), so a restart in between loses nothing,
 
@@ -29,22 +27,17 @@ its principal's unacknowledged bytes pass `limits.max_inflight_bytes_per_princip
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
 
-from amqtt.broker import BrokerContext, RetainedApplicationMessage
-from amqtt.mqtt.pubrec import PubrecPacket
-from amqtt.mqtt.pubrel import PubrelPacket
-from amqtt.session import ApplicationMessage, IncomingApplicationMessage, OutgoingApplicationMessage, Session
-
 from broker.limiter import LogThrottle
+from broker.mqtt.amqtt_compat import BrokerContext
 from broker.mqtt.hooks import PROTOCOL, SESSION_EXPIRY, SUB_OPTIONS
-from broker.mqtt.message import IncomingMessage, MessageProps, OutgoingMessage, RetainedMessage, props_of
+from broker.mqtt.message import IncomingMessage, Message, MessageProps, OutgoingMessage, RetainedMessage, props_of
 from broker.mqtt.quota import HELD, INFLIGHT, QUEUED, Quotas, principal_of
+from broker.mqtt.session import OfflineQueue, Session
 from broker.mqtt.session_db import SessionDB
 from broker.mqtt.sub_options import OptionsTable
 
@@ -54,7 +47,7 @@ log = logging.getLogger("intercom.sessions")
 _quiet = LogThrottle()  # a publisher flooding an offline session: one line per session every 5 s
 
 
-def _size(msg: ApplicationMessage) -> int:
+def _size(msg: Message) -> int:
     return len(msg.data or b"")
 
 
@@ -69,62 +62,39 @@ class _Counted:
     def count(self, kind: int, nbytes: int) -> None:
         self.quotas.add(self.principal, self.client_id, kind, nbytes)
 
-def _acknowledged(msg: ApplicationMessage) -> bool:
-    if msg.qos == 2:
-        return msg.pubcomp_packet is not None
-    if msg.qos == 1:
-        return msg.puback_packet is not None
-    return True
+class DurableInflight(dict[int, OutgoingMessage]):
+    """`Session.inflight_out` mirrored to sqlite: a message stays until the client acknowledged it.
 
-
-def _mark_sent(msg: ApplicationMessage) -> None:
-    """Record that the PUBLISH went out (a direct writer sends raw bytes), so a re-send sets DUP."""
-    if msg.publish_packet is None:
-        msg.publish_packet = msg.build_publish_packet()
-
-
-class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
-    """`Session.inflight_out` that keeps a message until the client acknowledged it (fixes amqtt #401).
-
-    amqtt pops an outgoing message in a `finally:` whether or not its PUBACK came. Here a pop that
-    happens while that wait's CancelledError/TimeoutError propagates is ignored (unless PUBACK or
-    PUBCOMP was recorded), so amqtt's `_retry_deliveries` re-sends the message, DUP set, on the next
-    connection. Any other pop (amqtt's after an ack, or a direct writer's PUBACK handler) removes.
-    A message that expired meanwhile is not re-sent (`drop_expired`), to a 3.1.1 session as to a v5 one.
+    Acknowledgement is explicit: the outlet pops a message when its PUBACK or PUBCOMP comes (or a PUBREC refusing
+    it), and only then. Everything else stays for the next connection, whose outlet re-sends it with DUP set
+    (a QoS 2 one past PUBREC: its PUBREL, `released`). A message that expired meanwhile is not re-sent
+    (`drop_expired`), to a 3.1.1 session as to a v5 one.
     """
 
     def __init__(self, db: SessionDB, client_id: str, quota: _Counted | None = None) -> None:
         super().__init__()
         self.db = db
         self.client_id = client_id
-        self.retry_pending = False
         self.quota = quota or _Counted(None, client_id, client_id)
 
     def fits(self, nbytes: int) -> bool:
         """Whether the principal's in-flight quota (`limits.max_inflight_bytes_per_principal`) has room."""
         return self.quota.quotas.fits(self.quota.principal, INFLIGHT, nbytes)
 
-    def expect_retry(self) -> None:
-        """A new connection: everything in flight now, or written before amqtt's retry pass reads
-        `values()`, will be sent again by that pass, so it must carry DUP (a direct writer can deliver
-        to the session between its registration and the handler's start)."""
-        self.retry_pending = True
-        for msg in super().values():
-            _mark_sent(msg)
-
-    def values(self) -> Any:
-        self.retry_pending = False
-        return super().values()
-
-    def __setitem__(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
-        if self.retry_pending:
-            _mark_sent(msg)
+    def __setitem__(self, packet_id: int, msg: OutgoingMessage) -> None:
         old = super().get(packet_id)
         super().__setitem__(packet_id, msg)
         self.quota.count(INFLIGHT, _size(msg) - (_size(old) if old is not None else 0))
         self.db.inflight_put(self.client_id, packet_id, msg)
 
-    def restore(self, packet_id: int, msg: OutgoingApplicationMessage) -> None:
+    def released(self, packet_id: int) -> None:
+        """The client's PUBREC for a QoS 2 message came: from now on only its PUBREL is re-sent."""
+        msg = super().get(packet_id)
+        if msg is not None and not msg.released:
+            msg.released = True
+            self.db.inflight_released(self.client_id, packet_id)
+
+    def restore(self, packet_id: int, msg: OutgoingMessage) -> None:
         super().__setitem__(packet_id, msg)
         self.quota.count(INFLIGHT, _size(msg))
 
@@ -133,7 +103,7 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
         not open a door late), unless a QoS 2 one is past PUBREC (then only its PUBREL is re-sent)."""
         gone = [packet_id for packet_id, msg in super().items()
                 if (props := props_of(msg)) is not None and props.expired(now)
-                and not (msg.qos == 2 and msg.pubrec_packet is not None)]
+                and not (msg.qos == 2 and msg.released)]
         for packet_id in gone:
             msg = super().pop(packet_id)
             self.quota.count(INFLIGHT, -_size(msg))  # released from the principal's in-flight bytes too
@@ -141,22 +111,16 @@ class DurableInflight(OrderedDict[int, OutgoingApplicationMessage]):
         return len(gone)
 
     def pop(self, packet_id: int, default: Any = None) -> Any:
-        msg = self.get(packet_id)
+        """The client acknowledged `packet_id`: forget it (quota and disk)."""
+        msg = super().pop(packet_id, None)
         if msg is None:
             return default
-        if not _acknowledged(msg) and sys.exc_info()[0] is not None:
-            # amqtt's `finally:` while its PUBACK/PUBCOMP wait is cancelled (disconnect) or timed out:
-            # keep the message for the retry on reconnect. A pop in normal flow is an acknowledgement.
-            if msg.qos == 2 and msg.pubrec_packet is not None:
-                self.db.inflight_released(self.client_id, packet_id)
-            return msg
-        super().pop(packet_id)
         self.quota.count(INFLIGHT, -_size(msg))
         self.db.inflight_del(self.client_id, packet_id)
         return msg
 
 
-class DurableIncoming(OrderedDict[int, IncomingApplicationMessage]):
+class DurableIncoming(dict[int, IncomingMessage]):
     """`Session.inflight_in`, mirrored to sqlite: a QoS 2 message the client published is written before
     the broker sends PUBREC and deleted once its PUBREL has routed it."""
 
@@ -170,11 +134,11 @@ class DurableIncoming(OrderedDict[int, IncomingApplicationMessage]):
         """Whether the principal may hold `nbytes` more (`limits.max_held_bytes_per_principal`)."""
         return self.quota.quotas.fits(self.quota.principal, HELD, nbytes)
 
-    def restore(self, packet_id: int, msg: IncomingApplicationMessage) -> None:
+    def restore(self, packet_id: int, msg: IncomingMessage) -> None:
         super().__setitem__(packet_id, msg)
         self.quota.count(HELD, _size(msg))
 
-    def __setitem__(self, packet_id: int, msg: IncomingApplicationMessage) -> None:
+    def __setitem__(self, packet_id: int, msg: IncomingMessage) -> None:
         old = super().get(packet_id)
         super().__setitem__(packet_id, msg)
         self.quota.count(HELD, _size(msg) - (_size(old) if old is not None else 0))
@@ -201,9 +165,11 @@ class DurableIncoming(OrderedDict[int, IncomingApplicationMessage]):
         self.db.incoming_del(self.client_id)
 
 
-class DurableQueue(asyncio.Queue[ApplicationMessage]):
-    """amqtt's per-session offline queue, mirrored to sqlite; when full the oldest message is dropped, and
+class DurableQueue(OfflineQueue):
+    """A persistent session's offline queue, mirrored to sqlite; when full the oldest message is dropped, and
     a message past the principal's byte quota (`limits.max_queued_bytes_per_principal`) is not kept."""
+
+    __slots__ = ("_rows", "client_id", "db", "limit", "quota")
 
     def __init__(self, db: SessionDB, client_id: str, limit: int, quota: _Counted | None = None) -> None:
         super().__init__()
@@ -213,12 +179,12 @@ class DurableQueue(asyncio.Queue[ApplicationMessage]):
         self.quota = quota or _Counted(None, client_id, client_id)
         self._rows: deque[int | None] = deque()
 
-    def restore(self, row_id: int, msg: ApplicationMessage) -> None:
+    def restore(self, row_id: int, msg: Message) -> None:
         super().put_nowait(msg)
         self.quota.count(QUEUED, _size(msg))
         self._rows.append(row_id)
 
-    def put_nowait(self, item: ApplicationMessage) -> None:
+    def put_nowait(self, item: Message) -> None:
         quota = self.quota
         if not quota.quotas.fits(quota.principal, QUEUED, _size(item)):
             _quiet.log(log, logging.WARNING, f"queued {quota.principal}",
@@ -235,10 +201,7 @@ class DurableQueue(asyncio.Queue[ApplicationMessage]):
         quota.count(QUEUED, _size(item))
         self._rows.append(self.db.queue_put(self.client_id, item))
 
-    async def put(self, item: ApplicationMessage) -> None:
-        self.put_nowait(item)
-
-    def get_nowait(self) -> ApplicationMessage:
+    def get_nowait(self) -> Message:
         item = super().get_nowait()
         self.quota.count(QUEUED, -_size(item))
         self.db.queue_del(self._rows.popleft())
@@ -272,6 +235,8 @@ class SessionPersistence:
             inflight = DurableInflight(self.db, client_id, quota)
             for packet_id, msg in session.inflight_out.items():
                 inflight[packet_id] = msg
+                if msg.released:
+                    self.db.inflight_released(client_id, packet_id)
             session.inflight_out = inflight
         if not isinstance(session.inflight_in, DurableIncoming):
             incoming = DurableIncoming(self.db, client_id, quota)
@@ -295,7 +260,6 @@ class SessionPersistence:
                 dropped = session.inflight_out.drop_expired(time.time())
                 if dropped:
                     log.info("%s resumed: %d expired in-flight messages not re-sent", session.client_id, dropped)
-                session.inflight_out.expect_retry()
             self.db.touch(session.client_id, session.username, session.attributes.get(SESSION_EXPIRY))
             self._known.add(session.client_id)
         elif session.client_id in self._known:
@@ -323,14 +287,13 @@ class SessionPersistence:
             if props is not None and props.expired(now):
                 self.db.retain(topic, b"", qos)  # expired while the broker was down
                 continue
-            context.retained_messages[topic] = (RetainedApplicationMessage(None, topic, payload, qos) if props is None
-                                                else RetainedMessage(None, topic, payload, qos, props))
+            context.retained_messages[topic] = RetainedMessage(topic, payload, qos, props)
         stored = self.db.load()
         messages = 0
         for s in stored:
             self._known.add(s.client_id)
             await context.add_subscription(s.client_id, None, None)
-            session = context.get_session(s.client_id)
+            session: Session | None = context.get_session(s.client_id)  # ours: RoutingMixin.create_offline_session
             if session is None:
                 continue
             session.clean_session = False
@@ -353,14 +316,12 @@ class SessionPersistence:
             assert isinstance(held, DurableIncoming)
             for packet_id, topic, payload, retain in s.incoming:
                 mp = s.props.get(("incoming", packet_id))
-                held.restore(packet_id, IncomingApplicationMessage(packet_id, topic, 2, payload, retain) if mp is None
-                             else IncomingMessage(packet_id, topic, payload, retain, mp))
+                held.restore(packet_id, IncomingMessage(packet_id, topic, payload, retain, mp))
             queue = session.retained_messages
             assert isinstance(queue, DurableQueue)
             for row_id, topic, payload, qos in s.queued:
                 mp = s.props.get(("queue", row_id))
-                queue.restore(row_id, RetainedApplicationMessage(None, topic, payload, qos) if mp is None
-                              else RetainedMessage(None, topic, payload, qos, mp))
+                queue.restore(row_id, RetainedMessage(topic, payload, qos, mp))
             messages += len(s.inflight) + len(s.queued) + len(s.incoming)
             for topic, qos in s.subscriptions:
                 await context.add_subscription(s.client_id, topic, qos)
@@ -385,7 +346,8 @@ class SessionPersistence:
         return len(gone)
 
     def freeze(self) -> None:
-        """Stop writing: a clean shutdown empties amqtt's queues, which must survive on disk (writes kept
+        """Stop writing: a clean shutdown empties the sessions' queues (amqtt's `_cleanup_session`), which must
+        survive on disk (writes kept
         while sessions.db was locked are written first, if it can be now)."""
         self.db.settle()
         self.db.frozen = True
@@ -395,11 +357,6 @@ class SessionPersistence:
 
 
 def _resend(packet_id: int, topic: str, payload: bytes, qos: int, released: bool,
-            props: MessageProps | None = None) -> OutgoingApplicationMessage:
-    msg = (OutgoingApplicationMessage(packet_id, topic, qos, payload, False) if props is None
-           else OutgoingMessage(packet_id, topic, qos, payload, False, props))
-    msg.publish_packet = msg.build_publish_packet()  # makes amqtt's retry set DUP
-    if released:  # QoS 2 past PUBREC: only PUBREL is re-sent
-        msg.pubrec_packet = PubrecPacket.build(packet_id)
-        msg.pubrel_packet = PubrelPacket.build(packet_id)
-    return msg
+            props: MessageProps | None = None) -> OutgoingMessage:
+    """A stored in-flight message; `released`: past PUBREC, so only its PUBREL is re-sent."""
+    return OutgoingMessage(packet_id, topic, qos, payload, False, props, released=released)

@@ -32,3 +32,14 @@ class SecondBarrier(BasePlugin[BrokerContext]):
 
     def acknowledge_after(self, send: Any) -> None:
         send()
+class PublishOnConnect(BasePlugin[BrokerContext]):
+    """Publishes `dup/t` (QoS 1) through amqtt's `BrokerContext.broadcast_message` whenever a client id starting
+    with "dup-" connects: a delivery to that client while its connection is being set up."""
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Any) -> None:
+        if client_id.startswith("dup-"):
+            await self.context.broadcast_message("dup/t", b"during-connect", qos=1)
+
+    @dataclass
+    class Config:
+        pass

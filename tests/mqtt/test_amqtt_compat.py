@@ -13,12 +13,13 @@ from amqtt.broker import Broker
 from amqtt.session import Session
 
 from broker.mqtt import amqtt_compat
-from broker.mqtt.amqtt_compat import AMQTT_VERSION, OVERRIDDEN, REPLACED_INIT, AmqttMismatch
+from broker.mqtt.amqtt_compat import AMQTT_VERSION, OVERRIDDEN, REPLACED_INIT, SESSION_API, AmqttMismatch
 from broker.mqtt.engine import IntercomBroker
 from broker.mqtt.fast_path import FastPathMixin
 from broker.mqtt.hardening import HardeningMixin
 from broker.mqtt.routing import RoutingMixin
-from broker.mqtt.session import EngineSession
+from broker.mqtt.session import Session as EngineSession
+from broker.mqtt.session import SessionStateError
 from tests.support.harness import Harness
 from tests.support.process import ROOT
 from tests.support.raw_mqtt import Raw, connect
@@ -28,7 +29,6 @@ UPSTREAM_INIT_STATES = vars(Session)["_init_states"]  # as imported, before any 
 # The engine's classes and the amqtt class each one's methods replace.
 ENGINE: list[tuple[type, type]] = [
     (HardeningMixin, Broker), (FastPathMixin, Broker), (RoutingMixin, Broker), (IntercomBroker, Broker),
-    (EngineSession, Session),
 ]
 
 
@@ -146,36 +146,49 @@ async def test_running_the_engine_leaves_amqtts_modules_as_upstream(harness: Har
     assert session.transitions.is_disconnected()
 
 
-async def test_replaced_constructors_set_every_attribute_amqtts_set() -> None:
-    """REPLACED_INIT: an EngineSession carries every instance attribute amqtt's Session() sets (amqtt code
-    reading one finds it), and its queues are the lazy ones."""
-    from broker.mqtt.lazy import LazyQueue
+def test_no_amqtt_constructor_is_replaced_and_the_session_is_not_amqtts() -> None:
+    """REPLACED_INIT is empty: the engine's Session is its own class, not a subclass of amqtt's."""
+    assert REPLACED_INIT == {}
+    assert not issubclass(EngineSession, Session)
+    assert Session not in EngineSession.__mro__
 
-    assert set(REPLACED_INIT) == {Session}
+
+def test_the_engine_session_answers_what_amqtt_uses_of_a_session() -> None:
+    """Every SESSION_API name is one amqtt's Session has, and the engine's Session has it too, with amqtt's
+    defaults for a fresh session (new, no client id, nothing in flight or queued)."""
     upstream, ours = Session(), EngineSession()
-    assert set(vars(upstream)) - {"transitions"} <= set(vars(ours))
+    for name in SESSION_API:
+        assert hasattr(upstream, name), f"amqtt's Session has no {name}: SESSION_API is stale"
+        assert hasattr(ours, name), f"the engine's Session lacks {name}, which amqtt uses"
     assert ours.transitions is ours
-    assert isinstance(ours.retained_messages, LazyQueue)
-    assert isinstance(ours.delivered_message_queue, LazyQueue)
+    assert ours.transitions.state == upstream.transitions.state == "new"
+    for name in ("client_id", "clean_session", "username", "password", "keep_alive", "will_flag", "parent",
+                 "is_anonymous", "attributes", "inflight_in_count", "inflight_out_count", "retained_messages_count"):
+        assert getattr(ours, name) == getattr(upstream, name), name
+    assert ours.retained_messages.qsize() == ours.delivered_message_queue.qsize() == 0
+    upstream, ours = Session(), EngineSession()  # hasattr took a packet id from each
+    assert [ours.next_packet_id for _ in range(3)] == [upstream.next_packet_id for _ in range(3)] == [1, 2, 3]
+    ours.clear_queues()
 
 
 def test_engine_session_states_behave_like_amqtts_transitions_machine() -> None:
-    """Every sequence of connect/disconnect gives an EngineSession the same states, errors and timestamps as the
-    transitions.Machine amqtt's own Session gets."""
+    """Every sequence of connect/disconnect gives the engine's Session the same states, refusals and timestamps as
+    the transitions.Machine amqtt's own Session gets (its refusal is a ValueError, which callers suppress)."""
     from transitions import MachineError
 
-    def run(session: Session, ops: tuple[str, ...]) -> list[tuple[str, bool, bool, bool, bool]]:
+    def run(session: object, ops: tuple[str, ...]) -> list[tuple[str, bool, bool, bool, bool]]:
         out = []
+        t = session.transitions  # type: ignore[attr-defined]
         for op in ops:
             try:
-                getattr(session.transitions, op)()
+                getattr(t, op)()
                 failed = False
-            except MachineError:
+            except (MachineError, SessionStateError):
                 failed = True
-            t = session.transitions
             out.append((t.state, failed, t.is_new(), t.is_connected(), t.is_disconnected()))
         return out
 
+    assert issubclass(SessionStateError, ValueError)
     for ops in itertools.product(("connect", "disconnect"), repeat=4):
         ours, theirs = EngineSession(), Session()
         assert run(ours, ops) == run(theirs, ops), ops

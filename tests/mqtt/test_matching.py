@@ -153,35 +153,25 @@ def test_retained_store_mirrors_every_dict_write_into_the_tree():
     assert not store
 
 
-async def test_lazy_queue_behaves_like_asyncio_queue_and_allocates_on_first_use() -> None:
+def test_offline_queue_is_fifo_and_allocates_on_first_use() -> None:
+    """A session's OfflineQueue holds no deque until a message is queued, then gives messages back in order."""
     import asyncio
 
-    from broker.mqtt.lazy import LazyQueue
+    from broker.mqtt.message import RetainedMessage
+    from broker.mqtt.session import OfflineQueue
 
-    q: LazyQueue[int] = LazyQueue()
+    q = OfflineQueue()
     assert q.empty()
     assert q.qsize() == 0
-    assert not q.full()
-    assert "_queue" not in vars(q)
-    assert "_getters" not in vars(q)
-    getter = asyncio.create_task(q.get())
-    await asyncio.sleep(0)
-    q.put_nowait(1)
-    assert await asyncio.wait_for(getter, 1) == 1
-    q.put_nowait(2)
-    q.put_nowait(3)
+    assert q._items is None
+    with pytest.raises(asyncio.QueueEmpty):
+        q.get_nowait()
+    first, second = RetainedMessage("a", b"1", 1), RetainedMessage("b", b"2", 1)
+    q.put_nowait(first)
+    q.put_nowait(second)
     assert q.qsize() == 2
-    assert q.get_nowait() == 2
-    assert q.get_nowait() == 3
-    q.task_done()
-    q.task_done()
-    q.task_done()
-    await asyncio.wait_for(q.join(), 1)
-    bounded: LazyQueue[int] = LazyQueue(maxsize=1)
-    bounded.put_nowait(1)
-    assert bounded.full()
-    with pytest.raises(asyncio.QueueFull):
-        bounded.put_nowait(2)
-    with pytest.raises(AttributeError):
-        _ = q.no_such_attribute  # type: ignore[attr-defined]
+    assert not q.empty()
+    assert q.get_nowait() is first
+    assert q.get_nowait() is second
+    assert q.empty()
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from amqtt.broker import RetainedApplicationMessage
-from amqtt.session import IncomingApplicationMessage
-
+from broker.mqtt.message import IncomingMessage, RetainedMessage
 from broker.mqtt.quota import HELD, QUEUED, QuotaLimits, Quotas, owner_of, principal_of
 from broker.mqtt.session_db import SessionDB
 from broker.mqtt.session_persistence import DurableIncoming, DurableQueue, _Counted
@@ -45,14 +43,14 @@ def test_containers_report_what_they_hold_and_refuse_past_the_quota() -> None:
     queue_a = DurableQueue(db, "p/a", 10, _Counted(quotas, "p", "p/a"))
     queue_b = DurableQueue(db, "p/b", 10, _Counted(quotas, "p", "p/b"))
     for queue in (queue_a, queue_b, queue_a):
-        queue.put_nowait(RetainedApplicationMessage(None, "t", b"x" * 100, 1))
+        queue.put_nowait(RetainedMessage("t", b"x" * 100, 1))
     assert (queue_a.qsize(), queue_b.qsize()) == (1, 1)
     assert quotas.used("p", QUEUED) == 200
     queue_a.get_nowait()
     assert quotas.used("p", QUEUED) == 100
     held = DurableIncoming(db, "p/a", _Counted(quotas, "p", "p/a"))
-    held[1] = IncomingApplicationMessage(1, "t", 2, b"y" * 400, False)
-    held[2] = IncomingApplicationMessage(2, "t", 2, b"y" * 400, False)
+    held[1] = IncomingMessage(1, "t", b"y" * 400, False)
+    held[2] = IncomingMessage(2, "t", b"y" * 400, False)
     assert not held.fits(201)
     assert held.fits(200)
     held.pop(1)

@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from amqtt.broker import RetainedApplicationMessage
 
+from broker.mqtt.message import RetainedMessage
 from broker.mqtt.session_db import SessionDB
 from broker.write_gate import MAX_PAUSE_S, WriteGate
 from tests.e2e.test_locked_db import HOLD_LOCK, Clock
@@ -39,7 +39,7 @@ def test_writes_made_while_locked_are_kept_and_written_in_order_after(tmp_path: 
     db.gate = WriteGate("sessions.db", clock=clock)
     other = sqlite3.connect(tmp_path / "sessions.db", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
-    msg = RetainedApplicationMessage(None, "feed/a", b"payload", 1)
+    msg = RetainedMessage("feed/a", b"payload", 1)
     first = db.queue_put("c1", msg)  # fails on the lock: the gate closes, the write is kept
     second = db.queue_put("c1", msg)
     db.queue_del(first)
