@@ -26,6 +26,7 @@ from broker.mqtt.topics import valid_topic_name
 if TYPE_CHECKING:
     from broker.mqtt.amqtt_compat import Broker
     from broker.mqtt.connection import Connection
+    from broker.mqtt.engine import IntercomBroker
 
     _Base: TypeAlias = Broker
 else:
@@ -49,16 +50,14 @@ class PublishMixin(_Base):
 
     limits: LimitsConfig
 
-    def _ack(self, conn: Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
-        engine: Any = self
-        engine.ack(conn, ptype, packet_id, reason)  # handle_qos2.Qos2Mixin.ack: one acknowledgement for both flows
+    def _ack(self: IntercomBroker, conn: Connection, ptype: int, packet_id: int, reason: int = 0) -> None:
+        self.ack(conn, ptype, packet_id, reason)  # handle_qos2.Qos2Mixin.ack: one acknowledgement for both flows
 
-    def _route_publish(self, conn: Connection, topic: str, data: bytes, qos: int, retain: bool,
-                  props: MessageProps | None, reply: ReplyTo | None = None) -> int:
-        engine: Any = self
-        return int(engine._route(conn.session, topic, data, qos, retain, engine._plugin_hooks(), props, reply))
+    def _route_publish(self: IntercomBroker, conn: Connection, topic: str, data: bytes, qos: int, retain: bool,
+                       props: MessageProps | None, reply: ReplyTo | None = None) -> int:
+        return int(self._route(conn.session, topic, data, qos, retain, self._plugin_hooks(), props, reply))
 
-    def publish_plain(self, conn: Connection, flags: int, body: bytes, version: int = V5) -> bool:
+    def publish_plain(self: IntercomBroker, conn: Connection, flags: int, body: bytes, version: int = V5) -> bool:
         """The common PUBLISH without the codec's `Publish`: QoS 0 or 1, a topic name, (MQTT 5) an empty property
         block, every ACL synchronous (the caller checks `sync_publish`). False for anything else, which
         `codec.decode_publish` then decodes strictly (and refuses with its reason code)."""
@@ -84,20 +83,19 @@ class PublishMixin(_Base):
             if not valid_topic_name(topic) or (qos and not packet_id):
                 return False
             payload = body[pos + 1:]
-        engine: Any = self
-        allowed = engine.may_publish_now(conn.session, topic)
+        allowed = self.may_publish_now(conn.session, topic)
         if allowed is None:
             return False
         if not allowed:
             if qos:
                 self._ack(conn, PUBACK, packet_id, NOT_AUTHORIZED)
             return True
-        matched = engine._route(conn.session, topic, payload, qos, bool(flags & 1), engine._plugin_hooks())
+        matched = self._route(conn.session, topic, payload, qos, bool(flags & 1), self._plugin_hooks())
         if qos:
             self._ack(conn, PUBACK, packet_id, 0 if matched else NO_SUBSCRIBERS)
         return True
 
-    def publish_packet(self, conn: Connection, pub: Publish) -> Any:
+    def publish_packet(self: IntercomBroker, conn: Connection, pub: Publish) -> Any:
         """Handle one PUBLISH; returns None when done, or an awaitable when an async ACL must decide."""
         if pub.props.get(codec.PAYLOAD_FORMAT) == 1:
             try:
@@ -108,30 +106,28 @@ class PublishMixin(_Base):
                 self._ack(conn, PUBACK if pub.qos == 1 else PUBREC, pub.packet_id, PAYLOAD_FORMAT_INVALID)
                 return None
         props = MessageProps.received(pub.forward, pub.props.get(codec.MESSAGE_EXPIRY))
-        engine: Any = self
         # sync_publish: every ACL answers without awaiting and no plugin listens to message events
-        allowed = engine.may_publish_now(conn.session, pub.topic) if engine._plugin_hooks().sync_publish else None
+        allowed = self.may_publish_now(conn.session, pub.topic) if self._plugin_hooks().sync_publish else None
         if allowed is None:
             return self._publish_async(conn, pub, props)
         self._accept_publish(conn, pub, props, allowed)
         return None
 
-    async def _publish_async(self, conn: Connection, pub: Publish, props: MessageProps | None) -> None:
+    async def _publish_async(self: IntercomBroker, conn: Connection, pub: Publish, props: MessageProps | None) -> None:
         """The publish with amqtt's message events (as for 3.1.1: QoS 2 ones fire at PUBREL) and any async ACL."""
-        engine: Any = self
         session = conn.session
         message = None
         if pub.qos < 2:
-            message = await engine.message_received_event(session, pub.topic, pub.payload, pub.qos, pub.retain)
-        allowed = await engine._allowed(session, pub.topic, Action.PUBLISH)
+            message = await self.message_received_event(session, pub.topic, pub.payload, pub.qos, pub.retain)
+        allowed = await self._allowed(session, pub.topic, Action.PUBLISH)
         if allowed:
-            await engine.message_broadcast_event(session, message)
+            await self.message_broadcast_event(session, message)
         self._accept_publish(conn, pub, props, allowed)
 
-    def _accept_publish(self, conn: Connection, pub: Publish, props: MessageProps | None, allowed: bool) -> None:
+    def _accept_publish(self: IntercomBroker, conn: Connection, pub: Publish, props: MessageProps | None,
+                        allowed: bool) -> None:
         if pub.qos == 2:
-            engine: Any = self
-            engine.hold_qos2(conn, pub.packet_id, pub.topic, pub.payload, pub.retain, allowed, props, _reply(pub))
+            self.hold_qos2(conn, pub.packet_id, pub.topic, pub.payload, pub.retain, allowed, props, _reply(pub))
             return
         if not allowed:
             if pub.qos:
