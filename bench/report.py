@@ -39,11 +39,13 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def ratio_pairs(targets: list[str], cases: list[CaseResults]) -> list[tuple[str, str]]:
-    """ours/amqtt and ours/mosquitto when ours has results, else amqtt/mosquitto."""
+    """ours/amqtt, ours/mosquitto and ours/ours@REV (an earlier revision) when ours has results, else
+    amqtt/mosquitto."""
     ours_measured = any("ours" in c.results and c.results["ours"].metrics for c in cases)
     pairs: list[tuple[str, str]] = []
     if ours_measured:
         pairs += [("ours", b) for b in ("amqtt", "mosquitto") if b in targets]
+        pairs += [("ours", b) for b in targets if b.startswith("ours@")]
     elif "amqtt" in targets and "mosquitto" in targets:
         pairs.append(("amqtt", "mosquitto"))
     return pairs

@@ -230,6 +230,34 @@ class OursTarget(Target):
         return await asyncio.to_thread(_http_ok, f"http://{HOST}:{self.http_port}/healthz")
 
 
+class OursAtRevTarget(OursTarget):
+    """``ours@REV``: our server as it was at git revision REV (its tracked files exported into the run's temp dir
+    with ``git archive``), run exactly as ``ours`` with this checkout's Python environment: a before/after
+    comparison in one run, on one machine state."""
+
+    def __init__(self, workdir: Path, rev: str) -> None:
+        super().__init__(workdir)
+        self.rev = rev
+        self.name = f"ours@{rev}"
+        self.tree = workdir / f"tree-{rev.replace('/', '_')}"
+
+    def skip_reason(self) -> str | None:
+        if not self.tree.exists():
+            self.tree.mkdir(parents=True)
+            archive = subprocess.run(["git", "archive", self.rev], cwd=REPO_ROOT, capture_output=True, check=False,
+                                     timeout=60)
+            if archive.returncode != 0:
+                return f"git archive {self.rev} failed: {archive.stderr.decode(errors='replace').strip()}"
+            subprocess.run(["tar", "-x", "-C", str(self.tree)], input=archive.stdout, check=True, timeout=60)
+        r = subprocess.run([sys.executable, "-c", "import broker"], cwd=self.tree, capture_output=True, check=False,
+                           timeout=30)
+        return None if r.returncode == 0 else f"`import broker` failed at {self.rev}"
+
+    def command(self) -> tuple[list[str], dict[str, str], Path]:
+        argv, env, _ = super().command()
+        return argv, env, self.tree
+
+
 TARGET_TYPES: dict[str, type[Target]] = {
     "amqtt": AmqttTarget,
     "mosquitto": MosquittoTarget,
