@@ -18,22 +18,21 @@ subscription matching more retained topics than `max_queued` is served, not take
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import RetainedApplicationMessage
 from amqtt.session import OutgoingApplicationMessage, Session
 
 from broker.mqtt.message import MessageProps, OutgoingMessage, RetainedMessage, props_of
 from broker.mqtt.session_persistence import DurableInflight
 
-__all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint", "unwrapped"]
+__all__ = ["CoalescingWriter", "DeliveryLimits", "Outlet", "RetainedBatch", "Wire", "encode_publish",
+           "encode_varint"]
 
 log = logging.getLogger("intercom.delivery")
 # encoded topic, topic, payload, QoS, retain, MQTT 5 properties, subscription identifiers
@@ -76,19 +75,31 @@ def encode_publish(topic: bytes, data: bytes, qos: int, packet_id: int = 0, reta
     return b"".join((bytes((header,)), encode_varint(2 + tlen + len(data)), tlen.to_bytes(2, "big"), topic, data))
 
 
-class CoalescingWriter(WriterAdapter):
-    """Wraps amqtt's writer: writes made in one loop iteration are joined into one transport write."""
+class Wire(Protocol):
+    """The socket side a `CoalescingWriter` writes to (`protocol.MqttProtocol`)."""
 
-    def __init__(self, inner: WriterAdapter, loop: asyncio.AbstractEventLoop) -> None:
+    transport: asyncio.Transport | None
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+class CoalescingWriter:
+    """Writes made in one loop iteration are joined into one transport write."""
+
+    __slots__ = ("_buf", "_loop", "_pending", "_scheduled", "inner")
+
+    def __init__(self, inner: Wire, loop: asyncio.AbstractEventLoop) -> None:
         self.inner = inner
         self._loop = loop
         self._buf: list[bytes] = []
         self._pending = 0
         self._scheduled = False
-        self._tcp = isinstance(inner, StreamWriterAdapter)
-        self._sender: asyncio.Task[None] | None = None
-        stream: Any = getattr(inner, "_writer", None) or getattr(inner, "_protocol", None)
-        self.transport: asyncio.WriteTransport | None = getattr(stream, "transport", None)
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.inner.transport
 
     def write(self, data: bytes | bytearray) -> None:
         self._buf.append(bytes(data))
@@ -100,8 +111,9 @@ class CoalescingWriter(WriterAdapter):
     def buffered(self) -> int:
         """Bytes not yet accepted by the peer: ours plus the transport's."""
         size = self._pending
-        if self.transport is not None:
-            size += self.transport.get_write_buffer_size()
+        transport = self.inner.transport
+        if transport is not None:
+            size += transport.get_write_buffer_size()
         return size
 
     def flush(self) -> None:
@@ -111,38 +123,11 @@ class CoalescingWriter(WriterAdapter):
         data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
         self._buf.clear()
         self._pending = 0
-        if self.transport is not None and self.transport.is_closing():
-            return  # the peer is gone (or was cut off): nothing more can be sent
-        try:
-            self.inner.write(data)
-        except (OSError, RuntimeError):  # uvloop raises RuntimeError on a closed handle
-            return
-        if not self._tcp and (self._sender is None or self._sender.done()):
-            self._sender = asyncio.ensure_future(self._send_ws())
-
-    async def _send_ws(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.inner.drain()
+        self.inner.write(data)  # dropped if the peer is gone (or was cut off)
 
     async def drain(self) -> None:
         self.flush()
         await self.inner.drain()
-
-    def get_peer_info(self) -> tuple[str, int] | None:
-        info: tuple[str, int] | None = self.inner.get_peer_info()
-        return info
-
-    def get_ssl_info(self) -> Any:
-        return self.inner.get_ssl_info()
-
-    async def close(self) -> None:
-        self.flush()
-        await self.inner.close()
-
-
-def unwrapped(writer: WriterAdapter) -> WriterAdapter:
-    """The connection's own writer, under the CoalescingWriter the engine may have wrapped it in."""
-    return writer.inner if isinstance(writer, CoalescingWriter) else writer
 
 
 class RetainedBatch:
