@@ -79,7 +79,7 @@ class Connection:
         self.link = link
         self.version = link.version  # the protocol the packet handlers answer in (`handle_subscribe.Peer`)
         self.alias_max = alias_max  # the Topic Alias Maximum the broker announced
-        self.aliases: dict[int, str] = {}
+        self.aliases: dict[int, str] | None = None  # the client's Topic Aliases, once it sets one
         self.closed = False
         self.outlet: PublishOutlet | None = None
         self.goodbye: Disconnect | None = None  # the client's DISCONNECT, once it sent one
@@ -192,9 +192,11 @@ class Connection:
             if alias > self.alias_max:
                 raise V5Error(TOPIC_ALIAS_INVALID, f"Topic Alias {alias} above the maximum {self.alias_max}")
             if pub.topic:
+                if self.aliases is None:
+                    self.aliases = {}
                 self.aliases[alias] = pub.topic
             else:
-                topic = self.aliases.get(alias)
+                topic = self.aliases.get(alias) if self.aliases is not None else None
                 if topic is None:
                     raise V5Error(PROTOCOL_ERROR, f"Topic Alias {alias} was never set")  # (MQTT 5.0 §3.3.2.3.4)
                 pub.topic = topic

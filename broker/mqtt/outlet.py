@@ -88,25 +88,26 @@ class Wire(Protocol):
 class CoalescingWriter:
     """Writes made in one loop iteration are joined into one transport write."""
 
-    __slots__ = ("_buf", "_loop", "_pending", "_scheduled", "inner")
+    __slots__ = ("_buf", "_loop", "_pending", "inner")
 
     def __init__(self, inner: Wire, loop: asyncio.AbstractEventLoop) -> None:
         self.inner = inner
         self._loop = loop
-        self._buf: list[bytes] = []
+        self._buf: list[bytes] | None = None  # written this iteration, flushed at its end (None: nothing)
         self._pending = 0
-        self._scheduled = False
 
     @property
     def transport(self) -> asyncio.Transport | None:
         return self.inner.transport
 
     def write(self, data: bytes | bytearray) -> None:
-        self._buf.append(bytes(data))
-        self._pending += len(data)
-        if not self._scheduled:
-            self._scheduled = True
+        buf = self._buf
+        if buf is None:
+            self._buf = [bytes(data)]
             self._loop.call_soon(self.flush)
+        else:
+            buf.append(bytes(data))
+        self._pending += len(data)
 
     def buffered(self) -> int:
         """Bytes not yet accepted by the peer: ours plus the transport's."""
@@ -117,13 +118,12 @@ class CoalescingWriter:
         return size
 
     def flush(self) -> None:
-        self._scheduled = False
-        if not self._buf:
+        buf = self._buf
+        if buf is None:
             return
-        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
-        self._buf.clear()
+        self._buf = None
         self._pending = 0
-        self.inner.write(data)  # dropped if the peer is gone (or was cut off)
+        self.inner.write(buf[0] if len(buf) == 1 else b"".join(buf))  # dropped if the peer is gone (or cut off)
 
     async def drain(self) -> None:
         self.flush()

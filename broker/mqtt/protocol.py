@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -123,15 +122,11 @@ class MqttProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast("asyncio.Transport", transport)  # uvloop's do not subclass asyncio's
         peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        self.peer = peer if isinstance(peer, tuple) and len(peer) >= 2 else None  # (IPv6: 4 items)
         if self._gate.admit(self.peer[0] if self.peer else None) is not None:
             transport.abort()  # refused before anything else is made for it
             return
-        self._admitted = True
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._admitted = True  # (both loops set TCP_NODELAY on their TCP transports themselves)
         # the CONNECT deadline runs from the TCP accept: TLS and WebSocket handshakes count against it
         self._deadline = self.accepted_at + self._host.limits.connect_timeout_s
         self._sweeper.watch(self)
@@ -163,7 +158,6 @@ class MqttProtocol(asyncio.Protocol):
                     break
                 got += 1
                 if conn is None:  # the CONNECT: admission and session adoption await
-                    self._deadline = None  # the CONNECT timeout is over; keepalive starts at registration
                     self._spawn(self._open(packet))
                     return
                 pending = conn.handle(packet[0], packet[1])
@@ -246,8 +240,10 @@ class MqttProtocol(asyncio.Protocol):
         self.conn = conn
         cap = self._host.limits.max_keepalive_s
         self.keepalive_s = keepalive_s if 0 < keepalive_s <= cap else cap
+        before = self._deadline
         self._arm()
-        self._sweeper.watch(self)
+        if before is None or self._deadline is None or self._deadline < before:
+            self._sweeper.watch(self)  # else its entry is pushed back when the CONNECT deadline comes due
 
     def _arm(self) -> None:
         self._deadline = time.monotonic() + self.keepalive_s * self._host.limits.keepalive_factor
