@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from broker.config import LimitsConfig
@@ -60,6 +60,35 @@ class PumpedTransport(asyncio.Transport):
 
     async def drain(self) -> None:
         raise NotImplementedError
+
+
+class _Resumed:
+    """A coroutine already run to its first suspension (`first`: what it yielded), for a task to await on."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self._coro, self._first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancellation: into the coroutine, as `await` would
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                value = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 class MqttProtocol(asyncio.Protocol):
@@ -164,9 +193,8 @@ class MqttProtocol(asyncio.Protocol):
                 if conn.goodbye is not None:  # the client's DISCONNECT
                     self._end()
                     return
-                if pending is not None:
-                    self._spawn(self._await(pending))
-                    break
+                if pending is not None and not self._start(pending):
+                    break  # its task handles what follows once it is done
                 if got % CHECK_EVERY == 0 and self._loop.time() - started >= SLICE_S:
                     self._yielding = True  # the others' turn; the rest is handled in the next iteration
                     self._loop.call_soon(self._next_turn)
@@ -175,6 +203,9 @@ class MqttProtocol(asyncio.Protocol):
             self._malformed(exc)
         except ProtocolError as exc:
             self._protocol_error(exc)
+        except Exception:
+            log.debug("MQTT connection from %s: a packet's handler failed", self.peer, exc_info=True)
+            self.close()
         finally:
             if got and self.keepalive_s:
                 self._arm()
@@ -188,6 +219,19 @@ class MqttProtocol(asyncio.Protocol):
         self._yielding = False
         if self._task is None and not self._lost:
             self._pump()
+
+    def _start(self, pending: Awaitable[Any]) -> bool:
+        """Run a handler up to its first suspension now, as the reading task of old did; True if it finished
+        without one (most do: an ACL answering synchronously), else a task carries it on."""
+        if not isinstance(pending, Coroutine):
+            self._spawn(self._await(pending))
+            return False
+        try:
+            first = pending.send(None)
+        except StopIteration:
+            return True
+        self._spawn(self._await(_Resumed(pending, first)))
+        return False
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._task = self._loop.create_task(coro)
