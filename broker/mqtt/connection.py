@@ -55,15 +55,19 @@ class Connection:
     """The handler of one registered network connection (see the module docstring)."""
 
     __slots__ = (
+        "_done",
         "alias_max",
         "aliases",
         "broker",
         "closed",
+        "closing",
+        "ended",
         "fast",
         "goodbye",
         "link",
-        "live",
         "outlet",
+        "present",
+        "server",
         "session",
         "version",
         "will",
@@ -71,7 +75,8 @@ class Connection:
         "writer",
     )
 
-    def __init__(self, broker: Any, session: Session, wire: MqttProtocol, link: Link, alias_max: int) -> None:
+    def __init__(self, broker: Any, session: Session, wire: MqttProtocol, link: Link, alias_max: int,
+                 server: Any = None, present: bool = False) -> None:
         self.broker = broker
         self.session = session
         self.wire = wire
@@ -80,13 +85,39 @@ class Connection:
         self.version = link.version  # the protocol the packet handlers answer in (`handle_subscribe.Peer`)
         self.alias_max = alias_max  # the Topic Alias Maximum the broker announced
         self.aliases: dict[int, str] | None = None  # the client's Topic Aliases, once it sets one
-        self.closed = False
+        self.closed = False  # nothing more is written or handled
         self.outlet: PublishOutlet | None = None
         self.goodbye: Disconnect | None = None  # the client's DISCONNECT, once it sent one
-        self.live: Any = None  # the `Live` registration takeover and revocation find (set by the broker)
         self.will: Any = None  # the Will to publish if the connection ends abnormally (set by the broker)
+        self.server = server  # amqtt's listener `Server`: the connection holds one of its slots until it ends
+        self.present = present  # it resumed an existing session
+        self.closing = False  # a takeover or a revocation is ending it
+        self.ended = False
+        self._done: asyncio.Event | None = None  # made when someone waits for the end (a takeover)
         # every ACL answers without awaiting and no plugin listens to message events: the hand-decoded PUBLISH
         self.fast: bool = broker._plugin_hooks().sync_publish
+
+    # -- registration: what a takeover or a revocation finds by client id --------------------------
+
+    @property
+    def done(self) -> asyncio.Event:
+        """Set once the connection has ended (before its session's cleanup)."""
+        if self._done is None:
+            self._done = asyncio.Event()
+            if self.ended:
+                self._done.set()
+        return self._done
+
+    def set_ended(self) -> None:
+        self.ended = True
+        if self._done is not None:
+            self._done.set()
+
+    async def close(self) -> None:
+        """End the connection now: MQTT 5 gets DISCONNECT 0x8E [MQTT-3.1.4-3], flushed (at most 1 s, so a peer
+        that does not read cannot hold the takeover up), then the socket closes."""
+        self.closing = True
+        await self.handle_connection_closed()
 
     # -- the engine's handler surface ---------------------------------------------------------------
 

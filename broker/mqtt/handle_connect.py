@@ -33,7 +33,6 @@ from broker.mqtt import codec, encode
 from broker.mqtt.codec import V5Error
 from broker.mqtt.connection import Connection
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
-from broker.mqtt.live import Live
 from broker.mqtt.message import MessageProps, props_of
 from broker.mqtt.reason import Reason
 from broker.mqtt.send_publish import Link
@@ -276,26 +275,26 @@ class ConnectMixin(_Base):
         link = Link(receive_max=c.props.get(codec.RECEIVE_MAXIMUM, 65535),
                     max_packet=c.props.get(codec.MAXIMUM_PACKET_SIZE, 268_435_460),
                     alias_max=c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0), version=c.version)
-        conn = Connection(self, session, wire, link, self.limits.topic_alias_maximum if c.version == codec.V5 else 0)
+        conn = Connection(self, session, wire, link, self.limits.topic_alias_maximum if c.version == codec.V5 else 0,
+                          server, present)
         sessions: Any = self._sessions
         sessions[cid] = (session, conn)
         self._open_outlet(session)  # conn.outlet
         props = self._connack_props(c, session, assigned, keep_alive) if c.version == codec.V5 else {}
         conn.write(encode.encode_connack(present, 0, props, c.version))
         wire.start_session(conn, keep_alive)
-        conn.live = self._hardening().live[cid] = Live(session, conn, server, present)
+        self._hardening().live[cid] = conn  # what a takeover or a revocation finds
         return conn
 
     async def _session_started(self, conn: Connection) -> None:
         """What a registered connection gets first: the plugins hear of it, then its in-flight and queued messages."""
         session = conn.session
-        live: Live = conn.live
         outlet = conn.outlet
         await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=session.client_id,
                                               client_session=session)
         await asyncio.sleep(0)  # let the plugins' handlers (durable containers) run before re-sending
         if outlet is not None and not conn.closed:
-            if live.present:
+            if conn.present:
                 outlet.resend_inflight()
             if conn.version == codec.V5:
                 self._offline_queue(session, outlet)
@@ -309,14 +308,13 @@ class ConnectMixin(_Base):
         cid = session.client_id
         assert cid is not None
         state = self._hardening()
-        live: Live = conn.live
-        if state.live.get(cid) is live:
+        if state.live.get(cid) is conn:
             del state.live[cid]
-        live.done.set()
+        conn.set_ended()
         try:
             await self._ended(session, conn, conn.outlet, conn.goodbye, conn.will)
         finally:
-            live.server.release_connection()
+            conn.server.release_connection()
 
     def _offline_queue(self, session: Session, outlet: Any) -> None:
         """Messages queued while the session was offline, through the outlet (expired ones are dropped)."""

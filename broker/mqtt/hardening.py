@@ -32,11 +32,11 @@ from broker.accept_loop import serve
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle, is_exempt
 from broker.mqtt.accept_gate import AcceptGate
+from broker.mqtt.connection import Connection
 from broker.mqtt.flapping import FlappingGuard
 from broker.mqtt.handle_connect import session_expired, take_pending_will
 from broker.mqtt.hooks import REFUSAL, REVOKED
 from broker.mqtt.keyed_lock import KeyedLock
-from broker.mqtt.live import Live
 from broker.mqtt.protocol import MqttProtocol
 from broker.mqtt.quota import owner_of, principal_of
 from broker.mqtt.ws_listener import TimedConnection, pump
@@ -242,7 +242,7 @@ class _State:
     def __init__(self, limits: LimitsConfig) -> None:
         self.gate = AcceptGate(limits)
         self.flapping = FlappingGuard(limits.flapping.max_connects, limits.flapping.window_s, limits.flapping.ban_s)
-        self.live: dict[str, Live] = {}
+        self.live: dict[str, Connection] = {}  # registered connections by client id
         self.connecting = KeyedLock()  # per client id: one CONNECT (or revocation) at a time
         # CONNECTs between their arrival and their registration, by id(): amqtt's Session compares by client id
         self.admitting: dict[int, Session] = {}

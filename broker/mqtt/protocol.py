@@ -10,7 +10,7 @@ pipelines many packets yields the loop every `fairness.SLICE_S`. One task per lo
 
 The accept-time refusals (`accept_gate.AcceptGate`) run in `connection_made`, before anything else is made.
 Every end (socket lost, DISCONNECT, keepalive expiry, a protocol error, a takeover, a revocation) goes one
-way: the broker's `close_session` (Will, session cleanup, takeover's `Live.done`), then the socket closes.
+way: the broker's `close_session` (Will, session cleanup, takeover's `Connection.done`), then the socket closes.
 A WebSocket connection is the same object, fed by a small pump task (`ws_listener`) through a `PumpedTransport`.
 """
 
