@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ from amqtt.session import OutgoingApplicationMessage, Session
 from broker.mqtt.message import MessageProps, OutgoingMessage, RetainedMessage, props_of
 from broker.mqtt.session_persistence import DurableInflight
 
-__all__ = ["CoalescingWriter", "DeliveryLimits", "Outlet", "RetainedBatch", "Wire", "encode_publish",
-           "encode_varint"]
+__all__ = ["CoalescingWriter", "DeliveryLimits", "Outlet", "RetainedBatch", "Wire", "WriteBatch", "encode_publish",
+           "encode_varint", "write_batch"]
 
 log = logging.getLogger("intercom.delivery")
 # encoded topic, topic, payload, QoS, retain, MQTT 5 properties, subscription identifiers
@@ -85,14 +86,51 @@ class Wire(Protocol):
     async def drain(self) -> None: ...
 
 
+class WriteBatch:
+    """The writers of one event loop with bytes waiting: flushed together at the end of the loop iteration, or
+    earlier by a connection that has handled what it received (`protocol.MqttProtocol`), so an answer leaves in
+    the callback that caused it."""
+
+    __slots__ = ("_loop", "_scheduled", "_writers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._writers: list[CoalescingWriter] = []
+        self._scheduled = False
+
+    def add(self, writer: CoalescingWriter) -> None:
+        self._writers.append(writer)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        writers = self._writers
+        if writers:
+            self._writers = []
+            for writer in writers:
+                writer.flush()
+
+
+_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = weakref.WeakKeyDictionary()
+
+
+def write_batch(loop: asyncio.AbstractEventLoop) -> WriteBatch:
+    batch = _BATCHES.get(loop)
+    if batch is None:
+        batch = _BATCHES[loop] = WriteBatch(loop)
+    return batch
+
+
 class CoalescingWriter:
     """Writes made in one loop iteration are joined into one transport write."""
 
-    __slots__ = ("_buf", "_loop", "_pending", "inner")
+    __slots__ = ("_batch", "_buf", "_pending", "inner")
 
     def __init__(self, inner: Wire, loop: asyncio.AbstractEventLoop) -> None:
         self.inner = inner
-        self._loop = loop
+        self._batch = write_batch(loop)
         self._buf: list[bytes] | None = None  # written this iteration, flushed at its end (None: nothing)
         self._pending = 0
 
@@ -104,7 +142,7 @@ class CoalescingWriter:
         buf = self._buf
         if buf is None:
             self._buf = [bytes(data)]
-            self._loop.call_soon(self.flush)
+            self._batch.add(self)
         else:
             buf.append(bytes(data))
         self._pending += len(data)

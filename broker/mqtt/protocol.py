@@ -27,6 +27,7 @@ from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt.accept_gate import AcceptGate
 from broker.mqtt.fairness import CHECK_EVERY, SLICE_S
+from broker.mqtt.outlet import write_batch
 from broker.mqtt.packet_guard import Framer, Malformed, _default_sweeper
 from broker.mqtt.reason import ProtocolError, Reason
 
@@ -111,6 +112,7 @@ class MqttProtocol(asyncio.Protocol):
         "_sweeper",
         "_task",
         "_write_paused",
+        "_writes",
         "_yielding",
         "accepted_at",
         "conn",
@@ -127,6 +129,7 @@ class MqttProtocol(asyncio.Protocol):
         self._gate = gate
         self._loop = asyncio.get_running_loop()
         self._sweeper = _default_sweeper()
+        self._writes = write_batch(self._loop)
         self.accepted_at = time.monotonic() if accepted_at is None else accepted_at  # before any TLS handshake
         self.transport: asyncio.Transport | None = None
         self.framer = Framer(host.limits.max_packet_bytes)
@@ -209,6 +212,8 @@ class MqttProtocol(asyncio.Protocol):
         finally:
             if got and self.keepalive_s:
                 self._arm()
+        if got:
+            self._writes.flush()  # the answers (PUBACKs, deliveries) leave now, not an iteration later
         if self._task is None and not self._yielding:
             if self._read_paused:
                 self._resume_reading()
