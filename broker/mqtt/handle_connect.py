@@ -19,17 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import string
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from amqtt.events import BrokerEvents
 from amqtt.session import Session
-from amqtt.utils import gen_client_id
 from transitions import MachineError
 
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt import codec, encode
+from broker.mqtt.amqtt_compat import BrokerEvents
 from broker.mqtt.codec import V5Error
 from broker.mqtt.connection import Connection
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
@@ -39,24 +40,29 @@ from broker.mqtt.send_publish import Link
 from broker.mqtt.session import EngineSession
 
 if TYPE_CHECKING:
-    from amqtt.broker import Broker
-
+    from broker.mqtt.amqtt_compat import Broker
     from broker.mqtt.protocol import MqttProtocol
 
     _Base: TypeAlias = Broker
 else:
     _Base = object
 
-__all__ = ["ConnectMixin", "session_expired", "take_pending_will"]
+__all__ = ["ConnectMixin", "assigned_client_id", "session_expired", "take_pending_will"]
 
 log = logging.getLogger("intercom.mqtt5")
 _quiet = LogThrottle()  # refused CONNECTs are client-driven
 _WILL = "intercom.v5.will"  # session attribute: the pending delayed Will, (timer, will)
 _NEVER = 0xFFFFFFFF
+_ID_CHARS = string.ascii_letters + string.digits
 QUOTA_EXCEEDED = Reason.QUOTA_EXCEEDED
 # 3.1.1 CONNACK return codes (what admission answers) -> MQTT 5 CONNACK reason codes
 _REASON = {1: Reason.UNSUPPORTED_PROTOCOL_VERSION, 2: Reason.CLIENT_ID_NOT_VALID, 3: Reason.SERVER_UNAVAILABLE,
            4: Reason.BAD_CREDENTIALS, 5: Reason.NOT_AUTHORIZED}
+
+
+def assigned_client_id() -> str:
+    """A Client Identifier for a client that sent none (§3.1.3.1): random, in amqtt's format."""
+    return "amqtt/" + "".join(secrets.choice(_ID_CHARS) for _ in range(16))
 
 
 def session_expired(session: Session, now: float, default_s: float | None) -> bool:
@@ -193,7 +199,7 @@ class ConnectMixin(_Base):
         if peer:
             session.remote_address, session.remote_port = peer[0], peer[1]
         assigned = not c.client_id
-        session.client_id = gen_client_id() if assigned else c.client_id
+        session.client_id = assigned_client_id() if assigned else c.client_id
         if c.version == codec.V5:
             expiry = min(c.props.get(codec.SESSION_EXPIRY, 0), self.limits.session_expiry_s)
             session.attributes[SESSION_EXPIRY] = expiry

@@ -23,15 +23,13 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
-from amqtt.contexts import Action, ListenerConfig, ListenerType
-from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle, is_exempt
 from broker.mqtt.accept_gate import AcceptGate
+from broker.mqtt.amqtt_compat import Action, ListenerConfig, ListenerType
 from broker.mqtt.connection import Connection
 from broker.mqtt.flapping import FlappingGuard
 from broker.mqtt.handle_connect import session_expired, take_pending_will
@@ -48,10 +46,8 @@ __all__ = ["HardeningMixin"]
 log = logging.getLogger("intercom.hardening")
 _quiet = LogThrottle()  # client-driven lines
 
-# CONNACK return codes (amqtt's constants are untyped)
-ACCEPTED: int = CONNECTION_ACCEPTED
-REFUSED: int = NOT_AUTHORIZED
-UNAVAILABLE: int = SERVER_UNAVAILABLE
+# MQTT 3.1.1 CONNACK return codes (§3.2.2.3)
+ACCEPTED, UNAVAILABLE, REFUSED = 0, 3, 5
 _TAKEOVER_WAIT_S = 5.0
 
 
@@ -59,7 +55,7 @@ class HardeningMixin:
     """Connection-level limits and protocol checks; see docs/security.md."""
 
     # amqtt's Broker provides these; declared for the type checker.
-    _sessions: dict[str, tuple[Session, BrokerProtocolHandler]]
+    _sessions: dict[str, tuple[Session, Any]]
     _subscriptions: dict[str, list[tuple[Session, int]]]
     plugins_manager: Any
     config: Any
