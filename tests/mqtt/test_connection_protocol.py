@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tests.support.raw_mqtt import PINGRESP, Raw, connack5, connect5, publish, subscribe
+import pytest
+
+from tests.support.raw_mqtt import PINGREQ, PINGRESP, Raw, connack5, connect5, publish, subscribe
 
 CLIENTS = 50
 
@@ -62,3 +64,28 @@ async def test_many_pipelined_packets_are_handled_in_order(make_harness):
         assert got == [str(i).encode() for i in range(200)]
     finally:
         await raw.close(disconnect=True)
+
+
+@pytest.mark.parametrize("plugin", ["tests.mqtt.amqtt_event_probe.EventProbe", "tests.mqtt.async_acl_probe.SlowAllow"])
+async def test_packets_arriving_while_a_handler_awaits_wait_in_order(make_harness, plugin):
+    """With a plugin listening to message events, or an ACL whose verdict awaits, a PUBLISH takes the awaiting path;
+    300 QoS 1 PUBLISHes and a PINGREQ pipelined in one write are all handled, acknowledged and delivered in order."""
+    h = await make_harness(mqtt={"plugins": {plugin: {"label": "x"}}})
+    port = h.server.mqtt_port
+    sub = await Raw.connected(port, "idle-sub", keepalive=60)
+    pub = await Raw.connected(port, "idle-pub", keepalive=60)
+    try:
+        await sub.subscribe([("idle/order/#", 0)])
+        await pub.send(b"".join(publish(f"idle/order/{i}", str(i).encode(), qos=1, packet_id=i + 1)
+                                for i in range(300)) + PINGREQ)
+        acks = []
+        while len(acks) < 301:
+            packet = await pub.read_packet()
+            assert packet is not None
+            acks.append(packet)
+        assert [first for first, _ in acks] == [0x40] * 300 + [PINGRESP]
+        assert [int.from_bytes(body[:2], "big") for _, body in acks[:300]] == list(range(1, 301))
+        assert await sub.publishes(quiet_s=0.5) == [str(i).encode() for i in range(300)]
+    finally:
+        await pub.close(disconnect=True)
+        await sub.close(disconnect=True)
