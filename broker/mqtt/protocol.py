@@ -192,6 +192,8 @@ class MqttProtocol(asyncio.Protocol):
                 if conn is None:  # the CONNECT: admission and session adoption await
                     self._spawn(self._open(packet))
                     return
+                if conn.closed:  # being ended (a takeover's DISCONNECT still draining): nothing more is handled
+                    break
                 pending = conn.handle(packet[0], packet[1])
                 if conn.goodbye is not None:  # the client's DISCONNECT
                     self._end()
@@ -226,8 +228,9 @@ class MqttProtocol(asyncio.Protocol):
             self._pump()
 
     def _start(self, pending: Awaitable[Any]) -> bool:
-        """Run a handler up to its first suspension now, as the reading task of old did; True if it finished
-        without one (most do: an ACL answering synchronously), else a task carries it on."""
+        """Run a handler up to its first suspension now, so it acts in arrival order with every other connection's
+        packets; True if it finished without one (most do: an ACL answering synchronously), else a task carries it
+        on."""
         if not isinstance(pending, Coroutine):
             self._spawn(self._await(pending))
             return False
