@@ -40,6 +40,7 @@ async def test_idle_connections_hold_no_task_each(make_harness):
             clients.append(raw)
         await clients[1].subscribe([("idle/1/#", 1)])
         during = await _settle()
+        print(f"{during - before} tasks for {CLIENTS} idle connections")
         assert during - before < CLIENTS // 5, f"{during - before} tasks for {CLIENTS} idle connections"
         for raw in clients[:4]:  # idle, not dead
             await raw.pingreq()
