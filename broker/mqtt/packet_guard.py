@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from dataclasses import dataclass
 
 from broker.mqtt import codec
 from broker.mqtt.deadlines import DeadlineSweeper
 from broker.mqtt.reason import ProtocolError, Reason
 from broker.mqtt.topics import valid_topic_name
 
-__all__ = ["Framer", "GuardLimits", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
+__all__ = ["Framer", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
            "remaining_length", "valid_topic_name"]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
@@ -38,15 +37,6 @@ class Malformed(Exception):
     def __init__(self, message: str, code: int = Reason.MALFORMED_PACKET) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True)
-class GuardLimits:
-    max_packet_bytes: int = 64 * 1024
-    connect_timeout_s: float = 10.0
-    keepalive_factor: float = 1.5
-    max_inflight_messages: int = 32
-    max_keepalive_s: int = 3600
 
 
 def remaining_length(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int, int] | None:
