@@ -50,10 +50,11 @@ AMQTT_VERSION = "0.12.1"
 # amqtt methods the engine's subclasses replace (class -> names). A name missing here or in amqtt fails `check`.
 OVERRIDDEN: dict[type, tuple[str, ...]] = {
     Broker: (
-        # hardening.HardeningMixin: accept, admission (authentication), session expiry; then handle_connect
-        "_create_server_instance", "_client_connected", "_authenticate", "_session_monitor",
-        # routing.RoutingMixin (subscription index, delivery, retained tree), fast_path.FastPathMixin (TCP_NODELAY)
-        "stream_connected", "add_subscription", "_del_subscription",
+        # hardening.HardeningMixin: listeners (every socket is a protocol.MqttProtocol), admission (authentication),
+        # session expiry
+        "_create_server_instance", "_authenticate", "_session_monitor",
+        # routing.RoutingMixin (subscription index, delivery, retained tree)
+        "add_subscription", "_del_subscription",
         "_del_all_subscriptions", "_publish_retained_messages_for_subscription", "_broadcast_message",
         "_run_broadcast", "_publish_session_retained_messages",
         # routing.RoutingMixin: a session restored through `BrokerContext.add_subscription` is the engine's

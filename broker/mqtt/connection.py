@@ -1,22 +1,21 @@
-"""One MQTT 5 network connection: reads its packets, decodes them strictly, hands them to the broker.
+"""One registered MQTT connection (3.1.1 or 5): decodes each framed packet strictly and hands it to the broker.
 
-`Connection` stands where amqtt's protocol handler stands for a 3.1.1 client: it is the handler in the
-broker's session table (`_sessions[client_id] = (session, connection)`), so takeover, shutdown and
-routing reach v5 and 3.1.1 connections alike; its outlet (`make_outlet`) writes v5 PUBLISH packets.
-Packets arrive framed and size-checked by the packet guard; each is decoded by `codec` before any of it
-is used, and a violation ends the connection with a DISCONNECT carrying the reason code, then a close
-[MQTT-4.13.1-1]. Topic Aliases the client sets live here, per connection [MQTT-3.3.2-7].
+`Connection` is the handler in the broker's session table (`_sessions[client_id] = (session, connection)`), so
+takeover, shutdown and routing reach every connection alike; its outlet (`make_outlet`) writes PUBLISH packets.
+Its socket is a `protocol.MqttProtocol`, which frames and validates the bytes (`packet_guard`) and calls `handle`
+per packet, synchronously; a handler that must await is returned to it as an awaitable. Each packet is decoded
+by `codec` before any of it is used, and a violation ends the connection with a DISCONNECT carrying the reason
+code (MQTT 5), then a close [MQTT-4.13.1-1]. Topic Aliases the client sets live here, per connection
+[MQTT-3.3.2-7].
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from broker.limiter import LogThrottle
 from broker.mqtt import codec, encode
 from broker.mqtt.codec import (
     AUTH,
@@ -38,37 +37,86 @@ from broker.mqtt.codec import (
     Publish,
     V5Error,
 )
-from broker.mqtt.fairness import Turn
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.mqtt.packet_guard import GuardedReader
-from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
+from broker.mqtt.reason import Reason, wrong_ack
 from broker.mqtt.send_publish import Link, PublishOutlet
 from broker.mqtt.session import Session
 
+if TYPE_CHECKING:
+    from broker.mqtt.protocol import MqttProtocol
+
 __all__ = ["Connection"]
 
-log = logging.getLogger("intercom.mqtt5")
-_quiet = LogThrottle(1.0)
 _LINGER_S = 1.0
 
 
 class Connection:
-    """The handler of one v5 network connection (see the module docstring)."""
+    """The handler of one registered network connection (see the module docstring)."""
 
+    __slots__ = (
+        "_done",
+        "alias_max",
+        "aliases",
+        "broker",
+        "closed",
+        "closing",
+        "ended",
+        "fast",
+        "goodbye",
+        "link",
+        "outlet",
+        "present",
+        "server",
+        "session",
+        "version",
+        "will",
+        "wire",
+        "writer",
+    )
 
-    def __init__(self, broker: Any, session: Session, reader: GuardedReader, writer: Any, link: Link,
-                 alias_max: int) -> None:
+    def __init__(self, broker: Any, session: Session, wire: MqttProtocol, link: Link, alias_max: int,
+                 server: Any = None, present: bool = False) -> None:
         self.broker = broker
         self.session = session
-        self.reader = reader
-        self.writer = writer  # the engine wraps it in a CoalescingWriter when it opens the outlet
+        self.wire = wire
+        self.writer = CoalescingWriter(wire, asyncio.get_running_loop())  # one transport write per loop iteration
         self.link = link
         self.version = link.version  # the protocol the packet handlers answer in (`handle_subscribe.Peer`)
         self.alias_max = alias_max  # the Topic Alias Maximum the broker announced
-        self.aliases: dict[int, str] = {}
-        self.closed = False
+        self.aliases: dict[int, str] | None = None  # the client's Topic Aliases, once it sets one
+        self.closed = False  # nothing more is written or handled
         self.outlet: PublishOutlet | None = None
-        self._reader_task: asyncio.Task[Any] | None = None
+        self.goodbye: Disconnect | None = None  # the client's DISCONNECT, once it sent one
+        self.will: Any = None  # the Will to publish if the connection ends abnormally (set by the broker)
+        self.server = server  # amqtt's listener `Server`: the connection holds one of its slots until it ends
+        self.present = present  # it resumed an existing session
+        self.closing = False  # a takeover or a revocation is ending it
+        self.ended = False
+        self._done: asyncio.Event | None = None  # made when someone waits for the end (a takeover)
+        # every ACL answers without awaiting and no plugin listens to message events: the hand-decoded PUBLISH
+        self.fast: bool = broker._plugin_hooks().sync_publish
+
+    # -- registration: what a takeover or a revocation finds by client id --------------------------
+
+    @property
+    def done(self) -> asyncio.Event:
+        """Set once the connection has ended (before its session's cleanup)."""
+        if self._done is None:
+            self._done = asyncio.Event()
+            if self.ended:
+                self._done.set()
+        return self._done
+
+    def set_ended(self) -> None:
+        self.ended = True
+        if self._done is not None:
+            self._done.set()
+
+    async def close(self) -> None:
+        """End the connection now: MQTT 5 gets DISCONNECT 0x8E [MQTT-3.1.4-3], flushed (at most 1 s, so a peer
+        that does not read cannot hold the takeover up), then the socket closes."""
+        self.closing = True
+        await self.handle_connection_closed()
 
     # -- the engine's handler surface ---------------------------------------------------------------
 
@@ -92,100 +140,78 @@ class Connection:
             self.writer.write(data)
 
     async def disconnect(self, reason: int, linger: bool = False) -> None:
-        """Send DISCONNECT with `reason` (§4.13), flush, and stop reading: the connection then ends.
+        """Send DISCONNECT with `reason` (§4.13), flush, and close: the connection then ends.
 
         `linger`: the client may still be sending (it has not seen the DISCONNECT yet); half-close and read
         and drop what comes for up to `_LINGER_S`, so the client reads the DISCONNECT instead of a reset."""
         if self.closed:
             return
         self.closed = True
+        wire = self.wire
         if self.version == V311:  # no server DISCONNECT in 3.1.1: the connection just closes
-            self.reader.close()
+            self.writer.flush()
+            wire.close()
             return
         self.writer.write(encode.encode_disconnect(reason))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.drain(), 1.0)
         if linger:
-            transport = getattr(self.writer, "transport", None)
-            with contextlib.suppress(Exception):
-                if transport is not None and transport.can_write_eof():
-                    transport.write_eof()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_LINGER_S):
-                    while await self.reader.read_packet() is not None:
-                        pass
-        self.reader.close()
+            await wire.linger(_LINGER_S)
+        wire.close()
 
     # -- reading -----------------------------------------------------------------------------------
 
-    async def run(self) -> Disconnect | None:
-        """Read and handle packets until the connection ends; the client's DISCONNECT, if it sent one."""
-        reader = self.reader
+    def handle(self, first: int, body: bytes) -> Awaitable[Any] | None:
+        """Handle one framed packet: None when done, or an awaitable the connection must await before the next
+        (its handler waits for something). A DISCONNECT is kept in `goodbye`; a protocol error raises."""
+        kind = first >> 4
         broker = self.broker
         version = self.version
-        turn = Turn()  # a pipelining client yields the loop to the others every few ms
-        # every ACL answers without awaiting and no plugin listens to message events: the hand-decoded PUBLISH
-        fast = broker._plugin_hooks().sync_publish
-        try:
-            while not self.closed:
-                if turn.over():
-                    await turn.yield_now()
-                packet = reader.take_packet() or await reader.read_packet()
-                if packet is None:
-                    if reader.code is not None:
-                        await self.disconnect(reader.code)
-                    return None
-                first, body = packet
-                kind = first >> 4
-                if kind == PUBLISH:
-                    if fast and broker.publish_plain(self, first & 0x0F, body, version):
-                        continue
-                    pending = broker.publish_packet(self, self.decode_publish(first & 0x0F, body, version))
-                    if pending is not None:
-                        await pending
-                elif kind == PUBACK:
-                    # the short form (both versions' usual one) is a non-zero packet id: no decoder needed
-                    packet_id = int.from_bytes(body, "big") if len(body) == 2 else 0
-                    if not packet_id:
-                        packet_id = codec.decode_ack(PUBACK, body, version).packet_id
-                    if (wrong := wrong_ack(self.session.inflight_out, PUBACK, packet_id)) is not None:
-                        raise wrong
-                    self.acked(packet_id)
-                elif kind == PUBREC:
-                    ack = codec.decode_ack(PUBREC, body, version)
-                    if (wrong := wrong_ack(self.session.inflight_out, PUBREC, ack.packet_id)) is not None:
-                        raise wrong
-                    if self.outlet is not None:
-                        self.outlet.pubrec(ack.packet_id, ack.reason)
-                elif kind == PUBREL:
-                    pending = broker.pubrel(self, codec.decode_ack(PUBREL, body, version).packet_id)
-                    if pending is not None:
-                        await pending
-                elif kind == PUBCOMP:
-                    packet_id = codec.decode_ack(PUBCOMP, body, version).packet_id
-                    if (wrong := wrong_ack(self.session.inflight_out, PUBCOMP, packet_id)) is not None:
-                        raise wrong
-                    if self.outlet is not None:
-                        self.outlet.pubcomp(packet_id)
-                    else:
-                        self.session.inflight_out.pop(packet_id, None)
-                elif kind == SUBSCRIBE:
-                    await broker.subscribe(self, codec.decode_subscribe(body, version))
-                elif kind == UNSUBSCRIBE:
-                    packet_id, filters, _ = codec.decode_unsubscribe(body, version)
-                    await broker.unsubscribe(self, packet_id, filters)
-                elif kind == PINGREQ:
-                    self.write(b"\xd0\x00")
-                elif kind == DISCONNECT:
-                    return codec.decode_disconnect(body, version)
-                elif kind == AUTH:
-                    # no Authentication Method was accepted at CONNECT: an AUTH is a Protocol Error (MQTT 5.0 §4.12)
-                    raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
-        except ProtocolError as exc:  # the one place a v5 protocol error becomes DISCONNECT + close
-            _quiet.log(log, logging.WARNING, self.session.remote_address or "?",
-                       "closing MQTT %s connection of %r: %s (reason %#04x)", "5" if version == V5 else "3.1.1",
-                       self.session.client_id, exc, exc.code)
-            await self.disconnect(exc.code, linger=True)
+        if kind == PUBLISH:
+            if self.fast and broker.publish_plain(self, first & 0x0F, body, version):
+                return None
+            pending: Awaitable[Any] | None = broker.publish_packet(self, self.decode_publish(first & 0x0F, body,
+                                                                                            version))
+            return pending
+        if kind == PUBACK:
+            # the short form (both versions' usual one) is a non-zero packet id: no decoder needed
+            packet_id = int.from_bytes(body, "big") if len(body) == 2 else 0
+            if not packet_id:
+                packet_id = codec.decode_ack(PUBACK, body, version).packet_id
+            if (wrong := wrong_ack(self.session.inflight_out, PUBACK, packet_id)) is not None:
+                raise wrong
+            self.acked(packet_id)
+        elif kind == PUBREC:
+            ack = codec.decode_ack(PUBREC, body, version)
+            if (wrong := wrong_ack(self.session.inflight_out, PUBREC, ack.packet_id)) is not None:
+                raise wrong
+            if self.outlet is not None:
+                self.outlet.pubrec(ack.packet_id, ack.reason)
+        elif kind == PUBREL:
+            released: Awaitable[None] | None = broker.pubrel(self, codec.decode_ack(PUBREL, body, version).packet_id)
+            return released
+        elif kind == PUBCOMP:
+            packet_id = codec.decode_ack(PUBCOMP, body, version).packet_id
+            if (wrong := wrong_ack(self.session.inflight_out, PUBCOMP, packet_id)) is not None:
+                raise wrong
+            if self.outlet is not None:
+                self.outlet.pubcomp(packet_id)
+            else:
+                self.session.inflight_out.pop(packet_id, None)
+        elif kind == SUBSCRIBE:
+            subscribed: Awaitable[None] = broker.subscribe(self, codec.decode_subscribe(body, version))
+            return subscribed
+        elif kind == UNSUBSCRIBE:
+            packet_id, filters, _ = codec.decode_unsubscribe(body, version)
+            unsubscribed: Awaitable[None] = broker.unsubscribe(self, packet_id, filters)
+            return unsubscribed
+        elif kind == PINGREQ:
+            self.write(b"\xd0\x00")
+        elif kind == DISCONNECT:
+            self.goodbye = codec.decode_disconnect(body, version)
+        elif kind == AUTH:
+            # no Authentication Method was accepted at CONNECT: an AUTH is a Protocol Error (MQTT 5.0 §4.12)
+            raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
         return None
 
     def decode_publish(self, flags: int, body: bytes, version: int = V5) -> Publish:
@@ -196,9 +222,11 @@ class Connection:
             if alias > self.alias_max:
                 raise V5Error(TOPIC_ALIAS_INVALID, f"Topic Alias {alias} above the maximum {self.alias_max}")
             if pub.topic:
+                if self.aliases is None:
+                    self.aliases = {}
                 self.aliases[alias] = pub.topic
             else:
-                topic = self.aliases.get(alias)
+                topic = self.aliases.get(alias) if self.aliases is not None else None
                 if topic is None:
                     raise V5Error(PROTOCOL_ERROR, f"Topic Alias {alias} was never set")  # (MQTT 5.0 §3.3.2.3.4)
                 pub.topic = topic

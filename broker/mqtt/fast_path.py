@@ -4,7 +4,7 @@
   plugin owns (`OwnsTopics`) goes to that plugin only. Wills take the same way (`publish_will`).
 * `may_publish_now`: the publish ACL's verdict without awaiting when every ACL is synchronous.
 * `message_received_event` / `message_broadcast_event`: amqtt's message events, only when a plugin listens.
-* Connections: TCP_NODELAY on every socket (`stream_connected`); on connect, a resumed 3.1.1 session gets its
+* Connections: on connect, a resumed 3.1.1 session gets its
   offline queue, then the retained messages of its own subscriptions (`_deliver_on_connect`).
 Incoming QoS 2 is `handle_qos2.Qos2Mixin`'s, SUBSCRIBE and UNSUBSCRIBE `handle_subscribe.SubscribeMixin`'s, the
 connection itself `handle_connect` / `connection`'s (both versions).
@@ -12,10 +12,7 @@ connection itself `handle_connect` / `connection`'s (both versions).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from broker.config import LimitsConfig
@@ -66,14 +63,6 @@ class FastPathMixin(RoutingMixin):
         super().__init__(*args, **kwargs)
 
     # ---- connections ----------------------------------------------------------------------------
-
-    async def stream_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                               listener_name: str) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await super().stream_connected(reader, writer, listener_name)
 
     async def _deliver_on_connect(self, session: Session) -> None:
         """Offline queue, then retained messages of this session's own subscriptions only.

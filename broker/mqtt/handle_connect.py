@@ -1,9 +1,9 @@
-"""An MQTT 5 connection's life on the one broker: CONNECT, admission, session, Will, disconnect.
+"""A connection's life on the one broker (MQTT 3.1.1 and 5): CONNECT, admission, session, Will, disconnect.
 
-The hardening layer reads the first packet of every connection; when it says MQTT 5 it hands the
-connection here (`_serve_connection`) instead of to amqtt (3.1.1 only). From there a v5 client uses the same
-admission (`HardeningMixin._admit`: flapping ban, the auth plugin, the Will-topic ACL), the same session
-table, subscription index, ACL, outlets and persistence as a 3.1.1 client; only its packets are its own.
+A connection's socket (`protocol.MqttProtocol`) hands its first packet here (`open_session`); the CONNECT
+says the version. Every client uses the same admission (`HardeningMixin._admit`: flapping ban, the auth
+plugin, the Will-topic ACL), the same session table, subscription index, ACL, outlets and persistence; a
+registered connection is served by `connection.Connection` until the socket calls `close_session`.
 
 Session semantics (§3.1.2.4, §3.1.2.11.2): Clean Start discards an existing session; the Session Expiry
 Interval (capped at `limits.session_expiry_s`, the cap stated in CONNACK) says how long the session
@@ -19,43 +19,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import string
 import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from amqtt.events import BrokerEvents
-from amqtt.utils import gen_client_id
 from transitions import MachineError
 
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt import codec, encode
+from broker.mqtt.amqtt_compat import BrokerEvents
 from broker.mqtt.codec import V5Error
 from broker.mqtt.connection import Connection
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
-from broker.mqtt.live import Live
 from broker.mqtt.message import MessageProps, props_of
-from broker.mqtt.packet_guard import GuardedReader
 from broker.mqtt.reason import Reason
 from broker.mqtt.send_publish import Link
 from broker.mqtt.session import Session
 
 if TYPE_CHECKING:
-    from amqtt.broker import Broker
+    from broker.mqtt.amqtt_compat import Broker
+    from broker.mqtt.protocol import MqttProtocol
 
     _Base: TypeAlias = Broker
 else:
     _Base = object
 
-__all__ = ["ConnectMixin", "session_expired", "take_pending_will"]
+__all__ = ["ConnectMixin", "assigned_client_id", "session_expired", "take_pending_will"]
 
 log = logging.getLogger("intercom.mqtt5")
 _quiet = LogThrottle()  # refused CONNECTs are client-driven
 _WILL = "intercom.v5.will"  # session attribute: the pending delayed Will, (timer, will)
 _NEVER = 0xFFFFFFFF
+_ID_CHARS = string.ascii_letters + string.digits
 QUOTA_EXCEEDED = Reason.QUOTA_EXCEEDED
 # 3.1.1 CONNACK return codes (what admission answers) -> MQTT 5 CONNACK reason codes
 _REASON = {1: Reason.UNSUPPORTED_PROTOCOL_VERSION, 2: Reason.CLIENT_ID_NOT_VALID, 3: Reason.SERVER_UNAVAILABLE,
            4: Reason.BAD_CREDENTIALS, 5: Reason.NOT_AUTHORIZED}
+
+
+def assigned_client_id() -> str:
+    """A Client Identifier for a client that sent none (§3.1.3.1): random, in amqtt's format."""
+    return "amqtt/" + "".join(secrets.choice(_ID_CHARS) for _ in range(16))
 
 
 def session_expired(session: Session, now: float, default_s: float | None) -> bool:
@@ -90,74 +96,73 @@ class _Will:
         self.delay: int = c.will_props.get(codec.WILL_DELAY, 0)
 
 
-class SessionLive(Live):
-    """A registered MQTT 5 connection: a takeover ends it with DISCONNECT 0x8E [MQTT-3.1.4-3], flushed (at
-    most 1 s, so a peer that does not read cannot hold the takeover up), then it stops reading."""
-
-    async def close(self) -> None:
-        self.closing = True
-        await self.handler.handle_connection_closed()
-
-
 class ConnectMixin(_Base):
     """Serves MQTT 5 connections; see the module docstring."""
 
     limits: LimitsConfig
 
-    async def _serve_connection(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
-        server = self._servers.get(listener_name)
+    async def open_session(self, listener: str, wire: MqttProtocol, packet: tuple[int, bytes]) -> bool:
+        """The CONNECT of a new connection (`protocol.MqttProtocol`): admission, session adoption, CONNACK, and
+        what a new session gets first. True when it is registered: `close_session` then ends it."""
+        server = self._servers.get(listener)
         if server is None:
-            return
+            return False
         await server.acquire_connection()
+        conn = None
         try:
-            await self._connect(listener_name, guard, writer)
+            conn = await self._connect(wire, packet, server)
         finally:
-            server.release_connection()
+            if conn is None:
+                server.release_connection()
+        if conn is not None:
+            try:
+                await self._session_started(conn)
+            except Exception:
+                log.debug("MQTT connection of %r ended with an error", conn.session.client_id, exc_info=True)
+                wire.close()
+        return conn is not None
 
-    async def _refuse(self, writer: Any, reason: int, why: str, client_id: str | None = None,
+    async def _refuse(self, wire: MqttProtocol, reason: int, why: str, client_id: str | None = None,
                          version: int = codec.V5) -> None:
         """CONNACK refusing the CONNECT: `reason` is a 3.1.1 return code for `version` 4, a reason code for 5."""
-        peer = writer.get_peer_info()
+        peer = wire.get_peer_info()
         _quiet.log(log, logging.WARNING, f"refused {peer[0] if peer else '?'}",
                    "refused MQTT %s CONNECT of %r: %s (code %#04x)", "5" if version == codec.V5 else "3.1.1",
                    client_id, why, reason)
         with contextlib.suppress(Exception):
-            writer.write(encode.encode_connack(False, reason, {}, version))
-            await asyncio.wait_for(writer.drain(), 1.0)
+            wire.write(encode.encode_connack(False, reason, {}, version))
+            await asyncio.wait_for(wire.drain(), 1.0)
 
-    async def _refuse_code(self, writer: Any, version: int, code: int, why: str, client_id: str | None) -> None:
+    async def _refuse_code(self, wire: MqttProtocol, version: int, code: int, why: str, client_id: str | None) -> None:
         """Refuse with admission's 3.1.1 return code, as MQTT 5's reason code on a v5 connection."""
-        await self._refuse(writer, _REASON.get(code, Reason.NOT_AUTHORIZED) if version == codec.V5 else code, why,
+        await self._refuse(wire, _REASON.get(code, Reason.NOT_AUTHORIZED) if version == codec.V5 else code, why,
                               client_id, version)
 
-    async def _connect(self, listener_name: str, guard: GuardedReader, writer: Any) -> None:
-        packet = guard.take_packet()
-        if packet is None:
-            return
+    async def _connect(self, wire: MqttProtocol, packet: tuple[int, bytes], server: Any) -> Connection | None:
         try:
             c = codec.decode_connect(packet[1])
         except V5Error as exc:
-            if guard.protocol == codec.V5:
-                await self._refuse(writer, exc.code, str(exc))
+            if wire.framer.protocol == codec.V5:
+                await self._refuse(wire, exc.code, str(exc))
             elif exc.code == Reason.UNSUPPORTED_PROTOCOL_VERSION and packet[1][2:6] == b"MQTT":
-                await self._refuse(writer, 1, str(exc), version=codec.V311)  # [MQTT-3.1.2-2]
-            return  # anything else the packet guard let through (MQTT 3.1 "MQIsdp"): closed without CONNACK
+                await self._refuse(wire, 1, str(exc), version=codec.V311)  # [MQTT-3.1.2-2]
+            return None  # anything else the packet guard let through (MQTT 3.1 "MQIsdp"): closed without CONNACK
         if c.version == codec.V311 and not c.clean_start and not c.client_id:
-            await self._refuse(writer, 2, "empty client id without clean session", version=codec.V311)
-            return  # [MQTT-3.1.3-8]
+            await self._refuse(wire, 2, "empty client id without clean session", version=codec.V311)
+            return None  # [MQTT-3.1.3-8]
         if codec.AUTH_METHOD in c.props:  # no enhanced authentication method is supported (§4.12)
-            await self._refuse(writer, Reason.BAD_AUTHENTICATION_METHOD,
+            await self._refuse(wire, Reason.BAD_AUTHENTICATION_METHOD,
                                   f"Authentication Method {c.props[codec.AUTH_METHOD]!r}", c.client_id)
-            return
+            return None
         will = _Will(c) if c.will_topic is not None else None
         if will is not None and c.will_props.get(codec.PAYLOAD_FORMAT) == 1 and not _utf8(c.will_payload):
-            await self._refuse(writer, 0x99, "Will payload is not UTF-8", c.client_id)  # (MQTT 5.0 §3.1.3.2.3)
-            return
-        session, assigned = self._new_session(c, writer, will)
-        code = await self._admit(session, listener_name)
+            await self._refuse(wire, 0x99, "Will payload is not UTF-8", c.client_id)  # (MQTT 5.0 §3.1.3.2.3)
+            return None
+        session, assigned = self._new_session(c, wire, will)
+        code = await self._admit(session, server.listener_name)
         if code != 0:
-            await self._refuse_code(writer, c.version, code, "not admitted", session.client_id)
-            return
+            await self._refuse_code(wire, c.version, code, "not admitted", session.client_id)
+            return None
         # One CONNECT per client id at a time, from takeover to registration, as for 3.1.1 (HardeningMixin);
         # revoke() may refuse it until it is registered.
         state = self._hardening()
@@ -170,29 +175,30 @@ class ConnectMixin(_Base):
                 if incoming.attributes.get(REVOKED):
                     with contextlib.suppress(MachineError, ValueError):
                         session.transitions.disconnect()
-                    await self._refuse_code(writer, c.version, 5, "credentials revoked while it was admitted", cid)
-                    return
+                    await self._refuse_code(wire, c.version, 5, "credentials revoked while it was admitted", cid)
+                    return None
                 if self._over_session_cap(session):
                     with contextlib.suppress(MachineError, ValueError):
                         session.transitions.disconnect()
                     if c.version == codec.V5:
-                        await self._refuse(writer, QUOTA_EXCEEDED, "limits.max_sessions_per_principal", cid)
+                        await self._refuse(wire, QUOTA_EXCEEDED, "limits.max_sessions_per_principal", cid)
                     else:
-                        await self._refuse(writer, 3, "limits.max_sessions_per_principal", cid, codec.V311)
-                    return
-                conn, outlet, live = self._register(session, present, assigned, c, guard, writer)
+                        await self._refuse(wire, 3, "limits.max_sessions_per_principal", cid, codec.V311)
+                    return None
+                conn = self._register(session, present, assigned, c, wire, server)
         finally:
             state.admitting.pop(id(incoming), None)
-        await self._serve_session(session, present, conn, outlet, live, will)
+        conn.will = will
+        return conn
 
-    def _new_session(self, c: codec.Connect, writer: Any, will: _Will | None) -> tuple[Session, bool]:
+    def _new_session(self, c: codec.Connect, wire: MqttProtocol, will: _Will | None) -> tuple[Session, bool]:
         """The amqtt `Session` a v5 CONNECT describes (as amqtt's CONNECT handling fills it for 3.1.1)."""
         session = Session()
-        peer = writer.get_peer_info()
+        peer = wire.get_peer_info()
         if peer:
             session.remote_address, session.remote_port = peer[0], peer[1]
         assigned = not c.client_id
-        session.client_id = gen_client_id() if assigned else c.client_id
+        session.client_id = assigned_client_id() if assigned else c.client_id
         if c.version == codec.V5:
             expiry = min(c.props.get(codec.SESSION_EXPIRY, 0), self.limits.session_expiry_s)
             session.attributes[SESSION_EXPIRY] = expiry
@@ -201,7 +207,7 @@ class ConnectMixin(_Base):
         else:  # 3.1.1: a persistent session outlives the connection by `limits.session_expiry_s` (the default)
             session.clean_session = c.clean_start
         session.keep_alive = c.keep_alive
-        session.ssl_object = writer.get_ssl_info()
+        session.ssl_object = wire.get_ssl_info()
         session.username = c.username
         session.password = c.password.decode("utf-8", "replace") if c.password is not None else None
         if will is not None:
@@ -259,8 +265,8 @@ class ConnectMixin(_Base):
             props[codec.SERVER_KEEP_ALIVE] = keep_alive  # [MQTT-3.2.2-21]
         return props
 
-    def _register(self, session: Session, present: bool, assigned: bool, c: codec.Connect,
-                     guard: GuardedReader, writer: Any) -> tuple[Connection, Any, Live]:
+    def _register(self, session: Session, present: bool, assigned: bool, c: codec.Connect, wire: MqttProtocol,
+                  server: Any) -> Connection:
         """Register the connection in the session table (takeover and revocation find it), send CONNACK."""
         cid = session.client_id
         assert cid is not None
@@ -274,42 +280,48 @@ class ConnectMixin(_Base):
         link = Link(receive_max=c.props.get(codec.RECEIVE_MAXIMUM, 65535),
                     max_packet=c.props.get(codec.MAXIMUM_PACKET_SIZE, 268_435_460),
                     alias_max=c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0), version=c.version)
-        conn = Connection(self, session, guard, writer, link,
-                            self.limits.topic_alias_maximum if c.version == codec.V5 else 0)
+        conn = Connection(self, session, wire, link, self.limits.topic_alias_maximum if c.version == codec.V5 else 0,
+                          server, present)
         sessions: Any = self._sessions
         sessions[cid] = (session, conn)
-        outlet: Any = self._open_outlet(session)  # wraps conn.writer
+        self._open_outlet(session)  # conn.outlet
         props = self._connack_props(c, session, assigned, keep_alive) if c.version == codec.V5 else {}
         conn.write(encode.encode_connack(present, 0, props, c.version))
-        guard.start_session(keep_alive, session.delivered_message_queue)
-        live = self._hardening().live[cid] = SessionLive(session, conn, guard, writer, started=True)
-        return conn, outlet, live
+        wire.start_session(conn, keep_alive)
+        self._hardening().live[cid] = conn  # what a takeover or a revocation finds
+        return conn
 
-    async def _serve_session(self, session: Session, present: bool, conn: Connection, outlet: Any, live: Live,
-                                will: _Will | None) -> None:
+    async def _session_started(self, conn: Connection) -> None:
+        """What a registered connection gets first: the plugins hear of it, then its in-flight and queued messages."""
+        session = conn.session
+        outlet = conn.outlet
+        self.tell(lambda t: t.session_connected(session))
+        if self._has_listeners(BrokerEvents.CLIENT_CONNECTED):
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=session.client_id,
+                                                  client_session=session)
+            await asyncio.sleep(0)  # let an amqtt plugin's handler run before re-sending
+        if outlet is not None and not conn.closed:
+            if conn.present:
+                outlet.resend_inflight()
+            if conn.version == codec.V5:
+                self._offline_queue(session, outlet)
+            else:  # 3.1.1: the offline queue, then the retained messages of a resumed session's subscriptions
+                await self._deliver_on_connect(session)
+
+    async def close_session(self, conn: Connection) -> None:
+        """The connection has ended (`protocol.MqttProtocol` calls this once): takeover's wait ends, then the
+        session's Will, cleanup and the listener's slot."""
+        session = conn.session
         cid = session.client_id
         assert cid is not None
         state = self._hardening()
-        disconnect: codec.Disconnect | None = None
+        if state.live.get(cid) is conn:
+            del state.live[cid]
+        conn.set_ended()
         try:
-            self.tell(lambda t: t.session_connected(session))
-            if self._has_listeners(BrokerEvents.CLIENT_CONNECTED):
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=cid,
-                                                      client_session=session)
-                await asyncio.sleep(0)  # let an amqtt plugin's handler run before re-sending
-            if outlet is not None:
-                if present:
-                    outlet.resend_inflight()
-                if conn.version == codec.V5:
-                    self._offline_queue(session, outlet)
-                else:  # 3.1.1: the offline queue, then the retained messages of a resumed session's subscriptions
-                    await self._deliver_on_connect(session)
-            disconnect = await conn.run()
+            await self._ended(session, conn, conn.outlet, conn.goodbye, conn.will)
         finally:
-            if state.live.get(cid) is live:
-                del state.live[cid]
-            live.done.set()
-            await self._ended(session, conn, outlet, disconnect, will)
+            conn.server.release_connection()
 
     def _offline_queue(self, session: Session, outlet: Any) -> None:
         """Messages queued while the session was offline, through the outlet (expired ones are dropped)."""

@@ -6,10 +6,10 @@ the packet guard (CONNECT timeout, keepalive x1.5, max packet size, malformed pa
 admission (authentication, Will-topic ACL, flapping ban), and a session adoption that only touches
 an existing session after the newcomer has authenticated. CONNECTs with one client id are handled
 one at a time (takeover, [MQTT-3.1.4-2]), and `revoke` ends the sessions of a principal whose
-token was re-issued or deleted. Overrides: `_client_connected` (every connection, 3.1.1 and 5, then goes
-to `handle_connect`), `_authenticate`, `_create_server_instance`, `_session_monitor`.
+token was re-issued or deleted. Overrides: `_create_server_instance` (every TCP/TLS socket is a
+`protocol.MqttProtocol`, every WebSocket one too, fed by `ws_listener.pump`), `_authenticate`, `_session_monitor`.
 Accept-time refusals live in `broker/mqtt/accept_gate.py`, packet rules in `broker/mqtt/packet_guard.py`,
-the WebSocket listener in `broker/mqtt/ws_listener.py`.
+the connection in `broker/mqtt/protocol.py`, the WebSocket listener in `broker/mqtt/ws_listener.py`.
 """
 
 from __future__ import annotations
@@ -23,24 +23,20 @@ from contextlib import suppress
 from functools import partial
 from typing import Any
 
-from amqtt.adapters import ReaderAdapter, WriterAdapter
-from amqtt.contexts import Action, ListenerConfig, ListenerType
-from amqtt.mqtt.connack import CONNECTION_ACCEPTED, NOT_AUTHORIZED, SERVER_UNAVAILABLE
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle, is_exempt
-from broker.mqtt.accept_gate import AcceptGate, GatedProtocol, abort, admitted_at_accept, close_writer
+from broker.mqtt.accept_gate import AcceptGate
+from broker.mqtt.amqtt_compat import Action, ListenerConfig, ListenerType
+from broker.mqtt.connection import Connection
 from broker.mqtt.flapping import FlappingGuard
 from broker.mqtt.handle_connect import session_expired, take_pending_will
 from broker.mqtt.hooks import REFUSAL, REVOKED
 from broker.mqtt.keyed_lock import KeyedLock
-from broker.mqtt.live import Live, TimedProtocol, accepted_at
-from broker.mqtt.packet_guard import GuardedReader, GuardLimits
+from broker.mqtt.protocol import MqttProtocol
 from broker.mqtt.quota import owner_of, principal_of
 from broker.mqtt.session import Session
-from broker.mqtt.ws_listener import BinaryFramesReader, FailingWriter, TimedConnection
+from broker.mqtt.ws_listener import TimedConnection, pump
 from broker.mqtt.ws_listener import serve as serve_ws
 from broker.web_guard import WebGuard
 
@@ -49,10 +45,8 @@ __all__ = ["HardeningMixin"]
 log = logging.getLogger("intercom.hardening")
 _quiet = LogThrottle()  # client-driven lines
 
-# CONNACK return codes (amqtt's constants are untyped)
-ACCEPTED: int = CONNECTION_ACCEPTED
-REFUSED: int = NOT_AUTHORIZED
-UNAVAILABLE: int = SERVER_UNAVAILABLE
+# MQTT 3.1.1 CONNACK return codes (§3.2.2.3)
+ACCEPTED, UNAVAILABLE, REFUSED = 0, 3, 5
 _TAKEOVER_WAIT_S = 5.0
 
 
@@ -60,7 +54,7 @@ class HardeningMixin:
     """Connection-level limits and protocol checks; see docs/security.md."""
 
     # amqtt's Broker provides these; declared for the type checker.
-    _sessions: dict[str, tuple[Session, BrokerProtocolHandler]]
+    _sessions: dict[str, tuple[Session, Any]]
     _subscriptions: dict[str, list[tuple[Session, int]]]
     plugins_manager: Any
     config: Any
@@ -104,49 +98,20 @@ class HardeningMixin:
         if listener_type != ListenerType.TCP:
             return await super()._create_server_instance(  # type: ignore[misc]
                 listener_name, listener_type, address, port, context)
-        # amqtt's asyncio.start_server, with the accept-time refusals done in connection_made: a refused
-        # socket costs no stream objects and no task (what makes a CONNECT flood cheap).
-        loop = asyncio.get_running_loop()
+        # one asyncio.Protocol per socket (broker.mqtt.protocol): the accept-time refusals happen in its
+        # connection_made, and an idle connection holds no task (what makes many connections and a CONNECT flood cheap)
         gate = self._hardening().gate
-        connected = partial(self.stream_connected, listener_name=listener_name)  # type: ignore[attr-defined]
+        host: Any = self
 
-        def protocol() -> GatedProtocol:
-            return TimedProtocol(asyncio.StreamReader(loop=loop), connected, gate)
+        def protocol() -> MqttProtocol:
+            return MqttProtocol(host, listener_name, gate)
 
         return await serve(f"MQTT listener {listener_name}", protocol, address, port, ssl_context=context,
                            ssl_handshake_timeout=limits.connect_timeout_s)  # our accept loop: survives EMFILE
 
     async def _ws_connected(self, websocket: TimedConnection, listener_name: str) -> None:
-        await self._client_connected(listener_name, BinaryFramesReader(websocket), FailingWriter(websocket))
-
-    # -- accept ---------------------------------------------------------------------------------
-
-    async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
-        state = self._hardening()
-        peer = writer.get_peer_info()
-        address = peer[0] if peer else None
-        gate = state.gate
-        if not admitted_at_accept(writer) and gate.admit(address) is not None:
-            abort(writer)
-            return
-        limits = self.limits
-        # the CONNECT deadline runs from the TCP accept: TLS and WebSocket handshakes count against it
-        accepted = accepted_at(writer)
-        connect_s = limits.connect_timeout_s - (time.monotonic() - accepted if accepted is not None else 0.0)
-        guard = GuardedReader(reader, GuardLimits(limits.max_packet_bytes, max(connect_s, 0.0),
-                                                  limits.keepalive_factor, limits.max_inflight_messages,
-                                                  limits.max_keepalive_s),
-                              peer=f"{address}:{peer[1] if peer else '?'}")
-        try:
-            # MQTT 3.1.1 and 5 alike: one connection path (broker.mqtt.handle_connect), the CONNECT says the version
-            if await guard.await_connect() is not None:
-                await self._serve_connection(listener_name, guard, writer)  # type: ignore[attr-defined]
-        except Exception:
-            log.debug("MQTT connection from %s ended with an error", address, exc_info=True)
-        finally:
-            gate.release()
-            guard.close()
-            await close_writer(writer)
+        host: Any = self
+        await pump(websocket, MqttProtocol(host, listener_name, self._hardening().gate, websocket.accepted_at))
 
     # -- CONNECT --------------------------------------------------------------------------------
 
@@ -272,7 +237,7 @@ class _State:
     def __init__(self, limits: LimitsConfig) -> None:
         self.gate = AcceptGate(limits)
         self.flapping = FlappingGuard(limits.flapping.max_connects, limits.flapping.window_s, limits.flapping.ban_s)
-        self.live: dict[str, Live] = {}
+        self.live: dict[str, Connection] = {}  # registered connections by client id
         self.connecting = KeyedLock()  # per client id: one CONNECT (or revocation) at a time
         # CONNECTs between their arrival and their registration, by id(): amqtt's Session compares by client id
         self.admitting: dict[int, Session] = {}

@@ -18,20 +18,20 @@ subscription matching more retained topics than `max_queued` is served, not take
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from broker.mqtt.amqtt_compat import StreamWriterAdapter, WriterAdapter
 from broker.mqtt.message import MessageProps, OutgoingMessage, RetainedMessage, props_of
 from broker.mqtt.session import Session
 from broker.mqtt.session_persistence import DurableInflight
 
-__all__ = ["DeliveryLimits", "Outlet", "RetainedBatch", "encode_publish", "encode_varint", "unwrapped"]
+__all__ = ["CoalescingWriter", "DeliveryLimits", "Outlet", "RetainedBatch", "Wire", "WriteBatch", "encode_publish",
+           "encode_varint", "write_batch"]
 
 log = logging.getLogger("intercom.delivery")
 # encoded topic, topic, payload, QoS, retain, MQTT 5 properties, subscription identifiers
@@ -74,73 +74,96 @@ def encode_publish(topic: bytes, data: bytes, qos: int, packet_id: int = 0, reta
     return b"".join((bytes((header,)), encode_varint(2 + tlen + len(data)), tlen.to_bytes(2, "big"), topic, data))
 
 
-class CoalescingWriter(WriterAdapter):
-    """Wraps amqtt's writer: writes made in one loop iteration are joined into one transport write."""
+class Wire(Protocol):
+    """The socket side a `CoalescingWriter` writes to (`protocol.MqttProtocol`)."""
 
-    def __init__(self, inner: WriterAdapter, loop: asyncio.AbstractEventLoop) -> None:
-        self.inner = inner
+    transport: asyncio.Transport | None
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+class WriteBatch:
+    """The writers of one event loop with bytes waiting: flushed together at the end of the loop iteration, or
+    earlier by a connection that has handled what it received (`protocol.MqttProtocol`), so an answer leaves in
+    the callback that caused it."""
+
+    __slots__ = ("_loop", "_scheduled", "_writers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._buf: list[bytes] = []
-        self._pending = 0
+        self._writers: list[CoalescingWriter] = []
         self._scheduled = False
-        self._tcp = isinstance(inner, StreamWriterAdapter)
-        self._sender: asyncio.Task[None] | None = None
-        stream: Any = getattr(inner, "_writer", None) or getattr(inner, "_protocol", None)
-        self.transport: asyncio.WriteTransport | None = getattr(stream, "transport", None)
 
-    def write(self, data: bytes | bytearray) -> None:
-        self._buf.append(bytes(data))
-        self._pending += len(data)
+    def add(self, writer: CoalescingWriter) -> None:
+        self._writers.append(writer)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
+    def flush(self) -> None:
+        self._scheduled = False
+        writers = self._writers
+        if writers:
+            self._writers = []
+            for writer in writers:
+                writer.flush()
+
+
+_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = weakref.WeakKeyDictionary()
+
+
+def write_batch(loop: asyncio.AbstractEventLoop) -> WriteBatch:
+    batch = _BATCHES.get(loop)
+    if batch is None:
+        batch = _BATCHES[loop] = WriteBatch(loop)
+    return batch
+
+
+class CoalescingWriter:
+    """Writes made in one loop iteration are joined into one transport write."""
+
+    __slots__ = ("_batch", "_buf", "_pending", "inner")
+
+    def __init__(self, inner: Wire, loop: asyncio.AbstractEventLoop) -> None:
+        self.inner = inner
+        self._batch = write_batch(loop)
+        self._buf: list[bytes] | None = None  # written this iteration, flushed at its end (None: nothing)
+        self._pending = 0
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.inner.transport
+
+    def write(self, data: bytes | bytearray) -> None:
+        buf = self._buf
+        if buf is None:
+            self._buf = [bytes(data)]
+            self._batch.add(self)
+        else:
+            buf.append(bytes(data))
+        self._pending += len(data)
+
     def buffered(self) -> int:
         """Bytes not yet accepted by the peer: ours plus the transport's."""
         size = self._pending
-        if self.transport is not None:
-            size += self.transport.get_write_buffer_size()
+        transport = self.inner.transport
+        if transport is not None:
+            size += transport.get_write_buffer_size()
         return size
 
     def flush(self) -> None:
-        self._scheduled = False
-        if not self._buf:
+        buf = self._buf
+        if buf is None:
             return
-        data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
-        self._buf.clear()
+        self._buf = None
         self._pending = 0
-        if self.transport is not None and self.transport.is_closing():
-            return  # the peer is gone (or was cut off): nothing more can be sent
-        try:
-            self.inner.write(data)
-        except (OSError, RuntimeError):  # uvloop raises RuntimeError on a closed handle
-            return
-        if not self._tcp and (self._sender is None or self._sender.done()):
-            self._sender = asyncio.ensure_future(self._send_ws())
-
-    async def _send_ws(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.inner.drain()
+        self.inner.write(buf[0] if len(buf) == 1 else b"".join(buf))  # dropped if the peer is gone (or cut off)
 
     async def drain(self) -> None:
         self.flush()
         await self.inner.drain()
-
-    def get_peer_info(self) -> tuple[str, int] | None:
-        info: tuple[str, int] | None = self.inner.get_peer_info()
-        return info
-
-    def get_ssl_info(self) -> Any:
-        return self.inner.get_ssl_info()
-
-    async def close(self) -> None:
-        self.flush()
-        await self.inner.close()
-
-
-def unwrapped(writer: WriterAdapter) -> WriterAdapter:
-    """The connection's own writer, under the CoalescingWriter the engine may have wrapped it in."""
-    return writer.inner if isinstance(writer, CoalescingWriter) else writer
 
 
 class RetainedBatch:

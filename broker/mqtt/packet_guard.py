@@ -1,39 +1,25 @@
-"""Packet guard: frames and validates every client packet before amqtt (3.1.1) or the v5 codec parses it.
+"""Packet guard: frames and validates every client packet before the codec decodes it.
 
-`GuardedReader` wraps amqtt's `ReaderAdapter`. It reads one whole packet at a time from the socket,
-enforces the CONNECT timeout, keepalive (x factor), the max packet size and the wire rules Mosquitto
-enforces, and only then hands the bytes to amqtt. On any violation it reports end-of-stream, so
-amqtt treats the client as gone (abnormal disconnect: its Will is published) and the socket closes.
-`check_packet` is pure and holds every rule.
-
-A connection whose CONNECT says protocol level 5 is MQTT 5 (`GuardedReader.protocol`): its packets are
-framed and checked here with `check_v5_frame` (types, fixed-header flags, size) and decoded strictly by
-`broker.mqtt.codec`; the reason code of a refusal is kept in `GuardedReader.code`, for the DISCONNECT
-MQTT 5 sends before closing [MQTT-4.13].
+`Framer` is sans-IO: the connection (`broker.mqtt.protocol`) feeds it the bytes it receives and takes
+whole packets, each checked against the max packet size and the wire rules Mosquitto enforces;
+`check_packet` (3.1.1) and `check_v5_frame` (5) are pure and hold every rule. A violation raises
+`Malformed`, whose `code` is the MQTT 5 reason code the DISCONNECT carries before the connection
+closes [MQTT-4.13]. The CONNECT and keepalive deadlines are watched by one `DeadlineSweeper` per loop
+(`_default_sweeper`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
-import time
 import weakref
-from dataclasses import dataclass
 
-from amqtt.adapters import ReaderAdapter
-
-from broker.limiter import LogThrottle
 from broker.mqtt import codec
 from broker.mqtt.deadlines import DeadlineSweeper
 from broker.mqtt.reason import ProtocolError, Reason
 from broker.mqtt.topics import valid_topic_name
 
-__all__ = ["GuardLimits", "GuardedReader", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
+__all__ = ["Framer", "Malformed", "check_packet", "check_v5_frame", "protocol_level",
            "remaining_length", "valid_topic_name"]
-
-log = logging.getLogger("intercom.guard")
-_quiet = LogThrottle(1.0)
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
@@ -43,7 +29,6 @@ _SERVER_ONLY = frozenset({0, CONNACK, SUBACK, UNSUBACK, PINGRESP, 15})
 _FLAGS = {CONNECT: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2, UNSUBSCRIBE: 2,
           PINGREQ: 0, DISCONNECT: 0}
 _ACK_TYPES = frozenset({PUBACK, PUBREC, PUBREL, PUBCOMP})
-_CHUNK = 64 * 1024
 
 
 class Malformed(Exception):
@@ -52,15 +37,6 @@ class Malformed(Exception):
     def __init__(self, message: str, code: int = Reason.MALFORMED_PACKET) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True)
-class GuardLimits:
-    max_packet_bytes: int = 64 * 1024
-    connect_timeout_s: float = 10.0
-    keepalive_factor: float = 1.5
-    max_inflight_messages: int = 32
-    max_keepalive_s: int = 3600
 
 
 def remaining_length(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int, int] | None:
@@ -148,245 +124,83 @@ def check_v5_frame(ptype: int, flags: int, body: bytes, first: bool) -> None:
         raise Malformed("PINGREQ with a body")
 
 
-class GuardedReader(ReaderAdapter):
-    """Serves amqtt only whole, validated packets; see the module docstring.
+class Framer:
+    """Sans-IO framing of one client's byte stream: `feed` what the socket delivered, then take whole,
+    validated packets with `next` until it says None (more bytes needed).
 
-    Bytes arrive in chunks into `_raw`; complete packets are validated synchronously and moved to
-    `_buf`, which amqtt reads. A read cancelled while it waits for the socket loses nothing (bytes
-    only move once they arrived), so the wait runs in the reader's own task: no task per wait. The
-    CONNECT/keepalive deadline is watched by a `DeadlineSweeper`, which interrupts that wait.
+    `next` raises `Malformed` (with the MQTT 5 reason code) for a packet that breaks a rule; the
+    connection then ends. The first packet must be a CONNECT; when it says protocol level 5 the
+    connection is MQTT 5 (`protocol`) and later packets are checked with `check_v5_frame`. Bytes not
+    yet framed stay in one buffer (None when there are none: an idle connection holds no buffer).
     """
 
-    def __init__(self, inner: ReaderAdapter, limits: GuardLimits, peer: str = "?",
-                 sweeper: DeadlineSweeper | None = None) -> None:
-        self._inner = inner
-        self._limits = limits
-        self._peer = peer
-        self._raw = bytearray()  # received, not yet validated; valid from `_off`
+    __slots__ = ("_buf", "_max", "_off", "packets", "protocol")
+
+    def __init__(self, max_packet_bytes: int) -> None:
+        self._buf: bytes | bytearray | None = None
         self._off = 0
-        self._buf = bytearray()  # validated packets, for amqtt
-        self._waiting: asyncio.Task[object] | None = None  # the task blocked on the socket, if any
-        self._interrupted = False
-        self._eof = False
-        self._packets = 0
-        self._deadline: float | None = time.monotonic() + limits.connect_timeout_s
-        self.keepalive_s = 0
-        self.inflight: asyncio.Queue[object] | None = None  # the session's incoming queue, for back-pressure
-        self.reason: str | None = None
+        self._max = max_packet_bytes
+        self.packets = 0  # packets taken so far
         self.protocol = 4  # 5 once the CONNECT says MQTT 5
-        self.code: int | None = None  # MQTT 5 reason code of a refusal (sent before closing)
-        self._expired: str | None = None
-        self._last: tuple[int, bytes] = (0, b"")
-        self.watch_token = 0
-        self._sweeper = sweeper or _default_sweeper()
-        self._sweeper.watch(self)
 
-    @property
-    def deadline(self) -> float | None:
-        return None if self._eof else self._deadline
+    def feed(self, data: bytes) -> None:
+        buf = self._buf
+        if buf is None:
+            self._buf, self._off = data, 0  # the common case: framed straight from the chunk received
+            return
+        if isinstance(buf, bytes):
+            buf = bytearray(buf[self._off:])
+        elif self._off:
+            del buf[:self._off]
+        buf += data
+        self._buf, self._off = buf, 0
 
-    def expire(self) -> bool:
-        """Called by the sweeper once the deadline passed: end the pending wait for bytes."""
-        if self._waiting is None:
-            return False  # busy with a packet; asked again next tick
-        self._expired = "CONNECT timeout" if self._packets == 0 else "keepalive expired"
-        if self._packets:
-            self.code = Reason.KEEP_ALIVE_TIMEOUT
-        self._interrupt()
-        return True
+    def buffered(self) -> int:
+        """Bytes received and not framed yet."""
+        return len(self._buf) - self._off if self._buf is not None else 0
 
-    def _interrupt(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            self._interrupted = True
-            waiting.cancel()
+    def clear(self) -> None:
+        self._buf, self._off = None, 0
 
-    def start_session(self, keepalive_s: int, inflight: asyncio.Queue[object]) -> None:
-        """CONNECT accepted: switch from the CONNECT timeout to keepalive x factor.
-
-        A keepalive of 0 (MQTT: no keepalive) or above `max_keepalive_s` is enforced as
-        `max_keepalive_s`, so a connection can never idle forever."""
-        cap = self._limits.max_keepalive_s
-        self.keepalive_s = keepalive_s if 0 < keepalive_s <= cap else cap
-        self.inflight = inflight
-        self._arm()
-        self._sweeper.watch(self)  # the keepalive deadline may come before the CONNECT one
-
-    def _arm(self) -> None:
-        k = self.keepalive_s
-        self._deadline = time.monotonic() + k * self._limits.keepalive_factor if k > 0 else None
-
-    async def await_connect(self) -> int | None:
-        """Wait for the first packet (the CONNECT) and validate its framing, leaving it to be read; the
-        protocol level it declares (5: MQTT 5), or None when the connection ended or was refused."""
-        while not self._buf and not self._eof:
-            if self._take_packet():
-                break
-            if not self._eof:
-                await self._receive()
-        return self.protocol if self._buf else None
-
-    async def read(self, n: int = -1) -> bytes:
-        want = max(n, 1)
-        while len(self._buf) < want and not self._eof:
-            q = self.inflight
-            if q is not None and q.qsize() >= self._limits.max_inflight_messages:
-                await self._wait_for_room(q)
-            if self._take_packet():
-                continue
-            if self._eof:  # the packet was refused
-                break
-            await self._receive()
-        if n < 0:
-            n = len(self._buf)
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
-
-    def feed_eof(self) -> None:
-        self._eof = True
-        self._inner.feed_eof()
-
-    def close(self) -> None:
-        """Stop reading: a pending read ends as end-of-stream."""
-        self._eof = True
-        self._interrupt()
-
-    def take_packet(self) -> tuple[int, bytes] | None:
-        """The next whole, valid packet as (first byte, body) if one has fully arrived, else None."""
-        if self._buf:  # bytes already moved for `read()` come first (rare: only around CONNECT)
-            return _split(self._buf)
-        if self._next_packet() is None:
+    def next(self) -> tuple[int, bytes] | None:
+        """The next whole, valid packet as (first byte, body), or None until more bytes arrive."""
+        buf, off = self._buf, self._off
+        if buf is None:
             return None
-        return self._last
-
-    async def read_packet(self) -> tuple[int, bytes] | None:
-        """The next whole, valid packet as (first byte, body); None at end of stream (or refusal).
-
-        One call per packet, where amqtt's `read(1)`, `read(1)`..., `read(n)` took three or more."""
-        while not self._eof or self._buf:
-            packet = self.take_packet()
-            if packet is not None:
-                return packet
-            if self._eof:
-                break
-            q = self.inflight
-            if q is not None and q.qsize() >= self._limits.max_inflight_messages:
-                await self._wait_for_room(q)
-            await self._receive()
-        return None
-
-    def _take_packet(self) -> bool:
-        """Move one complete, valid packet from `_raw` to `_buf` (for `read()`); False if none is there."""
-        start = self._off
-        if self._next_packet() is None:
-            return False
-        self._buf += self._raw[start:self._off]
-        return True
-
-    def _next_packet(self) -> int | None:
-        """Validate and consume one complete packet from `_raw` (kept in `_last`); its end offset, or
-        None if none is complete yet (or it was refused: then the reader is at end of stream)."""
-        raw, off = self._raw, self._off
-        end = len(raw)
+        end = len(buf)
+        header = remaining_length(buf, off + 1, end) if off < end else None
+        if header is None:
+            if off >= end:
+                self._buf, self._off = None, 0
+            return None
+        length, i = header
+        if i - off + length > self._max:
+            raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._max}", Reason.PACKET_TOO_LARGE)
+        if end - i < length:
+            return None
+        first = buf[off]
+        body = bytes(buf[i:i + length])
+        first_packet = self.packets == 0
+        if first_packet and first >> 4 == CONNECT and protocol_level(body) == 5:
+            self.protocol = 5
+        if self.protocol == 5:
+            check_v5_frame(first >> 4, first & 0x0F, body, first=first_packet)
+        else:
+            check_packet(first >> 4, first & 0x0F, body, first=first_packet)
+        self.packets += 1
+        off = i + length
         if off >= end:
-            return None
-        try:
-            header = remaining_length(raw, off + 1, end)
-            if header is None:
-                return None
-            length, i = header
-            if i - off + length > self._limits.max_packet_bytes:
-                raise Malformed(f"packet of {length} bytes exceeds max_packet_bytes {self._limits.max_packet_bytes}",
-                                Reason.PACKET_TOO_LARGE)
-            if end - i < length:
-                return None
-            first = raw[off]
-            body = bytes(raw[i:i + length])
-            if self._packets == 0 and first >> 4 == CONNECT and protocol_level(body) == 5:
-                self.protocol = 5
-            if self.protocol == 5:
-                check_v5_frame(first >> 4, first & 0x0F, body, first=self._packets == 0)
-            else:
-                check_packet(first >> 4, first & 0x0F, body, first=self._packets == 0)
-        except Malformed as exc:
-            self.code = exc.code
-            self._stop(f"malformed packet: {exc}")
-            return None
-        self._last = (first, body)
-        self._off = i + length
-        self._packets += 1
-        self._arm()
-        return self._off
-
-    async def _receive(self) -> None:
-        """Wait for more bytes (until the CONNECT or keepalive deadline)."""
-        if self._off:
-            del self._raw[:self._off]
-            self._off = 0
-        self._waiting = asyncio.current_task()
-        try:
-            chunk = await self._chunk()
-        except asyncio.CancelledError:
-            if not self._interrupted:
-                raise
-            # our own interrupt (deadline or close), not the caller's: the read just sees end-of-stream
-            self._interrupted = False
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            self._stop(self._expired)
-            return
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, EOFError):
-            chunk = b""
-        finally:
-            self._waiting = None
-        if not chunk:
-            self._stop(None)
-            return
-        self._raw += chunk
-
-    async def _chunk(self) -> bytes:
-        # amqtt (pinned) adapters keep the stream privately; reading what is there beats byte-wise reads.
-        stream = getattr(self._inner, "_reader", None)
-        if isinstance(stream, asyncio.StreamReader):
-            return await stream.read(_CHUNK)
-        first = bytes(await self._inner.read(1))
-        leftover = getattr(self._inner, "_stream", None)  # WebSocketsReader's buffer of the current message
-        if first and isinstance(leftover, io.BytesIO):
-            return first + leftover.read()
-        return first
-
-    async def _wait_for_room(self, q: asyncio.Queue[object]) -> None:
-        """Back-pressure: stop reading while the session has max_inflight messages unprocessed."""
-        while q.qsize() >= self._limits.max_inflight_messages:  # noqa: ASYNC110 - amqtt's queue has no "below N" signal
-            await asyncio.sleep(0.005)
-        self._arm()  # waiting on us is not client silence
-
-    def _stop(self, reason: str | None) -> None:
-        self._eof = True
-        self.reason = reason
-        if reason is not None:
-            _quiet.log(log, logging.WARNING, self._peer.rpartition(":")[0], "closing MQTT connection from %s: %s",
-                       self._peer, reason)
-
-
-def _split(buf: bytearray) -> tuple[int, bytes]:
-    """Take the first packet off `buf`, which holds whole packets only."""
-    header = remaining_length(buf, 1, len(buf))
-    if header is None:
-        raise Malformed("incomplete packet")
-    length, i = header
-    first, body = buf[0], bytes(buf[i:i + length])
-    del buf[:i + length]
-    return first, body
+            self._buf, self._off = None, 0
+        else:
+            self._off = off
+        return first, body
 
 
 _SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineSweeper] = weakref.WeakKeyDictionary()
 
 
 def _default_sweeper() -> DeadlineSweeper:
-    """One sweeper per event loop for readers not given one."""
+    """The running loop's sweeper (one per loop)."""
     loop = asyncio.get_running_loop()
     sweeper = _SWEEPERS.get(loop)
     if sweeper is None:

@@ -1,7 +1,7 @@
 """The MQTT 5 reason codes (§2.4) the engine sends, one `IntEnum`, and the one rule for acknowledgements.
 
 `ProtocolError` is what a handler raises for a client that broke the protocol; the connection turns it into
-its version's ending in one place (`connection.Connection.run`): DISCONNECT with the code then close
+its version's ending in one place (`protocol.MqttProtocol._protocol_error`): DISCONNECT with the code then close
 (MQTT 5), a plain close (3.1.1). `wrong_ack` is Mosquitto's outgoing-flow rule (`db__message_delete_outgoing`):
 PUBACK only for a QoS 1 delivery, PUBREC only for QoS 2, PUBCOMP only for QoS 2 after its PUBREC.
 """

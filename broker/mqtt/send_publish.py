@@ -59,7 +59,9 @@ class PublishOutlet(Outlet):
     def __init__(self, session: Session, handler: Any, writer: CoalescingWriter, limits: DeliveryLimits,
                  on_overflow: Callable[[Outlet], None], link: Link) -> None:
         window = min(limits.max_inflight, link.receive_max)
-        super().__init__(session, handler, writer, replace(limits, max_inflight=window), on_overflow)
+        if window != limits.max_inflight:  # a copy only when the client's Receive Maximum is the smaller window
+            limits = replace(limits, max_inflight=window)
+        super().__init__(session, handler, writer, limits, on_overflow)
         self.link = link
         # what the session had in flight when this connection registered: `resend_inflight` re-sends that only
         # (a message delivered on this connection before the re-send has gone out once already)

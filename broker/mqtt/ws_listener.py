@@ -1,6 +1,7 @@
 """The MQTT-over-WebSocket listener: binary frames only, bounded handshake, and a close that frees the socket.
 
-Replaces amqtt 0.12.1's `websockets.serve` call and its `WebSocketsReader`/`WebSocketsWriter`:
+Replaces amqtt 0.12.1's `websockets.serve` call and its `WebSocketsReader`/`WebSocketsWriter`; each connection is
+an `MqttProtocol` (as on TCP) over a `WsTransport`, fed by one small pump task (`pump`):
 * amqtt turned a TEXT frame into bytes and parsed it as MQTT; MQTT 3.1.1 §6 says "MQTT Control
   Packets MUST be sent in WebSocket binary data frames. If any other type of data frame is received
   the recipient MUST close the Network Connection" [MQTT-6.0.0-1]. Here a TEXT frame fails the
@@ -18,7 +19,7 @@ Replaces amqtt 0.12.1's `websockets.serve` call and its `WebSocketsReader`/`WebS
 
 from __future__ import annotations
 
-import io
+import asyncio
 import logging
 import ssl
 import time
@@ -28,7 +29,6 @@ from http import HTTPStatus
 from typing import Any
 
 import websockets
-from amqtt.adapters import WebSocketsReader, WebSocketsWriter
 from websockets import ConnectionClosed
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.frames import CloseCode
@@ -37,9 +37,10 @@ from websockets.protocol import State
 
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
+from broker.mqtt.protocol import PumpedTransport
 from broker.web_guard import WebGuard, local_of
 
-__all__ = ["BinaryFramesReader", "FailingWriter", "TimedConnection", "fail", "serve"]
+__all__ = ["TimedConnection", "WsTransport", "fail", "pump", "serve"]
 
 log = logging.getLogger("intercom.hardening")
 _quiet = LogThrottle()
@@ -96,45 +97,72 @@ def fail(ws: ServerConnection, code: int = CloseCode.NORMAL_CLOSURE, reason: str
     ws.transport.close()
 
 
-def accepted_at(ws: ServerConnection) -> float | None:
-    return ws.accepted_at if isinstance(ws, TimedConnection) else None
+class WsTransport(PumpedTransport):
+    """A WebSocket as the transport of an `MqttProtocol`: each write is one binary frame, sent at once."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        super().__init__()
+        self.ws = ws
+        self._reading = asyncio.Event()
+        self._reading.set()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return
+        with suppress(Exception):  # the peer is going away
+            ws.protocol.send_binary(bytes(data))
+            ws.send_data()
+
+    async def drain(self) -> None:
+        if self.ws.protocol.state is State.OPEN:
+            await self.ws.drain()
+
+    def is_closing(self) -> bool:
+        return self.ws.protocol.state is not State.OPEN or self.ws.transport.is_closing()
+
+    def close(self) -> None:
+        fail(self.ws)
+
+    def abort(self) -> None:
+        fail(self.ws)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.ws.transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self.ws.transport.get_write_buffer_size()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    def is_reading(self) -> bool:
+        return self._reading.is_set()
 
 
-class BinaryFramesReader(WebSocketsReader):
-    """amqtt's reader, except that a TEXT frame fails the connection [MQTT-6.0.0-1]."""
-
-    _stream: io.BytesIO  # amqtt's WebSocketsReader buffer (set in its __init__)
-
-    def __init__(self, protocol: ServerConnection) -> None:
-        super().__init__(protocol)
-        self.connection = protocol
-
-    async def _feed_buffer(self, n: int = 1) -> None:
-        buffer = bytearray(self._stream.read())
-        while len(buffer) < n:
-            try:
-                message = await self.connection.recv()
-            except ConnectionClosed:
-                break
+async def pump(ws: TimedConnection, protocol: asyncio.Protocol) -> None:
+    """Feed a WebSocket's binary messages to `protocol` until the connection closes; a TEXT frame fails it
+    [MQTT-6.0.0-1]."""
+    transport = WsTransport(ws)
+    protocol.connection_made(transport)
+    try:
+        while not transport.is_closing():
+            await transport._reading.wait()
+            message = await ws.recv()
             if isinstance(message, str):
-                peer = self.connection.remote_address
+                peer = ws.remote_address
                 _quiet.log(log, logging.WARNING, f"text {peer[0] if peer else '?'}",
                            "closing MQTT-over-WebSocket connection from %s: TEXT frame [MQTT-6.0.0-1]", peer)
-                fail(self.connection, CloseCode.UNSUPPORTED_DATA, "MQTT needs binary frames")
-                buffer.clear()
+                fail(ws, CloseCode.UNSUPPORTED_DATA, "MQTT needs binary frames")
                 break
-            buffer.extend(message)
-        self._stream = io.BytesIO(buffer)
-
-
-class FailingWriter(WebSocketsWriter):
-    """amqtt's writer, whose close frees the socket at once (see the module docstring)."""
-
-    _stream: io.BytesIO  # amqtt's WebSocketsReader buffer (set in its __init__)
-
-    def __init__(self, protocol: ServerConnection) -> None:
-        super().__init__(protocol)
-        self.connection = protocol
-
-    async def close(self) -> None:
-        fail(self.connection)
+            protocol.data_received(message)
+    except ConnectionClosed:
+        pass
+    finally:
+        protocol.connection_lost(None)

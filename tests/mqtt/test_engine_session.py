@@ -27,10 +27,6 @@ ENGINE = ROOT / "broker" / "mqtt"
 # The modules that name amqtt: the compat table (it re-exports the host API), the `Broker` subclass and the amqtt
 # plugin loader. The rest import amqtt's names through `amqtt_compat`.
 HOSTS = {"amqtt_compat.py", "engine.py", "plugin_config.py"}
-# The connection plumbing (h-conn's, being rewritten as an asyncio.Protocol: still on amqtt's adapters and CONNACK
-# constants for now). Remove each from this list as it stops importing amqtt.
-CONNECTION_PLUMBING = {"packet_guard.py", "accept_gate.py", "live.py", "hardening.py", "connection.py",
-                       "handle_connect.py", "ws_listener.py"}
 
 
 def amqtt_imports(path: Path) -> list[str]:
@@ -45,10 +41,10 @@ def amqtt_imports(path: Path) -> list[str]:
 
 
 def test_no_engine_module_imports_amqtt_outside_the_host_modules() -> None:
-    """Only amqtt_compat.py, engine.py and plugin_config.py (and, for now, the connection plumbing) import amqtt;
-    every other engine module gets amqtt's names from amqtt_compat."""
+    """Only amqtt_compat.py, engine.py and plugin_config.py import amqtt; every other engine module gets amqtt's
+    names from amqtt_compat."""
     offenders = {p.name: amqtt_imports(p) for p in sorted(ENGINE.glob("*.py"))
-                 if p.name not in HOSTS | CONNECTION_PLUMBING and amqtt_imports(p)}
+                 if p.name not in HOSTS and amqtt_imports(p)}
     assert offenders == {}
     assert amqtt_imports(ENGINE / "amqtt_compat.py")  # the scan does see an import
 
