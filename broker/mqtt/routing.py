@@ -22,7 +22,7 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
   synchronous ACLs, RECEIVE checks stay synchronous, otherwise deliveries go through one ordered lane.
 * MQTT 5: a message carries its properties (`MessageProps`) through delivery, retain and the offline
   queue; a subscriber holding v5 subscription options gets it per those options (`sub_options`),
-  and a v5 connection's handler brings its own outlet (`OwnOutlet`), which encodes v5 PUBLISH packets.
+  and each connection brings its own outlet (`Connection.make_outlet`), which encodes PUBLISH in its version.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from broker.mqtt.amqtt_compat import Action, BrokerEvents
 from broker.mqtt.hooks import (
@@ -54,6 +54,7 @@ from broker.mqtt.topics import shared_parts, valid_subscription
 
 if TYPE_CHECKING:
     from broker.mqtt.amqtt_compat import Broker
+    from broker.mqtt.connection import Connection
 
     _Base: TypeAlias = Broker
 else:
@@ -77,16 +78,6 @@ def member_rank(session: Session) -> int:
     if not session.clean_session and not session.is_anonymous:
         return HOLDS
     return NONE
-
-
-@runtime_checkable
-class OwnOutlet(Protocol):
-    """A connection handler that builds its own outlet (the MQTT 5 connection does)."""
-
-    writer: Any
-
-    def make_outlet(self, session: Session, writer: CoalescingWriter, limits: DeliveryLimits,
-                    on_overflow: Callable[[Outlet], None]) -> Outlet: ...
 
 
 @dataclass
@@ -211,7 +202,7 @@ class RoutingMixin(_Base):
         entry = self._sessions.get(key)
         if entry is None or entry[0] is not session:
             return None
-        handler: Any = entry[1]
+        handler: Connection | None = entry[1]
         if handler is None:  # an offline session (`create_offline_session`): no connection yet
             return None
         if outlet is not None and outlet.handler is handler and not outlet.closed:
@@ -220,10 +211,7 @@ class RoutingMixin(_Base):
             return None
         if not isinstance(handler.writer, CoalescingWriter):
             handler.writer = CoalescingWriter(handler.writer, asyncio.get_running_loop())
-        if isinstance(handler, OwnOutlet):
-            outlet = handler.make_outlet(session, handler.writer, self.delivery_limits, self._on_overflow)
-        else:
-            outlet = Outlet(session, handler, handler.writer, self.delivery_limits, self._on_overflow)
+        outlet = handler.make_outlet(session, handler.writer, self.delivery_limits, self._on_overflow)
         self._outlets[key] = outlet
         return outlet
 
