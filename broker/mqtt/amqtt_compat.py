@@ -54,7 +54,7 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
         # session expiry
         "_create_server_instance", "_authenticate", "_session_monitor",
         # routing.RoutingMixin (subscription index, delivery, retained tree)
-        "add_subscription", "_del_subscription",
+        "add_subscription", "_del_subscription", "subscriptions",
         "_del_all_subscriptions", "_publish_retained_messages_for_subscription", "_broadcast_message",
         "_run_broadcast", "_publish_session_retained_messages",
         # routing.RoutingMixin: a session restored through `BrokerContext.add_subscription` is the engine's

@@ -63,7 +63,6 @@ class HardeningMixin(_Base):
 
     # amqtt's Broker provides these; declared for the type checker.
     _sessions: dict[str, tuple[Session, Connection | None]]  # None: an offline session (no connection)
-    _subscriptions: dict[str, list[tuple[Session, int]]]
     plugins_manager: Any
     config: Any
     listeners_config: Any

@@ -256,29 +256,26 @@ class RoutingMixin(_Base):
         qos = min(qos, max_qos if isinstance(max_qos, int) else qos)
         key = session.client_id or ""
         self._index.add(topic_filter, key, session, qos)
-        subs = self._subscriptions.setdefault(topic_filter, [])
-        subs[:] = [(s, q) for s, q in subs if s.client_id != key]
-        subs.append((session, qos))
         return qos
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         key = session.client_id or ""
-        removed = self._index.remove(a_filter, key)
-        self._drop_listed(a_filter, key)
-        return int(removed)
+        return int(self._index.remove(a_filter, key))
 
     async def _del_all_subscriptions(self, session: Session) -> None:
-        key = session.client_id or ""
-        for topic_filter in self._index.remove_all(key):
-            self._drop_listed(topic_filter, key)
+        self._index.remove_all(session.client_id or "")
 
-    def _drop_listed(self, topic_filter: str, key: str) -> None:
-        subs = self._subscriptions.get(topic_filter)
-        if subs is None:
-            return
-        subs[:] = [(s, q) for s, q in subs if s.client_id != key]
-        if not subs:
-            del self._subscriptions[topic_filter]
+    @property
+    def subscriptions(self) -> dict[str, list[tuple[Session, int]]]:
+        """amqtt's view, {filter: [(session, QoS)]} (its $SYS plugin counts it), built from the index when asked:
+        the index is the one record, amqtt's own `_subscriptions` stays empty."""
+        out: dict[str, list[tuple[Session, int]]] = {}
+        for key, filters in self._index.by_key():
+            entry = self._sessions.get(key)
+            if entry is not None:
+                for topic_filter, qos in filters.items():
+                    out.setdefault(topic_filter, []).append((entry[0], qos))
+        return out
 
     # ---- retained -------------------------------------------------------------------------------
 

@@ -87,6 +87,10 @@ class SubscriptionIndex(Generic[S]):
             self.remove(topic_filter, key)
         return filters
 
+    def by_key(self) -> Iterator[tuple[str, dict[str, int]]]:
+        """(key, {filter as subscribed: QoS}) for every key holding a subscription."""
+        return iter(self._by_key.items())
+
     def filters_of(self, key: str) -> dict[str, int]:
         """The filters one key holds, with their granted QoS."""
         return dict(self._by_key.get(key, {}))
