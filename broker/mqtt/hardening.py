@@ -121,8 +121,14 @@ class HardeningMixin(_Base):
     # -- CONNECT --------------------------------------------------------------------------------
 
     async def _authenticate(self: IntercomBroker, session: Session, listener: ListenerConfig) -> bool:
-        """amqtt's plugin vote, then the Will topic against the publish ACL (Mosquitto does both)."""
-        if not await super()._authenticate(session, listener):
+        """amqtt's plugin vote, then the Will topic against the publish ACL (Mosquitto does both).
+
+        The vote is amqtt's rule (`Broker._authenticate`: every plugin that answers True or False must say True,
+        and at least one must answer), with each plugin awaited in turn instead of through a task per plugin."""
+        pm: Any = self.plugins_manager
+        votes = [await plugin.authenticate(session=session) for plugin in pm._auth_plugins]
+        answers = [vote for vote in votes if vote is not None]
+        if not answers or not all(answers):
             return False
         if session.will_flag and session.will_topic is not None and not await self._topic_filtering(
                 session, session.will_topic, Action.PUBLISH):
