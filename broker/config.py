@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -400,13 +401,18 @@ class Settings(_Strict):
 
     @property
     def loopback_only(self) -> bool:
-        host = self.server.host
-        return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+        return _loopback(self.server.host)
 
     @property
     def local_only(self) -> bool:
         """Mosquitto 2.x's rule: anonymous access only while nothing listens beyond loopback."""
         return self.loopback_only and self.auth.allow_anonymous_on_loopback
+
+
+@lru_cache(maxsize=8)
+def _loopback(host: str) -> bool:
+    """Whether `host` is a loopback name or address (asked on every CONNECT: parsed once)."""
+    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
 
 
 def _is_ip(host: str) -> bool:

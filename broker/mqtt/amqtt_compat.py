@@ -20,6 +20,7 @@ from amqtt.adapters import StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker, BrokerContext
 from amqtt.contexts import Action, ListenerConfig, ListenerType
 from amqtt.events import BrokerEvents
+from amqtt.plugins.manager import PluginManager
 
 # The amqtt API the engine uses as its host, re-exported: the engine's modules import it from here, so amqtt is
 # named by this module, `engine.py` (the `Broker` subclass) and `plugin_config.py` (loads amqtt plugins) only.
@@ -54,7 +55,7 @@ OVERRIDDEN: dict[type, tuple[str, ...]] = {
         # session expiry
         "_create_server_instance", "_authenticate", "_session_monitor",
         # routing.RoutingMixin (subscription index, delivery, retained tree)
-        "add_subscription", "_del_subscription",
+        "add_subscription", "_del_subscription", "subscriptions",
         "_del_all_subscriptions", "_publish_retained_messages_for_subscription", "_broadcast_message",
         "_run_broadcast", "_publish_session_retained_messages",
         # routing.RoutingMixin: a session restored through `BrokerContext.add_subscription` is the engine's
@@ -81,8 +82,12 @@ USED: dict[type, tuple[str, ...]] = {
     Broker: ("_topic_filtering", "_delete_session", "_cleanup_session"),
 }
 
-# amqtt instance attributes the engine reads (class -> names assigned in its `__init__`): none any more.
-ATTRIBUTES: dict[type, tuple[str, ...]] = {}
+# amqtt instance attributes the engine reads (class -> names assigned in its `__init__`): the plugin manager's
+# loaded auth and topic plugins (asked directly, without a task per plugin and CONNECT) and its event callbacks
+# (an event no plugin listens to is not fired: `RoutingMixin._plugin_hooks`).
+ATTRIBUTES: dict[type, tuple[str, ...]] = {
+    PluginManager: ("_auth_plugins", "_topic_plugins", "_event_plugin_callbacks"),
+}
 # amqtt's broker events (`on_broker_*` of a plugin in `mqtt.plugins`) and where the engine fires them, for MQTT 3.1.1
 # and 5 alike; each only when a loaded plugin listens (`RoutingMixin._plugin_hooks`), so the hot path pays nothing
 # otherwise. PACKET_RECEIVED / PACKET_SENT (amqtt's per-packet events) do not fire: amqtt decodes no packet.

@@ -6,7 +6,7 @@ have none; its CONNECT has no properties, its SUBSCRIBE options byte is the requ
 acknowledgements are exactly a packet id, its DISCONNECT is empty (MQTT 3.1.1 §3).
 
 Pure (no I/O, no amqtt). Every decoder validates the whole packet before returning anything and raises
-`V5Error` carrying the reason code the spec gives for the violation: 0x81 Malformed Packet for bytes that
+`ProtocolError` carrying the reason code the spec gives for the violation: 0x81 Malformed Packet for bytes that
 do not parse or a property not valid for the packet type (§2.2.2.2), 0x82 Protocol Error for a value the
 spec forbids (duplicated property, Receive Maximum 0, Subscription Identifier 0, ...), or a more specific
 code (0x94 Topic Alias invalid, 0x90 Topic Name invalid). Strings follow §1.5.4: valid UTF-8 (no
@@ -27,7 +27,7 @@ from broker.mqtt.topics import SHARE_LEVEL, shared_parts, valid_filter, valid_to
 
 __all__ = ["AUTH", "CONNACK", "CONNECT", "DISCONNECT", "PINGREQ", "PUBACK", "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL",
            "SUBACK", "SUBSCRIBE", "UNSUBACK", "UNSUBSCRIBE", "V5", "V311", "WILL", "Ack", "Connect", "Disconnect",
-           "Props", "Publish", "Subscribe", "Subscription", "V5Error", "decode_ack", "decode_connect",
+           "Props", "Publish", "Subscribe", "Subscription", "decode_ack", "decode_connect",
            "decode_disconnect", "decode_publish", "decode_subscribe", "decode_unsubscribe", "publish_header",
            "split_shared"]
 
@@ -91,10 +91,6 @@ _ACK_CODES = {PUBACK: _PUB_CODES, PUBREC: _PUB_CODES, PUBREL: frozenset({0x00, 0
               PUBCOMP: frozenset({0x00, 0x92})}
 _CLIENT_DISCONNECT_CODES = frozenset({0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x90, 0x93, 0x94, 0x95, 0x96,
                                       0x97, 0x98, 0x99, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA1, 0xA2})
-
-
-class V5Error(ProtocolError):
-    """A client packet breaks MQTT 5.0; `code` is the reason code to answer (or disconnect) with."""
 
 
 Props = dict[int, Any]  # identifier -> value; User Property -> list of pairs, Subscription Identifier -> list
@@ -172,14 +168,14 @@ class _Reader:
 
     def take(self, n: int, what: str) -> bytes:
         if self.pos + n > self.end:
-            raise V5Error(MALFORMED, f"packet ends inside {what}")
+            raise ProtocolError(MALFORMED, f"packet ends inside {what}")
         chunk = self.body[self.pos:self.pos + n]
         self.pos += n
         return chunk
 
     def u8(self, what: str) -> int:
         if self.pos >= self.end:
-            raise V5Error(MALFORMED, f"packet ends inside {what}")
+            raise ProtocolError(MALFORMED, f"packet ends inside {what}")
         self.pos += 1
         return self.body[self.pos - 1]
 
@@ -197,7 +193,7 @@ class _Reader:
             if not byte & 0x80:
                 return value
             mult *= 128
-        raise V5Error(MALFORMED, f"{what}: variable byte integer longer than 4 bytes")
+        raise ProtocolError(MALFORMED, f"{what}: variable byte integer longer than 4 bytes")
 
     def binary(self, what: str) -> bytes:
         return self.take(self.u16(what), what)
@@ -211,13 +207,13 @@ class _Reader:
 
 
 def utf8(raw: bytes, what: str) -> str:
-    """A UTF-8 Encoded String's text, or V5Error 0x81 [MQTT-1.5.4-1/2]."""
+    """A UTF-8 Encoded String's text, or ProtocolError 0x81 [MQTT-1.5.4-1/2]."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise V5Error(MALFORMED, f"{what} is not valid UTF-8") from exc
+        raise ProtocolError(MALFORMED, f"{what} is not valid UTF-8") from exc
     if "\x00" in text:
-        raise V5Error(MALFORMED, f"{what} contains U+0000")
+        raise ProtocolError(MALFORMED, f"{what} contains U+0000")
     return text
 
 
@@ -228,7 +224,7 @@ def _props(r: _Reader, ptype: int) -> tuple[Props, bytes]:
         return {}, b""
     length = r.varint("property length")
     if length > r.left:
-        raise V5Error(MALFORMED, "property length exceeds the packet")
+        raise ProtocolError(MALFORMED, "property length exceeds the packet")
     end = r.pos + length
     sub = _Reader(r.body, r.pos, end)
     r.pos = end
@@ -239,7 +235,7 @@ def _props(r: _Reader, ptype: int) -> tuple[Props, bytes]:
         ident = sub.varint("property identifier")
         spec = _PROPS.get(ident)
         if spec is None or ptype not in spec[1]:
-            raise V5Error(MALFORMED, f"property {ident:#04x} is not valid in packet type {ptype}")
+            raise ProtocolError(MALFORMED, f"property {ident:#04x} is not valid in packet type {ptype}")
         kind = spec[0]
         what = f"property {ident:#04x}"
         value: Any
@@ -258,13 +254,13 @@ def _props(r: _Reader, ptype: int) -> tuple[Props, bytes]:
         else:
             value = (sub.string(what), sub.string(what))
         if ident in _BOOLEAN and value > 1:
-            raise V5Error(PROTOCOL_ERROR, f"{what} must be 0 or 1")
+            raise ProtocolError(PROTOCOL_ERROR, f"{what} must be 0 or 1")
         if ident in _NONZERO and value == 0:
-            raise V5Error(PROTOCOL_ERROR, f"{what} must not be 0")
+            raise ProtocolError(PROTOCOL_ERROR, f"{what} must not be 0")
         if ident in _REPEATABLE or (ident == SUBSCRIPTION_ID and ptype == PUBLISH):
             props.setdefault(ident, []).append(value)
         elif ident in props:
-            raise V5Error(PROTOCOL_ERROR, f"{what} appears more than once")
+            raise ProtocolError(PROTOCOL_ERROR, f"{what} appears more than once")
         else:
             props[ident] = value
         if ident in _FORWARDED:
@@ -274,7 +270,7 @@ def _props(r: _Reader, ptype: int) -> tuple[Props, bytes]:
 
 def _topic_name(topic: str, what: str) -> None:
     if topic and not valid_topic_name(topic):  # empty: a PUBLISH using a Topic Alias (its connection judges it)
-        raise V5Error(TOPIC_NAME_INVALID, f"{what} {topic!r} contains a wildcard")  # [MQTT-3.3.2-2]
+        raise ProtocolError(TOPIC_NAME_INVALID, f"{what} {topic!r} contains a wildcard")  # [MQTT-3.3.2-2]
 
 
 def decode_connect(body: bytes) -> Connect:
@@ -285,30 +281,30 @@ def decode_connect(body: bytes) -> Connect:
     level = r.u8("protocol level")
     version = _PROTOCOLS.get((name, level))
     if version is None:
-        raise V5Error(0x84, f"protocol {name!r} level {level} is not MQTT 3.1, 3.1.1 or 5")
+        raise ProtocolError(0x84, f"protocol {name!r} level {level} is not MQTT 3.1, 3.1.1 or 5")
     flags = r.u8("connect flags")
     if flags & 0x01:
-        raise V5Error(MALFORMED, "reserved connect flag set")  # [MQTT-3.1.2-3]
+        raise ProtocolError(MALFORMED, "reserved connect flag set")  # [MQTT-3.1.2-3]
     will, will_qos, will_retain = bool(flags & 0x04), (flags >> 3) & 0x03, bool(flags & 0x20)
     if will_qos == 3:
-        raise V5Error(MALFORMED, "Will QoS 3")  # [MQTT-3.1.2-12]
+        raise ProtocolError(MALFORMED, "Will QoS 3")  # [MQTT-3.1.2-12]
     if not will and (will_qos or will_retain):
-        raise V5Error(MALFORMED, "Will QoS/retain set without the Will flag")  # [MQTT-3.1.2-11/13]
+        raise ProtocolError(MALFORMED, "Will QoS/retain set without the Will flag")  # [MQTT-3.1.2-11/13]
     if version == V311 and flags & 0x40 and not flags & 0x80:
-        raise V5Error(MALFORMED, "password flag without username flag")  # 3.1.1 only [MQTT-3.1.2-22]
+        raise ProtocolError(MALFORMED, "password flag without username flag")  # 3.1.1 only [MQTT-3.1.2-22]
     keep_alive = r.u16("keep alive")
     props: Props = {}
     if version == V5:
         props, _ = _props(r, CONNECT)
         if AUTH_DATA in props and AUTH_METHOD not in props:
-            raise V5Error(PROTOCOL_ERROR, "Authentication Data without Authentication Method")
+            raise ProtocolError(PROTOCOL_ERROR, "Authentication Data without Authentication Method")
     out = Connect(r.string("client id"), bool(flags & 0x02), keep_alive, props, version=version)
     if will:
         if version == V5:
             out.will_props, out.will_forward = _props(r, WILL)
         out.will_topic = r.string("Will topic")
         if not out.will_topic:
-            raise V5Error(TOPIC_NAME_INVALID, "empty Will topic")
+            raise ProtocolError(TOPIC_NAME_INVALID, "empty Will topic")
         _topic_name(out.will_topic, "Will topic")
         out.will_payload = r.binary("Will payload")
         out.will_qos, out.will_retain = will_qos, will_retain
@@ -320,7 +316,7 @@ def decode_connect(body: bytes) -> Connect:
     if flags & 0x40:
         out.password = r.binary("password")
     if r.left:
-        raise V5Error(MALFORMED, f"{r.left} bytes after the CONNECT payload")
+        raise ProtocolError(MALFORMED, f"{r.left} bytes after the CONNECT payload")
     return out
 
 
@@ -329,19 +325,19 @@ def publish_header(flags: int, body: bytes, version: int = V5) -> tuple[str, int
     The topic may be empty in MQTT 5 only (a Topic Alias names it: the connection resolves that)."""
     qos, dup = (flags >> 1) & 0x03, flags & 0x08
     if qos == 3:
-        raise V5Error(MALFORMED, "PUBLISH QoS 3")  # [MQTT-3.3.1-4]
+        raise ProtocolError(MALFORMED, "PUBLISH QoS 3")  # [MQTT-3.3.1-4]
     if qos == 0 and dup:
-        raise V5Error(MALFORMED, "DUP set on a QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
+        raise ProtocolError(MALFORMED, "DUP set on a QoS 0 PUBLISH")  # [MQTT-3.3.1-2]
     r = _Reader(body)
     topic = r.string("topic")
     if not topic and version == V311:
-        raise V5Error(MALFORMED, "empty PUBLISH topic")  # [MQTT-3.3.2-1]
+        raise ProtocolError(MALFORMED, "empty PUBLISH topic")  # [MQTT-3.3.2-1]
     _topic_name(topic, "PUBLISH topic")
     packet_id = 0
     if qos:
         packet_id = r.u16("packet id")
         if packet_id == 0:
-            raise V5Error(MALFORMED, "packet id 0")  # [MQTT-2.2.1-3]
+            raise ProtocolError(MALFORMED, "packet id 0")  # [MQTT-2.2.1-3]
     return topic, packet_id, r.pos
 
 
@@ -354,9 +350,9 @@ def decode_publish(flags: int, body: bytes, version: int = V5) -> Publish:
     r = _Reader(body, pos)
     props, forward = _props(r, PUBLISH)
     if SUBSCRIPTION_ID in props:
-        raise V5Error(PROTOCOL_ERROR, "a client PUBLISH carries a Subscription Identifier")  # [MQTT-3.3.4-6]
+        raise ProtocolError(PROTOCOL_ERROR, "a client PUBLISH carries a Subscription Identifier")  # [MQTT-3.3.4-6]
     if props.get(TOPIC_ALIAS) == 0:
-        raise V5Error(TOPIC_ALIAS_INVALID, "Topic Alias 0")  # [MQTT-3.3.2-8]
+        raise ProtocolError(TOPIC_ALIAS_INVALID, "Topic Alias 0")  # [MQTT-3.3.2-8]
     response = props.get(RESPONSE_TOPIC)
     if response is not None:
         _topic_name(response, "Response Topic")  # [MQTT-3.3.2-14]
@@ -369,16 +365,16 @@ def decode_ack(ptype: int, body: bytes, version: int = V5) -> Ack:
     r = _Reader(body)
     packet_id = r.u16("packet id")
     if packet_id == 0:
-        raise V5Error(MALFORMED, "packet id 0")
+        raise ProtocolError(MALFORMED, "packet id 0")
     reason, props = 0, Props()
     if r.left and version == V5:
         reason = r.u8("reason code")
         if reason not in _ACK_CODES[ptype]:
-            raise V5Error(MALFORMED, f"reason code {reason:#04x} is not valid in packet type {ptype}")
+            raise ProtocolError(MALFORMED, f"reason code {reason:#04x} is not valid in packet type {ptype}")
         if r.left:
             props, _ = _props(r, ptype)
     if r.left:
-        raise V5Error(MALFORMED, f"{r.left} bytes after packet type {ptype}")
+        raise ProtocolError(MALFORMED, f"{r.left} bytes after packet type {ptype}")
     return Ack(packet_id, reason, props)
 
 
@@ -392,13 +388,13 @@ def _filter(r: _Reader, kind: str, version: int) -> str:
     topic_filter = r.string("topic filter")
     if version == V311:  # a bad `$share/` ShareName is answered with SUBACK 0x80 by the index, not closed
         if not well_formed_filter(topic_filter):
-            raise V5Error(MALFORMED, f"{kind} topic filter {topic_filter!r} is malformed")
+            raise ProtocolError(MALFORMED, f"{kind} topic filter {topic_filter!r} is malformed")
         return topic_filter
     group, inner = split_shared(topic_filter)
     if group is not None and (not group or "+" in group or "#" in group or not inner):
-        raise V5Error(MALFORMED, f"{kind} shared subscription {topic_filter!r} is malformed")  # [MQTT-4.8.2-1/2]
+        raise ProtocolError(MALFORMED, f"{kind} shared subscription {topic_filter!r} is malformed")  # [MQTT-4.8.2-1/2]
     if not valid_filter(inner):
-        raise V5Error(MALFORMED, f"{kind} topic filter {topic_filter!r} is malformed")  # [MQTT-4.7.1]
+        raise ProtocolError(MALFORMED, f"{kind} topic filter {topic_filter!r} is malformed")  # [MQTT-4.7.1]
     return topic_filter
 
 
@@ -406,13 +402,13 @@ def _subscription_header(r: _Reader, ptype: int, version: int) -> tuple[int, Pro
     """A (UN)SUBSCRIBE's packet id and (MQTT 5) properties; at least one topic filter must follow."""
     packet_id = r.u16("packet id")
     if packet_id == 0:
-        raise V5Error(MALFORMED, "packet id 0")
+        raise ProtocolError(MALFORMED, "packet id 0")
     props: Props = {}
     if version == V5:
         props, _ = _props(r, ptype)
     if not r.left:
         name = "SUBSCRIBE" if ptype == SUBSCRIBE else "UNSUBSCRIBE"
-        raise V5Error(PROTOCOL_ERROR, f"{name} without a topic filter")
+        raise ProtocolError(PROTOCOL_ERROR, f"{name} without a topic filter")
     return packet_id, props
 
 
@@ -428,13 +424,13 @@ def decode_subscribe(body: bytes, version: int = V5) -> Subscribe:
         qos, no_local, rap, handling = options & 0x03, bool(options & 0x04), bool(options & 0x08), (options >> 4) & 3
         if version == V311:
             if options > 2:
-                raise V5Error(MALFORMED, f"requested QoS {options:#04x}")  # [MQTT-3.8.3-4]
+                raise ProtocolError(MALFORMED, f"requested QoS {options:#04x}")  # [MQTT-3.8.3-4]
             subs.append(Subscription(topic_filter, qos, False, False, 0))
             continue
         if options & 0xC0 or qos == 3 or handling == 3:
-            raise V5Error(MALFORMED, f"subscription options {options:#04x}")  # [MQTT-3.8.3-5], QoS 3, RH 3
+            raise ProtocolError(MALFORMED, f"subscription options {options:#04x}")  # [MQTT-3.8.3-5], QoS 3, RH 3
         if no_local and split_shared(topic_filter)[0] is not None:
-            raise V5Error(PROTOCOL_ERROR, "No Local on a shared subscription")  # [MQTT-3.8.3-4]
+            raise ProtocolError(PROTOCOL_ERROR, "No Local on a shared subscription")  # [MQTT-3.8.3-4]
         subs.append(Subscription(topic_filter, qos, no_local, rap, handling))
     return Subscribe(packet_id, subs, props.get(SUBSCRIPTION_ID), props)
 
@@ -456,9 +452,9 @@ def decode_disconnect(body: bytes, version: int = V5) -> Disconnect:
     if r.left and version == V5:
         reason = r.u8("reason code")
         if reason not in _CLIENT_DISCONNECT_CODES:
-            raise V5Error(MALFORMED, f"DISCONNECT reason code {reason:#04x}")
+            raise ProtocolError(MALFORMED, f"DISCONNECT reason code {reason:#04x}")
         if r.left:
             props, _ = _props(r, DISCONNECT)
     if r.left:
-        raise V5Error(MALFORMED, f"{r.left} bytes after DISCONNECT")
+        raise ProtocolError(MALFORMED, f"{r.left} bytes after DISCONNECT")
     return Disconnect(reason, props)

@@ -35,14 +35,14 @@ from broker.mqtt.codec import (
     V311,
     Disconnect,
     Publish,
-    V5Error,
 )
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
-from broker.mqtt.reason import Reason, wrong_ack
+from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
 from broker.mqtt.send_publish import Link, PublishOutlet
 from broker.mqtt.session import Session
 
 if TYPE_CHECKING:
+    from broker.mqtt.engine import IntercomBroker
     from broker.mqtt.protocol import MqttProtocol
 
 __all__ = ["Connection"]
@@ -74,7 +74,7 @@ class Connection:
         "writer",
     )
 
-    def __init__(self, broker: Any, session: Session, wire: MqttProtocol, link: Link, alias_max: int,
+    def __init__(self, broker: IntercomBroker, session: Session, wire: MqttProtocol, link: Link, alias_max: int,
                  server: Any = None, present: bool = False) -> None:
         self.broker = broker
         self.session = session
@@ -211,7 +211,7 @@ class Connection:
             self.goodbye = codec.decode_disconnect(body, version)
         elif kind == AUTH:
             # no Authentication Method was accepted at CONNECT: an AUTH is a Protocol Error (MQTT 5.0 §4.12)
-            raise V5Error(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
+            raise ProtocolError(PROTOCOL_ERROR, "AUTH packet without enhanced authentication")
         return None
 
     def decode_publish(self, flags: int, body: bytes, version: int = V5) -> Publish:
@@ -220,7 +220,7 @@ class Connection:
         alias = pub.props.get(TOPIC_ALIAS)
         if alias is not None:
             if alias > self.alias_max:
-                raise V5Error(TOPIC_ALIAS_INVALID, f"Topic Alias {alias} above the maximum {self.alias_max}")
+                raise ProtocolError(TOPIC_ALIAS_INVALID, f"Topic Alias {alias} above the maximum {self.alias_max}")
             if pub.topic:
                 if self.aliases is None:
                     self.aliases = {}
@@ -228,10 +228,10 @@ class Connection:
             else:
                 topic = self.aliases.get(alias) if self.aliases is not None else None
                 if topic is None:
-                    raise V5Error(PROTOCOL_ERROR, f"Topic Alias {alias} was never set")  # (MQTT 5.0 §3.3.2.3.4)
+                    raise ProtocolError(PROTOCOL_ERROR, f"Topic Alias {alias} was never set")  # (MQTT 5.0 §3.3.2.3.4)
                 pub.topic = topic
         elif not pub.topic:
-            raise V5Error(PROTOCOL_ERROR, "empty topic without a Topic Alias")
+            raise ProtocolError(PROTOCOL_ERROR, "empty topic without a Topic Alias")
         return pub
 
     def acked(self, packet_id: int) -> None:

@@ -9,10 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 from broker.mqtt.codec import _BIN, _BYTE, _PROPS, _STR, _U16, _U32, _VARINT, PUBREL, V5, V311, Props
-from broker.mqtt.outlet import encode_varint as varint
 
 __all__ = ["encode_ack", "encode_connack", "encode_disconnect", "encode_props", "encode_publish", "encode_suback",
            "encode_unsuback", "expiry_property", "packet", "property_bytes", "varint"]
+
+
+def varint(n: int) -> bytes:
+    """MQTT's variable byte integer: the fixed header's Remaining Length, and (MQTT 5) property lengths."""
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def _s(text: str) -> bytes:

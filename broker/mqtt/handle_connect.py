@@ -30,16 +30,16 @@ from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt import codec, encode
 from broker.mqtt.amqtt_compat import BrokerEvents
-from broker.mqtt.codec import V5Error
 from broker.mqtt.connection import Connection
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.message import MessageProps, props_of
-from broker.mqtt.reason import Reason
+from broker.mqtt.reason import ProtocolError, Reason
 from broker.mqtt.send_publish import Link
 from broker.mqtt.session import Session
 
 if TYPE_CHECKING:
     from broker.mqtt.amqtt_compat import Broker
+    from broker.mqtt.engine import IntercomBroker
     from broker.mqtt.protocol import MqttProtocol
 
     _Base: TypeAlias = Broker
@@ -141,7 +141,7 @@ class ConnectMixin(_Base):
     async def _connect(self, wire: MqttProtocol, packet: tuple[int, bytes], server: Any) -> Connection | None:
         try:
             c = codec.decode_connect(packet[1])
-        except V5Error as exc:
+        except ProtocolError as exc:
             if wire.framer.protocol == codec.V5:
                 await self._refuse(wire, exc.code, str(exc))
             elif exc.code == Reason.UNSUPPORTED_PROTOCOL_VERSION and packet[1][2:6] == b"MQTT":
@@ -282,8 +282,7 @@ class ConnectMixin(_Base):
                     alias_max=c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0), version=c.version)
         conn = Connection(self, session, wire, link, self.limits.topic_alias_maximum if c.version == codec.V5 else 0,
                           server, present)
-        sessions: Any = self._sessions
-        sessions[cid] = (session, conn)
+        self._sessions[cid] = (session, conn)
         self._open_outlet(session)  # conn.outlet
         props = self._connack_props(c, session, assigned, keep_alive) if c.version == codec.V5 else {}
         conn.write(encode.encode_connack(present, 0, props, c.version))
@@ -376,9 +375,8 @@ class ConnectMixin(_Base):
             return  # the session is gone (deleted, revoked, shut down): so is its Will
         self._publish_will(session, pending[1])
 
-    def _publish_will(self, session: Session, will: _Will) -> None:
-        routing: Any = self
-        routing.publish_will(session, will.topic, will.payload, will.qos, will.retain, will.props)
+    def _publish_will(self: IntercomBroker, session: Session, will: _Will) -> None:
+        self.publish_will(session, will.topic, will.payload, will.qos, will.retain, will.props)
 
 
 def _utf8(data: bytes) -> bool:

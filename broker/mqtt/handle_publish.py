@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from broker.config import LimitsConfig
 from broker.mqtt import codec
 from broker.mqtt.amqtt_compat import Action
-from broker.mqtt.codec import PUBACK, PUBREC, V5, Publish, V5Error
+from broker.mqtt.codec import PUBACK, PUBREC, V5, Publish
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.message import MessageProps
-from broker.mqtt.reason import Reason
+from broker.mqtt.reason import ProtocolError, Reason
 from broker.mqtt.topics import valid_topic_name
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class PublishMixin(_Base):
         if version != V5:  # 3.1.1: the codec's header check (no property block to skip)
             try:
                 topic, packet_id, pos = codec.publish_header(flags, body, version)
-            except V5Error:
+            except ProtocolError:
                 return False
             payload = body[pos:]
         else:
@@ -102,7 +102,8 @@ class PublishMixin(_Base):
                 pub.payload.decode("utf-8")
             except UnicodeDecodeError:
                 if not pub.qos:
-                    raise V5Error(PAYLOAD_FORMAT_INVALID, "payload is not UTF-8 as its format indicator says") from None
+                    raise ProtocolError(PAYLOAD_FORMAT_INVALID,
+                                        "payload is not UTF-8 as its format indicator says") from None
                 self._ack(conn, PUBACK if pub.qos == 1 else PUBREC, pub.packet_id, PAYLOAD_FORMAT_INVALID)
                 return None
         props = MessageProps.received(pub.forward, pub.props.get(codec.MESSAGE_EXPIRY))

@@ -20,12 +20,12 @@ from collections.abc import Awaitable
 
 from broker.config import LimitsConfig
 from broker.mqtt import encode
-from broker.mqtt.codec import PUBCOMP, PUBREC, V5Error
+from broker.mqtt.codec import PUBCOMP, PUBREC
 from broker.mqtt.fast_path import FastPathMixin, over_held_quota
 from broker.mqtt.handle_subscribe import Peer
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.message import IncomingMessage, MessageProps, props_of
-from broker.mqtt.reason import Reason
+from broker.mqtt.reason import ProtocolError, Reason
 
 __all__ = ["Qos2Mixin"]
 
@@ -56,7 +56,7 @@ class Qos2Mixin(FastPathMixin):
             self.ack(conn, PUBREC, packet_id, Reason.NOT_AUTHORIZED)
             return
         if len(held) >= self.limits.max_inflight_messages:
-            raise V5Error(Reason.RECEIVE_MAXIMUM_EXCEEDED, f"more than {self.limits.max_inflight_messages} QoS 2 "
+            raise ProtocolError(Reason.RECEIVE_MAXIMUM_EXCEEDED, f"more than {self.limits.max_inflight_messages} QoS 2 "
                           "messages awaiting PUBREL (limits.max_inflight_messages, the Receive Maximum)")
         if over_held_quota(session, len(data)):
             self.ack(conn, PUBREC, packet_id, Reason.QUOTA_EXCEEDED)

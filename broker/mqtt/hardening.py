@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
@@ -40,6 +40,14 @@ from broker.mqtt.ws_listener import TimedConnection, pump
 from broker.mqtt.ws_listener import serve as serve_ws
 from broker.web_guard import WebGuard
 
+if TYPE_CHECKING:
+    from broker.mqtt.amqtt_compat import Broker
+    from broker.mqtt.engine import IntercomBroker
+
+    _Base: TypeAlias = Broker
+else:
+    _Base = object
+
 __all__ = ["HardeningMixin"]
 
 log = logging.getLogger("intercom.hardening")
@@ -50,12 +58,11 @@ ACCEPTED, UNAVAILABLE, REFUSED = 0, 3, 5
 _TAKEOVER_WAIT_S = 5.0
 
 
-class HardeningMixin:
+class HardeningMixin(_Base):
     """Connection-level limits and protocol checks; see docs/security.md."""
 
     # amqtt's Broker provides these; declared for the type checker.
-    _sessions: dict[str, tuple[Session, Any]]
-    _subscriptions: dict[str, list[tuple[Session, int]]]
+    _sessions: dict[str, tuple[Session, Connection | None]]  # None: an offline session (no connection)
     plugins_manager: Any
     config: Any
     listeners_config: Any
@@ -87,7 +94,7 @@ class HardeningMixin:
     # -- listeners ------------------------------------------------------------------------------
 
     async def _create_server_instance(
-        self, listener_name: str, listener_type: ListenerType, address: str | None, port: int,
+        self: IntercomBroker, listener_name: str, listener_type: ListenerType, address: str | None, port: int,
         ssl_context: ssl.SSLContext | None,
     ) -> Any:
         context = self.tls_contexts.get(listener_name, ssl_context)
@@ -96,30 +103,34 @@ class HardeningMixin:
             return await serve_ws(partial(self._ws_connected, listener_name=listener_name), address, port, context,
                                   limits, self.web_guard)
         if listener_type != ListenerType.TCP:
-            return await super()._create_server_instance(  # type: ignore[misc]
+            return await super()._create_server_instance(
                 listener_name, listener_type, address, port, context)
         # one asyncio.Protocol per socket (broker.mqtt.protocol): the accept-time refusals happen in its
         # connection_made, and an idle connection holds no task (what makes many connections and a CONNECT flood cheap)
         gate = self._hardening().gate
-        host: Any = self
 
         def protocol() -> MqttProtocol:
-            return MqttProtocol(host, listener_name, gate)
+            return MqttProtocol(self, listener_name, gate)
 
         return await serve(f"MQTT listener {listener_name}", protocol, address, port, ssl_context=context,
                            ssl_handshake_timeout=limits.connect_timeout_s)  # our accept loop: survives EMFILE
 
-    async def _ws_connected(self, websocket: TimedConnection, listener_name: str) -> None:
-        host: Any = self
-        await pump(websocket, MqttProtocol(host, listener_name, self._hardening().gate, websocket.accepted_at))
+    async def _ws_connected(self: IntercomBroker, websocket: TimedConnection, listener_name: str) -> None:
+        await pump(websocket, MqttProtocol(self, listener_name, self._hardening().gate, websocket.accepted_at))
 
     # -- CONNECT --------------------------------------------------------------------------------
 
-    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
-        """amqtt's plugin vote, then the Will topic against the publish ACL (Mosquitto does both)."""
-        if not await super()._authenticate(session, listener):  # type: ignore[misc]
+    async def _authenticate(self: IntercomBroker, session: Session, listener: ListenerConfig) -> bool:
+        """amqtt's plugin vote, then the Will topic against the publish ACL (Mosquitto does both).
+
+        The vote is amqtt's rule (`Broker._authenticate`: every plugin that answers True or False must say True,
+        and at least one must answer), with each plugin awaited in turn instead of through a task per plugin."""
+        pm: Any = self.plugins_manager
+        votes = [await plugin.authenticate(session=session) for plugin in pm._auth_plugins]
+        answers = [vote for vote in votes if vote is not None]
+        if not answers or not all(answers):
             return False
-        if session.will_flag and session.will_topic is not None and not await self._topic_filtering(  # type: ignore[attr-defined]
+        if session.will_flag and session.will_topic is not None and not await self._topic_filtering(
                 session, session.will_topic, Action.PUBLISH):
             _quiet.log(log, logging.WARNING, f"will {session.remote_address}",
                        "refused CONNECT of %r: Will topic %r not allowed", session.client_id, session.will_topic)
@@ -173,10 +184,10 @@ class HardeningMixin:
             session.clean_session = True  # nothing of it is kept: not in memory, not on disk
         return asyncio.ensure_future(self._end_sessions(victims))
 
-    async def _end_sessions(self, victims: list[Session]) -> list[str]:
+    async def _end_sessions(self: IntercomBroker, victims: list[Session]) -> list[str]:
         state = self._hardening()
         for session in victims:  # stop routing to them first, all at once
-            await self._del_all_subscriptions(session)  # type: ignore[attr-defined]
+            await self._del_all_subscriptions(session)
         ended = []
         for session in victims:
             cid = session.client_id or ""
@@ -189,7 +200,7 @@ class HardeningMixin:
                         await asyncio.wait_for(live.done.wait(), _TAKEOVER_WAIT_S)
                 entry = self._sessions.get(cid)
                 if entry is not None and entry[0] is session:
-                    await self._delete_session(cid)  # type: ignore[attr-defined]
+                    await self._delete_session(cid)
                     ended.append(cid)
         return ended
 
@@ -208,8 +219,8 @@ class HardeningMixin:
                 if current is not None and current[0] is stale_session and stale_session.transitions.state == \
                         "disconnected":
                     if (due := take_pending_will(stale_session)) is not None:  # the session ends: its Will is due
-                        self._publish_will(stale_session, due)  # type: ignore[attr-defined]
-                    await self._cleanup_session(cid)  # type: ignore[attr-defined]
+                        self._publish_will(stale_session, due)
+                    await self._cleanup_session(cid)
             await asyncio.sleep(1)
 
     def _over_session_cap(self, session: Session) -> bool:

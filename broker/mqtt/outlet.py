@@ -26,17 +26,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.mqtt.message import MessageProps, OutgoingMessage, RetainedMessage, props_of
+from broker.mqtt.message import MessageProps, RetainedMessage, props_of
 from broker.mqtt.session import Session
 from broker.mqtt.session_persistence import DurableInflight
 
-__all__ = ["CoalescingWriter", "DeliveryLimits", "Outlet", "RetainedBatch", "Wire", "WriteBatch", "encode_publish",
-           "encode_varint", "write_batch"]
+__all__ = ["CoalescingWriter", "DeliveryLimits", "Outlet", "RetainedBatch", "Wire", "WriteBatch", "write_batch"]
 
 log = logging.getLogger("intercom.delivery")
 # encoded topic, topic, payload, QoS, retain, MQTT 5 properties, subscription identifiers
 _Queued = tuple[bytes, str, bytes, int, bool, MessageProps | None, tuple[int, ...]]
-_QOS2_TASKS: set[asyncio.Future[Any]] = set()
 
 
 @dataclass(frozen=True)
@@ -48,30 +46,6 @@ class DeliveryLimits:
     write_buffer_bytes: int = 256 * 1024
     max_queued_bytes: int = 8 * 1024 * 1024
     max_full_s: float = 5.0
-
-
-def encode_varint(n: int) -> bytes:
-    """MQTT's variable byte integer: the fixed header's Remaining Length, and (MQTT 5) property lengths."""
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def encode_publish(topic: bytes, data: bytes, qos: int, packet_id: int = 0, retain: bool = False,
-                   dup: bool = False) -> bytes:
-    """A PUBLISH packet (MQTT 3.1.1 §3.3) as bytes."""
-    header = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
-    tlen = len(topic)
-    if qos:
-        return b"".join((bytes((header,)), encode_varint(4 + tlen + len(data)), tlen.to_bytes(2, "big"),
-                         topic, packet_id.to_bytes(2, "big"), data))
-    return b"".join((bytes((header,)), encode_varint(2 + tlen + len(data)), tlen.to_bytes(2, "big"), topic, data))
 
 
 class Wire(Protocol):
@@ -251,22 +225,8 @@ class Outlet:
 
     def _write(self, topic_b: bytes, topic: str, data: bytes, qos: int, retain: bool,
                props: MessageProps | None = None, sub_ids: tuple[int, ...] = ()) -> None:
-        """A 3.1.1 PUBLISH: MQTT 5 properties are dropped, but an expired message is not sent [MQTT-3.3.2-5]."""
-        if props is not None and props.expired(time.time()):
-            return
-        if qos == 0:
-            self.writer.write(encode_publish(topic_b, data, 0, 0, retain))
-            return
-        if qos == 2:  # QoS 2 keeps amqtt's own four-packet flow
-            task = asyncio.ensure_future(self.handler.mqtt_publish(topic, data, 2, retain))
-            _QOS2_TASKS.add(task)
-            task.add_done_callback(_QOS2_TASKS.discard)
-            return
-        session = self.session
-        packet_id = session.next_packet_id
-        # kept with its expiry, so a resumed session does not get it again once expired
-        session.inflight_out[packet_id] = OutgoingMessage(packet_id, topic, qos, data, retain, props)
-        self.writer.write(encode_publish(topic_b, data, 1, packet_id, retain))
+        """Encode and write one PUBLISH in the connection's version (`send_publish.PublishOutlet`)."""
+        raise NotImplementedError
 
     def acked(self, packet_id: int, _ack: object = None) -> None:
         """The client acknowledged `packet_id` (PUBACK; PUBCOMP or a refusing PUBREC for QoS 2): forget the message

@@ -22,7 +22,7 @@ Overrides of amqtt 0.12.1's Broker (each names the method it replaces, so it can
   synchronous ACLs, RECEIVE checks stay synchronous, otherwise deliveries go through one ordered lane.
 * MQTT 5: a message carries its properties (`MessageProps`) through delivery, retain and the offline
   queue; a subscriber holding v5 subscription options gets it per those options (`sub_options`),
-  and a v5 connection's handler brings its own outlet (`OwnOutlet`), which encodes v5 PUBLISH packets.
+  and each connection brings its own outlet (`Connection.make_outlet`), which encodes PUBLISH in its version.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from broker.mqtt.amqtt_compat import Action, BrokerEvents
 from broker.mqtt.hooks import (
@@ -54,6 +54,7 @@ from broker.mqtt.topics import shared_parts, valid_subscription
 
 if TYPE_CHECKING:
     from broker.mqtt.amqtt_compat import Broker
+    from broker.mqtt.connection import Connection
 
     _Base: TypeAlias = Broker
 else:
@@ -77,16 +78,6 @@ def member_rank(session: Session) -> int:
     if not session.clean_session and not session.is_anonymous:
         return HOLDS
     return NONE
-
-
-@runtime_checkable
-class OwnOutlet(Protocol):
-    """A connection handler that builds its own outlet (the MQTT 5 connection does)."""
-
-    writer: Any
-
-    def make_outlet(self, session: Session, writer: CoalescingWriter, limits: DeliveryLimits,
-                    on_overflow: Callable[[Outlet], None]) -> Outlet: ...
 
 
 @dataclass
@@ -211,7 +202,7 @@ class RoutingMixin(_Base):
         entry = self._sessions.get(key)
         if entry is None or entry[0] is not session:
             return None
-        handler: Any = entry[1]
+        handler: Connection | None = entry[1]
         if handler is None:  # an offline session (`create_offline_session`): no connection yet
             return None
         if outlet is not None and outlet.handler is handler and not outlet.closed:
@@ -220,10 +211,7 @@ class RoutingMixin(_Base):
             return None
         if not isinstance(handler.writer, CoalescingWriter):
             handler.writer = CoalescingWriter(handler.writer, asyncio.get_running_loop())
-        if isinstance(handler, OwnOutlet):
-            outlet = handler.make_outlet(session, handler.writer, self.delivery_limits, self._on_overflow)
-        else:
-            outlet = Outlet(session, handler, handler.writer, self.delivery_limits, self._on_overflow)
+        outlet = handler.make_outlet(session, handler.writer, self.delivery_limits, self._on_overflow)
         self._outlets[key] = outlet
         return outlet
 
@@ -268,29 +256,26 @@ class RoutingMixin(_Base):
         qos = min(qos, max_qos if isinstance(max_qos, int) else qos)
         key = session.client_id or ""
         self._index.add(topic_filter, key, session, qos)
-        subs = self._subscriptions.setdefault(topic_filter, [])
-        subs[:] = [(s, q) for s, q in subs if s.client_id != key]
-        subs.append((session, qos))
         return qos
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         key = session.client_id or ""
-        removed = self._index.remove(a_filter, key)
-        self._drop_listed(a_filter, key)
-        return int(removed)
+        return int(self._index.remove(a_filter, key))
 
     async def _del_all_subscriptions(self, session: Session) -> None:
-        key = session.client_id or ""
-        for topic_filter in self._index.remove_all(key):
-            self._drop_listed(topic_filter, key)
+        self._index.remove_all(session.client_id or "")
 
-    def _drop_listed(self, topic_filter: str, key: str) -> None:
-        subs = self._subscriptions.get(topic_filter)
-        if subs is None:
-            return
-        subs[:] = [(s, q) for s, q in subs if s.client_id != key]
-        if not subs:
-            del self._subscriptions[topic_filter]
+    @property
+    def subscriptions(self) -> dict[str, list[tuple[Session, int]]]:
+        """amqtt's view, {filter: [(session, QoS)]} (its $SYS plugin counts it), built from the index when asked:
+        the index is the one record, amqtt's own `_subscriptions` stays empty."""
+        out: dict[str, list[tuple[Session, int]]] = {}
+        for key, filters in self._index.by_key():
+            entry = self._sessions.get(key)
+            if entry is not None:
+                for topic_filter, qos in filters.items():
+                    out.setdefault(topic_filter, []).append((entry[0], qos))
+        return out
 
     # ---- retained -------------------------------------------------------------------------------
 

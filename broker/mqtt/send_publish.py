@@ -29,15 +29,23 @@ __all__ = ["Link", "PublishOutlet"]
 log = logging.getLogger("intercom.delivery")
 
 
-@dataclass
+@dataclass(slots=True)
 class Link:
-    """What one v5 connection's client asked of the broker in its CONNECT."""
+    """What one connection's client asked of the broker in its CONNECT (one per connection: slots, and the alias
+    table only once the client allows aliases)."""
 
     receive_max: int = 65535
     max_packet: int = 268_435_460
     alias_max: int = 0  # Topic Alias Maximum: how many aliases the broker may set on this connection
     version: int = V5  # 4: MQTT 3.1.1 (no properties, no reason codes on the wire)
     out_aliases: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.alias_max:
+            self.out_aliases = _NO_ALIASES  # never written: `_write` sets aliases only below `alias_max`
+
+
+_NO_ALIASES: dict[str, int] = {}
 
 
 def _props_block(props: MessageProps | None, sub_ids: tuple[int, ...], now: float | None = None) -> bytes | None:

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from broker.mqtt.shared_index import Member, SharedGroups
 from broker.mqtt.topics import shared_parts, valid_filter, valid_subscription, well_formed_filter
-from broker.mqtt.tree import descend, matching, path_to, prune
+from broker.mqtt.tree import NO_CHILDREN, descend, matching, path_to, prune
 
 __all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter", "valid_subscription",
            "well_formed_filter"]
@@ -26,8 +26,8 @@ class _SubNode(Generic[S]):
     __slots__ = ("children", "subs")
 
     def __init__(self) -> None:
-        self.children: dict[str, _SubNode[S]] = {}
-        self.subs: dict[str, tuple[S, int]] = {}
+        self.children: dict[str, _SubNode[S]] = NO_CHILDREN
+        self.subs: dict[str, tuple[S, int]] = NO_CHILDREN  # shared and empty until the first subscriber (`add`)
 
 
 class SubscriptionIndex(Generic[S]):
@@ -55,7 +55,10 @@ class SubscriptionIndex(Generic[S]):
         if parts is not None:
             self.shared.add(parts[0], parts[1], key, subscriber, qos)
             return new
-        descend(self._root, topic_filter, _SubNode).subs[key] = (subscriber, qos)
+        node = descend(self._root, topic_filter, _SubNode)
+        if node.subs is NO_CHILDREN:
+            node.subs = {}
+        node.subs[key] = (subscriber, qos)
         return new
 
     def remove(self, topic_filter: str, key: str) -> bool:
@@ -86,6 +89,10 @@ class SubscriptionIndex(Generic[S]):
         for topic_filter in filters:
             self.remove(topic_filter, key)
         return filters
+
+    def by_key(self) -> Iterator[tuple[str, dict[str, int]]]:
+        """(key, {filter as subscribed: QoS}) for every key holding a subscription."""
+        return iter(self._by_key.items())
 
     def filters_of(self, key: str) -> dict[str, int]:
         """The filters one key holds, with their granted QoS."""
@@ -121,7 +128,7 @@ class _RetNode(Generic[V]):
     __slots__ = ("children", "value")
 
     def __init__(self) -> None:
-        self.children: dict[str, _RetNode[V]] = {}
+        self.children: dict[str, _RetNode[V]] = NO_CHILDREN
         self.value: V | None = None
 
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["descend", "matching", "path_to", "prune"]
+__all__ = ["NO_CHILDREN", "descend", "matching", "path_to", "prune"]
+
+# What a node's `children` starts as: one shared, never written empty dict (a leaf, which most nodes are, saves its
+# own); `descend` gives a node its own dict when it gets its first child. Only `descend` adds children.
+NO_CHILDREN: dict[str, Any] = {}
 
 
 class _Node(Protocol):
@@ -24,9 +28,12 @@ N = TypeVar("N", bound=_Node)
 def descend(node: N, topic: str, make: Callable[[], N]) -> N:
     """The node for `topic` under `node`, creating the missing levels."""
     for level in topic.split("/"):
-        child = node.children.get(level)
+        children = node.children
+        child = children.get(level)
         if child is None:
-            child = node.children[level] = make()
+            if children is NO_CHILDREN:
+                children = node.children = {}
+            child = children[level] = make()
         node = child
     return node
 

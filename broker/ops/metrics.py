@@ -211,7 +211,7 @@ class Monitor:
             "publish/messages/received": str(b.messages_in if b is not None else 0),
             "publish/messages/sent": str(b.messages_out if b is not None else 0),
             "publish/messages/dropped": str(self.dropped()),
-            "subscriptions/count": str(sum(len(v) for v in b._subscriptions.values()) if b is not None else 0),
+            "subscriptions/count": str(len(b._index) if b is not None else 0),
             "retained messages/count": str(len(b._retained_messages) if b is not None else 0),
             "heap/current": str(_rss_bytes()),
         }

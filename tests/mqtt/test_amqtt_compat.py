@@ -195,3 +195,20 @@ def test_engine_session_states_behave_like_amqtts_transitions_machine() -> None:
         assert (ours.last_connect_time is None) == (theirs.last_connect_time is None)
         assert (ours.last_disconnect_time is None) == (theirs.last_disconnect_time is None)
         assert repr(ours).endswith(repr(theirs).removeprefix("Session"))
+
+
+def test_every_plugin_manager_private_the_engine_reads_is_listed() -> None:
+    """The engine reads a few of amqtt's PluginManager attributes (the loaded auth and topic plugins, the event
+    callbacks); each is listed in `amqtt_compat.ATTRIBUTES`, so `check()` catches an amqtt that renamed one."""
+    import re
+    from pathlib import Path
+
+    from amqtt.plugins.manager import PluginManager
+
+    from broker.mqtt import amqtt_compat
+
+    engine = Path(amqtt_compat.__file__).parent
+    read = {m for path in engine.glob("*.py")
+            for m in re.findall(r"\b(?:pm|plugins_manager)\.(_[a-z]\w*)", path.read_text())}
+    assert read  # the scan sees the engine's reads
+    assert read <= set(amqtt_compat.ATTRIBUTES.get(PluginManager, ()))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from broker.mqtt import codec, encode
-from broker.mqtt.codec import V5, V311, V5Error
+from broker.mqtt.codec import V5, V311
 from broker.mqtt.packet_guard import Malformed, check_packet, remaining_length
+from broker.mqtt.reason import ProtocolError
 from tests.support.raw_mqtt import (
     PUBACK,
     PUBREL,
@@ -48,13 +49,13 @@ def test_connect_names_its_version() -> None:
 
 @pytest.mark.parametrize(("proto", "level"), [(b"MQTT", 3), (b"MQIsdp", 4), (b"MQTT", 6)])
 def test_unknown_protocol_level_is_0x84(proto: bytes, level: int) -> None:
-    with pytest.raises(V5Error) as err:
+    with pytest.raises(ProtocolError) as err:
         codec.decode_connect(body(connect("c", proto=proto, version=level)))
     assert err.value.code == 0x84  # CONNACK 1 in 3.1.1
 
 
 def test_password_without_username_is_malformed_in_311_only() -> None:
-    with pytest.raises(V5Error):
+    with pytest.raises(ProtocolError):
         codec.decode_connect(body(connect("c", password="p")))
     assert codec.decode_connect(body(connect("c", password="p", version=5))).password == b"p"
 
@@ -70,7 +71,7 @@ def test_311_publish_has_no_property_block() -> None:
 
 def test_empty_topic_is_a_topic_alias_in_5_malformed_in_311() -> None:
     flags, raw = split(publish("", b"x"))
-    with pytest.raises(V5Error):
+    with pytest.raises(ProtocolError):
         codec.decode_publish(flags, raw, V311)
     assert codec.decode_publish(*split(publish("", b"x", version=5)), V5).topic == ""
 
@@ -78,7 +79,7 @@ def test_empty_topic_is_a_topic_alias_in_5_malformed_in_311() -> None:
 def test_311_ack_is_exactly_a_packet_id() -> None:
     assert codec.decode_ack(4, body(ack(PUBACK, 9)), V311).packet_id == 9
     long = body(packet(PUBACK, b"\x00\x09\x10"))
-    with pytest.raises(V5Error):
+    with pytest.raises(ProtocolError):
         codec.decode_ack(4, long, V311)
     assert codec.decode_ack(4, long, V5).reason == 0x10
     assert codec.decode_ack(6, body(ack(PUBREL, 3)), V311).packet_id == 3
@@ -90,7 +91,7 @@ def test_311_subscribe_options_are_the_qos_alone() -> None:
     assert [(s.topic_filter, s.qos, s.no_local, s.retain_handling) for s in sub.subscriptions] == \
         [("a/+", 1, False, 0), ("b/#", 2, False, 0)]
     no_local = body(subscribe([("a", 0x04)]))  # No Local in 5, a reserved bit in 3.1.1
-    with pytest.raises(V5Error):
+    with pytest.raises(ProtocolError):
         codec.decode_subscribe(no_local, V311)
     assert codec.decode_subscribe(body(subscribe([("a", 0x04)], version=5)), V5).subscriptions[0].no_local
 
@@ -98,16 +99,16 @@ def test_311_subscribe_options_are_the_qos_alone() -> None:
 def test_311_bad_share_name_is_left_to_suback() -> None:
     # 3.1.1 answers a bad ShareName with SUBACK 0x80 (the index), MQTT 5 closes as Malformed
     assert codec.decode_subscribe(body(subscribe([("$share/a+b/t", 0)])), V311).subscriptions[0].qos == 0
-    with pytest.raises(V5Error):
+    with pytest.raises(ProtocolError):
         codec.decode_subscribe(body(subscribe([("$share/a+b/t", 0)], version=5)), V5)
-    with pytest.raises(V5Error):
+    with pytest.raises(ProtocolError):
         codec.decode_subscribe(body(subscribe([("a/#/b", 0)])), V311)
 
 
 def test_311_unsubscribe_and_disconnect() -> None:
     assert codec.decode_unsubscribe(body(unsubscribe(["a", "b/+"], packet_id=5)), V311) == (5, ["a", "b/+"], {})
     assert codec.decode_disconnect(b"", V311).reason == 0
-    with pytest.raises(V5Error):
+    with pytest.raises(ProtocolError):
         codec.decode_disconnect(b"\x04", V311)
     assert codec.decode_disconnect(b"\x04", V5).reason == 0x04
 

@@ -175,3 +175,29 @@ def test_offline_queue_is_fifo_and_allocates_on_first_use() -> None:
     assert q.get_nowait() is second
     assert q.empty()
 
+
+
+def test_leaf_nodes_share_one_empty_children_dict_and_never_write_it():
+    """A node starts with the shared, empty `tree.NO_CHILDREN` (a leaf keeps no dict of its own) and gets its own
+    dict with its first child or subscriber; after subscribing, matching, retaining and removing, the shared dict
+    is still empty and the trees still answer right."""
+    from broker.mqtt.tree import NO_CHILDREN
+
+    idx: SubscriptionIndex[str] = SubscriptionIndex()
+    for i in range(50):
+        idx.add(f"users/{i}/#", f"c{i}", f"s{i}", 1)
+        idx.add(f"users/{i}/calls/+", f"c{i}", f"s{i}", 0)
+    assert set(idx.match("users/7/calls/x")) == {"c7"}
+    leaf = idx._root.children["users"].children["7"].children["#"]
+    assert leaf.children is NO_CHILDREN
+    tree: RetainedTree[int] = RetainedTree()
+    for i in range(50):
+        tree.set(f"devices/{i}/status", i)
+    assert sorted(tree.find("devices/+/status")) == list(range(50))
+    for i in range(50):
+        idx.remove(f"users/{i}/#", f"c{i}")
+        idx.remove(f"users/{i}/calls/+", f"c{i}")
+        tree.discard(f"devices/{i}/status")
+    assert NO_CHILDREN == {}
+    assert not idx._root.children
+    assert idx.match("users/7/calls/x") == {}

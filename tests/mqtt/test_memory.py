@@ -106,7 +106,7 @@ def _state(h: Harness) -> dict[str, int]:
     persistence: Any = h.server.persistence
     calls: Any = h.svc.calls
     return {
-        "sessions": len(b._sessions), "subscriptions": len(b._subscriptions), "outlets": len(b._outlets),
+        "sessions": len(b._sessions), "subscriptions": len(b._index), "outlets": len(b._outlets),
         "live": len(hard.live), "open": hard.gate.open, "retained": len(b._retained_messages),
         "background": len(b._background), "fired_events": len(b.plugins_manager._fired_events),
         "presence_live": len(presence._clients), "presence_timers": len(presence._timers),

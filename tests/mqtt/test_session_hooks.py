@@ -53,3 +53,21 @@ async def test_a_second_puback_barrier_is_refused_at_start(make_harness):
     """`hooks.AcknowledgesAfter`: one per broker; a second plugin implementing it fails the start, naming both."""
     with pytest.raises(RuntimeError, match="CallPlugin and SecondBarrier"):
         await make_harness(mqtt={"plugins": {"tests.mqtt.amqtt_event_probe.SecondBarrier": {}}})
+
+
+async def test_subscriptions_are_kept_once_in_the_index(harness):
+    """The subscription index is the one record of who subscribed to what: amqtt's `subscriptions` (its $SYS plugin
+    counts them) is built from it when asked, and no second per-filter list is kept beside it."""
+    broker = harness.server.broker
+    async with harness.mqtt("sub-a") as a, harness.mqtt("sub-b") as b:
+        await a.subscribe("devices/+/status", qos=1)
+        await b.subscribe("devices/+/status", qos=0)
+        await b.subscribe("devices/1/#", qos=1)
+        listing = broker.subscriptions
+        assert sorted((s.client_id, q) for s, q in listing["devices/+/status"]) == [("sub-a", 1), ("sub-b", 0)]
+        assert [(s.client_id, q) for s, q in listing["devices/1/#"]] == [("sub-b", 1)]
+        assert broker._subscriptions == {}  # amqtt's own list stays empty: nothing is kept twice
+        assert len(broker._index) == 3
+        await b.unsubscribe("devices/+/status")
+        await harness.until(lambda: [s.client_id for s, _ in broker.subscriptions.get("devices/+/status", [])]
+                            == ["sub-a"], what="unsubscribed")
