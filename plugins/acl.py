@@ -114,6 +114,7 @@ class TopicAclPlugin(BaseTopicPlugin, TracksSessions):
     services: Services | None = None
     refusals: LogThrottle = LogThrottle()  # replaced per broker by `bind`
     refused = 0  # publishes and subscriptions refused, for /metrics
+    checks_receive = False  # RECEIVE is decided when the subscription is made (hooks.FiltersTopicsSync)
 
     def bind(self, services: Services) -> None:
         self.services = services

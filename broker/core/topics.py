@@ -8,6 +8,7 @@ topics through it, so the grammar is written once.
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import lru_cache
 from typing import NamedTuple
 
 __all__ = ["CALL_SERVICE_FILTERS", "INPUTS", "REQUEST_PREFIX", "Kind", "Parsed", "classify", "device_all",
@@ -128,6 +129,7 @@ def parse(topic: str) -> Parsed | None:
     return None
 
 
+@lru_cache(maxsize=4096)  # asked for every client PUBLISH; a topic's answer never changes
 def classify(topic: str) -> Parsed | None:
     """The kind and party of a topic clients publish the call service's input on (`INPUTS`), else None."""
     parsed = parse(topic)

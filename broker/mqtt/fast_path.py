@@ -136,4 +136,7 @@ class FastPathMixin(RoutingMixin):
             return True
         if hooks.receive_async:
             return None
-        return all(check(session, topic, Action.PUBLISH) for check in hooks.sync_checks)
+        for check in hooks.sync_checks:  # noqa: SIM110 - all must allow; a loop, not a generator, once per PUBLISH
+            if not check(session, topic, Action.PUBLISH):
+                return False
+        return True

@@ -64,25 +64,24 @@ class PublishMixin(_Base):
         qos = (flags >> 1) & 3
         if qos > 1 or (flags & 0x08 and not qos):
             return False
-        if version != V5:  # 3.1.1: the codec's header check (no property block to skip)
-            try:
-                topic, packet_id, pos = codec.publish_header(flags, body, version)
-            except ProtocolError:
-                return False
-            payload = body[pos:]
-        else:
-            end = 2 + int.from_bytes(body[:2], "big")
-            pos = end + 2 if qos else end
+        end = 2 + int.from_bytes(body[:2], "big")
+        pos = end + 2 if qos else end  # after the packet id
+        if version == V5:
             if pos >= len(body) or body[pos]:  # the property length: 0 is no properties
                 return False
-            try:
-                topic = body[2:end].decode()
-            except UnicodeDecodeError:
-                return False
-            packet_id = int.from_bytes(body[end:pos], "big")
-            if not valid_topic_name(topic) or (qos and not packet_id):
-                return False
-            payload = body[pos + 1:]
+            start = pos + 1
+        elif pos > len(body):
+            return False
+        else:
+            start = pos
+        try:
+            topic = body[2:end].decode()
+        except UnicodeDecodeError:
+            return False
+        packet_id = int.from_bytes(body[end:pos], "big")
+        if not valid_topic_name(topic) or (qos and not packet_id):
+            return False
+        payload = body[start:]
         allowed = self.may_publish_now(conn.session, topic)
         if allowed is None:
             return False

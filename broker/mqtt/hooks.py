@@ -89,6 +89,9 @@ class FiltersTopicsSync(Protocol):
 
     Combination: all must allow: any False denies, whatever the others say.
 
+    A plugin whose RECEIVE verdict is always True (it decided at SUBSCRIBE) sets the class attribute
+    `checks_receive = False`; deliveries then do not ask it, once per subscriber and message.
+
     When every topic plugin implements it, PUBLISH, SUBSCRIBE and RECEIVE checks stay synchronous;
     otherwise deliveries go through one ordered async lane that awaits amqtt's `topic_filtering`.
     """

@@ -91,6 +91,8 @@ class PluginHooks:
     owned: list[Callable[[str], bool]] = field(default_factory=list)
     filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
     sync_checks: list[Callable[..., bool | None]] = field(default_factory=list)
+    # the ones that judge RECEIVE too (`FiltersTopicsSync.checks_receive`): asked once per delivery
+    receive_checks: list[Callable[..., bool | None]] = field(default_factory=list)
     receive_async: bool = False  # some ACL has only the async `topic_filtering`
     sync_publish: bool = True  # a PUBLISH can be handled inside the reader's call, without awaiting
     events: frozenset[str] = frozenset()
@@ -160,6 +162,7 @@ class RoutingMixin(_Base):
             hooks.receive_async = hooks.filter_topics
         else:
             hooks.sync_checks = [p.topic_filtering_sync for p in sync]
+            hooks.receive_checks = [p.topic_filtering_sync for p in sync if getattr(p, "checks_receive", True)]
         callbacks = pm._event_plugin_callbacks
         hooks.events = frozenset(str(e) for e, fns in callbacks.items() if fns)
         hooks.sync_publish = not hooks.receive_async and not (
@@ -363,7 +366,7 @@ class RoutingMixin(_Base):
                 self._lane_task = self._spawn(self._run_lane())
             return len(matches) + len(picked or ())
         topic_b = topic.encode()
-        checks = hooks.sync_checks
+        checks = hooks.receive_checks
         for key, (target, sub_qos) in matches.items():
             if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                 continue

@@ -71,3 +71,19 @@ async def test_subscriptions_are_kept_once_in_the_index(harness):
         await b.unsubscribe("devices/+/status")
         await harness.until(lambda: [s.client_id for s, _ in broker.subscriptions.get("devices/+/status", [])]
                             == ["sub-a"], what="unsubscribed")
+
+
+async def test_deliveries_skip_an_acl_that_decided_at_subscribe(make_harness):
+    """`FiltersTopicsSync.checks_receive = False` (our ACL: RECEIVE was decided at SUBSCRIBE): the ACL is asked once
+    per PUBLISH, not once per subscriber and message; the publish ACL still refuses what it must."""
+    from tests.support.security import secure_harness
+
+    h, tokens = await secure_harness(make_harness)
+    hooks = h.server.broker._plugin_hooks()
+    assert len(hooks.sync_checks) == 1
+    assert hooks.receive_checks == []
+    acl = _plugin(h, "TopicAclPlugin")
+    refused = acl.refused
+    async with h.mqtt("device-1", username="1", password=tokens["device-1"]) as dev:
+        await dev.publish("users/2/calls/incoming", b"{}", qos=1)  # not a device's topic
+        await h.until(lambda: acl.refused == refused + 1, what="the publish ACL refused it")
