@@ -19,6 +19,9 @@ __all__ = ["RetainedStore", "RetainedTree", "SubscriptionIndex", "valid_filter",
            "well_formed_filter"]
 
 S = TypeVar("S")
+# topics whose matches `SubscriptionIndex.match` keeps (a publish's topic recurs: a party's own topics); past this
+# many it starts afresh, so a client publishing on ever new topics costs a walk each, not memory
+MATCH_CACHE_MAX = 4096
 V = TypeVar("V")
 
 
@@ -40,6 +43,8 @@ class SubscriptionIndex(Generic[S]):
     def __init__(self) -> None:
         self._root: _SubNode[S] = _SubNode()
         self._by_key: dict[str, dict[str, int]] = {}  # key -> {filter as subscribed, `$share/` included: QoS}
+        # topic -> what `match` found; emptied by every change of an ordinary subscription
+        self._matched: dict[str, dict[str, tuple[S, int]]] = {}
         # read `shared.count` (a plain attribute: no call on the routing hot path) before `pick_shared`
         self.shared: SharedGroups[S] = SharedGroups()
 
@@ -55,6 +60,7 @@ class SubscriptionIndex(Generic[S]):
         if parts is not None:
             self.shared.add(parts[0], parts[1], key, subscriber, qos)
             return new
+        self._matched.clear()
         node = descend(self._root, topic_filter, _SubNode)
         if node.subs is NO_CHILDREN:
             node.subs = {}
@@ -72,6 +78,7 @@ class SubscriptionIndex(Generic[S]):
         found = path_to(self._root, topic_filter)
         if found is None or found[1].subs.pop(key, None) is None:
             return False
+        self._matched.clear()
         self._forget(key, topic_filter)
         prune(found[0], lambda n: not n.subs)
         return True
@@ -102,10 +109,16 @@ class SubscriptionIndex(Generic[S]):
         return topic_filter in self._by_key.get(key, ())
 
     def match(self, topic: str) -> dict[str, tuple[S, int]]:
-        """Every subscriber whose filters match `topic`, once each, at the highest matching QoS."""
-        out: dict[str, tuple[S, int]] = {}
-        for node in matching(self._root, topic):
-            _merge(out, node.subs)
+        """Every subscriber whose filters match `topic`, once each, at the highest matching QoS (callers only read
+        it: it is kept for the next publish on `topic` until a subscription changes)."""
+        out = self._matched.get(topic)
+        if out is None:
+            out = {}
+            for node in matching(self._root, topic):
+                _merge(out, node.subs)
+            if len(self._matched) >= MATCH_CACHE_MAX:
+                self._matched.clear()
+            self._matched[topic] = out
         return out
 
     def pick_shared(self, topic: str, rank: Callable[[S], int]) -> list[Member[S]]:

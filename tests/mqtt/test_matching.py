@@ -201,3 +201,26 @@ def test_leaf_nodes_share_one_empty_children_dict_and_never_write_it():
     assert NO_CHILDREN == {}
     assert not idx._root.children
     assert idx.match("users/7/calls/x") == {}
+
+
+def test_a_cached_match_follows_every_subscription_change():
+    """`match` answers a repeated topic from its cache; any subscribe, re-subscribe or unsubscribe starts it afresh,
+    and the cache stays bounded."""
+    from broker.mqtt import topic_index
+
+    idx: SubscriptionIndex[str] = SubscriptionIndex()
+    idx.add("a/+", "c1", "s1", 0)
+    first = idx.match("a/b")
+    assert idx.match("a/b") is first  # answered from the cache
+    assert {k: q for k, (_, q) in first.items()} == {"c1": 0}
+    idx.add("a/#", "c2", "s2", 1)
+    assert {k: q for k, (_, q) in idx.match("a/b").items()} == {"c1": 0, "c2": 1}
+    idx.add("a/+", "c1", "s1", 2)  # re-subscribe: new QoS
+    assert idx.match("a/b")["c1"] == ("s1", 2)
+    idx.remove("a/#", "c2")
+    assert set(idx.match("a/b")) == {"c1"}
+    idx.remove_all("c1")
+    assert idx.match("a/b") == {}
+    for i in range(topic_index.MATCH_CACHE_MAX + 10):
+        idx.match(f"t/{i}")
+    assert len(idx._matched) <= topic_index.MATCH_CACHE_MAX
