@@ -21,6 +21,7 @@ import math
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeAlias
 
 __all__ = ["IncomingMessage", "Message", "MessageProps", "OutgoingMessage", "RetainedMessage", "props_of"]
@@ -69,52 +70,44 @@ class MessageProps:
         return cls(bytes(blob[8:]), None if math.isnan(at) else at)
 
 
+# The three message kinds: slots dataclasses (one per message held), compared by identity as amqtt's were.
+@dataclass(slots=True, eq=False)
 class RetainedMessage:
     """A retained message, or a message queued for an offline session (`qos` None: as published)."""
 
-    __slots__ = ("data", "props", "qos", "topic")
-
-    def __init__(self, topic: str, data: bytes, qos: int | None, props: MessageProps | None = None) -> None:
-        self.topic = topic
-        self.data = data
-        self.qos = qos
-        self.props = props
+    topic: str
+    data: bytes
+    qos: int | None
+    props: MessageProps | None = None
 
 
+@dataclass(slots=True, eq=False)
 class OutgoingMessage:
     """A QoS 1/2 message sent to a client and not yet acknowledged, with what a re-send needs. `released`: a QoS 2
     message past its PUBREC (only its PUBREL is re-sent)."""
 
-    __slots__ = ("data", "packet_id", "props", "qos", "released", "retain", "sub_ids", "topic")
-
-    def __init__(self, packet_id: int, topic: str, qos: int, data: bytes, retain: bool,
-                 props: MessageProps | None = None, sub_ids: tuple[int, ...] = (), released: bool = False) -> None:
-        self.packet_id = packet_id
-        self.topic = topic
-        self.qos = qos
-        self.data = data
-        self.retain = retain
-        self.props = props
-        self.sub_ids = sub_ids
-        self.released = released
+    packet_id: int
+    topic: str
+    qos: int
+    data: bytes
+    retain: bool
+    props: MessageProps | None = None
+    sub_ids: tuple[int, ...] = ()
+    released: bool = False
 
 
+@dataclass(slots=True, eq=False)
 class IncomingMessage:
     """A message a client published: a QoS 2 one held until its PUBREL (with its request's Response Topic and
     Correlation Data, in memory only), or the message amqtt's message events show plugins."""
 
-    __slots__ = ("data", "packet_id", "props", "qos", "reply", "retain", "topic")
-
-    def __init__(self, packet_id: int | None, topic: str, data: bytes, retain: bool,
-                 props: MessageProps | None = None, reply: tuple[str, bytes | None] | None = None,
-                 qos: int = 2) -> None:
-        self.packet_id = packet_id
-        self.topic = topic
-        self.data = data
-        self.retain = retain
-        self.props = props
-        self.reply = reply
-        self.qos = qos
+    packet_id: int | None
+    topic: str
+    data: bytes
+    retain: bool
+    props: MessageProps | None = None
+    reply: tuple[str, bytes | None] | None = None
+    qos: int = 2
 
 
 Message: TypeAlias = RetainedMessage | OutgoingMessage | IncomingMessage
