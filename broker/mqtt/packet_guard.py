@@ -72,6 +72,8 @@ def check_packet(ptype: int, flags: int, body: bytes, first: bool) -> None:
         elif ptype == CONNECT:
             _check_connect(body)
         elif ptype in _ACK_TYPES:
+            if len(body) == 2 and body != b"\x00\x00":
+                return  # the only well-formed 3.1.1 acknowledgement: a non-zero packet id (one per QoS 1 message)
             codec.decode_ack(ptype, body, codec.V311)
             if len(body) != 2:
                 raise Malformed(f"{len(body) - 2} unexpected bytes after packet type {ptype}")

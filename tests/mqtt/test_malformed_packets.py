@@ -54,6 +54,8 @@ BAD_AFTER_CONNECT = {
     "PUBLISH empty topic": publish(""),
     "PUBLISH QoS 0 with DUP": publish("a/b", flags=0x08),
     "PUBACK wrong length": packet(0x40, b"\x00\x01\x00"),
+    "PUBACK packet id 0": packet(0x40, b"\x00\x00"),
+    "PUBCOMP packet id 0": packet(0x70, b"\x00\x00"),
     "PUBREL bad flags": packet(0x60, b"\x00\x01"),
     "PINGREQ with a body": packet(0xC0, b"\x00"),
     "DISCONNECT bad flags": b"\xe1\x00",
