@@ -235,7 +235,7 @@ class Outlet:
         self.session.inflight_out.pop(packet_id, None)
         if self.backlog:
             self.pump()
-            if self.backlog:
+            if self.backlog and not self._window_waits():  # the socket, not the window, holds it: wait to drain
                 self._wait_for_room()
 
     def pump(self) -> None:
