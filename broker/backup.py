@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from broker import data_lock
-from broker.db_open import StorageError
+from broker.db_open import BackupError, StorageError
 
 __all__ = ["BackupError", "make_backup", "prune_backups", "restore_backup", "run_schedule"]
 
@@ -42,10 +42,6 @@ SNAPSHOTS = "snapshots"
 MANIFEST = "manifest.json"
 FORMAT = 1
 INTERVALS = {"hourly": 3600.0, "daily": 86400.0, "weekly": 7 * 86400.0}
-
-
-class BackupError(StorageError):
-    """A backup cannot be made or restored; the message is one line saying why."""
 
 
 def _private_dir(path: Path) -> None:

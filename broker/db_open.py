@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["DatabaseDamaged", "StorageError", "naming", "open_db"]
+__all__ = ["BackupError", "DatabaseDamaged", "StorageError", "naming", "open_db"]
 
 log = logging.getLogger("intercom.store")
 
@@ -28,6 +28,12 @@ _MAX_PROBLEMS = 3
 
 class StorageError(Exception):
     """A file or directory the server needs cannot be used; the message is one line naming it."""
+
+
+class BackupError(StorageError):
+    """A backup cannot be made or restored; the message is one line saying why (`broker.backup`, and the PostgreSQL
+    tools of `broker.scale.pg_ops`, which `broker.backup` calls: the error lives here so neither imports the other
+    for it)."""
 
 
 class DatabaseDamaged(StorageError):

@@ -24,9 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from broker.backup import BackupError
 from broker.core.retention import prune_batches
-from broker.db_open import StorageError
+from broker.db_open import BackupError, StorageError
 from broker.scale.pg_store import PgConnection, redact
 
 __all__ = ["BIN_DIRS", "dump", "find_binary", "live_lease", "prune_postgres", "restore", "verify"]
