@@ -74,7 +74,7 @@ SESSION_API: tuple[str, ...] = (
     "client_id", "clean_session", "username", "password", "remote_address", "remote_port", "keep_alive",
     "will_flag", "will_topic", "will_message", "will_qos", "will_retain", "ssl_object", "parent", "is_anonymous",
     "last_connect_time", "last_disconnect_time", "attributes", "inflight_out", "inflight_in", "retained_messages",
-    "delivered_message_queue", "transitions", "next_packet_id", "inflight_in_count", "inflight_out_count",
+    "transitions", "next_packet_id", "inflight_in_count", "inflight_out_count",
     "retained_messages_count", "clear_queues",
 )
 # amqtt methods the engine calls or reads without replacing them.

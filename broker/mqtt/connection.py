@@ -236,6 +236,6 @@ class Connection:
 
     def acked(self, packet_id: int) -> None:
         if self.outlet is not None and not self.outlet.closed:
-            self.outlet.acked(packet_id, True)
+            self.outlet.acked(packet_id)
         else:
             self.session.inflight_out.pop(packet_id, None)

@@ -228,10 +228,9 @@ class Outlet:
         """Encode and write one PUBLISH in the connection's version (`send_publish.PublishOutlet`)."""
         raise NotImplementedError
 
-    def acked(self, packet_id: int, _ack: object = None) -> None:
+    def acked(self, packet_id: int) -> None:
         """The client acknowledged `packet_id` (PUBACK; PUBCOMP or a refusing PUBREC for QoS 2): forget the message
-        (a persistent session's on disk too), free the slot and move the backlog. (`_ack`: unused, for callers
-        that still pass the acknowledgement.)"""
+        (a persistent session's on disk too), free the slot and move the backlog."""
         self.session.inflight_out.pop(packet_id, None)
         if self.backlog:
             self.pump()

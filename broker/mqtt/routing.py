@@ -45,7 +45,7 @@ from broker.mqtt.hooks import (
     TracksSessions,
 )
 from broker.mqtt.message import MessageProps, RetainedMessage, props_of
-from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.outlet import DeliveryLimits, Outlet
 from broker.mqtt.session import Session
 from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member
 from broker.mqtt.sub_options import SUB_OPTIONS, delivery_for
@@ -210,10 +210,6 @@ class RoutingMixin(_Base):
             return None
         if outlet is not None and outlet.handler is handler and not outlet.closed:
             return outlet
-        if handler.writer is None:
-            return None
-        if not isinstance(handler.writer, CoalescingWriter):
-            handler.writer = CoalescingWriter(handler.writer, asyncio.get_running_loop())
         outlet = handler.make_outlet(session, handler.writer, self.delivery_limits, self._on_overflow)
         self._outlets[key] = outlet
         return outlet

@@ -12,8 +12,8 @@ its session table and calls `clear_queues()` from `_delete_session` / `_cleanup_
   their PUBREL (`DurableIncoming` when persistent).
 - `retained_messages` (amqtt's name): the offline queue, messages kept for a persistent session while it is
   disconnected; an `OfflineQueue` whose deque is made on first use (`DurableQueue` when persistent).
-- `delivered_message_queue`: empty. The engine handles each PUBLISH as it reads it, so nothing waits in a session
-  to be processed; one shared queue that refuses items answers the packet guard's back-pressure `qsize()`.
+- No `delivered_message_queue` (amqtt's queue of received messages for its protocol handler): the engine handles
+  each PUBLISH as it reads it, and amqtt's handler serves no connection.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from broker.mqtt.message import IncomingMessage, Message, OutgoingMessage
 
-__all__ = ["NEVER_QUEUED", "OfflineQueue", "Session", "SessionStateError"]
+__all__ = ["OfflineQueue", "Session", "SessionStateError"]
 
 log = logging.getLogger("intercom.sessions")
 
@@ -63,16 +63,6 @@ class OfflineQueue:
         return self._items.popleft()
 
 
-class _NeverQueued(asyncio.Queue[Any]):
-    """An `asyncio.Queue` that stays empty: putting into it is a bug, not back-pressure."""
-
-    def put_nowait(self, item: Any) -> None:
-        raise asyncio.QueueFull("the engine processes each PUBLISH as it is read: nothing is queued in a session")
-
-
-NEVER_QUEUED: asyncio.Queue[Any] = _NeverQueued()
-
-
 @dataclass(slots=True, eq=False)
 class Session:
     """One client id's session (see the module docstring). Equality is identity: two session objects for one
@@ -102,8 +92,6 @@ class Session:
     inflight_in: dict[int, IncomingMessage] = field(default_factory=dict)
     retained_messages: OfflineQueue = field(default_factory=OfflineQueue)
     last_packet_id: int = 0
-
-    delivered_message_queue: ClassVar[asyncio.Queue[Any]] = NEVER_QUEUED
 
     # ---- state: amqtt's transitions table (connect from new or disconnected; disconnect from any) ----
 
