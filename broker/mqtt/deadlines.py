@@ -16,7 +16,7 @@ import time
 import weakref
 from typing import Protocol
 
-__all__ = ["DeadlineSweeper", "Expiring"]
+__all__ = ["DeadlineSweeper", "Expiring", "loop_sweeper"]
 
 
 class Expiring(Protocol):
@@ -86,3 +86,15 @@ class DeadlineSweeper:
 def _live(entry: tuple[float, int, weakref.ref[Expiring]]) -> bool:
     item = entry[2]()
     return item is not None and item.watch_token == entry[1] and item.deadline is not None
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineSweeper] = weakref.WeakKeyDictionary()
+
+
+def loop_sweeper() -> DeadlineSweeper:
+    """The running loop's sweeper (one per loop: every connection's CONNECT and keepalive deadline)."""
+    loop = asyncio.get_running_loop()
+    sweeper = _SWEEPERS.get(loop)
+    if sweeper is None:
+        sweeper = _SWEEPERS[loop] = DeadlineSweeper()
+    return sweeper

@@ -4,17 +4,12 @@
 whole packets, each checked against the max packet size and the wire rules Mosquitto enforces;
 `check_packet` (3.1.1) and `check_v5_frame` (5) are pure and hold every rule. A violation raises
 `Malformed`, whose `code` is the MQTT 5 reason code the DISCONNECT carries before the connection
-closes [MQTT-4.13]. The CONNECT and keepalive deadlines are watched by one `DeadlineSweeper` per loop
-(`_default_sweeper`).
+closes [MQTT-4.13]. (The CONNECT and keepalive deadlines are the connection's: `deadlines.loop_sweeper`.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-
 from broker.mqtt import codec
-from broker.mqtt.deadlines import DeadlineSweeper
 from broker.mqtt.reason import ProtocolError, Reason
 from broker.mqtt.topics import valid_topic_name
 
@@ -196,15 +191,3 @@ class Framer:
         else:
             self._off = off
         return first, body
-
-
-_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineSweeper] = weakref.WeakKeyDictionary()
-
-
-def _default_sweeper() -> DeadlineSweeper:
-    """The running loop's sweeper (one per loop)."""
-    loop = asyncio.get_running_loop()
-    sweeper = _SWEEPERS.get(loop)
-    if sweeper is None:
-        sweeper = _SWEEPERS[loop] = DeadlineSweeper()
-    return sweeper

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt.accept_gate import AcceptGate
+from broker.mqtt.deadlines import loop_sweeper
 from broker.mqtt.fairness import CHECK_EVERY, SLICE_S
 from broker.mqtt.outlet import write_batch
-from broker.mqtt.packet_guard import Framer, Malformed, _default_sweeper
+from broker.mqtt.packet_guard import Framer, Malformed
 from broker.mqtt.reason import ProtocolError, Reason
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class MqttProtocol(asyncio.Protocol):
         self._listener = listener
         self._gate = gate
         self._loop = asyncio.get_running_loop()
-        self._sweeper = _default_sweeper()
+        self._sweeper = loop_sweeper()
         self._writes = write_batch(self._loop)
         self.accepted_at = time.monotonic() if accepted_at is None else accepted_at  # before any TLS handshake
         self.transport: asyncio.Transport | None = None

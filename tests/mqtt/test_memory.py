@@ -91,9 +91,9 @@ async def _session_present(port: int, client_id: str) -> bool:
 
 
 try:  # the read-deadline heap: an entry per connection watched, kept until due or compacted away
-    from broker.mqtt import packet_guard
+    from broker.mqtt import deadlines
     from broker.mqtt.deadlines import DeadlineSweeper
-    from broker.mqtt.packet_guard import _default_sweeper as _sweeper
+    from broker.mqtt.deadlines import loop_sweeper as _sweeper
 except ImportError:  # pragma: no cover - another reader design
     _sweeper = None  # type: ignore[assignment]
 
@@ -240,7 +240,7 @@ async def test_closed_connections_leave_no_read_deadline_behind(make_harness):
     """A closed connection's entry leaves the read-deadline heap at the sweeper's next compaction, not at its
     deadline (keepalive x 1.5: 90 min for keepalive 0)."""
     # this loop's sweeper, compacting every 0.2 s instead of 10 s
-    packet_guard._SWEEPERS[asyncio.get_running_loop()] = DeadlineSweeper(compact_every_s=0.2)
+    deadlines._SWEEPERS[asyncio.get_running_loop()] = DeadlineSweeper(compact_every_s=0.2)
     h = await make_harness(limits={"connect_timeout_s": 0.2})
     for i in range(50):  # keepalive 0: the server enforces limits.max_keepalive_s (3600 s) x 1.5
         await _session(h.server.mqtt_port, f"device-1/{i}", "devices/1/#", True, False, True, 0)
