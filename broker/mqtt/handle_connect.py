@@ -97,7 +97,7 @@ class _Will:
 
 
 class ConnectMixin(_Base):
-    """Serves MQTT 5 connections; see the module docstring."""
+    """Serves every MQTT connection (3.1.1 and 5) from CONNECT to its end; see the module docstring."""
 
     limits: LimitsConfig
 
@@ -123,7 +123,7 @@ class ConnectMixin(_Base):
         return conn is not None
 
     async def _refuse(self, wire: MqttProtocol, reason: int, why: str, client_id: str | None = None,
-                         version: int = codec.V5) -> None:
+                      version: int = codec.V5) -> None:
         """CONNACK refusing the CONNECT: `reason` is a 3.1.1 return code for `version` 4, a reason code for 5."""
         peer = wire.get_peer_info()
         _quiet.log(log, logging.WARNING, f"refused {peer[0] if peer else '?'}",
@@ -136,7 +136,7 @@ class ConnectMixin(_Base):
     async def _refuse_code(self, wire: MqttProtocol, version: int, code: int, why: str, client_id: str | None) -> None:
         """Refuse with admission's 3.1.1 return code, as MQTT 5's reason code on a v5 connection."""
         await self._refuse(wire, _REASON.get(code, Reason.NOT_AUTHORIZED) if version == codec.V5 else code, why,
-                              client_id, version)
+                           client_id, version)
 
     async def _connect(self, wire: MqttProtocol, packet: tuple[int, bytes], server: Any) -> Connection | None:
         try:
@@ -152,7 +152,7 @@ class ConnectMixin(_Base):
             return None  # [MQTT-3.1.3-8]
         if codec.AUTH_METHOD in c.props:  # no enhanced authentication method is supported (§4.12)
             await self._refuse(wire, Reason.BAD_AUTHENTICATION_METHOD,
-                                  f"Authentication Method {c.props[codec.AUTH_METHOD]!r}", c.client_id)
+                               f"Authentication Method {c.props[codec.AUTH_METHOD]!r}", c.client_id)
             return None
         will = _Will(c) if c.will_topic is not None else None
         if will is not None and c.will_props.get(codec.PAYLOAD_FORMAT) == 1 and not _utf8(c.will_payload):
@@ -192,7 +192,7 @@ class ConnectMixin(_Base):
         return conn
 
     def _new_session(self, c: codec.Connect, wire: MqttProtocol, will: _Will | None) -> tuple[Session, bool]:
-        """The amqtt `Session` a v5 CONNECT describes (as amqtt's CONNECT handling fills it for 3.1.1)."""
+        """The `Session` a CONNECT describes (either version), and whether its client id was assigned."""
         session = Session()
         peer = wire.get_peer_info()
         if peer:
@@ -241,7 +241,7 @@ class ConnectMixin(_Base):
         return old, True
 
     def _connack_props(self, c: codec.Connect, session: Session, assigned: bool,
-                          keep_alive: int) -> codec.Props:
+                       keep_alive: int) -> codec.Props:
         """CONNACK properties: the box's real limits (§3.2.2.3)."""
         limits = self.limits
         props: codec.Props = {

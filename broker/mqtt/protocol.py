@@ -350,9 +350,7 @@ class MqttProtocol(asyncio.Protocol):
         if self._admitted:
             self._admitted = False
             self._gate.release()
-        for waiter in self._drain_waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake_drains()
         if self._lost_waiter is not None and not self._lost_waiter.done():
             self._lost_waiter.set_result(None)
         if self._task is None:
@@ -427,6 +425,9 @@ class MqttProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._wake_drains()
+
+    def _wake_drains(self) -> None:
         for waiter in self._drain_waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
