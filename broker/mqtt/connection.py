@@ -66,6 +66,7 @@ class Connection:
         "link",
         "outlet",
         "present",
+        "router",
         "server",
         "session",
         "version",
@@ -94,7 +95,8 @@ class Connection:
         self.ended = False
         self._done: asyncio.Event | None = None  # made when someone waits for the end (a takeover)
         # every ACL answers without awaiting and no plugin listens to message events: the hand-decoded PUBLISH
-        self.fast: bool = broker._plugin_hooks().sync_publish
+        self.router = broker.router  # every PUBLISH goes to the composed per-message path
+        self.fast: bool = self.router.hooks().sync_publish
 
     # -- registration: what a takeover or a revocation finds by client id --------------------------
 
@@ -168,11 +170,9 @@ class Connection:
         broker = self.broker
         version = self.version
         if kind == PUBLISH:
-            if self.fast and broker.publish_plain(self, first & 0x0F, body, version):
+            if self.fast and self.router.publish_plain(self, first & 0x0F, body, version):
                 return None
-            pending: Awaitable[Any] | None = broker.publish_packet(self, self.decode_publish(first & 0x0F, body,
-                                                                                            version))
-            return pending
+            return self.router.publish_packet(self, self.decode_publish(first & 0x0F, body, version))
         if kind == PUBACK:
             # the short form (both versions' usual one) is a non-zero packet id: no decoder needed
             packet_id = int.from_bytes(body, "big") if len(body) == 2 else 0

@@ -1,8 +1,7 @@
 """The end of every accepted publish (3.1.1 and 5): routing, retain, plugins' interceptors, amqtt's message events.
 
-* `_route`: deliver (`RoutingMixin`), retain, then the `InterceptsPublish` / `AnswersRequests` plugins; a topic a
-  plugin owns (`OwnsTopics`) goes to that plugin only. Wills take the same way (`publish_will`).
-* `may_publish_now`: the publish ACL's verdict without awaiting when every ACL is synchronous.
+* Every accepted publish ends in `router.Router.route` (deliver, retain, interceptors); Wills take the same way
+  (`publish_will`).
 * `message_received_event` / `message_broadcast_event`: amqtt's message events, only when a plugin listens.
 * Connections: on connect, a resumed 3.1.1 session gets its
   offline queue, then the retained messages of its own subscriptions (`_deliver_on_connect`).
@@ -18,11 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
 from broker.mqtt import amqtt_compat
-from broker.mqtt.amqtt_compat import Action, BrokerEvents
-from broker.mqtt.hooks import ReplyTo
+from broker.mqtt.amqtt_compat import BrokerEvents
 from broker.mqtt.message import IncomingMessage, MessageProps
 from broker.mqtt.quota import HELD
-from broker.mqtt.routing import PluginHooks, RoutingMixin
+from broker.mqtt.routing import RoutingMixin
 from broker.mqtt.session import Session
 from broker.mqtt.session_persistence import DurableIncoming
 
@@ -74,39 +72,11 @@ class FastPathMixin(RoutingMixin):
         await self._publish_session_retained_messages(session)
         self._publish_retained_on_connect(session)
 
-    def _route(self, session: Session, topic: str, data: bytes, qos: int, retain: bool, hooks: PluginHooks,
-               props: MessageProps | None = None, reply: ReplyTo | None = None) -> int:
-        """The end of every accepted publish and Will (3.1.1 and 5): deliver, retain, then let interceptors (the call
-        plugin) see it (with the MQTT 5 request's `reply`, if any). Returns how many subscribers matched, an
-        interceptor that consumed the message (returned True) counting as one. On a topic a plugin owns
-        (`OwnsTopics`: a device's status) only the interceptors see it."""
-        for owns in hooks.owned:
-            if owns(topic):
-                matched = 1  # the owning plugin is its subscriber
-                break
-        else:
-            matched = self.deliver(session, topic, data, qos, retain, props)
-            if retain:
-                self.retain_now(session, topic, data, qos, props)
-        if reply is None:
-            for intercept in hooks.intercepts:
-                try:
-                    matched += 1 if intercept(session, topic, data) else 0
-                except Exception:
-                    log.exception("intercept_publish failed on %s", topic)
-            return matched
-        for answer in hooks.request_intercepts:
-            try:
-                matched += 1 if answer(session, topic, data, reply) else 0
-            except Exception:
-                log.exception("intercept_request failed on %s", topic)
-        return matched
-
     def publish_will(self, session: Session, topic: str, payload: bytes, qos: int, retain: bool,
                      props: MessageProps | None = None) -> None:
         """A Will (3.1.1 or 5) is published like the client's own PUBLISH: same routing, retain and interceptors
         (so it obeys the same rules on the topics a plugin owns)."""
-        self._route(session, topic, payload, qos, retain, self._plugin_hooks(), props)
+        self.router.route(session, topic, payload, qos, retain, props)
 
     async def message_received_event(self, session: Session, topic: str, data: bytes, qos: int,
                                      retain: bool) -> IncomingMessage | None:
@@ -126,17 +96,3 @@ class FastPathMixin(RoutingMixin):
         if message is not None and self._has_listeners(BrokerEvents.MESSAGE_BROADCAST):
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
                                                   message=message)
-
-    # ---- inbound QoS 2 ---------------------------------------------------------------------------
-
-    def may_publish_now(self, session: Session, topic: str) -> bool | None:
-        """The publish ACL's verdict without awaiting, or None when an async ACL must decide."""
-        hooks = self._plugin_hooks()
-        if not hooks.filter_topics:
-            return True
-        if hooks.receive_async:
-            return None
-        for check in hooks.sync_checks:  # noqa: SIM110 - all must allow; a loop, not a generator, once per PUBLISH
-            if not check(session, topic, Action.PUBLISH):
-                return False
-        return True

@@ -283,7 +283,7 @@ class ConnectMixin(_Base):
         conn = Connection(self, session, wire, link, self.limits.topic_alias_maximum if c.version == codec.V5 else 0,
                           server, present)
         self._sessions[cid] = (session, conn)
-        self._open_outlet(session)  # conn.outlet
+        self.router.open_outlet(session)  # conn.outlet
         props = self._connack_props(c, session, assigned, keep_alive) if c.version == codec.V5 else {}
         conn.write(encode.encode_connack(present, 0, props, c.version))
         wire.start_session(conn, keep_alive)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from broker.config import LimitsConfig
-from broker.mqtt import encode
 from broker.mqtt.codec import PUBCOMP, PUBREC
 from broker.mqtt.fast_path import FastPathMixin, over_held_quota
 from broker.mqtt.handle_subscribe import Peer
@@ -35,35 +34,26 @@ class Qos2Mixin(FastPathMixin):
 
     limits: LimitsConfig = LimitsConfig()
 
-    def ack(self, conn: Peer, ptype: int, packet_id: int, reason: int = 0) -> None:
-        """PUBACK / PUBREC / PUBCOMP in the connection's version, after any durable effect the plugins staged."""
-        data = encode.encode_ack(ptype, packet_id, reason, version=conn.version)
-        barrier = self._plugin_hooks().ack_barrier
-        if barrier is None:
-            conn.write(data)
-        else:
-            barrier(lambda: conn.write(data))
-
     def hold_qos2(self, conn: Peer, packet_id: int, topic: str, data: bytes, retain: bool, allowed: bool,
                   props: MessageProps | None = None, reply: ReplyTo | None = None) -> None:
         """A QoS 2 PUBLISH: hold it (if the ACL allowed it), then PUBREC; raises ProtocolError 0x93 past the window."""
         session = conn.session
         held = session.inflight_in
         if packet_id in held:  # a re-send of a message held already: PUBREC again [MQTT-4.3.3-2]
-            self.ack(conn, PUBREC, packet_id)
+            self.router.ack(conn, PUBREC, packet_id)
             return
         if not allowed:  # the ACL plugin logged the refusal
-            self.ack(conn, PUBREC, packet_id, Reason.NOT_AUTHORIZED)
+            self.router.ack(conn, PUBREC, packet_id, Reason.NOT_AUTHORIZED)
             return
         if len(held) >= self.limits.max_inflight_messages:
             raise ProtocolError(Reason.RECEIVE_MAXIMUM_EXCEEDED, f"more than {self.limits.max_inflight_messages} QoS 2 "
                           "messages awaiting PUBREL (limits.max_inflight_messages, the Receive Maximum)")
         if over_held_quota(session, len(data)):
-            self.ack(conn, PUBREC, packet_id, Reason.QUOTA_EXCEEDED)
+            self.router.ack(conn, PUBREC, packet_id, Reason.QUOTA_EXCEEDED)
             return
         # stored (on disk for a persistent session) before PUBREC says it is
         held[packet_id] = IncomingMessage(packet_id, topic, data, retain, props, reply)
-        self.ack(conn, PUBREC, packet_id)
+        self.router.ack(conn, PUBREC, packet_id)
 
     def pubrel(self, conn: Peer, packet_id: int) -> Awaitable[None] | None:
         """Route the held message, forget it, PUBCOMP. Returns None when done, or an awaitable when a plugin
@@ -71,14 +61,13 @@ class Qos2Mixin(FastPathMixin):
         held = conn.session.inflight_in
         msg = held.get(packet_id)
         if msg is None:  # already released, refused by the ACL, or never sent: answered too [MQTT-4.3.3-2]
-            self.ack(conn, PUBCOMP, packet_id, Reason.PACKET_ID_NOT_FOUND)
+            self.router.ack(conn, PUBCOMP, packet_id, Reason.PACKET_ID_NOT_FOUND)
             return None
         if not self._plugin_hooks().sync_publish:
             return self._pubrel_async(conn, packet_id)
-        self._route(conn.session, msg.topic, bytes(msg.data), 2, bool(msg.retain), self._plugin_hooks(), props_of(msg),
-                    _reply_of(msg))
+        self.router.route(conn.session, msg.topic, bytes(msg.data), 2, bool(msg.retain), props_of(msg), _reply_of(msg))
         held.pop(packet_id, None)  # routed before it is forgotten: a crash in between re-delivers, never loses
-        self.ack(conn, PUBCOMP, packet_id)
+        self.router.ack(conn, PUBCOMP, packet_id)
         return None
 
     async def _pubrel_async(self, conn: Peer, packet_id: int) -> None:
@@ -89,9 +78,8 @@ class Qos2Mixin(FastPathMixin):
             data = bytes(msg.data)
             message = await self.message_received_event(session, msg.topic, data, 2, bool(msg.retain))
             await self.message_broadcast_event(session, message)
-            self._route(session, msg.topic, data, 2, bool(msg.retain), self._plugin_hooks(), props_of(msg),
-                        _reply_of(msg))
-        self.ack(conn, PUBCOMP, packet_id)
+            self.router.route(session, msg.topic, data, 2, bool(msg.retain), props_of(msg), _reply_of(msg))
+        self.router.ack(conn, PUBCOMP, packet_id)
 
 
 def _reply_of(msg: object) -> ReplyTo | None:

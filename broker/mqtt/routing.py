@@ -31,8 +31,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from broker.mqtt.amqtt_compat import Action, BrokerEvents
 from broker.mqtt.hooks import (
@@ -46,60 +45,25 @@ from broker.mqtt.hooks import (
 )
 from broker.mqtt.message import MessageProps, RetainedMessage, props_of
 from broker.mqtt.outlet import DeliveryLimits, Outlet
+from broker.mqtt.router import PluginHooks, Route, Router, RouterHost
 from broker.mqtt.session import Session
-from broker.mqtt.shared_index import HOLDS, NONE, ONLINE, Member
-from broker.mqtt.sub_options import SUB_OPTIONS, delivery_for
+from broker.mqtt.sub_options import SUB_OPTIONS
 from broker.mqtt.topic_index import RetainedStore, SubscriptionIndex
 from broker.mqtt.topics import shared_parts, valid_subscription
 
 if TYPE_CHECKING:
     from broker.mqtt.amqtt_compat import Broker
-    from broker.mqtt.connection import Connection
 
     _Base: TypeAlias = Broker
 else:
     _Base = object
 
 
-__all__ = ["SUBACK_FAILURE", "PluginHooks", "RoutingMixin"]
+__all__ = ["SUBACK_FAILURE", "RoutingMixin"]
 
 log = logging.getLogger("intercom.fastpath")
 _QUEUED_LAST = "intercom.queued_last"  # session attribute: topic -> last payload of the offline queue just sent
 SUBACK_FAILURE = 0x80  # 3.1.1's SUBACK failure, MQTT 5's Reason.UNSPECIFIED
-_Route = tuple[Session | None, str, bytes, int, dict[str, tuple[Session, int]], list[Member[Session]] | None,
-               bool, MessageProps | None]
-
-
-def member_rank(session: Session) -> int:
-    """How usable a shared-subscription member is now: connected, else able to hold QoS>0 offline (as in
-    `RoutingMixin._send_to`), else not at all."""
-    if session.transitions.state == "connected":
-        return ONLINE
-    if not session.clean_session and not session.is_anonymous:
-        return HOLDS
-    return NONE
-
-
-@dataclass
-class PluginHooks:
-    """What the loaded plugins ask of the hot path; computed once, after plugins load."""
-
-    intercepts: list[Callable[[Session, str, bytes], bool | None]] = field(default_factory=list)
-    # the same plugins, for an MQTT 5 request (a PUBLISH with a Response Topic)
-    request_intercepts: list[Callable[[Session, str, bytes, ReplyTo], bool | None]] = field(default_factory=list)
-    # `owns_topic(topic)`: topics a plugin publishes itself; clients' messages there only reach the interceptors
-    owned: list[Callable[[str], bool]] = field(default_factory=list)
-    filter_topics: bool = False  # any PUBLISH/SUBSCRIBE ACL at all
-    sync_checks: list[Callable[..., bool | None]] = field(default_factory=list)
-    # the ones that judge RECEIVE too (`FiltersTopicsSync.checks_receive`): asked once per delivery
-    receive_checks: list[Callable[..., bool | None]] = field(default_factory=list)
-    receive_async: bool = False  # some ACL has only the async `topic_filtering`
-    sync_publish: bool = True  # a PUBLISH can be handled inside the reader's call, without awaiting
-    events: frozenset[str] = frozenset()
-    # `acknowledge_after(send)`: a plugin that made an intercepted publish's effect durable later in
-    # the tick (the call service's group commit) runs `send` (the PUBACK) once it is, not before.
-    ack_barrier: Callable[[Callable[[], None]], None] | None = None
-    trackers: list[TracksSessions] = field(default_factory=list)  # told of sessions synchronously (`tell`)
 
 
 def _ignore_reply(intercept: Callable[[Session, str, bytes], bool | None],
@@ -118,12 +82,11 @@ class RoutingMixin(_Base):
         self._index: SubscriptionIndex[Session] = SubscriptionIndex()
         self._outlets: dict[str, Outlet] = {}
         self._hooks: PluginHooks | None = None
-        self._lane: deque[_Route] = deque()
+        self._lane: deque[Route] = deque()
         self._lane_task: asyncio.Future[Any] | None = None
         self._background: set[asyncio.Future[Any]] = set()
-        # read by broker/ops/metrics.py at scrape time: plain ints keep the hot path cheap
-        self.messages_in = 0  # client publishes routed
-        self.messages_out = 0  # deliveries due to subscribers
+        # the per-message path, composed (not mixed in): it shares the index and the outlets
+        self.router = Router(cast("RouterHost", self), self._index, self._outlets)
         self.dropped_closed = 0  # messages dropped by outlets that have since closed
 
     def _spawn(self, coro: Any) -> asyncio.Future[Any]:
@@ -131,6 +94,28 @@ class RoutingMixin(_Base):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+    # read by broker/ops/metrics.py at scrape time
+    @property
+    def messages_in(self) -> int:
+        """Client publishes routed."""
+        return self.router.messages_in
+
+    @property
+    def messages_out(self) -> int:
+        """Deliveries due to subscribers."""
+        return self.router.messages_out
+
+    def deliver(self, source: Session | None, topic: str, data: bytes, qos: int, retain: bool = False,
+                props: MessageProps | None = None) -> int:
+        """`Router.deliver`: one message to every matching subscriber now; how many deliveries were due."""
+        return self.router.deliver(source, topic, data, qos, retain, props)
+
+    def queue_lane(self, route: Route) -> None:
+        """A delivery that needs async RECEIVE checks: sent by the one ordered lane, in publish order."""
+        self._lane.append(route)
+        if self._lane_task is None or self._lane_task.done():
+            self._lane_task = self._spawn(self._run_lane())
 
     # ---- plugin hooks ---------------------------------------------------------------------------
 
@@ -198,21 +183,6 @@ class RoutingMixin(_Base):
         return None, session
 
     # ---- outlets --------------------------------------------------------------------------------
-
-    def _open_outlet(self, session: Session) -> Outlet | None:
-        key = session.client_id or ""
-        outlet = self._outlets.get(key)
-        entry = self._sessions.get(key)
-        if entry is None or entry[0] is not session:
-            return None
-        handler: Connection | None = entry[1]
-        if handler is None:  # an offline session (`create_offline_session`): no connection yet
-            return None
-        if outlet is not None and outlet.handler is handler and not outlet.closed:
-            return outlet
-        outlet = handler.make_outlet(session, handler.writer, self.delivery_limits, self._on_overflow)
-        self._outlets[key] = outlet
-        return outlet
 
     def _close_outlet(self, key: str, outlet: Outlet | None) -> None:
         if outlet is None:
@@ -283,7 +253,7 @@ class RoutingMixin(_Base):
         any message matching an established subscription [MQTT-3.3.1-9]; an expired one is dropped there.
         Notes what each topic's last queued message was, so the retained pass does not send it again."""
         queue = session.retained_messages
-        outlet = self._open_outlet(session) if queue.qsize() else None
+        outlet = self.router.open_outlet(session) if queue.qsize() else None
         if outlet is None:
             return
         last: dict[str, bytes] = {}
@@ -319,7 +289,7 @@ class RoutingMixin(_Base):
             found = [m for m in found if skip.get(m.topic) != bytes(m.data)]
         if not found:
             return 0
-        outlet = self._open_outlet(session)
+        outlet = self.router.open_outlet(session)
         if outlet is None:
             return 0
         outlet.send_retained(found, qos, sub_ids)
@@ -340,44 +310,6 @@ class RoutingMixin(_Base):
 
     # ---- routing --------------------------------------------------------------------------------
 
-    def deliver(self, source: Session | None, topic: str, data: bytes, qos: int, retain: bool = False,
-                props: MessageProps | None = None) -> int:
-        """Send one message to every matching subscriber, and to one member of each matching shared
-        subscription, now, at min(qos, granted QoS); returns how many deliveries were due.
-
-        `retain` is the publisher's flag (kept only by v5 subscriptions with Retain As Published)."""
-        index = self._index
-        matches = index.match(topic)
-        # members are picked here, in publish order, even when the async lane sends later
-        picked = index.pick_shared(topic, member_rank) if index.shared.count else None
-        if source is not None:
-            self.messages_in += 1
-        if not matches and not picked:
-            return 0
-        self.messages_out += len(matches) + (len(picked) if picked else 0)
-        hooks = self._plugin_hooks()
-        if hooks.receive_async:
-            self._lane.append((source, topic, data, qos, matches, picked, retain, props))
-            if self._lane_task is None or self._lane_task.done():
-                self._lane_task = self._spawn(self._run_lane())
-            return len(matches) + len(picked or ())
-        topic_b = topic.encode()
-        checks = hooks.receive_checks
-        for key, (target, sub_qos) in matches.items():
-            if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
-                continue
-            # v5 options that can change the delivery (`OptionsTable.special`): `delivery_for` decides
-            if getattr(target.attributes.get(SUB_OPTIONS), "special", SUB_OPTIONS in target.attributes):
-                self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
-                continue
-            self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos, props)
-        if picked:
-            for key, (target, sub_qos) in picked:
-                if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
-                    continue
-                self._send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos, props)
-        return len(matches) + len(picked or ())
-
     async def _run_lane(self) -> None:
         """Deliveries that need async RECEIVE checks, in publish order."""
         while self._lane:
@@ -387,40 +319,18 @@ class RoutingMixin(_Base):
                 if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
                     continue
                 if SUB_OPTIONS in target.attributes:
-                    self._send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
+                    self.router.send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
                     continue
-                self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
+                self.router.send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
             for key, (target, sub_qos) in picked or ():  # shared: the member's granted QoS, no v5 options
                 if await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
-                    self._send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
-
-    def _send_v5(self, key: str, target: Session, source: Session | None, topic_b: bytes, topic: str, data: bytes,
-                 qos: int, retain: bool, props: MessageProps | None) -> None:
-        """A subscriber with MQTT 5 subscription options: No Local, Retain As Published, identifiers."""
-        found = delivery_for(target.attributes[SUB_OPTIONS], topic, source is target, retain)
-        if found is not None:
-            granted, keep_retain, sub_ids = found
-            self._send_to(key, target, topic_b, topic, data, min(qos, granted), props, keep_retain, sub_ids)
-
-    def _send_to(self, key: str, target: Session, topic_b: bytes, topic: str, data: bytes, qos: int,
-                 props: MessageProps | None = None, retain: bool = False, sub_ids: tuple[int, ...] = ()) -> None:
-        outlet = self._outlets.get(key)
-        if outlet is None or outlet.session is not target or outlet.closed:
-            outlet = self._open_outlet(target) if target.transitions.state == "connected" else None
-        if outlet is not None:
-            outlet.send(topic_b, topic, data, qos, retain, props, sub_ids)
-            return
-        # offline persistent session: keep QoS>0 for its return [MQTT-3.1.2.4]
-        if (target.transitions.state != "connected" and not target.clean_session and qos
-                and not target.is_anonymous
-                and target.retained_messages.qsize() < self.delivery_limits.max_queued):
-            target.retained_messages.put_nowait(RetainedMessage(topic, data, qos, props))
+                    self.router.send_to(key, target, topic_b, topic, data, min(qos, sub_qos), props)
 
     async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
                                  force_qos: int | None = None) -> None:
         """Deliver now instead of queueing; without a QoS the subscriber's granted QoS applies (amqtt's)."""
         if topic is not None and data is not None:
-            self.deliver(session, topic, bytes(data), 2 if force_qos is None else force_qos)
+            self.router.deliver(session, topic, bytes(data), 2 if force_qos is None else force_qos)
 
     async def _run_broadcast(self, running_tasks: Any) -> None:
         """Anything still put on amqtt's broadcast queue is routed through the index."""
