@@ -35,9 +35,11 @@ class DeadlineSweeper:
     def __init__(self, tick_s: float = 0.1, compact_every_s: float = 10.0) -> None:
         self.tick_s = tick_s
         self.compact_every = max(1, round(compact_every_s / tick_s))
-        # weak: a closed connection is not kept alive until its (possibly hour-long) deadline
-        self._heap: list[tuple[float, int, weakref.ref[Expiring]]] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[float, int]] = []  # (deadline, token)
+        # token -> the connection watched under it. Strong references (the compiled build's connections take no
+        # weak ones), so a connection that ends says so (`forget`): it is not kept until its deadline.
+        self._items: dict[int, Expiring] = {}
+        self._seq = itertools.count(1)  # token 0: never watched
         self._task: asyncio.Task[None] | None = None
 
     def watch(self, item: Expiring) -> None:
@@ -45,23 +47,33 @@ class DeadlineSweeper:
         deadline = item.deadline
         if deadline is None:
             return
+        items = self._items
+        items.pop(item.watch_token, None)  # its older entry, if any, is stale now
         item.watch_token = token = next(self._seq)
-        heapq.heappush(self._heap, (deadline, token, weakref.ref(item)))
+        items[token] = item
+        heapq.heappush(self._heap, (deadline, token))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def forget(self, item: Expiring) -> None:
+        """`item` has ended: drop it now (its heap entry goes at the next compaction or when it comes due)."""
+        self._items.pop(item.watch_token, None)
+
     def __len__(self) -> int:
-        """Connections watched now (entries of closed or re-watched connections not counted)."""
-        return sum(1 for entry in self._heap if _live(entry))
+        """Connections watched now (closed or forgotten ones not counted)."""
+        return sum(1 for item in self._items.values() if item.deadline is not None)
 
     def _compact(self) -> None:
         # A closed connection's entry would otherwise stay until its deadline (keepalive x 1.5, up to
         # hours): under reconnect churn the heap would grow with the connect rate times that.
-        self._heap[:] = [entry for entry in self._heap if _live(entry)]
+        items = self._items
+        for token in [token for token, item in items.items() if item.deadline is None]:
+            del items[token]
+        self._heap[:] = [entry for entry in self._heap if entry[1] in items]
         heapq.heapify(self._heap)
 
     async def _run(self) -> None:
-        heap = self._heap
+        heap, items = self._heap, self._items
         ticks = 0
         while heap:
             await asyncio.sleep(self.tick_s)
@@ -70,22 +82,19 @@ class DeadlineSweeper:
                 self._compact()
             now = time.monotonic()
             while heap and heap[0][0] <= now:
-                _, seq, ref = heapq.heappop(heap)
-                item = ref()
-                if item is None or item.watch_token != seq:
+                _, token = heapq.heappop(heap)
+                item = items.get(token)
+                if item is None:
                     continue
                 deadline = item.deadline
                 if deadline is None:
-                    continue
-                if deadline > now:
-                    heapq.heappush(heap, (deadline, seq, ref))
-                elif not item.expire():
-                    heapq.heappush(heap, (now + self.tick_s, seq, ref))
-
-
-def _live(entry: tuple[float, int, weakref.ref[Expiring]]) -> bool:
-    item = entry[2]()
-    return item is not None and item.watch_token == entry[1] and item.deadline is not None
+                    del items[token]
+                elif deadline > now:
+                    heapq.heappush(heap, (deadline, token))
+                elif item.expire():
+                    items.pop(token, None)
+                else:
+                    heapq.heappush(heap, (now + self.tick_s, token))
 
 
 _SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineSweeper] = weakref.WeakKeyDictionary()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from broker.accept_loop import serve
 from broker.config import LimitsConfig
@@ -109,8 +109,8 @@ class HardeningMixin(_Base):
         # connection_made, and an idle connection holds no task (what makes many connections and a CONNECT flood cheap)
         gate = self._hardening().gate
 
-        def protocol() -> MqttProtocol:
-            return MqttProtocol(self, listener_name, gate)
+        def protocol() -> asyncio.Protocol:
+            return cast(asyncio.Protocol, MqttProtocol(self, listener_name, gate))  # a Protocol by its methods
 
         return await serve(f"MQTT listener {listener_name}", protocol, address, port, ssl_context=context,
                            ssl_handshake_timeout=limits.connect_timeout_s)  # our accept loop: survives EMFILE

@@ -11,7 +11,8 @@ pipelines many packets yields the loop every `fairness.SLICE_S`. One task per lo
 The accept-time refusals (`accept_gate.AcceptGate`) run in `connection_made`, before anything else is made.
 Every end (socket lost, DISCONNECT, keepalive expiry, a protocol error, a takeover, a revocation) goes one
 way: the broker's `close_session` (Will, session cleanup, takeover's `Connection.done`), then the socket closes.
-A WebSocket connection is the same object, fed by a small pump task (`ws_listener`) through a `PumpedTransport`.
+A WebSocket connection is the same object, fed by a small pump task (`ws_listener`) through a
+`pumped.PumpedTransport`.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from broker.mqtt.deadlines import loop_sweeper
 from broker.mqtt.fairness import CHECK_EVERY, SLICE_S
 from broker.mqtt.outlet import write_batch
 from broker.mqtt.packet_guard import Framer, Malformed
+from broker.mqtt.pumped import PumpedTransport
 from broker.mqtt.reason import ProtocolError, Reason
 
 if TYPE_CHECKING:
     from broker.mqtt.connection import Connection
 
-__all__ = ["BACKLOG_BYTES", "ConnectionHost", "MqttProtocol", "PumpedTransport"]
+__all__ = ["BACKLOG_BYTES", "ConnectionHost", "MqttProtocol"]
 
 log = logging.getLogger("intercom.guard")
 _quiet = LogThrottle(1.0)
@@ -55,13 +57,6 @@ class ConnectionHost(Protocol):
     async def close_session(self, conn: Connection) -> None:
         """The registered connection has ended: its Will, session cleanup and the listener's slot."""
         ...
-
-
-class PumpedTransport(asyncio.Transport):
-    """A transport whose bytes a task feeds to the protocol (the WebSocket listener's): drains on its own."""
-
-    async def drain(self) -> None:
-        raise NotImplementedError
 
 
 class _Resumed:
@@ -93,11 +88,12 @@ class _Resumed:
                 return stop.value
 
 
-class MqttProtocol(asyncio.Protocol):
-    """One client socket, from accept to close (see the module docstring)."""
+class MqttProtocol:
+    """One client socket, from accept to close (see the module docstring). An `asyncio.Protocol` by its methods,
+    not by inheritance: the compiled build (`broker.native_build`) makes it a native class, which cannot extend
+    asyncio's Python classes (`asyncio.Protocol` declares `__slots__`)."""
 
     __slots__ = (
-        "__weakref__",
         "_admitted",
         "_deadline",
         "_discard",
@@ -205,10 +201,10 @@ class MqttProtocol(asyncio.Protocol):
                     self._yielding = True  # the others' turn; the rest is handled in the next iteration
                     self._loop.call_soon(self._next_turn)
                     break
-        except Malformed as exc:
-            self._malformed(exc)
-        except ProtocolError as exc:
-            self._protocol_error(exc)
+        except Malformed as bad:  # each `except` its own name: the compiled build types a name once
+            self._malformed(bad)
+        except ProtocolError as error:
+            self._protocol_error(error)
         except Exception:
             log.debug("MQTT connection from %s: a packet's handler failed", self.peer, exc_info=True)
             self.close()
@@ -346,6 +342,7 @@ class MqttProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._deadline = None
+        self._sweeper.forget(self)
         self.framer.clear()
         if self._admitted:
             self._admitted = False
@@ -362,6 +359,7 @@ class MqttProtocol(asyncio.Protocol):
             return
         self._ending = True
         self._deadline = None
+        self._sweeper.forget(self)
         if self.conn is None:
             self.close()
             return

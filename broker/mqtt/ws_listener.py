@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import websockets
 from websockets import ConnectionClosed
@@ -37,8 +37,11 @@ from websockets.protocol import State
 
 from broker.config import LimitsConfig
 from broker.limiter import LogThrottle
-from broker.mqtt.protocol import PumpedTransport
+from broker.mqtt.pumped import PumpedTransport
 from broker.web_guard import WebGuard, local_of
+
+if TYPE_CHECKING:
+    from broker.mqtt.protocol import MqttProtocol
 
 __all__ = ["TimedConnection", "WsTransport", "fail", "pump", "serve"]
 
@@ -146,7 +149,7 @@ class WsTransport(PumpedTransport):
         return self._reading.is_set()
 
 
-async def pump(ws: TimedConnection, protocol: asyncio.Protocol) -> None:
+async def pump(ws: TimedConnection, protocol: MqttProtocol) -> None:
     """Feed a WebSocket's binary messages to `protocol` until the connection closes; a TEXT frame fails it
     [MQTT-6.0.0-1]."""
     transport = WsTransport(ws)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
+import sys
 import time
 
 from broker.mqtt.deadlines import DeadlineSweeper
@@ -56,16 +56,18 @@ async def test_an_earlier_deadline_is_rewatched_and_the_stale_entry_dropped() ->
     assert len(sweeper._heap) == 1
 
 
-async def test_a_busy_connection_is_asked_again_and_a_dead_one_is_forgotten() -> None:
+async def test_a_busy_connection_is_asked_again_and_an_ended_one_is_forgotten() -> None:
     sweeper = DeadlineSweeper(tick_s=0.02)
-    busy, dead = Conn(0.02, busy=2), Conn(0.02)
+    busy, ended = Conn(0.02, busy=2), Conn(0.02)
     sweeper.watch(busy)
-    sweeper.watch(dead)
-    del dead
-    gc.collect()
+    sweeper.watch(ended)
+    ended.deadline = None  # the connection ended (`MqttProtocol.connection_lost`) ...
+    sweeper.forget(ended)  # ... and said so: the sweeper no longer holds it
+    assert sys.getrefcount(ended) == 2  # the local name and getrefcount's argument: nothing else
     await asyncio.sleep(0.2)
     assert busy.expired_at is not None
     assert busy.busy == 0
+    assert ended.expired_at is None
     assert len(sweeper) == 0
 
 
@@ -82,4 +84,4 @@ async def test_entries_of_closed_connections_are_compacted_away() -> None:
     assert len(sweeper) == 1
     await asyncio.sleep(0.2)
     assert len(sweeper._heap) == 1
-    assert sweeper._heap[0][2]() is keep
+    assert sweeper._items[sweeper._heap[0][1]] is keep
