@@ -16,6 +16,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GROUP", "MANIFEST", "MODULES", "NativeStatus", "build", "clean", "main", "status", "toolchain_problem"]
+__all__ = ["GROUP", "MANIFEST", "MODULES", "NativeStatus", "build", "clean", "fix_weakref_dealloc", "main", "status",
+           "toolchain_problem"]
 
 # What is compiled: the per-packet path. One place; the build, the status and CI read it.
 MODULES: tuple[str, ...] = (
@@ -40,9 +42,12 @@ MODULES: tuple[str, ...] = (
     "broker.mqtt.tree",
     "broker.mqtt.topic_index",
     "broker.mqtt.reason",
+    # its WsTransport subclasses protocol.PumpedTransport, and an interpreted class cannot subclass a compiled one
+    "broker.mqtt.ws_listener",
 )
-# mypyc's group name: its shared library is broker/intercom_native__mypyc.<suffix>.so (a predictable name to clean)
-GROUP = "broker.intercom_native"
+# mypyc's group name: its shared library is intercom_native__mypyc.<suffix>.so beside `broker/` (a predictable name to
+# clean). Top-level on purpose: mypyc derives the modules' __file__ from the library's directory as if it were.
+GROUP = "intercom_native"
 PACKAGE_DIR = Path(__file__).resolve().parent  # the `broker` package this module belongs to
 ROOT = PACKAGE_DIR.parent  # the directory holding `broker/`: a checkout, or site-packages
 MANIFEST = PACKAGE_DIR / "_native.json"
@@ -110,8 +115,8 @@ def _origin(name: str) -> str | None:
     return spec.origin if spec is not None else None
 
 
-def _source_of(origin: str, name: str) -> Path:
-    return Path(origin).parent / f"{name.rsplit('.', 1)[-1]}.py"
+def _source_of(name: str) -> Path:
+    return ROOT.joinpath(*name.split(".")).with_suffix(".py")
 
 
 def status() -> NativeStatus:
@@ -126,7 +131,7 @@ def status() -> NativeStatus:
         if origin is None or origin.endswith(".py"):
             continue
         compiled.append(name)
-        source = _source_of(origin, name)
+        source = _source_of(name)
         if name not in hashes or not source.exists() or _sha256(source) != hashes[name]:
             stale.append(name)
     return NativeStatus(names, tuple(compiled), tuple(stale))
@@ -179,7 +184,7 @@ def build(modules: tuple[str, ...] = MODULES) -> list[Path]:
     if unknown:
         raise NativeBuildError(f"not an engine module of MODULES: {', '.join(unknown)}")
     clean()  # nothing of an earlier build may survive (a module dropped from MODULES would shadow its .py)
-    sources = {m: ROOT.joinpath(*m.split(".")).with_suffix(".py") for m in modules}
+    sources = {m: _source_of(m) for m in modules}
     hashes = {m: _sha256(path) for m, path in sources.items()}  # what is compiled, hashed before compiling
     try:
         with tempfile.TemporaryDirectory(prefix="intercom-native-") as tmp:
@@ -195,18 +200,20 @@ def build(modules: tuple[str, ...] = MODULES) -> list[Path]:
     return [*made, MANIFEST]
 
 
-def _compile(tmp: Path, paths: list[str]) -> None:
-    """mypycify + setuptools' build_ext --inplace, run from ROOT (in-place output lands by package name)."""
+def _compile(tmp: Path, paths: list[str], root: Path = ROOT, group: str = GROUP) -> None:
+    """mypycify + setuptools' build_ext --inplace, run from `root` (in-place output lands by package name)."""
     from mypyc.build import mypycify
     from setuptools import Distribution
 
     ini = tmp / "mypy.ini"
     ini.write_text(_MYPY_INI.format(cache=tmp / "mypy_cache"))
     cwd = Path.cwd()
-    os.chdir(ROOT)
+    os.chdir(root)
     try:
         exts = mypycify(["--config-file", str(ini), *paths], opt_level="3", target_dir=str(tmp / "c"),
-                        group_name=GROUP)
+                        group_name=group)
+        for c_file in (tmp / "c").glob("*.c"):
+            c_file.write_text(fix_weakref_dealloc(c_file.read_text()))
         dist = Distribution({"name": "intercom-native", "ext_modules": exts, "script_name": "native_build",
                              "script_args": ["-q", "build_ext", "--inplace", "--build-temp", str(tmp / "obj"),
                                              "--build-lib", str(tmp / "lib")]})
@@ -218,6 +225,30 @@ def _compile(tmp: Path, paths: list[str]) -> None:
         raise NativeBuildError(f"compile failed: {exc}") from None
     finally:
         os.chdir(cwd)
+
+
+# mypyc (up to at least 2.4.1, Python < 3.12; mypyc/mypyc#1102) gives a compiled class with a Python base class (our
+# MqttProtocol(asyncio.Protocol)) a __weakref__ slot, but treats the slot as an owned reference: traverse visits it,
+# clear and dealloc Py_CLEAR it, and nothing calls PyObject_ClearWeakRefs. A weakref.ref to such an object
+# (deadlines.DeadlineSweeper holds one per connection) then outlives it and crashes the process (SIGSEGV in the GC
+# or on the next ref()). The C it emits is patched before compiling: the slot is left alone and dealloc clears the
+# weak references as CPython's own subtype_dealloc does.
+_WEAKLIST = re.compile(r"^\s*Py_(?:VISIT|CLEAR)\(\*\(\(PyObject \*\*\)\(\(char \*\)self \+ sizeof\(PyObject \*\) "
+                       r"\+ sizeof\(\w+\)\)\)\);\n", re.MULTILINE)
+_DEALLOC = re.compile(r"^(\s*)(CPy_TRASHCAN_BEGIN\(self, \w+_dealloc\)\n)", re.MULTILINE)
+_CLEAR_WEAKREFS = "if (Py_TYPE(self)->tp_weaklistoffset) PyObject_ClearWeakRefs((PyObject *)self);"
+
+
+def fix_weakref_dealloc(c_source: str) -> str:
+    """The generated C with the weak-reference slot handled correctly (see above); unchanged if it has none."""
+    if '{"__weakref__", T_OBJECT_EX' not in c_source:
+        return c_source
+    fixed, slot_uses = _WEAKLIST.subn("", c_source)
+    fixed, deallocs = _DEALLOC.subn(lambda m: f"{m.group(1)}{m.group(2)}{m.group(1)}{_CLEAR_WEAKREFS}\n", fixed)
+    if not slot_uses or not deallocs:  # mypyc's output changed shape: refuse rather than build a crashing engine
+        raise NativeBuildError("this mypyc's C output is not the shape the __weakref__ fix expects "
+                               "(broker/native_build.py, fix_weakref_dealloc)")
+    return fixed
 
 
 def _print_status(st: NativeStatus) -> None:

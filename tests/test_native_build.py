@@ -106,3 +106,41 @@ def test_missing_compiler_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1, result.stderr
     assert "pip install '.[native]' and a C compiler (apt-get install gcc python3-dev)" in result.stderr
     assert shared_objects(copy) == []
+
+
+WEAKLY_REFERENCED = '''
+from __future__ import annotations
+
+import asyncio
+
+
+class Watched(asyncio.Protocol):  # a Python base class: mypyc gives it a __dict__ and a __weakref__ slot
+    def __init__(self) -> None:
+        self.n = 1
+'''
+DROP_THEM = '''
+import gc, weakref, watched
+fired = []
+items = [watched.Watched() for _ in range(1000)]
+refs = [weakref.ref(i, fired.append) for i in items]
+del items
+gc.collect()
+print(sum(r() is not None for r in refs), len(fired))
+'''
+
+
+def test_weak_references_to_compiled_objects_are_cleared(tmp_path: Path) -> None:
+    """mypyc/mypyc#1102: without fix_weakref_dealloc, a weakref outlives its compiled object (the deadline sweeper's
+    weakref to an MqttProtocol): SIGSEGV. The real build path (`_compile`) on a one-class module."""
+    if problem := toolchain_problem():
+        pytest.skip(f"cannot compile here: {problem} (CI installs gcc and python3-dev)")
+    (tmp_path / "watched.py").write_text(WEAKLY_REFERENCED)
+    build = ("import sys, tempfile; from pathlib import Path; from broker.native_build import _compile\n"
+             "with tempfile.TemporaryDirectory() as tmp: _compile(Path(tmp), ['watched.py'], Path(sys.argv[1]), 'w')")
+    built = subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=Path(__file__).resolve().parents[1],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert built.returncode == 0, built.stderr
+    assert list(tmp_path.glob("watched.*.so")), list(tmp_path.iterdir())
+    dropped = run(tmp_path, "-c", DROP_THEM)
+    assert dropped.returncode == 0, (dropped.returncode, dropped.stderr[-2000:])
+    assert dropped.stdout.split() == ["0", "1000"]  # all cleared, every callback ran
