@@ -235,8 +235,9 @@ def _compile(tmp: Path, paths: list[str], root: Path = ROOT, group: str = GROUP)
 # weak references as CPython's own subtype_dealloc does.
 _WEAKLIST = re.compile(r"^\s*Py_(?:VISIT|CLEAR)\(\*\(\(PyObject \*\*\)\(\(char \*\)self \+ sizeof\(PyObject \*\) "
                        r"\+ sizeof\(\w+\)\)\)\);\n", re.MULTILINE)
-_DEALLOC = re.compile(r"^(\s*)(CPy_TRASHCAN_BEGIN\(self, \w+_dealloc\)\n)", re.MULTILINE)
-_CLEAR_WEAKREFS = "if (Py_TYPE(self)->tp_weaklistoffset) PyObject_ClearWeakRefs((PyObject *)self);"
+_DEALLOC = re.compile(r"^\w+_dealloc\([^)]*\)\n\{\n.*?^\}\n", re.MULTILINE | re.DOTALL)  # one function
+_UNTRACK = "PyObject_GC_UnTrack(self);\n"  # after any finalizer ran, before anything is cleared or freed
+_CLEAR_WEAKREFS = "    if (Py_TYPE(self)->tp_weaklistoffset) PyObject_ClearWeakRefs((PyObject *)self);\n"
 
 
 def fix_weakref_dealloc(c_source: str) -> str:
@@ -244,7 +245,17 @@ def fix_weakref_dealloc(c_source: str) -> str:
     if '{"__weakref__", T_OBJECT_EX' not in c_source:
         return c_source
     fixed, slot_uses = _WEAKLIST.subn("", c_source)
-    fixed, deallocs = _DEALLOC.subn(lambda m: f"{m.group(1)}{m.group(2)}{m.group(1)}{_CLEAR_WEAKREFS}\n", fixed)
+    deallocs = 0
+
+    def clear_first(m: re.Match[str]) -> str:
+        nonlocal deallocs
+        body = m.group(0)
+        if _UNTRACK not in body:
+            return body
+        deallocs += 1
+        return body.replace(_UNTRACK, _UNTRACK + _CLEAR_WEAKREFS, 1)
+
+    fixed = _DEALLOC.sub(clear_first, fixed)
     if not slot_uses or not deallocs:  # mypyc's output changed shape: refuse rather than build a crashing engine
         raise NativeBuildError("this mypyc's C output is not the shape the __weakref__ fix expects "
                                "(broker/native_build.py, fix_weakref_dealloc)")

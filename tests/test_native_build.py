@@ -117,11 +117,17 @@ import asyncio
 class Watched(asyncio.Protocol):  # a Python base class: mypyc gives it a __dict__ and a __weakref__ slot
     def __init__(self) -> None:
         self.n = 1
+
+
+class Failed(Exception):  # a built-in base: the other dealloc mypyc writes
+    def __init__(self, code: int) -> None:
+        super().__init__("failed")
+        self.code = code
 '''
 DROP_THEM = '''
 import gc, weakref, watched
 fired = []
-items = [watched.Watched() for _ in range(1000)]
+items = [watched.Watched() for _ in range(500)] + [watched.Failed(i) for i in range(500)]
 refs = [weakref.ref(i, fired.append) for i in items]
 del items
 gc.collect()
