@@ -95,6 +95,12 @@ def test_compile_stale_refusal_and_clean(tree: Path, tmp_path: Path, monkeypatch
     check = run(tree, "-m", "broker.native_build", "--check")
     assert check.returncode == 0, check.stdout
     assert "engine: pure Python" in check.stdout
+    server = server_in(tree, tmp_path / "pure", monkeypatch)
+    try:
+        server.start()
+        assert any("engine: pure Python" in line for line in server.log), server.log
+    finally:
+        assert server.stop() == 0
 
 
 def test_missing_compiler_is_one_line_and_exit_2(tmp_path: Path) -> None:
