@@ -207,8 +207,8 @@ class MqttProtocol(asyncio.Protocol):
                     break
         except Malformed as exc:
             self._malformed(exc)
-        except ProtocolError as err:  # not `exc` again: compiled (mypyc), a name has one type per function
-            self._protocol_error(err)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
         except Exception:
             log.debug("MQTT connection from %s: a packet's handler failed", self.peer, exc_info=True)
             self.close()
