@@ -42,7 +42,8 @@ MODULES: tuple[str, ...] = (
     "broker.mqtt.tree",
     "broker.mqtt.topic_index",
     "broker.mqtt.reason",
-    # its WsTransport subclasses protocol.PumpedTransport, and an interpreted class cannot subclass a compiled one
+    # the WebSocket transport: its WsTransport subclasses PumpedTransport, and an interpreted class cannot subclass a
+    # compiled one
     "broker.mqtt.ws_listener",
 )
 # mypyc's group name: its shared library is intercom_native__mypyc.<suffix>.so beside `broker/` (a predictable name to
@@ -227,12 +228,13 @@ def _compile(tmp: Path, paths: list[str], root: Path = ROOT, group: str = GROUP)
         os.chdir(cwd)
 
 
-# mypyc (up to at least 2.4.1, Python < 3.12; mypyc/mypyc#1102) gives a compiled class with a Python base class (our
-# MqttProtocol(asyncio.Protocol)) a __weakref__ slot, but treats the slot as an owned reference: traverse visits it,
-# clear and dealloc Py_CLEAR it, and nothing calls PyObject_ClearWeakRefs. A weakref.ref to such an object
-# (deadlines.DeadlineSweeper holds one per connection) then outlives it and crashes the process (SIGSEGV in the GC
-# or on the next ref()). The C it emits is patched before compiling: the slot is left alone and dealloc clears the
-# weak references as CPython's own subtype_dealloc does.
+# mypyc (up to at least 2.4.1, Python < 3.12; mypyc/mypyc#1102) gives a compiled class with a Python or built-in
+# base class (an asyncio.Transport subclass, an exception) a __weakref__ slot, but treats the slot as an owned
+# reference: traverse visits it, clear and dealloc Py_CLEAR it, and nothing calls PyObject_ClearWeakRefs. A
+# weakref.ref to such an object then outlives it and crashes the process (SIGSEGV in the GC or on the next ref();
+# found when MqttProtocol still subclassed asyncio.Protocol and the keepalive sweeper held it weakly). The C it
+# emits is patched before compiling: the slot is left alone and dealloc clears the weak references as CPython's
+# own subtype_dealloc does.
 _WEAKLIST = re.compile(r"^\s*Py_(?:VISIT|CLEAR)\(\*\(\(PyObject \*\*\)\(\(char \*\)self \+ sizeof\(PyObject \*\) "
                        r"\+ sizeof\(\w+\)\)\)\);\n", re.MULTILINE)
 _DEALLOC = re.compile(r"^\w+_dealloc\([^)]*\)\n\{\n.*?^\}\n", re.MULTILINE | re.DOTALL)  # one function

@@ -142,8 +142,8 @@ print(sum(r() is not None for r in refs), len(fired))
 
 
 def test_weak_references_to_compiled_objects_are_cleared(tmp_path: Path) -> None:
-    """mypyc/mypyc#1102: without fix_weakref_dealloc, a weakref outlives its compiled object (the deadline sweeper's
-    weakref to an MqttProtocol): SIGSEGV. The real build path (`_compile`) on a one-class module."""
+    """mypyc/mypyc#1102: without fix_weakref_dealloc, a weakref outlives its compiled object (as the deadline
+    sweeper's did, to an MqttProtocol(asyncio.Protocol)): SIGSEGV. The real build path (`_compile`), two classes."""
     if problem := toolchain_problem():
         pytest.skip(f"cannot compile here: {problem} (CI installs gcc and python3-dev)")
     (tmp_path / "watched.py").write_text(WEAKLY_REFERENCED)
