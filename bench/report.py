@@ -46,6 +46,7 @@ def ratio_pairs(targets: list[str], cases: list[CaseResults]) -> list[tuple[str,
     if ours_measured:
         pairs += [("ours", b) for b in ("amqtt", "mosquitto") if b in targets]
         pairs += [("ours", b) for b in targets if b.startswith("ours@")]
+        pairs += [(b, "ours") for b in targets if b.startswith("ours+mypyc")]  # the compiled engine's gain
     elif "amqtt" in targets and "mosquitto" in targets:
         pairs.append(("amqtt", "mosquitto"))
     return pairs

@@ -34,7 +34,7 @@ from mqttload import MqttError
 from report import CaseResults, cpu_table, notes, results_table
 from scenarios import SCENARIOS, Ctx
 from stats import CpuMeter, Result
-from targets import TARGET_TYPES, AmqttTarget, OursAtRevTarget, Target, TargetError
+from targets import TARGET_TYPES, AmqttTarget, OursAtRevTarget, OursMypycTarget, Target, TargetError
 
 # call-level scenarios and the peer target (Mosquitto + our service in bridge mode): bench/calls.py
 SCENARIOS.update(CALL_SCENARIOS)
@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.target_names = [t for t in args.targets.split(",") if t]
     args.scenario_names = [s for s in args.scenarios.split(",") if s]
     for t in args.target_names:
-        if t not in TARGET_TYPES and not t.startswith("ours@"):
+        if t not in TARGET_TYPES and not t.startswith(("ours@", "ours+mypyc@")):
             ap.error(f"unknown target {t!r}")
     for s in args.scenario_names:
         if s not in SCENARIOS:
@@ -130,6 +130,8 @@ def make_target(name: str, workdir: Path, args: argparse.Namespace) -> Target:
         return AmqttTarget(workdir, plugins=args.amqtt_plugins)
     if name.startswith("ours@"):
         return OursAtRevTarget(workdir, name.removeprefix("ours@"))
+    if name.startswith("ours+mypyc@"):
+        return OursMypycTarget(workdir, name.removeprefix("ours+mypyc@"))
     return TARGET_TYPES[name](workdir)
 
 

@@ -258,8 +258,39 @@ class OursAtRevTarget(OursTarget):
         return argv, env, self.tree
 
 
+class OursMypycTarget(OursAtRevTarget):
+    """``ours+mypyc`` (``ours+mypyc@REV``): the tree at HEAD (REV) exported as ``ours@REV`` does, its engine compiled
+    there with ``python -m broker.native_build`` (mypyc and a C compiler: the ``native`` extra), run as ``ours``."""
+
+    BUILD_TIMEOUT_S = 600.0
+
+    def __init__(self, workdir: Path, rev: str = "HEAD") -> None:
+        super().__init__(workdir, rev)
+        self.name = "ours+mypyc" if rev == "HEAD" else f"ours+mypyc@{rev}"
+        self.tree = workdir / f"tree-mypyc-{rev.replace('/', '_')}"
+        self.log_path = workdir / f"{self.name}.log"
+
+    def skip_reason(self) -> str | None:
+        if why := super().skip_reason():
+            return why
+        if (self.tree / "broker" / "_native.json").exists():
+            return None  # compiled by an earlier case of this run
+        try:
+            r = subprocess.run([sys.executable, "-m", "broker.native_build"], cwd=self.tree, capture_output=True,
+                               check=False, timeout=self.BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return f"python -m broker.native_build took over {self.BUILD_TIMEOUT_S:.0f} s"
+        with self.log_path.open("ab") as log:
+            log.write(r.stdout + r.stderr)
+        if r.returncode != 0:
+            last = (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            return f"compile failed: {last}"
+        return None
+
+
 TARGET_TYPES: dict[str, type[Target]] = {
     "amqtt": AmqttTarget,
     "mosquitto": MosquittoTarget,
     "ours": OursTarget,
+    "ours+mypyc": OursMypycTarget,
 }

@@ -18,6 +18,7 @@ from broker.bridge import BridgedServer, parse_broker_url
 from broker.config import ConfigError, Settings, load_settings
 from broker.db_open import StorageError
 from broker.mqtt.plugin_config import check_plugins
+from broker.native_build import status as engine_status
 from broker.ops.logs import setup_logging
 from broker.ops.reload import Reloader
 from broker.ops.sdnotify import Notifier
@@ -209,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"intercom-broker: cannot open logging.file: {exc}", file=sys.stderr)
         return 1
+    engine = engine_status()  # a compiled module older than its .py would run old code (broker/native_build.py)
+    if refusal := engine.refusal():
+        print(f"intercom-broker: {refusal}", file=sys.stderr)
+        return 2
+    logging.getLogger("intercom").info("%s", engine.summary())
     runner = loop_runner(_parser().parse_args(argv).loop)
     if runner is None:
         print("intercom-broker: --loop uvloop needs uvloop (pip install 'intercom-broker[fast]')", file=sys.stderr)

@@ -49,6 +49,14 @@ TIMING = frozenset({
 })
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test old code: a compiled engine module (broker/native_build.py) whose .py was edited since."""
+    from broker.native_build import status
+
+    if refusal := status().refusal():
+        pytest.exit(refusal, returncode=2)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
