@@ -31,9 +31,10 @@ __all__ = ["GROUP", "MANIFEST", "MODULES", "NativeStatus", "build", "clean", "fi
 
 # What is compiled: the per-packet path. One place; the build, the status and CI read it.
 MODULES: tuple[str, ...] = (
-    "broker.mqtt.protocol",
-    "broker.mqtt.connection",
-    "broker.mqtt.outlet",
+    "broker.mqtt.protocol",  # the socket: framing, dispatch, back-pressure
+    "broker.mqtt.connection",  # each packet's handler
+    "broker.mqtt.router",  # a PUBLISH accepted, routed, delivered, acknowledged
+    "broker.mqtt.outlet",  # per-connection output, flow control
     "broker.mqtt.send_publish",
     "broker.mqtt.packet_guard",
     "broker.mqtt.codec",
@@ -41,10 +42,9 @@ MODULES: tuple[str, ...] = (
     "broker.mqtt.topics",
     "broker.mqtt.tree",
     "broker.mqtt.topic_index",
+    "broker.mqtt.shared_index",
+    "broker.mqtt.sub_options",
     "broker.mqtt.reason",
-    # the WebSocket transport: its WsTransport subclasses PumpedTransport, and an interpreted class cannot subclass a
-    # compiled one
-    "broker.mqtt.ws_listener",
 )
 # mypyc's group name: its shared library is intercom_native__mypyc.<suffix>.so beside `broker/` (a predictable name to
 # clean). Top-level on purpose: mypyc derives the modules' __file__ from the library's directory as if it were.
