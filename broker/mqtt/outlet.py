@@ -63,16 +63,17 @@ class WriteBatch:
     earlier by a connection that has handled what it received (`protocol.MqttProtocol`), so an answer leaves in
     the callback that caused it."""
 
-    __slots__ = ("_loop", "_scheduled", "_writers")
+    __slots__ = ("_loop", "_scheduled", "_writers", "held")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._writers: list[CoalescingWriter] = []
         self._scheduled = False
+        self.held = False  # a connection is handling what it received and flushes when it is done
 
     def add(self, writer: CoalescingWriter) -> None:
         self._writers.append(writer)
-        if not self._scheduled:
+        if not self._scheduled and not self.held:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 

@@ -180,6 +180,8 @@ class MqttProtocol:
         conn = self.conn
         got = 0
         started = self._loop.time()
+        writes = self._writes
+        writes.held = True  # what the handlers write leaves when this call ends: no end-of-iteration callback
         try:
             while not self._ending and not self._discard:
                 packet = framer.next()
@@ -209,10 +211,10 @@ class MqttProtocol:
             log.debug("MQTT connection from %s: a packet's handler failed", self.peer, exc_info=True)
             self.close()
         finally:
+            writes.held = False
+            writes.flush()  # the answers (PUBACKs, deliveries) leave now, not an iteration later
             if got and self.keepalive_s:
                 self._arm()
-        if got:
-            self._writes.flush()  # the answers (PUBACKs, deliveries) leave now, not an iteration later
         if self._task is None and not self._yielding:
             if self._read_paused:
                 self._resume_reading()

@@ -281,8 +281,10 @@ class Router:
         for key, (target, sub_qos) in matches.items():
             if checks and any(check(target, topic, Action.RECEIVE) is False for check in checks):
                 continue
-            # v5 options that can change the delivery (`OptionsTable.special`): `delivery_for` decides
-            if getattr(target.attributes.get(SUB_OPTIONS), "special", SUB_OPTIONS in target.attributes):
+            # v5 options that can change the delivery (`OptionsTable.special`): `delivery_for` decides. No
+            # getattr default on None: a failed lookup formats an AttributeError per delivery
+            options = target.attributes.get(SUB_OPTIONS)
+            if options is not None and getattr(options, "special", True):
                 self.send_v5(key, target, source, topic_b, topic, data, qos, retain, props)
                 continue
             self.send_to(key, target, topic_b, topic, data, qos if qos < sub_qos else sub_qos, props)
