@@ -52,6 +52,15 @@ def tree(tmp_path: Path) -> Path:
     return copy
 
 
+def assert_server_logs(server: ServerProcess, text: str) -> None:
+    """The server starts, logs `text`, and stops cleanly."""
+    try:
+        server.start()
+        assert any(text in line for line in server.log), server.log
+    finally:
+        assert server.stop() == 0
+
+
 def test_compile_stale_refusal_and_clean(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     built = run(tree, "-m", "broker.native_build", "--module", MODULE)
     assert built.returncode == 0, built.stderr
@@ -66,12 +75,7 @@ def test_compile_stale_refusal_and_clean(tree: Path, tmp_path: Path, monkeypatch
     assert check.returncode == 0, check.stdout
     assert f"{MODULE}: compiled" in check.stdout
     assert "engine: 1 module compiled (mypyc)" in check.stdout
-    server = server_in(tree, tmp_path / "compiled", monkeypatch)
-    try:
-        server.start()
-        assert any("engine: 1 module compiled (mypyc)" in line for line in server.log), server.log
-    finally:
-        assert server.stop() == 0
+    assert_server_logs(server_in(tree, tmp_path / "compiled", monkeypatch), "engine: 1 module compiled (mypyc)")
 
     # an edited .py behind its .so: stale, `--check` exits 1, the server refuses to start with one line
     source = tree / "broker" / "mqtt" / "reason.py"
@@ -95,12 +99,7 @@ def test_compile_stale_refusal_and_clean(tree: Path, tmp_path: Path, monkeypatch
     check = run(tree, "-m", "broker.native_build", "--check")
     assert check.returncode == 0, check.stdout
     assert "engine: pure Python" in check.stdout
-    server = server_in(tree, tmp_path / "pure", monkeypatch)
-    try:
-        server.start()
-        assert any("engine: pure Python" in line for line in server.log), server.log
-    finally:
-        assert server.stop() == 0
+    assert_server_logs(server_in(tree, tmp_path / "pure", monkeypatch), "engine: pure Python")
 
 
 def test_missing_compiler_is_one_line_and_exit_2(tmp_path: Path) -> None:
