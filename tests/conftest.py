@@ -5,7 +5,7 @@ The helpers behind them live in `tests/support/`."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +123,13 @@ def _fresh_log_throttles() -> None:
     from broker.limiter import LogThrottle
 
     LogThrottle.forget_all()
+
+
+@pytest.fixture(autouse=True)
+def _shared_empty_inflight_stays_empty() -> Iterator[None]:
+    """Every session starts with the one shared `NO_INFLIGHT` dict: a writer that forgot to replace it first
+    would put one client's message in flight for all of them. Checked after every test."""
+    from broker.mqtt.session import NO_INFLIGHT
+
+    yield
+    assert NO_INFLIGHT == {}, f"a message was written into the shared NO_INFLIGHT: {NO_INFLIGHT!r}"

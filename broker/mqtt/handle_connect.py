@@ -34,7 +34,7 @@ from broker.mqtt.connection import Connection
 from broker.mqtt.hooks import PROTOCOL, REVOKED, SESSION_EXPIRY, SUB_OPTIONS
 from broker.mqtt.message import MessageProps, props_of
 from broker.mqtt.reason import ProtocolError, Reason
-from broker.mqtt.send_publish import Link
+from broker.mqtt.send_publish import link_for
 from broker.mqtt.session import Session
 
 if TYPE_CHECKING:
@@ -277,9 +277,8 @@ class ConnectMixin(_Base):
             keep_alive = c.keep_alive + (delay if c.keep_alive > 0 and isinstance(delay, int) else 0)
         with contextlib.suppress(MachineError, ValueError):
             session.transitions.connect()
-        link = Link(receive_max=c.props.get(codec.RECEIVE_MAXIMUM, 65535),
-                    max_packet=c.props.get(codec.MAXIMUM_PACKET_SIZE, 268_435_460),
-                    alias_max=c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0), version=c.version)
+        link = link_for(c.props.get(codec.RECEIVE_MAXIMUM, 65535), c.props.get(codec.MAXIMUM_PACKET_SIZE, 268_435_460),
+                        c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0), c.version)
         conn = Connection(self, session, wire, link, self.limits.topic_alias_maximum if c.version == codec.V5 else 0,
                           server, present)
         self._sessions[cid] = (session, conn)

@@ -25,6 +25,7 @@ from broker.mqtt.handle_subscribe import Peer
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.message import IncomingMessage, MessageProps, props_of
 from broker.mqtt.reason import ProtocolError, Reason
+from broker.mqtt.session import NO_INFLIGHT
 
 __all__ = ["Qos2Mixin"]
 
@@ -52,6 +53,8 @@ class Qos2Mixin(FastPathMixin):
             self.router.ack(conn, PUBREC, packet_id, Reason.QUOTA_EXCEEDED)
             return
         # stored (on disk for a persistent session) before PUBREC says it is
+        if held is NO_INFLIGHT:
+            held = session.inflight_in = {}
         held[packet_id] = IncomingMessage(packet_id, topic, data, retain, props, reply)
         self.router.ack(conn, PUBREC, packet_id)
 

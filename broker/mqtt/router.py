@@ -114,13 +114,14 @@ def reply_of(pub: Publish) -> ReplyTo | None:
 class Router:
     """The per-message path (see the module docstring)."""
 
-    __slots__ = ("_hooks", "host", "index", "messages_in", "messages_out", "outlets")
+    __slots__ = ("_hooks", "_on_overflow", "host", "index", "messages_in", "messages_out", "outlets")
 
     def __init__(self, host: RouterHost, index: SubscriptionIndex[Session], outlets: dict[str, Outlet]) -> None:
         self.host = host
         self.index = index
         self.outlets = outlets
         self._hooks: PluginHooks | None = None
+        self._on_overflow = host._on_overflow  # bound once: every outlet holds it (not a bound method each)
         # read by broker/ops/metrics.py at scrape time: plain ints keep the hot path cheap
         self.messages_in = 0  # client publishes routed
         self.messages_out = 0  # deliveries due to subscribers
@@ -330,6 +331,6 @@ class Router:
             return None
         if outlet is not None and outlet.handler is handler and not outlet.closed:
             return outlet
-        outlet = handler.make_outlet(session, handler.writer, self.host.delivery_limits, self.host._on_overflow)
+        outlet = handler.make_outlet(session, handler.writer, self.host.delivery_limits, self._on_overflow)
         self.outlets[key] = outlet
         return outlet

@@ -16,15 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from broker.mqtt.codec import PUBREL, V5
+from broker.mqtt.codec import PUBREL, V5, V311
 from broker.mqtt.encode import encode_ack, encode_publish, expiry_property, varint
 from broker.mqtt.message import MessageProps, OutgoingMessage
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
 from broker.mqtt.reason import Reason
-from broker.mqtt.session import Session
+from broker.mqtt.session import NO_INFLIGHT, Session
 from broker.mqtt.session_persistence import DurableInflight
 
-__all__ = ["Link", "PublishOutlet"]
+__all__ = ["Link", "PublishOutlet", "link_for"]
 
 log = logging.getLogger("intercom.delivery")
 
@@ -46,6 +46,16 @@ class Link:
 
 
 _NO_ALIASES: dict[str, int] = {}
+
+# A Link with no Topic Aliases is never written: the connections that asked for nothing (every 3.1.1 one) share one.
+_DEFAULT_LINKS = {V311: Link(version=V311), V5: Link(version=V5)}
+
+
+def link_for(receive_max: int, max_packet: int, alias_max: int, version: int) -> Link:
+    """The Link for what a CONNECT asked; the shared one when that is the defaults (72 B less per connection)."""
+    if alias_max == 0 and receive_max == 65535 and max_packet == 268_435_460:
+        return _DEFAULT_LINKS[version]
+    return Link(receive_max=receive_max, max_packet=max_packet, alias_max=alias_max, version=version)
 
 
 def _props_block(props: MessageProps | None, sub_ids: tuple[int, ...], now: float | None = None) -> bytes | None:
@@ -101,7 +111,10 @@ class PublishOutlet(Outlet):
         if new_alias:
             link.out_aliases[topic] = new_alias
         if qos:
-            session.inflight_out[packet_id] = OutgoingMessage(packet_id, topic, qos, data, retain, props, sub_ids)
+            inflight = session.inflight_out
+            if inflight is NO_INFLIGHT:
+                inflight = session.inflight_out = {}
+            inflight[packet_id] = OutgoingMessage(packet_id, topic, qos, data, retain, props, sub_ids)
         self.writer.write(packet)
 
     def pubrec(self, packet_id: int, reason: int) -> None:

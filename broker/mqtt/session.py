@@ -9,7 +9,9 @@ its session table and calls `clear_queues()` from `_delete_session` / `_cleanup_
 
 - `inflight_out`: QoS 1/2 messages sent and not acknowledged, by packet id (a plain dict; `DurableInflight`
   for a persistent session, `session_persistence`); `inflight_in`: QoS 2 messages received and held until
-  their PUBREL (`DurableIncoming` when persistent).
+  their PUBREL (`DurableIncoming` when persistent). Both start as `NO_INFLIGHT`, one shared empty dict that is
+  never written (most connections never have a message in flight); the two writers, `send_publish` and
+  `handle_qos2`, give the session its own dict first.
 - `retained_messages` (amqtt's name): the offline queue, messages kept for a persistent session while it is
   disconnected; an `OfflineQueue` whose deque is made on first use (`DurableQueue` when persistent).
 - No `delivered_message_queue` (amqtt's queue of received messages for its protocol handler): the engine handles
@@ -29,9 +31,18 @@ from typing import Any
 
 from broker.mqtt.message import IncomingMessage, Message, OutgoingMessage
 
-__all__ = ["OfflineQueue", "Session", "SessionStateError"]
+__all__ = ["NO_INFLIGHT", "OfflineQueue", "Session", "SessionStateError"]
 
 log = logging.getLogger("intercom.sessions")
+
+
+# What `inflight_out` and `inflight_in` start as (see the module docstring): reading, `pop` and `clear` are safe on
+# it; a writer replaces it first (`if held is NO_INFLIGHT: held = session.inflight_in = {}`).
+NO_INFLIGHT: dict[int, Any] = {}
+
+
+def _no_inflight() -> dict[int, Any]:
+    return NO_INFLIGHT
 
 
 class SessionStateError(ValueError):
@@ -88,8 +99,8 @@ class Session:
     last_disconnect_time: float | None = None  # the engine stores time.time(): session expiry needs sub-second
     # application and plugin attributes, namespaced keys (`hooks.PRINCIPAL`, ...)
     attributes: dict[str, Any] = field(default_factory=dict)
-    inflight_out: dict[int, OutgoingMessage] = field(default_factory=dict)
-    inflight_in: dict[int, IncomingMessage] = field(default_factory=dict)
+    inflight_out: dict[int, OutgoingMessage] = field(default_factory=_no_inflight)
+    inflight_in: dict[int, IncomingMessage] = field(default_factory=_no_inflight)
     retained_messages: OfflineQueue = field(default_factory=OfflineQueue)
     last_packet_id: int = 0
 

@@ -79,6 +79,35 @@ async def test_sessions_and_their_messages_are_slots_objects_not_amqtts(harness:
     await pub.close()
 
 
+async def test_an_idle_session_shares_one_empty_inflight_dict_and_a_used_one_gets_its_own(harness: Harness) -> None:
+    """Sessions start with the shared, never written `NO_INFLIGHT` both ways (128 B less per idle connection); the
+    first QoS 1 delivery and the first held QoS 2 publish give the session its own dict, and the shared one stays
+    empty."""
+    from broker.mqtt.session import NO_INFLIGHT, Session
+
+    assert Session().inflight_out is NO_INFLIGHT
+    assert Session().inflight_in is NO_INFLIGHT
+    port = harness.server.mqtt_port
+    sub = await Raw.connected(port, "share-sub")
+    assert await sub.subscribe([("share/t", 1)]) == [1]
+    pub = await Raw.connected(port, "share-pub", version=5)
+    assert harness.server.broker is not None
+    sessions = harness.server.broker._sessions
+    assert sessions["share-sub"][0].inflight_out is NO_INFLIGHT
+    assert sessions["share-pub"][0].inflight_in is NO_INFLIGHT
+    await pub.send(publish("share/t", b"one", qos=1, packet_id=1, version=5))
+    await pub.send(publish("share/held", b"two", qos=2, packet_id=2, version=5))
+    delivered = await sub.next_publish()  # not acknowledged: it stays in flight
+    await harness.until(lambda: len(sessions["share-pub"][0].inflight_in) == 1, what="the QoS 2 publish held")
+    out = sessions["share-sub"][0].inflight_out
+    assert out is not NO_INFLIGHT
+    assert list(out) == [delivered.packet_id]
+    assert sessions["share-pub"][0].inflight_in is not NO_INFLIGHT
+    assert NO_INFLIGHT == {}
+    await sub.close()
+    await pub.close()
+
+
 async def test_sessions_restored_at_start_are_the_engines(make_harness: Any) -> None:
     """A persistent session restored from sessions.db at start is the engine's Session (not amqtt's), keeps its
     subscription and in-flight message, and its client resumes it: session present, the message re-sent with DUP."""
