@@ -7,6 +7,10 @@ per packet, synchronously; a handler that must await is returned to it as an awa
 by `codec` before any of it is used, and a violation ends the connection with a DISCONNECT carrying the reason
 code (MQTT 5), then a close [MQTT-4.13.1-1]. Topic Aliases the client sets live here, per connection
 [MQTT-3.3.2-7].
+
+What the connection needs of its socket, of the broker's packet handlers and of the router is named here
+(`Socket`, `Handlers`, `PublishPath`): the engine above calls down into the connection, and nothing here imports
+it back.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from broker.mqtt import codec, encode
 from broker.mqtt.codec import (
@@ -35,19 +39,53 @@ from broker.mqtt.codec import (
     V311,
     Disconnect,
     Publish,
+    Subscribe,
 )
-from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
+from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet, Wire
+from broker.mqtt.peer import Peer
 from broker.mqtt.reason import ProtocolError, Reason, wrong_ack
 from broker.mqtt.send_publish import Link, PublishOutlet
 from broker.mqtt.session import Session
 
-if TYPE_CHECKING:
-    from broker.mqtt.engine import IntercomBroker
-    from broker.mqtt.protocol import MqttProtocol
-
-__all__ = ["Connection"]
+__all__ = ["Connection", "Handlers", "PublishPath", "Socket"]
 
 _LINGER_S = 1.0
+
+
+class Socket(Wire, Protocol):
+    """The connection's socket (`protocol.MqttProtocol`): what the writer writes to, and its end."""
+
+    def close(self) -> None: ...
+
+    async def linger(self, seconds: float) -> None: ...
+
+
+class _Hooks(Protocol):
+    @property
+    def sync_publish(self) -> bool: ...
+
+
+class PublishPath(Protocol):
+    """Where a PUBLISH goes (`router.Router`)."""
+
+    def hooks(self) -> _Hooks: ...
+
+    def publish_plain(self, conn: Connection, flags: int, body: bytes, version: int) -> bool: ...
+
+    def publish_packet(self, conn: Connection, pub: Publish) -> Awaitable[None] | None: ...
+
+
+class Handlers(Protocol):
+    """The broker's handlers of the packets that are not a PUBLISH or its acknowledgements (`engine.IntercomBroker`)."""
+
+    @property
+    def router(self) -> PublishPath: ...
+
+    def pubrel(self, conn: Peer, packet_id: int) -> Awaitable[None] | None: ...
+
+    def subscribe(self, conn: Peer, sub: Subscribe) -> Awaitable[None]: ...
+
+    def unsubscribe(self, conn: Peer, packet_id: int, filters: list[str]) -> Awaitable[None]: ...
 
 
 class Connection:
@@ -75,7 +113,7 @@ class Connection:
         "writer",
     )
 
-    def __init__(self, broker: IntercomBroker, session: Session, wire: MqttProtocol, link: Link, alias_max: int,
+    def __init__(self, broker: Handlers, session: Session, wire: Socket, link: Link, alias_max: int,
                  server: Any = None, present: bool = False) -> None:
         self.broker = broker
         self.session = session

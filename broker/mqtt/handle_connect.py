@@ -38,11 +38,10 @@ from broker.mqtt.send_publish import link_for
 from broker.mqtt.session import Session
 
 if TYPE_CHECKING:
-    from broker.mqtt.amqtt_compat import Broker
-    from broker.mqtt.engine import IntercomBroker
+    from broker.mqtt.fast_path import FastPathMixin
     from broker.mqtt.protocol import MqttProtocol
 
-    _Base: TypeAlias = Broker
+    _Base: TypeAlias = FastPathMixin  # for the type checker: the Will goes out by `publish_will`
 else:
     _Base = object
 
@@ -374,7 +373,7 @@ class ConnectMixin(_Base):
             return  # the session is gone (deleted, revoked, shut down): so is its Will
         self._publish_will(session, pending[1])
 
-    def _publish_will(self: IntercomBroker, session: Session, will: _Will) -> None:
+    def _publish_will(self, session: Session, will: _Will) -> None:
         self.publish_will(session, will.topic, will.payload, will.qos, will.retain, will.props)
 
 

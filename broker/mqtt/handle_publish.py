@@ -15,11 +15,10 @@ from broker.mqtt.codec import Publish
 from broker.mqtt.message import MessageProps
 
 if TYPE_CHECKING:
-    from broker.mqtt.amqtt_compat import Broker
     from broker.mqtt.connection import Connection
-    from broker.mqtt.engine import IntercomBroker
+    from broker.mqtt.fast_path import FastPathMixin
 
-    _Base: TypeAlias = Broker
+    _Base: TypeAlias = FastPathMixin  # for the type checker: the message events, the ACL and the router
 else:
     _Base = object
 
@@ -29,7 +28,7 @@ __all__ = ["PublishMixin"]
 class PublishMixin(_Base):
     """A PUBLISH that waits for plugins; see the module docstring."""
 
-    async def publish_async(self: IntercomBroker, conn: Connection, pub: Publish, props: MessageProps | None) -> None:
+    async def publish_async(self, conn: Connection, pub: Publish, props: MessageProps | None) -> None:
         """The publish with amqtt's message events (as for 3.1.1: QoS 2 ones fire at PUBREL) and any async ACL."""
         session = conn.session
         message = None

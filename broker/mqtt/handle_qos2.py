@@ -21,9 +21,9 @@ from collections.abc import Awaitable
 from broker.config import LimitsConfig
 from broker.mqtt.codec import PUBCOMP, PUBREC
 from broker.mqtt.fast_path import FastPathMixin, over_held_quota
-from broker.mqtt.handle_subscribe import Peer
 from broker.mqtt.hooks import ReplyTo
 from broker.mqtt.message import IncomingMessage, MessageProps, props_of
+from broker.mqtt.peer import Peer
 from broker.mqtt.reason import ProtocolError, Reason
 from broker.mqtt.session import NO_INFLIGHT
 

@@ -18,33 +18,19 @@ amqtt's `on_broker_client_subscribed` / `_unsubscribed` fire for both, with the 
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from broker.mqtt import encode
 from broker.mqtt.amqtt_compat import BrokerEvents
 from broker.mqtt.codec import V5, Subscribe
 from broker.mqtt.hooks import SUB_OPTIONS
+from broker.mqtt.peer import Peer
 from broker.mqtt.reason import Reason
 from broker.mqtt.routing import RoutingMixin
-from broker.mqtt.session import Session
 from broker.mqtt.sub_options import OptionsTable, SubOptions
 from broker.mqtt.topics import is_shared
 
-__all__ = ["Peer", "SubscribeMixin"]
+__all__ = ["SubscribeMixin"]
 
 _FAILED = Reason.UNSPECIFIED  # any granted code at or above it is a refusal (3.1.1: 0x80)
-
-
-class Peer(Protocol):
-    """What a packet handler needs of the connection a packet came on, for either protocol version."""
-
-    @property
-    def session(self) -> Session: ...
-
-    @property
-    def version(self) -> int: ...
-
-    def write(self, data: bytes) -> None: ...
 
 
 class SubscribeMixin(RoutingMixin):

@@ -41,10 +41,9 @@ from broker.mqtt.ws_listener import serve as serve_ws
 from broker.web_guard import WebGuard
 
 if TYPE_CHECKING:
-    from broker.mqtt.amqtt_compat import Broker
-    from broker.mqtt.engine import IntercomBroker
+    from broker.mqtt.routing import RoutingMixin
 
-    _Base: TypeAlias = Broker
+    _Base: TypeAlias = RoutingMixin  # for the type checker: the session table and subscription cleanup
 else:
     _Base = object
 
@@ -94,7 +93,7 @@ class HardeningMixin(_Base):
     # -- listeners ------------------------------------------------------------------------------
 
     async def _create_server_instance(
-        self: IntercomBroker, listener_name: str, listener_type: ListenerType, address: str | None, port: int,
+        self, listener_name: str, listener_type: ListenerType, address: str | None, port: int,
         ssl_context: ssl.SSLContext | None,
     ) -> Any:
         context = self.tls_contexts.get(listener_name, ssl_context)
@@ -115,12 +114,12 @@ class HardeningMixin(_Base):
         return await serve(f"MQTT listener {listener_name}", protocol, address, port, ssl_context=context,
                            ssl_handshake_timeout=limits.connect_timeout_s)  # our accept loop: survives EMFILE
 
-    async def _ws_connected(self: IntercomBroker, websocket: TimedConnection, listener_name: str) -> None:
+    async def _ws_connected(self, websocket: TimedConnection, listener_name: str) -> None:
         await pump(websocket, MqttProtocol(self, listener_name, self._hardening().gate, websocket.accepted_at))
 
     # -- CONNECT --------------------------------------------------------------------------------
 
-    async def _authenticate(self: IntercomBroker, session: Session, listener: ListenerConfig) -> bool:
+    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
         """amqtt's plugin vote, then the Will topic against the publish ACL (Mosquitto does both).
 
         The vote is amqtt's rule (`Broker._authenticate`: every plugin that answers True or False must say True,
@@ -184,7 +183,7 @@ class HardeningMixin(_Base):
             session.clean_session = True  # nothing of it is kept: not in memory, not on disk
         return asyncio.ensure_future(self._end_sessions(victims))
 
-    async def _end_sessions(self: IntercomBroker, victims: list[Session]) -> list[str]:
+    async def _end_sessions(self, victims: list[Session]) -> list[str]:
         state = self._hardening()
         for session in victims:  # stop routing to them first, all at once
             await self._del_all_subscriptions(session)

@@ -40,7 +40,7 @@ from broker.mqtt.topics import valid_topic_name
 
 if TYPE_CHECKING:
     from broker.mqtt.connection import Connection
-    from broker.mqtt.handle_subscribe import Peer
+    from broker.mqtt.peer import Peer
 
 __all__ = ["PluginHooks", "Route", "Router", "RouterHost", "member_rank"]
 
