@@ -33,7 +33,7 @@ from calls import CALL_SCENARIOS, CALL_TARGETS
 from mqttload import MqttError
 from report import CaseResults, cpu_table, notes, results_table
 from scenarios import SCENARIOS, Ctx
-from stats import CpuMeter, Result
+from stats import CpuMeter, Result, median_of
 from targets import TARGET_TYPES, AmqttTarget, OursAtRevTarget, OursMypycTarget, Target, TargetError
 
 # call-level scenarios and the peer target (Mosquitto + our service in bridge mode): bench/calls.py
@@ -84,6 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         metavar="S",
         help="before each case wait up to S seconds for other processes to use < 10%% CPU (shared machines)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every case N times, the targets' order rotating each round; each cell is the median (on a "
+        "noisy VM a latency flips between modes from one broker start to the next)",
     )
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with broker logs")
     args = ap.parse_args(argv)
@@ -236,22 +244,28 @@ async def amain(args: argparse.Namespace, info: dict[str, Any]) -> int:
     t_start = time.perf_counter()
     try:
         for case in cases:
-            for t in targets:
-                if t.name in skipped:
-                    continue
-                if args.wait_quiet > 0:
-                    await wait_quiet(args.wait_quiet)
-                t0 = time.perf_counter()
-                try:
-                    res = await run_case(t, case, args.pin)
-                except TargetError as e:
-                    skipped[t.name] = str(e).splitlines()[0]
-                    print(f"[skip] {e}", flush=True)
-                    continue
-                case.results[t.name] = res
-                shown = ", ".join(f"{k}={v.value:.4g}{v.unit}" for k, v in res.metrics.items())
-                flag = "" if res.complete else "  INCOMPLETE: " + "; ".join(res.notes)
-                print(f"[{time.perf_counter() - t0:5.1f}s] {case.label:<28} {t.name:<10} {shown}{flag}", flush=True)
+            runs: dict[str, list[Result]] = {}
+            for round_no in range(max(1, args.repeat)):
+                shift = round_no % len(targets)
+                for t in targets[shift:] + targets[:shift]:  # no target always runs first
+                    if t.name in skipped:
+                        continue
+                    if args.wait_quiet > 0:
+                        await wait_quiet(args.wait_quiet)
+                    t0 = time.perf_counter()
+                    try:
+                        res = await run_case(t, case, args.pin)
+                    except TargetError as e:
+                        skipped[t.name] = str(e).splitlines()[0]
+                        print(f"[skip] {e}", flush=True)
+                        continue
+                    runs.setdefault(t.name, []).append(res)
+                    shown = ", ".join(f"{k}={v.value:.4g}{v.unit}" for k, v in res.metrics.items())
+                    flag = "" if res.complete else "  INCOMPLETE: " + "; ".join(res.notes)
+                    print(f"[{time.perf_counter() - t0:5.1f}s] {case.label:<28} {t.name:<10} {shown}{flag}",
+                          flush=True)
+            for name, done in runs.items():
+                case.results[name] = done[0] if len(done) == 1 else median_of(done)
     finally:
         for t in targets:
             t.kill_now()
@@ -265,6 +279,8 @@ async def amain(args: argparse.Namespace, info: dict[str, Any]) -> int:
     print(f"# {info['uname']}")
     busy = info["other_cpu_pct_at_start"]
     print(f"# loadgen loop {info['loadgen_loop']}, pin {args.pin}, CPU busy before start {busy:.0f}% of one CPU")
+    if args.repeat > 1:
+        print(f"# every cell: the median of {args.repeat} runs, the targets' order rotating each round")
     print(f"# total {time.perf_counter() - t_start:.0f} s; '*' = incomplete (see notes)\n")
     print(results_table(names, cases))
     print("\nCPU during the measured phase (% of one core; broker / load generator / other processes):\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +35,23 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def median_of(runs: list[Result]) -> Result:
+    """One result from the same case run several times (`run.py --repeat`): each metric the median over the runs
+    that reported it, every run's values kept in `extra["repeats"]`, the notes of all, the CPU of the median run of
+    the first metric; incomplete if any run was."""
+    out = Result(complete=all(r.complete for r in runs), notes=[n for r in runs for n in r.notes])
+    for name, first in runs[0].metrics.items():
+        values = [r.metrics[name].value for r in runs if name in r.metrics]
+        out.add(name, statistics.median(values), first.unit, first.higher_is_better)
+    out.extra = dict(runs[0].extra)
+    if runs[0].metrics:
+        key = next(iter(runs[0].metrics))
+        ranked = sorted((r for r in runs if key in r.metrics), key=lambda r: r.metrics[key].value)
+        out.extra = dict(ranked[len(ranked) // 2].extra)
+    out.extra["repeats"] = {name: [r.metrics[name].value for r in runs if name in r.metrics] for name in out.metrics}
+    return out
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
