@@ -1,10 +1,11 @@
 """Broker CPU per client PUBLISH, MQTT 3.1.1 against MQTT 5, in one process (no load generator to share the CPU).
 
-    .venv/bin/python bench/publish_cpu.py [--messages 50000] [--repeat 5] [--rounds 3] [--qos 0]
+    .venv/bin/python bench/publish_cpu.py [--messages 50000] [--repeat 5] [--rounds 3] [--size 64]
 
-The real server (`IntercomServer`, its plugins and a sqlite file in a temp dir) on 127.0.0.1. Per round and
-version, one subscriber and one publisher connect over real sockets (the subscriber's socket is drained by a
-reader task), then the publisher's `Connection.handle` is called directly with a pre-encoded PUBLISH: the time
+QoS 0 (a QoS 1 flow would measure the subscriber's window, not the broker). The real server (`IntercomServer`,
+its plugins and a sqlite file in a temp dir) on 127.0.0.1. Per round and version, one subscriber and one
+publisher connect over real sockets (the subscriber's socket is drained by a reader task), then the publisher's
+`Connection.handle` is called directly with a pre-encoded PUBLISH: the time
 is the broker's whole path from a framed packet to the subscriber's socket write (ACL, the call plugin's
 interception, routing, encoding, delivery), measured with `time.process_time()`, the best of `--repeat`. The
 versions alternate round by round, so machine noise hits both; `bench/run.py`'s end-to-end rows also carry the
@@ -74,7 +75,7 @@ async def one_round(server: IntercomServer, version: int, tag: str, args: argpar
     port = server.mqtt_port
     topic = f"bench/cpu/{tag}"
     sub_r, sub_w = await _client(port, f"cpu-sub-{tag}", version)
-    sub_w.write(_packet(0x82, (1).to_bytes(2, "big") + _props(version) + _string(topic) + bytes([args.qos])))
+    sub_w.write(_packet(0x82, (1).to_bytes(2, "big") + _props(version) + _string(topic) + b"\x00"))
     head = await sub_r.readexactly(2)
     await sub_r.readexactly(head[1])
     pub_r, pub_w = await _client(port, f"cpu-pub-{tag}", version)
@@ -82,9 +83,8 @@ async def one_round(server: IntercomServer, version: int, tag: str, args: argpar
     assert server.broker is not None
     conn = server.broker._sessions[f"cpu-pub-{tag}"][1]
     assert conn is not None
-    packet_id = (1).to_bytes(2, "big") if args.qos else b""
-    body = _string(topic) + packet_id + _props(version) + b"x" * args.size
-    first = 0x30 | (args.qos << 1)
+    body = _string(topic) + _props(version) + b"x" * args.size
+    first = 0x30  # PUBLISH, QoS 0
     reading = asyncio.ensure_future(_drain(sub_r))
     best = float("inf")
     for _ in range(args.repeat):
@@ -114,7 +114,7 @@ async def amain(args: argparse.Namespace) -> None:
         await server.start()
         ratios: list[float] = []
         try:
-            print(f"{engine_status().summary()}; QoS {args.qos}, {args.size} B payload, {args.messages} messages x "
+            print(f"{engine_status().summary()}; QoS 0, {args.size} B payload, {args.messages} messages x "
                   f"best of {args.repeat}", flush=True)
             for rnd in range(args.rounds):
                 order = (4, 5) if rnd % 2 == 0 else (5, 4)
@@ -132,7 +132,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=5, help="timed passes per round; the best counts")
     ap.add_argument("--rounds", type=int, default=3, help="3.1.1/5 pairs, alternating which goes first")
-    ap.add_argument("--qos", type=int, choices=(0, 1), default=0)
     ap.add_argument("--size", type=int, default=64, help="payload bytes")
     args = ap.parse_args(argv)
     try:
