@@ -368,6 +368,6 @@ class Outlet:
                     continue
                 _topic_b, topic, data, qos, _retain, props, _ids = item
                 if qos:
-                    session.retained_messages.put_nowait(RetainedMessage(topic, data, qos, props))
+                    session.offline_queue().put_nowait(RetainedMessage(topic, data, qos, props))
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()

@@ -316,7 +316,7 @@ class Router:
         if (target.transitions.state != "connected" and not target.clean_session and qos
                 and not target.is_anonymous
                 and target.retained_messages.qsize() < self.host.delivery_limits.max_queued):
-            target.retained_messages.put_nowait(RetainedMessage(topic, data, qos, props))
+            target.offline_queue().put_nowait(RetainedMessage(topic, data, qos, props))
 
     def open_outlet(self, session: Session) -> Outlet | None:
         """The session's outlet on its current connection, made on first use; None for a session with no

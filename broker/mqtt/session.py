@@ -13,7 +13,8 @@ its session table and calls `clear_queues()` from `_delete_session` / `_cleanup_
   never written (most connections never have a message in flight); the two writers, `send_publish` and
   `handle_qos2`, give the session its own dict first.
 - `retained_messages` (amqtt's name): the offline queue, messages kept for a persistent session while it is
-  disconnected; an `OfflineQueue` whose deque is made on first use (`DurableQueue` when persistent).
+  disconnected; an `OfflineQueue` whose deque is made on first use (`DurableQueue` when persistent). It starts as
+  `NO_QUEUE`, one shared queue that refuses items: a writer adds to `offline_queue()`, the session's own.
 - No `delivered_message_queue` (amqtt's queue of received messages for its protocol handler): the engine handles
   each PUBLISH as it reads it, and amqtt's handler serves no connection.
 """
@@ -31,7 +32,7 @@ from typing import Any
 
 from broker.mqtt.message import IncomingMessage, Message, OutgoingMessage
 
-__all__ = ["NO_INFLIGHT", "OfflineQueue", "Session", "SessionStateError"]
+__all__ = ["NO_INFLIGHT", "NO_QUEUE", "OfflineQueue", "Session", "SessionStateError"]
 
 log = logging.getLogger("intercom.sessions")
 
@@ -74,6 +75,22 @@ class OfflineQueue:
         return self._items.popleft()
 
 
+class _NoQueue(OfflineQueue):
+    """`NO_QUEUE`'s class: empty for good (reading, `get_nowait` and `empty` behave as on any empty queue)."""
+
+    __slots__ = ()
+
+    def put_nowait(self, item: Message) -> None:
+        raise RuntimeError("NO_QUEUE is shared by every session: add to Session.offline_queue()")
+
+
+NO_QUEUE: OfflineQueue = _NoQueue()
+
+
+def _no_queue() -> OfflineQueue:
+    return NO_QUEUE
+
+
 @dataclass(slots=True, eq=False)
 class Session:
     """One client id's session (see the module docstring). Equality is identity: two session objects for one
@@ -101,7 +118,7 @@ class Session:
     attributes: dict[str, Any] = field(default_factory=dict)
     inflight_out: dict[int, OutgoingMessage] = field(default_factory=_no_inflight)
     inflight_in: dict[int, IncomingMessage] = field(default_factory=_no_inflight)
-    retained_messages: OfflineQueue = field(default_factory=OfflineQueue)
+    retained_messages: OfflineQueue = field(default_factory=_no_queue)
     last_packet_id: int = 0
 
     # ---- state: amqtt's transitions table (connect from new or disconnected; disconnect from any) ----
@@ -156,6 +173,13 @@ class Session:
     @property
     def retained_messages_count(self) -> int:
         return self.retained_messages.qsize()
+
+    def offline_queue(self) -> OfflineQueue:
+        """The queue to add an offline message to: the session's own, made on first use."""
+        queue = self.retained_messages
+        if queue is NO_QUEUE:
+            queue = self.retained_messages = OfflineQueue()
+        return queue
 
     def clear_queues(self) -> None:
         """The session is deleted (amqtt's `_delete_session` / `_cleanup_session`): empty its offline queue."""

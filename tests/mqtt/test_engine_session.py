@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import pytest
 from amqtt.session import Session as AmqttSession
 
 from broker.config import LimitsConfig
@@ -83,10 +84,15 @@ async def test_an_idle_session_shares_one_empty_inflight_dict_and_a_used_one_get
     """Sessions start with the shared, never written `NO_INFLIGHT` both ways (128 B less per idle connection); the
     first QoS 1 delivery and the first held QoS 2 publish give the session its own dict, and the shared one stays
     empty."""
-    from broker.mqtt.session import NO_INFLIGHT, Session
+    from broker.mqtt.session import NO_INFLIGHT, NO_QUEUE, Session
 
     assert Session().inflight_out is NO_INFLIGHT
     assert Session().inflight_in is NO_INFLIGHT
+    fresh = Session()
+    assert fresh.retained_messages is NO_QUEUE  # the offline queue too, until a message is kept for the session
+    with pytest.raises(RuntimeError):
+        NO_QUEUE.put_nowait(None)  # type: ignore[arg-type]
+    assert fresh.offline_queue() is fresh.retained_messages is not NO_QUEUE
     port = harness.server.mqtt_port
     sub = await Raw.connected(port, "share-sub")
     assert await sub.subscribe([("share/t", 1)]) == [1]
