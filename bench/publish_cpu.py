@@ -26,38 +26,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
+from mqttload import encode_connect, encode_publish, encode_subscribe
 
 from broker.config import load_settings
 from broker.native_build import status as engine_status
 from broker.server import IntercomServer
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def _props(version: int) -> bytes:
-    return b"\x00" if version == 5 else b""  # an empty property block (MQTT 5 only)
-
-
 async def _client(port: int, client_id: str, version: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw socket after CONNACK: the subscriber's bytes are read, not parsed, so no client work is timed."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    body = _string("MQTT") + bytes([version, 0x02]) + (60).to_bytes(2, "big") + _props(version) + _string(client_id)
-    writer.write(_packet(0x10, body))
+    writer.write(encode_connect(client_id, keepalive=60, protocol=version))
     head = await reader.readexactly(2)
     await reader.readexactly(head[1])
     if head[0] != 0x20:
@@ -75,16 +54,19 @@ async def one_round(server: IntercomServer, version: int, tag: str, args: argpar
     port = server.mqtt_port
     topic = f"bench/cpu/{tag}"
     sub_r, sub_w = await _client(port, f"cpu-sub-{tag}", version)
-    sub_w.write(_packet(0x82, (1).to_bytes(2, "big") + _props(version) + _string(topic) + b"\x00"))
+    sub_w.write(encode_subscribe(1, [(topic, 0)], protocol=version))
     head = await sub_r.readexactly(2)
     await sub_r.readexactly(head[1])
-    pub_r, pub_w = await _client(port, f"cpu-pub-{tag}", version)
+    _, pub_w = await _client(port, f"cpu-pub-{tag}", version)
     await asyncio.sleep(0.05)
     assert server.broker is not None
     conn = server.broker._sessions[f"cpu-pub-{tag}"][1]
     assert conn is not None
-    body = _string(topic) + _props(version) + b"x" * args.size
-    first = 0x30  # PUBLISH, QoS 0
+    packet = encode_publish(topic, b"x" * args.size, protocol=version)  # QoS 0
+    end = 1
+    while packet[end] & 0x80:  # the Remaining Length's continuation bytes
+        end += 1
+    first, body = packet[0], packet[end + 1:]  # as the framer hands a packet on: no fixed header
     reading = asyncio.ensure_future(_drain(sub_r))
     best = float("inf")
     for _ in range(args.repeat):
@@ -98,7 +80,6 @@ async def one_round(server: IntercomServer, version: int, tag: str, args: argpar
     reading.cancel()
     for w in (sub_w, pub_w):
         w.close()
-    del pub_r
     return best
 
 
