@@ -45,11 +45,9 @@ def median_of(runs: list[Result]) -> Result:
     for name, first in runs[0].metrics.items():
         values = [r.metrics[name].value for r in runs if name in r.metrics]
         out.add(name, statistics.median(values), first.unit, first.higher_is_better)
-    out.extra = dict(runs[0].extra)
-    if runs[0].metrics:
-        key = next(iter(runs[0].metrics))
-        ranked = sorted((r for r in runs if key in r.metrics), key=lambda r: r.metrics[key].value)
-        out.extra = dict(ranked[len(ranked) // 2].extra)
+    key = next(iter(runs[0].metrics), None)
+    ranked = sorted((r for r in runs if key in r.metrics), key=lambda r: r.metrics[key].value) if key else runs[:1]
+    out.extra = dict(ranked[len(ranked) // 2].extra)
     out.extra["repeats"] = {name: [r.metrics[name].value for r in runs if name in r.metrics] for name in out.metrics}
     return out
 
