@@ -276,8 +276,7 @@ class ConnectMixin(_Base):
             keep_alive = c.keep_alive + (delay if c.keep_alive > 0 and isinstance(delay, int) else 0)
         with contextlib.suppress(MachineError, ValueError):
             session.transitions.connect()
-        link = link_for(c.props.get(codec.RECEIVE_MAXIMUM, 65535), c.props.get(codec.MAXIMUM_PACKET_SIZE, 268_435_460),
-                        c.props.get(codec.TOPIC_ALIAS_MAXIMUM, 0), c.version)
+        link = link_for(c.props, c.version)
         conn = Connection(self, session, wire, link, self.limits.topic_alias_maximum if c.version == codec.V5 else 0,
                           server, present)
         self._sessions[cid] = (session, conn)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from broker.mqtt.codec import PUBREL, V5, V311
+from broker.mqtt.codec import MAXIMUM_PACKET_SIZE, PUBREL, RECEIVE_MAXIMUM, TOPIC_ALIAS_MAXIMUM, V5, V311, Props
 from broker.mqtt.encode import encode_ack, encode_publish, expiry_property, varint
 from broker.mqtt.message import MessageProps, OutgoingMessage
 from broker.mqtt.outlet import CoalescingWriter, DeliveryLimits, Outlet
@@ -51,10 +51,15 @@ _NO_ALIASES: dict[str, int] = {}
 _DEFAULT_LINKS = {V311: Link(version=V311), V5: Link(version=V5)}
 
 
-def link_for(receive_max: int, max_packet: int, alias_max: int, version: int) -> Link:
-    """The Link for what a CONNECT asked; the shared one when that is the defaults (72 B less per connection)."""
-    if alias_max == 0 and receive_max == 65535 and max_packet == 268_435_460:
-        return _DEFAULT_LINKS[version]
+def link_for(props: Props, version: int) -> Link:
+    """The Link for what a CONNECT's properties ask; the shared one when they ask for the defaults and no Topic
+    Aliases (72 B less per connection)."""
+    default = _DEFAULT_LINKS[version]
+    receive_max = props.get(RECEIVE_MAXIMUM, default.receive_max)
+    max_packet = props.get(MAXIMUM_PACKET_SIZE, default.max_packet)
+    alias_max = props.get(TOPIC_ALIAS_MAXIMUM, 0)
+    if not alias_max and receive_max == default.receive_max and max_packet == default.max_packet:
+        return default
     return Link(receive_max=receive_max, max_packet=max_packet, alias_max=alias_max, version=version)
 
 
