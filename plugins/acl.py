@@ -40,6 +40,8 @@ log = logging.getLogger("intercom.acl")
 FILTERS = "intercom.filters"  # session attribute: the filters this session holds, for the cap
 SYS_TOPICS = "$SYS/broker/#"
 PLAYED = "intercom.played"  # session attribute: the parties an admin connection has published as
+# read once: an enum member looked up on its class costs ~0.07 µs on Python 3.11, and the check runs per PUBLISH
+PUBLISH, SUBSCRIBE, RECEIVE = Action.PUBLISH, Action.SUBSCRIBE, Action.RECEIVE
 
 DEFAULT_ACL: dict[str, AclRule] = {
     # a party publishes on its own input topics only (broker.core.policy: a device or resident speaks as itself)
@@ -146,11 +148,11 @@ class TopicAclPlugin(BaseTopicPlugin, TracksSessions):
                for p in expand(pattern, principal, client_id, ())):
             return False
         if share_name == own_share_name(principal) and self.allowed_by(rule, principal, client_id, topic_filter,
-                                                                       Action.SUBSCRIBE):
+                                                                       SUBSCRIBE):
             return True
         if acl is None or principal.role not in acl.roles:
             rule = AclRule(subscribe=[*rule.subscribe, *DEFAULT_SHARES.get(principal.role, [])], deny=rule.deny)
-        return self.allowed_by(rule, principal, client_id, full, Action.SUBSCRIBE)
+        return self.allowed_by(rule, principal, client_id, full, SUBSCRIBE)
 
     def allowed(self, principal: Principal, client_id: str, topic: str, action: Action) -> bool:
         return self.allowed_by(self.rule(principal), principal, client_id, topic, action)
@@ -160,7 +162,7 @@ class TopicAclPlugin(BaseTopicPlugin, TracksSessions):
         for pattern in rule.deny:
             if any(covers(p, topic) for p in expand(pattern, principal, client_id, ())):
                 return False
-        patterns = rule.publish if action is Action.PUBLISH else rule.subscribe
+        patterns = rule.publish if action is PUBLISH else rule.subscribe
         for pattern in patterns:
             devices = self._household_devices(principal) if "%d" in pattern else ()
             if any(covers(p, topic) for p in expand(pattern, principal, client_id, devices)):
@@ -184,12 +186,12 @@ class TopicAclPlugin(BaseTopicPlugin, TracksSessions):
 
     def topic_filtering_sync(self, session: Session | None, topic: str | None, action: Action | None) -> bool | None:
         """The check itself, synchronous (the fast path calls it per delivery without a task)."""
-        if action is Action.RECEIVE:
+        if action is RECEIVE:
             return True  # decided when the subscription was made; deliveries stay cheap
         if session is None or topic is None:
             return False
         subscribed = topic
-        share = shared_parts(topic) if action is Action.SUBSCRIBE else None
+        share = shared_parts(topic) if action is SUBSCRIBE else None
         if share is not None:
             topic = share[1]  # `$share/{ShareName}/{filter}`: the filter is what would be read
         principal: Principal | None = session.attributes.get(PRINCIPAL)
@@ -206,7 +208,7 @@ class TopicAclPlugin(BaseTopicPlugin, TracksSessions):
                 if share is not None:
                     ok = self.share_allowed(principal, cid, share[0], topic, subscribed)
                 else:
-                    ok = self.allowed(principal, cid, topic, action or Action.PUBLISH)
+                    ok = self.allowed(principal, cid, topic, action or PUBLISH)
             except Exception:  # fail closed
                 log.exception("ACL check of %r failed", topic)
                 ok = False
@@ -217,7 +219,7 @@ class TopicAclPlugin(BaseTopicPlugin, TracksSessions):
                               extra={"client_id": session.client_id,
                                      "principal": f"{principal.role}:{principal.id}" if principal else None})
             return False
-        if action is Action.SUBSCRIBE:
+        if action is SUBSCRIBE:
             return self._count_subscription(session, subscribed)
         if principal is not None and principal.role == "admin":
             self._note_simulated(session, topic)
