@@ -10,10 +10,10 @@
   (``--external-broker``), i.e. what a user would build instead of the embedded broker.
 
 The site (households h0..h{SITE_HOUSEHOLDS-1}, residents r{h}a/r{h}b, door device d{h}) is declared in a
-generated `--config` YAML `site:` for both our targets, so setting up costs no REST calls (the admin
-REST API is rate limited per principal). This module therefore registers its own ``ours``: bench's
-``OursTarget`` plus that config, which keeps every other setting at its default. Plain brokers (amqtt,
-mosquitto) have no call service: their call rows say n/a.
+generated `--config` YAML `site:` (`site_config`) for both our targets, so setting up costs no REST calls (the
+admin REST API is rate limited per principal). run.py starts every ``ours`` target (``ours@REV``, ``ours+mypyc``
+too) with that config, which keeps every other setting at its default, so they all serve the same site with the
+same settings. Plain brokers (amqtt, mosquitto) have no call service: their call rows say n/a.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from scenarios import Ctx, Scenario, connect_many
 from stats import Result, latency_summary
 from targets import BENCH_DIR, HOST, OursTarget, Target, _http_ok, free_port, port_open
 
-__all__ = ["CALL_SCENARIOS", "CALL_TARGETS", "PeerTarget"]
+__all__ = ["CALL_SCENARIOS", "CALL_TARGETS", "PeerTarget", "site_config"]
 
 perf = time.perf_counter
 STALL_S = 5.0
@@ -55,14 +55,6 @@ def site_config(workdir: Path) -> Path:
                       f'      devices: [{{device_id: "d{h}"}}]']
         path.write_text("\n".join(lines) + "\n")
     return path
-
-
-class SiteOursTarget(OursTarget):
-    """bench's OursTarget (embedded broker, all plugins), started with the generated site config."""
-
-    def command(self) -> tuple[list[str], dict[str, str], Path]:
-        argv, env, cwd = super().command()
-        return [*argv, "--config", str(site_config(self.workdir))], env, cwd
 
 
 class PeerTarget(Target):
@@ -91,7 +83,7 @@ class PeerTarget(Target):
         return await asyncio.to_thread(_http_ok, f"http://{HOST}:{self.http_port}/healthz")
 
 
-CALL_TARGETS: dict[str, type[Target]] = {"ours": SiteOursTarget, "peer": PeerTarget}
+CALL_TARGETS: dict[str, type[Target]] = {"peer": PeerTarget}
 
 
 # ----------------------------------------------------------------------------- the site

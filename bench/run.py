@@ -29,12 +29,12 @@ from typing import Any
 
 import mqttload
 import procstats
-from calls import CALL_SCENARIOS, CALL_TARGETS
+from calls import CALL_SCENARIOS, CALL_TARGETS, site_config
 from mqttload import MqttError
 from report import CaseResults, cpu_table, notes, results_table
 from scenarios import SCENARIOS, Ctx
 from stats import CpuMeter, Result, median_of
-from targets import TARGET_TYPES, AmqttTarget, OursAtRevTarget, OursMypycTarget, Target, TargetError
+from targets import TARGET_TYPES, AmqttTarget, OursAtRevTarget, OursMypycTarget, OursTarget, Target, TargetError
 
 # call-level scenarios and the peer target (Mosquitto + our service in bridge mode): bench/calls.py
 SCENARIOS.update(CALL_SCENARIOS)
@@ -136,11 +136,12 @@ def build_cases(args: argparse.Namespace) -> list[CaseResults]:
 def make_target(name: str, workdir: Path, args: argparse.Namespace) -> Target:
     if name == "amqtt":
         return AmqttTarget(workdir, plugins=args.amqtt_plugins)
-    if name.startswith("ours@"):
-        return OursAtRevTarget(workdir, name.removeprefix("ours@"))
-    if name.startswith("ours+mypyc@"):
-        return OursMypycTarget(workdir, name.removeprefix("ours+mypyc@"))
-    return TARGET_TYPES[name](workdir)
+    target = (OursAtRevTarget(workdir, name.removeprefix("ours@")) if name.startswith("ours@")
+              else OursMypycTarget(workdir, name.removeprefix("ours+mypyc@")) if name.startswith("ours+mypyc@")
+              else TARGET_TYPES[name](workdir))
+    if isinstance(target, OursTarget):  # every revision and build of ours, one config: the call scenarios' site
+        target.config = site_config(workdir)
+    return target
 
 
 def placement(mode: str) -> tuple[set[int], set[int]] | None:

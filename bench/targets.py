@@ -199,10 +199,12 @@ class OursTarget(Target):
     name = "ours"
     admin_token = "bench-admin"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, config: Path | None = None) -> None:
         super().__init__(workdir)
         self.username = os.environ.get("BENCH_OURS_USERNAME")
         self.password = os.environ.get("BENCH_OURS_PASSWORD")
+        # `--config` (run.py: the call scenarios' site, for every `ours` target alike), else the tree's broker.yaml
+        self.config = config
 
     def skip_reason(self) -> str | None:
         r = subprocess.run(
@@ -215,13 +217,15 @@ class OursTarget(Target):
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         self.http_port = free_port()
-        data_dir = self.workdir / f"ours-data-{self.runs}"
+        data_dir = self.workdir / f"{self.name}-data-{self.runs}"  # each target and start its own database
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             sys.executable, "-m", "broker", "--host", HOST,
             "--mqtt-port", str(self.mqtt_port), "--ws-port", "0",
             "--http-port", str(self.http_port), "--data-dir", str(data_dir),
         ]  # fmt: skip
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
         return argv, {"INTERCOM_ADMIN_TOKEN": self.admin_token}, REPO_ROOT
 
     async def ready(self) -> bool:

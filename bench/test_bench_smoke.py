@@ -75,3 +75,23 @@ def test_raw_client_against_amqtt(tmp_path: Path) -> None:
     assert q1_got == N
     assert q1_acked == N
     assert time.monotonic() - t0 < 20
+
+
+def test_every_ours_target_serves_the_bench_site_from_a_data_dir_of_its_own(tmp_path: Path) -> None:
+    """`ours@REV` and `ours+mypyc` run as `ours` does: the same config (the call scenarios' site), but never on
+    another target's database (they once shared `ours-data-N`, and found the site only when `ours` ran first)."""
+    import argparse
+
+    from run import make_target
+
+    args = argparse.Namespace(amqtt_plugins="minimal")
+    seen: dict[str, tuple[str, str]] = {}
+    for name in ("ours", "ours@HEAD", "ours+mypyc", "ours+mypyc@ee239a4"):  # made, not started
+        target = make_target(name, tmp_path, args)
+        target.runs = 1  # as start() counts, without starting
+        argv, _, _ = target.command()
+        seen[name] = (argv[argv.index("--config") + 1], argv[argv.index("--data-dir") + 1])
+    configs = {config for config, _ in seen.values()}
+    assert len(configs) == 1, seen
+    assert "households:" in Path(configs.pop()).read_text()
+    assert len({data_dir for _, data_dir in seen.values()}) == len(seen), seen
