@@ -136,9 +136,13 @@ def build_cases(args: argparse.Namespace) -> list[CaseResults]:
 def make_target(name: str, workdir: Path, args: argparse.Namespace) -> Target:
     if name == "amqtt":
         return AmqttTarget(workdir, plugins=args.amqtt_plugins)
-    target = (OursAtRevTarget(workdir, name.removeprefix("ours@")) if name.startswith("ours@")
-              else OursMypycTarget(workdir, name.removeprefix("ours+mypyc@")) if name.startswith("ours+mypyc@")
-              else TARGET_TYPES[name](workdir))
+    target: Target
+    if name.startswith("ours@"):
+        target = OursAtRevTarget(workdir, name.removeprefix("ours@"))
+    elif name.startswith("ours+mypyc@"):
+        target = OursMypycTarget(workdir, name.removeprefix("ours+mypyc@"))
+    else:
+        target = TARGET_TYPES[name](workdir)
     if isinstance(target, OursTarget):  # every revision and build of ours, one config: the call scenarios' site
         target.config = site_config(workdir)
     return target

@@ -199,12 +199,12 @@ class OursTarget(Target):
     name = "ours"
     admin_token = "bench-admin"
 
-    def __init__(self, workdir: Path, config: Path | None = None) -> None:
+    def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
         self.username = os.environ.get("BENCH_OURS_USERNAME")
         self.password = os.environ.get("BENCH_OURS_PASSWORD")
         # `--config` (run.py: the call scenarios' site, for every `ours` target alike), else the tree's broker.yaml
-        self.config = config
+        self.config: Path | None = None
 
     def skip_reason(self) -> str | None:
         r = subprocess.run(
